@@ -1,0 +1,21 @@
+// System OpenSSL (libssl-dev) for the OpenSSLTLS module, the only module that imports CSSL.
+// Macros Swift cannot import get `static inline` wrappers here as they are needed.
+#ifndef KAIZEN_CSSL_H
+#define KAIZEN_CSSL_H
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/bio.h>
+#include <openssl/rand.h>
+
+static inline long CSSL_BIO_pending(BIO *bio) { return BIO_pending(bio); }
+static inline int CSSL_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return (int)SSL_set_tlsext_host_name(ssl, name);
+}
+static inline int CSSL_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_min_proto_version(ctx, version);
+}
+#endif

@@ -1,0 +1,101 @@
+/// What the proxy knows about one connection (or one plain-HTTP request), reported in `action.metadata`.
+///
+/// Destination-only mode fills in destination facts only: no path, query, header or body is ever recorded.
+public struct ConnectMetadata: Sendable, Hashable, Decodable {
+    /// How the client asked for the destination.
+    public enum Transport: String, Sendable, Hashable, Decodable {
+        /// An HTTP `CONNECT` tunnel; bytes are relayed untouched.
+        case connect
+        /// A plain-HTTP request in absolute form (`GET http://host/…`), forwarded by the proxy.
+        case http
+    }
+
+    /// Whether the proxy reached the destination.
+    public enum Outcome: String, Sendable, Hashable, Decodable {
+        case connected
+        case failed
+    }
+
+    /// Always `egress`: the action came from this proxy.
+    public var source: String = "egress"
+    public var eventID: EventID
+    public var transport: Transport
+    public var host: String
+    public var port: Int
+    /// The client's address, `ip:port` (`[ip]:port` for IPv6).
+    public var client: String
+    /// When the client's request was received, RFC 3339 UTC with milliseconds.
+    public var startedAt: String
+    public var outcome: Outcome
+    /// The address the proxy connected to, once connected.
+    public var resolvedIP: String?
+    /// Why the connection failed, when it did (`connection refused`, `name resolution failed`, …).
+    public var error: String?
+    /// The HTTP status the proxy answered the client with when it could not connect (502, 504).
+    public var status: Int?
+
+    /// Whether the client's first bytes were a TLS ClientHello. `nil` before the proxy has looked (plain HTTP).
+    public var tls: Bool?
+    /// The server name from the ClientHello; `null` in JSON when TLS was expected but no name was found.
+    public var sni: String?
+    /// Why there is no SNI (not TLS, malformed, too large, no client bytes in time, or the client sent none).
+    public var sniError: String?
+    /// ALPN protocols the client offered, in order.
+    public var alpn: [String]?
+    /// Set when the SNI names a different host than the one the client asked the proxy for.
+    public var sniMismatch: Bool?
+
+    public init(
+        eventID: EventID,
+        transport: Transport,
+        host: String,
+        port: Int,
+        client: String,
+        startedAt: String,
+        outcome: Outcome
+    ) {
+        self.eventID = eventID
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.client = client
+        self.startedAt = startedAt
+        self.outcome = outcome
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case source
+        case eventID = "event_id"
+        case transport, host, port, client
+        case startedAt = "started_at"
+        case outcome
+        case resolvedIP = "resolved_ip"
+        case error, status, tls, sni
+        case sniError = "sni_error"
+        case alpn
+        case sniMismatch = "sni_mismatch"
+    }
+
+    /// The metadata object, fields in a fixed order. Once the proxy has looked at a tunnel's first bytes,
+    /// `sni` is always present, `null` when there is none.
+    public func writeJSON(to json: inout JSONWriter) {
+        json.beginObject()
+        json.field(CodingKeys.source.rawValue, source)
+        json.field(CodingKeys.eventID.rawValue, eventID.description)
+        json.field(CodingKeys.transport.rawValue, transport.rawValue)
+        json.field(CodingKeys.host.rawValue, host)
+        json.field(CodingKeys.port.rawValue, port)
+        json.field(CodingKeys.client.rawValue, client)
+        json.field(CodingKeys.startedAt.rawValue, startedAt)
+        json.field(CodingKeys.outcome.rawValue, outcome.rawValue)
+        if let resolvedIP { json.field(CodingKeys.resolvedIP.rawValue, resolvedIP) }
+        if let error { json.field(CodingKeys.error.rawValue, error) }
+        if let status { json.field(CodingKeys.status.rawValue, status) }
+        if let tls { json.field(CodingKeys.tls.rawValue, tls) }
+        if tls != nil || sniError != nil { json.field(CodingKeys.sni.rawValue, sni) }
+        if let sniError { json.field(CodingKeys.sniError.rawValue, sniError) }
+        if let alpn { json.field(CodingKeys.alpn.rawValue, alpn) }
+        if let sniMismatch { json.field(CodingKeys.sniMismatch.rawValue, sniMismatch) }
+        json.endObject()
+    }
+}

@@ -1,0 +1,75 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A unique, time-ordered identifier for one action: a UUIDv7 (RFC 9562 §5.7) in its canonical text form.
+///
+/// The leading 48 bits are the Unix time in milliseconds, so ids sort by creation time, which keeps a spool or
+/// an audit log in order; the other 74 bits are random, so a resend is recognisable as the same event.
+public struct EventID: Sendable, Hashable, CustomStringConvertible, Codable {
+    public let description: String
+
+    public init(description: String) {
+        self.description = description
+    }
+
+    /// A new id for an event happening at `unixMillis`.
+    public static func generate(unixMillis: UInt64 = WallClock.nowMillis()) -> EventID {
+        var rng = SystemRandomNumberGenerator()
+        var bytes = [UInt8](repeating: 0, count: 16)
+        for i in 0..<6 { bytes[i] = UInt8(truncatingIfNeeded: unixMillis >> (8 * (5 - i))) }
+        let random1 = rng.next() as UInt64
+        let random2 = rng.next() as UInt64
+        for i in 6..<16 {
+            let source = i < 14 ? random1 >> (8 * (i - 6)) : random2 >> (8 * (i - 14))
+            bytes[i] = UInt8(truncatingIfNeeded: source)
+        }
+        bytes[6] = 0x70 | (bytes[6] & 0x0f)  // version 7
+        bytes[8] = 0x80 | (bytes[8] & 0x3f)  // RFC 9562 variant
+        let hex = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = []
+        text.reserveCapacity(36)
+        for (i, byte) in bytes.enumerated() {
+            if i == 4 || i == 6 || i == 8 || i == 10 { text.append(UInt8(ascii: "-")) }
+            text.append(hex[Int(byte >> 4)])
+            text.append(hex[Int(byte & 0x0f)])
+        }
+        return EventID(description: String(decoding: text, as: UTF8.self))
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self.description = try decoder.singleValueContainer().decode(String.self)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}
+
+/// Wall-clock time for records: Unix milliseconds and their RFC 3339 text form in UTC.
+public enum WallClock {
+    public static func nowMillis() -> UInt64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return UInt64(spec.tv_sec) * 1000 + UInt64(spec.tv_nsec) / 1_000_000
+    }
+
+    /// `2026-11-26T18:58:28.123Z` for `unixMillis`.
+    public static func rfc3339(unixMillis: UInt64) -> String {
+        var seconds = time_t(unixMillis / 1000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ value: Int32, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))."
+            + "\(pad(Int32(unixMillis % 1000), 3))Z"
+    }
+}

@@ -1,0 +1,27 @@
+/// Every setting the proxy reads: its environment variable and the command-line flag that overrides it.
+///
+/// docs/configuration.md lists the same table with types and defaults; keep the two in step.
+public struct ConfigurationKey: Sendable, Hashable {
+    public let variable: String
+    public let flag: String
+
+    /// `PORT (or --port)`, as error messages name a setting.
+    public var spelled: String { "\(variable) (or \(flag))" }
+
+    public static let port = ConfigurationKey(variable: "PORT", flag: "--port")
+    public static let listen = ConfigurationKey(variable: "KAIZEN_LISTEN", flag: "--listen")
+    public static let agent = ConfigurationKey(variable: "KAIZEN_AGENT", flag: "--agent")
+    public static let apiKey = ConfigurationKey(variable: "KAIZEN_API_KEY", flag: "--api-key-file")
+    public static let apiURL = ConfigurationKey(variable: "KAIZEN_API_URL", flag: "--api-url")
+    public static let local = ConfigurationKey(variable: "KAIZEN_LOCAL", flag: "--local")
+    public static let auditLog = ConfigurationKey(variable: "KAIZEN_AUDIT_LOG", flag: "--audit-log")
+    public static let connectTimeout = ConfigurationKey(variable: "KAIZEN_CONNECT_TIMEOUT", flag: "--connect-timeout")
+    public static let idleTimeout = ConfigurationKey(variable: "KAIZEN_IDLE_TIMEOUT", flag: "--idle-timeout")
+    public static let drainSeconds = ConfigurationKey(variable: "KAIZEN_DRAIN_SECONDS", flag: "--drain-seconds")
+    public static let logLevel = ConfigurationKey(variable: "KAIZEN_LOG_LEVEL", flag: "--log-level")
+
+    public static let all: [ConfigurationKey] = [
+        .port, .listen, .agent, .apiKey, .apiURL, .local, .auditLog, .connectTimeout, .idleTimeout, .drainSeconds,
+        .logLevel,
+    ]
+}

@@ -1,0 +1,240 @@
+import Foundation
+import Logging
+import NIOCore
+
+/// Everything the proxy needs to start, built from an environment dictionary so tests can pass their own.
+///
+/// | variable | type | default |
+/// |---|---|---|
+/// | `PORT` | integer 0–65535 (0 picks a free port) | 8080 |
+/// | `KAIZEN_LISTEN` | IPv4 or IPv6 address | `127.0.0.1` |
+/// | `KAIZEN_AGENT` | name, 1–128 printable characters | `egress-agent` |
+/// | `KAIZEN_API_KEY` | secret | none |
+/// | `KAIZEN_API_URL` | https URL (http only for loopback hosts) | `https://api.getkaizen.io` |
+/// | `KAIZEN_LOCAL` | boolean (`1/true/yes/on`, `0/false/no/off`) | off |
+/// | `KAIZEN_AUDIT_LOG` | file path | none |
+/// | `KAIZEN_CONNECT_TIMEOUT` | duration (`10s`, `500ms`, `2m`; bare number = seconds) | `10s` |
+/// | `KAIZEN_IDLE_TIMEOUT` | duration | `1h` |
+/// | `KAIZEN_DRAIN_SECONDS` | integer seconds ≥ 0 | 10 |
+/// | `KAIZEN_LOG_LEVEL` | trace, debug, info, notice, warning, error, critical | `info` |
+public struct ProxyConfiguration: Sendable {
+    public var listenAddress: String
+    public var port: Int
+    public var agent: String
+    public var apiKey: APIKey?
+    public var apiURL: String
+    public var local: Bool
+    public var auditLogPath: String?
+    public var connectTimeout: TimeAmount
+    public var idleTimeout: TimeAmount
+    public var drainTimeout: TimeAmount
+    public var logLevel: Logger.Level
+    /// How long the proxy waits for a tunnel's ClientHello before reporting without an SNI.
+    public var clientHelloTimeout: TimeAmount = .seconds(10)
+    /// How many bytes of a tunnel's first flight the proxy looks at for a ClientHello.
+    public var clientHelloLimit: Int = 64 * 1024
+
+    /// An API key. Its description never shows the key.
+    public struct APIKey: Sendable, Hashable, CustomStringConvertible {
+        public let value: String
+        public init(_ value: String) { self.value = value }
+        public var description: String { "<redacted>" }
+    }
+
+    public static let defaultPort = 8080
+    public static let defaultListenAddress = "127.0.0.1"
+    public static let defaultAgent = "egress-agent"
+    public static let defaultAPIURL = "https://api.getkaizen.io"
+
+    /// Reads and checks every setting. Throws the first problem found, worded for a person to act on.
+    public init(environment: [String: String]) throws(ConfigurationError) {
+        func value(_ key: ConfigurationKey) -> String? {
+            guard let raw = environment[key.variable] else { return nil }
+            let trimmed = raw.trimmingCharacters(in: .whitespacesAndNewlines)
+            return trimmed.isEmpty ? nil : trimmed
+        }
+
+        if let raw = value(.port) {
+            guard let port = Int(raw), (0...65535).contains(port) else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.port.variable,
+                    "PORT=\(Self.quoted(raw)) is not a port: set \(ConfigurationKey.port.spelled) to a number from 1 to 65535 (0 picks a free port)"
+                )
+            }
+            self.port = port
+        } else {
+            self.port = Self.defaultPort
+        }
+
+        let listen = value(.listen) ?? Self.defaultListenAddress
+        let unbracketed = listen.hasPrefix("[") && listen.hasSuffix("]") ? String(listen.dropFirst().dropLast()) : listen
+        guard (try? SocketAddress(ipAddress: unbracketed, port: 0)) != nil else {
+            throw ConfigurationError(
+                variable: ConfigurationKey.listen.variable,
+                "KAIZEN_LISTEN=\(Self.quoted(listen)) is not an IP address: set \(ConfigurationKey.listen.spelled) to an address such as 127.0.0.1, ::1 or 0.0.0.0"
+            )
+        }
+        self.listenAddress = unbracketed
+
+        let agent = value(.agent) ?? Self.defaultAgent
+        guard agent.count <= 128, agent.unicodeScalars.allSatisfy({ !$0.properties.isDefaultIgnorableCodePoint && $0.value >= 0x20 && $0.value != 0x7f }) else {
+            throw ConfigurationError(
+                variable: ConfigurationKey.agent.variable,
+                "KAIZEN_AGENT has \(agent.count > 128 ? "more than 128 characters" : "control characters"): set \(ConfigurationKey.agent.spelled) to a short printable name such as my-agent"
+            )
+        }
+        self.agent = agent
+
+        self.apiKey = value(.apiKey).map(APIKey.init)
+
+        let apiURL = value(.apiURL) ?? Self.defaultAPIURL
+        try Self.checkAPIURL(apiURL)
+        self.apiURL = apiURL.hasSuffix("/") ? String(apiURL.dropLast()) : apiURL
+
+        if let raw = value(.local) {
+            guard let local = Self.parseBool(raw) else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.local.variable,
+                    "KAIZEN_LOCAL=\(Self.quoted(raw)) is not a boolean: set it to 1 (local mode) or 0, or pass --local"
+                )
+            }
+            self.local = local
+        } else {
+            self.local = false
+        }
+
+        self.auditLogPath = value(.auditLog)
+        self.connectTimeout = try Self.duration(value(.connectTimeout), key: .connectTimeout, default: .seconds(10))
+        self.idleTimeout = try Self.duration(value(.idleTimeout), key: .idleTimeout, default: .hours(1))
+
+        if let raw = value(.drainSeconds) {
+            guard let seconds = Int(raw), seconds >= 0, seconds <= 86400 else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.drainSeconds.variable,
+                    "KAIZEN_DRAIN_SECONDS=\(Self.quoted(raw)) is not a number of seconds: set \(ConfigurationKey.drainSeconds.spelled) to a whole number from 0 to 86400"
+                )
+            }
+            self.drainTimeout = .seconds(Int64(seconds))
+        } else {
+            self.drainTimeout = .seconds(10)
+        }
+
+        if let raw = value(.logLevel) {
+            guard let level = Logger.Level(rawValue: raw.lowercased()) else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.logLevel.variable,
+                    "KAIZEN_LOG_LEVEL=\(Self.quoted(raw)) is not a log level: set \(ConfigurationKey.logLevel.spelled) to trace, debug, info, notice, warning, error or critical"
+                )
+            }
+            self.logLevel = level
+        } else {
+            self.logLevel = .info
+        }
+
+        // Where actions go. Reporting to the control plane is the next piece of work; until it exists a key
+        // alone must not start a proxy that would silently drop every action.
+        if !local {
+            if apiKey == nil {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.apiKey.variable,
+                    "KAIZEN_API_KEY is not set: set KAIZEN_API_KEY to your org API key, or run with --local (KAIZEN_LOCAL=1) to write actions to standard output without an account"
+                )
+            }
+            throw ConfigurationError(
+                variable: ConfigurationKey.apiKey.variable,
+                "KAIZEN_API_KEY is set, but this version cannot report to the control plane yet and would drop every action: run with --local (KAIZEN_LOCAL=1) to record actions on standard output and in KAIZEN_AUDIT_LOG"
+            )
+        }
+    }
+
+    /// The API URL must be https, except for a control plane on this machine.
+    private static func checkAPIURL(_ raw: String) throws(ConfigurationError) {
+        let key = ConfigurationKey.apiURL
+        guard let components = URLComponents(string: raw), let scheme = components.scheme?.lowercased(),
+            let host = components.host, !host.isEmpty
+        else {
+            throw ConfigurationError(
+                variable: key.variable,
+                "KAIZEN_API_URL=\(quoted(raw)) is not a URL: set \(key.spelled) to an https URL such as \(defaultAPIURL)"
+            )
+        }
+        guard components.user == nil, components.password == nil, components.query == nil else {
+            throw ConfigurationError(
+                variable: key.variable,
+                "KAIZEN_API_URL must not carry credentials or a query: set \(key.spelled) to the control plane's base URL, and the key in KAIZEN_API_KEY"
+            )
+        }
+        switch scheme {
+        case "https":
+            return
+        case "http" where isLoopbackHost(host):
+            return
+        case "http":
+            throw ConfigurationError(
+                variable: key.variable,
+                "KAIZEN_API_URL=\(quoted(raw)) uses http to a host that is not loopback, which would send the API key in the clear: use https"
+            )
+        default:
+            throw ConfigurationError(
+                variable: key.variable,
+                "KAIZEN_API_URL=\(quoted(raw)) has scheme \(scheme): set \(key.spelled) to an https URL"
+            )
+        }
+    }
+
+    static func isLoopbackHost(_ host: String) -> Bool {
+        let bare = host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host
+        if bare.lowercased() == "localhost" { return true }
+        if bare == "::1" { return true }
+        let parts = bare.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+
+    static func parseBool(_ raw: String) -> Bool? {
+        switch raw.lowercased() {
+        case "1", "true", "yes", "on": true
+        case "0", "false", "no", "off": false
+        default: nil
+        }
+    }
+
+    /// `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+    static func parseDuration(_ raw: String) -> TimeAmount? {
+        let units: [(suffix: String, nanos: Int64)] = [
+            ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000),
+        ]
+        var number = raw
+        var scale: Int64 = 1_000_000_000
+        for unit in units where raw.hasSuffix(unit.suffix) {
+            let candidate = String(raw.dropLast(unit.suffix.count))
+            if Int64(candidate) != nil {
+                number = candidate
+                scale = unit.nanos
+                break
+            }
+        }
+        guard let amount = Int64(number), amount > 0, amount <= Int64.max / scale else { return nil }
+        return .nanoseconds(amount * scale)
+    }
+
+    private static func duration(
+        _ raw: String?,
+        key: ConfigurationKey,
+        default defaultValue: TimeAmount
+    ) throws(ConfigurationError) -> TimeAmount {
+        guard let raw else { return defaultValue }
+        guard let value = parseDuration(raw) else {
+            throw ConfigurationError(
+                variable: key.variable,
+                "\(key.variable)=\(quoted(raw)) is not a duration: set \(key.spelled) to a positive value such as 10s, 500ms, 5m or 1h"
+            )
+        }
+        return value
+    }
+
+    /// A value shown in an error, shortened and with control characters escaped.
+    private static func quoted(_ raw: String) -> String {
+        let short = raw.count > 64 ? String(raw.prefix(64)) + "…" : raw
+        return "\"" + short.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? "?" : String($0) }.joined() + "\""
+    }
+}

@@ -1,0 +1,30 @@
+import NIOHTTP1
+
+/// A response the proxy itself generates, with the reason the client, the log and the action see.
+struct ProxyError: Error, Hashable, Sendable {
+    var status: HTTPResponseStatus
+    /// A short, client-safe explanation; never contains secrets or request data beyond the target.
+    var reason: String
+    /// The `Proxy-Status` error type (RFC 9209 §2.3).
+    var proxyStatusError: String
+
+    static func badRequest(_ reason: String) -> ProxyError {
+        ProxyError(status: .badRequest, reason: reason, proxyStatusError: "http_request_error")
+    }
+
+    static func upstreamClosed(_ reason: String) -> ProxyError {
+        ProxyError(
+            status: .badGateway,
+            reason: "upstream closed the connection before responding (\(reason))",
+            proxyStatusError: "http_response_incomplete"
+        )
+    }
+
+    static func dial(_ failure: UpstreamConnector.Failure) -> ProxyError {
+        ProxyError(
+            status: HTTPResponseStatus(statusCode: failure.status),
+            reason: failure.reason,
+            proxyStatusError: failure.proxyStatusError
+        )
+    }
+}

@@ -1,0 +1,467 @@
+import ControlPlane
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// The handler at the end of every client connection's HTTP pipeline. It reads request heads, dials
+/// upstreams, and either turns the connection into a CONNECT tunnel or forwards plain-HTTP exchanges; the
+/// decisions come from `StateMachine`, this class only performs them.
+final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private var machine = StateMachine()
+    private let settings: ConnectionSettings
+    private let reporting: Reporting
+    private let connector: UpstreamConnector
+    private var logger: Logger
+    private var context: ChannelHandlerContext?
+    private var clientAddress = "unknown"
+
+    /// The plain-HTTP upstream in use, or idle and kept for the next request to the same destination.
+    private var upstream: UpstreamLink?
+    /// The exchange being forwarded: what its close record needs.
+    private var exchange: ExchangeRecord?
+    /// A read the pipeline asked for while the upstream could not take more.
+    private var pendingRead = false
+
+    private struct UpstreamLink {
+        var destination: Destination
+        var channel: any Channel
+        var handler: UpstreamHTTPHandler
+        var resolvedIP: String
+    }
+
+    private struct ExchangeRecord {
+        var eventID: EventID
+        var destination: Destination
+        var started: NIODeadline
+        var requestBytes: UInt64 = 0
+        var responseBytes: UInt64 = 0
+        var status: Int?
+    }
+
+    init(settings: ConnectionSettings, reporting: Reporting) {
+        self.settings = settings
+        self.reporting = reporting
+        self.connector = UpstreamConnector(connectTimeout: settings.connectTimeout)
+        self.logger = reporting.logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        clientAddress = Reporting.describe(context.channel.remoteAddress)
+        logger[metadataKey: "client.address"] = "\(clientAddress)"
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    // MARK: client events
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            perform(machine.requestHead(head), context: context)
+        case .body(let bytes):
+            exchange?.requestBytes &+= UInt64(bytes.readableBytes)
+            perform(machine.requestBody(bytes), context: context)
+        case .end(let trailers):
+            perform(machine.requestEnd(trailers), context: context)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        upstream?.channel.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            machine.clientWantsClose()
+            if case .idle = machine.state {
+                context.close(promise: nil)
+            }
+        } else if event is ProxyShutdownEvent {
+            closeUpstream()
+            context.close(promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if var record = exchange {
+            exchange = nil
+            record.status = record.status ?? nil
+            recordClose(record, closedBy: .client, reason: "client closed before the exchange completed")
+        }
+        closeUpstream()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let parserError = error as? HTTPParserError {
+            logger.info("malformed request", metadata: ["error": "\(parserError)"])
+            switch machine.state {
+            case .idle:
+                respond(ProxyError.badRequest("malformed HTTP request"), context: context)
+            default:
+                closeUpstream()
+                context.close(promise: nil)
+            }
+            return
+        }
+        logger.debug("client connection error", metadata: ["error": "\(GlueHandler.describe(error))"])
+        closeUpstream()
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            upstream?.handler.clientBecameWritable()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        // While an upstream is being dialled, or cannot take more, stop reading the client.
+        switch machine.state {
+        case .awaitingUpstream, .dialingTunnel:
+            pendingRead = true
+        case .forwarding where !(upstream?.channel.isWritable ?? true):
+            pendingRead = true
+        default:
+            context.read()
+        }
+    }
+
+    // MARK: upstream events (called by UpstreamHTTPHandler on the same event loop)
+
+    func upstreamResponse(_ part: HTTPClientResponsePart) {
+        guard let context else { return }
+        switch part {
+        case .head(let head):
+            if !(head.status.code >= 100 && head.status.code < 200 && head.status.code != 101) {
+                exchange?.status = Int(head.status.code)
+            }
+            perform(machine.responseHead(head), context: context)
+        case .body(let bytes):
+            exchange?.responseBytes &+= UInt64(bytes.readableBytes)
+            perform(machine.responseBody(bytes), context: context)
+        case .end(let trailers):
+            perform(machine.responseEnd(trailers), context: context)
+        }
+    }
+
+    func upstreamReadComplete() {
+        context?.flush()
+    }
+
+    func upstreamWritable() {
+        guard pendingRead, let context else { return }
+        pendingRead = false
+        context.read()
+    }
+
+    var clientIsWritable: Bool {
+        context?.channel.isWritable ?? false
+    }
+
+    func upstreamClosed(_ handler: UpstreamHTTPHandler, reason: String) {
+        guard let link = upstream, link.handler === handler else { return }
+        upstream = nil
+        guard let context else { return }
+        perform(machine.upstreamClosed(reason: reason), context: context)
+    }
+
+    // MARK: actions
+
+    private func perform(_ actions: [StateMachine.Action], context: ChannelHandlerContext) {
+        for action in actions {
+            switch action {
+            case .dialTunnel(let destination):
+                dialTunnel(destination, context: context)
+            case .establishTunnel:
+                break  // done inline by dialTunnel's success path, which holds the upstream channel
+            case .connectUpstream(let destination):
+                connectUpstream(destination, context: context)
+            case .writeUpstream(let parts):
+                guard let link = upstream else { continue }
+                for part in parts {
+                    link.channel.write(part, promise: nil)
+                }
+                link.channel.flush()
+            case .writeClient(let part):
+                context.write(wrapOutboundOut(part), promise: nil)
+            case .respondError(let error):
+                respond(error, context: context)
+            case .completeExchange(let keepClient, let keepUpstream):
+                context.flush()
+                if let record = exchange {
+                    exchange = nil
+                    recordClose(record, closedBy: keepClient ? .proxy : .client, reason: "complete")
+                }
+                if !keepUpstream {
+                    closeUpstream()
+                } else {
+                    upstream?.handler.exchangeFinished()
+                }
+                if !keepClient {
+                    context.close(promise: nil)
+                }
+            case .closeClient(let reason):
+                logger.info("closing client connection", metadata: ["reason": "\(reason)"])
+                if let record = exchange {
+                    exchange = nil
+                    recordClose(record, closedBy: .upstream, reason: reason)
+                }
+                closeUpstream()
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    private func respond(_ error: ProxyError, context: ChannelHandlerContext) {
+        logger.info("answered with an error", metadata: ["status": "\(error.status.code)", "reason": "\(error.reason)"])
+        if let record = exchange {
+            exchange = nil
+            recordClose(record, closedBy: .proxy, reason: "error: \(error.reason)")
+        }
+        closeUpstream()
+        // The response is serialized here and written below the HTTP encoder, which would drop the body of
+        // any response to CONNECT; the body tells the user why. The connection closes after it.
+        Self.removeHTTPServerHandlers(from: context.pipeline.syncOperations)
+        let body = error.reason + "\n"
+        var response = context.channel.allocator.buffer(capacity: 256 + body.utf8.count)
+        response.writeString("HTTP/1.1 \(error.status.code) \(error.status.reasonPhrase)\r\n")
+        response.writeString("Content-Type: text/plain; charset=utf-8\r\n")
+        response.writeString("Content-Length: \(body.utf8.count)\r\n")
+        response.writeString("Connection: close\r\n")
+        response.writeString("Proxy-Status: kaizen-egress; error=\(error.proxyStatusError)\r\n\r\n")
+        response.writeString(body)
+        let channel = context.channel
+        channel.writeAndFlush(response).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    private func newMetadata(_ destination: Destination, transport: ConnectMetadata.Transport) -> ConnectMetadata {
+        let now = WallClock.nowMillis()
+        return ConnectMetadata(
+            eventID: EventID.generate(unixMillis: now),
+            transport: transport,
+            host: destination.host,
+            port: destination.port,
+            client: clientAddress,
+            startedAt: WallClock.rfc3339(unixMillis: now),
+            outcome: .connected
+        )
+    }
+
+    private func reportFailure(_ metadata: ConnectMetadata, _ destination: Destination, _ failure: ProxyError) {
+        var metadata = metadata
+        metadata.outcome = .failed
+        metadata.error = failure.reason
+        metadata.status = Int(failure.status.code)
+        reporting.action(target: destination.description, metadata: metadata)
+        logger.info(
+            "upstream connect failed",
+            metadata: [
+                "target": "\(destination)", "status": "\(failure.status.code)", "reason": "\(failure.reason)",
+            ]
+        )
+    }
+
+    // MARK: CONNECT
+
+    private func dialTunnel(_ destination: Destination, context: ChannelHandlerContext) {
+        let baseMetadata = newMetadata(destination, transport: .connect)
+        let started = NIODeadline.now()
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        connector.connect(to: destination, on: context.eventLoop) { channel in
+            // Glue is added once the 200 is written; until then nothing reads the upstream.
+            channel.eventLoop.makeSucceededVoidFuture()
+        }.whenComplete { result in
+            let (handler, context) = loopBound.value
+            var metadata = baseMetadata
+            switch result {
+            case .success(let channel):
+                guard context.channel.isActive else {
+                    channel.close(promise: nil)
+                    return
+                }
+                metadata.resolvedIP = channel.remoteAddress?.ipAddress
+                _ = handler.machine.tunnelConnected()
+                handler.establishTunnel(
+                    upstream: channel,
+                    destination: destination,
+                    metadata: metadata,
+                    started: started,
+                    context: context
+                )
+            case .failure(let error):
+                let failure = ProxyError.dial(handler.connector.classify(error))
+                handler.reportFailure(metadata, destination, failure)
+                handler.perform(handler.machine.connectFailed(failure), context: context)
+            }
+        }
+    }
+
+    private func establishTunnel(
+        upstream: any Channel,
+        destination: Destination,
+        metadata: ConnectMetadata,
+        started: NIODeadline,
+        context: ChannelHandlerContext
+    ) {
+        let session = TunnelSession(
+            reporting: reporting,
+            metadata: metadata,
+            destination: destination,
+            started: started,
+            idleTimeout: settings.idleTimeout,
+            eventLoop: context.eventLoop
+        )
+        let (clientGlue, upstreamGlue) = GlueHandler.matchedPair(session: session)
+        let peek = TLSPeekHandler(limit: settings.clientHelloLimit, timeout: settings.clientHelloTimeout) {
+            session.peekConcluded($0)
+        }
+        let head = HTTPResponseHead(
+            version: .http1_1,
+            status: .custom(code: 200, reasonPhrase: "Connection established")
+        )
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+
+        do {
+            let pipeline = context.pipeline.syncOperations
+            try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
+            try pipeline.addHandlers([peek, clientGlue], position: .last)
+            // Remove the HTTP handlers; the request decoder goes last so the bytes it still holds (a client
+            // that did not wait for the 200) flow into the peek and on to the upstream.
+            Self.removeHTTPServerHandlers(from: pipeline)
+            pipeline.removeHandler(context: context, promise: nil)
+            if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
+                pipeline.removeHandler(decoder, promise: nil)
+            }
+            session.start()
+            logger.debug("tunnel established", metadata: ["target": "\(destination)"])
+            if pendingRead {
+                pendingRead = false
+                context.channel.read()
+            }
+        } catch {
+            logger.error("cannot set up tunnel", metadata: ["error": "\(error)"])
+            upstream.close(promise: nil)
+            context.close(promise: nil)
+        }
+    }
+
+    /// Every handler `configureHTTPServerPipeline` may have added, but the request decoder.
+    private static func removeHTTPServerHandlers(from pipeline: ChannelPipeline.SynchronousOperations) {
+        if let handler = try? pipeline.handler(type: HTTPServerUpgradeHandler.self) {
+            pipeline.removeHandler(handler, promise: nil)
+        }
+        if let handler = try? pipeline.handler(type: HTTPServerPipelineHandler.self) {
+            pipeline.removeHandler(handler, promise: nil)
+        }
+        if let handler = try? pipeline.handler(type: NIOHTTPResponseHeadersValidator.self) {
+            pipeline.removeHandler(handler, promise: nil)
+        }
+        if let handler = try? pipeline.handler(type: HTTPResponseEncoder.self) {
+            pipeline.removeHandler(handler, promise: nil)
+        }
+    }
+
+    // MARK: plain HTTP
+
+    private func connectUpstream(_ destination: Destination, context: ChannelHandlerContext) {
+        let metadata = newMetadata(destination, transport: .http)
+        exchange = ExchangeRecord(eventID: metadata.eventID, destination: destination, started: .now())
+
+        if let link = upstream, link.destination == destination, link.channel.isActive, link.handler.isIdle {
+            link.handler.attach(to: self)
+            var reused = metadata
+            reused.resolvedIP = link.resolvedIP
+            reporting.action(target: destination.description, metadata: reused)
+            perform(machine.upstreamReady(), context: context)
+            return
+        }
+        closeUpstream()
+
+        let newHandler = UpstreamHTTPHandler()
+        newHandler.attach(to: self)
+        let boundHandler = NIOLoopBound(newHandler, eventLoop: context.eventLoop)
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        connector.connect(to: destination, on: context.eventLoop) { channel in
+            do {
+                try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                    leftOverBytesStrategy: .fireError,
+                    enableOutboundHeaderValidation: true,
+                    encoderConfiguration: .init()
+                )
+                try channel.pipeline.syncOperations.addHandler(boundHandler.value)
+                return channel.eventLoop.makeSucceededVoidFuture()
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }.whenComplete { result in
+            let (front, context) = loopBound.value
+            var metadata = metadata
+            switch result {
+            case .success(let channel):
+                guard context.channel.isActive else {
+                    channel.close(promise: nil)
+                    return
+                }
+                let resolved = channel.remoteAddress?.ipAddress ?? "unknown"
+                front.upstream = UpstreamLink(
+                    destination: destination,
+                    channel: channel,
+                    handler: boundHandler.value,
+                    resolvedIP: resolved
+                )
+                metadata.resolvedIP = resolved
+                front.reporting.action(target: destination.description, metadata: metadata)
+                front.perform(front.machine.upstreamReady(), context: context)
+                if front.pendingRead, channel.isWritable {
+                    front.pendingRead = false
+                    context.read()
+                }
+            case .failure(let error):
+                let failure = ProxyError.dial(front.connector.classify(error))
+                front.exchange = nil
+                front.reportFailure(metadata, destination, failure)
+                front.perform(front.machine.connectFailed(failure), context: context)
+            }
+        }
+    }
+
+    private func closeUpstream() {
+        guard let link = upstream else { return }
+        upstream = nil
+        link.handler.detach()
+        link.channel.close(promise: nil)
+    }
+
+    private func recordClose(_ record: ExchangeRecord, closedBy: CloseRecord.ClosedBy, reason: String) {
+        reporting.close(
+            CloseRecord.Body(
+                eventID: record.eventID,
+                target: record.destination.description,
+                bytesFromClient: record.requestBytes,
+                bytesToClient: record.responseBytes,
+                durationMs: milliseconds(from: record.started, to: .now()),
+                closedBy: closedBy,
+                reason: reason,
+                status: record.status,
+                endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis())
+            )
+        )
+    }
+}
+
+@available(*, unavailable)
+extension ProxyFrontHandler: Sendable {}

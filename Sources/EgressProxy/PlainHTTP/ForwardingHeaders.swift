@@ -1,0 +1,34 @@
+import NIOHTTP1
+
+/// Rewrites request and response heads as they cross the proxy (RFC 9110 §7.6, RFC 9112 §3.2.2): origin-form
+/// target upstream, `Host` from the URL, hop-by-hop fields removed, `Via` added. Every other field, and its
+/// order, is kept.
+enum ForwardingHeaders {
+    static func request(_ head: HTTPRequestHead, destination: Destination, originForm: String) -> HTTPRequestHead {
+        var headers = HopByHopHeaders.stripped(head.headers)
+        // A proxy must replace Host with the URL's authority (RFC 9112 §3.2.2).
+        let host = destination.hostHeader(defaultPort: 80)
+        if headers.contains(name: "host") {
+            headers.replaceOrAdd(name: "Host", value: host)
+        } else {
+            headers.add(name: "Host", value: host)
+        }
+        headers.add(name: "Via", value: HopByHopHeaders.via(for: head.version))
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: originForm, headers: headers)
+    }
+
+    static func response(
+        _ head: HTTPResponseHead,
+        clientVersion: HTTPVersion,
+        clientKeepAlive: Bool
+    ) -> HTTPResponseHead {
+        var headers = HopByHopHeaders.stripped(head.headers)
+        headers.add(name: "Via", value: HopByHopHeaders.via(for: head.version))
+        if !clientKeepAlive {
+            headers.add(name: "Connection", value: "close")
+        }
+        // An HTTP/1.0 client cannot read chunked framing: answer it in 1.0, which frames by close instead.
+        let version: HTTPVersion = clientVersion.major == 1 && clientVersion.minor == 0 ? .http1_0 : .http1_1
+        return HTTPResponseHead(version: version, status: head.status, headers: headers)
+    }
+}

@@ -1,0 +1,118 @@
+import ControlPlane
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import ServiceLifecycle
+
+/// The proxy listener as a `Service`: binds, accepts client connections and gives each an HTTP pipeline
+/// ending in a `ProxyFrontHandler`. On graceful shutdown it stops accepting, lets open connections finish
+/// for the drain period, then closes the rest (recording them as closed by the proxy at shutdown).
+public final class ProxyServer: Service {
+    private let configuration: ProxyConfiguration
+    private let reporting: Reporting
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let onListening: (@Sendable (SocketAddress) -> Void)?
+    private let tracker = ConnectionTracker()
+    private let boundChannel = NIOLockedValueBox<(any Channel)?>(nil)
+
+    /// - Parameter onListening: called once the listener is bound, with its address (port 0 becomes the real
+    ///   port); tests use it to find the proxy.
+    public init(
+        configuration: ProxyConfiguration,
+        sink: any ActionSink,
+        logger: Logger,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        onListening: (@Sendable (SocketAddress) -> Void)? = nil
+    ) {
+        self.configuration = configuration
+        self.reporting = Reporting(agent: configuration.agent, sink: sink, logger: logger)
+        self.group = group
+        self.logger = logger
+        self.onListening = onListening
+    }
+
+    /// Open client connections right now.
+    public var openConnections: Int { tracker.count }
+
+    /// Binds the listener, so a taken port or a bad address fails before any service starts. `run` calls it
+    /// when it has not been called.
+    @discardableResult
+    public func bind() async throws -> SocketAddress? {
+        if let channel = boundChannel.withLockedValue({ $0 }) { return channel.localAddress }
+        let settings = ConnectionSettings(configuration)
+        let reporting = self.reporting
+        let tracker = self.tracker
+        let serverChannel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                tracker.add(channel)
+                do {
+                    try Self.configurePipeline(channel, settings: settings, reporting: reporting)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+            .bind(host: configuration.listenAddress, port: configuration.port)
+            .get()
+        boundChannel.withLockedValue { $0 = serverChannel }
+        return serverChannel.localAddress
+    }
+
+    public func run() async throws {
+        try await bind()
+        guard let serverChannel = boundChannel.withLockedValue({ $0 }) else { return }
+        let address = serverChannel.localAddress
+        logger.info(
+            "proxy listening on \(Reporting.describe(address))",
+            metadata: ["agent": "\(configuration.agent)", "local": "\(configuration.local)"]
+        )
+        if let address { onListening?(address) }
+
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                try await serverChannel.closeFuture.get()
+            } onGracefulShutdown: {
+                serverChannel.close(promise: nil)
+            }
+        } onCancel: {
+            serverChannel.close(promise: nil)
+        }
+        await drain()
+    }
+
+    /// Asks open connections to finish, waits up to the drain period, then closes what is left.
+    private func drain() async {
+        let open = tracker.count
+        guard open > 0 else { return }
+        logger.info("draining open connections", metadata: ["connections": "\(open)"])
+        tracker.fireEvent(ChannelShouldQuiesceEvent())
+        let drainNanos = configuration.drainTimeout.nanoseconds
+        if await tracker.waitUntilEmpty(timeout: .nanoseconds(drainNanos)) { return }
+        logger.info("closing connections left after the drain period", metadata: ["connections": "\(tracker.count)"])
+        tracker.fireEvent(ProxyShutdownEvent())
+        _ = await tracker.waitUntilEmpty(timeout: .seconds(5))
+    }
+
+    static func configurePipeline(
+        _ channel: any Channel,
+        settings: ConnectionSettings,
+        reporting: Reporting
+    ) throws {
+        // An upgrade configuration with no upgraders: it removes itself on the first request, and it makes
+        // the request decoder hand on the bytes it holds after a CONNECT head instead of dropping them.
+        let upgrade: NIOHTTPServerUpgradeConfiguration = (upgraders: [], completionHandler: { _ in })
+        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+            withPipeliningAssistance: true,
+            withServerUpgrade: upgrade,
+            withErrorHandling: false
+        )
+        try channel.pipeline.syncOperations.addHandler(ProxyFrontHandler(settings: settings, reporting: reporting))
+    }
+}

@@ -1,0 +1,90 @@
+import ClientHello
+import NIOCore
+
+/// What the proxy learned from a tunnel's first client bytes.
+public struct PeekResult: Sendable, Hashable {
+    /// Whether the client's first bytes were a TLS handshake; `nil` when the client sent nothing in time.
+    public var tls: Bool?
+    /// The parsed ClientHello, when there was one.
+    public var hello: ClientHello?
+    /// Why there is no server name, when there is none.
+    public var sniError: String?
+
+    public init(tls: Bool?, hello: ClientHello?, sniError: String?) {
+        self.tls = tls
+        self.hello = hello
+        self.sniError = sniError
+    }
+}
+
+/// Watches copies of a tunnel's first client bytes until they yield a ClientHello or a reason there is none.
+///
+/// Pure: the handler feeds it what it already forwarded and acts on the result. A ClientHello that arrives in
+/// one segment is parsed in place; only a split one is copied, up to the limit.
+struct ClientHelloPeek {
+    enum Step: Equatable {
+        case keepLooking
+        case done(PeekResult)
+    }
+
+    private let limit: Int
+    private var collected: ByteBuffer?
+    private(set) var isDone = false
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    /// Looks at `bytes`, which the handler has already passed on.
+    mutating func feed(_ bytes: ByteBuffer) -> Step {
+        guard !isDone else { return .keepLooking }
+        let outcome: ClientHelloParser.Outcome
+        if collected == nil {
+            outcome = ClientHelloParser.parse(bytes, limit: limit)
+            if outcome == .needMoreData {
+                var copy = ByteBufferAllocator().buffer(capacity: max(bytes.readableBytes * 2, 2048))
+                copy.writeImmutableBuffer(bytes.getSlice(at: bytes.readerIndex, length: min(bytes.readableBytes, limit))!)
+                collected = copy
+            }
+        } else {
+            let room = limit - collected!.readableBytes
+            if room > 0 {
+                let take = min(room, bytes.readableBytes)
+                collected!.writeImmutableBuffer(bytes.getSlice(at: bytes.readerIndex, length: take)!)
+            }
+            outcome = ClientHelloParser.parse(collected!, limit: limit)
+            if outcome == .needMoreData && collected!.readableBytes >= limit {
+                return finish(PeekResult(tls: true, hello: nil, sniError: "ClientHello larger than \(limit) bytes"))
+            }
+        }
+        switch outcome {
+        case .needMoreData:
+            return .keepLooking
+        case .parsed(let hello):
+            let error = hello.serverName == nil ? "client sent no server name" : nil
+            return finish(PeekResult(tls: true, hello: hello, sniError: error))
+        case .notTLS(let reason):
+            return finish(PeekResult(tls: false, hello: nil, sniError: "not TLS: \(reason)"))
+        case .malformed(let reason):
+            return finish(PeekResult(tls: true, hello: nil, sniError: "malformed ClientHello: \(reason)"))
+        case .tooLarge(let limit):
+            return finish(PeekResult(tls: true, hello: nil, sniError: "ClientHello larger than \(limit) bytes"))
+        }
+    }
+
+    /// The client sent nothing conclusive before the deadline, or closed, or the tunnel ended.
+    mutating func giveUp(because why: String) -> PeekResult {
+        isDone = true
+        if let collected, collected.readableBytes > 0 {
+            return PeekResult(tls: true, hello: nil, sniError: "incomplete ClientHello: \(why)")
+        }
+        collected = nil
+        return PeekResult(tls: nil, hello: nil, sniError: "no client bytes: \(why)")
+    }
+
+    private mutating func finish(_ result: PeekResult) -> Step {
+        isDone = true
+        collected = nil
+        return .done(result)
+    }
+}

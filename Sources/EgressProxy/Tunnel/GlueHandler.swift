@@ -1,0 +1,155 @@
+import ControlPlane
+import NIOCore
+
+/// One half of a relay between the client and upstream channels of a tunnel (after swift-nio-examples'
+/// connect-proxy): what one channel reads the other writes; a half-close is forwarded as a half-close; a
+/// read is only asked for while the partner can take more (backpressure), so memory does not grow with
+/// the transfer.
+final class GlueHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let side: TunnelSession.Side
+    private let session: TunnelSession
+    private var partner: GlueHandler?
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private var inputClosed = false
+
+    private init(side: TunnelSession.Side, session: TunnelSession) {
+        self.side = side
+        self.session = session
+    }
+
+    /// A client-side and an upstream-side handler that relay to each other.
+    static func matchedPair(session: TunnelSession) -> (client: GlueHandler, upstream: GlueHandler) {
+        let client = GlueHandler(side: .client, session: session)
+        let upstream = GlueHandler(side: .upstream, session: session)
+        client.partner = upstream
+        upstream.partner = client
+        session.closeBoth = { [weak client, weak upstream] _ in
+            client?.context?.close(promise: nil)
+            upstream?.context?.close(promise: nil)
+        }
+        return (client, upstream)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        self.partner = nil
+    }
+
+    // MARK: inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data)
+        session.read(bytes.readableBytes, from: side)
+        partner?.partnerWrite(bytes)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        partner?.partnerFlush()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        session.channelInactive(side)
+        partner?.partnerCloseFully()
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            inputClosed = true
+            session.noteClose(by: side == .client ? .client : .upstream, reason: "eof")
+            if partner?.inputClosed == true {
+                // Both directions are finished: nothing more can flow.
+                context.close(promise: nil)
+                partner?.partnerCloseFully()
+            } else {
+                partner?.partnerHalfClose()
+            }
+            return
+        }
+        if event is ProxyShutdownEvent {
+            session.noteClose(by: .proxy, reason: "shutdown")
+            context.close(promise: nil)
+            partner?.partnerCloseFully()
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        session.noteClose(by: side == .client ? .client : .upstream, reason: "error: \(Self.describe(error))")
+        context.close(promise: nil)
+        partner?.partnerCloseFully()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            partner?.partnerBecameWritable()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: outbound
+
+    func read(context: ChannelHandlerContext) {
+        if let partner, partner.partnerIsWritable {
+            context.read()
+        } else {
+            pendingRead = true
+        }
+    }
+
+    // MARK: partner calls
+
+    private func partnerWrite(_ bytes: ByteBuffer) {
+        context?.write(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    private func partnerFlush() {
+        context?.flush()
+    }
+
+    private func partnerHalfClose() {
+        guard let context else { return }
+        context.flush()
+        context.close(mode: .output, promise: nil)
+    }
+
+    private func partnerCloseFully() {
+        context?.close(promise: nil)
+    }
+
+    private var partnerIsWritable: Bool {
+        context?.channel.isWritable ?? false
+    }
+
+    private func partnerBecameWritable() {
+        if pendingRead, let context {
+            pendingRead = false
+            context.read()
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let ioError = error as? IOError {
+            return ioError.description
+        }
+        return String(describing: error)
+    }
+}
+
+@available(*, unavailable)
+extension GlueHandler: Sendable {}
+
+/// Sent down a connection's pipeline when the proxy stops after the drain period: close now, as `shutdown`.
+public struct ProxyShutdownEvent: Sendable {
+    public init() {}
+}

@@ -1,0 +1,155 @@
+import ClientHello
+import ControlPlane
+import Logging
+import NIOCore
+
+/// The record of one CONNECT tunnel: byte counts, the SNI peek, who closed it and why, and the idle timer.
+///
+/// Loop-bound: both glue handlers and the peek handler run on the tunnel's one event loop. The action is
+/// emitted as soon as the peek has an answer (or the tunnel ends first); the close record when both sides
+/// are closed.
+final class TunnelSession {
+    enum Side: String {
+        case client
+        case upstream
+    }
+
+    private let reporting: Reporting
+    private var metadata: ConnectMetadata
+    private let target: String
+    private let requestedHost: String
+    private let started: NIODeadline
+    private let idleTimeout: TimeAmount
+    private let eventLoop: any EventLoop
+
+    private(set) var bytesFromClient: UInt64 = 0
+    private(set) var bytesToClient: UInt64 = 0
+    private var lastActivity: NIODeadline
+    private var actionSent = false
+    private var closedBy: CloseRecord.ClosedBy?
+    private var closeReason: String?
+    private var inactiveSides: Set<Side> = []
+    private var idleTimer: Scheduled<Void>?
+    private var recorded = false
+    /// Closes both channels; set by the glue handlers once they are paired.
+    var closeBoth: ((_ reason: String) -> Void)?
+
+    init(
+        reporting: Reporting,
+        metadata: ConnectMetadata,
+        destination: Destination,
+        started: NIODeadline,
+        idleTimeout: TimeAmount,
+        eventLoop: any EventLoop
+    ) {
+        self.reporting = reporting
+        self.metadata = metadata
+        self.target = destination.description
+        self.requestedHost = destination.host
+        self.started = started
+        self.lastActivity = started
+        self.idleTimeout = idleTimeout
+        self.eventLoop = eventLoop
+    }
+
+    /// Starts the idle timer.
+    func start() {
+        scheduleIdleCheck(in: idleTimeout)
+    }
+
+    func peekConcluded(_ result: PeekResult) {
+        metadata.tls = result.tls ?? false
+        metadata.sni = result.hello?.serverName
+        metadata.sniError = result.sniError
+        if let hello = result.hello {
+            metadata.alpn = hello.alpn
+        }
+        if let sni = metadata.sni {
+            metadata.sniMismatch = sni != requestedHost
+        }
+        sendActionOnce()
+    }
+
+    func read(_ count: Int, from side: Side) {
+        switch side {
+        case .client: bytesFromClient &+= UInt64(count)
+        case .upstream: bytesToClient &+= UInt64(count)
+        }
+        lastActivity = .now()
+    }
+
+    /// The first side to stop (EOF, error, or the proxy) is the one recorded as closing the tunnel.
+    func noteClose(by who: CloseRecord.ClosedBy, reason: String) {
+        guard closedBy == nil else { return }
+        closedBy = who
+        closeReason = reason
+    }
+
+    func channelInactive(_ side: Side) {
+        inactiveSides.insert(side)
+        noteClose(by: side == .client ? .client : .upstream, reason: "eof")
+        if inactiveSides.count == 2 {
+            finish()
+        }
+    }
+
+    private func finish() {
+        guard !recorded else { return }
+        recorded = true
+        idleTimer?.cancel()
+        idleTimer = nil
+        sendActionOnce()
+        let now = NIODeadline.now()
+        reporting.close(
+            CloseRecord.Body(
+                eventID: metadata.eventID,
+                target: target,
+                bytesFromClient: bytesFromClient,
+                bytesToClient: bytesToClient,
+                durationMs: milliseconds(from: started, to: now),
+                closedBy: closedBy ?? .proxy,
+                reason: closeReason ?? "eof",
+                endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis())
+            )
+        )
+        reporting.logger.debug(
+            "tunnel closed",
+            metadata: [
+                "target": "\(target)", "bytes.from_client": "\(bytesFromClient)",
+                "bytes.to_client": "\(bytesToClient)", "closed_by": "\((closedBy ?? .proxy).rawValue)",
+                "reason": "\(closeReason ?? "eof")",
+            ]
+        )
+    }
+
+    private func sendActionOnce() {
+        guard !actionSent else { return }
+        actionSent = true
+        if metadata.tls == nil && metadata.sniError == nil {
+            metadata.tls = false
+            metadata.sniError = "tunnel ended before the client sent anything"
+        }
+        reporting.action(target: target, metadata: metadata)
+    }
+
+    private func scheduleIdleCheck(in delay: TimeAmount) {
+        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+        idleTimer = eventLoop.scheduleTask(in: delay) {
+            loopBound.value.idleCheck()
+        }
+    }
+
+    private func idleCheck() {
+        guard !recorded else { return }
+        let idle = NIODeadline.now() - lastActivity
+        if idle >= idleTimeout {
+            noteClose(by: .proxy, reason: "idle_timeout")
+            closeBoth?("idle_timeout")
+        } else {
+            scheduleIdleCheck(in: idleTimeout - idle)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension TunnelSession: Sendable {}

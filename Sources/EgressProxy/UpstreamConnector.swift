@@ -1,0 +1,90 @@
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import NIOPosix
+
+/// Opens TCP connections to destinations on the client's event loop (so both halves of a relay share one
+/// thread). Names are resolved for both address families and raced (NIO's Happy Eyeballs); IP literals are
+/// dialled directly.
+struct UpstreamConnector {
+    var connectTimeout: TimeAmount
+
+    /// Why a dial failed, with the status the client gets.
+    struct Failure: Error, Sendable, Hashable {
+        /// 502 for refused, unreachable or unresolvable destinations; 504 for a timeout.
+        var status: Int
+        /// Short, client-safe reason: `connection refused`, `name resolution failed`, …
+        var reason: String
+        /// `Proxy-Status` error type (RFC 9209 §2.3).
+        var proxyStatusError: String
+    }
+
+    func connect(
+        to destination: Destination,
+        on eventLoop: any EventLoop,
+        initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) -> EventLoopFuture<any Channel> {
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer(initializer)
+        if destination.isIPLiteral {
+            do {
+                let address = try SocketAddress(ipAddress: destination.host, port: destination.port)
+                return bootstrap.connect(to: address)
+            } catch {
+                return eventLoop.makeFailedFuture(error)
+            }
+        }
+        return bootstrap.connect(host: destination.host, port: destination.port)
+    }
+
+    /// Maps a dial error to what the client and the action are told.
+    func classify(_ error: any Error) -> Failure {
+        if let channelError = error as? ChannelError, case .connectTimeout = channelError {
+            return Failure(
+                status: 504,
+                reason: "connect timeout after \(Self.describe(connectTimeout))",
+                proxyStatusError: "connection_timeout"
+            )
+        }
+        if let connectionError = error as? NIOConnectionError {
+            if let first = connectionError.connectionErrors.first {
+                return classify(first.error)
+            }
+            return Failure(status: 502, reason: "name resolution failed", proxyStatusError: "dns_error")
+        }
+        if error is SocketAddressError {
+            return Failure(status: 502, reason: "name resolution failed", proxyStatusError: "dns_error")
+        }
+        if let ioError = error as? IOError {
+            switch ioError.errnoCode {
+            case ECONNREFUSED:
+                return Failure(status: 502, reason: "connection refused", proxyStatusError: "connection_refused")
+            case ENETUNREACH:
+                return Failure(status: 502, reason: "network unreachable", proxyStatusError: "destination_ip_unroutable")
+            case EHOSTUNREACH:
+                return Failure(status: 502, reason: "host unreachable", proxyStatusError: "destination_ip_unroutable")
+            case ETIMEDOUT:
+                return Failure(status: 504, reason: "connect timeout", proxyStatusError: "connection_timeout")
+            default:
+                return Failure(
+                    status: 502,
+                    reason: "connect failed (errno \(ioError.errnoCode))",
+                    proxyStatusError: "proxy_internal_error"
+                )
+            }
+        }
+        return Failure(status: 502, reason: "connect failed", proxyStatusError: "proxy_internal_error")
+    }
+
+    static func describe(_ amount: TimeAmount) -> String {
+        let ms = amount.nanoseconds / 1_000_000
+        return ms % 1000 == 0 ? "\(ms / 1000)s" : "\(ms)ms"
+    }
+}

@@ -1,0 +1,139 @@
+import ArgumentParser
+import EgressProxy
+import Foundation
+import Logging
+import ServiceLifecycle
+
+@main
+struct KaizenEgress: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kaizen-egress",
+        abstract: "HTTP(S) forward proxy that reports every outbound connection of an agent as a connect action.",
+        discussion: """
+            Every option can also be set through the environment variable named in its help; the option wins.
+            Local mode (--local) needs no account: actions are written as JSON lines to standard output.
+            """,
+        subcommands: [Run.self]
+    )
+
+    @OptionGroup var options: RunOptions
+
+    func run() async throws {
+        try await options.runProxy()
+    }
+}
+
+/// `kaizen-egress run`: the same as no subcommand.
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the proxy (the same as no subcommand).")
+
+    @OptionGroup var options: RunOptions
+
+    func run() async throws {
+        try await options.runProxy()
+    }
+}
+
+/// The proxy's settings as flags; each overrides the environment variable named in its help.
+struct RunOptions: ParsableArguments {
+    @Option(help: "Listen port; 0 picks a free one. (env PORT, default 8080)")
+    var port: String?
+
+    @Option(help: "Listen address, IPv4 or IPv6. (env KAIZEN_LISTEN, default 127.0.0.1)")
+    var listen: String?
+
+    @Option(help: "Agent name actions are reported under. (env KAIZEN_AGENT, default egress-agent)")
+    var agent: String?
+
+    @Option(
+        help: """
+            File holding the org API key; a file, not the key itself, so the key never shows in the process \
+            list. (env KAIZEN_API_KEY holds the key itself, default none)
+            """
+    )
+    var apiKeyFile: String?
+
+    @Option(help: "Control plane base URL. (env KAIZEN_API_URL, default https://api.getkaizen.io)")
+    var apiURL: String?
+
+    @Flag(help: "Local mode: write actions as JSON lines to standard output; no account needed. (env KAIZEN_LOCAL=1)")
+    var local = false
+
+    @Option(help: "Also append every action and close record to this file (mode 0600). (env KAIZEN_AUDIT_LOG)")
+    var auditLog: String?
+
+    @Option(help: "Upstream connect timeout, e.g. 10s, 500ms. (env KAIZEN_CONNECT_TIMEOUT, default 10s)")
+    var connectTimeout: String?
+
+    @Option(help: "Close tunnels idle this long. (env KAIZEN_IDLE_TIMEOUT, default 1h)")
+    var idleTimeout: String?
+
+    @Option(help: "Seconds open connections get to finish on SIGTERM. (env KAIZEN_DRAIN_SECONDS, default 10)")
+    var drainSeconds: String?
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical. (env KAIZEN_LOG_LEVEL, default info)")
+    var logLevel: String?
+
+    func runProxy() async throws {
+        var environment = ProcessInfo.processInfo.environment
+        environment[ConfigurationKey.port.variable] = port ?? environment[ConfigurationKey.port.variable]
+        environment[ConfigurationKey.listen.variable] = listen ?? environment[ConfigurationKey.listen.variable]
+        environment[ConfigurationKey.agent.variable] = agent ?? environment[ConfigurationKey.agent.variable]
+        environment[ConfigurationKey.apiURL.variable] = apiURL ?? environment[ConfigurationKey.apiURL.variable]
+        environment[ConfigurationKey.auditLog.variable] = auditLog ?? environment[ConfigurationKey.auditLog.variable]
+        environment[ConfigurationKey.connectTimeout.variable] =
+            connectTimeout ?? environment[ConfigurationKey.connectTimeout.variable]
+        environment[ConfigurationKey.idleTimeout.variable] =
+            idleTimeout ?? environment[ConfigurationKey.idleTimeout.variable]
+        environment[ConfigurationKey.drainSeconds.variable] =
+            drainSeconds ?? environment[ConfigurationKey.drainSeconds.variable]
+        environment[ConfigurationKey.logLevel.variable] = logLevel ?? environment[ConfigurationKey.logLevel.variable]
+        if local { environment[ConfigurationKey.local.variable] = "1" }
+        if let apiKeyFile {
+            guard let key = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else {
+                fail("--api-key-file: cannot read \(apiKeyFile): give a readable file that holds the API key")
+            }
+            environment[ConfigurationKey.apiKey.variable] = key
+        }
+
+        let configuration: ProxyConfiguration
+        do {
+            configuration = try ProxyConfiguration(environment: environment)
+        } catch {
+            fail(error.description)
+        }
+
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "kaizen-egress")
+        signal(SIGPIPE, SIG_IGN)  // a closed stdout must not kill the proxy; writes report EPIPE instead
+
+        let application: EgressApplication
+        do {
+            application = try EgressApplication(configuration: configuration, logger: logger)
+        } catch let error as ConfigurationError {
+            fail(error.description)
+        }
+        do {
+            try await application.server.bind()
+        } catch {
+            fail(
+                "\(ConfigurationKey.port.variable): cannot listen on \(configuration.listenAddress) port \(configuration.port) (\(error)): set \(ConfigurationKey.port.spelled) to a free port or stop what uses it"
+            )
+        }
+        if configuration.apiKey != nil && configuration.local {
+            logger.warning("KAIZEN_API_KEY is set, but this version only records locally; the key is not used")
+        }
+        try await application.serviceGroup(logger: logger).run()
+    }
+
+    /// Prints one line naming the problem and its fix, and exits with status 2.
+    private func fail(_ line: String) -> Never {
+        FileHandle.standardError.write(Data("kaizen-egress: \(line)\n".utf8))
+        Foundation.exit(2)
+    }
+}
