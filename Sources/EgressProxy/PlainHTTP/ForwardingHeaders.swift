@@ -5,12 +5,21 @@ import NIOHTTP1
 /// order, is kept.
 enum ForwardingHeaders {
     static func request(_ head: HTTPRequestHead, destination: Destination, originForm: String) -> HTTPRequestHead {
-        var headers = HopByHopHeaders.stripped(head.headers)
-        // A proxy must replace Host with the URL's authority (RFC 9112 §3.2.2).
+        let stripped = HopByHopHeaders.stripped(head.headers)
+        // A proxy must replace Host with the URL's authority (RFC 9112 §3.2.2); it keeps its place.
         let host = destination.hostHeader(defaultPort: 80)
-        if headers.contains(name: "host") {
-            headers.replaceOrAdd(name: "Host", value: host)
-        } else {
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(stripped.count + 2)
+        var hostWritten = false
+        for (name, value) in stripped {
+            if name.lowercased() == "host" {
+                if !hostWritten { headers.add(name: name, value: host) }
+                hostWritten = true
+            } else {
+                headers.add(name: name, value: value)
+            }
+        }
+        if !hostWritten {
             headers.add(name: "Host", value: host)
         }
         headers.add(name: "Via", value: HopByHopHeaders.via(for: head.version))

@@ -1,0 +1,122 @@
+import ControlPlane
+import Foundation
+import Testing
+
+@Suite struct RecordJSONTests {
+    func metadata() -> ConnectMetadata {
+        var metadata = ConnectMetadata(
+            eventID: EventID(description: "01a21941-e6fe-79ac-864f-0552b3987684"),
+            transport: .connect,
+            host: "example.org",
+            port: 443,
+            client: "127.0.0.1:50432",
+            startedAt: "2026-11-26T19:07:59.102Z",
+            outcome: .connected
+        )
+        metadata.resolvedIP = "93.184.215.14"
+        metadata.tls = true
+        metadata.sni = "example.org"
+        metadata.alpn = ["h2", "http/1.1"]
+        metadata.sniMismatch = false
+        return metadata
+    }
+
+    @Test func actionHasTheControlPlaneShapeInAFixedOrder() throws {
+        let action = ConnectAction(agent: "egress-agent", target: "example.org:443", metadata: metadata())
+        let line = String(decoding: ActionRecord.action(action).jsonLine(), as: UTF8.self)
+        #expect(
+            line == """
+                {"schema_version":"1","agent":"egress-agent","action":{"kind":"connect","target":"example.org:443",\
+                "metadata":{"source":"egress","event_id":"01a21941-e6fe-79ac-864f-0552b3987684","transport":"connect",\
+                "host":"example.org","port":443,"client":"127.0.0.1:50432","started_at":"2026-11-26T19:07:59.102Z",\
+                "outcome":"connected","resolved_ip":"93.184.215.14","tls":true,"sni":"example.org",\
+                "alpn":["h2","http/1.1"],"sni_mismatch":false}},"verdict":{"decision":"allow","reason":"observed"}}
+
+                """
+        )
+        let decoded = try JSONDecoder().decode(ConnectAction.self, from: Data(line.utf8))
+        #expect(decoded == action)
+    }
+
+    @Test func missingSNIIsAnExplicitNull() throws {
+        var metadata = metadata()
+        metadata.sni = nil
+        metadata.tls = false
+        metadata.sniError = "not TLS: first byte 0x53 is not a TLS handshake record"
+        metadata.alpn = nil
+        metadata.sniMismatch = nil
+        let line = ActionRecord.action(ConnectAction(agent: "a", target: "t:1", metadata: metadata)).jsonLine()
+        let object = try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any]
+        let fields = (object?["action"] as? [String: Any])?["metadata"] as? [String: Any]
+        #expect(fields?.keys.contains("sni") == true)
+        #expect(fields?["sni"] is NSNull)
+        #expect(fields?["tls"] as? Bool == false)
+    }
+
+    @Test func plainHTTPActionHasNoTLSFields() throws {
+        var metadata = metadata()
+        metadata.transport = .http
+        metadata.tls = nil
+        metadata.sni = nil
+        metadata.alpn = nil
+        metadata.sniMismatch = nil
+        let line = String(decoding: ActionRecord.action(ConnectAction(agent: "a", target: "t:80", metadata: metadata)).jsonLine(), as: UTF8.self)
+        #expect(!line.contains("\"sni\""))
+        #expect(!line.contains("\"tls\""))
+    }
+
+    @Test func closeRecordRoundTrips() throws {
+        let close = CloseRecord(
+            agent: "egress-agent",
+            close: .init(
+                eventID: EventID.generate(),
+                target: "[::1]:443",
+                bytesFromClient: 517,
+                bytesToClient: 1_073_741_824,
+                durationMs: 1234,
+                closedBy: .upstream,
+                reason: "eof",
+                status: nil,
+                endedAt: WallClock.rfc3339(unixMillis: 0)
+            )
+        )
+        let line = ActionRecord.close(close).jsonLine()
+        #expect(line.last == UInt8(ascii: "\n"))
+        #expect(line.dropLast().contains(UInt8(ascii: "\n")) == false)
+        #expect(try JSONDecoder().decode(CloseRecord.self, from: Data(line)) == close)
+        #expect(close.close.endedAt == "1970-01-01T00:00:00.000Z")
+    }
+
+    /// Hostile strings (from a SNI, Host or agent name) never break a line and parse back to themselves.
+    @Test(arguments: [
+        "quote\" backslash\\ slash/", "new\nline\rreturn\ttab", "nul\u{0}bell\u{7}del\u{7f}",
+        "line\u{2028}separator\u{2029}", "emoji 🧪 and é", String(repeating: "x\"\\", count: 22_000),
+    ])
+    func hostileStringsStayOnOneLineAndRoundTrip(_ value: String) throws {
+        var metadata = metadata()
+        metadata.host = value
+        metadata.sni = value
+        let action = ConnectAction(agent: value, target: value, metadata: metadata)
+        let line = ActionRecord.action(action).jsonLine()
+        let withoutNewline = line.dropLast()
+        #expect(!withoutNewline.contains(0x0a) && !withoutNewline.contains(0x0d))
+        #expect(!String(decoding: line, as: UTF8.self).contains("\u{2028}"))
+        #expect(try JSONDecoder().decode(ConnectAction.self, from: Data(line)) == action)
+    }
+
+    @Test func eventIDsAreUUIDv7AndOrderedByTime() {
+        let early = EventID.generate(unixMillis: 1_700_000_000_000)
+        let late = EventID.generate(unixMillis: 1_700_000_000_001)
+        #expect(early.description.count == 36)
+        let characters = Array(early.description)
+        #expect(characters[14] == "7")
+        #expect("89ab".contains(characters[19]))
+        #expect(early.description < late.description)
+        let many = Set((0..<10_000).map { _ in EventID.generate(unixMillis: 1).description })
+        #expect(many.count == 10_000)
+    }
+
+    @Test func rfc3339Formatting() {
+        #expect(WallClock.rfc3339(unixMillis: 1_796_068_708_123) == "2026-11-30T19:58:28.123Z")
+    }
+}

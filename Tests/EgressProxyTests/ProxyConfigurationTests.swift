@@ -1,0 +1,101 @@
+import EgressProxy
+import Logging
+import NIOCore
+import Testing
+
+@Suite struct ProxyConfigurationTests {
+    let local = ["KAIZEN_LOCAL": "1"]
+
+    @Test func defaultsMatchTheProductPage() throws {
+        let configuration = try ProxyConfiguration(environment: local)
+        #expect(configuration.port == 8080)
+        #expect(configuration.listenAddress == "127.0.0.1")
+        #expect(configuration.agent == "egress-agent")
+        #expect(configuration.apiURL == "https://api.getkaizen.io")
+        #expect(configuration.apiKey == nil)
+        #expect(configuration.local)
+        #expect(configuration.auditLogPath == nil)
+        #expect(configuration.connectTimeout == .seconds(10))
+        #expect(configuration.idleTimeout == .hours(1))
+        #expect(configuration.drainTimeout == .seconds(10))
+        #expect(configuration.clientHelloTimeout == .seconds(10))
+        #expect(configuration.clientHelloLimit == 64 * 1024)
+    }
+
+    @Test func readsEveryVariable() throws {
+        let configuration = try ProxyConfiguration(environment: [
+            "PORT": "3200", "KAIZEN_LISTEN": "[::1]", "KAIZEN_AGENT": "my agent", "KAIZEN_LOCAL": "true",
+            "KAIZEN_API_URL": "http://127.0.0.1:9999/", "KAIZEN_AUDIT_LOG": "/tmp/audit.jsonl",
+            "KAIZEN_CONNECT_TIMEOUT": "500ms", "KAIZEN_IDLE_TIMEOUT": "90", "KAIZEN_DRAIN_SECONDS": "0",
+            "KAIZEN_LOG_LEVEL": "DEBUG",
+        ])
+        #expect(configuration.port == 3200)
+        #expect(configuration.listenAddress == "::1")
+        #expect(configuration.agent == "my agent")
+        #expect(configuration.apiURL == "http://127.0.0.1:9999")
+        #expect(configuration.auditLogPath == "/tmp/audit.jsonl")
+        #expect(configuration.connectTimeout == .milliseconds(500))
+        #expect(configuration.idleTimeout == .seconds(90))
+        #expect(configuration.drainTimeout == .seconds(0))
+        #expect(configuration.logLevel == .debug)
+    }
+
+    /// Each bad value refuses to start with one line that names the variable and says how to fix it.
+    @Test(arguments: [
+        ("PORT", "70000"), ("PORT", "-1"), ("PORT", "http"), ("KAIZEN_LISTEN", "localhost"),
+        ("KAIZEN_LISTEN", "300.1.1.1"), ("KAIZEN_API_URL", "http://api.getkaizen.io"),
+        ("KAIZEN_API_URL", "ftp://127.0.0.1"), ("KAIZEN_API_URL", "not a url"),
+        ("KAIZEN_API_URL", "https://user:pw@api.getkaizen.io"), ("KAIZEN_LOCAL", "maybe"),
+        ("KAIZEN_CONNECT_TIMEOUT", "0s"), ("KAIZEN_IDLE_TIMEOUT", "soon"), ("KAIZEN_DRAIN_SECONDS", "-5"),
+        ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"),
+    ])
+    func badValueNamesTheVariable(_ variable: String, _ value: String) {
+        var environment = local
+        environment[variable] = value
+        do {
+            _ = try ProxyConfiguration(environment: environment)
+            Issue.record("\(variable)=\(value) was accepted")
+        } catch {
+            #expect(error.variable == variable)
+            #expect(error.description.hasPrefix(variable))
+            #expect(!error.description.contains("\n"))
+            #expect(error.description.contains("set ") || error.description.contains("use "))
+        }
+    }
+
+    @Test func withoutKeyOrLocalModeRefusesNamingBoth() {
+        #expect {
+            _ = try ProxyConfiguration(environment: [:])
+        } throws: { error in
+            let message = (error as? ConfigurationError)?.description ?? ""
+            return message.contains("KAIZEN_API_KEY") && message.contains("--local")
+        }
+    }
+
+    @Test func keyWithoutLocalModeRefusesAndNeverShowsTheKey() {
+        let secret = "kz_live_CANARY_0123456789"
+        #expect {
+            _ = try ProxyConfiguration(environment: ["KAIZEN_API_KEY": secret])
+        } throws: { error in
+            let message = (error as? ConfigurationError)?.description ?? ""
+            return message.contains("KAIZEN_API_KEY") && message.contains("--local") && !message.contains(secret)
+        }
+    }
+
+    @Test func apiKeyDescriptionIsRedacted() throws {
+        let configuration = try ProxyConfiguration(environment: ["KAIZEN_API_KEY": "kz_live_SECRET", "KAIZEN_LOCAL": "1"])
+        #expect(configuration.apiKey?.value == "kz_live_SECRET")
+        #expect("\(configuration.apiKey!)" == "<redacted>")
+        #expect(!"\(configuration)".contains("kz_live_SECRET"))
+    }
+
+    @Test func portZeroPicksAFreePort() throws {
+        #expect(try ProxyConfiguration(environment: ["PORT": "0", "KAIZEN_LOCAL": "1"]).port == 0)
+    }
+
+    @Test func everyKeyHasAFlag() {
+        let variables = Set(ConfigurationKey.all.map(\.variable))
+        #expect(variables.count == ConfigurationKey.all.count)
+        #expect(ConfigurationKey.all.allSatisfy { $0.flag.hasPrefix("--") })
+    }
+}

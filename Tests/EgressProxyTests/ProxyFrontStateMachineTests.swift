@@ -1,0 +1,156 @@
+@testable import EgressProxy
+import NIOCore
+import NIOHTTP1
+import Testing
+
+@Suite struct ProxyFrontStateMachineTests {
+    typealias Machine = ProxyFrontHandler.StateMachine
+
+    func head(_ method: HTTPMethod, _ uri: String, _ headers: HTTPHeaders = [:], version: HTTPVersion = .http1_1)
+        -> HTTPRequestHead
+    {
+        HTTPRequestHead(version: version, method: method, uri: uri, headers: headers)
+    }
+
+    let example = Destination(host: "example.org", port: 443, isIPLiteral: false)
+    let plain = Destination(host: "example.org", port: 80, isIPLiteral: false)
+
+    @Test func connectDialsThenBecomesATunnel() {
+        var machine = Machine()
+        #expect(machine.requestHead(head(.CONNECT, "example.org:443")) == [.dialTunnel(example)])
+        #expect(machine.requestEnd(nil) == [])
+        #expect(machine.tunnelConnected() == [.establishTunnel])
+        #expect(machine.state == .tunnel)
+    }
+
+    @Test func connectFailureAnswersWithTheDialError() {
+        var machine = Machine()
+        _ = machine.requestHead(head(.CONNECT, "example.org:443"))
+        let error = ProxyError.dial(.init(status: 504, reason: "connect timeout after 10s", proxyStatusError: "connection_timeout"))
+        #expect(machine.connectFailed(error) == [.respondError(error)])
+        #expect(machine.state == .closed)
+        #expect(machine.tunnelConnected() == [])
+    }
+
+    @Test(arguments: ["example.org", "example.org:0", "[::1", "user@example.org:443"])
+    func badConnectTargetIs400(_ target: String) {
+        var machine = Machine()
+        let actions = machine.requestHead(head(.CONNECT, target))
+        guard case .respondError(let error) = actions.first else {
+            Issue.record("\(actions)")
+            return
+        }
+        #expect(error.status == .badRequest)
+        #expect(machine.state == .closed)
+    }
+
+    @Test(arguments: ["/", "/index.html", "https://example.org/", "ftp://example.org/"])
+    func nonProxyRequestsAre400(_ uri: String) {
+        var machine = Machine()
+        guard case .respondError(let error) = machine.requestHead(head(.GET, uri)).first else {
+            Issue.record("not rejected")
+            return
+        }
+        #expect(error.status == .badRequest)
+    }
+
+    @Test func plainRequestBuffersBodyUntilTheUpstreamIsReady() {
+        var machine = Machine()
+        #expect(machine.requestHead(head(.POST, "http://example.org/up", ["Content-Length": "3"])) == [.connectUpstream(plain)])
+        let body = ByteBuffer(string: "abc")
+        #expect(machine.requestBody(body) == [])
+        #expect(machine.requestEnd(nil) == [])
+        let actions = machine.upstreamReady()
+        guard case .writeUpstream(let parts) = actions.first, actions.count == 1 else {
+            Issue.record("\(actions)")
+            return
+        }
+        #expect(parts.count == 3)
+        guard case .head(let outbound) = parts[0] else {
+            Issue.record("first part is not the head")
+            return
+        }
+        #expect(outbound.uri == "/up")
+        #expect(outbound.headers["Host"] == ["example.org"])
+        #expect(parts[1] == .body(.byteBuffer(body)))
+        #expect(parts[2] == .end(nil))
+    }
+
+    @Test func exchangeCompletesWhenBothSidesEndAndKeepsAlive() {
+        var machine = Machine()
+        _ = machine.requestHead(head(.GET, "http://example.org/"))
+        _ = machine.requestEnd(nil)
+        _ = machine.upstreamReady()
+        let response = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["Content-Length": "2"])
+        #expect(machine.responseHead(response).count == 1)
+        #expect(machine.responseBody(ByteBuffer(string: "ok")) == [.writeClient(.body(.byteBuffer(ByteBuffer(string: "ok"))))])
+        #expect(machine.responseEnd(nil) == [.writeClient(.end(nil)), .completeExchange(keepClient: true, keepUpstream: true)])
+        #expect(machine.state == .idle)
+        // The next request on the same connection goes to another host.
+        #expect(machine.requestHead(head(.GET, "http://other.example:8080/")) == [.connectUpstream(Destination(host: "other.example", port: 8080, isIPLiteral: false))])
+    }
+
+    @Test func responseBeforeRequestEndWaitsForTheRequest() {
+        var machine = Machine()
+        _ = machine.requestHead(head(.POST, "http://example.org/", ["Content-Length": "10"]))
+        _ = machine.upstreamReady()
+        _ = machine.responseHead(HTTPResponseHead(version: .http1_1, status: .payloadTooLarge, headers: ["Connection": "close", "Content-Length": "0"]))
+        #expect(machine.responseEnd(nil) == [.writeClient(.end(nil))])
+        #expect(machine.requestEnd(nil) == [.writeUpstream([.end(nil)]), .completeExchange(keepClient: true, keepUpstream: false)])
+    }
+
+    @Test func clientConnectionCloseAndHTTP10CloseAfterTheResponse() {
+        for request in [head(.GET, "http://example.org/", ["Connection": "close"]), head(.GET, "http://example.org/", version: .http1_0), head(.GET, "http://example.org/", ["Upgrade": "websocket", "Connection": "Upgrade"])] {
+            var machine = Machine()
+            _ = machine.requestHead(request)
+            _ = machine.requestEnd(nil)
+            _ = machine.upstreamReady()
+            let actions = machine.responseHead(HTTPResponseHead(version: .http1_1, status: .ok))
+            guard case .writeClient(.head(let out)) = actions.first else {
+                Issue.record("\(actions)")
+                continue
+            }
+            #expect(out.headers["Connection"] == ["close"])
+            #expect(machine.responseEnd(nil).last == .completeExchange(keepClient: false, keepUpstream: true))
+            #expect(machine.state == .closed)
+        }
+    }
+
+    @Test func informationalResponsesPassThroughBeforeTheFinalOne() {
+        var machine = Machine()
+        _ = machine.requestHead(head(.POST, "http://example.org/", ["Expect": "100-continue", "Content-Length": "1"]))
+        _ = machine.upstreamReady()
+        #expect(machine.responseHead(HTTPResponseHead(version: .http1_1, status: .continue)).count == 1)
+        #expect(machine.responseBody(ByteBuffer(string: "x")) == [])  // no body before the final head
+        #expect(machine.responseHead(HTTPResponseHead(version: .http1_1, status: .created)).count == 1)
+        _ = machine.requestEnd(nil)
+        #expect(machine.responseEnd(nil).last == .completeExchange(keepClient: true, keepUpstream: true))
+    }
+
+    @Test func upstreamClosingBeforeTheResponseIs502AfterTheHeadIsAClose() {
+        var before = Machine()
+        _ = before.requestHead(head(.GET, "http://example.org/"))
+        _ = before.upstreamReady()
+        guard case .respondError(let error) = before.upstreamClosed(reason: "connection reset").first else {
+            Issue.record("no error response")
+            return
+        }
+        #expect(error.status == .badGateway)
+
+        var during = Machine()
+        _ = during.requestHead(head(.GET, "http://example.org/"))
+        _ = during.upstreamReady()
+        _ = during.responseHead(HTTPResponseHead(version: .http1_1, status: .ok))
+        guard case .closeClient = during.upstreamClosed(reason: "eof").first else {
+            Issue.record("client not closed")
+            return
+        }
+        #expect(during.state == .closed)
+    }
+
+    @Test func aSecondHeadWhileBusyClosesTheConnection() {
+        var machine = Machine()
+        _ = machine.requestHead(head(.GET, "http://example.org/"))
+        #expect(machine.requestHead(head(.GET, "http://example.org/")) == [.closeClient(reason: "request head out of order")])
+    }
+}
