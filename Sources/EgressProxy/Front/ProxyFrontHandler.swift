@@ -344,7 +344,12 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             Self.removeHTTPServerHandlers(from: pipeline)
             pipeline.removeHandler(context: context, promise: nil)
             if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
-                pipeline.removeHandler(decoder, promise: nil)
+                // The decoder hands its leftovers on as a read with no read-complete after it, and the relay
+                // flushes on read-complete: send one, so early bytes go out at once.
+                let channel = context.channel
+                let removed = channel.eventLoop.makePromise(of: Void.self)
+                removed.futureResult.whenSuccess { channel.pipeline.fireChannelReadComplete() }
+                pipeline.removeHandler(decoder, promise: removed)
             }
             session.start()
             logger.debug("tunnel established", metadata: ["target": "\(destination)"])

@@ -1,0 +1,204 @@
+import Foundation
+
+/// A program the tests run (an origin, curl, the proxy binary), with its output collected as it arrives so
+/// a test can wait, with a deadline, for a line it expects. Killed when released.
+final class ChildProcess: @unchecked Sendable {
+    private static let spawnLock = NSLock()
+
+    // `lines`, `stderrText` and `exited` are guarded by `condition`.
+    private let process = Process()
+    private let condition = NSCondition()
+    private var lines: [String] = []
+    private var stderrText = ""
+    private var partial = Data()
+    private var exited = false
+    private var finishedReaders = 0
+    private var readers: [Thread] = []
+
+    init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        if let environment { process.environment = environment }
+        // Tests start processes in parallel: mark the pipes close-on-exec under one lock, so a process spawned
+        // at the same moment by another test does not inherit them (and hold our EOF back for its lifetime).
+        ChildProcess.spawnLock.lock()
+        defer { ChildProcess.spawnLock.unlock() }
+        let stdout = Pipe()
+        let stderr = Pipe()
+        for handle in [stdout.fileHandleForReading, stdout.fileHandleForWriting, stderr.fileHandleForReading, stderr.fileHandleForWriting] {
+            _ = fcntl(handle.fileDescriptor, F_SETFD, FD_CLOEXEC)
+        }
+        process.standardOutput = stdout
+        process.standardError = stderr
+        process.standardInput = FileHandle.nullDevice
+        process.terminationHandler = { [weak self] _ in
+            guard let self else { return }
+            self.condition.lock()
+            self.exited = true
+            self.condition.broadcast()
+            self.condition.unlock()
+        }
+        try process.run()
+        readers = [
+            Thread { [weak self] in self?.pump(stdout.fileHandleForReading, isStdout: true) },
+            Thread { [weak self] in self?.pump(stderr.fileHandleForReading, isStdout: false) },
+        ]
+        readers.forEach { $0.start() }
+    }
+
+    /// `python3 origin.py --mode …`, waiting for its "PORT n" line.
+    static func origin(mode: String, host: String = "127.0.0.1", cert: String? = nil, key: String? = nil) throws
+        -> (ChildProcess, Int)
+    {
+        var arguments = [Paths.originScript, "--mode", mode, "--host", host]
+        if let cert, let key { arguments += ["--cert", cert, "--key", key] }
+        let child = try ChildProcess(Paths.which("python3"), arguments)
+        let line = try child.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        guard let port = Int(line.dropFirst(5)) else { throw TestFailure("origin printed \(line)") }
+        return (child, port)
+    }
+
+    private func pump(_ handle: FileHandle, isStdout: Bool) {
+        while true {
+            let data = handle.availableData
+            condition.lock()
+            if data.isEmpty {
+                finishedReaders += 1
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+            if isStdout {
+                partial.append(data)
+                while let newline = partial.firstIndex(of: 0x0a) {
+                    lines.append(String(decoding: partial[partial.startIndex..<newline], as: UTF8.self))
+                    partial.removeSubrange(partial.startIndex...newline)
+                }
+            } else {
+                stderrText += String(decoding: data, as: UTF8.self)
+            }
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    /// The first stdout line that satisfies `predicate`, waiting up to `timeout` seconds for it.
+    func waitForLine(timeout: TimeInterval, where predicate: (String) -> Bool) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            if let line = lines.first(where: predicate) { return line }
+            if exited && readersDone() { throw TestFailure("process exited; stderr: \(stderrText)") }
+            if !condition.wait(until: deadline) {
+                throw TestFailure("no matching line within \(timeout)s; stdout: \(lines) stderr: \(stderrText)")
+            }
+        }
+    }
+
+    /// Waits until stderr contains `text`.
+    func waitForStderr(containing text: String, timeout: TimeInterval) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while !stderrText.contains(text) {
+            if exited && readersDone() { throw TestFailure("process exited; stderr: \(stderrText)") }
+            if !condition.wait(until: deadline) { throw TestFailure("stderr lacks \(text): \(stderrText)") }
+        }
+        return stderrText
+    }
+
+    /// Waits for the process to exit and its output to be read; returns the exit status.
+    @discardableResult
+    func waitForExit(timeout: TimeInterval) throws -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while !(exited && readersDone()) {
+            if !condition.wait(until: deadline) {
+                process.terminate()
+                throw TestFailure("did not exit within \(timeout)s")
+            }
+        }
+        return process.terminationStatus
+    }
+
+    private func readersDone() -> Bool {
+        finishedReaders == 2
+    }
+
+    var stdoutLines: [String] {
+        condition.lock()
+        defer { condition.unlock() }
+        return lines
+    }
+
+    var stderr: String {
+        condition.lock()
+        defer { condition.unlock() }
+        return stderrText
+    }
+
+    func signal(_ signal: Int32) {
+        kill(process.processIdentifier, signal)
+    }
+
+    deinit {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+}
+
+/// Runs a program to completion (bounded by its own timeout flags and `timeout`).
+struct CommandResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+func runCommand(_ executable: String, _ arguments: [String], timeout: TimeInterval = 60) throws -> CommandResult {
+    let child = try ChildProcess(executable, arguments)
+    let status = try child.waitForExit(timeout: timeout)
+    return CommandResult(status: status, stdout: child.stdoutLines.joined(separator: "\n"), stderr: child.stderr)
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+enum Paths {
+    /// Tests/EndToEndTests
+    static let endToEndDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent()
+    /// Tests
+    static let testsDirectory = endToEndDirectory.deletingLastPathComponent()
+    static let originScript = endToEndDirectory.appendingPathComponent("origin.py").path
+    static let packageRoot = testsDirectory.deletingLastPathComponent()
+
+    /// The `kaizen-egress` binary built beside the test bundle.
+    static var proxyBinary: String {
+        let candidates = [
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
+            Bundle.main.bundleURL,
+            Bundle.main.bundleURL.deletingLastPathComponent(),
+            packageRoot.appendingPathComponent(".build/debug"),
+        ]
+        for directory in candidates {
+            let path = directory.appendingPathComponent("kaizen-egress").path
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return packageRoot.appendingPathComponent(".build/debug/kaizen-egress").path
+    }
+
+    static func which(_ name: String) -> String {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        for directory in path.split(separator: ":") {
+            let candidate = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return "/usr/bin/\(name)"
+    }
+}

@@ -1,0 +1,129 @@
+"""Test peers for the end-to-end tests; every mode listens on a loopback address only.
+
+Modes:
+  https / http  an HTTP/1.1 origin (keep-alive) with:
+                GET /hello          -> "hello from origin\n"
+                GET /headers        -> the request head as received, one "name: value" per line
+                POST|PUT /sha256    -> "<body length> <sha256 hex>\n" (Content-Length or chunked body)
+  banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
+  echo          echoes every byte back
+  halfclose     reads until EOF, then answers "got <n> bytes\n" and closes
+Prints "PORT <n>" on stdout once it listens.
+"""
+import argparse
+import hashlib
+import http.server
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body, content_type="text/plain"):
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(body)
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length", "0"))
+        return self.rfile.read(length)
+
+    def do_GET(self):
+        if self.path.startswith("/hello"):
+            self.reply(200, "hello from origin\n")
+        elif self.path.startswith("/headers"):
+            lines = [f"{self.command} {self.path} {self.request_version}"]
+            lines += [f"{k}: {v}" for k, v in self.headers.items()]
+            self.reply(200, "\n".join(lines) + "\n")
+        else:
+            self.reply(404, "not found\n")
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        body = self.read_body()
+        self.reply(200, f"{len(body)} {hashlib.sha256(body).hexdigest()}\n")
+
+    do_PUT = do_POST
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve_stream(sock, mode):
+    def handle(conn):
+        with conn:
+            if mode == "banner":
+                conn.sendall(b"SSH-2.0-kaizen-test\r\n")
+            if mode in ("banner", "echo"):
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    conn.sendall(data)
+            if mode == "halfclose":
+                total = 0
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    total += len(data)
+                conn.sendall(f"got {total} bytes\n".encode())
+
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    args = parser.parse_args()
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+
+    if args.mode in ("https", "http"):
+        Server.address_family = family
+        server = Server((args.host, 0), Handler)
+        if args.mode == "https":
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(args.cert, args.key)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+        print(f"PORT {server.server_address[1]}", flush=True)
+        server.serve_forever()
+    else:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((args.host, 0))
+        sock.listen(64)
+        print(f"PORT {sock.getsockname()[1]}", flush=True)
+        serve_stream(sock, args.mode)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
