@@ -63,6 +63,10 @@ final class ChildProcess: @unchecked Sendable {
             let data = handle.availableData
             condition.lock()
             if data.isEmpty {
+                if isStdout && !partial.isEmpty {
+                    lines.append(String(decoding: partial, as: UTF8.self))
+                    partial.removeAll()
+                }
                 finishedReaders += 1
                 condition.broadcast()
                 condition.unlock()

@@ -1,0 +1,101 @@
+import Foundation
+import Testing
+
+/// The `kaizen-egress` binary as a user runs it: refusals, local mode on stdout, the audit file, SIGTERM.
+@Suite struct CommandLineTests {
+    func environment(_ extra: [String: String]) -> [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        for key in environment.keys where key.hasPrefix("KAIZEN_") || key == "PORT" {
+            environment[key] = nil
+        }
+        return environment.merging(extra) { $1 }
+    }
+
+    @Test func withoutAKeyOrLocalModeItRefusesWithOneLine() throws {
+        let child = try ChildProcess(Paths.proxyBinary, [], environment: environment([:]))
+        #expect(try child.waitForExit(timeout: 30) == 2)
+        let lines = child.stderr.split(separator: "\n")
+        #expect(lines.count == 1)
+        #expect(lines.first?.contains("KAIZEN_API_KEY") == true)
+        #expect(lines.first?.contains("--local") == true)
+    }
+
+    @Test(arguments: [
+        (["--local", "--port", "99999"], "PORT"), (["--local", "--listen", "example.org"], "KAIZEN_LISTEN"),
+        (["--local", "--api-url", "http://api.getkaizen.io"], "KAIZEN_API_URL"),
+        (["--local", "--audit-log", "/nonexistent-dir/audit.jsonl"], "KAIZEN_AUDIT_LOG"),
+    ])
+    func badFlagsRefuseNamingTheVariable(_ arguments: [String], _ variable: String) throws {
+        let child = try ChildProcess(Paths.proxyBinary, arguments, environment: environment([:]))
+        #expect(try child.waitForExit(timeout: 30) == 2)
+        let lines = child.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "\(child.stderr)")
+        #expect(lines.first?.hasPrefix("kaizen-egress: \(variable)") == true, "\(child.stderr)")
+    }
+
+    @Test func theKeyNeverAppearsWhenItIsRefused() throws {
+        let canary = "kz_live_CANARY_must_not_leak_42"
+        let child = try ChildProcess(Paths.proxyBinary, [], environment: environment(["KAIZEN_API_KEY": canary]))
+        #expect(try child.waitForExit(timeout: 30) == 2)
+        #expect(child.stderr.contains("KAIZEN_API_KEY"))
+        #expect(!child.stderr.contains(canary))
+        #expect(child.stdoutLines.isEmpty)
+    }
+
+    @Test func localModeWritesActionLinesToStdoutAndTheAuditFile() async throws {
+        let pki = try TestPKI.mint()
+        let (origin, originPort) = try ChildProcess.origin(
+            mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        defer { withExtendedLifetime(origin) {} }
+        let audit = pki.directory + "/audit.jsonl"
+        let proxy = try ChildProcess(
+            Paths.proxyBinary,
+            ["--port", "0", "--agent", "cli-agent"],
+            environment: environment(["KAIZEN_LOCAL": "1", "KAIZEN_AUDIT_LOG": audit])
+        )
+        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
+        let portText = stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }
+        let port = try #require(Int(portText))
+
+        let result = try runCommand(Paths.which("curl"), [
+            "-sS", "--max-time", "20", "-x", "http://127.0.0.1:\(port)", "--cacert", pki.caCertificate,
+            "https://localhost:\(originPort)/hello",
+        ])
+        #expect(result.stdout == "hello from origin")
+
+        let actionLine = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        let object = try JSONSerialization.jsonObject(with: Data(actionLine.utf8)) as? [String: Any]
+        #expect(object?["schema_version"] as? String == "1")
+        #expect(object?["agent"] as? String == "cli-agent")
+        let action = object?["action"] as? [String: Any]
+        #expect(action?["kind"] as? String == "connect")
+        #expect(action?["target"] as? String == "localhost:\(originPort)")
+        let metadata = action?["metadata"] as? [String: Any]
+        #expect(metadata?["sni"] as? String == "localhost")
+        #expect(metadata?["source"] as? String == "egress")
+        let verdict = object?["verdict"] as? [String: Any]
+        #expect(verdict?["decision"] as? String == "allow")
+        let closeLine = try proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
+
+        // SIGTERM: a clean exit, and the audit file holds the same lines, mode 0600.
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+        let auditLines = try String(contentsOfFile: audit, encoding: .utf8).split(separator: "\n").map(String.init)
+        #expect(auditLines == [actionLine, closeLine])
+        let attributes = try FileManager.default.attributesOfItem(atPath: audit)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        #expect(!proxy.stderr.contains("error"))
+    }
+
+    @Test func helpListsEveryVariable() throws {
+        let result = try runCommand(Paths.proxyBinary, ["--help"])
+        #expect(result.status == 0)
+        for variable in [
+            "PORT", "KAIZEN_LISTEN", "KAIZEN_AGENT", "KAIZEN_API_KEY", "KAIZEN_API_URL", "KAIZEN_LOCAL",
+            "KAIZEN_AUDIT_LOG", "KAIZEN_CONNECT_TIMEOUT", "KAIZEN_IDLE_TIMEOUT", "KAIZEN_DRAIN_SECONDS",
+            "KAIZEN_LOG_LEVEL",
+        ] {
+            #expect(result.stdout.contains(variable), "\(variable)")
+        }
+    }
+}

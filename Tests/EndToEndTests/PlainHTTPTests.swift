@@ -1,0 +1,113 @@
+import ControlPlane
+import EgressProxy
+import Foundation
+import Testing
+
+/// Absolute-form plain-HTTP requests forwarded to a real origin on loopback.
+@Suite struct PlainHTTPTests {
+    static let curl = Paths.which("curl")
+
+    @Test func postOf5MBArrivesByteIdenticalWithContentLengthAndChunked() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, sink) = try await ProxyHarness.start()
+        defer { withExtendedLifetime(origin) {} }
+        let size = 5 * 1024 * 1024
+        let (file, digest) = try RandomFile.make(bytes: size)
+
+        for extra in [[String](), ["-H", "Transfer-Encoding: chunked"]] {
+            let result = try runCommand(Self.curl, [
+                "-sS", "--max-time", "60", "-x", proxy.url, "--data-binary", "@\(file)",
+                "-H", "Content-Type: application/octet-stream",
+            ] + extra + ["http://127.0.0.1:\(originPort)/sha256"])
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout == "\(size) \(digest)", "\(extra)")
+        }
+        let actions = sink.actions.filter { $0.action.target == "127.0.0.1:\(originPort)" }
+        #expect(actions.count == 2)
+        for action in actions {
+            #expect(action.action.metadata.transport == .http)
+            #expect(action.action.metadata.tls == nil)
+            let close = try await sink.close(eventID: action.action.metadata.eventID)
+            #expect(close.close.bytesFromClient == UInt64(size))
+            #expect(close.close.status == 200)
+            #expect(close.close.reason == "complete")
+        }
+        await proxy.stop()
+    }
+
+    @Test func endToEndHeadersArriveAndHopByHopOnesDoNot() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, _) = try await ProxyHarness.start()
+        defer { withExtendedLifetime(origin) {} }
+        let result = try runCommand(Self.curl, [
+            "-sS", "--max-time", "20", "-x", proxy.url, "--proxy-user", "agent:s3cret-token",
+            "-H", "X-Trace: abc", "-H", "Connection: keep-alive, X-Hop", "-H", "X-Hop: drop me",
+            "-H", "Keep-Alive: timeout=5", "-H", "TE: trailers",
+            "http://127.0.0.1:\(originPort)/headers?q=1",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first == "GET /headers?q=1 HTTP/1.1")
+        #expect(lines.contains("Host: 127.0.0.1:\(originPort)"))
+        #expect(lines.contains("X-Trace: abc"))
+        #expect(lines.contains("Via: 1.1 kaizen-egress"))
+        #expect(lines.contains { $0.hasPrefix("User-Agent: curl/") })
+        for dropped in ["Proxy-Authorization", "Proxy-Connection", "X-Hop", "Keep-Alive", "TE", "Connection"] {
+            #expect(!lines.contains { $0.lowercased().hasPrefix(dropped.lowercased() + ":") }, "\(dropped)")
+        }
+        await proxy.stop()
+    }
+
+    @Test func keepAliveConnectionRoutesEachRequestToItsHost() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (second, secondPort) = try ChildProcess.origin(mode: "http", host: "::1")
+        let (proxy, sink) = try await ProxyHarness.start()
+        defer { withExtendedLifetime((origin, second)) {} }
+
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        for (host, port) in [("127.0.0.1", originPort), ("[::1]", secondPort), ("localhost", originPort)] {
+            try socket.send("GET http://\(host):\(port)/hello HTTP/1.1\r\nHost: \(host):\(port)\r\n\r\n")
+            let response = try socket.receive(until: "hello from origin\n")
+            #expect(response.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(host)")
+            #expect(response.hasSuffix("\r\n\r\nhello from origin\n"))
+        }
+        let targets = ["127.0.0.1:\(originPort)", "[::1]:\(secondPort)", "localhost:\(originPort)"]
+        var clients = Set<String>()
+        for target in targets {
+            let action = try await sink.action(target: target)
+            clients.insert(action.action.metadata.client)
+        }
+        #expect(clients.count == 1)  // all three on one client connection
+        await proxy.stop()
+    }
+
+    @Test func headRequestsGetNoBody() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, _) = try await ProxyHarness.start()
+        defer { withExtendedLifetime(origin) {} }
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        try socket.send("HEAD http://127.0.0.1:\(originPort)/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        let head = try socket.receive(until: "\r\n\r\n")
+        #expect(head.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        #expect(head.contains("Content-Length: 18\r\n"))
+        #expect(head.hasSuffix("\r\n\r\n"))
+        // The connection is still in step: the next request gets its own answer.
+        try socket.send("GET http://127.0.0.1:\(originPort)/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        let next = try socket.receive(until: "hello from origin\n")
+        #expect(next.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        await proxy.stop()
+    }
+
+    @Test func refusedUpstreamIs502() async throws {
+        let closedPort = try FreePort.closed()
+        let (proxy, sink) = try await ProxyHarness.start()
+        let result = try runCommand(Self.curl, [
+            "-sS", "--max-time", "20", "-x", proxy.url, "-w", "%{http_code}", "http://127.0.0.1:\(closedPort)/",
+        ])
+        #expect(result.stdout.hasSuffix("connection refused\n502"))
+        let action = try await sink.action(target: "127.0.0.1:\(closedPort)")
+        #expect(action.action.metadata.outcome == .failed)
+        #expect(action.action.metadata.error == "connection refused")
+        await proxy.stop()
+    }
+}
