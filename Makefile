@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make run` (the proxy in local mode, no account) and `make test`.
+# Both first install the Debian packages they need when run as root, or print the command otherwise.
+
+DEBIAN_PACKAGES := libssl-dev pkg-config curl openssl python3
+PORT ?= 8080
+
+.PHONY: run test build release deps
+
+deps:
+	@missing=""; \
+	for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+		else \
+			echo "Missing Debian packages:$$missing"; \
+			echo "Install them with: sudo apt-get install -y$$missing"; \
+			exit 1; \
+		fi; \
+	fi
+
+run: deps
+	swift run kaizen-egress --local --port $(PORT)
+
+test: deps
+	swift test
+
+build: deps
+	swift build
+
+release: deps
+	swift build -c release --static-swift-stdlib --product kaizen-egress
