@@ -104,7 +104,9 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             exclude: ["origin.py"],
-            swiftSettings: swiftSettings
+            // Raw POSIX socket helpers: sockaddr types resolve through NIO's C shims on clean builds, which
+            // MemberImportVisibility would then require importing; this target only keeps ExistentialAny.
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
     ]
 )
