@@ -5,14 +5,21 @@ public enum ActionRecord: Sendable, Hashable {
 
     /// The record as one line of JSON, newline included.
     public func jsonLine() -> [UInt8] {
-        var json = JSONWriter()
+        var line: [UInt8] = []
+        appendJSONLine(to: &line)
+        return line
+    }
+
+    /// Appends the record as one line of JSON, newline included.
+    public func appendJSONLine(to bytes: inout [UInt8]) {
+        var json = JSONWriter(appendingTo: bytes)
+        bytes = []
         switch self {
         case .action(let action): action.writeJSON(to: &json)
         case .close(let close): close.writeJSON(to: &json)
         }
-        var line = json.bytes
-        line.append(UInt8(ascii: "\n"))
-        return line
+        bytes = json.take()
+        bytes.append(UInt8(ascii: "\n"))
     }
 }
 

@@ -64,12 +64,28 @@ public enum WallClock {
         var seconds = time_t(unixMillis / 1000)
         var parts = tm()
         gmtime_r(&seconds, &parts)
-        func pad(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
+        var text = [UInt8](repeating: 0, count: 24)
+        func put(_ value: Int, at offset: Int, width: Int) {
+            var rest = value
+            for index in stride(from: offset + width - 1, through: offset, by: -1) {
+                text[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            }
         }
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))."
-            + "\(pad(Int32(unixMillis % 1000), 3))Z"
+        put(Int(parts.tm_year) + 1900, at: 0, width: 4)
+        text[4] = UInt8(ascii: "-")
+        put(Int(parts.tm_mon) + 1, at: 5, width: 2)
+        text[7] = UInt8(ascii: "-")
+        put(Int(parts.tm_mday), at: 8, width: 2)
+        text[10] = UInt8(ascii: "T")
+        put(Int(parts.tm_hour), at: 11, width: 2)
+        text[13] = UInt8(ascii: ":")
+        put(Int(parts.tm_min), at: 14, width: 2)
+        text[16] = UInt8(ascii: ":")
+        put(Int(parts.tm_sec), at: 17, width: 2)
+        text[19] = UInt8(ascii: ".")
+        put(Int(unixMillis % 1000), at: 20, width: 3)
+        text[23] = UInt8(ascii: "Z")
+        return String(decoding: text, as: UTF8.self)
     }
 }

@@ -4,11 +4,23 @@
 /// Strings are escaped per RFC 8259, plus U+2028 and U+2029 (which break JavaScript line parsing) and DEL,
 /// so a hostile host name or SNI can never split or break a log line.
 public struct JSONWriter {
-    public private(set) var bytes: [UInt8] = []
+    public private(set) var bytes: [UInt8]
     private var needsComma: [Bool] = []
 
     public init() {
+        bytes = []
         bytes.reserveCapacity(512)
+    }
+
+    /// Continues after `bytes` (several records into one buffer).
+    public init(appendingTo bytes: [UInt8]) {
+        self.bytes = bytes
+    }
+
+    /// The bytes written, leaving the writer empty.
+    public mutating func take() -> [UInt8] {
+        defer { bytes = [] }
+        return bytes
     }
 
     public mutating func beginObject() {
@@ -46,9 +58,14 @@ public struct JSONWriter {
         appendString(value)
     }
 
-    public mutating func int<T: BinaryInteger>(_ value: T) {
+    public mutating func int(_ value: Int) {
         valuePrefix()
-        bytes.append(contentsOf: String(value).utf8)
+        appendDecimal(value.magnitude, negative: value < 0)
+    }
+
+    public mutating func int(_ value: UInt64) {
+        valuePrefix()
+        appendDecimal(UInt(value), negative: false)
     }
 
     public mutating func bool(_ value: Bool) {
@@ -72,7 +89,12 @@ public struct JSONWriter {
         if let value { string(value) } else { null() }
     }
 
-    public mutating func field<T: BinaryInteger>(_ name: String, _ value: T) {
+    public mutating func field(_ name: String, _ value: Int) {
+        key(name)
+        int(value)
+    }
+
+    public mutating func field(_ name: String, _ value: UInt64) {
         key(name)
         int(value)
     }
@@ -110,27 +132,65 @@ public struct JSONWriter {
         }
     }
 
+    private mutating func appendDecimal(_ magnitude: UInt, negative: Bool) {
+        if negative { bytes.append(UInt8(ascii: "-")) }
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        var rest = magnitude
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[19 - count] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+                count += 1
+            } while rest > 0
+            bytes.append(contentsOf: buffer[(20 - count)...])
+        }
+    }
+
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
     private mutating func appendString(_ value: String) {
-        let hex = Array("0123456789abcdef".utf8)
         bytes.append(UInt8(ascii: "\""))
-        for scalar in value.unicodeScalars {
-            switch scalar.value {
+        var utf8 = value.utf8.makeIterator()
+        var pending: [UInt8] = []  // a lead byte 0xE2 and what follows, while checking for U+2028/U+2029
+        while let byte = utf8.next() {
+            if !pending.isEmpty {
+                pending.append(byte)
+                if pending.count == 2 && pending[1] != 0x80 {
+                    bytes.append(contentsOf: pending)
+                    pending.removeAll(keepingCapacity: true)
+                } else if pending.count == 3 {
+                    if pending[2] == 0xA8 || pending[2] == 0xA9 {
+                        appendEscape(pending[2] == 0xA8 ? 0x2028 : 0x2029)
+                    } else {
+                        bytes.append(contentsOf: pending)
+                    }
+                    pending.removeAll(keepingCapacity: true)
+                }
+                continue
+            }
+            switch byte {
             case 0x22: bytes.append(contentsOf: [0x5c, 0x22])  // \"
             case 0x5c: bytes.append(contentsOf: [0x5c, 0x5c])  // \\
             case 0x0a: bytes.append(contentsOf: [0x5c, UInt8(ascii: "n")])
             case 0x0d: bytes.append(contentsOf: [0x5c, UInt8(ascii: "r")])
             case 0x09: bytes.append(contentsOf: [0x5c, UInt8(ascii: "t")])
-            case 0x00..<0x20, 0x7f, 0x2028, 0x2029:
-                let v = scalar.value
-                bytes.append(contentsOf: [0x5c, UInt8(ascii: "u")])
-                bytes.append(hex[Int((v >> 12) & 0xf)])
-                bytes.append(hex[Int((v >> 8) & 0xf)])
-                bytes.append(hex[Int((v >> 4) & 0xf)])
-                bytes.append(hex[Int(v & 0xf)])
-            default:
-                bytes.append(contentsOf: String(scalar).utf8)
+            case 0x00..<0x20, 0x7f: appendEscape(UInt32(byte))
+            case 0xE2: pending.append(byte)  // may start U+2028 or U+2029 (E2 80 A8 / E2 80 A9)
+            default: bytes.append(byte)
             }
         }
+        bytes.append(contentsOf: pending)
         bytes.append(UInt8(ascii: "\""))
+    }
+
+    private mutating func appendEscape(_ value: UInt32) {
+        let hex = Self.hexDigits
+        bytes.append(contentsOf: [
+            0x5c, UInt8(ascii: "u"), hex[Int((value >> 12) & 0xf)], hex[Int((value >> 8) & 0xf)],
+            hex[Int((value >> 4) & 0xf)], hex[Int(value & 0xf)],
+        ])
     }
 }

@@ -1,6 +1,6 @@
-import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -12,9 +12,11 @@ import Darwin
 
 /// Writes every record as one JSON object per line to standard output (local mode) and/or an audit file.
 ///
-/// `record` only enqueues, so event loops never wait on a slow terminal or disk; the service's `run` does the
-/// encoding and writing. On graceful shutdown it writes everything still queued before returning, so it must
-/// be placed before the proxy in the `ServiceGroup` (services shut down in reverse order).
+/// `record` only appends to an in-memory queue, so event loops never wait on a slow terminal or disk. The
+/// service's `run` takes the whole queue at once, encodes it and writes it with one `write` per destination:
+/// under load many records share one wake-up and one system call. On graceful shutdown it writes everything
+/// still queued before returning, so it must be placed before the proxy in the `ServiceGroup` (services shut
+/// down in reverse order).
 public final class LocalActionLog: ActionSink, Service {
     /// Where the lines go.
     public struct Destinations: Sendable {
@@ -37,19 +39,22 @@ public final class LocalActionLog: ActionSink, Service {
     /// Records queued at most before new ones are counted as dropped (and the drop itself is logged).
     public static let defaultQueueLimit = 100_000
 
-    private let stream: AsyncStream<ActionRecord>
-    private let continuation: AsyncStream<ActionRecord>.Continuation
+    private struct Queue {
+        var records: [ActionRecord] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var finished = false
+        var dropped = 0
+    }
+
+    private let queue = Mutex(Queue())
+    private let queueLimit: Int
     private let destinations: Destinations
     private let auditFD: Int32?
     private let logger: Logger
-    private let dropped = DropCounter()
 
     /// Opens the audit file (created with mode 0600, appended to) before anything is accepted.
     public init(destinations: Destinations, queueLimit: Int = defaultQueueLimit, logger: Logger) throws {
-        (self.stream, self.continuation) = AsyncStream.makeStream(
-            of: ActionRecord.self,
-            bufferingPolicy: .bufferingOldest(queueLimit)
-        )
+        self.queueLimit = queueLimit
         self.destinations = destinations
         self.logger = logger
         if let path = destinations.auditLogPath {
@@ -68,40 +73,79 @@ public final class LocalActionLog: ActionSink, Service {
     }
 
     public func record(_ record: ActionRecord) {
-        if case .dropped = continuation.yield(record) {
-            dropped.increment()
+        let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
+            guard !queue.finished, queue.records.count < queueLimit else {
+                queue.dropped += 1
+                return nil
+            }
+            queue.records.append(record)
+            defer { queue.waiter = nil }
+            return queue.waiter
         }
+        waiter?.resume()
     }
 
     public func run() async throws {
-        await withGracefulShutdownHandler {
-            for await record in stream {
-                write(record)
-                let lost = dropped.take()
-                if lost > 0 {
-                    logger.error(
-                        "local action log could not keep up; records were dropped",
-                        metadata: ["dropped": "\(lost)"]
-                    )
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                while let batch = await nextBatch() {
+                    write(batch)
                 }
+            } onGracefulShutdown: {
+                self.finish()
             }
-        } onGracefulShutdown: { [continuation] in
-            continuation.finish()
+        } onCancel: {
+            self.finish()
         }
     }
 
     /// Stops taking records; `run` returns once the queue is written.
     public func finish() {
-        continuation.finish()
+        let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
+            queue.finished = true
+            defer { queue.waiter = nil }
+            return queue.waiter
+        }
+        waiter?.resume()
     }
 
-    private func write(_ record: ActionRecord) {
-        let line = record.jsonLine()
+    /// Everything queued, waiting for at least one record; `nil` once finished and empty.
+    private func nextBatch() async -> [ActionRecord]? {
+        while true {
+            let (batch, finished, dropped) = queue.withLock { queue in
+                defer {
+                    queue.records = []
+                    queue.dropped = 0
+                }
+                return (queue.records, queue.finished, queue.dropped)
+            }
+            if dropped > 0 {
+                logger.error("local action log could not keep up; records were dropped", metadata: ["dropped": "\(dropped)"])
+            }
+            if !batch.isEmpty { return batch }
+            if finished { return nil }
+            await withCheckedContinuation { continuation in
+                let ready = queue.withLock { queue -> Bool in
+                    if !queue.records.isEmpty || queue.finished { return true }
+                    queue.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        }
+    }
+
+    private func write(_ batch: [ActionRecord]) {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(batch.count * 512)
+        for record in batch {
+            record.appendJSONLine(to: &bytes)
+        }
         if destinations.standardOutput {
-            writeAll(fd: STDOUT_FILENO, line, name: "standard output")
+            writeAll(fd: STDOUT_FILENO, bytes, name: "standard output")
         }
         if let auditFD {
-            writeAll(fd: auditFD, line, name: destinations.auditLogPath ?? "audit log")
+            writeAll(fd: auditFD, bytes, name: destinations.auditLogPath ?? "audit log")
         }
     }
 
@@ -113,7 +157,7 @@ public final class LocalActionLog: ActionSink, Service {
                 if written < 0 {
                     if errno == EINTR { continue }
                     logger.error(
-                        "cannot write an action record",
+                        "cannot write action records",
                         metadata: ["to": "\(name)", "error": "\(String(cString: strerror(errno)))"]
                     )
                     return
@@ -121,25 +165,6 @@ public final class LocalActionLog: ActionSink, Service {
                 offset += written
             }
         }
-    }
-}
-
-/// Counts records the queue refused, across threads.
-private final class DropCounter: @unchecked Sendable {
-    // Guarded by `lock`: incremented on event loops, taken by the writer.
-    private let lock = NSLock()
-    private var count = 0
-
-    func increment() {
-        lock.lock()
-        count += 1
-        lock.unlock()
-    }
-
-    func take() -> Int {
-        lock.lock()
-        defer { count = 0; lock.unlock() }
-        return count
     }
 }
 

@@ -17,6 +17,9 @@ public final class ProxyServer: Service {
     private let onListening: (@Sendable (SocketAddress) -> Void)?
     private let tracker = ConnectionTracker()
     private let boundChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    /// Name lookups for upstream connections; started with the server, shut down when it stops.
+    private let resolverPool: NIOThreadPool
+    private let dnsCache: DNSCache
 
     /// - Parameter onListening: called once the listener is bound, with its address (port 0 becomes the real
     ///   port); tests use it to find the proxy.
@@ -32,6 +35,13 @@ public final class ProxyServer: Service {
         self.group = group
         self.logger = logger
         self.onListening = onListening
+        self.dnsCache = DNSCache(ttl: configuration.dnsCacheTTL)
+        self.resolverPool = NIOThreadPool(numberOfThreads: configuration.resolverThreads)
+        self.resolverPool.start()
+    }
+
+    deinit {
+        resolverPool.shutdownGracefully { _ in }
     }
 
     /// Open client connections right now.
@@ -42,7 +52,7 @@ public final class ProxyServer: Service {
     @discardableResult
     public func bind() async throws -> SocketAddress? {
         if let channel = boundChannel.withLockedValue({ $0 }) { return channel.localAddress }
-        let settings = ConnectionSettings(configuration)
+        let settings = ConnectionSettings(configuration, resolverPool: resolverPool, dnsCache: dnsCache)
         let reporting = self.reporting
         let tracker = self.tracker
         let serverChannel = try await ServerBootstrap(group: group)

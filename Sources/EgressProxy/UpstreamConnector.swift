@@ -11,6 +11,9 @@ import NIOPosix
 /// dialled directly.
 struct UpstreamConnector {
     var connectTimeout: TimeAmount
+    /// Where name lookups run.
+    var resolverPool: NIOThreadPool
+    var dnsCache: DNSCache
 
     /// Why a dial failed, with the status the client gets.
     struct Failure: Error, Sendable, Hashable {
@@ -41,7 +44,9 @@ struct UpstreamConnector {
                 return eventLoop.makeFailedFuture(error)
             }
         }
-        return bootstrap.connect(host: destination.host, port: destination.port)
+        return bootstrap
+            .resolver(ThreadPoolResolver(pool: resolverPool, cache: dnsCache, eventLoop: eventLoop))
+            .connect(host: destination.host, port: destination.port)
     }
 
     /// Maps a dial error to what the client and the action are told.

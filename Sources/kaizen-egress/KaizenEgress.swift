@@ -68,6 +68,9 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Close tunnels idle this long. (env KAIZEN_IDLE_TIMEOUT, default 1h)")
     var idleTimeout: String?
 
+    @Option(help: "Reuse a name lookup's answer this long; 0 turns it off. (env KAIZEN_DNS_CACHE_TTL, default 5s)")
+    var dnsCacheTTL: String?
+
     @Option(help: "Seconds open connections get to finish on SIGTERM. (env KAIZEN_DRAIN_SECONDS, default 10)")
     var drainSeconds: String?
 
@@ -85,6 +88,8 @@ struct RunOptions: ParsableArguments {
             connectTimeout ?? environment[ConfigurationKey.connectTimeout.variable]
         environment[ConfigurationKey.idleTimeout.variable] =
             idleTimeout ?? environment[ConfigurationKey.idleTimeout.variable]
+        environment[ConfigurationKey.dnsCacheTTL.variable] =
+            dnsCacheTTL ?? environment[ConfigurationKey.dnsCacheTTL.variable]
         environment[ConfigurationKey.drainSeconds.variable] =
             drainSeconds ?? environment[ConfigurationKey.drainSeconds.variable]
         environment[ConfigurationKey.logLevel.variable] = logLevel ?? environment[ConfigurationKey.logLevel.variable]

@@ -17,11 +17,12 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let auditLog = ConfigurationKey(variable: "KAIZEN_AUDIT_LOG", flag: "--audit-log")
     public static let connectTimeout = ConfigurationKey(variable: "KAIZEN_CONNECT_TIMEOUT", flag: "--connect-timeout")
     public static let idleTimeout = ConfigurationKey(variable: "KAIZEN_IDLE_TIMEOUT", flag: "--idle-timeout")
+    public static let dnsCacheTTL = ConfigurationKey(variable: "KAIZEN_DNS_CACHE_TTL", flag: "--dns-cache-ttl")
     public static let drainSeconds = ConfigurationKey(variable: "KAIZEN_DRAIN_SECONDS", flag: "--drain-seconds")
     public static let logLevel = ConfigurationKey(variable: "KAIZEN_LOG_LEVEL", flag: "--log-level")
 
     public static let all: [ConfigurationKey] = [
-        .port, .listen, .agent, .apiKey, .apiURL, .local, .auditLog, .connectTimeout, .idleTimeout, .drainSeconds,
+        .port, .listen, .agent, .apiKey, .apiURL, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel,
     ]
 }

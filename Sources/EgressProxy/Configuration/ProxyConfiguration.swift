@@ -15,6 +15,7 @@ import NIOCore
 /// | `KAIZEN_AUDIT_LOG` | file path | none |
 /// | `KAIZEN_CONNECT_TIMEOUT` | duration (`10s`, `500ms`, `2m`; bare number = seconds) | `10s` |
 /// | `KAIZEN_IDLE_TIMEOUT` | duration | `1h` |
+/// | `KAIZEN_DNS_CACHE_TTL` | duration, or `0` to turn the cache off | `5s` |
 /// | `KAIZEN_DRAIN_SECONDS` | integer seconds ≥ 0 | 10 |
 /// | `KAIZEN_LOG_LEVEL` | trace, debug, info, notice, warning, error, critical | `info` |
 public struct ProxyConfiguration: Sendable {
@@ -28,11 +29,15 @@ public struct ProxyConfiguration: Sendable {
     public var connectTimeout: TimeAmount
     public var idleTimeout: TimeAmount
     public var drainTimeout: TimeAmount
+    /// How long a name lookup's answer is reused; zero turns the cache off.
+    public var dnsCacheTTL: TimeAmount
     public var logLevel: Logger.Level
     /// How long the proxy waits for a tunnel's ClientHello before reporting without an SNI.
     public var clientHelloTimeout: TimeAmount = .seconds(10)
     /// How many bytes of a tunnel's first flight the proxy looks at for a ClientHello.
     public var clientHelloLimit: Int = 64 * 1024
+    /// Threads that run blocking `getaddrinfo` lookups side by side.
+    public var resolverThreads: Int = 8
 
     /// An API key. Its description never shows the key.
     public struct APIKey: Sendable, Hashable, CustomStringConvertible {
@@ -106,6 +111,12 @@ public struct ProxyConfiguration: Sendable {
         self.auditLogPath = value(.auditLog)
         self.connectTimeout = try Self.duration(value(.connectTimeout), key: .connectTimeout, default: .seconds(10))
         self.idleTimeout = try Self.duration(value(.idleTimeout), key: .idleTimeout, default: .hours(1))
+
+        if let raw = value(.dnsCacheTTL), raw == "0" {
+            self.dnsCacheTTL = .zero
+        } else {
+            self.dnsCacheTTL = try Self.duration(value(.dnsCacheTTL), key: .dnsCacheTTL, default: .seconds(5))
+        }
 
         if let raw = value(.drainSeconds) {
             guard let seconds = Int(raw), seconds >= 0, seconds <= 86400 else {

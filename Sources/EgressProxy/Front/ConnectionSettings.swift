@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 
 /// The per-connection settings every handler reads, taken once from the configuration.
 struct ConnectionSettings: Sendable {
@@ -6,8 +7,13 @@ struct ConnectionSettings: Sendable {
     var idleTimeout: TimeAmount
     var clientHelloTimeout: TimeAmount
     var clientHelloLimit: Int
+    /// The threads name lookups run on.
+    var resolverPool: NIOThreadPool
+    var dnsCache: DNSCache
 
-    init(_ configuration: ProxyConfiguration) {
+    init(_ configuration: ProxyConfiguration, resolverPool: NIOThreadPool, dnsCache: DNSCache) {
+        self.resolverPool = resolverPool
+        self.dnsCache = dnsCache
         self.connectTimeout = configuration.connectTimeout
         self.idleTimeout = configuration.idleTimeout
         self.clientHelloTimeout = configuration.clientHelloTimeout

@@ -45,7 +45,11 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     init(settings: ConnectionSettings, reporting: Reporting) {
         self.settings = settings
         self.reporting = reporting
-        self.connector = UpstreamConnector(connectTimeout: settings.connectTimeout)
+        self.connector = UpstreamConnector(
+            connectTimeout: settings.connectTimeout,
+            resolverPool: settings.resolverPool,
+            dnsCache: settings.dnsCache
+        )
         self.logger = reporting.logger
     }
 

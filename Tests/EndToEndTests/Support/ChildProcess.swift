@@ -1,49 +1,86 @@
 import Foundation
 
 /// A program the tests run (an origin, curl, the proxy binary), with its output collected as it arrives so
-/// a test can wait, with a deadline, for a line it expects. Killed when released.
+/// a test can wait, with a deadline, for a line it expects. Terminated when released.
 final class ChildProcess: @unchecked Sendable {
     private static let spawnLock = NSLock()
 
-    // `lines`, `stderrText` and `exited` are guarded by `condition`.
+    /// What the reader threads fill in. They hold this, not the `ChildProcess`, so releasing the
+    /// `ChildProcess` terminates the program (and with it the threads, at EOF).
+    private final class Output: @unchecked Sendable {
+        // Every field is guarded by `condition`.
+        let condition = NSCondition()
+        var lines: [String] = []
+        var stderrText = ""
+        var partial = Data()
+        var exited = false
+        var finishedReaders = 0
+
+        var done: Bool { exited && finishedReaders == 2 }
+
+        func pump(_ handle: FileHandle, isStdout: Bool) {
+            while true {
+                let data = handle.availableData
+                condition.lock()
+                if data.isEmpty {
+                    if isStdout && !partial.isEmpty {
+                        lines.append(String(decoding: partial, as: UTF8.self))
+                        partial.removeAll()
+                    }
+                    finishedReaders += 1
+                    condition.broadcast()
+                    condition.unlock()
+                    return
+                }
+                if isStdout {
+                    partial.append(data)
+                    while let newline = partial.firstIndex(of: 0x0a) {
+                        lines.append(String(decoding: partial[partial.startIndex..<newline], as: UTF8.self))
+                        partial.removeSubrange(partial.startIndex...newline)
+                    }
+                } else {
+                    stderrText += String(decoding: data, as: UTF8.self)
+                }
+                condition.broadcast()
+                condition.unlock()
+            }
+        }
+    }
+
     private let process = Process()
-    private let condition = NSCondition()
-    private var lines: [String] = []
-    private var stderrText = ""
-    private var partial = Data()
-    private var exited = false
-    private var finishedReaders = 0
-    private var readers: [Thread] = []
+    private let output = Output()
 
     init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         if let environment { process.environment = environment }
+        let output = self.output
+        process.terminationHandler = { _ in
+            output.condition.lock()
+            output.exited = true
+            output.condition.broadcast()
+            output.condition.unlock()
+        }
         // Tests start processes in parallel: mark the pipes close-on-exec under one lock, so a process spawned
         // at the same moment by another test does not inherit them (and hold our EOF back for its lifetime).
         ChildProcess.spawnLock.lock()
         defer { ChildProcess.spawnLock.unlock() }
         let stdout = Pipe()
         let stderr = Pipe()
-        for handle in [stdout.fileHandleForReading, stdout.fileHandleForWriting, stderr.fileHandleForReading, stderr.fileHandleForWriting] {
+        for handle in [
+            stdout.fileHandleForReading, stdout.fileHandleForWriting, stderr.fileHandleForReading,
+            stderr.fileHandleForWriting,
+        ] {
             _ = fcntl(handle.fileDescriptor, F_SETFD, FD_CLOEXEC)
         }
         process.standardOutput = stdout
         process.standardError = stderr
         process.standardInput = FileHandle.nullDevice
-        process.terminationHandler = { [weak self] _ in
-            guard let self else { return }
-            self.condition.lock()
-            self.exited = true
-            self.condition.broadcast()
-            self.condition.unlock()
-        }
         try process.run()
-        readers = [
-            Thread { [weak self] in self?.pump(stdout.fileHandleForReading, isStdout: true) },
-            Thread { [weak self] in self?.pump(stderr.fileHandleForReading, isStdout: false) },
-        ]
-        readers.forEach { $0.start() }
+        let stdoutReader = stdout.fileHandleForReading
+        let stderrReader = stderr.fileHandleForReading
+        Thread { output.pump(stdoutReader, isStdout: true) }.start()
+        Thread { output.pump(stderrReader, isStdout: false) }.start()
     }
 
     /// `python3 origin.py --mode …`, waiting for its "PORT n" line.
@@ -58,44 +95,16 @@ final class ChildProcess: @unchecked Sendable {
         return (child, port)
     }
 
-    private func pump(_ handle: FileHandle, isStdout: Bool) {
-        while true {
-            let data = handle.availableData
-            condition.lock()
-            if data.isEmpty {
-                if isStdout && !partial.isEmpty {
-                    lines.append(String(decoding: partial, as: UTF8.self))
-                    partial.removeAll()
-                }
-                finishedReaders += 1
-                condition.broadcast()
-                condition.unlock()
-                return
-            }
-            if isStdout {
-                partial.append(data)
-                while let newline = partial.firstIndex(of: 0x0a) {
-                    lines.append(String(decoding: partial[partial.startIndex..<newline], as: UTF8.self))
-                    partial.removeSubrange(partial.startIndex...newline)
-                }
-            } else {
-                stderrText += String(decoding: data, as: UTF8.self)
-            }
-            condition.broadcast()
-            condition.unlock()
-        }
-    }
-
     /// The first stdout line that satisfies `predicate`, waiting up to `timeout` seconds for it.
     func waitForLine(timeout: TimeInterval, where predicate: (String) -> Bool) throws -> String {
         let deadline = Date().addingTimeInterval(timeout)
-        condition.lock()
-        defer { condition.unlock() }
+        output.condition.lock()
+        defer { output.condition.unlock() }
         while true {
-            if let line = lines.first(where: predicate) { return line }
-            if exited && readersDone() { throw TestFailure("process exited; stderr: \(stderrText)") }
-            if !condition.wait(until: deadline) {
-                throw TestFailure("no matching line within \(timeout)s; stdout: \(lines) stderr: \(stderrText)")
+            if let line = output.lines.first(where: predicate) { return line }
+            if output.done { throw TestFailure("process exited; stderr: \(output.stderrText)") }
+            if !output.condition.wait(until: deadline) {
+                throw TestFailure("no matching line within \(timeout)s; stdout: \(output.lines) stderr: \(output.stderrText)")
             }
         }
     }
@@ -103,53 +112,51 @@ final class ChildProcess: @unchecked Sendable {
     /// Waits until stderr contains `text`.
     func waitForStderr(containing text: String, timeout: TimeInterval) throws -> String {
         let deadline = Date().addingTimeInterval(timeout)
-        condition.lock()
-        defer { condition.unlock() }
-        while !stderrText.contains(text) {
-            if exited && readersDone() { throw TestFailure("process exited; stderr: \(stderrText)") }
-            if !condition.wait(until: deadline) { throw TestFailure("stderr lacks \(text): \(stderrText)") }
+        output.condition.lock()
+        defer { output.condition.unlock() }
+        while !output.stderrText.contains(text) {
+            if output.done { throw TestFailure("process exited; stderr: \(output.stderrText)") }
+            if !output.condition.wait(until: deadline) { throw TestFailure("stderr lacks \(text): \(output.stderrText)") }
         }
-        return stderrText
+        return output.stderrText
     }
 
     /// Waits for the process to exit and its output to be read; returns the exit status.
     @discardableResult
     func waitForExit(timeout: TimeInterval) throws -> Int32 {
         let deadline = Date().addingTimeInterval(timeout)
-        condition.lock()
-        defer { condition.unlock() }
-        while !(exited && readersDone()) {
-            if !condition.wait(until: deadline) {
-                process.terminate()
+        output.condition.lock()
+        defer { output.condition.unlock() }
+        while !output.done {
+            if !output.condition.wait(until: deadline) {
+                kill(process.processIdentifier, SIGKILL)
                 throw TestFailure("did not exit within \(timeout)s")
             }
         }
         return process.terminationStatus
     }
 
-    private func readersDone() -> Bool {
-        finishedReaders == 2
-    }
-
     var stdoutLines: [String] {
-        condition.lock()
-        defer { condition.unlock() }
-        return lines
+        output.condition.lock()
+        defer { output.condition.unlock() }
+        return output.lines
     }
 
     var stderr: String {
-        condition.lock()
-        defer { condition.unlock() }
-        return stderrText
+        output.condition.lock()
+        defer { output.condition.unlock() }
+        return output.stderrText
     }
 
     func signal(_ signal: Int32) {
         kill(process.processIdentifier, signal)
     }
 
+    /// SIGKILL, not `terminate()`: a process started from a Swift concurrency thread inherits that thread's
+    /// signal mask, in which SIGTERM is blocked.
     deinit {
         if process.isRunning {
-            process.terminate()
+            kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
     }

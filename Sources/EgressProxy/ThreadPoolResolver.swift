@@ -1,0 +1,91 @@
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Resolves names with one `getaddrinfo` per connection on a shared thread pool, for NIO's Happy Eyeballs.
+///
+/// NIO's default resolver runs every lookup of an event loop on one serial queue, so one slow DNS answer
+/// holds up every other connection on that loop. Here lookups run side by side on `threads` threads.
+struct ThreadPoolResolver: Resolver, Sendable {
+    private let pool: NIOThreadPool
+    private let cache: DNSCache
+    private let eventLoop: any EventLoop
+    private let v4: EventLoopPromise<[SocketAddress]>
+    private let v6: EventLoopPromise<[SocketAddress]>
+
+    init(pool: NIOThreadPool, cache: DNSCache, eventLoop: any EventLoop) {
+        self.pool = pool
+        self.cache = cache
+        self.eventLoop = eventLoop
+        self.v4 = eventLoop.makePromise()
+        self.v6 = eventLoop.makePromise()
+    }
+
+    /// Happy Eyeballs asks for AAAA first; that call starts the one lookup that answers both.
+    func initiateAQuery(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
+        v4.futureResult
+    }
+
+    func initiateAAAAQuery(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
+        let (v4, v6, cache) = (self.v4, self.v6, self.cache)
+        if let cached = cache.lookUp(host: host, port: port) {
+            v6.succeed(cached.ipv6)
+            v4.succeed(cached.ipv4)
+            return v6.futureResult
+        }
+        pool.submit { state in
+            guard case .active = state else {
+                v4.fail(ChannelError.ioOnClosedChannel)
+                v6.fail(ChannelError.ioOnClosedChannel)
+                return
+            }
+            switch Self.lookUp(host: host, port: port) {
+            case .success(let (ipv4, ipv6)):
+                cache.store(host: host, ipv4: ipv4, ipv6: ipv6)
+                v6.succeed(ipv6)
+                v4.succeed(ipv4)
+            case .failure(let error):
+                v6.fail(error)
+                v4.fail(error)
+            }
+        }
+        return v6.futureResult
+    }
+
+    /// `getaddrinfo` is blocking and cannot be cancelled; a late answer is simply not used.
+    func cancelQueries() {}
+
+    private static func lookUp(host: String, port: Int) -> Result<([SocketAddress], [SocketAddress]), any Error> {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_protocol = Int32(IPPROTO_TCP)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &list)
+        guard rc == 0, let first = list else {
+            return .failure(SocketAddressError.unknown(host: host, port: port))
+        }
+        defer { freeaddrinfo(first) }
+        var ipv4: [SocketAddress] = []
+        var ipv6: [SocketAddress] = []
+        var cursor: UnsafeMutablePointer<addrinfo>? = first
+        while let entry = cursor {
+            if let address = entry.pointee.ai_addr {
+                switch entry.pointee.ai_family {
+                case AF_INET:
+                    ipv4.append(SocketAddress(UnsafeRawPointer(address).load(as: sockaddr_in.self), host: host))
+                case AF_INET6:
+                    ipv6.append(SocketAddress(UnsafeRawPointer(address).load(as: sockaddr_in6.self), host: host))
+                default:
+                    break
+                }
+            }
+            cursor = entry.pointee.ai_next
+        }
+        return .success((ipv4, ipv6))
+    }
+}
