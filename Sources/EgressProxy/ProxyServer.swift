@@ -118,10 +118,13 @@ public final class ProxyServer: Service {
         // An upgrade configuration with no upgraders: it removes itself on the first request, and it makes
         // the request decoder hand on the bytes it holds after a CONNECT head instead of dropping them.
         let upgrade: NIOHTTPServerUpgradeConfiguration = (upgraders: [], completionHandler: { _ in })
+        // Outbound header validation is off: the response heads written here are either the proxy's own or
+        // forwarded from an upstream whose header block llhttp already refused if it held CR, LF or NUL.
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
             withPipeliningAssistance: true,
             withServerUpgrade: upgrade,
-            withErrorHandling: false
+            withErrorHandling: false,
+            withOutboundHeaderValidation: false
         )
         try channel.pipeline.syncOperations.addHandler(ProxyFrontHandler(settings: settings, reporting: reporting))
     }

@@ -44,6 +44,12 @@ struct UpstreamConnector {
                 return eventLoop.makeFailedFuture(error)
             }
         }
+        // A name with one cached address needs no race between address families.
+        if let cached = dnsCache.lookUp(host: destination.host, port: destination.port),
+            cached.ipv4.count + cached.ipv6.count == 1, let only = cached.ipv6.first ?? cached.ipv4.first
+        {
+            return bootstrap.connect(to: only)
+        }
         return bootstrap
             .resolver(ThreadPoolResolver(pool: resolverPool, cache: dnsCache, eventLoop: eventLoop))
             .connect(host: destination.host, port: destination.port)

@@ -56,7 +56,6 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         clientAddress = Reporting.describe(context.channel.remoteAddress)
-        logger[metadataKey: "client.address"] = "\(clientAddress)"
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -107,7 +106,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let parserError = error as? HTTPParserError {
-            logger.info("malformed request", metadata: ["error": "\(parserError)"])
+            logger.info("malformed request", metadata: ["client.address": "\(clientAddress)", "error": "\(parserError)"])
             switch machine.state {
             case .idle:
                 respond(ProxyError.badRequest("malformed HTTP request"), context: context)
@@ -117,7 +116,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             return
         }
-        logger.debug("client connection error", metadata: ["error": "\(GlueHandler.describe(error))"])
+        logger.debug("client connection error", metadata: ["client.address": "\(clientAddress)", "error": "\(GlueHandler.describe(error))"])
         closeUpstream()
         context.close(promise: nil)
     }
@@ -216,7 +215,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     context.close(promise: nil)
                 }
             case .closeClient(let reason):
-                logger.info("closing client connection", metadata: ["reason": "\(reason)"])
+                logger.info("closing client connection", metadata: ["client.address": "\(clientAddress)", "reason": "\(reason)"])
                 if let record = exchange {
                     exchange = nil
                     recordClose(record, closedBy: .upstream, reason: reason)
@@ -228,7 +227,10 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func respond(_ error: ProxyError, context: ChannelHandlerContext) {
-        logger.info("answered with an error", metadata: ["status": "\(error.status.code)", "reason": "\(error.reason)"])
+        logger.info(
+            "answered with an error",
+            metadata: ["client.address": "\(clientAddress)", "status": "\(error.status.code)", "reason": "\(error.reason)"]
+        )
         if let record = exchange {
             exchange = nil
             recordClose(record, closedBy: .proxy, reason: "error: \(error.reason)")
@@ -273,7 +275,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         logger.info(
             "upstream connect failed",
             metadata: [
-                "target": "\(destination)", "status": "\(failure.status.code)", "reason": "\(failure.reason)",
+                "client.address": "\(clientAddress)", "target": "\(destination)",
+                "status": "\(failure.status.code)", "reason": "\(failure.reason)",
             ]
         )
     }
