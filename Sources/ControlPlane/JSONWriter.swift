@@ -153,6 +153,18 @@ public struct JSONWriter {
 
     private mutating func appendString(_ value: String) {
         bytes.append(UInt8(ascii: "\""))
+        // Fast path: nothing to escape (the usual host names, ids and timestamps) is copied in one go.
+        let copied: Bool? = value.utf8.withContiguousStorageIfAvailable { utf8 in
+            for byte in utf8 where byte < 0x20 || byte == 0x22 || byte == 0x5c || byte == 0x7f || byte == 0xE2 {
+                return false
+            }
+            bytes.append(contentsOf: utf8)
+            return true
+        }
+        if copied == true {
+            bytes.append(UInt8(ascii: "\""))
+            return
+        }
         var utf8 = value.utf8.makeIterator()
         var pending: [UInt8] = []  // a lead byte 0xE2 and what follows, while checking for U+2028/U+2029
         while let byte = utf8.next() {

@@ -39,6 +39,9 @@ public final class LocalActionLog: ActionSink, Service {
     /// Records queued at most before new ones are counted as dropped (and the drop itself is logged).
     public static let defaultQueueLimit = 100_000
 
+    /// How long the writer waits after the first record of a batch before writing it.
+    static let lingerAfterWakeUp: Duration = .milliseconds(2)
+
     private struct Queue {
         var records: [ActionRecord] = []
         var waiter: CheckedContinuation<Void, Never>?
@@ -131,6 +134,11 @@ public final class LocalActionLog: ActionSink, Service {
                     return false
                 }
                 if ready { continuation.resume() }
+            }
+            // Group commit: let the records of the next moment join this one's batch, so a busy proxy wakes
+            // this task and calls write(2) hundreds of times a second, not once per connection.
+            if !queue.withLock({ $0.finished }) {
+                try? await Task.sleep(for: Self.lingerAfterWakeUp)
             }
         }
     }

@@ -4,27 +4,51 @@ import NIOHTTP1
 /// Header handling for a forwarding proxy (RFC 9110 §7.6.1): drop the fields that describe one connection
 /// only, so they are not passed on to the next hop.
 enum HopByHopHeaders {
-    /// Fields that are always connection-specific, plus `Proxy-Authorization`, which is meant for this proxy.
-    static let fixed: Set<String> = [
-        "connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "te",
-        "trailer", "upgrade",
-    ]
+    // The fields that are always connection-specific (Connection, Proxy-Connection, Keep-Alive, TE, Trailer,
+    // Upgrade), plus Proxy-Authorization and Proxy-Authenticate, which are meant for this proxy: see
+    // `isFixedHopByHop`.
 
     /// `headers` without the fixed hop-by-hop fields and without every field named in `Connection`.
     static func stripped(_ headers: HTTPHeaders) -> HTTPHeaders {
-        var named = fixed
-        for value in headers[canonicalForm: "connection"] {
-            named.insert(value.lowercased().trimmingCharacters(in: .whitespaces))
+        // Usually there is nothing to remove: then the headers are shared, not rebuilt.
+        if !headers.contains(where: { isFixedHopByHop($0.name) }) {
+            return headers
         }
-        for value in headers[canonicalForm: "proxy-connection"] {
-            named.insert(value.lowercased().trimmingCharacters(in: .whitespaces))
+        // Names listed in Connection / Proxy-Connection (rare beyond keep-alive and close).
+        var named: [String] = []
+        for (name, value) in headers
+        where name.utf8.count >= 10 && (asciiEqual(name, "connection") || asciiEqual(name, "proxy-connection")) {
+            for token in value.split(separator: ",") {
+                let trimmed = token.trimmingCharacters(in: .whitespaces)
+                if !trimmed.isEmpty { named.append(trimmed) }
+            }
         }
         var result = HTTPHeaders()
         result.reserveCapacity(headers.count)
-        for (name, value) in headers where !named.contains(name.lowercased()) {
+        for (name, value) in headers {
+            if isFixedHopByHop(name) { continue }
+            if !named.isEmpty && named.contains(where: { asciiEqual(name, $0) }) { continue }
             result.add(name: name, value: value)
         }
         return result
+    }
+
+    /// Case-insensitive comparison of header names without allocating.
+    static func asciiEqual(_ name: String, _ other: String) -> Bool {
+        guard name.utf8.count == other.utf8.count else { return false }
+        return zip(name.utf8, other.utf8).allSatisfy { a, b in a == b || (a | 0x20 == b | 0x20 && (a | 0x20) >= 0x61 && (a | 0x20) <= 0x7a) }
+    }
+
+    private static func isFixedHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: return asciiEqual(name, "te")
+        case 7: return asciiEqual(name, "trailer") || asciiEqual(name, "upgrade")
+        case 10: return asciiEqual(name, "connection") || asciiEqual(name, "keep-alive")
+        case 16: return asciiEqual(name, "proxy-connection")
+        case 18: return asciiEqual(name, "proxy-authenticate")
+        case 19: return asciiEqual(name, "proxy-authorization")
+        default: return false
+        }
     }
 
     /// The `Via` value this proxy adds (RFC 9110 §7.6.3).

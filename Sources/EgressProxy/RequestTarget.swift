@@ -1,4 +1,3 @@
-import Foundation
 import NIOCore
 
 /// Parses the request targets a forward proxy accepts (RFC 9112 §3.2): the authority form of `CONNECT`
@@ -28,20 +27,26 @@ public enum RequestTarget {
 
     /// An absolute-form URI: the destination and the origin-form target (path and query) to send upstream.
     public static func parseAbsoluteURI(_ uri: String) -> Result<(Destination, originForm: String), Invalid> {
-        guard let schemeEnd = uri.range(of: "://") else {
+        let utf8 = uri.utf8
+        let scheme = "http://".utf8
+        guard utf8.count >= scheme.count,
+            zip(utf8, scheme).allSatisfy({ $0 == $1 || ($0 >= 0x41 && $0 <= 0x5a && $0 | 0x20 == $1) })
+        else {
             if uri.hasPrefix("/") || uri == "*" {
                 return .failure(Invalid("this is a proxy: send the full URL (GET http://host/path), or CONNECT for https"))
             }
+            if let colon = uri.firstIndex(of: ":"), uri[colon...].hasPrefix("://") {
+                let name = uri[uri.startIndex..<colon].prefix(16).lowercased()
+                return .failure(Invalid("scheme \(name) is not supported: use http:// URLs, or CONNECT for https"))
+            }
             return .failure(Invalid("request target is not an absolute http:// URL"))
         }
-        let scheme = uri[uri.startIndex..<schemeEnd.lowerBound].lowercased()
-        guard scheme == "http" else {
-            return .failure(Invalid("scheme \(scheme.prefix(16)) is not supported: use http:// URLs, or CONNECT for https"))
-        }
-        let rest = uri[schemeEnd.upperBound...]
-        let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
+        let rest = Substring(uri).dropFirst(7)
+        let authorityEnd =
+            rest.utf8.firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") })
+            ?? rest.endIndex
         let authority = rest[rest.startIndex..<authorityEnd]
-        guard !authority.contains("@") else {
+        guard !authority.utf8.contains(UInt8(ascii: "@")) else {
             return .failure(Invalid("URLs with user information are refused: send credentials in a header"))
         }
         guard let split = splitHostPort(authority) else {
@@ -53,26 +58,26 @@ public enum RequestTarget {
             return .failure(error)
         case .success(let destination):
             var target = rest[authorityEnd...]
-            if let hash = target.firstIndex(of: "#") { target = target[target.startIndex..<hash] }
-            var originForm = String(target)
-            if originForm.isEmpty || originForm.hasPrefix("?") { originForm = "/" + originForm }
-            return .success((destination, originForm))
+            if let hash = target.utf8.firstIndex(of: UInt8(ascii: "#")) { target = target[target.startIndex..<hash] }
+            if target.first == "/" { return .success((destination, String(target))) }
+            return .success((destination, "/" + target))
         }
     }
 
     /// Splits `host[:port]` / `[v6][:port]`; `nil` when the brackets are unbalanced or the host is empty.
     private static func splitHostPort(_ text: Substring) -> (host: Substring, bracketed: Bool, port: Substring?)? {
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { return nil }
+        let utf8 = text.utf8
+        if utf8.first == UInt8(ascii: "[") {
+            guard let close = utf8.firstIndex(of: UInt8(ascii: "]")) else { return nil }
             let host = text[text.index(after: text.startIndex)..<close]
             let after = text[text.index(after: close)...]
             if after.isEmpty { return host.isEmpty ? nil : (host, true, nil) }
-            guard after.hasPrefix(":") else { return nil }
+            guard after.utf8.first == UInt8(ascii: ":") else { return nil }
             return host.isEmpty ? nil : (host, true, after.dropFirst())
         }
-        if let colon = text.lastIndex(of: ":") {
+        if let colon = utf8.lastIndex(of: UInt8(ascii: ":")) {
             let host = text[text.startIndex..<colon]
-            guard !host.contains(":") else { return nil }  // an unbracketed IPv6 literal is ambiguous
+            guard !host.utf8.contains(UInt8(ascii: ":")) else { return nil }  // an unbracketed IPv6 literal is ambiguous
             return host.isEmpty ? nil : (host, false, text[text.index(after: colon)...])
         }
         return text.isEmpty ? nil : (text, false, nil)

@@ -411,7 +411,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             do {
                 try channel.pipeline.syncOperations.addHTTPClientHandlers(
                     leftOverBytesStrategy: .fireError,
-                    enableOutboundHeaderValidation: true,
+                    // The head was parsed from the client by llhttp, which refuses CR, LF and NUL in fields.
+                    enableOutboundHeaderValidation: false,
                     encoderConfiguration: .init()
                 )
                 try channel.pipeline.syncOperations.addHandler(boundHandler.value)

@@ -5,22 +5,31 @@ import NIOHTTP1
 /// order, is kept.
 enum ForwardingHeaders {
     static func request(_ head: HTTPRequestHead, destination: Destination, originForm: String) -> HTTPRequestHead {
-        let stripped = HopByHopHeaders.stripped(head.headers)
+        var headers = HopByHopHeaders.stripped(head.headers)
         // A proxy must replace Host with the URL's authority (RFC 9112 §3.2.2); it keeps its place.
         let host = destination.hostHeader(defaultPort: 80)
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(stripped.count + 2)
-        var hostWritten = false
-        for (name, value) in stripped {
-            if name.lowercased() == "host" {
-                if !hostWritten { headers.add(name: name, value: host) }
-                hostWritten = true
-            } else {
-                headers.add(name: name, value: value)
-            }
+        var hostFields = 0
+        var hostMatches = false
+        for (name, value) in headers where HopByHopHeaders.asciiEqual(name, "host") {
+            hostFields += 1
+            hostMatches = value == host
         }
-        if !hostWritten {
-            headers.add(name: "Host", value: host)
+        if hostFields != 1 || !hostMatches {
+            var rebuilt = HTTPHeaders()
+            rebuilt.reserveCapacity(headers.count + 2)
+            var hostWritten = false
+            for (name, value) in headers {
+                if HopByHopHeaders.asciiEqual(name, "host") {
+                    if !hostWritten { rebuilt.add(name: name, value: host) }
+                    hostWritten = true
+                } else {
+                    rebuilt.add(name: name, value: value)
+                }
+            }
+            if !hostWritten {
+                rebuilt.add(name: "Host", value: host)
+            }
+            headers = rebuilt
         }
         headers.add(name: "Via", value: HopByHopHeaders.via(for: head.version))
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: originForm, headers: headers)
