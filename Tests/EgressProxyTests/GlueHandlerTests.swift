@@ -1,0 +1,75 @@
+import ControlPlane
+@testable import EgressProxy
+import Logging
+import NIOCore
+import NIOEmbedded
+import Testing
+
+/// The relay without sockets: two EmbeddedChannels joined by a matched pair of glue handlers.
+@Suite struct GlueHandlerTests {
+    final class NullSink: ActionSink {
+        func record(_ record: ActionRecord) {}
+    }
+
+    /// Counts the read requests that reach the head of a channel's pipeline (what asks the socket for data).
+    final class ReadCounter: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        var reads = 0
+        func read(context: ChannelHandlerContext) {
+            reads += 1
+            context.read()
+        }
+    }
+
+    func makePair() throws -> (client: EmbeddedChannel, upstream: EmbeddedChannel, clientReads: ReadCounter) {
+        let loop = EmbeddedEventLoop()
+        let client = EmbeddedChannel(loop: loop)
+        let upstream = EmbeddedChannel(loop: loop)
+        let session = TunnelSession(
+            reporting: Reporting(agent: "test", sink: NullSink(), logger: Logger(label: "test")),
+            metadata: ConnectMetadata(
+                eventID: EventID.generate(), transport: .connect, host: "example.org", port: 443,
+                client: "127.0.0.1:1", startedAt: "", outcome: .connected),
+            destination: Destination(host: "example.org", port: 443, isIPLiteral: false),
+            started: .now(),
+            idleTimeout: .hours(1),
+            eventLoop: loop
+        )
+        let (clientGlue, upstreamGlue) = GlueHandler.matchedPair(session: session)
+        let counter = ReadCounter()
+        try client.pipeline.syncOperations.addHandler(counter)
+        try client.pipeline.syncOperations.addHandler(clientGlue)
+        try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
+        return (client, upstream, counter)
+    }
+
+    @Test func bytesCrossUntouchedBothWays() throws {
+        let (client, upstream, _) = try makePair()
+        try client.writeInbound(ByteBuffer(string: "hello upstream"))
+        #expect(try upstream.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "hello upstream"))
+        try upstream.writeInbound(ByteBuffer(string: "hello client"))
+        #expect(try client.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "hello client"))
+    }
+
+    @Test func aSlowUpstreamStopsReadsFromTheClientUntilItDrains() throws {
+        let (client, upstream, counter) = try makePair()
+        client.pipeline.read()
+        #expect(counter.reads == 1)
+
+        upstream.isWritable = false
+        upstream.pipeline.fireChannelWritabilityChanged()
+        client.pipeline.read()
+        client.pipeline.read()
+        #expect(counter.reads == 1)  // held back: nothing more is read while the upstream is full
+
+        upstream.isWritable = true
+        upstream.pipeline.fireChannelWritabilityChanged()
+        #expect(counter.reads == 2)  // the held read goes out once the upstream drains
+    }
+
+    @Test func closingOneSideClosesTheOther() throws {
+        let (client, upstream, _) = try makePair()
+        try client.close().wait()
+        #expect(!upstream.isActive)
+    }
+}
