@@ -331,10 +331,11 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             idleTimeout: settings.idleTimeout,
             eventLoop: context.eventLoop
         )
-        let (clientGlue, upstreamGlue) = GlueHandler.matchedPair(session: session)
-        let peek = TLSPeekHandler(limit: settings.clientHelloLimit, timeout: settings.clientHelloTimeout) {
-            session.peekConcluded($0)
-        }
+        let (clientGlue, upstreamGlue) = GlueHandler.matchedPair(
+            session: session,
+            peekLimit: settings.clientHelloLimit,
+            peekTimeout: settings.clientHelloTimeout
+        )
         let head = HTTPResponseHead(
             version: .http1_1,
             status: .custom(code: 200, reasonPhrase: "Connection established")
@@ -345,7 +346,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         do {
             let pipeline = context.pipeline.syncOperations
             try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
-            try pipeline.addHandlers([peek, clientGlue], position: .last)
+            try pipeline.addHandler(clientGlue, position: .last)
             // Remove the HTTP handlers; the request decoder goes last so the bytes it still holds (a client
             // that did not wait for the 200) flow into the peek and on to the upstream.
             Self.removeHTTPServerHandlers(from: pipeline)

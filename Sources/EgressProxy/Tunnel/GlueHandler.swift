@@ -1,3 +1,4 @@
+import ClientHello
 import ControlPlane
 import NIOCore
 
@@ -5,6 +6,9 @@ import NIOCore
 /// connect-proxy): what one channel reads the other writes; a half-close is forwarded as a half-close; a
 /// read is only asked for while the partner can take more (backpressure), so memory does not grow with
 /// the transfer.
+///
+/// The client side also peeks for the ClientHello: each read is passed on first, then a copy is parsed, so
+/// the peek never holds a byte back. It stops at an answer, at the size limit, or when its timer fires.
 final class GlueHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -16,16 +20,32 @@ final class GlueHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private var pendingRead = false
     private var inputClosed = false
+    /// Client side only, until the peek has an answer.
+    private var peek: ClientHelloPeek?
+    private let peekTimeout: TimeAmount
+    private var peekTimer: Scheduled<Void>?
 
-    private init(side: TunnelSession.Side, session: TunnelSession) {
+    private init(side: TunnelSession.Side, session: TunnelSession, peek: ClientHelloPeek?, peekTimeout: TimeAmount) {
         self.side = side
         self.session = session
+        self.peek = peek
+        self.peekTimeout = peekTimeout
     }
 
-    /// A client-side and an upstream-side handler that relay to each other.
-    static func matchedPair(session: TunnelSession) -> (client: GlueHandler, upstream: GlueHandler) {
-        let client = GlueHandler(side: .client, session: session)
-        let upstream = GlueHandler(side: .upstream, session: session)
+    /// A client-side and an upstream-side handler that relay to each other; the client side peeks at up to
+    /// `peekLimit` bytes for `peekTimeout`.
+    static func matchedPair(
+        session: TunnelSession,
+        peekLimit: Int = ClientHelloParser.defaultLimit,
+        peekTimeout: TimeAmount = .seconds(10)
+    ) -> (client: GlueHandler, upstream: GlueHandler) {
+        let client = GlueHandler(
+            side: .client,
+            session: session,
+            peek: ClientHelloPeek(limit: peekLimit),
+            peekTimeout: peekTimeout
+        )
+        let upstream = GlueHandler(side: .upstream, session: session, peek: nil, peekTimeout: peekTimeout)
         client.partner = upstream
         upstream.partner = client
         session.closeBoth = { [weak client, weak upstream] _ in
@@ -37,9 +57,17 @@ final class GlueHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        if peek != nil {
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let timeout = peekTimeout
+            peekTimer = context.eventLoop.scheduleTask(in: timeout) {
+                loopBound.value.stopPeeking(because: "none within \(UpstreamConnector.describe(timeout))")
+            }
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        stopPeeking(because: "connection closed")
         self.context = nil
         self.partner = nil
     }
@@ -49,7 +77,22 @@ final class GlueHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data)
         session.read(bytes.readableBytes, from: side)
-        partner?.partnerWrite(bytes)
+        partner?.partnerWrite(bytes)  // forward first: the peek never holds a byte
+        if peek != nil, case .done(let result) = peek!.feed(bytes) {
+            concludePeek(result)
+        }
+    }
+
+    private func stopPeeking(because why: String) {
+        guard peek != nil else { return }
+        concludePeek(peek!.giveUp(because: why))
+    }
+
+    private func concludePeek(_ result: PeekResult) {
+        peek = nil
+        peekTimer?.cancel()
+        peekTimer = nil
+        session.peekConcluded(result)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -57,6 +100,7 @@ final class GlueHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        stopPeeking(because: "connection closed")
         session.channelInactive(side)
         partner?.partnerCloseFully()
         context.fireChannelInactive()
@@ -64,6 +108,7 @@ final class GlueHandler: ChannelDuplexHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
+            stopPeeking(because: "client closed its side first")
             inputClosed = true
             session.noteClose(by: side == .client ? .client : .upstream, reason: "eof")
             if partner?.inputClosed == true {
