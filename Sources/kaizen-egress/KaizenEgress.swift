@@ -65,7 +65,7 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Upstream connect timeout, e.g. 10s, 500ms. (env KAIZEN_CONNECT_TIMEOUT, default 10s)")
     var connectTimeout: String?
 
-    @Option(help: "Close tunnels idle this long. (env KAIZEN_IDLE_TIMEOUT, default 1h)")
+    @Option(help: "Close tunnels and keep-alive connections idle this long. (env KAIZEN_IDLE_TIMEOUT, default 1h)")
     var idleTimeout: String?
 
     @Option(help: "Reuse a name lookup's answer this long; 0 turns it off. (env KAIZEN_DNS_CACHE_TTL, default 5s)")

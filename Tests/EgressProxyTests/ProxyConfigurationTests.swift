@@ -89,6 +89,15 @@ import Testing
         #expect(!"\(configuration)".contains("kz_live_SECRET"))
     }
 
+    @Test func dnsCacheTTLCanBeTurnedOff() throws {
+        #expect(try ProxyConfiguration(environment: local).dnsCacheTTL == .seconds(5))
+        #expect(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_DNS_CACHE_TTL": "0"]).dnsCacheTTL == .zero)
+        #expect(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_DNS_CACHE_TTL": "30s"]).dnsCacheTTL == .seconds(30))
+        #expect(throws: ConfigurationError.self) {
+            try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_DNS_CACHE_TTL": "-1"])
+        }
+    }
+
     @Test func portZeroPicksAFreePort() throws {
         #expect(try ProxyConfiguration(environment: ["PORT": "0", "KAIZEN_LOCAL": "1"]).port == 0)
     }

@@ -92,7 +92,7 @@ import Testing
         #expect(result.status == 0)
         for variable in [
             "PORT", "KAIZEN_LISTEN", "KAIZEN_AGENT", "KAIZEN_API_KEY", "KAIZEN_API_URL", "KAIZEN_LOCAL",
-            "KAIZEN_AUDIT_LOG", "KAIZEN_CONNECT_TIMEOUT", "KAIZEN_IDLE_TIMEOUT", "KAIZEN_DRAIN_SECONDS",
+            "KAIZEN_AUDIT_LOG", "KAIZEN_CONNECT_TIMEOUT", "KAIZEN_IDLE_TIMEOUT", "KAIZEN_DNS_CACHE_TTL", "KAIZEN_DRAIN_SECONDS",
             "KAIZEN_LOG_LEVEL",
         ] {
             #expect(result.stdout.contains(variable), "\(variable)")

@@ -1,6 +1,7 @@
 import ControlPlane
 import EgressProxy
 import Foundation
+import NIOCore
 import Testing
 
 /// Absolute-form plain-HTTP requests forwarded to a real origin on loopback.
@@ -95,6 +96,18 @@ import Testing
         try socket.send("GET http://127.0.0.1:\(originPort)/hello HTTP/1.1\r\nHost: x\r\n\r\n")
         let next = try socket.receive(until: "hello from origin\n")
         #expect(next.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        await proxy.stop()
+    }
+
+    @Test func idleKeepAliveConnectionsAreClosed() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, _) = try await ProxyHarness.start { $0.idleTimeout = .milliseconds(300) }
+        defer { withExtendedLifetime(origin) {} }
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        try socket.send("GET http://127.0.0.1:\(originPort)/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(try socket.receive(until: "hello from origin\n").hasPrefix("HTTP/1.1 200 OK\r\n"))
+        // Then nothing: the proxy closes the connection (EOF here, within the socket's read timeout).
+        #expect(try socket.receive().isEmpty)
         await proxy.stop()
     }
 

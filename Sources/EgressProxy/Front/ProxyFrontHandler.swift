@@ -25,6 +25,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var exchange: ExchangeRecord?
     /// A read the pipeline asked for while the upstream could not take more.
     private var pendingRead = false
+    /// For the idle timeout of plain-HTTP connections (a tunnel has its own, in `TunnelSession`).
+    private var lastActivity = NIODeadline.now()
+    private var idleTimer: Scheduled<Void>?
 
     private struct UpstreamLink {
         var destination: Destination
@@ -56,15 +59,42 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         clientAddress = Reporting.describe(context.channel.remoteAddress)
+        scheduleIdleCheck(in: settings.idleTimeout, on: context.eventLoop)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        idleTimer = nil
         self.context = nil
+    }
+
+    private func scheduleIdleCheck(in delay: TimeAmount, on eventLoop: any EventLoop) {
+        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+        idleTimer = eventLoop.scheduleTask(in: delay) {
+            loopBound.value.idleCheck()
+        }
+    }
+
+    /// A keep-alive connection (or an exchange) with no bytes either way for the idle timeout is closed.
+    private func idleCheck() {
+        guard let context else { return }
+        let idle = NIODeadline.now() - lastActivity
+        guard idle >= settings.idleTimeout else {
+            scheduleIdleCheck(in: settings.idleTimeout - idle, on: context.eventLoop)
+            return
+        }
+        if let record = exchange {
+            exchange = nil
+            recordClose(record, closedBy: .proxy, reason: "idle_timeout")
+        }
+        closeUpstream()
+        context.close(promise: nil)
     }
 
     // MARK: client events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastActivity = .now()
         switch unwrapInboundIn(data) {
         case .head(let head):
             perform(machine.requestHead(head), context: context)
@@ -95,9 +125,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if var record = exchange {
+        if let record = exchange {
             exchange = nil
-            record.status = record.status ?? nil
             recordClose(record, closedBy: .client, reason: "client closed before the exchange completed")
         }
         closeUpstream()
@@ -144,6 +173,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func upstreamResponse(_ part: HTTPClientResponsePart) {
         guard let context else { return }
+        lastActivity = .now()
         switch part {
         case .head(let head):
             if !(head.status.code >= 100 && head.status.code < 200 && head.status.code != 101) {
