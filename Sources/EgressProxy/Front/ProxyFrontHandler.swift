@@ -36,6 +36,16 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var resolvedIP: String
     }
 
+    /// A dialled upstream waiting for the state machine's go-ahead to become a tunnel.
+    private struct PendingTunnel {
+        var upstream: any Channel
+        var destination: Destination
+        var metadata: ConnectMetadata
+        var started: NIODeadline
+    }
+
+    private var pendingTunnel: PendingTunnel?
+
     private struct ExchangeRecord {
         var eventID: EventID
         var destination: Destination
@@ -217,7 +227,15 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .dialTunnel(let destination):
                 dialTunnel(destination, context: context)
             case .establishTunnel:
-                break  // done inline by dialTunnel's success path, which holds the upstream channel
+                guard let tunnel = pendingTunnel else { continue }
+                pendingTunnel = nil
+                establishTunnel(
+                    upstream: tunnel.upstream,
+                    destination: tunnel.destination,
+                    metadata: tunnel.metadata,
+                    started: tunnel.started,
+                    context: context
+                )
             case .connectUpstream(let destination):
                 connectUpstream(destination, context: context)
             case .writeUpstream(let parts):
@@ -330,14 +348,17 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     return
                 }
                 metadata.resolvedIP = channel.remoteAddress?.ipAddress
-                _ = handler.machine.tunnelConnected()
-                handler.establishTunnel(
+                handler.pendingTunnel = PendingTunnel(
                     upstream: channel,
                     destination: destination,
                     metadata: metadata,
-                    started: started,
-                    context: context
+                    started: started
                 )
+                handler.perform(handler.machine.tunnelConnected(), context: context)
+                if let unused = handler.pendingTunnel {  // the machine did not want it (already closing)
+                    handler.pendingTunnel = nil
+                    unused.upstream.close(promise: nil)
+                }
             case .failure(let error):
                 let failure = ProxyError.dial(handler.connector.classify(error))
                 handler.reportFailure(metadata, destination, failure)
