@@ -79,20 +79,15 @@ struct RunOptions: ParsableArguments {
 
     func runProxy() async throws {
         var environment = ProcessInfo.processInfo.environment
-        environment[ConfigurationKey.port.variable] = port ?? environment[ConfigurationKey.port.variable]
-        environment[ConfigurationKey.listen.variable] = listen ?? environment[ConfigurationKey.listen.variable]
-        environment[ConfigurationKey.agent.variable] = agent ?? environment[ConfigurationKey.agent.variable]
-        environment[ConfigurationKey.apiURL.variable] = apiURL ?? environment[ConfigurationKey.apiURL.variable]
-        environment[ConfigurationKey.auditLog.variable] = auditLog ?? environment[ConfigurationKey.auditLog.variable]
-        environment[ConfigurationKey.connectTimeout.variable] =
-            connectTimeout ?? environment[ConfigurationKey.connectTimeout.variable]
-        environment[ConfigurationKey.idleTimeout.variable] =
-            idleTimeout ?? environment[ConfigurationKey.idleTimeout.variable]
-        environment[ConfigurationKey.dnsCacheTTL.variable] =
-            dnsCacheTTL ?? environment[ConfigurationKey.dnsCacheTTL.variable]
-        environment[ConfigurationKey.drainSeconds.variable] =
-            drainSeconds ?? environment[ConfigurationKey.drainSeconds.variable]
-        environment[ConfigurationKey.logLevel.variable] = logLevel ?? environment[ConfigurationKey.logLevel.variable]
+        // A flag given on the command line wins over its environment variable.
+        let flags: [(ConfigurationKey, String?)] = [
+            (.port, port), (.listen, listen), (.agent, agent), (.apiURL, apiURL), (.auditLog, auditLog),
+            (.connectTimeout, connectTimeout), (.idleTimeout, idleTimeout), (.dnsCacheTTL, dnsCacheTTL),
+            (.drainSeconds, drainSeconds), (.logLevel, logLevel),
+        ]
+        for case (let key, let value?) in flags {
+            environment[key.variable] = value
+        }
         if local { environment[ConfigurationKey.local.variable] = "1" }
         if let apiKeyFile {
             guard let key = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else {
