@@ -87,6 +87,36 @@ import Testing
         #expect(!proxy.stderr.contains("error"))
     }
 
+    @Test func aKeyInLocalModeIsNeitherLoggedNorWritten() async throws {
+        let canary = "kz_live_CANARY_local_mode_77"
+        let directory = try TestPKI.mint().directory
+        let keyFile = directory + "/api-key"
+        try canary.write(toFile: keyFile, atomically: true, encoding: .utf8)
+        let audit = directory + "/audit.jsonl"
+        let proxy = try ChildProcess(
+            Paths.proxyBinary,
+            ["--local", "--port", "0", "--api-key-file", keyFile, "--audit-log", audit, "--log-level", "trace"],
+            environment: environment([:])
+        )
+        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
+        #expect(stderr.contains("KAIZEN_API_KEY is set"))
+        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let closed = try FreePort.closed()
+        _ = try runCommand(Paths.which("curl"), [
+            "-s", "--max-time", "20", "-x", "http://127.0.0.1:\(port)", "-U", "agent:\(canary)",
+            "http://127.0.0.1:\(closed)/",
+        ])
+        _ = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+        #expect(!proxy.stderr.contains(canary))
+        #expect(!proxy.stdoutLines.joined().contains(canary))
+        #expect(!(try String(contentsOfFile: audit, encoding: .utf8)).contains(canary))
+        // The Proxy-Authorization header (base64 of agent:key) is not echoed anywhere either.
+        let basic = Data("agent:\(canary)".utf8).base64EncodedString()
+        #expect(!proxy.stderr.contains(basic) && !proxy.stdoutLines.joined().contains(basic))
+    }
+
     @Test func helpListsEveryVariable() throws {
         let result = try runCommand(Paths.proxyBinary, ["--help"])
         #expect(result.status == 0)

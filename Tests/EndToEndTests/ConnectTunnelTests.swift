@@ -234,6 +234,28 @@ import Testing
         await proxy.stop()
     }
 
+    @Test func shutdownDrainsThenClosesWhatIsLeftAsShutdown() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "echo")
+        let (proxy, sink) = try await ProxyHarness.start { $0.drainTimeout = .milliseconds(200) }
+        defer { withExtendedLifetime(origin) {} }
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        try socket.send("CONNECT 127.0.0.1:\(originPort) HTTP/1.1\r\n\r\n")
+        #expect(try socket.receive(until: "\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+        try socket.send("still here")
+        #expect(try socket.receive(exactly: 10) == Array("still here".utf8))
+
+        // Stopping waits for the drain period, then closes the open tunnel and records why.
+        await proxy.stop()
+        #expect(try socket.receive().isEmpty)
+        let action = try await sink.action(target: "127.0.0.1:\(originPort)")
+        let close = try await sink.close(eventID: action.action.metadata.eventID)
+        #expect(close.close.closedBy == .proxy)
+        #expect(close.close.reason == "shutdown")
+        #expect(close.close.bytesFromClient == 10)
+        // And the listener is gone.
+        #expect(throws: (any Error).self) { try RawSocket(host: "127.0.0.1", port: proxy.port) }
+    }
+
     @Test func connectTimeoutIs504() async throws {
         // A listener that never accepts, with its backlog full: further SYNs go unanswered on loopback.
         let blackhole = try Blackhole()
