@@ -2,6 +2,7 @@ import ArgumentParser
 import EgressProxy
 import Foundation
 import Logging
+import NIOCore
 import ServiceLifecycle
 
 @main
@@ -121,8 +122,9 @@ struct RunOptions: ParsableArguments {
         do {
             try await application.server.bind()
         } catch {
+            let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error)"
             fail(
-                "\(ConfigurationKey.port.variable): cannot listen on \(configuration.listenAddress) port \(configuration.port) (\(error)): set \(ConfigurationKey.port.spelled) to a free port or stop what uses it"
+                "\(ConfigurationKey.port.variable): cannot listen on \(configuration.listenAddress) port \(configuration.port): \(reason): set \(ConfigurationKey.port.spelled) to a free port, or stop what uses it"
             )
         }
         if configuration.apiKey != nil && configuration.local {

@@ -33,6 +33,15 @@ import Testing
         #expect(lines.first?.hasPrefix("kaizen-egress: \(variable)") == true, "\(child.stderr)")
     }
 
+    @Test func aTakenPortRefusesWithOneLine() throws {
+        let blocker = try Blackhole()  // a listener on a loopback port
+        let child = try ChildProcess(
+            Paths.proxyBinary, ["--local", "--port", "\(blocker.port)"], environment: environment([:]))
+        #expect(try child.waitForExit(timeout: 30) == 2)
+        #expect(child.stderr == "kaizen-egress: PORT: cannot listen on 127.0.0.1 port \(blocker.port): address already in use: set PORT (or --port) to a free port, or stop what uses it\n")
+        withExtendedLifetime(blocker) {}
+    }
+
     @Test func theKeyNeverAppearsWhenItIsRefused() throws {
         let canary = "kz_live_CANARY_must_not_leak_42"
         let child = try ChildProcess(Paths.proxyBinary, [], environment: environment(["KAIZEN_API_KEY": canary]))
