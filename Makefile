@@ -20,7 +20,7 @@ deps:
 	fi
 
 run: deps
-	swift run kaizen-egress --local --port $(PORT)
+	@swift run kaizen-egress --local --port $(PORT)
 
 test: deps
 	swift test
