@@ -20,12 +20,18 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
-        // OpenSSL from libssl-dev. Only the TLS module (added with the TLS issue) may import it.
+        // OpenSSL from libssl-dev. Only OpenSSLTLS may import it.
         .systemLibrary(
             name: "CSSL",
             path: "CSSL",
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
+        ),
+        // The project's one TLS stack, over system OpenSSL; the only module that imports CSSL.
+        .target(
+            name: "OpenSSLTLS",
+            dependencies: ["CSSL"],
+            swiftSettings: swiftSettings
         ),
         // Pure TLS ClientHello parsing: SNI, ALPN, versions. No I/O.
         .target(
@@ -74,6 +80,11 @@ let package = Package(
             name: "ClientHelloTests",
             dependencies: ["ClientHello", .product(name: "NIOCore", package: "swift-nio")],
             resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "OpenSSLTLSTests",
+            dependencies: ["OpenSSLTLS"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

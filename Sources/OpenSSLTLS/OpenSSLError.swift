@@ -1,0 +1,37 @@
+internal import CSSL
+
+/// An error from OpenSSL, carrying every entry of the thread's error queue at the time it was raised, with the
+/// library's reason strings (`error:0480006C:PEM routines::no start line`).
+public struct OpenSSLError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What the caller was doing (`loading a certificate`).
+    public var operation: String
+    /// The queue's entries, oldest first, as OpenSSL formats them.
+    public var entries: [String]
+
+    public init(operation: String, entries: [String]) {
+        self.operation = operation
+        self.entries = entries
+    }
+
+    public var description: String {
+        entries.isEmpty ? "\(operation) failed" : "\(operation) failed: \(entries.joined(separator: "; "))"
+    }
+
+    /// Empties the calling thread's OpenSSL error queue into an error. Call right after the failing call.
+    static func drain(operation: String) -> OpenSSLError {
+        var entries: [String] = []
+        while true {
+            let code = ERR_get_error()
+            if code == 0 { break }
+            var buffer = [CChar](repeating: 0, count: 256)
+            ERR_error_string_n(code, &buffer, buffer.count)
+            entries.append(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        return OpenSSLError(operation: operation, entries: entries)
+    }
+
+    /// Clears the error queue before a call, so what `drain` reports belongs to that call alone.
+    static func clearQueue() {
+        ERR_clear_error()
+    }
+}

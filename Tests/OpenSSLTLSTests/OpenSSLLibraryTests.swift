@@ -1,0 +1,41 @@
+import Foundation
+import OpenSSLTLS
+import Testing
+
+@Suite struct OpenSSLLibraryTests {
+    @Test func linksTheSystemOpenSSL3() {
+        #expect(OpenSSLLibrary.version.hasPrefix("OpenSSL 3."))
+        #expect(OpenSSLLibrary.versionNumber >= 0x3000_0000)
+    }
+
+    @Test func garbageGivesOpenSSLsOwnReason() {
+        do {
+            try OpenSSLLibrary.validateCertificatePEM("not a certificate")
+            Issue.record("garbage was accepted")
+        } catch {
+            #expect(error.operation == "reading a PEM certificate")
+            #expect(error.entries.contains { $0.contains("no start line") }, "\(error)")
+        }
+    }
+
+    @Test func aRealCertificateParses() throws {
+        // A certificate made by the openssl command line, not by this code.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kaizen-ossl-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        process.arguments = [
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", "/CN=test", "-keyout", directory.appendingPathComponent("k.pem").path,
+            "-out", directory.appendingPathComponent("c.pem").path,
+        ]
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let pem = try String(contentsOf: directory.appendingPathComponent("c.pem"), encoding: .utf8)
+        try OpenSSLLibrary.validateCertificatePEM(pem)
+        // A truncated copy fails.
+        #expect(throws: OpenSSLError.self) { try OpenSSLLibrary.validateCertificatePEM(String(pem.prefix(200))) }
+    }
+}
