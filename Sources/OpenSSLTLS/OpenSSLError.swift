@@ -7,14 +7,20 @@ public struct OpenSSLError: Error, Sendable, Hashable, CustomStringConvertible {
     public var operation: String
     /// The queue's entries, oldest first, as OpenSSL formats them.
     public var entries: [String]
+    /// When certificate verification failed: OpenSSL's reason (`certificate has expired`, …).
+    public var verifyResult: String?
 
-    public init(operation: String, entries: [String]) {
+    public init(operation: String, entries: [String], verifyResult: String? = nil) {
         self.operation = operation
         self.entries = entries
+        self.verifyResult = verifyResult
     }
 
     public var description: String {
-        entries.isEmpty ? "\(operation) failed" : "\(operation) failed: \(entries.joined(separator: "; "))"
+        var text = "\(operation) failed"
+        if let verifyResult { text += ": certificate verification: \(verifyResult)" }
+        if !entries.isEmpty { text += ": \(entries.joined(separator: "; "))" }
+        return text
     }
 
     /// Empties the calling thread's OpenSSL error queue into an error. Call right after the failing call.

@@ -1,0 +1,177 @@
+internal import CSSL
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One TLS connection: the owner of an `SSL*` and its two memory BIOs, with no socket and no pipeline.
+/// Bytes from the network go in with `consumeFromNetwork`, bytes for the network come out of
+/// `takeForNetwork`; the TLS handler (next) drives it from a channel, and tests drive two of them in memory.
+///
+/// Not thread-safe: one owner (an event loop) uses it.
+public final class OpenSSLConnection {
+    public enum HandshakeResult: Sendable, Equatable {
+        case complete
+        /// Needs more bytes from the peer (after sending what `takeForNetwork` returns).
+        case incomplete
+        case failed(OpenSSLError)
+    }
+
+    public enum ReadResult: Sendable, Equatable {
+        case data([UInt8])
+        /// Nothing decrypted yet: more bytes from the network are needed.
+        case needMoreData
+        /// The peer sent close_notify.
+        case closed
+        case failed(OpenSSLError)
+    }
+
+    private let context: OpenSSLContext
+    private let ssl: OpaquePointer
+    /// Owned by `ssl` (SSL_set_bio); freed with it.
+    private let fromNetwork: OpaquePointer
+    private let toNetwork: OpaquePointer
+
+    /// - Parameter serverName: client only: the name or IP address to verify, and (names only) the SNI sent.
+    public init(context: OpenSSLContext, serverName: String? = nil) throws(OpenSSLError) {
+        OpenSSLError.clearQueue()
+        guard let ssl = SSL_new(context.pointer) else { throw OpenSSLError.drain(operation: "creating a TLS connection") }
+        guard let input = BIO_new(BIO_s_mem()), let output = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl)
+            throw OpenSSLError.drain(operation: "creating memory buffers")
+        }
+        // An empty input buffer means "wait for more", not end of file.
+        _ = CSSL_BIO_set_mem_eof_return(input, -1)
+        SSL_set_bio(ssl, input, output)
+        self.context = context
+        self.ssl = ssl
+        self.fromNetwork = input
+        self.toNetwork = output
+
+        switch context.configuration.role {
+        case .server:
+            SSL_set_accept_state(ssl)
+        case .client:
+            SSL_set_connect_state(ssl)
+            if let serverName {
+                try configurePeerName(serverName)
+            }
+        }
+    }
+
+    deinit {
+        SSL_free(ssl)
+    }
+
+    private func configurePeerName(_ name: String) throws(OpenSSLError) {
+        if Self.isIPAddress(name) {
+            // An IP address is checked against the certificate's IP SANs and never sent as SNI (RFC 6066 §3).
+            guard X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1 else {
+                throw OpenSSLError.drain(operation: "setting the IP address to verify")
+            }
+        } else {
+            guard CSSL_SSL_set_tlsext_host_name(ssl, name) == 1 else {
+                throw OpenSSLError.drain(operation: "setting the server name")
+            }
+            guard SSL_set1_host(ssl, name) == 1 else {
+                throw OpenSSLError.drain(operation: "setting the host name to verify")
+            }
+        }
+    }
+
+    static func isIPAddress(_ text: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, text, &v4) == 1 || inet_pton(AF_INET6, text, &v6) == 1
+    }
+
+    // MARK: network side
+
+    public func consumeFromNetwork(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
+        bytes.withUnsafeBytes { raw in
+            _ = BIO_write(fromNetwork, raw.baseAddress, Int32(raw.count))
+        }
+    }
+
+    /// Everything waiting to be sent to the peer.
+    public func takeForNetwork() -> [UInt8] {
+        let pending = Int(CSSL_BIO_pending(toNetwork))
+        guard pending > 0 else { return [] }
+        var bytes = [UInt8](repeating: 0, count: pending)
+        let read = bytes.withUnsafeMutableBytes { BIO_read(toNetwork, $0.baseAddress, Int32(pending)) }
+        return read > 0 ? Array(bytes.prefix(Int(read))) : []
+    }
+
+    // MARK: TLS
+
+    public func doHandshake() -> HandshakeResult {
+        OpenSSLError.clearQueue()
+        let result = SSL_do_handshake(ssl)
+        if result == 1 { return .complete }
+        switch SSL_get_error(ssl, result) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+            return .incomplete
+        default:
+            return .failed(failure(operation: "TLS handshake"))
+        }
+    }
+
+    public func write(_ bytes: [UInt8]) -> Result<Void, OpenSSLError> {
+        guard !bytes.isEmpty else { return .success(()) }
+        OpenSSLError.clearQueue()
+        let written = bytes.withUnsafeBytes { SSL_write(ssl, $0.baseAddress, Int32($0.count)) }
+        // Memory BIOs grow as needed, so a write either completes or fails.
+        guard written == Int32(bytes.count) else { return .failure(failure(operation: "TLS write")) }
+        return .success(())
+    }
+
+    public func read(maximum: Int = 16384) -> ReadResult {
+        OpenSSLError.clearQueue()
+        var buffer = [UInt8](repeating: 0, count: maximum)
+        let count = buffer.withUnsafeMutableBytes { SSL_read(ssl, $0.baseAddress, Int32(maximum)) }
+        if count > 0 { return .data(Array(buffer.prefix(Int(count)))) }
+        switch SSL_get_error(ssl, count) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .needMoreData
+        case SSL_ERROR_ZERO_RETURN: return .closed
+        default: return .failed(failure(operation: "TLS read"))
+        }
+    }
+
+    /// Queues a close_notify alert for the peer (take it with `takeForNetwork`).
+    public func shutdown() {
+        OpenSSLError.clearQueue()
+        _ = SSL_shutdown(ssl)
+    }
+
+    /// The protocol both sides agreed on through ALPN, if any.
+    public var negotiatedProtocol: String? {
+        var data: UnsafePointer<UInt8>? = nil
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
+    }
+
+    /// The negotiated protocol version, e.g. `TLSv1.3`.
+    public var protocolVersion: String {
+        String(cString: SSL_get_version(ssl))
+    }
+
+    /// The OpenSSL error queue, plus the certificate verification result when that is what failed.
+    private func failure(operation: String) -> OpenSSLError {
+        var error = OpenSSLError.drain(operation: operation)
+        let verify = SSL_get_verify_result(ssl)
+        if verify != X509_V_OK {
+            error.verifyResult = String(cString: X509_verify_cert_error_string(verify))
+        }
+        return error
+    }
+}
+
+@available(*, unavailable)
+extension OpenSSLConnection: Sendable {}

@@ -1,0 +1,152 @@
+internal import CSSL
+
+/// An immutable TLS configuration: the owner of one `SSL_CTX`. Build it once, off the event loop (loading
+/// trust stores and keys reads files), and share it between connections.
+public final class OpenSSLContext: @unchecked Sendable {
+    // @unchecked Sendable: nothing is mutated after init; OpenSSL documents SSL_CTX as safe to share for
+    // creating connections once configured.
+
+    public enum Role: Sendable {
+        case client
+        case server
+    }
+
+    public struct Configuration: Sendable {
+        public var role: Role
+        /// Protocols offered (client) or accepted in preference order (server), e.g. `["h2", "http/1.1"]`.
+        public var alpn: [String] = []
+        /// Client: verify the server's chain and name. On by default; off only for tests of the failure paths.
+        public var verifyPeer = true
+        /// Client: trust OpenSSL's default store (honours `SSL_CERT_FILE` and `SSL_CERT_DIR`).
+        public var trustSystemStore = true
+        /// Client: also trust the certificates in this PEM bundle.
+        public var additionalTrustFile: String?
+        /// Server: the certificate chain (leaf first) and its key, PEM files.
+        public var certificateChainFile: String?
+        public var privateKeyFile: String?
+
+        public init(role: Role) {
+            self.role = role
+        }
+    }
+
+    let pointer: OpaquePointer
+    public let configuration: Configuration
+    /// Server: the ALPN list in wire format, behind a 2-byte length; read by the selection callback.
+    private let alpnServerList: UnsafeMutableBufferPointer<UInt8>?
+
+    public init(configuration: Configuration) throws(OpenSSLError) {
+        OpenSSLError.clearQueue()
+        let method = configuration.role == .client ? TLS_client_method() : TLS_server_method()
+        guard let context = SSL_CTX_new(method) else {
+            throw OpenSSLError.drain(operation: "creating a TLS context")
+        }
+        self.pointer = context
+        self.configuration = configuration
+        var serverList: UnsafeMutableBufferPointer<UInt8>? = nil
+        do throws(OpenSSLError) {
+            guard CSSL_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1 else {
+                throw OpenSSLError.drain(operation: "setting TLS 1.2 as the minimum version")
+            }
+            let wire = Self.alpnWireFormat(configuration.alpn)
+            switch configuration.role {
+            case .client:
+                try Self.configureClient(context, configuration, alpnWire: wire)
+            case .server:
+                try Self.configureServer(context, configuration)
+                if !wire.isEmpty {
+                    let buffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: wire.count + 2)
+                    buffer[0] = UInt8(wire.count >> 8)
+                    buffer[1] = UInt8(wire.count & 0xff)
+                    for (index, byte) in wire.enumerated() { buffer[index + 2] = byte }
+                    serverList = buffer
+                    SSL_CTX_set_alpn_select_cb(context, alpnSelect, UnsafeMutableRawPointer(buffer.baseAddress))
+                }
+            }
+        } catch {
+            SSL_CTX_free(context)
+            serverList?.deallocate()
+            throw error
+        }
+        self.alpnServerList = serverList
+    }
+
+    deinit {
+        SSL_CTX_free(pointer)
+        alpnServerList?.deallocate()
+    }
+
+    private static func configureClient(
+        _ context: OpaquePointer,
+        _ configuration: Configuration,
+        alpnWire: [UInt8]
+    ) throws(OpenSSLError) {
+        if configuration.verifyPeer {
+            SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nil)
+        } else {
+            SSL_CTX_set_verify(context, SSL_VERIFY_NONE, nil)
+        }
+        if configuration.trustSystemStore {
+            guard SSL_CTX_set_default_verify_paths(context) == 1 else {
+                throw OpenSSLError.drain(operation: "loading the system trust store")
+            }
+        }
+        if let file = configuration.additionalTrustFile {
+            guard SSL_CTX_load_verify_locations(context, file, nil) == 1 else {
+                throw OpenSSLError.drain(operation: "loading the trust bundle \(file)")
+            }
+        }
+        if !alpnWire.isEmpty {
+            // Returns 0 on success (the opposite of most OpenSSL calls).
+            guard SSL_CTX_set_alpn_protos(context, alpnWire, UInt32(alpnWire.count)) == 0 else {
+                throw OpenSSLError.drain(operation: "setting the ALPN protocols")
+            }
+        }
+    }
+
+    private static func configureServer(_ context: OpaquePointer, _ configuration: Configuration) throws(OpenSSLError) {
+        guard let chain = configuration.certificateChainFile, let key = configuration.privateKeyFile else {
+            throw OpenSSLError(operation: "configuring a TLS server", entries: ["a certificate chain and a key are required"])
+        }
+        guard SSL_CTX_use_certificate_chain_file(context, chain) == 1 else {
+            throw OpenSSLError.drain(operation: "loading the certificate chain \(chain)")
+        }
+        guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else {
+            throw OpenSSLError.drain(operation: "loading the private key")
+        }
+        guard SSL_CTX_check_private_key(context) == 1 else {
+            throw OpenSSLError.drain(operation: "matching the private key to the certificate")
+        }
+    }
+
+    /// `["h2", "http/1.1"]` → `02 68 32 08 68 74 74 70 2f 31 2e 31` (RFC 7301 §3.1).
+    static func alpnWireFormat(_ protocols: [String]) -> [UInt8] {
+        var wire: [UInt8] = []
+        for name in protocols where !name.isEmpty && name.utf8.count <= 255 {
+            wire.append(UInt8(name.utf8.count))
+            wire.append(contentsOf: name.utf8)
+        }
+        return wire
+    }
+}
+
+/// The server's ALPN choice: its first protocol the client also offered; none (no ALPN) when they share none.
+private func alpnSelect(
+    _ ssl: OpaquePointer?,
+    _ out: UnsafeMutablePointer<UnsafePointer<UInt8>?>?,
+    _ outLength: UnsafeMutablePointer<UInt8>?,
+    _ clientList: UnsafePointer<UInt8>?,
+    _ clientLength: UInt32,
+    _ argument: UnsafeMutableRawPointer?
+) -> Int32 {
+    guard let argument, let out, let outLength, let clientList else { return SSL_TLSEXT_ERR_NOACK }
+    let header = argument.assumingMemoryBound(to: UInt8.self)
+    let serverLength = UInt32(header[0]) << 8 | UInt32(header[1])
+    var selected: UnsafeMutablePointer<UInt8>? = nil
+    var selectedLength: UInt8 = 0
+    let result = SSL_select_next_proto(&selected, &selectedLength, header + 2, serverLength, clientList, clientLength)
+    guard result == OPENSSL_NPN_NEGOTIATED, let selected else { return SSL_TLSEXT_ERR_NOACK }
+    out.pointee = UnsafePointer(selected)
+    outLength.pointee = selectedLength
+    return SSL_TLSEXT_ERR_OK
+}
