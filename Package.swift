@@ -30,7 +30,11 @@ let package = Package(
         // The project's one TLS stack, over system OpenSSL; the only module that imports CSSL.
         .target(
             name: "OpenSSLTLS",
-            dependencies: ["CSSL"],
+            dependencies: [
+                "CSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Pure TLS ClientHello parsing: SNI, ALPN, versions. No I/O.
@@ -84,8 +88,15 @@ let package = Package(
         ),
         .testTarget(
             name: "OpenSSLTLSTests",
-            dependencies: ["OpenSSLTLS"],
-            swiftSettings: swiftSettings
+            dependencies: [
+                "OpenSSLTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+            ],
+            // Raw POSIX socket helpers; see EndToEndTests.
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
             name: "ControlPlaneTests",

@@ -1,0 +1,110 @@
+extension OpenSSLTLSHandler {
+    /// The life of a TLS channel: handshake, application data, close. Pure: the handler performs the actions.
+    struct StateMachine {
+        enum State: Equatable {
+            /// Added before the channel is active: nothing to do until it is.
+            case idle
+            case handshaking
+            case active
+            /// close_notify sent; waiting for the channel to close.
+            case closing
+            case closed
+        }
+
+        enum Action: Equatable {
+            case none
+            /// Run the handshake (again) and send what it produced.
+            case stepHandshake
+            /// The handshake finished: tell the pipeline, then encrypt the writes held back meanwhile.
+            case completeHandshake
+            /// Decrypt what arrived and pass it on.
+            case decrypt
+            /// Hold this write until the handshake is done.
+            case bufferWrite
+            /// Encrypt this write now.
+            case encryptWrite
+            /// Send close_notify, then close the channel.
+            case sendCloseNotifyAndClose
+            /// Close at once (the handshake never finished, or the peer went away).
+            case closeNow
+            /// Report the error, then close.
+            case fail(OpenSSLError)
+            /// The write cannot be done any more.
+            case failWrite
+        }
+
+        private(set) var state: State = .idle
+
+        mutating func channelActive() -> Action {
+            guard state == .idle else { return .none }
+            state = .handshaking
+            return .stepHandshake
+        }
+
+        mutating func bytesArrived() -> Action {
+            switch state {
+            case .idle:
+                state = .handshaking
+                return .stepHandshake
+            case .handshaking: return .stepHandshake
+            case .active, .closing: return .decrypt
+            case .closed: return .none
+            }
+        }
+
+        mutating func handshakeStepped(_ result: OpenSSLConnection.HandshakeResult) -> Action {
+            guard state == .handshaking else { return .none }
+            switch result {
+            case .incomplete:
+                return .none
+            case .complete:
+                state = .active
+                return .completeHandshake
+            case .failed(let error):
+                state = .closed
+                return .fail(error)
+            }
+        }
+
+        mutating func peerClosed() -> Action {
+            switch state {
+            case .active, .handshaking:
+                state = .closing
+                return .sendCloseNotifyAndClose
+            case .closing, .idle, .closed:
+                return .none
+            }
+        }
+
+        mutating func readFailed(_ error: OpenSSLError) -> Action {
+            guard state != .closed else { return .none }
+            state = .closed
+            return .fail(error)
+        }
+
+        mutating func write() -> Action {
+            switch state {
+            case .idle, .handshaking: return .bufferWrite
+            case .active: return .encryptWrite
+            case .closing, .closed: return .failWrite
+            }
+        }
+
+        mutating func close() -> Action {
+            switch state {
+            case .active:
+                state = .closing
+                return .sendCloseNotifyAndClose
+            case .idle, .handshaking:
+                state = .closed
+                return .closeNow
+            case .closing, .closed:
+                return .closeNow
+            }
+        }
+
+        mutating func channelInactive() {
+            state = .closed
+        }
+    }
+}

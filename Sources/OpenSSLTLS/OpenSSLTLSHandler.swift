@@ -1,0 +1,174 @@
+import NIOCore
+import NIOTLS
+
+/// TLS on a channel, client or server: ciphertext below, plaintext above. Fires
+/// `TLSUserEvent.handshakeCompleted(negotiatedProtocol:)` when the handshake is done; writes made before then
+/// are held and sent after it. A failed handshake or a broken record reaches the pipeline as an
+/// `OpenSSLError` (with the certificate verification result when that is what failed) and closes the channel.
+public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    private let connection: OpenSSLConnection
+    private var machine = StateMachine()
+    private var heldWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
+    private var closePromise: EventLoopPromise<Void>?
+
+    /// - Parameter serverName: client only: the name or IP to verify (names are also sent as SNI).
+    public init(context: OpenSSLContext, serverName: String? = nil) throws(OpenSSLError) {
+        self.connection = try OpenSSLConnection(context: context, serverName: serverName)
+    }
+
+    public var negotiatedProtocol: String? { connection.negotiatedProtocol }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive {
+            perform(machine.channelActive(), context: context)
+        }
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        perform(machine.channelActive(), context: context)
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        machine.channelInactive()
+        failHeldWrites(ChannelError.ioOnClosedChannel)
+        context.fireChannelInactive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if let array = bytes.readBytes(length: bytes.readableBytes) {
+            connection.consumeFromNetwork(array)
+        }
+        perform(machine.bytesArrived(), context: context)
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let bytes = unwrapOutboundIn(data)
+        switch machine.write() {
+        case .bufferWrite:
+            heldWrites.append((bytes, promise))
+        case .encryptWrite:
+            encrypt(bytes, promise: promise, context: context)
+        default:
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        }
+    }
+
+    public func flush(context: ChannelHandlerContext) {
+        sendToNetwork(context: context, flush: true)
+    }
+
+    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .all else {
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        if let promise {
+            if let existing = closePromise { existing.futureResult.cascade(to: promise) } else { closePromise = promise }
+        }
+        perform(machine.close(), context: context)
+    }
+
+    // MARK: actions
+
+    private func perform(_ action: StateMachine.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none, .bufferWrite, .encryptWrite, .failWrite:
+            break
+        case .stepHandshake:
+            let result = connection.doHandshake()
+            sendToNetwork(context: context, flush: true)
+            perform(machine.handshakeStepped(result), context: context)
+        case .completeHandshake:
+            context.fireUserInboundEventTriggered(
+                TLSUserEvent.handshakeCompleted(negotiatedProtocol: connection.negotiatedProtocol)
+            )
+            let held = heldWrites
+            heldWrites = []
+            for (bytes, promise) in held {
+                encrypt(bytes, promise: promise, context: context)
+            }
+            sendToNetwork(context: context, flush: true)
+            // Application data may have arrived with the last handshake message.
+            decrypt(context: context)
+        case .decrypt:
+            decrypt(context: context)
+        case .sendCloseNotifyAndClose:
+            connection.shutdown()
+            sendToNetwork(context: context, flush: true)
+            closeChannel(context: context)
+        case .closeNow:
+            closeChannel(context: context)
+        case .fail(let error):
+            sendToNetwork(context: context, flush: true)  // the alert, if OpenSSL made one
+            failHeldWrites(error)
+            context.fireErrorCaught(error)
+            closeChannel(context: context)
+        }
+    }
+
+    private func decrypt(context: ChannelHandlerContext) {
+        var delivered = false
+        readLoop: while true {
+            switch connection.read() {
+            case .data(let plaintext):
+                delivered = true
+                context.fireChannelRead(wrapInboundOut(context.channel.allocator.buffer(bytes: plaintext)))
+            case .needMoreData:
+                break readLoop
+            case .closed:
+                if delivered { context.fireChannelReadComplete() }
+                delivered = false
+                perform(machine.peerClosed(), context: context)
+                break readLoop
+            case .failed(let error):
+                perform(machine.readFailed(error), context: context)
+                break readLoop
+            }
+        }
+        if delivered { context.fireChannelReadComplete() }
+        // TLS 1.3 session tickets and key updates produce bytes on read.
+        sendToNetwork(context: context, flush: true)
+    }
+
+    private func encrypt(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
+        switch connection.write(Array(bytes.readableBytesView)) {
+        case .success:
+            sendToNetwork(context: context, flush: false, promise: promise)
+        case .failure(let error):
+            promise?.fail(error)
+            perform(machine.readFailed(error), context: context)
+        }
+    }
+
+    private func sendToNetwork(context: ChannelHandlerContext, flush: Bool, promise: EventLoopPromise<Void>? = nil) {
+        let ciphertext = connection.takeForNetwork()
+        if !ciphertext.isEmpty {
+            context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: ciphertext)), promise: promise)
+        } else {
+            promise?.succeed(())
+        }
+        if flush { context.flush() }
+    }
+
+    private func closeChannel(context: ChannelHandlerContext) {
+        let promise = closePromise
+        closePromise = nil
+        context.close(mode: .all, promise: promise)
+    }
+
+    private func failHeldWrites(_ error: any Error) {
+        let held = heldWrites
+        heldWrites = []
+        for (_, promise) in held { promise?.fail(error) }
+    }
+}
+
+@available(*, unavailable)
+extension OpenSSLTLSHandler: Sendable {}

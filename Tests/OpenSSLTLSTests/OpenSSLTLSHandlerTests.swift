@@ -1,0 +1,239 @@
+import Foundation
+import NIOCore
+import NIOEmbedded
+import NIOPosix
+import NIOTLS
+@testable import OpenSSLTLS
+import Testing
+
+/// Records what reaches the top of a TLS channel's pipeline.
+final class PlaintextRecorder: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    var received: [UInt8] = []
+    var negotiated: [String?] = []
+    var errors: [any Error] = []
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        received += Array(unwrapInboundIn(data).readableBytesView)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted(let protocolName) = event {
+            negotiated.append(protocolName)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        errors.append(error)
+    }
+}
+
+@Suite struct OpenSSLTLSHandlerTests {
+    let pki: HandshakePKI
+
+    init() throws {
+        pki = try HandshakePKI.shared.get()
+    }
+
+    func contexts(trust: String? = nil) throws -> (client: OpenSSLContext, server: OpenSSLContext) {
+        var client = OpenSSLContext.Configuration(role: .client)
+        client.trustSystemStore = false
+        client.additionalTrustFile = trust ?? pki.ca
+        client.alpn = ["h2", "http/1.1"]
+        var server = OpenSSLContext.Configuration(role: .server)
+        server.certificateChainFile = pki.serverChain
+        server.privateKeyFile = pki.serverKey
+        server.alpn = ["http/1.1"]
+        return (try OpenSSLContext(configuration: client), try OpenSSLContext(configuration: server))
+    }
+
+    /// Moves every outbound byte of each channel into the other until both are quiet (bounded).
+    func interact(_ a: EmbeddedChannel, _ b: EmbeddedChannel) throws {
+        for _ in 0..<50 {
+            var moved = false
+            while let bytes = try a.readOutbound(as: ByteBuffer.self) {
+                try b.writeInbound(bytes)
+                moved = true
+            }
+            while let bytes = try b.readOutbound(as: ByteBuffer.self) {
+                try a.writeInbound(bytes)
+                moved = true
+            }
+            if !moved { return }
+        }
+    }
+
+    @Test func backToBackHandshakeHoldsEarlyWritesAndDeliversPlaintext() throws {
+        let (clientContext, serverContext) = try contexts()
+        let loop = EmbeddedEventLoop()
+        let client = EmbeddedChannel(loop: loop)
+        let server = EmbeddedChannel(loop: loop)
+        let clientRecorder = PlaintextRecorder()
+        let serverRecorder = PlaintextRecorder()
+        try client.pipeline.syncOperations.addHandlers([
+            try OpenSSLTLSHandler(context: clientContext, serverName: "localhost"), clientRecorder,
+        ])
+        try server.pipeline.syncOperations.addHandlers([try OpenSSLTLSHandler(context: serverContext), serverRecorder])
+        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+
+        // Written before the handshake is done: held, then sent encrypted.
+        client.writeAndFlush(ByteBuffer(string: "early data"), promise: nil)
+        try interact(client, server)
+        #expect(clientRecorder.negotiated == ["http/1.1"])
+        #expect(serverRecorder.negotiated == ["http/1.1"])
+        #expect(serverRecorder.received == Array("early data".utf8))
+
+        server.writeAndFlush(ByteBuffer(string: "reply"), promise: nil)
+        try interact(client, server)
+        #expect(clientRecorder.received == Array("reply".utf8))
+        #expect(clientRecorder.errors.isEmpty && serverRecorder.errors.isEmpty)
+
+        // close sends close_notify; the peer answers and both end up closed.
+        client.close(promise: nil)
+        try interact(client, server)
+        #expect(!server.isActive)
+        _ = try? client.finish()
+        _ = try? server.finish()
+    }
+
+    @Test func anUntrustedServerFailsTheHandshakeWithTheReason() throws {
+        let (clientContext, serverContext) = try contexts(trust: pki.otherCA)
+        let loop = EmbeddedEventLoop()
+        let client = EmbeddedChannel(loop: loop)
+        let server = EmbeddedChannel(loop: loop)
+        let recorder = PlaintextRecorder()
+        try client.pipeline.syncOperations.addHandlers([
+            try OpenSSLTLSHandler(context: clientContext, serverName: "localhost"), recorder,
+        ])
+        try server.pipeline.syncOperations.addHandler(try OpenSSLTLSHandler(context: serverContext))
+        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        try? interact(client, server)
+        #expect(recorder.negotiated.isEmpty)
+        let error = try #require(recorder.errors.first as? OpenSSLError)
+        #expect(error.verifyResult == "unable to get local issuer certificate")
+        #expect(!client.isActive)
+        _ = try? server.finish()
+    }
+
+    @Test func talksToOpenSSLSServer() async throws {
+        // A real peer: `openssl s_server -www` answers GET with a status page.
+        let port = try Self.freePort()
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        server.arguments = [
+            "s_server", "-accept", "127.0.0.1:\(port)", "-cert", pki.serverChain, "-key", pki.serverKey, "-www",
+            "-alpn", "http/1.1",
+        ]
+        let output = Pipe()
+        server.standardOutput = output
+        server.standardError = FileHandle.nullDevice
+        server.standardInput = Pipe()
+        try server.run()
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+        }
+        // s_server prints ACCEPT once it listens. A watchdog kills it after 30 s, which also ends a blocked read.
+        nonisolated(unsafe) let watched = server  // only isRunning and processIdentifier are read
+        DispatchQueue.global().asyncAfter(deadline: .now() + 30) {
+            if watched.isRunning { kill(watched.processIdentifier, SIGKILL) }
+        }
+        var seen = Data()
+        let deadline = Date().addingTimeInterval(20)
+        while !String(decoding: seen, as: UTF8.self).contains("ACCEPT"), Date() < deadline {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            seen += chunk
+        }
+        #expect(String(decoding: seen, as: UTF8.self).contains("ACCEPT"))
+
+        let (clientContext, _) = try contexts()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let recorder = try await loop.submit { NIOLoopBoundBox<PlaintextRecorder?>(nil, eventLoop: loop) }.get()
+        let channel = try await ClientBootstrap(group: recorder.eventLoop)
+            .channelInitializer { channel in
+                do {
+                    let handler = try OpenSSLTLSHandler(context: clientContext, serverName: "localhost")
+                    let record = PlaintextRecorder()
+                    recorder.value = record
+                    try channel.pipeline.syncOperations.addHandlers([handler, record])
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+            .connect(host: "127.0.0.1", port: port)
+            .get()
+        try await channel.writeAndFlush(ByteBuffer(string: "GET / HTTP/1.0\r\n\r\n"))
+        try await channel.closeFuture.get()  // s_server closes after the page
+        let (text, negotiated, errors) = try await recorder.eventLoop.submit {
+            (String(decoding: recorder.value?.received ?? [], as: UTF8.self), recorder.value?.negotiated ?? [], recorder.value?.errors.count ?? -1)
+        }.get()
+        #expect(negotiated == ["http/1.1"])
+        #expect(text.hasPrefix("HTTP/1.0 200 ok"), "\(text.prefix(200))")
+        #expect(errors == 0)
+    }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw CocoaError(.fileWriteUnknown) }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+@Suite struct OpenSSLTLSStateMachineTests {
+    typealias Machine = OpenSSLTLSHandler.StateMachine
+
+    @Test func writesWaitForTheHandshake() {
+        var machine = Machine()
+        #expect(machine.write() == .bufferWrite)
+        #expect(machine.channelActive() == .stepHandshake)
+        #expect(machine.handshakeStepped(.incomplete) == .none)
+        #expect(machine.write() == .bufferWrite)
+        #expect(machine.bytesArrived() == .stepHandshake)
+        #expect(machine.handshakeStepped(.complete) == .completeHandshake)
+        #expect(machine.write() == .encryptWrite)
+        #expect(machine.bytesArrived() == .decrypt)
+    }
+
+    @Test func closeSendsCloseNotifyOnlyOnceActive() {
+        var early = Machine()
+        _ = early.channelActive()
+        #expect(early.close() == .closeNow)
+        #expect(early.write() == .failWrite)
+
+        var active = Machine()
+        _ = active.channelActive()
+        _ = active.handshakeStepped(.complete)
+        #expect(active.close() == .sendCloseNotifyAndClose)
+        #expect(active.write() == .failWrite)
+    }
+
+    @Test func aFailedHandshakeFailsOnceAndPeerCloseIsAnswered() {
+        var failing = Machine()
+        _ = failing.channelActive()
+        let error = OpenSSLError(operation: "TLS handshake", entries: [], verifyResult: "certificate has expired")
+        #expect(failing.handshakeStepped(.failed(error)) == .fail(error))
+        #expect(failing.handshakeStepped(.failed(error)) == .none)
+
+        var closing = Machine()
+        _ = closing.channelActive()
+        _ = closing.handshakeStepped(.complete)
+        #expect(closing.peerClosed() == .sendCloseNotifyAndClose)
+        #expect(closing.peerClosed() == .none)
+    }
+}
