@@ -137,7 +137,7 @@ final class PlaintextRecorder: ChannelInboundHandler {
             server.waitUntilExit()
         }
         // s_server prints ACCEPT once it listens. A watchdog kills it after 30 s, which also ends a blocked read.
-        nonisolated(unsafe) let watched = server  // only isRunning and processIdentifier are read
+        let watched = server
         DispatchQueue.global().asyncAfter(deadline: .now() + 30) {
             if watched.isRunning { kill(watched.processIdentifier, SIGKILL) }
         }
