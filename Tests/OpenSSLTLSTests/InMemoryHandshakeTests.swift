@@ -10,6 +10,9 @@ struct HandshakePKI {
     var otherCA: String { directory.appendingPathComponent("other-ca.pem").path }
     var serverChain: String { directory.appendingPathComponent("server.pem").path }
     var serverKey: String { directory.appendingPathComponent("server.key").path }
+    /// The same key and names, but valid only in 2020 / only from 2040.
+    var expiredChain: String { directory.appendingPathComponent("expired.pem").path }
+    var futureChain: String { directory.appendingPathComponent("future.pem").path }
 
     /// Minted once per test run; a failure to mint fails the tests that need it, not the whole run.
     static let shared = Result { try mint() }
@@ -45,6 +48,28 @@ struct HandshakePKI {
             "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", "2", "-extfile", "server.ext", "-out", "server.pem",
         ])
+        // Certificates with chosen validity periods need `openssl ca`, which takes dates.
+        try """
+            [ca]
+            default_ca = test
+            [test]
+            database = index.txt
+            unique_subject = no
+            new_certs_dir = .
+            serial = serial
+            default_md = sha256
+            policy = any
+            [any]
+            commonName = supplied
+            """.write(to: directory.appendingPathComponent("ca.cnf"), atomically: true, encoding: .utf8)
+        try "".write(to: directory.appendingPathComponent("index.txt"), atomically: true, encoding: .utf8)
+        try "01\n".write(to: directory.appendingPathComponent("serial"), atomically: true, encoding: .utf8)
+        for (name, start, end) in [("expired", "20200101000000Z", "20200201000000Z"), ("future", "20400101000000Z", "20400201000000Z")] {
+            try openssl([
+                "ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-in", "server.csr",
+                "-out", "\(name).pem", "-startdate", start, "-enddate", end, "-extfile", "server.ext", "-notext",
+            ])
+        }
         return HandshakePKI(directory: directory)
     }
 }
@@ -159,6 +184,20 @@ struct HandshakePKI {
         }
         #expect(caError.verifyResult == "unable to get local issuer certificate", "\(caError)")
         #expect("\(caError)".contains("certificate verification"))
+    }
+
+    @Test(arguments: [("expired", "certificate has expired"), ("future", "certificate is not yet valid")])
+    func certificatesOutsideTheirValidityAreRefused(_ name: String, _ reason: String) throws {
+        var configuration = OpenSSLContext.Configuration(role: .server)
+        configuration.certificateChainFile = name == "expired" ? pki.expiredChain : pki.futureChain
+        configuration.privateKeyFile = pki.serverKey
+        let server = try OpenSSLConnection(context: try OpenSSLContext(configuration: configuration))
+        let client = try OpenSSLConnection(context: try self.client(), serverName: "localhost")
+        guard case .failed(let error) = handshake(client, server).0 else {
+            Issue.record("a certificate outside its validity was accepted")
+            return
+        }
+        #expect(error.verifyResult == reason, "\(error)")
     }
 
     @Test func aServerWithoutAKeyRefusesToBuild() {

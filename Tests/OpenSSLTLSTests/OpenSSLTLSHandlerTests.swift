@@ -177,6 +177,44 @@ final class PlaintextRecorder: ChannelInboundHandler {
         #expect(errors == 0)
     }
 
+    @Test func opensslSClientVerifiesOurServer() async throws {
+        let (_, serverContext) = try contexts()
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                do {
+                    try channel.pipeline.syncOperations.addHandler(try OpenSSLTLSHandler(context: serverContext))
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0)
+            .get()
+        let port = try #require(listener.localAddress?.port)
+        let output = pki.directory.appendingPathComponent("s_client-\(UUID().uuidString).txt")
+        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        client.arguments = [
+            "s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.ca, "-verify_return_error",
+            "-servername", "localhost", "-verify_hostname", "localhost", "-alpn", "h2,http/1.1",
+        ]
+        client.standardInput = FileHandle.nullDevice  // EOF at once: handshake, print the summary, leave
+        client.standardOutput = try FileHandle(forWritingTo: output)
+        client.standardError = client.standardOutput
+        try client.run()
+        let watched = client
+        DispatchQueue.global().asyncAfter(deadline: .now() + 30) {
+            if watched.isRunning { kill(watched.processIdentifier, SIGKILL) }
+        }
+        client.waitUntilExit()
+        let text = try String(contentsOf: output, encoding: .utf8)
+        #expect(text.contains("Verify return code: 0 (ok)"), "\(text)")
+        #expect(text.contains("ALPN protocol: http/1.1"), "\(text)")
+        #expect(text.contains("TLSv1.3"))
+        try await listener.close()
+    }
+
     static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
