@@ -91,8 +91,9 @@ public final class LocalActionLog: ActionSink, Service {
     public func run() async throws {
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
+                var broken: Set<Int32> = []  // destinations that failed for good (a closed pipe)
                 while let batch = await nextBatch() {
-                    write(batch)
+                    write(batch, broken: &broken)
                 }
             } onGracefulShutdown: {
                 self.finish()
@@ -143,35 +144,45 @@ public final class LocalActionLog: ActionSink, Service {
         }
     }
 
-    private func write(_ batch: [ActionRecord]) {
+    private func write(_ batch: [ActionRecord], broken: inout Set<Int32>) {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(batch.count * 512)
         for record in batch {
             record.appendJSONLine(to: &bytes)
         }
         if destinations.standardOutput {
-            writeAll(fd: STDOUT_FILENO, bytes, name: "standard output")
+            writeAll(fd: STDOUT_FILENO, bytes, name: "standard output", broken: &broken)
         }
         if let auditFD {
-            writeAll(fd: auditFD, bytes, name: destinations.auditLogPath ?? "audit log")
+            writeAll(fd: auditFD, bytes, name: destinations.auditLogPath ?? "audit log", broken: &broken)
         }
     }
 
-    private func writeAll(fd: Int32, _ bytes: [UInt8], name: String) {
-        bytes.withUnsafeBytes { raw in
+    /// Writes everything, retrying short writes. A reader that went away (EPIPE) is given up on with one log
+    /// line; other errors are logged per batch and retried with the next one.
+    private func writeAll(fd: Int32, _ bytes: [UInt8], name: String, broken: inout Set<Int32>) {
+        guard !broken.contains(fd) else { return }
+        let failure: Int32? = bytes.withUnsafeBytes { raw in
             var offset = 0
             while offset < raw.count {
                 let written = systemWrite(fd, raw.baseAddress! + offset, raw.count - offset)
                 if written < 0 {
                     if errno == EINTR { continue }
-                    logger.error(
-                        "cannot write action records",
-                        metadata: ["to": "\(name)", "error": "\(String(cString: strerror(errno)))"]
-                    )
-                    return
+                    return errno
                 }
                 offset += written
             }
+            return nil
+        }
+        guard let failure else { return }
+        if failure == EPIPE {
+            broken.insert(fd)
+            logger.error("\(name) was closed; action records are no longer written there", metadata: ["to": "\(name)"])
+        } else {
+            logger.error(
+                "cannot write action records",
+                metadata: ["to": "\(name)", "error": "\(String(cString: strerror(failure)))"]
+            )
         }
     }
 }

@@ -7,6 +7,8 @@ struct ProxyError: Error, Hashable, Sendable {
     var reason: String
     /// The `Proxy-Status` error type (RFC 9209 §2.3).
     var proxyStatusError: String
+    /// Whether the failure was already logged with its target (dial failures are), so answering it is not.
+    var logged = false
 
     static func badRequest(_ reason: String) -> ProxyError {
         ProxyError(status: .badRequest, reason: reason, proxyStatusError: "http_request_error")
@@ -24,7 +26,8 @@ struct ProxyError: Error, Hashable, Sendable {
         ProxyError(
             status: HTTPResponseStatus(statusCode: failure.status),
             reason: failure.reason,
-            proxyStatusError: failure.proxyStatusError
+            proxyStatusError: failure.proxyStatusError,
+            logged: true
         )
     }
 }

@@ -275,10 +275,14 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func respond(_ error: ProxyError, context: ChannelHandlerContext) {
-        logger.info(
-            "answered with an error",
-            metadata: ["client.address": "\(clientAddress)", "status": "\(error.status.code)", "reason": "\(error.reason)"]
-        )
+        if !error.logged {
+            logger.info(
+                "answered with an error",
+                metadata: [
+                    "client.address": "\(clientAddress)", "status": "\(error.status.code)", "reason": "\(error.reason)",
+                ]
+            )
+        }
         if let record = exchange {
             exchange = nil
             recordClose(record, closedBy: .proxy, reason: "error: \(error.reason)")
