@@ -47,6 +47,12 @@ let package = Package(
         .target(
             name: "ControlPlane",
             dependencies: [
+                "OpenSSLTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -121,12 +127,13 @@ let package = Package(
             dependencies: [
                 "EgressProxy",
                 "ControlPlane",
+                "OpenSSLTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["origin.py"],
+            exclude: ["origin.py", "control_plane.py"],
             // Raw POSIX socket helpers: sockaddr types resolve through NIO's C shims on clean builds, which
             // MemberImportVisibility would then require importing; this target only keeps ExistentialAny.
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]

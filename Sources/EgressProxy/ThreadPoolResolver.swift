@@ -67,7 +67,7 @@ struct ThreadPoolResolver: Resolver, Sendable {
         var list: UnsafeMutablePointer<addrinfo>?
         let rc = getaddrinfo(host, String(port), &hints, &list)
         guard rc == 0, let first = list else {
-            return .failure(SocketAddressError.unknown(host: host, port: port))
+            return .failure(NameResolutionError(host: host, code: rc))
         }
         defer { freeaddrinfo(first) }
         var ipv4: [SocketAddress] = []
@@ -88,4 +88,11 @@ struct ThreadPoolResolver: Resolver, Sendable {
         }
         return .success((ipv4, ipv6))
     }
+}
+
+/// `getaddrinfo` found no address for a name.
+struct NameResolutionError: Error, Hashable, CustomStringConvertible {
+    var host: String
+    var code: Int32
+    var description: String { "cannot resolve \(host): \(String(cString: gai_strerror(code)))" }
 }

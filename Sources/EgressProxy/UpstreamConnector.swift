@@ -69,7 +69,7 @@ struct UpstreamConnector {
             }
             return Failure(status: 502, reason: "name resolution failed", proxyStatusError: "dns_error")
         }
-        if error is SocketAddressError {
+        if error is SocketAddressError || error is NameResolutionError {
             return Failure(status: 502, reason: "name resolution failed", proxyStatusError: "dns_error")
         }
         if let ioError = error as? IOError {

@@ -1,0 +1,195 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOTLS
+import OpenSSLTLS
+
+/// The control plane's answer to one request.
+public struct ControlPlaneResponse: Sendable, Hashable {
+    public var status: Int
+    /// `Retry-After`, as sent (seconds or an HTTP date), on 429 and 503.
+    public var retryAfter: String?
+    /// The first 64 KiB of the body, for error reports (a 400's reason).
+    public var body: String
+}
+
+/// One keep-alive HTTP/1.1 connection to the control plane, over the project's own TLS (verified) or, for a
+/// loopback control plane, plain TCP. Requests may be pipelined; answers come back in order.
+public final class ControlPlaneConnection: Sendable {
+    private let channel: any Channel
+    private let handler: NIOLoopBound<ResponseHandler>
+    private let endpoint: ControlPlaneEndpoint
+
+    private init(channel: any Channel, handler: NIOLoopBound<ResponseHandler>, endpoint: ControlPlaneEndpoint) {
+        self.channel = channel
+        self.handler = handler
+        self.endpoint = endpoint
+    }
+
+    /// Connects and, with TLS, completes the verified handshake; a verification failure is thrown here.
+    public static func connect(
+        to endpoint: ControlPlaneEndpoint,
+        tls: OpenSSLContext?,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        connectTimeout: TimeAmount = .seconds(10)
+    ) async throws -> ControlPlaneConnection {
+        let loop = group.next()
+        let box = NIOLockedValueBox<NIOLoopBound<ResponseHandler>?>(nil)
+        let channel = try await ClientBootstrap(group: loop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                do {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(
+                            try OpenSSLTLSHandler(context: tls, serverName: endpoint.host)
+                        )
+                    }
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    let handler = ResponseHandler(ready: channel.eventLoop.makePromise(), expectsTLS: tls != nil)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                    box.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+            .connect(host: endpoint.host, port: endpoint.port)
+            .get()
+        guard let handler = box.withLockedValue({ $0 }) else { throw ChannelError.inappropriateOperationForState }
+        let ready = try await loop.submit { handler.value.ready.futureResult }.get()
+        do {
+            try await ready.get()
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+        return ControlPlaneConnection(channel: channel, handler: handler, endpoint: endpoint)
+    }
+
+    /// POSTs `json` to `path` (e.g. `/v1/verdicts`) with the bearer key and waits for the answer.
+    public func post(path: String, json: [UInt8], apiKey: String) async throws -> ControlPlaneResponse {
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: endpoint.hostHeader)
+        headers.add(name: "Authorization", value: "Bearer \(apiKey)")
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: "\(json.count)")
+        headers.add(name: "User-Agent", value: "kaizen-egress")
+        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: endpoint.basePath + path, headers: headers)
+        let channel = self.channel
+        let handler = self.handler
+        let body = channel.allocator.buffer(bytes: json)
+        let answer = channel.eventLoop.makePromise(of: ControlPlaneResponse.self)
+        channel.eventLoop.execute {
+            guard channel.isActive else {
+                answer.fail(handler.value.closeReason ?? ChannelError.ioOnClosedChannel)
+                return
+            }
+            handler.value.expect(answer)
+            channel.write(HTTPClientRequestPart.head(head), promise: nil)
+            channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
+            channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        }
+        return try await answer.futureResult.get()
+    }
+
+    public var isOpen: Bool { channel.isActive }
+
+    public func close() async {
+        try? await channel.close()
+    }
+}
+
+/// Collects each response and completes the promise of the request it answers (first in, first out).
+final class ResponseHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    private static let bodyLimit = 64 * 1024
+    /// Succeeds once requests can be sent (after the TLS handshake); fails with the handshake's error.
+    let ready: EventLoopPromise<Void>
+    private var readyDone = false
+    /// The error that ended the connection, given to requests made after it.
+    private(set) var closeReason: (any Error)?
+    private var waiting: [EventLoopPromise<ControlPlaneResponse>] = []
+    private var head: HTTPResponseHead?
+    private var body: [UInt8] = []
+
+    private let expectsTLS: Bool
+
+    init(ready: EventLoopPromise<Void>, expectsTLS: Bool) {
+        self.ready = ready
+        self.expectsTLS = expectsTLS
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !expectsTLS { markReady(nil) }
+        context.fireChannelActive()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if !expectsTLS && context.channel.isActive { markReady(nil) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event { markReady(nil) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func markReady(_ error: (any Error)?) {
+        guard !readyDone else { return }
+        readyDone = true
+        if let error { ready.fail(error) } else { ready.succeed(()) }
+    }
+
+    func expect(_ promise: EventLoopPromise<ControlPlaneResponse>) {
+        waiting.append(promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            body = []
+        case .body(let bytes):
+            if body.count < Self.bodyLimit {
+                body += bytes.readableBytesView.prefix(Self.bodyLimit - body.count)
+            }
+        case .end:
+            guard let head, !waiting.isEmpty else { return }
+            let promise = waiting.removeFirst()
+            promise.succeed(
+                ControlPlaneResponse(
+                    status: Int(head.status.code),
+                    retryAfter: head.headers.first(name: "retry-after"),
+                    body: String(decoding: body, as: UTF8.self)
+                )
+            )
+            self.head = nil
+            if !head.isKeepAlive { context.close(promise: nil) }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if closeReason == nil { closeReason = error }
+        markReady(error)
+        failAll(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let reason = closeReason ?? ChannelError.ioOnClosedChannel
+        markReady(reason)
+        failAll(reason)
+        context.fireChannelInactive()
+    }
+
+    private func failAll(_ error: any Error) {
+        let promises = waiting
+        waiting = []
+        for promise in promises { promise.fail(error) }
+    }
+}
+
+@available(*, unavailable)
+extension ResponseHandler: Sendable {}

@@ -1,0 +1,107 @@
+import ControlPlane
+import Foundation
+import OpenSSLTLS
+import Testing
+
+/// The control-plane client against a mock control plane over verified TLS on loopback.
+@Suite struct ControlPlaneConnectionTests {
+    static let key = "kz_test_CANARY_0042"
+
+    func startMock(_ pki: TestPKI) throws -> (ChildProcess, Int) {
+        var environment = ProcessInfo.processInfo.environment
+        environment["MOCK_API_KEY"] = Self.key
+        let script = Paths.endToEndDirectory.appendingPathComponent("control_plane.py").path
+        let mock = try ChildProcess(
+            Paths.which("python3"),
+            [script, "--cert", pki.serverCertificate, "--key", pki.serverKey],
+            environment: environment
+        )
+        let line = try mock.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        return (mock, Int(line.dropFirst(5))!)
+    }
+
+    func tls(trusting file: String) throws -> OpenSSLContext {
+        var configuration = OpenSSLContext.Configuration(role: .client)
+        configuration.trustSystemStore = false
+        configuration.additionalTrustFile = file
+        return try OpenSSLContext(configuration: configuration)
+    }
+
+    func action() -> (EventID, [UInt8]) {
+        let id = EventID.generate()
+        let metadata = ConnectMetadata(
+            eventID: id, transport: .connect, host: "example.org", port: 443, client: "127.0.0.1:1",
+            startedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis()), outcome: .connected)
+        var line = ActionRecord.action(ConnectAction(agent: "egress-agent", target: "example.org:443", metadata: metadata))
+            .jsonLine()
+        line.removeLast()  // the newline
+        return (id, line)
+    }
+
+    @Test func postsActionsOverOneVerifiedKeepAliveConnection() async throws {
+        let pki = try TestPKI.mint()
+        let (mock, port) = try startMock(pki)
+        defer { withExtendedLifetime(mock) {} }
+        let endpoint = try ControlPlaneEndpoint(url: "https://localhost:\(port)")
+        let connection = try await ControlPlaneConnection.connect(to: endpoint, tls: try tls(trusting: pki.caCertificate))
+        var ids: [EventID] = []
+        for _ in 0..<3 {
+            let (id, json) = action()
+            ids.append(id)
+            let response = try await connection.post(path: "/v1/verdicts", json: json, apiKey: Self.key)
+            #expect(response.status == 200, "\(response.body)")
+        }
+        var ports = Set<String>()
+        for id in ids {
+            let line = try mock.waitForLine(timeout: 10) { $0.hasSuffix(id.description) }
+            ports.insert(String(line.split(separator: " ")[1]))
+        }
+        #expect(ports.count == 1)  // all three on one connection
+        #expect(!mock.stdoutLines.joined().contains(Self.key))
+        await connection.close()
+    }
+
+    @Test func aWrongKeyIs401AndABadBodyIs400() async throws {
+        let pki = try TestPKI.mint()
+        let (mock, port) = try startMock(pki)
+        defer { withExtendedLifetime(mock) {} }
+        let connection = try await ControlPlaneConnection.connect(
+            to: try ControlPlaneEndpoint(url: "https://127.0.0.1:\(port)/"), tls: try tls(trusting: pki.caCertificate))
+        let (_, json) = action()
+        let unauthorized = try await connection.post(path: "/v1/verdicts", json: json, apiKey: "wrong")
+        #expect(unauthorized.status == 401)
+        #expect(unauthorized.body.contains("invalid API key"))
+        let bad = try await connection.post(path: "/v1/verdicts", json: Array("{}".utf8), apiKey: Self.key)
+        #expect(bad.status == 400)
+        await connection.close()
+    }
+
+    @Test func anUntrustedControlPlaneIsRefusedWithTheReason() async throws {
+        let pki = try TestPKI.mint()
+        let other = try TestPKI.mint()
+        let (mock, port) = try startMock(pki)
+        defer { withExtendedLifetime(mock) {} }
+        do {
+            let connection = try await ControlPlaneConnection.connect(
+                to: try ControlPlaneEndpoint(url: "https://localhost:\(port)"), tls: try tls(trusting: other.caCertificate))
+            await connection.close()
+            Issue.record("an untrusted certificate was accepted")
+        } catch let error as OpenSSLError {
+            #expect(error.verifyResult == "unable to get local issuer certificate")
+        }
+        #expect(!mock.stdoutLines.contains { $0.hasPrefix("RECEIVED") })
+    }
+
+    @Test(arguments: [
+        ("https://api.getkaizen.io", true, "api.getkaizen.io", 443, ""),
+        ("http://127.0.0.1:9999/", false, "127.0.0.1", 9999, ""),
+        ("https://[::1]:8443/kaizen/", true, "::1", 8443, "/kaizen"),
+    ])
+    func endpointsParse(_ url: String, _ tls: Bool, _ host: String, _ port: Int, _ base: String) throws {
+        let endpoint = try ControlPlaneEndpoint(url: url)
+        #expect(endpoint.useTLS == tls)
+        #expect(endpoint.host == host)
+        #expect(endpoint.port == port)
+        #expect(endpoint.basePath == base)
+    }
+}
