@@ -1,0 +1,285 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A write-ahead spool of records on disk: what could not be delivered yet survives a restart or a crash.
+///
+/// Records are appended to segment files (`segment-<sequence>.log`, mode 0600, in a 0700 directory) as
+/// frames of `length (u32 BE) | CRC-32 (u32 BE) | payload`. Opening the spool checks every frame: a torn
+/// last record (a crash mid-write) is cut off, so everything written before it is kept. Delivery reads from
+/// the oldest record on; acknowledged segments are deleted. When the spool would exceed its cap, the oldest
+/// segments are dropped and the loss is counted, so it can be reported.
+///
+/// One owner (the reporter's task) uses it; it is not thread-safe.
+public final class Spool {
+    /// Where a record is: its segment and the offset just past it.
+    public struct Position: Sendable, Hashable, Comparable {
+        public var segment: UInt64
+        public var endOffset: Int64
+
+        public static func < (a: Position, b: Position) -> Bool {
+            (a.segment, a.endOffset) < (b.segment, b.endOffset)
+        }
+    }
+
+    public struct Failure: Error, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Records lost to the cap since the last `takeDropped()`.
+    public struct Drops: Sendable, Hashable {
+        public var records: Int
+        public var bytes: Int64
+        /// Wall-clock milliseconds of the first and last drop.
+        public var firstAt: UInt64
+        public var lastAt: UInt64
+    }
+
+    private struct Segment {
+        var sequence: UInt64
+        var bytes: Int64
+        var records: Int
+    }
+
+    private static let headerLength = 8
+    /// No single record is larger than this (a bigger length field means a corrupt frame).
+    public static let maximumRecord = 16 * 1024 * 1024
+
+    public let directory: String
+    private let maxBytes: Int64
+    private let segmentBytes: Int64
+    private var segments: [Segment] = []  // oldest first; the last one is written to
+    private var writeFD: Int32 = -1
+    /// The next record to deliver.
+    private var readSegment: UInt64 = 0
+    private var readOffset: Int64 = 0
+    private var drops: Drops?
+
+    public var totalBytes: Int64 { segments.reduce(0) { $0 + $1.bytes } }
+    public var pendingRecords: Int {
+        // Approximate for the segment being read: whole-segment counts.
+        segments.filter { $0.sequence >= readSegment }.reduce(0) { $0 + $1.records }
+    }
+
+    /// Opens (creating it, mode 0700) the spool directory and checks what is in it.
+    public init(directory: String, maxBytes: Int64, segmentBytes: Int64 = 4 * 1024 * 1024) throws(Failure) {
+        self.directory = directory
+        self.maxBytes = max(maxBytes, segmentBytes)
+        self.segmentBytes = segmentBytes
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw Failure(description: "cannot create \(directory): \(String(cString: strerror(errno)))")
+        }
+        try recover()
+        readSegment = segments.first?.sequence ?? 0
+        readOffset = 0
+        try openWriteSegment(sequence: (segments.last?.sequence ?? 0) + 1)
+    }
+
+    deinit {
+        if writeFD >= 0 { close(writeFD) }
+    }
+
+    // MARK: writing
+
+    /// Appends one record. It is in the kernel when this returns; `sync()` makes it durable.
+    @discardableResult
+    public func append(_ payload: [UInt8]) throws(Failure) -> Position {
+        guard payload.count <= Self.maximumRecord else {
+            throw Failure(description: "a record of \(payload.count) bytes is larger than the spool takes")
+        }
+        let frameLength = Int64(Self.headerLength + payload.count)
+        if segments[segments.count - 1].bytes + frameLength > segmentBytes && segments[segments.count - 1].records > 0 {
+            try openWriteSegment(sequence: segments[segments.count - 1].sequence + 1)
+        }
+        enforceCap(adding: frameLength)
+        var frame = [UInt8]()
+        frame.reserveCapacity(Int(frameLength))
+        Self.appendBigEndian(UInt32(payload.count), to: &frame)
+        Self.appendBigEndian(CRC32.checksum(payload), to: &frame)
+        frame += payload
+        try writeAll(frame)
+        segments[segments.count - 1].bytes += frameLength
+        segments[segments.count - 1].records += 1
+        let last = segments[segments.count - 1]
+        return Position(segment: last.sequence, endOffset: last.bytes)
+    }
+
+    /// Flushes appended records to the disk.
+    public func sync() {
+        if writeFD >= 0 { _ = fsync(writeFD) }
+    }
+
+    /// The drops since the last call, if any.
+    public func takeDropped() -> Drops? {
+        defer { drops = nil }
+        return drops
+    }
+
+    // MARK: reading
+
+    /// Up to `limit` records from the oldest undelivered one, with the position to acknowledge each.
+    public func peek(limit: Int) -> [(Position, [UInt8])] {
+        var result: [(Position, [UInt8])] = []
+        var segment = readSegment
+        var offset = readOffset
+        for entry in segments where entry.sequence >= segment && result.count < limit {
+            if entry.sequence > segment {
+                segment = entry.sequence
+                offset = 0
+            }
+            guard let bytes = readFile(sequence: entry.sequence) else { continue }
+            var cursor = Int(offset)
+            while result.count < limit, let (payload, next) = Self.frame(in: bytes, at: cursor) {
+                result.append((Position(segment: entry.sequence, endOffset: Int64(next)), payload))
+                cursor = next
+            }
+        }
+        return result
+    }
+
+    /// Everything up to and including `position` was delivered: move past it and delete finished segments.
+    public func acknowledge(through position: Position) {
+        guard Position(segment: readSegment, endOffset: readOffset) < position else { return }
+        readSegment = position.segment
+        readOffset = position.endOffset
+        while let first = segments.first, segments.count > 1,
+            first.sequence < readSegment || (first.sequence == readSegment && readOffset >= first.bytes)
+        {
+            unlink(path(first.sequence))
+            segments.removeFirst()
+            if first.sequence == readSegment, let next = segments.first {
+                readSegment = next.sequence
+                readOffset = 0
+            }
+        }
+    }
+
+    // MARK: internals
+
+    private func path(_ sequence: UInt64) -> String {
+        let digits = String(sequence)
+        return directory + "/segment-" + String(repeating: "0", count: max(0, 16 - digits.count)) + digits + ".log"
+    }
+
+    private func openWriteSegment(sequence: UInt64) throws(Failure) {
+        if writeFD >= 0 {
+            _ = fsync(writeFD)
+            close(writeFD)
+        }
+        let fd = open(path(sequence), O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw Failure(description: "cannot create a spool segment in \(directory): \(String(cString: strerror(errno)))")
+        }
+        writeFD = fd
+        segments.append(Segment(sequence: sequence, bytes: 0, records: 0))
+    }
+
+    /// Drops the oldest segments (never the one being written) until `adding` more bytes fit.
+    private func enforceCap(adding: Int64) {
+        while totalBytes + adding > maxBytes, segments.count > 1 {
+            let oldest = segments.removeFirst()
+            unlink(path(oldest.sequence))
+            if oldest.sequence >= readSegment, oldest.records > 0 {
+                let now = WallClock.nowMillis()
+                var counted = drops ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
+                counted.records += oldest.records
+                counted.bytes += oldest.bytes
+                counted.lastAt = now
+                drops = counted
+            }
+            if oldest.sequence >= readSegment, let next = segments.first {
+                readSegment = next.sequence
+                readOffset = 0
+            }
+        }
+    }
+
+    /// Reads every segment, keeps its valid frames, and cuts a torn or corrupt tail off.
+    private func recover() throws(Failure) {
+        guard let handle = opendir(directory) else {
+            throw Failure(description: "cannot read \(directory): \(String(cString: strerror(errno)))")
+        }
+        var sequences: [UInt64] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard name.hasPrefix("segment-"), name.hasSuffix(".log"),
+                let sequence = UInt64(name.dropFirst(8).dropLast(4))
+            else { continue }
+            sequences.append(sequence)
+        }
+        closedir(handle)
+        for sequence in sequences.sorted() {
+            guard let bytes = readFile(sequence: sequence) else { continue }
+            var cursor = 0
+            var records = 0
+            while let (_, next) = Self.frame(in: bytes, at: cursor) {
+                cursor = next
+                records += 1
+            }
+            if cursor < bytes.count {
+                _ = truncate(path(sequence), off_t(cursor))  // a torn or corrupt tail: keep what came before
+            }
+            if records == 0 {
+                unlink(path(sequence))
+                continue
+            }
+            segments.append(Segment(sequence: sequence, bytes: Int64(cursor), records: records))
+        }
+    }
+
+    private func readFile(sequence: UInt64) -> [UInt8]? {
+        let fd = open(path(sequence), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            bytes += chunk[0..<count]
+        }
+        return bytes
+    }
+
+    /// The frame at `offset`, if complete and intact: its payload and the offset after it.
+    static func frame(in bytes: [UInt8], at offset: Int) -> ([UInt8], Int)? {
+        guard bytes.count - offset >= headerLength else { return nil }
+        let length = Int(bigEndian32(bytes, offset))
+        let checksum = bigEndian32(bytes, offset + 4)
+        guard length <= maximumRecord, bytes.count - offset - headerLength >= length else { return nil }
+        let payload = Array(bytes[(offset + headerLength)..<(offset + headerLength + length)])
+        guard CRC32.checksum(payload) == checksum else { return nil }
+        return (payload, offset + headerLength + length)
+    }
+
+    private static func bigEndian32(_ bytes: [UInt8], _ offset: Int) -> UInt32 {
+        UInt32(bytes[offset]) << 24 | UInt32(bytes[offset + 1]) << 16 | UInt32(bytes[offset + 2]) << 8
+            | UInt32(bytes[offset + 3])
+    }
+
+    private static func appendBigEndian(_ value: UInt32, to bytes: inout [UInt8]) {
+        bytes += [UInt8(value >> 24), UInt8((value >> 16) & 0xff), UInt8((value >> 8) & 0xff), UInt8(value & 0xff)]
+    }
+
+    private func writeAll(_ bytes: [UInt8]) throws(Failure) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { write(writeFD, $0.baseAddress, $0.count) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw Failure(description: "cannot write to the spool: \(String(cString: strerror(errno)))")
+            }
+            offset += written
+        }
+    }
+}
+
+@available(*, unavailable)
+extension Spool: Sendable {}

@@ -1,0 +1,106 @@
+@testable import ControlPlane
+import Foundation
+import Testing
+
+@Suite struct SpoolTests {
+    func directory() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("kaizen-spool-\(UUID().uuidString)").path
+    }
+
+    func record(_ index: Int, size: Int = 40) -> [UInt8] {
+        let text = "{\"n\":\(index)}"
+        return Array(text.utf8) + [UInt8](repeating: 0x20, count: max(0, size - text.utf8.count))
+    }
+
+    @Test func recordsSurviveReopeningInOrder() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 1000)
+            for index in 0..<100 { try spool.append(record(index)) }
+            spool.sync()
+        }
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 1000)
+        let records = reopened.peek(limit: 1000).map(\.1)
+        #expect(records == (0..<100).map { record($0) })
+        // Several segments were used, each 0600 in a 0700 directory.
+        let files = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasPrefix("segment-") }
+        #expect(files.count > 3)
+        let directoryMode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber
+        #expect(directoryMode?.intValue == 0o700)
+        for file in files {
+            let mode = try FileManager.default.attributesOfItem(atPath: path + "/" + file)[.posixPermissions] as? NSNumber
+            #expect(mode?.intValue == 0o600)
+        }
+    }
+
+    @Test func aTornLastRecordIsCutOffAndEverythingBeforeItKept() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<10 { try spool.append(record(index)) }
+        }
+        // A crash in the middle of writing record 10: its header and half its payload reached the file.
+        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: path).sorted().first)
+        let handle = try #require(FileHandle(forWritingAtPath: path + "/" + segment))
+        handle.seekToEndOfFile()
+        handle.write(Data([0, 0, 0, 40, 1, 2, 3, 4] + record(10).prefix(20)))
+        handle.closeFile()
+
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.peek(limit: 100).map(\.1) == (0..<10).map { record($0) })
+        try reopened.append(record(11))
+        #expect(reopened.peek(limit: 100).map(\.1) == (0..<10).map { record($0) } + [record(11)])
+    }
+
+    @Test func aCorruptedRecordEndsItsSegmentButNotTheSpool() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 500)
+            for index in 0..<30 { try spool.append(record(index)) }
+        }
+        let first = try #require(try FileManager.default.contentsOfDirectory(atPath: path).sorted().first)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path + "/" + first))
+        bytes[8 + 48 + 10] ^= 0xff  // a byte inside the second record's payload
+        try bytes.write(to: URL(fileURLWithPath: path + "/" + first))
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 500)
+        let records = reopened.peek(limit: 100).map(\.1)
+        #expect(records.first == record(0))
+        #expect(!records.contains(record(1)))
+        #expect(records.last == record(29))  // later segments are intact
+    }
+
+    @Test func acknowledgedSegmentsAreDeletedAndDeliveryResumes() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 480)
+        for index in 0..<50 { try spool.append(record(index)) }
+        let firstBatch = spool.peek(limit: 20)
+        #expect(firstBatch.map(\.1) == (0..<20).map { record($0) })
+        spool.acknowledge(through: firstBatch.last!.0)
+        #expect(spool.peek(limit: 5).map(\.1) == (20..<25).map { record($0) })
+        let rest = spool.peek(limit: 100)
+        spool.acknowledge(through: rest.last!.0)
+        #expect(spool.peek(limit: 100).isEmpty)
+        let files = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasPrefix("segment-") }
+        #expect(files.count == 1)  // only the segment still being written
+        try spool.append(record(50))
+        #expect(spool.peek(limit: 100).map(\.1) == [record(50)])
+    }
+
+    @Test func theCapDropsTheOldestAndCountsTheLoss() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 2000, segmentBytes: 480)
+        for index in 0..<100 { try spool.append(record(index)) }
+        #expect(spool.totalBytes <= 2000)
+        let kept = spool.peek(limit: 1000).map(\.1)
+        #expect(kept.last == record(99))
+        let drops = try #require(spool.takeDropped())
+        #expect(drops.records + kept.count == 100)
+        #expect(drops.records > 0)
+        #expect(kept == (drops.records..<100).map { record($0) })
+        #expect(spool.takeDropped() == nil)
+    }
+
+    @Test func crcMatchesTheStandardCheckValue() {
+        #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
+    }
+}
