@@ -64,6 +64,7 @@ let package = Package(
             dependencies: [
                 "ClientHello",
                 "ControlPlane",
+                "OpenSSLTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -131,6 +131,13 @@ final class ResponseHandler: ChannelInboundHandler {
         if !expectsTLS && context.channel.isActive { markReady(nil) }
     }
 
+    /// A connection that never became active (refused) still completes every promise.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        let reason = closeReason ?? ChannelError.ioOnClosedChannel
+        markReady(reason)
+        failAll(reason)
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event { markReady(nil) }
         context.fireUserInboundEventTriggered(event)

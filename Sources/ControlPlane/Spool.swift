@@ -70,8 +70,14 @@ public final class Spool {
         self.directory = directory
         self.maxBytes = max(maxBytes, segmentBytes)
         self.segmentBytes = segmentBytes
-        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
-            throw Failure(description: "cannot create \(directory): \(String(cString: strerror(errno)))")
+        // Create the directory and any missing parents with their final mode (0700), not chmod-ed later.
+        var prefix = directory.hasPrefix("/") ? "/" : ""
+        for component in directory.split(separator: "/") {
+            prefix += component
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+                throw Failure(description: "cannot create \(prefix): \(String(cString: strerror(errno)))")
+            }
+            prefix += "/"
         }
         try recover()
         readSegment = segments.first?.sequence ?? 0

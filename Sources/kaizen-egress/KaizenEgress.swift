@@ -57,6 +57,15 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Control plane base URL. (env KAIZEN_API_URL, default https://api.getkaizen.io)")
     var apiURL: String?
 
+    @Option(help: "Extra CA bundle (PEM) trusted for the control plane. (env KAIZEN_API_CA_FILE)")
+    var apiCAFile: String?
+
+    @Option(help: "Where undelivered actions wait on disk. (env KAIZEN_SPOOL_DIR, default .kaizen/spool)")
+    var spoolDir: String?
+
+    @Option(help: "Spool size cap, e.g. 256M, 2G. (env KAIZEN_SPOOL_MAX_BYTES, default 256M)")
+    var spoolMaxBytes: String?
+
     @Flag(help: "Local mode: write actions as JSON lines to standard output; no account needed. (env KAIZEN_LOCAL=1)")
     var local = false
 
@@ -83,6 +92,7 @@ struct RunOptions: ParsableArguments {
         // A flag given on the command line wins over its environment variable.
         let flags: [(ConfigurationKey, String?)] = [
             (.port, port), (.listen, listen), (.agent, agent), (.apiURL, apiURL), (.auditLog, auditLog),
+            (.apiCAFile, apiCAFile), (.spoolDirectory, spoolDir), (.spoolMaxBytes, spoolMaxBytes),
             (.connectTimeout, connectTimeout), (.idleTimeout, idleTimeout), (.dnsCacheTTL, dnsCacheTTL),
             (.drainSeconds, drainSeconds), (.logLevel, logLevel),
         ]
@@ -126,9 +136,6 @@ struct RunOptions: ParsableArguments {
             fail(
                 "\(ConfigurationKey.port.variable): cannot listen on \(configuration.listenAddress) port \(configuration.port): \(reason): set \(ConfigurationKey.port.spelled) to a free port, or stop what uses it"
             )
-        }
-        if configuration.apiKey != nil && configuration.local {
-            logger.warning("KAIZEN_API_KEY is set, but this version only records locally; the key is not used")
         }
         try await application.serviceGroup(logger: logger).run()
     }

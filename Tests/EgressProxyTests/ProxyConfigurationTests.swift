@@ -72,13 +72,32 @@ import Testing
         }
     }
 
-    @Test func keyWithoutLocalModeRefusesAndNeverShowsTheKey() {
+    @Test func aKeyAloneIsEnoughAndErrorsNeverShowIt() throws {
         let secret = "kz_live_CANARY_0123456789"
+        let configuration = try ProxyConfiguration(environment: ["KAIZEN_API_KEY": secret])
+        #expect(configuration.apiKey?.value == secret)
+        #expect(!configuration.local)
+        #expect(configuration.spoolDirectory == ".kaizen/spool")
+        #expect(configuration.spoolMaxBytes == 256 << 20)
         #expect {
-            _ = try ProxyConfiguration(environment: ["KAIZEN_API_KEY": secret])
+            _ = try ProxyConfiguration(environment: ["KAIZEN_API_KEY": secret, "PORT": "http"])
         } throws: { error in
-            let message = (error as? ConfigurationError)?.description ?? ""
-            return message.contains("KAIZEN_API_KEY") && message.contains("--local") && !message.contains(secret)
+            !"\(error)".contains(secret)
+        }
+    }
+
+    @Test func spoolAndControlPlaneSettings() throws {
+        let configuration = try ProxyConfiguration(environment: [
+            "KAIZEN_LOCAL": "1", "KAIZEN_SPOOL_DIR": "/var/lib/kaizen/spool", "KAIZEN_SPOOL_MAX_BYTES": "2G",
+            "KAIZEN_API_CA_FILE": "/etc/hostname",
+        ])
+        #expect(configuration.spoolDirectory == "/var/lib/kaizen/spool")
+        #expect(configuration.spoolMaxBytes == 2 << 30)
+        #expect(configuration.apiCAFile == "/etc/hostname")
+        for (variable, value) in [("KAIZEN_SPOOL_MAX_BYTES", "10K"), ("KAIZEN_SPOOL_MAX_BYTES", "lots"), ("KAIZEN_API_CA_FILE", "/nonexistent.pem")] {
+            #expect(throws: ConfigurationError.self, "\(variable)=\(value)") {
+                try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", variable: value])
+            }
         }
     }
 

@@ -13,6 +13,9 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let agent = ConfigurationKey(variable: "KAIZEN_AGENT", flag: "--agent")
     public static let apiKey = ConfigurationKey(variable: "KAIZEN_API_KEY", flag: "--api-key-file")
     public static let apiURL = ConfigurationKey(variable: "KAIZEN_API_URL", flag: "--api-url")
+    public static let apiCAFile = ConfigurationKey(variable: "KAIZEN_API_CA_FILE", flag: "--api-ca-file")
+    public static let spoolDirectory = ConfigurationKey(variable: "KAIZEN_SPOOL_DIR", flag: "--spool-dir")
+    public static let spoolMaxBytes = ConfigurationKey(variable: "KAIZEN_SPOOL_MAX_BYTES", flag: "--spool-max-bytes")
     public static let local = ConfigurationKey(variable: "KAIZEN_LOCAL", flag: "--local")
     public static let auditLog = ConfigurationKey(variable: "KAIZEN_AUDIT_LOG", flag: "--audit-log")
     public static let connectTimeout = ConfigurationKey(variable: "KAIZEN_CONNECT_TIMEOUT", flag: "--connect-timeout")
@@ -22,7 +25,7 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let logLevel = ConfigurationKey(variable: "KAIZEN_LOG_LEVEL", flag: "--log-level")
 
     public static let all: [ConfigurationKey] = [
-        .port, .listen, .agent, .apiKey, .apiURL, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
+        .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel,
     ]
 }

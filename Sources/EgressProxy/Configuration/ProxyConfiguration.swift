@@ -15,6 +15,9 @@ import NIOCore
 /// | `KAIZEN_AUDIT_LOG` | file path | none |
 /// | `KAIZEN_CONNECT_TIMEOUT` | duration (`10s`, `500ms`, `2m`; bare number = seconds) | `10s` |
 /// | `KAIZEN_IDLE_TIMEOUT` | duration | `1h` |
+/// | `KAIZEN_API_CA_FILE` | PEM file | none |
+/// | `KAIZEN_SPOOL_DIR` | directory | `.kaizen/spool` |
+/// | `KAIZEN_SPOOL_MAX_BYTES` | size (`256M`) | 256 MiB |
 /// | `KAIZEN_DNS_CACHE_TTL` | duration, or `0` to turn the cache off | `5s` |
 /// | `KAIZEN_DRAIN_SECONDS` | integer seconds ≥ 0 | 10 |
 /// | `KAIZEN_LOG_LEVEL` | trace, debug, info, notice, warning, error, critical | `info` |
@@ -29,6 +32,11 @@ public struct ProxyConfiguration: Sendable {
     public var connectTimeout: TimeAmount
     public var idleTimeout: TimeAmount
     public var drainTimeout: TimeAmount
+    /// Extra CA bundle trusted for the control plane (private control planes).
+    public var apiCAFile: String?
+    /// Where undelivered actions wait on disk.
+    public var spoolDirectory: String
+    public var spoolMaxBytes: Int64
     /// How long a name lookup's answer is reused; zero turns the cache off.
     public var dnsCacheTTL: TimeAmount
     public var logLevel: Logger.Level
@@ -142,20 +150,51 @@ public struct ProxyConfiguration: Sendable {
             self.logLevel = .info
         }
 
-        // Where actions go. Reporting to the control plane is the next piece of work; until it exists a key
-        // alone must not start a proxy that would silently drop every action.
-        if !local {
-            if apiKey == nil {
+        if let path = value(.apiCAFile) {
+            guard access(path, R_OK) == 0 else {
                 throw ConfigurationError(
-                    variable: ConfigurationKey.apiKey.variable,
-                    "KAIZEN_API_KEY is not set: set KAIZEN_API_KEY to your org API key, or run with --local (KAIZEN_LOCAL=1) to write actions to standard output without an account"
+                    variable: ConfigurationKey.apiCAFile.variable,
+                    "KAIZEN_API_CA_FILE=\(Self.quoted(path)) cannot be read: set \(ConfigurationKey.apiCAFile.spelled) to a readable PEM bundle of the CA that signed your control plane's certificate"
                 )
             }
+            self.apiCAFile = path
+        } else {
+            self.apiCAFile = nil
+        }
+        self.spoolDirectory = value(.spoolDirectory) ?? ".kaizen/spool"
+        if let raw = value(.spoolMaxBytes) {
+            guard let bytes = Self.parseByteSize(raw), bytes >= 1 << 20 else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.spoolMaxBytes.variable,
+                    "KAIZEN_SPOOL_MAX_BYTES=\(Self.quoted(raw)) is not a size of at least 1 MiB: set \(ConfigurationKey.spoolMaxBytes.spelled) to bytes or a size such as 256M or 2G"
+                )
+            }
+            self.spoolMaxBytes = bytes
+        } else {
+            self.spoolMaxBytes = 256 << 20
+        }
+
+        // Actions must go somewhere: to the control plane (a key), to standard output (local mode), or both.
+        if !local && apiKey == nil {
             throw ConfigurationError(
                 variable: ConfigurationKey.apiKey.variable,
-                "KAIZEN_API_KEY is set, but this version cannot report to the control plane yet and would drop every action: run with --local (KAIZEN_LOCAL=1) to record actions on standard output and in KAIZEN_AUDIT_LOG"
+                "KAIZEN_API_KEY is not set: set KAIZEN_API_KEY to your org API key, or run with --local (KAIZEN_LOCAL=1) to write actions to standard output without an account"
             )
         }
+    }
+
+    /// `1048576`, `512K`, `256M`, `2G` (binary units).
+    static func parseByteSize(_ raw: String) -> Int64? {
+        let units: [Character: Int64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        var digits = raw.uppercased()
+        var scale: Int64 = 1
+        if digits.hasSuffix("B") { digits.removeLast() }
+        if let last = digits.last, let unit = units[last] {
+            scale = unit
+            digits.removeLast()
+        }
+        guard let value = Int64(digits), value >= 0, value <= Int64.max / scale else { return nil }
+        return value * scale
     }
 
     /// The API URL must be https, except for a control plane on this machine.

@@ -1,0 +1,288 @@
+import Logging
+import NIOCore
+import NIOPosix
+import OpenSSLTLS
+import ServiceLifecycle
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Delivers every action to the control plane (`POST {KAIZEN_API_URL}/v1/verdicts`) without ever making the
+/// data path wait, and without losing one.
+///
+/// `record` appends to an in-memory queue. The service writes the queue to the write-ahead `Spool` (so a
+/// restart or a crash keeps it), then sends from the spool over one keep-alive connection, several requests
+/// in flight, acknowledging in order. Failures back off exponentially with full jitter (honouring
+/// `Retry-After` on 429 and 503); 401/403 keep the data and log one line until the key works; a 400 for one
+/// action sets it aside in a dead-letter file with the server's answer so the rest are delivered.
+public final class Reporter: ActionSink, Service {
+    public struct Configuration: Sendable {
+        public var endpoint: ControlPlaneEndpoint
+        public var apiKey: String
+        /// `nil` for an http:// control plane on loopback.
+        public var tls: OpenSSLContext?
+        public var spoolDirectory: String
+        public var spoolMaxBytes: Int64
+        /// Requests sent before waiting for their answers.
+        public var inFlight: Int = 32
+        public var backoffBase: Duration = .milliseconds(200)
+        public var backoffCap: Duration = .seconds(30)
+
+        public init(
+            endpoint: ControlPlaneEndpoint,
+            apiKey: String,
+            tls: OpenSSLContext?,
+            spoolDirectory: String,
+            spoolMaxBytes: Int64
+        ) {
+            self.endpoint = endpoint
+            self.apiKey = apiKey
+            self.tls = tls
+            self.spoolDirectory = spoolDirectory
+            self.spoolMaxBytes = spoolMaxBytes
+        }
+    }
+
+    private struct Queue {
+        var records: [[UInt8]] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var finished = false
+    }
+
+    private let configuration: Configuration
+    private let logger: Logger
+    private let queue = Mutex(Queue())
+    private let spoolBox: Mutex<Spool?>
+
+    /// Opens the spool (and recovers what a previous run left in it) before anything is accepted.
+    public init(configuration: Configuration, logger: Logger) throws(Spool.Failure) {
+        self.configuration = configuration
+        self.logger = logger
+        self.spoolBox = Mutex(try Spool(directory: configuration.spoolDirectory, maxBytes: configuration.spoolMaxBytes))
+    }
+
+    public func record(_ record: ActionRecord) {
+        guard case .action(let action) = record else { return }  // close records stay local
+        var json = JSONWriter()
+        action.writeJSON(to: &json)
+        let bytes = json.take()
+        let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
+            queue.records.append(bytes)
+            defer { queue.waiter = nil }
+            return queue.waiter
+        }
+        waiter?.resume()
+    }
+
+    public func run() async throws {
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await deliveryLoop()
+            } onGracefulShutdown: {
+                self.finish()
+            }
+        } onCancel: {
+            self.finish()
+        }
+        // Whatever is still queued goes to disk, for the next run to send.
+        spoolQueued()
+        spoolBox.withLock { $0?.sync() }
+    }
+
+    private func finish() {
+        let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
+            queue.finished = true
+            defer { queue.waiter = nil }
+            return queue.waiter
+        }
+        waiter?.resume()
+    }
+
+    private var isFinished: Bool { queue.withLock { $0.finished } }
+
+    /// Moves the in-memory queue into the spool; returns how many records moved.
+    @discardableResult
+    private func spoolQueued() -> Int {
+        let records = queue.withLock { queue -> [[UInt8]] in
+            defer { queue.records = [] }
+            return queue.records
+        }
+        guard !records.isEmpty else { return 0 }
+        spoolBox.withLock { box in
+            guard let spool = box else { return }
+            for record in records {
+                do {
+                    try spool.append(record)
+                } catch {
+                    logger.error("cannot spool an action", metadata: ["error": "\(error)"])
+                }
+            }
+            spool.sync()
+            logger.debug("actions spooled", metadata: ["spooled": "\(records.count)", "spool.pending": "\(spool.pendingRecords)"])
+        }
+        return records.count
+    }
+
+    private enum Health {
+        case unknown, reachable, unreachable, unauthorized
+    }
+
+    private func deliveryLoop() async {
+        var connection: ControlPlaneConnection?
+        var failures = 0
+        var health = Health.unknown
+        while !isFinished {
+            spoolQueued()
+            let batch = spoolBox.withLock { $0?.peek(limit: configuration.inFlight) ?? [] }
+            if batch.isEmpty {
+                await waitForRecords()
+                continue
+            }
+            do {
+                if connection == nil || connection?.isOpen == false {
+                    connection = try await ControlPlaneConnection.connect(to: configuration.endpoint, tls: configuration.tls)
+                }
+                let outcome = try await send(batch, over: connection!)
+                switch outcome {
+                case .delivered:
+                    failures = 0
+                    if health != .reachable {
+                        if health == .unreachable || health == .unauthorized {
+                            logger.notice("control plane reachable again", metadata: ["backlog": "\(pendingCount())"])
+                        }
+                        health = .reachable
+                    }
+                case .retryLater(let status, let retryAfter):
+                    failures += 1
+                    if status == 401 || status == 403 {
+                        if health != .unauthorized {
+                            logger.error(
+                                "the control plane refused the API key (HTTP \(status)); actions are kept and retried: check KAIZEN_API_KEY",
+                                metadata: ["backlog": "\(pendingCount())"]
+                            )
+                            health = .unauthorized
+                        }
+                    } else if health != .unreachable {
+                        logger.warning(
+                            "control plane unavailable (HTTP \(status)); actions are spooled",
+                            metadata: ["backlog": "\(pendingCount())"]
+                        )
+                        health = .unreachable
+                    }
+                    await connection?.close()
+                    connection = nil
+                    await pause(retryAfter ?? backoff(failures))
+                }
+            } catch {
+                failures += 1
+                if health != .unreachable {
+                    logger.warning(
+                        "control plane unreachable; actions are spooled",
+                        metadata: ["error": "\(error)", "backlog": "\(pendingCount())"]
+                    )
+                    health = .unreachable
+                }
+                await connection?.close()
+                connection = nil
+                await pause(backoff(failures))
+            }
+        }
+        await connection?.close()
+    }
+
+    private enum BatchOutcome {
+        case delivered
+        case retryLater(status: Int, retryAfter: Duration?)
+    }
+
+    /// Sends the batch pipelined and handles the answers in order, acknowledging what is done.
+    private func send(_ batch: [(Spool.Position, [UInt8])], over connection: ControlPlaneConnection) async throws
+        -> BatchOutcome
+    {
+        let apiKey = configuration.apiKey
+        let responses = try await withThrowingTaskGroup(of: (Int, ControlPlaneResponse).self) { group in
+            for (index, entry) in batch.enumerated() {
+                group.addTask { (index, try await connection.post(path: "/v1/verdicts", json: entry.1, apiKey: apiKey)) }
+            }
+            var results = [ControlPlaneResponse?](repeating: nil, count: batch.count)
+            for try await (index, response) in group { results[index] = response }
+            return results.map { $0! }
+        }
+        for (index, response) in responses.enumerated() {
+            switch response.status {
+            case 200..<300:
+                spoolBox.withLock { $0?.acknowledge(through: batch[index].0) }
+            case 400, 422:
+                deadLetter(batch[index].1, response: response)
+                spoolBox.withLock { $0?.acknowledge(through: batch[index].0) }
+            default:
+                return .retryLater(status: response.status, retryAfter: Self.retryAfter(response))
+            }
+        }
+        return .delivered
+    }
+
+    private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse) {
+        let path = configuration.spoolDirectory + "/dead-letter.jsonl"
+        var json = JSONWriter()
+        json.beginObject()
+        json.field("status", response.status)
+        json.field("answer", response.body)
+        json.field("action", String(decoding: record, as: UTF8.self))
+        json.endObject()
+        var line = json.take()
+        line.append(UInt8(ascii: "\n"))
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            close(fd)
+        }
+        logger.error(
+            "the control plane rejected an action; it is set aside in \(path)",
+            metadata: ["status": "\(response.status)"]
+        )
+    }
+
+    private func pendingCount() -> Int {
+        spoolBox.withLock { $0?.pendingRecords ?? 0 } + queue.withLock { $0.records.count }
+    }
+
+    /// Exponential backoff with full jitter: a random wait up to min(cap, base × 2^failures).
+    private func backoff(_ failures: Int) -> Duration {
+        let base = Double(configuration.backoffBase.components.seconds) + Double(configuration.backoffBase.components.attoseconds) / 1e18
+        let cap = Double(configuration.backoffCap.components.seconds)
+        let ceiling = min(cap, base * pow(2, Double(min(failures, 20))))
+        return .milliseconds(Int64(Double.random(in: 0...ceiling) * 1000))
+    }
+
+    static func retryAfter(_ response: ControlPlaneResponse) -> Duration? {
+        guard response.status == 429 || response.status == 503, let value = response.retryAfter,
+            let seconds = Int(value.filter { !$0.isWhitespace }), seconds >= 0
+        else { return nil }
+        return .seconds(min(seconds, 300))
+    }
+
+    /// Waits for a record to arrive, or for shutdown.
+    private func waitForRecords() async {
+        await withCheckedContinuation { continuation in
+            let ready = queue.withLock { queue -> Bool in
+                if !queue.records.isEmpty || queue.finished { return true }
+                queue.waiter = continuation
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    /// Sleeps for a backoff, cut short by shutdown (records arriving meanwhile are spooled on the next turn).
+    private func pause(_ duration: Duration) async {
+        let deadline = ContinuousClock.now + duration
+        while !isFinished, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: min(.milliseconds(100), deadline - ContinuousClock.now))
+        }
+    }
+}
