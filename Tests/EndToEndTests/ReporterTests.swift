@@ -37,8 +37,10 @@ import Testing
     }
 
     func waitForDelivery(_ ids: [String], at mock: ChildProcess) throws {
-        for id in ids {
-            _ = try mock.waitForLine(timeout: 45) { $0.hasSuffix(id) }
+        let wanted = Set(ids)
+        // Every id at least once (a resend after a lost answer is allowed: the event_id marks it).
+        try mock.waitUntil(timeout: 60) { lines in
+            wanted.isSubset(of: Set(lines.filter { $0.hasPrefix("RECEIVED") }.map { String($0.split(separator: " ").last ?? "") }))
         }
     }
 
@@ -85,5 +87,86 @@ import Testing
         try waitForDelivery(ids, at: mock)
         restarted.signal(SIGTERM)
         #expect(try restarted.waitForExit(timeout: 30) == 0)
+    }
+
+    @Test func aRevokedKeyLogsOnceKeepsTheActionsAndDeliversOnceFixed() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        try "unauthorized".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, port) = try mocks.startMock(pki, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        var settings = environment(pki, controlPlanePort: port, spool: pki.directory + "/spool")
+        settings["KAIZEN_LOG_LEVEL"] = "info"
+        let (proxy, ids) = try runProxy(settings, connections: 5)
+        _ = try proxy.waitForStderr(containing: "refused the API key (HTTP 401)", timeout: 20)
+        try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        try waitForDelivery(ids, at: mock)
+        let refusals = proxy.stderr.components(separatedBy: "refused the API key").count - 1
+        #expect(refusals == 1)  // one line, not one per action or retry
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
+    @Test func aRejectedActionIsSetAsideAndTheRestDelivered() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        let spool = pki.directory + "/spool"
+        let port = try FreePort.closed()
+        // Actions are made while the control plane is down, so the one to reject is known before it is sent.
+        let (proxy, ids) = try runProxy(environment(pki, controlPlanePort: port, spool: spool), connections: 6)
+        try "reject \(ids[2])".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        try waitForDelivery(ids.enumerated().filter { $0.offset != 2 }.map(\.element), at: mock)
+        _ = try mock.waitForLine(timeout: 30) { $0 == "REJECTED \(ids[2])" }
+        _ = try proxy.waitForStderr(containing: "rejected an action", timeout: 20)
+        let deadLetters = try String(contentsOfFile: spool + "/dead-letter.jsonl", encoding: .utf8)
+        #expect(deadLetters.contains(ids[2]))
+        #expect(deadLetters.contains("this action is invalid"))
+        #expect(!deadLetters.contains(ids[0]))
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
+    @Test func retryAfterIsHonouredAndNothingIsLost() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        try "unavailable 1".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, port) = try mocks.startMock(pki, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        let (proxy, ids) = try runProxy(environment(pki, controlPlanePort: port, spool: pki.directory + "/spool"), connections: 5)
+        _ = try proxy.waitForStderr(containing: "control plane unavailable (HTTP 503)", timeout: 20)
+        try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        try waitForDelivery(ids, at: mock)
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
+    @Test func aThousandConnectionsWithAnOutageInTheMiddleLoseNothing() throws {
+        let pki = try TestPKI.mint()
+        let port = try FreePort.closed()
+        let settings = environment(pki, controlPlanePort: port, spool: pki.directory + "/spool")
+        let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
+        let proxyPort = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let closed = try FreePort.closed()
+        var mock: ChildProcess? = nil
+        for index in 0..<1000 {
+            if index == 500 {  // the control plane comes up half way through
+                mock = try mocks.startMock(pki, port: port).0
+            }
+            let socket = try RawSocket(host: "127.0.0.1", port: proxyPort)
+            try socket.send("CONNECT 127.0.0.1:\(closed) HTTP/1.1\r\n\r\n")
+            _ = try socket.receiveAll()
+        }
+        let ids = try proxy.waitForLines(count: 1000, timeout: 30) { $0.contains("\"action\"") }.compactMap { line in
+            line.components(separatedBy: "\"event_id\":\"").dropFirst().first.map { String($0.prefix(36)) }
+        }
+        #expect(ids.count == 1000)
+        let controlPlane = try #require(mock)
+        try waitForDelivery(ids, at: controlPlane)
+        #expect(Set(controlPlane.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.map { $0.split(separator: " ")[2] }).count == 1000)
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 }

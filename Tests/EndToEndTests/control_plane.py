@@ -3,6 +3,12 @@
 POST /v1/verdicts: checks `Authorization: Bearer $MOCK_API_KEY` (401 otherwise), the JSON content type and
 the action shape (400 otherwise), prints `RECEIVED <client port> <event_id>` and answers 200.
 Prints "PORT <n>" once it listens.
+
+The test steers it through the file given with --mode-file, read on every request:
+  ok (or missing)        as above
+  unauthorized           401 for everything
+  unavailable <seconds>  503 with Retry-After: <seconds>
+  reject <event_id>      400 for that one event (printed as REJECTED <event_id>), the rest as usual
 """
 import argparse
 import http.server
@@ -27,8 +33,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    mode_file = None
+
+    def mode(self):
+        try:
+            with open(self.mode_file) as handle:
+                return handle.read().split()
+        except (OSError, TypeError):
+            return ["ok"]
+
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        mode = self.mode()
+        if mode and mode[0] == "unauthorized":
+            return self.reply(401, {"error": "key revoked"})
+        if mode and mode[0] == "unavailable":
+            self.send_response(503)
+            self.send_header("Retry-After", mode[1] if len(mode) > 1 else "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path != "/v1/verdicts":
             return self.reply(404, {"error": "not found"})
         if self.headers.get("Authorization") != "Bearer " + os.environ["MOCK_API_KEY"]:
@@ -44,6 +68,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             event_id = action["action"]["metadata"]["event_id"]
         except Exception as error:  # noqa: BLE001 - any shape problem is a 400
             return self.reply(400, {"error": f"bad action: {error!r}"})
+        if len(mode) > 1 and mode[0] == "reject" and mode[1] == event_id:
+            print(f"REJECTED {event_id}", flush=True)
+            return self.reply(400, {"error": "this action is invalid"})
         print(f"RECEIVED {self.client_address[1]} {event_id}", flush=True)
         self.reply(200, {"status": "ok"})
 
@@ -57,7 +84,9 @@ def main():
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--mode-file")
     args = parser.parse_args()
+    Handler.mode_file = args.mode_file
     Server.allow_reuse_address = True
     server = Server(("127.0.0.1", args.port), Handler)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

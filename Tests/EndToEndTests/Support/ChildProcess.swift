@@ -109,6 +109,32 @@ final class ChildProcess: @unchecked Sendable {
         }
     }
 
+    /// The stdout lines that satisfy `predicate`, once there are at least `count` of them.
+    func waitForLines(count: Int, timeout: TimeInterval, where predicate: (String) -> Bool) throws -> [String] {
+        let deadline = Date().addingTimeInterval(timeout)
+        output.condition.lock()
+        defer { output.condition.unlock() }
+        while true {
+            let matching = output.lines.filter(predicate)
+            if matching.count >= count { return matching }
+            if output.done { throw TestFailure("process exited with \(matching.count) of \(count) lines") }
+            if !output.condition.wait(until: deadline) {
+                throw TestFailure("only \(matching.count) of \(count) lines within \(timeout)s")
+            }
+        }
+    }
+
+    /// Waits until `condition` holds for the stdout lines so far.
+    func waitUntil(timeout: TimeInterval, _ condition: ([String]) -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        output.condition.lock()
+        defer { output.condition.unlock() }
+        while !condition(output.lines) {
+            if output.done { throw TestFailure("process exited before the condition held") }
+            if !output.condition.wait(until: deadline) { throw TestFailure("condition not met within \(timeout)s") }
+        }
+    }
+
     /// Waits until stderr contains `text`.
     func waitForStderr(containing text: String, timeout: TimeInterval) throws -> String {
         let deadline = Date().addingTimeInterval(timeout)
