@@ -278,11 +278,13 @@ public final class Reporter: ActionSink, Service {
         }
     }
 
-    /// Sleeps for a backoff, cut short by shutdown (records arriving meanwhile are spooled on the next turn).
+    /// Sleeps for a backoff, cut short by shutdown. Records arriving meanwhile are spooled every 100 ms, so a
+    /// crash during a long backoff loses at most that much.
     private func pause(_ duration: Duration) async {
         let deadline = ContinuousClock.now + duration
         while !isFinished, ContinuousClock.now < deadline {
             try? await Task.sleep(for: min(.milliseconds(100), deadline - ContinuousClock.now))
+            spoolQueued()
         }
     }
 }
