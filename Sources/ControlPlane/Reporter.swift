@@ -49,7 +49,11 @@ public final class Reporter: ActionSink, Service {
 
     private struct Queue {
         var records: [[UInt8]] = []
+        /// The spool writer, waiting for records.
         var waiter: CheckedContinuation<Void, Never>?
+        /// The delivery loop, waiting for the spool to have something.
+        var deliveryWaiter: CheckedContinuation<Void, Never>?
+        var spooledSinceDeliveryLooked = false
         var finished = false
     }
 
@@ -81,7 +85,12 @@ public final class Reporter: ActionSink, Service {
     public func run() async throws {
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
-                await deliveryLoop()
+                // Two tasks: one moves every queued action to disk at once, the other sends from the disk,
+                // so an action is durable within moments of its connection, whatever the network does.
+                await withTaskGroup(of: Void.self) { group in
+                    group.addTask { await self.spoolWriterLoop() }
+                    group.addTask { await self.deliveryLoop() }
+                }
             } onGracefulShutdown: {
                 self.finish()
             }
@@ -94,12 +103,45 @@ public final class Reporter: ActionSink, Service {
     }
 
     private func finish() {
-        let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
+        let waiters = queue.withLock { queue -> [CheckedContinuation<Void, Never>] in
             queue.finished = true
-            defer { queue.waiter = nil }
-            return queue.waiter
+            defer {
+                queue.waiter = nil
+                queue.deliveryWaiter = nil
+            }
+            return [queue.waiter, queue.deliveryWaiter].compactMap { $0 }
         }
-        waiter?.resume()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func spoolWriterLoop() async {
+        while !isFinished {
+            await waitForRecords()
+            if spoolQueued() > 0 {
+                let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
+                    queue.spooledSinceDeliveryLooked = true
+                    defer { queue.deliveryWaiter = nil }
+                    return queue.deliveryWaiter
+                }
+                waiter?.resume()
+            }
+        }
+        spoolQueued()
+    }
+
+    /// Waits until the spool writer has added something since the delivery loop last looked, or shutdown.
+    private func waitForSpooled() async {
+        await withCheckedContinuation { continuation in
+            let ready = queue.withLock { queue -> Bool in
+                if queue.spooledSinceDeliveryLooked || queue.finished {
+                    queue.spooledSinceDeliveryLooked = false
+                    return true
+                }
+                queue.deliveryWaiter = continuation
+                return false
+            }
+            if ready { continuation.resume() }
+        }
     }
 
     private var isFinished: Bool { queue.withLock { $0.finished } }
@@ -136,10 +178,10 @@ public final class Reporter: ActionSink, Service {
         var failures = 0
         var health = Health.unknown
         while !isFinished {
-            spoolQueued()
+            queue.withLock { $0.spooledSinceDeliveryLooked = false }
             let batch = spoolBox.withLock { $0?.peek(limit: configuration.inFlight) ?? [] }
             if batch.isEmpty {
-                await waitForRecords()
+                await waitForSpooled()
                 continue
             }
             do {
@@ -266,7 +308,7 @@ public final class Reporter: ActionSink, Service {
         return .seconds(min(seconds, 300))
     }
 
-    /// Waits for a record to arrive, or for shutdown.
+    /// Waits for a record to arrive in the in-memory queue, or for shutdown.
     private func waitForRecords() async {
         await withCheckedContinuation { continuation in
             let ready = queue.withLock { queue -> Bool in
@@ -278,13 +320,11 @@ public final class Reporter: ActionSink, Service {
         }
     }
 
-    /// Sleeps for a backoff, cut short by shutdown. Records arriving meanwhile are spooled every 100 ms, so a
-    /// crash during a long backoff loses at most that much.
+    /// Sleeps for a backoff, cut short by shutdown (the spool writer keeps spooling meanwhile).
     private func pause(_ duration: Duration) async {
         let deadline = ContinuousClock.now + duration
         while !isFinished, ContinuousClock.now < deadline {
             try? await Task.sleep(for: min(.milliseconds(100), deadline - ContinuousClock.now))
-            spoolQueued()
         }
     }
 }
