@@ -48,7 +48,8 @@ public final class Reporter: ActionSink, Service {
     }
 
     private struct Queue {
-        var records: [[UInt8]] = []
+        /// Encoded by the spool writer, off the event loops.
+        var records: [ConnectAction] = []
         /// The spool writer, waiting for records.
         var waiter: CheckedContinuation<Void, Never>?
         /// The delivery loop, waiting for the spool to have something.
@@ -71,11 +72,8 @@ public final class Reporter: ActionSink, Service {
 
     public func record(_ record: ActionRecord) {
         guard case .action(let action) = record else { return }  // close records stay local
-        var json = JSONWriter()
-        action.writeJSON(to: &json)
-        let bytes = json.take()
         let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
-            queue.records.append(bytes)
+            queue.records.append(action)
             defer { queue.waiter = nil }
             return queue.waiter
         }
@@ -149,11 +147,16 @@ public final class Reporter: ActionSink, Service {
     /// Moves the in-memory queue into the spool; returns how many records moved.
     @discardableResult
     private func spoolQueued() -> Int {
-        let records = queue.withLock { queue -> [[UInt8]] in
+        let actions = queue.withLock { queue -> [ConnectAction] in
             defer { queue.records = [] }
             return queue.records
         }
-        guard !records.isEmpty else { return 0 }
+        guard !actions.isEmpty else { return 0 }
+        let records = actions.map { action -> [UInt8] in
+            var json = JSONWriter()
+            action.writeJSON(to: &json)
+            return json.take()
+        }
         spoolBox.withLock { box in
             guard let spool = box else { return }
             for record in records {
