@@ -1,6 +1,5 @@
 import Logging
 import ServiceLifecycle
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -42,22 +41,14 @@ public final class LocalActionLog: ActionSink, Service {
     /// How long the writer waits after the first record of a batch before writing it.
     static let lingerAfterWakeUp: Duration = .milliseconds(2)
 
-    private struct Queue {
-        var records: [ActionRecord] = []
-        var waiter: CheckedContinuation<Void, Never>?
-        var finished = false
-        var dropped = 0
-    }
-
-    private let queue = Mutex(Queue())
-    private let queueLimit: Int
+    private let queue: BatchQueue<ActionRecord>
     private let destinations: Destinations
     private let auditFD: Int32?
     private let logger: Logger
 
     /// Opens the audit file (created with mode 0600, appended to) before anything is accepted.
     public init(destinations: Destinations, queueLimit: Int = defaultQueueLimit, logger: Logger) throws {
-        self.queueLimit = queueLimit
+        self.queue = BatchQueue(limit: queueLimit)
         self.destinations = destinations
         self.logger = logger
         if let path = destinations.auditLogPath {
@@ -76,16 +67,7 @@ public final class LocalActionLog: ActionSink, Service {
     }
 
     public func record(_ record: ActionRecord) {
-        let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
-            guard !queue.finished, queue.records.count < queueLimit else {
-                queue.dropped += 1
-                return nil
-            }
-            queue.records.append(record)
-            defer { queue.waiter = nil }
-            return queue.waiter
-        }
-        waiter?.resume()
+        queue.append(record)
     }
 
     public func run() async throws {
@@ -105,40 +87,23 @@ public final class LocalActionLog: ActionSink, Service {
 
     /// Stops taking records; `run` returns once the queue is written.
     public func finish() {
-        let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
-            queue.finished = true
-            defer { queue.waiter = nil }
-            return queue.waiter
-        }
-        waiter?.resume()
+        queue.finish()
     }
 
     /// Everything queued, waiting for at least one record; `nil` once finished and empty.
     private func nextBatch() async -> [ActionRecord]? {
         while true {
-            let (batch, finished, dropped) = queue.withLock { queue in
-                defer {
-                    queue.records = []
-                    queue.dropped = 0
-                }
-                return (queue.records, queue.finished, queue.dropped)
-            }
+            let finished = queue.isFinished  // read first: once finished, nothing more can be added
+            let (batch, dropped) = queue.takeAll()
             if dropped > 0 {
                 logger.error("local action log could not keep up; records were dropped", metadata: ["dropped": "\(dropped)"])
             }
             if !batch.isEmpty { return batch }
             if finished { return nil }
-            await withCheckedContinuation { continuation in
-                let ready = queue.withLock { queue -> Bool in
-                    if !queue.records.isEmpty || queue.finished { return true }
-                    queue.waiter = continuation
-                    return false
-                }
-                if ready { continuation.resume() }
-            }
+            await queue.waitForItems()
             // Group commit: let the records of the next moment join this one's batch, so a busy proxy wakes
             // this task and calls write(2) hundreds of times a second, not once per connection.
-            if !queue.withLock({ $0.finished }) {
+            if !queue.isFinished {
                 try? await Task.sleep(for: Self.lingerAfterWakeUp)
             }
         }

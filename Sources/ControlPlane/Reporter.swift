@@ -47,20 +47,12 @@ public final class Reporter: ActionSink, Service {
         }
     }
 
-    private struct Queue {
-        /// Encoded by the spool writer, off the event loops.
-        var records: [ConnectAction] = []
-        /// The spool writer, waiting for records.
-        var waiter: CheckedContinuation<Void, Never>?
-        /// The delivery loop, waiting for the spool to have something.
-        var deliveryWaiter: CheckedContinuation<Void, Never>?
-        var spooledSinceDeliveryLooked = false
-        var finished = false
-    }
-
     private let configuration: Configuration
     private let logger: Logger
-    private let queue = Mutex(Queue())
+    /// Actions waiting for the spool writer (encoded by it, off the event loops).
+    private let queue = BatchQueue<ConnectAction>(limit: 100_000)
+    /// Signals the delivery task that the spool writer added something.
+    private let spooled = BatchQueue<Void>(limit: 1)
     private let spoolBox: Mutex<Spool?>
 
     /// Opens the spool (and recovers what a previous run left in it) before anything is accepted.
@@ -72,12 +64,7 @@ public final class Reporter: ActionSink, Service {
 
     public func record(_ record: ActionRecord) {
         guard case .action(let action) = record else { return }  // close records stay local
-        let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
-            queue.records.append(action)
-            defer { queue.waiter = nil }
-            return queue.waiter
-        }
-        waiter?.resume()
+        queue.append(action)
     }
 
     public func run() async throws {
@@ -101,55 +88,29 @@ public final class Reporter: ActionSink, Service {
     }
 
     private func finish() {
-        let waiters = queue.withLock { queue -> [CheckedContinuation<Void, Never>] in
-            queue.finished = true
-            defer {
-                queue.waiter = nil
-                queue.deliveryWaiter = nil
-            }
-            return [queue.waiter, queue.deliveryWaiter].compactMap { $0 }
-        }
-        for waiter in waiters { waiter.resume() }
+        queue.finish()
+        spooled.finish()
     }
 
     private func spoolWriterLoop() async {
-        while !isFinished {
-            await waitForRecords()
+        while true {
+            let finished = queue.isFinished  // read first: once finished, nothing more can be added
             if spoolQueued() > 0 {
-                let waiter = queue.withLock { queue -> CheckedContinuation<Void, Never>? in
-                    queue.spooledSinceDeliveryLooked = true
-                    defer { queue.deliveryWaiter = nil }
-                    return queue.deliveryWaiter
-                }
-                waiter?.resume()
+                spooled.append(())
             }
-        }
-        spoolQueued()
-    }
-
-    /// Waits until the spool writer has added something since the delivery loop last looked, or shutdown.
-    private func waitForSpooled() async {
-        await withCheckedContinuation { continuation in
-            let ready = queue.withLock { queue -> Bool in
-                if queue.spooledSinceDeliveryLooked || queue.finished {
-                    queue.spooledSinceDeliveryLooked = false
-                    return true
-                }
-                queue.deliveryWaiter = continuation
-                return false
-            }
-            if ready { continuation.resume() }
+            if finished { return }
+            await queue.waitForItems()
         }
     }
 
-    private var isFinished: Bool { queue.withLock { $0.finished } }
+    private var isFinished: Bool { queue.isFinished }
 
     /// Moves the in-memory queue into the spool; returns how many records moved.
     @discardableResult
     private func spoolQueued() -> Int {
-        let actions = queue.withLock { queue -> [ConnectAction] in
-            defer { queue.records = [] }
-            return queue.records
+        let (actions, dropped) = queue.takeAll()
+        if dropped > 0 {
+            logger.error("the reporter's queue was full; actions were dropped before reaching the spool", metadata: ["dropped": "\(dropped)"])
         }
         guard !actions.isEmpty else { return 0 }
         let records = actions.map { action -> [UInt8] in
@@ -181,10 +142,10 @@ public final class Reporter: ActionSink, Service {
         var failures = 0
         var health = Health.unknown
         while !isFinished {
-            queue.withLock { $0.spooledSinceDeliveryLooked = false }
+            _ = spooled.takeAll()
             let batch = spoolBox.withLock { $0?.peek(limit: configuration.inFlight) ?? [] }
             if batch.isEmpty {
-                await waitForSpooled()
+                await spooled.waitForItems()
                 continue
             }
             do {
@@ -293,7 +254,7 @@ public final class Reporter: ActionSink, Service {
     }
 
     private func pendingCount() -> Int {
-        spoolBox.withLock { $0?.pendingRecords ?? 0 } + queue.withLock { $0.records.count }
+        spoolBox.withLock { $0?.pendingRecords ?? 0 } + queue.count
     }
 
     /// Exponential backoff with full jitter: a random wait up to min(cap, base × 2^failures).
@@ -309,18 +270,6 @@ public final class Reporter: ActionSink, Service {
             let seconds = Int(value.filter { !$0.isWhitespace }), seconds >= 0
         else { return nil }
         return .seconds(min(seconds, 300))
-    }
-
-    /// Waits for a record to arrive in the in-memory queue, or for shutdown.
-    private func waitForRecords() async {
-        await withCheckedContinuation { continuation in
-            let ready = queue.withLock { queue -> Bool in
-                if !queue.records.isEmpty || queue.finished { return true }
-                queue.waiter = continuation
-                return false
-            }
-            if ready { continuation.resume() }
-        }
     }
 
     /// Sleeps for a backoff, cut short by shutdown (the spool writer keeps spooling meanwhile).

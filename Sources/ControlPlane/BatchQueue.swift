@@ -1,0 +1,71 @@
+import Synchronization
+
+/// A queue that event loops append to without waiting and one consumer task takes whole, waking it only when
+/// it is asleep. Bounded: past `limit` items, appends are refused and counted, never blocked.
+final class BatchQueue<Element: Sendable>: Sendable {
+    private struct State {
+        var items: [Element] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var finished = false
+        var dropped = 0
+    }
+
+    private let state = Mutex(State())
+    private let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    /// Adds `item`; `false` when the queue is full or finished (the item is counted as dropped).
+    @discardableResult
+    func append(_ item: Element) -> Bool {
+        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard !state.finished, state.items.count < limit else {
+                state.dropped += 1
+                return (false, nil)
+            }
+            state.items.append(item)
+            defer { state.waiter = nil }
+            return (true, state.waiter)
+        }
+        waiter?.resume()
+        return accepted
+    }
+
+    /// Everything queued, and how many items were refused since the last call.
+    func takeAll() -> (items: [Element], dropped: Int) {
+        state.withLock { state in
+            defer {
+                state.items = []
+                state.dropped = 0
+            }
+            return (state.items, state.dropped)
+        }
+    }
+
+    /// Returns once there is something to take, or the queue is finished.
+    func waitForItems() async {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> Bool in
+                if !state.items.isEmpty || state.finished { return true }
+                state.waiter = continuation
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    /// Refuses further items and wakes the consumer; what is queued can still be taken.
+    func finish() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.finished = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    var isFinished: Bool { state.withLock { $0.finished } }
+    var count: Int { state.withLock { $0.items.count } }
+}
