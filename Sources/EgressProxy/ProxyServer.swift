@@ -44,9 +44,6 @@ public final class ProxyServer: Service {
         resolverPool.shutdownGracefully { _ in }
     }
 
-    /// Open client connections right now.
-    public var openConnections: Int { tracker.count }
-
     /// Binds the listener, so a taken port or a bad address fails before any service starts. `run` calls it
     /// when it has not been called.
     @discardableResult
