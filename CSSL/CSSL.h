@@ -22,4 +22,7 @@ static inline long CSSL_BIO_set_mem_eof_return(BIO *bio, long value) { return BI
 static inline int CSSL_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_max_proto_version(ctx, version);
 }
+static inline long CSSL_SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *cert) { return SSL_CTX_add1_chain_cert(ctx, cert); }
+static inline long CSSL_SSL_add1_chain_cert(SSL *ssl, X509 *cert) { return SSL_add1_chain_cert(ssl, cert); }
+static inline long CSSL_SSL_clear_chain_certs(SSL *ssl) { return SSL_clear_chain_certs(ssl); }
 #endif

@@ -18,7 +18,17 @@ public final class OpenSSLConnection {
         case complete
         /// Needs more bytes from the peer (after sending what `takeForNetwork` returns).
         case incomplete
+        /// Server with a certificate provider: paused until `provideCertificate` answers for this SNI.
+        case needsCertificate(serverName: String?)
         case failed(OpenSSLError)
+    }
+
+    /// Server with a certificate provider: where the choice for this connection stands.
+    enum CertificateChoice {
+        case notAsked
+        case asked
+        case chosen(OpenSSLCertifiedKey?)
+        case refused(OpenSSLError)
     }
 
     public enum ReadResult: Sendable, Equatable {
@@ -35,6 +45,9 @@ public final class OpenSSLConnection {
     /// Owned by `ssl` (SSL_set_bio); freed with it.
     private let fromNetwork: OpaquePointer
     private let toNetwork: OpaquePointer
+    var certificateChoice = CertificateChoice.notAsked
+    /// Set when the chosen certificate could not be used or none was found; reported as the handshake failure.
+    var certificateFailure: OpenSSLError?
 
     /// - Parameter serverName: client only: the name or IP address to verify, and (names only) the SNI sent.
     public init(context: OpenSSLContext, serverName: String? = nil) throws(OpenSSLError) {
@@ -55,6 +68,10 @@ public final class OpenSSLConnection {
         switch context.configuration.role {
         case .server:
             SSL_set_accept_state(ssl)
+            if context.configuration.certificateProvider != nil {
+                // The SSL is ours, so the unretained pointer to self lives exactly as long as the callback can run.
+                SSL_set_cert_cb(ssl, certificateCallback, Unmanaged.passUnretained(self).toOpaque())
+            }
         case .client:
             SSL_set_connect_state(ssl)
             if let serverName {
@@ -116,9 +133,70 @@ public final class OpenSSLConnection {
         switch SSL_get_error(ssl, result) {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
             return .incomplete
+        case SSL_ERROR_WANT_X509_LOOKUP:
+            return .needsCertificate(serverName: requestedServerName)
         default:
+            if let certificateFailure {
+                OpenSSLError.clearQueue()
+                return .failed(certificateFailure)
+            }
             return .failed(failure(operation: "TLS handshake"))
         }
+    }
+
+    /// Server: the SNI host name the client asked for, if any.
+    public var requestedServerName: String? {
+        guard let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) else { return nil }
+        return String(cString: name)
+    }
+
+    /// Server: the answer to `.needsCertificate`; nil uses the context's default certificate. Call
+    /// `doHandshake` next.
+    public func provideCertificate(_ certifiedKey: OpenSSLCertifiedKey?) {
+        certificateChoice = .chosen(certifiedKey)
+    }
+
+    /// Server: the provider failed; the next `doHandshake` sends the client an alert and fails with `error`.
+    public func refuseCertificate(_ error: OpenSSLError) {
+        certificateChoice = .refused(error)
+    }
+
+    /// Called by OpenSSL from the certificate callback: 1 go on, 0 fail, -1 pause for the provider.
+    fileprivate func chooseCertificate() -> Int32 {
+        switch certificateChoice {
+        case .notAsked:
+            certificateChoice = .asked
+            return -1
+        case .asked:
+            return -1
+        case .chosen(nil):
+            guard context.hasDefaultCertificate else {
+                certificateFailure = OpenSSLError(
+                    operation: "TLS handshake",
+                    entries: ["no certificate for server name \(requestedServerName ?? "(none sent)")"]
+                )
+                return 0
+            }
+            return 1
+        case .chosen(let certifiedKey?):
+            return use(certifiedKey) ? 1 : 0
+        case .refused(let error):
+            certificateFailure = error
+            return 0
+        }
+    }
+
+    private func use(_ certifiedKey: OpenSSLCertifiedKey) -> Bool {
+        OpenSSLError.clearQueue()
+        var ok = SSL_use_certificate(ssl, certifiedKey.leaf.pointer) == 1
+        ok = ok && CSSL_SSL_clear_chain_certs(ssl) == 1
+        for intermediate in certifiedKey.chain.dropFirst() where ok {
+            ok = CSSL_SSL_add1_chain_cert(ssl, intermediate.pointer) == 1
+        }
+        ok = ok && SSL_use_PrivateKey(ssl, certifiedKey.key.pointer) == 1
+        ok = ok && SSL_check_private_key(ssl) == 1
+        if !ok { certificateFailure = OpenSSLError.drain(operation: "using the chosen certificate") }
+        return ok
     }
 
     public func write(_ bytes: [UInt8]) -> Result<Void, OpenSSLError> {
@@ -175,3 +253,8 @@ public final class OpenSSLConnection {
 
 @available(*, unavailable)
 extension OpenSSLConnection: Sendable {}
+
+private func certificateCallback(_ ssl: OpaquePointer?, _ argument: UnsafeMutableRawPointer?) -> Int32 {
+    guard let argument else { return 0 }
+    return Unmanaged<OpenSSLConnection>.fromOpaque(argument).takeUnretainedValue().chooseCertificate()
+}

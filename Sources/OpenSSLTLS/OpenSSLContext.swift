@@ -1,4 +1,5 @@
 internal import CSSL
+public import NIOCore
 
 /// An immutable TLS configuration: the owner of one `SSL_CTX`. Build it once, off the event loop (loading
 /// trust stores and keys reads files), and share it between connections.
@@ -11,6 +12,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         case server
     }
 
+    public typealias CertificateProvider =
+        @Sendable (_ serverName: String?, _ eventLoop: any EventLoop) -> EventLoopFuture<OpenSSLCertifiedKey?>
+
     public struct Configuration: Sendable {
         public var role: Role
         /// Protocols offered (client) or accepted in preference order (server), e.g. `["h2", "http/1.1"]`.
@@ -21,9 +25,16 @@ public final class OpenSSLContext: @unchecked Sendable {
         public var trustSystemStore = true
         /// Client: also trust the certificates in this PEM bundle.
         public var additionalTrustFile: String?
-        /// Server: the certificate chain (leaf first) and its key, PEM files.
+        /// Server: the certificate chain (leaf first) and its key, PEM or DER files.
         public var certificateChainFile: String?
         public var privateKeyFile: String?
+        /// Server: the same, already loaded (used instead of the files).
+        public var certifiedKey: OpenSSLCertifiedKey?
+        /// Server: chooses the certificate for each connection from the client's SNI (nil when the client
+        /// sent none), during the handshake, on the connection's event loop. Answering nil falls back to the
+        /// default certificate above; with no default the handshake fails, naming the server name.
+        /// With a provider the default certificate is optional.
+        public var certificateProvider: CertificateProvider?
 
         public init(role: Role) {
             self.role = role
@@ -105,18 +116,40 @@ public final class OpenSSLContext: @unchecked Sendable {
     }
 
     private static func configureServer(_ context: OpaquePointer, _ configuration: Configuration) throws(OpenSSLError) {
-        guard let chain = configuration.certificateChainFile, let key = configuration.privateKeyFile else {
-            throw OpenSSLError(operation: "configuring a TLS server", entries: ["a certificate chain and a key are required"])
+        let certifiedKey: OpenSSLCertifiedKey
+        if let loaded = configuration.certifiedKey {
+            certifiedKey = loaded
+        } else if let chain = configuration.certificateChainFile, let key = configuration.privateKeyFile {
+            certifiedKey = try OpenSSLCertifiedKey(chainFile: chain, keyFile: key)
+        } else if configuration.certificateProvider != nil {
+            return
+        } else {
+            throw OpenSSLError(
+                operation: "configuring a TLS server",
+                entries: ["a certificate chain and a key (or a certificate provider) are required"]
+            )
         }
-        guard SSL_CTX_use_certificate_chain_file(context, chain) == 1 else {
-            throw OpenSSLError.drain(operation: "loading the certificate chain \(chain)")
+        OpenSSLError.clearQueue()
+        guard SSL_CTX_use_certificate(context, certifiedKey.leaf.pointer) == 1 else {
+            throw OpenSSLError.drain(operation: "using the certificate")
         }
-        guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else {
-            throw OpenSSLError.drain(operation: "loading the private key")
+        for intermediate in certifiedKey.chain.dropFirst() {
+            guard CSSL_SSL_CTX_add1_chain_cert(context, intermediate.pointer) == 1 else {
+                throw OpenSSLError.drain(operation: "adding a chain certificate")
+            }
+        }
+        guard SSL_CTX_use_PrivateKey(context, certifiedKey.key.pointer) == 1 else {
+            throw OpenSSLError.drain(operation: "using the private key")
         }
         guard SSL_CTX_check_private_key(context) == 1 else {
             throw OpenSSLError.drain(operation: "matching the private key to the certificate")
         }
+    }
+
+    /// Server: whether a certificate is configured for connections the provider does not answer.
+    var hasDefaultCertificate: Bool {
+        configuration.certifiedKey != nil
+            || (configuration.certificateChainFile != nil && configuration.privateKeyFile != nil)
     }
 
     /// `["h2", "http/1.1"]` → `02 68 32 08 68 74 74 70 2f 31 2e 31` (RFC 7301 §3.1).

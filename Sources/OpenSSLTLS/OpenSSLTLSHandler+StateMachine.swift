@@ -5,6 +5,8 @@ extension OpenSSLTLSHandler {
             /// Added before the channel is active: nothing to do until it is.
             case idle
             case handshaking
+            /// The handshake waits for the certificate provider's answer.
+            case choosingCertificate
             case active
             /// close_notify sent; waiting for the channel to close.
             case closing
@@ -15,6 +17,8 @@ extension OpenSSLTLSHandler {
             case none
             /// Run the handshake (again) and send what it produced.
             case stepHandshake
+            /// Ask the certificate provider for this SNI; the handshake resumes when it answers.
+            case chooseCertificate(serverName: String?)
             /// The handshake finished: tell the pipeline, then encrypt the writes held back meanwhile.
             case completeHandshake
             /// Decrypt what arrived and pass it on.
@@ -47,6 +51,8 @@ extension OpenSSLTLSHandler {
                 state = .handshaking
                 return .stepHandshake
             case .handshaking: return .stepHandshake
+            // Kept in the connection's input buffer until the certificate is chosen.
+            case .choosingCertificate: return .none
             case .active, .closing: return .decrypt
             case .closed: return .none
             }
@@ -57,6 +63,9 @@ extension OpenSSLTLSHandler {
             switch result {
             case .incomplete:
                 return .none
+            case .needsCertificate(let serverName):
+                state = .choosingCertificate
+                return .chooseCertificate(serverName: serverName)
             case .complete:
                 state = .active
                 return .completeHandshake
@@ -66,11 +75,21 @@ extension OpenSSLTLSHandler {
             }
         }
 
+        /// The provider answered (the handler has given the answer to the connection).
+        mutating func certificateChosen() -> Action {
+            guard state == .choosingCertificate else { return .none }
+            state = .handshaking
+            return .stepHandshake
+        }
+
         mutating func peerClosed() -> Action {
             switch state {
             case .active, .handshaking:
                 state = .closing
                 return .sendCloseNotifyAndClose
+            case .choosingCertificate:
+                state = .closed
+                return .closeNow
             case .closing, .idle, .closed:
                 return .none
             }
@@ -84,7 +103,7 @@ extension OpenSSLTLSHandler {
 
         mutating func write() -> Action {
             switch state {
-            case .idle, .handshaking: return .bufferWrite
+            case .idle, .handshaking, .choosingCertificate: return .bufferWrite
             case .active: return .encryptWrite
             case .closing, .closed: return .failWrite
             }
@@ -95,7 +114,7 @@ extension OpenSSLTLSHandler {
             case .active:
                 state = .closing
                 return .sendCloseNotifyAndClose
-            case .idle, .handshaking:
+            case .idle, .handshaking, .choosingCertificate:
                 state = .closed
                 return .closeNow
             case .closing, .closed:

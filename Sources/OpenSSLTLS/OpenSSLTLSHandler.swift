@@ -12,6 +12,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     public typealias OutboundOut = ByteBuffer
 
     private let connection: OpenSSLConnection
+    private let certificateProvider: OpenSSLContext.CertificateProvider?
     private var machine = StateMachine()
     private var heldWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     private var closePromise: EventLoopPromise<Void>?
@@ -19,6 +20,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// - Parameter serverName: client only: the name or IP to verify (names are also sent as SNI).
     public init(context: OpenSSLContext, serverName: String? = nil) throws(OpenSSLError) {
         self.connection = try OpenSSLConnection(context: context, serverName: serverName)
+        self.certificateProvider = context.configuration.role == .server ? context.configuration.certificateProvider : nil
     }
 
     public var negotiatedProtocol: String? { connection.negotiatedProtocol }
@@ -85,6 +87,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             let result = connection.doHandshake()
             sendToNetwork(context: context, flush: true)
             perform(machine.handshakeStepped(result), context: context)
+        case .chooseCertificate(let serverName):
+            chooseCertificate(serverName: serverName, context: context)
         case .completeHandshake:
             context.fireUserInboundEventTriggered(
                 TLSUserEvent.handshakeCompleted(negotiatedProtocol: connection.negotiatedProtocol)
@@ -110,6 +114,30 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             failHeldWrites(error)
             context.fireErrorCaught(error)
             closeChannel(context: context)
+        }
+    }
+
+    private func chooseCertificate(serverName: String?, context: ChannelHandlerContext) {
+        guard let certificateProvider else {
+            connection.provideCertificate(nil)
+            perform(machine.certificateChosen(), context: context)
+            return
+        }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        certificateProvider(serverName, context.eventLoop).hop(to: context.eventLoop).whenComplete { result in
+            let (handler, context) = loopBound.value
+            switch result {
+            case .success(let certifiedKey):
+                handler.connection.provideCertificate(certifiedKey)
+                handler.perform(handler.machine.certificateChosen(), context: context)
+            case .failure(let error):
+                let failure = OpenSSLError(
+                    operation: "choosing a certificate for \(serverName ?? "(no server name)")",
+                    entries: ["\(error)"]
+                )
+                handler.connection.refuseCertificate(failure)
+                handler.perform(handler.machine.certificateChosen(), context: context)
+            }
         }
     }
 

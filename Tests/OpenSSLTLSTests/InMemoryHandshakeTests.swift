@@ -13,6 +13,13 @@ struct HandshakePKI {
     /// The same key and names, but valid only in 2020 / only from 2040.
     var expiredChain: String { directory.appendingPathComponent("expired.pem").path }
     var futureChain: String { directory.appendingPathComponent("future.pem").path }
+    /// The server certificate and key in DER.
+    var serverDER: String { directory.appendingPathComponent("server.der").path }
+    var serverKeyDER: String { directory.appendingPathComponent("server.key.der").path }
+    /// A leaf per name for choosing by SNI: `alpha.test` and `beta.test` from the CA, and `gamma.test` from an
+    /// intermediate CA (its file holds leaf + intermediate).
+    func leafChain(_ name: String) -> String { directory.appendingPathComponent("\(name).pem").path }
+    func leafKey(_ name: String) -> String { directory.appendingPathComponent("\(name).key").path }
 
     /// Minted once per test run; a failure to mint fails the tests that need it, not the whole run.
     static let shared = Result { try mint() }
@@ -70,6 +77,35 @@ struct HandshakePKI {
                 "-out", "\(name).pem", "-startdate", start, "-enddate", end, "-extfile", "server.ext", "-notext",
             ])
         }
+        try openssl(["x509", "-in", "server.pem", "-outform", "DER", "-out", "server.der"])
+        try openssl(["pkey", "-in", "server.key", "-outform", "DER", "-out", "server.key.der"])
+        try openssl([
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=intermediate",
+            "-keyout", "intermediate.key", "-out", "intermediate.csr",
+        ])
+        try "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n"
+            .write(to: directory.appendingPathComponent("ca.ext"), atomically: true, encoding: .utf8)
+        try openssl([
+            "x509", "-req", "-in", "intermediate.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "ca.ext", "-out", "intermediate.pem",
+        ])
+        for (name, issuer) in [("alpha.test", "ca"), ("beta.test", "ca"), ("gamma.test", "intermediate")] {
+            try openssl([
+                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=\(name)",
+                "-keyout", "\(name).key", "-out", "\(name).csr",
+            ])
+            try "subjectAltName=DNS:\(name)\nextendedKeyUsage=serverAuth\n"
+                .write(to: directory.appendingPathComponent("\(name).ext"), atomically: true, encoding: .utf8)
+            try openssl([
+                "x509", "-req", "-in", "\(name).csr", "-CA", "\(issuer).pem", "-CAkey", "\(issuer).key",
+                "-CAcreateserial", "-days", "2", "-extfile", "\(name).ext", "-out", "\(name).leaf.pem",
+            ])
+            var chain = try String(contentsOf: directory.appendingPathComponent("\(name).leaf.pem"), encoding: .utf8)
+            if issuer != "ca" {
+                chain += try String(contentsOf: directory.appendingPathComponent("\(issuer).pem"), encoding: .utf8)
+            }
+            try chain.write(to: directory.appendingPathComponent("\(name).pem"), atomically: true, encoding: .utf8)
+        }
         return HandshakePKI(directory: directory)
     }
 }
@@ -97,15 +133,25 @@ struct HandshakePKI {
         return try OpenSSLContext(configuration: configuration)
     }
 
-    /// Moves bytes between the two until both handshakes end (bounded); returns both results.
-    func handshake(_ client: OpenSSLConnection, _ server: OpenSSLConnection)
-        -> (OpenSSLConnection.HandshakeResult, OpenSSLConnection.HandshakeResult)
-    {
+    /// Moves bytes between the two until both handshakes end (bounded); returns both results. A server that
+    /// asks for a certificate gets `choose`'s answer for the SNI (`.failure` refuses).
+    func handshake(
+        _ client: OpenSSLConnection,
+        _ server: OpenSSLConnection,
+        choose: (String?) -> Result<OpenSSLCertifiedKey?, OpenSSLError> = { _ in .success(nil) }
+    ) -> (OpenSSLConnection.HandshakeResult, OpenSSLConnection.HandshakeResult) {
         var clientResult = client.doHandshake()
         var serverResult = OpenSSLConnection.HandshakeResult.incomplete
         for _ in 0..<20 {
             server.consumeFromNetwork(client.takeForNetwork())
             serverResult = server.doHandshake()
+            if case .needsCertificate(let name) = serverResult {
+                switch choose(name) {
+                case .success(let key): server.provideCertificate(key)
+                case .failure(let error): server.refuseCertificate(error)
+                }
+                serverResult = server.doHandshake()
+            }
             client.consumeFromNetwork(server.takeForNetwork())
             clientResult = client.doHandshake()
             let done: (OpenSSLConnection.HandshakeResult) -> Bool = { $0 != .incomplete }
@@ -220,5 +266,106 @@ struct HandshakePKI {
             let (clientResult, serverResult) = handshake(client, server)
             #expect(clientResult == .complete && serverResult == .complete)
         }
+    }
+
+    // MARK: certificates in DER and chosen per connection
+
+    @Test func derFilesWorkLikePEM() throws {
+        var configuration = OpenSSLContext.Configuration(role: .server)
+        configuration.certificateChainFile = pki.serverDER
+        configuration.privateKeyFile = pki.serverKeyDER
+        let serverContext = try OpenSSLContext(configuration: configuration)
+        let client = try OpenSSLConnection(context: try client(), serverName: "localhost")
+        let server = try OpenSSLConnection(context: serverContext)
+        let (clientResult, serverResult) = handshake(client, server)
+        #expect(clientResult == .complete && serverResult == .complete)
+        let der = try OpenSSLCertificate.chain(pemOrDER: Array(FileManager.default.contents(atPath: pki.serverDER)!))
+        let pem = try OpenSSLCertificate.chain(pemOrDER: Array(FileManager.default.contents(atPath: pki.serverChain)!))
+        #expect(der == pem)
+    }
+
+    @Test func aKeyThatIsNotTheLeafsIsRefused() throws {
+        let chain = try OpenSSLCertificate.chain(pemOrDER: Array(FileManager.default.contents(atPath: pki.leafChain("alpha.test"))!))
+        let key = try OpenSSLPrivateKey(pemOrDER: Array(FileManager.default.contents(atPath: pki.leafKey("beta.test"))!))
+        #expect(throws: OpenSSLError.self) { _ = try OpenSSLCertifiedKey(chain: chain, key: key) }
+        #expect("\(key)" == "OpenSSLPrivateKey(<redacted>)")
+    }
+
+    func providerServer(withDefault: Bool) throws -> OpenSSLContext {
+        var configuration = OpenSSLContext.Configuration(role: .server)
+        if withDefault {
+            configuration.certificateChainFile = pki.serverChain
+            configuration.privateKeyFile = pki.serverKey
+        }
+        // Connections report `.needsCertificate`; the test's `choose` answers in place of this provider.
+        configuration.certificateProvider = { _, eventLoop in eventLoop.makeSucceededFuture(nil) }
+        return try OpenSSLContext(configuration: configuration)
+    }
+
+    func certifiedKey(_ name: String) throws -> OpenSSLCertifiedKey {
+        try OpenSSLCertifiedKey(chainFile: pki.leafChain(name), keyFile: pki.leafKey(name))
+    }
+
+    @Test(arguments: ["alpha.test", "beta.test", "gamma.test"])
+    func eachConnectionGetsTheCertificateForItsSNI(name: String) throws {
+        let keys = ["alpha.test": try certifiedKey("alpha.test"), "beta.test": try certifiedKey("beta.test"),
+                    "gamma.test": try certifiedKey("gamma.test")]
+        let serverContext = try providerServer(withDefault: false)
+        // The client trusts only the root: gamma.test verifies only if its intermediate is sent too.
+        let client = try OpenSSLConnection(context: try client(), serverName: name)
+        let server = try OpenSSLConnection(context: serverContext)
+        var asked: [String?] = []
+        let (clientResult, serverResult) = handshake(client, server) { sni in
+            asked.append(sni)
+            return .success(keys[sni ?? ""])
+        }
+        #expect(asked == [name])
+        #expect(clientResult == .complete, "\(clientResult)")
+        #expect(serverResult == .complete, "\(serverResult)")
+        #expect(server.requestedServerName == name)
+    }
+
+    @Test func anUnknownNameWithoutADefaultFailsBothSidesNamingIt() throws {
+        let client = try OpenSSLConnection(context: try client(), serverName: "unknown.test")
+        let server = try OpenSSLConnection(context: try providerServer(withDefault: false))
+        let (clientResult, serverResult) = handshake(client, server) { _ in .success(nil) }
+        guard case .failed(let serverError) = serverResult, case .failed = clientResult else {
+            Issue.record("expected both to fail: \(clientResult) \(serverResult)")
+            return
+        }
+        #expect("\(serverError)".contains("no certificate for server name unknown.test"))
+    }
+
+    @Test func anUnknownNameFallsBackToTheDefault() throws {
+        let client = try OpenSSLConnection(context: try client(), serverName: "localhost")
+        let server = try OpenSSLConnection(context: try providerServer(withDefault: true))
+        let (clientResult, serverResult) = handshake(client, server) { _ in .success(nil) }
+        #expect(clientResult == .complete && serverResult == .complete)
+    }
+
+    @Test func aRefusalFailsTheHandshakeWithTheProvidersReason() throws {
+        let client = try OpenSSLConnection(context: try client(), serverName: "alpha.test")
+        let server = try OpenSSLConnection(context: try providerServer(withDefault: true))
+        let refusal = OpenSSLError(operation: "minting", entries: ["CA unavailable"])
+        let (clientResult, serverResult) = handshake(client, server) { _ in .failure(refusal) }
+        #expect(serverResult == .failed(refusal))
+        guard case .failed = clientResult else {
+            Issue.record("the client should get an alert, got \(clientResult)")
+            return
+        }
+    }
+
+    @Test func noSNIAsksWithNil() throws {
+        // An IP address is never sent as SNI.
+        let client = try OpenSSLConnection(context: try client(), serverName: "127.0.0.1")
+        let server = try OpenSSLConnection(context: try providerServer(withDefault: false))
+        var asked: [String?] = ["sentinel"]
+        let serverKey = try OpenSSLCertifiedKey(chainFile: pki.serverChain, keyFile: pki.serverKey)
+        let (clientResult, serverResult) = handshake(client, server) { sni in
+            asked = [sni]
+            return .success(serverKey)
+        }
+        #expect(asked == [nil])
+        #expect(clientResult == .complete && serverResult == .complete)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import NIOPosix
@@ -118,6 +119,72 @@ final class PlaintextRecorder: ChannelInboundHandler {
         _ = try? server.finish()
     }
 
+    @Test func theServerWaitsForAnAsynchronousCertificateChoice() throws {
+        let alpha = try OpenSSLCertifiedKey(chainFile: pki.leafChain("alpha.test"), keyFile: pki.leafKey("alpha.test"))
+        let loop = EmbeddedEventLoop()
+        let pending = NIOLockedValueBox<[(String?, EventLoopPromise<OpenSSLCertifiedKey?>)]>([])
+        var configuration = OpenSSLContext.Configuration(role: .server)
+        configuration.certificateProvider = { name, eventLoop in
+            let promise = eventLoop.makePromise(of: OpenSSLCertifiedKey?.self)
+            pending.withLockedValue { $0.append((name, promise)) }
+            return promise.futureResult
+        }
+        let serverContext = try OpenSSLContext(configuration: configuration)
+        let (clientContext, _) = try contexts()
+        let client = EmbeddedChannel(loop: loop)
+        let server = EmbeddedChannel(loop: loop)
+        let clientRecorder = PlaintextRecorder()
+        let serverRecorder = PlaintextRecorder()
+        try client.pipeline.syncOperations.addHandlers([
+            try OpenSSLTLSHandler(context: clientContext, serverName: "alpha.test"), clientRecorder,
+        ])
+        try server.pipeline.syncOperations.addHandlers([try OpenSSLTLSHandler(context: serverContext), serverRecorder])
+        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        client.writeAndFlush(ByteBuffer(string: "hello"), promise: nil)
+        server.writeAndFlush(ByteBuffer(string: "held by the server"), promise: nil)
+        try interact(client, server)
+
+        // Asked once, for the SNI; nothing completes until the answer comes.
+        let asked = pending.withLockedValue { $0 }
+        #expect(asked.map { $0.0 } == ["alpha.test"])
+        #expect(clientRecorder.negotiated.isEmpty && serverRecorder.negotiated.isEmpty)
+
+        asked.first?.1.succeed(alpha)
+        try interact(client, server)
+        #expect(clientRecorder.negotiated.count == 1 && serverRecorder.negotiated.count == 1)
+        #expect(serverRecorder.received == Array("hello".utf8))
+        #expect(clientRecorder.received == Array("held by the server".utf8))
+        #expect(clientRecorder.errors.isEmpty && serverRecorder.errors.isEmpty)
+        _ = try? client.finish()
+        _ = try? server.finish()
+    }
+
+    @Test func aFailedCertificateChoiceAlertsTheClientAndReportsTheReason() throws {
+        struct MintingFailed: Error, CustomStringConvertible { var description: String { "CA key unreadable" } }
+        let loop = EmbeddedEventLoop()
+        var configuration = OpenSSLContext.Configuration(role: .server)
+        configuration.certificateProvider = { _, eventLoop in eventLoop.makeFailedFuture(MintingFailed()) }
+        let serverContext = try OpenSSLContext(configuration: configuration)
+        let (clientContext, _) = try contexts()
+        let client = EmbeddedChannel(loop: loop)
+        let server = EmbeddedChannel(loop: loop)
+        let clientRecorder = PlaintextRecorder()
+        let serverRecorder = PlaintextRecorder()
+        try client.pipeline.syncOperations.addHandlers([
+            try OpenSSLTLSHandler(context: clientContext, serverName: "alpha.test"), clientRecorder,
+        ])
+        try server.pipeline.syncOperations.addHandlers([try OpenSSLTLSHandler(context: serverContext), serverRecorder])
+        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        try? interact(client, server)
+        let serverError = try #require(serverRecorder.errors.first as? OpenSSLError)
+        #expect("\(serverError)".contains("choosing a certificate for alpha.test"))
+        #expect("\(serverError)".contains("CA key unreadable"))
+        #expect(clientRecorder.errors.first is OpenSSLError)
+        #expect(!client.isActive && !server.isActive)
+    }
+
     @Test func talksToOpenSSLSServer() async throws {
         // A real peer: `openssl s_server -www` answers GET with a status page.
         let port = try Self.freePort()
@@ -235,6 +302,22 @@ final class PlaintextRecorder: ChannelInboundHandler {
 
 @Suite struct OpenSSLTLSStateMachineTests {
     typealias Machine = OpenSSLTLSHandler.StateMachine
+
+    @Test func aCertificateChoicePausesTheHandshake() {
+        var machine = Machine()
+        _ = machine.channelActive()
+        #expect(machine.handshakeStepped(.needsCertificate(serverName: "a.test")) == .chooseCertificate(serverName: "a.test"))
+        #expect(machine.bytesArrived() == .none)
+        #expect(machine.write() == .bufferWrite)
+        #expect(machine.certificateChosen() == .stepHandshake)
+        #expect(machine.certificateChosen() == .none)
+
+        var closed = Machine()
+        _ = closed.channelActive()
+        _ = closed.handshakeStepped(.needsCertificate(serverName: nil))
+        #expect(closed.close() == .closeNow)
+        #expect(closed.certificateChosen() == .none)
+    }
 
     @Test func writesWaitForTheHandshake() {
         var machine = Machine()
