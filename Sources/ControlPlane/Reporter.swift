@@ -23,6 +23,8 @@ public final class Reporter: ActionSink, Service {
     public struct Configuration: Sendable {
         public var endpoint: ControlPlaneEndpoint
         public var apiKey: String
+        /// The agent named in the records the reporter makes itself (dropped-action gaps).
+        public var agent: String
         /// `nil` for an http:// control plane on loopback.
         public var tls: OpenSSLContext?
         public var spoolDirectory: String
@@ -35,12 +37,14 @@ public final class Reporter: ActionSink, Service {
         public init(
             endpoint: ControlPlaneEndpoint,
             apiKey: String,
+            agent: String,
             tls: OpenSSLContext?,
             spoolDirectory: String,
             spoolMaxBytes: Int64
         ) {
             self.endpoint = endpoint
             self.apiKey = apiKey
+            self.agent = agent
             self.tls = tls
             self.spoolDirectory = spoolDirectory
             self.spoolMaxBytes = spoolMaxBytes
@@ -54,6 +58,12 @@ public final class Reporter: ActionSink, Service {
     /// Signals the delivery task that the spool writer added something.
     private let spooled = BatchQueue<Void>(limit: 1)
     private let spoolBox: Mutex<Spool?>
+    private let dropLog = Mutex(DropLog())
+
+    private struct DropLog {
+        var lastLine: ContinuousClock.Instant?
+        var unlogged = 0
+    }
 
     /// Opens the spool (and recovers what a previous run left in it) before anything is accepted.
     public init(configuration: Configuration, logger: Logger) throws(Spool.Failure) {
@@ -127,10 +137,46 @@ public final class Reporter: ActionSink, Service {
                     logger.error("cannot spool an action", metadata: ["error": "\(error)"])
                 }
             }
+            recordDrops(in: spool)
             spool.sync()
             logger.debug("actions spooled", metadata: ["spooled": "\(records.count)", "spool.pending": "\(spool.pendingRecords)"])
         }
         return records.count
+    }
+
+    /// When the cap made the spool drop its oldest actions, a gap record takes their place in the spool (so it
+    /// is sent in order and survives a restart). An error line says so, at most once a minute with the
+    /// count since the last line.
+    private func recordDrops(in spool: Spool) {
+        // The gap record itself may push out one more segment: account for that too (bounded).
+        for _ in 0..<4 {
+            guard let drops = spool.takeDropped() else { return }
+            let gap = DroppedActionsRecord(agent: configuration.agent, drops: drops)
+            var json = JSONWriter()
+            gap.writeJSON(to: &json)
+            do {
+                try spool.append(json.take())
+            } catch {
+                logger.error("cannot spool a dropped-actions record", metadata: ["error": "\(error)"])
+            }
+            let now = ContinuousClock.now
+            let unlogged = dropLog.withLock { log -> Int? in
+                log.unlogged += drops.records
+                if let last = log.lastLine, now - last < .seconds(60) { return nil }
+                log.lastLine = now
+                defer { log.unlogged = 0 }
+                return log.unlogged
+            }
+            if let unlogged {
+                logger.error(
+                    "the spool reached KAIZEN_SPOOL_MAX_BYTES: the oldest undelivered actions were dropped; gap records (kind egress_gap) with their count and time range are sent in their place",
+                    metadata: [
+                        "dropped": "\(unlogged)", "oldest": "\(drops.oldestStartedAt ?? "unknown")",
+                        "newest": "\(drops.newestStartedAt ?? "unknown")",
+                    ]
+                )
+            }
+        }
     }
 
     private enum Health {

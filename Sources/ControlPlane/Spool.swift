@@ -37,6 +37,21 @@ public final class Spool {
         /// Wall-clock milliseconds of the first and last drop.
         public var firstAt: UInt64
         public var lastAt: UInt64
+        /// The `started_at` of the oldest and newest action lost.
+        public var oldestStartedAt: String?
+        public var newestStartedAt: String?
+
+        public init(
+            records: Int, bytes: Int64, firstAt: UInt64, lastAt: UInt64,
+            oldestStartedAt: String? = nil, newestStartedAt: String? = nil
+        ) {
+            self.records = records
+            self.bytes = bytes
+            self.firstAt = firstAt
+            self.lastAt = lastAt
+            self.oldestStartedAt = oldestStartedAt
+            self.newestStartedAt = newestStartedAt
+        }
     }
 
     private struct Segment {
@@ -46,6 +61,8 @@ public final class Spool {
     }
 
     private static let headerLength = 8
+    /// How much `peek` reads at a time.
+    private static let readChunk: Int64 = 256 * 1024
     /// No single record is larger than this (a bigger length field means a corrupt frame).
     public static let maximumRecord = 16 * 1024 * 1024
 
@@ -66,7 +83,10 @@ public final class Spool {
     }
 
     /// Opens (creating it, mode 0700) the spool directory and checks what is in it.
-    public init(directory: String, maxBytes: Int64, segmentBytes: Int64 = 4 * 1024 * 1024) throws(Failure) {
+    /// - Parameter segmentBytes: the size at which a new segment file is started; by default an eighth of
+    ///   the cap, between 64 KiB and 4 MiB, so dropping the oldest segment loses a small part of the backlog.
+    public init(directory: String, maxBytes: Int64, segmentBytes: Int64? = nil) throws(Failure) {
+        let segmentBytes = segmentBytes ?? min(4 * 1024 * 1024, max(64 * 1024, maxBytes / 8))
         self.directory = directory
         self.maxBytes = max(maxBytes, segmentBytes)
         self.segmentBytes = segmentBytes
@@ -127,21 +147,31 @@ public final class Spool {
 
     // MARK: reading
 
-    /// Up to `limit` records from the oldest undelivered one, with the position to acknowledge each.
+    /// Up to `limit` records from the oldest undelivered one, with the position to acknowledge each. Reads
+    /// only the bytes it needs from the read position on, so draining a large backlog stays linear.
     public func peek(limit: Int) -> [(Position, [UInt8])] {
         var result: [(Position, [UInt8])] = []
-        var segment = readSegment
-        var offset = readOffset
-        for entry in segments where entry.sequence >= segment && result.count < limit {
-            if entry.sequence > segment {
-                segment = entry.sequence
-                offset = 0
-            }
-            guard let bytes = readFile(sequence: entry.sequence) else { continue }
-            var cursor = Int(offset)
-            while result.count < limit, let (payload, next) = Self.frame(in: bytes, at: cursor) {
-                result.append((Position(segment: entry.sequence, endOffset: Int64(next)), payload))
-                cursor = next
+        for entry in segments where entry.sequence >= readSegment && result.count < limit {
+            var cursor = entry.sequence == readSegment ? readOffset : 0
+            while result.count < limit && cursor < entry.bytes {
+                let wanted = Int(min(entry.bytes - cursor, Self.readChunk))
+                guard let chunk = readRange(sequence: entry.sequence, from: cursor, length: wanted) else { break }
+                var local = 0
+                while result.count < limit, let (payload, next) = Self.frame(in: chunk, at: local) {
+                    result.append((Position(segment: entry.sequence, endOffset: cursor + Int64(next)), payload))
+                    local = next
+                }
+                if local == 0 {
+                    // One frame larger than the chunk: read exactly that frame.
+                    guard chunk.count >= Self.headerLength else { break }
+                    let frameLength = Self.headerLength + Int(Self.bigEndian32(chunk, 0))
+                    guard let whole = readRange(sequence: entry.sequence, from: cursor, length: frameLength),
+                        let (payload, next) = Self.frame(in: whole, at: 0)
+                    else { break }  // corrupt: recovery cut such tails, so this is a disk fault; stop here
+                    result.append((Position(segment: entry.sequence, endOffset: cursor + Int64(next)), payload))
+                    local = next
+                }
+                cursor += Int64(local)
             }
         }
         return result
@@ -184,24 +214,61 @@ public final class Spool {
         segments.append(Segment(sequence: sequence, bytes: 0, records: 0))
     }
 
-    /// Drops the oldest segments (never the one being written) until `adding` more bytes fit.
+    /// Drops the oldest segments (never the one being written) until `adding` more bytes fit, counting the
+    /// undelivered records lost and the range of their `started_at` times.
     private func enforceCap(adding: Int64) {
         while totalBytes + adding > maxBytes, segments.count > 1 {
             let oldest = segments.removeFirst()
-            unlink(path(oldest.sequence))
-            if oldest.sequence >= readSegment, oldest.records > 0 {
-                let now = WallClock.nowMillis()
-                var counted = drops ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
-                counted.records += oldest.records
-                counted.bytes += oldest.bytes
-                counted.lastAt = now
-                drops = counted
+            if oldest.sequence >= readSegment {
+                countDrop(of: oldest, from: oldest.sequence == readSegment ? readOffset : 0)
             }
+            unlink(path(oldest.sequence))
             if oldest.sequence >= readSegment, let next = segments.first {
                 readSegment = next.sequence
                 readOffset = 0
             }
         }
+    }
+
+    private func countDrop(of segment: Segment, from offset: Int64) {
+        guard let bytes = readRange(sequence: segment.sequence, from: offset, length: Int(segment.bytes - offset)) else { return }
+        var cursor = 0
+        var records = 0
+        var first: String?
+        var last: String?
+        while let (payload, next) = Self.frame(in: bytes, at: cursor) {
+            if let started = Self.startedAt(in: payload) {
+                if first == nil { first = started }
+                last = started
+            }
+            records += 1
+            cursor = next
+        }
+        guard records > 0 else { return }
+        let now = WallClock.nowMillis()
+        var counted = drops ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
+        counted.records += records
+        counted.bytes += Int64(cursor)
+        counted.lastAt = now
+        if counted.oldestStartedAt == nil { counted.oldestStartedAt = first }
+        if let last { counted.newestStartedAt = last }
+        drops = counted
+    }
+
+    /// The `"started_at":"…"` value of a spooled action, found without decoding the whole record.
+    static func startedAt(in payload: [UInt8]) -> String? {
+        let key = Array(#""started_at":""#.utf8)
+        guard payload.count > key.count else { return nil }
+        var index = 0
+        while index + key.count < payload.count {
+            if payload[index] == key[0], Array(payload[index..<index + key.count]) == key {
+                let start = index + key.count
+                guard let end = payload[start...].firstIndex(of: UInt8(ascii: "\"")), end - start <= 64 else { return nil }
+                return String(decoding: payload[start..<end], as: UTF8.self)
+            }
+            index += 1
+        }
+        return nil
     }
 
     /// Reads every segment, keeps its valid frames, and cuts a torn or corrupt tail off.
@@ -251,6 +318,25 @@ public final class Spool {
             guard count > 0 else { break }
             bytes += chunk[0..<count]
         }
+        return bytes
+    }
+
+    /// Up to `length` bytes of a segment from `offset` (fewer at its end).
+    private func readRange(sequence: UInt64, from offset: Int64, length: Int) -> [UInt8]? {
+        let fd = open(path(sequence), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: length)
+        var filled = 0
+        while filled < length {
+            let count = bytes.withUnsafeMutableBytes { raw in
+                pread(fd, raw.baseAddress! + filled, length - filled, off_t(offset) + off_t(filled))
+            }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            filled += count
+        }
+        if filled < length { bytes.removeLast(length - filled) }
         return bytes
     }
 

@@ -73,6 +73,7 @@ public struct EgressApplication: Sendable {
                 configuration: .init(
                     endpoint: endpoint,
                     apiKey: apiKey.value,
+                    agent: configuration.agent,
                     tls: tls,
                     spoolDirectory: configuration.spoolDirectory,
                     spoolMaxBytes: configuration.spoolMaxBytes

@@ -119,4 +119,26 @@ import Testing
     @Test func rfc3339Formatting() {
         #expect(WallClock.rfc3339(unixMillis: 1_796_068_708_123) == "2026-11-30T19:58:28.123Z")
     }
+
+    @Test func aGapRecordSaysHowManyActionsWereDroppedAndWhen() throws {
+        let drops = Spool.Drops(
+            records: 412, bytes: 250_000, firstAt: 1_796_068_708_123, lastAt: 1_796_068_709_000,
+            oldestStartedAt: "2026-11-30T19:00:00.000Z", newestStartedAt: "2026-11-30T19:05:00.000Z"
+        )
+        let record = DroppedActionsRecord(agent: "agent-7", eventID: EventID(description: "0192b6e2-0000-7000-8000-000000000001"), drops: drops)
+        var json = JSONWriter()
+        record.writeJSON(to: &json)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(json.take())) as? [String: Any])
+        #expect(object["schema_version"] as? String == "1")
+        #expect(object["agent"] as? String == "agent-7")
+        let action = try #require(object["action"] as? [String: Any])
+        #expect(action["kind"] as? String == "egress_gap")
+        let metadata = try #require(action["metadata"] as? [String: Any])
+        #expect(metadata["source"] as? String == "egress")
+        #expect(metadata["event_id"] as? String == "0192b6e2-0000-7000-8000-000000000001")
+        #expect(metadata["dropped_actions"] as? Int == 412)
+        #expect(metadata["oldest_started_at"] as? String == "2026-11-30T19:00:00.000Z")
+        #expect(metadata["newest_started_at"] as? String == "2026-11-30T19:05:00.000Z")
+        #expect(metadata["dropped_from"] as? String == "2026-11-30T19:58:28.123Z")
+    }
 }

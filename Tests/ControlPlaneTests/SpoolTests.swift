@@ -100,6 +100,52 @@ import Testing
         #expect(spool.takeDropped() == nil)
     }
 
+    @Test func dropsCountOnlyUndeliveredRecordsAndTheirTimeRange() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 2000, segmentBytes: 480)
+        func action(_ index: Int) -> [UInt8] {
+            Array(#"{"metadata":{"started_at":"2026-11-26T10:00:\#(String(format: "%02d", index % 60)).000Z"}}"#.utf8)
+        }
+        for index in 0..<5 { try spool.append(action(index)) }
+        // Two of the oldest segment's records were delivered: a later drop must not count them.
+        let delivered = spool.peek(limit: 2)
+        spool.acknowledge(through: delivered[1].0)
+        for index in 5..<60 { try spool.append(action(index)) }
+        let drops = try #require(spool.takeDropped())
+        let kept = spool.peek(limit: 1000).map(\.1)
+        #expect(drops.records + kept.count == 58)
+        #expect(drops.oldestStartedAt == "2026-11-26T10:00:02.000Z")
+        #expect(drops.newestStartedAt == "2026-11-26T10:00:\(String(format: "%02d", drops.records + 1)).000Z")
+        #expect(kept.first == action(drops.records + 2))
+    }
+
+    @Test func peekReadsAcrossChunksAndRecordsLargerThanAChunk() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 64 << 20, segmentBytes: 8 << 20)
+        // 300 KiB and 1 MiB records straddle and exceed peek's 256 KiB read.
+        let sizes = [100, 300 * 1024, 40, 1 << 20, 70_000, 70_000, 70_000, 70_000, 12]
+        for (index, size) in sizes.enumerated() { try spool.append(record(index, size: size)) }
+        var seen: [[UInt8]] = []
+        for _ in 0..<20 {
+            let batch = spool.peek(limit: 2)
+            guard let last = batch.last else { break }
+            seen += batch.map(\.1)
+            spool.acknowledge(through: last.0)
+        }
+        #expect(seen == sizes.enumerated().map { record($0.offset, size: $0.element) })
+    }
+
+    @Test func segmentsScaleWithTheCap() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 1 << 20)
+        for index in 0..<5000 { try spool.append(record(index, size: 500)) }
+        #expect(spool.totalBytes <= 1 << 20)
+        let drops = try #require(spool.takeDropped())
+        // An eighth of the cap per segment: a drop loses a small slice, not the whole backlog.
+        #expect(drops.records + spool.peek(limit: 10_000).count == 5000)
+        #expect(spool.peek(limit: 10_000).count > 1500)
+    }
+
     @Test func crcMatchesTheStandardCheckValue() {
         #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
     }

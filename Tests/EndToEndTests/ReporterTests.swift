@@ -169,4 +169,49 @@ import Testing
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
+
+    @Test func aFullSpoolSendsGapRecordsCountingExactlyWhatItDropped() throws {
+        let pki = try TestPKI.mint()
+        let port = try FreePort.closed()
+        var settings = environment(pki, controlPlanePort: port, spool: pki.directory + "/spool")
+        settings["KAIZEN_SPOOL_MAX_BYTES"] = "1M"  // the smallest cap: about 1,700 actions of this size
+        let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
+        let proxyPort = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let closed = try FreePort.closed()
+        // 3,000 plain-HTTP requests in one curl run (URL globbing), one action each, all refused upstream.
+        let total = 3000
+        _ = try runCommand(
+            Paths.which("curl"),
+            ["-s", "-o", "/dev/null", "--max-time", "120", "-x", "http://127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(closed)/[1-\(total)]"],
+            timeout: 150
+        )
+        let ids = try proxy.waitForLines(count: total, timeout: 60) { $0.contains("\"action\"") }.compactMap { line in
+            line.components(separatedBy: "\"event_id\":\"").dropFirst().first.map { String($0.prefix(36)) }
+        }
+        #expect(ids.count == total)
+        _ = try proxy.waitForStderr(containing: "the spool reached KAIZEN_SPOOL_MAX_BYTES", timeout: 30)
+
+        let (mock, _) = try mocks.startMock(pki, port: port)
+        defer { withExtendedLifetime(mock) {} }
+        // Delivered + counted as dropped = every action, with no action both delivered and counted.
+        func tally(_ lines: [String]) -> (received: Set<String>, dropped: Int) {
+            let received = Set(lines.filter { $0.hasPrefix("RECEIVED") }.map { String($0.split(separator: " ")[2]) })
+            let dropped = lines.filter { $0.hasPrefix("GAP") }.compactMap { Int($0.split(separator: " ")[2]) }.reduce(0, +)
+            return (received, dropped)
+        }
+        try mock.waitUntil(timeout: 60) { lines in
+            let (received, dropped) = tally(lines)
+            return received.count + dropped >= total
+        }
+        let (received, dropped) = tally(mock.stdoutLines)
+        #expect(received.isSubset(of: Set(ids)))
+        #expect(dropped > 0 && received.count + dropped == total, "received \(received.count), dropped \(dropped)")
+        // The oldest were dropped: the newest action arrived, the first did not.
+        #expect(received.contains(ids[total - 1]) && !received.contains(ids[0]))
+        let gap = try #require(mock.stdoutLines.first { $0.hasPrefix("GAP") }).split(separator: " ")
+        #expect(gap.count == 5 && gap[3].hasPrefix("20") && gap[4].hasPrefix("20"))
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
 }

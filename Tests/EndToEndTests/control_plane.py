@@ -1,7 +1,8 @@
 """A mock Kaizen control plane for the tests (HTTPS on loopback, certificate from the test CA).
 
 POST /v1/verdicts: checks `Authorization: Bearer $MOCK_API_KEY` (401 otherwise), the JSON content type and
-the action shape (400 otherwise), prints `RECEIVED <client port> <event_id>` and answers 200.
+the action shape (400 otherwise), prints `RECEIVED <client port> <event_id>` and answers 200; a gap record
+(kind egress_gap) prints `GAP <event_id> <dropped_actions> <oldest_started_at> <newest_started_at>`.
 Prints "PORT <n>" once it listens.
 
 The test steers it through the file given with --mode-file, read on every request:
@@ -62,7 +63,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             action = json.loads(body)
             assert action["schema_version"] == "1"
-            assert action["action"]["kind"] == "connect"
+            kind = action["action"]["kind"]
+            assert kind in ("connect", "egress_gap")
             assert action["action"]["metadata"]["source"] == "egress"
             assert action["verdict"]["decision"] in ("allow", "block")
             event_id = action["action"]["metadata"]["event_id"]
@@ -71,7 +73,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if len(mode) > 1 and mode[0] == "reject" and mode[1] == event_id:
             print(f"REJECTED {event_id}", flush=True)
             return self.reply(400, {"error": "this action is invalid"})
-        print(f"RECEIVED {self.client_address[1]} {event_id}", flush=True)
+        if kind == "egress_gap":
+            metadata = action["action"]["metadata"]
+            print(f"GAP {event_id} {metadata['dropped_actions']} {metadata['oldest_started_at']} "
+                  f"{metadata['newest_started_at']}", flush=True)
+        else:
+            print(f"RECEIVED {self.client_address[1]} {event_id}", flush=True)
         self.reply(200, {"status": "ok"})
 
 
