@@ -130,12 +130,10 @@ public final class Reporter: ActionSink, Service {
         }
         spoolBox.withLock { box in
             guard let spool = box else { return }
-            for record in records {
-                do {
-                    try spool.append(record)
-                } catch {
-                    logger.error("cannot spool an action", metadata: ["error": "\(error)"])
-                }
+            do {
+                try spool.append(contentsOf: records)
+            } catch {
+                logger.error("cannot spool actions", metadata: ["error": "\(error)", "actions": "\(records.count)"])
             }
             recordDrops(in: spool)
             spool.sync()

@@ -114,24 +114,52 @@ public final class Spool {
     /// Appends one record. It is in the kernel when this returns; `sync()` makes it durable.
     @discardableResult
     public func append(_ payload: [UInt8]) throws(Failure) -> Position {
-        guard payload.count <= Self.maximumRecord else {
-            throw Failure(description: "a record of \(payload.count) bytes is larger than the spool takes")
+        try append(contentsOf: [payload])
+    }
+
+    /// Appends records in order with as few writes as segment boundaries allow (one for a batch that fits).
+    /// They are in the kernel when this returns, so a crash of the process keeps them; `sync()` makes them
+    /// durable against a crash of the machine. Returns the position of the last.
+    @discardableResult
+    public func append(contentsOf payloads: [[UInt8]]) throws(Failure) -> Position {
+        var buffer: [UInt8] = []
+        var written = segments[segments.count - 1]  // the write segment as it is on disk
+        for payload in payloads {
+            guard payload.count <= Self.maximumRecord else {
+                throw Failure(description: "a record of \(payload.count) bytes is larger than the spool takes")
+            }
+            let frameLength = Int64(Self.headerLength + payload.count)
+            if segments[segments.count - 1].bytes + frameLength > segmentBytes && segments[segments.count - 1].records > 0 {
+                try flush(buffer, onto: written)
+                buffer.removeAll(keepingCapacity: true)
+                try openWriteSegment(sequence: segments[segments.count - 1].sequence + 1)
+                written = segments[segments.count - 1]
+            }
+            enforceCap(adding: frameLength)
+            Self.appendBigEndian(UInt32(payload.count), to: &buffer)
+            Self.appendBigEndian(CRC32.checksum(payload), to: &buffer)
+            buffer += payload
+            // Counted now so the cap and rotation see it; written below (or at the next rotation).
+            segments[segments.count - 1].bytes += frameLength
+            segments[segments.count - 1].records += 1
         }
-        let frameLength = Int64(Self.headerLength + payload.count)
-        if segments[segments.count - 1].bytes + frameLength > segmentBytes && segments[segments.count - 1].records > 0 {
-            try openWriteSegment(sequence: segments[segments.count - 1].sequence + 1)
-        }
-        enforceCap(adding: frameLength)
-        var frame = [UInt8]()
-        frame.reserveCapacity(Int(frameLength))
-        Self.appendBigEndian(UInt32(payload.count), to: &frame)
-        Self.appendBigEndian(CRC32.checksum(payload), to: &frame)
-        frame += payload
-        try writeAll(frame)
-        segments[segments.count - 1].bytes += frameLength
-        segments[segments.count - 1].records += 1
+        try flush(buffer, onto: written)
         let last = segments[segments.count - 1]
         return Position(segment: last.sequence, endOffset: last.bytes)
+    }
+
+    /// Writes the frames counted into the write segment since `before`; on failure, cuts the file back and
+    /// uncounts them, so a failed write never leaves a torn frame ahead of later records.
+    private func flush(_ buffer: [UInt8], onto before: Segment) throws(Failure) {
+        do {
+            try writeAll(buffer)
+        } catch {
+            _ = ftruncate(writeFD, off_t(before.bytes))
+            if segments[segments.count - 1].sequence == before.sequence {
+                segments[segments.count - 1] = before
+            }
+            throw error
+        }
     }
 
     /// Flushes appended records to the disk.

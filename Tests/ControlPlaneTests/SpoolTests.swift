@@ -146,6 +146,19 @@ import Testing
         #expect(spool.peek(limit: 10_000).count > 1500)
     }
 
+    @Test func aBatchSpanningSegmentsIsKeptInOrder() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 1000)
+            let last = try spool.append(contentsOf: (0..<100).map { record($0) })
+            #expect(spool.peek(limit: 1000).last?.0 == last)
+            spool.sync()
+        }
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 1000)
+        #expect(reopened.peek(limit: 1000).map(\.1) == (0..<100).map { record($0) })
+        #expect(try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasPrefix("segment-") }.count > 3)
+    }
+
     @Test func crcMatchesTheStandardCheckValue() {
         #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
     }

@@ -18,10 +18,15 @@ import os
 import socketserver
 import ssl
 import sys
+import time
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Buffer each response and send it in one write (flushed after every request), with Nagle off, as a
+    # production server does; unbuffered, the header and body writes stall on delayed ACKs (40 ms each).
+    wbufsize = -1
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -35,6 +40,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     mode_file = None
+    timestamps = False
 
     def mode(self):
         try:
@@ -77,6 +83,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             metadata = action["action"]["metadata"]
             print(f"GAP {event_id} {metadata['dropped_actions']} {metadata['oldest_started_at']} "
                   f"{metadata['newest_started_at']}", flush=True)
+        elif self.timestamps:
+            print(f"{time.time():.6f} RECEIVED {self.client_address[1]} {event_id}", flush=True)
         else:
             print(f"RECEIVED {self.client_address[1]} {event_id}", flush=True)
         self.reply(200, {"status": "ok"})
@@ -92,8 +100,10 @@ def main():
     parser.add_argument("--key", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode-file")
+    parser.add_argument("--timestamps", action="store_true", help="prefix RECEIVED lines with the time (benchmarks)")
     args = parser.parse_args()
     Handler.mode_file = args.mode_file
+    Handler.timestamps = args.timestamps
     Server.allow_reuse_address = True
     server = Server(("127.0.0.1", args.port), Handler)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
