@@ -12,7 +12,7 @@ BIN="$ROOT/.build/release/kaizen-egress"
 [ -x "$BIN" ] || { echo "build first: swift build -c release" >&2; exit 2; }
 WORK=$(mktemp -d /tmp/kz-drain.XXXXXX)
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 cd "$WORK"
 

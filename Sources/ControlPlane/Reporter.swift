@@ -29,8 +29,11 @@ public final class Reporter: ActionSink, Service {
         public var tls: OpenSSLContext?
         public var spoolDirectory: String
         public var spoolMaxBytes: Int64
-        /// Requests sent before waiting for their answers.
+        /// Requests sent on each connection before waiting for their answers.
         public var inFlight: Int = 32
+        /// Keep-alive connections used side by side while there is a backlog (one when it is small), so a
+        /// distant control plane (a long round trip) still drains quickly.
+        public var connections: Int = 4
         public var backoffBase: Duration = .milliseconds(200)
         public var backoffCap: Duration = .seconds(30)
 
@@ -182,21 +185,24 @@ public final class Reporter: ActionSink, Service {
     }
 
     private func deliveryLoop() async {
-        var connection: ControlPlaneConnection?
+        var pool: [ControlPlaneConnection] = []
         var failures = 0
         var health = Health.unknown
         while !isFinished {
             _ = spooled.takeAll()
-            let batch = spoolBox.withLock { $0?.peek(limit: configuration.inFlight) ?? [] }
+            let batch = spoolBox.withLock { $0?.peek(limit: configuration.inFlight * configuration.connections) ?? [] }
             if batch.isEmpty {
                 await spooled.waitForItems()
                 continue
             }
             do {
-                if connection == nil || connection?.isOpen == false {
-                    connection = try await ControlPlaneConnection.connect(to: configuration.endpoint, tls: configuration.tls)
+                pool = pool.filter(\.isOpen)
+                // One connection per `inFlight` records of backlog, up to the configured number.
+                let wanted = min(configuration.connections, (batch.count + configuration.inFlight - 1) / configuration.inFlight)
+                while pool.count < wanted {
+                    pool.append(try await ControlPlaneConnection.connect(to: configuration.endpoint, tls: configuration.tls))
                 }
-                let outcome = try await send(batch, over: connection!)
+                let outcome = try await send(batch, over: pool)
                 switch outcome {
                 case .delivered:
                     failures = 0
@@ -223,8 +229,7 @@ public final class Reporter: ActionSink, Service {
                         )
                         health = .unreachable
                     }
-                    await connection?.close()
-                    connection = nil
+                    await closeAll(&pool)
                     await pause(retryAfter ?? backoff(failures))
                 }
             } catch {
@@ -236,12 +241,16 @@ public final class Reporter: ActionSink, Service {
                     )
                     health = .unreachable
                 }
-                await connection?.close()
-                connection = nil
+                await closeAll(&pool)
                 await pause(backoff(failures))
             }
         }
-        await connection?.close()
+        await closeAll(&pool)
+    }
+
+    private func closeAll(_ pool: inout [ControlPlaneConnection]) async {
+        for connection in pool { await connection.close() }
+        pool = []
     }
 
     private enum BatchOutcome {
@@ -249,13 +258,18 @@ public final class Reporter: ActionSink, Service {
         case retryLater(status: Int, retryAfter: Duration?)
     }
 
-    /// Sends the batch pipelined and handles the answers in order, acknowledging what is done.
-    private func send(_ batch: [(Spool.Position, [UInt8])], over connection: ControlPlaneConnection) async throws
+    /// Sends the batch spread over the connections, pipelined on each, then handles the answers in the
+    /// spool's order, acknowledging what is done. A failure on any connection fails the batch (what was
+    /// delivered is resent; its event_id marks the duplicate).
+    private func send(_ batch: [(Spool.Position, [UInt8])], over pool: [ControlPlaneConnection]) async throws
         -> BatchOutcome
     {
         let apiKey = configuration.apiKey
         let responses = try await withThrowingTaskGroup(of: (Int, ControlPlaneResponse).self) { group in
+            // Contiguous runs per connection: each connection's pipeline answers in its own order.
+            let perConnection = (batch.count + pool.count - 1) / pool.count
             for (index, entry) in batch.enumerated() {
+                let connection = pool[min(index / perConnection, pool.count - 1)]
                 group.addTask { (index, try await connection.post(path: "/v1/verdicts", json: entry.1, apiKey: apiKey)) }
             }
             var results = [ControlPlaneResponse?](repeating: nil, count: batch.count)

@@ -18,7 +18,18 @@ import os
 import socketserver
 import ssl
 import sys
+import threading
 import time
+
+
+OUTPUT_LOCK = threading.Lock()
+
+
+def say(line):
+    """One whole line per call: the proxy sends on several connections, so handler threads print at once."""
+    with OUTPUT_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -77,16 +88,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except Exception as error:  # noqa: BLE001 - any shape problem is a 400
             return self.reply(400, {"error": f"bad action: {error!r}"})
         if len(mode) > 1 and mode[0] == "reject" and mode[1] == event_id:
-            print(f"REJECTED {event_id}", flush=True)
+            say(f"REJECTED {event_id}")
             return self.reply(400, {"error": "this action is invalid"})
         if kind == "egress_gap":
             metadata = action["action"]["metadata"]
-            print(f"GAP {event_id} {metadata['dropped_actions']} {metadata['oldest_started_at']} "
-                  f"{metadata['newest_started_at']}", flush=True)
+            say(f"GAP {event_id} {metadata['dropped_actions']} {metadata['oldest_started_at']} "
+                  f"{metadata['newest_started_at']}")
         elif self.timestamps:
-            print(f"{time.time():.6f} RECEIVED {self.client_address[1]} {event_id}", flush=True)
+            say(f"{time.time():.6f} RECEIVED {self.client_address[1]} {event_id}")
         else:
-            print(f"RECEIVED {self.client_address[1]} {event_id}", flush=True)
+            say(f"RECEIVED {self.client_address[1]} {event_id}")
         self.reply(200, {"status": "ok"})
 
 
@@ -109,7 +120,7 @@ def main():
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    print(f"PORT {server.server_address[1]}", flush=True)
+    say(f"PORT {server.server_address[1]}")
     server.serve_forever()
 
 
