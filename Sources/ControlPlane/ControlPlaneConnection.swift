@@ -14,17 +14,30 @@ public struct ControlPlaneResponse: Sendable, Hashable {
     public var body: String
 }
 
+/// The control plane did not answer in time: the connection is closed and the requests on it fail.
+public struct ControlPlaneTimeout: Error, Sendable, CustomStringConvertible {
+    public var what: String
+    public var description: String { "no \(what) from the control plane in time" }
+}
+
 /// One keep-alive HTTP/1.1 connection to the control plane, over the project's own TLS (verified) or, for a
 /// loopback control plane, plain TCP. Requests may be pipelined; answers come back in order.
 public final class ControlPlaneConnection: Sendable {
     private let channel: any Channel
     private let handler: NIOLoopBound<ResponseHandler>
     private let endpoint: ControlPlaneEndpoint
+    private let responseTimeout: TimeAmount
 
-    private init(channel: any Channel, handler: NIOLoopBound<ResponseHandler>, endpoint: ControlPlaneEndpoint) {
+    private init(
+        channel: any Channel,
+        handler: NIOLoopBound<ResponseHandler>,
+        endpoint: ControlPlaneEndpoint,
+        responseTimeout: TimeAmount
+    ) {
         self.channel = channel
         self.handler = handler
         self.endpoint = endpoint
+        self.responseTimeout = responseTimeout
     }
 
     /// Connects and, with TLS, completes the verified handshake; a verification failure is thrown here.
@@ -32,7 +45,8 @@ public final class ControlPlaneConnection: Sendable {
         to endpoint: ControlPlaneEndpoint,
         tls: OpenSSLContext?,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        connectTimeout: TimeAmount = .seconds(10)
+        connectTimeout: TimeAmount = .seconds(10),
+        responseTimeout: TimeAmount = .seconds(30)
     ) async throws -> ControlPlaneConnection {
         let loop = group.next()
         let box = NIOLockedValueBox<NIOLoopBound<ResponseHandler>?>(nil)
@@ -58,14 +72,22 @@ public final class ControlPlaneConnection: Sendable {
             .connect(host: endpoint.host, port: endpoint.port)
             .get()
         guard let handler = box.withLockedValue({ $0 }) else { throw ChannelError.inappropriateOperationForState }
-        let ready = try await loop.submit { handler.value.ready.futureResult }.get()
+        // The TLS handshake gets the connect timeout too: a server that accepts and then says nothing fails.
+        let ready = try await loop.submit {
+            let ready = handler.value.ready.futureResult
+            let timer = loop.scheduleTask(in: connectTimeout) {
+                handler.value.timeOut(ControlPlaneTimeout(what: "TLS handshake"), channel: channel)
+            }
+            ready.whenComplete { _ in timer.cancel() }
+            return ready
+        }.get()
         do {
             try await ready.get()
         } catch {
             try? await channel.close()
             throw error
         }
-        return ControlPlaneConnection(channel: channel, handler: handler, endpoint: endpoint)
+        return ControlPlaneConnection(channel: channel, handler: handler, endpoint: endpoint, responseTimeout: responseTimeout)
     }
 
     /// POSTs `json` to `path` (e.g. `/v1/verdicts`) with the bearer key and waits for the answer.
@@ -81,12 +103,17 @@ public final class ControlPlaneConnection: Sendable {
         let handler = self.handler
         let body = channel.allocator.buffer(bytes: json)
         let answer = channel.eventLoop.makePromise(of: ControlPlaneResponse.self)
+        let responseTimeout = self.responseTimeout
         channel.eventLoop.execute {
             guard channel.isActive else {
                 answer.fail(handler.value.closeReason ?? ChannelError.ioOnClosedChannel)
                 return
             }
             handler.value.expect(answer)
+            let timer = channel.eventLoop.scheduleTask(in: responseTimeout) {
+                handler.value.timeOut(ControlPlaneTimeout(what: "answer"), channel: channel)
+            }
+            answer.futureResult.whenComplete { _ in timer.cancel() }
             channel.write(HTTPClientRequestPart.head(head), promise: nil)
             channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
             channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
@@ -147,6 +174,14 @@ final class ResponseHandler: ChannelInboundHandler {
         guard !readyDone else { return }
         readyDone = true
         if let error { ready.fail(error) } else { ready.succeed(()) }
+    }
+
+    /// Gives up on the connection: everything waiting fails with `error`.
+    func timeOut(_ error: any Error, channel: any Channel) {
+        if closeReason == nil { closeReason = error }
+        markReady(error)
+        failAll(error)
+        channel.close(promise: nil)
     }
 
     func expect(_ promise: EventLoopPromise<ControlPlaneResponse>) {

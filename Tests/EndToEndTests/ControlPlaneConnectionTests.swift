@@ -77,6 +77,44 @@ import Testing
         await connection.close()
     }
 
+    @Test func aControlPlaneThatDoesNotAnswerTimesOutAndClosesTheConnection() async throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        try "slow".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, port) = try startMock(pki, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        let connection = try await ControlPlaneConnection.connect(
+            to: try ControlPlaneEndpoint(url: "https://localhost:\(port)"),
+            tls: try tls(trusting: pki.caCertificate),
+            responseTimeout: .milliseconds(500)
+        )
+        let (id, json) = action()
+        await #expect(throws: ControlPlaneTimeout.self) {
+            _ = try await connection.post(path: "/v1/verdicts", json: json, apiKey: Self.key)
+        }
+        _ = try mock.waitForLine(timeout: 10) { $0 == "HOLDING \(id)" }  // it was sent, just never answered
+        #expect(!connection.isOpen)
+        try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)
+    }
+
+    @Test func aServerThatNeverFinishesTheHandshakeTimesOut() async throws {
+        // A TCP listener that accepts and says nothing (Python's backlog accepts for it).
+        let listener = try ChildProcess(
+            Paths.which("python3"),
+            ["-c", "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(8)\nprint('PORT',s.getsockname()[1],flush=True)\ntime.sleep(60)"]
+        )
+        let line = try listener.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        let port = Int(line.dropFirst(5))!
+        let pki = try TestPKI.mint()
+        await #expect(throws: ControlPlaneTimeout.self) {
+            _ = try await ControlPlaneConnection.connect(
+                to: try ControlPlaneEndpoint(url: "https://localhost:\(port)"),
+                tls: try tls(trusting: pki.caCertificate),
+                connectTimeout: .milliseconds(500)
+            )
+        }
+    }
+
     @Test func anUntrustedControlPlaneIsRefusedWithTheReason() async throws {
         let pki = try TestPKI.mint()
         let other = try TestPKI.mint()

@@ -217,4 +217,21 @@ import Testing
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
+
+    @Test func aSlowControlPlaneNeverHoldsUpConnections() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        try "slow".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, port) = try mocks.startMock(pki, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        // While the control plane holds every request, 20 connections still each get their answer (runProxy's
+        // curl gives each 10 s) and their actions are recorded.
+        let (proxy, ids) = try runProxy(environment(pki, controlPlanePort: port, spool: pki.directory + "/spool"), connections: 20)
+        _ = try mock.waitForLine(timeout: 20) { $0.hasPrefix("HOLDING") }
+        #expect(mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.isEmpty)
+        try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        try waitForDelivery(ids, at: mock)
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
 }

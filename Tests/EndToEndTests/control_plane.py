@@ -10,6 +10,9 @@ The test steers it through the file given with --mode-file, read on every reques
   unauthorized           401 for everything
   unavailable <seconds>  503 with Retry-After: <seconds>
   reject <event_id>      400 for that one event (printed as REJECTED <event_id>), the rest as usual
+  slow [seconds]         a slow control plane: each request prints HOLDING <event_id>, then waits that long
+                         (without seconds: until the mode file no longer says slow, at most 60 s) and is
+                         answered by the mode then in force
 """
 import argparse
 import http.server
@@ -87,6 +90,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             event_id = action["action"]["metadata"]["event_id"]
         except Exception as error:  # noqa: BLE001 - any shape problem is a 400
             return self.reply(400, {"error": f"bad action: {error!r}"})
+        if mode and mode[0] == "slow":
+            say(f"HOLDING {event_id}")
+            if len(mode) > 1:
+                time.sleep(float(mode[1]))
+            else:
+                deadline = time.monotonic() + 60
+                while self.mode()[:1] == ["slow"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            mode = self.mode()
         if len(mode) > 1 and mode[0] == "reject" and mode[1] == event_id:
             say(f"REJECTED {event_id}")
             return self.reply(400, {"error": "this action is invalid"})
