@@ -25,4 +25,9 @@ static inline int CSSL_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) 
 static inline long CSSL_SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *cert) { return SSL_CTX_add1_chain_cert(ctx, cert); }
 static inline long CSSL_SSL_add1_chain_cert(SSL *ssl, X509 *cert) { return SSL_add1_chain_cert(ssl, cert); }
 static inline long CSSL_SSL_clear_chain_certs(SSL *ssl) { return SSL_clear_chain_certs(ssl); }
+/// A new ECDSA P-256 key (EVP_EC_gen is a variadic macro).
+static inline EVP_PKEY *CSSL_EVP_EC_gen_P256(void) { return EVP_EC_gen("P-256"); }
+static inline int CSSL_MBSTRING_UTF8(void) { return MBSTRING_UTF8; }
+/// One-line names, UTF-8 kept (not escaped as \\UXXXX).
+static inline unsigned long CSSL_XN_FLAG_ONELINE_UTF8(void) { return XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB; }
 #endif
