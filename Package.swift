@@ -58,12 +58,23 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Inspection mode's decisions and certificates: the customer CA's checks, minted-leaf cache, which
+        // hosts are inspected. No sockets.
+        .target(
+            name: "Interception",
+            dependencies: [
+                "OpenSSLTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The proxy: configuration, listener, CONNECT tunnels, plain-HTTP forwarding.
         .target(
             name: "EgressProxy",
             dependencies: [
                 "ClientHello",
                 "ControlPlane",
+                "Interception",
                 "OpenSSLTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -105,6 +116,17 @@ let package = Package(
             ],
             // Raw POSIX socket helpers; see EndToEndTests.
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .testTarget(
+            name: "InterceptionTests",
+            dependencies: [
+                "Interception",
+                "OpenSSLTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ControlPlaneTests",

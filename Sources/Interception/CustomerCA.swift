@@ -1,0 +1,153 @@
+public import OpenSSLTLS
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The customer's CA for inspection (`KAIZEN_CA_CERT`, `KAIZEN_CA_KEY`), loaded and checked so that what it
+/// signs is accepted by strict clients. Every problem is one line naming the variable and the fix.
+public enum CustomerCA {
+    /// A reason the CA cannot be used; `variable` is the setting to change.
+    public struct Problem: Error, Sendable, Hashable, CustomStringConvertible {
+        public var variable: String
+        public var message: String
+        public var description: String { message }
+    }
+
+    public static let certificateVariable = "KAIZEN_CA_CERT"
+    public static let keyVariable = "KAIZEN_CA_KEY"
+    /// A CA that expires sooner than this is used, with a warning.
+    public static let expiryWarning: Int64 = 7 * 86_400
+
+    /// Loads the CA and runs every check. Returns the authority and any warnings (use it, but tell someone).
+    public static func load(
+        certificateFile: String,
+        keyFile: String,
+        now: Int64
+    ) throws(Problem) -> (OpenSSLCertificateAuthority, warnings: [String]) {
+        let certificateBytes = try readFile(certificateFile, variable: certificateVariable, what: "the CA certificate (PEM)")
+        let chain: [OpenSSLCertificate]
+        do {
+            chain = try OpenSSLCertificate.chain(pemOrDER: certificateBytes)
+        } catch {
+            throw Problem(
+                variable: certificateVariable,
+                message: "KAIZEN_CA_CERT=\(certificateFile) holds no readable certificate (\(error.entries.first ?? "unparsable")): give the CA certificate in PEM, followed by any intermediates"
+            )
+        }
+        try checkKeyFileMode(keyFile)
+        let keyBytes = try readFile(keyFile, variable: keyVariable, what: "the CA private key (PEM)")
+        let key: OpenSSLPrivateKey
+        do {
+            key = try OpenSSLPrivateKey(pemOrDER: keyBytes)
+        } catch {
+            let encrypted = String(decoding: keyBytes.prefix(64), as: UTF8.self).contains("ENCRYPTED")
+            throw Problem(
+                variable: keyVariable,
+                message: encrypted
+                    ? "KAIZEN_CA_KEY=\(keyFile) is encrypted: give an unencrypted key (openssl pkey -in KEY -out PLAIN.key) kept readable by the proxy only"
+                    : "KAIZEN_CA_KEY=\(keyFile) holds no readable private key: give the CA's private key in PEM"
+            )
+        }
+        let authority: OpenSSLCertificateAuthority
+        do {
+            authority = try OpenSSLCertificateAuthority(chain: chain, key: key)
+        } catch {
+            throw Problem(
+                variable: keyVariable,
+                message: "KAIZEN_CA_KEY=\(keyFile) is not the key of the certificate in KAIZEN_CA_CERT (\(chain[0].subjectDescription)): give the key the CA was made with"
+            )
+        }
+        let warnings = try check(chain[0], now: now)
+        return (authority, warnings)
+    }
+
+    /// The checks on the signing certificate; throws the first failure, returns warnings.
+    public static func check(_ ca: OpenSSLCertificate, now: Int64) throws(Problem) -> [String] {
+        let subject = ca.subjectDescription
+        func problem(_ text: String) -> Problem {
+            Problem(variable: certificateVariable, message: "KAIZEN_CA_CERT (\(subject)) \(text)")
+        }
+        let makeOne = "; make a suitable CA with: kaizen-egress ca init DIR"
+        guard let constraints = ca.basicConstraints, constraints.isCA else {
+            throw problem("is not a CA certificate: basicConstraints CA:TRUE is required" + makeOne)
+        }
+        guard constraints.isCritical else {
+            throw problem("has basicConstraints CA:TRUE but not marked critical, which strict clients refuse" + makeOne)
+        }
+        guard ca.hasKeyUsage else {
+            throw problem("has no keyUsage extension; strict clients require keyUsage with keyCertSign on a CA" + makeOne)
+        }
+        guard ca.keyUsageAllowsCertificateSigning else {
+            throw problem("has a keyUsage without keyCertSign, so it cannot sign certificates" + makeOne)
+        }
+        guard ca.subjectKeyIdentifier != nil else {
+            throw problem("has no subjectKeyIdentifier, which the minted leaves' authorityKeyIdentifier must match" + makeOne)
+        }
+        guard ca.extendedKeyUsageAllowsServerAuth else {
+            throw problem("has an extendedKeyUsage without serverAuth, so leaves it signs are refused for TLS servers" + makeOne)
+        }
+        guard ca.notBefore <= now else {
+            throw problem("is not valid until \(WallTime.rfc3339(ca.notBefore)): check the machine's clock or use a CA already valid")
+        }
+        guard ca.notAfter > now else {
+            throw problem("expired at \(WallTime.rfc3339(ca.notAfter)): renew it (kaizen-egress ca init DIR makes a new one) and trust the new one")
+        }
+        if ca.notAfter - now < expiryWarning {
+            return ["KAIZEN_CA_CERT (\(subject)) expires at \(WallTime.rfc3339(ca.notAfter)), in less than 7 days: renew it and trust the new one before then"]
+        }
+        return []
+    }
+
+    /// The key must not be readable by the group or others.
+    static func checkKeyFileMode(_ path: String) throws(Problem) {
+        var status = stat()
+        guard stat(path, &status) == 0 else {
+            throw Problem(
+                variable: keyVariable,
+                message: "KAIZEN_CA_KEY=\(path) cannot be read (\(String(cString: strerror(errno)))): set KAIZEN_CA_KEY to the CA's private key file"
+            )
+        }
+        guard status.st_mode & 0o044 == 0 else {
+            throw Problem(
+                variable: keyVariable,
+                message: "KAIZEN_CA_KEY=\(path) is readable by other users (mode \(String(status.st_mode & 0o777, radix: 8))): run chmod 600 \(path)"
+            )
+        }
+    }
+
+    static func readFile(_ path: String, variable: String, what: String) throws(Problem) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw Problem(
+                variable: variable,
+                message: "\(variable)=\(path) cannot be read (\(String(cString: strerror(errno)))): set \(variable) to \(what)"
+            )
+        }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while bytes.count <= 1 << 20 {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            bytes += chunk[0..<count]
+        }
+        return bytes
+    }
+}
+
+/// RFC 3339 for messages (UTC, seconds).
+enum WallTime {
+    static func rfc3339(_ seconds: Int64) -> String {
+        var time = time_t(seconds)
+        var parts = tm()
+        gmtime_r(&time, &parts)
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+    }
+}

@@ -1,0 +1,65 @@
+/// A list of host names and `*.` suffix patterns, as `KAIZEN_INSPECT_HOSTS` and `KAIZEN_PASSTHROUGH_HOSTS`
+/// take them: `api.example.com, *.internal.example` (comma-separated, case-insensitive, a trailing dot
+/// ignored). `*.example.com` matches every name below example.com (`a.example.com`, `a.b.example.com`),
+/// not example.com itself; list both to cover both.
+public struct HostPatterns: Sendable, Hashable, CustomStringConvertible {
+    private var exact: Set<String> = []
+    /// Each suffix with its leading dot: `.example.com`.
+    private var suffixes: [String] = []
+
+    public struct ParseError: Error, Sendable, Hashable, CustomStringConvertible {
+        public var entry: String
+        public var description: String {
+            "\"\(entry)\" is not a host name or a *.suffix pattern"
+        }
+    }
+
+    public init(parsing text: String) throws(ParseError) {
+        for raw in text.split(separator: ",") {
+            var entry = raw.trimmingWhitespace().lowercased()
+            if entry.hasSuffix(".") { entry.removeLast() }
+            guard !entry.isEmpty else { continue }
+            if entry.hasPrefix("*.") {
+                let suffix = String(entry.dropFirst(1))
+                guard Self.isHostName(String(suffix.dropFirst())) else { throw ParseError(entry: String(raw)) }
+                suffixes.append(suffix)
+            } else {
+                guard Self.isHostName(entry) else { throw ParseError(entry: String(raw)) }
+                exact.insert(entry)
+            }
+        }
+    }
+
+    public var isEmpty: Bool { exact.isEmpty && suffixes.isEmpty }
+
+    public func matches(_ host: String) -> Bool {
+        var name = host.lowercased()
+        if name.hasSuffix(".") { name.removeLast() }
+        if exact.contains(name) { return true }
+        return suffixes.contains { name.hasSuffix($0) && name.count > $0.count }
+    }
+
+    public var description: String {
+        (exact.sorted() + suffixes.map { "*" + $0 }).joined(separator: ",")
+    }
+
+    /// Letters, digits, hyphens, underscores and dots (IP addresses pass too), no empty label.
+    static func isHostName(_ text: String) -> Bool {
+        guard !text.isEmpty, text.utf8.count <= 253 else { return false }
+        if text.hasPrefix("[") && text.hasSuffix("]") { return text.count > 2 }  // [IPv6]
+        if text.contains(":") { return text.allSatisfy { $0.isHexDigit || $0 == ":" || $0 == "." } }
+        return text.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
+            !label.isEmpty && label.count <= 63
+                && label.unicodeScalars.allSatisfy { scalar in
+                    (scalar.properties.isASCIIHexDigit || ("g"..."z").contains(scalar) || scalar == "-" || scalar == "_")
+                        || ("0"..."9").contains(scalar)
+                }
+        }
+    }
+}
+
+extension Substring {
+    func trimmingWhitespace() -> String {
+        String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
+    }
+}

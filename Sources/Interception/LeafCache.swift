@@ -1,0 +1,147 @@
+public import NIOCore
+public import OpenSSLTLS
+import Synchronization
+
+/// Leaf certificates minted from the customer's CA, by name: a bounded LRU (entries and bytes) with
+/// single-flight minting, so a burst of connections to a new name mints once and the rest wait for it.
+/// A leaf is minted again once two thirds of its validity have passed, so none in use expires.
+///
+/// One leaf key (ECDSA P-256) serves every leaf of the process.
+public final class LeafCache: Sendable {
+    public struct Limits: Sendable {
+        public var entries: Int
+        public var bytes: Int
+        public init(entries: Int = 10_000, bytes: Int = 64 << 20) {
+            self.entries = entries
+            self.bytes = bytes
+        }
+    }
+
+    private struct Entry {
+        var leaf: OpenSSLCertifiedKey
+        var bytes: Int
+        var renewAt: Int64
+        var lastUse: UInt64
+    }
+
+    private enum Slot {
+        case ready(Entry)
+        case minting([EventLoopPromise<OpenSSLCertifiedKey>])
+    }
+
+    private struct State {
+        var slots: [OpenSSLCertificateAuthority.LeafName: Slot] = [:]
+        var readyCount = 0
+        var bytes = 0
+        var tick: UInt64 = 0
+        var mints = 0
+    }
+
+    private let authority: OpenSSLCertificateAuthority
+    private let leafKey: OpenSSLPrivateKey
+    private let limits: Limits
+    private let now: @Sendable () -> Int64
+    private let state = Mutex(State())
+
+    public init(
+        authority: OpenSSLCertificateAuthority,
+        leafKey: OpenSSLPrivateKey,
+        limits: Limits = Limits(),
+        now: @escaping @Sendable () -> Int64
+    ) {
+        self.authority = authority
+        self.leafKey = leafKey
+        self.limits = limits
+        self.now = now
+    }
+
+    /// How many leaves have been minted (for tests and metrics).
+    public var mintCount: Int { state.withLock { $0.mints } }
+    public var count: Int { state.withLock { $0.readyCount } }
+
+    /// The leaf for `name`: from the cache, or minted now (on the calling thread) and cached; callers that
+    /// ask while it is being minted get the same leaf when it is ready.
+    public func leaf(
+        for name: OpenSSLCertificateAuthority.LeafName,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<OpenSSLCertifiedKey> {
+        let now = self.now()
+        enum Decision {
+            case hit(OpenSSLCertifiedKey)
+            case wait(EventLoopFuture<OpenSSLCertifiedKey>)
+            case mint
+        }
+        let decision = state.withLock { state -> Decision in
+            state.tick += 1
+            switch state.slots[name] {
+            case .ready(var entry) where entry.renewAt > now:
+                entry.lastUse = state.tick
+                state.slots[name] = .ready(entry)
+                return .hit(entry.leaf)
+            case .minting(var waiters):
+                let promise = eventLoop.makePromise(of: OpenSSLCertifiedKey.self)
+                waiters.append(promise)
+                state.slots[name] = .minting(waiters)
+                return .wait(promise.futureResult)
+            case .ready(let stale):
+                state.readyCount -= 1
+                state.bytes -= stale.bytes
+                state.slots[name] = .minting([])
+                return .mint
+            case nil:
+                state.slots[name] = .minting([])
+                return .mint
+            }
+        }
+        switch decision {
+        case .hit(let leaf):
+            return eventLoop.makeSucceededFuture(leaf)
+        case .wait(let future):
+            return future
+        case .mint:
+            break
+        }
+        let result: Result<OpenSSLCertifiedKey, any Error>
+        do {
+            result = .success(try authority.mintLeaf(for: name, key: leafKey, now: now))
+        } catch {
+            result = .failure(error)
+        }
+        let waiters = state.withLock { state -> [EventLoopPromise<OpenSSLCertifiedKey>] in
+            guard case .minting(let waiters) = state.slots[name] else { return [] }
+            state.mints += 1
+            switch result {
+            case .success(let leaf):
+                let certificate = leaf.leaf
+                let bytes = certificate.derBytes.count + 2048  // the DER plus OpenSSL's parsed structures
+                let renewAt = certificate.notBefore + (certificate.notAfter - certificate.notBefore) * 2 / 3
+                state.slots[name] = .ready(Entry(leaf: leaf, bytes: bytes, renewAt: renewAt, lastUse: state.tick))
+                state.readyCount += 1
+                state.bytes += bytes
+                Self.evict(&state, limits: limits)
+            case .failure:
+                state.slots[name] = nil
+            }
+            return waiters
+        }
+        for waiter in waiters { waiter.completeWith(result) }
+        return eventLoop.makeCompletedFuture(result)
+    }
+
+    /// Drops the least recently used leaves, a tenth of the limit at a time, until both limits hold.
+    private static func evict(_ state: inout State, limits: Limits) {
+        guard state.readyCount > limits.entries || state.bytes > limits.bytes else { return }
+        var ready: [(OpenSSLCertificateAuthority.LeafName, UInt64, Int)] = []
+        for (name, slot) in state.slots {
+            if case .ready(let entry) = slot { ready.append((name, entry.lastUse, entry.bytes)) }
+        }
+        ready.sort { $0.1 < $1.1 }
+        let targetEntries = limits.entries - max(1, limits.entries / 10)
+        let targetBytes = limits.bytes - max(1, limits.bytes / 10)
+        for (name, _, bytes) in ready where state.readyCount > targetEntries || state.bytes > targetBytes {
+            state.slots[name] = nil
+            state.readyCount -= 1
+            state.bytes -= bytes
+        }
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import Interception
+import OpenSSLTLS
+import Testing
+
+/// CAs with one defect each, minted with the openssl command line per test run.
+struct CAFixtures {
+    let directory: URL
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("kaizen-ca-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    @discardableResult
+    func openssl(_ arguments: [String]) throws -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        process.arguments = arguments
+        process.currentDirectoryURL = directory
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    /// A self-signed certificate `name.pem` with key `name.key` (0600) and these extensions.
+    func make(_ name: String, extensions: [String]) throws {
+        let status = try openssl(
+            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
+             "-subj", "/CN=\(name)", "-keyout", "\(name).key", "-out", "\(name).pem", "-config", "/dev/null",
+             "-sha256"] + extensions.flatMap { ["-addext", $0] })
+        guard status == 0 else { throw CocoaError(.fileWriteUnknown) }
+        chmod(path("\(name).key"), 0o600)
+    }
+
+    static let good = ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign", "subjectKeyIdentifier=hash"]
+}
+
+@Suite struct CustomerCATests {
+    let fixtures: CAFixtures
+    let now = Int64(Date().timeIntervalSince1970)
+
+    init() throws {
+        fixtures = try CAFixtures()
+    }
+
+    func load(_ name: String, key: String? = nil, now: Int64? = nil) throws -> [String] {
+        try CustomerCA.load(
+            certificateFile: fixtures.path("\(name).pem"), keyFile: fixtures.path("\(key ?? name).key"), now: now ?? self.now
+        ).warnings
+    }
+
+    func problem(_ name: String, key: String? = nil, now: Int64? = nil) -> CustomerCA.Problem? {
+        do {
+            _ = try CustomerCA.load(
+                certificateFile: fixtures.path("\(name).pem"), keyFile: fixtures.path("\(key ?? name).key"),
+                now: now ?? self.now)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test func aGoodCALoadsWithoutWarnings() throws {
+        try fixtures.make("good", extensions: CAFixtures.good)
+        #expect(try load("good") == [])
+    }
+
+    @Test(arguments: [
+        ("leaf", ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,keyCertSign", "subjectKeyIdentifier=hash"], "is not a CA certificate"),
+        ("no-bc", ["keyUsage=critical,keyCertSign", "subjectKeyIdentifier=hash"], "is not a CA certificate"),
+        ("soft-bc", ["basicConstraints=CA:TRUE", "keyUsage=critical,keyCertSign", "subjectKeyIdentifier=hash"], "not marked critical"),
+        ("no-ku", ["basicConstraints=critical,CA:TRUE", "subjectKeyIdentifier=hash"], "has no keyUsage"),
+        ("ku-sign", ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,digitalSignature", "subjectKeyIdentifier=hash"], "without keyCertSign"),
+        ("no-ski", ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign", "subjectKeyIdentifier=none"], "no subjectKeyIdentifier"),
+        ("eku-client", CAFixtures.good + ["extendedKeyUsage=clientAuth"], "without serverAuth"),
+    ])
+    func eachDefectRefusesWithItsOwnMessage(name: String, extensions: [String], message: String) throws {
+        try fixtures.make(name, extensions: extensions)
+        let found = try #require(problem(name))
+        #expect(found.variable == "KAIZEN_CA_CERT")
+        #expect(found.message.contains(message), "\(found.message)")
+        #expect(found.message.contains("KAIZEN_CA_CERT (CN = \(name))"))
+        #expect(!found.message.contains("\n"))
+    }
+
+    @Test func anEKUWithServerAuthIsFine() throws {
+        try fixtures.make("eku-server", extensions: CAFixtures.good + ["extendedKeyUsage=serverAuth,clientAuth"])
+        #expect(try load("eku-server") == [])
+    }
+
+    @Test func validityIsCheckedAndNearExpiryWarns() throws {
+        try fixtures.make("dated", extensions: CAFixtures.good)
+        let certificate = try OpenSSLCertificate.chain(pemOrDER: Array(FileManager.default.contents(atPath: fixtures.path("dated.pem"))!))[0]
+        #expect(problem("dated", now: certificate.notAfter + 1)?.message.contains("expired at") == true)
+        #expect(problem("dated", now: certificate.notBefore - 10)?.message.contains("is not valid until") == true)
+        let warnings = try load("dated", now: certificate.notAfter - 3 * 86_400)
+        #expect(warnings.count == 1 && warnings[0].contains("in less than 7 days"))
+    }
+
+    @Test func theKeyMustMatchAndBeKeptPrivate() throws {
+        try fixtures.make("one", extensions: CAFixtures.good)
+        try fixtures.make("two", extensions: CAFixtures.good)
+        let mismatch = try #require(problem("one", key: "two"))
+        #expect(mismatch.variable == "KAIZEN_CA_KEY" && mismatch.message.contains("is not the key of the certificate"))
+
+        chmod(fixtures.path("one.key"), 0o644)
+        let open = try #require(problem("one"))
+        #expect(open.variable == "KAIZEN_CA_KEY" && open.message.contains("chmod 600"))
+        #expect(!open.message.contains("BEGIN"))  // never the key itself
+    }
+
+    @Test func anEncryptedOrMissingKeyIsNamed() throws {
+        try fixtures.make("enc", extensions: CAFixtures.good)
+        try fixtures.openssl(["pkey", "-in", "enc.key", "-out", "enc-locked.key", "-aes256", "-passout", "pass:secret"])
+        chmod(fixtures.path("enc-locked.key"), 0o600)
+        #expect(problem("enc", key: "enc-locked")?.message.contains("is encrypted") == true)
+        #expect(problem("enc", key: "absent")?.message.contains("cannot be read") == true)
+        #expect(problem("absent", key: "enc")?.variable == "KAIZEN_CA_CERT")
+    }
+}
+
+@Suite struct HostPatternsTests {
+    @Test func namesAndSuffixes() throws {
+        let patterns = try HostPatterns(parsing: " api.example.com, *.internal.test ,EXAMPLE.org.")
+        #expect(patterns.matches("api.example.com"))
+        #expect(patterns.matches("API.Example.COM."))
+        #expect(patterns.matches("example.org"))
+        #expect(!patterns.matches("www.example.com"))
+        #expect(patterns.matches("a.internal.test") && patterns.matches("a.b.internal.test"))
+        #expect(!patterns.matches("internal.test"))
+        #expect(!patterns.matches("xinternal.test"))
+        #expect(try HostPatterns(parsing: "").isEmpty)
+        #expect(try HostPatterns(parsing: "10.0.0.1").matches("10.0.0.1"))
+    }
+
+    @Test(arguments: ["*", "a b", "*.*.example.com", "exa$mple.com", "*."])
+    func badEntriesAreRefused(entry: String) {
+        #expect(throws: HostPatterns.ParseError.self) { _ = try HostPatterns(parsing: "ok.test," + entry) }
+    }
+}
