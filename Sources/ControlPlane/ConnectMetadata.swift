@@ -45,6 +45,22 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
     /// Set when the SNI names a different host than the one the client asked the proxy for.
     public var sniMismatch: Bool?
 
+    // Inspection mode (a customer CA is configured). Destination-only mode never sets these.
+
+    /// `true` when the proxy terminated the client's TLS and re-originated it: the request fields are known.
+    public var intercepted: Bool?
+    /// Why a connection was not inspected although a CA is configured (`passthrough host`, `not TLS`, …),
+    /// or why inspection failed (`upstream certificate verification failed: …`).
+    public var inspection: String?
+    /// The request, inside an intercepted connection: method and path (query removed unless configured).
+    public var method: String?
+    public var path: String?
+    /// Body sizes of that request and its response, in bytes.
+    public var requestBodyBytes: UInt64?
+    public var responseBodyBytes: UInt64?
+    /// The intercepted connection a request belongs to (its first action's event id).
+    public var connectionID: EventID?
+
     public init(
         eventID: EventID,
         transport: Transport,
@@ -74,6 +90,10 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         case sniError = "sni_error"
         case alpn
         case sniMismatch = "sni_mismatch"
+        case intercepted, inspection, method, path
+        case requestBodyBytes = "request_body_bytes"
+        case responseBodyBytes = "response_body_bytes"
+        case connectionID = "connection_id"
     }
 
     /// The metadata object, fields in a fixed order. Once the proxy has looked at a tunnel's first bytes,
@@ -96,6 +116,13 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         if let sniError { json.field(CodingKeys.sniError.rawValue, sniError) }
         if let alpn { json.field(CodingKeys.alpn.rawValue, alpn) }
         if let sniMismatch { json.field(CodingKeys.sniMismatch.rawValue, sniMismatch) }
+        if let intercepted { json.field(CodingKeys.intercepted.rawValue, intercepted) }
+        if let inspection { json.field(CodingKeys.inspection.rawValue, inspection) }
+        if let method { json.field(CodingKeys.method.rawValue, method) }
+        if let path { json.field(CodingKeys.path.rawValue, path) }
+        if let requestBodyBytes { json.field(CodingKeys.requestBodyBytes.rawValue, requestBodyBytes) }
+        if let responseBodyBytes { json.field(CodingKeys.responseBodyBytes.rawValue, responseBodyBytes) }
+        if let connectionID { json.field(CodingKeys.connectionID.rawValue, connectionID.description) }
         json.endObject()
     }
 }

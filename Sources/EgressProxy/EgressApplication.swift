@@ -41,7 +41,9 @@ public struct EgressApplication: Sendable {
         if let reporter { sinks.append(reporter) }
         if let extraSink { sinks.append(extraSink) }
         let sink: any ActionSink = sinks.count == 1 ? actionLog : FanOutSink(sinks)
-        server = ProxyServer(configuration: configuration, sink: sink, logger: logger, onListening: onListening)
+        let inspection = try Inspection.make(configuration, logger: logger)
+        server = ProxyServer(
+            configuration: configuration, sink: sink, logger: logger, inspection: inspection, onListening: onListening)
     }
 
     private static func makeReporter(

@@ -20,16 +20,32 @@ public final class ProxyServer: Service {
     /// Name lookups for upstream connections; started with the server, shut down when it stops.
     private let resolverPool: NIOThreadPool
     private let dnsCache: DNSCache
+    private let inspection: Inspection?
 
     /// - Parameter onListening: called once the listener is bound, with its address (port 0 becomes the real
     ///   port); tests use it to find the proxy.
-    public init(
+    public convenience init(
         configuration: ProxyConfiguration,
         sink: any ActionSink,
         logger: Logger,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         onListening: (@Sendable (SocketAddress) -> Void)? = nil
     ) {
+        self.init(
+            configuration: configuration, sink: sink, logger: logger, group: group, inspection: nil,
+            onListening: onListening)
+    }
+
+    /// - Parameter inspection: present when a customer CA is configured.
+    init(
+        configuration: ProxyConfiguration,
+        sink: any ActionSink,
+        logger: Logger,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        inspection: Inspection?,
+        onListening: (@Sendable (SocketAddress) -> Void)? = nil
+    ) {
+        self.inspection = inspection
         self.configuration = configuration
         self.reporting = Reporting(agent: configuration.agent, sink: sink, logger: logger)
         self.group = group
@@ -49,7 +65,8 @@ public final class ProxyServer: Service {
     @discardableResult
     public func bind() async throws -> SocketAddress? {
         if let channel = boundChannel.withLockedValue({ $0 }) { return channel.localAddress }
-        let settings = ConnectionSettings(configuration, resolverPool: resolverPool, dnsCache: dnsCache)
+        var settings = ConnectionSettings(configuration, resolverPool: resolverPool, dnsCache: dnsCache)
+        settings.inspection = inspection
         let reporting = self.reporting
         let tracker = self.tracker
         let serverChannel = try await ServerBootstrap(group: group)

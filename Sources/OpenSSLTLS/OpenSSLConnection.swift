@@ -50,7 +50,9 @@ public final class OpenSSLConnection {
     var certificateFailure: OpenSSLError?
 
     /// - Parameter serverName: client only: the name or IP address to verify, and (names only) the SNI sent.
-    public init(context: OpenSSLContext, serverName: String? = nil) throws(OpenSSLError) {
+    /// - Parameter choosesCertificate: server only: pause the handshake for `provideCertificate` even when
+    ///   the context has no certificate provider (the handler has its own for this connection).
+    public init(context: OpenSSLContext, serverName: String? = nil, choosesCertificate: Bool = false) throws(OpenSSLError) {
         OpenSSLError.clearQueue()
         guard let ssl = SSL_new(context.pointer) else { throw OpenSSLError.drain(operation: "creating a TLS connection") }
         guard let input = BIO_new(BIO_s_mem()), let output = BIO_new(BIO_s_mem()) else {
@@ -68,7 +70,7 @@ public final class OpenSSLConnection {
         switch context.configuration.role {
         case .server:
             SSL_set_accept_state(ssl)
-            if context.configuration.certificateProvider != nil {
+            if context.configuration.certificateProvider != nil || choosesCertificate {
                 // The SSL is ours, so the unretained pointer to self lives exactly as long as the callback can run.
                 SSL_set_cert_cb(ssl, certificateCallback, Unmanaged.passUnretained(self).toOpaque())
             }
@@ -100,7 +102,7 @@ public final class OpenSSLConnection {
         }
     }
 
-    static func isIPAddress(_ text: String) -> Bool {
+    public static func isIPAddress(_ text: String) -> Bool {
         var v4 = in_addr()
         var v6 = in6_addr()
         return inet_pton(AF_INET, text, &v4) == 1 || inet_pton(AF_INET6, text, &v6) == 1

@@ -35,6 +35,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         /// default certificate above; with no default the handshake fails, naming the server name.
         /// With a provider the default certificate is optional.
         public var certificateProvider: CertificateProvider?
+        /// Server: every connection's handler brings its own certificate provider, so the context needs
+        /// neither a default certificate nor a provider.
+        public var certificatesChosenPerConnection = false
 
         public init(role: Role) {
             self.role = role
@@ -121,7 +124,7 @@ public final class OpenSSLContext: @unchecked Sendable {
             certifiedKey = loaded
         } else if let chain = configuration.certificateChainFile, let key = configuration.privateKeyFile {
             certifiedKey = try OpenSSLCertifiedKey(chainFile: chain, keyFile: key)
-        } else if configuration.certificateProvider != nil {
+        } else if configuration.certificateProvider != nil || configuration.certificatesChosenPerConnection {
             return
         } else {
             throw OpenSSLError(

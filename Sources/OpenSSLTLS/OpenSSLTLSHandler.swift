@@ -18,9 +18,22 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     private var closePromise: EventLoopPromise<Void>?
 
     /// - Parameter serverName: client only: the name or IP to verify (names are also sent as SNI).
-    public init(context: OpenSSLContext, serverName: String? = nil) throws(OpenSSLError) {
-        self.connection = try OpenSSLConnection(context: context, serverName: serverName)
-        self.certificateProvider = context.configuration.role == .server ? context.configuration.certificateProvider : nil
+    /// - Parameters:
+    ///   - serverName: client only: the name or IP to verify (names are also sent as SNI).
+    ///   - certificateProvider: server only: chooses this connection's certificate in place of the context's
+    ///     provider (for example once an upstream is verified); its failure refuses the client with an alert.
+    public init(
+        context: OpenSSLContext,
+        serverName: String? = nil,
+        certificateProvider: OpenSSLContext.CertificateProvider? = nil
+    ) throws(OpenSSLError) {
+        let isServer = context.configuration.role == .server
+        self.connection = try OpenSSLConnection(
+            context: context,
+            serverName: serverName,
+            choosesCertificate: isServer && certificateProvider != nil
+        )
+        self.certificateProvider = isServer ? certificateProvider ?? context.configuration.certificateProvider : nil
     }
 
     public var negotiatedProtocol: String? { connection.negotiatedProtocol }

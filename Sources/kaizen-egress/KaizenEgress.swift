@@ -14,7 +14,7 @@ struct KaizenEgress: AsyncParsableCommand {
             Every option can also be set through the environment variable named in its help; the option wins.
             Local mode (--local) needs no account: actions are written as JSON lines to standard output.
             """,
-        subcommands: [Run.self]
+        subcommands: [Run.self, CA.self]
     )
 
     @OptionGroup var options: RunOptions
@@ -87,6 +87,27 @@ struct RunOptions: ParsableArguments {
     @Option(help: "trace, debug, info, notice, warning, error or critical. (env KAIZEN_LOG_LEVEL, default info)")
     var logLevel: String?
 
+    @Option(help: "Inspection CA certificate (PEM, then any intermediates); with --ca-key turns inspection on. (env KAIZEN_CA_CERT)")
+    var caCert: String?
+
+    @Option(help: "Inspection CA private key (PEM, mode 0600). (env KAIZEN_CA_KEY)")
+    var caKey: String?
+
+    @Option(help: "Inspect only these hosts: names and *.suffix patterns, comma-separated. (env KAIZEN_INSPECT_HOSTS, default all)")
+    var inspectHosts: String?
+
+    @Option(help: "Never inspect these hosts (names and *.suffix patterns). (env KAIZEN_PASSTHROUGH_HOSTS)")
+    var passthroughHosts: String?
+
+    @Option(help: "Extra CA bundle (PEM) trusted for inspected upstreams. (env KAIZEN_UPSTREAM_CA_FILE)")
+    var upstreamCAFile: String?
+
+    @Flag(help: "Report query strings with inspected paths. (env KAIZEN_REPORT_QUERY=1)")
+    var reportQuery = false
+
+    @Option(help: "How long a name whose client refused the minted certificate passes through. (env KAIZEN_PINNED_PASSTHROUGH, default 1h)")
+    var pinnedPassthrough: String?
+
     func runProxy() async throws {
         var environment = ProcessInfo.processInfo.environment
         // A flag given on the command line wins over its environment variable.
@@ -94,12 +115,15 @@ struct RunOptions: ParsableArguments {
             (.port, port), (.listen, listen), (.agent, agent), (.apiURL, apiURL), (.auditLog, auditLog),
             (.apiCAFile, apiCAFile), (.spoolDirectory, spoolDir), (.spoolMaxBytes, spoolMaxBytes),
             (.connectTimeout, connectTimeout), (.idleTimeout, idleTimeout), (.dnsCacheTTL, dnsCacheTTL),
-            (.drainSeconds, drainSeconds), (.logLevel, logLevel),
+            (.drainSeconds, drainSeconds), (.logLevel, logLevel), (.caCertificate, caCert), (.caKey, caKey),
+            (.inspectHosts, inspectHosts), (.passthroughHosts, passthroughHosts), (.upstreamCAFile, upstreamCAFile),
+            (.pinnedPassthrough, pinnedPassthrough),
         ]
         for case (let key, let value?) in flags {
             environment[key.variable] = value
         }
         if local { environment[ConfigurationKey.local.variable] = "1" }
+        if reportQuery { environment[ConfigurationKey.reportQuery.variable] = "1" }
         if let apiKeyFile {
             guard let key = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else {
                 fail("--api-key-file: cannot read \(apiKeyFile): give a readable file that holds the API key")

@@ -42,7 +42,7 @@ struct CAFixtures {
 
 @Suite struct CustomerCATests {
     let fixtures: CAFixtures
-    let now = Int64(Date().timeIntervalSince1970)
+    var now: Int64 { Int64(Date().timeIntervalSince1970) }
 
     init() throws {
         fixtures = try CAFixtures()

@@ -24,8 +24,17 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let drainSeconds = ConfigurationKey(variable: "KAIZEN_DRAIN_SECONDS", flag: "--drain-seconds")
     public static let logLevel = ConfigurationKey(variable: "KAIZEN_LOG_LEVEL", flag: "--log-level")
 
+    public static let caCertificate = ConfigurationKey(variable: "KAIZEN_CA_CERT", flag: "--ca-cert")
+    public static let caKey = ConfigurationKey(variable: "KAIZEN_CA_KEY", flag: "--ca-key")
+    public static let inspectHosts = ConfigurationKey(variable: "KAIZEN_INSPECT_HOSTS", flag: "--inspect-hosts")
+    public static let passthroughHosts = ConfigurationKey(variable: "KAIZEN_PASSTHROUGH_HOSTS", flag: "--passthrough-hosts")
+    public static let upstreamCAFile = ConfigurationKey(variable: "KAIZEN_UPSTREAM_CA_FILE", flag: "--upstream-ca-file")
+    public static let reportQuery = ConfigurationKey(variable: "KAIZEN_REPORT_QUERY", flag: "--report-query")
+    public static let pinnedPassthrough = ConfigurationKey(variable: "KAIZEN_PINNED_PASSTHROUGH", flag: "--pinned-passthrough")
+
     public static let all: [ConfigurationKey] = [
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
-        .logLevel,
+        .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
+        .pinnedPassthrough,
     ]
 }

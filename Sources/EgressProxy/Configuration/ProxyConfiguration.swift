@@ -1,4 +1,5 @@
 import Foundation
+public import Interception
 import Logging
 import NIOCore
 
@@ -21,6 +22,13 @@ import NIOCore
 /// | `KAIZEN_DNS_CACHE_TTL` | duration, or `0` to turn the cache off | `5s` |
 /// | `KAIZEN_DRAIN_SECONDS` | integer seconds ≥ 0 | 10 |
 /// | `KAIZEN_LOG_LEVEL` | trace, debug, info, notice, warning, error, critical | `info` |
+/// | `KAIZEN_CA_CERT` | PEM file: the inspection CA, then any intermediates | none (no inspection) |
+/// | `KAIZEN_CA_KEY` | PEM file, mode 0600: the CA's key | none |
+/// | `KAIZEN_INSPECT_HOSTS` | host names and `*.suffix` patterns, comma-separated | all (with a CA) |
+/// | `KAIZEN_PASSTHROUGH_HOSTS` | the same | none |
+/// | `KAIZEN_UPSTREAM_CA_FILE` | PEM bundle trusted for inspected upstreams, besides the system store | none |
+/// | `KAIZEN_REPORT_QUERY` | boolean | off |
+/// | `KAIZEN_PINNED_PASSTHROUGH` | duration | `1h` |
 public struct ProxyConfiguration: Sendable {
     public var listenAddress: String
     public var port: Int
@@ -46,6 +54,18 @@ public struct ProxyConfiguration: Sendable {
     public var clientHelloLimit: Int = 64 * 1024
     /// Threads that run blocking `getaddrinfo` lookups side by side.
     public var resolverThreads: Int = 8
+    /// Inspection: the customer's CA (certificate file, key file); nil means nothing is ever decrypted.
+    public var inspectionCA: (certificateFile: String, keyFile: String)?
+    /// Inspection: only these destinations are inspected (nil: all).
+    public var inspectHosts: HostPatterns?
+    /// Inspection: these destinations are never inspected.
+    public var passthroughHosts: HostPatterns?
+    /// Inspection: an extra CA bundle trusted for upstreams.
+    public var upstreamCAFile: String?
+    /// Inspection: report a request's query string with its path.
+    public var reportQuery: Bool
+    /// Inspection: how long connections to a name whose client refused our certificate pass through untouched.
+    public var pinnedPassthrough: TimeAmount
 
     /// An API key. Its description never shows the key.
     public struct APIKey: Sendable, Hashable, CustomStringConvertible {
@@ -174,11 +194,68 @@ public struct ProxyConfiguration: Sendable {
             self.spoolMaxBytes = 256 << 20
         }
 
+        let caCertificate = value(.caCertificate)
+        let caKey = value(.caKey)
+        switch (caCertificate, caKey) {
+        case (let certificate?, let key?):
+            self.inspectionCA = (certificate, key)
+        case (nil, nil):
+            self.inspectionCA = nil
+        case (.some, nil):
+            throw ConfigurationError(
+                variable: ConfigurationKey.caKey.variable,
+                "KAIZEN_CA_CERT is set but KAIZEN_CA_KEY is not: set \(ConfigurationKey.caKey.spelled) to the CA's private key, or unset KAIZEN_CA_CERT to run without inspection"
+            )
+        case (nil, .some):
+            throw ConfigurationError(
+                variable: ConfigurationKey.caCertificate.variable,
+                "KAIZEN_CA_KEY is set but KAIZEN_CA_CERT is not: set \(ConfigurationKey.caCertificate.spelled) to the CA certificate, or unset KAIZEN_CA_KEY to run without inspection"
+            )
+        }
+        self.inspectHosts = try Self.hostPatterns(value(.inspectHosts), key: .inspectHosts)
+        self.passthroughHosts = try Self.hostPatterns(value(.passthroughHosts), key: .passthroughHosts)
+        if let path = value(.upstreamCAFile) {
+            guard access(path, R_OK) == 0 else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.upstreamCAFile.variable,
+                    "KAIZEN_UPSTREAM_CA_FILE=\(Self.quoted(path)) cannot be read: set \(ConfigurationKey.upstreamCAFile.spelled) to a readable PEM bundle of the CAs your private upstreams use"
+                )
+            }
+            self.upstreamCAFile = path
+        } else {
+            self.upstreamCAFile = nil
+        }
+        if let raw = value(.reportQuery) {
+            guard let report = Self.parseBool(raw) else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.reportQuery.variable,
+                    "KAIZEN_REPORT_QUERY=\(Self.quoted(raw)) is not a boolean: set it to 1 to report query strings, or 0"
+                )
+            }
+            self.reportQuery = report
+        } else {
+            self.reportQuery = false
+        }
+        self.pinnedPassthrough = try Self.duration(value(.pinnedPassthrough), key: .pinnedPassthrough, default: .hours(1))
+
         // Actions must go somewhere: to the control plane (a key), to standard output (local mode), or both.
         if !local && apiKey == nil {
             throw ConfigurationError(
                 variable: ConfigurationKey.apiKey.variable,
                 "KAIZEN_API_KEY is not set: set KAIZEN_API_KEY to your org API key, or run with --local (KAIZEN_LOCAL=1) to write actions to standard output without an account"
+            )
+        }
+    }
+
+    private static func hostPatterns(_ raw: String?, key: ConfigurationKey) throws(ConfigurationError) -> HostPatterns? {
+        guard let raw else { return nil }
+        do {
+            let patterns = try HostPatterns(parsing: raw)
+            return patterns.isEmpty ? nil : patterns
+        } catch {
+            throw ConfigurationError(
+                variable: key.variable,
+                "\(key.variable): \(error): set \(key.spelled) to comma-separated host names or *.suffix patterns, e.g. api.example.com,*.internal.example"
             )
         }
     }

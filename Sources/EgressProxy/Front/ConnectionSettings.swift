@@ -10,6 +10,8 @@ struct ConnectionSettings: Sendable {
     /// The threads name lookups run on.
     var resolverPool: NIOThreadPool
     var dnsCache: DNSCache
+    /// Present when a customer CA is configured: CONNECT tunnels may then be inspected.
+    var inspection: Inspection?
 
     init(_ configuration: ProxyConfiguration, resolverPool: NIOThreadPool, dnsCache: DNSCache) {
         self.resolverPool = resolverPool

@@ -1,4 +1,5 @@
 import ControlPlane
+import Interception
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -339,9 +340,13 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let baseMetadata = newMetadata(destination, transport: .connect)
         let started = NIODeadline.now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        // A tunnel that may be inspected is not read until its ClientHello decides (a server that speaks
+        // first must not lose its bytes meanwhile).
+        let mayInspect = settings.inspection?.policy.mayInspect(connectHost: destination.host) ?? false
         connector.connect(to: destination, on: context.eventLoop) { channel in
             // Glue is added once the 200 is written; until then nothing reads the upstream.
-            channel.eventLoop.makeSucceededVoidFuture()
+            guard mayInspect else { return channel.eventLoop.makeSucceededVoidFuture() }
+            return channel.setOption(ChannelOptions.autoRead, value: false)
         }.whenComplete { result in
             let (handler, context) = loopBound.value
             var metadata = baseMetadata
@@ -378,6 +383,14 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         started: NIODeadline,
         context: ChannelHandlerContext
     ) {
+        if let inspection = settings.inspection, inspection.policy.mayInspect(connectHost: destination.host) {
+            startInspection(
+                InspectionStartHandler.Tunnel(upstream: upstream, destination: destination, metadata: metadata, started: started),
+                inspection: inspection,
+                context: context
+            )
+            return
+        }
         let session = TunnelSession(
             reporting: reporting,
             metadata: metadata,
@@ -423,6 +436,34 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } catch {
             logger.error("cannot set up tunnel", metadata: ["error": "\(error)"])
             upstream.close(promise: nil)
+            context.close(promise: nil)
+        }
+    }
+
+    /// Answers 200 and hands the connection to the inspection start handler, which waits for the ClientHello.
+    private func startInspection(_ tunnel: InspectionStartHandler.Tunnel, inspection: Inspection, context: ChannelHandlerContext) {
+        let head = HTTPResponseHead(version: .http1_1, status: .custom(code: 200, reasonPhrase: "Connection established"))
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        do {
+            let pipeline = context.pipeline.syncOperations
+            try pipeline.addHandler(
+                InspectionStartHandler(tunnel: tunnel, inspection: inspection, settings: settings, reporting: reporting),
+                position: .last
+            )
+            Self.removeHTTPServerHandlers(from: pipeline)
+            pipeline.removeHandler(context: context, promise: nil)
+            if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
+                pipeline.removeHandler(decoder, promise: nil)
+            }
+            logger.debug("tunnel waiting for its ClientHello (inspection)", metadata: ["target": "\(tunnel.destination)"])
+            if pendingRead {
+                pendingRead = false
+                context.channel.read()
+            }
+        } catch {
+            logger.error("cannot set up tunnel", metadata: ["error": "\(error)"])
+            tunnel.upstream.close(promise: nil)
             context.close(promise: nil)
         }
     }

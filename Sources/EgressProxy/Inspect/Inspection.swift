@@ -1,0 +1,78 @@
+import Foundation
+import Interception
+import Logging
+import NIOCore
+import OpenSSLTLS
+
+/// Everything inspection mode needs, built once at start-up from the customer's CA; absent without a CA, so
+/// nothing is ever decrypted then.
+struct Inspection: Sendable {
+    let authority: OpenSSLCertificateAuthority
+    let leaves: LeafCache
+    let policy: InspectionPolicy
+    /// Client role toward the real upstream: verifies (system store + KAIZEN_UPSTREAM_CA_FILE), offers http/1.1.
+    let upstreamTLS: OpenSSLContext
+    /// Server role toward the agent: a leaf per connection, http/1.1 only.
+    let clientTLS: OpenSSLContext
+    let reportQuery: Bool
+
+    /// The protocols offered on both legs: HTTP/1.1 only for now (h2 comes later).
+    static let alpn = ["http/1.1"]
+
+    /// Loads and checks the CA and builds the TLS contexts; a problem is a `ConfigurationError` naming the
+    /// variable. Warnings (a CA close to expiry) are logged.
+    static func make(_ configuration: ProxyConfiguration, logger: Logger) throws(ConfigurationError) -> Inspection? {
+        guard let files = configuration.inspectionCA else { return nil }
+        let now = Int64(Date().timeIntervalSince1970)
+        let authority: OpenSSLCertificateAuthority
+        do {
+            let (loaded, warnings) = try CustomerCA.load(certificateFile: files.certificateFile, keyFile: files.keyFile, now: now)
+            authority = loaded
+            for warning in warnings { logger.warning("\(warning)") }
+        } catch {
+            throw ConfigurationError(variable: error.variable, error.message)
+        }
+        let leafKey: OpenSSLPrivateKey
+        let upstreamTLS: OpenSSLContext
+        let clientTLS: OpenSSLContext
+        do {
+            leafKey = try .generateP256()
+            var upstream = OpenSSLContext.Configuration(role: .client)
+            upstream.alpn = alpn
+            upstream.additionalTrustFile = configuration.upstreamCAFile
+            upstreamTLS = try OpenSSLContext(configuration: upstream)
+            var client = OpenSSLContext.Configuration(role: .server)
+            client.alpn = alpn
+            client.certificatesChosenPerConnection = true
+            clientTLS = try OpenSSLContext(configuration: client)
+        } catch {
+            throw ConfigurationError(
+                variable: ConfigurationKey.upstreamCAFile.variable,
+                "cannot set up inspection TLS: \(error): check KAIZEN_UPSTREAM_CA_FILE holds PEM certificates"
+            )
+        }
+        let seconds = configuration.pinnedPassthrough.nanoseconds / 1_000_000_000
+        logger.notice(
+            "inspection on: connections are decrypted with leaves from the customer CA",
+            metadata: [
+                "ca": "\(authority.certificate.subjectDescription)",
+                "inspect_hosts": "\(configuration.inspectHosts?.description ?? "all")",
+                "passthrough_hosts": "\(configuration.passthroughHosts?.description ?? "none")",
+            ]
+        )
+        return Inspection(
+            authority: authority,
+            leaves: LeafCache(authority: authority, leafKey: leafKey) { Int64(Date().timeIntervalSince1970) },
+            policy: InspectionPolicy(
+                inspectHosts: configuration.inspectHosts,
+                passthroughHosts: configuration.passthroughHosts,
+                pinnedFor: seconds
+            ),
+            upstreamTLS: upstreamTLS,
+            clientTLS: clientTLS,
+            reportQuery: configuration.reportQuery
+        )
+    }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+}

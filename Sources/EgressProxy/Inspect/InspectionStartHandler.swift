@@ -1,0 +1,216 @@
+import ClientHello
+import ControlPlane
+import Interception
+import Logging
+import NIOCore
+import NIOHTTP1
+import OpenSSLTLS
+
+/// The client side of a CONNECT tunnel that may be inspected, until its ClientHello is in: holds the
+/// client's first bytes (nothing has been sent upstream yet), then either turns the tunnel into a plain relay
+/// (passthrough: the held bytes go on untouched) or sets up interception on both channels and hands the
+/// held ClientHello to the TLS server.
+///
+/// The upstream is connected (TCP) but not read meanwhile, so a server that speaks first loses nothing.
+final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    struct Tunnel {
+        var upstream: any Channel
+        var destination: Destination
+        var metadata: ConnectMetadata
+        var started: NIODeadline
+    }
+
+    private let tunnel: Tunnel
+    private let inspection: Inspection
+    private let settings: ConnectionSettings
+    private let reporting: Reporting
+    private var held: ByteBuffer?
+    private var decided = false
+    private var timer: Scheduled<Void>?
+
+    init(tunnel: Tunnel, inspection: Inspection, settings: ConnectionSettings, reporting: Reporting) {
+        self.tunnel = tunnel
+        self.inspection = inspection
+        self.settings = settings
+        self.reporting = reporting
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let limit = settings.clientHelloTimeout
+        timer = context.eventLoop.scheduleTask(in: limit) {
+            let (handler, context) = loopBound.value
+            handler.passThrough(reason: "no ClientHello within \(UpstreamConnector.describe(limit))", context: context)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !decided else {
+            context.fireChannelRead(data)
+            return
+        }
+        var bytes = unwrapInboundIn(data)
+        if held == nil {
+            held = bytes
+        } else {
+            held!.writeBuffer(&bytes)
+        }
+        switch ClientHelloParser.parse(held!, limit: settings.clientHelloLimit) {
+        case .needMoreData:
+            if held!.readableBytes >= settings.clientHelloLimit {
+                passThrough(reason: "ClientHello larger than \(settings.clientHelloLimit) bytes", context: context)
+            }
+        case .parsed(let hello):
+            decide(hello: hello, context: context)
+        case .notTLS:
+            passThrough(reason: "not TLS", context: context)
+        case .malformed, .tooLarge:
+            passThrough(reason: "unreadable ClientHello", context: context)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !decided {
+            passThrough(reason: "client closed before its ClientHello", context: context, clientGone: true)
+        } else {
+            context.fireChannelInactive()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !decided, case ChannelEvent.inputClosed = event {
+            passThrough(reason: "client closed before its ClientHello", context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func decide(hello: ClientHello, context: ChannelHandlerContext) {
+        let decision = inspection.policy.decide(
+            connectHost: tunnel.destination.host,
+            isTLS: true,
+            serverName: hello.serverName,
+            now: Inspection.now()
+        )
+        switch decision {
+        case .passthrough(let reason):
+            passThrough(reason: reason, context: context)
+        case .inspect(let leaf, let upstreamName):
+            intercept(hello: hello, leaf: leaf, upstreamName: upstreamName, context: context)
+        }
+    }
+
+    /// Destination-only handling: the relay and its peek take over, starting with the held bytes.
+    private func passThrough(reason: String, context: ChannelHandlerContext, clientGone: Bool = false) {
+        guard !decided else { return }
+        decided = true
+        timer?.cancel()
+        var metadata = tunnel.metadata
+        metadata.inspection = reason
+        let session = TunnelSession(
+            reporting: reporting,
+            metadata: metadata,
+            destination: tunnel.destination,
+            started: tunnel.started,
+            idleTimeout: settings.idleTimeout,
+            eventLoop: context.eventLoop
+        )
+        let (clientGlue, upstreamGlue) = GlueHandler.matchedPair(
+            session: session,
+            peekLimit: settings.clientHelloLimit,
+            peekTimeout: settings.clientHelloTimeout
+        )
+        do {
+            try tunnel.upstream.pipeline.syncOperations.addHandler(upstreamGlue)
+            tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            try context.pipeline.syncOperations.addHandler(clientGlue, position: .after(self))
+        } catch {
+            reporting.logger.error("cannot set up tunnel", metadata: ["error": "\(error)"])
+            tunnel.upstream.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        session.start()
+        if let held, held.readableBytes > 0 {
+            self.held = nil
+            context.fireChannelRead(wrapInboundOut(held))
+            context.fireChannelReadComplete()
+        }
+        if clientGone { context.fireChannelInactive() }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    /// Terminates the client's TLS (once the upstream is verified) and re-originates it.
+    private func intercept(
+        hello: ClientHello,
+        leaf: OpenSSLCertificateAuthority.LeafName,
+        upstreamName: String,
+        context: ChannelHandlerContext
+    ) {
+        decided = true
+        timer?.cancel()
+        var metadata = tunnel.metadata
+        metadata.tls = true
+        metadata.sni = hello.serverName
+        metadata.alpn = hello.alpn
+        if let sni = hello.serverName { metadata.sniMismatch = sni != tunnel.destination.host }
+        let connection = InterceptedConnection(
+            reporting: reporting,
+            metadata: metadata,
+            destination: tunnel.destination,
+            leaf: leaf,
+            started: tunnel.started,
+            inspection: inspection,
+            idleTimeout: settings.idleTimeout,
+            eventLoop: context.eventLoop
+        )
+        let leaves = inspection.leaves
+        let upstreamReady = connection.upstreamReady
+        do {
+            // Upstream: verified TLS first. The client's handshake waits in the certificate callback until
+            // it succeeds (then gets a leaf for the name) or fails (then gets an alert).
+            let upstreamPipeline = tunnel.upstream.pipeline.syncOperations
+            try upstreamPipeline.addHandler(try OpenSSLTLSHandler(context: inspection.upstreamTLS, serverName: upstreamName))
+            try upstreamPipeline.addHTTPClientHandlers(
+                leftOverBytesStrategy: .fireError,
+                enableOutboundHeaderValidation: false,
+                encoderConfiguration: .init()
+            )
+            try upstreamPipeline.addHandler(InterceptedUpstreamHandler(connection: connection))
+
+            let clientTLS = try OpenSSLTLSHandler(
+                context: inspection.clientTLS,
+                certificateProvider: { _, eventLoop in
+                    upstreamReady.futureResult.hop(to: eventLoop).flatMap { _ in
+                        leaves.leaf(for: leaf, on: eventLoop).map { Optional($0) }
+                    }
+                }
+            )
+            let clientPipeline = context.pipeline.syncOperations
+            let clientHandler = InterceptedClientHandler(connection: connection)
+            try clientPipeline.addHandler(clientTLS, position: .after(self))
+            try clientPipeline.addHandler(
+                ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)), position: .after(clientTLS))
+            try clientPipeline.addHandler(clientHandler, position: .last)
+            try clientPipeline.addHandler(HTTPResponseEncoder(), position: .before(clientHandler))
+            tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        } catch {
+            reporting.logger.error("cannot set up inspection", metadata: ["error": "\(error)"])
+            tunnel.upstream.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        connection.start()
+        if let held {
+            self.held = nil
+            context.fireChannelRead(wrapInboundOut(held))
+            context.fireChannelReadComplete()
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension InspectionStartHandler: Sendable {}

@@ -1,0 +1,302 @@
+import ControlPlane
+import Interception
+import Logging
+import NIOCore
+import NIOHTTP1
+import OpenSSLTLS
+
+/// One intercepted CONNECT tunnel: the client's TLS terminated with a minted leaf, a verified TLS connection
+/// to the upstream, and the HTTP/1.1 exchanges between them. Each exchange is reported when it ends (the
+/// connection's facts plus method, path, status and body sizes); a connection that carried none is reported
+/// once, with why (for example the upstream's verification error). Loop-bound: both channels share one loop.
+final class InterceptedConnection {
+    private let reporting: Reporting
+    private var metadata: ConnectMetadata
+    private let target: String
+    private let leaf: OpenSSLCertificateAuthority.LeafName
+    private let started: NIODeadline
+    private let inspection: Inspection
+    private let idleTimeout: TimeAmount
+    private let eventLoop: any EventLoop
+
+    /// Succeeds when the upstream's TLS handshake (with verification) has; the client's waits on it.
+    let upstreamReady: EventLoopPromise<Void>
+    private var machine: InterceptedExchangeStateMachine
+    private(set) var client: InterceptedClientHandler?
+    private(set) var upstream: InterceptedUpstreamHandler?
+
+    private var clientHandshakeDone = false
+    private var upstreamHandshakeDone = false
+    /// Why the connection did not carry requests, when it failed before them.
+    private var failure: (inspection: String, error: String?)?
+    private var reportedExchanges = 0
+    /// When the exchange in progress began (its request head arrived).
+    private var exchangeStartedAt: String?
+    private var requestBytes: UInt64 = 0
+    private var responseBytes: UInt64 = 0
+    private var closedBy: CloseRecord.ClosedBy?
+    private var closeReason: String?
+    private var finished = false
+    private var lastActivity: NIODeadline
+    private var idleTimer: Scheduled<Void>?
+
+    init(
+        reporting: Reporting,
+        metadata: ConnectMetadata,
+        destination: Destination,
+        leaf: OpenSSLCertificateAuthority.LeafName,
+        started: NIODeadline,
+        inspection: Inspection,
+        idleTimeout: TimeAmount,
+        eventLoop: any EventLoop
+    ) {
+        self.reporting = reporting
+        self.metadata = metadata
+        self.target = destination.description
+        self.leaf = leaf
+        self.started = started
+        self.inspection = inspection
+        self.idleTimeout = idleTimeout
+        self.eventLoop = eventLoop
+        self.upstreamReady = eventLoop.makePromise(of: Void.self)
+        self.machine = InterceptedExchangeStateMachine(reportQuery: inspection.reportQuery)
+        self.lastActivity = started
+    }
+
+    func attach(client: InterceptedClientHandler) { self.client = client }
+    func attach(upstream: InterceptedUpstreamHandler) { self.upstream = upstream }
+
+    func start() {
+        scheduleIdleCheck(in: idleTimeout)
+    }
+
+    var mayReadClient: Bool { machine.mayReadClient }
+
+    // MARK: handshakes
+
+    func upstreamHandshakeCompleted() {
+        upstreamHandshakeDone = true
+        upstreamReady.succeed(())
+    }
+
+    func upstreamFailed(_ error: any Error) {
+        if !upstreamHandshakeDone {
+            let reason: String
+            if let tls = error as? OpenSSLError, let verify = tls.verifyResult {
+                reason = "upstream certificate verification failed: \(verify)"
+            } else {
+                reason = "upstream TLS failed: \(GlueHandler.describe(error))"
+            }
+            failure = ("upstream not trusted", reason)
+            noteClose(by: .upstream, reason: "tls_error")
+            upstreamReady.fail(error)
+        } else {
+            noteClose(by: .upstream, reason: "error: \(GlueHandler.describe(error))")
+        }
+        closeBoth()
+    }
+
+    func clientHandshakeCompleted() {
+        clientHandshakeDone = true
+        metadata.intercepted = true
+    }
+
+    func clientFailed(_ error: any Error) {
+        if !clientHandshakeDone && failure == nil && upstreamHandshakeDone {
+            // The upstream was fine and the client was shown our leaf, then refused it: most likely pinning or
+            // a client that does not trust the CA. Later connections to the name pass through untouched.
+            failure = ("tls_intercept_failed", "client refused the inspection certificate: \(GlueHandler.describe(error))")
+            inspection.policy.notePinned(leaf.description, now: Inspection.now())
+        }
+        noteClose(by: .client, reason: clientHandshakeDone ? "error: \(GlueHandler.describe(error))" : "tls_error")
+        closeBoth()
+    }
+
+    // MARK: HTTP
+
+    func fromClient(_ part: HTTPServerRequestPart) {
+        lastActivity = .now()
+        switch part {
+        case .head(let head):
+            exchangeStartedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
+            handle(machine.requestHead(head), forward: .head(head))
+        case .body(let bytes):
+            requestBytes &+= UInt64(bytes.readableBytes)
+            handle(machine.requestBody(bytes.readableBytes), forward: .body(.byteBuffer(bytes)))
+        case .end(let trailers):
+            handle(machine.requestEnd(), forward: .end(trailers))
+        }
+    }
+
+    func fromUpstream(_ part: HTTPClientResponsePart) {
+        lastActivity = .now()
+        let action: InterceptedExchangeStateMachine.Action
+        let forward: HTTPServerResponsePart
+        switch part {
+        case .head(let head):
+            action = machine.responseHead(head)
+            forward = .head(head)
+        case .body(let bytes):
+            responseBytes &+= UInt64(bytes.readableBytes)
+            action = machine.responseBody(bytes.readableBytes)
+            forward = .body(.byteBuffer(bytes))
+        case .end(let trailers):
+            action = machine.responseEnd()
+            forward = .end(trailers)
+        }
+        switch action {
+        case .none:
+            break
+        case .forward:
+            client?.send(forward)
+        case .forwardAndComplete(let exchange, let thenClose):
+            client?.send(forward, flush: true)
+            report(exchange, error: nil)
+            if thenClose {
+                noteClose(by: .upstream, reason: "eof")
+                client?.closeAfterWrites()
+                upstream?.close()
+            } else {
+                client?.resumeReading()
+            }
+        case .reject, .close:
+            closeBoth()
+        }
+    }
+
+    private func handle(_ action: InterceptedExchangeStateMachine.Action, forward: HTTPClientRequestPart) {
+        switch action {
+        case .none:
+            break
+        case .forward:
+            upstream?.send(forward)
+        case .forwardAndComplete(let exchange, let thenClose):
+            // Only a response end completes an exchange in practice; a request end after an early response
+            // can too.
+            upstream?.send(forward, flush: true)
+            report(exchange, error: nil)
+            if thenClose { closeBoth() } else { client?.resumeReading() }
+        case .reject(let reason):
+            var exchange = machine.connectionClosed()
+            exchange?.status = 400
+            reporting.logger.info(
+                "rejected an intercepted request", metadata: ["target": "\(target)", "status": "400", "reason": "\(reason)"])
+            if let exchange { report(exchange, error: "rejected: \(reason)") }
+            noteClose(by: .proxy, reason: "bad_request")
+            client?.sendBadRequest(reason: reason)
+            upstream?.close()
+        case .close:
+            closeBoth()
+        }
+    }
+
+    func clientReadComplete() { upstream?.flush() }
+    func upstreamReadComplete() { client?.flush() }
+
+    // MARK: closing
+
+    func noteClose(by who: CloseRecord.ClosedBy, reason: String) {
+        guard closedBy == nil else { return }
+        closedBy = who
+        closeReason = reason
+    }
+
+    func clientClosed() {
+        noteClose(by: .client, reason: "eof")
+        upstream?.close()
+        finishIfBothClosed()
+    }
+
+    func upstreamClosed() {
+        noteClose(by: .upstream, reason: "eof")
+        if !upstreamHandshakeDone {
+            upstreamReady.fail(ChannelError.ioOnClosedChannel)
+            if failure == nil { failure = ("upstream not trusted", "upstream closed during the TLS handshake") }
+        }
+        client?.closeAfterWrites()
+        finishIfBothClosed()
+    }
+
+    func closeBoth() {
+        client?.close()
+        upstream?.close()
+    }
+
+    func shutdown() {
+        noteClose(by: .proxy, reason: "shutdown")
+        closeBoth()
+    }
+
+    private func finishIfBothClosed() {
+        guard client?.isClosed ?? true, upstream?.isClosed ?? true else { return }
+        finish()
+    }
+
+    private func finish() {
+        guard !finished else { return }
+        finished = true
+        idleTimer?.cancel()
+        idleTimer = nil
+        if !upstreamHandshakeDone { upstreamReady.fail(ChannelError.ioOnClosedChannel) }
+        if let cut = machine.connectionClosed() {
+            report(cut, error: "connection closed before the exchange completed")
+        }
+        if reportedExchanges == 0 {
+            var connection = metadata
+            if let failure {
+                connection.intercepted = false
+                connection.inspection = failure.inspection
+                connection.error = failure.error
+            }
+            reporting.action(target: target, metadata: connection)
+        }
+        reporting.close(
+            CloseRecord.Body(
+                eventID: metadata.eventID,
+                target: target,
+                bytesFromClient: requestBytes,
+                bytesToClient: responseBytes,
+                durationMs: milliseconds(from: started, to: .now()),
+                closedBy: closedBy ?? .proxy,
+                reason: closeReason ?? "eof",
+                endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis())
+            )
+        )
+    }
+
+    private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {
+        var request = metadata
+        request.eventID = reportedExchanges == 0 ? metadata.eventID : EventID.generate()
+        request.connectionID = metadata.eventID
+        request.startedAt = exchangeStartedAt ?? metadata.startedAt
+        exchangeStartedAt = nil
+        request.intercepted = true
+        request.method = exchange.method
+        request.path = exchange.path
+        request.status = exchange.status
+        request.requestBodyBytes = exchange.requestBodyBytes
+        request.responseBodyBytes = exchange.responseBodyBytes
+        request.error = error
+        reportedExchanges += 1
+        reporting.action(target: target, metadata: request)
+    }
+
+    private func scheduleIdleCheck(in delay: TimeAmount) {
+        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+        idleTimer = eventLoop.scheduleTask(in: delay) { loopBound.value.idleCheck() }
+    }
+
+    private func idleCheck() {
+        guard !finished else { return }
+        let idle = NIODeadline.now() - lastActivity
+        if idle >= idleTimeout {
+            noteClose(by: .proxy, reason: "idle_timeout")
+            closeBoth()
+        } else {
+            scheduleIdleCheck(in: idleTimeout - idle)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension InterceptedConnection: Sendable {}

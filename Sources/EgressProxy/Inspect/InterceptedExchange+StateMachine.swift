@@ -1,0 +1,138 @@
+import NIOHTTP1
+
+/// The HTTP/1.1 exchanges inside one intercepted connection: one request at a time (the next is read only
+/// once the response to this one has ended), each reported when it ends. Pure: the handlers do the I/O.
+struct InterceptedExchangeStateMachine {
+    /// One request and its response, as reported.
+    struct Exchange: Equatable {
+        var method: String
+        var path: String
+        var requestBodyBytes: UInt64 = 0
+        var responseBodyBytes: UInt64 = 0
+        var status: Int?
+        var requestEnded = false
+        var responseEnded = false
+        /// Either side asked to close after this exchange.
+        var closeAfter = false
+    }
+
+    enum Action: Equatable {
+        case none
+        /// Pass this part on to the other side.
+        case forward
+        /// Pass it on; the exchange is complete: report it, then read the next request (or close).
+        case forwardAndComplete(Exchange, thenClose: Bool)
+        /// A request the proxy will not forward: answer 400 with the reason, report it, close.
+        case reject(reason: String)
+        /// Nothing more can happen on this connection: close both sides (the part is dropped).
+        case close
+    }
+
+    private(set) var current: Exchange?
+    private(set) var completed = 0
+    private var closed = false
+    private let reportQuery: Bool
+
+    init(reportQuery: Bool) {
+        self.reportQuery = reportQuery
+    }
+
+    /// Whether the client side may be read: not while a complete request waits for its response.
+    var mayReadClient: Bool {
+        guard !closed else { return false }
+        guard let current else { return true }
+        return !current.requestEnded
+    }
+
+    mutating func requestHead(_ head: HTTPRequestHead) -> Action {
+        guard !closed, current == nil else { return .close }
+        if let problem = Self.problem(with: head) {
+            closed = true
+            current = Exchange(method: head.method.rawValue, path: Self.reportedPath(head.uri, keepQuery: reportQuery))
+            return .reject(reason: problem)
+        }
+        var exchange = Exchange(method: head.method.rawValue, path: Self.reportedPath(head.uri, keepQuery: reportQuery))
+        exchange.closeAfter = !head.isKeepAlive
+        current = exchange
+        return .forward
+    }
+
+    mutating func requestBody(_ count: Int) -> Action {
+        guard !closed, current != nil else { return .close }
+        current!.requestBodyBytes &+= UInt64(count)
+        return .forward
+    }
+
+    mutating func requestEnd() -> Action {
+        guard !closed, current != nil else { return .close }
+        current!.requestEnded = true
+        return completeIfDone()
+    }
+
+    mutating func responseHead(_ head: HTTPResponseHead) -> Action {
+        guard !closed, current != nil else { return .close }
+        // 1xx responses (100 Continue) are passed on; the final response comes after them.
+        if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return .forward }
+        current!.status = Int(head.status.code)
+        if !head.isKeepAlive { current!.closeAfter = true }
+        return .forward
+    }
+
+    mutating func responseBody(_ count: Int) -> Action {
+        guard !closed, current != nil else { return .close }
+        current!.responseBodyBytes &+= UInt64(count)
+        return .forward
+    }
+
+    mutating func responseEnd() -> Action {
+        guard !closed, current != nil else { return .close }
+        guard current!.status != nil else { return .forward }  // the end of an informational response
+        current!.responseEnded = true
+        return completeIfDone()
+    }
+
+    /// The connection ended; returns the exchange cut short, if one was open.
+    mutating func connectionClosed() -> Exchange? {
+        closed = true
+        defer { current = nil }
+        return current
+    }
+
+    private mutating func completeIfDone() -> Action {
+        guard let exchange = current, exchange.requestEnded, exchange.responseEnded else { return .forward }
+        current = nil
+        completed += 1
+        if exchange.closeAfter { closed = true }
+        return .forwardAndComplete(exchange, thenClose: exchange.closeAfter)
+    }
+
+    /// Requests the proxy refuses to forward because the two ends could read them differently.
+    static func problem(with head: HTTPRequestHead) -> String? {
+        let lengths = head.headers[canonicalForm: "content-length"]
+        let encodings = head.headers[canonicalForm: "transfer-encoding"]
+        if !lengths.isEmpty && !encodings.isEmpty {
+            return "both Content-Length and Transfer-Encoding"
+        }
+        if lengths.count > 1 || (head.headers["content-length"].count > 1) {
+            return "more than one Content-Length"
+        }
+        if let length = lengths.first, length.isEmpty || !length.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
+            return "an invalid Content-Length"
+        }
+        if !encodings.isEmpty, encodings.map({ $0.lowercased() }) != ["chunked"] {
+            return "a Transfer-Encoding other than chunked"
+        }
+        if head.version != .http1_1 && head.version != .http1_0 {
+            return "an unsupported HTTP version"
+        }
+        return nil
+    }
+
+    /// The path as reported: the request target without its query (unless kept) and fragment.
+    static func reportedPath(_ uri: String, keepQuery: Bool) -> String {
+        var path = Substring(uri)
+        if let hash = path.firstIndex(of: "#") { path = path[..<hash] }
+        if !keepQuery, let question = path.firstIndex(of: "?") { path = path[..<question] }
+        return String(path)
+    }
+}

@@ -1,0 +1,219 @@
+import NIOCore
+import NIOHTTP1
+import NIOTLS
+
+/// The client side of an intercepted connection, above the TLS server and the HTTP/1.1 codec: requests in,
+/// responses out. Reads only while the upstream can take more and no complete request awaits its response.
+final class InterceptedClientHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let connection: InterceptedConnection
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private(set) var isClosed = false
+
+    init(connection: InterceptedConnection) {
+        self.connection = connection
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        connection.attach(client: self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.fromClient(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        connection.clientReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            connection.clientHandshakeCompleted()
+        } else if event is ProxyShutdownEvent {
+            connection.shutdown()
+        } else if case ChannelEvent.inputClosed = event {
+            context.close(promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        connection.clientFailed(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        isClosed = true
+        connection.clientClosed()
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { connection.upstream?.partnerWritable() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if connection.mayReadClient, connection.upstream?.isWritable ?? false {
+            context.read()
+        } else {
+            pendingRead = true
+        }
+    }
+
+    // MARK: calls from the connection
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    /// The last response part written, so a close can wait for it to go out.
+    private var lastWrite: EventLoopFuture<Void>?
+
+    func send(_ part: HTTPServerResponsePart, flush: Bool = false) {
+        guard let context else { return }
+        let written = context.write(wrapOutboundOut(part))
+        lastWrite = written
+        if flush { context.flush() }
+    }
+
+    func flush() { context?.flush() }
+
+    /// The next request may be read (the last exchange ended, or the upstream drained).
+    func resumeReading() {
+        if pendingRead, let context, connection.mayReadClient, connection.upstream?.isWritable ?? false {
+            pendingRead = false
+            context.read()
+        }
+    }
+
+    func partnerWritable() { resumeReading() }
+
+    func sendBadRequest(reason: String) {
+        guard let context else { return }
+        let body = "kaizen-egress: bad request: \(reason)\n"
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: "\(body.utf8.count)")
+        headers.add(name: "Connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    /// Closes once what was written has gone out.
+    func closeAfterWrites() {
+        guard let context else { return }
+        context.flush()
+        if let lastWrite {
+            lastWrite.whenComplete { _ in context.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    func close() {
+        context?.close(promise: nil)
+    }
+}
+
+/// The upstream side: requests out over the verified TLS client, responses in.
+final class InterceptedUpstreamHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let connection: InterceptedConnection
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private(set) var isClosed = false
+
+    init(connection: InterceptedConnection) {
+        self.connection = connection
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        connection.attach(upstream: self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.fromUpstream(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        connection.upstreamReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            connection.upstreamHandshakeCompleted()
+        } else if case ChannelEvent.inputClosed = event {
+            context.close(promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        connection.upstreamFailed(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        isClosed = true
+        connection.upstreamClosed()
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { connection.client?.partnerWritable() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if connection.client?.isWritable ?? false {
+            context.read()
+        } else {
+            pendingRead = true
+        }
+    }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func send(_ part: HTTPClientRequestPart, flush: Bool = false) {
+        guard let context else { return }
+        if flush {
+            context.writeAndFlush(wrapOutboundOut(part), promise: nil)
+        } else {
+            context.write(wrapOutboundOut(part), promise: nil)
+        }
+    }
+
+    func flush() { context?.flush() }
+
+    func partnerWritable() {
+        if pendingRead, let context {
+            pendingRead = false
+            context.read()
+        }
+    }
+
+    func close() {
+        context?.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension InterceptedClientHandler: Sendable {}
+
+@available(*, unavailable)
+extension InterceptedUpstreamHandler: Sendable {}

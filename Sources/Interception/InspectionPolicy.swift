@@ -1,0 +1,84 @@
+public import OpenSSLTLS
+import Synchronization
+
+/// Which tunnels are inspected, decided from the CONNECT host and the ClientHello. Pure apart from the
+/// memory of names whose clients refused a minted certificate (pinning), which is thread-safe.
+public final class InspectionPolicy: Sendable {
+    public enum Decision: Sendable, Hashable {
+        /// Terminate the client's TLS with a leaf for `leaf`; verify the upstream as `upstreamName`.
+        case inspect(leaf: OpenSSLCertificateAuthority.LeafName, upstreamName: String)
+        /// Relay untouched, as destination-only mode does; `reason` goes in the action.
+        case passthrough(reason: String)
+    }
+
+    private let inspectHosts: HostPatterns?
+    private let passthroughHosts: HostPatterns?
+    private let pinnedFor: Int64
+    private let pins = Mutex([String: Int64]())
+    private static let pinLimit = 10_000
+
+    /// - Parameters:
+    ///   - inspectHosts: only these are inspected (nil: all).
+    ///   - passthroughHosts: these never are.
+    ///   - pinnedFor: seconds a name whose client refused our certificate passes through.
+    public init(inspectHosts: HostPatterns?, passthroughHosts: HostPatterns?, pinnedFor: Int64) {
+        self.inspectHosts = inspectHosts
+        self.passthroughHosts = passthroughHosts
+        self.pinnedFor = pinnedFor
+    }
+
+    /// Whether a CONNECT to `host` may be inspected at all (before its ClientHello is seen): false when the
+    /// host is excluded whatever the SNI says, so the tunnel is set up as a plain relay at once.
+    public func mayInspect(connectHost host: String) -> Bool {
+        !(passthroughHosts?.matches(host) ?? false)
+    }
+
+    /// - Parameters:
+    ///   - connectHost: the host of the CONNECT request (a name or an IP address, no brackets).
+    ///   - isTLS: whether the client's first bytes were a ClientHello.
+    ///   - serverName: the ClientHello's SNI, if any.
+    public func decide(connectHost: String, isTLS: Bool, serverName: String?, now: Int64) -> Decision {
+        guard isTLS else { return .passthrough(reason: "not TLS") }
+        let name = (serverName ?? connectHost).lowercased()
+        if let passthroughHosts, passthroughHosts.matches(name) || passthroughHosts.matches(connectHost) {
+            return .passthrough(reason: "passthrough host")
+        }
+        if let inspectHosts, !inspectHosts.matches(name) {
+            return .passthrough(reason: "not in KAIZEN_INSPECT_HOSTS")
+        }
+        if isPinned(name, now: now) {
+            return .passthrough(reason: "client refused the inspection certificate recently (pinning)")
+        }
+        let leaf: OpenSSLCertificateAuthority.LeafName
+        if let serverName {
+            leaf = .dns(serverName.lowercased())
+        } else if OpenSSLConnection.isIPAddress(connectHost) {
+            leaf = .ip(connectHost)
+        } else {
+            leaf = .dns(connectHost.lowercased())
+        }
+        return .inspect(leaf: leaf, upstreamName: serverName ?? connectHost)
+    }
+
+    /// A client aborted the handshake with our certificate: pass `name` through for a while.
+    public func notePinned(_ name: String, now: Int64) {
+        pins.withLock { pins in
+            if pins.count >= Self.pinLimit {
+                pins = pins.filter { $0.value > now }
+                if pins.count >= Self.pinLimit { pins.removeAll() }
+            }
+            pins[name.lowercased()] = now + pinnedFor
+        }
+    }
+
+    public func isPinned(_ name: String, now: Int64) -> Bool {
+        pins.withLock { pins in
+            guard let until = pins[name.lowercased()] else { return false }
+            if until <= now {
+                pins[name.lowercased()] = nil
+                return false
+            }
+            return true
+        }
+    }
+}
