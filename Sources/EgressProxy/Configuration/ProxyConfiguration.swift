@@ -204,12 +204,12 @@ public struct ProxyConfiguration: Sendable {
         case (.some, nil):
             throw ConfigurationError(
                 variable: ConfigurationKey.caKey.variable,
-                "KAIZEN_CA_CERT is set but KAIZEN_CA_KEY is not: set \(ConfigurationKey.caKey.spelled) to the CA's private key, or unset KAIZEN_CA_CERT to run without inspection"
+                "KAIZEN_CA_KEY is not set while KAIZEN_CA_CERT is: set \(ConfigurationKey.caKey.spelled) to the CA's private key, or unset KAIZEN_CA_CERT to run without inspection"
             )
         case (nil, .some):
             throw ConfigurationError(
                 variable: ConfigurationKey.caCertificate.variable,
-                "KAIZEN_CA_KEY is set but KAIZEN_CA_CERT is not: set \(ConfigurationKey.caCertificate.spelled) to the CA certificate, or unset KAIZEN_CA_KEY to run without inspection"
+                "KAIZEN_CA_CERT is not set while KAIZEN_CA_KEY is: set \(ConfigurationKey.caCertificate.spelled) to the CA certificate, or unset KAIZEN_CA_KEY to run without inspection"
             )
         }
         self.inspectHosts = try Self.hostPatterns(value(.inspectHosts), key: .inspectHosts)

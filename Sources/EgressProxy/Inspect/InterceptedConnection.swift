@@ -190,6 +190,21 @@ final class InterceptedConnection {
         }
     }
 
+    /// The request could not be parsed (llhttp refused it): answer 400, report it, close.
+    func clientSentMalformedRequest(_ error: HTTPParserError) {
+        // llhttp reports framing conflicts (both lengths, duplicate lengths) only as `unknown`.
+        let reason = error == .unknown
+            ? "malformed request: ambiguous message framing" : "malformed request: \(error)"
+        var exchange = machine.connectionClosed() ?? InterceptedExchangeStateMachine.Exchange(method: "", path: "")
+        exchange.status = 400
+        reporting.logger.info(
+            "rejected an intercepted request", metadata: ["target": "\(target)", "status": "400", "reason": "\(reason)"])
+        report(exchange, error: "rejected: \(reason)")
+        noteClose(by: .proxy, reason: "bad_request")
+        client?.sendBadRequest(reason: reason)
+        upstream?.close()
+    }
+
     func clientReadComplete() { upstream?.flush() }
     func upstreamReadComplete() { client?.flush() }
 
@@ -271,8 +286,8 @@ final class InterceptedConnection {
         request.startedAt = exchangeStartedAt ?? metadata.startedAt
         exchangeStartedAt = nil
         request.intercepted = true
-        request.method = exchange.method
-        request.path = exchange.path
+        request.method = exchange.method.isEmpty ? nil : exchange.method
+        request.path = exchange.path.isEmpty ? nil : exchange.path
         request.status = exchange.status
         request.requestBodyBytes = exchange.requestBodyBytes
         request.responseBodyBytes = exchange.responseBodyBytes

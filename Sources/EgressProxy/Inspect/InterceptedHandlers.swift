@@ -47,7 +47,11 @@ final class InterceptedClientHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        connection.clientFailed(error)
+        if let parserError = error as? HTTPParserError {
+            connection.clientSentMalformedRequest(parserError)
+        } else {
+            connection.clientFailed(error)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

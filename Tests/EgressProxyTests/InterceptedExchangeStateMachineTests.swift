@@ -1,0 +1,110 @@
+@testable import EgressProxy
+import NIOCore
+import NIOHTTP1
+import Testing
+
+@Suite struct InterceptedExchangeStateMachineTests {
+    typealias Machine = InterceptedExchangeStateMachine
+
+    func request(_ method: HTTPMethod = .GET, _ uri: String = "/a", _ headers: HTTPHeaders = [:]) -> HTTPRequestHead {
+        HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
+    }
+
+    func response(_ status: HTTPResponseStatus = .ok, _ headers: HTTPHeaders = [:]) -> HTTPResponseHead {
+        HTTPResponseHead(version: .http1_1, status: status, headers: headers)
+    }
+
+    @Test func keepAliveExchangesAreEachCompletedAndReported() {
+        var machine = Machine(reportQuery: false)
+        for index in 0..<3 {
+            #expect(machine.mayReadClient)
+            #expect(machine.requestHead(request(.POST, "/items/\(index)?token=secret")) == .forward)
+            #expect(machine.requestBody(5) == .forward)
+            #expect(machine.requestEnd() == .forward)
+            #expect(!machine.mayReadClient)  // one request at a time
+            #expect(machine.responseHead(response(.created)) == .forward)
+            #expect(machine.responseBody(7) == .forward)
+            var exchange = Machine.Exchange(method: "POST", path: "/items/\(index)")
+            exchange.requestBodyBytes = 5
+            exchange.responseBodyBytes = 7
+            exchange.status = 201
+            exchange.requestEnded = true
+            exchange.responseEnded = true
+            #expect(machine.responseEnd() == .forwardAndComplete(exchange, thenClose: false))
+        }
+        #expect(machine.completed == 3)
+    }
+
+    @Test func connectionCloseEndsTheConnectionAfterTheExchange() {
+        var machine = Machine(reportQuery: false)
+        _ = machine.requestHead(request(.GET, "/", ["Connection": "close"]))
+        _ = machine.requestEnd()
+        _ = machine.responseHead(response())
+        guard case .forwardAndComplete(_, let thenClose) = machine.responseEnd() else {
+            Issue.record("expected completion")
+            return
+        }
+        #expect(thenClose)
+        #expect(!machine.mayReadClient)
+
+        var upstreamCloses = Machine(reportQuery: false)
+        _ = upstreamCloses.requestHead(request())
+        _ = upstreamCloses.requestEnd()
+        _ = upstreamCloses.responseHead(response(.ok, ["Connection": "close"]))
+        guard case .forwardAndComplete(_, true) = upstreamCloses.responseEnd() else {
+            Issue.record("expected close after the exchange")
+            return
+        }
+    }
+
+    @Test func informationalResponsesPassThroughBeforeTheFinalOne() {
+        var machine = Machine(reportQuery: false)
+        _ = machine.requestHead(request(.PUT, "/upload", ["Expect": "100-continue", "Content-Length": "3"]))
+        #expect(machine.responseHead(response(.continue)) == .forward)
+        #expect(machine.responseEnd() == .forward)
+        #expect(machine.mayReadClient)  // the body may now be sent
+        _ = machine.requestBody(3)
+        _ = machine.requestEnd()
+        _ = machine.responseHead(response(.ok))
+        guard case .forwardAndComplete(let exchange, _) = machine.responseEnd() else {
+            Issue.record("expected completion")
+            return
+        }
+        #expect(exchange.status == 200 && exchange.requestBodyBytes == 3)
+    }
+
+    @Test(arguments: [
+        (["Content-Length": "3", "Transfer-Encoding": "chunked"], "both Content-Length and Transfer-Encoding"),
+        (["Content-Length": "3, 4"], "more than one Content-Length"),
+        (["Content-Length": "+3"], "an invalid Content-Length"),
+        (["Transfer-Encoding": "gzip, chunked"], "a Transfer-Encoding other than chunked"),
+    ] as [([String: String], String)])
+    func ambiguousRequestsAreRejected(headers: [String: String], reason: String) {
+        var machine = Machine(reportQuery: false)
+        let head = request(.POST, "/x", HTTPHeaders(headers.map { ($0.key, $0.value) }))
+        #expect(machine.requestHead(head) == .reject(reason: reason))
+        #expect(!machine.mayReadClient)
+    }
+
+    @Test func duplicateContentLengthHeadersAreRejected() {
+        var machine = Machine(reportQuery: false)
+        let head = request(.POST, "/x", HTTPHeaders([("Content-Length", "3"), ("Content-Length", "3")]))
+        #expect(machine.requestHead(head) == .reject(reason: "more than one Content-Length"))
+    }
+
+    @Test func theQueryIsDroppedUnlessKept() {
+        #expect(Machine.reportedPath("/search?q=secret#frag", keepQuery: false) == "/search")
+        #expect(Machine.reportedPath("/search?q=secret#frag", keepQuery: true) == "/search?q=secret")
+        #expect(Machine.reportedPath("*", keepQuery: false) == "*")
+    }
+
+    @Test func aConnectionClosedMidExchangeHandsBackTheExchange() {
+        var machine = Machine(reportQuery: false)
+        _ = machine.requestHead(request(.GET, "/slow"))
+        _ = machine.requestEnd()
+        let cut = machine.connectionClosed()
+        #expect(cut?.path == "/slow" && cut?.status == nil)
+        #expect(machine.connectionClosed() == nil)
+        #expect(machine.requestHead(request()) == .close)
+    }
+}

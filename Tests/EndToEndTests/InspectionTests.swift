@@ -1,0 +1,291 @@
+import Foundation
+import Testing
+
+/// Inspection mode with real clients: curl, Python's ssl with VERIFY_X509_STRICT and openssl s_client accept
+/// a leaf minted from a CA made by `kaizen-egress ca init`; the proxy verifies upstreams first.
+@Suite struct InspectionTests {
+    /// The upstream PKI (TestPKI), the inspection CA, an HTTPS origin and the proxy in local mode.
+    struct Setup {
+        let pki: TestPKI
+        let caDirectory: String
+        var inspectionCA: String { caDirectory + "/ca.pem" }
+        let origin: ChildProcess
+        let originPort: Int
+        let proxy: ChildProcess
+        let proxyPort: Int
+
+        var actions: [[String: Any]] {
+            proxy.stdoutLines.filter { $0.contains("\"action\"") }.compactMap { line in
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                    let action = object["action"] as? [String: Any]
+                else { return nil }
+                return action["metadata"] as? [String: Any]
+            }
+        }
+
+        func waitForActions(_ count: Int) throws -> [[String: Any]] {
+            _ = try proxy.waitForLines(count: count, timeout: 20) { $0.contains("\"action\"") }
+            return actions
+        }
+    }
+
+    static func environment(_ extra: [String: String]) -> [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        for key in environment.keys where key.hasPrefix("KAIZEN_") || key == "PORT" || key.hasSuffix("_proxy") || key.hasSuffix("_PROXY") {
+            environment[key] = nil
+        }
+        return environment.merging(extra) { $1 }
+    }
+
+    static func makeCA(in directory: String) throws -> String {
+        let caDirectory = directory + "/inspection-ca"
+        let made = try runCommand(Paths.proxyBinary, ["ca", "init", caDirectory])
+        guard made.status == 0 else { throw TestFailure("ca init: \(made.stderr)") }
+        return caDirectory
+    }
+
+    static func startProxy(_ environment: [String: String]) throws -> (ChildProcess, Int) {
+        let proxy = try ChildProcess(Paths.proxyBinary, ["--local", "--port", "0"], environment: Self.environment(environment))
+        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
+        guard let port = Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }) else {
+            throw TestFailure("no port in \(stderr)")
+        }
+        return (proxy, port)
+    }
+
+    func setUp(extra: [String: String] = [:], trustUpstream: Bool = true) throws -> Setup {
+        let pki = try TestPKI.mint()
+        let caDirectory = try Self.makeCA(in: pki.directory)
+        let (origin, originPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        var environment = [
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem",
+            "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+        ]
+        if trustUpstream { environment["KAIZEN_UPSTREAM_CA_FILE"] = pki.caCertificate }
+        let (proxy, proxyPort) = try Self.startProxy(environment.merging(extra) { $1 })
+        return Setup(pki: pki, caDirectory: caDirectory, origin: origin, originPort: originPort, proxy: proxy, proxyPort: proxyPort)
+    }
+
+    func curl(_ setup: Setup, _ urls: [String], trust: String? = nil, extra: [String] = []) throws -> CommandResult {
+        try runCommand(
+            Paths.which("curl"),
+            ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(setup.proxyPort)", "--cacert", trust ?? setup.inspectionCA]
+                + extra + urls,
+            timeout: 30
+        )
+    }
+
+    @Test func curlGetsTheOriginsPagesAndEachRequestIsReported() throws {
+        let setup = try setUp()
+        let base = "https://localhost:\(setup.originPort)"
+        let result = try curl(setup, [base + "/hello", base + "/hello?token=secret", base + "/headers"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.hasPrefix("hello from origin\nhello from origin\nGET /headers HTTP/1.1"))
+        let actions = try setup.waitForActions(3)
+        #expect(actions.count == 3)
+        #expect(actions.map { $0["path"] as? String } == ["/hello", "/hello", "/headers"])
+        #expect(actions.allSatisfy { $0["method"] as? String == "GET" && $0["intercepted"] as? Bool == true })
+        #expect(actions.allSatisfy { $0["status"] as? Int == 200 && $0["sni"] as? String == "localhost" })
+        // One keep-alive connection: one connection id, distinct event ids; no query string reported.
+        #expect(Set(actions.compactMap { $0["connection_id"] as? String }).count == 1)
+        #expect(Set(actions.compactMap { $0["event_id"] as? String }).count == 3)
+        #expect(!setup.proxy.stdoutLines.joined().contains("secret"))
+        #expect(actions[0]["response_body_bytes"] as? Int == 18)
+    }
+
+    @Test func aPostBodyArrivesIntactAndItsSizeIsReported() throws {
+        let setup = try setUp()
+        let file = try RandomFile.make(bytes: 300_000)
+        let result = try curl(setup, ["https://localhost:\(setup.originPort)/sha256"], extra: ["--data-binary", "@\(file.path)"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "300000 \(file.sha256)")
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["method"] as? String == "POST" && action["request_body_bytes"] as? Int == 300_000)
+    }
+
+    @Test func pythonWithVerifyX509StrictAcceptsTheMintedLeaf() throws {
+        let setup = try setUp()
+        let script = """
+            import socket, ssl, sys
+            proxy_port, origin_port, cafile = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+            sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+            sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\\r\\nHost: localhost:{origin_port}\\r\\n\\r\\n".encode())
+            reply = b""
+            while b"\\r\\n\\r\\n" not in reply:
+                reply += sock.recv(1024)
+            assert reply.startswith(b"HTTP/1.1 200"), reply
+            context = ssl.create_default_context(cafile=cafile)
+            context.verify_flags |= ssl.VERIFY_X509_STRICT
+            tls = context.wrap_socket(sock, server_hostname="localhost")
+            tls.sendall(b"GET /hello HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n")
+            data = b""
+            while True:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            print(tls.version(), data.split(b"\\r\\n")[0].decode(), data.endswith(b"hello from origin\\n"))
+            """
+        let path = setup.pki.directory + "/strict.py"
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try runCommand(Paths.which("python3"), [path, "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "TLSv1.3 HTTP/1.1 200 OK True", "\(result.stdout) \(result.stderr)")
+    }
+
+    @Test func opensslSClientVerifiesTheLeafStrictly() throws {
+        let setup = try setUp()
+        let result = try runCommand(
+            Paths.which("openssl"),
+            ["s_client", "-proxy", "127.0.0.1:\(setup.proxyPort)", "-connect", "localhost:\(setup.originPort)",
+             "-servername", "localhost", "-verify_return_error", "-x509_strict", "-verify_hostname", "localhost",
+             "-CAfile", setup.inspectionCA, "-brief"],
+            timeout: 30
+        )
+        let text = result.stdout + result.stderr
+        #expect(text.contains("Verification: OK"), "\(text)")
+        #expect(text.contains("Verified peer certificate: CN = localhost") || text.contains("Peer certificate: CN = localhost"), "\(text)")
+    }
+
+    @Test func anUntrustedUpstreamIsNeverPresentedAsTrusted() throws {
+        let setup = try setUp(trustUpstream: false)  // the origin's CA is not trusted by the proxy
+        let result = try curl(setup, ["https://localhost:\(setup.originPort)/hello"])
+        #expect(result.status == 35, "\(result.stdout) \(result.stderr)")  // a TLS alert, not a page
+        #expect(result.stdout.isEmpty)
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["intercepted"] as? Bool == false)
+        #expect((action["error"] as? String)?.contains("unable to get local issuer certificate") == true, "\(action)")
+    }
+
+    @Test func aClientThatRefusesTheLeafIsPassedThroughAfterwards() throws {
+        let setup = try setUp()
+        let url = "https://localhost:\(setup.originPort)/hello"
+        // This client trusts the origin's CA but not the inspection CA, as a pinning client would.
+        let refused = try curl(setup, [url], trust: setup.pki.caCertificate)
+        #expect(refused.status == 60, "\(refused.stderr)")
+        let passed = try curl(setup, [url], trust: setup.pki.caCertificate)
+        #expect(passed.status == 0 && passed.stdout == "hello from origin", "\(passed.stderr)")
+        let actions = try setup.waitForActions(2)
+        #expect(actions[0]["inspection"] as? String == "tls_intercept_failed")
+        #expect((actions[1]["inspection"] as? String)?.contains("pinning") == true)
+        #expect(actions[1]["method"] == nil)
+    }
+
+    @Test func passthroughHostsAreNotDecrypted() throws {
+        let setup = try setUp(extra: ["KAIZEN_PASSTHROUGH_HOSTS": "*.example.test,localhost"])
+        let result = try curl(setup, ["https://localhost:\(setup.originPort)/hello"], trust: setup.pki.caCertificate)
+        #expect(result.status == 0 && result.stdout == "hello from origin", "\(result.stderr)")
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["intercepted"] == nil && action["method"] == nil)
+        #expect(action["sni"] as? String == "localhost")
+    }
+
+    /// Sends `request` raw inside an intercepted TLS connection; returns the status line and whether the
+    /// proxy closed the connection afterwards.
+    func sendRaw(_ setup: Setup, _ request: String) throws -> (statusLine: String, closed: Bool) {
+        let script = """
+            import socket, ssl, sys
+            proxy_port, origin_port, cafile, request = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], bytes.fromhex(sys.argv[4])
+            sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+            sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\\r\\n\\r\\n".encode())
+            reply = b""
+            while b"\\r\\n\\r\\n" not in reply:
+                reply += sock.recv(1024)
+            tls = ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname="localhost")
+            tls.sendall(request)
+            data = b""
+            closed = False
+            try:
+                while True:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        closed = True
+                        break
+                    data += chunk
+            except (ssl.SSLError, ConnectionResetError):
+                closed = True
+            except socket.timeout:
+                pass
+            print(data.split(b"\\r\\n")[0].decode() + "|" + str(closed))
+            """
+        let path = setup.pki.directory + "/raw.py"
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        let hex = Array(request.utf8).map { String(format: "%02x", $0) }.joined()
+        let result = try runCommand(
+            Paths.which("python3"), [path, "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA, hex])
+        let parts = result.stdout.split(separator: "|")
+        return (String(parts.first ?? ""), parts.last == "True")
+    }
+
+    @Test(arguments: [
+        ("both lengths", "POST /sha256 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("duplicate length", "POST /sha256 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+        ("invalid length", "POST /sha256 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3x\r\n\r\nabc"),
+        ("obs-fold", "GET /hello HTTP/1.1\r\nHost: localhost\r\nX-Folded: a\r\n b\r\n\r\n"),
+        ("bare LF", "GET /hello HTTP/1.1\nHost: localhost\n\n"),
+        ("bare CR", "GET /hello HTTP/1.1\r\nHost: localhost\r\nX-A: a\rb\r\n\r\n"),
+        ("NUL", "GET /hello HTTP/1.1\r\nHost: localhost\r\nX-A: a\u{0}b\r\n\r\n"),
+        ("chunk-size overflow", "POST /sha256 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n"),
+    ])
+    func anAmbiguousRequestInsideTLSGets400AndTheConnectionCloses(_ name: String, _ request: String) throws {
+        let setup = try setUp()
+        let (statusLine, closed) = try sendRaw(setup, request)
+        #expect(statusLine == "HTTP/1.1 400 Bad Request", "\(name): \(statusLine)")
+        #expect(closed, "\(name)")
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["status"] as? Int == 400, "\(name)")
+        #expect((action["error"] as? String)?.hasPrefix("rejected: ") == true, "\(name): \(action)")
+        #expect(setup.proxy.stderr.contains("rejected an intercepted request"))
+    }
+
+    @Test(arguments: [
+        ([String: String](), "KAIZEN_CA_KEY"),
+        (["KAIZEN_CA_KEY": "/dev/null"], "KAIZEN_CA_CERT"),
+    ])
+    func halfAConfiguredCARefusesToStart(_ settings: [String: String], _ variable: String) throws {
+        let pki = try TestPKI.mint()
+        var environment = settings
+        if settings.isEmpty { environment["KAIZEN_CA_CERT"] = pki.caCertificate }
+        let child = try ChildProcess(Paths.proxyBinary, ["--local"], environment: Self.environment(environment))
+        #expect(try child.waitForExit(timeout: 30) == 2)
+        let lines = child.stderr.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].hasPrefix("kaizen-egress: \(variable)"), "\(child.stderr)")
+    }
+
+    @Test func aCAThatCannotSignRefusesToStartAndTheKeyNeverShows() throws {
+        let pki = try TestPKI.mint()
+        // The origin's leaf certificate is not a CA; its key is readable only by us.
+        chmod(pki.serverKey, 0o600)
+        let child = try ChildProcess(
+            Paths.proxyBinary, ["--local"],
+            environment: Self.environment(["KAIZEN_CA_CERT": pki.serverCertificate, "KAIZEN_CA_KEY": pki.serverKey]))
+        #expect(try child.waitForExit(timeout: 30) == 2)
+        #expect(child.stderr.hasPrefix("kaizen-egress: KAIZEN_CA_CERT (CN = localhost) is not a CA certificate"), "\(child.stderr)")
+        let key = try String(contentsOfFile: pki.serverKey, encoding: .utf8)
+        let keyBody = key.split(separator: "\n").dropFirst().first.map(String.init) ?? "unused"
+        #expect(!child.stderr.contains(keyBody))
+    }
+
+    @Test func caInitNeverOverwritesAndDoctorExplainsTrust() throws {
+        let pki = try TestPKI.mint()
+        let directory = try Self.makeCA(in: pki.directory)
+        let mode = try FileManager.default.attributesOfItem(atPath: directory + "/ca.key")[.posixPermissions] as? NSNumber
+        #expect(mode?.intValue == 0o600)
+        let before = try String(contentsOfFile: directory + "/ca.key", encoding: .utf8)
+        let again = try runCommand(Paths.proxyBinary, ["ca", "init", directory])
+        #expect(again.status == 2 && again.stderr.contains("never overwrites"))
+        #expect(try String(contentsOfFile: directory + "/ca.key", encoding: .utf8) == before)
+
+        let doctor = try ChildProcess(
+            Paths.proxyBinary, ["ca", "doctor", "--write-bundle", pki.directory + "/bundle.pem"],
+            environment: Self.environment(["KAIZEN_CA_CERT": directory + "/ca.pem", "KAIZEN_CA_KEY": directory + "/ca.key"]))
+        #expect(try doctor.waitForExit(timeout: 30) == 0, "\(doctor.stderr)")
+        let text = doctor.stdoutLines.joined(separator: "\n")
+        for variable in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "keytool"] {
+            #expect(text.contains(variable), "\(variable) missing")
+        }
+        let bundle = try String(contentsOfFile: pki.directory + "/bundle.pem", encoding: .utf8)
+        #expect(bundle.hasSuffix(try String(contentsOfFile: directory + "/ca.pem", encoding: .utf8)))
+        #expect(!text.contains(before.split(separator: "\n")[1]))  // the key is never printed
+    }
+}
