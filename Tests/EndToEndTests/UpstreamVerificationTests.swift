@@ -1,0 +1,156 @@
+import Foundation
+import Testing
+
+/// Certificates an inspected upstream might present, minted per run with the openssl command line.
+struct UpstreamCertificates {
+    let directory: String
+    /// The root the proxy trusts (KAIZEN_UPSTREAM_CA_FILE).
+    var root: String { directory + "/root.pem" }
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("kaizen-upstream-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try "".write(toFile: directory + "/index.txt", atomically: true, encoding: .utf8)
+        try "1000\n".write(toFile: directory + "/serial", atomically: true, encoding: .utf8)
+        try """
+            [ca]
+            default_ca = test
+            [test]
+            database = index.txt
+            unique_subject = no
+            new_certs_dir = .
+            serial = serial
+            default_md = sha256
+            policy = any
+            copy_extensions = none
+            [any]
+            commonName = supplied
+            """.write(toFile: directory + "/ca.cnf", atomically: true, encoding: .utf8)
+        for name in ["root", "stranger"] {
+            try openssl([
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                "-subj", "/CN=\(name)", "-keyout", "\(name).key", "-out", "\(name).pem",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+            ])
+        }
+    }
+
+    func openssl(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Paths.which("openssl"))
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw TestFailure("openssl \(arguments.prefix(2)): \(String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
+        }
+    }
+
+    static func stamp(_ date: Date) -> String {
+        let formatter = DateFormatter()
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMddHHmmss'Z'"
+        return formatter.string(from: date)
+    }
+
+    /// `name.pem` (the chain the origin serves: leaf, then `extraChain`) and `name.key`.
+    func mint(
+        _ name: String,
+        extensions: String,
+        issuer: String = "root",
+        from start: Date = Date().addingTimeInterval(-3600),
+        until end: Date = Date().addingTimeInterval(86_400),
+        extraChain: [String] = []
+    ) throws {
+        try openssl([
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=\(name)",
+            "-keyout", "\(name).key", "-out", "\(name).csr",
+        ])
+        try extensions.write(toFile: directory + "/\(name).ext", atomically: true, encoding: .utf8)
+        if issuer == "self" {
+            try openssl([
+                "x509", "-req", "-in", "\(name).csr", "-signkey", "\(name).key", "-days", "2", "-extfile", "\(name).ext",
+                "-out", "\(name).leaf.pem",
+            ])
+        } else {
+            try openssl([
+                "ca", "-batch", "-config", "ca.cnf", "-cert", "\(issuer).pem", "-keyfile", "\(issuer).key",
+                "-in", "\(name).csr", "-out", "\(name).leaf.pem", "-startdate", Self.stamp(start),
+                "-enddate", Self.stamp(end), "-extfile", "\(name).ext", "-notext",
+            ])
+        }
+        var chain = try String(contentsOfFile: directory + "/\(name).leaf.pem", encoding: .utf8)
+        for extra in extraChain { chain += try String(contentsOfFile: directory + "/\(extra).pem", encoding: .utf8) }
+        try chain.write(toFile: directory + "/\(name).pem", atomically: true, encoding: .utf8)
+    }
+
+    func chain(_ name: String) -> String { directory + "/\(name).pem" }
+    func key(_ name: String) -> String { directory + "/\(name).key" }
+}
+
+/// The upstream verification matrix: each bad upstream fails with its reason and the client never gets a
+/// trusted connection; a valid chain and an IP SAN are accepted.
+@Suite struct UpstreamVerificationTests {
+    static let server = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+
+    @Test func eachBadUpstreamFailsWithItsReasonAndGoodOnesPass() throws {
+        let certificates = try UpstreamCertificates()
+        let localhost = "subjectAltName=DNS:localhost\n" + Self.server
+        let day: TimeInterval = 86_400
+        try certificates.mint("expired", extensions: localhost, from: Date().addingTimeInterval(-3 * day), until: Date().addingTimeInterval(-day))
+        try certificates.mint("future", extensions: localhost, from: Date().addingTimeInterval(day), until: Date().addingTimeInterval(2 * day))
+        try certificates.mint("wrong-host", extensions: "subjectAltName=DNS:other.test\n" + Self.server)
+        try certificates.mint("self-signed", extensions: localhost, issuer: "self")
+        try certificates.mint("unknown-root", extensions: localhost, issuer: "stranger")
+        try certificates.mint("not-a-ca", extensions: "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,keyCertSign,digitalSignature\n")
+        try certificates.mint("under-not-a-ca", extensions: localhost, issuer: "not-a-ca", extraChain: ["not-a-ca.leaf"])
+        try certificates.mint("intermediate", extensions: "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n")
+        try certificates.mint("via-intermediate", extensions: localhost, issuer: "intermediate", extraChain: ["intermediate.leaf"])
+        try certificates.mint("dns-only", extensions: localhost)
+        try certificates.mint("ip-san", extensions: "subjectAltName=IP:127.0.0.1\n" + Self.server)
+
+        let caDirectory = try InspectionTests.makeCA(in: certificates.directory)
+        let (proxy, proxyPort) = try InspectionTests.startProxy([
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": certificates.root,
+        ])
+        let cases: [(name: String, host: String, expected: String?)] = [
+            ("expired", "localhost", "certificate has expired"),
+            ("future", "localhost", "certificate is not yet valid"),
+            ("wrong-host", "localhost", "hostname mismatch"),
+            ("self-signed", "localhost", "self-signed certificate"),
+            ("unknown-root", "localhost", "unable to get local issuer certificate"),
+            ("under-not-a-ca", "localhost", "invalid CA certificate"),
+            ("dns-only", "127.0.0.1", "IP address mismatch"),
+            ("via-intermediate", "localhost", nil),
+            ("ip-san", "127.0.0.1", nil),
+        ]
+        var origins: [ChildProcess] = []
+        defer { withExtendedLifetime(origins) {} }
+        for (index, testCase) in cases.enumerated() {
+            let (origin, port) = try ChildProcess.origin(
+                mode: "https", cert: certificates.chain(testCase.name), key: certificates.key(testCase.name))
+            origins.append(origin)
+            let result = try runCommand(
+                Paths.which("curl"),
+                ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "--cacert", caDirectory + "/ca.pem",
+                 "https://\(testCase.host):\(port)/hello"],
+                timeout: 30
+            )
+            let lines = try proxy.waitForLines(count: index + 1, timeout: 20) { $0.contains("\"action\"") }
+            let action = lines[index]
+            if let expected = testCase.expected {
+                #expect(result.status == 35 && result.stdout.isEmpty, "\(testCase.name): \(result.status) \(result.stdout)")
+                #expect(action.contains("upstream certificate verification failed: \(expected)"), "\(testCase.name): \(action)")
+                #expect(action.contains("\"intercepted\":false"), "\(testCase.name)")
+            } else {
+                #expect(result.status == 0 && result.stdout == "hello from origin", "\(testCase.name): \(result.stderr)")
+                #expect(action.contains("\"intercepted\":true") && action.contains("\"path\":\"/hello\""), "\(testCase.name): \(action)")
+            }
+        }
+    }
+}
