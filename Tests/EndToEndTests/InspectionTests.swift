@@ -238,6 +238,50 @@ import Testing
         #expect(setup.proxy.stderr.contains("rejected an intercepted request"))
     }
 
+    @Test func aWebSocketEchoWorksThroughTheInspection() throws {
+        let setup = try setUp()
+        let script = """
+            import base64, os, socket, ssl, sys
+            proxy_port, origin_port, cafile = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+            sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+            sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\\r\\n\\r\\n".encode())
+            reply = b""
+            while b"\\r\\n\\r\\n" not in reply:
+                reply += sock.recv(1024)
+            tls = ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname="localhost")
+            key = base64.b64encode(os.urandom(16)).decode()
+            tls.sendall((f"GET /ws HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+                         f"Sec-WebSocket-Key: {key}\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n").encode())
+            head = b""
+            while b"\\r\\n\\r\\n" not in head:
+                head += tls.recv(1)
+            print(head.split(b"\\r\\n")[0].decode())
+            def send(text):
+                mask = os.urandom(4)
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(text.encode()))
+                tls.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + payload)
+                header = tls.recv(2)
+                data = b""
+                while len(data) < header[1]:
+                    data += tls.recv(header[1] - len(data))
+                return data.decode()
+            for text in ("hello ws", "second frame"):
+                print(send(text))
+            tls.sendall(bytes([0x88, 0x80]) + os.urandom(4))
+            print(tls.recv(2) == b"\\x88\\x00")
+            """
+        let path = setup.pki.directory + "/ws.py"
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try runCommand(Paths.which("python3"), [path, "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA])
+        #expect(result.stdout == "HTTP/1.1 101 Switching Protocols\necho: hello ws\necho: second frame\nTrue", "\(result.stdout) \(result.stderr)")
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["method"] as? String == "GET" && action["path"] as? String == "/ws" && action["status"] as? Int == 101)
+        // The relay's bytes count toward the connection's close record.
+        _ = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
+        let close = try #require(setup.proxy.stdoutLines.first { $0.contains("\"close\"") })
+        #expect(!close.contains("\"bytes_from_client\":0,"), "\(close)")
+    }
+
     @Test(arguments: [
         ([String: String](), "KAIZEN_CA_KEY"),
         (["KAIZEN_CA_KEY": "/dev/null"], "KAIZEN_CA_CERT"),

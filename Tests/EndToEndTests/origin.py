@@ -5,12 +5,14 @@ Modes:
                 GET /hello          -> "hello from origin\n"
                 GET /headers        -> the request head as received, one "name: value" per line
                 POST|PUT /sha256    -> "<body length> <sha256 hex>\n" (Content-Length or chunked body)
+                GET /ws (WebSocket) -> 101, then echoes each text frame back as "echo: <text>"
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
   echo          echoes every byte back
   halfclose     reads until EOF, then answers "got <n> bytes\n" and closes
 Prints "PORT <n>" on stdout once it listens.
 """
 import argparse
+import base64
 import hashlib
 import http.server
 import socket
@@ -49,8 +51,40 @@ class Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         return self.rfile.read(length)
 
+    def websocket(self):
+        accept = base64.b64encode(hashlib.sha1(
+            (self.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            header = self.rfile.read(2)
+            if len(header) < 2:
+                return
+            opcode, length = header[0] & 0x0F, header[1] & 0x7F
+            if length == 126:
+                length = int.from_bytes(self.rfile.read(2), "big")
+            elif length == 127:
+                length = int.from_bytes(self.rfile.read(8), "big")
+            mask = self.rfile.read(4) if header[1] & 0x80 else b"\0\0\0\0"
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(length)))
+            if opcode == 8:  # close: answer and stop
+                self.wfile.write(b"\x88\x00")
+                self.wfile.flush()
+                return
+            reply = b"echo: " + payload
+            self.wfile.write(bytes([0x81, len(reply)]) + reply if len(reply) < 126
+                             else bytes([0x81, 126]) + len(reply).to_bytes(2, "big") + reply)
+            self.wfile.flush()
+
     def do_GET(self):
-        if self.path.startswith("/hello"):
+        if self.path.startswith("/ws") and self.headers.get("Upgrade", "").lower() == "websocket":
+            self.websocket()
+            self.close_connection = True
+        elif self.path.startswith("/hello"):
             self.reply(200, "hello from origin\n")
         elif self.path.startswith("/headers"):
             lines = [f"{self.command} {self.path} {self.request_version}"]

@@ -173,11 +173,11 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             // it succeeds (then gets a leaf for the name) or fails (then gets an alert).
             let upstreamPipeline = tunnel.upstream.pipeline.syncOperations
             try upstreamPipeline.addHandler(try OpenSSLTLSHandler(context: inspection.upstreamTLS, serverName: upstreamName))
-            try upstreamPipeline.addHTTPClientHandlers(
-                leftOverBytesStrategy: .fireError,
-                enableOutboundHeaderValidation: false,
-                encoderConfiguration: .init()
-            )
+            // The encoder first, then the decoder: the decoder watches outgoing requests (HEAD has no body).
+            // 1xx responses are passed on; bytes after a 101 go on to the relay that replaces HTTP.
+            try upstreamPipeline.addHandler(HTTPRequestEncoder())
+            try upstreamPipeline.addHandler(
+                ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)))
             try upstreamPipeline.addHandler(InterceptedUpstreamHandler(connection: connection))
 
             let clientTLS = try OpenSSLTLSHandler(
@@ -192,7 +192,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             let clientHandler = InterceptedClientHandler(connection: connection)
             try clientPipeline.addHandler(clientTLS, position: .after(self))
             try clientPipeline.addHandler(
-                ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)), position: .after(clientTLS))
+                ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)), position: .after(clientTLS))
             try clientPipeline.addHandler(clientHandler, position: .last)
             try clientPipeline.addHandler(HTTPResponseEncoder(), position: .before(clientHandler))
             tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }

@@ -37,6 +37,11 @@ final class InterceptedConnection {
     private var closedBy: CloseRecord.ClosedBy?
     private var closeReason: String?
     private var finished = false
+    /// After an upgrade the relay handlers, not the HTTP ones, report each side's close.
+    private var upgraded = false
+    private var relays: (client: UpgradedRelayHandler, upstream: UpgradedRelayHandler)?
+    private var clientClosedFlag = false
+    private var upstreamClosedFlag = false
     private var lastActivity: NIODeadline
     private var idleTimer: Scheduled<Void>?
 
@@ -116,6 +121,7 @@ final class InterceptedConnection {
 
     func fromClient(_ part: HTTPServerRequestPart) {
         lastActivity = .now()
+        reporting.logger.trace("request part", metadata: ["part": "\(part)"])
         switch part {
         case .head(let head):
             exchangeStartedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
@@ -130,6 +136,7 @@ final class InterceptedConnection {
 
     func fromUpstream(_ part: HTTPClientResponsePart) {
         lastActivity = .now()
+        reporting.logger.trace("response part", metadata: ["part": "\(part)"])
         let action: InterceptedExchangeStateMachine.Action
         let forward: HTTPServerResponsePart
         switch part {
@@ -159,9 +166,45 @@ final class InterceptedConnection {
             } else {
                 client?.resumeReading()
             }
+        case .forwardAndUpgrade(let exchange):
+            client?.send(forward, flush: true)
+            report(exchange, error: nil)
+            upgrade()
         case .reject, .close:
             closeBoth()
         }
+    }
+
+    /// After a 101: both sides' HTTP handlers give way to a byte relay (bytes already read past the 101, on
+    /// either side, flow into it as the decoders leave).
+    private func upgrade() {
+        guard let client, let upstream else { return }
+        let (clientRelay, upstreamRelay) = UpgradedRelayHandler.matchedPair(connection: self)
+        do {
+            try client.replace(with: clientRelay)
+            try upstream.replace(with: upstreamRelay)
+        } catch {
+            reporting.logger.error("cannot switch an upgraded connection to a relay", metadata: ["error": "\(error)"])
+            closeBoth()
+            return
+        }
+        upgraded = true
+        relays = (clientRelay, upstreamRelay)
+        clientRelay.startReading()
+        upstreamRelay.startReading()
+        reporting.logger.debug("intercepted connection upgraded to a relay", metadata: ["target": "\(target)"])
+    }
+
+    /// Bytes relayed after an upgrade, for the close record.
+    func relayed(_ count: Int, fromClient: Bool) {
+        lastActivity = .now()
+        if fromClient { requestBytes &+= UInt64(count) } else { responseBytes &+= UInt64(count) }
+    }
+
+    func relayClosed(fromClient: Bool) {
+        if fromClient { clientClosedFlag = true } else { upstreamClosedFlag = true }
+        noteClose(by: fromClient ? .client : .upstream, reason: "eof")
+        if clientClosedFlag && upstreamClosedFlag { finish() }
     }
 
     private func handle(_ action: InterceptedExchangeStateMachine.Action, forward: HTTPClientRequestPart) {
@@ -176,6 +219,10 @@ final class InterceptedConnection {
             upstream?.send(forward, flush: true)
             report(exchange, error: nil)
             if thenClose { closeBoth() } else { client?.resumeReading() }
+        case .forwardAndUpgrade(let exchange):
+            upstream?.send(forward, flush: true)
+            report(exchange, error: nil)
+            upgrade()
         case .reject(let reason):
             var exchange = machine.connectionClosed()
             exchange?.status = 400
@@ -217,12 +264,14 @@ final class InterceptedConnection {
     }
 
     func clientClosed() {
+        guard !upgraded else { return }
         noteClose(by: .client, reason: "eof")
         upstream?.close()
         finishIfBothClosed()
     }
 
     func upstreamClosed() {
+        guard !upgraded else { return }
         noteClose(by: .upstream, reason: "eof")
         if !upstreamHandshakeDone {
             upstreamReady.fail(ChannelError.ioOnClosedChannel)
@@ -235,6 +284,8 @@ final class InterceptedConnection {
     func closeBoth() {
         client?.close()
         upstream?.close()
+        relays?.client.close()
+        relays?.upstream.close()
     }
 
     func shutdown() {

@@ -14,6 +14,8 @@ struct InterceptedExchangeStateMachine {
         var responseEnded = false
         /// Either side asked to close after this exchange.
         var closeAfter = false
+        /// The upstream switched protocols (101): the connection becomes a two-way byte relay.
+        var upgraded = false
     }
 
     enum Action: Equatable {
@@ -22,6 +24,8 @@ struct InterceptedExchangeStateMachine {
         case forward
         /// Pass it on; the exchange is complete: report it, then read the next request (or close).
         case forwardAndComplete(Exchange, thenClose: Bool)
+        /// Pass it on; the exchange is complete (report it) and the connection is now a raw relay.
+        case forwardAndUpgrade(Exchange)
         /// A request the proxy will not forward: answer 400 with the reason, report it, close.
         case reject(reason: String)
         /// Nothing more can happen on this connection: close both sides (the part is dropped).
@@ -74,7 +78,11 @@ struct InterceptedExchangeStateMachine {
         // 1xx responses (100 Continue) are passed on; the final response comes after them.
         if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return .forward }
         current!.status = Int(head.status.code)
-        if !head.isKeepAlive { current!.closeAfter = true }
+        if head.status == .switchingProtocols {
+            current!.upgraded = true
+        } else if !head.isKeepAlive {
+            current!.closeAfter = true
+        }
         return .forward
     }
 
@@ -102,6 +110,10 @@ struct InterceptedExchangeStateMachine {
         guard let exchange = current, exchange.requestEnded, exchange.responseEnded else { return .forward }
         current = nil
         completed += 1
+        if exchange.upgraded {
+            closed = true  // no more HTTP on this connection
+            return .forwardAndUpgrade(exchange)
+        }
         if exchange.closeAfter { closed = true }
         return .forwardAndComplete(exchange, thenClose: exchange.closeAfter)
     }

@@ -4,7 +4,7 @@ import NIOTLS
 
 /// The client side of an intercepted connection, above the TLS server and the HTTP/1.1 codec: requests in,
 /// responses out. Reads only while the upstream can take more and no complete request awaits its response.
-final class InterceptedClientHandler: ChannelDuplexHandler {
+final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
@@ -99,6 +99,21 @@ final class InterceptedClientHandler: ChannelDuplexHandler {
 
     func partnerWritable() { resumeReading() }
 
+    /// After a 101: the relay takes this handler's place and the HTTP codec leaves (its decoder hands any
+    /// bytes it holds to the relay).
+    func replace(with relay: UpgradedRelayHandler) throws {
+        guard let context else { throw ChannelError.ioOnClosedChannel }
+        let pipeline = context.pipeline.syncOperations
+        try pipeline.addHandler(relay, position: .last)
+        pipeline.removeHandler(context: context, promise: nil)
+        if let encoder = try? pipeline.handler(type: HTTPResponseEncoder.self) {
+            pipeline.removeHandler(encoder, promise: nil)
+        }
+        if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
+            pipeline.removeHandler(decoder, promise: nil)
+        }
+    }
+
     func sendBadRequest(reason: String) {
         guard let context else { return }
         let body = "kaizen-egress: bad request: \(reason)\n"
@@ -128,7 +143,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler {
 }
 
 /// The upstream side: requests out over the verified TLS client, responses in.
-final class InterceptedUpstreamHandler: ChannelDuplexHandler {
+final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
@@ -208,6 +223,20 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler {
         if pendingRead, let context {
             pendingRead = false
             context.read()
+        }
+    }
+
+    /// See `InterceptedClientHandler.replace(with:)`.
+    func replace(with relay: UpgradedRelayHandler) throws {
+        guard let context else { throw ChannelError.ioOnClosedChannel }
+        let pipeline = context.pipeline.syncOperations
+        try pipeline.addHandler(relay, position: .last)
+        pipeline.removeHandler(context: context, promise: nil)
+        if let encoder = try? pipeline.handler(type: HTTPRequestEncoder.self) {
+            pipeline.removeHandler(encoder, promise: nil)
+        }
+        if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self) {
+            pipeline.removeHandler(decoder, promise: nil)
         }
     }
 
