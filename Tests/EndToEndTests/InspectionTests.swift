@@ -180,6 +180,34 @@ import Testing
         #expect(action["sni"] as? String == "localhost")
     }
 
+    @Test func aNameOutsideTheCAsNameConstraintsIsPassedThroughWithTheReason() throws {
+        let pki = try TestPKI.mint()
+        let directory = pki.directory + "/constrained"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let made = try runCommand(Paths.which("openssl"), [
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=constrained inspection CA", "-keyout", directory + "/ca.key", "-out", directory + "/ca.pem",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+            "-addext", "subjectKeyIdentifier=hash", "-addext", "nameConstraints=critical,permitted;DNS:.corp.test",
+        ])
+        #expect(made.status == 0, "\(made.stderr)")
+        chmod(directory + "/ca.key", 0o600)
+        let (origin, originPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        defer { withExtendedLifetime(origin) {} }
+        let (proxy, proxyPort) = try Self.startProxy([
+            "KAIZEN_CA_CERT": directory + "/ca.pem", "KAIZEN_CA_KEY": directory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ])
+        let result = try runCommand(Paths.which("curl"), [
+            "-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "--cacert", pki.caCertificate,
+            "https://localhost:\(originPort)/hello",
+        ])
+        #expect(result.status == 0 && result.stdout == "hello from origin", "\(result.stderr)")
+        let line = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        #expect(line.contains("\"inspection\":\"localhost is outside the CA's name constraints\""), "\(line)")
+        #expect(!line.contains("\"method\""))
+    }
+
     /// Sends `request` raw inside an intercepted TLS connection; returns the status line and whether the
     /// proxy closed the connection afterwards.
     func sendRaw(_ setup: Setup, _ request: String) throws -> (statusLine: String, closed: Bool) {

@@ -29,6 +29,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     private let reporting: Reporting
     private var held: ByteBuffer?
     private var decided = false
+    /// The ClientHello is in and the decision is being made (a leaf may be minting).
+    private var deciding = false
     private var timer: Scheduled<Void>?
 
     init(tunnel: Tunnel, inspection: Inspection, settings: ConnectionSettings, reporting: Reporting) {
@@ -58,6 +60,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         } else {
             held!.writeBuffer(&bytes)
         }
+        guard !deciding else { return }
         switch ClientHelloParser.parse(held!, limit: settings.clientHelloLimit) {
         case .needMoreData:
             if held!.readableBytes >= settings.clientHelloLimit {
@@ -88,6 +91,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     private func decide(hello: ClientHello, context: ChannelHandlerContext) {
+        // Further bytes (the client may not wait) stay held until the decision is carried out.
+        deciding = true
         let decision = inspection.policy.decide(
             connectHost: tunnel.destination.host,
             isTLS: true,
@@ -98,7 +103,27 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         case .passthrough(let reason):
             passThrough(reason: reason, context: context)
         case .inspect(let leaf, let upstreamName):
-            intercept(hello: hello, leaf: leaf, upstreamName: upstreamName, context: context)
+            // The leaf first: a name the CA may not sign (outside its nameConstraints, or not a name a
+            // certificate can carry) is passed through, with the reason, rather than refused.
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            inspection.leaves.leaf(for: leaf, on: context.eventLoop).whenComplete { result in
+                let (handler, context) = loopBound.value
+                switch result {
+                case .success:
+                    handler.intercept(hello: hello, leaf: leaf, upstreamName: upstreamName, context: context)
+                case .failure(let error as OpenSSLCertificateAuthority.MintingError):
+                    switch error {
+                    case .outsideNameConstraints, .invalidName:
+                        handler.passThrough(reason: "\(error)", context: context)
+                    case .openSSL:
+                        handler.reporting.logger.error("cannot mint a certificate", metadata: ["name": "\(leaf)", "error": "\(error)"])
+                        handler.passThrough(reason: "certificate minting failed", context: context)
+                    }
+                case .failure(let error):
+                    handler.reporting.logger.error("cannot mint a certificate", metadata: ["name": "\(leaf)", "error": "\(error)"])
+                    handler.passThrough(reason: "certificate minting failed", context: context)
+                }
+            }
         }
     }
 
@@ -149,6 +174,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         upstreamName: String,
         context: ChannelHandlerContext
     ) {
+        guard !decided else { return }
         decided = true
         timer?.cancel()
         var metadata = tunnel.metadata
