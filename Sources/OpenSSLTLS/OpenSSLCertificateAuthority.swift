@@ -66,6 +66,9 @@ public final class OpenSSLCertificateAuthority: @unchecked Sendable {
 
     public var certificate: OpenSSLCertificate { chain[0] }
 
+    /// Whether any certificate of the chain limits the names it may sign.
+    public var hasNameConstraints: Bool { chain.contains { $0.hasNameConstraints } }
+
     /// A leaf for `name` with the public half of `leafKey`, valid from `now` − 1 h for `lifetime` seconds
     /// (cut at the CA's own expiry). The chain returned is the leaf followed by this CA's chain.
     public func mintLeaf(
@@ -213,7 +216,7 @@ public final class OpenSSLCertificateAuthority: @unchecked Sendable {
 
     /// Host names: LDH labels (A-labels for IDNs, as SNI carries them), 1–253 characters, no empty label;
     /// IP addresses: what `inet_pton` accepts.
-    static func validate(_ name: LeafName) throws(MintingError) {
+    public static func validate(_ name: LeafName) throws(MintingError) {
         switch name {
         case .ip(let address):
             guard OpenSSLConnection.isIPAddress(address) else { throw .invalidName(address) }

@@ -1,4 +1,5 @@
 internal import CSSL
+public import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -124,6 +125,59 @@ public final class OpenSSLConnection {
         var bytes = [UInt8](repeating: 0, count: pending)
         let read = bytes.withUnsafeMutableBytes { BIO_read(toNetwork, $0.baseAddress, Int32(pending)) }
         return read > 0 ? Array(bytes.prefix(Int(read))) : []
+    }
+
+    // MARK: network side, ByteBuffer (the handler's path: no intermediate arrays)
+
+    public func consumeFromNetwork(_ buffer: ByteBuffer) {
+        guard buffer.readableBytes > 0 else { return }
+        buffer.withUnsafeReadableBytes { raw in
+            _ = BIO_write(fromNetwork, raw.baseAddress, Int32(raw.count))
+        }
+    }
+
+    /// Everything waiting to be sent to the peer, in one buffer; nil when there is nothing.
+    public func takeForNetwork(allocator: ByteBufferAllocator) -> ByteBuffer? {
+        let pending = Int(CSSL_BIO_pending(toNetwork))
+        guard pending > 0 else { return nil }
+        var buffer = allocator.buffer(capacity: pending)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { raw in
+            max(0, Int(BIO_read(toNetwork, raw.baseAddress, Int32(pending))))
+        }
+        return buffer
+    }
+
+    public enum BufferReadResult: Sendable, Equatable {
+        /// Plaintext was appended to the buffer.
+        case read(Int)
+        case needMoreData
+        case closed
+        case failed(OpenSSLError)
+    }
+
+    /// Decrypts up to `maximum` bytes onto the end of `buffer`.
+    public func read(into buffer: inout ByteBuffer, maximum: Int = 16384) -> BufferReadResult {
+        OpenSSLError.clearQueue()
+        var result: Int32 = 0
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: maximum) { raw in
+            result = SSL_read(ssl, raw.baseAddress, Int32(min(raw.count, maximum)))
+            return result > 0 ? Int(result) : 0
+        }
+        if result > 0 { return .read(Int(result)) }
+        switch SSL_get_error(ssl, result) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .needMoreData
+        case SSL_ERROR_ZERO_RETURN: return .closed
+        default: return .failed(failure(operation: "TLS read"))
+        }
+    }
+
+    /// Encrypts all of `buffer`'s readable bytes (as many records as it takes).
+    public func write(_ buffer: ByteBuffer) -> Result<Void, OpenSSLError> {
+        guard buffer.readableBytes > 0 else { return .success(()) }
+        OpenSSLError.clearQueue()
+        let written = buffer.withUnsafeReadableBytes { SSL_write(ssl, $0.baseAddress, Int32($0.count)) }
+        guard written == Int32(buffer.readableBytes) else { return .failure(failure(operation: "TLS write")) }
+        return .success(())
     }
 
     // MARK: TLS

@@ -15,6 +15,9 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     private let certificateProvider: OpenSSLContext.CertificateProvider?
     private var machine = StateMachine()
     private var heldWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
+    /// Plaintext written since the last flush, and the promises of those writes.
+    private var pendingPlaintext: ByteBuffer?
+    private var pendingPromises: [EventLoopPromise<Void>] = []
     private var closePromise: EventLoopPromise<Void>?
 
     /// - Parameter serverName: client only: the name or IP to verify (names are also sent as SNI).
@@ -52,14 +55,12 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     public func channelInactive(context: ChannelHandlerContext) {
         machine.channelInactive()
         failHeldWrites(ChannelError.ioOnClosedChannel)
+        failPendingWrites(ChannelError.ioOnClosedChannel)
         context.fireChannelInactive()
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        if let array = bytes.readBytes(length: bytes.readableBytes) {
-            connection.consumeFromNetwork(array)
-        }
+        connection.consumeFromNetwork(unwrapInboundIn(data))
         perform(machine.bytesArrived(), context: context)
     }
 
@@ -69,13 +70,22 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         case .bufferWrite:
             heldWrites.append((bytes, promise))
         case .encryptWrite:
-            encrypt(bytes, promise: promise, context: context)
+            // Gathered until the flush, then encrypted in one go: a head, a body and an end written back to
+            // back become one TLS record, not three.
+            if pendingPlaintext == nil {
+                pendingPlaintext = bytes
+            } else {
+                var bytes = bytes
+                pendingPlaintext!.writeBuffer(&bytes)
+            }
+            if let promise { pendingPromises.append(promise) }
         default:
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
     }
 
     public func flush(context: ChannelHandlerContext) {
+        encryptPending(context: context)
         sendToNetwork(context: context, flush: true)
     }
 
@@ -109,14 +119,16 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             let held = heldWrites
             heldWrites = []
             for (bytes, promise) in held {
-                encrypt(bytes, promise: promise, context: context)
+                write(context: context, data: wrapOutboundOut(bytes), promise: promise)
             }
+            encryptPending(context: context)
             sendToNetwork(context: context, flush: true)
             // Application data may have arrived with the last handshake message.
             decrypt(context: context)
         case .decrypt:
             decrypt(context: context)
         case .sendCloseNotifyAndClose:
+            encryptPending(context: context)  // written before the close: it goes before the close_notify
             connection.shutdown()
             sendToNetwork(context: context, flush: true)
             closeChannel(context: context)
@@ -125,6 +137,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         case .fail(let error):
             sendToNetwork(context: context, flush: true)  // the alert, if OpenSSL made one
             failHeldWrites(error)
+            failPendingWrites(error)
             context.fireErrorCaught(error)
             closeChannel(context: context)
         }
@@ -154,16 +167,26 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         }
     }
 
+    /// Decrypts everything available, passing it on in buffers of up to 64 KiB.
     private func decrypt(context: ChannelHandlerContext) {
         var delivered = false
+        var plaintext = context.channel.allocator.buffer(capacity: 16384)
         readLoop: while true {
-            switch connection.read() {
-            case .data(let plaintext):
-                delivered = true
-                context.fireChannelRead(wrapInboundOut(context.channel.allocator.buffer(bytes: plaintext)))
+            switch connection.read(into: &plaintext) {
+            case .read:
+                if plaintext.readableBytes >= 65536 {
+                    delivered = true
+                    context.fireChannelRead(wrapInboundOut(plaintext))
+                    plaintext = context.channel.allocator.buffer(capacity: 16384)
+                }
             case .needMoreData:
                 break readLoop
             case .closed:
+                if plaintext.readableBytes > 0 {
+                    context.fireChannelRead(wrapInboundOut(plaintext))
+                    plaintext.clear()
+                    delivered = true
+                }
                 if delivered { context.fireChannelReadComplete() }
                 delivered = false
                 perform(machine.peerClosed(), context: context)
@@ -173,25 +196,43 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
                 break readLoop
             }
         }
+        if plaintext.readableBytes > 0 {
+            context.fireChannelRead(wrapInboundOut(plaintext))
+            delivered = true
+        }
         if delivered { context.fireChannelReadComplete() }
         // TLS 1.3 session tickets and key updates produce bytes on read.
         sendToNetwork(context: context, flush: true)
     }
 
-    private func encrypt(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
-        switch connection.write(Array(bytes.readableBytesView)) {
+    /// Encrypts the plaintext gathered since the last flush; the ciphertext carries the writes' promises.
+    private func encryptPending(context: ChannelHandlerContext) {
+        guard let plaintext = pendingPlaintext else { return }
+        pendingPlaintext = nil
+        let promises = pendingPromises
+        pendingPromises = []
+        switch connection.write(plaintext) {
         case .success:
-            sendToNetwork(context: context, flush: false, promise: promise)
+            var combined: EventLoopPromise<Void>? = nil
+            if promises.count == 1 {
+                combined = promises[0]
+            } else if promises.count > 1 {
+                let promise = context.eventLoop.makePromise(of: Void.self)
+                promise.futureResult.whenComplete { result in
+                    for waiting in promises { waiting.completeWith(result) }
+                }
+                combined = promise
+            }
+            sendToNetwork(context: context, flush: false, promise: combined)
         case .failure(let error):
-            promise?.fail(error)
+            for promise in promises { promise.fail(error) }
             perform(machine.readFailed(error), context: context)
         }
     }
 
     private func sendToNetwork(context: ChannelHandlerContext, flush: Bool, promise: EventLoopPromise<Void>? = nil) {
-        let ciphertext = connection.takeForNetwork()
-        if !ciphertext.isEmpty {
-            context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: ciphertext)), promise: promise)
+        if let ciphertext = connection.takeForNetwork(allocator: context.channel.allocator) {
+            context.write(wrapOutboundOut(ciphertext), promise: promise)
         } else {
             promise?.succeed(())
         }
@@ -202,6 +243,13 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         let promise = closePromise
         closePromise = nil
         context.close(mode: .all, promise: promise)
+    }
+
+    private func failPendingWrites(_ error: any Error) {
+        pendingPlaintext = nil
+        let promises = pendingPromises
+        pendingPromises = []
+        for promise in promises { promise.fail(error) }
     }
 
     private func failHeldWrites(_ error: any Error) {

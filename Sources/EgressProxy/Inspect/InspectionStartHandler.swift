@@ -103,6 +103,17 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         case .passthrough(let reason):
             passThrough(reason: reason, context: context)
         case .inspect(let leaf, let upstreamName):
+            guard inspection.authority.hasNameConstraints else {
+                // Any valid name can be signed: connect upstream at once and mint meanwhile.
+                do {
+                    try OpenSSLCertificateAuthority.validate(leaf)
+                } catch {
+                    passThrough(reason: "\(error)", context: context)
+                    return
+                }
+                intercept(hello: hello, leaf: leaf, upstreamName: upstreamName, context: context)
+                return
+            }
             // The leaf first: a name the CA may not sign (outside its nameConstraints, or not a name a
             // certificate can carry) is passed through, with the reason, rather than refused.
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -206,12 +217,13 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)))
             try upstreamPipeline.addHandler(InterceptedUpstreamHandler(connection: connection))
 
+            // The leaf is minted (or found) now, while the upstream's handshake is under way; the client's
+            // handshake gets it only once the upstream is verified.
+            let minted = leaves.leaf(for: leaf, on: context.eventLoop)
             let clientTLS = try OpenSSLTLSHandler(
                 context: inspection.clientTLS,
                 certificateProvider: { _, eventLoop in
-                    upstreamReady.futureResult.hop(to: eventLoop).flatMap { _ in
-                        leaves.leaf(for: leaf, on: eventLoop).map { Optional($0) }
-                    }
+                    upstreamReady.futureResult.and(minted).hop(to: eventLoop).map { Optional($0.1) }
                 }
             )
             let clientPipeline = context.pipeline.syncOperations
