@@ -249,8 +249,8 @@ public final class OpenSSLConnection {
         for intermediate in certifiedKey.chain.dropFirst() where ok {
             ok = CSSL_SSL_add1_chain_cert(ssl, intermediate.pointer) == 1
         }
+        // The pair was checked when the OpenSSLCertifiedKey was made; no need to compare keys per connection.
         ok = ok && SSL_use_PrivateKey(ssl, certifiedKey.key.pointer) == 1
-        ok = ok && SSL_check_private_key(ssl) == 1
         if !ok { certificateFailure = OpenSSLError.drain(operation: "using the chosen certificate") }
         return ok
     }

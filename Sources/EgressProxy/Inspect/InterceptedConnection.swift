@@ -121,7 +121,6 @@ final class InterceptedConnection {
 
     func fromClient(_ part: HTTPServerRequestPart) {
         lastActivity = .now()
-        reporting.logger.trace("request part", metadata: ["part": "\(part)"])
         switch part {
         case .head(let head):
             exchangeStartedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
@@ -136,7 +135,6 @@ final class InterceptedConnection {
 
     func fromUpstream(_ part: HTTPClientResponsePart) {
         lastActivity = .now()
-        reporting.logger.trace("response part", metadata: ["part": "\(part)"])
         let action: InterceptedExchangeStateMachine.Action
         let forward: HTTPServerResponsePart
         switch part {
