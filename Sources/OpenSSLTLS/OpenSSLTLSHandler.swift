@@ -18,6 +18,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Plaintext written since the last flush, and the promises of those writes.
     private var pendingPlaintext: ByteBuffer?
     private var pendingPromises: [EventLoopPromise<Void>] = []
+    /// Writes this large are not gathered (a TLS record holds at most 16 KiB anyway).
+    private static let coalescingLimit = 8192
     private var closePromise: EventLoopPromise<Void>?
 
     /// - Parameter serverName: client only: the name or IP to verify (names are also sent as SNI).
@@ -70,15 +72,23 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         case .bufferWrite:
             heldWrites.append((bytes, promise))
         case .encryptWrite:
-            // Gathered until the flush, then encrypted in one go: a head, a body and an end written back to
-            // back become one TLS record, not three.
-            if pendingPlaintext == nil {
+            // Small writes are gathered until the flush, then encrypted in one go: a head, a body and an end
+            // written back to back become one TLS record, not three. A large write is encrypted at once
+            // (after what was gathered), so bulk data is not copied an extra time.
+            if bytes.readableBytes >= Self.coalescingLimit {
+                encryptPending(context: context)
                 pendingPlaintext = bytes
+                if let promise { pendingPromises.append(promise) }
+                encryptPending(context: context)
+            } else if pendingPlaintext == nil {
+                pendingPlaintext = bytes
+                if let promise { pendingPromises.append(promise) }
             } else {
                 var bytes = bytes
                 pendingPlaintext!.writeBuffer(&bytes)
+                if let promise { pendingPromises.append(promise) }
+                if pendingPlaintext!.readableBytes >= Self.coalescingLimit { encryptPending(context: context) }
             }
-            if let promise { pendingPromises.append(promise) }
         default:
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
