@@ -11,14 +11,12 @@
 #include <openssl/bio.h>
 #include <openssl/rand.h>
 
-static inline long CSSL_BIO_pending(BIO *bio) { return BIO_pending(bio); }
 static inline int CSSL_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
     return (int)SSL_set_tlsext_host_name(ssl, name);
 }
 static inline int CSSL_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_min_proto_version(ctx, version);
 }
-static inline long CSSL_BIO_set_mem_eof_return(BIO *bio, long value) { return BIO_set_mem_eof_return(bio, value); }
 static inline int CSSL_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_max_proto_version(ctx, version);
 }
@@ -30,4 +28,6 @@ static inline EVP_PKEY *CSSL_EVP_EC_gen_P256(void) { return EVP_EC_gen("P-256");
 static inline int CSSL_MBSTRING_UTF8(void) { return MBSTRING_UTF8; }
 /// One-line names, UTF-8 kept (not escaped as \\UXXXX).
 static inline unsigned long CSSL_XN_FLAG_ONELINE_UTF8(void) { return XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB; }
+static inline void CSSL_BIO_set_retry_read(BIO *bio) { BIO_set_retry_read(bio); }
+static inline void CSSL_BIO_clear_retry_flags(BIO *bio) { BIO_clear_retry_flags(bio); }
 #endif

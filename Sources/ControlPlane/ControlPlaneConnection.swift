@@ -179,9 +179,10 @@ final class ResponseHandler: ChannelInboundHandler {
     /// Gives up on the connection: everything waiting fails with `error`.
     func timeOut(_ error: any Error, channel: any Channel) {
         if closeReason == nil { closeReason = error }
+        // Closed first, so whoever the failures wake finds the connection closed.
+        channel.close(promise: nil)
         markReady(error)
         failAll(error)
-        channel.close(promise: nil)
     }
 
     func expect(_ promise: EventLoopPromise<ControlPlaneResponse>) {

@@ -43,9 +43,8 @@ public final class OpenSSLConnection {
 
     private let context: OpenSSLContext
     private let ssl: OpaquePointer
-    /// Owned by `ssl` (SSL_set_bio); freed with it.
-    private let fromNetwork: OpaquePointer
-    private let toNetwork: OpaquePointer
+    /// Its `BIO*` is owned by `ssl` (SSL_set_bio) and freed with it; this object outlives it.
+    private let network: ByteBufferBIO
     var certificateChoice = CertificateChoice.notAsked
     /// Set when the chosen certificate could not be used or none was found; reported as the handshake failure.
     var certificateFailure: OpenSSLError?
@@ -56,17 +55,18 @@ public final class OpenSSLConnection {
     public init(context: OpenSSLContext, serverName: String? = nil, choosesCertificate: Bool = false) throws(OpenSSLError) {
         OpenSSLError.clearQueue()
         guard let ssl = SSL_new(context.pointer) else { throw OpenSSLError.drain(operation: "creating a TLS connection") }
-        guard let input = BIO_new(BIO_s_mem()), let output = BIO_new(BIO_s_mem()) else {
+        let network: ByteBufferBIO
+        do {
+            network = try ByteBufferBIO()
+        } catch {
             SSL_free(ssl)
-            throw OpenSSLError.drain(operation: "creating memory buffers")
+            throw error
         }
-        // An empty input buffer means "wait for more", not end of file.
-        _ = CSSL_BIO_set_mem_eof_return(input, -1)
-        SSL_set_bio(ssl, input, output)
+        // One BIO both ways: SSL_set_bio takes the one reference.
+        SSL_set_bio(ssl, network.bio, network.bio)
         self.context = context
         self.ssl = ssl
-        self.fromNetwork = input
-        self.toNetwork = output
+        self.network = network
 
         switch context.configuration.role {
         case .server:
@@ -113,38 +113,24 @@ public final class OpenSSLConnection {
 
     public func consumeFromNetwork(_ bytes: [UInt8]) {
         guard !bytes.isEmpty else { return }
-        bytes.withUnsafeBytes { raw in
-            _ = BIO_write(fromNetwork, raw.baseAddress, Int32(raw.count))
-        }
+        network.append(ByteBufferAllocator().buffer(bytes: bytes))
     }
 
     /// Everything waiting to be sent to the peer.
     public func takeForNetwork() -> [UInt8] {
-        let pending = Int(CSSL_BIO_pending(toNetwork))
-        guard pending > 0 else { return [] }
-        var bytes = [UInt8](repeating: 0, count: pending)
-        let read = bytes.withUnsafeMutableBytes { BIO_read(toNetwork, $0.baseAddress, Int32(pending)) }
-        return read > 0 ? Array(bytes.prefix(Int(read))) : []
+        guard let buffer = network.takeOutbound(allocator: ByteBufferAllocator()) else { return [] }
+        return Array(buffer.readableBytesView)
     }
 
     // MARK: network side, ByteBuffer (the handler's path: no intermediate arrays)
 
     public func consumeFromNetwork(_ buffer: ByteBuffer) {
-        guard buffer.readableBytes > 0 else { return }
-        buffer.withUnsafeReadableBytes { raw in
-            _ = BIO_write(fromNetwork, raw.baseAddress, Int32(raw.count))
-        }
+        network.append(buffer)
     }
 
     /// Everything waiting to be sent to the peer, in one buffer; nil when there is nothing.
     public func takeForNetwork(allocator: ByteBufferAllocator) -> ByteBuffer? {
-        let pending = Int(CSSL_BIO_pending(toNetwork))
-        guard pending > 0 else { return nil }
-        var buffer = allocator.buffer(capacity: pending)
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { raw in
-            max(0, Int(BIO_read(toNetwork, raw.baseAddress, Int32(pending))))
-        }
-        return buffer
+        network.takeOutbound(allocator: allocator)
     }
 
     public enum BufferReadResult: Sendable, Equatable {
