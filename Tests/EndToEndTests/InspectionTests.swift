@@ -66,6 +66,14 @@ import Testing
         return Setup(pki: pki, caDirectory: caDirectory, origin: origin, originPort: originPort, proxy: proxy, proxyPort: proxyPort)
     }
 
+    /// Runs `mitm_client.py MODE` (CONNECT through the proxy, then TLS trusting the inspection CA).
+    func mitmClient(_ mode: String, _ setup: Setup, extra: [String] = []) throws -> CommandResult {
+        let script = Paths.endToEndDirectory.appendingPathComponent("mitm_client.py").path
+        return try runCommand(
+            Paths.which("python3"),
+            [script, mode, "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA] + extra)
+    }
+
     func curl(_ setup: Setup, _ urls: [String], trust: String? = nil, extra: [String] = []) throws -> CommandResult {
         try runCommand(
             Paths.which("curl"),
@@ -113,30 +121,7 @@ import Testing
 
     @Test func pythonWithVerifyX509StrictAcceptsTheMintedLeaf() throws {
         let setup = try setUp()
-        let script = """
-            import socket, ssl, sys
-            proxy_port, origin_port, cafile = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-            sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-            sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\\r\\nHost: localhost:{origin_port}\\r\\n\\r\\n".encode())
-            reply = b""
-            while b"\\r\\n\\r\\n" not in reply:
-                reply += sock.recv(1024)
-            assert reply.startswith(b"HTTP/1.1 200"), reply
-            context = ssl.create_default_context(cafile=cafile)
-            context.verify_flags |= ssl.VERIFY_X509_STRICT
-            tls = context.wrap_socket(sock, server_hostname="localhost")
-            tls.sendall(b"GET /hello HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n")
-            data = b""
-            while True:
-                chunk = tls.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            print(tls.version(), data.split(b"\\r\\n")[0].decode(), data.endswith(b"hello from origin\\n"))
-            """
-        let path = setup.pki.directory + "/strict.py"
-        try script.write(toFile: path, atomically: true, encoding: .utf8)
-        let result = try runCommand(Paths.which("python3"), [path, "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA])
+        let result = try mitmClient("strict", setup)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == "TLSv1.3 HTTP/1.1 200 OK True", "\(result.stdout) \(result.stderr)")
     }
@@ -221,36 +206,8 @@ import Testing
     /// Sends `request` raw inside an intercepted TLS connection; returns the status line and whether the
     /// proxy closed the connection afterwards.
     func sendRaw(_ setup: Setup, _ request: String) throws -> (statusLine: String, closed: Bool) {
-        let script = """
-            import socket, ssl, sys
-            proxy_port, origin_port, cafile, request = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], bytes.fromhex(sys.argv[4])
-            sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-            sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\\r\\n\\r\\n".encode())
-            reply = b""
-            while b"\\r\\n\\r\\n" not in reply:
-                reply += sock.recv(1024)
-            tls = ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname="localhost")
-            tls.sendall(request)
-            data = b""
-            closed = False
-            try:
-                while True:
-                    chunk = tls.recv(4096)
-                    if not chunk:
-                        closed = True
-                        break
-                    data += chunk
-            except (ssl.SSLError, ConnectionResetError):
-                closed = True
-            except socket.timeout:
-                pass
-            print(data.split(b"\\r\\n")[0].decode() + "|" + str(closed))
-            """
-        let path = setup.pki.directory + "/raw.py"
-        try script.write(toFile: path, atomically: true, encoding: .utf8)
         let hex = Array(request.utf8).map { String(format: "%02x", $0) }.joined()
-        let result = try runCommand(
-            Paths.which("python3"), [path, "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA, hex])
+        let result = try mitmClient("raw", setup, extra: [hex])
         let parts = result.stdout.split(separator: "|")
         return (String(parts.first ?? ""), parts.last == "True")
     }
@@ -278,39 +235,7 @@ import Testing
 
     @Test func aWebSocketEchoWorksThroughTheInspection() throws {
         let setup = try setUp()
-        let script = """
-            import base64, os, socket, ssl, sys
-            proxy_port, origin_port, cafile = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-            sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-            sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\\r\\n\\r\\n".encode())
-            reply = b""
-            while b"\\r\\n\\r\\n" not in reply:
-                reply += sock.recv(1024)
-            tls = ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname="localhost")
-            key = base64.b64encode(os.urandom(16)).decode()
-            tls.sendall((f"GET /ws HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
-                         f"Sec-WebSocket-Key: {key}\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n").encode())
-            head = b""
-            while b"\\r\\n\\r\\n" not in head:
-                head += tls.recv(1)
-            print(head.split(b"\\r\\n")[0].decode())
-            def send(text):
-                mask = os.urandom(4)
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(text.encode()))
-                tls.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + payload)
-                header = tls.recv(2)
-                data = b""
-                while len(data) < header[1]:
-                    data += tls.recv(header[1] - len(data))
-                return data.decode()
-            for text in ("hello ws", "second frame"):
-                print(send(text))
-            tls.sendall(bytes([0x88, 0x80]) + os.urandom(4))
-            print(tls.recv(2) == b"\\x88\\x00")
-            """
-        let path = setup.pki.directory + "/ws.py"
-        try script.write(toFile: path, atomically: true, encoding: .utf8)
-        let result = try runCommand(Paths.which("python3"), [path, "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA])
+        let result = try mitmClient("ws", setup)
         #expect(result.stdout == "HTTP/1.1 101 Switching Protocols\necho: hello ws\necho: second frame\nTrue", "\(result.stdout) \(result.stderr)")
         let action = try #require(try setup.waitForActions(1).first)
         #expect(action["method"] as? String == "GET" && action["path"] as? String == "/ws" && action["status"] as? Int == 101)

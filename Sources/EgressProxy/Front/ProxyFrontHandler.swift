@@ -391,19 +391,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             )
             return
         }
-        let session = TunnelSession(
-            reporting: reporting,
-            metadata: metadata,
-            destination: destination,
-            started: started,
-            idleTimeout: settings.idleTimeout,
-            eventLoop: context.eventLoop
-        )
-        let (clientGlue, upstreamGlue) = GlueHandler.matchedPair(
-            session: session,
-            peekLimit: settings.clientHelloLimit,
-            peekTimeout: settings.clientHelloTimeout
-        )
+        let (session, clientGlue, upstreamGlue) = GlueHandler.tunnel(
+            reporting: reporting, metadata: metadata, destination: destination, started: started,
+            settings: settings, eventLoop: context.eventLoop)
         let head = HTTPResponseHead(
             version: .http1_1,
             status: .custom(code: 200, reasonPhrase: "Connection established")

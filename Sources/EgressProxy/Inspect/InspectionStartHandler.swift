@@ -145,19 +145,9 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         timer?.cancel()
         var metadata = tunnel.metadata
         metadata.inspection = reason
-        let session = TunnelSession(
-            reporting: reporting,
-            metadata: metadata,
-            destination: tunnel.destination,
-            started: tunnel.started,
-            idleTimeout: settings.idleTimeout,
-            eventLoop: context.eventLoop
-        )
-        let (clientGlue, upstreamGlue) = GlueHandler.matchedPair(
-            session: session,
-            peekLimit: settings.clientHelloLimit,
-            peekTimeout: settings.clientHelloTimeout
-        )
+        let (session, clientGlue, upstreamGlue) = GlueHandler.tunnel(
+            reporting: reporting, metadata: metadata, destination: tunnel.destination, started: tunnel.started,
+            settings: settings, eventLoop: context.eventLoop)
         do {
             try tunnel.upstream.pipeline.syncOperations.addHandler(upstreamGlue)
             tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }

@@ -55,6 +55,32 @@ final class GlueHandler: ChannelDuplexHandler {
         return (client, upstream)
     }
 
+    /// A tunnel's record and its two relay halves, set up the same way for a plain CONNECT and for one that
+    /// inspection passes through.
+    static func tunnel(
+        reporting: Reporting,
+        metadata: ConnectMetadata,
+        destination: Destination,
+        started: NIODeadline,
+        settings: ConnectionSettings,
+        eventLoop: any EventLoop
+    ) -> (session: TunnelSession, client: GlueHandler, upstream: GlueHandler) {
+        let session = TunnelSession(
+            reporting: reporting,
+            metadata: metadata,
+            destination: destination,
+            started: started,
+            idleTimeout: settings.idleTimeout,
+            eventLoop: eventLoop
+        )
+        let (client, upstream) = matchedPair(
+            session: session,
+            peekLimit: settings.clientHelloLimit,
+            peekTimeout: settings.clientHelloTimeout
+        )
+        return (session, client, upstream)
+    }
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         if peek != nil {

@@ -1,0 +1,98 @@
+"""A TLS client for the inspection tests: CONNECT through the proxy, then TLS (verifying against CAFILE).
+
+  mitm_client.py strict PROXY_PORT ORIGIN_PORT CAFILE     GET /hello with VERIFY_X509_STRICT; prints
+                                                         "<TLS version> <status line> <body ok>"
+  mitm_client.py raw PROXY_PORT ORIGIN_PORT CAFILE HEX    sends the bytes HEX as they are; prints
+                                                         "<status line>|<closed by the proxy>"
+  mitm_client.py ws PROXY_PORT ORIGIN_PORT CAFILE         a WebSocket exchange with /ws; prints the status
+                                                         line, each echo, and whether the close was answered
+"""
+import base64
+import os
+import socket
+import ssl
+import sys
+
+
+def connect(proxy_port, origin_port, cafile, strict=False):
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\r\nHost: localhost:{origin_port}\r\n\r\n".encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = sock.recv(1024)
+        if not chunk:
+            raise SystemExit("proxy closed before answering CONNECT")
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    context = ssl.create_default_context(cafile=cafile)
+    if strict:
+        context.verify_flags |= ssl.VERIFY_X509_STRICT
+    return context.wrap_socket(sock, server_hostname="localhost")
+
+
+def read_all(tls):
+    data, closed = b"", False
+    try:
+        while True:
+            chunk = tls.recv(4096)
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+    except (ssl.SSLError, ConnectionResetError):
+        closed = True
+    except socket.timeout:
+        pass
+    return data, closed
+
+
+def strict(tls):
+    tls.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data, _ = read_all(tls)
+    print(tls.version(), data.split(b"\r\n")[0].decode(), data.endswith(b"hello from origin\n"))
+
+
+def raw(tls, hex_request):
+    tls.sendall(bytes.fromhex(hex_request))
+    data, closed = read_all(tls)
+    print(data.split(b"\r\n")[0].decode() + "|" + str(closed))
+
+
+def websocket(tls):
+    key = base64.b64encode(os.urandom(16)).decode()
+    tls.sendall((f"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += tls.recv(1)
+    print(head.split(b"\r\n")[0].decode())
+
+    def send(text):
+        mask = os.urandom(4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(text.encode()))
+        tls.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + payload)
+        header = tls.recv(2)
+        data = b""
+        while len(data) < header[1]:
+            data += tls.recv(header[1] - len(data))
+        return data.decode()
+
+    for text in ("hello ws", "second frame"):
+        print(send(text))
+    tls.sendall(bytes([0x88, 0x80]) + os.urandom(4))
+    print(tls.recv(2) == b"\x88\x00")
+
+
+def main():
+    mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))
+    if mode == "strict":
+        strict(tls)
+    elif mode == "raw":
+        raw(tls, sys.argv[5])
+    elif mode == "ws":
+        websocket(tls)
+
+
+if __name__ == "__main__":
+    main()
