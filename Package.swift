@@ -157,7 +157,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["origin.py", "control_plane.py"],
+            exclude: ["origin.py", "control_plane.py", "mitm_client.py"],
             // Raw POSIX socket helpers: sockaddr types resolve through NIO's C shims on clean builds, which
             // MemberImportVisibility would then require importing; this target only keeps ExistentialAny.
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
