@@ -18,6 +18,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Plaintext written since the last flush, and the promises of those writes.
     private var pendingPlaintext: ByteBuffer?
     private var pendingPromises: [EventLoopPromise<Void>] = []
+    /// Ciphertext was written below and not flushed yet.
+    private var unflushed = false
     /// Writes this large are not gathered (a TLS record holds at most 16 KiB anyway).
     private static let coalescingLimit = 8192
     private var closePromise: EventLoopPromise<Void>?
@@ -240,13 +242,19 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         }
     }
 
+    /// Writes what OpenSSL produced; with `flush`, flushes if anything was written since the last flush (a
+    /// flush with nothing to send would still walk the pipeline to the socket on every read).
     private func sendToNetwork(context: ChannelHandlerContext, flush: Bool, promise: EventLoopPromise<Void>? = nil) {
         if let ciphertext = connection.takeForNetwork(allocator: context.channel.allocator) {
             context.write(wrapOutboundOut(ciphertext), promise: promise)
+            unflushed = true
         } else {
             promise?.succeed(())
         }
-        if flush { context.flush() }
+        if flush && unflushed {
+            unflushed = false
+            context.flush()
+        }
     }
 
     private func closeChannel(context: ChannelHandlerContext) {
