@@ -245,6 +245,20 @@ import Testing
         #expect(!close.contains("\"bytes_from_client\":0,"), "\(close)")
     }
 
+    @Test func sigtermClosesAnIdleInterceptedConnectionAtOnceAndExits0() throws {
+        let setup = try setUp(extra: ["KAIZEN_DRAIN_SECONDS": "60"])
+        let script = Paths.endToEndDirectory.appendingPathComponent("mitm_client.py").path
+        let client = try ChildProcess(
+            Paths.which("python3"), [script, "idle", "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA])
+        _ = try client.waitForLine(timeout: 20) { $0 == "READY" }
+        setup.proxy.signal(SIGTERM)
+        // Closed by the drain's quiesce, not after the 60 s drain period (the client gives up after 20 s).
+        _ = try client.waitForLine(timeout: 30) { $0 == "CLOSED" }
+        #expect(try setup.proxy.waitForExit(timeout: 30) == 0)
+        let close = try #require(setup.proxy.stdoutLines.first { $0.contains("\"close\"") })
+        #expect(close.contains("\"closed_by\":\"proxy\"") && close.contains("\"reason\":\"shutdown\""), "\(close)")
+    }
+
     @Test(arguments: [
         ([String: String](), "KAIZEN_CA_KEY"),
         (["KAIZEN_CA_KEY": "/dev/null"], "KAIZEN_CA_CERT"),

@@ -6,6 +6,8 @@
                                                          "<status line>|<closed by the proxy>"
   mitm_client.py ws PROXY_PORT ORIGIN_PORT CAFILE         a WebSocket exchange with /ws; prints the status
                                                          line, each echo, and whether the close was answered
+  mitm_client.py idle PROXY_PORT ORIGIN_PORT CAFILE       one keep-alive GET /hello, prints "READY", then waits
+                                                         (at most 20 s) for the proxy to close; prints "CLOSED"
 """
 import base64
 import os
@@ -83,6 +85,17 @@ def websocket(tls):
     print(tls.recv(2) == b"\x88\x00")
 
 
+def idle(tls):
+    tls.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    data = b""
+    while not data.endswith(b"hello from origin\n"):
+        data += tls.recv(4096)
+    print("READY", flush=True)
+    tls.settimeout(20)
+    data, closed = read_all(tls)
+    print("CLOSED" if closed else "STILL OPEN", flush=True)
+
+
 def main():
     mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))
@@ -92,6 +105,8 @@ def main():
         raw(tls, sys.argv[5])
     elif mode == "ws":
         websocket(tls)
+    elif mode == "idle":
+        idle(tls)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ final class InterceptedConnection {
     private var finished = false
     /// After an upgrade the relay handlers, not the HTTP ones, report each side's close.
     private var upgraded = false
+    /// The proxy is stopping: close once the exchange in progress (if any) has ended.
+    private var quiescing = false
     private var relays: (client: UpgradedRelayHandler, upstream: UpgradedRelayHandler)?
     private var clientClosedFlag = false
     private var upstreamClosedFlag = false
@@ -157,8 +159,8 @@ final class InterceptedConnection {
         case .forwardAndComplete(let exchange, let thenClose):
             client?.send(forward, flush: true)
             report(exchange, error: nil)
-            if thenClose {
-                noteClose(by: .upstream, reason: "eof")
+            if thenClose || quiescing {
+                noteClose(by: quiescing ? .proxy : .upstream, reason: quiescing ? "shutdown" : "eof")
                 client?.closeAfterWrites()
                 upstream?.close()
             } else {
@@ -284,6 +286,14 @@ final class InterceptedConnection {
         upstream?.close()
         relays?.client.close()
         relays?.upstream.close()
+    }
+
+    /// The proxy is draining: an idle keep-alive connection closes now, a busy one after its exchange.
+    func quiesce() {
+        quiescing = true
+        guard !upgraded, machine.current == nil else { return }
+        noteClose(by: .proxy, reason: "shutdown")
+        closeBoth()
     }
 
     func shutdown() {

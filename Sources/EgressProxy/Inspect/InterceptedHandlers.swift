@@ -40,6 +40,8 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
             connection.clientHandshakeCompleted()
         } else if event is ProxyShutdownEvent {
             connection.shutdown()
+        } else if event is ChannelShouldQuiesceEvent {
+            connection.quiesce()
         } else if case ChannelEvent.inputClosed = event {
             context.close(promise: nil)
         }
