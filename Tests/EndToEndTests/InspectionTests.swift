@@ -245,6 +245,20 @@ import Testing
         #expect(!close.contains("\"bytes_from_client\":0,"), "\(close)")
     }
 
+    @Test func anUpstreamThatDiesMidResponseEndsOnlyThatConnectionAndIsReported() throws {
+        let setup = try setUp()
+        let base = "https://localhost:\(setup.originPort)"
+        let cut = try curl(setup, [base + "/truncated"])
+        #expect(cut.status == 18, "\(cut.stderr)")  // curl: transfer closed with bytes remaining
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["path"] as? String == "/truncated" && action["status"] as? Int == 200)
+        #expect(action["error"] as? String == "connection closed before the exchange completed", "\(action)")
+        #expect(action["response_body_bytes"] as? Int == 10)
+        // The proxy carries on.
+        let next = try curl(setup, [base + "/hello"])
+        #expect(next.status == 0 && next.stdout == "hello from origin", "\(next.stderr)")
+    }
+
     @Test func sigtermClosesAnIdleInterceptedConnectionAtOnceAndExits0() throws {
         let setup = try setUp(extra: ["KAIZEN_DRAIN_SECONDS": "60"])
         let script = Paths.endToEndDirectory.appendingPathComponent("mitm_client.py").path

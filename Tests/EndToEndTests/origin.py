@@ -6,6 +6,7 @@ Modes:
                 GET /headers        -> the request head as received, one "name: value" per line
                 POST|PUT /sha256    -> "<body length> <sha256 hex>\n" (Content-Length or chunked body)
                 GET /ws (WebSocket) -> 101, then echoes each text frame back as "echo: <text>"
+                GET /truncated      -> promises 100 bytes, sends 10, closes
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
   echo          echoes every byte back
   halfclose     reads until EOF, then answers "got <n> bytes\n" and closes
@@ -83,6 +84,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/ws") and self.headers.get("Upgrade", "").lower() == "websocket":
             self.websocket()
+            self.close_connection = True
+        elif self.path.startswith("/truncated"):
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+            self.wfile.flush()
             self.close_connection = True
         elif self.path.startswith("/hello"):
             self.reply(200, "hello from origin\n")
