@@ -2,13 +2,15 @@
 # Both first install the Debian packages they need when run as root, or print the command otherwise.
 
 DEBIAN_PACKAGES := libssl-dev pkg-config curl openssl python3
+# The transparent-mode tests build network namespaces with these (they run only as root).
+TEST_PACKAGES := iptables iproute2
 PORT ?= 8080
 
 .PHONY: run test build release deps
 
 deps:
 	@missing=""; \
-	for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(DEBIAN_PACKAGES) $(EXTRA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
@@ -22,6 +24,7 @@ deps:
 run: deps
 	@swift run kaizen-egress --local --port $(PORT)
 
+test: EXTRA_PACKAGES = $(if $(filter 0,$(shell id -u)),$(TEST_PACKAGES))
 test: deps
 	swift test
 

@@ -8,6 +8,9 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         case connect
         /// A plain-HTTP request in absolute form (`GET http://host/…`), forwarded by the proxy.
         case http
+        /// A connection redirected to the transparent listener (iptables): relayed like a CONNECT tunnel to
+        /// its original destination.
+        case transparent
     }
 
     /// Whether the proxy reached the destination.
@@ -60,6 +63,8 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
     public var responseBodyBytes: UInt64?
     /// The intercepted connection a request belongs to (its first action's event id).
     public var connectionID: EventID?
+    /// Transparent mode: the address and port the agent connected to before the redirect, `ip:port`.
+    public var originalDst: String?
 
     public init(
         eventID: EventID,
@@ -94,6 +99,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         case requestBodyBytes = "request_body_bytes"
         case responseBodyBytes = "response_body_bytes"
         case connectionID = "connection_id"
+        case originalDst = "original_dst"
     }
 
     /// The metadata object, fields in a fixed order. Once the proxy has looked at a tunnel's first bytes,
@@ -123,6 +129,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         if let requestBodyBytes { json.field(CodingKeys.requestBodyBytes.rawValue, requestBodyBytes) }
         if let responseBodyBytes { json.field(CodingKeys.responseBodyBytes.rawValue, responseBodyBytes) }
         if let connectionID { json.field(CodingKeys.connectionID.rawValue, connectionID.description) }
+        if let originalDst { json.field(CodingKeys.originalDst.rawValue, originalDst) }
         json.endObject()
     }
 }

@@ -6,6 +6,12 @@ import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 
+/// The transparent listener could not be bound.
+public struct TransparentBindError: Error, Sendable {
+    public var port: Int
+    public var underlying: any Error
+}
+
 /// The proxy listener as a `Service`: binds, accepts client connections and gives each an HTTP pipeline
 /// ending in a `ProxyFrontHandler`. On graceful shutdown it stops accepting, lets open connections finish
 /// for the drain period, then closes the rest (recording them as closed by the proxy at shutdown).
@@ -17,6 +23,7 @@ public final class ProxyServer: Service {
     private let onListening: (@Sendable (SocketAddress) -> Void)?
     private let tracker = ConnectionTracker()
     private let boundChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    private let transparentChannel = NIOLockedValueBox<(any Channel)?>(nil)
     /// Name lookups for upstream connections; started with the server, shut down when it stops.
     private let resolverPool: NIOThreadPool
     private let dnsCache: DNSCache
@@ -86,7 +93,41 @@ public final class ProxyServer: Service {
             .bind(host: configuration.listenAddress, port: configuration.port)
             .get()
         boundChannel.withLockedValue { $0 = serverChannel }
+        if let transparentPort = configuration.transparentPort {
+            let ownListeners: @Sendable () -> [SocketAddress] = { [boundChannel, transparentChannel] in
+                [boundChannel.withLockedValue { $0 }, transparentChannel.withLockedValue { $0 }]
+                    .compactMap { $0?.localAddress }
+            }
+            do {
+                let transparent = try await ServerBootstrap(group: group)
+                    .serverChannelOption(.backlog, value: 1024)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .childChannelOption(.allowRemoteHalfClosure, value: true)
+                    .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                    .childChannelInitializer { channel in
+                        tracker.add(channel)
+                        do {
+                            try channel.pipeline.syncOperations.addHandler(
+                                TransparentHandler(settings: settings, reporting: reporting, ownListeners: ownListeners))
+                            return channel.eventLoop.makeSucceededVoidFuture()
+                        } catch {
+                            return channel.eventLoop.makeFailedFuture(error)
+                        }
+                    }
+                    .bind(host: configuration.listenAddress, port: transparentPort)
+                    .get()
+                transparentChannel.withLockedValue { $0 = transparent }
+            } catch {
+                try? await serverChannel.close()
+                throw TransparentBindError(port: transparentPort, underlying: error)
+            }
+        }
         return serverChannel.localAddress
+    }
+
+    /// The transparent listener's address, when there is one.
+    public var transparentAddress: SocketAddress? {
+        transparentChannel.withLockedValue { $0?.localAddress }
     }
 
     public func run() async throws {
@@ -99,15 +140,22 @@ public final class ProxyServer: Service {
         )
         if let address { onListening?(address) }
 
+        let transparent = transparentChannel.withLockedValue { $0 }
+        if let transparent {
+            logger.info("transparent listener on \(Reporting.describe(transparent.localAddress))")
+        }
         try await withTaskCancellationHandler {
             try await withGracefulShutdownHandler {
                 try await serverChannel.closeFuture.get()
             } onGracefulShutdown: {
                 serverChannel.close(promise: nil)
+                transparent?.close(promise: nil)
             }
         } onCancel: {
             serverChannel.close(promise: nil)
+            transparent?.close(promise: nil)
         }
+        try? await transparent?.close()
         await drain()
     }
 

@@ -108,6 +108,9 @@ struct RunOptions: ParsableArguments {
     @Option(help: "How long a name whose client refused the minted certificate passes through. (env KAIZEN_PINNED_PASSTHROUGH, default 1h)")
     var pinnedPassthrough: String?
 
+    @Option(help: "Also listen here for connections redirected by iptables (transparent mode). (env KAIZEN_TRANSPARENT_PORT)")
+    var transparentPort: String?
+
     func runProxy() async throws {
         var environment = ProcessInfo.processInfo.environment
         // A flag given on the command line wins over its environment variable.
@@ -117,7 +120,7 @@ struct RunOptions: ParsableArguments {
             (.connectTimeout, connectTimeout), (.idleTimeout, idleTimeout), (.dnsCacheTTL, dnsCacheTTL),
             (.drainSeconds, drainSeconds), (.logLevel, logLevel), (.caCertificate, caCert), (.caKey, caKey),
             (.inspectHosts, inspectHosts), (.passthroughHosts, passthroughHosts), (.upstreamCAFile, upstreamCAFile),
-            (.pinnedPassthrough, pinnedPassthrough),
+            (.pinnedPassthrough, pinnedPassthrough), (.transparentPort, transparentPort),
         ]
         for case (let key, let value?) in flags {
             environment[key.variable] = value
@@ -155,6 +158,11 @@ struct RunOptions: ParsableArguments {
         }
         do {
             try await application.server.bind()
+        } catch let error as TransparentBindError {
+            let reason = (error.underlying as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error.underlying)"
+            fail(
+                "\(ConfigurationKey.transparentPort.variable): cannot listen on \(configuration.listenAddress) port \(error.port): \(reason): set \(ConfigurationKey.transparentPort.spelled) to a free port"
+            )
         } catch {
             let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error)"
             fail(

@@ -32,9 +32,11 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let reportQuery = ConfigurationKey(variable: "KAIZEN_REPORT_QUERY", flag: "--report-query")
     public static let pinnedPassthrough = ConfigurationKey(variable: "KAIZEN_PINNED_PASSTHROUGH", flag: "--pinned-passthrough")
 
+    public static let transparentPort = ConfigurationKey(variable: "KAIZEN_TRANSPARENT_PORT", flag: "--transparent-port")
+
     public static let all: [ConfigurationKey] = [
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
-        .pinnedPassthrough,
+        .pinnedPassthrough, .transparentPort,
     ]
 }

@@ -29,6 +29,7 @@ import NIOCore
 /// | `KAIZEN_UPSTREAM_CA_FILE` | PEM bundle trusted for inspected upstreams, besides the system store | none |
 /// | `KAIZEN_REPORT_QUERY` | boolean | off |
 /// | `KAIZEN_PINNED_PASSTHROUGH` | duration | `1h` |
+/// | `KAIZEN_TRANSPARENT_PORT` | integer 1–65535 | none (no transparent listener) |
 public struct ProxyConfiguration: Sendable {
     public var listenAddress: String
     public var port: Int
@@ -66,6 +67,8 @@ public struct ProxyConfiguration: Sendable {
     public var reportQuery: Bool
     /// Inspection: how long connections to a name whose client refused our certificate pass through untouched.
     public var pinnedPassthrough: TimeAmount
+    /// Transparent mode: the port of the listener for connections redirected by iptables (nil: none).
+    public var transparentPort: Int?
 
     /// An API key. Its description never shows the key.
     public struct APIKey: Sendable, Hashable, CustomStringConvertible {
@@ -237,6 +240,24 @@ public struct ProxyConfiguration: Sendable {
             self.reportQuery = false
         }
         self.pinnedPassthrough = try Self.duration(value(.pinnedPassthrough), key: .pinnedPassthrough, default: .hours(1))
+
+        if let raw = value(.transparentPort) {
+            guard let port = Int(raw), (1...65535).contains(port) else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.transparentPort.variable,
+                    "KAIZEN_TRANSPARENT_PORT=\(Self.quoted(raw)) is not a port: set \(ConfigurationKey.transparentPort.spelled) to the port iptables redirects to, such as 15001"
+                )
+            }
+            guard port != self.port else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.transparentPort.variable,
+                    "KAIZEN_TRANSPARENT_PORT is the same as PORT (\(port)): give the transparent listener its own port, such as 15001"
+                )
+            }
+            self.transparentPort = port
+        } else {
+            self.transparentPort = nil
+        }
 
         // Actions must go somewhere: to the control plane (a key), to standard output (local mode), or both.
         if !local && apiKey == nil {

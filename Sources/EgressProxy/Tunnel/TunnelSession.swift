@@ -16,7 +16,7 @@ final class TunnelSession {
 
     private let reporting: Reporting
     private var metadata: ConnectMetadata
-    private let target: String
+    private var target: String
     private let requestedHost: String
     private let started: NIODeadline
     private let idleTimeout: TimeAmount
@@ -64,7 +64,14 @@ final class TunnelSession {
         if let hello = result.hello {
             metadata.alpn = hello.alpn
         }
-        if let sni = metadata.sni {
+        if metadata.transport == .transparent {
+            // No host was asked for: the SNI names the destination (the original address stays in
+            // original_dst).
+            if let sni = metadata.sni {
+                metadata.host = sni
+                target = Destination(host: sni, port: metadata.port, isIPLiteral: false).description
+            }
+        } else if let sni = metadata.sni {
             metadata.sniMismatch = sni != requestedHost
         }
         sendActionOnce()

@@ -1,0 +1,156 @@
+import ControlPlane
+import Logging
+import NIOCore
+import Synchronization
+
+/// A connection redirected to the transparent listener: reads its original destination, dials that IP and
+/// port (never a name from the SNI or Host), and becomes a tunnel exactly like a CONNECT one, peeking the
+/// ClientHello on the way. A connection whose original destination is one of the proxy's own listeners (or
+/// that has none) is refused, so a misconfigured redirect cannot loop.
+final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let settings: ConnectionSettings
+    private let reporting: Reporting
+    private let connector: UpstreamConnector
+    /// The proxy's own listening addresses.
+    private let ownListeners: @Sendable () -> [SocketAddress]
+    /// Bytes the client sent before the upstream was connected.
+    private var held: ByteBuffer?
+    private var clientClosed = false
+
+    init(settings: ConnectionSettings, reporting: Reporting, ownListeners: @escaping @Sendable () -> [SocketAddress]) {
+        self.settings = settings
+        self.reporting = reporting
+        self.ownListeners = ownListeners
+        self.connector = UpstreamConnector(
+            connectTimeout: settings.connectTimeout,
+            resolverPool: settings.resolverPool,
+            dnsCache: settings.dnsCache
+        )
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        OriginalDestination.of(context.channel).whenSuccess { original in
+            let (handler, context) = loopBound.value
+            handler.start(original: original, context: context)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if held == nil { held = bytes } else { held!.writeBuffer(&bytes) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        clientClosed = true
+        context.fireChannelInactive()
+    }
+
+    private func start(original: SocketAddress?, context: ChannelHandlerContext) {
+        let client = Reporting.describe(context.channel.remoteAddress)
+        guard let original, let ip = original.ipAddress, let port = original.port else {
+            reporting.logger.warning(
+                "transparent listener: a connection that was not redirected (no original destination); refused",
+                metadata: ["client.address": "\(client)"])
+            context.close(promise: nil)
+            return
+        }
+        if isOwnListener(ip: ip, port: port) {
+            TransparentHandler.logLoopOnce(reporting.logger, ip: ip, port: port)
+            context.close(promise: nil)
+            return
+        }
+        let destination = Destination(host: ip, port: port, isIPLiteral: true)
+        var metadata = ConnectMetadata(
+            eventID: EventID.generate(), transport: .transparent, host: ip, port: port, client: client,
+            startedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis()), outcome: .connected)
+        metadata.originalDst = destination.description
+        let baseMetadata = metadata
+        let started = NIODeadline.now()
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        connector.connect(to: destination, on: context.eventLoop) { channel in
+            channel.eventLoop.makeSucceededVoidFuture()
+        }.whenComplete { result in
+            let (handler, context) = loopBound.value
+            var metadata = baseMetadata
+            switch result {
+            case .success(let upstream):
+                guard !handler.clientClosed else {
+                    upstream.close(promise: nil)
+                    return
+                }
+                metadata.resolvedIP = upstream.remoteAddress?.ipAddress
+                handler.relay(upstream: upstream, destination: destination, metadata: metadata, started: started, context: context)
+            case .failure(let error):
+                let failure = handler.connector.classify(error)
+                metadata.outcome = .failed
+                metadata.error = failure.reason
+                handler.reporting.action(target: destination.description, metadata: metadata)
+                handler.reporting.logger.info(
+                    "upstream connect failed",
+                    metadata: ["client.address": "\(client)", "target": "\(destination)", "reason": "\(failure.reason)"])
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    private func relay(
+        upstream: any Channel,
+        destination: Destination,
+        metadata: ConnectMetadata,
+        started: NIODeadline,
+        context: ChannelHandlerContext
+    ) {
+        let (session, clientGlue, upstreamGlue) = GlueHandler.tunnel(
+            reporting: reporting, metadata: metadata, destination: destination, started: started,
+            settings: settings, eventLoop: context.eventLoop)
+        do {
+            try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
+            try context.pipeline.syncOperations.addHandler(clientGlue, position: .after(self))
+        } catch {
+            reporting.logger.error("cannot set up a transparent tunnel", metadata: ["error": "\(error)"])
+            upstream.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        session.start()
+        if let held, held.readableBytes > 0 {
+            self.held = nil
+            context.fireChannelRead(wrapInboundOut(held))
+            context.fireChannelReadComplete()
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    private func isOwnListener(ip: String, port: Int) -> Bool {
+        ownListeners().contains { listener in
+            guard listener.port == port, let own = listener.ipAddress else { return false }
+            // A listener on a wildcard address is reached through any local address.
+            return own == ip || own == "0.0.0.0" || own == "::" || Self.isLoopback(ip)
+        }
+    }
+
+    static func isLoopback(_ ip: String) -> Bool {
+        ip == "::1" || ip.hasPrefix("127.")
+    }
+
+    private static let loopLogged = Mutex(false)
+
+    static func logLoopOnce(_ logger: Logger, ip: String, port: Int) {
+        let first = loopLogged.withLock { logged in
+            defer { logged = true }
+            return !logged
+        }
+        guard first else { return }
+        logger.error(
+            "transparent listener: a connection whose original destination is the proxy itself was refused (check the iptables rules exclude the proxy's own UID and ports); logged once",
+            metadata: ["original_dst": "\(Destination(host: ip, port: port, isIPLiteral: true))"])
+    }
+}
+
+@available(*, unavailable)
+extension TransparentHandler: Sendable {}
