@@ -48,10 +48,28 @@ final class NetworkLab {
 @Suite(.serialized) struct TransparentTests {
     static let proxyUID = "1337"
 
-    @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
-    func redirectedTrafficIsReportedWithTheSNIAndTheOriginalDestination() throws {
+    /// A lab with the origin in "internet" and the proxy (as the exempt UID) plus the iptables rules in "agent".
+    struct Setup {
+        let lab: NetworkLab
+        let pki: TestPKI
+        let origin: ChildProcess
+        let originPort: Int
+        let proxy: ChildProcess
+
+        /// curl from the agent namespace, with no proxy settings, to https://localhost:PORT/hello.
+        func curl(trust: String) throws -> CommandResult {
+            try runCommand(Paths.which("ip"), lab.inNamespace(lab.agent, Paths.which("curl"), [
+                "-sS", "--noproxy", "*", "--max-time", "10", "--cacert", trust,
+                "--resolve", "localhost:\(originPort):\(lab.internetAddress)", "https://localhost:\(originPort)/hello",
+            ]), timeout: 30)
+        }
+    }
+
+    /// - Parameter proxyEnvironment: settings for the proxy, made from the test PKI.
+    func setUp(proxyEnvironment: (TestPKI) throws -> [String: String] = { _ in [:] }) throws -> Setup {
         let lab = try NetworkLab()
         let pki = try TestPKI.mint()
+        let extra = try proxyEnvironment(pki)
         let ip = Paths.which("ip")
         let origin = try ChildProcess(ip, lab.inNamespace(lab.internet, Paths.which("python3"), [
             Paths.originScript, "--mode", "https", "--host", lab.internetAddress,
@@ -67,7 +85,7 @@ final class NetworkLab {
                 "--reuid", Self.proxyUID, "--regid", Self.proxyUID, "--clear-groups",
                 Paths.proxyBinary, "--local", "--port", "3128", "--transparent-port", "15001",
             ]),
-            environment: environment
+            environment: environment.merging(extra) { $1 }
         )
         _ = try proxy.waitForStderr(containing: "transparent listener on 127.0.0.1:15001", timeout: 30)
 
@@ -76,19 +94,23 @@ final class NetworkLab {
         let rules = try runCommand(ip, lab.inNamespace(lab.agent, "/usr/bin/env", [
             "PROXY_UID=\(Self.proxyUID)", "KAIZEN_TRANSPARENT_PORT=15001", "/bin/sh", script,
         ]))
-        #expect(rules.status == 0, "\(rules.stderr)")
+        guard rules.status == 0 else { throw TestFailure("iptables.sh: \(rules.stderr)") }
+        return Setup(lab: lab, pki: pki, origin: origin, originPort: originPort, proxy: proxy)
+    }
 
+    @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
+    func redirectedTrafficIsReportedWithTheSNIAndTheOriginalDestination() throws {
+        let setup = try setUp()
+        let lab = setup.lab
+        let ip = Paths.which("ip")
         // The agent has no proxy settings at all.
-        let curl = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("curl"), [
-            "-sS", "--noproxy", "*", "--max-time", "10", "--cacert", pki.caCertificate,
-            "--resolve", "localhost:\(originPort):\(lab.internetAddress)", "https://localhost:\(originPort)/hello",
-        ]), timeout: 30)
+        let curl = try setup.curl(trust: setup.pki.caCertificate)
         #expect(curl.status == 0 && curl.stdout == "hello from origin", "\(curl.stdout) \(curl.stderr)")
-        let line = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        let line = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
         #expect(line.contains("\"transport\":\"transparent\""), "\(line)")
-        #expect(line.contains("\"target\":\"localhost:\(originPort)\""), "\(line)")
+        #expect(line.contains("\"target\":\"localhost:\(setup.originPort)\""), "\(line)")
         #expect(line.contains("\"sni\":\"localhost\""))
-        #expect(line.contains("\"original_dst\":\"\(lab.internetAddress):\(originPort)\""))
+        #expect(line.contains("\"original_dst\":\"\(lab.internetAddress):\(setup.originPort)\""))
         // The proxy's own connection to the origin went out directly (it reached the origin: no loop).
         #expect(line.contains("\"resolved_ip\":\"\(lab.internetAddress)\""))
 
@@ -116,7 +138,28 @@ final class NetworkLab {
             print("closed" if s.recv(10) == b"" else "data")
             """]))
         #expect(direct.stdout == "closed", "\(direct.stdout) \(direct.stderr)")
-        _ = try proxy.waitForStderr(containing: "original destination is the proxy itself was refused", timeout: 10)
-        withExtendedLifetime(origin) {}
+        _ = try setup.proxy.waitForStderr(containing: "original destination is the proxy itself was refused", timeout: 10)
+    }
+
+    @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
+    func withACATransparentConnectionsAreInspected() throws {
+        var caDirectory = ""
+        let setup = try setUp { pki in
+            caDirectory = try InspectionTests.makeCA(in: pki.directory)
+            // The proxy runs as its own UID: the CA directory and key are its alone.
+            chown(caDirectory, 1337, 1337)
+            chown(caDirectory + "/ca.key", 1337, 1337)
+            return [
+                "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+                "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+            ]
+        }
+        let curl = try setup.curl(trust: caDirectory + "/ca.pem")
+        #expect(curl.status == 0 && curl.stdout == "hello from origin", "\(curl.stdout) \(curl.stderr)")
+        let line = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        #expect(line.contains("\"transport\":\"transparent\"") && line.contains("\"intercepted\":true"), "\(line)")
+        #expect(line.contains("\"method\":\"GET\"") && line.contains("\"path\":\"/hello\""), "\(line)")
+        #expect(line.contains("\"target\":\"localhost:\(setup.originPort)\""), "\(line)")
+        #expect(line.contains("\"original_dst\":\"\(setup.lab.internetAddress):\(setup.originPort)\""))
     }
 }

@@ -182,11 +182,20 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         metadata.tls = true
         metadata.sni = hello.serverName
         metadata.alpn = hello.alpn
-        if let sni = hello.serverName { metadata.sniMismatch = sni != tunnel.destination.host }
+        var reported = tunnel.destination
+        if metadata.transport == .transparent {
+            // As for a transparent tunnel: the SNI names the destination, the address stays in original_dst.
+            if let sni = hello.serverName {
+                metadata.host = sni
+                reported = Destination(host: sni, port: tunnel.destination.port, isIPLiteral: false)
+            }
+        } else if let sni = hello.serverName {
+            metadata.sniMismatch = sni != tunnel.destination.host
+        }
         let connection = InterceptedConnection(
             reporting: reporting,
             metadata: metadata,
-            destination: tunnel.destination,
+            destination: reported,
             leaf: leaf,
             started: tunnel.started,
             inspection: inspection,

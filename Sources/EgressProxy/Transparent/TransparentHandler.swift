@@ -1,4 +1,5 @@
 import ControlPlane
+import Interception
 import Logging
 import NIOCore
 import Synchronization
@@ -72,8 +73,11 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
         let baseMetadata = metadata
         let started = NIODeadline.now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        // As for CONNECT: a connection that may be inspected is not read upstream until its ClientHello decides.
+        let mayInspect = settings.inspection?.policy.mayInspect(connectHost: ip) ?? false
         connector.connect(to: destination, on: context.eventLoop) { channel in
-            channel.eventLoop.makeSucceededVoidFuture()
+            guard mayInspect else { return channel.eventLoop.makeSucceededVoidFuture() }
+            return channel.setOption(ChannelOptions.autoRead, value: false)
         }.whenComplete { result in
             let (handler, context) = loopBound.value
             var metadata = baseMetadata
@@ -105,6 +109,22 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
         started: NIODeadline,
         context: ChannelHandlerContext
     ) {
+        if let inspection = settings.inspection, inspection.policy.mayInspect(connectHost: destination.host) {
+            // With a CA, transparent connections are inspected exactly as CONNECT ones are.
+            let start = InspectionStartHandler(
+                tunnel: .init(upstream: upstream, destination: destination, metadata: metadata, started: started),
+                inspection: inspection, settings: settings, reporting: reporting)
+            do {
+                try context.pipeline.syncOperations.addHandler(start, position: .after(self))
+            } catch {
+                reporting.logger.error("cannot set up a transparent tunnel", metadata: ["error": "\(error)"])
+                upstream.close(promise: nil)
+                context.close(promise: nil)
+                return
+            }
+            handOverHeldBytes(context: context)
+            return
+        }
         let (session, clientGlue, upstreamGlue) = GlueHandler.tunnel(
             reporting: reporting, metadata: metadata, destination: destination, started: started,
             settings: settings, eventLoop: context.eventLoop)
@@ -118,6 +138,11 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         session.start()
+        handOverHeldBytes(context: context)
+    }
+
+    /// Passes what the client sent meanwhile to the handler that took over, and leaves the pipeline.
+    private func handOverHeldBytes(context: ChannelHandlerContext) {
         if let held, held.readableBytes > 0 {
             self.held = nil
             context.fireChannelRead(wrapInboundOut(held))
