@@ -23,7 +23,8 @@ public final class ProxyServer: Service {
     private let onListening: (@Sendable (SocketAddress) -> Void)?
     private let tracker = ConnectionTracker()
     private let boundChannel = NIOLockedValueBox<(any Channel)?>(nil)
-    private let transparentChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    /// The transparent listeners: one per address family (iptables redirects IPv4 and IPv6 to each's own).
+    private let transparentChannels = NIOLockedValueBox<[any Channel]>([])
     /// Name lookups for upstream connections; started with the server, shut down when it stops.
     private let resolverPool: NIOThreadPool
     private let dnsCache: DNSCache
@@ -94,40 +95,64 @@ public final class ProxyServer: Service {
             .get()
         boundChannel.withLockedValue { $0 = serverChannel }
         if let transparentPort = configuration.transparentPort {
-            let ownListeners: @Sendable () -> [SocketAddress] = { [boundChannel, transparentChannel] in
-                [boundChannel.withLockedValue { $0 }, transparentChannel.withLockedValue { $0 }]
-                    .compactMap { $0?.localAddress }
+            let ownListeners: @Sendable () -> [SocketAddress] = { [boundChannel, transparentChannels] in
+                ([boundChannel.withLockedValue { $0 }].compactMap { $0 } + transparentChannels.withLockedValue { $0 })
+                    .compactMap { $0.localAddress }
             }
-            do {
-                let transparent = try await ServerBootstrap(group: group)
-                    .serverChannelOption(.backlog, value: 1024)
-                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                    .childChannelOption(.allowRemoteHalfClosure, value: true)
-                    .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                    .childChannelInitializer { channel in
-                        tracker.add(channel)
-                        do {
-                            try channel.pipeline.syncOperations.addHandler(
-                                TransparentHandler(settings: settings, reporting: reporting, ownListeners: ownListeners))
-                            return channel.eventLoop.makeSucceededVoidFuture()
-                        } catch {
-                            return channel.eventLoop.makeFailedFuture(error)
-                        }
+            let bootstrap = ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    tracker.add(channel)
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(
+                            TransparentHandler(settings: settings, reporting: reporting, ownListeners: ownListeners))
+                        return channel.eventLoop.makeSucceededVoidFuture()
+                    } catch {
+                        return channel.eventLoop.makeFailedFuture(error)
                     }
-                    .bind(host: configuration.listenAddress, port: transparentPort)
-                    .get()
-                transparentChannel.withLockedValue { $0 = transparent }
-            } catch {
-                try? await serverChannel.close()
-                throw TransparentBindError(port: transparentPort, underlying: error)
+                }
+            for (index, address) in Self.transparentAddresses(for: configuration.listenAddress).enumerated() {
+                do {
+                    var bound = bootstrap
+                    if address.contains(":") {
+                        // Only IPv6 on the IPv6 socket, so the IPv4 one can hold the same port.
+                        bound = bound.serverChannelOption(
+                            ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
+                    }
+                    let channel = try await bound.bind(host: address, port: transparentPort).get()
+                    transparentChannels.withLockedValue { $0.append(channel) }
+                } catch {
+                    if index == 0 {
+                        try? await serverChannel.close()
+                        throw TransparentBindError(port: transparentPort, underlying: error)
+                    }
+                    // The other family may not exist here (no IPv6): its traffic is not redirected then either.
+                    logger.notice(
+                        "transparent listener: not on \(address) (\(error)); only the other address family is served")
+                }
             }
         }
         return serverChannel.localAddress
     }
 
-    /// The transparent listener's address, when there is one.
-    public var transparentAddress: SocketAddress? {
-        transparentChannel.withLockedValue { $0?.localAddress }
+    /// The transparent listeners' addresses.
+    public var transparentAddresses: [SocketAddress] {
+        transparentChannels.withLockedValue { $0.compactMap(\.localAddress) }
+    }
+
+    /// The listen address and its counterpart in the other family: iptables REDIRECT sends IPv4 to 127.0.0.1
+    /// and IPv6 to ::1 (or to the interface's address, which a wildcard covers).
+    static func transparentAddresses(for listen: String) -> [String] {
+        switch listen {
+        case "127.0.0.1": ["127.0.0.1", "::1"]
+        case "::1": ["::1", "127.0.0.1"]
+        case "0.0.0.0": ["0.0.0.0", "::"]
+        case "::": ["::", "0.0.0.0"]
+        default: [listen]
+        }
     }
 
     public func run() async throws {
@@ -140,22 +165,22 @@ public final class ProxyServer: Service {
         )
         if let address { onListening?(address) }
 
-        let transparent = transparentChannel.withLockedValue { $0 }
-        if let transparent {
-            logger.info("transparent listener on \(Reporting.describe(transparent.localAddress))")
+        let transparent = transparentChannels.withLockedValue { $0 }
+        for channel in transparent {
+            logger.info("transparent listener on \(Reporting.describe(channel.localAddress))")
         }
         try await withTaskCancellationHandler {
             try await withGracefulShutdownHandler {
                 try await serverChannel.closeFuture.get()
             } onGracefulShutdown: {
                 serverChannel.close(promise: nil)
-                transparent?.close(promise: nil)
+                for channel in transparent { channel.close(promise: nil) }
             }
         } onCancel: {
             serverChannel.close(promise: nil)
-            transparent?.close(promise: nil)
+            for channel in transparent { channel.close(promise: nil) }
         }
-        try? await transparent?.close()
+        for channel in transparent { try? await channel.close() }
         await drain()
     }
 

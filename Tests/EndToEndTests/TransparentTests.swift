@@ -13,6 +13,8 @@ final class NetworkLab {
     let internet: String
     let agentAddress = "10.250.0.1"
     let internetAddress = "10.250.0.2"
+    let agentAddress6 = "fd00:6b7a::1"
+    let internetAddress6 = "fd00:6b7a::2"
 
     init() throws {
         let tag = String(UUID().uuidString.prefix(6)).lowercased()
@@ -24,6 +26,8 @@ final class NetworkLab {
             ["link", "set", "\(agent)v", "netns", agent], ["link", "set", "\(internet)v", "netns", internet],
             ["-n", agent, "addr", "add", "\(agentAddress)/24", "dev", "\(agent)v"],
             ["-n", internet, "addr", "add", "\(internetAddress)/24", "dev", "\(internet)v"],
+            ["-n", agent, "addr", "add", "\(agentAddress6)/64", "dev", "\(agent)v", "nodad"],
+            ["-n", internet, "addr", "add", "\(internetAddress6)/64", "dev", "\(internet)v", "nodad"],
             ["-n", agent, "link", "set", "\(agent)v", "up"], ["-n", internet, "link", "set", "\(internet)v", "up"],
             ["-n", agent, "link", "set", "lo", "up"], ["-n", internet, "link", "set", "lo", "up"],
         ]
@@ -55,24 +59,27 @@ final class NetworkLab {
         let origin: ChildProcess
         let originPort: Int
         let proxy: ChildProcess
+        var ipv6 = false
+        var originAddress: String { ipv6 ? lab.internetAddress6 : lab.internetAddress }
 
         /// curl from the agent namespace, with no proxy settings, to https://localhost:PORT/hello.
         func curl(trust: String) throws -> CommandResult {
             try runCommand(Paths.which("ip"), lab.inNamespace(lab.agent, Paths.which("curl"), [
                 "-sS", "--noproxy", "*", "--max-time", "10", "--cacert", trust,
-                "--resolve", "localhost:\(originPort):\(lab.internetAddress)", "https://localhost:\(originPort)/hello",
+                "--resolve", "localhost:\(originPort):\(ipv6 ? "[\(originAddress)]" : originAddress)",
+                "https://localhost:\(originPort)/hello",
             ]), timeout: 30)
         }
     }
 
     /// - Parameter proxyEnvironment: settings for the proxy, made from the test PKI.
-    func setUp(proxyEnvironment: (TestPKI) throws -> [String: String] = { _ in [:] }) throws -> Setup {
+    func setUp(ipv6: Bool = false, proxyEnvironment: (TestPKI) throws -> [String: String] = { _ in [:] }) throws -> Setup {
         let lab = try NetworkLab()
         let pki = try TestPKI.mint()
         let extra = try proxyEnvironment(pki)
         let ip = Paths.which("ip")
         let origin = try ChildProcess(ip, lab.inNamespace(lab.internet, Paths.which("python3"), [
-            Paths.originScript, "--mode", "https", "--host", lab.internetAddress,
+            Paths.originScript, "--mode", "https", "--host", ipv6 ? lab.internetAddress6 : lab.internetAddress,
             "--cert", pki.serverCertificate, "--key", pki.serverKey,
         ]))
         let originPort = try #require(Int(try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
@@ -95,7 +102,7 @@ final class NetworkLab {
             "PROXY_UID=\(Self.proxyUID)", "KAIZEN_TRANSPARENT_PORT=15001", "/bin/sh", script,
         ]))
         guard rules.status == 0 else { throw TestFailure("iptables.sh: \(rules.stderr)") }
-        return Setup(lab: lab, pki: pki, origin: origin, originPort: originPort, proxy: proxy)
+        return Setup(lab: lab, pki: pki, origin: origin, originPort: originPort, proxy: proxy, ipv6: ipv6)
     }
 
     @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
@@ -161,5 +168,16 @@ final class NetworkLab {
         #expect(line.contains("\"method\":\"GET\"") && line.contains("\"path\":\"/hello\""), "\(line)")
         #expect(line.contains("\"target\":\"localhost:\(setup.originPort)\""), "\(line)")
         #expect(line.contains("\"original_dst\":\"\(setup.lab.internetAddress):\(setup.originPort)\""))
+    }
+
+    @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
+    func ipv6IsRedirectedToo() throws {
+        let setup = try setUp(ipv6: true)
+        _ = try setup.proxy.waitForStderr(containing: "transparent listener on [::1]:15001", timeout: 10)
+        let curl = try setup.curl(trust: setup.pki.caCertificate)
+        #expect(curl.status == 0 && curl.stdout == "hello from origin", "\(curl.stdout) \(curl.stderr)")
+        let line = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        #expect(line.contains("\"transport\":\"transparent\"") && line.contains("\"sni\":\"localhost\""), "\(line)")
+        #expect(line.contains("\"original_dst\":\"[\(setup.lab.internetAddress6)]:\(setup.originPort)\""), "\(line)")
     }
 }
