@@ -55,6 +55,14 @@ struct UpstreamConnector {
     }
 
     /// Maps a dial error to what the client and the action are told.
+    /// Every address `host` resolves to (through the same cache and threads as connections), as text.
+    func addresses(of host: String, on eventLoop: any EventLoop) -> EventLoopFuture<[String]> {
+        let resolver = ThreadPoolResolver(pool: resolverPool, cache: dnsCache, eventLoop: eventLoop)
+        let v6 = resolver.initiateAAAAQuery(host: host, port: 0)
+        let v4 = resolver.initiateAQuery(host: host, port: 0)
+        return v6.and(v4).map { v6, v4 in (v6 + v4).compactMap(\.ipAddress) }
+    }
+
     func classify(_ error: any Error) -> Failure {
         if let channelError = error as? ChannelError, case .connectTimeout = channelError {
             return Failure(

@@ -40,7 +40,14 @@ final class NetworkLab {
     deinit {
         for namespace in [agent, internet] {
             _ = try? runCommand(Paths.which("ip"), ["netns", "del", namespace], timeout: 20)
+            try? FileManager.default.removeItem(atPath: "/etc/netns/\(namespace)")
         }
+    }
+
+    /// Gives the agent namespace its own /etc/hosts (`ip netns exec` mounts /etc/netns/NAME/hosts over it).
+    func setAgentHosts(_ text: String) throws {
+        try FileManager.default.createDirectory(atPath: "/etc/netns/\(agent)", withIntermediateDirectories: true)
+        try text.write(toFile: "/etc/netns/\(agent)/hosts", atomically: true, encoding: .utf8)
     }
 
     /// `ip netns exec NAMESPACE executable arguments…`
@@ -73,8 +80,13 @@ final class NetworkLab {
     }
 
     /// - Parameter proxyEnvironment: settings for the proxy, made from the test PKI.
-    func setUp(ipv6: Bool = false, proxyEnvironment: (TestPKI) throws -> [String: String] = { _ in [:] }) throws -> Setup {
+    func setUp(
+        ipv6: Bool = false,
+        agentHosts: String? = nil,
+        proxyEnvironment: (TestPKI) throws -> [String: String] = { _ in [:] }
+    ) throws -> Setup {
         let lab = try NetworkLab()
+        if let agentHosts { try lab.setAgentHosts(agentHosts) }
         let pki = try TestPKI.mint()
         let extra = try proxyEnvironment(pki)
         let ip = Paths.which("ip")
@@ -107,7 +119,8 @@ final class NetworkLab {
 
     @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
     func redirectedTrafficIsReportedWithTheSNIAndTheOriginalDestination() throws {
-        let setup = try setUp()
+        // In this namespace the SNI's name resolves to the origin's address: no mismatch.
+        let setup = try setUp(agentHosts: "10.250.0.2 localhost\n")
         let lab = setup.lab
         let ip = Paths.which("ip")
         // The agent has no proxy settings at all.
@@ -118,6 +131,7 @@ final class NetworkLab {
         #expect(line.contains("\"target\":\"localhost:\(setup.originPort)\""), "\(line)")
         #expect(line.contains("\"sni\":\"localhost\""))
         #expect(line.contains("\"original_dst\":\"\(lab.internetAddress):\(setup.originPort)\""))
+        #expect(line.contains("\"sni_mismatch\":false"), "\(line)")
         // The proxy's own connection to the origin went out directly (it reached the origin: no loop).
         #expect(line.contains("\"resolved_ip\":\"\(lab.internetAddress)\""))
 
@@ -179,5 +193,7 @@ final class NetworkLab {
         let line = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
         #expect(line.contains("\"transport\":\"transparent\"") && line.contains("\"sni\":\"localhost\""), "\(line)")
         #expect(line.contains("\"original_dst\":\"[\(setup.lab.internetAddress6)]:\(setup.originPort)\""), "\(line)")
+        // Here "localhost" resolves to the loopback addresses, not to the address the agent reached: flagged.
+        #expect(line.contains("\"sni_mismatch\":true"), "\(line)")
     }
 }

@@ -128,6 +128,9 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
         let (session, clientGlue, upstreamGlue) = GlueHandler.tunnel(
             reporting: reporting, metadata: metadata, destination: destination, started: started,
             settings: settings, eventLoop: context.eventLoop)
+        let connector = self.connector
+        let eventLoop = context.eventLoop
+        session.resolveName = { name in connector.addresses(of: name, on: eventLoop) }
         do {
             try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
             try context.pipeline.syncOperations.addHandler(clientGlue, position: .after(self))

@@ -33,6 +33,9 @@ final class TunnelSession {
     private var recorded = false
     /// Closes both channels; set by the glue handlers once they are paired.
     var closeBoth: ((_ reason: String) -> Void)?
+    /// Transparent mode: resolves a name to its addresses, to check that the SNI belongs to the original
+    /// destination. The action waits for the answer; the data never does.
+    var resolveName: ((_ name: String) -> EventLoopFuture<[String]>)?
 
     init(
         reporting: Reporting,
@@ -70,6 +73,20 @@ final class TunnelSession {
             if let sni = metadata.sni {
                 metadata.host = sni
                 target = Destination(host: sni, port: metadata.port, isIPLiteral: false).description
+                if let resolveName {
+                    // Does the name plausibly belong to the address the agent connected to? Report, don't block.
+                    let original = requestedHost
+                    let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+                    resolveName(sni).hop(to: eventLoop).whenComplete { result in
+                        let session = loopBound.value
+                        switch result {
+                        case .success(let addresses): session.metadata.sniMismatch = !addresses.contains(original)
+                        case .failure: session.metadata.sniMismatch = true  // the name does not resolve at all
+                        }
+                        session.sendActionOnce()
+                    }
+                    return
+                }
             }
         } else if let sni = metadata.sni {
             metadata.sniMismatch = sni != requestedHost
