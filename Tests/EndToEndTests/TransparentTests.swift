@@ -135,6 +135,24 @@ final class NetworkLab {
         // The proxy's own connection to the origin went out directly (it reached the origin: no loop).
         #expect(line.contains("\"resolved_ip\":\"\(lab.internetAddress)\""))
 
+        // Plain HTTP names its destination in Host.
+        let (httpOrigin, httpPort) = try {
+            let child = try ChildProcess(ip, lab.inNamespace(lab.internet, Paths.which("python3"), [
+                Paths.originScript, "--mode", "http", "--host", lab.internetAddress,
+            ]))
+            let port = try #require(Int(try child.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
+            return (child, port)
+        }()
+        let plain = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("curl"), [
+            "-sS", "--noproxy", "*", "--max-time", "10",
+            "--resolve", "localhost:\(httpPort):\(lab.internetAddress)", "http://localhost:\(httpPort)/hello",
+        ]), timeout: 30)
+        #expect(plain.status == 0 && plain.stdout == "hello from origin", "\(plain.stdout) \(plain.stderr)")
+        let lines = try setup.proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"action\"") }
+        #expect(lines[1].contains("\"target\":\"localhost:\(httpPort)\"") && lines[1].contains("\"tls\":false"), "\(lines[1])")
+        #expect(lines[1].contains("\"sni_mismatch\":false"), "\(lines[1])")
+        withExtendedLifetime(httpOrigin) {}
+
         // QUIC (UDP 443) from the agent is rejected, so clients fall back to TCP.
         let udp = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("python3"), ["-c", """
             import socket

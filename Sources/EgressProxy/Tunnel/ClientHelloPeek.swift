@@ -9,11 +9,14 @@ public struct PeekResult: Sendable, Hashable {
     public var hello: ClientHello?
     /// Why there is no server name, when there is none.
     public var sniError: String?
+    /// When the bytes were not TLS but a plain-HTTP request: its `Host` (transparent mode reports it).
+    public var httpHost: String?
 
-    public init(tls: Bool?, hello: ClientHello?, sniError: String?) {
+    public init(tls: Bool?, hello: ClientHello?, sniError: String?, httpHost: String? = nil) {
         self.tls = tls
         self.hello = hello
         self.sniError = sniError
+        self.httpHost = httpHost
     }
 }
 
@@ -64,7 +67,8 @@ struct ClientHelloPeek {
             let error = hello.serverName == nil ? "client sent no server name" : nil
             return finish(PeekResult(tls: true, hello: hello, sniError: error))
         case .notTLS(let reason):
-            return finish(PeekResult(tls: false, hello: nil, sniError: "not TLS: \(reason)"))
+            let host = HTTPHostSniff.host(in: collected ?? bytes)
+            return finish(PeekResult(tls: false, hello: nil, sniError: "not TLS: \(reason)", httpHost: host))
         case .malformed(let reason):
             return finish(PeekResult(tls: true, hello: nil, sniError: "malformed ClientHello: \(reason)"))
         case .tooLarge(let limit):

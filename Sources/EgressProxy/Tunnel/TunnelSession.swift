@@ -1,5 +1,6 @@
 import ClientHello
 import ControlPlane
+import OpenSSLTLS
 import Logging
 import NIOCore
 
@@ -70,10 +71,12 @@ final class TunnelSession {
         if metadata.transport == .transparent {
             // No host was asked for: the SNI names the destination (the original address stays in
             // original_dst).
-            if let sni = metadata.sni {
-                metadata.host = sni
-                target = Destination(host: sni, port: metadata.port, isIPLiteral: false).description
+            // Plain HTTP (port 80 traffic) names its destination in Host instead.
+            if let name = metadata.sni ?? result.httpHost {
+                metadata.host = name
+                target = Destination(host: name, port: metadata.port, isIPLiteral: OpenSSLConnection.isIPAddress(name)).description
                 if let resolveName {
+                    let sni = name
                     // Does the name plausibly belong to the address the agent connected to? Report, don't block.
                     let original = requestedHost
                     let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
