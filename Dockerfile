@@ -12,16 +12,23 @@ COPY Package.swift ./
 RUN swift package resolve
 COPY CSSL ./CSSL
 COPY Sources ./Sources
-RUN swift build -c release --static-swift-stdlib --product kaizen-egress \
-    && cp "$(swift build -c release --show-bin-path)/kaizen-egress" /kaizen-egress
+COPY scripts/build-release.sh ./scripts/
+# The same script `make test` builds and checks (scripts/smoke-release.sh): static Swift runtime.
+RUN scripts/build-release.sh /kaizen-egress
 
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /kaizen-egress /usr/local/bin/kaizen-egress
+# The spool (actions not yet delivered) lives here; mount a volume on it to keep them across restarts.
+RUN mkdir -p /var/lib/kaizen-egress && chown 1337:1337 /var/lib/kaizen-egress
+WORKDIR /var/lib/kaizen-egress
 USER 1337:1337
 ENV KAIZEN_LISTEN=0.0.0.0 \
-    PORT=8080
-EXPOSE 8080
+    PORT=8080 \
+    KAIZEN_SPOOL_DIR=/var/lib/kaizen-egress/spool
+# 8080: explicit proxy (HTTPS_PROXY); 15001: transparent listener when KAIZEN_TRANSPARENT_PORT=15001 is set.
+EXPOSE 8080 15001
+HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/local/bin/kaizen-egress", "probe"]
 ENTRYPOINT ["/usr/local/bin/kaizen-egress"]

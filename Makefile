@@ -27,9 +27,10 @@ run: deps
 test: EXTRA_PACKAGES = $(if $(filter 0,$(shell id -u)),$(TEST_PACKAGES))
 test: deps
 	swift test
+	scripts/smoke-release.sh
 
 build: deps
 	swift build
 
 release: deps
-	swift build -c release --static-swift-stdlib --product kaizen-egress
+	scripts/build-release.sh

@@ -14,7 +14,7 @@ struct KaizenEgress: AsyncParsableCommand {
             Every option can also be set through the environment variable named in its help; the option wins.
             Local mode (--local) needs no account: actions are written as JSON lines to standard output.
             """,
-        subcommands: [Run.self, CA.self]
+        subcommands: [Run.self, CA.self, Probe.self]
     )
 
     @OptionGroup var options: RunOptions

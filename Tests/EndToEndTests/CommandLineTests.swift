@@ -146,4 +146,14 @@ import Testing
             #expect(result.stdout.contains(variable), "\(variable)")
         }
     }
+
+    @Test func probeExitsZeroOnlyWhileTheProxyListens() throws {
+        let proxy = try ChildProcess(Paths.proxyBinary, ["--local", "--port", "0"], environment: environment([:]))
+        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
+        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        #expect(try runCommand(Paths.proxyBinary, ["probe", "\(port)"]).status == 0)
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+        #expect(try runCommand(Paths.proxyBinary, ["probe", "\(port)"]).status == 1)
+    }
 }
