@@ -1,4 +1,4 @@
-# Build: docker build -t kaizen-egress .
+# Build: docker build -t kaizen-egress .   (and --target iptables-init for the pod's init container)
 # Run:   docker run -p 8080:8080 -e KAIZEN_LOCAL=1 kaizen-egress
 ARG SWIFT_VERSION=6.3
 
@@ -16,6 +16,16 @@ COPY scripts/build-release.sh ./scripts/
 # The same script `make test` builds and checks (scripts/smoke-release.sh): static Swift runtime.
 RUN scripts/build-release.sh /kaizen-egress
 
+# The pod's init container (needs NET_ADMIN): installs deploy/iptables.sh's rules, then exits.
+#   docker build --target iptables-init -t kaizen-egress-init .
+FROM debian:bookworm-slim AS iptables-init
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iptables \
+    && rm -rf /var/lib/apt/lists/*
+COPY deploy/iptables.sh /usr/local/bin/kaizen-iptables
+ENTRYPOINT ["/bin/sh", "/usr/local/bin/kaizen-iptables"]
+
+# The proxy (the default target).
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 ca-certificates \
