@@ -202,6 +202,19 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             idleTimeout: settings.idleTimeout,
             eventLoop: context.eventLoop
         )
+        if metadata.transport == .transparent, let sni = hello.serverName {
+            // As for a transparent tunnel: does the SNI resolve to the address the agent connected to?
+            let connector = UpstreamConnector(
+                connectTimeout: settings.connectTimeout, resolverPool: settings.resolverPool, dnsCache: settings.dnsCache)
+            let original = tunnel.destination.host
+            let loopBound = NIOLoopBound(connection, eventLoop: context.eventLoop)
+            connector.addresses(of: sni, on: context.eventLoop).hop(to: context.eventLoop).whenComplete { result in
+                switch result {
+                case .success(let addresses): loopBound.value.noteSNIMismatch(!addresses.contains(original))
+                case .failure: loopBound.value.noteSNIMismatch(true)
+                }
+            }
+        }
         let leaves = inspection.leaves
         let upstreamReady = connection.upstreamReady
         do {

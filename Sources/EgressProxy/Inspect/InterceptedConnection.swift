@@ -70,6 +70,10 @@ final class InterceptedConnection {
         self.lastActivity = started
     }
 
+    /// Transparent mode: whether the SNI fails to resolve to the original destination (known shortly after the
+    /// connection starts; requests reported before it is known go without it).
+    func noteSNIMismatch(_ mismatch: Bool) { metadata.sniMismatch = mismatch }
+
     func attach(client: InterceptedClientHandler) { self.client = client }
     func attach(upstream: InterceptedUpstreamHandler) { self.upstream = upstream }
 
