@@ -153,6 +153,23 @@ final class NetworkLab {
         #expect(lines[1].contains("\"sni_mismatch\":false"), "\(lines[1])")
         withExtendedLifetime(httpOrigin) {}
 
+        // Neither TLS nor HTTP (a server that speaks first): relayed, reported by address and port.
+        let banner = try ChildProcess(ip, lab.inNamespace(lab.internet, Paths.which("python3"), [
+            Paths.originScript, "--mode", "banner", "--host", lab.internetAddress,
+        ]))
+        let bannerPort = try #require(Int(try banner.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
+        let greeting = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("python3"), ["-c", """
+            import socket
+            s = socket.create_connection(("\(lab.internetAddress)", \(bannerPort)), timeout=5)
+            print(s.recv(100).decode().strip())
+            s.sendall(b"ping")
+            print(s.recv(100).decode())
+            """]))
+        #expect(greeting.stdout == "SSH-2.0-kaizen-test\nping", "\(greeting.stdout) \(greeting.stderr)")
+        let all = try setup.proxy.waitForLines(count: 3, timeout: 20) { $0.contains("\"action\"") }
+        #expect(all[2].contains("\"target\":\"\(lab.internetAddress):\(bannerPort)\"") && all[2].contains("\"tls\":false"), "\(all[2])")
+        withExtendedLifetime(banner) {}
+
         // QUIC (UDP 443) from the agent is rejected, so clients fall back to TCP.
         let udp = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("python3"), ["-c", """
             import socket
