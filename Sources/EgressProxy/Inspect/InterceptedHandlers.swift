@@ -79,13 +79,17 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
-    /// The last response part written, so a close can wait for it to go out.
+    /// The last response end written, so a close can wait for the response to go out.
     private var lastWrite: EventLoopFuture<Void>?
 
     func send(_ part: HTTPServerResponsePart, flush: Bool = false) {
         guard let context else { return }
-        let written = context.write(wrapOutboundOut(part))
-        lastWrite = written
+        if case .end = part {
+            // One promise per response (not per part): what a close after this response waits for.
+            lastWrite = context.write(wrapOutboundOut(part))
+        } else {
+            context.write(wrapOutboundOut(part), promise: nil)
+        }
         if flush { context.flush() }
     }
 
