@@ -259,6 +259,18 @@ import Testing
         #expect(next.status == 0 && next.stdout == "hello from origin", "\(next.stderr)")
     }
 
+    @Test func aClientThatLeavesBeforeItsClientHelloIsStillReported() throws {
+        let setup = try setUp()
+        do {
+            let socket = try RawSocket(host: "127.0.0.1", port: setup.proxyPort)
+            try socket.send("CONNECT localhost:\(setup.originPort) HTTP/1.1\r\n\r\n")
+            #expect(try socket.receive(until: "\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+        }  // closed here, before any ClientHello
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["inspection"] as? String == "client closed before its ClientHello", "\(action)")
+        _ = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
+    }
+
     @Test func sigtermClosesAnIdleInterceptedConnectionAtOnceAndExits0() throws {
         let setup = try setUp(extra: ["KAIZEN_DRAIN_SECONDS": "60"])
         let script = Paths.endToEndDirectory.appendingPathComponent("mitm_client.py").path

@@ -85,7 +85,9 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if !decided, case ChannelEvent.inputClosed = event {
-            passThrough(reason: "client closed before its ClientHello", context: context)
+            // The relay that takes over gets the half-close after the held bytes (this handler is gone by then).
+            passThrough(reason: "client closed before its ClientHello", context: context, clientHalfClosed: true)
+            return
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -139,7 +141,12 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     /// Destination-only handling: the relay and its peek take over, starting with the held bytes.
-    private func passThrough(reason: String, context: ChannelHandlerContext, clientGone: Bool = false) {
+    private func passThrough(
+        reason: String,
+        context: ChannelHandlerContext,
+        clientGone: Bool = false,
+        clientHalfClosed: Bool = false
+    ) {
         guard !decided else { return }
         decided = true
         timer?.cancel()
@@ -164,6 +171,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             context.fireChannelRead(wrapInboundOut(held))
             context.fireChannelReadComplete()
         }
+        if clientHalfClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         if clientGone { context.fireChannelInactive() }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }

@@ -20,6 +20,7 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Bytes the client sent before the upstream was connected.
     private var held: ByteBuffer?
     private var clientClosed = false
+    private var clientHalfClosed = false
 
     init(settings: ConnectionSettings, reporting: Reporting, ownListeners: @escaping @Sendable () -> [SocketAddress]) {
         self.settings = settings
@@ -49,6 +50,15 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         clientClosed = true
         context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            // Kept for the relay, which is not there yet: it gets it after the held bytes.
+            clientHalfClosed = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func start(original: SocketAddress?, context: ChannelHandlerContext) {
@@ -151,6 +161,7 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.fireChannelRead(wrapInboundOut(held))
             context.fireChannelReadComplete()
         }
+        if clientHalfClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
