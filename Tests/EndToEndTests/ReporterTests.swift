@@ -25,12 +25,9 @@ import Testing
         for _ in 0..<count {
             _ = try runCommand(Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(port)", "http://127.0.0.1:\(closed)/"])
         }
-        var ids: [String] = []
-        for _ in 0..<50 where ids.count < count {
-            _ = try proxy.waitForLine(timeout: 10) { $0.contains("\"action\"") }
-            ids = proxy.stdoutLines.filter { $0.contains("\"action\"") }.compactMap { line in
-                line.components(separatedBy: "\"event_id\":\"").dropFirst().first.map { String($0.prefix(36)) }
-            }
+        // Each action line is written shortly after its connection: wait for all of them.
+        let ids = try proxy.waitForLines(count: count, timeout: 30) { $0.contains("\"action\"") }.compactMap { line in
+            line.components(separatedBy: "\"event_id\":\"").dropFirst().first.map { String($0.prefix(36)) }
         }
         #expect(ids.count == count)
         return (proxy, ids)
