@@ -37,13 +37,13 @@ final class InterceptedConnection {
     private var closedBy: CloseRecord.ClosedBy?
     private var closeReason: String?
     private var finished = false
-    /// After an upgrade the relay handlers, not the HTTP ones, report each side's close.
-    private var upgraded = false
     /// The proxy is stopping: close once the exchange in progress (if any) has ended.
     private var quiescing = false
+    /// Set after a 101: the connection is a byte relay from then on.
     private var relays: (client: UpgradedRelayHandler, upstream: UpgradedRelayHandler)?
-    private var clientClosedFlag = false
-    private var upstreamClosedFlag = false
+    /// Each side's channel, whichever handler (HTTP or, after an upgrade, the relay) saw it close.
+    private var clientOpen = true
+    private var upstreamOpen = true
     private var lastActivity: NIODeadline
     private var idleTimer: Scheduled<Void>?
 
@@ -192,7 +192,6 @@ final class InterceptedConnection {
             closeBoth()
             return
         }
-        upgraded = true
         relays = (clientRelay, upstreamRelay)
         clientRelay.startReading()
         upstreamRelay.startReading()
@@ -203,12 +202,6 @@ final class InterceptedConnection {
     func relayed(_ count: Int, fromClient: Bool) {
         lastActivity = .now()
         if fromClient { requestBytes &+= UInt64(count) } else { responseBytes &+= UInt64(count) }
-    }
-
-    func relayClosed(fromClient: Bool) {
-        if fromClient { clientClosedFlag = true } else { upstreamClosedFlag = true }
-        noteClose(by: fromClient ? .client : .upstream, reason: "eof")
-        if clientClosedFlag && upstreamClosedFlag { finish() }
     }
 
     private func handle(_ action: InterceptedExchangeStateMachine.Action, forward: HTTPClientRequestPart) {
@@ -267,21 +260,24 @@ final class InterceptedConnection {
         closeReason = reason
     }
 
+    /// The client's channel closed (seen by the HTTP handler, or by the relay after an upgrade).
     func clientClosed() {
-        guard !upgraded else { return }
+        clientOpen = false
         noteClose(by: .client, reason: "eof")
         upstream?.close()
+        relays?.upstream.close()
         finishIfBothClosed()
     }
 
     func upstreamClosed() {
-        guard !upgraded else { return }
+        upstreamOpen = false
         noteClose(by: .upstream, reason: "eof")
         if !upstreamHandshakeDone {
             upstreamReady.fail(ChannelError.ioOnClosedChannel)
             if failure == nil { failure = ("upstream not trusted", "upstream closed during the TLS handshake") }
         }
         client?.closeAfterWrites()
+        relays?.client.close()
         finishIfBothClosed()
     }
 
@@ -295,7 +291,7 @@ final class InterceptedConnection {
     /// The proxy is draining: an idle keep-alive connection closes now, a busy one after its exchange.
     func quiesce() {
         quiescing = true
-        guard !upgraded, machine.current == nil else { return }
+        guard relays == nil, machine.current == nil else { return }
         noteClose(by: .proxy, reason: "shutdown")
         closeBoth()
     }
@@ -306,7 +302,7 @@ final class InterceptedConnection {
     }
 
     private func finishIfBothClosed() {
-        guard client?.isClosed ?? true, upstream?.isClosed ?? true else { return }
+        guard !clientOpen, !upstreamOpen else { return }
         finish()
     }
 

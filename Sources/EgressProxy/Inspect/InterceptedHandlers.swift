@@ -12,7 +12,6 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     private let connection: InterceptedConnection
     private var context: ChannelHandlerContext?
     private var pendingRead = false
-    private(set) var isClosed = false
 
     init(connection: InterceptedConnection) {
         self.connection = connection
@@ -57,7 +56,6 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        isClosed = true
         connection.clientClosed()
         context.fireChannelInactive()
     }
@@ -157,7 +155,6 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     private let connection: InterceptedConnection
     private var context: ChannelHandlerContext?
     private var pendingRead = false
-    private(set) var isClosed = false
 
     init(connection: InterceptedConnection) {
         self.connection = connection
@@ -194,7 +191,6 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        isClosed = true
         connection.upstreamClosed()
         context.fireChannelInactive()
     }

@@ -54,8 +54,7 @@ final class UpgradedRelayHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        connection.relayClosed(fromClient: fromClient)
-        partner?.close()
+        if fromClient { connection.clientClosed() } else { connection.upstreamClosed() }
         context.fireChannelInactive()
     }
 
