@@ -55,12 +55,29 @@ struct UpstreamConnector {
     }
 
     /// Maps a dial error to what the client and the action are told.
-    /// Every address `host` resolves to (through the same cache and threads as connections), as text.
-    func addresses(of host: String, on eventLoop: any EventLoop) -> EventLoopFuture<[String]> {
+    /// Whether `name` plausibly belongs to `address`: it resolves (through the same cache and threads as
+    /// connections) to that address. A name that does not resolve does not belong.
+    func name(_ name: String, resolvesTo address: String, on eventLoop: any EventLoop) -> EventLoopFuture<Bool> {
         let resolver = ThreadPoolResolver(pool: resolverPool, cache: dnsCache, eventLoop: eventLoop)
-        let v6 = resolver.initiateAAAAQuery(host: host, port: 0)
-        let v4 = resolver.initiateAQuery(host: host, port: 0)
-        return v6.and(v4).map { v6, v4 in (v6 + v4).compactMap(\.ipAddress) }
+        let v6 = resolver.initiateAAAAQuery(host: name, port: 0)
+        let v4 = resolver.initiateAQuery(host: name, port: 0)
+        return v6.and(v4)
+            .map { v6, v4 in (v6 + v4).contains { $0.ipAddress == address } }
+            .recover { _ in false }
+    }
+
+    /// Connects for a tunnel. With `holdingReads` nothing is read from the upstream until a handler asks: a
+    /// tunnel that may be inspected waits for its ClientHello, and a server that speaks first must not lose
+    /// its bytes meanwhile.
+    func connectTunnel(
+        to destination: Destination,
+        on eventLoop: any EventLoop,
+        holdingReads: Bool
+    ) -> EventLoopFuture<any Channel> {
+        connect(to: destination, on: eventLoop) { channel in
+            guard holdingReads else { return channel.eventLoop.makeSucceededVoidFuture() }
+            return channel.setOption(ChannelOptions.autoRead, value: false)
+        }
     }
 
     func classify(_ error: any Error) -> Failure {

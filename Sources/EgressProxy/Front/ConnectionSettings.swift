@@ -1,3 +1,4 @@
+import Interception
 import NIOCore
 import NIOPosix
 
@@ -12,6 +13,11 @@ struct ConnectionSettings: Sendable {
     var dnsCache: DNSCache
     /// Present when a customer CA is configured: CONNECT tunnels may then be inspected.
     var inspection: Inspection?
+
+    /// Whether a tunnel to `host` may be inspected (a CA is configured and the host is not excluded outright).
+    func mayInspect(_ host: String) -> Bool {
+        inspection?.policy.mayInspect(connectHost: host) ?? false
+    }
 
     init(_ configuration: ProxyConfiguration, resolverPool: NIOThreadPool, dnsCache: DNSCache) {
         self.resolverPool = resolverPool

@@ -340,14 +340,10 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let baseMetadata = newMetadata(destination, transport: .connect)
         let started = NIODeadline.now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        // A tunnel that may be inspected is not read until its ClientHello decides (a server that speaks
-        // first must not lose its bytes meanwhile).
-        let mayInspect = settings.inspection?.policy.mayInspect(connectHost: destination.host) ?? false
-        connector.connect(to: destination, on: context.eventLoop) { channel in
-            // Glue is added once the 200 is written; until then nothing reads the upstream.
-            guard mayInspect else { return channel.eventLoop.makeSucceededVoidFuture() }
-            return channel.setOption(ChannelOptions.autoRead, value: false)
-        }.whenComplete { result in
+        // Glue is added once the 200 is written; a tunnel that may be inspected is not read until later still.
+        connector.connectTunnel(
+            to: destination, on: context.eventLoop, holdingReads: settings.mayInspect(destination.host)
+        ).whenComplete { result in
             let (handler, context) = loopBound.value
             var metadata = baseMetadata
             switch result {
@@ -383,7 +379,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         started: NIODeadline,
         context: ChannelHandlerContext
     ) {
-        if let inspection = settings.inspection, inspection.policy.mayInspect(connectHost: destination.host) {
+        if let inspection = settings.inspection, settings.mayInspect(destination.host) {
             startInspection(
                 InspectionStartHandler.Tunnel(upstream: upstream, destination: destination, metadata: metadata, started: started),
                 inspection: inspection,

@@ -214,14 +214,10 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             // As for a transparent tunnel: does the SNI resolve to the address the agent connected to?
             let connector = UpstreamConnector(
                 connectTimeout: settings.connectTimeout, resolverPool: settings.resolverPool, dnsCache: settings.dnsCache)
-            let original = tunnel.destination.host
             let loopBound = NIOLoopBound(connection, eventLoop: context.eventLoop)
-            connector.addresses(of: sni, on: context.eventLoop).hop(to: context.eventLoop).whenComplete { result in
-                switch result {
-                case .success(let addresses): loopBound.value.noteSNIMismatch(!addresses.contains(original))
-                case .failure: loopBound.value.noteSNIMismatch(true)
-                }
-            }
+            connector.name(sni, resolvesTo: tunnel.destination.host, on: context.eventLoop)
+                .hop(to: context.eventLoop)
+                .whenSuccess { loopBound.value.noteSNIMismatch(!$0) }
         }
         let leaves = inspection.leaves
         let upstreamReady = connection.upstreamReady

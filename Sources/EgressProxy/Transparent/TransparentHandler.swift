@@ -83,12 +83,8 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
         let baseMetadata = metadata
         let started = NIODeadline.now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        // As for CONNECT: a connection that may be inspected is not read upstream until its ClientHello decides.
-        let mayInspect = settings.inspection?.policy.mayInspect(connectHost: ip) ?? false
-        connector.connect(to: destination, on: context.eventLoop) { channel in
-            guard mayInspect else { return channel.eventLoop.makeSucceededVoidFuture() }
-            return channel.setOption(ChannelOptions.autoRead, value: false)
-        }.whenComplete { result in
+        connector.connectTunnel(to: destination, on: context.eventLoop, holdingReads: settings.mayInspect(ip))
+            .whenComplete { result in
             let (handler, context) = loopBound.value
             var metadata = baseMetadata
             switch result {
@@ -119,7 +115,7 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
         started: NIODeadline,
         context: ChannelHandlerContext
     ) {
-        if let inspection = settings.inspection, inspection.policy.mayInspect(connectHost: destination.host) {
+        if let inspection = settings.inspection, settings.mayInspect(destination.host) {
             // With a CA, transparent connections are inspected exactly as CONNECT ones are.
             let start = InspectionStartHandler(
                 tunnel: .init(upstream: upstream, destination: destination, metadata: metadata, started: started),
@@ -140,7 +136,7 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
             settings: settings, eventLoop: context.eventLoop)
         let connector = self.connector
         let eventLoop = context.eventLoop
-        session.resolveName = { name in connector.addresses(of: name, on: eventLoop) }
+        session.nameBelongs = { name in connector.name(name, resolvesTo: destination.host, on: eventLoop) }
         do {
             try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
             try context.pipeline.syncOperations.addHandler(clientGlue, position: .after(self))

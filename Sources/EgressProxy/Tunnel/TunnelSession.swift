@@ -34,9 +34,9 @@ final class TunnelSession {
     private var recorded = false
     /// Closes both channels; set by the glue handlers once they are paired.
     var closeBoth: ((_ reason: String) -> Void)?
-    /// Transparent mode: resolves a name to its addresses, to check that the SNI belongs to the original
-    /// destination. The action waits for the answer; the data never does.
-    var resolveName: ((_ name: String) -> EventLoopFuture<[String]>)?
+    /// Transparent mode: whether a name (SNI or Host) resolves to the original destination. The action waits
+    /// for the answer; the data never does.
+    var nameBelongs: ((_ name: String) -> EventLoopFuture<Bool>)?
 
     init(
         reporting: Reporting,
@@ -69,24 +69,17 @@ final class TunnelSession {
             metadata.alpn = hello.alpn
         }
         if metadata.transport == .transparent {
-            // No host was asked for: the SNI names the destination (the original address stays in
-            // original_dst).
-            // Plain HTTP (port 80 traffic) names its destination in Host instead.
+            // No host was asked for: the SNI (or, for plain HTTP, the Host) names the destination; the
+            // original address stays in original_dst.
             if let name = metadata.sni ?? result.httpHost {
                 metadata.host = name
                 target = Destination(host: name, port: metadata.port, isIPLiteral: OpenSSLConnection.isIPAddress(name)).description
-                if let resolveName {
-                    let sni = name
+                if let nameBelongs {
                     // Does the name plausibly belong to the address the agent connected to? Report, don't block.
-                    let original = requestedHost
                     let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
-                    resolveName(sni).hop(to: eventLoop).whenComplete { result in
-                        let session = loopBound.value
-                        switch result {
-                        case .success(let addresses): session.metadata.sniMismatch = !addresses.contains(original)
-                        case .failure: session.metadata.sniMismatch = true  // the name does not resolve at all
-                        }
-                        session.sendActionOnce()
+                    nameBelongs(name).hop(to: eventLoop).whenSuccess { belongs in
+                        loopBound.value.metadata.sniMismatch = !belongs
+                        loopBound.value.sendActionOnce()
                     }
                     return
                 }
