@@ -156,9 +156,3 @@ func write(_ bytes: [UInt8], to path: String, mode: mode_t) throws {
         offset += written
     }
 }
-
-/// Prints one line naming the problem and its fix, and exits with status 2.
-func fail(_ line: String) -> Never {
-    FileHandle.standardError.write(Data("kaizen-egress: \(line)\n".utf8))
-    Foundation.exit(2)
-}

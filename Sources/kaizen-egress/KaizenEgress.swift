@@ -159,22 +159,25 @@ struct RunOptions: ParsableArguments {
         do {
             try await application.server.bind()
         } catch let error as TransparentBindError {
-            let reason = (error.underlying as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error.underlying)"
             fail(
-                "\(ConfigurationKey.transparentPort.variable): cannot listen on \(configuration.listenAddress) port \(error.port): \(reason): set \(ConfigurationKey.transparentPort.spelled) to a free port"
+                "\(ConfigurationKey.transparentPort.variable): cannot listen on \(configuration.listenAddress) port \(error.port): \(Self.reason(error.underlying)): set \(ConfigurationKey.transparentPort.spelled) to a free port"
             )
         } catch {
-            let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error)"
             fail(
-                "\(ConfigurationKey.port.variable): cannot listen on \(configuration.listenAddress) port \(configuration.port): \(reason): set \(ConfigurationKey.port.spelled) to a free port, or stop what uses it"
+                "\(ConfigurationKey.port.variable): cannot listen on \(configuration.listenAddress) port \(configuration.port): \(Self.reason(error)): set \(ConfigurationKey.port.spelled) to a free port, or stop what uses it"
             )
         }
         try await application.serviceGroup(logger: logger).run()
     }
 
-    /// Prints one line naming the problem and its fix, and exits with status 2.
-    private func fail(_ line: String) -> Never {
-        FileHandle.standardError.write(Data("kaizen-egress: \(line)\n".utf8))
-        Foundation.exit(2)
+    /// Why a bind failed, as the system says it (`address already in use`).
+    private static func reason(_ error: any Error) -> String {
+        (error as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error)"
     }
+}
+
+/// For every command: prints one line naming the problem and its fix, and exits with status 2.
+func fail(_ line: String) -> Never {
+    FileHandle.standardError.write(Data("kaizen-egress: \(line)\n".utf8))
+    Foundation.exit(2)
 }
