@@ -11,19 +11,4 @@ public enum OpenSSLLibrary {
     public static var versionNumber: UInt {
         UInt(OpenSSL_version_num())
     }
-
-    /// Checks that `pem` holds at least one well-formed PEM certificate, using OpenSSL's own parser;
-    /// the error carries OpenSSL's reasons. (The TLS layer's certificate owner builds on this.)
-    public static func validateCertificatePEM(_ pem: String) throws(OpenSSLError) {
-        OpenSSLError.clearQueue()
-        let bytes = Array(pem.utf8)
-        let parsed: Bool = bytes.withUnsafeBytes { raw in
-            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return false }
-            defer { BIO_free(bio) }
-            guard let certificate = PEM_read_bio_X509(bio, nil, nil, nil) else { return false }
-            X509_free(certificate)
-            return true
-        }
-        guard parsed else { throw OpenSSLError.drain(operation: "reading a PEM certificate") }
-    }
 }

@@ -10,7 +10,7 @@ import Testing
 
     @Test func garbageGivesOpenSSLsOwnReason() {
         do {
-            try OpenSSLLibrary.validateCertificatePEM("not a certificate")
+            _ = try OpenSSLCertificate.chain(pem: Array("not a certificate".utf8))
             Issue.record("garbage was accepted")
         } catch {
             #expect(error.operation == "reading a PEM certificate")
@@ -34,8 +34,8 @@ import Testing
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
         let pem = try String(contentsOf: directory.appendingPathComponent("c.pem"), encoding: .utf8)
-        try OpenSSLLibrary.validateCertificatePEM(pem)
+        #expect(try OpenSSLCertificate.chain(pem: Array(pem.utf8)).first?.subjectDescription == "CN = test")
         // A truncated copy fails.
-        #expect(throws: OpenSSLError.self) { try OpenSSLLibrary.validateCertificatePEM(String(pem.prefix(200))) }
+        #expect(throws: OpenSSLError.self) { _ = try OpenSSLCertificate.chain(pem: Array(pem.prefix(200).utf8)) }
     }
 }
