@@ -18,6 +18,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Plaintext written since the last flush, and the promises of those writes.
     private var pendingPlaintext: ByteBuffer?
     private var pendingPromises: [EventLoopPromise<Void>] = []
+    /// An empty plaintext buffer kept for the next read.
+    private var spareBuffer: ByteBuffer?
     /// Ciphertext was written below and not flushed yet.
     private var unflushed = false
     /// Writes this large are not gathered (a TLS record holds at most 16 KiB anyway).
@@ -182,23 +184,24 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Decrypts everything available, passing it on in buffers of up to 64 KiB.
     private func decrypt(context: ChannelHandlerContext) {
         var delivered = false
-        var plaintext = context.channel.allocator.buffer(capacity: 16384)
+        // A buffer left empty by the last call is used again: a read that yields no application data (a
+        // handshake message, a session ticket) then allocates nothing.
+        var plaintext = spareBuffer ?? context.channel.allocator.buffer(capacity: 16384)
+        spareBuffer = nil
+        func deliver() {
+            guard plaintext.readableBytes > 0 else { return }
+            context.fireChannelRead(wrapInboundOut(plaintext))
+            plaintext = context.channel.allocator.buffer(capacity: 16384)
+            delivered = true
+        }
         readLoop: while true {
             switch connection.read(into: &plaintext) {
             case .read:
-                if plaintext.readableBytes >= 65536 {
-                    delivered = true
-                    context.fireChannelRead(wrapInboundOut(plaintext))
-                    plaintext = context.channel.allocator.buffer(capacity: 16384)
-                }
+                if plaintext.readableBytes >= 65536 { deliver() }
             case .needMoreData:
                 break readLoop
             case .closed:
-                if plaintext.readableBytes > 0 {
-                    context.fireChannelRead(wrapInboundOut(plaintext))
-                    plaintext.clear()
-                    delivered = true
-                }
+                deliver()
                 if delivered { context.fireChannelReadComplete() }
                 delivered = false
                 perform(machine.peerClosed(), context: context)
@@ -208,10 +211,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
                 break readLoop
             }
         }
-        if plaintext.readableBytes > 0 {
-            context.fireChannelRead(wrapInboundOut(plaintext))
-            delivered = true
-        }
+        deliver()
+        spareBuffer = plaintext
         if delivered { context.fireChannelReadComplete() }
         // TLS 1.3 session tickets and key updates produce bytes on read.
         sendToNetwork(context: context, flush: true)
