@@ -138,11 +138,6 @@ public final class ProxyServer: Service {
         return serverChannel.localAddress
     }
 
-    /// The transparent listeners' addresses.
-    public var transparentAddresses: [SocketAddress] {
-        transparentChannels.withLockedValue { $0.compactMap(\.localAddress) }
-    }
-
     /// The listen address and its counterpart in the other family: iptables REDIRECT sends IPv4 to 127.0.0.1
     /// and IPv6 to ::1 (or to the interface's address, which a wildcard covers).
     static func transparentAddresses(for listen: String) -> [String] {

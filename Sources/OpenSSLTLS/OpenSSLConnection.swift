@@ -9,7 +9,7 @@ import Musl
 import Darwin
 #endif
 
-/// One TLS connection: the owner of an `SSL*` and its two memory BIOs, with no socket and no pipeline.
+/// One TLS connection: the owner of an `SSL*` and its `ByteBufferBIO`, with no socket and no pipeline.
 /// Bytes from the network go in with `consumeFromNetwork`, bytes for the network come out of
 /// `takeForNetwork`; the TLS handler (next) drives it from a channel, and tests drive two of them in memory.
 ///
@@ -30,15 +30,6 @@ public final class OpenSSLConnection {
         case asked
         case chosen(OpenSSLCertifiedKey?)
         case refused(OpenSSLError)
-    }
-
-    public enum ReadResult: Sendable, Equatable {
-        case data([UInt8])
-        /// Nothing decrypted yet: more bytes from the network are needed.
-        case needMoreData
-        /// The peer sent close_notify.
-        case closed
-        case failed(OpenSSLError)
     }
 
     private let context: OpenSSLContext
@@ -111,19 +102,6 @@ public final class OpenSSLConnection {
 
     // MARK: network side
 
-    public func consumeFromNetwork(_ bytes: [UInt8]) {
-        guard !bytes.isEmpty else { return }
-        network.append(ByteBufferAllocator().buffer(bytes: bytes))
-    }
-
-    /// Everything waiting to be sent to the peer.
-    public func takeForNetwork() -> [UInt8] {
-        guard let buffer = network.takeOutbound(allocator: ByteBufferAllocator()) else { return [] }
-        return Array(buffer.readableBytesView)
-    }
-
-    // MARK: network side, ByteBuffer (the handler's path: no intermediate arrays)
-
     public func consumeFromNetwork(_ buffer: ByteBuffer) {
         network.append(buffer)
     }
@@ -133,7 +111,7 @@ public final class OpenSSLConnection {
         network.takeOutbound(allocator: allocator)
     }
 
-    public enum BufferReadResult: Sendable, Equatable {
+    public enum ReadResult: Sendable, Equatable {
         /// Plaintext was appended to the buffer.
         case read(Int)
         case needMoreData
@@ -142,7 +120,7 @@ public final class OpenSSLConnection {
     }
 
     /// Decrypts up to `maximum` bytes onto the end of `buffer`.
-    public func read(into buffer: inout ByteBuffer, maximum: Int = 16384) -> BufferReadResult {
+    public func read(into buffer: inout ByteBuffer, maximum: Int = 16384) -> ReadResult {
         OpenSSLError.clearQueue()
         var result: Int32 = 0
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: maximum) { raw in
@@ -239,27 +217,6 @@ public final class OpenSSLConnection {
         ok = ok && SSL_use_PrivateKey(ssl, certifiedKey.key.pointer) == 1
         if !ok { certificateFailure = OpenSSLError.drain(operation: "using the chosen certificate") }
         return ok
-    }
-
-    public func write(_ bytes: [UInt8]) -> Result<Void, OpenSSLError> {
-        guard !bytes.isEmpty else { return .success(()) }
-        OpenSSLError.clearQueue()
-        let written = bytes.withUnsafeBytes { SSL_write(ssl, $0.baseAddress, Int32($0.count)) }
-        // Memory BIOs grow as needed, so a write either completes or fails.
-        guard written == Int32(bytes.count) else { return .failure(failure(operation: "TLS write")) }
-        return .success(())
-    }
-
-    public func read(maximum: Int = 16384) -> ReadResult {
-        OpenSSLError.clearQueue()
-        var buffer = [UInt8](repeating: 0, count: maximum)
-        let count = buffer.withUnsafeMutableBytes { SSL_read(ssl, $0.baseAddress, Int32(maximum)) }
-        if count > 0 { return .data(Array(buffer.prefix(Int(count)))) }
-        switch SSL_get_error(ssl, count) {
-        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .needMoreData
-        case SSL_ERROR_ZERO_RETURN: return .closed
-        default: return .failed(failure(operation: "TLS read"))
-        }
     }
 
     /// Queues a close_notify alert for the peer (take it with `takeForNetwork`).

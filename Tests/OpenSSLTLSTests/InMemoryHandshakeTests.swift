@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import OpenSSLTLS
 import Testing
 
@@ -133,6 +134,22 @@ struct HandshakePKI {
         return try OpenSSLContext(configuration: configuration)
     }
 
+    /// Hands what `from` wrote for the network to `to`.
+    func pass(_ from: OpenSSLConnection, to: OpenSSLConnection) {
+        if let bytes = from.takeForNetwork(allocator: ByteBufferAllocator()) { to.consumeFromNetwork(bytes) }
+    }
+
+    /// Decrypts what `connection` has: the text, or how the read ended.
+    func readText(_ connection: OpenSSLConnection) -> String {
+        var buffer = ByteBufferAllocator().buffer(capacity: 0)
+        switch connection.read(into: &buffer) {
+        case .read: return String(buffer: buffer)
+        case .needMoreData: return "<need more data>"
+        case .closed: return "<closed>"
+        case .failed(let error): return "<failed: \(error)>"
+        }
+    }
+
     /// Moves bytes between the two until both handshakes end (bounded); returns both results. A server that
     /// asks for a certificate gets `choose`'s answer for the SNI (`.failure` refuses).
     func handshake(
@@ -143,7 +160,7 @@ struct HandshakePKI {
         var clientResult = client.doHandshake()
         var serverResult = OpenSSLConnection.HandshakeResult.incomplete
         for _ in 0..<20 {
-            server.consumeFromNetwork(client.takeForNetwork())
+            pass(client, to: server)
             serverResult = server.doHandshake()
             if case .needsCertificate(let name) = serverResult {
                 switch choose(name) {
@@ -152,14 +169,14 @@ struct HandshakePKI {
                 }
                 serverResult = server.doHandshake()
             }
-            client.consumeFromNetwork(server.takeForNetwork())
+            pass(server, to: client)
             clientResult = client.doHandshake()
             let done: (OpenSSLConnection.HandshakeResult) -> Bool = { $0 != .incomplete }
             if done(clientResult) && done(serverResult) { break }
             if case .failed = clientResult { break }
             if case .failed = serverResult { break }
         }
-        server.consumeFromNetwork(client.takeForNetwork())
+        pass(client, to: server)
         return (clientResult, serverResult)
     }
 
@@ -173,17 +190,17 @@ struct HandshakePKI {
         #expect(client.negotiatedProtocol == "h2")
         #expect(server.negotiatedProtocol == "h2")
 
-        #expect(throws: Never.self) { try client.write(Array("ping".utf8)).get() }
-        server.consumeFromNetwork(client.takeForNetwork())
-        #expect(server.read() == .data(Array("ping".utf8)))
-        #expect(throws: Never.self) { try server.write(Array("pong".utf8)).get() }
-        client.consumeFromNetwork(server.takeForNetwork())
-        #expect(client.read() == .data(Array("pong".utf8)))
-        #expect(client.read() == .needMoreData)
+        #expect(throws: Never.self) { try client.write(ByteBuffer(string: "ping")).get() }
+        pass(client, to: server)
+        #expect(readText(server) == "ping")
+        #expect(throws: Never.self) { try server.write(ByteBuffer(string: "pong")).get() }
+        pass(server, to: client)
+        #expect(readText(client) == "pong")
+        #expect(readText(client) == "<need more data>")
 
         client.shutdown()
-        server.consumeFromNetwork(client.takeForNetwork())
-        #expect(server.read() == .closed)
+        pass(client, to: server)
+        #expect(readText(server) == "<closed>")
     }
 
     @Test func alpnFollowsTheServerAndIsAbsentWithoutOverlap() throws {
