@@ -65,19 +65,31 @@ final class PlaintextRecorder: ChannelInboundHandler {
         }
     }
 
-    @Test func backToBackHandshakeHoldsEarlyWritesAndDeliversPlaintext() throws {
-        let (clientContext, serverContext) = try contexts()
-        let loop = EmbeddedEventLoop()
-        let client = EmbeddedChannel(loop: loop)
-        let server = EmbeddedChannel(loop: loop)
+    /// A TLS client and server channel on one embedded loop, each with a recorder above its TLS handler,
+    /// connected (the handshake starts; `interact` moves its bytes).
+    struct BackToBack {
+        let client: EmbeddedChannel
+        let server: EmbeddedChannel
         let clientRecorder = PlaintextRecorder()
         let serverRecorder = PlaintextRecorder()
-        try client.pipeline.syncOperations.addHandlers([
-            try OpenSSLTLSHandler(context: clientContext, serverName: "localhost"), clientRecorder,
-        ])
-        try server.pipeline.syncOperations.addHandlers([try OpenSSLTLSHandler(context: serverContext), serverRecorder])
-        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+
+        init(client clientContext: OpenSSLContext, server serverContext: OpenSSLContext, serverName: String) throws {
+            let loop = EmbeddedEventLoop()
+            client = EmbeddedChannel(loop: loop)
+            server = EmbeddedChannel(loop: loop)
+            try client.pipeline.syncOperations.addHandlers([
+                try OpenSSLTLSHandler(context: clientContext, serverName: serverName), clientRecorder,
+            ])
+            try server.pipeline.syncOperations.addHandlers([try OpenSSLTLSHandler(context: serverContext), serverRecorder])
+            try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+            try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        }
+    }
+
+    @Test func backToBackHandshakeHoldsEarlyWritesAndDeliversPlaintext() throws {
+        let (clientContext, serverContext) = try contexts()
+        let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "localhost")
+        let (client, server, clientRecorder, serverRecorder) = (pair.client, pair.server, pair.clientRecorder, pair.serverRecorder)
 
         // Written before the handshake is done: held, then sent encrypted.
         client.writeAndFlush(ByteBuffer(string: "early data"), promise: nil)
@@ -101,16 +113,8 @@ final class PlaintextRecorder: ChannelInboundHandler {
 
     @Test func anUntrustedServerFailsTheHandshakeWithTheReason() throws {
         let (clientContext, serverContext) = try contexts(trust: pki.otherCA)
-        let loop = EmbeddedEventLoop()
-        let client = EmbeddedChannel(loop: loop)
-        let server = EmbeddedChannel(loop: loop)
-        let recorder = PlaintextRecorder()
-        try client.pipeline.syncOperations.addHandlers([
-            try OpenSSLTLSHandler(context: clientContext, serverName: "localhost"), recorder,
-        ])
-        try server.pipeline.syncOperations.addHandler(try OpenSSLTLSHandler(context: serverContext))
-        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "localhost")
+        let (client, server, recorder) = (pair.client, pair.server, pair.clientRecorder)
         try? interact(client, server)
         #expect(recorder.negotiated.isEmpty)
         let error = try #require(recorder.errors.first as? OpenSSLError)
@@ -121,7 +125,6 @@ final class PlaintextRecorder: ChannelInboundHandler {
 
     @Test func theServerWaitsForAnAsynchronousCertificateChoice() throws {
         let alpha = try OpenSSLCertifiedKey(chainFile: pki.leafChain("alpha.test"), keyFile: pki.leafKey("alpha.test"))
-        let loop = EmbeddedEventLoop()
         let pending = NIOLockedValueBox<[(String?, EventLoopPromise<OpenSSLCertifiedKey?>)]>([])
         var configuration = OpenSSLContext.Configuration(role: .server)
         configuration.certificateProvider = { name, eventLoop in
@@ -131,16 +134,8 @@ final class PlaintextRecorder: ChannelInboundHandler {
         }
         let serverContext = try OpenSSLContext(configuration: configuration)
         let (clientContext, _) = try contexts()
-        let client = EmbeddedChannel(loop: loop)
-        let server = EmbeddedChannel(loop: loop)
-        let clientRecorder = PlaintextRecorder()
-        let serverRecorder = PlaintextRecorder()
-        try client.pipeline.syncOperations.addHandlers([
-            try OpenSSLTLSHandler(context: clientContext, serverName: "alpha.test"), clientRecorder,
-        ])
-        try server.pipeline.syncOperations.addHandlers([try OpenSSLTLSHandler(context: serverContext), serverRecorder])
-        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "alpha.test")
+        let (client, server, clientRecorder, serverRecorder) = (pair.client, pair.server, pair.clientRecorder, pair.serverRecorder)
         client.writeAndFlush(ByteBuffer(string: "hello"), promise: nil)
         server.writeAndFlush(ByteBuffer(string: "held by the server"), promise: nil)
         try interact(client, server)
@@ -162,21 +157,12 @@ final class PlaintextRecorder: ChannelInboundHandler {
 
     @Test func aFailedCertificateChoiceAlertsTheClientAndReportsTheReason() throws {
         struct MintingFailed: Error, CustomStringConvertible { var description: String { "CA key unreadable" } }
-        let loop = EmbeddedEventLoop()
         var configuration = OpenSSLContext.Configuration(role: .server)
         configuration.certificateProvider = { _, eventLoop in eventLoop.makeFailedFuture(MintingFailed()) }
         let serverContext = try OpenSSLContext(configuration: configuration)
         let (clientContext, _) = try contexts()
-        let client = EmbeddedChannel(loop: loop)
-        let server = EmbeddedChannel(loop: loop)
-        let clientRecorder = PlaintextRecorder()
-        let serverRecorder = PlaintextRecorder()
-        try client.pipeline.syncOperations.addHandlers([
-            try OpenSSLTLSHandler(context: clientContext, serverName: "alpha.test"), clientRecorder,
-        ])
-        try server.pipeline.syncOperations.addHandlers([try OpenSSLTLSHandler(context: serverContext), serverRecorder])
-        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "alpha.test")
+        let (client, server, clientRecorder, serverRecorder) = (pair.client, pair.server, pair.clientRecorder, pair.serverRecorder)
         try? interact(client, server)
         let serverError = try #require(serverRecorder.errors.first as? OpenSSLError)
         #expect("\(serverError)".contains("choosing a certificate for alpha.test"))
