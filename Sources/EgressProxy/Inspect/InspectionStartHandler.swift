@@ -124,17 +124,15 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 switch result {
                 case .success:
                     handler.intercept(hello: hello, leaf: leaf, upstreamName: upstreamName, context: context)
-                case .failure(let error as OpenSSLCertificateAuthority.MintingError):
-                    switch error {
-                    case .outsideNameConstraints, .invalidName:
+                case .failure(let error):
+                    switch error as? OpenSSLCertificateAuthority.MintingError {
+                    case .outsideNameConstraints?, .invalidName?:
                         handler.passThrough(reason: "\(error)", context: context)
-                    case .openSSL:
-                        handler.reporting.logger.error("cannot mint a certificate", metadata: ["name": "\(leaf)", "error": "\(error)"])
+                    default:
+                        handler.reporting.logger.error(
+                            "cannot mint a certificate", metadata: ["name": "\(leaf)", "error": "\(error)"])
                         handler.passThrough(reason: "certificate minting failed", context: context)
                     }
-                case .failure(let error):
-                    handler.reporting.logger.error("cannot mint a certificate", metadata: ["name": "\(leaf)", "error": "\(error)"])
-                    handler.passThrough(reason: "certificate minting failed", context: context)
                 }
             }
         }
