@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        // Property-based tests for the audit log's tamper detection (tests only).
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     ],
     targets: [
         // OpenSSL from libssl-dev. Only OpenSSLTLS may import it.
@@ -68,10 +70,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Compliance evidence: the hash-chained audit log, its verifier and reports, the destination baseline.
+        .target(
+            name: "Audit",
+            dependencies: [
+                "ControlPlane",
+                "OpenSSLTLS",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The proxy: configuration, listener, CONNECT tunnels, plain-HTTP forwarding.
         .target(
             name: "EgressProxy",
             dependencies: [
+                "Audit",
                 "ClientHello",
                 "ControlPlane",
                 "Interception",
@@ -89,6 +103,7 @@ let package = Package(
         .executableTarget(
             name: "kaizen-egress",
             dependencies: [
+                "Audit",
                 "EgressProxy",
                 "ControlPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -125,6 +140,17 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AuditTests",
+            dependencies: [
+                "Audit",
+                "ControlPlane",
+                "OpenSSLTLS",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -2,24 +2,26 @@ import Synchronization
 
 /// A queue that event loops append to without waiting and one consumer task takes whole, waking it only when
 /// it is asleep. Bounded: past `limit` items, appends are refused and counted, never blocked.
-final class BatchQueue<Element: Sendable>: Sendable {
+package final class BatchQueue<Element: Sendable>: Sendable {
     private struct State {
         var items: [Element] = []
         var waiter: CheckedContinuation<Void, Never>?
         var finished = false
         var dropped = 0
+        /// A `wake()` that found no consumer waiting: the next wait returns at once.
+        var wakePending = false
     }
 
     private let state = Mutex(State())
     private let limit: Int
 
-    init(limit: Int) {
+    package init(limit: Int) {
         self.limit = limit
     }
 
     /// Adds `item`; `false` when the queue is full or finished (the item is counted as dropped).
     @discardableResult
-    func append(_ item: Element) -> Bool {
+    package func append(_ item: Element) -> Bool {
         let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
             guard !state.finished, state.items.count < limit else {
                 state.dropped += 1
@@ -34,7 +36,7 @@ final class BatchQueue<Element: Sendable>: Sendable {
     }
 
     /// Everything queued, and how many items were refused since the last call.
-    func takeAll() -> (items: [Element], dropped: Int) {
+    package func takeAll() -> (items: [Element], dropped: Int) {
         state.withLock { state in
             defer {
                 state.items = []
@@ -45,10 +47,13 @@ final class BatchQueue<Element: Sendable>: Sendable {
     }
 
     /// Returns once there is something to take, or the queue is finished.
-    func waitForItems() async {
+    package func waitForItems() async {
         await withCheckedContinuation { continuation in
             let ready = state.withLock { state -> Bool in
-                if !state.items.isEmpty || state.finished { return true }
+                if !state.items.isEmpty || state.finished || state.wakePending {
+                    state.wakePending = false
+                    return true
+                }
                 state.waiter = continuation
                 return false
             }
@@ -57,7 +62,7 @@ final class BatchQueue<Element: Sendable>: Sendable {
     }
 
     /// Refuses further items and wakes the consumer; what is queued can still be taken.
-    func finish() {
+    package func finish() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             state.finished = true
             defer { state.waiter = nil }
@@ -66,6 +71,16 @@ final class BatchQueue<Element: Sendable>: Sendable {
         waiter?.resume()
     }
 
-    var isFinished: Bool { state.withLock { $0.finished } }
-    var count: Int { state.withLock { $0.items.count } }
+    /// Wakes a waiting consumer although nothing was added (a timer: time to sync what was written).
+    package func wake() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            defer { state.waiter = nil }
+            if state.waiter == nil { state.wakePending = true }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    package var isFinished: Bool { state.withLock { $0.finished } }
+    package var count: Int { state.withLock { $0.items.count } }
 }

@@ -1,0 +1,303 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import OpenSSLTLS
+
+/// Where the audit log's files are: the current file, the rotated files beside it, and its head file.
+///
+/// Rotated files are named after the current file plus the sequence number of their first line, twelve digits
+/// (`audit.jsonl.000000000001`), so sorting the names sorts the chain. The head file (`audit.jsonl.head`)
+/// holds the sequence number and hash of the last line known to be on disk, rewritten after every fsync: with
+/// it, `audit verify` also notices lines cut from the end, which a hash chain alone cannot.
+public struct AuditPaths: Sendable, Hashable {
+    public var current: String
+
+    public init(current: String) {
+        self.current = current
+    }
+
+    public var head: String { current + ".head" }
+
+    public func rotated(firstSequence: UInt64) -> String {
+        var digits = String(firstSequence)
+        if digits.count < 12 { digits = String(repeating: "0", count: 12 - digits.count) + digits }
+        return current + "." + digits
+    }
+
+    var directory: String {
+        guard let slash = current.lastIndex(of: "/") else { return "." }
+        let directory = String(current[..<slash])
+        return directory.isEmpty ? "/" : directory
+    }
+
+    var baseName: String {
+        guard let slash = current.lastIndex(of: "/") else { return current }
+        return String(current[current.index(after: slash)...])
+    }
+
+    /// The rotated files that exist, oldest first.
+    public func rotatedFiles() -> [String] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        let prefix = baseName + "."
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard name.hasPrefix(prefix) else { continue }
+            let suffix = name.dropFirst(prefix.count)
+            guard suffix.count >= 12, suffix.allSatisfy({ $0.isASCII && $0.isNumber }) else { continue }
+            names.append(name)
+        }
+        return names.sorted().map { directory == "." && !current.hasPrefix("./") ? $0 : directory + "/" + $0 }
+    }
+}
+
+/// What a file's end looks like: its last complete line and any bytes after it that no newline ended.
+struct FileTail {
+    var lastLine: [UInt8]?
+    var incompleteBytes: Int
+    var size: Int64
+
+    /// Reads backwards from the end of `fd` until the last complete line is whole (at most `limit` bytes).
+    static func read(fd: Int32, limit: Int = 64 << 20) throws(AuditFileError) -> FileTail {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .system("fstat", errno) }
+        let size = Int64(info.st_size)
+        var buffer: [UInt8] = []
+        var offset = size
+        let chunk: Int64 = 64 * 1024
+        while offset > 0, buffer.lazy.filter({ $0 == UInt8(ascii: "\n") }).count < 2 {
+            guard buffer.count < limit else { throw .lineTooLong }
+            let start = max(0, offset - chunk)
+            var piece = [UInt8](repeating: 0, count: Int(offset - start))
+            let got = piece.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(start)) }
+            guard got == piece.count else { throw .system("pread", got < 0 ? errno : EIO) }
+            buffer = piece + buffer
+            offset = start
+        }
+        guard let lastNewline = buffer.lastIndex(of: UInt8(ascii: "\n")) else {
+            return FileTail(lastLine: nil, incompleteBytes: buffer.count, size: size)
+        }
+        let incomplete = buffer.count - lastNewline - 1
+        let before = buffer[..<lastNewline]
+        let lineStart = before.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? before.startIndex
+        return FileTail(lastLine: Array(buffer[lineStart..<lastNewline]), incompleteBytes: incomplete, size: size)
+    }
+}
+
+/// Reads the chain fields of a file's first line (its first 128 bytes hold them).
+func firstLinePrefix(path: String) -> AuditLinePrefix? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes = [UInt8](repeating: 0, count: 128)
+    let got = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    guard got > 0 else { return nil }
+    return AuditLinePrefix.parse(bytes.prefix(got))
+}
+
+public enum AuditFileError: Error, CustomStringConvertible, Equatable {
+    case system(String, Int32)
+    case notChained(String)
+    case lineTooLong
+
+    public var description: String {
+        switch self {
+        case .system(let call, let code): "\(call): \(String(cString: strerror(code)))"
+        case .notChained(let path):
+            "\(path) is not a hash-chained audit log (written by an older version, or by something else)"
+        case .lineTooLong: "its last line is longer than 64 MiB"
+        }
+    }
+}
+
+/// The audit log's file: appends chained lines, rotates by size, fsyncs and rewrites the head file on demand.
+/// One owner (the `AuditLog` service's writer task) calls it; it is not thread-safe.
+public struct AuditFileWriter: ~Copyable {
+    public let paths: AuditPaths
+    public let maxBytes: Int64
+    private var fd: Int32
+    private var size: Int64
+    private var firstSequenceInFile: UInt64?
+    public private(set) var chain: AuditChain
+    /// Bytes of an unfinished line found at the end of the file on open (a crash mid-write), if any.
+    public let incompleteTailBytes: Int
+    private var syncedSequence: UInt64 = 0
+
+    /// Opens (or creates, mode 0600) the current file and continues the chain from its last line, or from the
+    /// newest rotated file's when the current one is new or empty.
+    public init(paths: AuditPaths, maxBytes: Int64) throws(AuditFileError) {
+        self.paths = paths
+        self.maxBytes = maxBytes
+        let fd = open(paths.current, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .system("open", errno) }
+        var tail: FileTail
+        do {
+            tail = try FileTail.read(fd: fd)
+        } catch {
+            close(fd)
+            throw error
+        }
+        var chain = AuditChain()
+        var first: UInt64? = nil
+        if let line = tail.lastLine {
+            guard let prefix = AuditLinePrefix.parse(line) else {
+                close(fd)
+                throw .notChained(paths.current)
+            }
+            chain = AuditChain(lastSequence: prefix.sequence, lastLineHash: OpenSSLDigest.sha256(line))
+            first = firstLinePrefix(path: paths.current)?.sequence
+        } else if let newest = paths.rotatedFiles().last {
+            let rotated = open(newest, O_RDONLY | O_CLOEXEC)
+            if rotated >= 0 {
+                defer { close(rotated) }
+                if let line = (try? FileTail.read(fd: rotated))?.lastLine, let prefix = AuditLinePrefix.parse(line) {
+                    chain = AuditChain(lastSequence: prefix.sequence, lastLineHash: OpenSSLDigest.sha256(line))
+                }
+            }
+        }
+        if tail.incompleteBytes > 0 {
+            // End the cut-short line so the next one starts cleanly; the start record names its length, and
+            // `audit verify` accepts exactly that.
+            var newline = UInt8(ascii: "\n")
+            guard write(fd, &newline, 1) == 1 else {
+                close(fd)
+                throw .system("write", errno)
+            }
+            tail.size += 1
+        }
+        self.fd = fd
+        self.size = tail.size
+        self.firstSequenceInFile = first
+        self.chain = chain
+        self.incompleteTailBytes = tail.incompleteBytes
+        self.syncedSequence = chain.nextSequence - 1
+    }
+
+    deinit {
+        close(fd)
+    }
+
+    /// Appends `records` (JSON objects without newlines) as chained lines; rotates first when the current file
+    /// would grow past `maxBytes` (a file always takes at least one line).
+    public mutating func append(_ records: [[UInt8]]) throws(AuditFileError) {
+        var pending: [UInt8] = []
+        pending.reserveCapacity(records.reduce(0) { $0 + $1.count + 100 })
+        for record in records {
+            let lineStart = pending.count
+            let sequence = chain.nextSequence
+            chain.append(record: record, to: &pending)
+            if maxBytes > 0, size + Int64(lineStart) > 0, size + Int64(pending.count) > maxBytes {
+                // This line would overflow the file: write what precedes it, then start a new file with it.
+                try writeAll(pending[..<lineStart])
+                pending.removeFirst(lineStart)
+                try rotate()
+                firstSequenceInFile = sequence
+            } else if firstSequenceInFile == nil {
+                firstSequenceInFile = sequence
+            }
+        }
+        try writeAll(pending[...])
+    }
+
+    /// Whether lines were written since the last `sync`.
+    public var hasUnsyncedLines: Bool { chain.nextSequence - 1 != syncedSequence }
+
+    /// fsyncs the file and rewrites the head file when lines were written since the last call.
+    public mutating func sync(now: String) throws(AuditFileError) {
+        let last = chain.nextSequence - 1
+        guard last != syncedSequence else { return }
+        guard fsync(fd) == 0 else { throw .system("fsync", errno) }
+        try writeHead(sequence: last, hash: chain.previousHash, now: now)
+        syncedSequence = last
+    }
+
+    private mutating func writeAll(_ bytes: ArraySlice<UInt8>) throws(AuditFileError) {
+        guard !bytes.isEmpty else { return }
+        let failure: Int32? = bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    return errno
+                }
+                offset += written
+            }
+            return nil
+        }
+        if let failure { throw .system("write", failure) }
+        size += Int64(bytes.count)
+    }
+
+    /// Renames the current file after its first line's sequence number and opens a new one.
+    private mutating func rotate() throws(AuditFileError) {
+        guard fsync(fd) == 0 else { throw .system("fsync", errno) }
+        let first = firstSequenceInFile ?? chain.nextSequence
+        let target = paths.rotated(firstSequence: first)
+        guard access(target, F_OK) != 0 else { throw .system("rename to \(target)", EEXIST) }
+        guard rename(paths.current, target) == 0 else { throw .system("rename", errno) }
+        let newFD = open(paths.current, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard newFD >= 0 else { throw .system("open", errno) }
+        close(fd)
+        fd = newFD
+        size = 0
+        syncDirectory()
+    }
+
+    private func syncDirectory() {
+        let dir = open(paths.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dir >= 0 else { return }
+        _ = fsync(dir)
+        close(dir)
+    }
+
+    /// `{"file":"audit.jsonl","seq":N,"sha256":"…","written_at":"…"}`, replaced atomically.
+    private func writeHead(sequence: UInt64, hash: [UInt8], now: String) throws(AuditFileError) {
+        var json: [UInt8] = Array(#"{"file":"#.utf8)
+        json.append(contentsOf: jsonQuoted(paths.baseName))
+        json.append(contentsOf: #","seq":"#.utf8)
+        appendDecimal(sequence, to: &json)
+        json.append(contentsOf: #","sha256":""#.utf8)
+        appendHex(hash, to: &json)
+        json.append(contentsOf: #"","written_at":"#.utf8)
+        json.append(contentsOf: jsonQuoted(now))
+        json.append(contentsOf: "}\n".utf8)
+        let temporary = paths.head + ".tmp"
+        unlink(temporary)
+        let headFD = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard headFD >= 0 else { throw .system("open \(temporary)", errno) }
+        let written = json.withUnsafeBytes { write(headFD, $0.baseAddress, $0.count) }
+        let synced = fsync(headFD)
+        close(headFD)
+        guard written == json.count, synced == 0 else {
+            unlink(temporary)
+            throw .system("write \(temporary)", errno)
+        }
+        guard rename(temporary, paths.head) == 0 else { throw .system("rename \(temporary)", errno) }
+    }
+}
+
+/// A JSON string literal for simple values (file names, timestamps).
+func jsonQuoted(_ text: String) -> [UInt8] {
+    var out: [UInt8] = [UInt8(ascii: "\"")]
+    for byte in text.utf8 {
+        switch byte {
+        case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+            out.append(UInt8(ascii: "\\"))
+            out.append(byte)
+        case 0..<0x20:
+            out.append(contentsOf: "\\u00".utf8)
+            appendHex([byte], to: &out)
+        default: out.append(byte)
+        }
+    }
+    out.append(UInt8(ascii: "\""))
+    return out
+}

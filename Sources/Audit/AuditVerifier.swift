@@ -1,0 +1,244 @@
+import Foundation
+import OpenSSLTLS
+
+/// Checks an audit log's hash chain across its files: `kaizen-egress audit verify FILE…`.
+///
+/// Files are put in chain order by their first line's sequence number, whatever order they are given in. The
+/// check fails at the first line that was edited (the next line's `prev_sha256` no longer matches it), deleted
+/// (a gap in `seq`), moved or repeated (`seq` goes back), or cut short (no newline, or not a chain line), and
+/// when lines are missing from the end (the head file records a later line than the files hold).
+public struct AuditVerifier {
+    public struct Report: Sendable, Hashable {
+        public var files: [String]
+        public var lines: Int
+        public var firstSequence: UInt64?
+        public var lastSequence: UInt64?
+        /// The first broken line; nil when the chain is intact.
+        public var failure: Failure?
+        /// True when the head file matched: no line is missing from the end.
+        public var headChecked: Bool
+        /// Things that hold but that a reviewer should know (a recovered crash, no head file, …).
+        public var notes: [String]
+
+        public var intact: Bool { failure == nil }
+    }
+
+    public struct Failure: Sendable, Hashable, CustomStringConvertible {
+        public var file: String
+        /// 1-based line number within `file`.
+        public var line: Int
+        public var reason: String
+        public var description: String { "\(file):\(line): \(reason)" }
+    }
+
+    /// Accept a log whose first line is not seq 1 (its earlier files were archived elsewhere).
+    public var allowContinuation: Bool
+
+    public init(allowContinuation: Bool = false) {
+        self.allowContinuation = allowContinuation
+    }
+
+    public func verify(files: [String]) throws -> Report {
+        var ordered: [(path: String, data: Data, first: UInt64)] = []
+        var unordered: [(path: String, data: Data)] = []
+        for path in files {
+            let data = try Data(contentsOf: URL(fileURLWithPath: path))
+            if let prefix = AuditLinePrefix.parse(data.prefix(128)) {
+                ordered.append((path, data, prefix.sequence))
+            } else {
+                unordered.append((path, data))
+            }
+        }
+        ordered.sort { $0.first < $1.first }
+        var report = Report(files: [], lines: 0, headChecked: false, notes: [])
+        // A file whose first line is not a chain line is checked where its name sorts among the others.
+        var all = ordered.map { (path: $0.path, data: $0.data) }
+        for file in unordered {
+            let index = all.firstIndex { $0.path > file.path } ?? all.endIndex
+            all.insert(file, at: index)
+        }
+        report.files = all.map(\.path)
+
+        var heads: [(path: String, sequence: UInt64, hash: [UInt8])] = []
+        for path in files {
+            guard let head = try? Data(contentsOf: URL(fileURLWithPath: path + ".head")) else { continue }
+            guard let object = try? JSONSerialization.jsonObject(with: head) as? [String: Any],
+                let sequence = (object["seq"] as? NSNumber)?.uint64Value,
+                let hashText = object["sha256"] as? String, let hash = parseHex(Array(hashText.utf8)), hash.count == 32
+            else {
+                report.failure = Failure(file: path + ".head", line: 1, reason: "the head file is not valid")
+                return report
+            }
+            heads.append((path + ".head", sequence, hash))
+        }
+
+        var walker = ChainWalker(allowContinuation: allowContinuation, watched: Set(heads.map(\.sequence)))
+        for file in all {
+            if let failure = walker.walk(file: file.path, data: file.data) {
+                report.failure = failure
+                break
+            }
+        }
+        if report.failure == nil, let failure = walker.finish() {
+            report.failure = failure
+        }
+        report.lines = walker.lines
+        report.firstSequence = walker.firstSequence
+        report.lastSequence = walker.lastSequence
+        report.notes = walker.notes
+        guard report.failure == nil else { return report }
+
+        for head in heads {
+            guard let last = walker.lastSequence, head.sequence <= last else {
+                let holds = walker.lastSequence.map { "seq \($0)" } ?? "no lines"
+                report.failure = Failure(
+                    file: all.last?.path ?? head.path, line: walker.lastLineNumber,
+                    reason: "the log ends at \(holds) but \(head.path) records seq \(head.sequence): lines were removed from the end"
+                )
+                return report
+            }
+            if let seen = walker.watchedHashes[head.sequence], seen.hash != head.hash {
+                report.failure = Failure(
+                    file: seen.file, line: seen.line,
+                    reason: "seq \(head.sequence) differs from the hash recorded in \(head.path): the line was changed"
+                )
+                return report
+            }
+            if walker.watchedHashes[head.sequence] == nil {
+                report.notes.append("\(head.path) records seq \(head.sequence), which is not among the files given")
+            } else {
+                report.headChecked = true
+            }
+        }
+        if heads.isEmpty {
+            report.notes.append(
+                "no head file was found beside the files given: lines removed from the end of the log cannot be detected"
+            )
+        }
+        return report
+    }
+}
+
+/// Walks lines in chain order, remembering just enough to check the next one.
+private struct ChainWalker {
+    let allowContinuation: Bool
+    let watched: Set<UInt64>
+    var expected: UInt64?
+    var previousHash: [UInt8] = AuditChain.genesisHash
+    var lines = 0
+    var firstSequence: UInt64?
+    var lastSequence: UInt64?
+    var lastLineNumber = 0
+    var previousLocation = ("", 0)
+    var notes: [String] = []
+    var watchedHashes: [UInt64: (file: String, line: Int, hash: [UInt8])] = [:]
+    /// A line that is not a chain line, waiting for the start record that accounts for it (a crash mid-write).
+    var unfinished: (file: String, line: Int, length: Int)?
+
+    init(allowContinuation: Bool, watched: Set<UInt64>) {
+        self.allowContinuation = allowContinuation
+        self.watched = watched
+    }
+
+    mutating func walk(file: String, data: Data) -> AuditVerifier.Failure? {
+        let bytes = [UInt8](data)
+        if bytes.isEmpty {
+            notes.append("\(file) is empty")
+            return nil
+        }
+        var lineNumber = 0
+        var start = 0
+        while start < bytes.count {
+            lineNumber += 1
+            lastLineNumber = lineNumber
+            guard let end = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) else {
+                return .init(
+                    file: file, line: lineNumber,
+                    reason: "the last line is incomplete (no newline): the file was cut short or is still being written"
+                )
+            }
+            let line = bytes[start..<end]
+            start = end + 1
+            if let failure = check(line, file: file, lineNumber: lineNumber) { return failure }
+        }
+        return nil
+    }
+
+    mutating func check(_ line: ArraySlice<UInt8>, file: String, lineNumber: Int) -> AuditVerifier.Failure? {
+        guard let prefix = AuditLinePrefix.parse(line) else {
+            if let unfinished {
+                return .init(file: unfinished.file, line: unfinished.line, reason: "not a chain line")
+            }
+            unfinished = (file, lineNumber, line.count)
+            return nil
+        }
+        if let pending = unfinished {
+            // Accepted only when this line is the start record that names exactly this many unfinished bytes.
+            guard Self.incompleteTailBytes(of: line) == pending.length else {
+                return .init(file: pending.file, line: pending.line, reason: "not a chain line (edited or cut short)")
+            }
+            notes.append(
+                "\(pending.file):\(pending.line): \(pending.length) bytes of a line left unfinished when the proxy stopped mid-write (recorded by the next start record)"
+            )
+            unfinished = nil
+        }
+        if let expected {
+            if prefix.sequence > expected {
+                let missing = prefix.sequence - expected
+                return .init(
+                    file: file, line: lineNumber,
+                    reason: "seq \(prefix.sequence) follows seq \(expected - 1): \(missing) line\(missing == 1 ? " is" : "s are") missing"
+                )
+            }
+            if prefix.sequence < expected {
+                return .init(
+                    file: file, line: lineNumber,
+                    reason: "seq \(prefix.sequence) follows seq \(expected - 1): lines are out of order or repeated"
+                )
+            }
+            if prefix.previousHash != previousHash {
+                let (previousFile, previousLine) = previousLocation
+                let next = previousFile == file ? "line \(lineNumber)" : "\(file):\(lineNumber)"
+                return .init(
+                    file: previousFile, line: previousLine,
+                    reason: "seq \(expected - 1) was changed: its hash does not match prev_sha256 of the next line (\(next))"
+                )
+            }
+        } else {
+            if prefix.sequence != 1 || prefix.previousHash != AuditChain.genesisHash {
+                guard allowContinuation, prefix.sequence > 1 else {
+                    return .init(
+                        file: file, line: lineNumber,
+                        reason: "the log starts at seq \(prefix.sequence), not 1: earlier lines or files are missing (with --continues, a log whose earlier files were archived is accepted)"
+                    )
+                }
+                notes.append("the files start at seq \(prefix.sequence); lines before it were not checked")
+            }
+            firstSequence = prefix.sequence
+        }
+        let hash = OpenSSLDigest.sha256(line)
+        if watched.contains(prefix.sequence) {
+            watchedHashes[prefix.sequence] = (file, lineNumber, hash)
+        }
+        previousHash = hash
+        previousLocation = (file, lineNumber)
+        expected = prefix.sequence + 1
+        lastSequence = prefix.sequence
+        lines += 1
+        return nil
+    }
+
+    func finish() -> AuditVerifier.Failure? {
+        guard let unfinished else { return nil }
+        return .init(file: unfinished.file, line: unfinished.line, reason: "not a chain line (edited or cut short)")
+    }
+
+    /// `audit.incomplete_tail_bytes` of a start record, nil for any other line.
+    static func incompleteTailBytes(of line: ArraySlice<UInt8>) -> Int? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+            let audit = object["audit"] as? [String: Any], audit["event"] as? String == "start",
+            let bytes = audit["incomplete_tail_bytes"] as? NSNumber
+        else { return nil }
+        return bytes.intValue
+    }
+}

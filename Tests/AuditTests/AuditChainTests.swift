@@ -1,0 +1,218 @@
+import Audit
+import ControlPlane
+import Foundation
+import Logging
+import PropertyBased
+import Testing
+
+/// The audit log's chain as a reviewer relies on it: an untouched log verifies, and every kind of tampering the
+/// issue names (a flipped byte, a deleted line, two lines swapped, the file cut short) is found, every time.
+@Suite struct AuditChainTests {
+    /// A log of `count` records written by the real writer, with its head file; the records carry hostile values.
+    static func writeLog(records count: Int, in directory: String, maxBytes: Int64 = 0) throws -> AuditPaths {
+        let paths = AuditPaths(current: directory + "/audit.jsonl")
+        var writer = try AuditFileWriter(paths: paths, maxBytes: maxBytes)
+        var batch: [[UInt8]] = []
+        for index in 0..<count {
+            var json = JSONWriter()
+            sampleAction(index: index).writeJSON(to: &json)
+            batch.append(json.take())
+            if batch.count == 7 {
+                try writer.append(batch)
+                batch.removeAll()
+            }
+        }
+        try writer.append(batch)
+        try writer.sync(now: "2026-11-26T00:00:00.000Z")
+        return paths
+    }
+
+    static func sampleAction(index: Int) -> ConnectAction {
+        let hosts = ["example.org", "a\"b\\c\u{2028}d", "x\u{0}y\n{\"seq\":1}", "ünïcødé.test", String(repeating: "z", count: 300)]
+        var metadata = ConnectMetadata(
+            eventID: EventID.generate(), transport: .connect, host: hosts[index % hosts.count], port: 443,
+            client: "127.0.0.1:5000", startedAt: "2026-11-26T00:00:00.000Z", outcome: .connected
+        )
+        metadata.sni = hosts[(index + 1) % hosts.count]
+        metadata.tls = true
+        return ConnectAction(agent: "egress-agent", target: "\(hosts[index % hosts.count]):443", metadata: metadata)
+    }
+
+    static func temporaryDirectory() throws -> String {
+        let path = NSTemporaryDirectory() + "audit-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    /// Verifies `bytes` as the log file, with the original head file beside it.
+    static func verify(_ bytes: [UInt8], head: Data) throws -> AuditVerifier.Report {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/audit.jsonl"
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        try head.write(to: URL(fileURLWithPath: path + ".head"))
+        return try AuditVerifier().verify(files: [path])
+    }
+
+    struct Fixture {
+        var bytes: [UInt8]
+        var head: Data
+        var lines: [ArraySlice<UInt8>] {
+            bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).dropLast().map { $0 }
+        }
+
+        static func make(records: Int = 40) throws -> Fixture {
+            let directory = try temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let paths = try writeLog(records: records, in: directory)
+            return Fixture(
+                bytes: [UInt8](try Data(contentsOf: URL(fileURLWithPath: paths.current))),
+                head: try Data(contentsOf: URL(fileURLWithPath: paths.head))
+            )
+        }
+
+        static func join(_ lines: [ArraySlice<UInt8>]) -> [UInt8] {
+            lines.reduce(into: []) { $0 += $1; $0.append(UInt8(ascii: "\n")) }
+        }
+    }
+
+    @Test func untouchedLogVerifies() throws {
+        let fixture = try Fixture.make()
+        let report = try Self.verify(fixture.bytes, head: fixture.head)
+        #expect(report.intact, "\(String(describing: report.failure))")
+        #expect(report.lines == 40)
+        #expect(report.firstSequence == 1 && report.lastSequence == 40)
+        #expect(report.headChecked)
+        // Every line is still one JSON object that parses, hostile values and all.
+        for line in fixture.lines {
+            #expect((try? JSONSerialization.jsonObject(with: Data(line))) is [String: Any])
+        }
+    }
+
+    @Test func flippedByteIsFound() async throws {
+        let fixture = try Fixture.make()
+        await propertyCheck(count: 300, input: Gen.int(in: 0...Int(Int32.max)), Gen.int(in: 1...255)) { position, mask in
+            var bytes = fixture.bytes
+            let offset = position % bytes.count
+            bytes[offset] ^= UInt8(mask)
+            let report = try? Self.verify(bytes, head: fixture.head)
+            #expect(report?.intact == false, "byte \(offset) ^ \(mask) went unnoticed")
+        }
+    }
+
+    @Test func deletedLineIsFound() async throws {
+        let fixture = try Fixture.make()
+        let lines = fixture.lines
+        await propertyCheck(count: 100, input: Gen.int(in: 0...(lines.count - 1))) { index in
+            var edited = lines
+            edited.remove(at: index)
+            let report = try? Self.verify(Fixture.join(edited), head: fixture.head)
+            #expect(report?.intact == false, "deleting line \(index + 1) went unnoticed")
+        }
+    }
+
+    @Test func swappedLinesAreFound() async throws {
+        let fixture = try Fixture.make()
+        let lines = fixture.lines
+        await propertyCheck(count: 200, input: Gen.int(in: 0...(lines.count - 1)), Gen.int(in: 1...(lines.count - 1))) {
+            first, distance in
+            var edited = lines
+            let second = (first + distance) % lines.count
+            edited.swapAt(first, second)
+            let report = try? Self.verify(Fixture.join(edited), head: fixture.head)
+            #expect(report?.intact == false, "swapping lines \(first + 1) and \(second + 1) went unnoticed")
+        }
+    }
+
+    @Test func truncationIsFound() async throws {
+        let fixture = try Fixture.make()
+        // Every length short of the whole file, line boundaries included.
+        await propertyCheck(count: 300, input: Gen.int(in: 0...(fixture.bytes.count - 1))) { length in
+            let report = try? Self.verify(Array(fixture.bytes.prefix(length)), head: fixture.head)
+            #expect(report?.intact == false, "cutting the file to \(length) bytes went unnoticed")
+        }
+        // The exact line boundaries, each one.
+        var offset = 0
+        for line in fixture.lines.dropLast() {
+            offset += line.count + 1
+            let report = try Self.verify(Array(fixture.bytes.prefix(offset)), head: fixture.head)
+            #expect(!report.intact, "cutting after byte \(offset) went unnoticed")
+        }
+    }
+
+    @Test func failureNamesTheLine() throws {
+        let fixture = try Fixture.make()
+        var lines = fixture.lines
+        lines.remove(at: 9)  // seq 10
+        let report = try Self.verify(Fixture.join(lines), head: fixture.head)
+        #expect(report.failure?.line == 10)
+        #expect(report.failure?.reason.contains("seq 11 follows seq 9") == true)
+
+        var edited = fixture.lines
+        let index = edited[4].dropFirst(120).firstIndex(of: UInt8(ascii: "e"))!  // past the chain fields
+        edited[4][index] = UInt8(ascii: "E")
+        let changed = try Self.verify(Fixture.join(edited), head: fixture.head)
+        #expect(changed.failure?.line == 5)
+        #expect(changed.failure?.reason.contains("seq 5 was changed") == true)
+    }
+
+    @Test func chainContinuesAcrossRotationAndRestart() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.writeLog(records: 30, in: directory, maxBytes: 4096)
+        let paths = try Self.writeLog(records: 30, in: directory, maxBytes: 4096)  // a restart continues the chain
+        let rotated = paths.rotatedFiles()
+        #expect(rotated.count >= 3)
+        for file in rotated + [paths.current] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: file)
+            #expect((attributes[.posixPermissions] as? Int) == 0o600)
+            #expect(((attributes[.size] as? Int) ?? .max) <= 4096)
+        }
+        // Given in any order, the files verify as one chain of 60 lines.
+        let report = try AuditVerifier().verify(files: ([paths.current] + rotated).shuffled())
+        #expect(report.intact, "\(String(describing: report.failure))")
+        #expect(report.lines == 60 && report.lastSequence == 60 && report.headChecked)
+
+        // Without the oldest file, the chain does not start at 1: refused, unless the reviewer says so.
+        let partial = Array(rotated.dropFirst()) + [paths.current]
+        #expect(try AuditVerifier().verify(files: partial).intact == false)
+        #expect(try AuditVerifier(allowContinuation: true).verify(files: partial).intact)
+        // Without a middle file: a gap.
+        var gap = rotated
+        gap.remove(at: 1)
+        #expect(try AuditVerifier().verify(files: gap + [paths.current]).intact == false)
+    }
+
+    @Test func crashMidLineIsRecordedAndAccepted() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = try Self.writeLog(records: 5, in: directory)
+        // A crash mid-write leaves half a line.
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: paths.current))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data(#"{"seq":6,"prev_sha256":"00"#.utf8))
+        try handle.close()
+        let cut = try AuditVerifier().verify(files: [paths.current])
+        #expect(!cut.intact)
+
+        // The restarted proxy ends that line and says so in its start record; the verifier then accepts it.
+        let log = try AuditLog(
+            configuration: .init(path: paths.current, maxBytes: 0, fsyncInterval: .zero, settings: [("mode", "test")]),
+            logger: .init(label: "test")
+        )
+        #expect(log.position.sequence == 6)
+        let report = try AuditVerifier().verify(files: [paths.current])
+        #expect(report.intact, "\(String(describing: report.failure))")
+        #expect(report.notes.contains { $0.contains("unfinished") })
+    }
+
+    @Test func refusesAFileThatIsNotAChain() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/old.jsonl"
+        try Data("{\"schema_version\":\"1\"}\n".utf8).write(to: URL(fileURLWithPath: path))
+        #expect(throws: AuditFileError.notChained(path)) {
+            _ = try AuditFileWriter(paths: AuditPaths(current: path), maxBytes: 0)
+        }
+    }
+}
