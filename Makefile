@@ -2,8 +2,9 @@
 # Both first install the Debian packages they need when run as root, or print the command otherwise.
 
 DEBIAN_PACKAGES := libssl-dev pkg-config curl openssl python3
-# The transparent-mode tests build network namespaces with these (they run only as root).
-TEST_PACKAGES := iptables iproute2
+# The transparent-mode tests build network namespaces with iptables and iproute2 (they run only as root);
+# the report test renders the HTML report in headless chromium.
+TEST_PACKAGES := iptables iproute2 chromium
 PORT ?= 8080
 
 .PHONY: run test build release deps

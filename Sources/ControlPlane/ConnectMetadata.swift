@@ -65,6 +65,8 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
     public var connectionID: EventID?
     /// Transparent mode: the address and port the agent connected to before the redirect, `ip:port`.
     public var originalDst: String?
+    /// `true` on the agent's first connection to this `host:port` (outside its baseline); absent otherwise.
+    public var firstSeen: Bool?
 
     public init(
         eventID: EventID,
@@ -100,6 +102,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         case responseBodyBytes = "response_body_bytes"
         case connectionID = "connection_id"
         case originalDst = "original_dst"
+        case firstSeen = "first_seen"
     }
 
     /// The metadata object, fields in a fixed order. Once the proxy has looked at a tunnel's first bytes,
@@ -130,6 +133,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         if let responseBodyBytes { json.field(CodingKeys.responseBodyBytes.rawValue, responseBodyBytes) }
         if let connectionID { json.field(CodingKeys.connectionID.rawValue, connectionID.description) }
         if let originalDst { json.field(CodingKeys.originalDst.rawValue, originalDst) }
+        if let firstSeen { json.field(CodingKeys.firstSeen.rawValue, firstSeen) }
         json.endObject()
     }
 }

@@ -1,8 +1,9 @@
 /// Writes JSON with keys in the order they are written, so every record reads the same way
 /// (`schema_version`, `agent`, `action`, `verdict`) and the same value always gives the same bytes.
 ///
-/// Strings are escaped per RFC 8259, plus U+2028 and U+2029 (which break JavaScript line parsing) and DEL,
-/// so a hostile host name or SNI can never split or break a log line.
+/// Strings are escaped per RFC 8259, plus U+2028 and U+2029 (which break JavaScript line parsing), DEL, and
+/// U+FEFF (which some readers drop from the start of a string), so a hostile host name or SNI can never split or
+/// break a log line, and every reader gets back the value the proxy saw.
 public struct JSONWriter {
     public private(set) var bytes: [UInt8]
     private var needsComma: [Bool] = []
@@ -155,7 +156,7 @@ public struct JSONWriter {
         bytes.append(UInt8(ascii: "\""))
         // Fast path: nothing to escape (the usual host names, ids and timestamps) is copied in one go.
         let copied: Bool? = value.utf8.withContiguousStorageIfAvailable { utf8 in
-            for byte in utf8 where byte < 0x20 || byte == 0x22 || byte == 0x5c || byte == 0x7f || byte == 0xE2 {
+            for byte in utf8 where byte < 0x20 || byte == 0x22 || byte == 0x5c || byte == 0x7f || byte == 0xE2 || byte == 0xEF {
                 return false
             }
             bytes.append(contentsOf: utf8)
@@ -166,16 +167,21 @@ public struct JSONWriter {
             return
         }
         var utf8 = value.utf8.makeIterator()
-        var pending: [UInt8] = []  // a lead byte 0xE2 and what follows, while checking for U+2028/U+2029
+        // A lead byte 0xE2 or 0xEF and what follows, while checking for U+2028/U+2029 (E2 80 A8/A9) and U+FEFF
+        // (EF BB BF).
+        var pending: [UInt8] = []
         while let byte = utf8.next() {
             if !pending.isEmpty {
                 pending.append(byte)
-                if pending.count == 2 && pending[1] != 0x80 {
+                let second: UInt8 = pending[0] == 0xE2 ? 0x80 : 0xBB
+                if pending.count == 2 && pending[1] != second {
                     bytes.append(contentsOf: pending)
                     pending.removeAll(keepingCapacity: true)
                 } else if pending.count == 3 {
-                    if pending[2] == 0xA8 || pending[2] == 0xA9 {
+                    if pending[0] == 0xE2 && (pending[2] == 0xA8 || pending[2] == 0xA9) {
                         appendEscape(pending[2] == 0xA8 ? 0x2028 : 0x2029)
+                    } else if pending[0] == 0xEF && pending[2] == 0xBF {
+                        appendEscape(0xFEFF)
                     } else {
                         bytes.append(contentsOf: pending)
                     }
@@ -190,7 +196,7 @@ public struct JSONWriter {
             case 0x0d: bytes.append(contentsOf: [0x5c, UInt8(ascii: "r")])
             case 0x09: bytes.append(contentsOf: [0x5c, UInt8(ascii: "t")])
             case 0x00..<0x20, 0x7f: appendEscape(UInt32(byte))
-            case 0xE2: pending.append(byte)  // may start U+2028 or U+2029 (E2 80 A8 / E2 80 A9)
+            case 0xE2, 0xEF: pending.append(byte)  // may start U+2028, U+2029 or U+FEFF
             default: bytes.append(byte)
             }
         }

@@ -9,32 +9,14 @@ import Musl
 import Darwin
 #endif
 
-/// Writes every record as one JSON object per line to standard output (local mode) and/or an audit file.
+/// Local mode: writes every record as one JSON object per line to standard output.
 ///
-/// `record` only appends to an in-memory queue, so event loops never wait on a slow terminal or disk. The
-/// service's `run` takes the whole queue at once, encodes it and writes it with one `write` per destination:
-/// under load many records share one wake-up and one system call. On graceful shutdown it writes everything
-/// still queued before returning, so it must be placed before the proxy in the `ServiceGroup` (services shut
-/// down in reverse order).
+/// `record` only appends to an in-memory queue, so event loops never wait on a slow terminal or pipe. The
+/// service's `run` takes the whole queue at once, encodes it and writes it with one `write`: under load many
+/// records share one wake-up and one system call. On graceful shutdown it writes everything still queued before
+/// returning, so it must be placed before the proxy in the `ServiceGroup` (services shut down in reverse order).
+/// The tamper-evident file copy is the Audit module's `AuditLog`.
 public final class LocalActionLog: ActionSink, Service {
-    /// Where the lines go.
-    public struct Destinations: Sendable {
-        public var standardOutput: Bool
-        public var auditLogPath: String?
-
-        public init(standardOutput: Bool, auditLogPath: String?) {
-            self.standardOutput = standardOutput
-            self.auditLogPath = auditLogPath
-        }
-    }
-
-    /// The audit file could not be opened.
-    public struct OpenError: Error, CustomStringConvertible {
-        public var path: String
-        public var reason: String
-        public var description: String { "cannot open \(path): \(reason)" }
-    }
-
     /// Records queued at most before new ones are counted as dropped (and the drop itself is logged).
     public static let defaultQueueLimit = 100_000
 
@@ -42,28 +24,11 @@ public final class LocalActionLog: ActionSink, Service {
     static let lingerAfterWakeUp: Duration = .milliseconds(2)
 
     private let queue: BatchQueue<ActionRecord>
-    private let destinations: Destinations
-    private let auditFD: Int32?
     private let logger: Logger
 
-    /// Opens the audit file (created with mode 0600, appended to) before anything is accepted.
-    public init(destinations: Destinations, queueLimit: Int = defaultQueueLimit, logger: Logger) throws {
+    public init(queueLimit: Int = defaultQueueLimit, logger: Logger) {
         self.queue = BatchQueue(limit: queueLimit)
-        self.destinations = destinations
         self.logger = logger
-        if let path = destinations.auditLogPath {
-            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-            guard fd >= 0 else {
-                throw OpenError(path: path, reason: String(cString: strerror(errno)))
-            }
-            self.auditFD = fd
-        } else {
-            self.auditFD = nil
-        }
-    }
-
-    deinit {
-        if let auditFD { close(auditFD) }
     }
 
     public func record(_ record: ActionRecord) {
@@ -115,12 +80,7 @@ public final class LocalActionLog: ActionSink, Service {
         for record in batch {
             record.appendJSONLine(to: &bytes)
         }
-        if destinations.standardOutput {
-            writeAll(fd: STDOUT_FILENO, bytes, name: "standard output", broken: &broken)
-        }
-        if let auditFD {
-            writeAll(fd: auditFD, bytes, name: destinations.auditLogPath ?? "audit log", broken: &broken)
-        }
+        writeAll(fd: STDOUT_FILENO, bytes, name: "standard output", broken: &broken)
     }
 
     /// Writes everything, retrying short writes. A reader that went away (EPIPE) is given up on with one log

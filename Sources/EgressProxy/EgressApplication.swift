@@ -1,3 +1,4 @@
+import Audit
 import ControlPlane
 import OpenSSLTLS
 import Logging
@@ -7,43 +8,105 @@ import UnixSignals
 
 /// Builds the proxy's services from a configuration: the `@main` entry point and the tests share this.
 public struct EgressApplication: Sendable {
-    public let actionLog: LocalActionLog
+    /// Present in local mode: every record on standard output.
+    public let actionLog: LocalActionLog?
+    /// Present when `KAIZEN_AUDIT_LOG` is set: the hash-chained copy.
+    public let auditLog: AuditLog?
     /// Present when an API key is configured.
     public let reporter: Reporter?
+    /// Present unless `KAIZEN_BASELINE_MAX` is 0: which destinations each agent reached before.
+    public let baselineStore: BaselineStore?
     public let server: ProxyServer
 
-    /// - Throws: `ConfigurationError` when the audit log cannot be opened.
+    /// - Throws: `ConfigurationError` when the audit log, the state directory or the CA cannot be used.
     public init(
         configuration: ProxyConfiguration,
         logger: Logger,
         extraSink: (any ActionSink)? = nil,
         onListening: (@Sendable (SocketAddress) -> Void)? = nil
     ) throws {
-        let actionLog: LocalActionLog
-        do {
-            actionLog = try LocalActionLog(
-                destinations: .init(standardOutput: configuration.local, auditLogPath: configuration.auditLogPath),
-                logger: logger
-            )
-        } catch {
-            throw ConfigurationError(
-                variable: ConfigurationKey.auditLog.variable,
-                "KAIZEN_AUDIT_LOG: \(error): set \(ConfigurationKey.auditLog.spelled) to a file path in a directory the proxy can write"
-            )
-        }
-        self.actionLog = actionLog
+        actionLog = configuration.local ? LocalActionLog(logger: logger) : nil
+        auditLog = try configuration.auditLogPath.map { try Self.makeAuditLog(configuration, path: $0, logger: logger) }
         if let apiKey = configuration.apiKey {
             reporter = try Self.makeReporter(configuration, apiKey: apiKey, logger: logger)
         } else {
             reporter = nil
         }
-        var sinks: [any ActionSink] = [actionLog]
+        if configuration.baselineMaxEntries > 0 {
+            let baseline = DestinationBaseline(
+                maxEntries: configuration.baselineMaxEntries,
+                learningPeriod: .nanoseconds(configuration.baselineLearningPeriod.nanoseconds)
+            )
+            do {
+                baselineStore = try BaselineStore(directory: configuration.stateDirectory, baseline: baseline, logger: logger)
+            } catch .directory(let reason) {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.stateDirectory.variable,
+                    "KAIZEN_STATE_DIR: \(reason): set \(ConfigurationKey.stateDirectory.spelled) to a directory the proxy can create and write"
+                )
+            } catch {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.stateDirectory.variable,
+                    "KAIZEN_STATE_DIR: \(error): move the damaged file away to start a new baseline, or set \(ConfigurationKey.stateDirectory.spelled) to another directory"
+                )
+            }
+        } else {
+            baselineStore = nil
+        }
+        var sinks: [any ActionSink] = []
+        if let actionLog { sinks.append(actionLog) }
+        if let auditLog { sinks.append(auditLog) }
         if let reporter { sinks.append(reporter) }
         if let extraSink { sinks.append(extraSink) }
-        let sink: any ActionSink = sinks.count == 1 ? actionLog : FanOutSink(sinks)
+        let sink: any ActionSink = sinks.count == 1 ? sinks[0] : FanOutSink(sinks)
         let inspection = try Inspection.make(configuration, logger: logger)
         server = ProxyServer(
-            configuration: configuration, sink: sink, logger: logger, inspection: inspection, onListening: onListening)
+            configuration: configuration, sink: sink, logger: logger, inspection: inspection,
+            baseline: baselineStore?.baseline, onListening: onListening)
+    }
+
+    /// What the start record of the audit log says the proxy captures.
+    static func auditSettings(_ configuration: ProxyConfiguration) -> [(String, String)] {
+        var settings: [(String, String)] = [
+            ("agent", configuration.agent),
+            ("mode", configuration.inspectionCA == nil ? "destination-only" : "inspection"),
+            ("report_query", configuration.reportQuery ? "on" : "off"),
+            ("transparent", configuration.transparentPort == nil ? "off" : "on"),
+            ("control_plane", configuration.apiKey == nil ? "off" : configuration.apiURL),
+        ]
+        if configuration.inspectionCA != nil {
+            settings.append(("inspect_hosts", configuration.inspectHosts.map { "\($0)" } ?? "all"))
+            settings.append(("passthrough_hosts", configuration.passthroughHosts.map { "\($0)" } ?? "none"))
+        }
+        return settings
+    }
+
+    private static func makeAuditLog(
+        _ configuration: ProxyConfiguration,
+        path: String,
+        logger: Logger
+    ) throws(ConfigurationError) -> AuditLog {
+        do {
+            return try AuditLog(
+                configuration: .init(
+                    path: path,
+                    maxBytes: configuration.auditMaxBytes,
+                    fsyncInterval: .nanoseconds(configuration.auditFsyncInterval.nanoseconds),
+                    settings: auditSettings(configuration)
+                ),
+                logger: logger
+            )
+        } catch .notChained(let file) {
+            throw ConfigurationError(
+                variable: ConfigurationKey.auditLog.variable,
+                "KAIZEN_AUDIT_LOG: \(file) is not a hash-chained audit log (an older version's, or another file): move it away or set \(ConfigurationKey.auditLog.spelled) to a new file"
+            )
+        } catch {
+            throw ConfigurationError(
+                variable: ConfigurationKey.auditLog.variable,
+                "KAIZEN_AUDIT_LOG: cannot open \(path): \(error): set \(ConfigurationKey.auditLog.spelled) to a file path in a directory the proxy can write"
+            )
+        }
     }
 
     private static func makeReporter(
@@ -91,9 +154,12 @@ public struct EgressApplication: Sendable {
     }
 
     /// Every long-running part, in dependency order (they shut down in reverse: the listener drains first,
-    /// then the reporter spools what it could not send, then the action log writes what is queued).
+    /// then the reporter spools what it could not send, the baseline is saved, and the logs write what is queued).
     public func serviceGroup(logger: Logger) -> ServiceGroup {
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: actionLog)]
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let actionLog { services.append(.init(service: actionLog)) }
+        if let auditLog { services.append(.init(service: auditLog)) }
+        if let baselineStore { services.append(.init(service: baselineStore)) }
         if let reporter { services.append(.init(service: reporter)) }
         services.append(.init(service: server))
         return ServiceGroup(

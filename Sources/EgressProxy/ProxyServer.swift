@@ -1,3 +1,4 @@
+import Audit
 import ControlPlane
 import Logging
 import NIOConcurrencyHelpers
@@ -51,11 +52,12 @@ public final class ProxyServer: Service {
         logger: Logger,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         inspection: Inspection?,
+        baseline: DestinationBaseline? = nil,
         onListening: (@Sendable (SocketAddress) -> Void)? = nil
     ) {
         self.inspection = inspection
         self.configuration = configuration
-        self.reporting = Reporting(agent: configuration.agent, sink: sink, logger: logger)
+        self.reporting = Reporting(agent: configuration.agent, sink: sink, logger: logger, baseline: baseline)
         self.group = group
         self.logger = logger
         self.onListening = onListening

@@ -1,15 +1,43 @@
+import Audit
 import ControlPlane
 import Logging
 import NIOCore
 
-/// What every connection handler needs to report: the agent name, the sink, and the base logger.
+/// What every connection handler needs to report: the agent name, the sink, the base logger, and the
+/// destination baseline that marks an agent's first connection to a destination.
 struct Reporting: Sendable {
     var agent: String
     var sink: any ActionSink
     var logger: Logger
+    var baseline: DestinationBaseline? = nil
 
+    /// Records the action. A connection that reached a destination its agent never reached before is marked
+    /// `first_seen` and logged; requests after the first inside one intercepted connection are not connections.
     func action(target: String, metadata: ConnectMetadata) {
+        var metadata = metadata
+        if let baseline, metadata.outcome == .connected, metadata.connectionID.map({ $0 == metadata.eventID }) ?? true,
+            baseline.observe(agent: agent, destination: target, now: WallClock.nowMillis())
+        {
+            metadata.firstSeen = true
+            logger.notice(
+                "agent \(Self.printable(agent)) connected to a destination it has never connected to (\(Self.printable(target)))"
+            )
+        }
         sink.record(.action(ConnectAction(agent: agent, target: target, metadata: metadata)))
+    }
+
+    /// `text` with control and non-ASCII characters escaped (`\u{…}`), so a hostile name cannot forge log lines.
+    static func printable(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value >= 0x7f }) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            if scalar.value < 0x20 || scalar.value >= 0x7f {
+                out += "\\u{\(String(scalar.value, radix: 16))}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 
     func close(_ body: CloseRecord.Body) {

@@ -13,15 +13,11 @@ struct KaizenEgress: AsyncParsableCommand {
         discussion: """
             Every option can also be set through the environment variable named in its help; the option wins.
             Local mode (--local) needs no account: actions are written as JSON lines to standard output.
+            With no subcommand the proxy runs; `kaizen-egress run --help` lists its options.
             """,
-        subcommands: [Run.self, CA.self, Probe.self]
+        subcommands: [Run.self, CA.self, Probe.self, AuditCommand.self, ReportCommand.self],
+        defaultSubcommand: Run.self
     )
-
-    @OptionGroup var options: RunOptions
-
-    func run() async throws {
-        try await options.runProxy()
-    }
 }
 
 /// `kaizen-egress run`: the same as no subcommand.
@@ -72,6 +68,21 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Also append every action and close record to this file (mode 0600). (env KAIZEN_AUDIT_LOG)")
     var auditLog: String?
 
+    @Option(help: "Rotate the audit log when a file would grow past this, e.g. 100M; 0 never. (env KAIZEN_AUDIT_MAX_BYTES, default 100M)")
+    var auditMaxBytes: String?
+
+    @Option(help: "fsync the audit log this often; 0 after every write. (env KAIZEN_AUDIT_FSYNC, default 1s)")
+    var auditFsync: String?
+
+    @Option(help: "Where state that outlives the proxy is kept (the destination baseline). (env KAIZEN_STATE_DIR, default .kaizen/state)")
+    var stateDir: String?
+
+    @Option(help: "Learn new destinations silently this long after an agent is first seen, e.g. 24h. (env KAIZEN_BASELINE_LEARN, default 0)")
+    var baselineLearn: String?
+
+    @Option(help: "Destinations remembered in the baseline; 0 turns new-destination detection off. (env KAIZEN_BASELINE_MAX, default 100000)")
+    var baselineMax: String?
+
     @Option(help: "Upstream connect timeout, e.g. 10s, 500ms. (env KAIZEN_CONNECT_TIMEOUT, default 10s)")
     var connectTimeout: String?
 
@@ -121,6 +132,8 @@ struct RunOptions: ParsableArguments {
             (.drainSeconds, drainSeconds), (.logLevel, logLevel), (.caCertificate, caCert), (.caKey, caKey),
             (.inspectHosts, inspectHosts), (.passthroughHosts, passthroughHosts), (.upstreamCAFile, upstreamCAFile),
             (.pinnedPassthrough, pinnedPassthrough), (.transparentPort, transparentPort),
+            (.auditMaxBytes, auditMaxBytes), (.auditFsync, auditFsync), (.stateDirectory, stateDir),
+            (.baselineLearn, baselineLearn), (.baselineMax, baselineMax),
         ]
         for case (let key, let value?) in flags {
             environment[key.variable] = value

@@ -1,3 +1,4 @@
+import EgressProxy
 import Foundation
 import Testing
 
@@ -61,7 +62,9 @@ import Testing
         let proxy = try ChildProcess(
             Paths.proxyBinary,
             ["--port", "0", "--agent", "cli-agent"],
-            environment: environment(["KAIZEN_LOCAL": "1", "KAIZEN_AUDIT_LOG": audit])
+            environment: environment([
+                "KAIZEN_LOCAL": "1", "KAIZEN_AUDIT_LOG": audit, "KAIZEN_STATE_DIR": pki.directory + "/state",
+            ])
         )
         let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
         let portText = stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }
@@ -87,11 +90,24 @@ import Testing
         #expect(verdict?["decision"] as? String == "allow")
         let closeLine = try proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
 
-        // SIGTERM: a clean exit, and the audit file holds the same lines, mode 0600.
+        // SIGTERM: a clean exit. The audit file holds the same records, chained, between the log's own start
+        // and stop records, mode 0600, and `audit verify` accepts it.
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
         let auditLines = try String(contentsOfFile: audit, encoding: .utf8).split(separator: "\n").map(String.init)
-        #expect(auditLines == [actionLine, closeLine])
+        try #require(auditLines.count == 4)
+        #expect(auditLines[0].hasPrefix(#"{"seq":1,"prev_sha256":"0000"#) && auditLines[0].contains(#""event":"start""#))
+        #expect(auditLines[0].contains(#""mode":"destination-only""#))
+        func record(_ chained: String) -> String {
+            guard let start = chained.range(of: #""schema_version""#) else { return chained }
+            return "{" + chained[start.lowerBound...]
+        }
+        #expect(auditLines[1].hasPrefix(#"{"seq":2,"prev_sha256":""#))
+        #expect(record(auditLines[1]) == actionLine)
+        #expect(record(auditLines[2]) == closeLine)
+        #expect(auditLines[3].contains(#""event":"stop""#))
+        let verify = try runCommand(Paths.proxyBinary, ["audit", "verify", audit])
+        #expect(verify.status == 0 && verify.stdout.hasPrefix("OK 4 lines"), "\(verify.stdout)")
         let attributes = try FileManager.default.attributesOfItem(atPath: audit)
         #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
         #expect(!proxy.stderr.contains("error"))
@@ -136,15 +152,14 @@ import Testing
     }
 
     @Test func helpListsEveryVariable() throws {
-        let result = try runCommand(Paths.proxyBinary, ["--help"])
+        let result = try runCommand(Paths.proxyBinary, ["run", "--help"])
         #expect(result.status == 0)
-        for variable in [
-            "PORT", "KAIZEN_LISTEN", "KAIZEN_AGENT", "KAIZEN_API_KEY", "KAIZEN_API_URL", "KAIZEN_LOCAL",
-            "KAIZEN_AUDIT_LOG", "KAIZEN_API_CA_FILE", "KAIZEN_SPOOL_DIR", "KAIZEN_SPOOL_MAX_BYTES", "KAIZEN_CONNECT_TIMEOUT", "KAIZEN_IDLE_TIMEOUT", "KAIZEN_DNS_CACHE_TTL", "KAIZEN_DRAIN_SECONDS",
-            "KAIZEN_LOG_LEVEL",
-        ] {
-            #expect(result.stdout.contains(variable), "\(variable)")
+        for key in ConfigurationKey.all {
+            #expect(result.stdout.contains(key.variable), "\(key.variable)")
+            #expect(result.stdout.contains(key.flag), "\(key.flag)")
         }
+        // With no subcommand the proxy runs, and says where its options are listed.
+        #expect(try runCommand(Paths.proxyBinary, ["--help"]).stdout.contains("kaizen-egress run --help"))
     }
 
     @Test func probeExitsZeroOnlyWhileTheProxyListens() throws {

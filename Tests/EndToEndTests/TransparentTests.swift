@@ -88,7 +88,12 @@ final class NetworkLab {
         let lab = try NetworkLab()
         if let agentHosts { try lab.setAgentHosts(agentHosts) }
         let pki = try TestPKI.mint()
-        let extra = try proxyEnvironment(pki)
+        var extra = try proxyEnvironment(pki)
+        // The proxy runs as its own UID: its state directory (the destination baseline) is its alone.
+        let state = pki.directory + "/state"
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        chown(state, 1337, 1337)
+        extra["KAIZEN_STATE_DIR"] = state
         let ip = Paths.which("ip")
         let origin = try ChildProcess(ip, lab.inNamespace(lab.internet, Paths.which("python3"), [
             Paths.originScript, "--mode", "https", "--host", ipv6 ? lab.internetAddress6 : lab.internetAddress,
@@ -128,6 +133,7 @@ final class NetworkLab {
         #expect(curl.status == 0 && curl.stdout == "hello from origin", "\(curl.stdout) \(curl.stderr)")
         let line = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
         #expect(line.contains("\"transport\":\"transparent\""), "\(line)")
+        #expect(line.contains("\"first_seen\":true"), "\(line)")
         #expect(line.contains("\"target\":\"localhost:\(setup.originPort)\""), "\(line)")
         #expect(line.contains("\"sni\":\"localhost\""))
         #expect(line.contains("\"original_dst\":\"\(lab.internetAddress):\(setup.originPort)\""))

@@ -34,9 +34,15 @@ public struct ConfigurationKey: Sendable, Hashable {
 
     public static let transparentPort = ConfigurationKey(variable: "KAIZEN_TRANSPARENT_PORT", flag: "--transparent-port")
 
+    public static let auditMaxBytes = ConfigurationKey(variable: "KAIZEN_AUDIT_MAX_BYTES", flag: "--audit-max-bytes")
+    public static let auditFsync = ConfigurationKey(variable: "KAIZEN_AUDIT_FSYNC", flag: "--audit-fsync")
+    public static let stateDirectory = ConfigurationKey(variable: "KAIZEN_STATE_DIR", flag: "--state-dir")
+    public static let baselineLearn = ConfigurationKey(variable: "KAIZEN_BASELINE_LEARN", flag: "--baseline-learn")
+    public static let baselineMax = ConfigurationKey(variable: "KAIZEN_BASELINE_MAX", flag: "--baseline-max")
+
     public static let all: [ConfigurationKey] = [
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
-        .pinnedPassthrough, .transparentPort,
+        .pinnedPassthrough, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
     ]
 }

@@ -30,6 +30,11 @@ import NIOCore
 /// | `KAIZEN_REPORT_QUERY` | boolean | off |
 /// | `KAIZEN_PINNED_PASSTHROUGH` | duration | `1h` |
 /// | `KAIZEN_TRANSPARENT_PORT` | integer 1–65535 | none (no transparent listener) |
+/// | `KAIZEN_AUDIT_MAX_BYTES` | size, or `0` never to rotate | 100 MiB |
+/// | `KAIZEN_AUDIT_FSYNC` | duration, or `0` after every write | `1s` |
+/// | `KAIZEN_STATE_DIR` | directory | `.kaizen/state` |
+/// | `KAIZEN_BASELINE_LEARN` | duration, or `0` | `0` (flag new destinations at once) |
+/// | `KAIZEN_BASELINE_MAX` | integer ≥ 0 (`0` turns the baseline off) | 100000 |
 public struct ProxyConfiguration: Sendable {
     public var listenAddress: String
     public var port: Int
@@ -69,6 +74,16 @@ public struct ProxyConfiguration: Sendable {
     public var pinnedPassthrough: TimeAmount
     /// Transparent mode: the port of the listener for connections redirected by iptables (nil: none).
     public var transparentPort: Int?
+    /// The audit log rotates when its file would grow past this; zero never rotates.
+    public var auditMaxBytes: Int64
+    /// How often the audit log is fsynced (and its head file rewritten); zero after every write.
+    public var auditFsyncInterval: TimeAmount
+    /// Where the proxy keeps state that outlives it (the destination baseline).
+    public var stateDirectory: String
+    /// New destinations are learned silently for this long after an agent is first seen.
+    public var baselineLearningPeriod: TimeAmount
+    /// Destinations remembered in all; zero turns new-destination detection off.
+    public var baselineMaxEntries: Int
 
     /// An API key. Its description never shows the key.
     public struct APIKey: Sendable, Hashable, CustomStringConvertible {
@@ -259,6 +274,40 @@ public struct ProxyConfiguration: Sendable {
             self.transparentPort = nil
         }
 
+        if let raw = value(.auditMaxBytes) {
+            guard let bytes = raw == "0" ? 0 : Self.parseByteSize(raw), bytes == 0 || bytes >= 64 << 10 else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.auditMaxBytes.variable,
+                    "KAIZEN_AUDIT_MAX_BYTES=\(Self.quoted(raw)) is not a size of at least 64K: set \(ConfigurationKey.auditMaxBytes.spelled) to a size such as 100M, or 0 never to rotate"
+                )
+            }
+            self.auditMaxBytes = bytes
+        } else {
+            self.auditMaxBytes = 100 << 20
+        }
+        if value(.auditFsync) == "0" {
+            self.auditFsyncInterval = .zero
+        } else {
+            self.auditFsyncInterval = try Self.duration(value(.auditFsync), key: .auditFsync, default: .seconds(1))
+        }
+        self.stateDirectory = value(.stateDirectory) ?? ".kaizen/state"
+        if value(.baselineLearn) == "0" {
+            self.baselineLearningPeriod = .zero
+        } else {
+            self.baselineLearningPeriod = try Self.duration(value(.baselineLearn), key: .baselineLearn, default: .zero)
+        }
+        if let raw = value(.baselineMax) {
+            guard let count = Int(raw), count >= 0, count <= 10_000_000 else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.baselineMax.variable,
+                    "KAIZEN_BASELINE_MAX=\(Self.quoted(raw)) is not a count: set \(ConfigurationKey.baselineMax.spelled) to a whole number of destinations up to 10000000, or 0 to turn new-destination detection off"
+                )
+            }
+            self.baselineMaxEntries = count
+        } else {
+            self.baselineMaxEntries = 100_000
+        }
+
         // Actions must go somewhere: to the control plane (a key), to standard output (local mode), or both.
         if !local && apiKey == nil {
             throw ConfigurationError(
@@ -350,6 +399,7 @@ public struct ProxyConfiguration: Sendable {
     static func parseDuration(_ raw: String) -> TimeAmount? {
         let units: [(suffix: String, nanos: Int64)] = [
             ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000),
+            ("d", 86_400_000_000_000),
         ]
         var number = raw
         var scale: Int64 = 1_000_000_000

@@ -1,0 +1,327 @@
+public import ControlPlane
+import Foundation
+
+/// What an agent reached, from audit log files: `kaizen-egress report`.
+///
+/// Per agent and destination (`host:port`): the first and last connection in the period, connections, bytes each
+/// way, whether it was inspected and, when it was, the methods and paths requested. Then the destinations that
+/// were new for the agent (the proxy's `first_seen` mark), failed connections and interception failures, and the
+/// connections per day. The chain is verified first and its status is part of the report.
+public struct AuditReport: Sendable, Codable, Hashable {
+    public var generatedAt: String
+    /// Records before this instant are left out (RFC 3339), nil for all.
+    public var since: String?
+    public var agentFilter: String?
+    public var files: [String]
+    public var chain: ChainStatus
+    public var agents: [AgentSummary]
+
+    public struct ChainStatus: Sendable, Codable, Hashable {
+        public var intact: Bool
+        public var lines: Int
+        public var firstSeq: UInt64?
+        public var lastSeq: UInt64?
+        public var headChecked: Bool
+        public var failure: String?
+        public var notes: [String]
+    }
+
+    public struct AgentSummary: Sendable, Codable, Hashable {
+        public var agent: String
+        public var connections: Int
+        public var failedConnections: Int
+        public var bytesFromClient: UInt64
+        public var bytesToClient: UInt64
+        public var destinations: [DestinationSummary]
+        public var newDestinations: [NewDestination]
+        public var failures: [FailureSummary]
+        public var interceptionFailures: [FailureSummary]
+        public var daily: [DailyVolume]
+    }
+
+    public struct DestinationSummary: Sendable, Codable, Hashable {
+        public var target: String
+        public var firstSeen: String
+        public var lastSeen: String
+        public var connections: Int
+        /// Bytes of the connections that ended in the period (close records).
+        public var bytesFromClient: UInt64
+        public var bytesToClient: UInt64
+        public var inspected: Bool
+        /// The agent's first connection to it ever fell in the period.
+        public var new: Bool
+        /// Inspected destinations only: method and path (query removed unless the proxy was set to keep it).
+        public var requests: [RequestSummary]
+        /// Distinct requests beyond the listed ones.
+        public var requestsNotListed: Int
+    }
+
+    public struct RequestSummary: Sendable, Codable, Hashable {
+        public var method: String
+        public var path: String
+        public var count: Int
+    }
+
+    public struct NewDestination: Sendable, Codable, Hashable {
+        public var target: String
+        public var at: String
+    }
+
+    public struct FailureSummary: Sendable, Codable, Hashable {
+        public var target: String
+        public var reason: String
+        public var count: Int
+        public var lastSeen: String
+    }
+
+    public struct DailyVolume: Sendable, Codable, Hashable {
+        /// `2026-11-26` (UTC).
+        public var day: String
+        public var connections: Int
+        public var bytesFromClient: UInt64
+        public var bytesToClient: UInt64
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case generatedAt = "generated_at"
+        case since
+        case agentFilter = "agent_filter"
+        case files, chain, agents
+    }
+
+    /// Distinct requests listed per destination at most.
+    public static let requestsListed = 200
+}
+
+extension AuditReport.ChainStatus {
+    enum CodingKeys: String, CodingKey {
+        case intact, lines
+        case firstSeq = "first_seq"
+        case lastSeq = "last_seq"
+        case headChecked = "head_checked"
+        case failure, notes
+    }
+}
+
+extension AuditReport.AgentSummary {
+    enum CodingKeys: String, CodingKey {
+        case agent, connections
+        case failedConnections = "failed_connections"
+        case bytesFromClient = "bytes_from_client"
+        case bytesToClient = "bytes_to_client"
+        case destinations
+        case newDestinations = "new_destinations"
+        case failures
+        case interceptionFailures = "interception_failures"
+        case daily
+    }
+}
+
+extension AuditReport.DestinationSummary {
+    enum CodingKeys: String, CodingKey {
+        case target
+        case firstSeen = "first_seen"
+        case lastSeen = "last_seen"
+        case connections
+        case bytesFromClient = "bytes_from_client"
+        case bytesToClient = "bytes_to_client"
+        case inspected, new, requests
+        case requestsNotListed = "requests_not_listed"
+    }
+}
+
+extension AuditReport.DailyVolume {
+    enum CodingKeys: String, CodingKey {
+        case day, connections
+        case bytesFromClient = "bytes_from_client"
+        case bytesToClient = "bytes_to_client"
+    }
+}
+
+extension AuditReport.FailureSummary {
+    enum CodingKeys: String, CodingKey {
+        case target, reason, count
+        case lastSeen = "last_seen"
+    }
+}
+
+/// One line of the audit log, as the report reads it.
+struct AuditLine: Decodable {
+    var agent: String?
+    var action: ConnectAction.Body?
+    var close: CloseRecord.Body?
+}
+
+/// Reads audit files and adds up what they hold.
+public struct AuditReportBuilder {
+    public var since: String?
+    public var agent: String?
+
+    public init(since: String? = nil, agent: String? = nil) {
+        self.since = since
+        self.agent = agent
+    }
+
+    private struct DestinationTotals {
+        var firstSeen: String?
+        var lastSeen: String?
+        var connections = 0
+        var bytesFromClient: UInt64 = 0
+        var bytesToClient: UInt64 = 0
+        var inspected = false
+        var new = false
+        var requests: [String: (method: String, path: String, count: Int)] = [:]
+        var requestsNotListed = Set<String>()
+    }
+
+    private struct AgentTotals {
+        var destinations: [String: DestinationTotals] = [:]
+        var newDestinations: [AuditReport.NewDestination] = []
+        var failures: [String: AuditReport.FailureSummary] = [:]
+        var interceptionFailures: [String: AuditReport.FailureSummary] = [:]
+        var daily: [String: AuditReport.DailyVolume] = [:]
+        var connections = 0
+        var failedConnections = 0
+    }
+
+    /// Verifies the files' chain, then reads every record in them.
+    public func build(files: [String], now: String, allowContinuation: Bool = false) throws -> AuditReport {
+        let verification = try AuditVerifier(allowContinuation: allowContinuation).verify(files: files)
+        var agents: [String: AgentTotals] = [:]
+        let decoder = JSONDecoder()
+        for path in verification.files {
+            let data = try Data(contentsOf: URL(fileURLWithPath: path))
+            for line in data.split(separator: UInt8(ascii: "\n")) {
+                // A damaged line is reported by the chain status; the rest still counts.
+                guard let record = try? decoder.decode(AuditLine.self, from: Data(line)), let name = record.agent else {
+                    continue
+                }
+                if let agent, agent != name { continue }
+                if let action = record.action {
+                    add(action, to: &agents[name, default: AgentTotals()])
+                } else if let close = record.close {
+                    add(close, to: &agents[name, default: AgentTotals()])
+                }
+            }
+        }
+        return AuditReport(
+            generatedAt: now,
+            since: since,
+            agentFilter: agent,
+            files: verification.files,
+            chain: .init(
+                intact: verification.intact,
+                lines: verification.lines,
+                firstSeq: verification.firstSequence,
+                lastSeq: verification.lastSequence,
+                headChecked: verification.headChecked,
+                failure: verification.failure?.description,
+                notes: verification.notes
+            ),
+            agents: agents.keys.sorted().map { summary(agent: $0, agents[$0]!) }
+        )
+    }
+
+    private func inPeriod(_ timestamp: String) -> Bool {
+        guard let since else { return true }
+        return timestamp >= since  // both RFC 3339 UTC with milliseconds: text order is time order
+    }
+
+    private func add(_ action: ConnectAction.Body, to totals: inout AgentTotals) {
+        let metadata = action.metadata
+        let at = metadata.startedAt
+        guard inPeriod(at) else { return }
+        let target = action.target
+        switch metadata.outcome {
+        case .failed:
+            totals.failedConnections += 1
+            let reason = metadata.error ?? "failed"
+            totals.failures[target + "\u{0}" + reason, default: .init(target: target, reason: reason, count: 0, lastSeen: at)]
+                .count += 1
+            totals.failures[target + "\u{0}" + reason]!.lastSeen = max(totals.failures[target + "\u{0}" + reason]!.lastSeen, at)
+            return
+        case .connected:
+            break
+        }
+        var destination = totals.destinations[target, default: DestinationTotals()]
+        let isConnection = metadata.connectionID.map { $0 == metadata.eventID } ?? true
+        if isConnection {
+            destination.connections += 1
+            totals.connections += 1
+            destination.firstSeen = min(destination.firstSeen ?? at, at)
+            destination.lastSeen = max(destination.lastSeen ?? at, at)
+            totals.daily[String(at.prefix(10)), default: .init(day: String(at.prefix(10)), connections: 0, bytesFromClient: 0, bytesToClient: 0)]
+                .connections += 1
+        }
+        if metadata.firstSeen == true {
+            destination.new = true
+            totals.newDestinations.append(.init(target: target, at: at))
+        }
+        if metadata.intercepted == true {
+            destination.inspected = true
+        }
+        if metadata.intercepted == false, let error = metadata.error {
+            let reason = metadata.inspection.map { "\($0): \(error)" } ?? error
+            let key = target + "\u{0}" + reason
+            totals.interceptionFailures[key, default: .init(target: target, reason: reason, count: 0, lastSeen: at)].count += 1
+            totals.interceptionFailures[key]!.lastSeen = max(totals.interceptionFailures[key]!.lastSeen, at)
+        }
+        if let method = metadata.method {
+            let path = metadata.path ?? ""
+            let key = method + " " + path
+            if destination.requests[key] != nil {
+                destination.requests[key]!.count += 1
+            } else if destination.requests.count < AuditReport.requestsListed {
+                destination.requests[key] = (method, path, 1)
+            } else if destination.requestsNotListed.count < 100_000 {
+                destination.requestsNotListed.insert(key)
+            }
+        }
+        totals.destinations[target] = destination
+    }
+
+    private func add(_ close: CloseRecord.Body, to totals: inout AgentTotals) {
+        guard inPeriod(close.endedAt) else { return }
+        // A close record without a connected action in the period (a failed connection) adds no destination.
+        guard totals.destinations[close.target] != nil else { return }
+        totals.destinations[close.target]!.bytesFromClient += close.bytesFromClient
+        totals.destinations[close.target]!.bytesToClient += close.bytesToClient
+        let day = String(close.endedAt.prefix(10))
+        totals.daily[day, default: .init(day: day, connections: 0, bytesFromClient: 0, bytesToClient: 0)].bytesFromClient +=
+            close.bytesFromClient
+        totals.daily[day]!.bytesToClient += close.bytesToClient
+    }
+
+    private func summary(agent: String, _ totals: AgentTotals) -> AuditReport.AgentSummary {
+        let destinations = totals.destinations.keys.sorted().compactMap { target -> AuditReport.DestinationSummary? in
+            let value = totals.destinations[target]!
+            guard let first = value.firstSeen, let last = value.lastSeen else { return nil }
+            return .init(
+                target: target,
+                firstSeen: first,
+                lastSeen: last,
+                connections: value.connections,
+                bytesFromClient: value.bytesFromClient,
+                bytesToClient: value.bytesToClient,
+                inspected: value.inspected,
+                new: value.new,
+                requests: value.requests.values
+                    .sorted { ($0.count, $1.method, $1.path) > ($1.count, $0.method, $0.path) }
+                    .map { .init(method: $0.method, path: $0.path, count: $0.count) },
+                requestsNotListed: value.requestsNotListed.count
+            )
+        }
+        return .init(
+            agent: agent,
+            connections: totals.connections,
+            failedConnections: totals.failedConnections,
+            bytesFromClient: destinations.reduce(0) { $0 + $1.bytesFromClient },
+            bytesToClient: destinations.reduce(0) { $0 + $1.bytesToClient },
+            destinations: destinations,
+            newDestinations: totals.newDestinations.sorted { ($0.at, $0.target) < ($1.at, $1.target) },
+            failures: totals.failures.values.sorted { ($0.target, $0.reason) < ($1.target, $1.reason) },
+            interceptionFailures: totals.interceptionFailures.values.sorted { ($0.target, $0.reason) < ($1.target, $1.reason) },
+            daily: totals.daily.values.sorted { $0.day < $1.day }
+        )
+    }
+}
