@@ -31,13 +31,15 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /kaizen-egress /usr/local/bin/kaizen-egress
-# The spool (actions not yet delivered) lives here; mount a volume on it to keep them across restarts.
+# The spool (actions not yet delivered) and the state (the destination baseline) live here; mount a volume
+# on it to keep them across restarts.
 RUN mkdir -p /var/lib/kaizen-egress && chown 1337:1337 /var/lib/kaizen-egress
 WORKDIR /var/lib/kaizen-egress
 USER 1337:1337
 ENV KAIZEN_LISTEN=0.0.0.0 \
     PORT=8080 \
-    KAIZEN_SPOOL_DIR=/var/lib/kaizen-egress/spool
+    KAIZEN_SPOOL_DIR=/var/lib/kaizen-egress/spool \
+    KAIZEN_STATE_DIR=/var/lib/kaizen-egress/state
 # 8080: explicit proxy (HTTPS_PROXY); 15001: transparent listener when KAIZEN_TRANSPARENT_PORT=15001 is set.
 EXPOSE 8080 15001
 HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/local/bin/kaizen-egress", "probe"]
