@@ -42,13 +42,13 @@ import Testing
         let port: Int
     }
 
-    func startProxy(directory: String) throws -> Proxy {
+    func startProxy(directory: String, extra: [String: String] = [:]) throws -> Proxy {
         let child = try ChildProcess(
             Paths.proxyBinary, ["--port", "0", "--agent", "review-agent"],
             environment: environment([
                 "KAIZEN_LOCAL": "1", "KAIZEN_AUDIT_LOG": directory + "/audit.jsonl",
                 "KAIZEN_STATE_DIR": directory + "/state", "KAIZEN_AUDIT_MAX_BYTES": "64K",
-            ])
+            ].merging(extra) { $1 })
         )
         let stderr = try child.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
         let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
@@ -156,6 +156,51 @@ import Testing
         #expect(broken.stdout.hasPrefix("BROKEN \(audit):4: seq 4 was changed"), "\(broken.stdout)")
         let brokenReport = try runCommand(Paths.proxyBinary, ["report", audit])
         #expect(brokenReport.stdout.contains("Chain: BROKEN"))
+    }
+
+    @Test func inspectedRequestsAndInterceptionFailuresAreReported() throws {
+        let pki = try TestPKI.mint()
+        let untrusted = try TestPKI.mint()  // an origin whose CA the proxy does not trust
+        let (origin, originPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        let (stranger, strangerPort) = try ChildProcess.origin(
+            mode: "https", cert: untrusted.serverCertificate, key: untrusted.serverKey)
+        defer { withExtendedLifetime((origin, stranger)) {} }
+        let ca = try InspectionTests.makeCA(in: pki.directory)
+        let directory = pki.directory
+        let proxy = try startProxy(directory: directory, extra: [
+            "KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": ca + "/ca.key", "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ])
+        let curl = Paths.which("curl")
+        func get(_ url: String, _ more: [String] = []) throws -> CommandResult {
+            try runCommand(curl, ["-sS", "--max-time", "20", "-x", "127.0.0.1:\(proxy.port)", "--cacert", ca + "/ca.pem"] + more + [url])
+        }
+        // One connection with two GETs (curl reuses it for URLs given together), then a POST with a query.
+        let two = try get("https://localhost:\(originPort)/hello", ["https://localhost:\(originPort)/hello"])
+        #expect(two.stdout == "hello from origin\nhello from origin", "\(two.stderr)")
+        let post = try get("https://localhost:\(originPort)/upload?token=secret", ["--data-binary", "abc"])
+        #expect(post.stdout.hasPrefix("3 "), "\(post.stderr)")
+        let refused = try get("https://localhost:\(strangerPort)/hello")
+        #expect(refused.status != 0)
+        try stop(proxy, actions: 4)
+
+        let json = try runCommand(Paths.proxyBinary, ["report", "--format", "json", directory + "/audit.jsonl"])
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        let agent = try #require((report["agents"] as? [[String: Any]])?.first)
+        let destinations = try #require(agent["destinations"] as? [[String: Any]])
+        let web = try #require(destinations.first { $0["target"] as? String == "localhost:\(originPort)" })
+        #expect(web["inspected"] as? Bool == true)
+        #expect(web["connections"] as? Int == 2)
+        let requests = try #require(web["requests"] as? [[String: Any]])
+        #expect(requests.count == 2)
+        #expect(requests.first { $0["method"] as? String == "GET" && $0["path"] as? String == "/hello" }?["count"] as? Int == 2)
+        #expect(requests.first { $0["method"] as? String == "POST" && $0["path"] as? String == "/upload" }?["count"] as? Int == 1)
+        #expect(!json.stdout.contains("token=secret"))  // the query is not kept by default
+        let failures = try #require(agent["interception_failures"] as? [[String: Any]])
+        #expect(failures.count == 1)
+        #expect(failures.first?["target"] as? String == "localhost:\(strangerPort)")
+        #expect((failures.first?["reason"] as? String)?.contains("upstream not trusted") == true, "\(failures)")
+        let start = try String(contentsOfFile: directory + "/audit.jsonl", encoding: .utf8).prefix { $0 != "\n" }
+        #expect(start.contains(#""mode":"inspection""#))
     }
 
     /// Runs wherever chromium is installed, and always as root (CI), where `make test` installs it.
