@@ -38,7 +38,14 @@ public struct AuditVerifier {
         self.allowContinuation = allowContinuation
     }
 
-    public func verify(files: [String]) throws -> Report {
+    public func verify(files given: [String]) throws -> Report {
+        // A glob such as `audit.jsonl*` also names the head file (and its temporary): those are heads, not logs.
+        let files = given.filter { !$0.hasSuffix(".head") && !$0.hasSuffix(".head.tmp") }
+        var headPaths: [String] = []
+        for path in given where path.hasSuffix(".head") && !headPaths.contains(path) { headPaths.append(path) }
+        for path in files where FileManager.default.fileExists(atPath: path + ".head") && !headPaths.contains(path + ".head") {
+            headPaths.append(path + ".head")
+        }
         var ordered: [(path: String, data: Data, first: UInt64)] = []
         var unordered: [(path: String, data: Data)] = []
         for path in files {
@@ -60,16 +67,16 @@ public struct AuditVerifier {
         report.files = all.map(\.path)
 
         var heads: [(path: String, sequence: UInt64, hash: [UInt8])] = []
-        for path in files {
-            guard let head = try? Data(contentsOf: URL(fileURLWithPath: path + ".head")) else { continue }
+        for path in headPaths {
+            let head = try Data(contentsOf: URL(fileURLWithPath: path))
             guard let object = try? JSONSerialization.jsonObject(with: head) as? [String: Any],
                 let sequence = (object["seq"] as? NSNumber)?.uint64Value,
                 let hashText = object["sha256"] as? String, let hash = parseHex(Array(hashText.utf8)), hash.count == 32
             else {
-                report.failure = Failure(file: path + ".head", line: 1, reason: "the head file is not valid")
+                report.failure = Failure(file: path, line: 1, reason: "the head file is not valid")
                 return report
             }
-            heads.append((path + ".head", sequence, hash))
+            heads.append((path, sequence, hash))
         }
 
         var walker = ChainWalker(allowContinuation: allowContinuation, watched: Set(heads.map(\.sequence)))

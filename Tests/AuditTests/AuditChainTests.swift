@@ -168,10 +168,13 @@ import Testing
             #expect((attributes[.posixPermissions] as? Int) == 0o600)
             #expect(((attributes[.size] as? Int) ?? .max) <= 4096)
         }
-        // Given in any order, the files verify as one chain of 60 lines.
+        // Given in any order, the files verify as one chain of 60 lines; a shell glob that also names the head
+        // file (audit.jsonl*) works the same.
         let report = try AuditVerifier().verify(files: ([paths.current] + rotated).shuffled())
         #expect(report.intact, "\(String(describing: report.failure))")
         #expect(report.lines == 60 && report.lastSequence == 60 && report.headChecked)
+        let globbed = try AuditVerifier().verify(files: ([paths.current, paths.head] + rotated).sorted())
+        #expect(globbed.intact && globbed.lines == 60 && globbed.headChecked && globbed.files.count == rotated.count + 1)
 
         // Without the oldest file, the chain does not start at 1: refused, unless the reviewer says so.
         let partial = Array(rotated.dropFirst()) + [paths.current]
