@@ -32,13 +32,22 @@ public struct EgressApplication: Sendable {
         } else {
             reporter = nil
         }
+        var baseline: DestinationBaseline? = nil
+        var baselineStore: BaselineStore? = nil
         if configuration.baselineMaxEntries > 0 {
-            let baseline = DestinationBaseline(
+            let created = DestinationBaseline(
                 maxEntries: configuration.baselineMaxEntries,
                 learningPeriod: .nanoseconds(configuration.baselineLearningPeriod.nanoseconds)
             )
+            baseline = created
             do {
-                baselineStore = try BaselineStore(directory: configuration.stateDirectory, baseline: baseline, logger: logger)
+                baselineStore = try BaselineStore(directory: configuration.stateDirectory, baseline: created, logger: logger)
+            } catch .directory(let reason) where !configuration.stateDirectoryIsSet {
+                // The default directory (under the working directory) is a convenience: without it new
+                // destinations are still flagged, from this run's memory.
+                logger.warning(
+                    "the destination baseline is kept in memory only (\(reason)); set KAIZEN_STATE_DIR to a writable directory to keep it across restarts"
+                )
             } catch .directory(let reason) {
                 throw ConfigurationError(
                     variable: ConfigurationKey.stateDirectory.variable,
@@ -50,9 +59,8 @@ public struct EgressApplication: Sendable {
                     "KAIZEN_STATE_DIR: \(error): move the damaged file away to start a new baseline, or set \(ConfigurationKey.stateDirectory.spelled) to another directory"
                 )
             }
-        } else {
-            baselineStore = nil
         }
+        self.baselineStore = baselineStore
         var sinks: [any ActionSink] = []
         if let actionLog { sinks.append(actionLog) }
         if let auditLog { sinks.append(auditLog) }
@@ -62,7 +70,7 @@ public struct EgressApplication: Sendable {
         let inspection = try Inspection.make(configuration, logger: logger)
         server = ProxyServer(
             configuration: configuration, sink: sink, logger: logger, inspection: inspection,
-            baseline: baselineStore?.baseline, onListening: onListening)
+            baseline: baseline, onListening: onListening)
     }
 
     /// What the start record of the audit log says the proxy captures.

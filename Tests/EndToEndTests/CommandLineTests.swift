@@ -25,6 +25,11 @@ import Testing
         (["--local", "--port", "99999"], "PORT"), (["--local", "--listen", "example.org"], "KAIZEN_LISTEN"),
         (["--local", "--api-url", "http://api.getkaizen.io"], "KAIZEN_API_URL"),
         (["--local", "--audit-log", "/nonexistent-dir/audit.jsonl"], "KAIZEN_AUDIT_LOG"),
+        (["--local", "--state-dir", "/proc/kaizen-state"], "KAIZEN_STATE_DIR"),
+        (["--local", "--audit-max-bytes", "10"], "KAIZEN_AUDIT_MAX_BYTES"),
+        (["--local", "--audit-fsync", "often"], "KAIZEN_AUDIT_FSYNC"),
+        (["--local", "--baseline-learn", "a while"], "KAIZEN_BASELINE_LEARN"),
+        (["--local", "--baseline-max", "lots"], "KAIZEN_BASELINE_MAX"),
     ])
     func badFlagsRefuseNamingTheVariable(_ arguments: [String], _ variable: String) throws {
         let child = try ChildProcess(Paths.proxyBinary, arguments, environment: environment([:]))

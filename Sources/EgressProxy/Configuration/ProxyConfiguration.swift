@@ -80,6 +80,9 @@ public struct ProxyConfiguration: Sendable {
     public var auditFsyncInterval: TimeAmount
     /// Where the proxy keeps state that outlives it (the destination baseline).
     public var stateDirectory: String
+    /// Whether `KAIZEN_STATE_DIR` was set: then a directory the proxy cannot use stops it at start; the default
+    /// one only costs the baseline's persistence (a warning).
+    public var stateDirectoryIsSet: Bool
     /// New destinations are learned silently for this long after an agent is first seen.
     public var baselineLearningPeriod: TimeAmount
     /// Destinations remembered in all; zero turns new-destination detection off.
@@ -291,6 +294,7 @@ public struct ProxyConfiguration: Sendable {
             self.auditFsyncInterval = try Self.duration(value(.auditFsync), key: .auditFsync, default: .seconds(1))
         }
         self.stateDirectory = value(.stateDirectory) ?? ".kaizen/state"
+        self.stateDirectoryIsSet = value(.stateDirectory) != nil
         if value(.baselineLearn) == "0" {
             self.baselineLearningPeriod = .zero
         } else {
