@@ -81,10 +81,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Who may use the proxy and where it may connect: client ranges, proxy credentials, the destination
+        // guard against SSRF. Pure: no sockets.
+        .target(
+            name: "AccessControl",
+            swiftSettings: swiftSettings
+        ),
         // The proxy: configuration, listener, CONNECT tunnels, plain-HTTP forwarding.
         .target(
             name: "EgressProxy",
             dependencies: [
+                "AccessControl",
                 "Audit",
                 "ClientHello",
                 "ControlPlane",
@@ -141,6 +148,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AccessControlTests",
+            dependencies: ["AccessControl"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

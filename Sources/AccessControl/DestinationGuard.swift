@@ -1,0 +1,93 @@
+/// Keeps the proxy from being a way into the network it runs in (SSRF): destinations in loopback, private,
+/// link-local (cloud metadata at 169.254.169.254 among them), CGNAT, multicast, unspecified and reserved ranges
+/// are refused, also when an IPv6 address carries one of them (IPv4-mapped, IPv4-compatible, NAT64, 6to4,
+/// Teredo), and so are the proxy's own listeners. `KAIZEN_ALLOW_PRIVATE` opens exceptions by range or host name.
+///
+/// The check runs on the addresses the proxy is about to dial, after its one name lookup, so a name that
+/// resolves differently a moment later (DNS rebinding) changes nothing.
+public struct DestinationGuard: Sendable {
+    /// Why a destination is refused: `private address 10.0.0.5`, `link-local address 169.254.169.254`, …
+    public struct Denial: Error, Sendable, Hashable, CustomStringConvertible {
+        public var reason: String
+        public var description: String { reason }
+    }
+
+    /// A listener of this proxy; `address` nil means every address of the machine (a wildcard listener).
+    public struct Listener: Sendable, Hashable {
+        public var address: IPAddress?
+        public var port: Int
+
+        public init(address: IPAddress?, port: Int) {
+            self.address = address
+            self.port = port
+        }
+    }
+
+    /// Ranges allowed although they are refused by default.
+    public var allowedRanges: [CIDR]
+    /// Host names (`internal.example`, or `*.corp.example` for names below it) allowed to resolve anywhere.
+    public var allowedNames: [String]
+    public var listeners: [Listener]
+    /// The machine's own addresses, for wildcard listeners.
+    public var localAddresses: [IPAddress]
+
+    public init(allowedRanges: [CIDR] = [], allowedNames: [String] = [], listeners: [Listener] = [], localAddresses: [IPAddress] = []) {
+        self.allowedRanges = allowedRanges
+        self.allowedNames = allowedNames.map { $0.lowercased() }
+        self.listeners = listeners
+        self.localAddresses = localAddresses
+    }
+
+    /// The ranges refused by default, and why.
+    static let refused: [(CIDR, String)] = [
+        ("0.0.0.0/8", "unspecified"), ("10.0.0.0/8", "private"), ("100.64.0.0/10", "shared (CGNAT)"),
+        ("127.0.0.0/8", "loopback"), ("169.254.0.0/16", "link-local"), ("172.16.0.0/12", "private"),
+        ("192.0.0.0/24", "reserved"), ("192.0.2.0/24", "documentation"), ("192.168.0.0/16", "private"),
+        ("198.18.0.0/15", "benchmarking"), ("198.51.100.0/24", "documentation"), ("203.0.113.0/24", "documentation"),
+        ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved"),
+        ("::/128", "unspecified"), ("::1/128", "loopback"), ("64:ff9b:1::/48", "private (local NAT64)"),
+        ("100::/64", "discard-only"), ("2001:db8::/32", "documentation"), ("fc00::/7", "private (unique local)"),
+        ("fe80::/10", "link-local"), ("fec0::/10", "site-local"), ("ff00::/8", "multicast"),
+    ].map { (CIDR($0.0)!, $0.1) }
+
+    /// Whether the proxy may dial `address`:`port` for a client that asked for `host` (a name or the literal).
+    public func check(_ address: IPAddress, port: Int, host: String) -> Denial? {
+        if let listener = ownListener(address, port: port) {
+            return Denial(reason: "the proxy's own listener \(listener)")
+        }
+        if isAllowedName(host) { return nil }
+        let candidates = [("", address)] + address.embeddedIPv4.map { ("\($0.form) ", $0.address) }
+        for (form, candidate) in candidates {
+            if allowedRanges.contains(where: { $0.contains(candidate) }) { continue }
+            if let (_, why) = Self.refused.first(where: { $0.0.contains(candidate) }) {
+                let shown = form.isEmpty ? "\(address)" : "\(address) (\(form)\(candidate))"
+                return Denial(reason: "\(why) address \(shown)")
+            }
+        }
+        return nil
+    }
+
+    func isAllowedName(_ host: String) -> Bool {
+        let name = host.lowercased()
+        return allowedNames.contains { pattern in
+            if pattern.hasPrefix("*.") { return name.hasSuffix(pattern.dropFirst(1)) }
+            return name == pattern
+        }
+    }
+
+    private func ownListener(_ address: IPAddress, port: Int) -> String? {
+        let plain = address.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? address
+        for listener in listeners where listener.port == port {
+            if let bound = listener.address {
+                if bound == plain { return "\(bound):\(port)" }
+                // A listener on loopback is reached by every loopback address of its family.
+                if CIDR("127.0.0.0/8")!.contains(bound), CIDR("127.0.0.0/8")!.contains(plain) { return "\(bound):\(port)" }
+            } else if localAddresses.contains(plain) || CIDR("127.0.0.0/8")!.contains(plain) || plain == IPAddress("::1")
+                || plain.bytes.allSatisfy({ $0 == 0 })
+            {
+                return "port \(port) (listening on every address)"
+            }
+        }
+        return nil
+    }
+}

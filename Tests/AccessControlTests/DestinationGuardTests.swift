@@ -1,0 +1,79 @@
+import AccessControl
+import Testing
+
+/// The SSRF guard on its own: every refused range, the IPv6 forms that carry an IPv4 address, exceptions, and
+/// the proxy's own listeners.
+@Suite struct DestinationGuardTests {
+    let guardian = DestinationGuard()
+
+    @Test(arguments: [
+        "127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
+        "100.64.0.1", "100.127.255.255", "0.0.0.0", "0.1.2.3", "224.0.0.1", "239.255.255.250", "255.255.255.255",
+        "240.0.0.1", "198.18.0.1", "192.0.2.10", "::", "::1", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1",
+        "fec0::1", "2001:db8::1", "100::1",
+        // IPv6 forms that carry a refused IPv4 address.
+        "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::10.0.0.1",
+        "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "2002:0a00:0001::", "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+        "64:ff9b:1::1",
+    ])
+    func refused(_ text: String) throws {
+        let address = try #require(IPAddress(text))
+        #expect(guardian.check(address, port: 443, host: text) != nil, "\(text) was allowed")
+    }
+
+    @Test(arguments: [
+        "93.184.215.14", "1.1.1.1", "8.8.8.8", "172.32.0.1", "172.15.255.255", "100.128.0.1", "192.169.0.1",
+        "2606:4700::1111", "2a00:1450:4001:80b::200e", "::ffff:93.184.215.14", "64:ff9b::808:808", "2002:0808:0808::1",
+        "2001:0:4136:e378:8000:63bf:f7f7:f7f7",  // Teredo: client 8.8.8.8 (inverted), server 65.54.227.120
+    ])
+    func allowed(_ text: String) throws {
+        let address = try #require(IPAddress(text))
+        #expect(guardian.check(address, port: 443, host: text) == nil, "\(text) was refused")
+    }
+
+    @Test func reasonsNameTheRangeAndTheEmbeddedAddress() throws {
+        #expect(guardian.check(IPAddress("169.254.169.254")!, port: 80, host: "metadata")?.reason == "link-local address 169.254.169.254")
+        #expect(guardian.check(IPAddress("::ffff:10.0.0.1")!, port: 80, host: "x")?.reason == "private address ::ffff:10.0.0.1 (IPv4-mapped 10.0.0.1)")
+    }
+
+    @Test func exceptionsByRangeAndName() throws {
+        let open = DestinationGuard(allowedRanges: [CIDR("127.0.0.0/8")!, CIDR("10.1.0.0/16")!], allowedNames: ["internal.example", "*.corp.example"])
+        #expect(open.check(IPAddress("127.0.0.1")!, port: 8080, host: "127.0.0.1") == nil)
+        #expect(open.check(IPAddress("::ffff:127.0.0.1")!, port: 8080, host: "x") == nil)  // the same address, mapped
+        #expect(open.check(IPAddress("10.1.9.9")!, port: 443, host: "x") == nil)
+        #expect(open.check(IPAddress("10.2.0.1")!, port: 443, host: "x") != nil)
+        #expect(open.check(IPAddress("10.2.0.1")!, port: 443, host: "internal.example") == nil)
+        #expect(open.check(IPAddress("10.2.0.1")!, port: 443, host: "api.corp.example") == nil)
+        #expect(open.check(IPAddress("10.2.0.1")!, port: 443, host: "corp.example") != nil)
+        #expect(open.check(IPAddress("::1")!, port: 443, host: "x") != nil)
+    }
+
+    @Test func ownListenersAreRefusedEvenWhenLoopbackIsAllowed() throws {
+        let open = DestinationGuard(
+            allowedRanges: [CIDR("127.0.0.0/8")!, CIDR("::1")!, CIDR("192.168.0.0/16")!],
+            listeners: [.init(address: IPAddress("127.0.0.1"), port: 8080), .init(address: nil, port: 15001)],
+            localAddresses: [IPAddress("192.168.1.5")!]
+        )
+        #expect(open.check(IPAddress("127.0.0.1")!, port: 8080, host: "x")?.reason.contains("own listener") == true)
+        #expect(open.check(IPAddress("127.0.0.2")!, port: 8080, host: "x") != nil)
+        #expect(open.check(IPAddress("::ffff:127.0.0.1")!, port: 8080, host: "x") != nil)
+        #expect(open.check(IPAddress("127.0.0.1")!, port: 8081, host: "x") == nil)
+        #expect(open.check(IPAddress("192.168.1.5")!, port: 15001, host: "x") != nil)
+        #expect(open.check(IPAddress("::1")!, port: 15001, host: "x") != nil)
+        #expect(open.check(IPAddress("192.168.1.6")!, port: 15001, host: "x") == nil)
+    }
+
+    @Test func cidrParsing() {
+        #expect(CIDR("10.0.0.0/8")?.contains(IPAddress("10.255.1.1")!) == true)
+        #expect(CIDR("10.9.9.9/8") == CIDR("10.0.0.0/8"))
+        #expect(CIDR("fe80::/10")?.contains(IPAddress("febf::1")!) == true)
+        #expect(CIDR("fe80::/10")?.contains(IPAddress("fec0::1")!) == false)
+        #expect(CIDR("0.0.0.0/0")?.contains(IPAddress("8.8.8.8")!) == true)
+        #expect(CIDR("0.0.0.0/0")?.contains(IPAddress("::1")!) == false)
+        for bad in ["10.0.0.0/33", "10.0.0.0/", "10.0.0/8", "::1/129", "example.org", "10.0.0.0/+8", ""] {
+            #expect(CIDR(bad) == nil, "\(bad)")
+        }
+        let list = CIDR.parseList("10.0.0.0/8, [::1], nope ,192.168.0.1")
+        #expect(list.ranges.count == 3 && list.invalid == ["nope"])
+    }
+}

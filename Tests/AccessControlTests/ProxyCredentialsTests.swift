@@ -1,0 +1,50 @@
+@testable import AccessControl
+import Foundation
+import Testing
+
+@Suite struct ProxyCredentialsTests {
+    func file(_ text: String, mode: Int = 0o600) throws -> String {
+        let path = NSTemporaryDirectory() + "auth-" + UUID().uuidString
+        FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+        return path
+    }
+
+    func basic(_ user: String, _ password: String) -> String {
+        "Basic " + Data("\(user):\(password)".utf8).base64EncodedString()
+    }
+
+    @Test func acceptsTheRightTokenOnly() throws {
+        let credentials = try ProxyCredentials.load(path: try file("# agents\nplanner:planner-token-0123456789\n\nresearcher:researcher-token-abcdef\n"))
+        #expect(credentials.agents == ["planner", "researcher"])
+        #expect(credentials.agent(forAuthorization: basic("planner", "planner-token-0123456789")) == "planner")
+        #expect(credentials.agent(forAuthorization: "basic " + Data("researcher:researcher-token-abcdef".utf8).base64EncodedString()) == "researcher")
+        #expect(credentials.agent(forAuthorization: basic("planner", "researcher-token-abcdef")) == nil)
+        #expect(credentials.agent(forAuthorization: basic("nobody", "planner-token-0123456789")) == nil)
+        #expect(credentials.agent(forAuthorization: basic("planner", "planner-token-012345678")) == nil)
+        #expect(credentials.agent(forAuthorization: "Bearer planner-token-0123456789") == nil)
+        #expect(credentials.agent(forAuthorization: "Basic !!!") == nil)
+        #expect(credentials.agent(forAuthorization: "Basic " + Data("no-colon".utf8).base64EncodedString()) == nil)
+    }
+
+    @Test func refusesUnsafeOrMalformedFiles() throws {
+        #expect(throws: ProxyCredentials.Problem.self) { try ProxyCredentials.load(path: try file("a:0123456789abcdef\n", mode: 0o644)) }
+        #expect(throws: ProxyCredentials.Problem.self) { try ProxyCredentials.load(path: try file("no colon here\n")) }
+        #expect(throws: ProxyCredentials.Problem.self) { try ProxyCredentials.load(path: try file("a:short\n")) }
+        #expect(throws: ProxyCredentials.Problem.self) { try ProxyCredentials.load(path: try file("a:0123456789abcdef\na:0123456789abcdeg\n")) }
+        #expect(throws: ProxyCredentials.Problem.self) { try ProxyCredentials.load(path: try file("\n# nothing\n")) }
+        #expect(throws: ProxyCredentials.Problem.self) { try ProxyCredentials.load(path: "/nonexistent/auth") }
+        // A problem never quotes a token.
+        do {
+            _ = try ProxyCredentials.load(path: try file("agent:tok-SECRET\n"))
+        } catch {
+            #expect(!"\(error)".contains("SECRET"))
+        }
+    }
+
+    @Test func constantTimeComparison() {
+        #expect(ProxyCredentials.constantTimeEquals(Array("abc".utf8), Array("abc".utf8)))
+        #expect(!ProxyCredentials.constantTimeEquals(Array("abc".utf8), Array("abd".utf8)))
+        #expect(!ProxyCredentials.constantTimeEquals(Array("abc".utf8), Array("abcd".utf8)))
+        #expect(!ProxyCredentials.constantTimeEquals([], Array("a".utf8)))
+    }
+}
