@@ -10,6 +10,10 @@ public struct DestinationGuard: Sendable {
     public struct Denial: Error, Sendable, Hashable, CustomStringConvertible {
         public var reason: String
         public var description: String { reason }
+
+        public init(reason: String) {
+            self.reason = reason
+        }
     }
 
     /// A listener of this proxy; `address` nil means every address of the machine (a wildcard listener).

@@ -77,14 +77,18 @@ public final class ProxyServer: Service {
         if let channel = boundChannel.withLockedValue({ $0 }) { return channel.localAddress }
         var settings = ConnectionSettings(configuration, resolverPool: resolverPool, dnsCache: dnsCache)
         settings.inspection = inspection
+        let destinationCheck = DestinationCheck(configuration)
+        settings.destinationCheck = destinationCheck
         let reporting = self.reporting
         let tracker = self.tracker
+        let admission = ClientAdmission(allowed: configuration.allowedClients, logger: logger)
         let serverChannel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
+                guard admission.admits(channel) else { return channel.close() }
                 tracker.add(channel)
                 do {
                     try Self.configurePipeline(channel, settings: settings, reporting: reporting)
@@ -96,6 +100,7 @@ public final class ProxyServer: Service {
             .bind(host: configuration.listenAddress, port: configuration.port)
             .get()
         boundChannel.withLockedValue { $0 = serverChannel }
+        destinationCheck.addListener(serverChannel.localAddress)
         if let transparentPort = configuration.transparentPort {
             let ownListeners: @Sendable () -> [SocketAddress] = { [boundChannel, transparentChannels] in
                 ([boundChannel.withLockedValue { $0 }].compactMap { $0 } + transparentChannels.withLockedValue { $0 })
@@ -107,6 +112,7 @@ public final class ProxyServer: Service {
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
+                    guard admission.admits(channel) else { return channel.close() }
                     tracker.add(channel)
                     do {
                         try channel.pipeline.syncOperations.addHandler(
@@ -126,6 +132,7 @@ public final class ProxyServer: Service {
                     }
                     let channel = try await bound.bind(host: address, port: transparentPort).get()
                     transparentChannels.withLockedValue { $0.append(channel) }
+                    destinationCheck.addListener(channel.localAddress)
                 } catch {
                     if index == 0 {
                         try? await serverChannel.close()
@@ -138,6 +145,14 @@ public final class ProxyServer: Service {
             }
         }
         return serverChannel.localAddress
+    }
+
+    /// The start-up warning for a proxy anyone on the network could use: a non-loopback listener with neither
+    /// `KAIZEN_ALLOW_CLIENTS` nor `KAIZEN_PROXY_AUTH`.
+    static func exposureWarning(_ configuration: ProxyConfiguration) -> String? {
+        let loopback = configuration.listenAddress == "::1" || configuration.listenAddress.hasPrefix("127.")
+        guard !loopback, configuration.allowedClients == nil, configuration.proxyCredentials == nil else { return nil }
+        return "listening on \(configuration.listenAddress) with no client restriction: anyone who can reach this port can use the proxy; set KAIZEN_ALLOW_CLIENTS to the agents' addresses or KAIZEN_PROXY_AUTH to a credentials file"
     }
 
     /// The listen address and its counterpart in the other family: iptables REDIRECT sends IPv4 to 127.0.0.1
@@ -161,6 +176,9 @@ public final class ProxyServer: Service {
             metadata: ["agent": "\(configuration.agent)", "local": "\(configuration.local)"]
         )
         if let address { onListening?(address) }
+        if let warning = Self.exposureWarning(configuration) {
+            logger.warning("\(warning)")
+        }
 
         let transparent = transparentChannels.withLockedValue { $0 }
         for channel in transparent {

@@ -13,7 +13,7 @@ struct Reporting: Sendable {
 
     /// Records the action. A connection that reached a destination its agent never reached before is marked
     /// `first_seen` and logged; requests after the first inside one intercepted connection are not connections.
-    func action(target: String, metadata: ConnectMetadata) {
+    func action(target: String, metadata: ConnectMetadata, verdict: ConnectAction.Verdict = .observed) {
         var metadata = metadata
         if let baseline, metadata.outcome == .connected, metadata.connectionID.map({ $0 == metadata.eventID }) ?? true,
             baseline.observe(agent: agent, destination: target, now: WallClock.nowMillis())
@@ -23,7 +23,12 @@ struct Reporting: Sendable {
                 "agent \(Self.printable(agent)) connected to a destination it has never connected to (\(Self.printable(target)))"
             )
         }
-        sink.record(.action(ConnectAction(agent: agent, target: target, metadata: metadata)))
+        sink.record(.action(ConnectAction(agent: agent, target: target, metadata: metadata, verdict: verdict)))
+    }
+
+    /// The verdict for a connection the proxy refused by its own rules (the destination guard, the port list).
+    static func blocked(_ reason: String) -> ConnectAction.Verdict {
+        ConnectAction.Verdict(decision: "block", reason: reason)
     }
 
     /// `text` with control and non-ASCII characters escaped (`\u{…}`), so a hostile name cannot forge log lines.

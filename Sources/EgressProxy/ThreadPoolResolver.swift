@@ -17,11 +17,13 @@ struct ThreadPoolResolver: Resolver, Sendable {
     private let eventLoop: any EventLoop
     private let v4: EventLoopPromise<[SocketAddress]>
     private let v6: EventLoopPromise<[SocketAddress]>
+    private let check: DestinationCheck?
 
-    init(pool: NIOThreadPool, cache: DNSCache, eventLoop: any EventLoop) {
+    init(pool: NIOThreadPool, cache: DNSCache, eventLoop: any EventLoop, check: DestinationCheck? = nil) {
         self.pool = pool
         self.cache = cache
         self.eventLoop = eventLoop
+        self.check = check
         self.v4 = eventLoop.makePromise()
         self.v6 = eventLoop.makePromise()
     }
@@ -32,10 +34,26 @@ struct ThreadPoolResolver: Resolver, Sendable {
     }
 
     func initiateAAAAQuery(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
-        let (v4, v6, cache) = (self.v4, self.v6, self.cache)
+        let (v4, v6, cache, check) = (self.v4, self.v6, self.cache, self.check)
+        /// Answers both queries with the addresses the guard allows; when it allows none, with its reason.
+        @Sendable func answer(_ ipv4: [SocketAddress], _ ipv6: [SocketAddress]) {
+            guard let check else {
+                v6.succeed(ipv6)
+                v4.succeed(ipv4)
+                return
+            }
+            let (allowed6, denied6) = check.filter(ipv6, host: host)
+            let (allowed4, denied4) = check.filter(ipv4, host: host)
+            if allowed6.isEmpty && allowed4.isEmpty, let denial = denied6 ?? denied4 {
+                v6.fail(denial)
+                v4.fail(denial)
+            } else {
+                v6.succeed(allowed6)
+                v4.succeed(allowed4)
+            }
+        }
         if let cached = cache.lookUp(host: host, port: port) {
-            v6.succeed(cached.ipv6)
-            v4.succeed(cached.ipv4)
+            answer(cached.ipv4, cached.ipv6)
             return v6.futureResult
         }
         pool.submit { state in
@@ -47,8 +65,7 @@ struct ThreadPoolResolver: Resolver, Sendable {
             switch Self.lookUp(host: host, port: port) {
             case .success(let (ipv4, ipv6)):
                 cache.store(host: host, ipv4: ipv4, ipv6: ipv6)
-                v6.succeed(ipv6)
-                v4.succeed(ipv4)
+                answer(ipv4, ipv6)
             case .failure(let error):
                 v6.fail(error)
                 v4.fail(error)

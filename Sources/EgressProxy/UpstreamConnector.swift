@@ -1,3 +1,4 @@
+import AccessControl
 import NIOCore
 #if canImport(Glibc)
 import Glibc
@@ -14,6 +15,15 @@ struct UpstreamConnector {
     /// Where name lookups run.
     var resolverPool: NIOThreadPool
     var dnsCache: DNSCache
+    /// The SSRF guard: every address is checked before it is dialled; nil in tests that build a connector alone.
+    var destinationCheck: DestinationCheck?
+
+    init(settings: ConnectionSettings) {
+        self.connectTimeout = settings.connectTimeout
+        self.resolverPool = settings.resolverPool
+        self.dnsCache = settings.dnsCache
+        self.destinationCheck = settings.destinationCheck
+    }
 
     /// Why a dial failed, with the status the client gets.
     struct Failure: Error, Sendable, Hashable {
@@ -23,6 +33,14 @@ struct UpstreamConnector {
         var reason: String
         /// `Proxy-Status` error type (RFC 9209 §2.3).
         var proxyStatusError: String
+        /// The proxy refused the destination (the guard or the port list): reported as `decision: block`.
+        var blocked = false
+
+        static func denied(_ denial: DestinationGuard.Denial) -> Failure {
+            Failure(
+                status: 403, reason: "destination not allowed: \(denial.reason)",
+                proxyStatusError: "destination_ip_prohibited", blocked: true)
+        }
     }
 
     func connect(
@@ -38,6 +56,9 @@ struct UpstreamConnector {
         if destination.isIPLiteral {
             do {
                 let address = try SocketAddress(ipAddress: destination.host, port: destination.port)
+                if let denial = destinationCheck?.check(address, host: destination.host) {
+                    return eventLoop.makeFailedFuture(denial)
+                }
                 return bootstrap.connect(to: address)
             } catch {
                 return eventLoop.makeFailedFuture(error)
@@ -47,10 +68,15 @@ struct UpstreamConnector {
         if let cached = dnsCache.lookUp(host: destination.host, port: destination.port),
             cached.ipv4.count + cached.ipv6.count == 1, let only = cached.ipv6.first ?? cached.ipv4.first
         {
+            if let denial = destinationCheck?.check(only, host: destination.host) {
+                return eventLoop.makeFailedFuture(denial)
+            }
             return bootstrap.connect(to: only)
         }
+        // The resolver hands Happy Eyeballs only the addresses the guard allows: what is checked is what is
+        // dialled, from one lookup.
         return bootstrap
-            .resolver(ThreadPoolResolver(pool: resolverPool, cache: dnsCache, eventLoop: eventLoop))
+            .resolver(ThreadPoolResolver(pool: resolverPool, cache: dnsCache, eventLoop: eventLoop, check: destinationCheck))
             .connect(host: destination.host, port: destination.port)
     }
 
@@ -81,6 +107,14 @@ struct UpstreamConnector {
     }
 
     func classify(_ error: any Error) -> Failure {
+        if let denial = error as? DestinationGuard.Denial {
+            return .denied(denial)
+        }
+        if let connectionError = error as? NIOConnectionError, connectionError.connectionErrors.isEmpty,
+            let denial = (connectionError.dnsAAAAError ?? connectionError.dnsAError) as? DestinationGuard.Denial
+        {
+            return .denied(denial)
+        }
         if let channelError = error as? ChannelError, case .connectTimeout = channelError {
             return Failure(
                 status: 504,

@@ -68,6 +68,18 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Also append every action and close record to this file (mode 0600). (env KAIZEN_AUDIT_LOG)")
     var auditLog: String?
 
+    @Option(help: "Only these clients may connect: CIDRs, comma-separated; others are closed unanswered. (env KAIZEN_ALLOW_CLIENTS, default any)")
+    var allowClients: String?
+
+    @Option(help: "File of agent:token lines (mode 0600); requests then need Proxy-Authorization: Basic, and the user is the agent. (env KAIZEN_PROXY_AUTH)")
+    var proxyAuth: String?
+
+    @Option(help: "Private destinations that may be reached anyway: CIDRs and host names (*.suffix). (env KAIZEN_ALLOW_PRIVATE, default none)")
+    var allowPrivate: String?
+
+    @Option(help: "Ports CONNECT may reach: ports and ranges, e.g. 443,8443,9000-9100. (env KAIZEN_CONNECT_PORTS, default any)")
+    var connectPorts: String?
+
     @Option(help: "Rotate the audit log when a file would grow past this, e.g. 100M; 0 never. (env KAIZEN_AUDIT_MAX_BYTES, default 100M)")
     var auditMaxBytes: String?
 
@@ -133,7 +145,8 @@ struct RunOptions: ParsableArguments {
             (.inspectHosts, inspectHosts), (.passthroughHosts, passthroughHosts), (.upstreamCAFile, upstreamCAFile),
             (.pinnedPassthrough, pinnedPassthrough), (.transparentPort, transparentPort),
             (.auditMaxBytes, auditMaxBytes), (.auditFsync, auditFsync), (.stateDirectory, stateDir),
-            (.baselineLearn, baselineLearn), (.baselineMax, baselineMax),
+            (.baselineLearn, baselineLearn), (.baselineMax, baselineMax), (.allowClients, allowClients),
+            (.proxyAuth, proxyAuth), (.allowPrivate, allowPrivate), (.connectPorts, connectPorts),
         ]
         for case (let key, let value?) in flags {
             environment[key.variable] = value

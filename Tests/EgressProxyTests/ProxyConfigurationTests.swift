@@ -1,4 +1,4 @@
-import EgressProxy
+@testable import EgressProxy
 import Logging
 import NIOCore
 import Testing
@@ -125,5 +125,38 @@ import Testing
         let variables = Set(ConfigurationKey.all.map(\.variable))
         #expect(variables.count == ConfigurationKey.all.count)
         #expect(ConfigurationKey.all.allSatisfy { $0.flag.hasPrefix("--") })
+    }
+
+    @Test func accessSettingsParseAndRefuseWithTheVariable() throws {
+        let configuration = try ProxyConfiguration(environment: [
+            "KAIZEN_LOCAL": "1", "KAIZEN_ALLOW_CLIENTS": "10.0.0.0/8, fd00::/8", "KAIZEN_ALLOW_PRIVATE": "10.1.0.0/16,[::1],internal.example,*.corp.example",
+            "KAIZEN_CONNECT_PORTS": "443, 8000-8100",
+        ])
+        #expect(configuration.allowedClients?.map(\.description) == ["10.0.0.0/8", "fd00::/8"])
+        #expect(configuration.allowPrivateRanges.map(\.description) == ["10.1.0.0/16", "::1/128"])
+        #expect(configuration.allowPrivateNames == ["internal.example", "*.corp.example"])
+        #expect(configuration.connectPorts == [443...443, 8000...8100])
+        for (variable, value) in [
+            ("KAIZEN_ALLOW_CLIENTS", "10.0.0.0/33"), ("KAIZEN_ALLOW_CLIENTS", ","), ("KAIZEN_ALLOW_PRIVATE", "not a name!"),
+            ("KAIZEN_CONNECT_PORTS", "443,0"), ("KAIZEN_CONNECT_PORTS", "9-1"), ("KAIZEN_CONNECT_PORTS", "https"),
+            ("KAIZEN_PROXY_AUTH", "/nonexistent/agents"),
+        ] {
+            #expect {
+                try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", variable: value])
+            } throws: { error in
+                (error as? ConfigurationError)?.variable == variable
+            }
+        }
+    }
+
+    @Test func exposedListenerWithoutRestrictionWarns() throws {
+        func warning(_ environment: [String: String]) throws -> String? {
+            ProxyServer.exposureWarning(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1"].merging(environment) { $1 }))
+        }
+        #expect(try warning([:]) == nil)
+        #expect(try warning(["KAIZEN_LISTEN": "::1"]) == nil)
+        #expect(try warning(["KAIZEN_LISTEN": "0.0.0.0"])?.contains("KAIZEN_ALLOW_CLIENTS") == true)
+        #expect(try warning(["KAIZEN_LISTEN": "::"]) != nil)
+        #expect(try warning(["KAIZEN_LISTEN": "0.0.0.0", "KAIZEN_ALLOW_CLIENTS": "10.0.0.0/8"]) == nil)
     }
 }

@@ -5,11 +5,7 @@ import Testing
 /// The `kaizen-egress` binary as a user runs it: refusals, local mode on stdout, the audit file, SIGTERM.
 @Suite struct CommandLineTests {
     func environment(_ extra: [String: String]) -> [String: String] {
-        var environment = ProcessInfo.processInfo.environment
-        for key in environment.keys where key.hasPrefix("KAIZEN_") || key == "PORT" {
-            environment[key] = nil
-        }
-        return environment.merging(extra) { $1 }
+        ProxyEnvironment.make(extra)
     }
 
     @Test func withoutAKeyOrLocalModeItRefusesWithOneLine() throws {

@@ -5,11 +5,7 @@ import Testing
 /// `audit verify` and `report` on what it wrote. The report's figures must be exactly the traffic's.
 @Suite(.serialized) struct ComplianceTests {
     func environment(_ extra: [String: String]) -> [String: String] {
-        var environment = ProcessInfo.processInfo.environment
-        for key in environment.keys where key.hasPrefix("KAIZEN_") || key == "PORT" {
-            environment[key] = nil
-        }
-        return environment.merging(extra) { $1 }
+        ProxyEnvironment.make(extra)
     }
 
     /// A CONNECT tunnel that sends `count` bytes and reads the echo back; prints how many came back.

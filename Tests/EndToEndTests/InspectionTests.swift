@@ -30,11 +30,7 @@ import Testing
     }
 
     static func environment(_ extra: [String: String]) -> [String: String] {
-        var environment = ProcessInfo.processInfo.environment
-        for key in environment.keys where key.hasPrefix("KAIZEN_") || key == "PORT" || key.hasSuffix("_proxy") || key.hasSuffix("_PROXY") {
-            environment[key] = nil
-        }
-        return environment.merging(extra) { $1 }
+        ProxyEnvironment.make(extra)
     }
 
     static func makeCA(in directory: String) throws -> String {

@@ -6,8 +6,7 @@ import Testing
     let mocks = ControlPlaneConnectionTests()
 
     func environment(_ pki: TestPKI, controlPlanePort: Int, spool: String) -> [String: String] {
-        var environment = ProcessInfo.processInfo.environment
-        for key in environment.keys where key.hasPrefix("KAIZEN_") || key == "PORT" { environment[key] = nil }
+        var environment = ProxyEnvironment.make()
         environment["KAIZEN_API_KEY"] = ControlPlaneConnectionTests.key
         environment["KAIZEN_API_URL"] = "https://localhost:\(controlPlanePort)"
         environment["KAIZEN_API_CA_FILE"] = pki.caCertificate

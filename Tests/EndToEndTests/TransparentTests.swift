@@ -101,8 +101,8 @@ final class NetworkLab {
         ]))
         let originPort = try #require(Int(try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
 
-        var environment = ProcessInfo.processInfo.environment
-        for key in environment.keys where key.hasPrefix("KAIZEN_") || key == "PORT" { environment[key] = nil }
+        // The lab's "internet" is a private range: the guard must let the proxy reach it.
+        let environment = ProxyEnvironment.make(["KAIZEN_ALLOW_PRIVATE": "10.250.0.0/24,fd00:6b7a::/64"])
         let proxy = try ChildProcess(
             ip,
             lab.inNamespace(lab.agent, Paths.which("setpriv"), [

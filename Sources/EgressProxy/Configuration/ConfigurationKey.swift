@@ -34,6 +34,11 @@ public struct ConfigurationKey: Sendable, Hashable {
 
     public static let transparentPort = ConfigurationKey(variable: "KAIZEN_TRANSPARENT_PORT", flag: "--transparent-port")
 
+    public static let allowClients = ConfigurationKey(variable: "KAIZEN_ALLOW_CLIENTS", flag: "--allow-clients")
+    public static let proxyAuth = ConfigurationKey(variable: "KAIZEN_PROXY_AUTH", flag: "--proxy-auth")
+    public static let allowPrivate = ConfigurationKey(variable: "KAIZEN_ALLOW_PRIVATE", flag: "--allow-private")
+    public static let connectPorts = ConfigurationKey(variable: "KAIZEN_CONNECT_PORTS", flag: "--connect-ports")
+
     public static let auditMaxBytes = ConfigurationKey(variable: "KAIZEN_AUDIT_MAX_BYTES", flag: "--audit-max-bytes")
     public static let auditFsync = ConfigurationKey(variable: "KAIZEN_AUDIT_FSYNC", flag: "--audit-fsync")
     public static let stateDirectory = ConfigurationKey(variable: "KAIZEN_STATE_DIR", flag: "--state-dir")
@@ -44,5 +49,6 @@ public struct ConfigurationKey: Sendable, Hashable {
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
         .pinnedPassthrough, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
+        .allowClients, .proxyAuth, .allowPrivate, .connectPorts,
     ]
 }

@@ -1,3 +1,4 @@
+public import AccessControl
 import Foundation
 public import Interception
 import Logging
@@ -35,6 +36,10 @@ import NIOCore
 /// | `KAIZEN_STATE_DIR` | directory | `.kaizen/state` |
 /// | `KAIZEN_BASELINE_LEARN` | duration, or `0` | `0` (flag new destinations at once) |
 /// | `KAIZEN_BASELINE_MAX` | integer ≥ 0 (`0` turns the baseline off) | 100000 |
+/// | `KAIZEN_ALLOW_CLIENTS` | CIDRs, comma-separated | any client |
+/// | `KAIZEN_PROXY_AUTH` | file of `agent:token` lines, mode 0600 | none (no authentication) |
+/// | `KAIZEN_ALLOW_PRIVATE` | CIDRs and host names (`*.suffix`), comma-separated | none |
+/// | `KAIZEN_CONNECT_PORTS` | ports and ranges (`443,8443,9000-9100`) | any port |
 public struct ProxyConfiguration: Sendable {
     public var listenAddress: String
     public var port: Int
@@ -87,6 +92,15 @@ public struct ProxyConfiguration: Sendable {
     public var baselineLearningPeriod: TimeAmount
     /// Destinations remembered in all; zero turns new-destination detection off.
     public var baselineMaxEntries: Int
+    /// Clients allowed to connect (nil: any); others are closed without a response.
+    public var allowedClients: [CIDR]?
+    /// With a credentials file, every request needs `Proxy-Authorization: Basic` and its user is the agent.
+    public var proxyCredentials: ProxyCredentials?
+    /// Exceptions to the destination guard: ranges and host names that may be reached although private.
+    public var allowPrivateRanges: [CIDR]
+    public var allowPrivateNames: [String]
+    /// Ports CONNECT may reach (nil: any).
+    public var connectPorts: [ClosedRange<Int>]?
 
     /// An API key. Its description never shows the key.
     public struct APIKey: Sendable, Hashable, CustomStringConvertible {
@@ -312,6 +326,59 @@ public struct ProxyConfiguration: Sendable {
             self.baselineMaxEntries = 100_000
         }
 
+        if let raw = value(.allowClients) {
+            let (ranges, invalid) = CIDR.parseList(raw)
+            guard invalid.isEmpty, !ranges.isEmpty else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.allowClients.variable,
+                    "KAIZEN_ALLOW_CLIENTS has \(invalid.isEmpty ? "no range" : "\(Self.quoted(invalid[0])), which is not an address or range"): set \(ConfigurationKey.allowClients.spelled) to comma-separated CIDRs such as 10.0.0.0/8,fd00::/8"
+                )
+            }
+            self.allowedClients = ranges
+        } else {
+            self.allowedClients = nil
+        }
+        if let path = value(.proxyAuth) {
+            do {
+                self.proxyCredentials = try ProxyCredentials.load(path: path)
+            } catch {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.proxyAuth.variable,
+                    "KAIZEN_PROXY_AUTH: \(error): set \(ConfigurationKey.proxyAuth.spelled) to a file of agent:token lines (tokens of 16 characters or more), mode 0600"
+                )
+            }
+        } else {
+            self.proxyCredentials = nil
+        }
+        self.allowPrivateRanges = []
+        self.allowPrivateNames = []
+        if let raw = value(.allowPrivate) {
+            for entry in raw.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !entry.isEmpty {
+                let unbracketed = entry.replacingOccurrences(of: "[", with: "").replacingOccurrences(of: "]", with: "")
+                if let range = CIDR(unbracketed) {
+                    self.allowPrivateRanges.append(range)
+                } else if Self.isHostPattern(entry) {
+                    self.allowPrivateNames.append(entry.lowercased())
+                } else {
+                    throw ConfigurationError(
+                        variable: ConfigurationKey.allowPrivate.variable,
+                        "KAIZEN_ALLOW_PRIVATE has \(Self.quoted(entry)), which is neither a range nor a host name: set \(ConfigurationKey.allowPrivate.spelled) to CIDRs and host names such as 10.1.0.0/16,internal.example,*.corp.example"
+                    )
+                }
+            }
+        }
+        if let raw = value(.connectPorts) {
+            guard let ports = Self.parsePorts(raw) else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.connectPorts.variable,
+                    "KAIZEN_CONNECT_PORTS=\(Self.quoted(raw)) is not a list of ports: set \(ConfigurationKey.connectPorts.spelled) to ports and ranges such as 443,8443,9000-9100"
+                )
+            }
+            self.connectPorts = ports
+        } else {
+            self.connectPorts = nil
+        }
+
         // Actions must go somewhere: to the control plane (a key), to standard output (local mode), or both.
         if !local && apiKey == nil {
             throw ConfigurationError(
@@ -319,6 +386,27 @@ public struct ProxyConfiguration: Sendable {
                 "KAIZEN_API_KEY is not set: set KAIZEN_API_KEY to your org API key, or run with --local (KAIZEN_LOCAL=1) to write actions to standard output without an account"
             )
         }
+    }
+
+    /// A host name, or `*.` and one: letters, digits, `-`, `.` and `_`.
+    static func isHostPattern(_ text: String) -> Bool {
+        let name = text.hasPrefix("*.") ? String(text.dropFirst(2)) : text
+        return !name.isEmpty && name.count <= 253 && !name.hasPrefix(".") && !name.hasSuffix(".")
+            && name.unicodeScalars.allSatisfy { $0.properties.isASCIIHexDigit || ("a"..."z").contains($0) || ("A"..."Z").contains($0) || "-._".unicodeScalars.contains($0) }
+            && name.contains(where: { $0.isLetter })
+    }
+
+    /// `443,8443,9000-9100` as ranges; nil when any part is not a port or a range of ports.
+    static func parsePorts(_ text: String) -> [ClosedRange<Int>]? {
+        var ranges: [ClosedRange<Int>] = []
+        for part in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !part.isEmpty {
+            let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
+            guard bounds.count <= 2, let low = Int(bounds[0]), let high = Int(bounds.last!), (1...65535).contains(low),
+                (1...65535).contains(high), low <= high
+            else { return nil }
+            ranges.append(low...high)
+        }
+        return ranges.isEmpty ? nil : ranges
     }
 
     private static func hostPatterns(_ raw: String?, key: ConfigurationKey) throws(ConfigurationError) -> HostPatterns? {

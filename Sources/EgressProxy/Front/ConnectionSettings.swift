@@ -1,3 +1,4 @@
+import AccessControl
 import Interception
 import NIOCore
 import NIOPosix
@@ -13,6 +14,10 @@ struct ConnectionSettings: Sendable {
     var dnsCache: DNSCache
     /// Present when a customer CA is configured: CONNECT tunnels may then be inspected.
     var inspection: Inspection?
+    /// The SSRF guard and the CONNECT port list.
+    var destinationCheck: DestinationCheck?
+    /// With `KAIZEN_PROXY_AUTH`: every request must prove an agent.
+    var credentials: ProxyCredentials?
 
     /// Whether a tunnel to `host` may be inspected (a CA is configured and the host is not excluded outright).
     func mayInspect(_ host: String) -> Bool {
@@ -26,5 +31,6 @@ struct ConnectionSettings: Sendable {
         self.idleTimeout = configuration.idleTimeout
         self.clientHelloTimeout = configuration.clientHelloTimeout
         self.clientHelloLimit = configuration.clientHelloLimit
+        self.credentials = configuration.proxyCredentials
     }
 }

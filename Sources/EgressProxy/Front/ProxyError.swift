@@ -9,6 +9,22 @@ struct ProxyError: Error, Hashable, Sendable {
     var proxyStatusError: String
     /// Whether the failure was already logged with its target (dial failures are), so answering it is not.
     var logged = false
+    /// The proxy refused the destination by its own rules: the action says `decision: block`.
+    var blocked = false
+    /// A 407: the answer asks for `Proxy-Authorization`.
+    var asksForCredentials = false
+
+    /// 407 Proxy Authentication Required.
+    static let credentialsRequired = ProxyError(
+        status: .proxyAuthenticationRequired, reason: "proxy authentication required",
+        proxyStatusError: "http_request_denied", asksForCredentials: true)
+
+    /// 403 for a CONNECT to a port outside `KAIZEN_CONNECT_PORTS`.
+    static func portNotAllowed(_ port: Int) -> ProxyError {
+        ProxyError(
+            status: .forbidden, reason: "destination not allowed: CONNECT to port \(port) is not permitted",
+            proxyStatusError: "http_request_denied", blocked: true)
+    }
 
     static func badRequest(_ reason: String) -> ProxyError {
         ProxyError(status: .badRequest, reason: reason, proxyStatusError: "http_request_error")
@@ -27,7 +43,8 @@ struct ProxyError: Error, Hashable, Sendable {
             status: HTTPResponseStatus(statusCode: failure.status),
             reason: failure.reason,
             proxyStatusError: failure.proxyStatusError,
-            logged: true
+            logged: true,
+            blocked: failure.blocked
         )
     }
 }

@@ -1,3 +1,4 @@
+import AccessControl
 import ControlPlane
 import Interception
 import Logging
@@ -14,7 +15,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var machine = StateMachine()
     private let settings: ConnectionSettings
-    private let reporting: Reporting
+    private var reporting: Reporting
     private let connector: UpstreamConnector
     private var logger: Logger
     private var context: ChannelHandlerContext?
@@ -59,11 +60,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     init(settings: ConnectionSettings, reporting: Reporting) {
         self.settings = settings
         self.reporting = reporting
-        self.connector = UpstreamConnector(
-            connectTimeout: settings.connectTimeout,
-            resolverPool: settings.resolverPool,
-            dnsCache: settings.dnsCache
-        )
+        self.connector = UpstreamConnector(settings: settings)
         self.logger = reporting.logger
     }
 
@@ -108,6 +105,16 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         lastActivity = .now()
         switch unwrapInboundIn(data) {
         case .head(let head):
+            if let credentials = settings.credentials {
+                // Every request proves its agent; the connection's actions are reported under it.
+                guard let value = head.headers.first(name: "proxy-authorization"),
+                    let agent = credentials.agent(forAuthorization: value)
+                else {
+                    respond(.credentialsRequired, context: context)
+                    return
+                }
+                reporting.agent = agent
+            }
             perform(machine.requestHead(head), context: context)
         case .body(let bytes):
             exchange?.requestBytes &+= UInt64(bytes.readableBytes)
@@ -298,6 +305,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         response.writeString("Content-Type: text/plain; charset=utf-8\r\n")
         response.writeString("Content-Length: \(body.utf8.count)\r\n")
         response.writeString("Connection: close\r\n")
+        if error.asksForCredentials {
+            response.writeString("Proxy-Authenticate: Basic realm=\"kaizen-egress\", charset=\"UTF-8\"\r\n")
+        }
         response.writeString("Proxy-Status: kaizen-egress; error=\(error.proxyStatusError)\r\n\r\n")
         response.writeString(body)
         let channel = context.channel
@@ -324,7 +334,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         metadata.outcome = .failed
         metadata.error = failure.reason
         metadata.status = Int(failure.status.code)
-        reporting.action(target: destination.description, metadata: metadata)
+        reporting.action(
+            target: destination.description, metadata: metadata,
+            verdict: failure.blocked ? Reporting.blocked(failure.reason) : .observed)
         logger.info(
             "upstream connect failed",
             metadata: [
@@ -338,6 +350,12 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func dialTunnel(_ destination: Destination, context: ChannelHandlerContext) {
         let baseMetadata = newMetadata(destination, transport: .connect)
+        if let check = settings.destinationCheck, !check.connectPortAllowed(destination.port) {
+            let failure = ProxyError.portNotAllowed(destination.port)
+            reportFailure(baseMetadata, destination, failure)
+            perform(machine.connectFailed(failure), context: context)
+            return
+        }
         let started = NIODeadline.now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         // Glue is added once the 200 is written; a tunnel that may be inspected is not read until later still.

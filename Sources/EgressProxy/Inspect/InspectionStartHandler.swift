@@ -210,8 +210,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         )
         if metadata.transport == .transparent, let sni = hello.serverName {
             // As for a transparent tunnel: does the SNI resolve to the address the agent connected to?
-            let connector = UpstreamConnector(
-                connectTimeout: settings.connectTimeout, resolverPool: settings.resolverPool, dnsCache: settings.dnsCache)
+            let connector = UpstreamConnector(settings: settings)
             let loopBound = NIOLoopBound(connection, eventLoop: context.eventLoop)
             connector.name(sni, resolvesTo: tunnel.destination.host, on: context.eventLoop)
                 .hop(to: context.eventLoop)

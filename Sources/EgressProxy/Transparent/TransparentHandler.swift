@@ -26,11 +26,7 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.settings = settings
         self.reporting = reporting
         self.ownListeners = ownListeners
-        self.connector = UpstreamConnector(
-            connectTimeout: settings.connectTimeout,
-            resolverPool: settings.resolverPool,
-            dnsCache: settings.dnsCache
-        )
+        self.connector = UpstreamConnector(settings: settings)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -99,7 +95,9 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
                 let failure = handler.connector.classify(error)
                 metadata.outcome = .failed
                 metadata.error = failure.reason
-                handler.reporting.action(target: destination.description, metadata: metadata)
+                handler.reporting.action(
+                    target: destination.description, metadata: metadata,
+                    verdict: failure.blocked ? Reporting.blocked(failure.reason) : .observed)
                 handler.reporting.logger.info(
                     "upstream connect failed",
                     metadata: ["client.address": "\(client)", "target": "\(destination)", "reason": "\(failure.reason)"])

@@ -16,7 +16,9 @@ final class ProxyHarness: Sendable {
     static func start(
         _ configure: (inout ProxyConfiguration) -> Void = { _ in }
     ) async throws -> (ProxyHarness, RecordingSink) {
-        var configuration = try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "PORT": "0"])
+        var configuration = try ProxyConfiguration(environment: [
+            "KAIZEN_LOCAL": "1", "PORT": "0", "KAIZEN_ALLOW_PRIVATE": ProxyEnvironment.loopbackOrigins,
+        ])
         configuration.drainTimeout = .seconds(1)
         configure(&configuration)
         let sink = RecordingSink()

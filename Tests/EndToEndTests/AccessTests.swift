@@ -1,0 +1,149 @@
+import Foundation
+import Testing
+
+/// Not an open proxy: the destination guard (SSRF), the CONNECT port list, the client ranges and proxy
+/// authentication, each with the real binary and curl.
+@Suite struct AccessTests {
+    struct Proxy {
+        let child: ChildProcess
+        let port: Int
+
+        func actions(_ count: Int) throws -> [[String: Any]] {
+            try child.waitForLines(count: count, timeout: 20) { $0.contains("\"action\"") }.map {
+                try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] ?? [:]
+            }
+        }
+    }
+
+    func start(_ extra: [String: String], arguments: [String] = []) throws -> Proxy {
+        let child = try ChildProcess(
+            Paths.proxyBinary, ["--local", "--port", "0"] + arguments, environment: ProxyEnvironment.make(extra))
+        let stderr = try child.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
+        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        return Proxy(child: child, port: port)
+    }
+
+    /// curl's view of a CONNECT through the proxy: the proxy's status for the CONNECT.
+    func connectStatus(_ proxy: Proxy, _ target: String, _ more: [String] = []) throws -> String {
+        let result = try runCommand(Paths.which("curl"), [
+            "-s", "-o", "/dev/null", "-w", "%{http_connect}", "--max-time", "10", "-p", "-x", "127.0.0.1:\(proxy.port)",
+        ] + more + ["http://\(target)/hello"])
+        return result.stdout
+    }
+
+    @Test func privateDestinationsAreRefusedAndReportedAsBlocked() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        // No exception: the default a customer runs with.
+        let proxy = try start(["KAIZEN_ALLOW_PRIVATE": ""])
+        let targets = [
+            "127.0.0.1:\(originPort)", "localhost:\(originPort)", "[::ffff:127.0.0.1]:\(originPort)",
+            "169.254.169.254:80", "10.0.0.1:443", "[::1]:\(originPort)", "[64:ff9b::a9fe:a9fe]:80", "0.0.0.0:\(originPort)",
+        ]
+        for target in targets {
+            #expect(try connectStatus(proxy, target) == "403", "\(target)")
+        }
+        // Plain HTTP as well.
+        let plain = try runCommand(Paths.which("curl"), [
+            "-s", "-i", "--max-time", "10", "-x", "127.0.0.1:\(proxy.port)", "http://127.0.0.1:\(originPort)/hello",
+        ])
+        #expect(plain.stdout.hasPrefix("HTTP/1.1 403"), "\(plain.stdout)")
+        #expect(plain.stdout.contains("destination not allowed: loopback address 127.0.0.1"))
+        #expect(!plain.stdout.contains("hello from origin"))
+
+        let actions = try proxy.actions(targets.count + 1)
+        for action in actions {
+            let verdict = action["verdict"] as? [String: Any]
+            #expect(verdict?["decision"] as? String == "block", "\(action)")
+            #expect((verdict?["reason"] as? String)?.hasPrefix("destination not allowed: ") == true)
+            let metadata = (action["action"] as? [String: Any])?["metadata"] as? [String: Any]
+            #expect(metadata?["status"] as? Int == 403 && metadata?["outcome"] as? String == "failed")
+        }
+        let reasons = actions.compactMap { ($0["verdict"] as? [String: Any])?["reason"] as? String }
+        #expect(reasons.contains("destination not allowed: link-local address 169.254.169.254"))
+        #expect(reasons.contains("destination not allowed: loopback address ::ffff:127.0.0.1 (IPv4-mapped 127.0.0.1)"))
+        #expect(reasons.contains { $0.contains("NAT64 169.254.169.254") })
+    }
+
+    @Test func exceptionsOpenRangesAndNamesButNeverTheProxyItself() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let byName = try start(["KAIZEN_ALLOW_PRIVATE": "localhost"])
+        #expect(try connectStatus(byName, "localhost:\(originPort)") == "200")
+        #expect(try connectStatus(byName, "127.0.0.1:\(originPort)") == "403")  // the name was allowed, not the range
+
+        let byRange = try start([:])  // 127.0.0.0/8 and ::1
+        #expect(try connectStatus(byRange, "127.0.0.1:\(originPort)") == "200")
+        #expect(try connectStatus(byRange, "127.0.0.1:\(byRange.port)") == "403")
+        #expect(try connectStatus(byRange, "localhost:\(byRange.port)") == "403")
+        let actions = try byRange.actions(3)
+        #expect((actions[1]["verdict"] as? [String: Any])?["reason"] as? String
+            == "destination not allowed: the proxy's own listener 127.0.0.1:\(byRange.port)")
+    }
+
+    @Test func connectPortsRestrictTunnels() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let proxy = try start(["KAIZEN_CONNECT_PORTS": "443,8443"])
+        #expect(try connectStatus(proxy, "127.0.0.1:\(originPort)") == "403")
+        let allowed = try start(["KAIZEN_CONNECT_PORTS": "1-65535"])
+        #expect(try connectStatus(allowed, "127.0.0.1:\(originPort)") == "200")
+        let action = try proxy.actions(1)[0]
+        #expect((action["verdict"] as? [String: Any])?["reason"] as? String
+            == "destination not allowed: CONNECT to port \(originPort) is not permitted")
+    }
+
+    @Test func clientsOutsideTheAllowedRangesAreClosedUnanswered() throws {
+        let refusing = try start(["KAIZEN_ALLOW_CLIENTS": "10.0.0.0/8,fd00::/8"])
+        let socket = try RawSocket(host: "127.0.0.1", port: refusing.port)
+        try? socket.send("GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\n\r\n")
+        #expect((try? socket.receiveAll()) ?? "" == "")
+        _ = try refusing.child.waitForStderr(containing: "refused a client outside KAIZEN_ALLOW_CLIENTS", timeout: 10)
+
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let admitting = try start(["KAIZEN_ALLOW_CLIENTS": "127.0.0.0/8"])
+        #expect(try connectStatus(admitting, "127.0.0.1:\(originPort)") == "200")
+    }
+
+    @Test func proxyAuthenticationNamesTheAgent() throws {
+        let directory = try TestPKI.mint().directory
+        let file = directory + "/agents"
+        let token = "tok_CANARY_proxy_auth_5150"
+        FileManager.default.createFile(
+            atPath: file, contents: Data("planner:\(token)\nresearcher:another-token-0123456789\n".utf8),
+            attributes: [.posixPermissions: 0o600])
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let proxy = try start(["KAIZEN_PROXY_AUTH": file])
+        let curl = Paths.which("curl")
+        let url = "http://127.0.0.1:\(originPort)/hello"
+
+        let anonymous = try runCommand(curl, ["-s", "-i", "--max-time", "10", "-x", "127.0.0.1:\(proxy.port)", url])
+        #expect(anonymous.stdout.hasPrefix("HTTP/1.1 407"), "\(anonymous.stdout)")
+        #expect(anonymous.stdout.contains("Proxy-Authenticate: Basic realm=\"kaizen-egress\""))
+        let wrong = try runCommand(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                                          "-x", "127.0.0.1:\(proxy.port)", "-U", "planner:another-token-0123456789", url])
+        #expect(wrong.stdout == "407")
+        #expect(try connectStatus(proxy, "127.0.0.1:\(originPort)") == "407")
+
+        let plain = try runCommand(curl, ["-sS", "--max-time", "10", "-x", "127.0.0.1:\(proxy.port)", "-U", "planner:\(token)", url])
+        #expect(plain.stdout == "hello from origin")
+        #expect(try connectStatus(proxy, "127.0.0.1:\(originPort)", ["-U", "researcher:another-token-0123456789"]) == "200")
+        let actions = try proxy.actions(2)
+        #expect(actions.map { $0["agent"] as? String } == ["planner", "researcher"])
+
+        proxy.child.signal(SIGTERM)
+        #expect(try proxy.child.waitForExit(timeout: 30) == 0)
+        let basic = Data("planner:\(token)".utf8).base64EncodedString()
+        for text in [proxy.child.stderr, proxy.child.stdoutLines.joined(separator: "\n")] {
+            #expect(!text.contains(token) && !text.contains(basic))
+        }
+        // A credentials file others can read refuses to start, naming the variable.
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: file)
+        let refused = try ChildProcess(Paths.proxyBinary, ["--local"], environment: ProxyEnvironment.make(["KAIZEN_PROXY_AUTH": file]))
+        #expect(try refused.waitForExit(timeout: 30) == 2)
+        #expect(refused.stderr.hasPrefix("kaizen-egress: KAIZEN_PROXY_AUTH: ") && refused.stderr.contains("chmod 600"))
+        #expect(!refused.stderr.contains(token))
+    }
+}

@@ -1,0 +1,18 @@
+import Foundation
+
+/// The environment a test gives the proxy binary: this process's, without any KAIZEN_ or proxy variable the
+/// developer may have set, plus the exception for loopback origins (the destination guard refuses loopback by
+/// default, and every test origin listens there).
+enum ProxyEnvironment {
+    static let loopbackOrigins = "127.0.0.0/8,::1"
+
+    static func make(_ extra: [String: String] = [:]) -> [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        for key in environment.keys
+        where key.hasPrefix("KAIZEN_") || key == "PORT" || key.hasSuffix("_proxy") || key.hasSuffix("_PROXY") {
+            environment[key] = nil
+        }
+        environment["KAIZEN_ALLOW_PRIVATE"] = loopbackOrigins
+        return environment.merging(extra) { $1 }
+    }
+}
