@@ -6,26 +6,56 @@ import NIOCore
 final class ConnectionTracker: Sendable {
     private struct State {
         var channels: [ObjectIdentifier: any Channel] = [:]
+        var perClient: [String: Int] = [:]
         var waiters: [Int: CheckedContinuation<Bool, Never>] = [:]
         var nextWaiter = 0
     }
 
+    /// Why a connection was not admitted.
+    enum Refusal: Equatable {
+        case total(Int)
+        case perClient(Int)
+    }
+
     private let state = NIOLockedValueBox(State())
+    /// Open connections allowed in all, and from one client address (zero: no limit).
+    let maxConnections: Int
+    let maxPerClient: Int
+
+    init(maxConnections: Int = 0, maxPerClient: Int = 0) {
+        self.maxConnections = maxConnections
+        self.maxPerClient = maxPerClient
+    }
 
     var count: Int { state.withLockedValue { $0.channels.count } }
 
-    func add(_ channel: any Channel) {
+    /// Tracks `channel` unless that would pass a limit.
+    func add(_ channel: any Channel) -> Refusal? {
         let id = ObjectIdentifier(channel)
-        state.withLockedValue { $0.channels[id] = channel }
+        let client = channel.remoteAddress?.ipAddress ?? "unknown"
+        let refusal: Refusal? = state.withLockedValue { state in
+            if maxConnections > 0, state.channels.count >= maxConnections { return .total(maxConnections) }
+            if maxPerClient > 0, state.perClient[client, default: 0] >= maxPerClient { return .perClient(maxPerClient) }
+            state.channels[id] = channel
+            state.perClient[client, default: 0] += 1
+            return nil
+        }
+        if refusal != nil { return refusal }
         channel.closeFuture.whenComplete { [self] _ in
             let waiters: [CheckedContinuation<Bool, Never>] = state.withLockedValue { state in
                 state.channels[id] = nil
+                if let open = state.perClient[client], open > 1 {
+                    state.perClient[client] = open - 1
+                } else {
+                    state.perClient[client] = nil
+                }
                 guard state.channels.isEmpty else { return [] }
                 defer { state.waiters = [:] }
                 return Array(state.waiters.values)
             }
             for waiter in waiters { waiter.resume(returning: true) }
         }
+        return nil
     }
 
     /// Sends `event` down every open connection's pipeline.

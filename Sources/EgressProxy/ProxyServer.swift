@@ -22,7 +22,7 @@ public final class ProxyServer: Service {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let onListening: (@Sendable (SocketAddress) -> Void)?
-    private let tracker = ConnectionTracker()
+    private let tracker: ConnectionTracker
     private let boundChannel = NIOLockedValueBox<(any Channel)?>(nil)
     /// The transparent listeners: one per address family (iptables redirects IPv4 and IPv6 to each's own).
     private let transparentChannels = NIOLockedValueBox<[any Channel]>([])
@@ -57,6 +57,8 @@ public final class ProxyServer: Service {
     ) {
         self.inspection = inspection
         self.configuration = configuration
+        self.tracker = ConnectionTracker(
+            maxConnections: configuration.maxConnections, maxPerClient: configuration.maxConnectionsPerClient)
         self.reporting = Reporting(agent: configuration.agent, sink: sink, logger: logger, baseline: baseline)
         self.group = group
         self.logger = logger
@@ -82,6 +84,7 @@ public final class ProxyServer: Service {
         let reporting = self.reporting
         let tracker = self.tracker
         let admission = ClientAdmission(allowed: configuration.allowedClients, logger: logger)
+        let overload = RefusalLog("refused a connection: too many open", logger: logger)
         let serverChannel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -89,7 +92,10 @@ public final class ProxyServer: Service {
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 guard admission.admits(channel) else { return channel.close() }
-                tracker.add(channel)
+                if let refusal = tracker.add(channel) {
+                    overload.note(client: channel.remoteAddress, reason: "\(refusal)")
+                    return Self.refuseBusy(channel)
+                }
                 do {
                     try Self.configurePipeline(channel, settings: settings, reporting: reporting)
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -113,7 +119,10 @@ public final class ProxyServer: Service {
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     guard admission.admits(channel) else { return channel.close() }
-                    tracker.add(channel)
+                    if let refusal = tracker.add(channel) {
+                        overload.note(client: channel.remoteAddress, reason: "\(refusal)")
+                        return channel.close()
+                    }
                     do {
                         try channel.pipeline.syncOperations.addHandler(
                             TransparentHandler(settings: settings, reporting: reporting, ownListeners: ownListeners))
@@ -145,6 +154,16 @@ public final class ProxyServer: Service {
             }
         }
         return serverChannel.localAddress
+    }
+
+    /// Over the connection limits: a 503 the client can read, then close (written once the channel is active).
+    static func refuseBusy(_ channel: any Channel) -> EventLoopFuture<Void> {
+        do {
+            try channel.pipeline.syncOperations.addHandler(BusyResponder())
+            return channel.eventLoop.makeSucceededVoidFuture()
+        } catch {
+            return channel.close()
+        }
     }
 
     /// The start-up warning for a proxy anyone on the network could use: a non-loopback listener with neither
@@ -226,8 +245,30 @@ public final class ProxyServer: Service {
             withPipeliningAssistance: true,
             withServerUpgrade: upgrade,
             withErrorHandling: false,
-            withOutboundHeaderValidation: false
+            withOutboundHeaderValidation: false,
+            withEncoderConfiguration: .init(),
+            withDecoderLimitConfiguration: settings.requestHeadLimits.decoderConfiguration
         )
+        // In front of the decoder: limits each request head while it arrives, before anything buffers it.
+        try channel.pipeline.syncOperations.addHandler(
+            RequestHeadLimitHandler(limits: settings.requestHeadLimits), position: .first)
         try channel.pipeline.syncOperations.addHandler(ProxyFrontHandler(settings: settings, reporting: reporting))
     }
+}
+
+/// Answers 503 and closes, for a connection past the limits.
+private final class BusyResponder: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        let body = "too many open connections; try again later\n"
+        var response = context.channel.allocator.buffer(capacity: 256)
+        response.writeString("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n")
+        response.writeString("Content-Length: \(body.utf8.count)\r\nConnection: close\r\nRetry-After: 1\r\n")
+        response.writeString("Proxy-Status: kaizen-egress; error=proxy_internal_error\r\n\r\n\(body)")
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(response)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}  // whatever the client sent is not read
 }

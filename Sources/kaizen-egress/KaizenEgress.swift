@@ -80,6 +80,24 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Ports CONNECT may reach: ports and ranges, e.g. 443,8443,9000-9100. (env KAIZEN_CONNECT_PORTS, default any)")
     var connectPorts: String?
 
+    @Option(help: "Longest request line, e.g. 8K; longer gets 414. (env KAIZEN_MAX_REQUEST_LINE, default 8K)")
+    var maxRequestLine: String?
+
+    @Option(help: "Largest header block after the request line; larger gets 431. (env KAIZEN_MAX_HEADER_BYTES, default 64K)")
+    var maxHeaderBytes: String?
+
+    @Option(help: "Most header fields in a request; more gets 431. (env KAIZEN_MAX_HEADER_FIELDS, default 200)")
+    var maxHeaderFields: String?
+
+    @Option(help: "Time to receive a request head; slower gets 408. (env KAIZEN_HEADER_TIMEOUT, default 10s)")
+    var headerTimeout: String?
+
+    @Option(help: "Most open client connections; past it new ones get 503. (env KAIZEN_MAX_CONNECTIONS, default min(10000, (open-file limit - 64) / 2))")
+    var maxConnections: String?
+
+    @Option(help: "Most open connections from one client address; 0 for no limit. (env KAIZEN_MAX_CONNECTIONS_PER_CLIENT, default 1024)")
+    var maxConnectionsPerClient: String?
+
     @Option(help: "Rotate the audit log when a file would grow past this, e.g. 100M; 0 never. (env KAIZEN_AUDIT_MAX_BYTES, default 100M)")
     var auditMaxBytes: String?
 
@@ -147,6 +165,9 @@ struct RunOptions: ParsableArguments {
             (.auditMaxBytes, auditMaxBytes), (.auditFsync, auditFsync), (.stateDirectory, stateDir),
             (.baselineLearn, baselineLearn), (.baselineMax, baselineMax), (.allowClients, allowClients),
             (.proxyAuth, proxyAuth), (.allowPrivate, allowPrivate), (.connectPorts, connectPorts),
+            (.maxRequestLine, maxRequestLine), (.maxHeaderBytes, maxHeaderBytes), (.maxHeaderFields, maxHeaderFields),
+            (.headerTimeout, headerTimeout), (.maxConnections, maxConnections),
+            (.maxConnectionsPerClient, maxConnectionsPerClient),
         ]
         for case (let key, let value?) in flags {
             environment[key.variable] = value

@@ -39,6 +39,14 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let allowPrivate = ConfigurationKey(variable: "KAIZEN_ALLOW_PRIVATE", flag: "--allow-private")
     public static let connectPorts = ConfigurationKey(variable: "KAIZEN_CONNECT_PORTS", flag: "--connect-ports")
 
+    public static let maxRequestLine = ConfigurationKey(variable: "KAIZEN_MAX_REQUEST_LINE", flag: "--max-request-line")
+    public static let maxHeaderBytes = ConfigurationKey(variable: "KAIZEN_MAX_HEADER_BYTES", flag: "--max-header-bytes")
+    public static let maxHeaderFields = ConfigurationKey(variable: "KAIZEN_MAX_HEADER_FIELDS", flag: "--max-header-fields")
+    public static let headerTimeout = ConfigurationKey(variable: "KAIZEN_HEADER_TIMEOUT", flag: "--header-timeout")
+    public static let maxConnections = ConfigurationKey(variable: "KAIZEN_MAX_CONNECTIONS", flag: "--max-connections")
+    public static let maxConnectionsPerClient = ConfigurationKey(
+        variable: "KAIZEN_MAX_CONNECTIONS_PER_CLIENT", flag: "--max-connections-per-client")
+
     public static let auditMaxBytes = ConfigurationKey(variable: "KAIZEN_AUDIT_MAX_BYTES", flag: "--audit-max-bytes")
     public static let auditFsync = ConfigurationKey(variable: "KAIZEN_AUDIT_FSYNC", flag: "--audit-fsync")
     public static let stateDirectory = ConfigurationKey(variable: "KAIZEN_STATE_DIR", flag: "--state-dir")
@@ -49,6 +57,7 @@ public struct ConfigurationKey: Sendable, Hashable {
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
         .pinnedPassthrough, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
-        .allowClients, .proxyAuth, .allowPrivate, .connectPorts,
+        .allowClients, .proxyAuth, .allowPrivate, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
+        .headerTimeout, .maxConnections, .maxConnectionsPerClient,
     ]
 }

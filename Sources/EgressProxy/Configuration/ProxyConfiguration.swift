@@ -40,6 +40,12 @@ import NIOCore
 /// | `KAIZEN_PROXY_AUTH` | file of `agent:token` lines, mode 0600 | none (no authentication) |
 /// | `KAIZEN_ALLOW_PRIVATE` | CIDRs and host names (`*.suffix`), comma-separated | none |
 /// | `KAIZEN_CONNECT_PORTS` | ports and ranges (`443,8443,9000-9100`) | any port |
+/// | `KAIZEN_MAX_REQUEST_LINE` | size | `8K` |
+/// | `KAIZEN_MAX_HEADER_BYTES` | size | `64K` |
+/// | `KAIZEN_MAX_HEADER_FIELDS` | integer | 200 |
+/// | `KAIZEN_HEADER_TIMEOUT` | duration | `10s` |
+/// | `KAIZEN_MAX_CONNECTIONS` | integer | min(10000, (open-file limit − 64) / 2) |
+/// | `KAIZEN_MAX_CONNECTIONS_PER_CLIENT` | integer, `0` for none | 1024 |
 public struct ProxyConfiguration: Sendable {
     public var listenAddress: String
     public var port: Int
@@ -101,6 +107,11 @@ public struct ProxyConfiguration: Sendable {
     public var allowPrivateNames: [String]
     /// Ports CONNECT may reach (nil: any).
     public var connectPorts: [ClosedRange<Int>]?
+    /// Request line, header block, header count and header deadline.
+    var requestHeadLimits: RequestHeadLimits
+    /// Open client connections in all, and from one client address (0: no per-client limit).
+    public var maxConnections: Int
+    public var maxConnectionsPerClient: Int
 
     /// An API key. Its description never shows the key.
     public struct APIKey: Sendable, Hashable, CustomStringConvertible {
@@ -379,6 +390,17 @@ public struct ProxyConfiguration: Sendable {
             self.connectPorts = nil
         }
 
+        var limits = RequestHeadLimits()
+        limits.requestLine = try Self.count(value(.maxRequestLine), key: .maxRequestLine, default: 8 * 1024, range: 256...(1 << 20), sized: true)
+        limits.headerBytes = try Self.count(value(.maxHeaderBytes), key: .maxHeaderBytes, default: 64 * 1024, range: 1024...(16 << 20), sized: true)
+        limits.headerFields = try Self.count(value(.maxHeaderFields), key: .maxHeaderFields, default: 200, range: 8...10_000)
+        limits.headerTimeout = try Self.duration(value(.headerTimeout), key: .headerTimeout, default: .seconds(10))
+        self.requestHeadLimits = limits
+        self.maxConnections = try Self.count(
+            value(.maxConnections), key: .maxConnections, default: Self.defaultMaxConnections(), range: 1...10_000_000)
+        self.maxConnectionsPerClient = try Self.count(
+            value(.maxConnectionsPerClient), key: .maxConnectionsPerClient, default: 1024, range: 0...10_000_000)
+
         // Actions must go somewhere: to the control plane (a key), to standard output (local mode), or both.
         if !local && apiKey == nil {
             throw ConfigurationError(
@@ -386,6 +408,29 @@ public struct ProxyConfiguration: Sendable {
                 "KAIZEN_API_KEY is not set: set KAIZEN_API_KEY to your org API key, or run with --local (KAIZEN_LOCAL=1) to write actions to standard output without an account"
             )
         }
+    }
+
+    /// `min(10000, (open-file limit − 64) / 2)`: each proxied connection holds two descriptors.
+    static func defaultMaxConnections() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 10_000 }
+        let files = Int(min(limit.rlim_cur, 1 << 30))  // RLIM_INFINITY is the largest value: capped here
+        return max(16, min(10_000, (files - 64) / 2))
+    }
+
+    /// A whole number in `range` (with `sized`, also `8K`, `1M`).
+    private static func count(
+        _ raw: String?, key: ConfigurationKey, default defaultValue: Int, range: ClosedRange<Int>, sized: Bool = false
+    ) throws(ConfigurationError) -> Int {
+        guard let raw else { return defaultValue }
+        let parsed = sized ? parseByteSize(raw).map { Int($0) } : Int(raw)
+        guard let value = parsed, range.contains(value) else {
+            throw ConfigurationError(
+                variable: key.variable,
+                "\(key.variable)=\(quoted(raw)) is not \(sized ? "a size" : "a whole number") from \(range.lowerBound) to \(range.upperBound): set \(key.spelled) to one\(sized ? ", such as 8K or 64K" : "")"
+            )
+        }
+        return value
     }
 
     /// A host name, or `*.` and one: letters, digits, `-`, `.` and `_`.

@@ -18,6 +18,8 @@ struct ConnectionSettings: Sendable {
     var destinationCheck: DestinationCheck?
     /// With `KAIZEN_PROXY_AUTH`: every request must prove an agent.
     var credentials: ProxyCredentials?
+    /// Request line, header block, header count and header deadline.
+    var requestHeadLimits: RequestHeadLimits
 
     /// Whether a tunnel to `host` may be inspected (a CA is configured and the host is not excluded outright).
     func mayInspect(_ host: String) -> Bool {
@@ -32,5 +34,6 @@ struct ConnectionSettings: Sendable {
         self.clientHelloTimeout = configuration.clientHelloTimeout
         self.clientHelloLimit = configuration.clientHelloLimit
         self.credentials = configuration.proxyCredentials
+        self.requestHeadLimits = configuration.requestHeadLimits
     }
 }

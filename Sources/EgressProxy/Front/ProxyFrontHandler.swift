@@ -47,6 +47,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private var pendingTunnel: PendingTunnel?
+    /// Told when an exchange ends, so it limits the next request head.
+    private var headLimiter: RequestHeadLimitHandler?
 
     private struct ExchangeRecord {
         var eventID: EventID
@@ -66,6 +68,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        headLimiter = try? context.pipeline.syncOperations.handler(type: RequestHeadLimitHandler.self)
         clientAddress = Reporting.describe(context.channel.remoteAddress)
         scheduleIdleCheck(in: settings.idleTimeout, on: context.eventLoop)
     }
@@ -152,6 +155,22 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let limit = error as? RequestLimitError {
+            switch machine.state {
+            case .idle:
+                respond(limit.proxyError, context: context)
+            default:
+                logger.info("closing client connection", metadata: ["client.address": "\(clientAddress)", "reason": "\(limit.proxyError.reason)"])
+                closeUpstream()
+                context.close(promise: nil)
+            }
+            return
+        }
+        if let parserError = error as? HTTPParserError, parserError == .headerOverflow, case .idle = machine.state {
+            logger.info("request head too large", metadata: ["client.address": "\(clientAddress)"])
+            respond(RequestLimitError.headerBlockTooLarge(limit: settings.requestHeadLimits.headerBytes).proxyError, context: context)
+            return
+        }
         if let parserError = error as? HTTPParserError {
             logger.info("malformed request", metadata: ["client.address": "\(clientAddress)", "error": "\(parserError)"])
             switch machine.state {
@@ -269,6 +288,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 if !keepClient {
                     context.close(promise: nil)
+                } else {
+                    headLimiter?.expectNextHead()
                 }
             case .closeClient(let reason):
                 logger.info("closing client connection", metadata: ["client.address": "\(clientAddress)", "reason": "\(reason)"])
@@ -474,6 +495,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Every handler `configureHTTPServerPipeline` may have added, but the request decoder.
     private static func removeHTTPServerHandlers(from pipeline: ChannelPipeline.SynchronousOperations) {
+        if let handler = try? pipeline.handler(type: RequestHeadLimitHandler.self) {
+            pipeline.removeHandler(handler, promise: nil)
+        }
         if let handler = try? pipeline.handler(type: HTTPServerUpgradeHandler.self) {
             pipeline.removeHandler(handler, promise: nil)
         }

@@ -1,0 +1,180 @@
+import NIOCore
+import NIOHTTP1
+
+/// Limits on a request head, each with the status a client gets when it breaks it.
+struct RequestHeadLimits: Sendable, Hashable {
+    /// Bytes in the request line (414 URI Too Long past it).
+    var requestLine = 8 * 1024
+    /// Bytes in the header block after the request line (431 past it).
+    var headerBytes = 64 * 1024
+    /// Header fields (431 past it).
+    var headerFields = 200
+    /// Time to receive a whole request head, from the connection's start or a later head's first byte (408).
+    var headerTimeout: TimeAmount = .seconds(10)
+
+    /// The HTTP decoder's own limits, a backstop for bytes the scanner did not see (pipelined requests).
+    var decoderConfiguration: NIOHTTPDecoderLimitConfiguration {
+        var configuration = NIOHTTPDecoderLimitConfiguration()
+        configuration.maxHeaderFieldSize = max(requestLine, headerBytes)
+        configuration.maxHeaderListSize = requestLine + headerBytes
+        configuration.maxHeaderFieldCount = headerFields
+        return configuration
+    }
+}
+
+/// A broken request-head limit.
+enum RequestLimitError: Error, Hashable {
+    case requestLineTooLong(limit: Int)
+    case tooManyHeaderFields(limit: Int)
+    case headerBlockTooLarge(limit: Int)
+    case headerTimeout(TimeAmount)
+
+    var proxyError: ProxyError {
+        switch self {
+        case .requestLineTooLong(let limit):
+            ProxyError(status: .uriTooLong, reason: "request line longer than \(limit) bytes", proxyStatusError: "http_request_error")
+        case .tooManyHeaderFields(let limit):
+            ProxyError(
+                status: .requestHeaderFieldsTooLarge, reason: "more than \(limit) header fields",
+                proxyStatusError: "http_request_error")
+        case .headerBlockTooLarge(let limit):
+            ProxyError(
+                status: .requestHeaderFieldsTooLarge, reason: "header block larger than \(limit) bytes",
+                proxyStatusError: "http_request_error")
+        case .headerTimeout(let timeout):
+            ProxyError(
+                status: .requestTimeout, reason: "request head not received within \(UpstreamConnector.describe(timeout))",
+                proxyStatusError: "http_request_error")
+        }
+    }
+}
+
+/// Counts a request head's lines and bytes as they arrive, before the HTTP decoder buffers them. Pure.
+struct RequestHeadScanner {
+    enum Outcome: Equatable {
+        case needMore
+        /// The head ended; `consumed` bytes of the last input belonged to it.
+        case complete(consumed: Int)
+        case violation(RequestLimitError)
+    }
+
+    let limits: RequestHeadLimits
+    private var lineBytes = 0
+    private var lines = 0
+    private var requestLineBytes = 0
+    private var headerBytes = 0
+
+    init(limits: RequestHeadLimits) {
+        self.limits = limits
+    }
+
+    mutating func scan(_ bytes: some Collection<UInt8>) -> Outcome {
+        var consumed = 0
+        for byte in bytes {
+            consumed += 1
+            if lines > 0 { headerBytes += 1 }
+            if byte == UInt8(ascii: "\n") {
+                let empty = lineBytes == 0
+                lineBytes = 0
+                if empty {
+                    // Empty lines before the request line are ignored (RFC 9112 §2.2); after it, one ends the head.
+                    if lines > 0 { return .complete(consumed: consumed) }
+                    continue
+                }
+                lines += 1
+                if lines - 1 > limits.headerFields { return .violation(.tooManyHeaderFields(limit: limits.headerFields)) }
+                continue
+            }
+            if byte == UInt8(ascii: "\r") { continue }
+            lineBytes += 1
+            if lines == 0 {
+                requestLineBytes += 1
+                if requestLineBytes > limits.requestLine { return .violation(.requestLineTooLong(limit: limits.requestLine)) }
+            } else if headerBytes > limits.headerBytes {
+                return .violation(.headerBlockTooLarge(limit: limits.headerBytes))
+            }
+        }
+        return .needMore
+    }
+}
+
+/// Sits before the HTTP request decoder: enforces `RequestHeadLimits` on each request head as its bytes arrive,
+/// and the deadline for receiving it. A broken limit goes up the pipeline as an error (the front handler answers
+/// with its status and closes); bytes after it are dropped. Between heads it passes bytes through untouched; the
+/// front handler says when the next head is due.
+final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let limits: RequestHeadLimits
+    private var scanner: RequestHeadScanner?
+    private var deadline: Scheduled<Void>?
+    private var failed = false
+    private weak var context: ChannelHandlerContext?
+
+    init(limits: RequestHeadLimits) {
+        self.limits = limits
+        self.scanner = RequestHeadScanner(limits: limits)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        // The first head is due from the start: a client that connects and says nothing is not let to linger.
+        startDeadline(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        self.context = nil
+    }
+
+    /// The exchange is over: the next bytes start a new head (its deadline starts with its first byte).
+    func expectNextHead() {
+        guard !failed else { return }
+        scanner = RequestHeadScanner(limits: limits)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed else { return }
+        let buffer = unwrapInboundIn(data)
+        guard var current = scanner else {
+            context.fireChannelRead(data)
+            return
+        }
+        if deadline == nil, buffer.readableBytes > 0 { startDeadline(context: context) }
+        switch current.scan(buffer.readableBytesView) {
+        case .needMore:
+            scanner = current
+            context.fireChannelRead(data)
+        case .complete:
+            scanner = nil
+            deadline?.cancel()
+            deadline = nil
+            context.fireChannelRead(data)
+        case .violation(let error):
+            fail(error, context: context)
+        }
+    }
+
+    private func startDeadline(context: ChannelHandlerContext) {
+        let timeout = limits.headerTimeout
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: timeout) {
+            let handler = loopBound.value
+            guard handler.scanner != nil, let context = handler.context else { return }
+            handler.fail(.headerTimeout(timeout), context: context)
+        }
+    }
+
+    private func fail(_ error: RequestLimitError, context: ChannelHandlerContext) {
+        failed = true
+        scanner = nil
+        deadline?.cancel()
+        deadline = nil
+        context.fireErrorCaught(error)
+    }
+}
+
+@available(*, unavailable)
+extension RequestHeadLimitHandler: Sendable {}

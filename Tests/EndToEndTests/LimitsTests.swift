@@ -1,0 +1,88 @@
+import Foundation
+import Testing
+
+/// Bounded under abuse: each request-head limit answers its status, a slow head runs out of time, and past the
+/// connection limits new clients get 503; each is logged. Raw sockets, so the bytes are exactly the test's.
+@Suite struct LimitsTests {
+    func start(_ extra: [String: String]) throws -> (ChildProcess, Int) {
+        let child = try ChildProcess(Paths.proxyBinary, ["--local", "--port", "0"], environment: ProxyEnvironment.make(extra))
+        let stderr = try child.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
+        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        return (child, port)
+    }
+
+    func exchange(_ port: Int, _ request: String) throws -> String {
+        let socket = try RawSocket(host: "127.0.0.1", port: port)
+        try? socket.send(request)
+        return (try? socket.receiveAll()) ?? ""
+    }
+
+    @Test func requestHeadLimitsAnswerTheirStatus() throws {
+        let (proxy, port) = try start([:])
+        let longLine = "GET http://example.org/" + String(repeating: "a", count: 8200) + " HTTP/1.1\r\nHost: example.org\r\n\r\n"
+        #expect(try exchange(port, longLine).hasPrefix("HTTP/1.1 414 URI Too Long"))
+        let manyFields = "GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\n"
+            + (0..<201).map { "X-Field-\($0): v\r\n" }.joined() + "\r\n"
+        let answer = try exchange(port, manyFields)
+        #expect(answer.hasPrefix("HTTP/1.1 431"), "\(answer.prefix(200))")
+        #expect(answer.contains("more than 200 header fields"))
+        let bigBlock = "GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\n"
+            + (0..<10).map { "X-Big-\($0): " + String(repeating: "b", count: 7000) + "\r\n" }.joined() + "\r\n"
+        let big = try exchange(port, bigBlock)
+        #expect(big.hasPrefix("HTTP/1.1 431") && big.contains("header block larger than 65536 bytes"), "\(big.prefix(200))")
+        // Under the limits, a request goes through to the guard (which refuses example.org's test address only
+        // if it resolves privately; either way not a limit status).
+        let fine = try exchange(port, "GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n" + (0..<150).map { "X-F-\($0): v\r\n" }.joined() + "\r\n")
+        #expect(!fine.hasPrefix("HTTP/1.1 414") && !fine.hasPrefix("HTTP/1.1 431") && fine.hasPrefix("HTTP/1.1 "), "\(fine.prefix(100))")
+        _ = try proxy.waitForStderr(containing: "status=414", timeout: 10)
+        _ = try proxy.waitForStderr(containing: "status=431", timeout: 10)
+    }
+
+    @Test func configuredLimitsApply() throws {
+        let (proxy, port) = try start(["KAIZEN_MAX_REQUEST_LINE": "512", "KAIZEN_MAX_HEADER_FIELDS": "10"])
+        defer { withExtendedLifetime(proxy) {} }
+        let line = "GET http://example.org/" + String(repeating: "a", count: 600) + " HTTP/1.1\r\n\r\n"
+        #expect(try exchange(port, line).hasPrefix("HTTP/1.1 414"))
+        let fields = "GET http://example.org/ HTTP/1.1\r\n" + (0..<11).map { "X-\($0): v\r\n" }.joined() + "\r\n"
+        #expect(try exchange(port, fields).hasPrefix("HTTP/1.1 431"))
+    }
+
+    @Test func aSlowHeadRunsOutOfTime() throws {
+        let (proxy, port) = try start(["KAIZEN_HEADER_TIMEOUT": "1s"])
+        let started = Date()
+        let socket = try RawSocket(host: "127.0.0.1", port: port, timeout: 20)
+        try socket.send("GET http://example.org/ HTTP/1.1\r\nHost: exa")
+        let answer = try socket.receiveAll()
+        #expect(answer.hasPrefix("HTTP/1.1 408 Request Timeout"), "\(answer)")
+        #expect(Date().timeIntervalSince(started) < 10)
+        // A client that connects and sends nothing is closed too.
+        let silent = try RawSocket(host: "127.0.0.1", port: port, timeout: 20)
+        #expect(try silent.receiveAll().hasPrefix("HTTP/1.1 408"))
+        _ = try proxy.waitForStderr(containing: "status=408", timeout: 10)
+    }
+
+    /// A keep-alive connection that has had one exchange answered: the proxy has certainly counted it.
+    func heldConnection(_ port: Int, originPort: Int) throws -> RawSocket {
+        let socket = try RawSocket(host: "127.0.0.1", port: port, timeout: 20)
+        try socket.send("GET http://127.0.0.1:\(originPort)/hello HTTP/1.1\r\nHost: 127.0.0.1:\(originPort)\r\n\r\n")
+        _ = try socket.receive(until: "hello from origin\n")
+        return socket
+    }
+
+    @Test func pastTheConnectionLimitsNewClientsGet503() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let (proxy, port) = try start(["KAIZEN_MAX_CONNECTIONS": "3"])
+        let held = try (0..<3).map { _ in try heldConnection(port, originPort: originPort) }
+        let refused = try exchange(port, "")
+        #expect(refused.hasPrefix("HTTP/1.1 503 Service Unavailable"), "\(refused)")
+        _ = try proxy.waitForStderr(containing: "refused a connection: too many open", timeout: 10)
+        // Once one closes, a new client is served again.
+        withExtendedLifetime(held[0]) {}
+        let (perClient, perClientPort) = try start(["KAIZEN_MAX_CONNECTIONS_PER_CLIENT": "1"])
+        let first = try heldConnection(perClientPort, originPort: originPort)
+        #expect(try exchange(perClientPort, "").hasPrefix("HTTP/1.1 503"))
+        _ = try perClient.waitForStderr(containing: "perClient(1)", timeout: 10)
+        withExtendedLifetime((held, first)) {}
+    }
+}
