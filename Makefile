@@ -3,8 +3,8 @@
 
 DEBIAN_PACKAGES := libssl-dev pkg-config curl openssl python3
 # The transparent-mode tests build network namespaces with iptables and iproute2 (they run only as root);
-# the report test renders the HTML report in headless chromium.
-TEST_PACKAGES := iptables iproute2 chromium
+# the report test renders the HTML report in headless chromium; the slow-client test runs slowhttptest.
+TEST_PACKAGES := iptables iproute2 chromium slowhttptest
 PORT ?= 8080
 
 .PHONY: run test build release deps

@@ -49,6 +49,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var pendingTunnel: PendingTunnel?
     /// Told when an exchange ends, so it limits the next request head.
     private var headLimiter: RequestHeadLimitHandler?
+    /// The proxy answered with an error and is closing the connection.
+    private var answeredWithError = false
 
     private struct ExchangeRecord {
         var eventID: EventID
@@ -155,6 +157,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // After an error answer the connection is closing: the decoder's complaint about the unfinished head
+        // it still holds says nothing new (and would double every log line under a slowloris flood).
+        guard !answeredWithError else { return }
         if let limit = error as? RequestLimitError {
             switch machine.state {
             case .idle:
@@ -304,6 +309,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func respond(_ error: ProxyError, context: ChannelHandlerContext) {
+        answeredWithError = true
         if !error.logged {
             logger.info(
                 "answered with an error",

@@ -50,6 +50,9 @@ final class ChildProcess: @unchecked Sendable {
     private let process = Process()
     private let output = Output()
 
+    /// The program's process id, to read its /proc entries.
+    var pid: Int32 { process.processIdentifier }
+
     init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments

@@ -1,0 +1,74 @@
+import Foundation
+import Testing
+
+/// slowhttptest (slow headers, then slow bodies, 2,000 connections) against the proxy while another client keeps
+/// making normal requests: those keep succeeding, and the proxy's descriptors and memory come back afterwards.
+@Suite(.serialized) struct SlowClientTests {
+    static let available = FileManager.default.isExecutableFile(atPath: Paths.which("slowhttptest")) || getuid() == 0
+
+    struct Proxy {
+        let child: ChildProcess
+        let port: Int
+        let pid: Int32
+
+        var openFiles: Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1 }
+        var residentKiB: Int {
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+        }
+    }
+
+    func start() throws -> Proxy {
+        let child = try ChildProcess(
+            Paths.proxyBinary, ["--port", "0"],
+            environment: ProxyEnvironment.make(["KAIZEN_LOCAL": "1", "KAIZEN_HEADER_TIMEOUT": "4s"]))
+        let stderr = try child.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
+        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        return Proxy(child: child, port: port, pid: child.pid)
+    }
+
+    /// One normal request from another loopback address (its own per-client budget), through the proxy.
+    func normalRequest(_ proxy: Proxy, originPort: Int) throws -> Bool {
+        let result = try runCommand(Paths.which("curl"), [
+            "-sS", "--max-time", "10", "--interface", "127.0.0.2", "-x", "127.0.0.1:\(proxy.port)",
+            "http://127.0.0.1:\(originPort)/hello",
+        ], timeout: 30)
+        return result.stdout == "hello from origin"
+    }
+
+    @Test(.enabled(if: available, "needs slowhttptest (make test installs it when run as root)"), arguments: [
+        ["-H"],  // slowloris: headers trickle in
+        ["-B", "-s", "8192"],  // R-U-Dead-Yet: a body trickles in
+    ])
+    func normalRequestsSurviveSlowClients(_ mode: [String]) throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let proxy = try start()
+        #expect(try normalRequest(proxy, originPort: originPort))
+        let baselineFiles = proxy.openFiles
+        let baselineMemory = proxy.residentKiB
+
+        let attack = try ChildProcess(Paths.which("slowhttptest"), mode + [
+            "-c", "2000", "-r", "500", "-i", "2", "-l", "12", "-p", "3",
+            "-d", "127.0.0.1:\(proxy.port)", "-u", "http://127.0.0.1:\(originPort)/upload",
+        ])
+        // Once slowhttptest reports connections held open, normal requests must still go through.
+        _ = try attack.waitForLine(timeout: 30) { $0.contains("connected:") && !$0.hasSuffix(" 0") }
+        var served = 0
+        for _ in 0..<20 where try normalRequest(proxy, originPort: originPort) { served += 1 }
+        #expect(served == 20, "\(served) of 20 normal requests succeeded during the attack")
+        #expect(try attack.waitForExit(timeout: 90) == 0)
+
+        // Afterwards the descriptors come back (polled: the proxy closes them as their connections end, which
+        // no event here reports), and memory stays near where it was.
+        var files = proxy.openFiles
+        for _ in 0..<100 where files > baselineFiles {
+            Thread.sleep(forTimeInterval: 0.1)
+            files = proxy.openFiles
+        }
+        #expect(files <= baselineFiles, "\(files) open descriptors, \(baselineFiles) before")
+        #expect(proxy.residentKiB - baselineMemory < 64 * 1024, "RSS \(baselineMemory) KiB before, \(proxy.residentKiB) KiB after")
+        #expect(try normalRequest(proxy, originPort: originPort))
+    }
+}
