@@ -54,6 +54,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     mode_file = None
+    bodies_file = None
     timestamps = False
 
     def mode(self):
@@ -65,6 +66,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.bodies_file:
+            with OUTPUT_LOCK, open(self.bodies_file, "ab") as bodies:
+                bodies.write(body + b"\n")
         mode = self.mode()
         if mode and mode[0] == "unauthorized":
             return self.reply(401, {"error": "key revoked"})
@@ -123,9 +127,11 @@ def main():
     parser.add_argument("--key", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode-file")
+    parser.add_argument("--bodies", help="append every request body received to this file (leak checks)")
     parser.add_argument("--timestamps", action="store_true", help="prefix RECEIVED lines with the time (benchmarks)")
     args = parser.parse_args()
     Handler.mode_file = args.mode_file
+    Handler.bodies_file = args.bodies
     Handler.timestamps = args.timestamps
     Server.allow_reuse_address = True
     server = Server(("127.0.0.1", args.port), Handler)
