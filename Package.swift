@@ -195,7 +195,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["origin.py", "control_plane.py", "mitm_client.py"],
+            exclude: ["origin.py", "control_plane.py", "mitm_client.py", "smuggling_client.py", "smuggling_origin.py"],
             // Raw POSIX socket helpers: sockaddr types resolve through NIO's C shims on clean builds, which
             // MemberImportVisibility would then require importing; this target only keeps ExistentialAny.
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]

@@ -92,6 +92,15 @@ import Testing
         #expect(machine.requestHead(head) == .reject(reason: "more than one Content-Length"))
     }
 
+    @Test func chunkedHTTP10AndFragmentsAreRejected() {
+        // Both found by the smuggling corpus: forwarded, they sent the origin something other than was reported.
+        var machine = Machine(reportQuery: false)
+        let old = HTTPRequestHead(version: .http1_0, method: .POST, uri: "/x", headers: ["Transfer-Encoding": "chunked"])
+        #expect(machine.requestHead(old) == .reject(reason: "Transfer-Encoding in an HTTP/1.0 request"))
+        var another = Machine(reportQuery: false)
+        #expect(another.requestHead(request(.GET, "/x#frag")) == .reject(reason: "a fragment in the request target"))
+    }
+
     @Test func theQueryIsDroppedUnlessKept() {
         #expect(Machine.reportedPath("/search?q=secret#frag", keepQuery: false) == "/search")
         #expect(Machine.reportedPath("/search?q=secret#frag", keepQuery: true) == "/search?q=secret")

@@ -51,6 +51,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var headLimiter: RequestHeadLimitHandler?
     /// The proxy answered with an error and is closing the connection.
     private var answeredWithError = false
+    /// How deep `perform` is; request parts that arrive meanwhile wait in `deferredParts`.
+    private var performing = 0
+    private var deferredParts: [HTTPServerRequestPart] = []
 
     private struct ExchangeRecord {
         var eventID: EventID
@@ -108,7 +111,18 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         lastActivity = .now()
-        switch unwrapInboundIn(data) {
+        let part = unwrapInboundIn(data)
+        // Writing a response's end lets the pipelining handler deliver the next request at once, from inside
+        // `perform`: it waits until the actions of the exchange that just ended (its close record) are done.
+        guard performing == 0 else {
+            deferredParts.append(part)
+            return
+        }
+        handle(part, context: context)
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
             if let credentials = settings.credentials {
                 // Every request proves its agent; the connection's actions are reported under it.
@@ -254,6 +268,15 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: actions
 
     private func perform(_ actions: [StateMachine.Action], context: ChannelHandlerContext) {
+        performing += 1
+        defer {
+            performing -= 1
+            if performing == 0, !deferredParts.isEmpty {
+                let parts = deferredParts
+                deferredParts.removeAll()
+                for part in parts { handle(part, context: context) }
+            }
+        }
         for action in actions {
             switch action {
             case .dialTunnel(let destination):

@@ -239,11 +239,21 @@ final class InterceptedConnection {
         // llhttp reports framing conflicts (both lengths, duplicate lengths) only as `unknown`.
         let reason = error == .unknown
             ? "malformed request: ambiguous message framing" : "malformed request: \(error)"
-        var exchange = machine.connectionClosed() ?? InterceptedExchangeStateMachine.Exchange(method: "", path: "")
-        exchange.status = 400
         reporting.logger.info(
             "rejected an intercepted request", metadata: ["target": "\(target)", "status": "400", "reason": "\(reason)"])
-        report(exchange, error: "rejected: \(reason)")
+        let inFlight = machine.connectionClosed()
+        if let inFlight, inFlight.requestEnded {
+            // That request went upstream whole and waits for its response; the bytes that failed came after it.
+            report(inFlight, error: "connection closed before the response: the next request was malformed")
+            var next = InterceptedExchangeStateMachine.Exchange(method: "", path: "")
+            next.status = 400
+            report(next, error: "rejected: \(reason)")
+        } else {
+            // Nothing of it reached the upstream whole (a partial body is cut off with the connection).
+            var exchange = inFlight ?? InterceptedExchangeStateMachine.Exchange(method: "", path: "")
+            exchange.status = 400
+            report(exchange, error: "rejected: \(reason)")
+        }
         noteClose(by: .proxy, reason: "bad_request")
         client?.sendBadRequest(reason: reason)
         upstream?.close()

@@ -137,6 +137,14 @@ struct InterceptedExchangeStateMachine {
         if head.version != .http1_1 && head.version != .http1_0 {
             return "an unsupported HTTP version"
         }
+        if !encodings.isEmpty && head.version == .http1_0 {
+            // HTTP/1.0 has no chunked coding: an HTTP/1.0 server would read the chunks as the body's bytes.
+            return "Transfer-Encoding in an HTTP/1.0 request"
+        }
+        if head.uri.contains("#") {
+            // A request target has no fragment (RFC 9112 §3.2); forwarding one would send what is not reported.
+            return "a fragment in the request target"
+        }
         return nil
     }
 
