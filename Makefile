@@ -29,6 +29,7 @@ test: EXTRA_PACKAGES = $(if $(filter 0,$(shell id -u)),$(TEST_PACKAGES))
 test: deps
 	swift test
 	scripts/smoke-release.sh
+	scripts/fuzz.sh 60
 
 build: deps
 	swift build

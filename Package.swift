@@ -11,7 +11,9 @@ let package = Package(
     name: "kaizen-egress",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "kaizen-egress", targets: ["kaizen-egress"])
+        .executable(name: "kaizen-egress", targets: ["kaizen-egress"]),
+        // For the libFuzzer package in Fuzz/ (a package of its own, so a normal build never needs libFuzzer).
+        .library(name: "FuzzEntries", targets: ["FuzzEntries"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -107,6 +109,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The fuzz targets' bodies: the proxy's parsers fed one input each (Fuzz/ runs them under libFuzzer,
+        // FuzzCorpusTests replays the seed corpus through them).
+        .target(
+            name: "FuzzEntries",
+            dependencies: [
+                "ClientHello",
+                "EgressProxy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "kaizen-egress",
             dependencies: [
@@ -148,6 +163,12 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FuzzCorpusTests",
+            dependencies: ["FuzzEntries"],
+            resources: [.copy("Corpus")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

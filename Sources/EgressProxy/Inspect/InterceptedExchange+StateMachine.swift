@@ -2,7 +2,7 @@ import NIOHTTP1
 
 /// The HTTP/1.1 exchanges inside one intercepted connection: one request at a time (the next is read only
 /// once the response to this one has ended), each reported when it ends. Pure: the handlers do the I/O.
-struct InterceptedExchangeStateMachine {
+package struct InterceptedExchangeStateMachine {
     /// One request and its response, as reported.
     struct Exchange: Equatable {
         var method: String
@@ -119,7 +119,7 @@ struct InterceptedExchangeStateMachine {
     }
 
     /// Requests the proxy refuses to forward because the two ends could read them differently.
-    static func problem(with head: HTTPRequestHead) -> String? {
+    package static func problem(with head: HTTPRequestHead) -> String? {
         let lengths = head.headers[canonicalForm: "content-length"]
         let encodings = head.headers[canonicalForm: "transfer-encoding"]
         if !lengths.isEmpty && !encodings.isEmpty {

@@ -2,18 +2,20 @@ import NIOCore
 import NIOHTTP1
 
 /// Limits on a request head, each with the status a client gets when it breaks it.
-struct RequestHeadLimits: Sendable, Hashable {
+package struct RequestHeadLimits: Sendable, Hashable {
     /// Bytes in the request line (414 URI Too Long past it).
-    var requestLine = 8 * 1024
+    package var requestLine = 8 * 1024
     /// Bytes in the header block after the request line (431 past it).
-    var headerBytes = 64 * 1024
+    package var headerBytes = 64 * 1024
     /// Header fields (431 past it).
-    var headerFields = 200
+    package var headerFields = 200
     /// Time to receive a whole request head, from the connection's start or a later head's first byte (408).
-    var headerTimeout: TimeAmount = .seconds(10)
+    package var headerTimeout: TimeAmount = .seconds(10)
+
+    package init() {}
 
     /// The HTTP decoder's own limits, a backstop for bytes the scanner did not see (pipelined requests).
-    var decoderConfiguration: NIOHTTPDecoderLimitConfiguration {
+    package var decoderConfiguration: NIOHTTPDecoderLimitConfiguration {
         var configuration = NIOHTTPDecoderLimitConfiguration()
         configuration.maxHeaderFieldSize = max(requestLine, headerBytes)
         configuration.maxHeaderListSize = requestLine + headerBytes
@@ -23,7 +25,7 @@ struct RequestHeadLimits: Sendable, Hashable {
 }
 
 /// A broken request-head limit.
-enum RequestLimitError: Error, Hashable {
+package enum RequestLimitError: Error, Hashable {
     case requestLineTooLong(limit: Int)
     case tooManyHeaderFields(limit: Int)
     case headerBlockTooLarge(limit: Int)
@@ -50,8 +52,8 @@ enum RequestLimitError: Error, Hashable {
 }
 
 /// Counts a request head's lines and bytes as they arrive, before the HTTP decoder buffers them. Pure.
-struct RequestHeadScanner {
-    enum Outcome: Equatable {
+package struct RequestHeadScanner {
+    package enum Outcome: Equatable {
         case needMore
         /// The head ended; `consumed` bytes of the last input belonged to it.
         case complete(consumed: Int)
@@ -64,11 +66,11 @@ struct RequestHeadScanner {
     private var requestLineBytes = 0
     private var headerBytes = 0
 
-    init(limits: RequestHeadLimits) {
+    package init(limits: RequestHeadLimits) {
         self.limits = limits
     }
 
-    mutating func scan(_ bytes: some Collection<UInt8>) -> Outcome {
+    package mutating func scan(_ bytes: some Collection<UInt8>) -> Outcome {
         var consumed = 0
         for byte in bytes {
             consumed += 1
@@ -102,9 +104,9 @@ struct RequestHeadScanner {
 /// and the deadline for receiving it. A broken limit goes up the pipeline as an error (the front handler answers
 /// with its status and closes); bytes after it are dropped. Between heads it passes bytes through untouched; the
 /// front handler says when the next head is due.
-final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
+package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableChannelHandler {
+    package typealias InboundIn = ByteBuffer
+    package typealias InboundOut = ByteBuffer
 
     private let limits: RequestHeadLimits
     private var scanner: RequestHeadScanner?
@@ -112,30 +114,30 @@ final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableChannelHand
     private var failed = false
     private weak var context: ChannelHandlerContext?
 
-    init(limits: RequestHeadLimits) {
+    package init(limits: RequestHeadLimits) {
         self.limits = limits
         self.scanner = RequestHeadScanner(limits: limits)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
+    package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         // The first head is due from the start: a client that connects and says nothing is not let to linger.
         startDeadline(context: context)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    package func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         deadline = nil
         self.context = nil
     }
 
     /// The exchange is over: the next bytes start a new head (its deadline starts with its first byte).
-    func expectNextHead() {
+    package func expectNextHead() {
         guard !failed else { return }
         scanner = RequestHeadScanner(limits: limits)
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !failed else { return }
         let buffer = unwrapInboundIn(data)
         guard var current = scanner else {

@@ -3,8 +3,8 @@ import NIOHTTP1
 /// Rewrites request and response heads as they cross the proxy (RFC 9110 §7.6, RFC 9112 §3.2.2): origin-form
 /// target upstream, `Host` from the URL, hop-by-hop fields removed, `Via` added. Every other field, and its
 /// order, is kept.
-enum ForwardingHeaders {
-    static func request(_ head: HTTPRequestHead, destination: Destination, originForm: String) -> HTTPRequestHead {
+package enum ForwardingHeaders {
+    package static func request(_ head: HTTPRequestHead, destination: Destination, originForm: String) -> HTTPRequestHead {
         var headers = HopByHopHeaders.stripped(head.headers)
         // A proxy must replace Host with the URL's authority (RFC 9112 §3.2.2); it keeps its place.
         let host = destination.hostHeader(defaultPort: 80)
