@@ -85,4 +85,40 @@ import Testing
         _ = try perClient.waitForStderr(containing: "perClient(1)", timeout: 10)
         withExtendedLifetime((held, first)) {}
     }
+
+    @Test func theSameLimitsApplyInsideInspection() throws {
+        let pki = try TestPKI.mint()
+        let (origin, originPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        defer { withExtendedLifetime(origin) {} }
+        let ca = try InspectionTests.makeCA(in: pki.directory)
+        let (proxy, port) = try start([
+            "KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": ca + "/ca.key", "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ])
+        defer { withExtendedLifetime(proxy) {} }
+        // Through the inspected connection: one fine request, then a request line past 8 KiB, on one connection.
+        let script = """
+            import socket, ssl, sys
+            port, target, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+            s = socket.create_connection(("127.0.0.1", port), timeout=20)
+            s.sendall(f"CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n".encode())
+            head = b""
+            for _ in range(100):
+                if b"\\r\\n\\r\\n" in head:
+                    break
+                head += s.recv(4096)
+            t = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname="localhost")
+            t.sendall(b"GET /hello HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
+            first = t.recv(65536)
+            t.sendall(b"GET /" + b"a" * 9000 + b" HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
+            second = b""
+            for _ in range(100):
+                data = t.recv(65536)
+                if not data:
+                    break
+                second += data
+            print(first.split(b"\\r\\n")[0].decode(), "|", second.split(b"\\r\\n")[0].decode())
+            """
+        let result = try runCommand(Paths.which("python3"), ["-c", script, "\(port)", "localhost:\(originPort)", ca + "/ca.pem"])
+        #expect(result.stdout == "HTTP/1.1 200 OK | HTTP/1.1 414 URI Too Long", "\(result.stdout) \(result.stderr)")
+    }
 }

@@ -242,8 +242,15 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             let clientPipeline = context.pipeline.syncOperations
             let clientHandler = InterceptedClientHandler(connection: connection)
             try clientPipeline.addHandler(clientTLS, position: .after(self))
+            // The same request-head limits as the proxy's own port, on the decrypted stream.
+            let headLimiter = RequestHeadLimitHandler(limits: settings.requestHeadLimits, firstHeadDueAtOnce: false)
+            try clientPipeline.addHandler(headLimiter, position: .after(clientTLS))
             try clientPipeline.addHandler(
-                ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)), position: .after(clientTLS))
+                ByteToMessageHandler(
+                    HTTPRequestDecoder(
+                        leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
+                        limitConfiguration: settings.requestHeadLimits.decoderConfiguration)),
+                position: .after(headLimiter))
             try clientPipeline.addHandler(clientHandler, position: .last)
             try clientPipeline.addHandler(HTTPResponseEncoder(), position: .before(clientHandler))
             tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }

@@ -168,6 +168,7 @@ final class InterceptedConnection {
                 client?.closeAfterWrites()
                 upstream?.close()
             } else {
+                client?.expectNextHead()
                 client?.resumeReading()
             }
         case .forwardAndUpgrade(let exchange):
@@ -215,7 +216,12 @@ final class InterceptedConnection {
             // can too.
             upstream?.send(forward, flush: true)
             report(exchange, error: nil)
-            if thenClose { closeBoth() } else { client?.resumeReading() }
+            if thenClose {
+                closeBoth()
+            } else {
+                client?.expectNextHead()
+                client?.resumeReading()
+            }
         case .forwardAndUpgrade(let exchange):
             upstream?.send(forward, flush: true)
             report(exchange, error: nil)
@@ -232,6 +238,20 @@ final class InterceptedConnection {
         case .close:
             closeBoth()
         }
+    }
+
+    /// A request head broke a limit (too long, too many fields, too slow): answer its status, report it, close.
+    func clientBrokeLimit(_ limit: RequestLimitError) {
+        let answer = limit.proxyError
+        reporting.logger.info(
+            "rejected an intercepted request",
+            metadata: ["target": "\(target)", "status": "\(answer.status.code)", "reason": "\(answer.reason)"])
+        var exchange = machine.connectionClosed() ?? InterceptedExchangeStateMachine.Exchange(method: "", path: "")
+        exchange.status = Int(answer.status.code)
+        report(exchange, error: "rejected: \(answer.reason)")
+        noteClose(by: .proxy, reason: "bad_request")
+        client?.sendError(answer.status, reason: answer.reason)
+        upstream?.close()
     }
 
     /// The request could not be parsed (llhttp refused it): answer 400, report it, close.

@@ -11,6 +11,11 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     private let connection: InterceptedConnection
     private var context: ChannelHandlerContext?
+    /// Told when an exchange ends, so it limits the next request head.
+    private var headLimiter: RequestHeadLimitHandler?
+
+    /// The next bytes from the client start a new request head.
+    func expectNextHead() { headLimiter?.expectNextHead() }
     private var pendingRead = false
 
     init(connection: InterceptedConnection) {
@@ -19,6 +24,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        headLimiter = try? context.pipeline.syncOperations.handler(type: RequestHeadLimitHandler.self)
         connection.attach(client: self)
     }
 
@@ -48,7 +54,9 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let parserError = error as? HTTPParserError {
+        if let limit = error as? RequestLimitError {
+            connection.clientBrokeLimit(limit)
+        } else if let parserError = error as? HTTPParserError {
             connection.clientSentMalformedRequest(parserError)
         } else {
             connection.clientFailed(error)
@@ -119,13 +127,18 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     func sendBadRequest(reason: String) {
+        sendError(.badRequest, reason: "bad request: \(reason)")
+    }
+
+    /// An error the proxy answers itself, then closes.
+    func sendError(_ status: HTTPResponseStatus, reason: String) {
         guard let context else { return }
-        let body = "kaizen-egress: bad request: \(reason)\n"
+        let body = "kaizen-egress: \(reason)\n"
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: "\(body.utf8.count)")
         headers.add(name: "Connection", value: "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
     }

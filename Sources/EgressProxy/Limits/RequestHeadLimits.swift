@@ -113,16 +113,20 @@ package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableCha
     private var deadline: Scheduled<Void>?
     private var failed = false
     private weak var context: ChannelHandlerContext?
+    private let firstHeadDueAtOnce: Bool
 
-    package init(limits: RequestHeadLimits) {
+    /// - Parameter firstHeadDueAtOnce: the first head's deadline starts when the handler is added (a connection
+    ///   just accepted), not with its first byte (inside inspection, after a TLS handshake of its own).
+    package init(limits: RequestHeadLimits, firstHeadDueAtOnce: Bool = true) {
         self.limits = limits
         self.scanner = RequestHeadScanner(limits: limits)
+        self.firstHeadDueAtOnce = firstHeadDueAtOnce
     }
 
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         // The first head is due from the start: a client that connects and says nothing is not let to linger.
-        startDeadline(context: context)
+        if firstHeadDueAtOnce { startDeadline(context: context) }
     }
 
     package func handlerRemoved(context: ChannelHandlerContext) {
