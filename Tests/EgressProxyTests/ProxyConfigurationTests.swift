@@ -1,4 +1,5 @@
 @testable import EgressProxy
+import Foundation
 import Logging
 import NIOCore
 import Testing
@@ -158,5 +159,15 @@ import Testing
         #expect(try warning(["KAIZEN_LISTEN": "0.0.0.0"])?.contains("KAIZEN_ALLOW_CLIENTS") == true)
         #expect(try warning(["KAIZEN_LISTEN": "::"]) != nil)
         #expect(try warning(["KAIZEN_LISTEN": "0.0.0.0", "KAIZEN_ALLOW_CLIENTS": "10.0.0.0/8"]) == nil)
+    }
+
+    @Test func docsListEveryVariableAndFlag() throws {
+        // docs/configuration.md is what users read: every setting the proxy reads must be in its table.
+        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("docs/configuration.md")
+        let text = try String(contentsOf: docs, encoding: .utf8)
+        for key in ConfigurationKey.all {
+            #expect(text.contains("| `\(key.variable)` | `\(key.flag)` |"), "\(key.variable) is not in docs/configuration.md")
+        }
     }
 }
