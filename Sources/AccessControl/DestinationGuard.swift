@@ -79,14 +79,18 @@ public struct DestinationGuard: Sendable {
         }
     }
 
+    private static let loopback4 = CIDR("127.0.0.0/8")!
+    private static let loopback6 = IPAddress("::1")!
+
     private func ownListener(_ address: IPAddress, port: Int) -> String? {
+        guard listeners.contains(where: { $0.port == port }) else { return nil }
         let plain = address.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? address
         for listener in listeners where listener.port == port {
             if let bound = listener.address {
                 if bound == plain { return "\(bound):\(port)" }
                 // A listener on loopback is reached by every loopback address of its family.
-                if CIDR("127.0.0.0/8")!.contains(bound), CIDR("127.0.0.0/8")!.contains(plain) { return "\(bound):\(port)" }
-            } else if localAddresses.contains(plain) || CIDR("127.0.0.0/8")!.contains(plain) || plain == IPAddress("::1")
+                if Self.loopback4.contains(bound), Self.loopback4.contains(plain) { return "\(bound):\(port)" }
+            } else if localAddresses.contains(plain) || Self.loopback4.contains(plain) || plain == Self.loopback6
                 || plain.bytes.allSatisfy({ $0 == 0 })
             {
                 return "port \(port) (listening on every address)"

@@ -51,7 +51,7 @@ public enum FuzzEntries {
             }
             _ = InterceptedExchangeStateMachine.problem(with: head)
         }
-        // The scanner on its own, on every split of the input into two reads.
+        // The scanner on its own.
         var scanner = RequestHeadScanner(limits: RequestHeadLimits())
         _ = scanner.scan(bytes)
     }

@@ -70,7 +70,7 @@ package struct RequestHeadScanner {
         self.limits = limits
     }
 
-    package mutating func scan(_ bytes: some Collection<UInt8>) -> Outcome {
+    package mutating func scan(_ bytes: UnsafeRawBufferPointer) -> Outcome {
         var consumed = 0
         for byte in bytes {
             consumed += 1
@@ -110,7 +110,11 @@ package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableCha
 
     private let limits: RequestHeadLimits
     private var scanner: RequestHeadScanner?
-    private var deadline: Scheduled<Void>?
+    /// When the head being received started; nil between heads.
+    private var headStarted: NIODeadline?
+    /// One timer per connection, not one per request: it checks the head in progress when it fires and is
+    /// set again only while a head is in progress.
+    private var timer: Scheduled<Void>?
     private var failed = false
     private weak var context: ChannelHandlerContext?
     private let firstHeadDueAtOnce: Bool
@@ -126,12 +130,12 @@ package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableCha
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         // The first head is due from the start: a client that connects and says nothing is not let to linger.
-        if firstHeadDueAtOnce { startDeadline(context: context) }
+        if firstHeadDueAtOnce { headBegan(context: context) }
     }
 
     package func handlerRemoved(context: ChannelHandlerContext) {
-        deadline?.cancel()
-        deadline = nil
+        timer?.cancel()
+        timer = nil
         self.context = nil
     }
 
@@ -148,36 +152,48 @@ package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableCha
             context.fireChannelRead(data)
             return
         }
-        if deadline == nil, buffer.readableBytes > 0 { startDeadline(context: context) }
-        switch current.scan(buffer.readableBytesView) {
+        if headStarted == nil, buffer.readableBytes > 0 { headBegan(context: context) }
+        switch buffer.withUnsafeReadableBytes({ current.scan($0) }) {
         case .needMore:
             scanner = current
             context.fireChannelRead(data)
         case .complete:
             scanner = nil
-            deadline?.cancel()
-            deadline = nil
+            headStarted = nil
             context.fireChannelRead(data)
         case .violation(let error):
             fail(error, context: context)
         }
     }
 
-    private func startDeadline(context: ChannelHandlerContext) {
-        let timeout = limits.headerTimeout
+    private func headBegan(context: ChannelHandlerContext) {
+        let now = NIODeadline.now()
+        headStarted = now
+        if timer == nil { armTimer(at: now + limits.headerTimeout, context: context) }
+    }
+
+    private func armTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        deadline = context.eventLoop.scheduleTask(in: timeout) {
-            let handler = loopBound.value
-            guard handler.scanner != nil, let context = handler.context else { return }
-            handler.fail(.headerTimeout(timeout), context: context)
+        timer = context.eventLoop.scheduleTask(deadline: deadline) { loopBound.value.timerFired() }
+    }
+
+    private func timerFired() {
+        timer = nil
+        guard let started = headStarted, scanner != nil, !failed, let context else { return }
+        let due = started + limits.headerTimeout
+        if NIODeadline.now() >= due {
+            fail(.headerTimeout(limits.headerTimeout), context: context)
+        } else {
+            armTimer(at: due, context: context)
         }
     }
 
     private func fail(_ error: RequestLimitError, context: ChannelHandlerContext) {
         failed = true
         scanner = nil
-        deadline?.cancel()
-        deadline = nil
+        headStarted = nil
+        timer?.cancel()
+        timer = nil
         context.fireErrorCaught(error)
     }
 }
