@@ -49,7 +49,8 @@ public struct DestinationGuard: Sendable {
         ("192.0.0.0/24", "reserved"), ("192.0.2.0/24", "documentation"), ("192.168.0.0/16", "private"),
         ("198.18.0.0/15", "benchmarking"), ("198.51.100.0/24", "documentation"), ("203.0.113.0/24", "documentation"),
         ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved"),
-        ("::/128", "unspecified"), ("::1/128", "loopback"), ("64:ff9b:1::/48", "private (local NAT64)"),
+        ("::/128", "unspecified"), ("::1/128", "loopback"), ("::/96", "reserved (IPv4-compatible)"),
+        ("::ffff:0:0:0/96", "reserved (IPv4-translated)"), ("64:ff9b:1::/48", "private (local NAT64)"),
         ("100::/64", "discard-only"), ("2001:db8::/32", "documentation"), ("fc00::/7", "private (unique local)"),
         ("fe80::/10", "link-local"), ("fec0::/10", "site-local"), ("ff00::/8", "multicast"),
     ].map { (CIDR($0.0)!, $0.1) }
@@ -59,6 +60,9 @@ public struct DestinationGuard: Sendable {
         if let listener = ownListener(address, port: port) {
             return Denial(reason: "the proxy's own listener \(listener)")
         }
+        // 0.0.0.0 and :: reach this machine's own listeners on Linux: never dialled, whatever the exceptions.
+        let plain = address.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? address
+        if plain.bytes.allSatisfy({ $0 == 0 }) { return Denial(reason: "unspecified address \(address)") }
         if isAllowedName(host) { return nil }
         let candidates = [("", address)] + address.embeddedIPv4.map { ("\($0.form) ", $0.address) }
         for (form, candidate) in candidates {

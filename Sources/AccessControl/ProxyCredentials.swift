@@ -66,9 +66,11 @@ public struct ProxyCredentials: Sendable {
         let agent = String(decoding: decoded[..<colon], as: UTF8.self)
         let token = Array(decoded[decoded.index(after: colon)...])
         // Compare against a stored token even for an unknown agent, so timing does not tell which agents exist.
-        let expected = tokens[agent] ?? Self.decoy
+        let index = tokens.index(forKey: agent)
+        let expected = index.map { tokens[$0].value } ?? Self.decoy
         let matches = Self.constantTimeEquals(token, expected)
-        return tokens[agent] != nil && matches ? agent : nil
+        // The agent as the file spells it (String equality is Unicode-canonical: another byte spelling matches).
+        return matches ? index.map { tokens[$0].key } : nil
     }
 
     private static let decoy = Array(repeating: UInt8(ascii: "x"), count: 32)

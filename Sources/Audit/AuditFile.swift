@@ -126,58 +126,61 @@ public struct AuditFileWriter: ~Copyable {
     private var size: Int64
     private var firstSequenceInFile: UInt64?
     public private(set) var chain: AuditChain
-    /// Bytes of an unfinished line found at the end of the file on open (a crash mid-write), if any.
-    public let incompleteTailBytes: Int
+    /// The unfinished line a crash mid-write left at the end of the file, cut off on open: its length and
+    /// SHA-256, for the start record. Nil when the file ended cleanly.
+    public let truncatedTail: (bytes: Int, sha256: [UInt8])?
     private var syncedSequence: UInt64 = 0
 
     /// Opens (or creates, mode 0600) the current file and continues the chain from its last line, or from the
-    /// newest rotated file's when the current one is new or empty.
+    /// newest rotated file's when the current one is new or empty. An unfinished last line (a crash in the middle
+    /// of a write: it was never part of the chain) is cut off, and `truncatedTail` says what it was.
     public init(paths: AuditPaths, maxBytes: Int64) throws(AuditFileError) {
         self.paths = paths
         self.maxBytes = maxBytes
         let fd = open(paths.current, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .system("open", errno) }
-        var tail: FileTail
         do {
-            tail = try FileTail.read(fd: fd)
-        } catch {
+            var tail = try FileTail.read(fd: fd)
+            var truncated: (Int, [UInt8])? = nil
+            if tail.incompleteBytes > 0 {
+                let keep = tail.size - Int64(tail.incompleteBytes)
+                var fragment = [UInt8](repeating: 0, count: tail.incompleteBytes)
+                let got = fragment.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(keep)) }
+                guard got == fragment.count else { throw AuditFileError.system("pread", got < 0 ? errno : EIO) }
+                guard ftruncate(fd, off_t(keep)) == 0 else { throw AuditFileError.system("ftruncate", errno) }
+                truncated = (tail.incompleteBytes, OpenSSLDigest.sha256(fragment))
+                tail.size = keep
+            }
+            var chain = AuditChain()
+            var first: UInt64? = nil
+            if let line = tail.lastLine {
+                guard let prefix = AuditLinePrefix.parse(line) else { throw AuditFileError.notChained(paths.current) }
+                chain = AuditChain(lastSequence: prefix.sequence, lastLineHash: OpenSSLDigest.sha256(line))
+                first = firstLinePrefix(path: paths.current)?.sequence
+            } else if let newest = paths.rotatedFiles().last {
+                // The current file is new or empty: the chain goes on from the newest rotated file, which must be
+                // readable (starting again at seq 1 would break the chain for good).
+                let rotated = open(newest, O_RDONLY | O_CLOEXEC)
+                guard rotated >= 0 else { throw AuditFileError.system("open \(newest)", errno) }
+                defer { close(rotated) }
+                guard let line = try FileTail.read(fd: rotated).lastLine, let prefix = AuditLinePrefix.parse(line) else {
+                    throw AuditFileError.notChained(newest)
+                }
+                chain = AuditChain(lastSequence: prefix.sequence, lastLineHash: OpenSSLDigest.sha256(line))
+            }
+            self.fd = fd
+            self.size = tail.size
+            self.firstSequenceInFile = first
+            self.chain = chain
+            self.truncatedTail = truncated
+            self.syncedSequence = chain.nextSequence - 1
+        } catch let error as AuditFileError {
             close(fd)
             throw error
+        } catch {
+            close(fd)
+            throw .system("open", EIO)
         }
-        var chain = AuditChain()
-        var first: UInt64? = nil
-        if let line = tail.lastLine {
-            guard let prefix = AuditLinePrefix.parse(line) else {
-                close(fd)
-                throw .notChained(paths.current)
-            }
-            chain = AuditChain(lastSequence: prefix.sequence, lastLineHash: OpenSSLDigest.sha256(line))
-            first = firstLinePrefix(path: paths.current)?.sequence
-        } else if let newest = paths.rotatedFiles().last {
-            let rotated = open(newest, O_RDONLY | O_CLOEXEC)
-            if rotated >= 0 {
-                defer { close(rotated) }
-                if let line = (try? FileTail.read(fd: rotated))?.lastLine, let prefix = AuditLinePrefix.parse(line) {
-                    chain = AuditChain(lastSequence: prefix.sequence, lastLineHash: OpenSSLDigest.sha256(line))
-                }
-            }
-        }
-        if tail.incompleteBytes > 0 {
-            // End the cut-short line so the next one starts cleanly; the start record names its length, and
-            // `audit verify` accepts exactly that.
-            var newline = UInt8(ascii: "\n")
-            guard write(fd, &newline, 1) == 1 else {
-                close(fd)
-                throw .system("write", errno)
-            }
-            tail.size += 1
-        }
-        self.fd = fd
-        self.size = tail.size
-        self.firstSequenceInFile = first
-        self.chain = chain
-        self.incompleteTailBytes = tail.incompleteBytes
-        self.syncedSequence = chain.nextSequence - 1
     }
 
     deinit {
@@ -185,26 +188,46 @@ public struct AuditFileWriter: ~Copyable {
     }
 
     /// Appends `records` (JSON objects without newlines) as chained lines; rotates first when the current file
-    /// would grow past `maxBytes` (a file always takes at least one line).
+    /// would grow past `maxBytes` (a file always takes at least one line). On failure nothing half-written stays
+    /// in the file and the chain goes back to its last written line, so the next append continues it.
     public mutating func append(_ records: [[UInt8]]) throws(AuditFileError) {
+        linesWrittenByLastAppend = 0
+        var committed = (chain: chain, size: size, first: firstSequenceInFile)
+        let startSequence = chain.nextSequence
         var pending: [UInt8] = []
         pending.reserveCapacity(records.reduce(0) { $0 + $1.count + 100 })
-        for record in records {
-            let lineStart = pending.count
-            let sequence = chain.nextSequence
-            chain.append(record: record, to: &pending)
-            if maxBytes > 0, size + Int64(lineStart) > 0, size + Int64(pending.count) > maxBytes {
-                // This line would overflow the file: write what precedes it, then start a new file with it.
-                try writeAll(pending[..<lineStart])
-                pending.removeFirst(lineStart)
-                try rotate()
-                firstSequenceInFile = sequence
-            } else if firstSequenceInFile == nil {
-                firstSequenceInFile = sequence
+        do {
+            for record in records {
+                let before = chain
+                let lineStart = pending.count
+                let sequence = chain.nextSequence
+                chain.append(record: record, to: &pending)
+                if maxBytes > 0, size + Int64(lineStart) > 0, size + Int64(pending.count) > maxBytes {
+                    // This line would overflow the file: write what precedes it, then start a new file with it.
+                    try writeAll(pending[..<lineStart])
+                    committed = (before, size, firstSequenceInFile)
+                    pending.removeFirst(lineStart)
+                    try rotate()
+                    committed = (before, 0, nil)
+                    firstSequenceInFile = sequence
+                } else if firstSequenceInFile == nil {
+                    firstSequenceInFile = sequence
+                }
             }
+            try writeAll(pending[...])
+            linesWrittenByLastAppend = records.count
+        } catch {
+            _ = ftruncate(fd, off_t(committed.size))
+            size = committed.size
+            chain = committed.chain
+            firstSequenceInFile = committed.first
+            linesWrittenByLastAppend = Int(chain.nextSequence - startSequence)
+            throw error
         }
-        try writeAll(pending[...])
     }
+
+    /// How many of the last `append`'s lines are in the file (all of them unless it threw).
+    public private(set) var linesWrittenByLastAppend = 0
 
     /// Whether lines were written since the last `sync`.
     public var hasUnsyncedLines: Bool { chain.nextSequence - 1 != syncedSequence }

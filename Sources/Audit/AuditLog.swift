@@ -50,10 +50,10 @@ public final class AuditLog: ActionSink, Service {
     /// Opens the log, continues its chain and writes the start record.
     public init(configuration: Configuration, logger: Logger) throws(AuditFileError) {
         var writer = try AuditFileWriter(paths: AuditPaths(current: configuration.path), maxBytes: configuration.maxBytes)
-        if writer.incompleteTailBytes > 0 {
+        if let cut = writer.truncatedTail {
             logger.warning(
-                "the audit log ended in an unfinished line (the proxy stopped mid-write); the chain continues after it",
-                metadata: ["file": "\(configuration.path)", "bytes": "\(writer.incompleteTailBytes)"]
+                "the audit log ended in an unfinished line (the proxy stopped mid-write); it was cut off and the start record says so",
+                metadata: ["file": "\(configuration.path)", "bytes": "\(cut.bytes)"]
             )
         }
         var json = JSONWriter()
@@ -64,7 +64,14 @@ public final class AuditLog: ActionSink, Service {
         json.field("event", "start")
         json.field("at", WallClock.rfc3339(unixMillis: WallClock.nowMillis()))
         json.field("pid", Int(getpid()))
-        if writer.incompleteTailBytes > 0 { json.field("incomplete_tail_bytes", writer.incompleteTailBytes) }
+        if let cut = writer.truncatedTail {
+            // An unfinished line (never part of the chain) was cut off the end: its length and hash stay on record.
+            json.key("truncated_incomplete_line")
+            json.beginObject()
+            json.field("bytes", cut.bytes)
+            json.field("sha256", hexString(cut.sha256))
+            json.endObject()
+        }
         json.key("settings")
         json.beginObject()
         for (key, value) in configuration.settings { json.field(key, value) }
@@ -104,6 +111,7 @@ public final class AuditLog: ActionSink, Service {
         let clock = ContinuousClock()
         var lastSync = clock.now
         var failing = false
+        var lost = 0  // records that could not be written; a `dropped` record says so once writing works again
         while true {
             let finished = queue.isFinished
             let (batch, dropped) = queue.takeAll()
@@ -111,7 +119,9 @@ public final class AuditLog: ActionSink, Service {
             lines.reserveCapacity(batch.count + 1)
             if dropped > 0 {
                 logger.error("the audit log could not keep up; records were dropped", metadata: ["dropped": "\(dropped)"])
-                lines.append(Self.eventRecord("dropped", extra: [("records", dropped)]))
+            }
+            if dropped + lost > 0 {
+                lines.append(Self.eventRecord("dropped", extra: [("records", dropped + lost)]))
             }
             for record in batch {
                 var json = JSONWriter()
@@ -125,7 +135,16 @@ public final class AuditLog: ActionSink, Service {
                 lines.append(Self.eventRecord("stop", extra: []))
             }
             if !lines.isEmpty {
+                let hasEvent = dropped + lost > 0
                 failing = write(lines, failing: failing)
+                if failing {
+                    // The batch's records that did not reach the file (the event line, if any, comes first).
+                    let written = writer.withLock { $0.linesWrittenByLastAppend }
+                    let recordsWritten = max(0, written - (hasEvent ? 1 : 0))
+                    lost = (hasEvent && written == 0 ? lost + dropped : 0) + (lines.count - (hasEvent ? 1 : 0)) - recordsWritten
+                } else {
+                    lost = 0
+                }
             }
             if finished || clock.now - lastSync >= configuration.fsyncInterval {
                 sync()

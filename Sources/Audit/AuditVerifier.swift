@@ -58,12 +58,8 @@ public struct AuditVerifier {
         }
         ordered.sort { $0.first < $1.first }
         var report = Report(files: [], lines: 0, headChecked: false, notes: [])
-        // A file whose first line is not a chain line is checked where its name sorts among the others.
-        var all = ordered.map { (path: $0.path, data: $0.data) }
-        for file in unordered {
-            let index = all.firstIndex { $0.path > file.path } ?? all.endIndex
-            all.insert(file, at: index)
-        }
+        // A file whose first line is not a chain line fails where it stands; it is checked last.
+        let all = ordered.map { (path: $0.path, data: $0.data) } + unordered
         report.files = all.map(\.path)
 
         var heads: [(path: String, sequence: UInt64, hash: [UInt8])] = []
@@ -139,8 +135,6 @@ private struct ChainWalker {
     var previousLocation = ("", 0)
     var notes: [String] = []
     var watchedHashes: [UInt64: (file: String, line: Int, hash: [UInt8])] = [:]
-    /// A line that is not a chain line, waiting for the start record that accounts for it (a crash mid-write).
-    var unfinished: (file: String, line: Int, length: Int)?
 
     init(allowContinuation: Bool, watched: Set<UInt64>) {
         self.allowContinuation = allowContinuation
@@ -173,21 +167,7 @@ private struct ChainWalker {
 
     mutating func check(_ line: ArraySlice<UInt8>, file: String, lineNumber: Int) -> AuditVerifier.Failure? {
         guard let prefix = AuditLinePrefix.parse(line) else {
-            if let unfinished {
-                return .init(file: unfinished.file, line: unfinished.line, reason: "not a chain line")
-            }
-            unfinished = (file, lineNumber, line.count)
-            return nil
-        }
-        if let pending = unfinished {
-            // Accepted only when this line is the start record that names exactly this many unfinished bytes.
-            guard Self.incompleteTailBytes(of: line) == pending.length else {
-                return .init(file: pending.file, line: pending.line, reason: "not a chain line (edited or cut short)")
-            }
-            notes.append(
-                "\(pending.file):\(pending.line): \(pending.length) bytes of a line left unfinished when the proxy stopped mid-write (recorded by the next start record)"
-            )
-            unfinished = nil
+            return .init(file: file, line: lineNumber, reason: "not a chain line (edited, or cut short)")
         }
         if let expected {
             if prefix.sequence > expected {
@@ -235,17 +215,5 @@ private struct ChainWalker {
         return nil
     }
 
-    func finish() -> AuditVerifier.Failure? {
-        guard let unfinished else { return nil }
-        return .init(file: unfinished.file, line: unfinished.line, reason: "not a chain line (edited or cut short)")
-    }
-
-    /// `audit.incomplete_tail_bytes` of a start record, nil for any other line.
-    static func incompleteTailBytes(of line: ArraySlice<UInt8>) -> Int? {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-            let audit = object["audit"] as? [String: Any], audit["event"] as? String == "start",
-            let bytes = audit["incomplete_tail_bytes"] as? NSNumber
-        else { return nil }
-        return bytes.intValue
-    }
+    func finish() -> AuditVerifier.Failure? { nil }
 }

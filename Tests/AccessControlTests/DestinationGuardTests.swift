@@ -14,7 +14,7 @@ import Testing
         // IPv6 forms that carry a refused IPv4 address.
         "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::10.0.0.1",
         "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "2002:0a00:0001::", "2001:0:4136:e378:8000:63bf:f5ff:fffe",
-        "64:ff9b:1::1",
+        "64:ff9b:1::1", "::2", "::ff", "::8.8.8.8", "::ffff:0:8.8.8.8",
     ])
     func refused(_ text: String) throws {
         let address = try #require(IPAddress(text))
@@ -46,6 +46,15 @@ import Testing
         #expect(open.check(IPAddress("10.2.0.1")!, port: 443, host: "api.corp.example") == nil)
         #expect(open.check(IPAddress("10.2.0.1")!, port: 443, host: "corp.example") != nil)
         #expect(open.check(IPAddress("::1")!, port: 443, host: "x") != nil)
+    }
+
+    @Test func unspecifiedIsRefusedWhateverTheExceptions() throws {
+        // 0.0.0.0 and :: reach the machine's own listeners: an allowed name that resolves there is still refused.
+        let open = DestinationGuard(allowedRanges: [CIDR("0.0.0.0/0")!, CIDR("::/0")!], allowedNames: ["*.corp.example"])
+        for text in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
+            #expect(open.check(IPAddress(text)!, port: 443, host: "x.corp.example") != nil, "\(text)")
+        }
+        #expect(open.check(IPAddress("10.0.0.1")!, port: 443, host: "x.corp.example") == nil)
     }
 
     @Test func ownListenersAreRefusedEvenWhenLoopbackIsAllowed() throws {

@@ -26,6 +26,14 @@ import Testing
         #expect(credentials.agent(forAuthorization: "Basic " + Data("no-colon".utf8).base64EncodedString()) == nil)
     }
 
+    @Test func theAgentIsReportedAsTheFileSpellsIt() throws {
+        // "é" precomposed in the file, decomposed by the client: String equality matches, the report must not
+        // carry the client's bytes.
+        let credentials = try ProxyCredentials.load(path: try file("caf\u{e9}:0123456789abcdef-token\n"))
+        let agent = credentials.agent(forAuthorization: basic("cafe\u{301}", "0123456789abcdef-token"))
+        #expect(agent.map { Array($0.utf8) } == Array("caf\u{e9}".utf8))
+    }
+
     @Test func refusesUnsafeOrMalformedFiles() throws {
         #expect(throws: ProxyCredentials.Problem.self) { try ProxyCredentials.load(path: try file("a:0123456789abcdef\n", mode: 0o644)) }
         #expect(throws: ProxyCredentials.Problem.self) { try ProxyCredentials.load(path: try file("no colon here\n")) }

@@ -2,6 +2,7 @@ import Audit
 import ControlPlane
 import Foundation
 import Logging
+import OpenSSLTLS
 import PropertyBased
 import Testing
 
@@ -186,19 +187,22 @@ import Testing
         #expect(try AuditVerifier().verify(files: gap + [paths.current]).intact == false)
     }
 
-    @Test func crashMidLineIsRecordedAndAccepted() throws {
+    @Test(arguments: [28, 130, 5000])
+    func crashMidLineIsCutOffAndRecorded(fragmentLength: Int) throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let paths = try Self.writeLog(records: 5, in: directory)
-        // A crash mid-write leaves half a line.
+        // A crash mid-write leaves part of the next line, its chain fields included when it is long enough.
+        let original = try Data(contentsOf: URL(fileURLWithPath: paths.current))
+        let next = Array(original.split(separator: UInt8(ascii: "\n")).last!)
+        let fragment = (next + next + next).prefix(fragmentLength)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: paths.current))
         try handle.seekToEnd()
-        try handle.write(contentsOf: Data(#"{"seq":6,"prev_sha256":"00"#.utf8))
+        try handle.write(contentsOf: Data(fragment))
         try handle.close()
-        let cut = try AuditVerifier().verify(files: [paths.current])
-        #expect(!cut.intact)
+        #expect(try AuditVerifier().verify(files: [paths.current]).intact == false)
 
-        // The restarted proxy ends that line and says so in its start record; the verifier then accepts it.
+        // The restarted proxy cuts the unfinished line off and says so in its start record; the chain holds.
         let log = try AuditLog(
             configuration: .init(path: paths.current, maxBytes: 0, fsyncInterval: .zero, settings: [("mode", "test")]),
             logger: .init(label: "test")
@@ -206,7 +210,34 @@ import Testing
         #expect(log.position.sequence == 6)
         let report = try AuditVerifier().verify(files: [paths.current])
         #expect(report.intact, "\(String(describing: report.failure))")
-        #expect(report.notes.contains { $0.contains("unfinished") })
+        let lines = try String(contentsOfFile: paths.current, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 6)
+        #expect(lines[5].contains("\"truncated_incomplete_line\":{\"bytes\":\(fragment.count),\"sha256\":\"\(hexString(OpenSSLDigest.sha256(Array(fragment))))\""))
+    }
+
+    @Test func aFailedWriteLeavesNoHalfLineAndTheChainGoesOn() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // A file that cannot grow: RLIMIT_FSIZE would kill the process, so use a full tmpfs? Simpler and exact:
+        // rotation into a name that already exists fails after the first part is written.
+        let paths = AuditPaths(current: directory + "/audit.jsonl")
+        var writer = try AuditFileWriter(paths: paths, maxBytes: 2048)
+        var json = JSONWriter()
+        Self.sampleAction(index: 0).writeJSON(to: &json)
+        let record = json.take()
+        try writer.append([record])
+        // The next rotation would rename to the first line's name: make that name taken.
+        FileManager.default.createFile(atPath: paths.rotated(firstSequence: 1), contents: Data())
+        #expect(throws: AuditFileError.self) { try writer.append(Array(repeating: record, count: 20)) }
+        // The lines before the failed rotation were written and stay in the chain; the rest did not happen.
+        let written = writer.linesWrittenByLastAppend
+        #expect(written >= 1 && written < 20)
+        try FileManager.default.removeItem(atPath: paths.rotated(firstSequence: 1))
+        try writer.append(Array(repeating: record, count: 20))
+        try writer.sync(now: "2026-11-27T00:00:00.000Z")
+        let report = try AuditVerifier().verify(files: [paths.current] + paths.rotatedFiles())
+        #expect(report.intact, "\(String(describing: report.failure))")
+        #expect(report.lastSequence == UInt64(1 + written + 20) && report.headChecked)
     }
 
     @Test func refusesAFileThatIsNotAChain() throws {

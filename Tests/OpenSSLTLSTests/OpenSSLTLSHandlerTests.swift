@@ -189,9 +189,10 @@ final class PlaintextRecorder: ChannelInboundHandler {
             kill(server.processIdentifier, SIGKILL)
             server.waitUntilExit()
         }
-        // s_server prints ACCEPT once it listens. A watchdog kills it after 30 s, which also ends a blocked read.
+        // s_server prints ACCEPT once it listens. A watchdog kills it after 120 s, which also ends a blocked read.
+        // (Generous: while the whole suite runs, blocking tests can hold this async test's threads for a minute.)
         let watched = server
-        DispatchQueue.global().asyncAfter(deadline: .now() + 30) {
+        DispatchQueue.global().asyncAfter(deadline: .now() + 120) {
             if watched.isRunning { kill(watched.processIdentifier, SIGKILL) }
         }
         var seen = Data()

@@ -74,7 +74,14 @@ package struct RequestHeadScanner {
         var consumed = 0
         for byte in bytes {
             consumed += 1
-            if lines > 0 { headerBytes += 1 }
+            // Every byte counts toward the limits, CRs included.
+            if lines > 0 {
+                headerBytes += 1
+                if headerBytes > limits.headerBytes { return .violation(.headerBlockTooLarge(limit: limits.headerBytes)) }
+            } else if byte != UInt8(ascii: "\n") {
+                requestLineBytes += 1
+                if requestLineBytes > limits.requestLine { return .violation(.requestLineTooLong(limit: limits.requestLine)) }
+            }
             if byte == UInt8(ascii: "\n") {
                 let empty = lineBytes == 0
                 lineBytes = 0
@@ -89,12 +96,6 @@ package struct RequestHeadScanner {
             }
             if byte == UInt8(ascii: "\r") { continue }
             lineBytes += 1
-            if lines == 0 {
-                requestLineBytes += 1
-                if requestLineBytes > limits.requestLine { return .violation(.requestLineTooLong(limit: limits.requestLine)) }
-            } else if headerBytes > limits.headerBytes {
-                return .violation(.headerBlockTooLarge(limit: limits.headerBytes))
-            }
         }
         return .needMore
     }
@@ -116,6 +117,8 @@ package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableCha
     /// set again only while a head is in progress.
     private var timer: Scheduled<Void>?
     private var failed = false
+    /// Bytes were forwarded past a head unscanned: the scanner no longer knows where heads start.
+    private var pipelined = false
     private weak var context: ChannelHandlerContext?
     private let firstHeadDueAtOnce: Bool
 
@@ -141,7 +144,7 @@ package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableCha
 
     /// The exchange is over: the next bytes start a new head (its deadline starts with its first byte).
     package func expectNextHead() {
-        guard !failed else { return }
+        guard !failed, !pipelined else { return }
         scanner = RequestHeadScanner(limits: limits)
     }
 
@@ -157,9 +160,12 @@ package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableCha
         case .needMore:
             scanner = current
             context.fireChannelRead(data)
-        case .complete:
+        case .complete(let consumed):
             scanner = nil
             headStarted = nil
+            // Bytes after the head in the same read (a body, or a pipelined request) pass unscanned: where the
+            // next head starts is the decoder's to know. From here the decoder's own limits apply.
+            if consumed < buffer.readableBytes { pipelined = true }
             context.fireChannelRead(data)
         case .violation(let error):
             fail(error, context: context)
