@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import ControlPlane
 import OpenSSLTLS
 
 /// Where the audit log's files are: the current file, the rotated files beside it, and its head file.
@@ -106,6 +107,7 @@ public enum AuditFileError: Error, CustomStringConvertible, Equatable {
     case system(String, Int32)
     case notChained(String)
     case lineTooLong
+    case file(String)
 
     public var description: String {
         switch self {
@@ -113,6 +115,7 @@ public enum AuditFileError: Error, CustomStringConvertible, Equatable {
         case .notChained(let path):
             "\(path) is not a hash-chained audit log (written by an older version, or by something else)"
         case .lineTooLong: "its last line is longer than 64 MiB"
+        case .file(let reason): reason
         }
     }
 }
@@ -243,19 +246,7 @@ public struct AuditFileWriter: ~Copyable {
 
     private mutating func writeAll(_ bytes: ArraySlice<UInt8>) throws(AuditFileError) {
         guard !bytes.isEmpty else { return }
-        let failure: Int32? = bytes.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                offset += written
-            }
-            return nil
-        }
-        if let failure { throw .system("write", failure) }
+        if let failure = bytes.withUnsafeBytes({ FileIO.writeFully(fd, $0) }) { throw .system("write", failure) }
         size += Int64(bytes.count)
     }
 
@@ -283,44 +274,19 @@ public struct AuditFileWriter: ~Copyable {
 
     /// `{"file":"audit.jsonl","seq":N,"sha256":"…","written_at":"…"}`, replaced atomically.
     private func writeHead(sequence: UInt64, hash: [UInt8], now: String) throws(AuditFileError) {
-        var json: [UInt8] = Array(#"{"file":"#.utf8)
-        json.append(contentsOf: jsonQuoted(paths.baseName))
-        json.append(contentsOf: #","seq":"#.utf8)
-        appendDecimal(sequence, to: &json)
-        json.append(contentsOf: #","sha256":""#.utf8)
-        appendHex(hash, to: &json)
-        json.append(contentsOf: #"","written_at":"#.utf8)
-        json.append(contentsOf: jsonQuoted(now))
-        json.append(contentsOf: "}\n".utf8)
-        let temporary = paths.head + ".tmp"
-        unlink(temporary)
-        let headFD = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard headFD >= 0 else { throw .system("open \(temporary)", errno) }
-        let written = json.withUnsafeBytes { write(headFD, $0.baseAddress, $0.count) }
-        let synced = fsync(headFD)
-        close(headFD)
-        guard written == json.count, synced == 0 else {
-            unlink(temporary)
-            throw .system("write \(temporary)", errno)
-        }
-        guard rename(temporary, paths.head) == 0 else { throw .system("rename \(temporary)", errno) }
-    }
-}
-
-/// A JSON string literal for simple values (file names, timestamps).
-func jsonQuoted(_ text: String) -> [UInt8] {
-    var out: [UInt8] = [UInt8(ascii: "\"")]
-    for byte in text.utf8 {
-        switch byte {
-        case UInt8(ascii: "\""), UInt8(ascii: "\\"):
-            out.append(UInt8(ascii: "\\"))
-            out.append(byte)
-        case 0..<0x20:
-            out.append(contentsOf: "\\u00".utf8)
-            appendHex([byte], to: &out)
-        default: out.append(byte)
+        var json = JSONWriter()
+        json.beginObject()
+        json.field("file", paths.baseName)
+        json.field("seq", sequence)
+        json.field("sha256", hexString(hash))
+        json.field("written_at", now)
+        json.endObject()
+        var bytes = json.take()
+        bytes.append(UInt8(ascii: "\n"))
+        do {
+            try bytes.withUnsafeBytes { try FileIO.replace(paths.head, with: $0) }
+        } catch {
+            throw .file("\(error)")
         }
     }
-    out.append(UInt8(ascii: "\""))
-    return out
 }

@@ -1,3 +1,4 @@
+import ControlPlane
 import Foundation
 public import Logging
 public import ServiceLifecycle
@@ -199,55 +200,26 @@ public final class BaselineStore: Service {
 
 /// Files under the state directory, created with their final modes.
 enum StateDirectory {
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
-    }
-
     /// Creates `directory` and its missing parents with mode 0700 (`mkdir -p`).
     static func create(_ directory: String) throws {
         var path = directory.hasPrefix("/") ? "" : "."
         for component in directory.split(separator: "/") {
             path += "/" + component
             if mkdir(path, 0o700) != 0 && errno != EEXIST {
-                throw Failure(description: "cannot create \(path): \(String(cString: strerror(errno)))")
+                throw FileIO.Failure(description: "cannot create \(path): \(FileIO.reason(errno))")
             }
         }
         var info = stat()
         guard stat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
-            throw Failure(description: "\(directory) is not a directory")
+            throw FileIO.Failure(description: "\(directory) is not a directory")
         }
         guard access(directory, W_OK | X_OK) == 0 else {
-            throw Failure(description: "cannot write in \(directory): \(String(cString: strerror(errno)))")
+            throw FileIO.Failure(description: "cannot write in \(directory): \(FileIO.reason(errno))")
         }
     }
 
     /// Writes `data` beside `path` (mode 0600 from creation), fsyncs it and renames it over `path`.
     static func replace(_ path: String, with data: Data) throws {
-        let temporary = path + ".tmp"
-        unlink(temporary)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw Failure(description: "open \(temporary): \(String(cString: strerror(errno)))") }
-        var failure: String? = nil
-        data.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    failure = "write \(temporary): \(String(cString: strerror(errno)))"
-                    return
-                }
-                offset += written
-            }
-        }
-        if failure == nil, fsync(fd) != 0 { failure = "fsync \(temporary): \(String(cString: strerror(errno)))" }
-        close(fd)
-        if let failure {
-            unlink(temporary)
-            throw Failure(description: failure)
-        }
-        guard rename(temporary, path) == 0 else {
-            throw Failure(description: "rename \(temporary): \(String(cString: strerror(errno)))")
-        }
+        try data.withUnsafeBytes { try FileIO.replace(path, with: $0) }
     }
 }

@@ -87,18 +87,7 @@ public final class LocalActionLog: ActionSink, Service {
     /// line; other errors are logged per batch and retried with the next one.
     private func writeAll(fd: Int32, _ bytes: [UInt8], name: String, broken: inout Set<Int32>) {
         guard !broken.contains(fd) else { return }
-        let failure: Int32? = bytes.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let written = systemWrite(fd, raw.baseAddress! + offset, raw.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                offset += written
-            }
-            return nil
-        }
+        let failure = bytes.withUnsafeBytes { FileIO.writeFully(fd, $0) }
         guard let failure else { return }
         if failure == EPIPE {
             broken.insert(fd)
@@ -110,9 +99,4 @@ public final class LocalActionLog: ActionSink, Service {
             )
         }
     }
-}
-
-/// `write(2)`, named apart from the methods above.
-private func systemWrite(_ fd: Int32, _ pointer: UnsafeRawPointer, _ count: Int) -> Int {
-    write(fd, pointer, count)
 }

@@ -389,14 +389,8 @@ public final class Spool {
     }
 
     private func writeAll(_ bytes: [UInt8]) throws(Failure) {
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes[offset...].withUnsafeBytes { write(writeFD, $0.baseAddress, $0.count) }
-            if written < 0 {
-                if errno == EINTR { continue }
-                throw Failure(description: "cannot write to the spool: \(String(cString: strerror(errno)))")
-            }
-            offset += written
+        if let failure = bytes.withUnsafeBytes({ FileIO.writeFully(writeFD, $0) }) {
+            throw Failure(description: "cannot write to the spool: \(FileIO.reason(failure))")
         }
     }
 }

@@ -1,0 +1,53 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The file writes the spool, the action logs and the state files share.
+package enum FileIO {
+    /// Writes all of `bytes` to `fd`, retrying short writes and EINTR. Returns the `errno` of a failure, nil when
+    /// everything was written (after a failure, part of it may have been).
+    package static func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
+        var offset = 0
+        while offset < bytes.count {
+            let written = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if written < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            offset += written
+        }
+        return nil
+    }
+
+    package struct Failure: Error, CustomStringConvertible {
+        package var description: String
+
+        package init(description: String) {
+            self.description = description
+        }
+    }
+
+    /// Replaces `path` with `bytes` atomically: written beside it (mode 0600 from creation), fsynced, renamed.
+    package static func replace(_ path: String, with bytes: UnsafeRawBufferPointer) throws(Failure) {
+        let temporary = path + ".tmp"
+        unlink(temporary)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Failure(description: "open \(temporary): \(reason(errno))") }
+        var failure: String? = writeFully(fd, bytes).map { "write \(temporary): \(reason($0))" }
+        if failure == nil, fsync(fd) != 0 { failure = "fsync \(temporary): \(reason(errno))" }
+        close(fd)
+        if let failure {
+            unlink(temporary)
+            throw Failure(description: failure)
+        }
+        guard rename(temporary, path) == 0 else { throw Failure(description: "rename \(temporary): \(reason(errno))") }
+    }
+
+    package static func reason(_ code: Int32) -> String {
+        String(decoding: UnsafeRawBufferPointer(start: strerror(code), count: strlen(strerror(code))), as: UTF8.self)
+    }
+}
