@@ -83,6 +83,11 @@ public struct DestinationGuard: Sendable {
         }
     }
 
+    /// Whether `address`:`port` is one of this proxy's listeners.
+    public func isOwnListener(_ address: IPAddress, port: Int) -> Bool {
+        ownListener(address, port: port) != nil
+    }
+
     private static let loopback4 = CIDR("127.0.0.0/8")!
     private static let loopback6 = IPAddress("::1")!
 

@@ -82,19 +82,17 @@ public final class ProxyServer: Service {
         let destinationCheck = DestinationCheck(configuration)
         settings.destinationCheck = destinationCheck
         let reporting = self.reporting
-        let tracker = self.tracker
-        let admission = ClientAdmission(allowed: configuration.allowedClients, logger: logger)
-        let overload = RefusalLog("refused a connection: too many open", logger: logger)
+        let admission = ClientAdmission(allowed: configuration.allowedClients, tracker: tracker, logger: logger)
         let serverChannel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                guard admission.admits(channel) else { return channel.close() }
-                if let refusal = tracker.add(channel) {
-                    overload.note(client: channel.remoteAddress, reason: "\(refusal)")
-                    return Self.refuseBusy(channel)
+                switch admission.admit(channel) {
+                case .outsideAllowedClients: return channel.close()
+                case .busy: return Self.refuseBusy(channel)
+                case nil: break
                 }
                 do {
                     try Self.configurePipeline(channel, settings: settings, reporting: reporting)
@@ -108,24 +106,17 @@ public final class ProxyServer: Service {
         boundChannel.withLockedValue { $0 = serverChannel }
         destinationCheck.addListener(serverChannel.localAddress)
         if let transparentPort = configuration.transparentPort {
-            let ownListeners: @Sendable () -> [SocketAddress] = { [boundChannel, transparentChannels] in
-                ([boundChannel.withLockedValue { $0 }].compactMap { $0 } + transparentChannels.withLockedValue { $0 })
-                    .compactMap { $0.localAddress }
-            }
             let bootstrap = ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
-                    guard admission.admits(channel) else { return channel.close() }
-                    if let refusal = tracker.add(channel) {
-                        overload.note(client: channel.remoteAddress, reason: "\(refusal)")
-                        return channel.close()
-                    }
+                    // A transparent connection is not HTTP: any refusal just closes it.
+                    guard admission.admit(channel) == nil else { return channel.close() }
                     do {
                         try channel.pipeline.syncOperations.addHandler(
-                            TransparentHandler(settings: settings, reporting: reporting, ownListeners: ownListeners))
+                            TransparentHandler(settings: settings, reporting: reporting))
                         return channel.eventLoop.makeSucceededVoidFuture()
                     } catch {
                         return channel.eventLoop.makeFailedFuture(error)

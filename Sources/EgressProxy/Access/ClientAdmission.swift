@@ -3,25 +3,46 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// `KAIZEN_ALLOW_CLIENTS`: a client outside the ranges is closed at once, without a byte of response. Refusals
-/// are logged at most once a minute, with how many there were, so a scan cannot flood the log.
+/// Whether a new connection may be served, for every listener: `KAIZEN_ALLOW_CLIENTS` first (a client outside the
+/// ranges is closed at once, without a byte of response), then the connection limits (tracked from here on).
+/// Refusals of each kind are logged at most once a minute, with how many there were, so a scan cannot flood the log.
 final class ClientAdmission: Sendable {
-    private let allowed: [CIDR]?
-    private let refusals: RefusalLog
-
-    init(allowed: [CIDR]?, logger: Logger) {
-        self.allowed = allowed
-        self.refusals = RefusalLog("refused a client outside KAIZEN_ALLOW_CLIENTS", logger: logger)
+    enum Refusal {
+        /// Close without answering.
+        case outsideAllowedClients
+        /// Past the connection limits: a client that speaks HTTP gets a 503.
+        case busy
     }
 
-    func admits(_ channel: any Channel) -> Bool {
-        guard let allowed else { return true }
-        if let ip = channel.remoteAddress?.ipAddress, let address = IPAddress(ip) {
-            let plain = address.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? address
-            if allowed.contains(where: { $0.contains(address) || $0.contains(plain) }) { return true }
+    private let allowed: [CIDR]?
+    private let tracker: ConnectionTracker
+    private let outside: RefusalLog
+    private let overload: RefusalLog
+
+    init(allowed: [CIDR]?, tracker: ConnectionTracker, logger: Logger) {
+        self.allowed = allowed
+        self.tracker = tracker
+        self.outside = RefusalLog("refused a client outside KAIZEN_ALLOW_CLIENTS", logger: logger)
+        self.overload = RefusalLog("refused a connection: too many open", logger: logger)
+    }
+
+    /// Nil when `channel` is admitted (and now tracked), or why not.
+    func admit(_ channel: any Channel) -> Refusal? {
+        if let allowed, !Self.contains(allowed, channel.remoteAddress) {
+            outside.note(client: channel.remoteAddress)
+            return .outsideAllowedClients
         }
-        refusals.note(client: channel.remoteAddress)
-        return false
+        if let refusal = tracker.add(channel) {
+            overload.note(client: channel.remoteAddress, reason: "\(refusal)")
+            return .busy
+        }
+        return nil
+    }
+
+    private static func contains(_ ranges: [CIDR], _ address: SocketAddress?) -> Bool {
+        guard let ip = address?.ipAddress, let parsed = IPAddress(ip) else { return false }
+        let plain = parsed.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? parsed
+        return ranges.contains { $0.contains(parsed) || $0.contains(plain) }
     }
 }
 

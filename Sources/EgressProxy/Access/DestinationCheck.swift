@@ -42,6 +42,12 @@ final class DestinationCheck: Sendable {
         return state.withLockedValue { $0 }.check(parsed, port: port, host: host)
     }
 
+    /// Whether `address` is one of this proxy's listeners (a transparent connection redirected back to it).
+    func isOwnListener(_ address: SocketAddress) -> Bool {
+        guard let ip = address.ipAddress, let parsed = IPAddress(ip), let port = address.port else { return false }
+        return state.withLockedValue { $0 }.isOwnListener(parsed, port: port)
+    }
+
     /// The addresses of `addresses` that may be dialled, or the first denial when none may.
     func filter(_ addresses: [SocketAddress], host: String) -> (allowed: [SocketAddress], denial: DestinationGuard.Denial?) {
         let guardian = state.withLockedValue { $0 }

@@ -16,16 +16,14 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let reporting: Reporting
     private let connector: UpstreamConnector
     /// The proxy's own listening addresses.
-    private let ownListeners: @Sendable () -> [SocketAddress]
     /// Bytes the client sent before the upstream was connected.
     private var held: ByteBuffer?
     private var clientClosed = false
     private var clientHalfClosed = false
 
-    init(settings: ConnectionSettings, reporting: Reporting, ownListeners: @escaping @Sendable () -> [SocketAddress]) {
+    init(settings: ConnectionSettings, reporting: Reporting) {
         self.settings = settings
         self.reporting = reporting
-        self.ownListeners = ownListeners
         self.connector = UpstreamConnector(settings: settings)
     }
 
@@ -66,7 +64,7 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        if isOwnListener(ip: ip, port: port) {
+        if settings.destinationCheck?.isOwnListener(original) ?? false {
             TransparentHandler.logLoopOnce(reporting.logger, ip: ip, port: port)
             context.close(promise: nil)
             return
@@ -157,18 +155,6 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if clientHalfClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-    }
-
-    private func isOwnListener(ip: String, port: Int) -> Bool {
-        ownListeners().contains { listener in
-            guard listener.port == port, let own = listener.ipAddress else { return false }
-            // A listener on a wildcard address is reached through any local address.
-            return own == ip || own == "0.0.0.0" || own == "::" || Self.isLoopback(ip)
-        }
-    }
-
-    static func isLoopback(_ ip: String) -> Bool {
-        ip == "::1" || ip.hasPrefix("127.")
     }
 
     private static let loopLogged = Mutex(false)
