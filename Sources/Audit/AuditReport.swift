@@ -7,6 +7,8 @@ import Foundation
 /// way, whether it was inspected and, when it was, the methods and paths requested. Then the destinations that
 /// were new for the agent (the proxy's `first_seen` mark), failed connections and interception failures, and the
 /// connections per day. The chain is verified first and its status is part of the report.
+/// JSON keys are the property names in snake_case (`first_seen`, `bytes_from_client`): `ReportFormat.json`
+/// encodes with `.convertToSnakeCase`.
 public struct AuditReport: Sendable, Codable, Hashable {
     public var generatedAt: String
     /// Records before this instant are left out (RFC 3339), nil for all.
@@ -82,67 +84,9 @@ public struct AuditReport: Sendable, Codable, Hashable {
         public var bytesToClient: UInt64
     }
 
-    enum CodingKeys: String, CodingKey {
-        case generatedAt = "generated_at"
-        case since
-        case agentFilter = "agent_filter"
-        case files, chain, agents
-    }
 
     /// Distinct requests listed per destination at most.
     public static let requestsListed = 200
-}
-
-extension AuditReport.ChainStatus {
-    enum CodingKeys: String, CodingKey {
-        case intact, lines
-        case firstSeq = "first_seq"
-        case lastSeq = "last_seq"
-        case headChecked = "head_checked"
-        case failure, notes
-    }
-}
-
-extension AuditReport.AgentSummary {
-    enum CodingKeys: String, CodingKey {
-        case agent, connections
-        case failedConnections = "failed_connections"
-        case bytesFromClient = "bytes_from_client"
-        case bytesToClient = "bytes_to_client"
-        case destinations
-        case newDestinations = "new_destinations"
-        case failures
-        case interceptionFailures = "interception_failures"
-        case daily
-    }
-}
-
-extension AuditReport.DestinationSummary {
-    enum CodingKeys: String, CodingKey {
-        case target
-        case firstSeen = "first_seen"
-        case lastSeen = "last_seen"
-        case connections
-        case bytesFromClient = "bytes_from_client"
-        case bytesToClient = "bytes_to_client"
-        case inspected, new, requests
-        case requestsNotListed = "requests_not_listed"
-    }
-}
-
-extension AuditReport.DailyVolume {
-    enum CodingKeys: String, CodingKey {
-        case day, connections
-        case bytesFromClient = "bytes_from_client"
-        case bytesToClient = "bytes_to_client"
-    }
-}
-
-extension AuditReport.FailureSummary {
-    enum CodingKeys: String, CodingKey {
-        case target, reason, count
-        case lastSeen = "last_seen"
-    }
 }
 
 /// One line of the audit log, as the report reads it.

@@ -115,6 +115,7 @@ enum JSONRenderer {
     static func render(_ report: AuditReport) throws -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
         return String(decoding: try encoder.encode(report), as: UTF8.self) + "\n"
     }
 }

@@ -117,7 +117,10 @@ import Testing
         let table = try ReportFormat.table.render(report)
         #expect(!table.contains("\u{7}") && table.contains("evil\"<b>,=cmd\\u{7}\\u{a}.example:443"))
         let json = try ReportFormat.json.render(report)
-        let decoded = try JSONDecoder().decode(AuditReport.self, from: Data(json.utf8))
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        let decoded = try decoder.decode(AuditReport.self, from: Data(json.utf8))
+        #expect(json.contains("\"bytes_from_client\"") && json.contains("\"requests_not_listed\""))
         #expect(decoded == report)
     }
 }
