@@ -15,11 +15,8 @@ import Testing
         }
     }
 
-    func start(_ extra: [String: String], arguments: [String] = []) throws -> Proxy {
-        let child = try ChildProcess(
-            Paths.proxyBinary, ["--local", "--port", "0"] + arguments, environment: ProxyEnvironment.make(extra))
-        let stderr = try child.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+    func start(_ extra: [String: String]) throws -> Proxy {
+        let (child, port) = try InspectionTests.startProxy(extra)
         return Proxy(child: child, port: port)
     }
 

@@ -67,9 +67,7 @@ import Testing
                 "KAIZEN_LOCAL": "1", "KAIZEN_AUDIT_LOG": audit, "KAIZEN_STATE_DIR": pki.directory + "/state",
             ])
         )
-        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let portText = stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }
-        let port = try #require(Int(portText))
+        let port = try proxy.listeningPort()
 
         let result = try runCommand(Paths.which("curl"), [
             "-sS", "--max-time", "20", "-x", "http://127.0.0.1:\(port)", "--cacert", pki.caCertificate,
@@ -130,8 +128,7 @@ import Testing
             ],
             environment: environment([:])
         )
-        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let port = try proxy.listeningPort()
         let closed = try FreePort.closed()
         _ = try runCommand(Paths.which("curl"), [
             "-s", "--max-time", "20", "-x", "http://127.0.0.1:\(port)", "-U", "agent:\(canary)",
@@ -165,8 +162,7 @@ import Testing
 
     @Test func probeExitsZeroOnlyWhileTheProxyListens() throws {
         let proxy = try ChildProcess(Paths.proxyBinary, ["--local", "--port", "0"], environment: environment([:]))
-        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let port = try proxy.listeningPort()
         #expect(try runCommand(Paths.proxyBinary, ["probe", "\(port)"]).status == 0)
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)

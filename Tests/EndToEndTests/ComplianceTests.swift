@@ -46,8 +46,7 @@ import Testing
                 "KAIZEN_STATE_DIR": directory + "/state", "KAIZEN_AUDIT_MAX_BYTES": "64K",
             ].merging(extra) { $1 })
         )
-        let stderr = try child.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let port = try child.listeningPort()
         return Proxy(child: child, port: port)
     }
 

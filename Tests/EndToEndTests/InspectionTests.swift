@@ -42,11 +42,7 @@ import Testing
 
     static func startProxy(_ environment: [String: String]) throws -> (ChildProcess, Int) {
         let proxy = try ChildProcess(Paths.proxyBinary, ["--local", "--port", "0"], environment: Self.environment(environment))
-        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        guard let port = Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }) else {
-            throw TestFailure("no port in \(stderr)")
-        }
-        return (proxy, port)
+        return (proxy, try proxy.listeningPort())
     }
 
     func setUp(extra: [String: String] = [:], trustUpstream: Bool = true) throws -> Setup {

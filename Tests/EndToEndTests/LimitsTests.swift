@@ -5,10 +5,7 @@ import Testing
 /// connection limits new clients get 503; each is logged. Raw sockets, so the bytes are exactly the test's.
 @Suite struct LimitsTests {
     func start(_ extra: [String: String]) throws -> (ChildProcess, Int) {
-        let child = try ChildProcess(Paths.proxyBinary, ["--local", "--port", "0"], environment: ProxyEnvironment.make(extra))
-        let stderr = try child.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
-        return (child, port)
+        try InspectionTests.startProxy(extra)
     }
 
     func exchange(_ port: Int, _ request: String) throws -> String {

@@ -18,8 +18,7 @@ import Testing
     /// Starts the proxy and makes `count` connections through it (each to a closed port: one action each).
     func runProxy(_ environment: [String: String], connections count: Int) throws -> (ChildProcess, [String]) {
         let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: environment)
-        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let port = try proxy.listeningPort()
         let closed = try FreePort.closed()
         for _ in 0..<count {
             _ = try runCommand(Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(port)", "http://127.0.0.1:\(closed)/"])
@@ -143,8 +142,7 @@ import Testing
         let port = try FreePort.closed()
         let settings = environment(pki, controlPlanePort: port, spool: pki.directory + "/spool")
         let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
-        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let proxyPort = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let proxyPort = try proxy.listeningPort()
         let closed = try FreePort.closed()
         var mock: ChildProcess? = nil
         for index in 0..<1000 {
@@ -175,8 +173,7 @@ import Testing
         var settings = environment(pki, controlPlanePort: port, spool: pki.directory + "/spool")
         settings["KAIZEN_SPOOL_MAX_BYTES"] = "1M"  // the smallest cap: about 1,700 actions of this size
         let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
-        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let proxyPort = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let proxyPort = try proxy.listeningPort()
         let closed = try FreePort.closed()
         // 3,000 plain-HTTP requests in one curl run (URL globbing), one action each, all refused upstream.
         let total = 3000

@@ -49,8 +49,7 @@ import Testing
             "KAIZEN_PROXY_AUTH": credentials, "KAIZEN_AUDIT_FSYNC": "0",
         ])
         let proxy = try ChildProcess("/bin/sh", ["-c", "umask 000; exec \"$0\" --port 0", Paths.proxyBinary], environment: environment)
-        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let port = try proxy.listeningPort()
 
         let curl = Paths.which("curl")
         var pages: [String] = []

@@ -23,8 +23,7 @@ import Testing
         let child = try ChildProcess(
             Paths.proxyBinary, ["--port", "0"],
             environment: ProxyEnvironment.make(["KAIZEN_LOCAL": "1", "KAIZEN_HEADER_TIMEOUT": "4s"]))
-        let stderr = try child.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let port = try child.listeningPort()
         return Proxy(child: child, port: port, pid: child.pid)
     }
 

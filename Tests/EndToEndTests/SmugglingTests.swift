@@ -39,8 +39,7 @@ import Testing
             clientArguments += ["--mitm", "--ca", ca + "/ca.pem"]
         }
         let proxy = try ChildProcess(Paths.proxyBinary, ["--local", "--port", "0"], environment: ProxyEnvironment.make(environment))
-        let stderr = try proxy.waitForStderr(containing: "proxy listening on 127.0.0.1:", timeout: 30)
-        let port = try #require(Int(stderr.components(separatedBy: "proxy listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        let port = try proxy.listeningPort()
         clientArguments[2] = "\(port)"
 
         let result = try runCommand(Paths.which("python3"), clientArguments, timeout: 300)

@@ -177,6 +177,16 @@ final class ChildProcess: @unchecked Sendable {
         return output.stderrText
     }
 
+    /// The proxy's port once it logs `proxy listening on 127.0.0.1:PORT` (waiting up to 30 s for the line).
+    func listeningPort() throws -> Int {
+        let marker = "proxy listening on 127.0.0.1:"
+        let stderr = try waitForStderr(containing: marker, timeout: 30)
+        guard let port = Int(stderr.components(separatedBy: marker)[1].prefix(while: \.isNumber)) else {
+            throw TestFailure("no port after \(marker) in \(stderr)")
+        }
+        return port
+    }
+
     func signal(_ signal: Int32) {
         kill(process.processIdentifier, signal)
     }
