@@ -89,6 +89,20 @@ let package = Package(
             name: "AccessControl",
             swiftSettings: swiftSettings
         ),
+        // The control plane's destination policies: parsing, the decision for a destination, and the store that
+        // fetches them (ETag) and keeps the last good one on disk.
+        .target(
+            name: "Policy",
+            dependencies: [
+                "AccessControl",
+                "ControlPlane",
+                "OpenSSLTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The proxy: configuration, listener, CONNECT tunnels, plain-HTTP forwarding.
         .target(
             name: "EgressProxy",
@@ -96,6 +110,7 @@ let package = Package(
                 "AccessControl",
                 "Audit",
                 "ClientHello",
+                "Policy",
                 "ControlPlane",
                 "Interception",
                 "OpenSSLTLS",
@@ -169,6 +184,11 @@ let package = Package(
             name: "FuzzCorpusTests",
             dependencies: ["FuzzEntries"],
             resources: [.copy("Corpus")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PolicyTests",
+            dependencies: ["Policy", "AccessControl"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

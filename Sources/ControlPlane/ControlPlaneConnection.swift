@@ -10,8 +10,14 @@ public struct ControlPlaneResponse: Sendable, Hashable {
     public var status: Int
     /// `Retry-After`, as sent (seconds or an HTTP date), on 429 and 503.
     public var retryAfter: String?
-    /// The first 64 KiB of the body, for error reports (a 400's reason).
-    public var body: String
+    /// `ETag`, as sent.
+    public var etag: String?
+    /// The body, up to the request's limit (64 KiB by default: enough for a 400's reason).
+    public var bytes: [UInt8]
+    /// Whether the body was longer than the limit (and `bytes` holds its beginning only).
+    public var truncated: Bool
+
+    public var body: String { String(decoding: bytes, as: UTF8.self) }
 }
 
 /// The control plane did not answer in time: the connection is closed and the requests on it fail.
@@ -92,16 +98,38 @@ public final class ControlPlaneConnection: Sendable {
 
     /// POSTs `json` to `path` (e.g. `/v1/verdicts`) with the bearer key and waits for the answer.
     public func post(path: String, json: [UInt8], apiKey: String) async throws -> ControlPlaneResponse {
+        try await send(method: .POST, path: path, json: json, apiKey: apiKey, headers: [:], bodyLimit: 64 * 1024)
+    }
+
+    /// GETs `path` (with its query) with the bearer key and `headers` (e.g. `If-None-Match`); the answer's body
+    /// is kept up to `bodyLimit` bytes.
+    public func get(path: String, apiKey: String, headers: [String: String] = [:], bodyLimit: Int) async throws
+        -> ControlPlaneResponse
+    {
+        try await send(method: .GET, path: path, json: nil, apiKey: apiKey, headers: headers, bodyLimit: bodyLimit)
+    }
+
+    private func send(
+        method: HTTPMethod,
+        path: String,
+        json: [UInt8]?,
+        apiKey: String,
+        headers extra: [String: String],
+        bodyLimit: Int
+    ) async throws -> ControlPlaneResponse {
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: endpoint.hostHeader)
         headers.add(name: "Authorization", value: "Bearer \(apiKey)")
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: "\(json.count)")
+        if let json {
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: "\(json.count)")
+        }
         headers.add(name: "User-Agent", value: "kaizen-egress")
-        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: endpoint.basePath + path, headers: headers)
+        for (name, value) in extra.sorted(by: { $0.key < $1.key }) { headers.add(name: name, value: value) }
+        let head = HTTPRequestHead(version: .http1_1, method: method, uri: endpoint.basePath + path, headers: headers)
         let channel = self.channel
         let handler = self.handler
-        let body = channel.allocator.buffer(bytes: json)
+        let body = json.map { channel.allocator.buffer(bytes: $0) }
         let answer = channel.eventLoop.makePromise(of: ControlPlaneResponse.self)
         let responseTimeout = self.responseTimeout
         channel.eventLoop.execute {
@@ -109,13 +137,13 @@ public final class ControlPlaneConnection: Sendable {
                 answer.fail(handler.value.closeReason ?? ChannelError.ioOnClosedChannel)
                 return
             }
-            handler.value.expect(answer)
+            handler.value.expect(answer, bodyLimit: bodyLimit)
             let timer = channel.eventLoop.scheduleTask(in: responseTimeout) {
                 handler.value.timeOut(ControlPlaneTimeout(what: "answer"), channel: channel)
             }
             answer.futureResult.whenComplete { _ in timer.cancel() }
             channel.write(HTTPClientRequestPart.head(head), promise: nil)
-            channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
+            if let body { channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
             channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         }
         return try await answer.futureResult.get()
@@ -132,15 +160,15 @@ public final class ControlPlaneConnection: Sendable {
 final class ResponseHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
 
-    private static let bodyLimit = 64 * 1024
     /// Succeeds once requests can be sent (after the TLS handshake); fails with the handshake's error.
     let ready: EventLoopPromise<Void>
     private var readyDone = false
     /// The error that ended the connection, given to requests made after it.
     private(set) var closeReason: (any Error)?
-    private var waiting: [EventLoopPromise<ControlPlaneResponse>] = []
+    private var waiting: [(promise: EventLoopPromise<ControlPlaneResponse>, bodyLimit: Int)] = []
     private var head: HTTPResponseHead?
     private var body: [UInt8] = []
+    private var truncated = false
 
     private let expectsTLS: Bool
 
@@ -185,8 +213,8 @@ final class ResponseHandler: ChannelInboundHandler {
         failAll(error)
     }
 
-    func expect(_ promise: EventLoopPromise<ControlPlaneResponse>) {
-        waiting.append(promise)
+    func expect(_ promise: EventLoopPromise<ControlPlaneResponse>, bodyLimit: Int) {
+        waiting.append((promise, bodyLimit))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -194,18 +222,21 @@ final class ResponseHandler: ChannelInboundHandler {
         case .head(let head):
             self.head = head
             body = []
+            truncated = false
         case .body(let bytes):
-            if body.count < Self.bodyLimit {
-                body += bytes.readableBytesView.prefix(Self.bodyLimit - body.count)
-            }
+            let room = max(0, (waiting.first?.bodyLimit ?? 0) - body.count)
+            if bytes.readableBytes > room { truncated = true }
+            body += bytes.readableBytesView.prefix(room)
         case .end:
             guard let head, !waiting.isEmpty else { return }
-            let promise = waiting.removeFirst()
+            let promise = waiting.removeFirst().promise
             promise.succeed(
                 ControlPlaneResponse(
                     status: Int(head.status.code),
                     retryAfter: head.headers.first(name: "retry-after"),
-                    body: String(decoding: body, as: UTF8.self)
+                    etag: head.headers.first(name: "etag"),
+                    bytes: body,
+                    truncated: truncated
                 )
             )
             self.head = nil
@@ -230,7 +261,7 @@ final class ResponseHandler: ChannelInboundHandler {
     private func failAll(_ error: any Error) {
         let promises = waiting
         waiting = []
-        for promise in promises { promise.fail(error) }
+        for entry in promises { entry.promise.fail(error) }
     }
 }
 
