@@ -142,6 +142,7 @@ let package = Package(
             dependencies: [
                 "Audit",
                 "EgressProxy",
+                "Policy",
                 "ControlPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -199,9 +199,9 @@ public final class BaselineStore: Service {
 }
 
 /// Files under the state directory, created with their final modes.
-enum StateDirectory {
+public enum StateDirectory {
     /// Creates `directory` and its missing parents with mode 0700 (`mkdir -p`).
-    static func create(_ directory: String) throws {
+    public static func create(_ directory: String) throws {
         var path = directory.hasPrefix("/") ? "" : "."
         for component in directory.split(separator: "/") {
             path += "/" + component

@@ -67,6 +67,11 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
     public var originalDst: String?
     /// `true` on the agent's first connection to this `host:port` (outside its baseline); absent otherwise.
     public var firstSeen: Bool?
+    /// The policy that blocks this destination (in enforce mode also the verdict's reason), or that would
+    /// block it (observe mode); absent when no policy blocks it.
+    public var policy: String?
+    /// Observe mode with policies from the control plane: whether enforce mode would have blocked this.
+    public var wouldBlock: Bool?
 
     public init(
         eventID: EventID,
@@ -103,6 +108,8 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         case connectionID = "connection_id"
         case originalDst = "original_dst"
         case firstSeen = "first_seen"
+        case policy
+        case wouldBlock = "would_block"
     }
 
     /// The metadata object, fields in a fixed order. Once the proxy has looked at a tunnel's first bytes,
@@ -134,6 +141,8 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         if let connectionID { json.field(CodingKeys.connectionID.rawValue, connectionID.description) }
         if let originalDst { json.field(CodingKeys.originalDst.rawValue, originalDst) }
         if let firstSeen { json.field(CodingKeys.firstSeen.rawValue, firstSeen) }
+        if let policy { json.field(CodingKeys.policy.rawValue, policy) }
+        if let wouldBlock { json.field(CodingKeys.wouldBlock.rawValue, wouldBlock) }
         json.endObject()
     }
 }

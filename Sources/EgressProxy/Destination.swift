@@ -1,3 +1,5 @@
+import Foundation
+
 /// Where a client wants to go: a host (name or IP literal) and a port.
 public struct Destination: Sendable, Hashable, CustomStringConvertible {
     /// A lowercased DNS name, an IPv4 literal, or an IPv6 literal without brackets.
@@ -21,5 +23,18 @@ public struct Destination: Sendable, Hashable, CustomStringConvertible {
     func hostHeader(defaultPort: Int) -> String {
         let name = host.contains(":") ? "[\(host)]" : host
         return port == defaultPort ? name : "\(name):\(port)"
+    }
+
+    /// The host of a `Host` header value: `example.com:8443` → `example.com`, `[2001:db8::1]:443` →
+    /// `2001:db8::1`, lowercased; nil for none or an empty one.
+    static func hostWithoutPort(_ value: String?) -> String? {
+        guard var text = value?.trimmingCharacters(in: .whitespaces).lowercased(), !text.isEmpty else { return nil }
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            text = String(text[text.index(after: text.startIndex)..<close])
+        } else if let colon = text.lastIndex(of: ":"), text.firstIndex(of: ":") == colon {
+            text = String(text[..<colon])
+        }
+        return text.isEmpty ? nil : text
     }
 }

@@ -1,7 +1,9 @@
+import AccessControl
 import Audit
 import ControlPlane
 import OpenSSLTLS
 import Logging
+import Policy
 import NIOCore
 import ServiceLifecycle
 import UnixSignals
@@ -14,6 +16,8 @@ public struct EgressApplication: Sendable {
     public let auditLog: AuditLog?
     /// Present when an API key is configured.
     public let reporter: Reporter?
+    /// Present when an API key is configured: the control plane's policies for each agent.
+    public let policyStore: PolicyStore?
     /// Present unless `KAIZEN_BASELINE_MAX` is 0: which destinations each agent reached before.
     public let baselineStore: BaselineStore?
     public let server: ProxyServer
@@ -28,9 +32,22 @@ public struct EgressApplication: Sendable {
         actionLog = configuration.local ? LocalActionLog(logger: logger) : nil
         auditLog = try configuration.auditLogPath.map { try Self.makeAuditLog(configuration, path: $0, logger: logger) }
         if let apiKey = configuration.apiKey {
-            reporter = try Self.makeReporter(configuration, apiKey: apiKey, logger: logger)
+            let (endpoint, tls) = try Self.controlPlane(configuration)
+            reporter = try Self.makeReporter(configuration, endpoint: endpoint, tls: tls, apiKey: apiKey, logger: logger)
+            policyStore = PolicyStore(
+                configuration: .init(
+                    endpoint: endpoint,
+                    apiKey: apiKey.value,
+                    tls: tls,
+                    agents: Self.policyAgents(configuration),
+                    refreshInterval: .nanoseconds(configuration.policyRefresh.nanoseconds),
+                    cacheDirectory: Self.policyCacheDirectory(configuration, logger: logger)
+                ),
+                logger: logger
+            )
         } else {
             reporter = nil
+            policyStore = nil
         }
         var baseline: DestinationBaseline? = nil
         var baselineStore: BaselineStore? = nil
@@ -68,9 +85,12 @@ public struct EgressApplication: Sendable {
         if let extraSink { sinks.append(extraSink) }
         let sink: any ActionSink = sinks.count == 1 ? sinks[0] : FanOutSink(sinks)
         let inspection = try Inspection.make(configuration, logger: logger)
+        let policy = policyStore.map {
+            PolicyCheck(store: $0, enforcing: configuration.policyMode == .enforce, failClosed: configuration.policyFailClosed)
+        }
         server = ProxyServer(
             configuration: configuration, sink: sink, logger: logger, inspection: inspection,
-            baseline: baseline, onListening: onListening)
+            baseline: baseline, policy: policy, onListening: onListening)
     }
 
     /// What the start record of the audit log says the proxy captures.
@@ -117,11 +137,31 @@ public struct EgressApplication: Sendable {
         }
     }
 
-    private static func makeReporter(
-        _ configuration: ProxyConfiguration,
-        apiKey: ProxyConfiguration.APIKey,
-        logger: Logger
-    ) throws(ConfigurationError) -> Reporter {
+    /// The agents whose policies are fetched: the configured one and every user of the credentials file.
+    static func policyAgents(_ configuration: ProxyConfiguration) -> [String] {
+        var agents = [configuration.agent]
+        for agent in configuration.proxyCredentials?.agents ?? [] where !agents.contains(agent) { agents.append(agent) }
+        return agents
+    }
+
+    /// `KAIZEN_STATE_DIR`, created if needed, for the last good policy; nil (memory only, with a warning) when
+    /// the default directory cannot be used. The baseline already refused an explicitly set one that cannot.
+    private static func policyCacheDirectory(_ configuration: ProxyConfiguration, logger: Logger) -> String? {
+        do {
+            try StateDirectory.create(configuration.stateDirectory)
+            return configuration.stateDirectory
+        } catch {
+            logger.warning(
+                "the last good policy is kept in memory only (\(error)); set KAIZEN_STATE_DIR to a writable directory so a restart with the control plane down still has it"
+            )
+            return nil
+        }
+    }
+
+    /// Where the control plane is and the TLS context that verifies it (nil for http on loopback).
+    private static func controlPlane(
+        _ configuration: ProxyConfiguration
+    ) throws(ConfigurationError) -> (ControlPlaneEndpoint, OpenSSLContext?) {
         let endpoint: ControlPlaneEndpoint
         do {
             endpoint = try ControlPlaneEndpoint(url: configuration.apiURL)
@@ -141,6 +181,16 @@ public struct EgressApplication: Sendable {
                 )
             }
         }
+        return (endpoint, tls)
+    }
+
+    private static func makeReporter(
+        _ configuration: ProxyConfiguration,
+        endpoint: ControlPlaneEndpoint,
+        tls: OpenSSLContext?,
+        apiKey: ProxyConfiguration.APIKey,
+        logger: Logger
+    ) throws(ConfigurationError) -> Reporter {
         do {
             return try Reporter(
                 configuration: .init(
@@ -169,6 +219,7 @@ public struct EgressApplication: Sendable {
         if let auditLog { services.append(.init(service: auditLog)) }
         if let baselineStore { services.append(.init(service: baselineStore)) }
         if let reporter { services.append(.init(service: reporter)) }
+        if let policyStore { services.append(.init(service: policyStore)) }
         services.append(.init(service: server))
         return ServiceGroup(
             configuration: .init(

@@ -53,13 +53,15 @@ public final class ProxyServer: Service {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         inspection: Inspection?,
         baseline: DestinationBaseline? = nil,
+        policy: PolicyCheck? = nil,
         onListening: (@Sendable (SocketAddress) -> Void)? = nil
     ) {
         self.inspection = inspection
         self.configuration = configuration
         self.tracker = ConnectionTracker(
             maxConnections: configuration.maxConnections, maxPerClient: configuration.maxConnectionsPerClient)
-        self.reporting = Reporting(agent: configuration.agent, sink: sink, logger: logger, baseline: baseline)
+        self.reporting = Reporting(
+            agent: configuration.agent, sink: sink, logger: logger, baseline: baseline, policy: policy)
         self.group = group
         self.logger = logger
         self.onListening = onListening

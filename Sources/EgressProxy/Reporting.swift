@@ -10,11 +10,17 @@ struct Reporting: Sendable {
     var sink: any ActionSink
     var logger: Logger
     var baseline: DestinationBaseline? = nil
+    /// Present with an API key: the control plane's policies, observed or enforced.
+    var policy: PolicyCheck? = nil
 
     /// Records the action. A connection that reached a destination its agent never reached before is marked
     /// `first_seen` and logged; requests after the first inside one intercepted connection are not connections.
     func action(target: String, metadata: ConnectMetadata, verdict: ConnectAction.Verdict = .observed) {
         var metadata = metadata
+        var verdict = verdict
+        if verdict == .observed, let policy, policy.enforcing {
+            verdict = metadata.policy.map(Self.blocked) ?? Self.allowedByPolicy
+        }
         if let baseline, metadata.outcome == .connected, metadata.connectionID.map({ $0 == metadata.eventID }) ?? true,
             baseline.observe(agent: agent, destination: target, now: WallClock.nowMillis())
         {
@@ -25,6 +31,9 @@ struct Reporting: Sendable {
         }
         sink.record(.action(ConnectAction(agent: agent, target: target, metadata: metadata, verdict: verdict)))
     }
+
+    /// Enforce mode: no policy blocks the destination.
+    static let allowedByPolicy = ConnectAction.Verdict(decision: "allow", reason: "allowed by policy")
 
     /// The verdict for a connection the proxy refused by its own rules (the destination guard, the port list).
     static func blocked(_ reason: String) -> ConnectAction.Verdict {

@@ -99,6 +99,9 @@ public struct DestinationPolicy: Sendable, Hashable {
     /// Whether this policy's rules could still match once the address is known.
     public var hasAddressRules: Bool { !ranges.isEmpty }
 
+    /// Whether this policy's rules could still match once the name is known.
+    public var hasNameRules: Bool { !domains.isEmpty || !subdomainsOnly.isEmpty }
+
     /// Letters, digits, `-`, `_` and dots between labels; no empty label.
     static func isHostName(_ name: String) -> Bool {
         guard !name.isEmpty, name.utf8.count <= 253 else { return false }

@@ -22,9 +22,10 @@ public struct PolicySet: Sendable, Hashable {
 
     /// The decision for `host` (a name, or an IP literal) reached at `address`.
     ///
-    /// With `address` nil (not resolved yet) the answer is final only for a block: an allowlist whose `ips` rules
-    /// might still match the address does not block, so call again once the address is known.
-    public func decide(host: String?, address: IPAddress?) -> Decision {
+    /// With `complete` false, a missing host or address is not known *yet* (before resolution, before the SNI):
+    /// the answer is then final only for a block, because an allowlist whose rules might still match what is
+    /// missing does not block. With `complete` true, what is missing is absent (a connection without a name).
+    public func decide(host: String?, address: IPAddress?, complete: Bool = true) -> Decision {
         let literal = host.flatMap { IPAddress(Self.unbracketed($0)) }
         let address = address ?? literal
         let name = literal == nil ? host : nil
@@ -33,7 +34,11 @@ public struct PolicySet: Sendable, Hashable {
         }
         for policy in policies where policy.enabled && policy.mode == .allowlist {
             if policy.matches(host: name, address: address) { continue }
-            if address == nil && policy.hasAddressRules { continue }  // undecided until the address is known
+            if !complete {
+                // Undecided while what the policy's rules look at is still to come.
+                if address == nil && policy.hasAddressRules { continue }
+                if host == nil && policy.hasNameRules { continue }
+            }
             return .block(policy: policy.name)
         }
         return .allow

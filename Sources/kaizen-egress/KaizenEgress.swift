@@ -3,6 +3,7 @@ import EgressProxy
 import Foundation
 import Logging
 import NIOCore
+import Policy
 import ServiceLifecycle
 
 @main
@@ -152,6 +153,15 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Also listen here for connections redirected by iptables (transparent mode). (env KAIZEN_TRANSPARENT_PORT)")
     var transparentPort: String?
 
+    @Option(help: "observe: report what the control plane's policy would block; enforce: refuse it. (env KAIZEN_MODE, default observe)")
+    var mode: String?
+
+    @Option(help: "While no policy was ever loaded: open allows, closed blocks. (env KAIZEN_POLICY_FAIL, default open)")
+    var policyFail: String?
+
+    @Option(help: "Fetch the policy again this often (If-None-Match). (env KAIZEN_POLICY_REFRESH, default 60s)")
+    var policyRefresh: String?
+
     func runProxy() async throws {
         var environment = ProcessInfo.processInfo.environment
         // A flag given on the command line wins over its environment variable.
@@ -167,7 +177,8 @@ struct RunOptions: ParsableArguments {
             (.proxyAuth, proxyAuth), (.allowPrivate, allowPrivate), (.connectPorts, connectPorts),
             (.maxRequestLine, maxRequestLine), (.maxHeaderBytes, maxHeaderBytes), (.maxHeaderFields, maxHeaderFields),
             (.headerTimeout, headerTimeout), (.maxConnections, maxConnections),
-            (.maxConnectionsPerClient, maxConnectionsPerClient),
+            (.maxConnectionsPerClient, maxConnectionsPerClient), (.mode, mode), (.policyFail, policyFail),
+            (.policyRefresh, policyRefresh),
         ]
         for case (let key, let value?) in flags {
             environment[key.variable] = value
@@ -203,6 +214,9 @@ struct RunOptions: ParsableArguments {
         } catch let error as ConfigurationError {
             fail(error.description)
         }
+        // The first policy fetch comes before the listener, so the first connections meet the policy, not
+        // KAIZEN_POLICY_FAIL (bounded: a control plane that does not answer delays the start by seconds only).
+        await application.policyStore?.loadInitial()
         do {
             try await application.server.bind()
         } catch let error as TransparentBindError {

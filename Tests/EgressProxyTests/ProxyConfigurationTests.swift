@@ -48,7 +48,8 @@ import Testing
         ("KAIZEN_API_URL", "ftp://127.0.0.1"), ("KAIZEN_API_URL", "not a url"),
         ("KAIZEN_API_URL", "https://user:pw@api.getkaizen.io"), ("KAIZEN_LOCAL", "maybe"),
         ("KAIZEN_CONNECT_TIMEOUT", "0s"), ("KAIZEN_IDLE_TIMEOUT", "soon"), ("KAIZEN_DRAIN_SECONDS", "-5"),
-        ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"),
+        ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"), ("KAIZEN_MODE", "block"),
+        ("KAIZEN_MODE", "enforce"), ("KAIZEN_POLICY_FAIL", "maybe"), ("KAIZEN_POLICY_REFRESH", "often"),
     ])
     func badValueNamesTheVariable(_ variable: String, _ value: String) {
         var environment = local
@@ -62,6 +63,19 @@ import Testing
             #expect(!error.description.contains("\n"))
             #expect(error.description.contains("set ") || error.description.contains("use "))
         }
+    }
+
+    @Test func policySettings() throws {
+        let defaults = try ProxyConfiguration(environment: local)
+        #expect(defaults.policyMode == .observe)
+        #expect(!defaults.policyFailClosed)
+        #expect(defaults.policyRefresh == .seconds(60))
+        let set = try ProxyConfiguration(environment: [
+            "KAIZEN_API_KEY": "k", "KAIZEN_MODE": "Enforce", "KAIZEN_POLICY_FAIL": "closed", "KAIZEN_POLICY_REFRESH": "5m",
+        ])
+        #expect(set.policyMode == .enforce)
+        #expect(set.policyFailClosed)
+        #expect(set.policyRefresh == .minutes(5))
     }
 
     @Test func withoutKeyOrLocalModeRefusesNamingBoth() {

@@ -7,14 +7,17 @@ import Testing
 @Suite struct ControlPlaneConnectionTests {
     static let key = "kz_test_CANARY_0042"
 
-    func startMock(_ pki: TestPKI, port: Int = 0, modeFile: String? = nil, bodies: String? = nil) throws -> (ChildProcess, Int) {
+    func startMock(
+        _ pki: TestPKI, port: Int = 0, modeFile: String? = nil, bodies: String? = nil, policyDirectory: String? = nil
+    ) throws -> (ChildProcess, Int) {
         var environment = ProcessInfo.processInfo.environment
         environment["MOCK_API_KEY"] = Self.key
         let script = Paths.endToEndDirectory.appendingPathComponent("control_plane.py").path
         let mock = try ChildProcess(
             Paths.which("python3"),
             [script, "--cert", pki.serverCertificate, "--key", pki.serverKey, "--port", "\(port)"]
-                + (modeFile.map { ["--mode-file", $0] } ?? []) + (bodies.map { ["--bodies", $0] } ?? []),
+                + (modeFile.map { ["--mode-file", $0] } ?? []) + (bodies.map { ["--bodies", $0] } ?? [])
+                + (policyDirectory.map { ["--policy-dir", $0] } ?? []),
             environment: environment
         )
         let line = try mock.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }

@@ -13,9 +13,15 @@ The test steers it through the file given with --mode-file, read on every reques
   slow [seconds]         a slow control plane: each request prints HOLDING <event_id>, then waits that long
                          (without seconds: until the mode file no longer says slow, at most 60 s) and is
                          answered by the mode then in force
+
+GET /v1/policy?agent=NAME (with --policy-dir DIR): serves DIR/NAME.json as it is on disk (malformed or not),
+with an ETag of its SHA-256; 304 when If-None-Match matches; 404 when the file is missing; the mode file's
+unauthorized and unavailable apply. Prints `POLICY <agent> <status>` after answering.
 """
 import argparse
+import hashlib
 import http.server
+import urllib.parse
 import json
 import os
 import socketserver
@@ -54,6 +60,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     mode_file = None
+    policy_dir = None
     bodies_file = None
     timestamps = False
 
@@ -63,6 +70,49 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return handle.read().split()
         except (OSError, TypeError):
             return ["ok"]
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        agent = urllib.parse.parse_qs(url.query).get("agent", [""])[0]
+        status = self.answer_policy(url.path, agent)
+        say(f"POLICY {agent} {status}")
+
+    def answer_policy(self, path, agent):
+        mode = self.mode()
+        if mode and mode[0] == "unauthorized":
+            self.reply(401, {"error": "key revoked"})
+            return 401
+        if mode and mode[0] == "unavailable":
+            self.send_response(503)
+            self.send_header("Retry-After", mode[1] if len(mode) > 1 else "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return 503
+        if path != "/v1/policy" or not self.policy_dir or not agent or "/" in agent:
+            self.reply(404, {"error": "not found"})
+            return 404
+        if self.headers.get("Authorization") != "Bearer " + os.environ["MOCK_API_KEY"]:
+            self.reply(401, {"error": "invalid API key"})
+            return 401
+        try:
+            with open(os.path.join(self.policy_dir, agent + ".json"), "rb") as handle:
+                body = handle.read()
+        except OSError:
+            self.reply(404, {"error": "no policy for this agent"})
+            return 404
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return 304
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return 200
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -127,10 +177,12 @@ def main():
     parser.add_argument("--key", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode-file")
+    parser.add_argument("--policy-dir", help="serve DIR/AGENT.json at GET /v1/policy?agent=AGENT")
     parser.add_argument("--bodies", help="append every request body received to this file (leak checks)")
     parser.add_argument("--timestamps", action="store_true", help="prefix RECEIVED lines with the time (benchmarks)")
     args = parser.parse_args()
     Handler.mode_file = args.mode_file
+    Handler.policy_dir = args.policy_dir
     Handler.bodies_file = args.bodies
     Handler.timestamps = args.timestamps
     Server.allow_reuse_address = True

@@ -60,13 +60,19 @@ struct PolicySetTests {
             DestinationPolicy(name: "deny", mode: .blocklist, domains: ["bad.test"], ips: ["198.51.100.0/24"]),
             DestinationPolicy(name: "allow", mode: .allowlist, domains: ["good.test"], ips: ["192.0.2.0/24"]),
         ])
-        #expect(set.decide(host: "unknown.test", address: nil) == .allow)
+        #expect(set.decide(host: "unknown.test", address: nil, complete: false) == .allow)
+        #expect(set.decide(host: "unknown.test", address: nil) == .block(policy: "allow"), "complete: no address will come")
         #expect(set.decide(host: "unknown.test", address: ip("192.0.2.1")) == .allow)
         #expect(set.decide(host: "unknown.test", address: ip("203.0.113.1")) == .block(policy: "allow"))
-        #expect(set.decide(host: "bad.test", address: nil) == .block(policy: "deny"))
+        #expect(set.decide(host: "bad.test", address: nil, complete: false) == .block(policy: "deny"))
+        // A transparent connection: the address first, the name (SNI) later.
+        #expect(set.decide(host: nil, address: ip("203.0.113.1"), complete: false) == .allow)
+        #expect(set.decide(host: nil, address: ip("198.51.100.1"), complete: false) == .block(policy: "deny"))
+        #expect(set.decide(host: "good.test", address: ip("203.0.113.1")) == .allow)
+        #expect(set.decide(host: nil, address: ip("203.0.113.1")) == .block(policy: "allow"), "no name ever came")
         #expect(set.decide(host: "good.test", address: ip("198.51.100.7")) == .block(policy: "deny"))
         let namesOnly = PolicySet([DestinationPolicy(name: "names", mode: .allowlist, domains: ["good.test"])])
-        #expect(namesOnly.decide(host: "unknown.test", address: nil) == .block(policy: "names"), "nothing left to match")
+        #expect(namesOnly.decide(host: "unknown.test", address: nil, complete: false) == .block(policy: "names"), "nothing left to match")
     }
 
     @Test("disabled policies and correlation policies never block")

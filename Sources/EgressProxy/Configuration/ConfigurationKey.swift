@@ -53,11 +53,15 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let baselineLearn = ConfigurationKey(variable: "KAIZEN_BASELINE_LEARN", flag: "--baseline-learn")
     public static let baselineMax = ConfigurationKey(variable: "KAIZEN_BASELINE_MAX", flag: "--baseline-max")
 
+    public static let mode = ConfigurationKey(variable: "KAIZEN_MODE", flag: "--mode")
+    public static let policyFail = ConfigurationKey(variable: "KAIZEN_POLICY_FAIL", flag: "--policy-fail")
+    public static let policyRefresh = ConfigurationKey(variable: "KAIZEN_POLICY_REFRESH", flag: "--policy-refresh")
+
     public static let all: [ConfigurationKey] = [
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
         .pinnedPassthrough, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
         .allowClients, .proxyAuth, .allowPrivate, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
-        .headerTimeout, .maxConnections, .maxConnectionsPerClient,
+        .headerTimeout, .maxConnections, .maxConnectionsPerClient, .mode, .policyFail, .policyRefresh,
     ]
 }

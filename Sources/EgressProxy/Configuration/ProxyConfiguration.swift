@@ -46,6 +46,9 @@ import NIOCore
 /// | `KAIZEN_HEADER_TIMEOUT` | duration | `10s` |
 /// | `KAIZEN_MAX_CONNECTIONS` | integer | min(10000, (open-file limit − 64) / 2) |
 /// | `KAIZEN_MAX_CONNECTIONS_PER_CLIENT` | integer, `0` for none | 1024 |
+/// | `KAIZEN_MODE` | `observe` or `enforce` | `observe` |
+/// | `KAIZEN_POLICY_FAIL` | `open` or `closed` | `open` |
+/// | `KAIZEN_POLICY_REFRESH` | duration | `60s` |
 public struct ProxyConfiguration: Sendable {
     public var listenAddress: String
     public var port: Int
@@ -112,6 +115,16 @@ public struct ProxyConfiguration: Sendable {
     /// Open client connections in all, and from one client address (0: no per-client limit).
     public var maxConnections: Int
     public var maxConnectionsPerClient: Int
+    /// Observe reports what the control plane's policy would decide; enforce refuses what it blocks.
+    public var policyMode: PolicyMode
+    /// With no policy ever loaded for an agent: block everything (closed) or nothing (open).
+    public var policyFailClosed: Bool
+    /// How often the policy is fetched again (with If-None-Match).
+    public var policyRefresh: TimeAmount
+
+    public enum PolicyMode: String, Sendable, Hashable {
+        case observe, enforce
+    }
 
     /// An API key. Its description never shows the key.
     public struct APIKey: Sendable, Hashable, CustomStringConvertible {
@@ -400,6 +413,34 @@ public struct ProxyConfiguration: Sendable {
             value(.maxConnections), key: .maxConnections, default: Self.defaultMaxConnections(), range: 1...10_000_000)
         self.maxConnectionsPerClient = try Self.count(
             value(.maxConnectionsPerClient), key: .maxConnectionsPerClient, default: 1024, range: 0...10_000_000)
+
+        if let raw = value(.mode) {
+            guard let mode = PolicyMode(rawValue: raw.lowercased()) else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.mode.variable,
+                    "KAIZEN_MODE=\(Self.quoted(raw)) is not a mode: set \(ConfigurationKey.mode.spelled) to observe (report what the policy would block) or enforce (refuse it)"
+                )
+            }
+            self.policyMode = mode
+        } else {
+            self.policyMode = .observe
+        }
+        switch value(.policyFail)?.lowercased() {
+        case nil, "open": self.policyFailClosed = false
+        case "closed": self.policyFailClosed = true
+        case let raw?:
+            throw ConfigurationError(
+                variable: ConfigurationKey.policyFail.variable,
+                "KAIZEN_POLICY_FAIL=\(Self.quoted(raw)) is neither open nor closed: set \(ConfigurationKey.policyFail.spelled) to open (allow while no policy was ever loaded) or closed (block)"
+            )
+        }
+        self.policyRefresh = try Self.duration(value(.policyRefresh), key: .policyRefresh, default: .seconds(60))
+        if policyMode == .enforce && apiKey == nil {
+            throw ConfigurationError(
+                variable: ConfigurationKey.mode.variable,
+                "KAIZEN_MODE=enforce needs the control plane's policies: set KAIZEN_API_KEY, or set \(ConfigurationKey.mode.spelled) to observe"
+            )
+        }
 
         // Actions must go somewhere: to the control plane (a key), to standard output (local mode), or both.
         if !local && apiKey == nil {

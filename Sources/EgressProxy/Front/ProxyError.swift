@@ -13,6 +13,15 @@ struct ProxyError: Error, Hashable, Sendable {
     var blocked = false
     /// A 407: the answer asks for `Proxy-Authorization`.
     var asksForCredentials = false
+    /// Enforce mode: the policy that blocks the destination (the action's verdict reason).
+    var policy: String? = nil
+
+    /// 403 for a destination a control-plane policy blocks (enforce mode).
+    static func blockedByPolicy(_ policy: String) -> ProxyError {
+        ProxyError(
+            status: .forbidden, reason: "destination blocked by policy \(Reporting.printable(policy))",
+            proxyStatusError: "http_request_denied", blocked: true, policy: policy)
+    }
 
     /// 407 Proxy Authentication Required.
     static let credentialsRequired = ProxyError(

@@ -386,7 +386,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         metadata.status = Int(failure.status.code)
         reporting.action(
             target: destination.description, metadata: metadata,
-            verdict: failure.blocked ? Reporting.blocked(failure.reason) : .observed)
+            verdict: failure.policy.map(Reporting.blocked) ?? (failure.blocked ? Reporting.blocked(failure.reason) : .observed))
         logger.info(
             "upstream connect failed",
             metadata: [
@@ -399,9 +399,17 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: CONNECT
 
     private func dialTunnel(_ destination: Destination, context: ChannelHandlerContext) {
-        let baseMetadata = newMetadata(destination, transport: .connect)
+        var baseMetadata = newMetadata(destination, transport: .connect)
         if let check = settings.destinationCheck, !check.connectPortAllowed(destination.port) {
             let failure = ProxyError.portNotAllowed(destination.port)
+            reportFailure(baseMetadata, destination, failure)
+            perform(machine.connectFailed(failure), context: context)
+            return
+        }
+        // A name the policy blocks is refused before it is even resolved; an address rule is checked once
+        // the connection tells which address it reached (before a byte is sent).
+        if let policy = reporting.judge(&baseMetadata, host: destination.host, address: nil, complete: false) {
+            let failure = ProxyError.blockedByPolicy(policy)
             reportFailure(baseMetadata, destination, failure)
             perform(machine.connectFailed(failure), context: context)
             return
@@ -421,6 +429,13 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     return
                 }
                 metadata.resolvedIP = channel.remoteAddress?.ipAddress
+                if let policy = handler.reporting.judge(&metadata, host: destination.host, address: metadata.resolvedIP) {
+                    channel.close(promise: nil)
+                    let failure = ProxyError.blockedByPolicy(policy)
+                    handler.reportFailure(metadata, destination, failure)
+                    handler.perform(handler.machine.connectFailed(failure), context: context)
+                    return
+                }
                 handler.pendingTunnel = PendingTunnel(
                     upstream: channel,
                     destination: destination,
@@ -544,13 +559,22 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: plain HTTP
 
     private func connectUpstream(_ destination: Destination, context: ChannelHandlerContext) {
-        let metadata = newMetadata(destination, transport: .http)
+        var metadata = newMetadata(destination, transport: .http)
+        if let policy = reporting.judge(&metadata, host: destination.host, address: nil, complete: false) {
+            refuseByPolicy(policy, metadata: metadata, destination: destination, context: context)
+            return
+        }
         exchange = ExchangeRecord(eventID: metadata.eventID, destination: destination, started: .now())
 
         if let link = upstream, link.destination == destination, link.channel.isActive, link.handler.isIdle {
-            link.handler.attach(to: self)
             var reused = metadata
             reused.resolvedIP = link.resolvedIP
+            if let policy = reporting.judge(&reused, host: destination.host, address: link.resolvedIP) {
+                exchange = nil
+                refuseByPolicy(policy, metadata: reused, destination: destination, context: context)
+                return
+            }
+            link.handler.attach(to: self)
             reporting.action(target: destination.description, metadata: reused)
             perform(machine.upstreamReady(), context: context)
             return
@@ -584,6 +608,13 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     return
                 }
                 let resolved = channel.remoteAddress?.ipAddress ?? "unknown"
+                metadata.resolvedIP = resolved
+                if let policy = front.reporting.judge(&metadata, host: destination.host, address: resolved) {
+                    channel.close(promise: nil)
+                    front.exchange = nil
+                    front.refuseByPolicy(policy, metadata: metadata, destination: destination, context: context)
+                    return
+                }
                 front.upstream = UpstreamLink(
                     destination: destination,
                     channel: channel,
@@ -604,6 +635,15 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 front.perform(front.machine.connectFailed(failure), context: context)
             }
         }
+    }
+
+    /// Enforce mode: answers 403 for a destination a policy blocks, and reports it.
+    private func refuseByPolicy(
+        _ policy: String, metadata: ConnectMetadata, destination: Destination, context: ChannelHandlerContext
+    ) {
+        let failure = ProxyError.blockedByPolicy(policy)
+        reportFailure(metadata, destination, failure)
+        perform(machine.connectFailed(failure), context: context)
     }
 
     private func closeUpstream() {

@@ -12,6 +12,8 @@ import OpenSSLTLS
 final class InterceptedConnection {
     private let reporting: Reporting
     private var metadata: ConnectMetadata
+    /// The policy's answer for the request in progress (`policy`, `would_block`), set when its head arrives.
+    private var requestPolicy: (policy: String?, wouldBlock: Bool?) = (nil, nil)
     private let target: String
     private let leaf: OpenSSLCertificateAuthority.LeafName
     private let started: NIODeadline
@@ -130,7 +132,19 @@ final class InterceptedConnection {
         switch part {
         case .head(let head):
             exchangeStartedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
-            handle(machine.requestHead(head), forward: .head(head))
+            // The policy again for each request: its Host may name another destination than the SNI, and the
+            // policy may have changed since the connection was opened.
+            var judged = metadata
+            let refusal = reporting.judge(
+                &judged, host: Destination.hostWithoutPort(head.headers.first(name: "host")) ?? metadata.sni ?? metadata.host,
+                address: metadata.resolvedIP)
+            requestPolicy = (judged.policy, judged.wouldBlock)
+            let action = machine.requestHead(head)
+            if let refusal, action == .forward {
+                refuse(byPolicy: refusal)
+                return
+            }
+            handle(action, forward: .head(head))
         case .body(let bytes):
             requestBytes &+= UInt64(bytes.readableBytes)
             handle(machine.requestBody(bytes.readableBytes), forward: .body(.byteBuffer(bytes)))
@@ -238,6 +252,20 @@ final class InterceptedConnection {
         case .close:
             closeBoth()
         }
+    }
+
+    /// Enforce mode: the request's destination is blocked by a policy: answer 403, report it, close.
+    private func refuse(byPolicy policy: String) {
+        let answer = ProxyError.blockedByPolicy(policy)
+        reporting.logger.info(
+            "refused an intercepted request",
+            metadata: ["target": "\(target)", "status": "403", "reason": "\(answer.reason)"])
+        var exchange = machine.connectionClosed() ?? InterceptedExchangeStateMachine.Exchange(method: "", path: "")
+        exchange.status = 403
+        report(exchange, error: answer.reason)
+        noteClose(by: .proxy, reason: "blocked_by_policy")
+        client?.sendError(answer.status, reason: answer.reason)
+        upstream?.close()
     }
 
     /// A request head broke a limit (too long, too many fields, too slow): answer its status, report it, close.
@@ -381,6 +409,8 @@ final class InterceptedConnection {
         request.requestBodyBytes = exchange.requestBodyBytes
         request.responseBodyBytes = exchange.responseBodyBytes
         request.error = error
+        request.policy = requestPolicy.policy
+        request.wouldBlock = requestPolicy.wouldBlock
         reportedExchanges += 1
         reporting.action(target: target, metadata: request)
     }

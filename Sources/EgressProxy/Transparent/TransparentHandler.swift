@@ -74,6 +74,16 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
             eventID: EventID.generate(), transport: .transparent, host: ip, port: port, client: client,
             startedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis()), outcome: .connected)
         metadata.originalDst = destination.description
+        if let policy = reporting.judge(&metadata, host: nil, address: ip, complete: false) {
+            metadata.outcome = .failed
+            metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
+            reporting.action(target: destination.description, metadata: metadata)
+            reporting.logger.info(
+                "closed a transparent connection a policy blocks",
+                metadata: ["client.address": "\(client)", "target": "\(destination)", "policy": "\(Reporting.printable(policy))"])
+            context.close(promise: nil)
+            return
+        }
         let baseMetadata = metadata
         let started = NIODeadline.now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)

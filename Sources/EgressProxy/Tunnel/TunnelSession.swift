@@ -71,9 +71,14 @@ final class TunnelSession {
         if metadata.transport == .transparent {
             // No host was asked for: the SNI (or, for plain HTTP, the Host) names the destination; the
             // original address stays in original_dst.
-            if let name = metadata.sni ?? result.httpHost {
-                metadata.host = name
-                target = Destination(host: name, port: metadata.port, isIPLiteral: OpenSSLConnection.isIPAddress(name)).description
+            let name = metadata.sni ?? result.httpHost
+            if let refusal = reporting.judge(&metadata, host: name, address: metadata.resolvedIP) {
+                if let name { rename(to: name) }
+                refuse(byPolicy: refusal)
+                return
+            }
+            if let name {
+                rename(to: name)
                 if let nameBelongs {
                     // Does the name plausibly belong to the address the agent connected to? Report, don't block.
                     let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
@@ -86,8 +91,31 @@ final class TunnelSession {
             }
         } else if let sni = metadata.sni {
             metadata.sniMismatch = sni != requestedHost
+            if sni.lowercased() != requestedHost.lowercased(),
+                let refusal = reporting.judge(&metadata, host: sni, address: metadata.resolvedIP)
+            {
+                refuse(byPolicy: refusal)
+                return
+            }
         }
         sendActionOnce()
+    }
+
+    private func rename(to name: String) {
+        metadata.host = name
+        target = Destination(host: name, port: metadata.port, isIPLiteral: OpenSSLConnection.isIPAddress(name)).description
+    }
+
+    /// Enforce mode: the name the client sent (SNI or Host) is blocked by a policy. The tunnel is closed; what
+    /// the client sent first (the ClientHello) has already been relayed, nothing comes back.
+    private func refuse(byPolicy policy: String) {
+        noteClose(by: .proxy, reason: "blocked_by_policy")
+        metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
+        sendActionOnce()
+        reporting.logger.info(
+            "closed a tunnel whose SNI or Host a policy blocks",
+            metadata: ["target": "\(target)", "policy": "\(Reporting.printable(policy))"])
+        closeBoth?("blocked_by_policy")
     }
 
     func read(_ count: Int, from side: Side) {

@@ -1,0 +1,244 @@
+import Foundation
+import Testing
+
+/// The control plane's policies applied by the proxy binary, against the mock control plane serving them:
+/// enforce and observe, CONNECT, plain HTTP and requests inside inspection, ETag 304s, a policy that changes,
+/// a malformed policy, an outage before any policy was loaded (KAIZEN_POLICY_FAIL), and a restart with the
+/// control plane down (the cached policy).
+@Suite struct PolicyTests {
+    static let agent = "egress-agent"
+
+    struct Setup {
+        var pki: TestPKI
+        var policies: String
+        var modeFile: String
+        var mock: ChildProcess
+        var mockPort: Int
+        var plain: ChildProcess
+        var plainPort: Int
+        var https: ChildProcess
+        var httpsPort: Int
+
+        func writePolicy(_ json: String) throws {
+            try json.write(toFile: policies + "/\(PolicyTests.agent).json", atomically: true, encoding: .utf8)
+        }
+
+        func environment(_ extra: [String: String]) -> [String: String] {
+            ProxyEnvironment.make(
+                [
+                    "KAIZEN_API_KEY": ControlPlaneConnectionTests.key, "KAIZEN_API_URL": "https://localhost:\(mockPort)",
+                    "KAIZEN_API_CA_FILE": pki.caCertificate, "KAIZEN_LOCAL": "1",
+                    "KAIZEN_SPOOL_DIR": pki.directory + "/spool", "KAIZEN_STATE_DIR": pki.directory + "/state",
+                    "KAIZEN_POLICY_REFRESH": "1s", "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+                ].merging(extra) { $1 })
+        }
+    }
+
+    func setUp() throws -> Setup {
+        let pki = try TestPKI.mint()
+        let policies = pki.directory + "/policies"
+        try FileManager.default.createDirectory(atPath: policies, withIntermediateDirectories: false)
+        let modeFile = pki.directory + "/mode"
+        try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, mockPort) = try ControlPlaneConnectionTests().startMock(pki, modeFile: modeFile, policyDirectory: policies)
+        let (plain, plainPort) = try ChildProcess.origin(mode: "http")
+        let (https, httpsPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        return Setup(
+            pki: pki, policies: policies, modeFile: modeFile, mock: mock, mockPort: mockPort, plain: plain,
+            plainPort: plainPort, https: https, httpsPort: httpsPort)
+    }
+
+    func startProxy(_ setup: Setup, _ extra: [String: String]) throws -> (ChildProcess, Int) {
+        let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: setup.environment(extra))
+        return (proxy, try proxy.listeningPort())
+    }
+
+    /// curl through the proxy: the status line and body (`-i`), or curl's error.
+    func curl(_ proxyPort: Int, _ arguments: [String]) throws -> String {
+        let result = try runCommand(
+            Paths.which("curl"), ["-sS", "-i", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)"] + arguments)
+        return result.stdout + result.stderr
+    }
+
+    /// The actions the proxy wrote to standard output (local mode), parsed.
+    func actions(_ proxy: ChildProcess) -> [[String: Any]] {
+        proxy.stdoutLines.compactMap { line in
+            guard line.contains("\"action\"") else { return nil }
+            return (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+        }
+    }
+
+    func waitForAction(_ proxy: ChildProcess, _ predicate: @escaping ([String: Any]) -> Bool) throws -> [String: Any] {
+        let line = try proxy.waitForLine(timeout: 20) { line in
+            guard line.contains("\"action\""),
+                let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+            else { return false }
+            return predicate(object)
+        }
+        return try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+    }
+
+    static func metadata(_ action: [String: Any]) -> [String: Any] {
+        (action["action"] as? [String: Any])?["metadata"] as? [String: Any] ?? [:]
+    }
+
+    static func verdict(_ action: [String: Any]) -> (String, String) {
+        let verdict = action["verdict"] as? [String: Any] ?? [:]
+        return (verdict["decision"] as? String ?? "", verdict["reason"] as? String ?? "")
+    }
+
+    static func target(_ action: [String: Any]) -> String {
+        (action["action"] as? [String: Any])?["target"] as? String ?? ""
+    }
+
+    @Test func enforceModeRefusesWhatThePolicyBlocksAndFollowsItsChanges() throws {
+        let setup = try setUp()
+        defer { withExtendedLifetime(setup) {} }
+        try setup.writePolicy(
+            #"""
+            {"policies":[
+              {"name":"no-localhost","mode":"blocklist","enabled":true,"rules":{"domains":["localhost","blocked.test"],"tools":["x"]}},
+              {"name":"loopback-v4","mode":"allowlist","enabled":true,"rules":{"ips":["127.0.0.0/8"]}},
+              {"name":"off","mode":"blocklist","enabled":false,"rules":{"ips":["127.0.0.1"]}}
+            ]}
+            """#)
+        let ca = try InspectionTests.makeCA(in: setup.pki.directory)
+        let (proxy, port) = try startProxy(
+            setup, ["KAIZEN_MODE": "enforce", "KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": ca + "/ca.key"])
+        _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 200" }
+
+        // Allowed: plain HTTP to an address the allowlist names.
+        let allowed = try curl(port, ["http://127.0.0.1:\(setup.plainPort)/hello"])
+        #expect(allowed.contains("hello from origin"), "\(allowed)")
+        let allowedAction = try waitForAction(proxy) { Self.target($0) == "127.0.0.1:\(setup.plainPort)" }
+        #expect(Self.verdict(allowedAction) == ("allow", "allowed by policy"))
+        #expect(Self.metadata(allowedAction)["would_block"] == nil, "enforce mode says it in the verdict")
+
+        // Blocked by name: plain HTTP and CONNECT get 403 before anything is dialled.
+        let plainBlocked = try curl(port, ["http://localhost:\(setup.plainPort)/hello"])
+        #expect(plainBlocked.contains("403") && plainBlocked.contains("destination blocked by policy no-localhost"), "\(plainBlocked)")
+        let connectBlocked = try curl(port, ["--cacert", ca + "/ca.pem", "https://localhost:\(setup.httpsPort)/hello"])
+        #expect(connectBlocked.contains("403"), "\(connectBlocked)")
+        // Blocked by the allowlist: an IPv6 literal outside its ranges.
+        let v6Blocked = try curl(port, ["http://[::1]:\(setup.plainPort)/hello"])
+        #expect(v6Blocked.contains("403") && v6Blocked.contains("loopback-v4"), "\(v6Blocked)")
+        for (target, policy) in [
+            ("localhost:\(setup.plainPort)", "no-localhost"), ("localhost:\(setup.httpsPort)", "no-localhost"),
+            ("[::1]:\(setup.plainPort)", "loopback-v4"),
+        ] {
+            let action = try waitForAction(proxy) { Self.target($0) == target }
+            #expect(Self.verdict(action) == ("block", policy), "\(action)")
+            #expect(Self.metadata(action)["policy"] as? String == policy)
+            #expect(Self.metadata(action)["status"] as? Int == 403)
+        }
+
+        // Inside inspection: the CONNECT is allowed, the request's Host is blocked.
+        let inner = try curl(
+            port, ["--cacert", ca + "/ca.pem", "-H", "Host: blocked.test", "https://127.0.0.1:\(setup.httpsPort)/secret"])
+        #expect(inner.contains("403") && inner.contains("blocked by policy no-localhost"), "\(inner)")
+        let innerAction = try waitForAction(proxy) { Self.metadata($0)["path"] as? String == "/secret" }
+        #expect(Self.verdict(innerAction) == ("block", "no-localhost"))
+        #expect(Self.metadata(innerAction)["method"] as? String == "GET")
+        #expect(Self.metadata(innerAction)["intercepted"] as? Bool == true)
+
+        // Nothing changed: the refreshes are answered 304.
+        _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 304" }
+        #expect(proxy.stderr.contains("rule kinds tools do not name destinations"), "the ignored rule kind is logged")
+        #expect(proxy.stderr.components(separatedBy: "rule kinds tools").count == 2, "once")
+
+        // The policy changes: the next refresh applies it.
+        try setup.writePolicy(#"{"policies":[{"name":"no-v4","mode":"blocklist","rules":{"ips":["127.0.0.1/32"]}}]}"#)
+        _ = try setup.mock.waitForLines(count: 2, timeout: 20) { $0 == "POLICY \(Self.agent) 200" }
+        _ = try proxy.waitForStderr(containing: "updated: no-v4 (blocklist)", timeout: 20)
+        let nowBlocked = try curl(port, ["http://127.0.0.1:\(setup.plainPort)/hello"])
+        #expect(nowBlocked.contains("403") && nowBlocked.contains("no-v4"), "\(nowBlocked)")
+        // A name the rules do not list, blocked by the address it reached (checked once connected, before the
+        // request is sent; the origin listens on 127.0.0.1 only, so that is the address).
+        let byAddress = try curl(port, ["http://localhost:\(setup.plainPort)/by-address"])
+        #expect(byAddress.contains("403") && byAddress.contains("no-v4"), "\(byAddress)")
+
+        // A malformed policy: the last good one stays, and one error line says so however often it is fetched.
+        try setup.writePolicy(#"{"policies":[{"name":"broken""#)
+        _ = try setup.mock.waitForLines(count: 5, timeout: 30) { $0 == "POLICY \(Self.agent) 200" }
+        let stillBlocked = try curl(port, ["http://127.0.0.1:\(setup.plainPort)/hello"])
+        #expect(stillBlocked.contains("403") && stillBlocked.contains("no-v4"), "\(stillBlocked)")
+        let errors = proxy.stderr.split(separator: "\n").filter { $0.contains("a policy the proxy cannot use") }
+        #expect(errors.count == 1, "\(errors)")
+        #expect(errors.first?.contains("the policy is not JSON") == true)
+
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
+    @Test func observeModeReportsWhatWouldBeBlockedAndLetsItThrough() throws {
+        let setup = try setUp()
+        defer { withExtendedLifetime(setup) {} }
+        try setup.writePolicy(#"{"policies":[{"name":"no-blocked","mode":"blocklist","rules":{"domains":["blocked.test","localhost"]}}]}"#)
+        let ca = try InspectionTests.makeCA(in: setup.pki.directory)
+        let (proxy, port) = try startProxy(setup, ["KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": ca + "/ca.key"])
+        _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 200" }
+
+        let plain = try curl(port, ["http://localhost:\(setup.plainPort)/hello"])
+        #expect(plain.contains("hello from origin"), "\(plain)")
+        let inner = try curl(
+            port, ["--cacert", ca + "/ca.pem", "-H", "Host: blocked.test", "https://127.0.0.1:\(setup.httpsPort)/hello"])
+        #expect(inner.contains("hello from origin"), "\(inner)")
+        let fine = try curl(port, ["http://127.0.0.1:\(setup.plainPort)/hello"])
+        #expect(fine.contains("hello from origin"), "\(fine)")
+
+        let plainAction = try waitForAction(proxy) { Self.target($0) == "localhost:\(setup.plainPort)" }
+        #expect(Self.verdict(plainAction) == ("allow", "observed"))
+        #expect(Self.metadata(plainAction)["would_block"] as? Bool == true)
+        #expect(Self.metadata(plainAction)["policy"] as? String == "no-blocked")
+        let innerAction = try waitForAction(proxy) { Self.metadata($0)["intercepted"] as? Bool == true }
+        #expect(Self.verdict(innerAction) == ("allow", "observed"))
+        #expect(Self.metadata(innerAction)["would_block"] as? Bool == true)
+        let fineAction = try waitForAction(proxy) { Self.target($0) == "127.0.0.1:\(setup.plainPort)" }
+        #expect(Self.metadata(fineAction)["would_block"] as? Bool == false)
+        #expect(Self.metadata(fineAction)["policy"] == nil)
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
+    @Test func withoutAnyPolicyFailClosedBlocksAndARestartUsesTheCachedPolicy() throws {
+        let setup = try setUp()
+        defer { withExtendedLifetime(setup) {} }
+        try setup.writePolicy(#"{"policies":[{"name":"no-localhost","mode":"blocklist","rules":{"domains":["localhost"]}}]}"#)
+        try "unavailable 1".write(toFile: setup.modeFile, atomically: true, encoding: .utf8)
+        let settings = ["KAIZEN_MODE": "enforce", "KAIZEN_POLICY_FAIL": "closed"]
+
+        // The control plane is down and no policy was ever loaded: closed blocks everything.
+        let (first, firstPort) = try startProxy(setup, settings)
+        _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 503" }
+        let refused = try curl(firstPort, ["http://127.0.0.1:\(setup.plainPort)/hello"])
+        #expect(refused.contains("403") && refused.contains("no policy loaded"), "\(refused)")
+        #expect(first.stderr.contains("none was ever loaded: KAIZEN_POLICY_FAIL decides"), "\(first.stderr)")
+
+        // It comes back: the policy applies.
+        try "ok".write(toFile: setup.modeFile, atomically: true, encoding: .utf8)
+        _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 200" }
+        _ = try first.waitForStderr(containing: "fetched from the control plane again", timeout: 20)
+        let allowed = try curl(firstPort, ["http://127.0.0.1:\(setup.plainPort)/hello"])
+        #expect(allowed.contains("hello from origin"), "\(allowed)")
+        first.signal(SIGTERM)
+        #expect(try first.waitForExit(timeout: 30) == 0)
+
+        // A restart while the control plane is down again: the policy kept on disk applies at once.
+        try "unavailable 1".write(toFile: setup.modeFile, atomically: true, encoding: .utf8)
+        let (second, secondPort) = try startProxy(setup, settings)
+        #expect(second.stderr.contains("loaded from the cache"), "\(second.stderr)")
+        let blocked = try curl(secondPort, ["http://localhost:\(setup.plainPort)/hello"])
+        #expect(blocked.contains("403") && blocked.contains("no-localhost"), "\(blocked)")
+        let stillAllowed = try curl(secondPort, ["http://127.0.0.1:\(setup.plainPort)/hello"])
+        #expect(stillAllowed.contains("hello from origin"), "\(stillAllowed)")
+        second.signal(SIGTERM)
+        #expect(try second.waitForExit(timeout: 30) == 0)
+    }
+
+    @Test func enforceWithoutAnAPIKeyRefusesToStart() throws {
+        let proxy = try ChildProcess(
+            Paths.proxyBinary, ["--local", "--port", "0"], environment: ProxyEnvironment.make(["KAIZEN_MODE": "enforce"]))
+        #expect(try proxy.waitForExit(timeout: 30) == 2)
+        #expect(proxy.stderr.contains("KAIZEN_MODE=enforce needs the control plane's policies: set KAIZEN_API_KEY"), "\(proxy.stderr)")
+    }
+}
