@@ -39,8 +39,10 @@ USER 1337:1337
 ENV KAIZEN_LISTEN=0.0.0.0 \
     PORT=8080 \
     KAIZEN_SPOOL_DIR=/var/lib/kaizen-egress/spool \
-    KAIZEN_STATE_DIR=/var/lib/kaizen-egress/state
-# 8080: explicit proxy (HTTPS_PROXY); 15001: transparent listener when KAIZEN_TRANSPARENT_PORT=15001 is set.
-EXPOSE 8080 15001
+    KAIZEN_STATE_DIR=/var/lib/kaizen-egress/state \
+    KAIZEN_ADMIN_LISTEN=0.0.0.0:9090
+# 8080: explicit proxy (HTTPS_PROXY); 15001: transparent listener when KAIZEN_TRANSPARENT_PORT=15001 is set;
+# 9090: admin (/metrics, /healthz, /readyz).
+EXPOSE 8080 15001 9090
 HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/local/bin/kaizen-egress", "probe"]
 ENTRYPOINT ["/usr/local/bin/kaizen-egress"]

@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         // Property-based tests for the audit log's tamper detection (tests only).
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     ],
@@ -47,11 +49,21 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
+        // The proxy's metrics: every name in one file, the handles, and the Prometheus registry /metrics serves.
+        .target(
+            name: "Telemetry",
+            dependencies: [
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The action model and the sinks actions go to (local JSON lines today; the control plane next).
         .target(
             name: "ControlPlane",
             dependencies: [
                 "OpenSSLTLS",
+                "Telemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -68,6 +80,7 @@ let package = Package(
             name: "Interception",
             dependencies: [
                 "OpenSSLTLS",
+                "Telemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
@@ -114,6 +127,7 @@ let package = Package(
                 "ControlPlane",
                 "Interception",
                 "OpenSSLTLS",
+                "Telemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -217,6 +231,7 @@ let package = Package(
             name: "EgressProxyTests",
             dependencies: [
                 "EgressProxy",
+                "Telemetry",
                 "ClientHello",
                 "ControlPlane",
                 .product(name: "NIOCore", package: "swift-nio"),

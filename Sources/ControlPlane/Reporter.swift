@@ -4,6 +4,7 @@ import NIOPosix
 import OpenSSLTLS
 import ServiceLifecycle
 import Synchronization
+public import Telemetry
 
 #if canImport(Glibc)
 import Glibc
@@ -36,6 +37,7 @@ public final class Reporter: ActionSink, Service {
         public var connections: Int = 4
         public var backoffBase: Duration = .milliseconds(200)
         public var backoffCap: Duration = .seconds(30)
+        public var metrics: ProxyMetrics?
 
         public init(
             endpoint: ControlPlaneEndpoint,
@@ -62,6 +64,8 @@ public final class Reporter: ActionSink, Service {
     private let spooled = BatchQueue<Void>(limit: 1)
     private let spoolBox: Mutex<Spool?>
     private let dropLog = Mutex(DropLog())
+    /// When the spool writer's pass in progress started; nil between passes.
+    private let spoolPassStarted = Mutex<ContinuousClock.Instant?>(nil)
 
     private struct DropLog {
         var lastLine: ContinuousClock.Instant?
@@ -121,7 +125,10 @@ public final class Reporter: ActionSink, Service {
     /// Moves the in-memory queue into the spool; returns how many records moved.
     @discardableResult
     private func spoolQueued() -> Int {
+        spoolPassStarted.withLock { $0 = .now }
+        defer { spoolPassStarted.withLock { $0 = nil } }
         let (actions, dropped) = queue.takeAll()
+        configuration.metrics?.dropped(dropped, stage: "queue")
         if dropped > 0 {
             logger.error("the reporter's queue was full; actions were dropped before reaching the spool", metadata: ["dropped": "\(dropped)"])
         }
@@ -152,6 +159,7 @@ public final class Reporter: ActionSink, Service {
         // The gap record itself may push out one more segment: account for that too (bounded).
         for _ in 0..<4 {
             guard let drops = spool.takeDropped() else { return }
+            configuration.metrics?.dropped(drops.records, stage: "spool")
             let gap = DroppedActionsRecord(agent: configuration.agent, drops: drops)
             var json = JSONWriter()
             gap.writeJSON(to: &json)
@@ -202,9 +210,11 @@ public final class Reporter: ActionSink, Service {
                 while pool.count < wanted {
                     pool.append(try await ControlPlaneConnection.connect(to: configuration.endpoint, tls: configuration.tls))
                 }
+                let started = ContinuousClock.now
                 let outcome = try await send(batch, over: pool)
                 switch outcome {
                 case .delivered:
+                    configuration.metrics?.delivered(batch.count, since: started)
                     failures = 0
                     if health != .reachable {
                         if health == .unreachable || health == .unauthorized {
@@ -213,6 +223,7 @@ public final class Reporter: ActionSink, Service {
                         health = .reachable
                     }
                 case .retryLater(let status, let retryAfter):
+                    configuration.metrics?.deliveryFailed(reason: status == 401 || status == 403 ? "unauthorized" : "unavailable")
                     failures += 1
                     if status == 401 || status == 403 {
                         if health != .unauthorized {
@@ -233,6 +244,7 @@ public final class Reporter: ActionSink, Service {
                     await pause(retryAfter ?? backoff(failures))
                 }
             } catch {
+                configuration.metrics?.deliveryFailed(reason: "unreachable")
                 failures += 1
                 if health != .unreachable {
                     logger.warning(
@@ -309,6 +321,18 @@ public final class Reporter: ActionSink, Service {
             "the control plane rejected an action; it is set aside in \(path)",
             metadata: ["status": "\(response.status)"]
         )
+    }
+
+    /// Actions not yet accepted by the control plane (in memory and in the spool) and the spool's size on disk.
+    public var backlog: (actions: Int, spoolBytes: Int64) {
+        let (records, bytes) = spoolBox.withLock { ($0?.pendingRecords ?? 0, $0?.totalBytes ?? 0) }
+        return (records + queue.count, bytes)
+    }
+
+    /// Whether one pass of the spool writer has run for more than 30 seconds: writing to the spool is stuck (a
+    /// disk that does not answer), which a control-plane outage never causes.
+    public var isWedged: Bool {
+        spoolPassStarted.withLock { started in started.map { ContinuousClock.now - $0 > .seconds(30) } ?? false }
     }
 
     private func pendingCount() -> Int {

@@ -4,6 +4,7 @@ import ControlPlane
 import OpenSSLTLS
 import Logging
 import Policy
+public import Telemetry
 import NIOCore
 import ServiceLifecycle
 import UnixSignals
@@ -21,6 +22,11 @@ public struct EgressApplication: Sendable {
     /// Present unless `KAIZEN_BASELINE_MAX` is 0: which destinations each agent reached before.
     public let baselineStore: BaselineStore?
     public let server: ProxyServer
+    /// Present unless `KAIZEN_ADMIN_LISTEN=off`: `/metrics`, `/healthz`, `/readyz`.
+    public let adminServer: AdminServer?
+    /// The proxy's metrics and their Prometheus exposition (a registry of this application's own).
+    public let metrics: ProxyMetrics
+    public let prometheus: PrometheusExport
 
     /// - Throws: `ConfigurationError` when the audit log, the state directory or the CA cannot be used.
     public init(
@@ -29,11 +35,16 @@ public struct EgressApplication: Sendable {
         extraSink: (any ActionSink)? = nil,
         onListening: (@Sendable (SocketAddress) -> Void)? = nil
     ) throws {
+        let prometheus = PrometheusExport()
+        let metrics = ProxyMetrics(factory: prometheus.factory)
+        self.prometheus = prometheus
+        self.metrics = metrics
         actionLog = configuration.local ? LocalActionLog(logger: logger) : nil
         auditLog = try configuration.auditLogPath.map { try Self.makeAuditLog(configuration, path: $0, logger: logger) }
         if let apiKey = configuration.apiKey {
             let (endpoint, tls) = try Self.controlPlane(configuration)
-            reporter = try Self.makeReporter(configuration, endpoint: endpoint, tls: tls, apiKey: apiKey, logger: logger)
+            reporter = try Self.makeReporter(
+                configuration, endpoint: endpoint, tls: tls, apiKey: apiKey, metrics: metrics, logger: logger)
             policyStore = PolicyStore(
                 configuration: .init(
                     endpoint: endpoint,
@@ -43,7 +54,8 @@ public struct EgressApplication: Sendable {
                     refreshInterval: .nanoseconds(configuration.policyRefresh.nanoseconds),
                     cacheDirectory: Self.policyCacheDirectory(configuration, logger: logger)
                 ),
-                logger: logger
+                logger: logger,
+                onFetch: { metrics.policyFetch($0.rawValue) }
             )
         } else {
             reporter = nil
@@ -84,13 +96,20 @@ public struct EgressApplication: Sendable {
         if let reporter { sinks.append(reporter) }
         if let extraSink { sinks.append(extraSink) }
         let sink: any ActionSink = sinks.count == 1 ? sinks[0] : FanOutSink(sinks)
-        let inspection = try Inspection.make(configuration, logger: logger)
+        let inspection = try Inspection.make(configuration, logger: logger, metrics: metrics)
         let policy = policyStore.map {
             PolicyCheck(store: $0, enforcing: configuration.policyMode == .enforce, failClosed: configuration.policyFailClosed)
         }
-        server = ProxyServer(
+        let server = ProxyServer(
             configuration: configuration, sink: sink, logger: logger, inspection: inspection,
-            baseline: baseline, policy: policy, onListening: onListening)
+            baseline: baseline, policy: policy, metrics: metrics, onListening: onListening)
+        self.server = server
+        let (reporter, policyStore) = (self.reporter, self.policyStore)
+        adminServer = configuration.adminListen.map { listen in
+            Self.makeAdminServer(
+                listen, configuration: configuration, server: server, reporter: reporter, policyStore: policyStore,
+                prometheus: prometheus, metrics: metrics, logger: logger)
+        }
     }
 
     /// What the start record of the audit log says the proxy captures.
@@ -135,6 +154,45 @@ public struct EgressApplication: Sendable {
                 "KAIZEN_AUDIT_LOG: cannot open \(path): \(error): set \(ConfigurationKey.auditLog.spelled) to a file path in a directory the proxy can write"
             )
         }
+    }
+
+    private static func makeAdminServer(
+        _ listen: (host: String, port: Int),
+        configuration: ProxyConfiguration,
+        server: ProxyServer,
+        reporter: Reporter?,
+        policyStore: PolicyStore?,
+        prometheus: PrometheusExport,
+        metrics: ProxyMetrics,
+        logger: Logger
+    ) -> AdminServer {
+        let enforcingClosed = configuration.policyMode == .enforce && configuration.policyFailClosed
+        let endpoints = AdminServer.Endpoints(
+            metrics: {
+                // Gauges read from their sources at scrape time.
+                metrics.setOpenConnections(server.openConnections)
+                if let reporter {
+                    let backlog = reporter.backlog
+                    metrics.setReporterQueue(backlog.actions)
+                    metrics.setSpoolBytes(backlog.spoolBytes)
+                }
+                return prometheus.exposition()
+            },
+            readiness: {
+                var problems: [String] = []
+                if !server.isAccepting { problems.append("the proxy listener is not accepting connections") }
+                if reporter?.isWedged == true {
+                    problems.append("the reporter has not written its queue to the spool for 30 seconds")
+                }
+                if enforcingClosed, let policyStore, !policyStore.allLoaded {
+                    problems.append("no policy loaded yet, and KAIZEN_POLICY_FAIL=closed blocks everything")
+                }
+                return problems
+            }
+        )
+        return AdminServer(
+            host: listen.host, port: listen.port, endpoints: endpoints, logger: logger,
+            onListening: { server.addOwnListener($0) })
     }
 
     /// The agents whose policies are fetched: the configured one and every user of the credentials file.
@@ -189,20 +247,20 @@ public struct EgressApplication: Sendable {
         endpoint: ControlPlaneEndpoint,
         tls: OpenSSLContext?,
         apiKey: ProxyConfiguration.APIKey,
+        metrics: ProxyMetrics,
         logger: Logger
     ) throws(ConfigurationError) -> Reporter {
         do {
-            return try Reporter(
-                configuration: .init(
-                    endpoint: endpoint,
-                    apiKey: apiKey.value,
-                    agent: configuration.agent,
-                    tls: tls,
-                    spoolDirectory: configuration.spoolDirectory,
-                    spoolMaxBytes: configuration.spoolMaxBytes
-                ),
-                logger: logger
+            var settings = Reporter.Configuration(
+                endpoint: endpoint,
+                apiKey: apiKey.value,
+                agent: configuration.agent,
+                tls: tls,
+                spoolDirectory: configuration.spoolDirectory,
+                spoolMaxBytes: configuration.spoolMaxBytes
             )
+            settings.metrics = metrics
+            return try Reporter(configuration: settings, logger: logger)
         } catch {
             throw ConfigurationError(
                 variable: ConfigurationKey.spoolDirectory.variable,
@@ -221,6 +279,8 @@ public struct EgressApplication: Sendable {
         if let reporter { services.append(.init(service: reporter)) }
         if let policyStore { services.append(.init(service: policyStore)) }
         services.append(.init(service: server))
+        // Last, so it shuts down first: /readyz stops answering before the proxy listener drains.
+        if let adminServer { services.append(.init(service: adminServer)) }
         return ServiceGroup(
             configuration: .init(
                 services: services,

@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
+import Telemetry
 
 /// The transparent listener could not be bound.
 public struct TransparentBindError: Error, Sendable {
@@ -30,6 +31,8 @@ public final class ProxyServer: Service {
     private let resolverPool: NIOThreadPool
     private let dnsCache: DNSCache
     private let inspection: Inspection?
+    /// The destination guard, with every listener of this proxy added as it is bound.
+    private let destinationCheck: DestinationCheck
 
     /// - Parameter onListening: called once the listener is bound, with its address (port 0 becomes the real
     ///   port); tests use it to find the proxy.
@@ -54,14 +57,16 @@ public final class ProxyServer: Service {
         inspection: Inspection?,
         baseline: DestinationBaseline? = nil,
         policy: PolicyCheck? = nil,
+        metrics: ProxyMetrics? = nil,
         onListening: (@Sendable (SocketAddress) -> Void)? = nil
     ) {
         self.inspection = inspection
         self.configuration = configuration
+        self.destinationCheck = DestinationCheck(configuration)
         self.tracker = ConnectionTracker(
             maxConnections: configuration.maxConnections, maxPerClient: configuration.maxConnectionsPerClient)
         self.reporting = Reporting(
-            agent: configuration.agent, sink: sink, logger: logger, baseline: baseline, policy: policy)
+            agent: configuration.agent, sink: sink, logger: logger, baseline: baseline, policy: policy, metrics: metrics)
         self.group = group
         self.logger = logger
         self.onListening = onListening
@@ -74,6 +79,17 @@ public final class ProxyServer: Service {
         resolverPool.shutdownGracefully { _ in }
     }
 
+    /// Client connections open now.
+    var openConnections: Int { tracker.count }
+
+    /// Whether the listener is bound and accepting (not before `bind`, not once shutdown began).
+    var isAccepting: Bool { boundChannel.withLockedValue { $0?.isActive ?? false } }
+
+    /// Records a listener of the proxy's own (the admin one), so the proxy never dials it.
+    func addOwnListener(_ address: SocketAddress?) {
+        destinationCheck.addListener(address)
+    }
+
     /// Binds the listener, so a taken port or a bad address fails before any service starts. `run` calls it
     /// when it has not been called.
     @discardableResult
@@ -81,7 +97,7 @@ public final class ProxyServer: Service {
         if let channel = boundChannel.withLockedValue({ $0 }) { return channel.localAddress }
         var settings = ConnectionSettings(configuration, resolverPool: resolverPool, dnsCache: dnsCache)
         settings.inspection = inspection
-        let destinationCheck = DestinationCheck(configuration)
+        let destinationCheck = self.destinationCheck
         settings.destinationCheck = destinationCheck
         let reporting = self.reporting
         let admission = ClientAdmission(allowed: configuration.allowedClients, tracker: tracker, logger: logger)

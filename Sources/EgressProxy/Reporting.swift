@@ -2,6 +2,7 @@ import Audit
 import ControlPlane
 import Logging
 import NIOCore
+import Telemetry
 
 /// What every connection handler needs to report: the agent name, the sink, the base logger, and the
 /// destination baseline that marks an agent's first connection to a destination.
@@ -12,6 +13,7 @@ struct Reporting: Sendable {
     var baseline: DestinationBaseline? = nil
     /// Present with an API key: the control plane's policies, observed or enforced.
     var policy: PolicyCheck? = nil
+    var metrics: ProxyMetrics? = nil
 
     /// Records the action. A connection that reached a destination its agent never reached before is marked
     /// `first_seen` and logged; requests after the first inside one intercepted connection are not connections.
@@ -29,7 +31,43 @@ struct Reporting: Sendable {
                 "agent \(Self.printable(agent)) connected to a destination it has never connected to (\(Self.printable(target)))"
             )
         }
+        if let metrics { count(metadata, verdict: verdict, in: metrics) }
         sink.record(.action(ConnectAction(agent: agent, target: target, metadata: metadata, verdict: verdict)))
+    }
+
+    /// The metrics an action stands for: a connection or an inspected request, its peek, its policy decision,
+    /// an inspection failure.
+    private func count(_ metadata: ConnectMetadata, verdict: ConnectAction.Verdict, in metrics: ProxyMetrics) {
+        let blocked = verdict.decision == "block"
+        let isLaterRequest = metadata.connectionID.map { $0 != metadata.eventID } ?? false
+        if !isLaterRequest {
+            // An inspected connection's first request carries the connection's event id; a block of that request
+            // is the request's, not the connection's.
+            let connectionBlocked = blocked && metadata.intercepted != true
+            let outcome = connectionBlocked ? "blocked" : metadata.outcome == .failed ? "failed" : "connected"
+            metrics.connection(transport: metadata.transport.rawValue, outcome: outcome)
+            if metadata.sni != nil {
+                metrics.peek(outcome: "sni")
+            } else if metadata.tls == true {
+                metrics.peek(outcome: "no_sni")
+            } else if metadata.sniError != nil {
+                metrics.peek(outcome: "none")
+            } else if metadata.tls == false {
+                metrics.peek(outcome: "not_tls")
+            }
+        }
+        if metadata.connectionID != nil, metadata.method != nil || metadata.status != nil {
+            let rejected = metadata.error?.hasPrefix("rejected") ?? false
+            metrics.inspectedRequest(outcome: blocked ? "blocked" : rejected ? "rejected" : "forwarded")
+        }
+        switch metadata.inspection {
+        case "upstream not trusted": metrics.upstreamVerificationFailed()
+        case "tls_intercept_failed": metrics.interceptFailed()
+        default: break
+        }
+        if let policy {
+            metrics.policyDecision(metadata.policy == nil ? "allow" : policy.enforcing ? "block" : "would_block")
+        }
     }
 
     /// Enforce mode: no policy blocks the destination.
@@ -55,6 +93,7 @@ struct Reporting: Sendable {
     }
 
     func close(_ body: CloseRecord.Body) {
+        metrics?.bytes(fromClient: body.bytesFromClient, toClient: body.bytesToClient)
         sink.record(.close(CloseRecord(agent: agent, close: body)))
     }
 

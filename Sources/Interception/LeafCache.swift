@@ -1,6 +1,7 @@
 public import NIOCore
 public import OpenSSLTLS
 import Synchronization
+public import Telemetry
 
 /// Leaf certificates minted from the customer's CA, by name: a bounded LRU (entries and bytes) with
 /// single-flight minting, so a burst of connections to a new name mints once and the rest wait for it.
@@ -42,16 +43,19 @@ public final class LeafCache: Sendable {
     private let limits: Limits
     private let now: @Sendable () -> Int64
     private let state = Mutex(State())
+    private let metrics: ProxyMetrics?
 
     public init(
         authority: OpenSSLCertificateAuthority,
         leafKey: OpenSSLPrivateKey,
         limits: Limits = Limits(),
+        metrics: ProxyMetrics? = nil,
         now: @escaping @Sendable () -> Int64
     ) {
         self.authority = authority
         self.leafKey = leafKey
         self.limits = limits
+        self.metrics = metrics
         self.now = now
     }
 
@@ -95,18 +99,23 @@ public final class LeafCache: Sendable {
         }
         switch decision {
         case .hit(let leaf):
+            metrics?.leafLookup(hit: true)
             return eventLoop.makeSucceededFuture(leaf)
         case .wait(let future):
+            metrics?.leafLookup(hit: true)
             return future
         case .mint:
-            break
+            metrics?.leafLookup(hit: false)
         }
         let result: Result<OpenSSLCertifiedKey, any Error>
+        let started = ContinuousClock.now
         do {
             result = .success(try authority.mintLeaf(for: name, key: leafKey, now: now))
         } catch {
             result = .failure(error)
+            metrics?.leafMintFailed()
         }
+        metrics?.leafMinted(since: started)
         let waiters = state.withLock { state -> [EventLoopPromise<OpenSSLCertifiedKey>] in
             guard case .minting(let waiters) = state.slots[name] else { return [] }
             state.mints += 1

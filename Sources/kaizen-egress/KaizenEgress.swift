@@ -162,6 +162,12 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Fetch the policy again this often (If-None-Match). (env KAIZEN_POLICY_REFRESH, default 60s)")
     var policyRefresh: String?
 
+    @Option(help: "Admin listener for /metrics, /healthz and /readyz: address:port, or off. (env KAIZEN_ADMIN_LISTEN, default 127.0.0.1:9090)")
+    var adminListen: String?
+
+    @Option(help: "Log format on standard error: text or json (one object per line). (env KAIZEN_LOG_FORMAT, default text)")
+    var logFormat: String?
+
     func runProxy() async throws {
         var environment = ProcessInfo.processInfo.environment
         // A flag given on the command line wins over its environment variable.
@@ -178,7 +184,7 @@ struct RunOptions: ParsableArguments {
             (.maxRequestLine, maxRequestLine), (.maxHeaderBytes, maxHeaderBytes), (.maxHeaderFields, maxHeaderFields),
             (.headerTimeout, headerTimeout), (.maxConnections, maxConnections),
             (.maxConnectionsPerClient, maxConnectionsPerClient), (.mode, mode), (.policyFail, policyFail),
-            (.policyRefresh, policyRefresh),
+            (.policyRefresh, policyRefresh), (.adminListen, adminListen), (.logFormat, logFormat),
         ]
         for case (let key, let value?) in flags {
             environment[key.variable] = value
@@ -200,10 +206,15 @@ struct RunOptions: ParsableArguments {
         }
 
         let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+        switch configuration.logFormat {
+        case .json:
+            LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
+        case .text:
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
         }
         let logger = Logger(label: "kaizen-egress")
         signal(SIGPIPE, SIG_IGN)  // a closed stdout must not kill the proxy; writes report EPIPE instead
@@ -217,6 +228,15 @@ struct RunOptions: ParsableArguments {
         // The first policy fetch comes before the listener, so the first connections meet the policy, not
         // KAIZEN_POLICY_FAIL (bounded: a control plane that does not answer delays the start by seconds only).
         await application.policyStore?.loadInitial()
+        if let admin = application.adminServer, let listen = configuration.adminListen {
+            do {
+                try await admin.bind()
+            } catch {
+                fail(
+                    "\(ConfigurationKey.adminListen.variable): cannot listen on \(listen.host) port \(listen.port): \(Self.reason(error)): set \(ConfigurationKey.adminListen.spelled) to a free address:port, or off"
+                )
+            }
+        }
         do {
             try await application.server.bind()
         } catch let error as TransparentBindError {

@@ -166,6 +166,19 @@ import Testing
         #expect(errors.count == 1, "\(errors)")
         #expect(errors.first?.contains("the policy is not JSON") == true)
 
+        // The same story in the metrics.
+        let metrics = try AdminTests().get(try proxy.adminPort(), "/metrics").body
+        func value(_ series: String) -> Double { AdminTests.value(metrics, series) ?? -1 }
+        #expect(value(#"kaizen_egress_policy_decisions_total{decision="block"}"#) >= 6, "\(metrics)")
+        #expect(value(#"kaizen_egress_policy_decisions_total{decision="allow"}"#) >= 1)
+        #expect(value(#"kaizen_egress_policy_decisions_total{decision="would_block"}"#) == 0)
+        #expect(value(#"kaizen_egress_policy_fetches_total{outcome="updated"}"#) == 2)
+        #expect(value(#"kaizen_egress_policy_fetches_total{outcome="not_modified"}"#) >= 1)
+        #expect(value(#"kaizen_egress_policy_fetches_total{outcome="invalid"}"#) >= 3)
+        #expect(value(#"kaizen_egress_inspected_requests_total{outcome="blocked"}"#) == 1)
+        #expect(value(#"kaizen_egress_leaf_cache_total{result="miss"}"#) == 1)
+        #expect(value(#"kaizen_egress_connections_total{transport="connect",outcome="blocked"}"#) == 1)
+
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }

@@ -96,8 +96,11 @@ import Testing
         _ = try proxy.waitForStderr(containing: "refused the API key (HTTP 401)", timeout: 20)
         try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)
         try waitForDelivery(ids, at: mock)
-        let refusals = proxy.stderr.components(separatedBy: "refused the API key").count - 1
-        #expect(refusals == 1)  // one line, not one per action or retry
+        // One line each from the reporter and the policy fetch, not one per action or retry.
+        let refusals = proxy.stderr.components(separatedBy: "refused the API key (HTTP 401); actions are kept").count - 1
+        #expect(refusals == 1)
+        let policyRefusals = proxy.stderr.components(separatedBy: "refused the API key for the policy").count - 1
+        #expect(policyRefusals == 1)
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }

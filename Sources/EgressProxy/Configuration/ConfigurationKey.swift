@@ -57,11 +57,15 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let policyFail = ConfigurationKey(variable: "KAIZEN_POLICY_FAIL", flag: "--policy-fail")
     public static let policyRefresh = ConfigurationKey(variable: "KAIZEN_POLICY_REFRESH", flag: "--policy-refresh")
 
+    public static let adminListen = ConfigurationKey(variable: "KAIZEN_ADMIN_LISTEN", flag: "--admin-listen")
+    public static let logFormat = ConfigurationKey(variable: "KAIZEN_LOG_FORMAT", flag: "--log-format")
+
     public static let all: [ConfigurationKey] = [
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
         .pinnedPassthrough, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
         .allowClients, .proxyAuth, .allowPrivate, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
         .headerTimeout, .maxConnections, .maxConnectionsPerClient, .mode, .policyFail, .policyRefresh,
+        .adminListen, .logFormat,
     ]
 }

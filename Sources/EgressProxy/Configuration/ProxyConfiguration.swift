@@ -49,6 +49,8 @@ import NIOCore
 /// | `KAIZEN_MODE` | `observe` or `enforce` | `observe` |
 /// | `KAIZEN_POLICY_FAIL` | `open` or `closed` | `open` |
 /// | `KAIZEN_POLICY_REFRESH` | duration | `60s` |
+/// | `KAIZEN_ADMIN_LISTEN` | `address:port` (`[::1]:9090`), or `off` | `127.0.0.1:9090` |
+/// | `KAIZEN_LOG_FORMAT` | `text` or `json` | `text` |
 public struct ProxyConfiguration: Sendable {
     public var listenAddress: String
     public var port: Int
@@ -121,6 +123,17 @@ public struct ProxyConfiguration: Sendable {
     public var policyFailClosed: Bool
     /// How often the policy is fetched again (with If-None-Match).
     public var policyRefresh: TimeAmount
+
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); nil when off.
+    public var adminListen: (host: String, port: Int)?
+    /// Standard error's format: one human-readable line, or one JSON object, per log event.
+    public var logFormat: LogFormat
+
+    public enum LogFormat: String, Sendable, Hashable {
+        case text, json
+    }
+
+    public static let defaultAdminListen = "127.0.0.1:9090"
 
     public enum PolicyMode: String, Sendable, Hashable {
         case observe, enforce
@@ -442,6 +455,37 @@ public struct ProxyConfiguration: Sendable {
             )
         }
 
+        let admin = value(.adminListen) ?? Self.defaultAdminListen
+        if ["off", "0", "none", "false"].contains(admin.lowercased()) {
+            self.adminListen = nil
+        } else {
+            guard let parsed = Self.parseHostPort(admin), (try? SocketAddress(ipAddress: parsed.host, port: 0)) != nil
+            else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.adminListen.variable,
+                    "KAIZEN_ADMIN_LISTEN=\(Self.quoted(admin)) is not an address and port: set \(ConfigurationKey.adminListen.spelled) to one such as 127.0.0.1:9090 or [::]:9090, or off"
+                )
+            }
+            guard parsed.port == 0 || parsed.port != self.port, parsed.port == 0 || parsed.port != self.transparentPort else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.adminListen.variable,
+                    "KAIZEN_ADMIN_LISTEN uses the proxy's own port \(parsed.port): give the admin listener a port of its own, such as 9090"
+                )
+            }
+            self.adminListen = parsed
+        }
+        if let raw = value(.logFormat) {
+            guard let format = LogFormat(rawValue: raw.lowercased()) else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.logFormat.variable,
+                    "KAIZEN_LOG_FORMAT=\(Self.quoted(raw)) is not a log format: set \(ConfigurationKey.logFormat.spelled) to text or json"
+                )
+            }
+            self.logFormat = format
+        } else {
+            self.logFormat = .text
+        }
+
         // Actions must go somewhere: to the control plane (a key), to standard output (local mode), or both.
         if !local && apiKey == nil {
             throw ConfigurationError(
@@ -457,6 +501,23 @@ public struct ProxyConfiguration: Sendable {
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 10_000 }
         let files = Int(min(limit.rlim_cur, 1 << 30))  // RLIM_INFINITY is the largest value: capped here
         return max(16, min(10_000, (files - 64) / 2))
+    }
+
+    /// `127.0.0.1:9090`, `[::1]:9090`; nil when it is not an address and a port (0–65535).
+    static func parseHostPort(_ text: String) -> (host: String, port: Int)? {
+        let host: String
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = String(text[text.index(after: text.startIndex)..<close])
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":"), text.firstIndex(of: ":") == colon else { return nil }
+            host = String(text[..<colon])
+            portText = text[text.index(after: colon)...]
+        }
+        guard let port = Int(portText), (0...65535).contains(port), !host.isEmpty else { return nil }
+        return (host, port)
     }
 
     /// A whole number in `range` (with `sized`, also `8K`, `1M`).

@@ -1,6 +1,7 @@
 import Foundation
 import Interception
 import Logging
+import Telemetry
 import NIOCore
 import OpenSSLTLS
 
@@ -21,7 +22,9 @@ struct Inspection: Sendable {
 
     /// Loads and checks the CA and builds the TLS contexts; a problem is a `ConfigurationError` naming the
     /// variable. Warnings (a CA close to expiry) are logged.
-    static func make(_ configuration: ProxyConfiguration, logger: Logger) throws(ConfigurationError) -> Inspection? {
+    static func make(
+        _ configuration: ProxyConfiguration, logger: Logger, metrics: ProxyMetrics? = nil
+    ) throws(ConfigurationError) -> Inspection? {
         guard let files = configuration.inspectionCA else { return nil }
         let now = Int64(Date().timeIntervalSince1970)
         let authority: OpenSSLCertificateAuthority
@@ -62,7 +65,7 @@ struct Inspection: Sendable {
         )
         return Inspection(
             authority: authority,
-            leaves: LeafCache(authority: authority, leafKey: leafKey) { Int64(Date().timeIntervalSince1970) },
+            leaves: LeafCache(authority: authority, leafKey: leafKey, metrics: metrics) { Int64(Date().timeIntervalSince1970) },
             policy: InspectionPolicy(
                 inspectHosts: configuration.inspectHosts,
                 passthroughHosts: configuration.passthroughHosts,

@@ -2,6 +2,7 @@ import ControlPlane
 import Interception
 import Logging
 import NIOCore
+import Telemetry
 import NIOHTTP1
 import OpenSSLTLS
 
@@ -79,8 +80,14 @@ final class InterceptedConnection {
     func attach(client: InterceptedClientHandler) { self.client = client }
     func attach(upstream: InterceptedUpstreamHandler) { self.upstream = upstream }
 
+    private var counted = false
+
     func start() {
         scheduleIdleCheck(in: idleTimeout)
+        if !counted, let metrics = reporting.metrics {
+            counted = true
+            metrics.tunnelOpened(inspected: true)
+        }
     }
 
     var mayReadClient: Bool { machine.mayReadClient }
@@ -367,6 +374,7 @@ final class InterceptedConnection {
     private func finish() {
         guard !finished else { return }
         finished = true
+        if counted { reporting.metrics?.tunnelClosed(inspected: true) }
         idleTimer?.cancel()
         idleTimer = nil
         if !upstreamHandshakeDone { upstreamReady.fail(ChannelError.ioOnClosedChannel) }

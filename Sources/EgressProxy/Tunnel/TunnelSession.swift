@@ -3,6 +3,7 @@ import ControlPlane
 import OpenSSLTLS
 import Logging
 import NIOCore
+import Telemetry
 
 /// The record of one CONNECT tunnel: byte counts, the SNI peek, who closed it and why, and the idle timer.
 ///
@@ -57,8 +58,14 @@ final class TunnelSession {
     }
 
     /// Starts the idle timer.
+    private var counted = false
+
     func start() {
         scheduleIdleCheck(in: idleTimeout)
+        if !counted, let metrics = reporting.metrics {
+            counted = true
+            metrics.tunnelOpened(inspected: false)
+        }
     }
 
     func peekConcluded(_ result: PeekResult) {
@@ -144,6 +151,7 @@ final class TunnelSession {
     private func finish() {
         guard !recorded else { return }
         recorded = true
+        if counted { reporting.metrics?.tunnelClosed(inspected: false) }
         idleTimer?.cancel()
         idleTimer = nil
         sendActionOnce()

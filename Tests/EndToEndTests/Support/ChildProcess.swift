@@ -179,7 +179,15 @@ final class ChildProcess: @unchecked Sendable {
 
     /// The proxy's port once it logs `proxy listening on 127.0.0.1:PORT` (waiting up to 30 s for the line).
     func listeningPort() throws -> Int {
-        let marker = "proxy listening on 127.0.0.1:"
+        try loggedPort(after: "proxy listening on 127.0.0.1:")
+    }
+
+    /// The admin listener's port, from `admin listener on 127.0.0.1:PORT`.
+    func adminPort() throws -> Int {
+        try loggedPort(after: "admin listener on 127.0.0.1:")
+    }
+
+    private func loggedPort(after marker: String) throws -> Int {
         let stderr = try waitForStderr(containing: marker, timeout: 30)
         guard let port = Int(stderr.components(separatedBy: marker)[1].prefix(while: \.isNumber)) else {
             throw TestFailure("no port after \(marker) in \(stderr)")

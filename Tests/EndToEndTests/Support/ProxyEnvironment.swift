@@ -2,7 +2,7 @@ import Foundation
 
 /// The environment a test gives the proxy binary: this process's, without any KAIZEN_ or proxy variable the
 /// developer may have set, plus the exception for loopback origins (the destination guard refuses loopback by
-/// default, and every test origin listens there).
+/// default, and every test origin listens there), and an admin listener on a free port.
 enum ProxyEnvironment {
     static let loopbackOrigins = "127.0.0.0/8,::1"
 
@@ -13,6 +13,8 @@ enum ProxyEnvironment {
             environment[key] = nil
         }
         environment["KAIZEN_ALLOW_PRIVATE"] = loopbackOrigins
+        // Tests run side by side: each proxy's admin listener on a free port, not all on 9090.
+        environment["KAIZEN_ADMIN_LISTEN"] = "127.0.0.1:0"
         return environment.merging(extra) { $1 }
     }
 }

@@ -1,0 +1,142 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import ServiceLifecycle
+
+/// The admin listener (`KAIZEN_ADMIN_LISTEN`, apart from the proxy port): `GET /metrics` (Prometheus text
+/// format), `GET /healthz` (the process answers) and `GET /readyz` (ready to take traffic, or 503 with the
+/// reasons, one per line). Nothing else; no request body is read.
+public final class AdminServer: Service, Sendable {
+    public struct Endpoints: Sendable {
+        /// Called before each scrape to bring the gauges up to date, then the exposition.
+        var metrics: @Sendable () -> [UInt8]
+        /// Why the proxy is not ready; empty when it is.
+        var readiness: @Sendable () -> [String]
+    }
+
+    private let host: String
+    private let port: Int
+    private let endpoints: Endpoints
+    private let logger: Logger
+    private let group: any EventLoopGroup
+    private let channel = NIOLockedValueBox<(any Channel)?>(nil)
+    private let onListening: (@Sendable (SocketAddress) -> Void)?
+
+    init(
+        host: String,
+        port: Int,
+        endpoints: Endpoints,
+        logger: Logger,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        onListening: (@Sendable (SocketAddress) -> Void)? = nil
+    ) {
+        self.host = host
+        self.port = port
+        self.endpoints = endpoints
+        self.logger = logger
+        self.group = group
+        self.onListening = onListening
+    }
+
+    /// Binds the listener (so a taken port stops the proxy before it starts); `run` binds when this was not called.
+    @discardableResult
+    public func bind() async throws -> SocketAddress? {
+        if let bound = channel.withLockedValue({ $0 }) { return bound.localAddress }
+        let endpoints = self.endpoints
+        let bound = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: false)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(endpoints: endpoints))
+                }
+            }
+            .bind(host: host, port: port)
+            .get()
+        channel.withLockedValue { $0 = bound }
+        return bound.localAddress
+    }
+
+    public var localAddress: SocketAddress? { channel.withLockedValue { $0?.localAddress } }
+
+    public func run() async throws {
+        try await bind()
+        guard let bound = channel.withLockedValue({ $0 }) else { return }
+        logger.info("admin listener on \(Reporting.describe(bound.localAddress)) (/metrics, /healthz, /readyz)")
+        if let address = bound.localAddress { onListening?(address) }
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                try await bound.closeFuture.get()
+            } onGracefulShutdown: {
+                bound.close(promise: nil)
+            }
+        } onCancel: {
+            bound.close(promise: nil)
+        }
+    }
+}
+
+/// Answers one admin request at a time.
+final class AdminHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let endpoints: AdminServer.Endpoints
+    private var head: HTTPRequestHead?
+
+    init(endpoints: AdminServer.Endpoints) {
+        self.endpoints = endpoints
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+        case .body:
+            break
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            let (status, contentType, body) = answer(head)
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: contentType)
+            headers.add(name: "Content-Length", value: "\(body.count)")
+            headers.add(name: "Cache-Control", value: "no-store")
+            if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+            if head.method != .HEAD {
+                context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+            }
+            let keepAlive = head.isKeepAlive
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+                if !keepAlive { context.close(promise: nil) }
+            }
+        }
+    }
+
+    private func answer(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String, [UInt8]) {
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        guard head.method == .GET || head.method == .HEAD else {
+            return (.methodNotAllowed, "text/plain; charset=utf-8", Array("only GET\n".utf8))
+        }
+        switch path {
+        case "/metrics":
+            return (.ok, "text/plain; version=0.0.4; charset=utf-8", endpoints.metrics())
+        case "/healthz":
+            return (.ok, "text/plain; charset=utf-8", Array("ok\n".utf8))
+        case "/readyz":
+            let problems = endpoints.readiness()
+            if problems.isEmpty { return (.ok, "text/plain; charset=utf-8", Array("ready\n".utf8)) }
+            return (.serviceUnavailable, "text/plain; charset=utf-8", Array((problems.joined(separator: "\n") + "\n").utf8))
+        default:
+            return (.notFound, "text/plain; charset=utf-8", Array("not found: /metrics, /healthz, /readyz\n".utf8))
+        }
+    }
+}
+
+@available(*, unavailable)
+extension AdminHandler: Sendable {}

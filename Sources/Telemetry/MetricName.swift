@@ -1,0 +1,76 @@
+/// Every metric the proxy exports, in one place: its Prometheus name, type, labels and meaning.
+/// docs/operations.md lists the same table; a test keeps the two in step.
+public struct MetricName: Sendable, Hashable {
+    public let name: String
+    public let type: String
+    public let labels: [String]
+    public let help: String
+
+    public static let connections = MetricName(
+        name: "kaizen_egress_connections_total", type: "counter", labels: ["transport", "outcome"],
+        help: "Connections and plain-HTTP requests reported, by transport (connect, http, transparent) and outcome (connected, failed, blocked).")
+    public static let inspectedRequests = MetricName(
+        name: "kaizen_egress_inspected_requests_total", type: "counter", labels: ["outcome"],
+        help: "Requests inside inspected connections, by outcome (forwarded, rejected, blocked).")
+    public static let bytes = MetricName(
+        name: "kaizen_egress_bytes_total", type: "counter", labels: ["direction"],
+        help: "Bytes relayed, from_client or to_client, counted when a connection or exchange closes.")
+    public static let openConnections = MetricName(
+        name: "kaizen_egress_open_connections", type: "gauge", labels: [],
+        help: "Client connections open now (both listeners).")
+    public static let activeTunnels = MetricName(
+        name: "kaizen_egress_active_tunnels", type: "gauge", labels: ["kind"],
+        help: "Tunnels open now: passthrough (relayed untouched) or inspected.")
+    public static let sniParse = MetricName(
+        name: "kaizen_egress_sni_parse_total", type: "counter", labels: ["outcome"],
+        help: "ClientHello peeks, by outcome: sni, no_sni (TLS without a server name), not_tls, none (nothing parseable in time).")
+    public static let mintDuration = MetricName(
+        name: "kaizen_egress_leaf_mint_duration_seconds", type: "histogram", labels: [],
+        help: "Time to mint one leaf certificate (inspection).")
+    public static let mintFailures = MetricName(
+        name: "kaizen_egress_leaf_mint_failures_total", type: "counter", labels: [],
+        help: "Leaf certificates that could not be minted (the client's connection is closed, the action says why).")
+    public static let leafCache = MetricName(
+        name: "kaizen_egress_leaf_cache_total", type: "counter", labels: ["result"],
+        help: "Leaf certificate lookups: hit (cached, or minted by a concurrent request) or miss (minted).")
+    public static let upstreamVerificationFailures = MetricName(
+        name: "kaizen_egress_upstream_verification_failures_total", type: "counter", labels: [],
+        help: "Inspected connections whose upstream failed certificate verification (never shown to the client as trusted).")
+    public static let interceptFailures = MetricName(
+        name: "kaizen_egress_intercept_failures_total", type: "counter", labels: [],
+        help: "Clients that refused the minted certificate (pinning, or the CA not trusted); the name then passes through.")
+    public static let reporterQueue = MetricName(
+        name: "kaizen_egress_reporter_queue_depth", type: "gauge", labels: [],
+        help: "Actions waiting for the control plane: in memory plus in the spool.")
+    public static let spoolBytes = MetricName(
+        name: "kaizen_egress_spool_bytes", type: "gauge", labels: [],
+        help: "Bytes of undelivered actions in the spool on disk.")
+    public static let deliveryDuration = MetricName(
+        name: "kaizen_egress_delivery_duration_seconds", type: "histogram", labels: [],
+        help: "Time for one batch of actions to be sent to and accepted by the control plane.")
+    public static let delivered = MetricName(
+        name: "kaizen_egress_actions_delivered_total", type: "counter", labels: [],
+        help: "Actions the control plane accepted.")
+    public static let dropped = MetricName(
+        name: "kaizen_egress_actions_dropped_total", type: "counter", labels: ["stage"],
+        help: "Actions lost before the control plane had them: queue (memory full) or spool (KAIZEN_SPOOL_MAX_BYTES reached).")
+    public static let deliveryFailures = MetricName(
+        name: "kaizen_egress_delivery_failures_total", type: "counter", labels: ["reason"],
+        help: "Failed delivery attempts: unreachable, unauthorized (401/403), unavailable (other status).")
+    public static let controlPlaneReachable = MetricName(
+        name: "kaizen_egress_control_plane_reachable", type: "gauge", labels: [],
+        help: "1 when the last delivery attempt succeeded, 0 when it failed.")
+    public static let policyDecisions = MetricName(
+        name: "kaizen_egress_policy_decisions_total", type: "counter", labels: ["decision"],
+        help: "Policy decisions on reported actions: allow, block (enforce mode) or would_block (observe mode).")
+    public static let policyFetches = MetricName(
+        name: "kaizen_egress_policy_fetches_total", type: "counter", labels: ["outcome"],
+        help: "Policy fetches: updated, not_modified, invalid (kept the last good), refused (401/403), unavailable.")
+
+    public static let all: [MetricName] = [
+        .connections, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
+        .leafCache,
+        .upstreamVerificationFailures, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
+        .dropped, .deliveryFailures, .controlPlaneReachable, .policyDecisions, .policyFetches,
+    ]
+}

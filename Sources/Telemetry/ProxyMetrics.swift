@@ -1,0 +1,143 @@
+public import CoreMetrics
+
+/// The proxy's metrics as the rest of the proxy records them: one method per event, over handles made once
+/// from a `MetricsFactory` (the Prometheus one in the binary, a test's own in tests). Every label value comes
+/// from a small fixed vocabulary, never from traffic, so the handles are all made up front and the data path
+/// takes no lock to find one.
+public final class ProxyMetrics: Sendable {
+    public static let transports = ["connect", "http", "transparent"]
+    public static let connectionOutcomes = ["connected", "failed", "blocked"]
+    public static let requestOutcomes = ["forwarded", "rejected", "blocked"]
+    public static let peekOutcomes = ["sni", "no_sni", "not_tls", "none"]
+    public static let policyDecisions = ["allow", "block", "would_block"]
+    public static let policyFetchOutcomes = ["updated", "not_modified", "invalid", "refused", "unavailable"]
+    public static let dropStages = ["queue", "spool"]
+    public static let deliveryFailureReasons = ["unreachable", "unauthorized", "unavailable"]
+
+    private let connections: [String: Counter]
+    private let inspectedRequests: [String: Counter]
+    private let peeks: [String: Counter]
+    private let decisions: [String: Counter]
+    private let fetches: [String: Counter]
+    private let drops: [String: Counter]
+    private let deliveryFailures: [String: Counter]
+    private let bytesFromClient: Counter
+    private let bytesToClient: Counter
+    private let openConnections: Meter
+    private let passthroughTunnels: Meter
+    private let inspectedTunnels: Meter
+    private let leafHits: Counter
+    private let leafMisses: Counter
+    private let mintDuration: CoreMetrics.Timer
+    private let mintFailures: Counter
+    private let upstreamVerificationFailures: Counter
+    private let interceptFailures: Counter
+    private let reporterQueue: Meter
+    private let spoolBytes: Meter
+    private let deliveryDuration: CoreMetrics.Timer
+    private let delivered: Counter
+    private let controlPlaneReachable: Meter
+
+    public init(factory: any MetricsFactory) {
+        func counters(_ metric: MetricName, _ values: [String]) -> [String: Counter] {
+            Dictionary(uniqueKeysWithValues: values.map { ($0, Counter(label: metric.name, dimensions: [(metric.labels[0], $0)], factory: factory)) })
+        }
+        var connections: [String: Counter] = [:]
+        for transport in Self.transports {
+            for outcome in Self.connectionOutcomes {
+                connections[transport + "/" + outcome] = Counter(
+                    label: MetricName.connections.name, dimensions: [("transport", transport), ("outcome", outcome)],
+                    factory: factory)
+            }
+        }
+        self.connections = connections
+        inspectedRequests = counters(.inspectedRequests, Self.requestOutcomes)
+        peeks = counters(.sniParse, Self.peekOutcomes)
+        decisions = counters(.policyDecisions, Self.policyDecisions)
+        fetches = counters(.policyFetches, Self.policyFetchOutcomes)
+        drops = counters(.dropped, Self.dropStages)
+        deliveryFailures = counters(.deliveryFailures, Self.deliveryFailureReasons)
+        bytesFromClient = Counter(label: MetricName.bytes.name, dimensions: [("direction", "from_client")], factory: factory)
+        bytesToClient = Counter(label: MetricName.bytes.name, dimensions: [("direction", "to_client")], factory: factory)
+        openConnections = Meter(label: MetricName.openConnections.name, factory: factory)
+        passthroughTunnels = Meter(label: MetricName.activeTunnels.name, dimensions: [("kind", "passthrough")], factory: factory)
+        inspectedTunnels = Meter(label: MetricName.activeTunnels.name, dimensions: [("kind", "inspected")], factory: factory)
+        leafHits = Counter(label: MetricName.leafCache.name, dimensions: [("result", "hit")], factory: factory)
+        leafMisses = Counter(label: MetricName.leafCache.name, dimensions: [("result", "miss")], factory: factory)
+        mintDuration = CoreMetrics.Timer(label: MetricName.mintDuration.name, factory: factory)
+        mintFailures = Counter(label: MetricName.mintFailures.name, factory: factory)
+        upstreamVerificationFailures = Counter(label: MetricName.upstreamVerificationFailures.name, factory: factory)
+        interceptFailures = Counter(label: MetricName.interceptFailures.name, factory: factory)
+        reporterQueue = Meter(label: MetricName.reporterQueue.name, factory: factory)
+        spoolBytes = Meter(label: MetricName.spoolBytes.name, factory: factory)
+        deliveryDuration = CoreMetrics.Timer(label: MetricName.deliveryDuration.name, factory: factory)
+        delivered = Counter(label: MetricName.delivered.name, factory: factory)
+        controlPlaneReachable = Meter(label: MetricName.controlPlaneReachable.name, factory: factory)
+        // Every series exists from the start (at zero), so a dashboard or an alert sees it before the first event.
+        passthroughTunnels.set(0)
+        inspectedTunnels.set(0)
+        openConnections.set(0)
+    }
+
+    // MARK: connections
+
+    /// A connection (or plain-HTTP request) reported: `transport` connect/http/transparent, `outcome`
+    /// connected/failed/blocked.
+    public func connection(transport: String, outcome: String) {
+        connections[transport + "/" + outcome]?.increment()
+    }
+
+    public func inspectedRequest(outcome: String) { inspectedRequests[outcome]?.increment() }
+    public func peek(outcome: String) { peeks[outcome]?.increment() }
+
+    public func bytes(fromClient: UInt64, toClient: UInt64) {
+        if fromClient > 0 { bytesFromClient.increment(by: Int64(clamping: fromClient)) }
+        if toClient > 0 { bytesToClient.increment(by: Int64(clamping: toClient)) }
+    }
+
+    public func tunnelOpened(inspected: Bool) { (inspected ? inspectedTunnels : passthroughTunnels).increment() }
+    public func tunnelClosed(inspected: Bool) { (inspected ? inspectedTunnels : passthroughTunnels).decrement() }
+    public func setOpenConnections(_ count: Int) { openConnections.set(count) }
+
+    // MARK: inspection
+
+    public func leafLookup(hit: Bool) { (hit ? leafHits : leafMisses).increment() }
+    public func leafMinted(since start: ContinuousClock.Instant) { mintDuration.record(since: start) }
+    public func leafMintFailed() { mintFailures.increment() }
+    public func upstreamVerificationFailed() { upstreamVerificationFailures.increment() }
+    public func interceptFailed() { interceptFailures.increment() }
+
+    // MARK: reporting
+
+    public func setReporterQueue(_ depth: Int) { reporterQueue.set(depth) }
+    public func setSpoolBytes(_ bytes: Int64) { spoolBytes.set(bytes) }
+
+    public func delivered(_ count: Int, since start: ContinuousClock.Instant) {
+        delivered.increment(by: count)
+        deliveryDuration.record(since: start)
+        controlPlaneReachable.set(1)
+    }
+
+    public func deliveryFailed(reason: String) {
+        deliveryFailures[reason]?.increment()
+        controlPlaneReachable.set(0)
+    }
+
+    public func dropped(_ count: Int, stage: String) {
+        guard count > 0 else { return }
+        drops[stage]?.increment(by: count)
+    }
+
+    // MARK: policy
+
+    public func policyDecision(_ decision: String) { decisions[decision]?.increment() }
+    public func policyFetch(_ outcome: String) { fetches[outcome]?.increment() }
+}
+
+extension CoreMetrics.Timer {
+    /// Records the time from `start` to now.
+    func record(since start: ContinuousClock.Instant) {
+        let elapsed = ContinuousClock.now - start
+        recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+    }
+}
