@@ -97,6 +97,48 @@ struct Reporting: Sendable {
         sink.record(.close(CloseRecord(agent: agent, close: body)))
     }
 
+    /// The canonical line: one `info` line per connection (per exchange for plain HTTP) when it ends, with
+    /// everything an operator asks about it: `connection agent=… client=… transport=… target=… sni=… mode=…
+    /// decision=… outcome=… bytes_from_client=… bytes_to_client=… duration_ms=… closed_by=… reason=…`.
+    /// `mode` is passthrough (relayed untouched), inspected, forwarded (plain HTTP) or none (never connected).
+    func logConnection(
+        _ metadata: ConnectMetadata,
+        target: String,
+        mode: String,
+        close: CloseRecord.Body?,
+        blockedByProxy: Bool = false,
+        requests: Int? = nil
+    ) {
+        guard logger.logLevel <= .info else { return }
+        let enforcedBlock = policy?.enforcing == true && metadata.policy != nil
+        let blocked = blockedByProxy || enforcedBlock
+        var fields: Logger.Metadata = [
+            "agent": "\(Self.printable(agent))",
+            "client": "\(metadata.client)",
+            "transport": "\(metadata.transport.rawValue)",
+            "target": "\(Self.printable(target))",
+            "mode": "\(mode)",
+            "decision": "\(blocked ? "block" : "allow")",
+            "outcome": "\(blocked ? "blocked" : metadata.outcome == .failed ? "failed" : "connected")",
+        ]
+        if let sni = metadata.sni { fields["sni"] = "\(Self.printable(sni))" }
+        if let policy = metadata.policy { fields["policy"] = "\(Self.printable(policy))" }
+        if metadata.wouldBlock == true { fields["would_block"] = "true" }
+        if let requests { fields["requests"] = "\(requests)" }
+        if let close {
+            fields["bytes_from_client"] = "\(close.bytesFromClient)"
+            fields["bytes_to_client"] = "\(close.bytesToClient)"
+            fields["duration_ms"] = "\(close.durationMs)"
+            fields["closed_by"] = "\(close.closedBy.rawValue)"
+            fields["reason"] = "\(Self.printable(close.reason))"
+            if let status = close.status { fields["status"] = "\(status)" }
+        } else {
+            if let error = metadata.error { fields["reason"] = "\(Self.printable(error))" }
+            if let status = metadata.status { fields["status"] = "\(status)" }
+        }
+        logger.info("connection", metadata: fields)
+    }
+
     /// `ip:port`, `[ip]:port` for IPv6, for the action's `client` and `resolved_ip` fields.
     static func describe(_ address: SocketAddress?) -> String {
         guard let address, let ip = address.ipAddress else { return "unknown" }

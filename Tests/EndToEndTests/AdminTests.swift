@@ -65,8 +65,47 @@ import Testing
         for name in ["connections_total", "sni_parse_total", "leaf_mint_duration_seconds", "reporter_queue_depth", "policy_decisions_total"] {
             #expect(metrics.contains("# TYPE kaizen_egress_\(name) "), "\(name)")
         }
+        // One canonical line per connection.
+        let lines = proxy.stderr.split(separator: "\n").filter { $0.hasSuffix("[EgressProxy] connection") }
+        #expect(lines.count == 3, "\(lines)")
+        let tunnelLine = lines.first { $0.contains("target=localhost:\(originPort)") } ?? ""
+        for field in [
+            "agent=egress-agent", "client=127.0.0.1:", "transport=connect", "sni=localhost", "mode=passthrough",
+            "decision=allow", "outcome=connected", "bytes_from_client=", "bytes_to_client=", "duration_ms=", "closed_by=",
+            "reason=",
+        ] {
+            #expect(tunnelLine.contains(field), "\(field) in \(tunnelLine)")
+        }
+        #expect(lines.contains { $0.contains("target=10.255.255.1:80") && $0.contains("decision=block") && $0.contains("status=403") })
+        #expect(lines.contains { $0.contains("mode=forwarded") && $0.contains("status=200") })
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
+    @Test func jsonLogsAreOneObjectPerLine() throws {
+        let (plain, plainPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(plain) {} }
+        let proxy = try ChildProcess(
+            Paths.proxyBinary, ["--local", "--port", "0", "--log-format", "json"],
+            environment: ProxyEnvironment.make(["KAIZEN_BASELINE_MAX": "0"]))
+        let port = try proxy.listeningPort()
+        _ = try runCommand(
+            Paths.which("curl"), ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(port)", "http://127.0.0.1:\(plainPort)/x?q=\"\\"])
+        _ = try proxy.waitForStderr(containing: #""msg":"connection""#, timeout: 20)
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+        let lines = proxy.stderr.split(separator: "\n")
+        #expect(lines.count >= 3)
+        var connection: [String: Any]?
+        for line in lines {
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object != nil, "not one JSON object: \(line)")
+            #expect(object?["ts"] is String && object?["level"] is String && object?["msg"] is String)
+            if object?["msg"] as? String == "connection" { connection = object }
+        }
+        #expect(connection?["target"] as? String == "127.0.0.1:\(plainPort)")
+        #expect(connection?["mode"] as? String == "forwarded")
+        #expect(connection?["status"] as? String == "404", "the origin answers 404 for /x")
     }
 
     @Test func aTakenAdminPortRefusesToStartNamingTheVariable() throws {

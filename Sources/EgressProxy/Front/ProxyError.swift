@@ -20,7 +20,7 @@ struct ProxyError: Error, Hashable, Sendable {
     static func blockedByPolicy(_ policy: String) -> ProxyError {
         ProxyError(
             status: .forbidden, reason: "destination blocked by policy \(Reporting.printable(policy))",
-            proxyStatusError: "http_request_denied", blocked: true, policy: policy)
+            proxyStatusError: "http_request_denied", logged: true, blocked: true, policy: policy)
     }
 
     /// 407 Proxy Authentication Required.
@@ -32,7 +32,7 @@ struct ProxyError: Error, Hashable, Sendable {
     static func portNotAllowed(_ port: Int) -> ProxyError {
         ProxyError(
             status: .forbidden, reason: "destination not allowed: CONNECT to port \(port) is not permitted",
-            proxyStatusError: "http_request_denied", blocked: true)
+            proxyStatusError: "http_request_denied", logged: true, blocked: true)
     }
 
     static func badRequest(_ reason: String) -> ProxyError {

@@ -58,6 +58,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private struct ExchangeRecord {
         var eventID: EventID
         var destination: Destination
+        /// The action's metadata (policy, client), for the canonical line at its close.
+        var metadata: ConnectMetadata
         var started: NIODeadline
         var requestBytes: UInt64 = 0
         var responseBytes: UInt64 = 0
@@ -387,13 +389,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         reporting.action(
             target: destination.description, metadata: metadata,
             verdict: failure.policy.map(Reporting.blocked) ?? (failure.blocked ? Reporting.blocked(failure.reason) : .observed))
-        logger.info(
-            "upstream connect failed",
-            metadata: [
-                "client.address": "\(clientAddress)", "target": "\(destination)",
-                "status": "\(failure.status.code)", "reason": "\(failure.reason)",
-            ]
-        )
+        reporting.logConnection(metadata, target: destination.description, mode: "none", close: nil, blockedByProxy: failure.blocked)
     }
 
     // MARK: CONNECT
@@ -564,7 +560,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             refuseByPolicy(policy, metadata: metadata, destination: destination, context: context)
             return
         }
-        exchange = ExchangeRecord(eventID: metadata.eventID, destination: destination, started: .now())
+        exchange = ExchangeRecord(eventID: metadata.eventID, destination: destination, metadata: metadata, started: .now())
 
         if let link = upstream, link.destination == destination, link.channel.isActive, link.handler.isIdle {
             var reused = metadata
@@ -574,6 +570,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 refuseByPolicy(policy, metadata: reused, destination: destination, context: context)
                 return
             }
+            exchange?.metadata = reused
             link.handler.attach(to: self)
             reporting.action(target: destination.description, metadata: reused)
             perform(machine.upstreamReady(), context: context)
@@ -615,6 +612,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     front.refuseByPolicy(policy, metadata: metadata, destination: destination, context: context)
                     return
                 }
+                front.exchange?.metadata = metadata
                 front.upstream = UpstreamLink(
                     destination: destination,
                     channel: channel,
@@ -654,19 +652,19 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func recordClose(_ record: ExchangeRecord, closedBy: CloseRecord.ClosedBy, reason: String) {
-        reporting.close(
-            CloseRecord.Body(
-                eventID: record.eventID,
-                target: record.destination.description,
-                bytesFromClient: record.requestBytes,
-                bytesToClient: record.responseBytes,
-                durationMs: milliseconds(from: record.started, to: .now()),
-                closedBy: closedBy,
-                reason: reason,
-                status: record.status,
-                endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis())
-            )
+        let body = CloseRecord.Body(
+            eventID: record.eventID,
+            target: record.destination.description,
+            bytesFromClient: record.requestBytes,
+            bytesToClient: record.responseBytes,
+            durationMs: milliseconds(from: record.started, to: .now()),
+            closedBy: closedBy,
+            reason: reason,
+            status: record.status,
+            endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis())
         )
+        reporting.close(body)
+        reporting.logConnection(record.metadata, target: record.destination.description, mode: "forwarded", close: body)
     }
 }
 

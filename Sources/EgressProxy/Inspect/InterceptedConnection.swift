@@ -381,27 +381,27 @@ final class InterceptedConnection {
         if let cut = machine.connectionClosed() {
             report(cut, error: "connection closed before the exchange completed")
         }
-        if reportedExchanges == 0 {
-            var connection = metadata
-            if let failure {
-                connection.intercepted = false
-                connection.inspection = failure.inspection
-                connection.error = failure.error
-            }
-            reporting.action(target: target, metadata: connection)
+        let requests = reportedExchanges
+        var connection = metadata
+        if let failure {
+            connection.intercepted = false
+            connection.inspection = failure.inspection
+            connection.error = failure.error
         }
-        reporting.close(
-            CloseRecord.Body(
-                eventID: metadata.eventID,
-                target: target,
-                bytesFromClient: requestBytes,
-                bytesToClient: responseBytes,
-                durationMs: milliseconds(from: started, to: .now()),
-                closedBy: closedBy ?? .proxy,
-                reason: closeReason ?? "eof",
-                endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis())
-            )
+        if reportedExchanges == 0 { reporting.action(target: target, metadata: connection) }
+        let body = CloseRecord.Body(
+            eventID: metadata.eventID,
+            target: target,
+            bytesFromClient: requestBytes,
+            bytesToClient: responseBytes,
+            durationMs: milliseconds(from: started, to: .now()),
+            closedBy: closedBy ?? .proxy,
+            reason: closeReason ?? "eof",
+            endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis())
         )
+        reporting.close(body)
+        reporting.logConnection(
+            connection, target: target, mode: failure == nil ? "inspected" : "none", close: body, requests: requests)
     }
 
     private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {

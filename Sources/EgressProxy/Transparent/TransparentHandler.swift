@@ -78,9 +78,7 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
             metadata.outcome = .failed
             metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
             reporting.action(target: destination.description, metadata: metadata)
-            reporting.logger.info(
-                "closed a transparent connection a policy blocks",
-                metadata: ["client.address": "\(client)", "target": "\(destination)", "policy": "\(Reporting.printable(policy))"])
+            reporting.logConnection(metadata, target: destination.description, mode: "none", close: nil)
             context.close(promise: nil)
             return
         }
@@ -106,9 +104,8 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
                 handler.reporting.action(
                     target: destination.description, metadata: metadata,
                     verdict: failure.blocked ? Reporting.blocked(failure.reason) : .observed)
-                handler.reporting.logger.info(
-                    "upstream connect failed",
-                    metadata: ["client.address": "\(client)", "target": "\(destination)", "reason": "\(failure.reason)"])
+                handler.reporting.logConnection(
+                    metadata, target: destination.description, mode: "none", close: nil, blockedByProxy: failure.blocked)
                 context.close(promise: nil)
             }
         }

@@ -156,26 +156,18 @@ final class TunnelSession {
         idleTimer = nil
         sendActionOnce()
         let now = NIODeadline.now()
-        reporting.close(
-            CloseRecord.Body(
-                eventID: metadata.eventID,
-                target: target,
-                bytesFromClient: bytesFromClient,
-                bytesToClient: bytesToClient,
-                durationMs: milliseconds(from: started, to: now),
-                closedBy: closedBy ?? .proxy,
-                reason: closeReason ?? "eof",
-                endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis())
-            )
+        let body = CloseRecord.Body(
+            eventID: metadata.eventID,
+            target: target,
+            bytesFromClient: bytesFromClient,
+            bytesToClient: bytesToClient,
+            durationMs: milliseconds(from: started, to: now),
+            closedBy: closedBy ?? .proxy,
+            reason: closeReason ?? "eof",
+            endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis())
         )
-        reporting.logger.debug(
-            "tunnel closed",
-            metadata: [
-                "target": "\(target)", "bytes.from_client": "\(bytesFromClient)",
-                "bytes.to_client": "\(bytesToClient)", "closed_by": "\((closedBy ?? .proxy).rawValue)",
-                "reason": "\(closeReason ?? "eof")",
-            ]
-        )
+        reporting.close(body)
+        reporting.logConnection(metadata, target: target, mode: "passthrough", close: body)
     }
 
     private func sendActionOnce() {
