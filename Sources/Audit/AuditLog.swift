@@ -46,6 +46,8 @@ public final class AuditLog: ActionSink, Service {
     private let writer: Mutex<AuditFileWriter>
     private let configuration: Configuration
     private let logger: Logger
+    /// Reload events waiting for the writer.
+    private let reloads = Mutex<[[(String, String)]]>([])
 
     /// Opens the log, continues its chain and writes the start record.
     public init(configuration: Configuration, logger: Logger) throws(AuditFileError) {
@@ -90,6 +92,13 @@ public final class AuditLog: ActionSink, Service {
         queue.append(record)
     }
 
+    /// A reload (SIGHUP) changed what the proxy captures: `{"audit":{"event":"reload","at":…,"settings":{…}}}`, in
+    /// the chain between the records before and after it.
+    public func recordReload(settings: [(String, String)]) {
+        reloads.withLock { $0.append(settings) }
+        queue.wake()
+    }
+
     /// The last sequence number written and that line's hash, as the head file will hold them.
     public var position: (sequence: UInt64, hash: String) {
         writer.withLock { ($0.chain.nextSequence - 1, hexString($0.chain.previousHash)) }
@@ -123,6 +132,13 @@ public final class AuditLog: ActionSink, Service {
             if dropped + lost > 0 {
                 lines.append(Self.eventRecord("dropped", extra: [("records", dropped + lost)]))
             }
+            let reloaded = reloads.withLock { pending in
+                defer { pending = [] }
+                return pending
+            }
+            for settings in reloaded {
+                lines.append(Self.eventRecord("reload", extra: [], settings: settings))
+            }
             for record in batch {
                 var json = JSONWriter()
                 switch record {
@@ -136,12 +152,14 @@ public final class AuditLog: ActionSink, Service {
             }
             if !lines.isEmpty {
                 let hasEvent = dropped + lost > 0
+                // Event lines (a dropped record, reload records) come before the batch's records.
+                let eventLines = (hasEvent ? 1 : 0) + reloaded.count
                 failing = write(lines, failing: failing)
                 if failing {
-                    // The batch's records that did not reach the file (the event line, if any, comes first).
+                    // The batch's records that did not reach the file.
                     let written = writer.withLock { $0.linesWrittenByLastAppend }
-                    let recordsWritten = max(0, written - (hasEvent ? 1 : 0))
-                    lost = (hasEvent && written == 0 ? lost + dropped : 0) + (lines.count - (hasEvent ? 1 : 0)) - recordsWritten
+                    let recordsWritten = max(0, written - eventLines)
+                    lost = (hasEvent && written == 0 ? lost + dropped : 0) + (lines.count - eventLines) - recordsWritten
                 } else {
                     lost = 0
                 }
@@ -200,7 +218,7 @@ public final class AuditLog: ActionSink, Service {
         }
     }
 
-    static func eventRecord(_ event: String, extra: [(String, Int)]) -> [UInt8] {
+    static func eventRecord(_ event: String, extra: [(String, Int)], settings: [(String, String)]? = nil) -> [UInt8] {
         var json = JSONWriter()
         json.beginObject()
         json.field("schema_version", "1")
@@ -209,6 +227,12 @@ public final class AuditLog: ActionSink, Service {
         json.field("event", event)
         json.field("at", WallClock.rfc3339(unixMillis: WallClock.nowMillis()))
         for (key, value) in extra { json.field(key, value) }
+        if let settings {
+            json.key("settings")
+            json.beginObject()
+            for (key, value) in settings { json.field(key, value) }
+            json.endObject()
+        }
         json.endObject()
         json.endObject()
         return json.take()

@@ -1,6 +1,7 @@
 import AccessControl
 import Audit
 import ControlPlane
+import Interception
 import OpenSSLTLS
 import Logging
 import Policy
@@ -110,6 +111,37 @@ public struct EgressApplication: Sendable {
                 listen, configuration: configuration, server: server, reporter: reporter, policyStore: policyStore,
                 prometheus: prometheus, metrics: metrics, logger: logger)
         }
+    }
+
+    /// SIGHUP: reads the CA files, the host lists, the client ranges and the credentials file again (the
+    /// environment does not change; the files it names may). Everything is checked first: a problem keeps all
+    /// the current settings and logs one line saying why. Open connections keep what they started with.
+    public func reload(logger: Logger) {
+        let configuration: ProxyConfiguration
+        let inspection: Inspection?
+        let current = server.live.current
+        do {
+            configuration = try ProxyConfiguration(environment: server.configuration.environment)
+            inspection = try Inspection.make(configuration, logger: logger, metrics: metrics, previous: current.inspection)
+        } catch {
+            logger.error("SIGHUP: \(error.description); the current settings are kept")
+            return
+        }
+        server.live.replace(
+            .init(
+                inspection: inspection, allowedClients: configuration.allowedClients,
+                credentials: configuration.proxyCredentials))
+        policyStore?.setAgents(Self.policyAgents(configuration))
+        auditLog?.recordReload(settings: Self.auditSettings(configuration))
+        var parts: [String] = []
+        if let inspection {
+            parts.append("CA \(inspection.authority.certificate.subjectDescription)")
+            parts.append("inspect hosts \(configuration.inspectHosts?.description ?? "all")")
+            parts.append("passthrough hosts \(configuration.passthroughHosts?.description ?? "none")")
+        }
+        parts.append("allowed clients \(configuration.allowedClients.map { "\($0.count) ranges" } ?? "any")")
+        parts.append("proxy credentials \(configuration.proxyCredentials.map { "\($0.agents.count) agents" } ?? "off")")
+        logger.notice("SIGHUP: settings reloaded (\(parts.joined(separator: "; "))); other settings need a restart")
     }
 
     /// What the start record of the audit log says the proxy captures.
@@ -281,6 +313,8 @@ public struct EgressApplication: Sendable {
         services.append(.init(service: server))
         // Last, so it shuts down first: /readyz stops answering before the proxy listener drains.
         if let adminServer { services.append(.init(service: adminServer)) }
+        let application = self
+        services.append(.init(service: ReloadService { application.reload(logger: logger) }))
         return ServiceGroup(
             configuration: .init(
                 services: services,

@@ -18,7 +18,7 @@ public struct TransparentBindError: Error, Sendable {
 /// ending in a `ProxyFrontHandler`. On graceful shutdown it stops accepting, lets open connections finish
 /// for the drain period, then closes the rest (recording them as closed by the proxy at shutdown).
 public final class ProxyServer: Service {
-    private let configuration: ProxyConfiguration
+    let configuration: ProxyConfiguration
     private let reporting: Reporting
     private let group: any EventLoopGroup
     private let logger: Logger
@@ -30,7 +30,8 @@ public final class ProxyServer: Service {
     /// Name lookups for upstream connections; started with the server, shut down when it stops.
     private let resolverPool: NIOThreadPool
     private let dnsCache: DNSCache
-    private let inspection: Inspection?
+    /// What SIGHUP may replace; read by each new connection.
+    let live: LiveSettings
     /// The destination guard, with every listener of this proxy added as it is bound.
     private let destinationCheck: DestinationCheck
 
@@ -60,7 +61,8 @@ public final class ProxyServer: Service {
         metrics: ProxyMetrics? = nil,
         onListening: (@Sendable (SocketAddress) -> Void)? = nil
     ) {
-        self.inspection = inspection
+        self.live = LiveSettings(
+            .init(inspection: inspection, allowedClients: configuration.allowedClients, credentials: configuration.proxyCredentials))
         self.configuration = configuration
         self.destinationCheck = DestinationCheck(configuration)
         self.tracker = ConnectionTracker(
@@ -96,24 +98,25 @@ public final class ProxyServer: Service {
     public func bind() async throws -> SocketAddress? {
         if let channel = boundChannel.withLockedValue({ $0 }) { return channel.localAddress }
         var settings = ConnectionSettings(configuration, resolverPool: resolverPool, dnsCache: dnsCache)
-        settings.inspection = inspection
         let destinationCheck = self.destinationCheck
         settings.destinationCheck = destinationCheck
         let reporting = self.reporting
-        let admission = ClientAdmission(allowed: configuration.allowedClients, tracker: tracker, logger: logger)
+        let live = self.live
+        let admission = ClientAdmission(tracker: tracker, logger: logger)
         let serverChannel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                switch admission.admit(channel) {
+                let snapshot = live.current
+                switch admission.admit(channel, allowed: snapshot.allowedClients) {
                 case .outsideAllowedClients: return channel.close()
                 case .busy: return Self.refuseBusy(channel)
                 case nil: break
                 }
                 do {
-                    try Self.configurePipeline(channel, settings: settings, reporting: reporting)
+                    try Self.configurePipeline(channel, settings: settings.taking(snapshot), reporting: reporting)
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -131,10 +134,11 @@ public final class ProxyServer: Service {
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     // A transparent connection is not HTTP: any refusal just closes it.
-                    guard admission.admit(channel) == nil else { return channel.close() }
+                    let snapshot = live.current
+                    guard admission.admit(channel, allowed: snapshot.allowedClients) == nil else { return channel.close() }
                     do {
                         try channel.pipeline.syncOperations.addHandler(
-                            TransparentHandler(settings: settings, reporting: reporting))
+                            TransparentHandler(settings: settings.taking(snapshot), reporting: reporting))
                         return channel.eventLoop.makeSucceededVoidFuture()
                     } catch {
                         return channel.eventLoop.makeFailedFuture(error)

@@ -125,7 +125,9 @@ struct Reporting: Sendable {
         if let policy = metadata.policy { fields["policy"] = "\(Self.printable(policy))" }
         if metadata.wouldBlock == true { fields["would_block"] = "true" }
         if let requests { fields["requests"] = "\(requests)" }
+        if let inspection = metadata.inspection { fields["inspection"] = "\(Self.printable(inspection))" }
         if let close {
+            if let error = metadata.error { fields["error"] = "\(Self.printable(error))" }
             fields["bytes_from_client"] = "\(close.bytesFromClient)"
             fields["bytes_to_client"] = "\(close.bytesToClient)"
             fields["duration_ms"] = "\(close.durationMs)"

@@ -60,6 +60,12 @@ public final class InspectionPolicy: Sendable {
         return .inspect(leaf: leaf, upstreamName: serverName ?? connectHost)
     }
 
+    /// Takes over `other`'s memory of pinned names (a reload replaces the lists, not what clients taught us).
+    public func adoptPins(from other: InspectionPolicy) {
+        let copied = other.pins.withLock { $0 }
+        pins.withLock { $0.merge(copied) { $1 } }
+    }
+
     /// A client aborted the handshake with our certificate: pass `name` through for a while.
     public func notePinned(_ name: String, now: Int64) {
         pins.withLock { pins in

@@ -14,20 +14,19 @@ final class ClientAdmission: Sendable {
         case busy
     }
 
-    private let allowed: [CIDR]?
     private let tracker: ConnectionTracker
     private let outside: RefusalLog
     private let overload: RefusalLog
 
-    init(allowed: [CIDR]?, tracker: ConnectionTracker, logger: Logger) {
-        self.allowed = allowed
+    init(tracker: ConnectionTracker, logger: Logger) {
         self.tracker = tracker
         self.outside = RefusalLog("refused a client outside KAIZEN_ALLOW_CLIENTS", logger: logger)
         self.overload = RefusalLog("refused a connection: too many open", logger: logger)
     }
 
-    /// Nil when `channel` is admitted (and now tracked), or why not.
-    func admit(_ channel: any Channel) -> Refusal? {
+    /// Nil when `channel` is admitted (and now tracked), or why not. `allowed`: the client ranges in force
+    /// (nil: any client).
+    func admit(_ channel: any Channel, allowed: [CIDR]?) -> Refusal? {
         if let allowed, !Self.contains(allowed, channel.remoteAddress) {
             outside.note(client: channel.remoteAddress)
             return .outsideAllowedClients

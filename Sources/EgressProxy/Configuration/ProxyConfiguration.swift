@@ -139,6 +139,10 @@ public struct ProxyConfiguration: Sendable {
         case observe, enforce
     }
 
+    /// The environment (with flags applied) this configuration was read from: SIGHUP reads it again, with the
+    /// files it names.
+    var environment: [String: String] = [:]
+
     /// An API key. Its description never shows the key.
     public struct APIKey: Sendable, Hashable, CustomStringConvertible {
         public let value: String
@@ -153,10 +157,29 @@ public struct ProxyConfiguration: Sendable {
 
     /// Reads and checks every setting. Throws the first problem found, worded for a person to act on.
     public init(environment: [String: String]) throws(ConfigurationError) {
+        self.environment = environment
         func value(_ key: ConfigurationKey) -> String? {
             guard let raw = environment[key.variable] else { return nil }
             let trimmed = raw.trimmingCharacters(in: .whitespacesAndNewlines)
             return trimmed.isEmpty ? nil : trimmed
+        }
+        /// A list setting: the value itself, or with `@PATH` the file's entries (one or more per line, comma-
+        /// separated, `#` comments), which SIGHUP reads again.
+        func list(_ key: ConfigurationKey) throws(ConfigurationError) -> String? {
+            guard let raw = value(key) else { return nil }
+            guard raw.hasPrefix("@") else { return raw }
+            let path = String(raw.dropFirst())
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ConfigurationError(
+                    variable: key.variable,
+                    "\(key.variable)=@\(Self.quoted(path)): the file cannot be read: set \(key.spelled) to a readable file of entries, one per line, or to the entries themselves"
+                )
+            }
+            let entries = text.split(whereSeparator: \.isNewline).map { line in
+                line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            }
+            let joined = entries.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: ",")
+            return joined.isEmpty ? nil : joined
         }
 
         if let raw = value(.port) {
@@ -284,8 +307,8 @@ public struct ProxyConfiguration: Sendable {
                 "KAIZEN_CA_CERT is not set while KAIZEN_CA_KEY is: set \(ConfigurationKey.caCertificate.spelled) to the CA certificate, or unset KAIZEN_CA_KEY to run without inspection"
             )
         }
-        self.inspectHosts = try Self.hostPatterns(value(.inspectHosts), key: .inspectHosts)
-        self.passthroughHosts = try Self.hostPatterns(value(.passthroughHosts), key: .passthroughHosts)
+        self.inspectHosts = try Self.hostPatterns(list(.inspectHosts), key: .inspectHosts)
+        self.passthroughHosts = try Self.hostPatterns(list(.passthroughHosts), key: .passthroughHosts)
         if let path = value(.upstreamCAFile) {
             guard access(path, R_OK) == 0 else {
                 throw ConfigurationError(
@@ -363,7 +386,7 @@ public struct ProxyConfiguration: Sendable {
             self.baselineMaxEntries = 100_000
         }
 
-        if let raw = value(.allowClients) {
+        if let raw = try list(.allowClients) {
             let (ranges, invalid) = CIDR.parseList(raw)
             guard invalid.isEmpty, !ranges.isEmpty else {
                 throw ConfigurationError(

@@ -21,6 +21,14 @@ struct ConnectionSettings: Sendable {
     /// Request line, header block, header count and header deadline.
     var requestHeadLimits: RequestHeadLimits
 
+    /// These settings with the reloadable parts of `snapshot` (what a connection accepted now works with).
+    func taking(_ snapshot: LiveSettings.Snapshot) -> ConnectionSettings {
+        var settings = self
+        settings.inspection = snapshot.inspection
+        settings.credentials = snapshot.credentials
+        return settings
+    }
+
     /// Whether a tunnel to `host` may be inspected (a CA is configured and the host is not excluded outright).
     func mayInspect(_ host: String) -> Bool {
         inspection?.policy.mayInspect(connectHost: host) ?? false

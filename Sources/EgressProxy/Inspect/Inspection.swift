@@ -22,8 +22,10 @@ struct Inspection: Sendable {
 
     /// Loads and checks the CA and builds the TLS contexts; a problem is a `ConfigurationError` naming the
     /// variable. Warnings (a CA close to expiry) are logged.
+    /// - Parameter previous: the inspection in force before a reload: its pinned names carry over, and so do its
+    ///   minted leaves when the CA is the same certificate.
     static func make(
-        _ configuration: ProxyConfiguration, logger: Logger, metrics: ProxyMetrics? = nil
+        _ configuration: ProxyConfiguration, logger: Logger, metrics: ProxyMetrics? = nil, previous: Inspection? = nil
     ) throws(ConfigurationError) -> Inspection? {
         guard let files = configuration.inspectionCA else { return nil }
         let now = Int64(Date().timeIntervalSince1970)
@@ -63,14 +65,19 @@ struct Inspection: Sendable {
                 "passthrough_hosts": "\(configuration.passthroughHosts?.description ?? "none")",
             ]
         )
+        let policy = InspectionPolicy(
+            inspectHosts: configuration.inspectHosts,
+            passthroughHosts: configuration.passthroughHosts,
+            pinnedFor: seconds
+        )
+        if let previous { policy.adoptPins(from: previous.policy) }
+        let sameCA = previous.map { $0.authority.certificate.derBytes == authority.certificate.derBytes } ?? false
         return Inspection(
             authority: authority,
-            leaves: LeafCache(authority: authority, leafKey: leafKey, metrics: metrics) { Int64(Date().timeIntervalSince1970) },
-            policy: InspectionPolicy(
-                inspectHosts: configuration.inspectHosts,
-                passthroughHosts: configuration.passthroughHosts,
-                pinnedFor: seconds
-            ),
+            leaves: sameCA
+                ? previous!.leaves
+                : LeafCache(authority: authority, leafKey: leafKey, metrics: metrics) { Int64(Date().timeIntervalSince1970) },
+            policy: policy,
             upstreamTLS: upstreamTLS,
             clientTLS: clientTLS,
             reportQuery: configuration.reportQuery

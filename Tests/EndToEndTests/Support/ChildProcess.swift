@@ -138,12 +138,13 @@ final class ChildProcess: @unchecked Sendable {
         }
     }
 
-    /// Waits until stderr contains `text`.
-    func waitForStderr(containing text: String, timeout: TimeInterval) throws -> String {
+    /// Waits until stderr contains `text` (`count` times).
+    @discardableResult
+    func waitForStderr(containing text: String, count: Int = 1, timeout: TimeInterval) throws -> String {
         let deadline = Date().addingTimeInterval(timeout)
         output.condition.lock()
         defer { output.condition.unlock() }
-        while !output.stderrText.contains(text) {
+        while output.stderrText.components(separatedBy: text).count - 1 < count {
             if output.done { throw TestFailure("process exited; stderr: \(output.stderrText)") }
             if !output.condition.wait(until: deadline) { throw TestFailure("stderr lacks \(text): \(output.stderrText)") }
         }

@@ -1,0 +1,25 @@
+import AccessControl
+import NIOConcurrencyHelpers
+
+/// The settings SIGHUP may replace: the inspection CA and host lists, the allowed client ranges and the proxy
+/// credentials. Each new connection takes the current snapshot once, when it is accepted, so an open connection
+/// keeps what it started with and a reload never drops one.
+final class LiveSettings: Sendable {
+    struct Snapshot: Sendable {
+        var inspection: Inspection?
+        var allowedClients: [CIDR]?
+        var credentials: ProxyCredentials?
+    }
+
+    private let state: NIOLockedValueBox<Snapshot>
+
+    init(_ snapshot: Snapshot) {
+        state = NIOLockedValueBox(snapshot)
+    }
+
+    var current: Snapshot { state.withLockedValue { $0 } }
+
+    func replace(_ snapshot: Snapshot) {
+        state.withLockedValue { $0 = snapshot }
+    }
+}
