@@ -121,7 +121,7 @@ public struct EgressApplication: Sendable {
         let inspection: Inspection?
         let current = server.live.current
         do {
-            configuration = try ProxyConfiguration(environment: server.configuration.environment)
+            configuration = try ProxyConfiguration(environment: server.configuration.source.values)
             inspection = try Inspection.make(configuration, logger: logger, metrics: metrics, previous: current.inspection)
         } catch {
             logger.error("SIGHUP: \(error.description); the current settings are kept")

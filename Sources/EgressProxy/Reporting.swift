@@ -109,9 +109,11 @@ struct Reporting: Sendable {
         blockedByProxy: Bool = false,
         requests: Int? = nil
     ) {
-        guard logger.logLevel <= .info else { return }
         let enforcedBlock = policy?.enforcing == true && metadata.policy != nil
         let blocked = blockedByProxy || enforcedBlock
+        let outcome = blocked ? "blocked" : metadata.outcome == .failed ? "failed" : "connected"
+        metrics?.connectionEnded(mode: mode, outcome: outcome)
+        guard logger.logLevel <= .info else { return }
         var fields: Logger.Metadata = [
             "agent": "\(Self.printable(agent))",
             "client": "\(metadata.client)",
@@ -119,7 +121,7 @@ struct Reporting: Sendable {
             "target": "\(Self.printable(target))",
             "mode": "\(mode)",
             "decision": "\(blocked ? "block" : "allow")",
-            "outcome": "\(blocked ? "blocked" : metadata.outcome == .failed ? "failed" : "connected")",
+            "outcome": "\(outcome)",
         ]
         if let sni = metadata.sni { fields["sni"] = "\(Self.printable(sni))" }
         if let policy = metadata.policy { fields["policy"] = "\(Self.printable(policy))" }

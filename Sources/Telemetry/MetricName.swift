@@ -9,6 +9,9 @@ public struct MetricName: Sendable, Hashable {
     public static let connections = MetricName(
         name: "kaizen_egress_connections_total", type: "counter", labels: ["transport", "outcome"],
         help: "Connections and plain-HTTP requests reported, by transport (connect, http, transparent) and outcome (connected, failed, blocked).")
+    public static let connectionsEnded = MetricName(
+        name: "kaizen_egress_connections_ended_total", type: "counter", labels: ["mode", "outcome"],
+        help: "Connections ended (plain-HTTP exchanges too), by mode (passthrough, inspected, forwarded, none) and outcome (connected, failed, blocked): one per canonical log line.")
     public static let inspectedRequests = MetricName(
         name: "kaizen_egress_inspected_requests_total", type: "counter", labels: ["outcome"],
         help: "Requests inside inspected connections, by outcome (forwarded, rejected, blocked).")
@@ -68,7 +71,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Policy fetches: updated, not_modified, invalid (kept the last good), refused (401/403), unavailable.")
 
     public static let all: [MetricName] = [
-        .connections, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
+        .connections, .connectionsEnded, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
         .leafCache,
         .upstreamVerificationFailures, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
         .dropped, .deliveryFailures, .controlPlaneReachable, .policyDecisions, .policyFetches,

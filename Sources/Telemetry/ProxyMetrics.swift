@@ -7,6 +7,7 @@ public import CoreMetrics
 public final class ProxyMetrics: Sendable {
     public static let transports = ["connect", "http", "transparent"]
     public static let connectionOutcomes = ["connected", "failed", "blocked"]
+    public static let modes = ["passthrough", "inspected", "forwarded", "none"]
     public static let requestOutcomes = ["forwarded", "rejected", "blocked"]
     public static let peekOutcomes = ["sni", "no_sni", "not_tls", "none"]
     public static let policyDecisions = ["allow", "block", "would_block"]
@@ -15,6 +16,7 @@ public final class ProxyMetrics: Sendable {
     public static let deliveryFailureReasons = ["unreachable", "unauthorized", "unavailable"]
 
     private let connections: [String: Counter]
+    private let ended: [String: Counter]
     private let inspectedRequests: [String: Counter]
     private let peeks: [String: Counter]
     private let decisions: [String: Counter]
@@ -51,6 +53,15 @@ public final class ProxyMetrics: Sendable {
             }
         }
         self.connections = connections
+        var ended: [String: Counter] = [:]
+        for mode in Self.modes {
+            for outcome in Self.connectionOutcomes {
+                ended[mode + "/" + outcome] = Counter(
+                    label: MetricName.connectionsEnded.name, dimensions: [("mode", mode), ("outcome", outcome)],
+                    factory: factory)
+            }
+        }
+        self.ended = ended
         inspectedRequests = counters(.inspectedRequests, Self.requestOutcomes)
         peeks = counters(.sniParse, Self.peekOutcomes)
         decisions = counters(.policyDecisions, Self.policyDecisions)
@@ -85,6 +96,11 @@ public final class ProxyMetrics: Sendable {
     /// connected/failed/blocked.
     public func connection(transport: String, outcome: String) {
         connections[transport + "/" + outcome]?.increment()
+    }
+
+    /// A connection ended: `mode` passthrough/inspected/forwarded/none, `outcome` connected/failed/blocked.
+    public func connectionEnded(mode: String, outcome: String) {
+        ended[mode + "/" + outcome]?.increment()
     }
 
     public func inspectedRequest(outcome: String) { inspectedRequests[outcome]?.increment() }

@@ -83,12 +83,12 @@ final class NetworkLab {
     func setUp(
         ipv6: Bool = false,
         agentHosts: String? = nil,
-        proxyEnvironment: (TestPKI) throws -> [String: String] = { _ in [:] }
+        proxyEnvironment: (TestPKI, NetworkLab) throws -> [String: String] = { _, _ in [:] }
     ) throws -> Setup {
         let lab = try NetworkLab()
         if let agentHosts { try lab.setAgentHosts(agentHosts) }
         let pki = try TestPKI.mint()
-        var extra = try proxyEnvironment(pki)
+        var extra = try proxyEnvironment(pki, lab)
         // The proxy runs as its own UID: its state directory (the destination baseline) is its alone.
         let state = pki.directory + "/state"
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
@@ -206,7 +206,7 @@ final class NetworkLab {
     @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
     func withACATransparentConnectionsAreInspected() throws {
         var caDirectory = ""
-        let setup = try setUp { pki in
+        let setup = try setUp { pki, _ in
             caDirectory = try InspectionTests.makeCA(in: pki.directory)
             // The proxy runs as its own UID: the CA directory and key are its alone.
             chown(caDirectory, 1337, 1337)
@@ -238,5 +238,70 @@ final class NetworkLab {
         #expect(line.contains("\"original_dst\":\"[\(setup.lab.internetAddress6)]:\(setup.originPort)\""), "\(line)")
         // Here "localhost" resolves to the loopback addresses, not to the address the agent reached: flagged.
         #expect(line.contains("\"sni_mismatch\":true"), "\(line)")
+    }
+
+    @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
+    func enforcedPoliciesCloseBlockedTransparentConnections() throws {
+        let ip = Paths.which("ip")
+        var mock: ChildProcess?
+        var policies = ""
+        var modeFile = ""
+        let setup = try setUp { pki, lab in
+            // The mock control plane runs in the agent namespace, on its loopback (exempt from the redirect).
+            policies = pki.directory + "/policies"
+            modeFile = pki.directory + "/mode"
+            try FileManager.default.createDirectory(atPath: policies, withIntermediateDirectories: false)
+            try #"{"policies":[{"name":"no-localhost","mode":"blocklist","rules":{"domains":["localhost"]}}]}"#
+                .write(toFile: policies + "/egress-agent.json", atomically: true, encoding: .utf8)
+            var environment = ProcessInfo.processInfo.environment
+            environment["MOCK_API_KEY"] = ControlPlaneConnectionTests.key
+            let child = try ChildProcess(
+                ip,
+                lab.inNamespace(lab.agent, Paths.which("python3"), [
+                    Paths.endToEndDirectory.appendingPathComponent("control_plane.py").path, "--cert", pki.serverCertificate,
+                    "--key", pki.serverKey, "--policy-dir", policies, "--mode-file", modeFile,
+                ]),
+                environment: environment)
+            let port = try #require(Int(try child.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
+            mock = child
+            try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)
+            let spool = pki.directory + "/spool"
+            try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+            chown(spool, 1337, 1337)
+            return [
+                "KAIZEN_API_KEY": ControlPlaneConnectionTests.key, "KAIZEN_API_URL": "https://127.0.0.1:\(port)",
+                "KAIZEN_API_CA_FILE": pki.caCertificate, "KAIZEN_SPOOL_DIR": spool, "KAIZEN_MODE": "enforce",
+                "KAIZEN_POLICY_REFRESH": "1s",
+            ]
+        }
+        let lab = setup.lab
+        let control = try #require(mock)
+        _ = try control.waitForLine(timeout: 20) { $0 == "POLICY egress-agent 200" }
+        func curl(_ url: String, _ extra: [String]) throws -> CommandResult {
+            try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("curl"), [
+                "-sS", "--noproxy", "*", "--max-time", "10", "--cacert", setup.pki.caCertificate,
+                "--resolve", "localhost:\(setup.originPort):\(lab.internetAddress)",
+            ] + extra + [url]), timeout: 30)
+        }
+
+        // The SNI names a blocked domain: the connection is closed once the ClientHello is read.
+        let byName = try curl("https://localhost:\(setup.originPort)/hello", [])
+        #expect(byName.status != 0 && !byName.stdout.contains("hello from origin"), "\(byName.stdout) \(byName.stderr)")
+        let blocked = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        #expect(blocked.contains("\"transport\":\"transparent\"") && blocked.contains("\"sni\":\"localhost\""), "\(blocked)")
+        #expect(blocked.contains(#""verdict":{"decision":"block","reason":"no-localhost"}"#), "\(blocked)")
+        // By address, with no SNI: no policy blocks it.
+        let byAddress = try curl("https://\(lab.internetAddress):\(setup.originPort)/hello", ["-k"])
+        #expect(byAddress.stdout.contains("hello from origin"), "\(byAddress.stdout) \(byAddress.stderr)")
+
+        // The policy now blocks the origin's address: the connection is closed before anything is dialled.
+        try #"{"policies":[{"name":"no-origin","mode":"blocklist","rules":{"ips":["10.250.0.2/32"]}}]}"#
+            .write(toFile: policies + "/egress-agent.json", atomically: true, encoding: .utf8)
+        _ = try setup.proxy.waitForStderr(containing: "updated: no-origin (blocklist)", timeout: 20)
+        let refused = try curl("https://\(lab.internetAddress):\(setup.originPort)/hello", ["-k"])
+        #expect(refused.status != 0, "\(refused.stdout) \(refused.stderr)")
+        let lines = try setup.proxy.waitForLines(count: 3, timeout: 20) { $0.contains("\"action\"") }
+        #expect(lines[2].contains(#""outcome":"failed""#) && lines[2].contains(#""reason":"no-origin""#), "\(lines[2])")
+        withExtendedLifetime(control) {}
     }
 }

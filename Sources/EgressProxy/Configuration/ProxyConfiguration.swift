@@ -140,8 +140,15 @@ public struct ProxyConfiguration: Sendable {
     }
 
     /// The environment (with flags applied) this configuration was read from: SIGHUP reads it again, with the
-    /// files it names.
-    var environment: [String: String] = [:]
+    /// files it names. It holds the API key: it never prints.
+    var source = Source(values: [:])
+
+    struct Source: Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+        var values: [String: String]
+        var description: String { "<environment>" }
+        var debugDescription: String { description }
+        var customMirror: Mirror { Mirror(self, children: []) }
+    }
 
     /// An API key. Its description never shows the key.
     public struct APIKey: Sendable, Hashable, CustomStringConvertible {
@@ -157,7 +164,7 @@ public struct ProxyConfiguration: Sendable {
 
     /// Reads and checks every setting. Throws the first problem found, worded for a person to act on.
     public init(environment: [String: String]) throws(ConfigurationError) {
-        self.environment = environment
+        self.source = Source(values: environment)
         func value(_ key: ConfigurationKey) -> String? {
             guard let raw = environment[key.variable] else { return nil }
             let trimmed = raw.trimmingCharacters(in: .whitespacesAndNewlines)
