@@ -231,6 +231,8 @@ let package = Package(
             name: "EgressProxyTests",
             dependencies: [
                 "EgressProxy",
+                "Interception",
+                "AccessControl",
                 "Telemetry",
                 "ClientHello",
                 "ControlPlane",
@@ -252,7 +254,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["origin.py", "control_plane.py", "mitm_client.py", "smuggling_client.py", "smuggling_origin.py"],
+            exclude: [
+                "origin.py", "control_plane.py", "mitm_client.py", "smuggling_client.py", "smuggling_origin.py",
+                "raw_mitm_request.py",
+            ],
             // Raw POSIX socket helpers: sockaddr types resolve through NIO's C shims on clean builds, which
             // MemberImportVisibility would then require importing; this target only keeps ExistentialAny.
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]

@@ -102,6 +102,7 @@ public final class ProxyServer: Service {
         settings.destinationCheck = destinationCheck
         let reporting = self.reporting
         let live = self.live
+        settings.live = live
         let admission = ClientAdmission(tracker: tracker, logger: logger)
         let serverChannel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)

@@ -32,6 +32,11 @@ public struct HostPatterns: Sendable, Hashable, CustomStringConvertible {
 
     public var isEmpty: Bool { exact.isEmpty && suffixes.isEmpty }
 
+    /// No name at all: as `KAIZEN_INSPECT_HOSTS`, inspect nothing.
+    public static let none = HostPatterns()
+
+    private init() {}
+
     public func matches(_ host: String) -> Bool {
         var name = host.lowercased()
         if name.hasSuffix(".") { name.removeLast() }

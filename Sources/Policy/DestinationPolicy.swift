@@ -55,6 +55,9 @@ public struct DestinationPolicy: Sendable, Hashable {
                     continue
                 }
                 subdomainsOnly.insert(name)
+            } else if let address = IPAddress(name.replacingOccurrences(of: "[", with: "").replacingOccurrences(of: "]", with: "")) {
+                // An address written among the domains is an address rule: a domain rule never sees an IP host.
+                ranges.append(CIDR(network: address, prefixLength: address.bytes.count * 8))
             } else {
                 guard Self.isHostName(name) else {
                     invalidEntries.append(entry)
@@ -88,13 +91,19 @@ public struct DestinationPolicy: Sendable, Hashable {
             }
         }
         if let address, !ranges.isEmpty {
-            let candidates = [address] + address.embeddedIPv4.prefix(1).filter { $0.form == "IPv4-mapped" }.map(\.address)
+            // The address, and any IPv4 address it carries (IPv4-mapped, NAT64/DNS64, 6to4, Teredo…), as the
+            // destination guard checks them: an IPv4 rule holds on an IPv6-only network too.
+            let candidates = [address] + address.embeddedIPv4.map(\.address)
             for candidate in candidates where ranges.contains(where: { $0.contains(candidate) }) {
                 return true
             }
         }
         return false
     }
+
+    /// Whether the policy has a rule about destinations at all. An allowlist without one (only `paths` or
+    /// `tools`, or every entry invalid) says nothing about where an agent may connect and takes no part.
+    public var hasDestinationRules: Bool { hasNameRules || hasAddressRules }
 
     /// Whether this policy's rules could still match once the address is known.
     public var hasAddressRules: Bool { !ranges.isEmpty }

@@ -80,6 +80,11 @@ public struct PolicyDocument: Sendable, Hashable {
                     "policy \(shown): rule kinds \(ignored.map(Self.printable).joined(separator: ", ")) do not name destinations; the proxy keeps them and applies domains and ips only"
                 )
             }
+            if mode == .allowlist && !policy.hasDestinationRules {
+                notes.append(
+                    "policy \(shown) is an allowlist without a valid domains or ips rule; it says nothing about destinations and is not applied to them"
+                )
+            }
             if !policy.invalidEntries.isEmpty {
                 notes.append(
                     "policy \(shown): \(policy.invalidEntries.prefix(5).map { "\"\(Self.printable($0))\"" }.joined(separator: ", ")) \(policy.invalidEntries.count == 1 ? "is" : "are") not a domain, address or range and \(policy.invalidEntries.count == 1 ? "is" : "are") ignored"

@@ -4,7 +4,8 @@ public import AccessControl
 ///
 /// A destination is blocked by the first enabled blocklist whose rules match it, else by the first enabled
 /// allowlist whose rules do not match it (blocklists first, so an explicit "never" wins over an allowlist
-/// elsewhere); otherwise it is allowed. Correlation policies and disabled ones take no part.
+/// elsewhere); otherwise it is allowed. Each policy holds on its own: with two allowlists, a destination must be
+/// on both. Correlation policies, disabled ones and allowlists without a `domains` or `ips` rule take no part.
 public struct PolicySet: Sendable, Hashable {
     public var policies: [DestinationPolicy]
 
@@ -32,7 +33,8 @@ public struct PolicySet: Sendable, Hashable {
         for policy in policies where policy.enabled && policy.mode == .blocklist {
             if policy.matches(host: name, address: address) { return .block(policy: policy.name) }
         }
-        for policy in policies where policy.enabled && policy.mode == .allowlist {
+        // Every allowlist must admit the destination (each policy holds on its own).
+        for policy in policies where policy.enabled && policy.mode == .allowlist && policy.hasDestinationRules {
             if policy.matches(host: name, address: address) { continue }
             if !complete {
                 // Undecided while what the policy's rules look at is still to come.
@@ -46,7 +48,7 @@ public struct PolicySet: Sendable, Hashable {
 
     /// Whether any enabled policy can block something (an empty set or only correlation policies cannot).
     public var canBlock: Bool {
-        policies.contains { $0.enabled && $0.mode != .correlation }
+        policies.contains { $0.enabled && $0.mode != .correlation && $0.hasDestinationRules }
     }
 
     private static func unbracketed(_ host: String) -> String {

@@ -103,14 +103,39 @@ public final class PolicyStore: Service, Sendable {
 
     public var lastOutcome: FetchOutcome? { state.withLock { $0.lastOutcome } }
 
-    /// Replaces the list of agents (a reloaded credentials file); new agents are fetched at the next refresh.
+    /// Replaces the list of agents (a reloaded credentials file). New agents get their cached policy at once and
+    /// are fetched now, not at the next refresh.
     public func setAgents(_ agents: [String]) {
-        state.withLock { $0.agents = agents }
+        let added = state.withLock { state -> [String] in
+            let added = agents.filter { !state.agents.contains($0) }
+            state.agents = agents
+            return added
+        }
+        guard !added.isEmpty else { return }
+        for agent in added {
+            if let cached = loadCache(agent: agent) { state.withLock { $0.loaded[agent] = $0.loaded[agent] ?? cached } }
+        }
+        Task { await self.refreshAll(only: added) }
     }
 
-    /// The first fetch, before the proxy accepts connections; bounded by the connect and response timeouts.
-    public func loadInitial() async {
-        await refreshAll()
+    /// The first fetch, before the proxy accepts connections, waited for `timeout` at most: a control plane that
+    /// does not answer delays the start by that much only (the fetch goes on, and the cache or
+    /// KAIZEN_POLICY_FAIL applies meanwhile).
+    public func loadInitial(timeout: Duration = .seconds(5)) async {
+        let resumed = Mutex(false)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeOnce: @Sendable () -> Void = {
+                if resumed.withLock({ done in defer { done = true }; return !done }) { continuation.resume() }
+            }
+            Task {
+                await self.refreshAll()
+                resumeOnce()
+            }
+            Task {
+                try? await Task.sleep(for: timeout)
+                resumeOnce()
+            }
+        }
     }
 
     public func run() async throws {
@@ -124,12 +149,12 @@ public final class PolicyStore: Service, Sendable {
         }
     }
 
-    /// Fetches every agent's policy over one connection.
-    func refreshAll() async {
-        let agents = state.withLock { $0.agents }
+    /// Fetches every agent's policy (or those of `only`) over one connection.
+    func refreshAll(only: [String]? = nil) async {
+        let agents = only ?? state.withLock { $0.agents }
         var connection: ControlPlaneConnection?
         defer { if let connection { Task { await connection.close() } } }
-        for agent in agents {
+        for (index, agent) in agents.enumerated() {
             do {
                 if connection == nil || connection?.isOpen == false {
                     connection = try await ControlPlaneConnection.connect(
@@ -141,15 +166,20 @@ public final class PolicyStore: Service, Sendable {
                 }
                 try await fetch(agent: agent, over: connection!)
             } catch {
-                finish(agent: agent, .unavailable, problem: "the control plane is unreachable (\(error)); the policy in force is kept")
+                // One failure stands for this round: the remaining agents are not tried one timeout each.
+                let problem = "the control plane is unreachable (\(error)); the policy in force is kept"
+                for remaining in agents[index...] { finish(agent: remaining, .unavailable, problem: problem) }
                 await connection?.close()
                 connection = nil
+                return
             }
         }
     }
 
     private func fetch(agent: String, over connection: ControlPlaneConnection) async throws {
-        let etag = state.withLock { $0.loaded[agent]?.etag }
+        // Only a policy this run fetched is revalidated with If-None-Match: a cached one is fetched whole once, so a
+        // cache file altered on disk cannot be confirmed by a 304 for its (unchanged) ETag.
+        let etag = state.withLock { $0.loaded[agent].flatMap { $0.source == "control plane" ? $0.etag : nil } }
         var headers: [String: String] = ["Accept": "application/json"]
         if let etag { headers["If-None-Match"] = etag }
         let response = try await connection.get(
@@ -160,9 +190,6 @@ public final class PolicyStore: Service, Sendable {
         )
         switch response.status {
         case 304 where etag != nil:
-            state.withLock { state in
-                if state.loaded[agent]?.source != "control plane" { state.loaded[agent]?.source = "control plane" }
-            }
             finish(agent: agent, .notModified, problem: nil)
         case 200:
             let document: PolicyDocument

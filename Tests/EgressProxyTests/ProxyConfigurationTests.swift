@@ -2,6 +2,8 @@
 import Foundation
 import Logging
 import NIOCore
+import AccessControl
+import Interception
 import Testing
 
 @Suite struct ProxyConfigurationTests {
@@ -76,6 +78,33 @@ import Testing
         #expect(set.policyMode == .enforce)
         #expect(set.policyFailClosed)
         #expect(set.policyRefresh == .minutes(5))
+    }
+
+    @Test func listsFromFiles() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kz-lists-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func file(_ name: String, _ text: String) throws -> String {
+            try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8)
+            return "@" + directory + "/" + name
+        }
+        let configuration = try ProxyConfiguration(environment: local.merging([
+            "KAIZEN_ALLOW_CLIENTS": try file("clients", "10.0.0.0/8  # office\n\n# none else\nfd00::/8, 192.0.2.1\n"),
+            "KAIZEN_PASSTHROUGH_HOSTS": try file("pass", "bank.example\n*.health.example\n"),
+            "KAIZEN_INSPECT_HOSTS": try file("inspect", "# nothing yet\n"),
+        ]) { $1 })
+        #expect(configuration.allowedClients?.map(\.description) == ["10.0.0.0/8", "fd00::/8", "192.0.2.1/32"])
+        #expect(configuration.passthroughHosts?.matches("a.health.example") == true)
+        // An emptied inspect file inspects nothing; an emptied client file is refused, never "any client".
+        #expect(configuration.inspectHosts?.matches("example.com") == false)
+        #expect(throws: ConfigurationError.self) {
+            _ = try ProxyConfiguration(environment: local.merging(["KAIZEN_ALLOW_CLIENTS": try file("empty", "# all gone\n")]) { $1 })
+        }
+        #expect {
+            _ = try ProxyConfiguration(environment: local.merging(["KAIZEN_PASSTHROUGH_HOSTS": "@" + directory + "/missing"]) { $1 })
+        } throws: { error in
+            "\(error)".hasPrefix("KAIZEN_PASSTHROUGH_HOSTS=@") && "\(error)".contains("cannot be read")
+        }
     }
 
     @Test func withoutKeyOrLocalModeRefusesNamingBoth() {

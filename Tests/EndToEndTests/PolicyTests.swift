@@ -141,6 +141,21 @@ import Testing
         #expect(Self.metadata(innerAction)["method"] as? String == "GET")
         #expect(Self.metadata(innerAction)["intercepted"] as? Bool == true)
 
+        // Inside inspection, every name a request gives must pass: an absolute-form URI's authority, the SNI
+        // (refused before the ClientHello goes anywhere); two Host headers are refused outright.
+        func raw(_ sni: String, _ request: String) throws -> String {
+            let script = Paths.endToEndDirectory.appendingPathComponent("raw_mitm_request.py").path
+            return try runCommand(
+                Paths.which("python3"), [script, "\(port)", "\(setup.httpsPort)", ca + "/ca.pem", sni, request]
+            ).stdout
+        }
+        #expect(try raw("-", #"GET https://blocked.test/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"#).hasPrefix("HTTP/1.1 403"))
+        #expect(try raw("-", #"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: blocked.test\r\n\r\n"#).hasPrefix("HTTP/1.1 400"))
+        #expect(try raw("blocked.test", #"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"#).hasPrefix("CLOSED"))
+        #expect(try raw("-", #"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"#).hasPrefix("HTTP/1.1 200"))
+        let sniAction = try waitForAction(proxy) { Self.metadata($0)["sni"] as? String == "blocked.test" }
+        #expect(Self.verdict(sniAction) == ("block", "no-localhost"), "\(sniAction)")
+
         // Nothing changed: the refreshes are answered 304.
         _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 304" }
         #expect(proxy.stderr.contains("rule kinds tools do not name destinations"), "the ignored rule kind is logged")
@@ -175,9 +190,9 @@ import Testing
         #expect(value(#"kaizen_egress_policy_fetches_total{outcome="updated"}"#) == 2)
         #expect(value(#"kaizen_egress_policy_fetches_total{outcome="not_modified"}"#) >= 1)
         #expect(value(#"kaizen_egress_policy_fetches_total{outcome="invalid"}"#) >= 3)
-        #expect(value(#"kaizen_egress_inspected_requests_total{outcome="blocked"}"#) == 1)
-        #expect(value(#"kaizen_egress_leaf_cache_total{result="miss"}"#) == 1)
-        #expect(value(#"kaizen_egress_connections_total{transport="connect",outcome="blocked"}"#) == 1)
+        #expect(value(#"kaizen_egress_inspected_requests_total{outcome="blocked"}"#) == 2)
+        #expect(value(#"kaizen_egress_leaf_cache_total{result="miss"}"#) >= 1)
+        #expect(value(#"kaizen_egress_connections_total{transport="connect",outcome="blocked"}"#) == 2, "the CONNECT and the SNI")
 
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
@@ -244,6 +259,12 @@ import Testing
         #expect(blocked.contains("403") && blocked.contains("no-localhost"), "\(blocked)")
         let stillAllowed = try curl(secondPort, ["http://127.0.0.1:\(setup.plainPort)/hello"])
         #expect(stillAllowed.contains("hello from origin"), "\(stillAllowed)")
+        // Back again: the cached policy is fetched whole (200), never merely confirmed by its ETag (304).
+        func answered(_ line: String) -> Bool { line.hasPrefix("POLICY") && !line.hasSuffix(" 503") }
+        let before = setup.mock.stdoutLines.filter(answered).count
+        try "ok".write(toFile: setup.modeFile, atomically: true, encoding: .utf8)
+        let answers = try setup.mock.waitForLines(count: before + 1, timeout: 20, where: answered)
+        #expect(answers[before] == "POLICY \(Self.agent) 200", "\(answers)")
         second.signal(SIGTERM)
         #expect(try second.waitForExit(timeout: 30) == 0)
     }

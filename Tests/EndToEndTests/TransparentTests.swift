@@ -251,7 +251,7 @@ final class NetworkLab {
             policies = pki.directory + "/policies"
             modeFile = pki.directory + "/mode"
             try FileManager.default.createDirectory(atPath: policies, withIntermediateDirectories: false)
-            try #"{"policies":[{"name":"no-localhost","mode":"blocklist","rules":{"domains":["localhost"]}}]}"#
+            try #"{"policies":[{"name":"only-localhost","mode":"allowlist","rules":{"domains":["localhost"]}}]}"#
                 .write(toFile: policies + "/egress-agent.json", atomically: true, encoding: .utf8)
             var environment = ProcessInfo.processInfo.environment
             environment["MOCK_API_KEY"] = ControlPlaneConnectionTests.key
@@ -284,10 +284,20 @@ final class NetworkLab {
             ] + extra + [url]), timeout: 30)
         }
 
+        // An allowed name the address does not belong to ("localhost" resolves to loopback here): the name counts
+        // for nothing, the address alone is not on the allowlist, the connection is closed.
+        let spoofed = try curl("https://localhost:\(setup.originPort)/hello", [])
+        #expect(spoofed.status != 0 && !spoofed.stdout.contains("hello from origin"), "\(spoofed.stdout) \(spoofed.stderr)")
+        let mismatch = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        #expect(mismatch.contains(#""sni_mismatch":true"#) && mismatch.contains(#""verdict":{"decision":"block","reason":"only-localhost"}"#), "\(mismatch)")
+
         // The SNI names a blocked domain: the connection is closed once the ClientHello is read.
+        try #"{"policies":[{"name":"no-localhost","mode":"blocklist","rules":{"domains":["localhost"]}}]}"#
+            .write(toFile: policies + "/egress-agent.json", atomically: true, encoding: .utf8)
+        _ = try setup.proxy.waitForStderr(containing: "updated: no-localhost (blocklist)", timeout: 20)
         let byName = try curl("https://localhost:\(setup.originPort)/hello", [])
         #expect(byName.status != 0 && !byName.stdout.contains("hello from origin"), "\(byName.stdout) \(byName.stderr)")
-        let blocked = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        let blocked = try setup.proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"action\"") }[1]
         #expect(blocked.contains("\"transport\":\"transparent\"") && blocked.contains("\"sni\":\"localhost\""), "\(blocked)")
         #expect(blocked.contains(#""verdict":{"decision":"block","reason":"no-localhost"}"#), "\(blocked)")
         // By address, with no SNI: no policy blocks it.
@@ -300,8 +310,8 @@ final class NetworkLab {
         _ = try setup.proxy.waitForStderr(containing: "updated: no-origin (blocklist)", timeout: 20)
         let refused = try curl("https://\(lab.internetAddress):\(setup.originPort)/hello", ["-k"])
         #expect(refused.status != 0, "\(refused.stdout) \(refused.stderr)")
-        let lines = try setup.proxy.waitForLines(count: 3, timeout: 20) { $0.contains("\"action\"") }
-        #expect(lines[2].contains(#""outcome":"failed""#) && lines[2].contains(#""reason":"no-origin""#), "\(lines[2])")
+        let lines = try setup.proxy.waitForLines(count: 4, timeout: 20) { $0.contains("\"action\"") }
+        #expect(lines[3].contains(#""outcome":"failed""#) && lines[3].contains(#""reason":"no-origin""#), "\(lines[3])")
         withExtendedLifetime(control) {}
     }
 }

@@ -75,6 +75,33 @@ struct PolicySetTests {
         #expect(namesOnly.decide(host: "unknown.test", address: nil, complete: false) == .block(policy: "names"), "nothing left to match")
     }
 
+    @Test("an address among the domains is an address rule; NAT64, 6to4 and mapped forms match IPv4 rules")
+    func addressForms() {
+        let policy = DestinationPolicy(name: "p", mode: .blocklist, domains: ["192.0.2.7", "[2001:db8::7]"], ips: ["198.51.100.0/24"])
+        #expect(policy.domains.isEmpty)
+        #expect(policy.matches(host: nil, address: ip("192.0.2.7")))
+        #expect(policy.matches(host: nil, address: ip("2001:db8::7")))
+        #expect(PolicySet([policy]).decide(host: "192.0.2.7", address: nil) == .block(policy: "p"))
+        for form in ["::ffff:198.51.100.9", "64:ff9b::198.51.100.9", "2002:c633:6409::1"] {
+            #expect(policy.matches(host: nil, address: ip(form)), "\(form)")
+        }
+        #expect(!policy.matches(host: nil, address: ip("64:ff9b::203.0.113.9")))
+    }
+
+    @Test("an allowlist with no destination rule takes no part; two allowlists must both admit")
+    func allowlistsWithoutDestinationRules() {
+        let toolsOnly = DestinationPolicy(name: "tools", mode: .allowlist, ignoredRuleKinds: ["tools"])
+        let invalidOnly = DestinationPolicy(name: "typo", mode: .allowlist, domains: ["not a name"])
+        #expect(PolicySet([toolsOnly, invalidOnly]).decide(host: "example.com", address: ip("203.0.113.1")) == .allow)
+        #expect(!PolicySet([toolsOnly, invalidOnly]).canBlock)
+        let both = PolicySet([
+            DestinationPolicy(name: "a", mode: .allowlist, domains: ["example.com", "example.org"]),
+            DestinationPolicy(name: "b", mode: .allowlist, domains: ["example.com"]),
+        ])
+        #expect(both.decide(host: "example.com", address: nil) == .allow)
+        #expect(both.decide(host: "example.org", address: nil) == .block(policy: "b"))
+    }
+
     @Test("disabled policies and correlation policies never block")
     func inactivePolicies() {
         let set = PolicySet([

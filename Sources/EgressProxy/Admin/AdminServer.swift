@@ -22,6 +22,11 @@ public final class AdminServer: Service, Sendable {
     private let logger: Logger
     private let group: any EventLoopGroup
     private let channel = NIOLockedValueBox<(any Channel)?>(nil)
+    /// Admin connections open now.
+    private let open = NIOLockedValueBox(0)
+    static let maxConnections = 64
+    static let idleTimeout = TimeAmount.seconds(30)
+    static let maxLifetime = TimeAmount.minutes(2)
     private let onListening: (@Sendable (SocketAddress) -> Void)?
 
     init(
@@ -49,10 +54,29 @@ public final class AdminServer: Service, Sendable {
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+            .childChannelInitializer { [open] channel in
+                // Bounded like the proxy's own listener, since it may face the pod network: a few connections,
+                // small heads, and none kept open by a slow or idle client.
+                guard open.withLockedValue({ count in
+                    guard count < Self.maxConnections else { return false }
+                    count += 1
+                    return true
+                }) else {
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
+                return channel.eventLoop.makeCompletedFuture {
+                    var limits = RequestHeadLimits()
+                    limits.requestLine = 1024
+                    limits.headerBytes = 8192
+                    limits.headerFields = 32
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: true,
+                        withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
+                        withDecoderLimitConfiguration: limits.decoderConfiguration)
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: Self.idleTimeout))
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(endpoints: endpoints))
+                    channel.eventLoop.scheduleTask(in: Self.maxLifetime) { channel.close(promise: nil) }
                 }
             }
             .bind(host: host, port: port)
@@ -92,6 +116,14 @@ final class AdminHandler: ChannelInboundHandler {
         self.endpoints = endpoints
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
@@ -101,24 +133,40 @@ final class AdminHandler: ChannelInboundHandler {
         case .end:
             guard let head else { return }
             self.head = nil
-            let (status, contentType, body) = answer(head)
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: contentType)
-            headers.add(name: "Content-Length", value: "\(body.count)")
-            headers.add(name: "Cache-Control", value: "no-store")
-            if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-            if head.method != .HEAD {
-                context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
-            }
-            let keepAlive = head.isKeepAlive
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-                if !keepAlive { context.close(promise: nil) }
+            // Answered off the event loop: a scrape reads the reporter's backlog under the spool's lock, which a
+            // stuck disk can hold; the proxy's connections share these loops.
+            let endpoints = self.endpoints
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
+                Self.answer(head, endpoints: endpoints)
+            }.whenComplete { result in
+                let (handler, context) = loopBound.value
+                switch result {
+                case .success(let answer): handler.write(answer, for: head, context: context)
+                case .failure: context.close(promise: nil)
+                }
             }
         }
     }
 
-    private func answer(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String, [UInt8]) {
+    private func write(_ answer: (HTTPResponseStatus, String, [UInt8]), for head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let (status, contentType, body) = answer
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Content-Length", value: "\(body.count)")
+        headers.add(name: "Cache-Control", value: "no-store")
+        if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        if head.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+        }
+        let keepAlive = head.isKeepAlive
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive { context.close(promise: nil) }
+        }
+    }
+
+    private static func answer(_ head: HTTPRequestHead, endpoints: AdminServer.Endpoints) -> (HTTPResponseStatus, String, [UInt8]) {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
         guard head.method == .GET || head.method == .HEAD else {
             return (.methodNotAllowed, "text/plain; charset=utf-8", Array("only GET\n".utf8))

@@ -185,8 +185,9 @@ public struct ProxyConfiguration: Sendable {
             let entries = text.split(whereSeparator: \.isNewline).map { line in
                 line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
             }
-            let joined = entries.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: ",")
-            return joined.isEmpty ? nil : joined
+            // An empty file is an empty list, never "no restriction": a file emptied (or caught mid-rewrite) must
+            // not open the proxy to every client or inspect every host.
+            return entries.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: ",")
         }
 
         if let raw = value(.port) {
@@ -314,7 +315,10 @@ public struct ProxyConfiguration: Sendable {
                 "KAIZEN_CA_CERT is not set while KAIZEN_CA_KEY is: set \(ConfigurationKey.caCertificate.spelled) to the CA certificate, or unset KAIZEN_CA_KEY to run without inspection"
             )
         }
-        self.inspectHosts = try Self.hostPatterns(list(.inspectHosts), key: .inspectHosts)
+        // From a file, an empty inspect list inspects nothing (given inline, an empty value is unset: all).
+        let inspectList = try list(.inspectHosts)
+        self.inspectHosts = try Self.hostPatterns(inspectList, key: .inspectHosts)
+            ?? (inspectList?.isEmpty == true ? HostPatterns.none : nil)
         self.passthroughHosts = try Self.hostPatterns(list(.passthroughHosts), key: .passthroughHosts)
         if let path = value(.upstreamCAFile) {
             guard access(path, R_OK) == 0 else {

@@ -18,6 +18,13 @@ struct ConnectionSettings: Sendable {
     var destinationCheck: DestinationCheck?
     /// With `KAIZEN_PROXY_AUTH`: every request must prove an agent.
     var credentials: ProxyCredentials?
+    /// What SIGHUP may replace, read again where a setting must apply to open connections too.
+    var live: LiveSettings?
+
+    /// The credentials in force now (the reloaded ones, on a connection accepted before the reload too).
+    var currentCredentials: ProxyCredentials? {
+        live.map { $0.current.credentials } ?? credentials
+    }
     /// Request line, header block, header count and header deadline.
     var requestHeadLimits: RequestHeadLimits
 

@@ -126,8 +126,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch part {
         case .head(let head):
-            if let credentials = settings.credentials {
-                // Every request proves its agent; the connection's actions are reported under it.
+            if let credentials = settings.currentCredentials {
+                // Every request proves its agent, against the credentials in force now (a token a reload revoked
+                // stops working on open keep-alive connections too); the connection's actions are reported under it.
                 guard let value = head.headers.first(name: "proxy-authorization"),
                     let agent = credentials.agent(forAuthorization: value)
                 else {

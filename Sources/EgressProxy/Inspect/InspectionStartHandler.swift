@@ -23,7 +23,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         var started: NIODeadline
     }
 
-    private let tunnel: Tunnel
+    private var tunnel: Tunnel
     private let inspection: Inspection
     private let settings: ConnectionSettings
     private let reporting: Reporting
@@ -95,6 +95,14 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     private func decide(hello: ClientHello, context: ChannelHandlerContext) {
         // Further bytes (the client may not wait) stay held until the decision is carried out.
         deciding = true
+        // The SNI against the policy before a byte of the ClientHello goes anywhere (the CONNECT host, or for a
+        // transparent connection the address, was judged already).
+        if let sni = hello.serverName, sni.lowercased() != tunnel.destination.host.lowercased() {
+            if let refusal = reporting.judge(&tunnel.metadata, host: sni, address: tunnel.metadata.resolvedIP) {
+                refuse(byPolicy: refusal, sni: sni, context: context)
+                return
+            }
+        }
         let decision = inspection.policy.decide(
             connectHost: tunnel.destination.host,
             isTLS: true,
@@ -136,6 +144,22 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 }
             }
         }
+    }
+
+    /// Enforce mode: the SNI names a destination a policy blocks. Nothing the client sent was relayed; both sides
+    /// are closed and the refusal reported.
+    private func refuse(byPolicy policy: String, sni: String, context: ChannelHandlerContext) {
+        decided = true
+        timer?.cancel()
+        held = nil
+        var metadata = tunnel.metadata
+        metadata.tls = true
+        metadata.sni = sni
+        metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
+        reporting.action(target: tunnel.destination.description, metadata: metadata)
+        reporting.logConnection(metadata, target: tunnel.destination.description, mode: "none", close: nil)
+        tunnel.upstream.close(promise: nil)
+        context.close(promise: nil)
     }
 
     /// Destination-only handling: the relay and its peek take over, starting with the held bytes.

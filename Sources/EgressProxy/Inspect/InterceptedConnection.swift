@@ -1,6 +1,7 @@
 import ControlPlane
 import Interception
 import Logging
+import Foundation
 import NIOCore
 import Telemetry
 import NIOHTTP1
@@ -141,13 +142,21 @@ final class InterceptedConnection {
             exchangeStartedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
             // The policy again for each request: its Host may name another destination than the SNI, and the
             // policy may have changed since the connection was opened.
-            var judged = metadata
-            let refusal = reporting.judge(
-                &judged, host: Destination.hostWithoutPort(head.headers.first(name: "host")) ?? metadata.sni ?? metadata.host,
-                address: metadata.resolvedIP)
-            requestPolicy = (judged.policy, judged.wouldBlock)
             let action = machine.requestHead(head)
-            if let refusal, action == .forward {
+            guard action == .forward else {
+                // Refused or out of turn: whatever is reported is not this head's policy.
+                requestPolicy = (nil, nil)
+                handle(action, forward: .head(head))
+                return
+            }
+            // The host the request names (an absolute-form URI's, else Host), and the SNI: each must pass.
+            var judged = metadata
+            var refusal: String? = nil
+            for host in Self.namedHosts(head, sni: metadata.sni, connectHost: metadata.host) where refusal == nil {
+                refusal = reporting.judge(&judged, host: host, address: metadata.resolvedIP)
+            }
+            requestPolicy = (judged.policy, judged.wouldBlock)
+            if let refusal {
                 refuse(byPolicy: refusal)
                 return
             }
@@ -259,6 +268,24 @@ final class InterceptedConnection {
         case .close:
             closeBoth()
         }
+    }
+
+    /// The names a request inside an inspected connection asks for, each judged by the policy: the authority of
+    /// an absolute-form URI (an origin routes by it, RFC 9112 §3.2.2), the Host header, the SNI (a front end may
+    /// route by it); the CONNECT host when there is none of these.
+    static func namedHosts(_ head: HTTPRequestHead, sni: String?, connectHost: String) -> [String] {
+        var hosts: [String] = []
+        if let schemeEnd = head.uri.range(of: "://"), head.uri.first != "/" {
+            let rest = head.uri[schemeEnd.upperBound...]
+            let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+            let hostPart = authority.split(separator: "@").last.map(String.init) ?? ""
+            if let host = Destination.hostWithoutPort(hostPart) { hosts.append(host) }
+        }
+        if let host = Destination.hostWithoutPort(head.headers.first(name: "host")) { hosts.append(host) }
+        if let sni { hosts.append(sni.lowercased()) }
+        if hosts.isEmpty { hosts.append(connectHost) }
+        var seen = Set<String>()
+        return hosts.filter { seen.insert($0).inserted }
     }
 
     /// Enforce mode: the request's destination is blocked by a policy: answer 403, report it, close.

@@ -141,6 +141,10 @@ package struct InterceptedExchangeStateMachine {
             // HTTP/1.0 has no chunked coding: an HTTP/1.0 server would read the chunks as the body's bytes.
             return "Transfer-Encoding in an HTTP/1.0 request"
         }
+        if head.headers["host"].count > 1 {
+            // RFC 9112 §3.2: a request with more than one Host is invalid; two could name two destinations.
+            return "more than one Host header"
+        }
         if head.uri.contains("#") {
             // A request target has no fragment (RFC 9112 §3.2); forwarding one would send what is not reported.
             return "a fragment in the request target"

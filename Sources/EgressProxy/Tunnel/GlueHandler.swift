@@ -24,6 +24,11 @@ final class GlueHandler: ChannelDuplexHandler {
     private var peek: ClientHelloPeek?
     private let peekTimeout: TimeAmount
     private var peekTimer: Scheduled<Void>?
+    /// Client side, enforce mode: what the client sent before the policy's decision (bounded by the peek limit,
+    /// after which the peek gives up and the decision comes).
+    private var held: ByteBuffer?
+    /// The client half-closed while its bytes were held: passed on after them.
+    private var halfClosePending = false
 
     private init(side: TunnelSession.Side, session: TunnelSession, peek: ClientHelloPeek?, peekTimeout: TimeAmount) {
         self.side = side
@@ -52,6 +57,7 @@ final class GlueHandler: ChannelDuplexHandler {
             client?.context?.close(promise: nil)
             upstream?.context?.close(promise: nil)
         }
+        session.releaseClientBytes = { [weak client] in client?.releaseHeld() }
         return (client, upstream)
     }
 
@@ -101,11 +107,38 @@ final class GlueHandler: ChannelDuplexHandler {
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let bytes = unwrapInboundIn(data)
+        var bytes = unwrapInboundIn(data)
         session.read(bytes.readableBytes, from: side)
-        partner?.partnerWrite(bytes)  // forward first: the peek never holds a byte
+        if side == .client && session.holdsClientBytes {
+            // Enforce mode: nothing goes to the destination before the policy has seen the name.
+            let copy = bytes
+            if held == nil { held = bytes } else { held!.writeBuffer(&bytes) }
+            if peek != nil, case .done(let result) = peek!.feed(copy) {
+                concludePeek(result)
+            }
+            return
+        }
+        partner?.partnerWrite(bytes)  // observe mode forwards first: the peek never holds a byte
         if peek != nil, case .done(let result) = peek!.feed(bytes) {
             concludePeek(result)
+        }
+    }
+
+    /// The policy let the tunnel through: what was held goes out, then any half-close that waited for it.
+    fileprivate func releaseHeld() {
+        if let held, held.readableBytes > 0 {
+            self.held = nil
+            partner?.partnerWrite(held)
+            partner?.partnerFlush()
+        }
+        if halfClosePending {
+            halfClosePending = false
+            if partner?.inputClosed == true {
+                context?.close(promise: nil)
+                partner?.partnerCloseFully()
+            } else {
+                partner?.partnerHalfClose()
+            }
         }
     }
 
@@ -137,6 +170,11 @@ final class GlueHandler: ChannelDuplexHandler {
             stopPeeking(because: "client closed its side first")
             inputClosed = true
             session.noteClose(by: side == .client ? .client : .upstream, reason: "eof")
+            if side == .client && session.holdsClientBytes {
+                // The decision is still to come (a name lookup): the half-close follows the held bytes.
+                halfClosePending = true
+                return
+            }
             if partner?.inputClosed == true {
                 // Both directions are finished: nothing more can flow.
                 context.close(promise: nil)

@@ -55,18 +55,27 @@ final class TunnelSession {
         self.lastActivity = started
         self.idleTimeout = idleTimeout
         self.eventLoop = eventLoop
+        self.holdsClientBytes = reporting.policy?.enforcing ?? false
     }
 
     /// Starts the idle timer.
     private var counted = false
 
     func start() {
+        // Setting up the relay flushes the client's early bytes, and a failed flush can end the tunnel first.
+        guard !recorded else { return }
         scheduleIdleCheck(in: idleTimeout)
         if !counted, let metrics = reporting.metrics {
             counted = true
             metrics.tunnelOpened(inspected: false)
         }
     }
+
+    /// Enforce mode: the client's bytes wait (in the client glue) until the policy has judged the SNI or Host, so a
+    /// refused tunnel never carried a byte to the destination. Observe mode holds nothing.
+    private(set) var holdsClientBytes: Bool
+    /// Set by the client glue: sends what it held and lets the relay run.
+    var releaseClientBytes: (() -> Void)?
 
     func peekConcluded(_ result: PeekResult) {
         metadata.tls = result.tls ?? false
@@ -79,24 +88,23 @@ final class TunnelSession {
             // No host was asked for: the SNI (or, for plain HTTP, the Host) names the destination; the
             // original address stays in original_dst.
             let name = metadata.sni ?? result.httpHost
-            if let refusal = reporting.judge(&metadata, host: name, address: metadata.resolvedIP) {
-                if let name { rename(to: name) }
-                refuse(byPolicy: refusal)
+            if let name { rename(to: name) }
+            guard let name, let nameBelongs else {
+                judgeTransparent(name: name, belongs: true)
                 return
             }
-            if let name {
-                rename(to: name)
-                if let nameBelongs {
-                    // Does the name plausibly belong to the address the agent connected to? Report, don't block.
-                    let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
-                    nameBelongs(name).hop(to: eventLoop).whenSuccess { belongs in
-                        loopBound.value.metadata.sniMismatch = !belongs
-                        loopBound.value.sendActionOnce()
-                    }
-                    return
-                }
+            // Does the name belong to the address the agent connected to? The policy counts the name only if it
+            // does; the action says so either way.
+            let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+            nameBelongs(name).hop(to: eventLoop).whenComplete { result in
+                let session = loopBound.value
+                let belongs = (try? result.get()) ?? false
+                session.metadata.sniMismatch = !belongs
+                session.judgeTransparent(name: name, belongs: belongs)
             }
-        } else if let sni = metadata.sni {
+            return
+        }
+        if let sni = metadata.sni {
             metadata.sniMismatch = sni != requestedHost
             if sni.lowercased() != requestedHost.lowercased(),
                 let refusal = reporting.judge(&metadata, host: sni, address: metadata.resolvedIP)
@@ -104,6 +112,30 @@ final class TunnelSession {
                 refuse(byPolicy: refusal)
                 return
             }
+        }
+        allow()
+    }
+
+    /// A transparent connection's name against the policy: the name's own rules always (a blocklist entry for it
+    /// holds whoever sent it); a name that does not resolve to the address counts for nothing more, so the
+    /// address alone must pass (a client cannot reach any address by naming an allowed host).
+    private func judgeTransparent(name: String?, belongs: Bool) {
+        guard !recorded else { return }
+        var refusal = reporting.judge(&metadata, host: name, address: metadata.resolvedIP)
+        if refusal == nil, name != nil, !belongs {
+            refusal = reporting.judge(&metadata, host: nil, address: metadata.resolvedIP)
+        }
+        if let refusal {
+            refuse(byPolicy: refusal)
+            return
+        }
+        allow()
+    }
+
+    private func allow() {
+        if holdsClientBytes {
+            holdsClientBytes = false
+            releaseClientBytes?()
         }
         sendActionOnce()
     }
@@ -114,14 +146,11 @@ final class TunnelSession {
     }
 
     /// Enforce mode: the name the client sent (SNI or Host) is blocked by a policy. The tunnel is closed; what
-    /// the client sent first (the ClientHello) has already been relayed, nothing comes back.
+    /// the client sent was held, so none of it reached the destination.
     private func refuse(byPolicy policy: String) {
         noteClose(by: .proxy, reason: "blocked_by_policy")
         metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
         sendActionOnce()
-        reporting.logger.info(
-            "closed a tunnel whose SNI or Host a policy blocks",
-            metadata: ["target": "\(target)", "policy": "\(Reporting.printable(policy))"])
         closeBoth?("blocked_by_policy")
     }
 
