@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Destination-only overhead of issue 8 (guard, head limits, connection caps): before vs after, interleaved.
 # plain = absolute-form GET keep-alive (hsload -k); connect = new CONNECT + TLS per request (hsload, no -k).
-# usage: scripts/bench-before-after.sh BEFORE-BINARY AFTER-BINARY   (needs ../shared/bench/setup.sh and upstream.sh start)
+# usage: [PAIRS=3] [LOG_LEVEL=warning] [SCENARIOS="plain connect"] scripts/bench-before-after.sh BEFORE-BINARY AFTER-BINARY
+#        (needs ../shared/bench/setup.sh and upstream.sh start; the old binary ignores KAIZEN_ADMIN_LISTEN)
 BEFORE=$1
 AFTER=$2
 HS=/var/tmp/proxybench/hsload
@@ -12,7 +13,7 @@ run() {  # run LABEL BINARY SCENARIO
   local label=$1 bin=$2 scenario=$3
   pkill -f -- "--port 3202"; sleep 0.3
   rm -rf /dev/shm/kz8; mkdir -p /dev/shm/kz8
-  (cd /dev/shm/kz8 && KAIZEN_ALLOW_PRIVATE=127.0.0.0/8 exec $bin --local --port 3202 --log-level warning >/dev/null 2>/dev/null) &
+  (cd /dev/shm/kz8 && KAIZEN_LOG_FORMAT=${LOG_FORMAT:-text} KAIZEN_ADMIN_LISTEN=off KAIZEN_ALLOW_PRIVATE=127.0.0.0/8 exec $bin --local --port 3202 --log-level ${LOG_LEVEL:-warning} >/dev/null 2>/dev/null) &
   local pid=$!
   for i in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/3202) 2>/dev/null && break; sleep 0.1; done
   local args

@@ -68,7 +68,8 @@ public final class ProxyServer: Service {
         self.tracker = ConnectionTracker(
             maxConnections: configuration.maxConnections, maxPerClient: configuration.maxConnectionsPerClient)
         self.reporting = Reporting(
-            agent: configuration.agent, sink: sink, logger: logger, baseline: baseline, policy: policy, metrics: metrics)
+            agent: configuration.agent, sink: sink, logger: logger, baseline: baseline, policy: policy, metrics: metrics,
+            structuredLogs: configuration.logFormat == .json)
         self.group = group
         self.logger = logger
         self.onListening = onListening

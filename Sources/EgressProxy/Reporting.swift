@@ -14,6 +14,9 @@ struct Reporting: Sendable {
     /// Present with an API key: the control plane's policies, observed or enforced.
     var policy: PolicyCheck? = nil
     var metrics: ProxyMetrics? = nil
+    /// `KAIZEN_LOG_FORMAT=json`: the per-connection line's fields as log metadata (JSON fields); in text they are
+    /// written into the message in a fixed order.
+    var structuredLogs = false
 
     /// Records the action. A connection that reached a destination its agent never reached before is marked
     /// `first_seen` and logged; requests after the first inside one intercepted connection are not connections.
@@ -114,33 +117,59 @@ struct Reporting: Sendable {
         let outcome = blocked ? "blocked" : metadata.outcome == .failed ? "failed" : "connected"
         metrics?.connectionEnded(mode: mode, outcome: outcome)
         guard logger.logLevel <= .info else { return }
-        var fields: Logger.Metadata = [
-            "agent": "\(Self.printable(agent))",
-            "client": "\(metadata.client)",
-            "transport": "\(metadata.transport.rawValue)",
-            "target": "\(Self.printable(target))",
-            "mode": "\(mode)",
-            "decision": "\(blocked ? "block" : "allow")",
-            "outcome": "\(outcome)",
+        var fields: [(String, String)] = [
+            ("agent", Self.printable(agent)), ("client", metadata.client),
+            ("transport", metadata.transport.rawValue), ("target", Self.printable(target)),
         ]
-        if let sni = metadata.sni { fields["sni"] = "\(Self.printable(sni))" }
-        if let policy = metadata.policy { fields["policy"] = "\(Self.printable(policy))" }
-        if metadata.wouldBlock == true { fields["would_block"] = "true" }
-        if let requests { fields["requests"] = "\(requests)" }
-        if let inspection = metadata.inspection { fields["inspection"] = "\(Self.printable(inspection))" }
+        fields.reserveCapacity(20)
+        if let sni = metadata.sni { fields.append(("sni", Self.printable(sni))) }
+        fields.append(("mode", mode))
+        fields.append(("decision", blocked ? "block" : "allow"))
+        fields.append(("outcome", outcome))
+        if let policy = metadata.policy { fields.append(("policy", Self.printable(policy))) }
+        if metadata.wouldBlock == true { fields.append(("would_block", "true")) }
+        if let requests { fields.append(("requests", String(requests))) }
+        if let inspection = metadata.inspection { fields.append(("inspection", Self.printable(inspection))) }
         if let close {
-            if let error = metadata.error { fields["error"] = "\(Self.printable(error))" }
-            fields["bytes_from_client"] = "\(close.bytesFromClient)"
-            fields["bytes_to_client"] = "\(close.bytesToClient)"
-            fields["duration_ms"] = "\(close.durationMs)"
-            fields["closed_by"] = "\(close.closedBy.rawValue)"
-            fields["reason"] = "\(Self.printable(close.reason))"
-            if let status = close.status { fields["status"] = "\(status)" }
+            if let error = metadata.error { fields.append(("error", Self.printable(error))) }
+            fields.append(("bytes_from_client", String(close.bytesFromClient)))
+            fields.append(("bytes_to_client", String(close.bytesToClient)))
+            fields.append(("duration_ms", String(close.durationMs)))
+            fields.append(("closed_by", close.closedBy.rawValue))
+            fields.append(("reason", Self.printable(close.reason)))
+            if let status = close.status { fields.append(("status", String(status))) }
         } else {
-            if let error = metadata.error { fields["reason"] = "\(Self.printable(error))" }
-            if let status = metadata.status { fields["status"] = "\(status)" }
+            if let error = metadata.error { fields.append(("reason", Self.printable(error))) }
+            if let status = metadata.status { fields.append(("status", String(status))) }
         }
-        logger.info("connection", metadata: fields)
+        if structuredLogs {
+            var values: Logger.Metadata = [:]
+            for (key, value) in fields { values[key] = .string(value) }
+            logger.info("connection", metadata: values)
+        } else {
+            // Text logs: the fields in a fixed order in the message itself (no metadata dictionary to build, merge
+            // and sort per connection); a value with a space or a quote is quoted.
+            var line = "connection"
+            line.reserveCapacity(320)
+            for (key, value) in fields {
+                line += " "
+                line += key
+                line += "="
+                line += Self.quotedIfNeeded(value)
+            }
+            logger.info("\(line)")
+        }
+    }
+
+    /// `value`, or `"value"` with `"` and `\` escaped when it holds a space, a quote or a backslash.
+    static func quotedIfNeeded(_ value: String) -> String {
+        guard value.utf8.contains(where: { $0 == 0x20 || $0 == 0x22 || $0 == 0x5c }) || value.isEmpty else { return value }
+        var out = "\""
+        for character in value {
+            if character == "\"" || character == "\\" { out += "\\" }
+            out.append(character)
+        }
+        return out + "\""
     }
 
     /// `ip:port`, `[ip]:port` for IPv6, for the action's `client` and `resolved_ip` fields.

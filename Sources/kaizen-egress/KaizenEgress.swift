@@ -210,11 +210,7 @@ struct RunOptions: ParsableArguments {
         case .json:
             LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
         case .text:
-            LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
-            }
+            LoggingSystem.bootstrap { label in TextLogHandler(label: label, level: level) }
         }
         let logger = Logger(label: "kaizen-egress")
         signal(SIGPIPE, SIG_IGN)  // a closed stdout must not kill the proxy; writes report EPIPE instead
@@ -248,6 +244,7 @@ struct RunOptions: ParsableArguments {
                 "\(ConfigurationKey.port.variable): cannot listen on \(configuration.listenAddress) port \(configuration.port): \(Self.reason(error)): set \(ConfigurationKey.port.spelled) to a free port, or stop what uses it"
             )
         }
+        defer { LogOutput.standardError.flush() }
         try await application.serviceGroup(logger: logger).run()
     }
 
@@ -259,6 +256,7 @@ struct RunOptions: ParsableArguments {
 
 /// For every command: prints one line naming the problem and its fix, and exits with status 2.
 func fail(_ line: String) -> Never {
+    LogOutput.standardError.flush()
     FileHandle.standardError.write(Data("kaizen-egress: \(line)\n".utf8))
     Foundation.exit(2)
 }

@@ -66,7 +66,7 @@ import Testing
             #expect(metrics.contains("# TYPE kaizen_egress_\(name) "), "\(name)")
         }
         // One canonical line per connection.
-        let lines = proxy.stderr.split(separator: "\n").filter { $0.hasSuffix("[EgressProxy] connection") }
+        let lines = proxy.stderr.split(separator: "\n").filter { $0.contains("[EgressProxy] connection ") }
         #expect(lines.count == 3, "\(lines)")
         let tunnelLine = lines.first { $0.contains("target=localhost:\(originPort)") } ?? ""
         for field in [

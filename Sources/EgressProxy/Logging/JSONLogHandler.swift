@@ -16,12 +16,12 @@ public struct JSONLogHandler: LogHandler {
     public var logLevel: Logger.Level
     private let label: String
 
-    /// One write per line, under one lock, so lines from several threads never interleave.
-    private static let output = Mutex(())
+    private let output: LogOutput
 
-    public init(label: String, level: Logger.Level) {
+    public init(label: String, level: Logger.Level, output: LogOutput = .standardError) {
         self.label = label
         self.logLevel = level
+        self.output = output
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -43,11 +43,7 @@ public struct JSONLogHandler: LogHandler {
             json.field(key, Self.text(merged[key]!))
         }
         json.endObject()
-        var line = json.take()
-        line.append(UInt8(ascii: "\n"))
-        Self.output.withLock { _ in
-            line.withUnsafeBytes { bytes in _ = FileIO.writeFully(2, bytes) }
-        }
+        output.write(json.take(), urgent: event.level >= .warning)
     }
 
     private static func text(_ value: Logger.Metadata.Value) -> String {
