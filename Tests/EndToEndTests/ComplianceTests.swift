@@ -87,8 +87,8 @@ import Testing
         // The first connection to each destination was flagged, once, and logged.
         let firstRunLines = proxy.child.stdoutLines.filter { $0.contains(#""first_seen":true"#) }
         #expect(firstRunLines.count == 2)
-        #expect(proxy.child.stderr.contains("agent review-agent connected to a destination it has never connected to (127.0.0.1:\(httpPort))"))
-        #expect(proxy.child.stderr.contains("agent review-agent connected to a destination it has never connected to (127.0.0.1:\(echoPort))"))
+        #expect(proxy.child.stderrEventually("agent review-agent connected to a destination it has never connected to (127.0.0.1:\(httpPort))"))
+        #expect(proxy.child.stderrEventually("agent review-agent connected to a destination it has never connected to (127.0.0.1:\(echoPort))"))
 
         // Second run, same state: the baseline remembers, so nothing is new; the chain continues.
         proxy = try startProxy(directory: directory)

@@ -222,7 +222,7 @@ import Testing
         let action = try #require(try setup.waitForActions(1).first)
         #expect(action["status"] as? Int == 400, "\(name)")
         #expect((action["error"] as? String)?.hasPrefix("rejected: ") == true, "\(name): \(action)")
-        #expect(setup.proxy.stderr.contains("rejected an intercepted request"))
+        #expect(setup.proxy.stderrEventually("rejected an intercepted request"))
     }
 
     @Test func aWebSocketEchoWorksThroughTheInspection() throws {

@@ -158,7 +158,7 @@ import Testing
 
         // Nothing changed: the refreshes are answered 304.
         _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 304" }
-        #expect(proxy.stderr.contains("rule kinds tools do not name destinations"), "the ignored rule kind is logged")
+        #expect(proxy.stderrEventually("rule kinds tools do not name destinations"), "the ignored rule kind is logged")
         #expect(proxy.stderr.components(separatedBy: "rule kinds tools").count == 2, "once")
 
         // The policy changes: the next refresh applies it.
@@ -240,7 +240,7 @@ import Testing
         _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 503" }
         let refused = try curl(firstPort, ["http://127.0.0.1:\(setup.plainPort)/hello"])
         #expect(refused.contains("403") && refused.contains("no policy loaded"), "\(refused)")
-        #expect(first.stderr.contains("none was ever loaded: KAIZEN_POLICY_FAIL decides"), "\(first.stderr)")
+        #expect(first.stderrEventually("none was ever loaded: KAIZEN_POLICY_FAIL decides"), "\(first.stderr)")
 
         // It comes back: the policy applies.
         try "ok".write(toFile: setup.modeFile, atomically: true, encoding: .utf8)
@@ -254,7 +254,7 @@ import Testing
         // A restart while the control plane is down again: the policy kept on disk applies at once.
         try "unavailable 1".write(toFile: setup.modeFile, atomically: true, encoding: .utf8)
         let (second, secondPort) = try startProxy(setup, settings)
-        #expect(second.stderr.contains("loaded from the cache"), "\(second.stderr)")
+        #expect(second.stderrEventually("loaded from the cache"), "\(second.stderr)")
         let blocked = try curl(secondPort, ["http://localhost:\(setup.plainPort)/hello"])
         #expect(blocked.contains("403") && blocked.contains("no-localhost"), "\(blocked)")
         let stillAllowed = try curl(secondPort, ["http://127.0.0.1:\(setup.plainPort)/hello"])
@@ -273,6 +273,6 @@ import Testing
         let proxy = try ChildProcess(
             Paths.proxyBinary, ["--local", "--port", "0"], environment: ProxyEnvironment.make(["KAIZEN_MODE": "enforce"]))
         #expect(try proxy.waitForExit(timeout: 30) == 2)
-        #expect(proxy.stderr.contains("KAIZEN_MODE=enforce needs the control plane's policies: set KAIZEN_API_KEY"), "\(proxy.stderr)")
+        #expect(proxy.stderrEventually("KAIZEN_MODE=enforce needs the control plane's policies: set KAIZEN_API_KEY"), "\(proxy.stderr)")
     }
 }

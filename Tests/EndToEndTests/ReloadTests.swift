@@ -100,7 +100,7 @@ import Testing
         // A bad credentials file: everything stays as it was, one line says why.
         try write("agent-c:short\n", to: agents)
         try reload(proxy, count: 1, containing: "the current settings are kept")
-        #expect(proxy.stderr.contains("SIGHUP: KAIZEN_PROXY_AUTH:"), "\(proxy.stderr.suffix(2000))")
+        #expect(proxy.stderrEventually("SIGHUP: KAIZEN_PROXY_AUTH:"), "\(proxy.stderr.suffix(2000))")
         let kept = try curl(port, ["-U", "agent-b:\(Self.tokenB)", "http://127.0.0.1:\(plainPort)/hello"])
         #expect(kept.contains("hello from origin"), "\(kept)")
 

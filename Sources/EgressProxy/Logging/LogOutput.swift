@@ -7,9 +7,9 @@ import Glibc
 import Musl
 #endif
 
-/// Standard error for the log handlers, written in batches: a line is appended to a buffer and a writer thread
-/// sends what gathered in one `write` within 20 ms (at once for warnings and worse), so a busy proxy does not pay
-/// one system call per log line (the per-connection line made that a fifth of the cost of a keep-alive request).
+/// Standard error for the log handlers, written in batches under load: a line after a quiet moment (20 ms) is
+/// written at once; lines that follow it within 20 ms are appended to a buffer that a writer thread sends in one
+/// `write` (at once for warnings and worse), so a busy proxy does not pay one system call per log line.
 /// Lines never interleave. `flush()` empties the buffer (at exit); a crash can lose the last 20 ms of lines.
 public final class LogOutput: @unchecked Sendable {
     public static let standardError = LogOutput(fd: 2)
@@ -20,7 +20,10 @@ public final class LogOutput: @unchecked Sendable {
     private var buffer: [UInt8] = []
     private var urgent = false
     private var started = false
+    /// When a write last went out (monotonic nanoseconds).
+    private var lastWrite: UInt64 = 0
     private static let coalesce: TimeInterval = 0.02
+    private static let coalesceNanos: UInt64 = 20_000_000
     private static let highWater = 256 * 1024
 
     init(fd: Int32) {
@@ -38,6 +41,16 @@ public final class LogOutput: @unchecked Sendable {
             thread.start()
         }
         let wasEmpty = buffer.isEmpty
+        let now = DispatchTime.now().uptimeNanoseconds
+        if wasEmpty && now &- lastWrite > Self.coalesceNanos {
+            // A line after a quiet moment goes out at once: batching is for bursts, not for sparse logs.
+            lastWrite = now
+            var single = line
+            single.append(UInt8(ascii: "\n"))
+            send(single)
+            condition.unlock()
+            return
+        }
         buffer.append(contentsOf: line)
         buffer.append(UInt8(ascii: "\n"))
         let wake = wasEmpty || urgent || buffer.count >= Self.highWater
@@ -66,6 +79,7 @@ public final class LogOutput: @unchecked Sendable {
             urgent = false
             let pending = buffer
             buffer.removeAll(keepingCapacity: true)
+            lastWrite = DispatchTime.now().uptimeNanoseconds
             condition.unlock()
             send(pending)
         }

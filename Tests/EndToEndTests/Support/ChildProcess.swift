@@ -138,6 +138,12 @@ final class ChildProcess: @unchecked Sendable {
         }
     }
 
+    /// Whether stderr contains `text`, waiting up to `timeout` for it: the proxy writes its log in batches (within
+    /// 20 ms), so a line can trail the action it accompanies.
+    func stderrEventually(_ text: String, timeout: TimeInterval = 5) -> Bool {
+        (try? waitForStderr(containing: text, timeout: timeout)) != nil
+    }
+
     /// Waits until stderr contains `text` (`count` times).
     @discardableResult
     func waitForStderr(containing text: String, count: Int = 1, timeout: TimeInterval) throws -> String {
