@@ -40,10 +40,18 @@ public final class OpenSSLConnection {
     /// Set when the chosen certificate could not be used or none was found; reported as the handshake failure.
     var certificateFailure: OpenSSLError?
 
+    /// Server, with a context whose ALPN is chosen per connection: the protocol to answer, length-prefixed
+    /// (`[0]` declines ALPN); read by the selection callback through the SSL's app data. Owned here.
+    private var alpnAnswer: UnsafeMutableBufferPointer<UInt8>?
+
     /// - Parameter serverName: client only: the name or IP address to verify, and (names only) the SNI sent.
     /// - Parameter choosesCertificate: server only: pause the handshake for `provideCertificate` even when
     ///   the context has no certificate provider (the handler has its own for this connection).
-    public init(context: OpenSSLContext, serverName: String? = nil, choosesCertificate: Bool = false) throws(OpenSSLError) {
+    /// - Parameter alpn: client only: the protocols this connection offers, in place of the context's (`[]`:
+    ///   none); nil keeps the context's.
+    public init(
+        context: OpenSSLContext, serverName: String? = nil, choosesCertificate: Bool = false, alpn: [String]? = nil
+    ) throws(OpenSSLError) {
         OpenSSLError.clearQueue()
         guard let ssl = SSL_new(context.pointer) else { throw OpenSSLError.drain(operation: "creating a TLS connection") }
         let network: ByteBufferBIO
@@ -71,11 +79,31 @@ public final class OpenSSLConnection {
             if let serverName {
                 try configurePeerName(serverName)
             }
+            if let alpn {
+                // An empty list clears the offer: no ALPN extension at all.
+                let wire = OpenSSLContext.alpnWireFormat(alpn)
+                guard SSL_set_alpn_protos(ssl, wire, UInt32(wire.count)) == 0 else {
+                    throw OpenSSLError.drain(operation: "setting the ALPN protocols")
+                }
+            }
         }
     }
 
     deinit {
         SSL_free(ssl)
+        alpnAnswer?.deallocate()
+    }
+
+    /// Server, with `alpnChosenPerConnection`: answer the client's ALPN offer with exactly `protocolName` (if the
+    /// client offered it), or with no ALPN at all (nil). Set before the ClientHello is processed.
+    public func answerALPN(with protocolName: String?) {
+        alpnAnswer?.deallocate()
+        let bytes = protocolName.map { Array($0.utf8.prefix(255)) } ?? []
+        let buffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: bytes.count + 1)
+        buffer[0] = UInt8(bytes.count)
+        for (index, byte) in bytes.enumerated() { buffer[index + 1] = byte }
+        alpnAnswer = buffer
+        SSL_set_ex_data(ssl, 0, UnsafeMutableRawPointer(buffer.baseAddress))
     }
 
     private func configurePeerName(_ name: String) throws(OpenSSLError) {

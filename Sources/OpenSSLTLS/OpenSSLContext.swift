@@ -38,6 +38,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         /// Server: every connection's handler brings its own certificate provider, so the context needs
         /// neither a default certificate nor a provider.
         public var certificatesChosenPerConnection = false
+        /// Server only: the protocol answered to each client's ALPN offer is set per connection
+        /// (`OpenSSLConnection.answerALPN`), not chosen from `alpn`.
+        public var alpnChosenPerConnection = false
 
         public init(role: Role) {
             self.role = role
@@ -68,7 +71,9 @@ public final class OpenSSLContext: @unchecked Sendable {
                 try Self.configureClient(context, configuration, alpnWire: wire)
             case .server:
                 try Self.configureServer(context, configuration)
-                if !wire.isEmpty {
+                if configuration.alpnChosenPerConnection {
+                    SSL_CTX_set_alpn_select_cb(context, alpnAnswerPerConnection, nil)
+                } else if !wire.isEmpty {
                     let buffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: wire.count + 2)
                     buffer[0] = UInt8(wire.count >> 8)
                     buffer[1] = UInt8(wire.count & 0xff)
@@ -164,6 +169,36 @@ public final class OpenSSLContext: @unchecked Sendable {
         }
         return wire
     }
+}
+
+/// The answer set on this connection (`answerALPN`): that protocol if the client offered it, else no ALPN.
+private func alpnAnswerPerConnection(
+    _ ssl: OpaquePointer?,
+    _ out: UnsafeMutablePointer<UnsafePointer<UInt8>?>?,
+    _ outLength: UnsafeMutablePointer<UInt8>?,
+    _ clientList: UnsafePointer<UInt8>?,
+    _ clientLength: UInt32,
+    _ argument: UnsafeMutableRawPointer?
+) -> Int32 {
+    guard let ssl, let out, let outLength, let clientList,
+        let answer = SSL_get_ex_data(ssl, 0)?.assumingMemoryBound(to: UInt8.self)
+    else { return SSL_TLSEXT_ERR_NOACK }
+    let length = Int(answer[0])
+    guard length > 0 else { return SSL_TLSEXT_ERR_NOACK }
+    // Walk the client's list (length-prefixed names) for exactly this protocol.
+    var offset = 0
+    while offset < Int(clientLength) {
+        let nameLength = Int(clientList[offset])
+        if nameLength == length, offset + 1 + nameLength <= Int(clientLength),
+            memcmp(clientList + offset + 1, answer + 1, length) == 0
+        {
+            out.pointee = clientList + offset + 1
+            outLength.pointee = UInt8(length)
+            return SSL_TLSEXT_ERR_OK
+        }
+        offset += 1 + nameLength
+    }
+    return SSL_TLSEXT_ERR_NOACK
 }
 
 /// The server's ALPN choice: its first protocol the client also offered; none (no ALPN) when they share none.

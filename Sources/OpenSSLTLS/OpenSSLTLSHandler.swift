@@ -31,21 +31,35 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     ///   - serverName: client only: the name or IP to verify (names are also sent as SNI).
     ///   - certificateProvider: server only: chooses this connection's certificate in place of the context's
     ///     provider (for example once an upstream is verified); its failure refuses the client with an alert.
+    ///   - alpn: client only: the protocols this connection offers, in place of the context's (`[]`: none).
+    ///   - alpnAnswer: server with `alpnChosenPerConnection` only: the protocol to answer (nil: no ALPN).
     public init(
         context: OpenSSLContext,
         serverName: String? = nil,
-        certificateProvider: OpenSSLContext.CertificateProvider? = nil
+        certificateProvider: OpenSSLContext.CertificateProvider? = nil,
+        alpn: [String]? = nil,
+        alpnAnswer: String? = nil
     ) throws(OpenSSLError) {
         let isServer = context.configuration.role == .server
         self.connection = try OpenSSLConnection(
             context: context,
             serverName: serverName,
-            choosesCertificate: isServer && certificateProvider != nil
+            choosesCertificate: isServer && certificateProvider != nil,
+            alpn: isServer ? nil : alpn
         )
+        if isServer && context.configuration.alpnChosenPerConnection {
+            connection.answerALPN(with: alpnAnswer)
+        }
         self.certificateProvider = isServer ? certificateProvider ?? context.configuration.certificateProvider : nil
     }
 
     public var negotiatedProtocol: String? { connection.negotiatedProtocol }
+
+    /// Server with `alpnChosenPerConnection`: the protocol to answer the client's ALPN offer with (nil: none).
+    /// Takes effect if set before OpenSSL answers ALPN, which it does after the certificate callback.
+    public func answerALPN(with protocolName: String?) {
+        connection.answerALPN(with: protocolName)
+    }
 
     public func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive {

@@ -17,8 +17,18 @@ struct Inspection: Sendable {
     let clientTLS: OpenSSLContext
     let reportQuery: Bool
 
-    /// The protocols offered on both legs: HTTP/1.1 only for now (h2 comes later).
+    /// The protocols inspection can relay: HTTP/1.1 only for now (h2 comes later). The upstream is offered the
+    /// client's own ALPN list, less what cannot be relayed; the client is answered with the upstream's choice.
     static let alpn = ["http/1.1"]
+
+    /// What the upstream is offered for a client that offered `clientOffer`: its protocols that can be relayed,
+    /// in its order; `[]` (no ALPN) when it offered none. Nil when it offered only protocols that cannot be relayed
+    /// (the connection then passes through untouched).
+    static func upstreamOffer(forClientOffer clientOffer: [String]) -> [String]? {
+        guard !clientOffer.isEmpty else { return [] }
+        let relayable = clientOffer.filter { alpn.contains($0) }
+        return relayable.isEmpty ? nil : relayable
+    }
 
     /// Loads and checks the CA and builds the TLS contexts; a problem is a `ConfigurationError` naming the
     /// variable. Warnings (a CA close to expiry) are logged.
@@ -47,7 +57,7 @@ struct Inspection: Sendable {
             upstream.additionalTrustFile = configuration.upstreamCAFile
             upstreamTLS = try OpenSSLContext(configuration: upstream)
             var client = OpenSSLContext.Configuration(role: .server)
-            client.alpn = alpn
+            client.alpnChosenPerConnection = true
             client.certificatesChosenPerConnection = true
             clientTLS = try OpenSSLContext(configuration: client)
         } catch {

@@ -31,6 +31,10 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     private var decided = false
     /// The ClientHello is in and the decision is being made (a leaf may be minting).
     private var deciding = false
+    /// Inspecting: the client's bytes wait here until the upstream's handshake is over, so the client's
+    /// handshake is answered with the upstream's ALPN choice.
+    private var awaitingUpstream = false
+    private var halfClosedWhileAwaiting = false
     private var timer: Scheduled<Void>?
 
     init(tunnel: Tunnel, inspection: Inspection, settings: ConnectionSettings, reporting: Reporting) {
@@ -50,7 +54,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !decided else {
+        guard !decided || awaitingUpstream else {
             context.fireChannelRead(data)
             return
         }
@@ -60,7 +64,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         } else {
             held!.writeBuffer(&bytes)
         }
-        guard !deciding else { return }
+        guard !deciding, !awaitingUpstream else { return }
         switch ClientHelloParser.parse(held!, limit: settings.clientHelloLimit) {
         case .needMoreData:
             if held!.readableBytes >= settings.clientHelloLimit {
@@ -84,6 +88,10 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if awaitingUpstream, case ChannelEvent.inputClosed = event {
+            halfClosedWhileAwaiting = true
+            return
+        }
         if !decided, case ChannelEvent.inputClosed = event {
             // The relay that takes over gets the half-close after the held bytes (this handler is gone by then).
             passThrough(reason: "client closed before its ClientHello", context: context, clientHalfClosed: true)
@@ -112,6 +120,11 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         switch decision {
         case .passthrough(let reason):
             passThrough(reason: reason, context: context)
+        case .inspect where Inspection.upstreamOffer(forClientOffer: hello.alpn) == nil:
+            // Inspection must not change the protocol the two sides speak: what it cannot relay passes through.
+            passThrough(
+                reason: "the client offers only \(hello.alpn.joined(separator: ", ")) (ALPN), which inspection does not relay yet",
+                context: context)
         case .inspect(let leaf, let upstreamName):
             guard inspection.authority.hasNameConstraints else {
                 // Any valid name can be signed: connect upstream at once and mint meanwhile.
@@ -242,11 +255,18 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         let leaves = inspection.leaves
         let upstreamReady = connection.upstreamReady
+        let handlers: NIOLoopBound<TLSPair>
         do {
             // Upstream: verified TLS first. The client's handshake waits in the certificate callback until
             // it succeeds (then gets a leaf for the name) or fails (then gets an alert).
             let upstreamPipeline = tunnel.upstream.pipeline.syncOperations
-            try upstreamPipeline.addHandler(try OpenSSLTLSHandler(context: inspection.upstreamTLS, serverName: upstreamName))
+            // ALPN mirrored: the upstream is offered what the client offered (less what cannot be relayed), and
+            // the client is answered with exactly what the upstream chose, or no ALPN when it chose none.
+            let upstreamTLS = try OpenSSLTLSHandler(
+                context: inspection.upstreamTLS, serverName: upstreamName,
+                alpn: Inspection.upstreamOffer(forClientOffer: hello.alpn) ?? [])
+            try upstreamPipeline.addHandler(upstreamTLS)
+            handlers = NIOLoopBound(TLSPair(upstream: upstreamTLS), eventLoop: context.eventLoop)
             // The encoder first, then the decoder: the decoder watches outgoing requests (HEAD has no body).
             // 1xx responses are passed on; bytes after a 101 go on to the relay that replaces HTTP.
             try upstreamPipeline.addHandler(HTTPRequestEncoder())
@@ -260,9 +280,12 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             let clientTLS = try OpenSSLTLSHandler(
                 context: inspection.clientTLS,
                 certificateProvider: { _, eventLoop in
-                    upstreamReady.futureResult.and(minted).hop(to: eventLoop).map { Optional($0.1) }
+                    upstreamReady.futureResult.and(minted).hop(to: eventLoop).map { _, leaf in
+                        Optional(leaf)
+                    }
                 }
             )
+            handlers.value.client = clientTLS
             let clientPipeline = context.pipeline.syncOperations
             let clientHandler = InterceptedClientHandler(connection: connection)
             try clientPipeline.addHandler(clientTLS, position: .after(self))
@@ -285,14 +308,41 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             return
         }
         connection.start()
+        // The client's ClientHello (and anything after it) waits until the upstream's handshake is over: then the
+        // client is answered with the protocol the upstream chose (ALPN), or with none. A failed upstream lets it
+        // through too, to be refused with an alert by the certificate callback.
+        awaitingUpstream = true
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        upstreamReady.futureResult.hop(to: context.eventLoop).whenComplete { result in
+            let (handler, context) = loopBound.value
+            let pair = handlers.value
+            if case .success = result { pair.client?.answerALPN(with: pair.upstream.negotiatedProtocol) }
+            handler.releaseToClientTLS(context: context)
+        }
+    }
+
+    private func releaseToClientTLS(context: ChannelHandlerContext) {
+        guard awaitingUpstream else { return }
+        awaitingUpstream = false
         if let held {
             self.held = nil
             context.fireChannelRead(wrapInboundOut(held))
             context.fireChannelReadComplete()
         }
+        if halfClosedWhileAwaiting { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }
 
 @available(*, unavailable)
 extension InspectionStartHandler: Sendable {}
+
+/// The two TLS handlers of an inspected connection, so the client's ALPN answer can follow the upstream's choice.
+private final class TLSPair {
+    let upstream: OpenSSLTLSHandler
+    var client: OpenSSLTLSHandler?
+
+    init(upstream: OpenSSLTLSHandler) {
+        self.upstream = upstream
+    }
+}
