@@ -110,7 +110,8 @@ struct Reporting: Sendable {
         mode: String,
         close: CloseRecord.Body?,
         blockedByProxy: Bool = false,
-        requests: Int? = nil
+        requests: Int? = nil,
+        blockedRequests: Int = 0
     ) {
         let enforcedBlock = policy?.enforcing == true && metadata.policy != nil
         let blocked = blockedByProxy || enforcedBlock
@@ -129,6 +130,7 @@ struct Reporting: Sendable {
         if let policy = metadata.policy { fields.append(("policy", Self.printable(policy))) }
         if metadata.wouldBlock == true { fields.append(("would_block", "true")) }
         if let requests { fields.append(("requests", String(requests))) }
+        if blockedRequests > 0 { fields.append(("blocked_requests", String(blockedRequests))) }
         if let inspection = metadata.inspection { fields.append(("inspection", Self.printable(inspection))) }
         if let close {
             if let error = metadata.error { fields.append(("error", Self.printable(error))) }

@@ -138,6 +138,7 @@ import Testing
         #expect(inner.contains("403") && inner.contains("blocked by policy no-localhost"), "\(inner)")
         let innerAction = try waitForAction(proxy) { Self.metadata($0)["path"] as? String == "/secret" }
         #expect(Self.verdict(innerAction) == ("block", "no-localhost"))
+        #expect(proxy.stderrEventually("mode=inspected decision=allow outcome=connected requests=1 blocked_requests=1"), "\(proxy.stderr)")
         #expect(Self.metadata(innerAction)["method"] as? String == "GET")
         #expect(Self.metadata(innerAction)["intercepted"] as? Bool == true)
 

@@ -16,6 +16,8 @@ final class InterceptedConnection {
     private var metadata: ConnectMetadata
     /// The policy's answer for the request in progress (`policy`, `would_block`), set when its head arrives.
     private var requestPolicy: (policy: String?, wouldBlock: Bool?) = (nil, nil)
+    /// Requests refused by a policy (enforce mode), for the connection's log line.
+    private var blockedRequests = 0
     private let target: String
     private let leaf: OpenSSLCertificateAuthority.LeafName
     private let started: NIODeadline
@@ -290,6 +292,7 @@ final class InterceptedConnection {
 
     /// Enforce mode: the request's destination is blocked by a policy: answer 403, report it, close.
     private func refuse(byPolicy policy: String) {
+        blockedRequests += 1
         let answer = ProxyError.blockedByPolicy(policy)
         reporting.logger.info(
             "refused an intercepted request",
@@ -428,7 +431,8 @@ final class InterceptedConnection {
         )
         reporting.close(body)
         reporting.logConnection(
-            connection, target: target, mode: failure == nil ? "inspected" : "none", close: body, requests: requests)
+            connection, target: target, mode: failure == nil ? "inspected" : "none", close: body, requests: requests,
+            blockedRequests: blockedRequests)
     }
 
     private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {
