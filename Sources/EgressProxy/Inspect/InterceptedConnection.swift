@@ -152,15 +152,17 @@ final class InterceptedConnection {
                 return
             }
             // The host the request names (an absolute-form URI's, else Host), and the SNI: each must pass.
-            var judged = metadata
-            var refusal: String? = nil
-            for host in Self.namedHosts(head, sni: metadata.sni, connectHost: metadata.host) where refusal == nil {
-                refusal = reporting.judge(&judged, host: host, address: metadata.resolvedIP)
-            }
-            requestPolicy = (judged.policy, judged.wouldBlock)
-            if let refusal {
-                refuse(byPolicy: refusal)
-                return
+            if reporting.policy != nil {
+                var judged = metadata
+                var refusal: String? = nil
+                for host in Self.namedHosts(head, sni: metadata.sni, connectHost: metadata.host) where refusal == nil {
+                    refusal = reporting.judge(&judged, host: host, address: metadata.resolvedIP)
+                }
+                requestPolicy = (judged.policy, judged.wouldBlock)
+                if let refusal {
+                    refuse(byPolicy: refusal)
+                    return
+                }
             }
             handle(action, forward: .head(head))
         case .body(let bytes):
