@@ -44,24 +44,20 @@ public final class ProxyMetrics: Sendable {
         func counters(_ metric: MetricName, _ values: [String]) -> [String: Counter] {
             Dictionary(uniqueKeysWithValues: values.map { ($0, Counter(label: metric.name, dimensions: [(metric.labels[0], $0)], factory: factory)) })
         }
-        var connections: [String: Counter] = [:]
-        for transport in Self.transports {
-            for outcome in Self.connectionOutcomes {
-                connections[transport + "/" + outcome] = Counter(
-                    label: MetricName.connections.name, dimensions: [("transport", transport), ("outcome", outcome)],
-                    factory: factory)
+        /// One counter per pair of values of a metric's two labels, keyed `first/second`.
+        func grid(_ metric: MetricName, _ firsts: [String], _ seconds: [String]) -> [String: Counter] {
+            var counters: [String: Counter] = [:]
+            for first in firsts {
+                for second in seconds {
+                    counters[first + "/" + second] = Counter(
+                        label: metric.name, dimensions: [(metric.labels[0], first), (metric.labels[1], second)],
+                        factory: factory)
+                }
             }
+            return counters
         }
-        self.connections = connections
-        var ended: [String: Counter] = [:]
-        for mode in Self.modes {
-            for outcome in Self.connectionOutcomes {
-                ended[mode + "/" + outcome] = Counter(
-                    label: MetricName.connectionsEnded.name, dimensions: [("mode", mode), ("outcome", outcome)],
-                    factory: factory)
-            }
-        }
-        self.ended = ended
+        connections = grid(.connections, Self.transports, Self.connectionOutcomes)
+        ended = grid(.connectionsEnded, Self.modes, Self.connectionOutcomes)
         inspectedRequests = counters(.inspectedRequests, Self.requestOutcomes)
         peeks = counters(.sniParse, Self.peekOutcomes)
         decisions = counters(.policyDecisions, Self.policyDecisions)
