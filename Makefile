@@ -6,6 +6,9 @@ DEBIAN_PACKAGES := libssl-dev pkg-config curl openssl python3
 # the report test renders the HTML report in headless chromium; the slow-client test runs slowhttptest.
 TEST_PACKAGES := iptables iproute2 chromium slowhttptest
 PORT ?= 8080
+# The admin listener (/metrics, /healthz, /readyz) is on 127.0.0.1:9090 unless ADMIN_LISTEN (or
+# KAIZEN_ADMIN_LISTEN) says otherwise; a local Prometheus often holds 9090.
+ADMIN_LISTEN ?=
 
 .PHONY: run test build release deps
 
@@ -23,7 +26,7 @@ deps:
 	fi
 
 run: deps
-	@swift run kaizen-egress --local --port $(PORT)
+	@swift run kaizen-egress --local --port $(PORT) $(if $(ADMIN_LISTEN),--admin-listen $(ADMIN_LISTEN))
 
 test: EXTRA_PACKAGES = $(if $(filter 0,$(shell id -u)),$(TEST_PACKAGES))
 test: deps
