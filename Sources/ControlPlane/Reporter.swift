@@ -335,9 +335,7 @@ public final class Reporter: ActionSink, Service {
         spoolPassStarted.withLock { started in started.map { ContinuousClock.now - $0 > .seconds(30) } ?? false }
     }
 
-    private func pendingCount() -> Int {
-        spoolBox.withLock { $0?.pendingRecords ?? 0 } + queue.count
-    }
+    private func pendingCount() -> Int { backlog.actions }
 
     /// Exponential backoff with full jitter: a random wait up to min(cap, base × 2^failures).
     private func backoff(_ failures: Int) -> Duration {

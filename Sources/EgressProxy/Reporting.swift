@@ -81,19 +81,8 @@ struct Reporting: Sendable {
         ConnectAction.Verdict(decision: "block", reason: reason)
     }
 
-    /// `text` with control and non-ASCII characters escaped (`\u{…}`), so a hostile name cannot forge log lines.
-    static func printable(_ text: String) -> String {
-        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value >= 0x7f }) else { return text }
-        var out = ""
-        for scalar in text.unicodeScalars {
-            if scalar.value < 0x20 || scalar.value >= 0x7f {
-                out += "\\u{\(String(scalar.value, radix: 16))}"
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
-    }
+    /// `text` with control and non-ASCII characters escaped, so a hostile name cannot forge log lines.
+    static func printable(_ text: String) -> String { LogText.printable(text) }
 
     func close(_ body: CloseRecord.Body) {
         metrics?.bytes(fromClient: body.bytesFromClient, toClient: body.bytesToClient)

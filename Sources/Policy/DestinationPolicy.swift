@@ -46,7 +46,7 @@ public struct DestinationPolicy: Sendable, Hashable {
         self.ignoredRuleKinds = ignoredRuleKinds
         self.invalidEntries = []
         for entry in domains {
-            var name = entry.trimmingWhitespace().lowercased()
+            var name = entry.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
             if name.hasSuffix(".") { name.removeLast() }
             if name.hasPrefix("*.") {
                 name.removeFirst(2)
@@ -67,7 +67,7 @@ public struct DestinationPolicy: Sendable, Hashable {
             }
         }
         for entry in ips {
-            let trimmed = entry.trimmingWhitespace()
+            let trimmed = entry.trimmingCharacters(in: .whitespacesAndNewlines)
             let unbracketed = trimmed.replacingOccurrences(of: "[", with: "").replacingOccurrences(of: "]", with: "")
             if let range = CIDR(unbracketed) {
                 ranges.append(range)
@@ -120,12 +120,5 @@ public struct DestinationPolicy: Sendable, Hashable {
                     (byte >= 0x61 && byte <= 0x7a) || (byte >= 0x30 && byte <= 0x39) || byte == 0x2d || byte == 0x5f
                 }
         }
-    }
-}
-
-extension StringProtocol {
-    func trimmingWhitespace() -> String {
-        let scalars = unicodeScalars.drop { $0.properties.isWhitespace }.reversed().drop { $0.properties.isWhitespace }
-        return String(String.UnicodeScalarView(scalars.reversed()))
     }
 }

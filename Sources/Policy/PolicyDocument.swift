@@ -1,3 +1,4 @@
+import ControlPlane
 import Foundation
 
 /// The control plane's answer to `GET /v1/policy?agent=NAME`:
@@ -97,15 +98,5 @@ public struct PolicyDocument: Sendable, Hashable {
     }
 
     /// At most 128 characters, control and non-ASCII characters escaped, for log lines.
-    static func printable(_ text: String) -> String {
-        var out = ""
-        for scalar in text.unicodeScalars.prefix(128) {
-            if scalar.value < 0x20 || scalar.value >= 0x7f {
-                out += "\\u{\(String(scalar.value, radix: 16))}"
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
-    }
+    static func printable(_ text: String) -> String { LogText.printable(text, limit: 128) }
 }

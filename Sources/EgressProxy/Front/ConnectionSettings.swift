@@ -23,7 +23,9 @@ struct ConnectionSettings: Sendable {
 
     /// The credentials in force now (the reloaded ones, on a connection accepted before the reload too).
     var currentCredentials: ProxyCredentials? {
-        live.map { $0.current.credentials } ?? credentials
+        // Without a credentials file at start there is none to reload: no lock per request then.
+        guard credentials != nil, let live else { return credentials }
+        return live.current.credentials
     }
     /// Request line, header block, header count and header deadline.
     var requestHeadLimits: RequestHeadLimits

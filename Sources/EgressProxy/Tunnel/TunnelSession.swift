@@ -58,9 +58,10 @@ final class TunnelSession {
         self.holdsClientBytes = reporting.policy?.enforcing ?? false
     }
 
-    /// Starts the idle timer.
+    /// Whether `start` counted this tunnel in the active-tunnels gauge (so `finish` takes it off once).
     private var counted = false
 
+    /// Starts the idle timer.
     func start() {
         // Setting up the relay flushes the client's early bytes, and a failed flush can end the tunnel first.
         guard !recorded else { return }
