@@ -46,11 +46,6 @@ public struct PolicySet: Sendable, Hashable {
         return .allow
     }
 
-    /// Whether any enabled policy can block something (an empty set or only correlation policies cannot).
-    public var canBlock: Bool {
-        policies.contains { $0.enabled && $0.mode != .correlation && $0.hasDestinationRules }
-    }
-
     private static func unbracketed(_ host: String) -> String {
         host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
     }

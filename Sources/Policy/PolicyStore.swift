@@ -53,7 +53,7 @@ public final class PolicyStore: Service, Sendable {
         public var fetchedAt: UInt64
     }
 
-    /// How the last refresh went, for readiness and metrics.
+    /// How a fetch went, for the metrics.
     public enum FetchOutcome: String, Sendable, Hashable {
         case updated, notModified = "not_modified", invalid, refused, unavailable
     }
@@ -64,8 +64,6 @@ public final class PolicyStore: Service, Sendable {
         /// The problem last logged per agent, so each is logged once.
         var problem: [String: String] = [:]
         var notes: [String: [String]] = [:]
-        var lastOutcome: FetchOutcome?
-        var lastSuccess: ContinuousClock.Instant?
     }
 
     private let configuration: Configuration
@@ -100,8 +98,6 @@ public final class PolicyStore: Service, Sendable {
     public var allLoaded: Bool {
         state.withLock { state in state.agents.allSatisfy { state.loaded[$0] != nil } }
     }
-
-    public var lastOutcome: FetchOutcome? { state.withLock { $0.lastOutcome } }
 
     /// Replaces the list of agents (a reloaded credentials file). New agents get their cached policy at once and
     /// are fetched now, not at the next refresh.
@@ -231,13 +227,9 @@ public final class PolicyStore: Service, Sendable {
     /// Records the outcome; logs a problem once, and once when it is over.
     private func finish(agent: String, _ outcome: FetchOutcome, problem: String?) {
         let (log, recovered) = state.withLock { state -> (String?, Bool) in
-            state.lastOutcome = outcome
             let previous = state.problem[agent]
             state.problem[agent] = problem
-            if problem == nil {
-                state.lastSuccess = .now
-                return (nil, previous != nil)
-            }
+            if problem == nil { return (nil, previous != nil) }
             return (previous == problem ? nil : problem, false)
         }
         onFetch?(outcome)

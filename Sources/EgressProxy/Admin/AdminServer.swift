@@ -85,8 +85,6 @@ public final class AdminServer: Service, Sendable {
         return bound.localAddress
     }
 
-    public var localAddress: SocketAddress? { channel.withLockedValue { $0?.localAddress } }
-
     public func run() async throws {
         try await bind()
         guard let bound = channel.withLockedValue({ $0 }) else { return }
