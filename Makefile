@@ -3,14 +3,16 @@
 
 DEBIAN_PACKAGES := libssl-dev pkg-config curl openssl python3
 # The transparent-mode tests build network namespaces with iptables and iproute2 (they run only as root);
-# the report test renders the HTML report in headless chromium; the slow-client test runs slowhttptest.
-TEST_PACKAGES := iptables iproute2 chromium slowhttptest
+# the report test renders the HTML report in headless chromium; the slow-client test runs slowhttptest; the
+# HTTP/2 inspection tests run nghttp (nghttp2-client) through a socat CONNECT shim, and Python's h2 library
+# (python3-h2 for Debian's python3; pip installs it when the python3 on PATH is another one).
+TEST_PACKAGES := iptables iproute2 chromium slowhttptest nghttp2-client socat python3-h2
 PORT ?= 8080
 # The admin listener (/metrics, /healthz, /readyz) is on 127.0.0.1:9090 unless ADMIN_LISTEN (or
 # KAIZEN_ADMIN_LISTEN) says otherwise; a local Prometheus often holds 9090.
 ADMIN_LISTEN ?=
 
-.PHONY: run test build release deps
+.PHONY: run test build release deps python-deps
 
 deps:
 	@missing=""; \
@@ -29,7 +31,11 @@ run: deps
 	@swift run kaizen-egress --local --port $(PORT) $(if $(ADMIN_LISTEN),--admin-listen $(ADMIN_LISTEN))
 
 test: EXTRA_PACKAGES = $(if $(filter 0,$(shell id -u)),$(TEST_PACKAGES))
-test: deps
+# Python's h2 for the HTTP/2 tests, when the python3 on PATH lacks it (not Debian's, or not installed as root).
+python-deps:
+	@python3 -c 'import h2' 2>/dev/null || python3 -m pip install --quiet h2 || python3 -m pip install --quiet --user --break-system-packages h2
+
+test: deps python-deps
 	swift test
 	scripts/smoke-release.sh
 	scripts/fuzz.sh 60

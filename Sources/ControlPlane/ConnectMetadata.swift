@@ -58,6 +58,12 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
     /// The request, inside an intercepted connection: method and path (query removed unless configured).
     public var method: String?
     public var path: String?
+    /// The HTTP version an intercepted connection speaks on both sides (the protocol the upstream chose by
+    /// ALPN, the client being answered with the same): `h2` or `http/1.1`.
+    public var negotiatedProtocol: String?
+    /// The protocol a request switched to (`websocket`): an HTTP/1.1 `Upgrade` answered with 101, or an HTTP/2
+    /// extended CONNECT's `:protocol` (RFC 8441). What flows after the switch is relayed, not reported.
+    public var upgrade: String?
     /// Body sizes of that request and its response, in bytes.
     public var requestBodyBytes: UInt64?
     public var responseBodyBytes: UInt64?
@@ -103,6 +109,8 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         case alpn
         case sniMismatch = "sni_mismatch"
         case intercepted, inspection, method, path
+        case negotiatedProtocol = "protocol"
+        case upgrade
         case requestBodyBytes = "request_body_bytes"
         case responseBodyBytes = "response_body_bytes"
         case connectionID = "connection_id"
@@ -136,6 +144,8 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         if let inspection { json.field(CodingKeys.inspection.rawValue, inspection) }
         if let method { json.field(CodingKeys.method.rawValue, method) }
         if let path { json.field(CodingKeys.path.rawValue, path) }
+        if let negotiatedProtocol { json.field(CodingKeys.negotiatedProtocol.rawValue, negotiatedProtocol) }
+        if let upgrade { json.field(CodingKeys.upgrade.rawValue, upgrade) }
         if let requestBodyBytes { json.field(CodingKeys.requestBodyBytes.rawValue, requestBodyBytes) }
         if let responseBodyBytes { json.field(CodingKeys.responseBodyBytes.rawValue, responseBodyBytes) }
         if let connectionID { json.field(CodingKeys.connectionID.rawValue, connectionID.description) }

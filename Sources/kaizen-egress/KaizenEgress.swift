@@ -93,6 +93,12 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Time to receive a request head; slower gets 408. (env KAIZEN_HEADER_TIMEOUT, default 10s)")
     var headerTimeout: String?
 
+    @Option(help: "Most concurrent streams on an inspected HTTP/2 connection; more are refused. (env KAIZEN_H2_MAX_STREAMS, default 100)")
+    var h2MaxStreams: String?
+
+    @Option(help: "Most bytes an inspected HTTP/2 connection may buffer; sets each stream's window. (env KAIZEN_H2_BUFFER_BYTES, default 64M)")
+    var h2BufferBytes: String?
+
     @Option(help: "Most open client connections; past it new ones get 503. (env KAIZEN_MAX_CONNECTIONS, default min(10000, (open-file limit - 64) / 2))")
     var maxConnections: String?
 
@@ -182,7 +188,8 @@ struct RunOptions: ParsableArguments {
             (.baselineLearn, baselineLearn), (.baselineMax, baselineMax), (.allowClients, allowClients),
             (.proxyAuth, proxyAuth), (.allowPrivate, allowPrivate), (.connectPorts, connectPorts),
             (.maxRequestLine, maxRequestLine), (.maxHeaderBytes, maxHeaderBytes), (.maxHeaderFields, maxHeaderFields),
-            (.headerTimeout, headerTimeout), (.maxConnections, maxConnections),
+            (.headerTimeout, headerTimeout), (.http2MaxStreams, h2MaxStreams), (.http2BufferBytes, h2BufferBytes),
+            (.maxConnections, maxConnections),
             (.maxConnectionsPerClient, maxConnectionsPerClient), (.mode, mode), (.policyFail, policyFail),
             (.policyRefresh, policyRefresh), (.adminListen, adminListen), (.logFormat, logFormat),
         ]

@@ -52,6 +52,8 @@ import Testing
         ("KAIZEN_CONNECT_TIMEOUT", "0s"), ("KAIZEN_IDLE_TIMEOUT", "soon"), ("KAIZEN_DRAIN_SECONDS", "-5"),
         ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"), ("KAIZEN_MODE", "block"),
         ("KAIZEN_MODE", "enforce"), ("KAIZEN_POLICY_FAIL", "maybe"), ("KAIZEN_POLICY_REFRESH", "often"),
+        ("KAIZEN_H2_MAX_STREAMS", "0"), ("KAIZEN_H2_MAX_STREAMS", "many"), ("KAIZEN_H2_BUFFER_BYTES", "1K"),
+        ("KAIZEN_H2_BUFFER_BYTES", "2G"),
     ])
     func badValueNamesTheVariable(_ variable: String, _ value: String) {
         var environment = local
@@ -64,6 +66,29 @@ import Testing
             #expect(error.description.hasPrefix(variable))
             #expect(!error.description.contains("\n"))
             #expect(error.description.contains("set ") || error.description.contains("use "))
+        }
+    }
+
+    @Test func http2Limits() throws {
+        let defaults = try ProxyConfiguration(environment: local)
+        #expect(defaults.http2Limits.maxConcurrentStreams == 100)
+        #expect(defaults.http2Limits.bufferBytes == 64 << 20)
+        #expect(defaults.http2Limits.streamWindow == (64 << 20) / 400)
+        #expect(defaults.http2Limits.maxHeaderListSize == 64 * 1024)
+        var environment = local
+        environment["KAIZEN_H2_MAX_STREAMS"] = "10"
+        environment["KAIZEN_H2_BUFFER_BYTES"] = "4M"
+        environment["KAIZEN_MAX_HEADER_BYTES"] = "16K"
+        let set = try ProxyConfiguration(environment: environment)
+        #expect(set.http2Limits.maxConcurrentStreams == 10 && set.http2Limits.streamWindow == 104_857)
+        #expect(set.http2Limits.maxHeaderListSize == 16 * 1024)
+        // A buffer that leaves each stream less than a 16K window is refused, naming the variable and the fix.
+        environment["KAIZEN_H2_MAX_STREAMS"] = "1000"
+        #expect {
+            _ = try ProxyConfiguration(environment: environment)
+        } throws: { error in
+            let error = error as? ConfigurationError
+            return error?.variable == "KAIZEN_H2_BUFFER_BYTES" && error?.description.contains("at least 65536000") == true
         }
     }
 

@@ -65,8 +65,9 @@ import Testing
         for name in ["connections_total", "sni_parse_total", "leaf_mint_duration_seconds", "reporter_queue_depth", "policy_decisions_total"] {
             #expect(metrics.contains("# TYPE kaizen_egress_\(name) "), "\(name)")
         }
-        // One canonical line per connection.
-        let lines = proxy.stderr.split(separator: "\n").filter { $0.contains("[EgressProxy] connection ") }
+        // One canonical line per connection (written in batches: wait for the three).
+        let logged = (try? proxy.waitForStderr(containing: "[EgressProxy] connection ", count: 3, timeout: 10)) ?? proxy.stderr
+        let lines = logged.split(separator: "\n").filter { $0.contains("[EgressProxy] connection ") }
         #expect(lines.count == 3, "\(lines)")
         let tunnelLine = lines.first { $0.contains("target=localhost:\(originPort)") } ?? ""
         for field in [

@@ -231,6 +231,7 @@ import Testing
         #expect(result.stdout == "HTTP/1.1 101 Switching Protocols\necho: hello ws\necho: second frame\nTrue", "\(result.stdout) \(result.stderr)")
         let action = try #require(try setup.waitForActions(1).first)
         #expect(action["method"] as? String == "GET" && action["path"] as? String == "/ws" && action["status"] as? Int == 101)
+        #expect(action["upgrade"] as? String == "websocket" && action["protocol"] as? String == "http/1.1", "\(action)")
         // The relay's bytes count toward the connection's close record.
         _ = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
         let close = try #require(setup.proxy.stdoutLines.first { $0.contains("\"close\"") })

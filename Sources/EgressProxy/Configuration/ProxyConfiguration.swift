@@ -114,6 +114,8 @@ public struct ProxyConfiguration: Sendable {
     public var connectPorts: [ClosedRange<Int>]?
     /// Request line, header block, header count and header deadline.
     var requestHeadLimits: RequestHeadLimits
+    /// Streams, header block size and buffered bytes of one inspected HTTP/2 connection.
+    var http2Limits: HTTP2Limits
     /// Open client connections in all, and from one client address (0: no per-client limit).
     public var maxConnections: Int
     public var maxConnectionsPerClient: Int
@@ -456,6 +458,20 @@ public struct ProxyConfiguration: Sendable {
         limits.headerFields = try Self.count(value(.maxHeaderFields), key: .maxHeaderFields, default: 200, range: 8...10_000)
         limits.headerTimeout = try Self.duration(value(.headerTimeout), key: .headerTimeout, default: .seconds(10))
         self.requestHeadLimits = limits
+        var http2 = HTTP2Limits()
+        http2.maxHeaderListSize = limits.headerBytes
+        http2.maxConcurrentStreams = try Self.count(
+            value(.http2MaxStreams), key: .http2MaxStreams, default: 100, range: 1...10_000)
+        http2.bufferBytes = try Self.count(
+            value(.http2BufferBytes), key: .http2BufferBytes, default: 64 << 20, range: (256 << 10)...(1 << 30), sized: true)
+        guard http2.streamWindow >= HTTP2Limits.minimumStreamWindow else {
+            let needed = 4 * http2.maxConcurrentStreams * HTTP2Limits.minimumStreamWindow
+            throw ConfigurationError(
+                variable: ConfigurationKey.http2BufferBytes.variable,
+                "KAIZEN_H2_BUFFER_BYTES=\(http2.bufferBytes) leaves each of KAIZEN_H2_MAX_STREAMS=\(http2.maxConcurrentStreams) streams less than a 16K window: set \(ConfigurationKey.http2BufferBytes.spelled) to at least \(needed) or lower KAIZEN_H2_MAX_STREAMS"
+            )
+        }
+        self.http2Limits = http2
         self.maxConnections = try Self.count(
             value(.maxConnections), key: .maxConnections, default: Self.defaultMaxConnections(), range: 1...10_000_000)
         self.maxConnectionsPerClient = try Self.count(

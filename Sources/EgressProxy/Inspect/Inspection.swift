@@ -11,15 +11,18 @@ struct Inspection: Sendable {
     let authority: OpenSSLCertificateAuthority
     let leaves: LeafCache
     let policy: InspectionPolicy
-    /// Client role toward the real upstream: verifies (system store + KAIZEN_UPSTREAM_CA_FILE), offers http/1.1.
+    /// Client role toward the real upstream: verifies (system store + KAIZEN_UPSTREAM_CA_FILE); each connection
+    /// offers what its client offered.
     let upstreamTLS: OpenSSLContext
-    /// Server role toward the agent: a leaf per connection, http/1.1 only.
+    /// Server role toward the agent: a leaf per connection, answered with the upstream's ALPN choice.
     let clientTLS: OpenSSLContext
     let reportQuery: Bool
+    /// Streams, header block size and buffered bytes of an inspected HTTP/2 connection.
+    let http2Limits: HTTP2Limits
 
-    /// The protocols inspection can relay: HTTP/1.1 only for now (h2 comes later). The upstream is offered the
-    /// client's own ALPN list, less what cannot be relayed; the client is answered with the upstream's choice.
-    static let alpn = ["http/1.1"]
+    /// The protocols inspection can relay: HTTP/2 and HTTP/1.1. The upstream is offered the client's own ALPN
+    /// list, less what cannot be relayed; the client is answered with the upstream's choice.
+    static let alpn = ["h2", "http/1.1"]
 
     /// What the upstream is offered for a client that offered `clientOffer`: its protocols that can be relayed,
     /// in its order; `[]` (no ALPN) when it offered none. Nil when it offered only protocols that cannot be relayed
@@ -90,7 +93,8 @@ struct Inspection: Sendable {
             policy: policy,
             upstreamTLS: upstreamTLS,
             clientTLS: clientTLS,
-            reportQuery: configuration.reportQuery
+            reportQuery: configuration.reportQuery,
+            http2Limits: configuration.http2Limits
         )
     }
 

@@ -123,7 +123,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         case .inspect where Inspection.upstreamOffer(forClientOffer: hello.alpn) == nil:
             // Inspection must not change the protocol the two sides speak: what it cannot relay passes through.
             passThrough(
-                reason: "the client offers only \(hello.alpn.joined(separator: ", ")) (ALPN), which inspection does not relay yet",
+                reason: "the client offers only \(hello.alpn.joined(separator: ", ")) (ALPN), which inspection does not relay",
                 context: context)
         case .inspect(let leaf, let upstreamName):
             guard inspection.authority.hasNameConstraints else {
@@ -243,7 +243,9 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             started: tunnel.started,
             inspection: inspection,
             idleTimeout: settings.idleTimeout,
-            eventLoop: context.eventLoop
+            requestHeadLimits: settings.requestHeadLimits,
+            clientChannel: context.channel,
+            upstreamChannel: tunnel.upstream
         )
         if metadata.transport == .transparent, let sni = hello.serverName {
             // As for a transparent tunnel: does the SNI resolve to the address the agent connected to?
@@ -267,12 +269,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 alpn: Inspection.upstreamOffer(forClientOffer: hello.alpn) ?? [])
             try upstreamPipeline.addHandler(upstreamTLS)
             handlers = NIOLoopBound(TLSPair(upstream: upstreamTLS), eventLoop: context.eventLoop)
-            // The encoder first, then the decoder: the decoder watches outgoing requests (HEAD has no body).
-            // 1xx responses are passed on; bytes after a 101 go on to the relay that replaces HTTP.
-            try upstreamPipeline.addHandler(HTTPRequestEncoder())
-            try upstreamPipeline.addHandler(
-                ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)))
-            try upstreamPipeline.addHandler(InterceptedUpstreamHandler(connection: connection))
+            // The HTTP handlers come once the upstream has chosen the protocol (HTTP/1.1 or HTTP/2).
+            try upstreamPipeline.addHandler(InterceptedHandshakeHandler(side: .upstream, connection: connection))
 
             // The leaf is minted (or found) now, while the upstream's handshake is under way; the client's
             // handshake gets it only once the upstream is verified.
@@ -287,19 +285,9 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             )
             handlers.value.client = clientTLS
             let clientPipeline = context.pipeline.syncOperations
-            let clientHandler = InterceptedClientHandler(connection: connection)
             try clientPipeline.addHandler(clientTLS, position: .after(self))
-            // The same request-head limits as the proxy's own port, on the decrypted stream.
-            let headLimiter = RequestHeadLimitHandler(limits: settings.requestHeadLimits, firstHeadDueAtOnce: false)
-            try clientPipeline.addHandler(headLimiter, position: .after(clientTLS))
             try clientPipeline.addHandler(
-                ByteToMessageHandler(
-                    HTTPRequestDecoder(
-                        leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
-                        limitConfiguration: settings.requestHeadLimits.decoderConfiguration)),
-                position: .after(headLimiter))
-            try clientPipeline.addHandler(clientHandler, position: .last)
-            try clientPipeline.addHandler(HTTPResponseEncoder(), position: .before(clientHandler))
+                InterceptedHandshakeHandler(side: .client, connection: connection), position: .after(clientTLS))
             tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         } catch {
             reporting.logger.error("cannot set up inspection", metadata: ["error": "\(error)"])

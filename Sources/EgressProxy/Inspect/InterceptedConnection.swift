@@ -8,9 +8,13 @@ import NIOHTTP1
 import OpenSSLTLS
 
 /// One intercepted CONNECT tunnel: the client's TLS terminated with a minted leaf, a verified TLS connection
-/// to the upstream, and the HTTP/1.1 exchanges between them. Each exchange is reported when it ends (the
-/// connection's facts plus method, path, status and body sizes); a connection that carried none is reported
+/// to the upstream, and the HTTP exchanges between them: HTTP/1.1 one at a time, or HTTP/2 stream by stream,
+/// whichever the upstream chose (ALPN) and the client was answered with. Each exchange is reported when it ends
+/// (the connection's facts plus method, path, status and body sizes); a connection that carried none is reported
 /// once, with why (for example the upstream's verification error). Loop-bound: both channels share one loop.
+///
+/// Until the upstream's handshake is over only an `InterceptedHandshakeHandler` sits above each side's TLS; the
+/// HTTP handlers for the negotiated protocol replace them then, before the client's handshake starts.
 final class InterceptedConnection {
     private let reporting: Reporting
     private var metadata: ConnectMetadata
@@ -23,7 +27,14 @@ final class InterceptedConnection {
     private let started: NIODeadline
     private let inspection: Inspection
     private let idleTimeout: TimeAmount
+    private let requestHeadLimits: RequestHeadLimits
     private let eventLoop: any EventLoop
+    private let clientChannel: any Channel
+    private let upstreamChannel: any Channel
+    /// The protocol both sides speak, once the upstream chose it: "h2", "http/1.1", or nil (no ALPN: HTTP/1.1).
+    private(set) var negotiatedProtocol: String?
+    /// The HTTP/2 relay, when the upstream chose h2.
+    private var http2: InterceptedHTTP2?
 
     /// Succeeds when the upstream's TLS handshake (with verification) has; the client's waits on it.
     let upstreamReady: EventLoopPromise<Void>
@@ -61,7 +72,9 @@ final class InterceptedConnection {
         started: NIODeadline,
         inspection: Inspection,
         idleTimeout: TimeAmount,
-        eventLoop: any EventLoop
+        requestHeadLimits: RequestHeadLimits,
+        clientChannel: any Channel,
+        upstreamChannel: any Channel
     ) {
         self.reporting = reporting
         self.metadata = metadata
@@ -70,8 +83,11 @@ final class InterceptedConnection {
         self.started = started
         self.inspection = inspection
         self.idleTimeout = idleTimeout
-        self.eventLoop = eventLoop
-        self.upstreamReady = eventLoop.makePromise(of: Void.self)
+        self.requestHeadLimits = requestHeadLimits
+        self.clientChannel = clientChannel
+        self.upstreamChannel = upstreamChannel
+        self.eventLoop = clientChannel.eventLoop
+        self.upstreamReady = clientChannel.eventLoop.makePromise(of: Void.self)
         self.machine = InterceptedExchangeStateMachine(reportQuery: inspection.reportQuery)
         self.lastActivity = started
     }
@@ -97,9 +113,68 @@ final class InterceptedConnection {
 
     // MARK: handshakes
 
-    func upstreamHandshakeCompleted() {
+    /// The upstream is verified and chose `negotiated` (ALPN): both sides get the HTTP handlers for it (the
+    /// client's handshake has not started: its ClientHello is held until this is done), then the client's
+    /// handshake may go on.
+    func upstreamHandshakeCompleted(negotiated: String?) {
         upstreamHandshakeDone = true
+        negotiatedProtocol = negotiated
+        metadata.negotiatedProtocol = negotiated ?? "http/1.1"
+        do {
+            if negotiated == "h2" {
+                let http2 = InterceptedHTTP2(connection: self, limits: inspection.http2Limits, eventLoop: eventLoop)
+                self.http2 = http2
+                try http2.install(client: clientChannel, upstream: upstreamChannel)
+            } else {
+                try installHTTP1()
+            }
+            try removeHandshakeHandlers()
+        } catch {
+            reporting.logger.error("cannot set up inspection", metadata: ["error": "\(error)"])
+            failure = ("upstream not trusted", "cannot set up \(negotiated ?? "http/1.1") relay: \(error)")
+            upstreamReady.fail(error)
+            closeBoth()
+            return
+        }
         upstreamReady.succeed(())
+    }
+
+    /// HTTP/1.1 on both sides: requests decoded from the client and encoded to the upstream, responses back.
+    private func installHTTP1() throws {
+        // The encoder first, then the decoder: the decoder watches outgoing requests (HEAD has no body).
+        // 1xx responses are passed on; bytes after a 101 go on to the relay that replaces HTTP.
+        try Self.addAfterHandshakeHandler(upstreamChannel, [
+            HTTPRequestEncoder(),
+            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
+            InterceptedUpstreamHandler(connection: self),
+        ])
+        // The same request-head limits as the proxy's own port, on the decrypted stream.
+        try Self.addAfterHandshakeHandler(clientChannel, [
+            RequestHeadLimitHandler(limits: requestHeadLimits, firstHeadDueAtOnce: false),
+            ByteToMessageHandler(
+                HTTPRequestDecoder(
+                    leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
+                    limitConfiguration: requestHeadLimits.decoderConfiguration)),
+            HTTPResponseEncoder(),
+            InterceptedClientHandler(connection: self),
+        ])
+    }
+
+    /// Adds `handlers`, in order, right after the channel's `InterceptedHandshakeHandler` (above its TLS).
+    static func addAfterHandshakeHandler(_ channel: any Channel, _ handlers: [any ChannelHandler]) throws {
+        let pipeline = channel.pipeline.syncOperations
+        var anchor: any ChannelHandler = try pipeline.handler(type: InterceptedHandshakeHandler.self)
+        for handler in handlers {
+            try pipeline.addHandler(handler, position: .after(anchor))
+            anchor = handler
+        }
+    }
+
+    private func removeHandshakeHandlers() throws {
+        for channel in [clientChannel, upstreamChannel] {
+            let pipeline = channel.pipeline.syncOperations
+            pipeline.removeHandler(try pipeline.handler(type: InterceptedHandshakeHandler.self), promise: nil)
+        }
     }
 
     func upstreamFailed(_ error: any Error) {
@@ -123,6 +198,9 @@ final class InterceptedConnection {
         clientHandshakeDone = true
         metadata.intercepted = true
     }
+
+    /// Something happened on the connection (idle time is counted from the last of these).
+    func touch() { lastActivity = .now() }
 
     func clientFailed(_ error: any Error) {
         if !clientHandshakeDone && failure == nil && upstreamHandshakeDone {
@@ -153,13 +231,9 @@ final class InterceptedConnection {
             }
             // The host the request names (an absolute-form URI's, else Host), and the SNI: each must pass.
             if reporting.policy != nil {
-                var judged = metadata
-                var refusal: String? = nil
-                for host in Self.namedHosts(head, sni: metadata.sni, connectHost: metadata.host) where refusal == nil {
-                    refusal = reporting.judge(&judged, host: host, address: metadata.resolvedIP)
-                }
-                requestPolicy = (judged.policy, judged.wouldBlock)
-                if let refusal {
+                let verdict = judge(Self.namedHosts(head, sni: metadata.sni, connectHost: metadata.host))
+                requestPolicy = (verdict.policy, verdict.wouldBlock)
+                if let refusal = verdict.refusal {
                     refuse(byPolicy: refusal)
                     return
                 }
@@ -274,6 +348,23 @@ final class InterceptedConnection {
         }
     }
 
+    /// Whether a policy blocks any of `hosts` (each at the connection's address); with no policies, nothing.
+    func judge(_ hosts: [String]) -> (policy: String?, wouldBlock: Bool?, refusal: String?) {
+        guard reporting.policy != nil else { return (nil, nil, nil) }
+        var judged = metadata
+        var refusal: String? = nil
+        for host in hosts where refusal == nil {
+            refusal = reporting.judge(&judged, host: host, address: metadata.resolvedIP)
+        }
+        return (judged.policy, judged.wouldBlock, refusal)
+    }
+
+    /// The connection's SNI and CONNECT host, for judging what a request names.
+    var requestNames: (sni: String?, connectHost: String) { (metadata.sni, metadata.host) }
+    var reportQuery: Bool { inspection.reportQuery }
+    var logger: Logger { reporting.logger }
+    var reportedTarget: String { target }
+
     /// The names a request inside an inspected connection asks for, each judged by the policy: the authority of
     /// an absolute-form URI (an origin routes by it, RFC 9112 §3.2.2), the Host header, the SNI (a front end may
     /// route by it); the CONNECT host when there is none of these.
@@ -361,8 +452,7 @@ final class InterceptedConnection {
     func clientClosed() {
         clientOpen = false
         noteClose(by: .client, reason: "eof")
-        upstream?.close()
-        relays?.upstream.close()
+        upstreamChannel.close(promise: nil)
         finishIfBothClosed()
     }
 
@@ -373,21 +463,29 @@ final class InterceptedConnection {
             upstreamReady.fail(ChannelError.ioOnClosedChannel)
             if failure == nil { failure = ("upstream not trusted", "upstream closed during the TLS handshake") }
         }
-        client?.closeAfterWrites()
-        relays?.client.close()
+        if let client {
+            client.closeAfterWrites()
+        } else if let http2 {
+            http2.closeClientAfterWrites()
+        } else {
+            clientChannel.close(promise: nil)
+        }
         finishIfBothClosed()
     }
 
     func closeBoth() {
-        client?.close()
-        upstream?.close()
-        relays?.client.close()
-        relays?.upstream.close()
+        clientChannel.close(promise: nil)
+        upstreamChannel.close(promise: nil)
     }
 
-    /// The proxy is draining: an idle keep-alive connection closes now, a busy one after its exchange.
+    /// The proxy is draining: an idle keep-alive connection closes now, a busy one after its exchange (HTTP/2:
+    /// the client is told GOAWAY, and the connection closes once its open streams have ended).
     func quiesce() {
         quiescing = true
+        if let http2 {
+            http2.quiesce()
+            return
+        }
         guard relays == nil, machine.current == nil else { return }
         noteClose(by: .proxy, reason: "shutdown")
         closeBoth()
@@ -406,6 +504,8 @@ final class InterceptedConnection {
     private func finish() {
         guard !finished else { return }
         finished = true
+        http2?.detach()
+        http2 = nil
         if counted { reporting.metrics?.tunnelClosed(inspected: true) }
         idleTimer?.cancel()
         idleTimer = nil
@@ -438,11 +538,21 @@ final class InterceptedConnection {
     }
 
     private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {
+        report(exchange, startedAt: exchangeStartedAt, policy: requestPolicy, error: error)
+        exchangeStartedAt = nil
+    }
+
+    /// Reports one exchange (an HTTP/1.1 request and its response, or an HTTP/2 stream): the connection's facts
+    /// plus the request's. The first one carries the connection's event ID.
+    func report(
+        _ exchange: InterceptedExchangeStateMachine.Exchange, startedAt: String?,
+        policy requestPolicy: (policy: String?, wouldBlock: Bool?), error: String?, blocked: Bool = false
+    ) {
+        if blocked { blockedRequests += 1 }
         var request = metadata
         request.eventID = reportedExchanges == 0 ? metadata.eventID : EventID.generate()
         request.connectionID = metadata.eventID
-        request.startedAt = exchangeStartedAt ?? metadata.startedAt
-        exchangeStartedAt = nil
+        request.startedAt = startedAt ?? metadata.startedAt
         request.intercepted = true
         request.method = exchange.method.isEmpty ? nil : exchange.method
         request.path = exchange.path.isEmpty ? nil : exchange.path
@@ -452,6 +562,7 @@ final class InterceptedConnection {
         request.error = error
         request.policy = requestPolicy.policy
         request.wouldBlock = requestPolicy.wouldBlock
+        request.upgrade = exchange.upgraded ? exchange.upgrade.map(Reporting.printable) : nil
         reportedExchanges += 1
         reporting.action(target: target, metadata: request)
     }

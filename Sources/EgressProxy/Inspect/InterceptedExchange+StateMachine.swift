@@ -16,6 +16,8 @@ package struct InterceptedExchangeStateMachine {
         var closeAfter = false
         /// The upstream switched protocols (101): the connection becomes a two-way byte relay.
         var upgraded = false
+        /// The protocol the request asked to switch to (its `Upgrade` header, or an HTTP/2 `:protocol`).
+        var upgrade: String?
     }
 
     enum Action: Equatable {
@@ -57,6 +59,7 @@ package struct InterceptedExchangeStateMachine {
         }
         var exchange = Exchange(method: head.method.rawValue, path: Self.reportedPath(head.uri, keepQuery: reportQuery))
         exchange.closeAfter = !head.isKeepAlive
+        exchange.upgrade = head.headers.first(name: "upgrade")?.lowercased()
         current = exchange
         return .forward
     }

@@ -191,9 +191,7 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case TLSUserEvent.handshakeCompleted = event {
-            connection.upstreamHandshakeCompleted()
-        } else if case ChannelEvent.inputClosed = event {
+        if case ChannelEvent.inputClosed = event {
             context.close(promise: nil)
         }
         context.fireUserInboundEventTriggered(event)

@@ -1,0 +1,290 @@
+import ControlPlane
+import Logging
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOTLS
+
+/// HTTP/2 on both sides of an inspected connection (the upstream chose h2, the client was answered with it):
+/// the client's connection is terminated by a server-role `NIOHTTP2Handler`, the upstream's re-originated by a
+/// client-role one, and each stream the client opens gets a stream of its own upstream. Frames are relayed
+/// stream by stream (`InterceptedStream`), so flow control holds end to end: a stream is read only while its
+/// other half can take more, and a slow reader stalls its own stream only. Connection-level frames are not
+/// relayed but answered: GOAWAY is passed on with its error code, server push is refused (SETTINGS_ENABLE_PUSH
+/// 0 toward the upstream), and extended CONNECT (RFC 8441) is offered to the client once the upstream offers it.
+/// Loop-bound, like its connection.
+final class InterceptedHTTP2 {
+    private var connection: InterceptedConnection?
+    let limits: HTTP2Limits
+    private let eventLoop: any EventLoop
+    private var upstreamMultiplexer: NIOHTTP2Handler.StreamMultiplexer?
+    private var clientParent: InterceptedHTTP2ParentHandler?
+    private var upstreamParent: InterceptedHTTP2ParentHandler?
+    /// Streams opened by the client and not yet closed on both sides.
+    private var openStreams = 0
+    /// The highest stream the client opened: what a GOAWAY toward it says was processed.
+    private var lastClientStream = HTTP2StreamID.rootStream
+    private var sentGoAwayToClient = false
+    private var sentGoAwayToUpstream = false
+    private var offeredExtendedConnect = false
+    private var closingWhenIdle = false
+
+    init(connection: InterceptedConnection, limits: HTTP2Limits, eventLoop: any EventLoop) {
+        self.connection = connection
+        self.limits = limits
+        self.eventLoop = eventLoop
+    }
+
+    /// Adds the HTTP/2 handlers above both sides' TLS (after their handshake handlers).
+    func install(client: any Channel, upstream: any Channel) throws {
+        var settings: HTTP2Settings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: limits.maxConcurrentStreams),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: limits.maxHeaderListSize),
+            HTTP2Setting(parameter: .initialWindowSize, value: limits.streamWindow),
+        ]
+        var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()
+        connectionConfiguration.initialSettings = settings
+        // The connection's window is refilled as frames arrive; the streams' windows are what bound memory.
+        connectionConfiguration.targetWindowSize = max(65_535, min(limits.bufferBytes / 2, Int(Int32.max)))
+        var streamConfiguration = NIOHTTP2Handler.StreamConfiguration()
+        streamConfiguration.targetWindowSize = limits.streamWindow
+
+        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+        let clientHandler = NIOHTTP2Handler(
+            mode: .server, eventLoop: eventLoop, connectionConfiguration: connectionConfiguration,
+            streamConfiguration: streamConfiguration
+        ) { streamChannel in
+            loopBound.value.acceptClientStream(streamChannel)
+        }
+        let clientParent = InterceptedHTTP2ParentHandler(side: .client, http2: self, connection: connection!)
+        self.clientParent = clientParent
+        try InterceptedConnection.addAfterHandshakeHandler(client, [clientHandler, clientParent])
+
+        // Toward the upstream: no server push (a pushed stream has no client request to belong to).
+        settings.append(HTTP2Setting(parameter: .enablePush, value: 0))
+        connectionConfiguration.initialSettings = settings
+        let upstreamHandler = NIOHTTP2Handler(
+            mode: .client, eventLoop: eventLoop, connectionConfiguration: connectionConfiguration,
+            streamConfiguration: streamConfiguration
+        ) { pushed in
+            // Push is disabled; a server that pushes anyway has the stream refused.
+            pushed.close(promise: nil)
+            return pushed.eventLoop.makeSucceededVoidFuture()
+        }
+        let upstreamParent = InterceptedHTTP2ParentHandler(side: .upstream, http2: self, connection: connection!)
+        self.upstreamParent = upstreamParent
+        try InterceptedConnection.addAfterHandshakeHandler(upstream, [upstreamHandler, upstreamParent])
+        upstreamMultiplexer = try upstreamHandler.syncMultiplexer()
+    }
+
+    // MARK: streams
+
+    private func acceptClientStream(_ channel: any Channel) -> EventLoopFuture<Void> {
+        guard let connection else { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
+        openStreams += 1
+        let stream = InterceptedStream(http2: self, connection: connection)
+        do {
+            try channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
+            try channel.pipeline.syncOperations.addHandler(InterceptedStreamHalf(side: .client, stream: stream))
+        } catch {
+            return channel.eventLoop.makeFailedFuture(error)
+        }
+        return channel.eventLoop.makeSucceededVoidFuture()
+    }
+
+    /// Opens the upstream half of `stream`; the stream is told when it is ready (or failed).
+    func openUpstream(for stream: InterceptedStream) {
+        guard let upstreamMultiplexer else {
+            stream.upstreamFailed(ChannelError.ioOnClosedChannel)
+            return
+        }
+        let promise = eventLoop.makePromise(of: (any Channel).self)
+        let loopBound = NIOLoopBound(stream, eventLoop: eventLoop)
+        upstreamMultiplexer.createStreamChannel(promise: promise) { channel in
+            do {
+                try channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
+                try channel.pipeline.syncOperations.addHandler(InterceptedStreamHalf(side: .upstream, stream: loopBound.value))
+                return channel.eventLoop.makeSucceededVoidFuture()
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }
+        promise.futureResult.whenComplete { result in
+            switch result {
+            case .success: loopBound.value.upstreamReady()
+            case .failure(let error): loopBound.value.upstreamFailed(error)
+            }
+        }
+    }
+
+    func clientStreamOpened(_ id: HTTP2StreamID) {
+        if id > lastClientStream { lastClientStream = id }
+    }
+
+    /// A client stream has closed on both sides.
+    func streamClosed() {
+        openStreams -= 1
+        if closingWhenIdle, openStreams == 0 { closeNow() }
+    }
+
+    // MARK: connection-level frames
+
+    func rootFrame(_ frame: HTTP2Frame, from side: InterceptedStreamStateMachine.Side) {
+        switch (side, frame.payload) {
+        case (.upstream, .goAway(_, let code, _)):
+            // The upstream takes no new streams: neither may the client (streams it already opened finish or are
+            // refused by the upstream, and are reset toward the client with the upstream's code).
+            connection?.logger.debug("upstream sent GOAWAY", metadata: ["code": "\(code)"])
+            goAwayToClient(code)
+        case (.client, .goAway(_, let code, _)):
+            guard !sentGoAwayToUpstream else { return }
+            sentGoAwayToUpstream = true
+            upstreamParent?.write(
+                HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .rootStream, errorCode: code, opaqueData: nil)))
+        case (.upstream, .settings(.settings(let settings))):
+            // Extended CONNECT (WebSocket over HTTP/2) toward the client once the upstream accepts it.
+            if !offeredExtendedConnect, settings.contains(where: { $0.parameter == .enableConnectProtocol && $0.value == 1 }) {
+                offeredExtendedConnect = true
+                clientParent?.write(
+                    HTTP2Frame(streamID: .rootStream, payload: .settings(.settings([HTTP2Setting(parameter: .enableConnectProtocol, value: 1)]))))
+            }
+        default:
+            break
+        }
+    }
+
+    private func goAwayToClient(_ code: HTTP2ErrorCode) {
+        guard !sentGoAwayToClient else { return }
+        sentGoAwayToClient = true
+        clientParent?.write(
+            HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastClientStream, errorCode: code, opaqueData: nil)))
+    }
+
+    /// The proxy is draining: the client is told to open no more streams; the connection closes once the open
+    /// ones have ended.
+    func quiesce() {
+        goAwayToClient(.noError)
+        closingWhenIdle = true
+        if openStreams == 0 { closeNow() }
+    }
+
+    private func closeNow() {
+        connection?.noteClose(by: .proxy, reason: "shutdown")
+        clientParent?.closeAfterWrites()
+        upstreamParent?.closeAfterWrites()
+    }
+
+    /// The upstream's connection is gone: the client's is closed once what was written to it has gone out.
+    func closeClientAfterWrites() {
+        goAwayToClient(.noError)
+        clientParent?.closeAfterWrites()
+    }
+
+    /// A connection error (protocol violation, limit) on one side: NIOHTTP2Handler has sent GOAWAY with its code.
+    func connectionError(_ error: any Error, side: InterceptedStreamStateMachine.Side) {
+        guard let connection else { return }
+        connection.logger.info(
+            "HTTP/2 connection error",
+            metadata: ["target": "\(connection.reportedTarget)", "side": "\(side)", "error": "\(Self.describe(error))"])
+        connection.noteClose(by: side == .client ? .client : .upstream, reason: "error: HTTP/2: \(Self.describe(error))")
+        clientParent?.closeAfterWrites()
+        upstreamParent?.closeAfterWrites()
+    }
+
+    /// An HTTP/2 or HPACK error by its name (`ExcessivelyLargeHeaderBlock`), without the source location its
+    /// description carries.
+    static func describe(_ error: any Error) -> String {
+        if let closed = error as? NIOHTTP2Errors.StreamClosed { return "StreamClosed(\(closed.errorCode))" }
+        if error is any NIOHTTP2Error || error is any NIOHPACKError { return "\(type(of: error))" }
+        return "\(error)"
+    }
+
+    /// The connection has finished: nothing more is relayed.
+    func detach() {
+        connection = nil
+        clientParent = nil
+        upstreamParent = nil
+        upstreamMultiplexer = nil
+    }
+}
+
+@available(*, unavailable)
+extension InterceptedHTTP2: Sendable {}
+
+/// After the `NIOHTTP2Handler` on each side: sees the connection-level frames (stream 0), the TLS handshake,
+/// errors, the channel closing and the proxy's shutdown events (what `InterceptedClientHandler` and
+/// `InterceptedUpstreamHandler` see for HTTP/1.1).
+final class InterceptedHTTP2ParentHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    private let side: InterceptedStreamStateMachine.Side
+    private let http2: InterceptedHTTP2
+    private let connection: InterceptedConnection
+    private var context: ChannelHandlerContext?
+    private var lastWrite: EventLoopFuture<Void>?
+
+    init(side: InterceptedStreamStateMachine.Side, http2: InterceptedHTTP2, connection: InterceptedConnection) {
+        self.side = side
+        self.http2 = http2
+        self.connection = connection
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        http2.rootFrame(unwrapInboundIn(data), from: side)
+    }
+
+    func write(_ frame: HTTP2Frame) {
+        guard let context else { return }
+        lastWrite = context.writeAndFlush(wrapOutboundOut(frame))
+    }
+
+    /// Closes once what was written (a GOAWAY, say) has gone out.
+    func closeAfterWrites() {
+        guard let context else { return }
+        context.flush()
+        if let lastWrite {
+            lastWrite.whenComplete { _ in context.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is any NIOHTTP2Error || error is any NIOHPACKError {
+            // NIOHTTP2Handler has sent GOAWAY with the matching code.
+            http2.connectionError(error, side: side)
+        } else if side == .client {
+            connection.clientFailed(error)
+        } else {
+            connection.upstreamFailed(error)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch (side, event) {
+        case (.client, TLSUserEvent.handshakeCompleted):
+            connection.clientHandshakeCompleted()
+        case (.client, is ProxyShutdownEvent):
+            connection.shutdown()
+        case (.client, is ChannelShouldQuiesceEvent):
+            connection.quiesce()
+        case (_, ChannelEvent.inputClosed):
+            context.close(promise: nil)
+        default:
+            break
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if side == .client { connection.clientClosed() } else { connection.upstreamClosed() }
+        context.fireChannelInactive()
+    }
+}
+
+@available(*, unavailable)
+extension InterceptedHTTP2ParentHandler: Sendable {}

@@ -1,0 +1,346 @@
+import ControlPlane
+import Logging
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+
+/// One stream of an inspected HTTP/2 connection: the client's stream channel and the upstream stream opened for
+/// it. The request's HEADERS are judged by the policy before an upstream stream exists; then frames go across as
+/// they are (HEADERS with their pseudo-headers, DATA, trailers, END_STREAM), flow control stays per hop, and a
+/// reset on either side resets the other with the same code. Reported once, like an HTTP/1.1 exchange.
+final class InterceptedStream {
+    private let http2: InterceptedHTTP2
+    private let connection: InterceptedConnection
+    private var machine: InterceptedStreamStateMachine
+    private(set) var client: InterceptedStreamHalf?
+    private(set) var upstream: InterceptedStreamHalf?
+    /// Frames read from the client before the upstream stream was ready (its HEADERS, perhaps some DATA).
+    private var pending: [HTTP2Frame.FramePayload] = []
+    private var upstreamRequested = false
+    /// The client's request was answered by the proxy (refused): nothing goes upstream.
+    private var answered = false
+    private var startedAt: String?
+    private var policy: (policy: String?, wouldBlock: Bool?) = (nil, nil)
+    private var clientOpen = true
+    private var upstreamOpen = false
+    private var finished = false
+
+    init(http2: InterceptedHTTP2, connection: InterceptedConnection) {
+        self.http2 = http2
+        self.connection = connection
+        self.machine = InterceptedStreamStateMachine(reportQuery: connection.reportQuery)
+    }
+
+    func attach(_ half: InterceptedStreamHalf, side: InterceptedStreamStateMachine.Side) {
+        switch side {
+        case .client: client = half
+        case .upstream:
+            upstream = half
+            upstreamOpen = true
+        }
+    }
+
+    /// Whether `side` may be read: only while what it sends can be passed on (the client's first HEADERS are
+    /// read before there is an upstream stream; after them, nothing until it is ready).
+    func mayRead(_ side: InterceptedStreamStateMachine.Side) -> Bool {
+        switch side {
+        case .client:
+            if answered { return true }  // read and dropped: the client may still send what it had begun
+            if !machine.hasRequest { return true }
+            return upstream?.isWritable ?? false
+        case .upstream:
+            return client?.isWritable ?? false
+        }
+    }
+
+    // MARK: frames
+
+    func fromClient(_ payload: HTTP2Frame.FramePayload) {
+        connection.touch()
+        let action: InterceptedStreamStateMachine.Action
+        switch payload {
+        case .headers(let headers):
+            if !machine.hasRequest {
+                openRequest(headers)
+                return
+            }
+            action = machine.requestHeaders(method: nil, path: nil, extendedProtocol: nil, endStream: headers.endStream)
+        case .data(let data):
+            connection.relayed(data.data.readableBytes, fromClient: true)
+            action = machine.requestData(data.data.readableBytes, endStream: data.endStream)
+        case .rstStream(let code):
+            reset(from: .client, code: code)
+            return
+        default:
+            // WINDOW_UPDATE and PRIORITY are per hop.
+            return
+        }
+        guard !answered else { return }
+        forward(payload, action: action, to: .upstream)
+    }
+
+    func fromUpstream(_ payload: HTTP2Frame.FramePayload) {
+        connection.touch()
+        let action: InterceptedStreamStateMachine.Action
+        switch payload {
+        case .headers(let headers):
+            let status = headers.headers.first(name: ":status").flatMap { Int($0) }
+            action = machine.responseHeaders(status: status, endStream: headers.endStream)
+        case .data(let data):
+            connection.relayed(data.data.readableBytes, fromClient: false)
+            action = machine.responseData(data.data.readableBytes, endStream: data.endStream)
+        case .rstStream(let code):
+            reset(from: .upstream, code: code)
+            return
+        default:
+            return
+        }
+        forward(payload, action: action, to: .client)
+    }
+
+    private func forward(
+        _ payload: HTTP2Frame.FramePayload, action: InterceptedStreamStateMachine.Action,
+        to side: InterceptedStreamStateMachine.Side
+    ) {
+        switch action {
+        case .drop:
+            return
+        case .forward:
+            break
+        case .forwardAndReport(let exchange):
+            report(exchange, error: nil)
+        }
+        if side == .upstream, upstream == nil {
+            pending.append(payload)
+        } else {
+            (side == .client ? client : upstream)?.send(payload)
+        }
+    }
+
+    /// The request's first HEADERS: judged (its :authority, Host and the SNI) before anything goes upstream.
+    private func openRequest(_ headers: HTTP2Frame.FramePayload.Headers) {
+        startedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
+        let fields = headers.headers
+        let method = fields.first(name: ":method")
+        let extendedProtocol = fields.first(name: ":protocol")
+        let action = machine.requestHeaders(
+            method: method, path: fields.first(name: ":path"), extendedProtocol: extendedProtocol,
+            endStream: headers.endStream)
+        if let id = client?.streamID { http2.clientStreamOpened(id) }
+        let names = connection.requestNames
+        var hosts: [String] = []
+        for value in [fields.first(name: ":authority"), fields.first(name: "host")] {
+            if let host = Destination.hostWithoutPort(value) { hosts.append(host) }
+        }
+        if let sni = names.sni { hosts.append(sni.lowercased()) }
+        if hosts.isEmpty { hosts.append(names.connectHost) }
+        var seen = Set<String>()
+        let verdict = connection.judge(hosts.filter { seen.insert($0).inserted })
+        policy = (verdict.policy, verdict.wouldBlock)
+        if let refusal = verdict.refusal {
+            refuse(byPolicy: refusal)
+            return
+        }
+        forward(.headers(headers), action: action, to: .upstream)
+        upstreamRequested = true
+        http2.openUpstream(for: self)
+    }
+
+    /// Enforce mode: the request names a destination a policy blocks. It is answered 403 on its stream; the
+    /// connection's other streams go on.
+    private func refuse(byPolicy name: String) {
+        answered = true
+        let answer = ProxyError.blockedByPolicy(name)
+        connection.logger.info(
+            "refused an intercepted request",
+            metadata: ["target": "\(connection.reportedTarget)", "status": "403", "reason": "\(answer.reason)"])
+        if let exchange = machine.answered(status: 403) {
+            connection.report(exchange, startedAt: startedAt, policy: policy, error: answer.reason, blocked: true)
+        }
+        let body = "kaizen-egress: \(answer.reason)\n"
+        var headers = HPACKHeaders()
+        headers.add(name: ":status", value: "403")
+        headers.add(name: "content-type", value: "text/plain; charset=utf-8")
+        headers.add(name: "content-length", value: "\(body.utf8.count)")
+        client?.send(.headers(.init(headers: headers)))
+        var buffer = ByteBuffer()
+        buffer.writeString(body)
+        client?.send(.data(.init(data: .byteBuffer(buffer), endStream: true)), flush: true)
+    }
+
+    // MARK: the upstream half
+
+    func upstreamReady() {
+        guard let upstream else { return }
+        let frames = pending
+        pending = []
+        for frame in frames { upstream.send(frame) }
+        upstream.flush()
+        client?.resumeReading()
+    }
+
+    func upstreamFailed(_ error: any Error) {
+        connection.logger.debug("cannot open an upstream HTTP/2 stream", metadata: ["error": "\(InterceptedHTTP2.describe(error))"])
+        // Not processed upstream: the client may retry it.
+        finish(error: "upstream stream could not be opened: \(InterceptedHTTP2.describe(error))")
+        client?.reset(.refusedStream)
+    }
+
+    // MARK: resets and closes
+
+    private func reset(from side: InterceptedStreamStateMachine.Side, code: HTTP2ErrorCode) {
+        finish(error: "stream reset by the \(side == .client ? "client" : "upstream"): \(code)")
+        (side == .client ? upstream : client)?.reset(code)
+    }
+
+    func readComplete(_ side: InterceptedStreamStateMachine.Side) {
+        (side == .client ? upstream : client)?.flush()
+    }
+
+    func writable(_ side: InterceptedStreamStateMachine.Side) {
+        // What `side` can take again, its partner may read.
+        (side == .client ? upstream : client)?.resumeReading()
+    }
+
+    func failed(_ side: InterceptedStreamStateMachine.Side, _ error: any Error) {
+        if let closed = error as? NIOHTTP2Errors.StreamClosed {
+            reset(from: side, code: closed.errorCode)
+        } else {
+            // A stream error (malformed headers, say): NIOHTTP2Handler has reset that side's stream.
+            connection.logger.info(
+                "HTTP/2 stream error",
+                metadata: ["target": "\(connection.reportedTarget)", "side": "\(side)", "error": "\(InterceptedHTTP2.describe(error))"])
+            finish(error: "HTTP/2 stream error on the \(side == .client ? "client" : "upstream") side: \(InterceptedHTTP2.describe(error))")
+            (side == .client ? upstream : client)?.reset(side == .client ? .cancel : .protocolError)
+        }
+    }
+
+    func closed(_ side: InterceptedStreamStateMachine.Side) {
+        switch side {
+        case .client:
+            guard clientOpen else { return }
+            clientOpen = false
+            // Closed cleanly: both ways ended, so the upstream's END_STREAM came through (or the proxy answered
+            // itself); a reset or an error was passed on by `failed`. Unreported only when the connection went.
+            if !machine.isReported, upstreamOpen { upstream?.reset(.cancel) }
+            finish(error: "stream closed before the exchange completed")
+            http2.streamClosed()
+        case .upstream:
+            guard upstreamOpen else { return }
+            upstreamOpen = false
+            if !machine.isReported {
+                finish(error: "upstream stream closed before the exchange completed")
+                if clientOpen { client?.reset(.cancel) }
+            }
+        }
+    }
+
+    /// Reports the exchange once, with `error` when it did not complete.
+    private func finish(error: String) {
+        guard !finished else { return }
+        if let (exchange, why) = machine.ended(error) {
+            finished = true
+            connection.report(exchange, startedAt: startedAt, policy: policy, error: why)
+        }
+    }
+
+    private func report(_ exchange: InterceptedStreamStateMachine.Exchange, error: String?) {
+        finished = true
+        connection.report(exchange, startedAt: startedAt, policy: policy, error: error)
+    }
+}
+
+@available(*, unavailable)
+extension InterceptedStream: Sendable {}
+
+/// One half of an `InterceptedStream`, in a stream channel: frames in to the stream, frames out from the other
+/// half. Reads only while the stream says so (its partner can take more).
+final class InterceptedStreamHalf: ChannelDuplexHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private let side: InterceptedStreamStateMachine.Side
+    private let stream: InterceptedStream
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private var resetSent = false
+
+    init(side: InterceptedStreamStateMachine.Side, stream: InterceptedStream) {
+        self.side = side
+        self.stream = stream
+    }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+    var streamID: HTTP2StreamID? { try? context?.channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID) }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        stream.attach(self, side: side)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let payload = unwrapInboundIn(data)
+        switch side {
+        case .client: stream.fromClient(payload)
+        case .upstream: stream.fromUpstream(payload)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        stream.readComplete(side)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if stream.mayRead(side) {
+            context.read()
+        } else {
+            pendingRead = true
+        }
+    }
+
+    func resumeReading() {
+        guard pendingRead, let context, stream.mayRead(side) else { return }
+        pendingRead = false
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { stream.writable(side) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        stream.failed(side, error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stream.closed(side)
+        context.fireChannelInactive()
+    }
+
+    func send(_ payload: HTTP2Frame.FramePayload, flush: Bool = false) {
+        guard let context, !resetSent else { return }
+        if flush {
+            context.writeAndFlush(wrapOutboundOut(payload), promise: nil)
+        } else {
+            context.write(wrapOutboundOut(payload), promise: nil)
+        }
+    }
+
+    func flush() { context?.flush() }
+
+    /// RST_STREAM with `code` (the code the other side reset with), once.
+    func reset(_ code: HTTP2ErrorCode) {
+        guard let context, !resetSent, context.channel.isActive else { return }
+        resetSent = true
+        context.writeAndFlush(wrapOutboundOut(.rstStream(code)), promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension InterceptedStreamHalf: Sendable {}

@@ -1,0 +1,17 @@
+/// What one inspected HTTP/2 connection may hold: open streams, a header block's size, and the bytes buffered
+/// in the proxy. Each side may have `streamWindow` bytes in flight per stream toward the proxy (its HTTP/2
+/// flow-control window), and the proxy reads a stream only while the other side can take what it reads, so a
+/// connection buffers at most about `bufferBytes`: two directions × two halves × streams × window.
+struct HTTP2Limits: Sendable, Hashable {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS toward the client; more streams get RST_STREAM(REFUSED_STREAM).
+    var maxConcurrentStreams: Int = 100
+    /// SETTINGS_MAX_HEADER_LIST_SIZE toward both sides (`KAIZEN_MAX_HEADER_BYTES`).
+    var maxHeaderListSize: Int = 64 * 1024
+    /// The bytes one connection may buffer in all.
+    var bufferBytes: Int = 64 << 20
+
+    static let minimumStreamWindow = 16 * 1024
+
+    /// The flow-control window each stream is given (SETTINGS_INITIAL_WINDOW_SIZE).
+    var streamWindow: Int { min(bufferBytes / (4 * maxConcurrentStreams), Int(Int32.max)) }
+}

@@ -1,0 +1,217 @@
+import Foundation
+import Testing
+
+/// HTTP/2 inside inspection: curl, nghttp and a Python `h2` client speak h2 through the MITM to an h2 origin
+/// (Python `h2`, h2_origin.py), stream by stream, and each stream is reported once like an HTTP/1.1 request.
+@Suite struct InspectionHTTP2Tests {
+    struct Setup {
+        let pki: TestPKI
+        let caDirectory: String
+        var inspectionCA: String { caDirectory + "/ca.pem" }
+        let origin: ChildProcess
+        let originPort: Int
+        let proxy: ChildProcess
+        let proxyPort: Int
+
+        var actions: [[String: Any]] {
+            proxy.stdoutLines.filter { $0.contains("\"action\"") }.compactMap { line in
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                    let action = object["action"] as? [String: Any]
+                else { return nil }
+                return action["metadata"] as? [String: Any]
+            }
+        }
+
+        /// The actions once `count` have been printed (waiting up to 20 s).
+        func waitForActions(_ count: Int) throws -> [[String: Any]] {
+            _ = try proxy.waitForLines(count: count, timeout: 20) { $0.contains("\"action\"") }
+            return actions
+        }
+    }
+
+    func setUp(extra: [String: String] = [:]) throws -> Setup {
+        let pki = try TestPKI.mint()
+        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
+        let script = Paths.endToEndDirectory.appendingPathComponent("h2_origin.py").path
+        let origin = try ChildProcess(
+            Paths.which("python3"),
+            [script, "--cert", pki.serverCertificate, "--key", pki.serverKey, "--connect-protocol"])
+        let line = try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        guard let originPort = Int(line.dropFirst(5)) else { throw TestFailure("h2 origin printed \(line)") }
+        var environment = [
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem",
+            "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ]
+        environment.merge(extra) { _, new in new }
+        let (proxy, proxyPort) = try InspectionTests.startProxy(environment)
+        return Setup(
+            pki: pki, caDirectory: caDirectory, origin: origin, originPort: originPort, proxy: proxy, proxyPort: proxyPort)
+    }
+
+    /// Runs `h2_client.py SCENARIO` through the proxy and returns the JSON object it prints.
+    func h2Client(_ scenario: String, _ setup: Setup, _ extra: [String] = []) throws -> [String: Any] {
+        let script = Paths.endToEndDirectory.appendingPathComponent("h2_client.py").path
+        let result = try runCommand(
+            Paths.which("python3"),
+            [script, scenario, "--proxy-port", "\(setup.proxyPort)", "--port", "\(setup.originPort)", "--ca", setup.inspectionCA,
+             "--timeout", "20"] + extra,
+            timeout: 60)
+        guard result.status == 0,
+            let object = try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        else { throw TestFailure("h2_client.py \(scenario): \(result.status) \(result.stdout) \(result.stderr)") }
+        return object
+    }
+
+    @Test func curlSpeaksHTTP2EndToEndAndEachStreamIsReportedOnceWithItsPath() throws {
+        let setup = try setUp()
+        let base = "https://localhost:\(setup.originPort)"
+        // Two requests on one connection (curl reuses it), the second a POST with a query that is not reported.
+        let result = try runCommand(
+            Paths.which("curl"),
+            ["-sS", "--max-time", "10", "--http2", "-x", "http://127.0.0.1:\(setup.proxyPort)", "--cacert", setup.inspectionCA,
+             "-w", " %{http_version}\n", base + "/size/20", "--next", "--http2", "-x", "http://127.0.0.1:\(setup.proxyPort)",
+             "--cacert", setup.inspectionCA, "-w", " %{http_version}\n", "-d", "hello there", base + "/echo?token=secret"],
+            timeout: 30)
+        #expect(result.status == 0 && result.stdout.split(separator: "\n") == ["01234567890123456789 2", "hello there 2"], "\(result.stdout) \(result.stderr)")
+        // The origin was spoken to in h2 (its requests arrive as h2 streams).
+        let requests = try setup.origin.waitForLines(count: 2, timeout: 10) { $0.hasPrefix("REQUEST ") }
+        #expect(requests == ["REQUEST GET /size/20 -", "REQUEST POST /echo?token=secret -"])
+        let actions = try setup.waitForActions(2)
+        #expect(actions.count == 2, "\(actions)")
+        let get = try #require(actions.first { $0["path"] as? String == "/size/20" })
+        #expect(get["method"] as? String == "GET" && get["status"] as? Int == 200 && get["protocol"] as? String == "h2")
+        #expect(get["response_body_bytes"] as? Int == 20 && get["intercepted"] as? Bool == true)
+        let post = try #require(actions.first { $0["path"] as? String == "/echo" }, "the query is not reported: \(actions)")
+        #expect(post["method"] as? String == "POST" && post["request_body_bytes"] as? Int == 11 && post["response_body_bytes"] as? Int == 11)
+        // Both streams belong to one connection, reported by its first action's event id.
+        #expect(get["connection_id"] as? String == post["connection_id"] as? String)
+        #expect(!setup.proxy.stdoutLines.joined().contains("secret"))
+    }
+
+    @Test func nghttpSpeaksHTTP2ThroughTheInspection() throws {
+        let setup = try setUp()
+        // nghttp has no proxy option: socat makes the CONNECT, nghttp speaks TLS and h2 through it.
+        let shimPort = try FreePort.closed()
+        let shim = try ChildProcess(
+            Paths.which("socat"),
+            ["-d", "-d", "TCP-LISTEN:\(shimPort),bind=127.0.0.1,reuseaddr,fork",
+             "PROXY:127.0.0.1:localhost:\(setup.originPort),proxyport=\(setup.proxyPort)"])
+        defer { withExtendedLifetime(shim) {} }
+        try shim.waitForStderr(containing: "listening on", timeout: 10)
+        let base = "https://localhost:\(shimPort)"
+        // Three concurrent streams on one connection.
+        let result = try runCommand(
+            Paths.which("nghttp"), ["-n", "-s", "-t", "10", base + "/size/1000", base + "/size/2000", base + "/size/3000"],
+            timeout: 30)
+        #expect(result.status == 0, "\(result.stdout) \(result.stderr)")
+        let actions = try setup.waitForActions(3)
+        let paths = Set(actions.compactMap { $0["path"] as? String })
+        #expect(paths == ["/size/1000", "/size/2000", "/size/3000"], "\(actions)")
+        #expect(actions.allSatisfy { $0["protocol"] as? String == "h2" && $0["status"] as? Int == 200 })
+        #expect(Set(actions.compactMap { $0["connection_id"] as? String }).count == 1)
+    }
+
+    @Test func hundredConcurrentStreamsCompleteAndAStalledOneBlocksNoOther() throws {
+        let setup = try setUp()
+        // The first stream asks for 4 MB and is never read: its windows fill and it stops; the 99 others finish.
+        let seen = try h2Client("streams", setup, ["--count", "100", "--size", "20000", "--stall", "1", "--stall-size", "4000000"])
+        #expect(seen["completed"] as? Int == 99, "\(seen)")
+        #expect(seen["stalled_ended"] as? Int == 0, "\(seen)")
+        let stalled = try #require((seen["stalled_received"] as? [Int])?.first)
+        #expect(stalled < 4_000_000, "the stalled stream got only what its window allowed: \(seen)")
+        let actions = try setup.waitForActions(99)
+        #expect(actions.filter { $0["path"] as? String == "/size/20000" && $0["status"] as? Int == 200 }.count == 99)
+    }
+
+    @Test func aGRPCShapedExchangeArrivesIntactWithItsTrailers() throws {
+        let setup = try setUp()
+        let seen = try h2Client("grpc", setup)
+        #expect(seen["status"] as? String == "200" && seen["content_type"] as? String == "application/grpc", "\(seen)")
+        #expect(seen["body_matches"] as? Bool == true)
+        #expect(seen["trailers"] as? [String: String] == ["grpc-status": "0", "grpc-message": "ok"], "\(seen)")
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["method"] as? String == "POST" && action["path"] as? String == "/grpc" && action["status"] as? Int == 200)
+        #expect(action["request_body_bytes"] as? Int == 10 && action["response_body_bytes"] as? Int == 10, "\(action)")
+    }
+
+    @Test func resetsAndGoawaysArePassedOnWithTheirCodes() throws {
+        let setup = try setUp()
+        let reset = try h2Client("reset", setup)
+        #expect(reset["reset"] as? Int == 11, "ENHANCE_YOUR_CALM from the origin: \(reset)")
+        let goaway = try h2Client("goaway", setup)
+        #expect(goaway["status"] as? String == "200" && goaway["body"] as? String == "bye", "\(goaway)")
+        #expect(goaway["goaway"] as? Int == 11, "the origin's GOAWAY code reaches the client: \(goaway)")
+        let actions = try setup.waitForActions(2)
+        let resetAction = try #require(actions.first { $0["path"] as? String == "/reset" })
+        #expect((resetAction["error"] as? String)?.contains("reset by the upstream") == true, "\(resetAction)")
+    }
+
+    @Test func aWebSocketOverExtendedConnectIsReportedAndItsFramesRelayed() throws {
+        let setup = try setUp()
+        let seen = try h2Client("websocket", setup)
+        #expect(seen["status"] as? String == "200" && seen["echoed"] as? Bool == true, "\(seen)")
+        let requests = try setup.origin.waitForLines(count: 1, timeout: 10) { $0.hasPrefix("REQUEST ") }
+        #expect(requests == ["REQUEST CONNECT /chat?room=1 websocket"])
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["method"] as? String == "CONNECT" && action["path"] as? String == "/chat", "\(action)")
+        #expect(action["upgrade"] as? String == "websocket" && action["status"] as? Int == 200, "\(action)")
+    }
+
+    @Test func enforceModeRefusesABlockedStreamWith403AndTheConnectionsOtherStreamsGoOn() throws {
+        let pki = try TestPKI.mint()
+        let policies = pki.directory + "/policies"
+        try FileManager.default.createDirectory(atPath: policies, withIntermediateDirectories: false)
+        try #"{"policies":[{"name":"no-blocked","mode":"blocklist","rules":{"domains":["blocked.test"]}}]}"#
+            .write(toFile: policies + "/egress-agent.json", atomically: true, encoding: .utf8)
+        let (mock, mockPort) = try ControlPlaneConnectionTests().startMock(pki, policyDirectory: policies)
+        defer { withExtendedLifetime(mock) {} }
+        let setup = try setUp(extra: [
+            "KAIZEN_API_KEY": ControlPlaneConnectionTests.key, "KAIZEN_API_URL": "https://localhost:\(mockPort)",
+            "KAIZEN_API_CA_FILE": pki.caCertificate, "KAIZEN_LOCAL": "1", "KAIZEN_MODE": "enforce",
+            "KAIZEN_SPOOL_DIR": pki.directory + "/spool", "KAIZEN_STATE_DIR": pki.directory + "/state",
+        ])
+        _ = try mock.waitForLine(timeout: 20) { $0 == "POLICY egress-agent 200" }
+        let proxy = "http://127.0.0.1:\(setup.proxyPort)"
+        let base = "https://localhost:\(setup.originPort)"
+        // One connection, two streams: the first names a blocked host as its :authority, the second is allowed.
+        let result = try runCommand(
+            Paths.which("curl"),
+            ["-sS", "--max-time", "10", "--http2", "-x", proxy, "--cacert", setup.inspectionCA, "-H", "Host: blocked.test",
+             "-w", "%{http_code}\n", base + "/size/5", "--next", "--http2", "-x", proxy, "--cacert", setup.inspectionCA,
+             "-w", " %{http_code}\n", base + "/size/5"],
+            timeout: 30)
+        #expect(result.stdout.contains("blocked by policy no-blocked\n403\n01234 200"), "\(result.stdout) \(result.stderr)")
+        // The blocked request never reached the origin; the allowed one did, on the same connection.
+        let requests = try setup.origin.waitForLines(count: 1, timeout: 10) { $0.hasPrefix("REQUEST ") }
+        #expect(requests == ["REQUEST GET /size/5 -"])
+        let actions = try setup.waitForActions(2)
+        #expect(actions.compactMap { $0["status"] as? Int }.sorted() == [200, 403], "\(actions)")
+        #expect(actions.first { $0["status"] as? Int == 403 }?["policy"] as? String == "no-blocked")
+        #expect(setup.proxy.stderrEventually("requests=2 blocked_requests=1"), "\(setup.proxy.stderr)")
+    }
+
+    @Test func theLimitsAreAdvertisedAndAHeaderListOverTheLimitEndsOnlyThatConnection() throws {
+        let setup = try setUp(extra: [
+            "KAIZEN_H2_MAX_STREAMS": "10", "KAIZEN_H2_BUFFER_BYTES": "4M", "KAIZEN_MAX_HEADER_BYTES": "16K",
+        ])
+        let settings = try h2Client("settings", setup)
+        // MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE (4 MiB / (4 × 10)), MAX_HEADER_LIST_SIZE.
+        #expect(settings["3"] as? Int == 10 && settings["4"] as? Int == 104_857 && settings["6"] as? Int == 16_384, "\(settings)")
+        // The upstream is told no server push.
+        let upstreamSettings = try setup.origin.waitForLine(timeout: 10) { $0.hasPrefix("SETTINGS ") }
+        #expect(upstreamSettings.contains(" 2=0") || upstreamSettings.hasPrefix("SETTINGS 2=0"), "\(upstreamSettings)")
+
+        let big = try h2Client("bigheader", setup, ["--size", "40000"])
+        let code = big["goaway"] as? Int
+        #expect(code != nil && code != 0, "a GOAWAY with an error code: \(big)")
+        #expect(setup.proxy.stderrEventually("HTTP/2 connection error"))
+        // The proxy carries on.
+        let next = try runCommand(
+            Paths.which("curl"),
+            ["-sS", "--max-time", "10", "--http2", "-x", "http://127.0.0.1:\(setup.proxyPort)", "--cacert", setup.inspectionCA,
+             "https://localhost:\(setup.originPort)/size/5"],
+            timeout: 30)
+        #expect(next.status == 0 && next.stdout == "01234", "\(next.stderr)")
+    }
+}
