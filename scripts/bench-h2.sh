@@ -25,7 +25,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-nghttpd -n 2 -d "$WWW" 127.0.0.1 $ORIGIN "$PKI/server.key" "$WORK/server-chain.pem" >/dev/null 2>&1 &
+nghttpd -n 2 -a 127.0.0.1 -d "$WWW" $ORIGIN "$PKI/server.key" "$WORK/server-chain.pem" >/dev/null 2>&1 &
 pids+=($!); wait_port $ORIGIN
 
 (cd "$WORK" && KAIZEN_CA_CERT=$PKI/mitm-ca.pem KAIZEN_CA_KEY=$WORK/ca.key KAIZEN_UPSTREAM_CA_FILE=$PKI/ca.pem \
@@ -40,9 +40,9 @@ cp "$PKI/mitm-ca.pem" "$WORK/mitmconf/mitmproxy-ca-cert.pem"
   --set ssl_verify_upstream_trusted_ca="$PKI/ca.pem" --set stream_large_bodies=1m >"$WORK/mitm.log" 2>&1 &
 mitm=$!; pids+=($mitm); wait_port $MITM
 
-socat TCP-LISTEN:$KAIZEN_SHIM,bind=127.0.0.1,reuseaddr,fork PROXY:127.0.0.1:api.example.test:$ORIGIN,proxyport=$KAIZEN &
+socat -lf /dev/null TCP-LISTEN:$KAIZEN_SHIM,bind=127.0.0.1,reuseaddr,fork PROXY:127.0.0.1:api.example.test:$ORIGIN,proxyport=$KAIZEN &
 pids+=($!)
-socat TCP-LISTEN:$MITM_SHIM,bind=127.0.0.1,reuseaddr,fork PROXY:127.0.0.1:api.example.test:$ORIGIN,proxyport=$MITM &
+socat -lf /dev/null TCP-LISTEN:$MITM_SHIM,bind=127.0.0.1,reuseaddr,fork PROXY:127.0.0.1:api.example.test:$ORIGIN,proxyport=$MITM &
 pids+=($!)
 wait_port $KAIZEN_SHIM; wait_port $MITM_SHIM
 
@@ -53,11 +53,12 @@ run() {  # run LABEL PORT PID
   local out; out=$(h2load -c 10 -m 10 -D "$SECS" "https://api.example.test:$port/small" 2>&1)
   local c1=0; [[ -n $pid ]] && c1=$(cpu "$pid")
   local done_=$(grep -o '[0-9]* succeeded' <<<"$out" | head -1 | cut -d' ' -f1)
+  local failed=$(grep -o '[0-9]* failed' <<<"$out" | head -1 | cut -d' ' -f1)
   local rps=$(grep -o 'finished in [^,]*, [0-9.]* req/s' <<<"$out" | grep -o '[0-9.]* req/s' | cut -d' ' -f1)
   local proto=$(grep -o 'Application protocol: [a-z0-9/.]*' <<<"$out" | cut -d' ' -f3)
   local per=""
   [[ -n $pid && ${done_:-0} -gt 0 ]] && per=" proxy_cpu_us_per_req=$(echo "($c1-$c0)*10000/$done_" | bc -l | cut -c1-6)"
-  echo "h2 $label protocol=$proto rps=$rps succeeded=$done_$per"
+  echo "h2 $label protocol=$proto rps=$rps succeeded=$done_ failed=$failed$per"
 }
 for round in $(seq 1 "$ROUNDS"); do
   run direct $ORIGIN

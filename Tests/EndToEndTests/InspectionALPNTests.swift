@@ -36,6 +36,7 @@ import Testing
         ("x-custom/1,h2", "h2", "ALPN protocol: h2"),
         ("http/1.1", "h2,http/1.1", "ALPN protocol: http/1.1"),
         ("http/1.1", nil, "No ALPN negotiated"),
+        ("h2,http/1.1", nil, "No ALPN negotiated"),
         (nil, "http/1.1", "No ALPN negotiated"),
         ("http/1.1", "h2", "No ALPN negotiated"),
     ] as [(String?, String?, String)])
