@@ -63,6 +63,18 @@ import Testing
         return object
     }
 
+    /// nghttp has no proxy option: a socat listener makes the CONNECT through the proxy to the origin, and nghttp
+    /// speaks TLS and h2 through it.
+    func connectShim(_ setup: Setup) throws -> (shim: ChildProcess, port: Int) {
+        let port = try FreePort.closed()
+        let shim = try ChildProcess(
+            Paths.which("socat"),
+            ["-d", "-d", "TCP-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork",
+             "PROXY:127.0.0.1:localhost:\(setup.originPort),proxyport=\(setup.proxyPort)"])
+        try shim.waitForStderr(containing: "listening on", timeout: 10)
+        return (shim, port)
+    }
+
     @Test func curlSpeaksHTTP2EndToEndAndEachStreamIsReportedOnceWithItsPath() throws {
         let setup = try setUp()
         let base = "https://localhost:\(setup.originPort)"
@@ -91,14 +103,8 @@ import Testing
 
     @Test func nghttpSpeaksHTTP2ThroughTheInspection() throws {
         let setup = try setUp()
-        // nghttp has no proxy option: socat makes the CONNECT, nghttp speaks TLS and h2 through it.
-        let shimPort = try FreePort.closed()
-        let shim = try ChildProcess(
-            Paths.which("socat"),
-            ["-d", "-d", "TCP-LISTEN:\(shimPort),bind=127.0.0.1,reuseaddr,fork",
-             "PROXY:127.0.0.1:localhost:\(setup.originPort),proxyport=\(setup.proxyPort)"])
+        let (shim, shimPort) = try connectShim(setup)
         defer { withExtendedLifetime(shim) {} }
-        try shim.waitForStderr(containing: "listening on", timeout: 10)
         let base = "https://localhost:\(shimPort)"
         // Three concurrent streams on one connection.
         let result = try runCommand(
@@ -145,6 +151,29 @@ import Testing
         let actions = try setup.waitForActions(2)
         let resetAction = try #require(actions.first { $0["path"] as? String == "/reset" })
         #expect((resetAction["error"] as? String)?.contains("reset by the upstream") == true, "\(resetAction)")
+    }
+
+    @Test func aStreamErrorEndsThatStreamOnly() throws {
+        let setup = try setUp()
+        // A body shorter than its content-length: that stream is reset (PROTOCOL_ERROR), the connection goes on.
+        let seen = try h2Client("badstream", setup)
+        #expect(seen["bad_reset"] as? Int == 1 && seen["goaway"] is NSNull, "\(seen)")
+        #expect(seen["good_status"] as? String == "200" && seen["good_body"] as? String == "01234", "\(seen)")
+    }
+
+    @Test func anUpstreamThatClosesRightAfterItsResponseLosesNoneOfIt() throws {
+        let setup = try setUp()
+        let shimPort = try connectShim(setup)
+        defer { withExtendedLifetime(shimPort.shim) {} }
+        // The origin sends 1 MB, GOAWAY, and closes its socket. nghttp gives a 64 KiB window (-W/-w 16), so much of
+        // the response still waits in the proxy for the client's window when the upstream is gone: all of it
+        // arrives, then the connection closes.
+        let result = try runCommand(
+            Paths.which("nghttp"), ["-W", "16", "-w", "16", "-t", "20", "https://localhost:\(shimPort.port)/close-after/1000000"],
+            timeout: 40)
+        #expect(result.status == 0 && result.stdout.utf8.count == 1_000_000, "\(result.stdout.utf8.count) \(result.stderr)")
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["response_body_bytes"] as? Int == 1_000_000 && action["error"] == nil, "\(action)")
     }
 
     @Test func aWebSocketOverExtendedConnectIsReportedAndItsFramesRelayed() throws {

@@ -8,6 +8,8 @@ against the inspection CA, then one of these scenarios, printing one JSON object
   websocket  extended CONNECT (RFC 8441) with :protocol websocket, once the proxy offers it; bytes echoed
   reset      GET /reset: the RST_STREAM code that arrives
   bigheader  a request whose header list is larger than --size bytes: what the proxy answers
+  badstream  a POST whose content-length (10) its body (5 bytes) contradicts, then GET /size/5 on the same
+             connection: the first stream's reset code and the second's status
   goaway     GET /goaway (the origin answers, then sends GOAWAY): the response and the GOAWAY's code
   settings   the proxy's SETTINGS toward the client
 
@@ -140,7 +142,9 @@ def collect(client, stream_id, ack=True):
         for event in events:
             if isinstance(event, h2.events.ConnectionTerminated):
                 result["goaway"] = int(event.error_code)
-                done = True
+                # A graceful GOAWAY covering this stream lets it finish; otherwise it is over.
+                if int(event.error_code) != 0 or event.last_stream_id is None or event.last_stream_id < stream_id:
+                    done = True
             if getattr(event, "stream_id", None) != stream_id:
                 continue
             if isinstance(event, h2.events.ResponseReceived):
@@ -246,6 +250,23 @@ def bigheader(client, arguments):
     }
 
 
+def badstream(client, arguments):
+    first = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(first, client.request_headers("POST", "/echo", [("content-length", "10")]))
+    client.conn.send_data(first, b"hello", end_stream=True)
+    client.flush()
+    bad = collect(client, first)
+    second = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(second, client.request_headers("GET", "/size/5"), end_stream=True)
+    client.flush()
+    good = collect(client, second)
+    return {
+        "bad_reset": bad["reset"], "bad_status": (bad["headers"] or {}).get(":status"),
+        "good_status": (good["headers"] or {}).get(":status"), "good_body": good["body"].decode(),
+        "goaway": bad["goaway"] or good["goaway"],
+    }
+
+
 def goaway(client, arguments):
     stream_id = client.conn.get_next_available_stream_id()
     client.conn.send_headers(stream_id, client.request_headers("GET", "/goaway"), end_stream=True)
@@ -271,7 +292,7 @@ def settings(client, arguments):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "goaway", "settings"])
+    parser.add_argument("scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")

@@ -7,6 +7,7 @@ Paths:
                        grpc-status: 0, grpc-message: ok
   GET  /reset       -> RST_STREAM(ENHANCE_YOUR_CALM) without a response
   GET  /goaway      -> 200 "bye", then GOAWAY(ENHANCE_YOUR_CALM)
+  GET  /close-after/<n> -> 200, <n> bytes, then GOAWAY(NO_ERROR) and the TCP connection closed at once
   CONNECT :protocol websocket (RFC 8441, offered with --connect-protocol) -> 200, then every DATA byte echoed
 Every request is printed as "REQUEST <method> <path> <protocol or ->" once its head is in, the client's settings
 as "SETTINGS <code>=<value> ..." when they arrive.
@@ -126,6 +127,10 @@ class Connection:
             body = bytes(request["body"])
             self.conn.send_headers(stream_id, [(":status", "200"), ("content-length", str(len(body)))])
             self.spawn(self.send_body(stream_id, body))
+        elif path.startswith("/close-after/"):
+            body = b"x" * int(path[13:])
+            self.conn.send_headers(stream_id, [(":status", "200"), ("content-length", str(len(body)))])
+            self.spawn(self.send_body(stream_id, body, then_close=True))
         elif path == "/goaway":
             self.conn.send_headers(stream_id, [(":status", "200"), ("content-length", "3")])
             self.conn.send_data(stream_id, b"bye", end_stream=True)
@@ -136,7 +141,7 @@ class Connection:
         else:
             self.conn.send_headers(stream_id, [(":status", "404"), ("content-length", "0")], end_stream=True)
 
-    async def send_body(self, stream_id, body, end=True, trailers=None):
+    async def send_body(self, stream_id, body, end=True, trailers=None, then_close=False):
         """Sends `body` as the stream's and the connection's windows allow (bounded by the stream's life)."""
         view = memoryview(body)
         try:
@@ -158,6 +163,11 @@ class Connection:
                 self.conn.end_stream(stream_id)
             self.flush()
             await self.writer.drain()
+            if then_close:
+                self.conn.close_connection()
+                self.flush()
+                await self.writer.drain()
+                self.writer.close()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, ConnectionError):
             return
 

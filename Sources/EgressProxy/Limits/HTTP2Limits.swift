@@ -3,7 +3,8 @@
 /// flow-control window), and the proxy reads a stream only while the other side can take what it reads, so a
 /// connection buffers at most about `bufferBytes`: two directions × two halves × streams × window.
 struct HTTP2Limits: Sendable, Hashable {
-    /// SETTINGS_MAX_CONCURRENT_STREAMS toward the client; more streams get RST_STREAM(REFUSED_STREAM).
+    /// SETTINGS_MAX_CONCURRENT_STREAMS toward the client; a client opening more breaks the protocol and gets
+    /// GOAWAY (PROTOCOL_ERROR).
     var maxConcurrentStreams: Int = 100
     /// SETTINGS_MAX_HEADER_LIST_SIZE toward both sides (`KAIZEN_MAX_HEADER_BYTES`).
     var maxHeaderListSize: Int = 64 * 1024

@@ -24,8 +24,12 @@ final class InterceptedHTTP2 {
     private var openStreams = 0
     /// The highest stream the client opened: what a GOAWAY toward it says was processed.
     private var lastClientStream = HTTP2StreamID.rootStream
-    private var sentGoAwayToClient = false
+    /// The GOAWAY code sent to the client, once one was.
+    private var goAwayToClientCode: HTTP2ErrorCode?
     private var sentGoAwayToUpstream = false
+    /// The upstream's GOAWAY: it takes no new streams, and those above its last stream ID were not processed.
+    private var upstreamLastStreamID: HTTP2StreamID?
+    var upstreamGoneAway: Bool { upstreamLastStreamID != nil }
     private var offeredExtendedConnect = false
     private var closingWhenIdle = false
 
@@ -131,10 +135,12 @@ final class InterceptedHTTP2 {
 
     func rootFrame(_ frame: HTTP2Frame, from side: InterceptedStreamStateMachine.Side) {
         switch (side, frame.payload) {
-        case (.upstream, .goAway(_, let code, _)):
-            // The upstream takes no new streams: neither may the client (streams it already opened finish or are
-            // refused by the upstream, and are reset toward the client with the upstream's code).
+        case (.upstream, .goAway(let lastStreamID, let code, _)):
+            // The upstream takes no new streams: the client is told the same, with the upstream's code. Its streams
+            // the upstream did not process are reset toward the client with REFUSED_STREAM (safe to retry); new ones
+            // are refused the same way.
             connection?.logger.debug("upstream sent GOAWAY", metadata: ["code": "\(code)"])
+            upstreamLastStreamID = min(lastStreamID, upstreamLastStreamID ?? lastStreamID)
             goAwayToClient(code)
         case (.client, .goAway(_, let code, _)):
             guard !sentGoAwayToUpstream else { return }
@@ -153,9 +159,17 @@ final class InterceptedHTTP2 {
         }
     }
 
+    /// Whether an upstream stream was closed unprocessed by the upstream's GOAWAY (its ID above the last one the
+    /// upstream processed).
+    func upstreamDidNotProcess(_ id: HTTP2StreamID?) -> Bool {
+        guard let last = upstreamLastStreamID, let id else { return false }
+        return id > last
+    }
+
     private func goAwayToClient(_ code: HTTP2ErrorCode) {
-        guard !sentGoAwayToClient else { return }
-        sentGoAwayToClient = true
+        // Once, or again when an error follows a graceful one (RFC 9113 allows more than one GOAWAY).
+        if let sent = goAwayToClientCode, sent != .noError || code == .noError { return }
+        goAwayToClientCode = code
         clientParent?.write(
             HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastClientStream, errorCode: code, opaqueData: nil)))
     }
@@ -174,15 +188,31 @@ final class InterceptedHTTP2 {
         upstreamParent?.closeAfterWrites()
     }
 
-    /// The upstream's connection is gone: the client's is closed once what was written to it has gone out.
+    /// The upstream's connection is gone: the client is told GOAWAY, and its connection closes once the streams
+    /// still open (their last bytes waiting for the client's window) have ended.
     func closeClientAfterWrites() {
         goAwayToClient(.noError)
-        clientParent?.closeAfterWrites()
+        closingWhenIdle = true
+        if openStreams == 0 { clientParent?.closeAfterWrites() }
     }
 
-    /// A connection error (protocol violation, limit) on one side: NIOHTTP2Handler has sent GOAWAY with its code.
+    /// Errors NIOHTTP2Handler reports on the connection's pipeline although they end one stream only (that stream
+    /// was reset, and its channel told): everything else it reports there ends the connection.
+    static let streamLevelErrors: Set<String> = [
+        "NoSuchStream", "StreamClosed", "BadStreamStateTransition", "MissingPseudoHeader", "DuplicatePseudoHeader",
+        "PseudoHeaderAfterRegularHeader", "UnknownPseudoHeader", "UnsupportedPseudoHeader", "InvalidPseudoHeaders",
+        "MissingHostHeader", "DuplicateHostHeader", "EmptyPathHeader", "InvalidStatusValue", "TrailersWithoutEndStream",
+        "ForbiddenHeaderField", "InvalidPseudoHeaderValue", "ContentLengthViolated", "ContentLengthHeadersMismatch",
+        "ContentLengthHeaderNegative", "ContentLengthHeaderMalformedValue", "PriorityCycle", "NoStreamIDAvailable",
+        "InvalidHTTP2HeaderFieldName", "InvalidHTTP2HeaderFieldValue",
+    ]
+
+    /// An HTTP/2 or HPACK error on one side's connection. A connection error (protocol violation, a limit broken:
+    /// NIOHTTP2Handler has sent GOAWAY with its code) closes both sides; one that ended a stream only is that
+    /// stream's business.
     func connectionError(_ error: any Error, side: InterceptedStreamStateMachine.Side) {
         guard let connection else { return }
+        if Self.streamLevelErrors.contains("\(type(of: error))") { return }
         connection.logger.info(
             "HTTP/2 connection error",
             metadata: ["target": "\(connection.reportedTarget)", "side": "\(side)", "error": "\(Self.describe(error))"])
@@ -222,7 +252,6 @@ final class InterceptedHTTP2ParentHandler: ChannelInboundHandler {
     private let http2: InterceptedHTTP2
     private let connection: InterceptedConnection
     private var context: ChannelHandlerContext?
-    private var lastWrite: EventLoopFuture<Void>?
 
     init(side: InterceptedStreamStateMachine.Side, http2: InterceptedHTTP2, connection: InterceptedConnection) {
         self.side = side
@@ -239,18 +268,19 @@ final class InterceptedHTTP2ParentHandler: ChannelInboundHandler {
 
     func write(_ frame: HTTP2Frame) {
         guard let context else { return }
-        lastWrite = context.writeAndFlush(wrapOutboundOut(frame))
+        context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
     }
 
-    /// Closes once what was written (a GOAWAY, say) has gone out.
+    /// Closes once everything written so far has gone out: a PING is written last and the channel closes when its
+    /// write completes (writes complete in order), so a stream's last bytes and a GOAWAY are not cut off.
     func closeAfterWrites() {
         guard let context else { return }
-        context.flush()
-        if let lastWrite {
-            lastWrite.whenComplete { _ in context.close(promise: nil) }
-        } else {
+        guard context.channel.isActive else {
             context.close(promise: nil)
+            return
         }
+        let ping = HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: 0), ack: false))
+        context.writeAndFlush(wrapOutboundOut(ping)).whenComplete { _ in context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

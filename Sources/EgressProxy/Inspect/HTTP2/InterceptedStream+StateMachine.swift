@@ -17,8 +17,8 @@ struct InterceptedStreamStateMachine {
 
     private(set) var exchange: Exchange?
     private var reported = false
-    private var requestEnded = false
-    private var responseEnded = false
+    private(set) var requestEnded = false
+    private(set) var responseEnded = false
     /// An extended CONNECT (RFC 8441): after a 2xx the stream carries another protocol's bytes.
     private var tunnel = false
     private let reportQuery: Bool

@@ -69,6 +69,7 @@ final class InterceptedStream {
             connection.relayed(data.data.readableBytes, fromClient: true)
             action = machine.requestData(data.data.readableBytes, endStream: data.endStream)
         case .rstStream(let code):
+            client?.noteResetReceived()
             reset(from: .client, code: code)
             return
         default:
@@ -90,6 +91,14 @@ final class InterceptedStream {
             connection.relayed(data.data.readableBytes, fromClient: false)
             action = machine.responseData(data.data.readableBytes, endStream: data.endStream)
         case .rstStream(let code):
+            upstream?.noteResetReceived()
+            if code == .noError, machine.responseEnded {
+                // The response is whole; the upstream wants no more of the request. Passed on once the response's
+                // last bytes are out (a reset drops what is still buffered for the stream).
+                finish(error: "stream reset by the upstream: \(code)")
+                client?.reset(code, afterWrites: true)
+                return
+            }
             reset(from: .upstream, code: code)
             return
         default:
@@ -141,6 +150,12 @@ final class InterceptedStream {
             refuse(byPolicy: refusal)
             return
         }
+        if http2.upstreamGoneAway {
+            // The upstream takes no new streams (it sent GOAWAY): refused, so the client may retry it elsewhere.
+            finish(error: "the upstream accepts no new streams (GOAWAY)")
+            client?.reset(.refusedStream)
+            return
+        }
         forward(.headers(headers), action: action, to: .upstream)
         upstreamRequested = true
         http2.openUpstream(for: self)
@@ -166,6 +181,8 @@ final class InterceptedStream {
         var buffer = ByteBuffer()
         buffer.writeString(body)
         client?.send(.data(.init(data: .byteBuffer(buffer), endStream: true)), flush: true)
+        // A request body still coming is not wanted (RFC 9113 §8.1): NO_ERROR once the answer is out.
+        if !machine.requestEnded { client?.reset(.noError, afterWrites: true) }
     }
 
     // MARK: the upstream half
@@ -204,14 +221,22 @@ final class InterceptedStream {
 
     func failed(_ side: InterceptedStreamStateMachine.Side, _ error: any Error) {
         if let closed = error as? NIOHTTP2Errors.StreamClosed {
+            if side == .upstream, http2.upstreamDidNotProcess(upstream?.streamID) {
+                // Closed by the upstream's GOAWAY before it processed the stream: safe for the client to retry.
+                finish(error: "the upstream did not process the stream (GOAWAY)")
+                client?.reset(.refusedStream)
+                return
+            }
             reset(from: side, code: closed.errorCode)
         } else {
-            // A stream error (malformed headers, say): NIOHTTP2Handler has reset that side's stream.
+            // A stream error (malformed headers, a wrong content-length, say). When it was in what that side sent,
+            // NIOHTTP2Handler has reset its stream already; when it was in what the proxy sent on, it is reset here.
             connection.logger.info(
                 "HTTP/2 stream error",
                 metadata: ["target": "\(connection.reportedTarget)", "side": "\(side)", "error": "\(InterceptedHTTP2.describe(error))"])
             finish(error: "HTTP/2 stream error on the \(side == .client ? "client" : "upstream") side: \(InterceptedHTTP2.describe(error))")
-            (side == .client ? upstream : client)?.reset(side == .client ? .cancel : .protocolError)
+            (side == .client ? client : upstream)?.reset(.internalError)
+            (side == .client ? upstream : client)?.reset(side == .client ? .cancel : .internalError)
         }
     }
 
@@ -220,6 +245,7 @@ final class InterceptedStream {
         case .client:
             guard clientOpen else { return }
             clientOpen = false
+            defer { client = nil }  // the half and this stream hold each other until then
             // Closed cleanly: both ways ended, so the upstream's END_STREAM came through (or the proxy answered
             // itself); a reset or an error was passed on by `failed`. Unreported only when the connection went.
             if !machine.isReported, upstreamOpen { upstream?.reset(.cancel) }
@@ -228,9 +254,15 @@ final class InterceptedStream {
         case .upstream:
             guard upstreamOpen else { return }
             upstreamOpen = false
+            defer { upstream = nil }
             if !machine.isReported {
-                finish(error: "upstream stream closed before the exchange completed")
-                if clientOpen { client?.reset(.cancel) }
+                if http2.upstreamDidNotProcess(upstream?.streamID) {
+                    finish(error: "the upstream did not process the stream (GOAWAY)")
+                    if clientOpen { client?.reset(.refusedStream) }
+                } else {
+                    finish(error: "upstream stream closed before the exchange completed")
+                    if clientOpen { client?.reset(.cancel) }
+                }
             }
         }
     }
@@ -323,22 +355,46 @@ final class InterceptedStreamHalf: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
+    /// The last frame written that ends this side's direction (END_STREAM), for a reset that must follow it.
+    private var lastWrite: EventLoopFuture<Void>?
+
     func send(_ payload: HTTP2Frame.FramePayload, flush: Bool = false) {
         guard let context, !resetSent else { return }
-        if flush {
-            context.writeAndFlush(wrapOutboundOut(payload), promise: nil)
+        if Self.endsStream(payload) {
+            lastWrite = context.write(wrapOutboundOut(payload))
         } else {
             context.write(wrapOutboundOut(payload), promise: nil)
         }
+        if flush { context.flush() }
     }
+
+    private static func endsStream(_ payload: HTTP2Frame.FramePayload) -> Bool {
+        switch payload {
+        case .headers(let headers): return headers.endStream
+        case .data(let data): return data.endStream
+        default: return false
+        }
+    }
+
+    /// The peer reset this stream: nothing more is sent on it (not even a reset back).
+    func noteResetReceived() { resetSent = true }
 
     func flush() { context?.flush() }
 
-    /// RST_STREAM with `code` (the code the other side reset with), once.
-    func reset(_ code: HTTP2ErrorCode) {
+    /// RST_STREAM with `code` (the code the other side reset with), once; with `afterWrites`, once the frame that
+    /// ended this side's direction has gone out (a reset drops what is still buffered for the stream).
+    func reset(_ code: HTTP2ErrorCode, afterWrites: Bool = false) {
         guard let context, !resetSent, context.channel.isActive else { return }
         resetSent = true
-        context.writeAndFlush(wrapOutboundOut(.rstStream(code)), promise: nil)
+        if afterWrites, let lastWrite {
+            context.flush()
+            lastWrite.whenComplete { _ in
+                guard context.channel.isActive else { return }
+                context.writeAndFlush(self.wrapOutboundOut(.rstStream(code)), promise: nil)
+            }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.rstStream(code)), promise: nil)
+        }
     }
 }
 
