@@ -220,6 +220,23 @@ import Testing
         #expect(setup.proxy.stderrEventually("requests=2 blocked_requests=1"), "\(setup.proxy.stderr)")
     }
 
+    @Test func aDrainingProxyTellsHTTP2ClientsGoawayAndClosesTheirIdleConnections() throws {
+        let setup = try setUp()
+        let script = Paths.endToEndDirectory.appendingPathComponent("h2_client.py").path
+        let client = try ChildProcess(
+            Paths.which("python3"),
+            [script, "idle", "--proxy-port", "\(setup.proxyPort)", "--port", "\(setup.originPort)", "--ca", setup.inspectionCA,
+             "--timeout", "20"])
+        _ = try client.waitForLine(timeout: 20) { $0 == "READY" }
+        setup.proxy.signal(SIGTERM)
+        // GOAWAY(NO_ERROR) first, then the close, long before the drain period (10 s) or the client's 20 s.
+        _ = try client.waitForLine(timeout: 10) { $0 == "GOAWAY 0" }
+        _ = try client.waitForLine(timeout: 10) { $0 == "CLOSED" }
+        #expect(try setup.proxy.waitForExit(timeout: 30) == 0)
+        let close = try #require(setup.proxy.stdoutLines.first { $0.contains("\"close\"") })
+        #expect(close.contains("\"closed_by\":\"proxy\"") && close.contains("\"reason\":\"shutdown\""), "\(close)")
+    }
+
     @Test func theLimitsAreAdvertisedAndAHeaderListOverTheLimitEndsOnlyThatConnection() throws {
         let setup = try setUp(extra: [
             "KAIZEN_H2_MAX_STREAMS": "10", "KAIZEN_H2_BUFFER_BYTES": "4M", "KAIZEN_MAX_HEADER_BYTES": "16K",

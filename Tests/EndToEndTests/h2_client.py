@@ -12,6 +12,8 @@ against the inspection CA, then one of these scenarios, printing one JSON object
              connection: the first stream's reset code and the second's status
   goaway     GET /goaway (the origin answers, then sends GOAWAY): the response and the GOAWAY's code
   settings   the proxy's SETTINGS toward the client
+  idle       prints READY once connected, then (not JSON) "GOAWAY <code>" when one arrives and CLOSED when the
+             proxy closes the connection
 
 Every wait is bounded by --timeout seconds.
 """
@@ -290,9 +292,27 @@ def settings(client, arguments):
     return {str(code): value for code, value in client.remote_settings.items()}
 
 
+def idle(client, arguments):
+    while int(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE) not in client.remote_settings:
+        client.pump()
+    print("READY", flush=True)
+    while True:
+        try:
+            events = client.pump()
+        except ConnectionError:
+            print("CLOSED", flush=True)
+            return None
+        except (TimeoutError, socket.timeout):
+            print("TIMEOUT", flush=True)
+            return None
+        for event in events:
+            if isinstance(event, h2.events.ConnectionTerminated):
+                print(f"GOAWAY {int(event.error_code)}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings"])
+    parser.add_argument("scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")
@@ -306,7 +326,8 @@ def main():
     arguments = parser.parse_args()
     client = Client(arguments)
     result = globals()[arguments.scenario](client, arguments)
-    print(json.dumps(result), flush=True)
+    if result is not None:
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

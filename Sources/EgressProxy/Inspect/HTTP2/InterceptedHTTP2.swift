@@ -24,8 +24,9 @@ final class InterceptedHTTP2 {
     private var openStreams = 0
     /// The highest stream the client opened: what a GOAWAY toward it says was processed.
     private var lastClientStream = HTTP2StreamID.rootStream
-    /// The GOAWAY code sent to the client, once one was.
+    /// The GOAWAY sent to the client, once one was: its code and last stream ID.
     private var goAwayToClientCode: HTTP2ErrorCode?
+    private var goAwayToClientLastStream = HTTP2StreamID.rootStream
     private var sentGoAwayToUpstream = false
     /// The upstream's GOAWAY: it takes no new streams, and those above its last stream ID were not processed.
     private var upstreamLastStreamID: HTTP2StreamID?
@@ -169,9 +170,26 @@ final class InterceptedHTTP2 {
     private func goAwayToClient(_ code: HTTP2ErrorCode) {
         // Once, or again when an error follows a graceful one (RFC 9113 allows more than one GOAWAY).
         if let sent = goAwayToClientCode, sent != .noError || code == .noError { return }
+        if goAwayToClientCode == nil { goAwayToClientLastStream = lastClientStream }  // never raised later
         goAwayToClientCode = code
-        clientParent?.write(
-            HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastClientStream, errorCode: code, opaqueData: nil)))
+        clientParent?.write(lastGoAwayToClient)
+    }
+
+    /// The GOAWAY the client was sent (or NO_ERROR for all it opened), to repeat as a connection's last frame.
+    private var lastGoAwayToClient: HTTP2Frame {
+        HTTP2Frame(
+            streamID: .rootStream,
+            payload: .goAway(
+                lastStreamID: goAwayToClientCode == nil ? lastClientStream : goAwayToClientLastStream,
+                errorCode: goAwayToClientCode ?? .noError, opaqueData: nil))
+    }
+
+    private static let goAwayToUpstream = HTTP2Frame(
+        streamID: .rootStream, payload: .goAway(lastStreamID: .rootStream, errorCode: .noError, opaqueData: nil))
+
+    private func closeBothAfterWrites() {
+        clientParent?.closeAfterWrites(last: lastGoAwayToClient)
+        upstreamParent?.closeAfterWrites(last: Self.goAwayToUpstream)
     }
 
     /// The proxy is draining: the client is told to open no more streams; the connection closes once the open
@@ -184,8 +202,7 @@ final class InterceptedHTTP2 {
 
     private func closeNow() {
         connection?.noteClose(by: .proxy, reason: "shutdown")
-        clientParent?.closeAfterWrites()
-        upstreamParent?.closeAfterWrites()
+        closeBothAfterWrites()
     }
 
     /// The upstream's connection is gone: the client is told GOAWAY, and its connection closes once the streams
@@ -193,7 +210,7 @@ final class InterceptedHTTP2 {
     func closeClientAfterWrites() {
         goAwayToClient(.noError)
         closingWhenIdle = true
-        if openStreams == 0 { clientParent?.closeAfterWrites() }
+        if openStreams == 0 { clientParent?.closeAfterWrites(last: lastGoAwayToClient) }
     }
 
     /// Errors NIOHTTP2Handler reports on the connection's pipeline although they end one stream only (that stream
@@ -217,8 +234,15 @@ final class InterceptedHTTP2 {
             "HTTP/2 connection error",
             metadata: ["target": "\(connection.reportedTarget)", "side": "\(side)", "error": "\(Self.describe(error))"])
         connection.noteClose(by: side == .client ? .client : .upstream, reason: "error: HTTP/2: \(Self.describe(error))")
-        clientParent?.closeAfterWrites()
-        upstreamParent?.closeAfterWrites()
+        // NIOHTTP2Handler's GOAWAY on the failing side is flushed; the other side is told NO_ERROR.
+        if side == .client {
+            clientParent?.closeAfterWrites(last: nil)
+            upstreamParent?.closeAfterWrites(last: Self.goAwayToUpstream)
+        } else {
+            goAwayToClient(.noError)
+            clientParent?.closeAfterWrites(last: lastGoAwayToClient)
+            upstreamParent?.closeAfterWrites(last: nil)
+        }
     }
 
     /// An HTTP/2 or HPACK error by its name (`ExcessivelyLargeHeaderBlock`), without the source location its
@@ -271,16 +295,17 @@ final class InterceptedHTTP2ParentHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
     }
 
-    /// Closes once everything written so far has gone out: a PING is written last and the channel closes when its
-    /// write completes (writes complete in order), so a stream's last bytes and a GOAWAY are not cut off.
-    func closeAfterWrites() {
+    /// Closes once everything written so far has gone out: `last` (a GOAWAY repeating the one sent, which a peer
+    /// must accept) is written last and the channel closes when its write completes (writes complete in order),
+    /// so a stream's last bytes are not cut off. Without `last`, closes after a flush.
+    func closeAfterWrites(last: HTTP2Frame?) {
         guard let context else { return }
-        guard context.channel.isActive else {
+        guard context.channel.isActive, let last else {
+            context.flush()
             context.close(promise: nil)
             return
         }
-        let ping = HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: 0), ack: false))
-        context.writeAndFlush(wrapOutboundOut(ping)).whenComplete { _ in context.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(last)).whenComplete { _ in context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
