@@ -187,6 +187,13 @@ import Testing
         #expect(action["upgrade"] as? String == "websocket" && action["status"] as? Int == 200, "\(action)")
     }
 
+    @Test func aTunnelWhoseUpstreamDropsItsConnectionIsResetTowardTheClient() throws {
+        let setup = try setUp()
+        let seen = try h2Client("websocket", setup, ["--cut"])
+        #expect(seen["status"] as? String == "200" && seen["echoed"] as? Bool == true, "\(seen)")
+        #expect(seen["ended"] as? String == "reset 8", "CANCEL, at once rather than at the idle timeout: \(seen)")
+    }
+
     @Test func enforceModeRefusesABlockedStreamWith403AndTheConnectionsOtherStreamsGoOn() throws {
         let pki = try TestPKI.mint()
         let policies = pki.directory + "/policies"

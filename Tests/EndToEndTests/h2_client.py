@@ -215,9 +215,26 @@ def websocket(client, arguments):
                 echoed += event.data
                 client.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
         client.flush()
-    client.conn.end_stream(stream_id)
+    if not arguments.cut:
+        client.conn.end_stream(stream_id)
+        client.flush()
+        return {"status": status, "echoed": echoed == frame}
+    # The origin drops its connection with the tunnel open: the tunnel's stream must end, not hang.
+    client.conn.send_data(stream_id, b"CLOSE")
     client.flush()
-    return {"status": status, "echoed": echoed == frame}
+    ended = None
+    while ended is None:
+        try:
+            events = client.pump()
+        except (TimeoutError, socket.timeout, ConnectionError) as error:
+            ended = f"connection: {type(error).__name__}"
+            break
+        for event in events:
+            if isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
+                ended = f"reset {int(event.error_code)}"
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
+                ended = "ended"
+    return {"status": status, "echoed": echoed == frame, "ended": ended}
 
 
 def reset(client, arguments):
@@ -323,6 +340,7 @@ def main():
     parser.add_argument("--stall", type=int, default=0)
     parser.add_argument("--stall-size", type=int, default=4_000_000)
     parser.add_argument("--timeout", type=float, default=30)
+    parser.add_argument("--cut", action="store_true", help="websocket: then have the origin drop its connection")
     arguments = parser.parse_args()
     client = Client(arguments)
     result = globals()[arguments.scenario](client, arguments)

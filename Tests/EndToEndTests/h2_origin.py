@@ -8,7 +8,8 @@ Paths:
   GET  /reset       -> RST_STREAM(ENHANCE_YOUR_CALM) without a response
   GET  /goaway      -> 200 "bye", then GOAWAY(ENHANCE_YOUR_CALM)
   GET  /close-after/<n> -> 200, <n> bytes, then GOAWAY(NO_ERROR) and the TCP connection closed at once
-  CONNECT :protocol websocket (RFC 8441, offered with --connect-protocol) -> 200, then every DATA byte echoed
+  CONNECT :protocol websocket (RFC 8441, offered with --connect-protocol) -> 200, then every DATA byte echoed;
+                       DATA of exactly "CLOSE" closes the whole connection at once
 Every request is printed as "REQUEST <method> <path> <protocol or ->" once its head is in, the client's settings
 as "SETTINGS <code>=<value> ..." when they arrive.
 Prints "PORT <n>" once it listens.
@@ -89,7 +90,9 @@ class Connection:
                 self.respond(event.stream_id)
         elif isinstance(event, h2.events.DataReceived):
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            if event.stream_id in self.tunnels:
+            if event.stream_id in self.tunnels and event.data == b"CLOSE":
+                self.writer.close()  # the whole connection, abruptly, with the tunnel open
+            elif event.stream_id in self.tunnels:
                 self.spawn(self.send_body(event.stream_id, event.data, end=False))
             elif event.stream_id in self.requests:
                 self.requests[event.stream_id]["body"] += event.data

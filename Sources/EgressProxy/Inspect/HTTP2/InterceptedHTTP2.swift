@@ -20,17 +20,20 @@ final class InterceptedHTTP2 {
     private var upstreamMultiplexer: NIOHTTP2Handler.StreamMultiplexer?
     private var clientParent: InterceptedHTTP2ParentHandler?
     private var upstreamParent: InterceptedHTTP2ParentHandler?
-    /// Streams opened by the client and not yet closed on both sides.
-    private var openStreams = 0
+    /// Streams opened by the client and not yet closed on its side.
+    private var streams: [ObjectIdentifier: InterceptedStream] = [:]
+    private var openStreams: Int { streams.count }
     /// The highest stream the client opened: what a GOAWAY toward it says was processed.
     private var lastClientStream = HTTP2StreamID.rootStream
     /// The GOAWAY sent to the client, once one was: its code and last stream ID.
     private var goAwayToClientCode: HTTP2ErrorCode?
-    private var goAwayToClientLastStream = HTTP2StreamID.rootStream
     private var sentGoAwayToUpstream = false
     /// The upstream's GOAWAY: it takes no new streams, and those above its last stream ID were not processed.
     private var upstreamLastStreamID: HTTP2StreamID?
     var upstreamGoneAway: Bool { upstreamLastStreamID != nil }
+    /// New client streams are refused (REFUSED_STREAM, safe to retry) once the client was told GOAWAY or the
+    /// upstream takes no more.
+    var refusesNewStreams: Bool { goAwayToClientCode != nil || upstreamGoneAway }
     private var offeredExtendedConnect = false
     private var closingWhenIdle = false
 
@@ -86,7 +89,6 @@ final class InterceptedHTTP2 {
 
     private func acceptClientStream(_ channel: any Channel) -> EventLoopFuture<Void> {
         guard let connection else { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
-        openStreams += 1
         let stream = InterceptedStream(http2: self, connection: connection)
         do {
             try channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
@@ -94,6 +96,7 @@ final class InterceptedHTTP2 {
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
+        streams[ObjectIdentifier(stream)] = stream
         return channel.eventLoop.makeSucceededVoidFuture()
     }
 
@@ -126,9 +129,9 @@ final class InterceptedHTTP2 {
         if id > lastClientStream { lastClientStream = id }
     }
 
-    /// A client stream has closed on both sides.
-    func streamClosed() {
-        openStreams -= 1
+    /// A client stream has closed.
+    func streamClosed(_ stream: InterceptedStream) {
+        streams[ObjectIdentifier(stream)] = nil
         if closingWhenIdle, openStreams == 0 { closeNow() }
     }
 
@@ -141,7 +144,11 @@ final class InterceptedHTTP2 {
             // the upstream did not process are reset toward the client with REFUSED_STREAM (safe to retry); new ones
             // are refused the same way.
             connection?.logger.debug("upstream sent GOAWAY", metadata: ["code": "\(code)"])
-            upstreamLastStreamID = min(lastStreamID, upstreamLastStreamID ?? lastStreamID)
+            let last = min(lastStreamID, upstreamLastStreamID ?? lastStreamID)
+            upstreamLastStreamID = last
+            // Streams the upstream will not process: NIOHTTP2Handler closes those it sent; those whose HEADERS it
+            // still holds (the upstream's concurrent-stream limit) are reset here, so they never go out.
+            for stream in streams.values { stream.upstreamWentAway(lastStreamID: last) }
             goAwayToClient(code)
         case (.client, .goAway(_, let code, _)):
             guard !sentGoAwayToUpstream else { return }
@@ -167,21 +174,23 @@ final class InterceptedHTTP2 {
         return id > last
     }
 
+    /// GOAWAY in two steps (RFC 9113 §6.8): first with the highest stream ID, so a stream the client opens
+    /// meanwhile is not left unanswered (it is refused, and may be retried), then, as the connection's last frame,
+    /// with the last stream the client opened.
     private func goAwayToClient(_ code: HTTP2ErrorCode) {
         // Once, or again when an error follows a graceful one (RFC 9113 allows more than one GOAWAY).
         if let sent = goAwayToClientCode, sent != .noError || code == .noError { return }
-        if goAwayToClientCode == nil { goAwayToClientLastStream = lastClientStream }  // never raised later
         goAwayToClientCode = code
-        clientParent?.write(lastGoAwayToClient)
+        clientParent?.write(
+            HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: code, opaqueData: nil)))
     }
 
-    /// The GOAWAY the client was sent (or NO_ERROR for all it opened), to repeat as a connection's last frame.
+    /// The connection's last frame toward the client: GOAWAY with the last stream it opened (lowering the first
+    /// GOAWAY's ID is allowed), with the code it was told, NO_ERROR otherwise.
     private var lastGoAwayToClient: HTTP2Frame {
         HTTP2Frame(
             streamID: .rootStream,
-            payload: .goAway(
-                lastStreamID: goAwayToClientCode == nil ? lastClientStream : goAwayToClientLastStream,
-                errorCode: goAwayToClientCode ?? .noError, opaqueData: nil))
+            payload: .goAway(lastStreamID: lastClientStream, errorCode: goAwayToClientCode ?? .noError, opaqueData: nil))
     }
 
     private static let goAwayToUpstream = HTTP2Frame(
@@ -215,12 +224,15 @@ final class InterceptedHTTP2 {
 
     /// Errors NIOHTTP2Handler reports on the connection's pipeline although they end one stream only (that stream
     /// was reset, and its channel told): everything else it reports there ends the connection.
+    /// `NoSuchStream` and `BadStreamStateTransition` are connection errors when the peer caused them (NIO has then
+    /// sent GOAWAY, and a well-behaved peer closes; the idle timeout bounds one that does not) but harmless when a
+    /// write of the proxy's met a stream that had just closed, so they do not close the connection here.
     static let streamLevelErrors: Set<String> = [
         "NoSuchStream", "StreamClosed", "BadStreamStateTransition", "MissingPseudoHeader", "DuplicatePseudoHeader",
         "PseudoHeaderAfterRegularHeader", "UnknownPseudoHeader", "UnsupportedPseudoHeader", "InvalidPseudoHeaders",
         "MissingHostHeader", "DuplicateHostHeader", "EmptyPathHeader", "InvalidStatusValue", "TrailersWithoutEndStream",
         "ForbiddenHeaderField", "InvalidPseudoHeaderValue", "ContentLengthViolated", "ContentLengthHeadersMismatch",
-        "ContentLengthHeaderNegative", "ContentLengthHeaderMalformedValue", "PriorityCycle", "NoStreamIDAvailable",
+        "ContentLengthHeaderNegative", "ContentLengthHeaderMalformedValue", "NoStreamIDAvailable",
         "InvalidHTTP2HeaderFieldName", "InvalidHTTP2HeaderFieldValue",
     ]
 
@@ -229,6 +241,8 @@ final class InterceptedHTTP2 {
     /// stream's business.
     func connectionError(_ error: any Error, side: InterceptedStreamStateMachine.Side) {
         guard let connection else { return }
+        // A stream error on a write (CreatedStreamAfterGoaway, say) comes wrapped; its stream channel was told.
+        if error is NIOHTTP2Errors.StreamError { return }
         if Self.streamLevelErrors.contains("\(type(of: error))") { return }
         connection.logger.info(
             "HTTP/2 connection error",
@@ -249,7 +263,7 @@ final class InterceptedHTTP2 {
     /// description carries.
     static func describe(_ error: any Error) -> String {
         if let closed = error as? NIOHTTP2Errors.StreamClosed { return "StreamClosed(\(closed.errorCode))" }
-        if error is any NIOHTTP2Error || error is any NIOHPACKError { return "\(type(of: error))" }
+        if error is any NIOHTTP2Error || error is any NIOHPACKError || error is NIOHTTP2Errors.StreamError { return "\(type(of: error))" }
         return "\(error)"
     }
 
@@ -309,7 +323,7 @@ final class InterceptedHTTP2ParentHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is any NIOHTTP2Error || error is any NIOHPACKError {
+        if error is any NIOHTTP2Error || error is any NIOHPACKError || error is NIOHTTP2Errors.StreamError {
             // NIOHTTP2Handler has sent GOAWAY with the matching code.
             http2.connectionError(error, side: side)
         } else if side == .client {

@@ -150,9 +150,10 @@ final class InterceptedStream {
             refuse(byPolicy: refusal)
             return
         }
-        if http2.upstreamGoneAway {
-            // The upstream takes no new streams (it sent GOAWAY): refused, so the client may retry it elsewhere.
-            finish(error: "the upstream accepts no new streams (GOAWAY)")
+        if http2.refusesNewStreams {
+            // The connection is going away (the upstream sent GOAWAY, or the proxy is draining): refused, so the
+            // client may retry it on another connection.
+            finish(error: "the connection accepts no new streams (GOAWAY)")
             client?.reset(.refusedStream)
             return
         }
@@ -205,6 +206,13 @@ final class InterceptedStream {
 
     // MARK: resets and closes
 
+    /// The upstream sent GOAWAY: an upstream stream above `lastStreamID` will not be processed. One whose HEADERS
+    /// NIOHTTP2Handler still holds (not yet sent) is reset so they never go out; the client's is refused.
+    func upstreamWentAway(lastStreamID: HTTP2StreamID) {
+        guard let upstream, upstreamOpen, let id = upstream.streamID, id > lastStreamID else { return }
+        upstream.reset(.cancel)
+    }
+
     private func reset(from side: InterceptedStreamStateMachine.Side, code: HTTP2ErrorCode) {
         finish(error: "stream reset by the \(side == .client ? "client" : "upstream"): \(code)")
         (side == .client ? upstream : client)?.reset(code)
@@ -250,7 +258,7 @@ final class InterceptedStream {
             // itself); a reset or an error was passed on by `failed`. Unreported only when the connection went.
             if !machine.isReported, upstreamOpen { upstream?.reset(.cancel) }
             finish(error: "stream closed before the exchange completed")
-            http2.streamClosed()
+            http2.streamClosed(self)
         case .upstream:
             guard upstreamOpen else { return }
             upstreamOpen = false
@@ -262,6 +270,14 @@ final class InterceptedStream {
                 } else {
                     finish(error: "upstream stream closed before the exchange completed")
                     if clientOpen { client?.reset(.cancel) }
+                }
+            } else if clientOpen, !machine.requestEnded || !machine.responseEnded {
+                // Reported already (a tunnel at its 2xx, a response that ended before its request) but not over on
+                // the client's side: it ends now, after the response's last bytes when the response is whole.
+                if machine.responseEnded {
+                    client?.reset(.noError, afterWrites: true)
+                } else {
+                    client?.reset(.cancel)
                 }
             }
         }
@@ -388,7 +404,8 @@ final class InterceptedStreamHalf: ChannelDuplexHandler {
         resetSent = true
         if afterWrites, let lastWrite {
             context.flush()
-            lastWrite.whenComplete { _ in
+            // Only when it went out: a failed write means the stream was reset or closed meanwhile.
+            lastWrite.whenSuccess { _ in
                 guard context.channel.isActive else { return }
                 context.writeAndFlush(self.wrapOutboundOut(.rstStream(code)), promise: nil)
             }
