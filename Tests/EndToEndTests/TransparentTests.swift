@@ -69,20 +69,21 @@ final class NetworkLab {
         var ipv6 = false
         var originAddress: String { ipv6 ? lab.internetAddress6 : lab.internetAddress }
 
-        /// curl from the agent namespace, with no proxy settings, to https://localhost:PORT/hello.
-        func curl(trust: String) throws -> CommandResult {
+        /// curl from the agent namespace, with no proxy settings, to https://localhost:PORT/PATH.
+        func curl(trust: String, path: String = "/hello", extra: [String] = []) throws -> CommandResult {
             try runCommand(Paths.which("ip"), lab.inNamespace(lab.agent, Paths.which("curl"), [
                 "-sS", "--noproxy", "*", "--max-time", "10", "--cacert", trust,
                 "--resolve", "localhost:\(originPort):\(ipv6 ? "[\(originAddress)]" : originAddress)",
-                "https://localhost:\(originPort)/hello",
-            ]), timeout: 30)
+            ] + extra + ["https://localhost:\(originPort)\(path)"]), timeout: 30)
         }
     }
 
     /// - Parameter proxyEnvironment: settings for the proxy, made from the test PKI.
+    /// - Parameter http2Origin: the origin speaks HTTP/2 (h2_origin.py) instead of HTTP/1.1 (origin.py).
     func setUp(
         ipv6: Bool = false,
         agentHosts: String? = nil,
+        http2Origin: Bool = false,
         proxyEnvironment: (TestPKI, NetworkLab) throws -> [String: String] = { _, _ in [:] }
     ) throws -> Setup {
         let lab = try NetworkLab()
@@ -95,10 +96,12 @@ final class NetworkLab {
         chown(state, 1337, 1337)
         extra["KAIZEN_STATE_DIR"] = state
         let ip = Paths.which("ip")
-        let origin = try ChildProcess(ip, lab.inNamespace(lab.internet, Paths.which("python3"), [
-            Paths.originScript, "--mode", "https", "--host", ipv6 ? lab.internetAddress6 : lab.internetAddress,
-            "--cert", pki.serverCertificate, "--key", pki.serverKey,
-        ]))
+        let originHost = ipv6 ? lab.internetAddress6 : lab.internetAddress
+        let origin = try ChildProcess(ip, lab.inNamespace(lab.internet, Paths.which("python3"), http2Origin
+            ? [Paths.endToEndDirectory.appendingPathComponent("h2_origin.py").path, "--host", originHost,
+               "--cert", pki.serverCertificate, "--key", pki.serverKey]
+            : [Paths.originScript, "--mode", "https", "--host", originHost, "--cert", pki.serverCertificate, "--key", pki.serverKey]
+        ))
         let originPort = try #require(Int(try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
 
         // The lab's "internet" is a private range: the guard must let the proxy reach it.
@@ -225,6 +228,25 @@ final class NetworkLab {
         #expect(line.contains("\"original_dst\":\"\(setup.lab.internetAddress):\(setup.originPort)\""))
         // "localhost" resolves to loopback here, not to the origin's address.
         #expect(line.contains("\"sni_mismatch\":true"), "\(line)")
+    }
+
+    @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
+    func transparentHTTP2IsInspectedStreamByStream() throws {
+        var caDirectory = ""
+        let setup = try setUp(http2Origin: true) { pki, _ in
+            caDirectory = try InspectionTests.makeCA(in: pki.directory)
+            chown(caDirectory, 1337, 1337)
+            chown(caDirectory + "/ca.key", 1337, 1337)
+            return [
+                "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+                "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+            ]
+        }
+        let curl = try setup.curl(trust: caDirectory + "/ca.pem", path: "/size/5", extra: ["--http2", "-w", " %{http_version}"])
+        #expect(curl.status == 0 && curl.stdout == "01234 2", "\(curl.stdout) \(curl.stderr)")
+        let line = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        #expect(line.contains("\"transport\":\"transparent\"") && line.contains("\"protocol\":\"h2\""), "\(line)")
+        #expect(line.contains("\"path\":\"/size/5\"") && line.contains("\"status\":200"), "\(line)")
     }
 
     @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
