@@ -4,30 +4,7 @@ import Testing
 /// HTTP/2 inside inspection: curl, nghttp and a Python `h2` client speak h2 through the MITM to an h2 origin
 /// (Python `h2`, h2_origin.py), stream by stream, and each stream is reported once like an HTTP/1.1 request.
 @Suite struct InspectionHTTP2Tests {
-    struct Setup {
-        let pki: TestPKI
-        let caDirectory: String
-        var inspectionCA: String { caDirectory + "/ca.pem" }
-        let origin: ChildProcess
-        let originPort: Int
-        let proxy: ChildProcess
-        let proxyPort: Int
-
-        var actions: [[String: Any]] {
-            proxy.stdoutLines.filter { $0.contains("\"action\"") }.compactMap { line in
-                guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                    let action = object["action"] as? [String: Any]
-                else { return nil }
-                return action["metadata"] as? [String: Any]
-            }
-        }
-
-        /// The actions once `count` have been printed (waiting up to 20 s).
-        func waitForActions(_ count: Int) throws -> [[String: Any]] {
-            _ = try proxy.waitForLines(count: count, timeout: 20) { $0.contains("\"action\"") }
-            return actions
-        }
-    }
+    typealias Setup = InspectionTests.Setup
 
     func setUp(extra: [String: String] = [:]) throws -> Setup {
         let pki = try TestPKI.mint()

@@ -79,6 +79,18 @@ final class NetworkLab {
     }
 
     /// - Parameter proxyEnvironment: settings for the proxy, made from the test PKI.
+    /// The proxy's settings for inspection: a new CA (its directory in `caDirectory`), the test PKI trusted upstream.
+    static func inspection(_ pki: TestPKI, caDirectory: inout String) throws -> [String: String] {
+        caDirectory = try InspectionTests.makeCA(in: pki.directory)
+        // The proxy runs as its own UID: the CA directory and key are its alone.
+        chown(caDirectory, 1337, 1337)
+        chown(caDirectory + "/ca.key", 1337, 1337)
+        return [
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ]
+    }
+
     /// - Parameter http2Origin: the origin speaks HTTP/2 (h2_origin.py) instead of HTTP/1.1 (origin.py).
     func setUp(
         ipv6: Bool = false,
@@ -209,16 +221,7 @@ final class NetworkLab {
     @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
     func withACATransparentConnectionsAreInspected() throws {
         var caDirectory = ""
-        let setup = try setUp { pki, _ in
-            caDirectory = try InspectionTests.makeCA(in: pki.directory)
-            // The proxy runs as its own UID: the CA directory and key are its alone.
-            chown(caDirectory, 1337, 1337)
-            chown(caDirectory + "/ca.key", 1337, 1337)
-            return [
-                "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
-                "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
-            ]
-        }
+        let setup = try setUp { pki, _ in try Self.inspection(pki, caDirectory: &caDirectory) }
         let curl = try setup.curl(trust: caDirectory + "/ca.pem")
         #expect(curl.status == 0 && curl.stdout == "hello from origin", "\(curl.stdout) \(curl.stderr)")
         let line = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
@@ -233,15 +236,7 @@ final class NetworkLab {
     @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
     func transparentHTTP2IsInspectedStreamByStream() throws {
         var caDirectory = ""
-        let setup = try setUp(http2Origin: true) { pki, _ in
-            caDirectory = try InspectionTests.makeCA(in: pki.directory)
-            chown(caDirectory, 1337, 1337)
-            chown(caDirectory + "/ca.key", 1337, 1337)
-            return [
-                "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
-                "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
-            ]
-        }
+        let setup = try setUp(http2Origin: true) { pki, _ in try Self.inspection(pki, caDirectory: &caDirectory) }
         let curl = try setup.curl(trust: caDirectory + "/ca.pem", path: "/size/5", extra: ["--http2", "-w", " %{http_version}"])
         #expect(curl.status == 0 && curl.stdout == "01234 2", "\(curl.stdout) \(curl.stderr)")
         let line = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }

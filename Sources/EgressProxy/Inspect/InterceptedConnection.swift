@@ -199,6 +199,21 @@ final class InterceptedConnection {
         metadata.intercepted = true
     }
 
+    /// The events every handler above the client's or the upstream's TLS acts on alike, whichever protocol it
+    /// speaks: the proxy stopping (client side) and a half-close (either side closes).
+    func lifecycleEvent(_ event: Any, clientSide: Bool, context: ChannelHandlerContext) {
+        switch event {
+        case is ProxyShutdownEvent where clientSide:
+            shutdown()
+        case is ChannelShouldQuiesceEvent where clientSide:
+            quiesce()
+        case ChannelEvent.inputClosed:
+            context.close(promise: nil)
+        default:
+            break
+        }
+    }
+
     /// Something happened on the connection (idle time is counted from the last of these).
     func touch() { lastActivity = .now() }
 

@@ -43,12 +43,8 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
             connection.clientHandshakeCompleted()
-        } else if event is ProxyShutdownEvent {
-            connection.shutdown()
-        } else if event is ChannelShouldQuiesceEvent {
-            connection.quiesce()
-        } else if case ChannelEvent.inputClosed = event {
-            context.close(promise: nil)
+        } else {
+            connection.lifecycleEvent(event, clientSide: true, context: context)
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -191,9 +187,7 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case ChannelEvent.inputClosed = event {
-            context.close(promise: nil)
-        }
+        connection.lifecycleEvent(event, clientSide: false, context: context)
         context.fireUserInboundEventTriggered(event)
     }
 

@@ -20,18 +20,11 @@ final class InterceptedHandshakeHandler: ChannelInboundHandler, RemovableChannel
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        switch (side, event) {
-        case (.upstream, TLSUserEvent.handshakeCompleted(let negotiated)):
-            // Installs the HTTP handlers after this one and removes it; the event goes on to them.
+        if side == .upstream, case TLSUserEvent.handshakeCompleted(let negotiated) = event {
+            // Installs the HTTP handlers after this one and removes it.
             connection.upstreamHandshakeCompleted(negotiated: negotiated)
-        case (.client, is ProxyShutdownEvent):
-            connection.shutdown()
-        case (.client, is ChannelShouldQuiesceEvent):
-            connection.quiesce()
-        case (_, ChannelEvent.inputClosed):
-            context.close(promise: nil)
-        default:
-            break
+        } else {
+            connection.lifecycleEvent(event, clientSide: side == .client, context: context)
         }
         context.fireUserInboundEventTriggered(event)
     }

@@ -334,17 +334,10 @@ final class InterceptedHTTP2ParentHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        switch (side, event) {
-        case (.client, TLSUserEvent.handshakeCompleted):
+        if side == .client, case TLSUserEvent.handshakeCompleted = event {
             connection.clientHandshakeCompleted()
-        case (.client, is ProxyShutdownEvent):
-            connection.shutdown()
-        case (.client, is ChannelShouldQuiesceEvent):
-            connection.quiesce()
-        case (_, ChannelEvent.inputClosed):
-            context.close(promise: nil)
-        default:
-            break
+        } else {
+            connection.lifecycleEvent(event, clientSide: side == .client, context: context)
         }
         context.fireUserInboundEventTriggered(event)
     }
