@@ -25,7 +25,7 @@ final class InterceptedHTTP2 {
     private var openStreams: Int { streams.count }
     /// The highest stream the client opened: what a GOAWAY toward it says was processed.
     private var lastClientStream = HTTP2StreamID.rootStream
-    /// The GOAWAY sent to the client, once one was: its code and last stream ID.
+    /// The code of the GOAWAY sent to the client, once one was.
     private var goAwayToClientCode: HTTP2ErrorCode?
     private var sentGoAwayToUpstream = false
     /// The upstream's GOAWAY: it takes no new streams, and those above its last stream ID were not processed.
@@ -45,6 +45,7 @@ final class InterceptedHTTP2 {
 
     /// Adds the HTTP/2 handlers above both sides' TLS (after their handshake handlers).
     func install(client: any Channel, upstream: any Channel) throws {
+        guard let connection else { throw ChannelError.ioOnClosedChannel }
         var settings: HTTP2Settings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: limits.maxConcurrentStreams),
             HTTP2Setting(parameter: .maxHeaderListSize, value: limits.maxHeaderListSize),
@@ -64,7 +65,7 @@ final class InterceptedHTTP2 {
         ) { streamChannel in
             loopBound.value.acceptClientStream(streamChannel)
         }
-        let clientParent = InterceptedHTTP2ParentHandler(side: .client, http2: self, connection: connection!)
+        let clientParent = InterceptedHTTP2ParentHandler(side: .client, http2: self, connection: connection)
         self.clientParent = clientParent
         try InterceptedConnection.addAfterHandshakeHandler(client, [clientHandler, clientParent])
 
@@ -79,7 +80,7 @@ final class InterceptedHTTP2 {
             pushed.close(promise: nil)
             return pushed.eventLoop.makeSucceededVoidFuture()
         }
-        let upstreamParent = InterceptedHTTP2ParentHandler(side: .upstream, http2: self, connection: connection!)
+        let upstreamParent = InterceptedHTTP2ParentHandler(side: .upstream, http2: self, connection: connection)
         self.upstreamParent = upstreamParent
         try InterceptedConnection.addAfterHandshakeHandler(upstream, [upstreamHandler, upstreamParent])
         upstreamMultiplexer = try upstreamHandler.syncMultiplexer()
