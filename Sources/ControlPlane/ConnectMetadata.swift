@@ -61,6 +61,9 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
     /// The HTTP version an intercepted connection speaks on both sides (the protocol the upstream chose by
     /// ALPN, the client being answered with the same): `h2` or `http/1.1`.
     public var negotiatedProtocol: String?
+    /// The host a request named (an absolute-form URI's authority, its Host, an HTTP/2 `:authority`) when that is
+    /// not the connection's `host`: a request inside one tunnel may ask for another destination.
+    public var requestHost: String?
     /// The protocol a request switched to (`websocket`): an HTTP/1.1 `Upgrade` answered with 101, or an HTTP/2
     /// extended CONNECT's `:protocol` (RFC 8441). What flows after the switch is relayed, not reported.
     public var upgrade: String?
@@ -111,6 +114,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         case intercepted, inspection, method, path
         case negotiatedProtocol = "protocol"
         case upgrade
+        case requestHost = "request_host"
         case requestBodyBytes = "request_body_bytes"
         case responseBodyBytes = "response_body_bytes"
         case connectionID = "connection_id"
@@ -146,6 +150,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         if let path { json.field(CodingKeys.path.rawValue, path) }
         if let negotiatedProtocol { json.field(CodingKeys.negotiatedProtocol.rawValue, negotiatedProtocol) }
         if let upgrade { json.field(CodingKeys.upgrade.rawValue, upgrade) }
+        if let requestHost { json.field(CodingKeys.requestHost.rawValue, requestHost) }
         if let requestBodyBytes { json.field(CodingKeys.requestBodyBytes.rawValue, requestBodyBytes) }
         if let responseBodyBytes { json.field(CodingKeys.responseBodyBytes.rawValue, responseBodyBytes) }
         if let connectionID { json.field(CodingKeys.connectionID.rawValue, connectionID.description) }

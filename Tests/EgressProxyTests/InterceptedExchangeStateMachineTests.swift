@@ -116,4 +116,20 @@ import Testing
         #expect(machine.connectionClosed() == nil)
         #expect(machine.requestHead(request()) == .close)
     }
+
+    @Test func theHostARequestNamesIsItsAbsoluteFormAuthorityElseItsHost() {
+        #expect(Machine.requestedHost(request(.GET, "https://user@Other.Test:8443/x?y", ["Host": "a.test"])) == "other.test")
+        #expect(Machine.requestedHost(request(.GET, "/x", ["Host": "a.test:443"])) == "a.test")
+        #expect(Machine.requestedHost(request(.GET, "/x", ["Host": "[::1]:8443"])) == "::1")
+        #expect(Machine.requestedHost(request(.GET, "/x")) == nil)
+        var machine = Machine(reportQuery: false)
+        _ = machine.requestHead(request(.GET, "/x", ["Host": "b.test"]))
+        #expect(machine.current?.requestHost == "b.test")
+    }
+
+    @Test func namesToJudgeAreTheRequestsThenTheSNIEachOnce() {
+        #expect(InterceptedConnection.namesToJudge(requestHosts: ["a.test", nil, "a.test"], sni: "S.test", connectHost: "c.test")
+            == ["a.test", "s.test"])
+        #expect(InterceptedConnection.namesToJudge(requestHosts: [nil, nil], sni: nil, connectHost: "c.test") == ["c.test"])
+    }
 }

@@ -71,6 +71,7 @@ import Testing
         let get = try #require(actions.first { $0["path"] as? String == "/size/20" })
         #expect(get["method"] as? String == "GET" && get["status"] as? Int == 200 && get["protocol"] as? String == "h2")
         #expect(get["response_body_bytes"] as? Int == 20 && get["intercepted"] as? Bool == true)
+        #expect(get["request_host"] == nil, "its :authority is the tunnel's host")
         let post = try #require(actions.first { $0["path"] as? String == "/echo" }, "the query is not reported: \(actions)")
         #expect(post["method"] as? String == "POST" && post["request_body_bytes"] as? Int == 11 && post["response_body_bytes"] as? Int == 11)
         // Both streams belong to one connection, reported by its first action's event id.
@@ -201,6 +202,9 @@ import Testing
         let actions = try setup.waitForActions(2)
         #expect(actions.compactMap { $0["status"] as? Int }.sorted() == [200, 403], "\(actions)")
         #expect(actions.first { $0["status"] as? Int == 403 }?["policy"] as? String == "no-blocked")
+        // The blocked request named another host than the tunnel's: the action says which.
+        #expect(actions.first { $0["status"] as? Int == 403 }?["request_host"] as? String == "blocked.test")
+        #expect(actions.first { $0["status"] as? Int == 200 }?["request_host"] == nil)
         #expect(setup.proxy.stderrEventually("requests=2 blocked_requests=1"), "\(setup.proxy.stderr)")
     }
 

@@ -141,6 +141,7 @@ import Testing
         #expect(proxy.stderrEventually("mode=inspected decision=allow outcome=connected requests=1 blocked_requests=1"), "\(proxy.stderr)")
         #expect(Self.metadata(innerAction)["method"] as? String == "GET")
         #expect(Self.metadata(innerAction)["intercepted"] as? Bool == true)
+        #expect(Self.metadata(innerAction)["request_host"] as? String == "blocked.test", "\(innerAction)")
 
         // Inside inspection, every name a request gives must pass: an absolute-form URI's authority, the SNI
         // (refused before the ClientHello goes anywhere); two Host headers are refused outright.

@@ -246,7 +246,9 @@ final class InterceptedConnection {
             }
             // The host the request names (an absolute-form URI's, else Host), and the SNI: each must pass.
             if reporting.policy != nil {
-                let verdict = judge(Self.namedHosts(head, sni: metadata.sni, connectHost: metadata.host))
+                let verdict = judge(Self.namesToJudge(
+                    requestHosts: [InterceptedExchangeStateMachine.absoluteFormHost(head.uri), Destination.hostWithoutPort(head.headers.first(name: "host"))],
+                    sni: metadata.sni, connectHost: metadata.host))
                 requestPolicy = (verdict.policy, verdict.wouldBlock)
                 if let refusal = verdict.refusal {
                     refuse(byPolicy: refusal)
@@ -374,24 +376,20 @@ final class InterceptedConnection {
         return (judged.policy, judged.wouldBlock, refusal)
     }
 
-    /// The connection's SNI and CONNECT host, for judging what a request names.
-    var requestNames: (sni: String?, connectHost: String) { (metadata.sni, metadata.host) }
+    /// The names a request asks for (`requestHosts`: for HTTP/1.1 an absolute-form URI's authority and the Host,
+    /// for HTTP/2 the `:authority` and the Host), judged on this connection, with its SNI.
+    func namesToJudge(requestHosts: [String?]) -> [String] {
+        Self.namesToJudge(requestHosts: requestHosts, sni: metadata.sni, connectHost: metadata.host)
+    }
     var reportQuery: Bool { inspection.reportQuery }
     var logger: Logger { reporting.logger }
     var reportedTarget: String { target }
 
-    /// The names a request inside an inspected connection asks for, each judged by the policy: the authority of
-    /// an absolute-form URI (an origin routes by it, RFC 9112 §3.2.2), the Host header, the SNI (a front end may
-    /// route by it); the CONNECT host when there is none of these.
-    static func namedHosts(_ head: HTTPRequestHead, sni: String?, connectHost: String) -> [String] {
-        var hosts: [String] = []
-        if let schemeEnd = head.uri.range(of: "://"), head.uri.first != "/" {
-            let rest = head.uri[schemeEnd.upperBound...]
-            let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
-            let hostPart = authority.split(separator: "@").last.map(String.init) ?? ""
-            if let host = Destination.hostWithoutPort(hostPart) { hosts.append(host) }
-        }
-        if let host = Destination.hostWithoutPort(head.headers.first(name: "host")) { hosts.append(host) }
+    /// The names a request inside an inspected connection asks for, each judged by the policy: those the request
+    /// gives (an absolute-form URI's authority, by which an origin routes, RFC 9112 §3.2.2; the Host header), the
+    /// SNI (a front end may route by it); the CONNECT host when there is none of these. Each once.
+    static func namesToJudge(requestHosts: [String?], sni: String?, connectHost: String) -> [String] {
+        var hosts = requestHosts.compactMap { $0 }
         if let sni { hosts.append(sni.lowercased()) }
         if hosts.isEmpty { hosts.append(connectHost) }
         var seen = Set<String>()
@@ -578,6 +576,9 @@ final class InterceptedConnection {
         request.policy = requestPolicy.policy
         request.wouldBlock = requestPolicy.wouldBlock
         request.upgrade = exchange.upgraded ? exchange.upgrade.map(Reporting.printable) : nil
+        if let host = exchange.requestHost, host.lowercased() != metadata.host.lowercased() {
+            request.requestHost = Reporting.printable(host)
+        }
         reportedExchanges += 1
         reporting.action(target: target, metadata: request)
     }

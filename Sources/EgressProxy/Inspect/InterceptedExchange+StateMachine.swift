@@ -1,3 +1,4 @@
+import Foundation
 import NIOHTTP1
 
 /// The HTTP/1.1 exchanges inside one intercepted connection: one request at a time (the next is read only
@@ -18,6 +19,9 @@ package struct InterceptedExchangeStateMachine {
         var upgraded = false
         /// The protocol the request asked to switch to (its `Upgrade` header, or an HTTP/2 `:protocol`).
         var upgrade: String?
+        /// The host the request named: an absolute-form URI's authority, else its Host (HTTP/2: `:authority`,
+        /// else Host), without a port.
+        var requestHost: String?
     }
 
     enum Action: Equatable {
@@ -60,6 +64,7 @@ package struct InterceptedExchangeStateMachine {
         var exchange = Exchange(method: head.method.rawValue, path: Self.reportedPath(head.uri, keepQuery: reportQuery))
         exchange.closeAfter = !head.isKeepAlive
         exchange.upgrade = head.headers.first(name: "upgrade")?.lowercased()
+        exchange.requestHost = Self.requestedHost(head)
         current = exchange
         return .forward
     }
@@ -153,6 +158,19 @@ package struct InterceptedExchangeStateMachine {
             return "a fragment in the request target"
         }
         return nil
+    }
+
+    /// The host a request names: an absolute-form URI's authority (an origin routes by it, RFC 9112 §3.2.2), else
+    /// its Host header; without a port. Nil when it names none.
+    static func requestedHost(_ head: HTTPRequestHead) -> String? {
+        absoluteFormHost(head.uri) ?? Destination.hostWithoutPort(head.headers.first(name: "host"))
+    }
+
+    /// The host of an absolute-form request target (`https://host:port/path`), without a port.
+    static func absoluteFormHost(_ uri: String) -> String? {
+        guard let schemeEnd = uri.range(of: "://"), uri.first != "/" else { return nil }
+        let authority = uri[schemeEnd.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        return Destination.hostWithoutPort(authority.split(separator: "@").last.map(String.init) ?? "")
     }
 
     /// The path as reported: the request target without its query (unless kept) and fragment.

@@ -32,11 +32,14 @@ struct InterceptedStreamStateMachine {
     var isReported: Bool { reported }
 
     /// The request's HEADERS (`:method`, `:path`, `:protocol` as sent), or its trailers when it has begun.
-    mutating func requestHeaders(method: String?, path: String?, extendedProtocol: String?, endStream: Bool) -> Action {
+    mutating func requestHeaders(
+        method: String?, path: String?, extendedProtocol: String?, host: String? = nil, endStream: Bool
+    ) -> Action {
         if exchange == nil {
             var opened = Exchange(
                 method: method ?? "",
                 path: path.map { InterceptedExchangeStateMachine.reportedPath($0, keepQuery: reportQuery) } ?? "")
+            opened.requestHost = host
             if let extendedProtocol {
                 tunnel = true
                 opened.upgrade = extendedProtocol.lowercased()

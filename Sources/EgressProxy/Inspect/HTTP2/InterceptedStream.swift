@@ -132,19 +132,12 @@ final class InterceptedStream {
         let fields = headers.headers
         let method = fields.first(name: ":method")
         let extendedProtocol = fields.first(name: ":protocol")
+        let requestHosts = [fields.first(name: ":authority"), fields.first(name: "host")].map(Destination.hostWithoutPort)
         let action = machine.requestHeaders(
             method: method, path: fields.first(name: ":path"), extendedProtocol: extendedProtocol,
-            endStream: headers.endStream)
+            host: requestHosts.compactMap { $0 }.first, endStream: headers.endStream)
         if let id = client?.streamID { http2.clientStreamOpened(id) }
-        let names = connection.requestNames
-        var hosts: [String] = []
-        for value in [fields.first(name: ":authority"), fields.first(name: "host")] {
-            if let host = Destination.hostWithoutPort(value) { hosts.append(host) }
-        }
-        if let sni = names.sni { hosts.append(sni.lowercased()) }
-        if hosts.isEmpty { hosts.append(names.connectHost) }
-        var seen = Set<String>()
-        let verdict = connection.judge(hosts.filter { seen.insert($0).inserted })
+        let verdict = connection.judge(connection.namesToJudge(requestHosts: requestHosts))
         policy = (verdict.policy, verdict.wouldBlock)
         if let refusal = verdict.refusal {
             refuse(byPolicy: refusal)
