@@ -52,7 +52,8 @@ public struct AuditReport: Sendable, Codable, Hashable {
         public var inspected: Bool
         /// The agent's first connection to it ever fell in the period.
         public var new: Bool
-        /// Inspected destinations only: method and path (query removed unless the proxy was set to keep it).
+        /// Inspected destinations only: method and path (query removed unless the proxy was set to keep it); a
+        /// request that named another host than the destination's has `https://host/path` as its path.
         public var requests: [RequestSummary]
         /// Distinct requests beyond the listed ones.
         public var requestsNotListed: Int
@@ -211,7 +212,8 @@ public struct AuditReportBuilder {
             totals.interceptionFailures[key]!.lastSeen = max(totals.interceptionFailures[key]!.lastSeen, at)
         }
         if let method = metadata.method {
-            let path = metadata.path ?? ""
+            // A request that named another host than its connection's is listed with it, as an absolute URL.
+            let path = metadata.requestHost.map { "https://\($0)\(metadata.path ?? "")" } ?? metadata.path ?? ""
             let key = method + " " + path
             if destination.requests[key] != nil {
                 destination.requests[key]!.count += 1

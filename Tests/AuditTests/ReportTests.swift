@@ -60,6 +60,7 @@ import Testing
             records.append(action("a", "llm.example:443", at: "2026-11-22T09:00:01.000Z") {
                 $0.intercepted = true; $0.method = path == "/v1/chat" ? "POST" : "GET"; $0.path = path
                 $0.connectionID = connection
+                if path == "/v1/models" { $0.requestHost = "other.example" }  // named another host
             }.0)
         }
         records.append(close("a", connection, "llm.example:443", at: "2026-11-22T09:00:02.000Z", out: 3000, back: 9000))
@@ -85,7 +86,9 @@ import Testing
         #expect(api.firstSeen == "2026-11-20T10:00:00.000Z" && api.lastSeen == "2026-11-20T11:00:00.000Z")
         let llm = try #require(a.destinations.first { $0.target == "llm.example:443" })
         #expect(llm.connections == 1 && llm.inspected && !llm.new)
-        #expect(llm.requests == [.init(method: "POST", path: "/v1/chat", count: 2), .init(method: "GET", path: "/v1/models", count: 1)])
+        #expect(llm.requests == [
+            .init(method: "POST", path: "/v1/chat", count: 2), .init(method: "GET", path: "https://other.example/v1/models", count: 1),
+        ])
         #expect(a.newDestinations == [.init(target: "api.example:443", at: "2026-11-20T10:00:00.000Z")])
         #expect(a.failures == [.init(target: "down.example:443", reason: "connection refused", count: 1, lastSeen: "2026-11-20T12:00:00.000Z")])
         #expect(a.interceptionFailures.map(\.reason) == ["upstream not trusted: certificate has expired"])
