@@ -28,13 +28,17 @@ public struct Destination: Sendable, Hashable, CustomStringConvertible {
     /// The host of a `Host` header value: `example.com:8443` → `example.com`, `[2001:db8::1]:443` →
     /// `2001:db8::1`, lowercased; nil for none or an empty one.
     static func hostWithoutPort(_ value: String?) -> String? {
-        guard var text = value?.trimmingCharacters(in: .whitespaces).lowercased(), !text.isEmpty else { return nil }
-        if text.hasPrefix("[") {
+        // Called for every inspected request: plain Substring work, no Foundation trimming.
+        guard let value else { return nil }
+        var text = Substring(value)
+        while let first = text.first, first == " " || first == "\t" { text = text.dropFirst() }
+        while let last = text.last, last == " " || last == "\t" { text = text.dropLast() }
+        if text.first == "[" {
             guard let close = text.firstIndex(of: "]") else { return nil }
-            text = String(text[text.index(after: text.startIndex)..<close])
+            text = text[text.index(after: text.startIndex)..<close]
         } else if let colon = text.lastIndex(of: ":"), text.firstIndex(of: ":") == colon {
-            text = String(text[..<colon])
+            text = text[..<colon]
         }
-        return text.isEmpty ? nil : text
+        return text.isEmpty ? nil : text.lowercased()
     }
 }

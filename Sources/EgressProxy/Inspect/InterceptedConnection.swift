@@ -576,7 +576,7 @@ final class InterceptedConnection {
         request.policy = requestPolicy.policy
         request.wouldBlock = requestPolicy.wouldBlock
         request.upgrade = exchange.upgraded ? exchange.upgrade.map(Reporting.printable) : nil
-        if let host = exchange.requestHost, host.lowercased() != metadata.host.lowercased() {
+        if let host = exchange.requestHost, host != metadata.host, host.lowercased() != metadata.host.lowercased() {
             request.requestHost = Reporting.printable(host)
         }
         reportedExchanges += 1

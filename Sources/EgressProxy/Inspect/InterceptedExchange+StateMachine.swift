@@ -168,7 +168,8 @@ package struct InterceptedExchangeStateMachine {
 
     /// The host of an absolute-form request target (`https://host:port/path`), without a port.
     static func absoluteFormHost(_ uri: String) -> String? {
-        guard let schemeEnd = uri.range(of: "://"), uri.first != "/" else { return nil }
+        // Origin-form ("/path") first: most requests, and no search through the target.
+        guard uri.first != "/", let schemeEnd = uri.range(of: "://") else { return nil }
         let authority = uri[schemeEnd.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         return Destination.hostWithoutPort(authority.split(separator: "@").last.map(String.init) ?? "")
     }
