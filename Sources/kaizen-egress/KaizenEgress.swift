@@ -93,6 +93,9 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Time to receive a request head; slower gets 408. (env KAIZEN_HEADER_TIMEOUT, default 10s)")
     var headerTimeout: String?
 
+    @Option(help: "Relay HTTP/2 inside inspection (on), or offer upstreams HTTP/1.1 only (off). (env KAIZEN_INSPECT_HTTP2, default on)")
+    var inspectHttp2: String?
+
     @Option(help: "Most concurrent streams on an inspected HTTP/2 connection; more are refused. (env KAIZEN_H2_MAX_STREAMS, default 100)")
     var h2MaxStreams: String?
 
@@ -188,7 +191,7 @@ struct RunOptions: ParsableArguments {
             (.baselineLearn, baselineLearn), (.baselineMax, baselineMax), (.allowClients, allowClients),
             (.proxyAuth, proxyAuth), (.allowPrivate, allowPrivate), (.connectPorts, connectPorts),
             (.maxRequestLine, maxRequestLine), (.maxHeaderBytes, maxHeaderBytes), (.maxHeaderFields, maxHeaderFields),
-            (.headerTimeout, headerTimeout), (.http2MaxStreams, h2MaxStreams), (.http2BufferBytes, h2BufferBytes),
+            (.headerTimeout, headerTimeout), (.inspectHTTP2, inspectHttp2), (.http2MaxStreams, h2MaxStreams), (.http2BufferBytes, h2BufferBytes),
             (.maxConnections, maxConnections),
             (.maxConnectionsPerClient, maxConnectionsPerClient), (.mode, mode), (.policyFail, policyFail),
             (.policyRefresh, policyRefresh), (.adminListen, adminListen), (.logFormat, logFormat),

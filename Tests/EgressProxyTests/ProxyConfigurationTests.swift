@@ -53,7 +53,7 @@ import Testing
         ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"), ("KAIZEN_MODE", "block"),
         ("KAIZEN_MODE", "enforce"), ("KAIZEN_POLICY_FAIL", "maybe"), ("KAIZEN_POLICY_REFRESH", "often"),
         ("KAIZEN_H2_MAX_STREAMS", "0"), ("KAIZEN_H2_MAX_STREAMS", "many"), ("KAIZEN_H2_BUFFER_BYTES", "1K"),
-        ("KAIZEN_H2_BUFFER_BYTES", "2G"),
+        ("KAIZEN_H2_BUFFER_BYTES", "2G"), ("KAIZEN_INSPECT_HTTP2", "maybe"),
     ])
     func badValueNamesTheVariable(_ variable: String, _ value: String) {
         var environment = local
@@ -75,6 +75,8 @@ import Testing
         #expect(defaults.http2Limits.bufferBytes == 64 << 20)
         #expect(defaults.http2Limits.streamWindow == (64 << 20) / 400)
         #expect(defaults.http2Limits.maxHeaderListSize == 64 * 1024)
+        #expect(defaults.inspectHTTP2)
+        #expect(try !ProxyConfiguration(environment: local.merging(["KAIZEN_INSPECT_HTTP2": "off"]) { $1 }).inspectHTTP2)
         var environment = local
         environment["KAIZEN_H2_MAX_STREAMS"] = "10"
         environment["KAIZEN_H2_BUFFER_BYTES"] = "4M"

@@ -54,6 +54,23 @@ import Testing
         #expect(seen.verified, "the minted leaf verifies: \(seen.output.suffix(800))")
     }
 
+    @Test func withHTTP2InspectionOffTheUpstreamIsOfferedHTTP1Only() throws {
+        let pki = try TestPKI.mint()
+        let ca = try InspectionTests.makeCA(in: pki.directory)
+        let (server, port) = try upstream(pki, alpn: "h2,http/1.1")
+        defer { withExtendedLifetime(server) {} }
+        let (proxy, proxyPort) = try InspectionTests.startProxy([
+            "KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": ca + "/ca.key", "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+            "KAIZEN_INSPECT_HTTP2": "off",
+        ])
+        defer { withExtendedLifetime(proxy) {} }
+        let both = try client(proxyPort: proxyPort, port: port, trust: ca + "/ca.pem", alpn: "h2,http/1.1")
+        #expect(both.alpn == "ALPN protocol: http/1.1" && both.verified, "\(both.output.suffix(1500))")
+        // Offering only h2, the client gets the upstream itself (its certificate, verified by the test PKI).
+        let h2Only = try client(proxyPort: proxyPort, port: port, trust: pki.caCertificate, alpn: "h2")
+        #expect(h2Only.alpn == "ALPN protocol: h2" && h2Only.verified, "\(h2Only.output.suffix(1500))")
+    }
+
     @Test func aClientOfferingOnlyWhatCannotBeRelayedPassesThroughUntouched() throws {
         let pki = try TestPKI.mint()
         let ca = try InspectionTests.makeCA(in: pki.directory)

@@ -43,6 +43,7 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let maxHeaderBytes = ConfigurationKey(variable: "KAIZEN_MAX_HEADER_BYTES", flag: "--max-header-bytes")
     public static let maxHeaderFields = ConfigurationKey(variable: "KAIZEN_MAX_HEADER_FIELDS", flag: "--max-header-fields")
     public static let headerTimeout = ConfigurationKey(variable: "KAIZEN_HEADER_TIMEOUT", flag: "--header-timeout")
+    public static let inspectHTTP2 = ConfigurationKey(variable: "KAIZEN_INSPECT_HTTP2", flag: "--inspect-http2")
     public static let http2MaxStreams = ConfigurationKey(variable: "KAIZEN_H2_MAX_STREAMS", flag: "--h2-max-streams")
     public static let http2BufferBytes = ConfigurationKey(variable: "KAIZEN_H2_BUFFER_BYTES", flag: "--h2-buffer-bytes")
     public static let maxConnections = ConfigurationKey(variable: "KAIZEN_MAX_CONNECTIONS", flag: "--max-connections")
@@ -67,7 +68,7 @@ public struct ConfigurationKey: Sendable, Hashable {
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
         .pinnedPassthrough, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
         .allowClients, .proxyAuth, .allowPrivate, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
-        .headerTimeout, .http2MaxStreams, .http2BufferBytes, .maxConnections, .maxConnectionsPerClient, .mode, .policyFail, .policyRefresh,
+        .headerTimeout, .inspectHTTP2, .http2MaxStreams, .http2BufferBytes, .maxConnections, .maxConnectionsPerClient, .mode, .policyFail, .policyRefresh,
         .adminListen, .logFormat,
     ]
 }

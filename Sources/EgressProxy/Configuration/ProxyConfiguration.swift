@@ -116,6 +116,8 @@ public struct ProxyConfiguration: Sendable {
     var requestHeadLimits: RequestHeadLimits
     /// Streams, header block size and buffered bytes of one inspected HTTP/2 connection.
     var http2Limits: HTTP2Limits
+    /// Whether inspection relays HTTP/2 (on by default); off, inspection offers upstreams HTTP/1.1 only.
+    public var inspectHTTP2: Bool
     /// Open client connections in all, and from one client address (0: no per-client limit).
     public var maxConnections: Int
     public var maxConnectionsPerClient: Int
@@ -472,6 +474,17 @@ public struct ProxyConfiguration: Sendable {
             )
         }
         self.http2Limits = http2
+        if let raw = value(.inspectHTTP2) {
+            guard let on = Self.parseBool(raw) else {
+                throw ConfigurationError(
+                    variable: ConfigurationKey.inspectHTTP2.variable,
+                    "KAIZEN_INSPECT_HTTP2=\(Self.quoted(raw)) is not a boolean: set \(ConfigurationKey.inspectHTTP2.spelled) to on (relay HTTP/2 inside inspection) or off (HTTP/1.1 only)"
+                )
+            }
+            self.inspectHTTP2 = on
+        } else {
+            self.inspectHTTP2 = true
+        }
         self.maxConnections = try Self.count(
             value(.maxConnections), key: .maxConnections, default: Self.defaultMaxConnections(), range: 1...10_000_000)
         self.maxConnectionsPerClient = try Self.count(

@@ -20,14 +20,15 @@ struct Inspection: Sendable {
     /// Streams, header block size and buffered bytes of an inspected HTTP/2 connection.
     let http2Limits: HTTP2Limits
 
-    /// The protocols inspection can relay: HTTP/2 and HTTP/1.1. The upstream is offered the client's own ALPN
-    /// list, less what cannot be relayed; the client is answered with the upstream's choice.
-    static let alpn = ["h2", "http/1.1"]
+    /// The protocols inspection relays: HTTP/2 and HTTP/1.1, or HTTP/1.1 alone with `KAIZEN_INSPECT_HTTP2=off`.
+    /// The upstream is offered the client's own ALPN list, less what is not relayed; the client is answered with
+    /// the upstream's choice.
+    let alpn: [String]
 
     /// What the upstream is offered for a client that offered `clientOffer`: its protocols that can be relayed,
     /// in its order; `[]` (no ALPN) when it offered none. Nil when it offered only protocols that cannot be relayed
     /// (the connection then passes through untouched).
-    static func upstreamOffer(forClientOffer clientOffer: [String]) -> [String]? {
+    func upstreamOffer(forClientOffer clientOffer: [String]) -> [String]? {
         guard !clientOffer.isEmpty else { return [] }
         let relayable = clientOffer.filter { alpn.contains($0) }
         return relayable.isEmpty ? nil : relayable
@@ -56,7 +57,7 @@ struct Inspection: Sendable {
         do {
             leafKey = try .generateP256()
             var upstream = OpenSSLContext.Configuration(role: .client)
-            upstream.alpn = alpn
+            upstream.alpn = configuration.inspectHTTP2 ? ["h2", "http/1.1"] : ["http/1.1"]
             upstream.additionalTrustFile = configuration.upstreamCAFile
             upstreamTLS = try OpenSSLContext(configuration: upstream)
             var client = OpenSSLContext.Configuration(role: .server)
@@ -94,7 +95,8 @@ struct Inspection: Sendable {
             upstreamTLS: upstreamTLS,
             clientTLS: clientTLS,
             reportQuery: configuration.reportQuery,
-            http2Limits: configuration.http2Limits
+            http2Limits: configuration.http2Limits,
+            alpn: configuration.inspectHTTP2 ? ["h2", "http/1.1"] : ["http/1.1"]
         )
     }
 

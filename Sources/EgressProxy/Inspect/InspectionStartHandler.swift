@@ -120,7 +120,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         switch decision {
         case .passthrough(let reason):
             passThrough(reason: reason, context: context)
-        case .inspect where Inspection.upstreamOffer(forClientOffer: hello.alpn) == nil:
+        case .inspect where inspection.upstreamOffer(forClientOffer: hello.alpn) == nil:
             // Inspection must not change the protocol the two sides speak: what it cannot relay passes through.
             passThrough(
                 reason: "the client offers only \(hello.alpn.joined(separator: ", ")) (ALPN), which inspection does not relay",
@@ -266,7 +266,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             // the client is answered with exactly what the upstream chose, or no ALPN when it chose none.
             let upstreamTLS = try OpenSSLTLSHandler(
                 context: inspection.upstreamTLS, serverName: upstreamName,
-                alpn: Inspection.upstreamOffer(forClientOffer: hello.alpn) ?? [])
+                alpn: inspection.upstreamOffer(forClientOffer: hello.alpn) ?? [])
             try upstreamPipeline.addHandler(upstreamTLS)
             handlers = NIOLoopBound(TLSPair(upstream: upstreamTLS), eventLoop: context.eventLoop)
             // The HTTP handlers come once the upstream has chosen the protocol (HTTP/1.1 or HTTP/2).
