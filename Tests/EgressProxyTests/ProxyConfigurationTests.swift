@@ -73,7 +73,7 @@ import Testing
         let defaults = try ProxyConfiguration(environment: local)
         #expect(defaults.http2Limits.maxConcurrentStreams == 100)
         #expect(defaults.http2Limits.bufferBytes == 64 << 20)
-        #expect(defaults.http2Limits.streamWindow == (64 << 20) / 400)
+        #expect(defaults.http2Limits.streamWindow == (64 << 20) / 800)
         #expect(defaults.http2Limits.maxHeaderListSize == 64 * 1024)
         #expect(defaults.inspectHTTP2)
         #expect(try !ProxyConfiguration(environment: local.merging(["KAIZEN_INSPECT_HTTP2": "off"]) { $1 }).inspectHTTP2)
@@ -82,7 +82,7 @@ import Testing
         environment["KAIZEN_H2_BUFFER_BYTES"] = "4M"
         environment["KAIZEN_MAX_HEADER_BYTES"] = "16K"
         let set = try ProxyConfiguration(environment: environment)
-        #expect(set.http2Limits.maxConcurrentStreams == 10 && set.http2Limits.streamWindow == 104_857)
+        #expect(set.http2Limits.maxConcurrentStreams == 10 && set.http2Limits.streamWindow == 52_428)
         #expect(set.http2Limits.maxHeaderListSize == 16 * 1024)
         // A buffer that leaves each stream less than a 16K window is refused, naming the variable and the fix.
         environment["KAIZEN_H2_MAX_STREAMS"] = "1000"
@@ -90,7 +90,7 @@ import Testing
             _ = try ProxyConfiguration(environment: environment)
         } throws: { error in
             let error = error as? ConfigurationError
-            return error?.variable == "KAIZEN_H2_BUFFER_BYTES" && error?.description.contains("at least 65536000") == true
+            return error?.variable == "KAIZEN_H2_BUFFER_BYTES" && error?.description.contains("at least 131072000") == true
         }
     }
 

@@ -230,8 +230,8 @@ import Testing
             "KAIZEN_H2_MAX_STREAMS": "10", "KAIZEN_H2_BUFFER_BYTES": "4M", "KAIZEN_MAX_HEADER_BYTES": "16K",
         ])
         let settings = try h2Client("settings", setup)
-        // MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE (4 MiB / (4 × 10)), MAX_HEADER_LIST_SIZE.
-        #expect(settings["3"] as? Int == 10 && settings["4"] as? Int == 104_857 && settings["6"] as? Int == 16_384, "\(settings)")
+        // MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE (4 MiB / (8 × 10)), MAX_HEADER_LIST_SIZE.
+        #expect(settings["3"] as? Int == 10 && settings["4"] as? Int == 52_428 && settings["6"] as? Int == 16_384, "\(settings)")
         // The upstream is told no server push.
         let upstreamSettings = try setup.origin.waitForLine(timeout: 10) { $0.hasPrefix("SETTINGS ") }
         #expect(upstreamSettings.contains(" 2=0") || upstreamSettings.hasPrefix("SETTINGS 2=0"), "\(upstreamSettings)")

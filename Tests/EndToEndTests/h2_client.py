@@ -122,6 +122,20 @@ def streams(client, arguments):
             elif isinstance(event, h2.events.StreamEnded):
                 ended.add(event.stream_id)
         client.flush()
+    if arguments.hold:
+        # Keep the connection (reading, acknowledging nothing stalled) for --hold seconds, for a memory reading.
+        print("HOLDING", flush=True)
+        hold_until = time.monotonic() + arguments.hold
+        while time.monotonic() < hold_until:
+            client.deadline = min(hold_until, time.monotonic() + 1)
+            try:
+                for event in client.pump():
+                    if isinstance(event, h2.events.DataReceived):
+                        received[event.stream_id] += len(event.data)
+                        client.conn.increment_flow_control_window(event.flow_controlled_length)
+                client.flush()
+            except (TimeoutError, socket.timeout):
+                pass
     completed = [s for s in ids if s in ended and s not in stalled and received[s] == arguments.size]
     return {
         "completed": len(completed),
@@ -339,6 +353,7 @@ def main():
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--stall", type=int, default=0)
     parser.add_argument("--stall-size", type=int, default=4_000_000)
+    parser.add_argument("--hold", type=float, default=0, help="streams: keep the connection this long afterwards")
     parser.add_argument("--timeout", type=float, default=30)
     parser.add_argument("--cut", action="store_true", help="websocket: then have the origin drop its connection")
     arguments = parser.parse_args()

@@ -467,7 +467,7 @@ public struct ProxyConfiguration: Sendable {
         http2.bufferBytes = try Self.count(
             value(.http2BufferBytes), key: .http2BufferBytes, default: 64 << 20, range: (256 << 10)...(1 << 30), sized: true)
         guard http2.streamWindow >= HTTP2Limits.minimumStreamWindow else {
-            let needed = 4 * http2.maxConcurrentStreams * HTTP2Limits.minimumStreamWindow
+            let needed = 8 * http2.maxConcurrentStreams * HTTP2Limits.minimumStreamWindow
             throw ConfigurationError(
                 variable: ConfigurationKey.http2BufferBytes.variable,
                 "KAIZEN_H2_BUFFER_BYTES=\(http2.bufferBytes) leaves each of KAIZEN_H2_MAX_STREAMS=\(http2.maxConcurrentStreams) streams less than a 16K window: set \(ConfigurationKey.http2BufferBytes.spelled) to at least \(needed) or lower KAIZEN_H2_MAX_STREAMS"
