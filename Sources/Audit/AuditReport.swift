@@ -213,7 +213,9 @@ public struct AuditReportBuilder {
         }
         if let method = metadata.method {
             // A request that named another host than its connection's is listed with it, as an absolute URL.
-            let path = metadata.requestHost.map { "https://\($0)\(metadata.path ?? "")" } ?? metadata.path ?? ""
+            let path = metadata.requestHost.map { host in
+                "https://\(host.contains(":") ? "[\(host)]" : host)\(metadata.path ?? "")"
+            } ?? metadata.path ?? ""
             let key = method + " " + path
             if destination.requests[key] != nil {
                 destination.requests[key]!.count += 1

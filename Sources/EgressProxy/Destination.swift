@@ -26,13 +26,15 @@ public struct Destination: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The host of a `Host` header value: `example.com:8443` → `example.com`, `[2001:db8::1]:443` →
-    /// `2001:db8::1`, lowercased; nil for none or an empty one.
+    /// `2001:db8::1`, lowercased, without surrounding whitespace or userinfo; nil for none or an empty one.
     static func hostWithoutPort(_ value: String?) -> String? {
         // Called for every inspected request: plain Substring work, no Foundation trimming.
         guard let value else { return nil }
         var text = Substring(value)
-        while let first = text.first, first == " " || first == "\t" { text = text.dropFirst() }
-        while let last = text.last, last == " " || last == "\t" { text = text.dropLast() }
+        while let first = text.first, first.isWhitespace { text = text.dropFirst() }
+        while let last = text.last, last.isWhitespace { text = text.dropLast() }
+        // Userinfo has no place in a Host or :authority (RFC 9113 §8.3.1); never kept, never reported.
+        if let at = text.lastIndex(of: "@") { text = text[text.index(after: at)...] }
         if text.first == "[" {
             guard let close = text.firstIndex(of: "]") else { return nil }
             text = text[text.index(after: text.startIndex)..<close]

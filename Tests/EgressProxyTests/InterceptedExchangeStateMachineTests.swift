@@ -117,19 +117,36 @@ import Testing
         #expect(machine.requestHead(request()) == .close)
     }
 
-    @Test func theHostARequestNamesIsItsAbsoluteFormAuthorityElseItsHost() {
-        #expect(Machine.requestedHost(request(.GET, "https://user@Other.Test:8443/x?y", ["Host": "a.test"])) == "other.test")
-        #expect(Machine.requestedHost(request(.GET, "/x", ["Host": "a.test:443"])) == "a.test")
-        #expect(Machine.requestedHost(request(.GET, "/x", ["Host": "[::1]:8443"])) == "::1")
-        #expect(Machine.requestedHost(request(.GET, "/x")) == nil)
+    @Test func theHostsARequestNamesAreItsAbsoluteFormAuthorityThenItsHost() {
+        #expect(Machine.requestedHosts(request(.GET, "https://user:pw@Other.Test:8443/x?y", ["Host": "a.test"])) == ["other.test", "a.test"])
+        #expect(Machine.requestedHosts(request(.GET, "/x", ["Host": "a.test:443"])) == ["a.test"])
+        #expect(Machine.requestedHosts(request(.GET, "/x", ["Host": "[::1]:8443"])) == ["::1"])
+        #expect(Machine.requestedHosts(request(.GET, "/x")) == [])
         var machine = Machine(reportQuery: false)
         _ = machine.requestHead(request(.GET, "/x", ["Host": "b.test"]))
-        #expect(machine.current?.requestHost == "b.test")
+        #expect(machine.current?.requestHosts == ["b.test"])
+    }
+
+    @Test(arguments: [
+        ("a.test", "a.test"), (" A.Test:443\t", "a.test"), ("a.test\u{a0}", "a.test"), ("[2001:DB8::1]:443", "2001:db8::1"),
+        ("2001:db8::1", "2001:db8::1"), ("user:secret@h.test:443", "h.test"), ("u@[::1]", "::1"), ("host:", "host"),
+        ("", nil), ("  ", nil), ("[::1", nil), (":443", nil),
+    ] as [(String, String?)])
+    func hostWithoutPortKeepsTheHostOnly(_ value: String, _ host: String?) {
+        #expect(Destination.hostWithoutPort(value) == host)
+    }
+
+    @Test func anAbsoluteFormTargetIsReportedAsItsPathWithoutCredentials() {
+        #expect(Machine.reportedPath("https://user:secret@blocked.test/x?q=1", keepQuery: false) == "/x")
+        #expect(Machine.reportedPath("https://user:secret@blocked.test/x?q=1", keepQuery: true) == "/x?q=1")
+        #expect(Machine.reportedPath("http://h.test", keepQuery: false) == "/")
+        #expect(Machine.reportedPath("http://h.test?a=b", keepQuery: true) == "/?a=b")
+        #expect(Machine.reportedPath("/plain?x", keepQuery: false) == "/plain")
     }
 
     @Test func namesToJudgeAreTheRequestsThenTheSNIEachOnce() {
-        #expect(InterceptedConnection.namesToJudge(requestHosts: ["a.test", nil, "a.test"], sni: "S.test", connectHost: "c.test")
+        #expect(InterceptedConnection.namesToJudge(requestHosts: ["a.test", "a.test"], sni: "S.test", connectHost: "c.test")
             == ["a.test", "s.test"])
-        #expect(InterceptedConnection.namesToJudge(requestHosts: [nil, nil], sni: nil, connectHost: "c.test") == ["c.test"])
+        #expect(InterceptedConnection.namesToJudge(requestHosts: [], sni: nil, connectHost: "c.test") == ["c.test"])
     }
 }

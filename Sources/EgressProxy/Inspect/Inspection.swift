@@ -51,13 +51,14 @@ struct Inspection: Sendable {
         } catch {
             throw ConfigurationError(variable: error.variable, error.message)
         }
+        let relayed = configuration.inspectHTTP2 ? ["h2", "http/1.1"] : ["http/1.1"]
         let leafKey: OpenSSLPrivateKey
         let upstreamTLS: OpenSSLContext
         let clientTLS: OpenSSLContext
         do {
             leafKey = try .generateP256()
             var upstream = OpenSSLContext.Configuration(role: .client)
-            upstream.alpn = configuration.inspectHTTP2 ? ["h2", "http/1.1"] : ["http/1.1"]
+            upstream.alpn = relayed
             upstream.additionalTrustFile = configuration.upstreamCAFile
             upstreamTLS = try OpenSSLContext(configuration: upstream)
             var client = OpenSSLContext.Configuration(role: .server)
@@ -96,7 +97,7 @@ struct Inspection: Sendable {
             clientTLS: clientTLS,
             reportQuery: configuration.reportQuery,
             http2Limits: configuration.http2Limits,
-            alpn: configuration.inspectHTTP2 ? ["h2", "http/1.1"] : ["http/1.1"]
+            alpn: relayed
         )
     }
 

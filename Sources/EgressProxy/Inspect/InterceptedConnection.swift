@@ -247,8 +247,8 @@ final class InterceptedConnection {
             // The host the request names (an absolute-form URI's, else Host), and the SNI: each must pass.
             if reporting.policy != nil {
                 let verdict = judge(Self.namesToJudge(
-                    requestHosts: [InterceptedExchangeStateMachine.absoluteFormHost(head.uri), Destination.hostWithoutPort(head.headers.first(name: "host"))],
-                    sni: metadata.sni, connectHost: metadata.host))
+                    requestHosts: InterceptedExchangeStateMachine.requestedHosts(head), sni: metadata.sni,
+                    connectHost: metadata.host))
                 requestPolicy = (verdict.policy, verdict.wouldBlock)
                 if let refusal = verdict.refusal {
                     refuse(byPolicy: refusal)
@@ -378,7 +378,7 @@ final class InterceptedConnection {
 
     /// The names a request asks for (`requestHosts`: for HTTP/1.1 an absolute-form URI's authority and the Host,
     /// for HTTP/2 the `:authority` and the Host), judged on this connection, with its SNI.
-    func namesToJudge(requestHosts: [String?]) -> [String] {
+    func namesToJudge(requestHosts: [String]) -> [String] {
         Self.namesToJudge(requestHosts: requestHosts, sni: metadata.sni, connectHost: metadata.host)
     }
     var reportQuery: Bool { inspection.reportQuery }
@@ -388,8 +388,8 @@ final class InterceptedConnection {
     /// The names a request inside an inspected connection asks for, each judged by the policy: those the request
     /// gives (an absolute-form URI's authority, by which an origin routes, RFC 9112 §3.2.2; the Host header), the
     /// SNI (a front end may route by it); the CONNECT host when there is none of these. Each once.
-    static func namesToJudge(requestHosts: [String?], sni: String?, connectHost: String) -> [String] {
-        var hosts = requestHosts.compactMap { $0 }
+    static func namesToJudge(requestHosts: [String], sni: String?, connectHost: String) -> [String] {
+        var hosts = requestHosts
         if let sni { hosts.append(sni.lowercased()) }
         if hosts.isEmpty { hosts.append(connectHost) }
         var seen = Set<String>()
@@ -576,8 +576,9 @@ final class InterceptedConnection {
         request.policy = requestPolicy.policy
         request.wouldBlock = requestPolicy.wouldBlock
         request.upgrade = exchange.upgraded ? exchange.upgrade.map(Reporting.printable) : nil
-        if let host = exchange.requestHost, host != metadata.host, host.lowercased() != metadata.host.lowercased() {
-            request.requestHost = Reporting.printable(host)
+        let connectionHost = metadata.host.lowercased()
+        if let other = exchange.requestHosts.first(where: { $0 != connectionHost }) {
+            request.requestHost = Reporting.printable(other)
         }
         reportedExchanges += 1
         reporting.action(target: target, metadata: request)

@@ -19,9 +19,9 @@ package struct InterceptedExchangeStateMachine {
         var upgraded = false
         /// The protocol the request asked to switch to (its `Upgrade` header, or an HTTP/2 `:protocol`).
         var upgrade: String?
-        /// The host the request named: an absolute-form URI's authority, else its Host (HTTP/2: `:authority`,
-        /// else Host), without a port.
-        var requestHost: String?
+        /// The hosts the request named, in order: an absolute-form URI's authority and its Host (HTTP/2:
+        /// `:authority` and the `host` fields), without ports. The first that is not the connection's is reported.
+        var requestHosts: [String] = []
     }
 
     enum Action: Equatable {
@@ -64,7 +64,7 @@ package struct InterceptedExchangeStateMachine {
         var exchange = Exchange(method: head.method.rawValue, path: Self.reportedPath(head.uri, keepQuery: reportQuery))
         exchange.closeAfter = !head.isKeepAlive
         exchange.upgrade = head.headers.first(name: "upgrade")?.lowercased()
-        exchange.requestHost = Self.requestedHost(head)
+        exchange.requestHosts = Self.requestedHosts(head)
         current = exchange
         return .forward
     }
@@ -160,10 +160,10 @@ package struct InterceptedExchangeStateMachine {
         return nil
     }
 
-    /// The host a request names: an absolute-form URI's authority (an origin routes by it, RFC 9112 §3.2.2), else
-    /// its Host header; without a port. Nil when it names none.
-    static func requestedHost(_ head: HTTPRequestHead) -> String? {
-        absoluteFormHost(head.uri) ?? Destination.hostWithoutPort(head.headers.first(name: "host"))
+    /// The hosts a request names: an absolute-form URI's authority (an origin routes by it, RFC 9112 §3.2.2), then
+    /// its Host header; without ports.
+    static func requestedHosts(_ head: HTTPRequestHead) -> [String] {
+        [absoluteFormHost(head.uri), Destination.hostWithoutPort(head.headers.first(name: "host"))].compactMap { $0 }
     }
 
     /// The host of an absolute-form request target (`https://host:port/path`), without a port.
@@ -177,6 +177,14 @@ package struct InterceptedExchangeStateMachine {
     /// The path as reported: the request target without its query (unless kept) and fragment.
     static func reportedPath(_ uri: String, keepQuery: Bool) -> String {
         var path = Substring(uri)
+        // Absolute form: the path only. The host is `request_host` when it is not the connection's; userinfo
+        // (`user:password@`) is never reported.
+        if path.first != "/", let schemeEnd = path.range(of: "://") {
+            let rest = path[schemeEnd.upperBound...]
+            let pathStart = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
+            path = rest[pathStart...]
+            if path.first != "/" { path = "/" + path }
+        }
         if let hash = path.firstIndex(of: "#") { path = path[..<hash] }
         if !keepQuery, let question = path.firstIndex(of: "?") { path = path[..<question] }
         return String(path)

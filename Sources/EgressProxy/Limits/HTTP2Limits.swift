@@ -3,7 +3,7 @@
 /// flow-control window), and the proxy reads a stream only while the other side can take what it reads. Per
 /// stream and direction that is a window waiting to be read and up to a window waiting to be written; the frames
 /// are slices of the buffers they were decrypted into, which they keep alive, so the memory they hold is up to
-/// about twice their bytes. Measured with every stream of a connection stalled (docs/performance.md): about 5.4 ×
+/// about twice their bytes. Measured with every stream of a connection stalled (docs/performance.md): about 5.9 ×
 /// streams × window. The window is `bufferBytes` / (8 × streams), so that worst case stays under `bufferBytes`.
 struct HTTP2Limits: Sendable, Hashable {
     /// SETTINGS_MAX_CONCURRENT_STREAMS toward the client; a client opening more breaks the protocol and gets

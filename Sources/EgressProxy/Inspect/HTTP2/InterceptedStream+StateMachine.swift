@@ -33,13 +33,13 @@ struct InterceptedStreamStateMachine {
 
     /// The request's HEADERS (`:method`, `:path`, `:protocol` as sent), or its trailers when it has begun.
     mutating func requestHeaders(
-        method: String?, path: String?, extendedProtocol: String?, host: String? = nil, endStream: Bool
+        method: String?, path: String?, extendedProtocol: String?, hosts: [String] = [], endStream: Bool
     ) -> Action {
         if exchange == nil {
             var opened = Exchange(
                 method: method ?? "",
                 path: path.map { InterceptedExchangeStateMachine.reportedPath($0, keepQuery: reportQuery) } ?? "")
-            opened.requestHost = host
+            opened.requestHosts = hosts
             if let extendedProtocol {
                 tunnel = true
                 opened.upgrade = extendedProtocol.lowercased()

@@ -132,10 +132,12 @@ final class InterceptedStream {
         let fields = headers.headers
         let method = fields.first(name: ":method")
         let extendedProtocol = fields.first(name: ":protocol")
-        let requestHosts = [fields.first(name: ":authority"), fields.first(name: "host")].map(Destination.hostWithoutPort)
+        // Every host field counts (HTTP/1.1 refuses a second Host; here each is judged).
+        let requestHosts = ([fields.first(name: ":authority")] + fields["host"].map { Optional($0) })
+            .compactMap(Destination.hostWithoutPort)
         let action = machine.requestHeaders(
             method: method, path: fields.first(name: ":path"), extendedProtocol: extendedProtocol,
-            host: requestHosts.compactMap { $0 }.first, endStream: headers.endStream)
+            hosts: requestHosts, endStream: headers.endStream)
         if let id = client?.streamID { http2.clientStreamOpened(id) }
         let verdict = connection.judge(connection.namesToJudge(requestHosts: requestHosts))
         policy = (verdict.policy, verdict.wouldBlock)
