@@ -156,6 +156,8 @@ public struct EgressApplication: Sendable {
         if configuration.inspectionCA != nil {
             settings.append(("inspect_hosts", configuration.inspectHosts.map { "\($0)" } ?? "all"))
             settings.append(("passthrough_hosts", configuration.passthroughHosts.map { "\($0)" } ?? "none"))
+            // Which protocols are decrypted: HTTP/2 streams are reported like HTTP/1.1 requests.
+            settings.append(("inspect_http2", configuration.inspectHTTP2 ? "on" : "off"))
         }
         return settings
     }

@@ -241,3 +241,18 @@ import Testing
         }
     }
 }
+
+@Suite struct AuditSettingsTests {
+    @Test func theStartRecordSaysWhatIsDecrypted() throws {
+        let plain = EgressApplication.auditSettings(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1"]))
+        #expect(plain.first { $0.0 == "mode" }?.1 == "destination-only")
+        #expect(!plain.contains { $0.0 == "inspect_http2" })
+        var environment = ["KAIZEN_LOCAL": "1", "KAIZEN_CA_CERT": "/nonexistent/ca.pem", "KAIZEN_CA_KEY": "/nonexistent/ca.key"]
+        let inspecting = EgressApplication.auditSettings(try ProxyConfiguration(environment: environment))
+        #expect(inspecting.first { $0.0 == "mode" }?.1 == "inspection")
+        #expect(inspecting.first { $0.0 == "inspect_http2" }?.1 == "on")
+        environment["KAIZEN_INSPECT_HTTP2"] = "off"
+        let http1Only = EgressApplication.auditSettings(try ProxyConfiguration(environment: environment))
+        #expect(http1Only.first { $0.0 == "inspect_http2" }?.1 == "off")
+    }
+}
