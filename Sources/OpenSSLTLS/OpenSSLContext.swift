@@ -181,24 +181,16 @@ private func alpnAnswerPerConnection(
     _ argument: UnsafeMutableRawPointer?
 ) -> Int32 {
     guard let ssl, let out, let outLength, let clientList,
-        let answer = SSL_get_ex_data(ssl, 0)?.assumingMemoryBound(to: UInt8.self)
+        let answer = SSL_get_ex_data(ssl, 0)?.assumingMemoryBound(to: UInt8.self), answer[0] > 0
     else { return SSL_TLSEXT_ERR_NOACK }
-    let length = Int(answer[0])
-    guard length > 0 else { return SSL_TLSEXT_ERR_NOACK }
-    // Walk the client's list (length-prefixed names) for exactly this protocol.
-    var offset = 0
-    while offset < Int(clientLength) {
-        let nameLength = Int(clientList[offset])
-        if nameLength == length, offset + 1 + nameLength <= Int(clientLength),
-            memcmp(clientList + offset + 1, answer + 1, length) == 0
-        {
-            out.pointee = clientList + offset + 1
-            outLength.pointee = UInt8(length)
-            return SSL_TLSEXT_ERR_OK
-        }
-        offset += 1 + nameLength
-    }
-    return SSL_TLSEXT_ERR_NOACK
+    // OpenSSL's own list matching, with the answer as a one-protocol server list (length-prefixed).
+    var selected: UnsafeMutablePointer<UInt8>? = nil
+    var selectedLength: UInt8 = 0
+    let result = SSL_select_next_proto(&selected, &selectedLength, answer, UInt32(answer[0]) + 1, clientList, clientLength)
+    guard result == OPENSSL_NPN_NEGOTIATED, let selected else { return SSL_TLSEXT_ERR_NOACK }
+    out.pointee = UnsafePointer(selected)
+    outLength.pointee = selectedLength
+    return SSL_TLSEXT_ERR_OK
 }
 
 /// The server's ALPN choice: its first protocol the client also offered; none (no ALPN) when they share none.

@@ -231,17 +231,7 @@ public struct ProxyConfiguration: Sendable {
         try Self.checkAPIURL(apiURL)
         self.apiURL = apiURL.hasSuffix("/") ? String(apiURL.dropLast()) : apiURL
 
-        if let raw = value(.local) {
-            guard let local = Self.parseBool(raw) else {
-                throw ConfigurationError(
-                    variable: ConfigurationKey.local.variable,
-                    "KAIZEN_LOCAL=\(Self.quoted(raw)) is not a boolean: set it to 1 (local mode) or 0, or pass --local"
-                )
-            }
-            self.local = local
-        } else {
-            self.local = false
-        }
+        self.local = try Self.boolean(value(.local), key: .local, default: false, meaning: "1 (local mode) or 0")
 
         self.auditLogPath = value(.auditLog)
         self.connectTimeout = try Self.duration(value(.connectTimeout), key: .connectTimeout, default: .seconds(10))
@@ -335,17 +325,8 @@ public struct ProxyConfiguration: Sendable {
         } else {
             self.upstreamCAFile = nil
         }
-        if let raw = value(.reportQuery) {
-            guard let report = Self.parseBool(raw) else {
-                throw ConfigurationError(
-                    variable: ConfigurationKey.reportQuery.variable,
-                    "KAIZEN_REPORT_QUERY=\(Self.quoted(raw)) is not a boolean: set it to 1 to report query strings, or 0"
-                )
-            }
-            self.reportQuery = report
-        } else {
-            self.reportQuery = false
-        }
+        self.reportQuery = try Self.boolean(
+            value(.reportQuery), key: .reportQuery, default: false, meaning: "1 (report query strings) or 0")
         self.pinnedPassthrough = try Self.duration(value(.pinnedPassthrough), key: .pinnedPassthrough, default: .hours(1))
 
         if let raw = value(.transparentPort) {
@@ -474,17 +455,9 @@ public struct ProxyConfiguration: Sendable {
             )
         }
         self.http2Limits = http2
-        if let raw = value(.inspectHTTP2) {
-            guard let on = Self.parseBool(raw) else {
-                throw ConfigurationError(
-                    variable: ConfigurationKey.inspectHTTP2.variable,
-                    "KAIZEN_INSPECT_HTTP2=\(Self.quoted(raw)) is not a boolean: set \(ConfigurationKey.inspectHTTP2.spelled) to on (relay HTTP/2 inside inspection) or off (HTTP/1.1 only)"
-                )
-            }
-            self.inspectHTTP2 = on
-        } else {
-            self.inspectHTTP2 = true
-        }
+        self.inspectHTTP2 = try Self.boolean(
+            value(.inspectHTTP2), key: .inspectHTTP2, default: true,
+            meaning: "on (relay HTTP/2 inside inspection) or off (HTTP/1.1 only)")
         self.maxConnections = try Self.count(
             value(.maxConnections), key: .maxConnections, default: Self.defaultMaxConnections(), range: 1...10_000_000)
         self.maxConnectionsPerClient = try Self.count(
@@ -581,6 +554,19 @@ public struct ProxyConfiguration: Sendable {
         }
         guard let port = Int(portText), (0...65535).contains(port), !host.isEmpty else { return nil }
         return (host, port)
+    }
+
+    /// A boolean setting (`1 true yes on`, `0 false no off`), `defaultValue` when unset; `meaning` says what the
+    /// two values do, for the error.
+    private static func boolean(
+        _ raw: String?, key: ConfigurationKey, default defaultValue: Bool, meaning: String
+    ) throws(ConfigurationError) -> Bool {
+        guard let raw else { return defaultValue }
+        guard let value = parseBool(raw) else {
+            throw ConfigurationError(
+                variable: key.variable, "\(key.variable)=\(quoted(raw)) is not a boolean: set \(key.spelled) to \(meaning)")
+        }
+        return value
     }
 
     /// A whole number in `range` (with `sized`, also `8K`, `1M`).

@@ -16,14 +16,12 @@ final class InterceptedStream {
     private(set) var upstream: InterceptedStreamHalf?
     /// Frames read from the client before the upstream stream was ready (its HEADERS, perhaps some DATA).
     private var pending: [HTTP2Frame.FramePayload] = []
-    private var upstreamRequested = false
     /// The client's request was answered by the proxy (refused): nothing goes upstream.
     private var answered = false
     private var startedAt: String?
     private var policy: (policy: String?, wouldBlock: Bool?) = (nil, nil)
     private var clientOpen = true
     private var upstreamOpen = false
-    private var finished = false
 
     init(http2: InterceptedHTTP2, connection: InterceptedConnection) {
         self.http2 = http2
@@ -153,7 +151,6 @@ final class InterceptedStream {
             return
         }
         forward(.headers(headers), action: action, to: .upstream)
-        upstreamRequested = true
         http2.openUpstream(for: self)
     }
 
@@ -280,15 +277,13 @@ final class InterceptedStream {
 
     /// Reports the exchange once, with `error` when it did not complete.
     private func finish(error: String) {
-        guard !finished else { return }
+        // The machine reports once: nil when it was reported already.
         if let (exchange, why) = machine.ended(error) {
-            finished = true
             connection.report(exchange, startedAt: startedAt, policy: policy, error: why)
         }
     }
 
     private func report(_ exchange: InterceptedStreamStateMachine.Exchange, error: String?) {
-        finished = true
         connection.report(exchange, startedAt: startedAt, policy: policy, error: error)
     }
 }
