@@ -119,7 +119,7 @@ import Testing
         try canary.write(toFile: keyFile, atomically: true, encoding: .utf8)
         let audit = directory + "/audit.jsonl"
         // The control plane is a closed loopback port: the reporter retries and spools, and must not leak.
-        let controlPlane = try FreePort.closed()
+        let controlPlane = try FreePort.refusing()
         let proxy = try ChildProcess(
             Paths.proxyBinary,
             [
@@ -129,7 +129,7 @@ import Testing
             environment: environment([:])
         )
         let port = try proxy.listeningPort()
-        let closed = try FreePort.closed()
+        let closed = try FreePort.refusing()
         _ = try runCommand(Paths.which("curl"), [
             "-s", "--max-time", "20", "-x", "http://127.0.0.1:\(port)", "-U", "agent:\(canary)",
             "http://127.0.0.1:\(closed)/",

@@ -61,7 +61,7 @@ import Testing
         let (http, httpPort) = try ChildProcess.origin(mode: "http")
         let (echo, echoPort) = try ChildProcess.origin(mode: "echo")
         defer { withExtendedLifetime((http, echo)) {} }
-        let closed = try FreePort.closed()
+        let closed = try FreePort.refusing()
         let curl = Paths.which("curl")
         let python = Paths.which("python3")
         let body = directory + "/body"

@@ -90,7 +90,7 @@ import Testing
     }
 
     @Test func refusedUpstreamIs502WithAReasonAndIsReported() async throws {
-        let closedPort = try FreePort.closed()
+        let closedPort = try FreePort.refusing()
         let (proxy, sink) = try await ProxyHarness.start()
         let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
         try socket.send("CONNECT 127.0.0.1:\(closedPort) HTTP/1.1\r\nHost: 127.0.0.1:\(closedPort)\r\n\r\n")

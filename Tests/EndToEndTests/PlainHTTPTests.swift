@@ -112,7 +112,7 @@ import Testing
     }
 
     @Test func refusedUpstreamIs502() async throws {
-        let closedPort = try FreePort.closed()
+        let closedPort = try FreePort.refusing()
         let (proxy, sink) = try await ProxyHarness.start()
         let result = try runCommand(Self.curl, [
             "-sS", "--max-time", "20", "-x", proxy.url, "-w", "%{http_code}", "http://127.0.0.1:\(closedPort)/",

@@ -19,7 +19,7 @@ import Testing
     func runProxy(_ environment: [String: String], connections count: Int) throws -> (ChildProcess, [String]) {
         let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: environment)
         let port = try proxy.listeningPort()
-        let closed = try FreePort.closed()
+        let closed = try FreePort.refusing()
         for _ in 0..<count {
             _ = try runCommand(Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(port)", "http://127.0.0.1:\(closed)/"])
         }
@@ -146,7 +146,7 @@ import Testing
         let settings = environment(pki, controlPlanePort: port, spool: pki.directory + "/spool")
         let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
         let proxyPort = try proxy.listeningPort()
-        let closed = try FreePort.closed()
+        let closed = try FreePort.refusing()
         var mock: ChildProcess? = nil
         for index in 0..<1000 {
             if index == 500 {  // the control plane comes up half way through
@@ -177,7 +177,7 @@ import Testing
         settings["KAIZEN_SPOOL_MAX_BYTES"] = "1M"  // the smallest cap: about 1,700 actions of this size
         let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
         let proxyPort = try proxy.listeningPort()
-        let closed = try FreePort.closed()
+        let closed = try FreePort.refusing()
         // 3,000 plain-HTTP requests in one curl run (URL globbing), one action each, all refused upstream.
         let total = 3000
         _ = try runCommand(

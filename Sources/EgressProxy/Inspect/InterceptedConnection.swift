@@ -31,8 +31,6 @@ final class InterceptedConnection {
     private let eventLoop: any EventLoop
     private let clientChannel: any Channel
     private let upstreamChannel: any Channel
-    /// The protocol both sides speak, once the upstream chose it: "h2", "http/1.1", or nil (no ALPN: HTTP/1.1).
-    private(set) var negotiatedProtocol: String?
     /// The HTTP/2 relay, when the upstream chose h2.
     private var http2: InterceptedHTTP2?
 
@@ -118,7 +116,6 @@ final class InterceptedConnection {
     /// handshake may go on.
     func upstreamHandshakeCompleted(negotiated: String?) {
         upstreamHandshakeDone = true
-        negotiatedProtocol = negotiated
         metadata.negotiatedProtocol = negotiated ?? "http/1.1"
         do {
             if negotiated == "h2" {

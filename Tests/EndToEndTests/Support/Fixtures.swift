@@ -29,10 +29,23 @@ enum RandomFile {
 }
 
 enum FreePort {
-    /// A loopback port that was free a moment ago and has nothing listening now (connections are refused).
+    /// A loopback port that was free a moment ago and has nothing listening now (connections are refused), for a
+    /// test that listens on it next. For a port that must stay refused, use `refusing()`: this one may be taken
+    /// by any process meanwhile.
     static func closed() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
+        return try bindLoopback(fd)
+    }
+
+    /// A loopback port that refuses connections for the rest of the test run: bound (without SO_REUSEADDR) and
+    /// never listening, so no other test's listener can take it meanwhile. The socket is never closed.
+    static func refusing() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        return try bindLoopback(fd)
+    }
+
+    private static func bindLoopback(_ fd: Int32) throws -> Int {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
