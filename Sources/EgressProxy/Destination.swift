@@ -28,8 +28,11 @@ public struct Destination: Sendable, Hashable, CustomStringConvertible {
     /// The host of a `Host` header value: `example.com:8443` → `example.com`, `[2001:db8::1]:443` →
     /// `2001:db8::1`, lowercased, without surrounding whitespace or userinfo; nil for none or an empty one.
     static func hostWithoutPort(_ value: String?) -> String? {
-        // Called for every inspected request: plain Substring work, no Foundation trimming.
+        // Called for every inspected request: the usual value (printable ASCII, no spaces) is read as bytes.
         guard let value else { return nil }
+        if case .host(let host)? = value.utf8.withContiguousStorageIfAvailable({ Self.plainHost(value, bytes: $0) }) {
+            return host
+        }
         var text = Substring(value)
         while let first = text.first, first.isWhitespace { text = text.dropFirst() }
         while let last = text.last, last.isWhitespace { text = text.dropLast() }
@@ -42,5 +45,42 @@ public struct Destination: Sendable, Hashable, CustomStringConvertible {
             text = text[..<colon]
         }
         return text.isEmpty ? nil : text.lowercased()
+    }
+
+    private enum PlainHost {
+        case host(String?)
+        /// Not printable ASCII without whitespace: read by Characters.
+        case notPlain
+    }
+
+    /// `hostWithoutPort` for a value of printable ASCII without whitespace, read as bytes; the value itself is
+    /// returned when it is already the host.
+    private static func plainHost(_ value: String, bytes: UnsafeBufferPointer<UInt8>) -> PlainHost {
+        var uppercase = false
+        for byte in bytes {
+            guard byte > 0x20 && byte < 0x7F else { return .notPlain }
+            if byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") { uppercase = true }
+        }
+        var start = bytes.startIndex
+        var end = bytes.endIndex
+        if let at = bytes.lastIndex(of: UInt8(ascii: "@")) { start = at + 1 }
+        if start < end && bytes[start] == UInt8(ascii: "[") {
+            guard let close = bytes[start...].firstIndex(of: UInt8(ascii: "]")) else { return .host(nil) }
+            start += 1
+            end = close
+        } else if let colon = bytes[start...].lastIndex(of: UInt8(ascii: ":")),
+            bytes[start...].firstIndex(of: UInt8(ascii: ":")) == colon
+        {
+            end = colon
+        }
+        guard start < end else { return .host(nil) }
+        if start == bytes.startIndex && end == bytes.endIndex && !uppercase { return .host(value) }
+        let host = String(unsafeUninitializedCapacity: end - start) { out in
+            for (offset, byte) in bytes[start..<end].enumerated() {
+                out[offset] = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+            }
+            return end - start
+        }
+        return .host(host)
     }
 }

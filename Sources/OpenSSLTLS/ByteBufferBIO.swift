@@ -96,16 +96,15 @@ private func bioRead(_ bio: OpaquePointer?, _ out: UnsafeMutablePointer<CChar>?,
 }
 
 private func bioControl(_ bio: OpaquePointer?, _ command: Int32, _ larg: Int, _ parg: UnsafeMutableRawPointer?) -> Int {
-    guard let owner = ByteBufferBIO.from(bio) else { return 0 }
+    // OpenSSL asks several times per record (flush, kTLS support, ...): the commands that need no buffer state
+    // are answered without looking the owner up.
     switch command {
-    case BIO_CTRL_FLUSH, BIO_CTRL_DUP:
+    case BIO_CTRL_FLUSH, BIO_CTRL_DUP, BIO_CTRL_GET_CLOSE, BIO_CTRL_SET_CLOSE:
         return 1
     case BIO_CTRL_PENDING:
-        return owner.inboundBytes
+        return ByteBufferBIO.from(bio)?.inboundBytes ?? 0
     case BIO_CTRL_WPENDING:
-        return owner.outbound.readableBytes
-    case BIO_CTRL_GET_CLOSE, BIO_CTRL_SET_CLOSE:
-        return 1
+        return ByteBufferBIO.from(bio)?.outbound.readableBytes ?? 0
     default:
         return 0
     }

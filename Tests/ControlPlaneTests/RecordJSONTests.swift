@@ -118,6 +118,27 @@ import Testing
 
     @Test func rfc3339Formatting() {
         #expect(WallClock.rfc3339(unixMillis: 1_796_068_708_123) == "2026-11-30T19:58:28.123Z")
+        #expect(WallClock.rfc3339(unixMillis: 0) == "1970-01-01T00:00:00.000Z")
+        #expect(WallClock.rfc3339(unixMillis: 951_825_599_999) == "2000-02-29T11:59:59.999Z")
+        #expect(WallClock.rfc3339(unixMillis: 4_107_542_400_000) == "2100-03-01T00:00:00.000Z")
+    }
+
+    /// The date arithmetic agrees with the C library's `gmtime_r` on every day from 1970 to 2517, at a time of day
+    /// that moves through the whole day.
+    @Test func rfc3339AgreesWithGmtimeOnEveryDay() {
+        var mismatches: [String] = []
+        for day in 0..<200_000 where mismatches.count < 3 {
+            let seconds = day * 86_400 + (day * 7_919) % 86_400
+            var time = time_t(seconds)
+            var parts = tm()
+            gmtime_r(&time, &parts)
+            let expected = String(
+                format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,
+                Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), day % 1000)
+            let actual = WallClock.rfc3339(unixMillis: UInt64(seconds) * 1000 + UInt64(day % 1000))
+            if actual != expected { mismatches.append("\(actual) != \(expected)") }
+        }
+        #expect(mismatches.isEmpty)
     }
 
     @Test func aGapRecordSaysHowManyActionsWereDroppedAndWhen() throws {

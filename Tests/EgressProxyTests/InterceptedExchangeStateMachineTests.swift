@@ -35,6 +35,27 @@ import Testing
         #expect(machine.completed == 3)
     }
 
+    @Test func theClientIsReadAheadOnlyWhileAKeepAliveRequestAwaitsItsResponse() {
+        var machine = Machine(reportQuery: false)
+        #expect(!machine.mayReadClientAhead)  // nothing awaits a response: plain reading
+        _ = machine.requestHead(request(.GET, "/a"))
+        #expect(!machine.mayReadClientAhead)  // the request is still arriving
+        _ = machine.requestEnd()
+        #expect(machine.mayReadClientAhead && !machine.mayReadClient)
+        _ = machine.responseHead(response())
+        _ = machine.responseEnd()
+        #expect(!machine.mayReadClientAhead && machine.mayReadClient)
+        for head in [
+            request(.GET, "/", ["Connection": "close"]), request(.GET, "/ws", ["Upgrade": "websocket"]),
+            request(.CONNECT, "h.test:443"),
+        ] {
+            var other = Machine(reportQuery: false)
+            _ = other.requestHead(head)
+            _ = other.requestEnd()
+            #expect(!other.mayReadClientAhead, "\(head.method) \(head.uri)")
+        }
+    }
+
     @Test func connectionCloseEndsTheConnectionAfterTheExchange() {
         var machine = Machine(reportQuery: false)
         _ = machine.requestHead(request(.GET, "/", ["Connection": "close"]))
@@ -101,6 +122,23 @@ import Testing
         #expect(another.requestHead(request(.GET, "/x#frag")) == .reject(reason: "a fragment in the request target"))
     }
 
+    @Test func headerNamesAreMatchedWhateverTheirCase() {
+        var twoHosts = Machine(reportQuery: false)
+        #expect(twoHosts.requestHead(request(.GET, "/", HTTPHeaders([("Host", "a.test"), ("HOST", "b.test")])))
+            == .reject(reason: "more than one Host header"))
+        var badLength = Machine(reportQuery: false)
+        #expect(badLength.requestHead(request(.POST, "/", ["CONTENT-LENGTH": "x"])) == .reject(reason: "an invalid Content-Length"))
+        var gzip = Machine(reportQuery: false)
+        #expect(gzip.requestHead(request(.POST, "/", ["transfer-ENCODING": "gzip"]))
+            == .reject(reason: "a Transfer-Encoding other than chunked"))
+        var upgrade = Machine(reportQuery: false)
+        #expect(upgrade.requestHead(request(.GET, "/ws", ["UpGrade": "WebSocket", "hOsT": "W.test:443"])) == .forward)
+        #expect(upgrade.current?.upgrade == "websocket" && upgrade.current?.requestHosts == ["w.test"])
+        var plain = Machine(reportQuery: false)
+        #expect(plain.requestHead(request(.GET, "/", ["Hosts": "x", "Upgrades": "y", "Content-Lengths": "z"])) == .forward)
+        #expect(plain.current?.upgrade == nil && plain.current?.requestHosts == [])
+    }
+
     @Test func theQueryIsDroppedUnlessKept() {
         #expect(Machine.reportedPath("/search?q=secret#frag", keepQuery: false) == "/search")
         #expect(Machine.reportedPath("/search?q=secret#frag", keepQuery: true) == "/search?q=secret")
@@ -131,6 +169,9 @@ import Testing
         ("a.test", "a.test"), (" A.Test:443\t", "a.test"), ("a.test\u{a0}", "a.test"), ("[2001:DB8::1]:443", "2001:db8::1"),
         ("2001:db8::1", "2001:db8::1"), ("user:secret@h.test:443", "h.test"), ("u@[::1]", "::1"), ("host:", "host"),
         ("", nil), ("  ", nil), ("[::1", nil), (":443", nil),
+        // Printable ASCII without spaces is read as bytes; these check that path against the same rules.
+        ("Api.Example.Test", "api.example.test"), ("a@b@C.test:1", "c.test"), ("[::1]x", "::1"), ("@", nil),
+        ("[]", nil), ("h.test:", "h.test"), ("u@", nil), ("x.test:8443", "x.test"), ("é.test:443", "é.test"),
     ] as [(String, String?)])
     func hostWithoutPortKeepsTheHostOnly(_ value: String, _ host: String?) {
         #expect(Destination.hostWithoutPort(value) == host)
@@ -142,6 +183,11 @@ import Testing
         #expect(Machine.reportedPath("http://h.test", keepQuery: false) == "/")
         #expect(Machine.reportedPath("http://h.test?a=b", keepQuery: true) == "/?a=b")
         #expect(Machine.reportedPath("/plain?x", keepQuery: false) == "/plain")
+        #expect(Machine.reportedPath("/plain", keepQuery: false) == "/plain")
+        #expect(Machine.reportedPath("http://h.test#f", keepQuery: false) == "/")
+        #expect(Machine.reportedPath("h.test:443", keepQuery: false) == "h.test:443")  // authority-form
+        #expect(Machine.absoluteFormHost("/x://y") == nil)
+        #expect(Machine.absoluteFormHost("http://u@H.test:80?q") == "h.test")
     }
 
     @Test func namesToJudgeAreTheRequestsThenTheSNIEachOnce() {

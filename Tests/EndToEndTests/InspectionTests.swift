@@ -93,6 +93,25 @@ import Testing
         #expect(actions[0]["response_body_bytes"] as? Int == 18)
     }
 
+    /// Requests sent back to back before any answer (pipelining) are held while the one before them is
+    /// answered, then each is forwarded, answered in order and reported.
+    @Test func pipelinedRequestsAreAnsweredInOrderAndEachReported() throws {
+        let setup = try setUp()
+        let result = try mitmClient("pipelined", setup)
+        #expect(result.status == 0, "\(result.stderr)")
+        let sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        #expect(result.stdout == """
+            HTTP/1.1 200 OK hello from origin
+            HTTP/1.1 200 OK 5 \(sha)
+            HTTP/1.1 200 OK hello from origin
+            closed
+            """)
+        let actions = try setup.waitForActions(3)
+        #expect(actions.map { $0["path"] as? String } == ["/hello", "/sha256", "/hello"])
+        #expect(actions.map { $0["method"] as? String } == ["GET", "POST", "GET"])
+        #expect(actions[1]["request_body_bytes"] as? Int == 5)
+    }
+
     @Test func queryStringsAreReportedOnlyWhenAskedFor() throws {
         let setup = try setUp(extra: ["KAIZEN_REPORT_QUERY": "1"])
         let result = try curl(setup, ["https://localhost:\(setup.originPort)/hello?page=2#top"])

@@ -8,6 +8,8 @@
                                                          line, each echo, and whether the close was answered
   mitm_client.py idle PROXY_PORT ORIGIN_PORT CAFILE       one keep-alive GET /hello, prints "READY", then waits
                                                          (at most 20 s) for the proxy to close; prints "CLOSED"
+  mitm_client.py pipelined PROXY_PORT ORIGIN_PORT CAFILE  GET, POST (5 bytes), GET sent in one write, the last
+                                                         with Connection: close; prints each status line and body
 """
 import base64
 import os
@@ -96,6 +98,20 @@ def idle(tls):
     print("CLOSED" if closed else "STILL OPEN", flush=True)
 
 
+def pipelined(tls):
+    tls.sendall(b"GET /hello?n=1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                b"POST /sha256 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello"
+                b"GET /hello?n=3 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data, closed = read_all(tls)
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        print(head.split(b"\r\n")[0].decode(), rest[:length].decode().strip())
+        data = rest[length:]
+    print("closed" if closed else "open")
+
+
 def main():
     mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))
@@ -107,6 +123,8 @@ def main():
         websocket(tls)
     elif mode == "idle":
         idle(tls)
+    elif mode == "pipelined":
+        pipelined(tls)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ final class InterceptedConnection {
     }
 
     var mayReadClient: Bool { machine.mayReadClient }
+    var mayReadClientAhead: Bool { machine.mayReadClientAhead }
 
     // MARK: handshakes
 
@@ -244,7 +245,7 @@ final class InterceptedConnection {
             // The host the request names (an absolute-form URI's, else Host), and the SNI: each must pass.
             if reporting.policy != nil {
                 let verdict = judge(Self.namesToJudge(
-                    requestHosts: InterceptedExchangeStateMachine.requestedHosts(head), sni: metadata.sni,
+                    requestHosts: machine.current?.requestHosts ?? [], sni: metadata.sni,
                     connectHost: metadata.host))
                 requestPolicy = (verdict.policy, verdict.wouldBlock)
                 if let refusal = verdict.refusal {

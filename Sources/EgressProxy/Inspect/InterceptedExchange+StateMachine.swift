@@ -1,4 +1,3 @@
-import Foundation
 import NIOHTTP1
 
 /// The HTTP/1.1 exchanges inside one intercepted connection: one request at a time (the next is read only
@@ -54,19 +53,62 @@ package struct InterceptedExchangeStateMachine {
         return !current.requestEnded
     }
 
+    /// Whether the client may be read ahead while a complete request awaits its response, so its socket need
+    /// not leave and rejoin the poll set for every request: only after a keep-alive request that does not switch
+    /// protocols. What arrives meanwhile is held by the handler until the response has ended.
+    var mayReadClientAhead: Bool {
+        guard !closed, let current, current.requestEnded else { return false }
+        return !current.closeAfter && current.upgrade == nil && current.method != "CONNECT"
+    }
+
     mutating func requestHead(_ head: HTTPRequestHead) -> Action {
         guard !closed, current == nil else { return .close }
-        if let problem = Self.problem(with: head) {
+        let fields = HeadFields(head.headers)
+        var exchange = Exchange(method: head.method.rawValue, path: Self.reportedPath(head.uri, keepQuery: reportQuery))
+        if let problem = Self.problem(with: head, fields: fields) {
             closed = true
-            current = Exchange(method: head.method.rawValue, path: Self.reportedPath(head.uri, keepQuery: reportQuery))
+            current = exchange
             return .reject(reason: problem)
         }
-        var exchange = Exchange(method: head.method.rawValue, path: Self.reportedPath(head.uri, keepQuery: reportQuery))
         exchange.closeAfter = !head.isKeepAlive
-        exchange.upgrade = head.headers.first(name: "upgrade")?.lowercased()
-        exchange.requestHosts = Self.requestedHosts(head)
+        exchange.upgrade = fields.upgrade?.lowercased()
+        exchange.requestHosts = Self.requestedHosts(uri: head.uri, host: fields.host)
         current = exchange
         return .forward
+    }
+
+    /// What a request head's fields say for framing, routing and reporting, found in one pass over them (every
+    /// inspected request goes through this).
+    struct HeadFields {
+        var hostCount = 0
+        /// The first Host field's value.
+        var host: String?
+        /// The first Upgrade field's value.
+        var upgrade: String?
+        /// A Content-Length or Transfer-Encoding field is present: the body's framing is checked in full.
+        var framed = false
+
+        init(_ headers: HTTPHeaders) {
+            for (name, value) in headers {
+                if Self.name(name, is: "host") {
+                    hostCount += 1
+                    if host == nil { host = value }
+                } else if Self.name(name, is: "upgrade") {
+                    if upgrade == nil { upgrade = value }
+                } else if Self.name(name, is: "content-length") || Self.name(name, is: "transfer-encoding") {
+                    framed = true
+                }
+            }
+        }
+
+        /// Whether a field name is `lowercase` (lowercase ASCII), ignoring ASCII case.
+        static func name(_ name: String, is lowercase: StaticString) -> Bool {
+            let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+            guard name.utf8.count == expected.count else { return false }
+            return zip(name.utf8, expected).allSatisfy { byte, lower in
+                byte == lower || (lower >= UInt8(ascii: "a") && lower <= UInt8(ascii: "z") && byte == lower ^ 0x20)
+            }
+        }
     }
 
     mutating func requestBody(_ count: Int) -> Action {
@@ -128,6 +170,27 @@ package struct InterceptedExchangeStateMachine {
 
     /// Requests the proxy refuses to forward because the two ends could read them differently.
     package static func problem(with head: HTTPRequestHead) -> String? {
+        problem(with: head, fields: HeadFields(head.headers))
+    }
+
+    private static func problem(with head: HTTPRequestHead, fields: HeadFields) -> String? {
+        if fields.framed, let problem = framingProblem(with: head) { return problem }
+        if head.version != .http1_1 && head.version != .http1_0 {
+            return "an unsupported HTTP version"
+        }
+        if fields.hostCount > 1 {
+            // RFC 9112 §3.2: a request with more than one Host is invalid; two could name two destinations.
+            return "more than one Host header"
+        }
+        if head.uri.utf8.contains(UInt8(ascii: "#")) {
+            // A request target has no fragment (RFC 9112 §3.2); forwarding one would send what is not reported.
+            return "a fragment in the request target"
+        }
+        return nil
+    }
+
+    /// The body's framing, for a request with a Content-Length or Transfer-Encoding field.
+    private static func framingProblem(with head: HTTPRequestHead) -> String? {
         let lengths = head.headers[canonicalForm: "content-length"]
         let encodings = head.headers[canonicalForm: "transfer-encoding"]
         if !lengths.isEmpty && !encodings.isEmpty {
@@ -142,20 +205,9 @@ package struct InterceptedExchangeStateMachine {
         if !encodings.isEmpty, encodings.map({ $0.lowercased() }) != ["chunked"] {
             return "a Transfer-Encoding other than chunked"
         }
-        if head.version != .http1_1 && head.version != .http1_0 {
-            return "an unsupported HTTP version"
-        }
         if !encodings.isEmpty && head.version == .http1_0 {
             // HTTP/1.0 has no chunked coding: an HTTP/1.0 server would read the chunks as the body's bytes.
             return "Transfer-Encoding in an HTTP/1.0 request"
-        }
-        if head.headers["host"].count > 1 {
-            // RFC 9112 §3.2: a request with more than one Host is invalid; two could name two destinations.
-            return "more than one Host header"
-        }
-        if head.uri.contains("#") {
-            // A request target has no fragment (RFC 9112 §3.2); forwarding one would send what is not reported.
-            return "a fragment in the request target"
         }
         return nil
     }
@@ -163,30 +215,52 @@ package struct InterceptedExchangeStateMachine {
     /// The hosts a request names: an absolute-form URI's authority (an origin routes by it, RFC 9112 §3.2.2), then
     /// its Host header; without ports.
     static func requestedHosts(_ head: HTTPRequestHead) -> [String] {
-        [absoluteFormHost(head.uri), Destination.hostWithoutPort(head.headers.first(name: "host"))].compactMap { $0 }
+        requestedHosts(uri: head.uri, host: head.headers.first(name: "host"))
+    }
+
+    private static func requestedHosts(uri: String, host: String?) -> [String] {
+        let fromURI = absoluteFormHost(uri)
+        let fromHost = Destination.hostWithoutPort(host)
+        switch (fromURI, fromHost) {
+        case (nil, nil): return []
+        case (let name?, nil), (nil, let name?): return [name]
+        case (let first?, let second?): return [first, second]
+        }
+    }
+
+    /// Where an absolute-form request target's authority starts (after `scheme://`); nil for any other form.
+    private static func authorityStart(_ uri: String) -> String.Index? {
+        // Origin-form ("/path") first: most requests, and no search through the target.
+        guard uri.utf8.first != UInt8(ascii: "/") else { return nil }
+        return uri.utf8.firstRange(of: "://".utf8)?.upperBound
     }
 
     /// The host of an absolute-form request target (`https://host:port/path`), without a port.
     static func absoluteFormHost(_ uri: String) -> String? {
-        // Origin-form ("/path") first: most requests, and no search through the target.
-        guard uri.first != "/", let schemeEnd = uri.range(of: "://") else { return nil }
-        let authority = uri[schemeEnd.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        guard let start = authorityStart(uri) else { return nil }
+        let rest = uri.utf8[start...]
+        let end = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") }
+        let authority = Substring(rest[..<(end ?? rest.endIndex)])
         return Destination.hostWithoutPort(authority.split(separator: "@").last.map(String.init) ?? "")
     }
 
     /// The path as reported: the request target without its query (unless kept) and fragment.
     static func reportedPath(_ uri: String, keepQuery: Bool) -> String {
-        var path = Substring(uri)
+        let utf8 = uri.utf8
+        var start = utf8.startIndex
+        var needsSlash = false
         // Absolute form: the path only. The host is `request_host` when it is not the connection's; userinfo
         // (`user:password@`) is never reported.
-        if path.first != "/", let schemeEnd = path.range(of: "://") {
-            let rest = path[schemeEnd.upperBound...]
-            let pathStart = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
-            path = rest[pathStart...]
-            if path.first != "/" { path = "/" + path }
+        if let authority = authorityStart(uri) {
+            start = utf8[authority...].firstIndex {
+                $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#")
+            } ?? utf8.endIndex
+            needsSlash = start == utf8.endIndex || utf8[start] != UInt8(ascii: "/")
         }
-        if let hash = path.firstIndex(of: "#") { path = path[..<hash] }
-        if !keepQuery, let question = path.firstIndex(of: "?") { path = path[..<question] }
-        return String(path)
+        let end = utf8[start...].firstIndex { $0 == UInt8(ascii: "#") || (!keepQuery && $0 == UInt8(ascii: "?")) }
+            ?? utf8.endIndex
+        if start == utf8.startIndex && end == utf8.endIndex { return uri }  // origin-form, nothing to remove
+        let path = Substring(utf8[start..<end])
+        return needsSlash ? "/" + path : String(path)
     }
 }

@@ -3,7 +3,9 @@ import NIOHTTP1
 import NIOTLS
 
 /// The client side of an intercepted connection, above the TLS server and the HTTP/1.1 codec: requests in,
-/// responses out. Reads only while the upstream can take more and no complete request awaits its response.
+/// responses out. Reads only while the upstream can take more. While a complete keep-alive request awaits its
+/// response the client is still read (its socket stays in the poll set), but what arrives is held, and no more
+/// is read, until that response has ended.
 final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -17,6 +19,11 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     /// The next bytes from the client start a new request head.
     func expectNextHead() { headLimiter?.expectNextHead() }
     private var pendingRead = false
+    /// Request parts that arrived while a complete request awaited its response (read ahead, or pipelined),
+    /// passed on in order once it has been answered. No read is asked for while any are held, so they are at
+    /// most what one read brought.
+    private var heldParts = CircularBuffer<HTTPServerRequestPart>()
+    private var deliveringHeldParts = false
 
     init(connection: InterceptedConnection) {
         self.connection = connection
@@ -33,7 +40,15 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        connection.fromClient(unwrapInboundIn(data))
+        let part = unwrapInboundIn(data)
+        if heldParts.isEmpty && connection.mayReadClient {
+            connection.fromClient(part)
+        } else {
+            // The head limiter passed these bytes before the exchange ended: from here the decoder's limits
+            // apply, as for any pipelined request.
+            if heldParts.isEmpty { headLimiter?.lostTrackOfHeads() }
+            heldParts.append(part)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -70,11 +85,16 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     func read(context: ChannelHandlerContext) {
-        if connection.mayReadClient, connection.upstream?.isWritable ?? false {
+        if mayRead {
             context.read()
         } else {
             pendingRead = true
         }
+    }
+
+    private var mayRead: Bool {
+        heldParts.isEmpty && (connection.mayReadClient || connection.mayReadClientAhead)
+            && (connection.upstream?.isWritable ?? false)
     }
 
     // MARK: calls from the connection
@@ -97,12 +117,26 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     func flush() { context?.flush() }
 
-    /// The next request may be read (the last exchange ended, or the upstream drained).
+    /// The next request may be read (the last exchange ended, or the upstream drained): the parts held for it
+    /// first.
     func resumeReading() {
-        if pendingRead, let context, connection.mayReadClient, connection.upstream?.isWritable ?? false {
+        deliverHeldParts()
+        if pendingRead, let context, mayRead {
             pendingRead = false
             context.read()
         }
+    }
+
+    private func deliverHeldParts() {
+        guard !heldParts.isEmpty, !deliveringHeldParts else { return }
+        deliveringHeldParts = true
+        defer { deliveringHeldParts = false }
+        var delivered = false
+        while connection.mayReadClient, let part = heldParts.popFirst() {
+            connection.fromClient(part)
+            delivered = true
+        }
+        if delivered { connection.clientReadComplete() }
     }
 
     func partnerWritable() { resumeReading() }
