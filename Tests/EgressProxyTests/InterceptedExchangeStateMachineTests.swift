@@ -10,7 +10,8 @@ import Testing
         HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
     }
 
-    func response(_ status: HTTPResponseStatus = .ok, _ headers: HTTPHeaders = [:]) -> HTTPResponseHead {
+    /// A response with a length by default (one without would run until the connection closes).
+    func response(_ status: HTTPResponseStatus = .ok, _ headers: HTTPHeaders = ["Content-Length": "7"]) -> HTTPResponseHead {
         HTTPResponseHead(version: .http1_1, status: status, headers: headers)
     }
 

@@ -112,6 +112,24 @@ import Testing
         #expect(actions[1]["request_body_bytes"] as? Int == 5)
     }
 
+    /// Each response reaches the client framed as the origin framed it: a chunked HEAD response without a body
+    /// (a stray chunk terminator there would be read as the next response), a chunked body re-chunked, and a
+    /// body that ends with the connection ended by closing the client's.
+    @Test func responsesKeepTheirFramingIncludingHEADAndCloseDelimited() throws {
+        let setup = try setUp()
+        let result = try mitmClient("framing", setup)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == """
+            HEAD /chunked 200 chunked b''
+            GET /chunked 200 chunked b'hello chunked\\n'
+            GET /hello 200 18 b'hello from origin\\n'
+            GET /unframed 200 - b'until close\\n'
+            """)
+        let actions = try setup.waitForActions(4)
+        #expect(actions.map { $0["method"] as? String } == ["HEAD", "GET", "GET", "GET"])
+        #expect(actions.map { $0["response_body_bytes"] as? Int } == [0, 14, 18, 12])
+    }
+
     @Test func queryStringsAreReportedOnlyWhenAskedFor() throws {
         let setup = try setUp(extra: ["KAIZEN_REPORT_QUERY": "1"])
         let result = try curl(setup, ["https://localhost:\(setup.originPort)/hello?page=2#top"])

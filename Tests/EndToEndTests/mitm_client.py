@@ -8,6 +8,9 @@
                                                          line, each echo, and whether the close was answered
   mitm_client.py idle PROXY_PORT ORIGIN_PORT CAFILE       one keep-alive GET /hello, prints "READY", then waits
                                                          (at most 20 s) for the proxy to close; prints "CLOSED"
+  mitm_client.py framing PROXY_PORT ORIGIN_PORT CAFILE    HEAD /chunked, GET /chunked, GET /hello, GET /unframed
+                                                         on one connection (Python's http.client reading
+                                                         strictly); prints one line per response
   mitm_client.py pipelined PROXY_PORT ORIGIN_PORT CAFILE  GET, POST (5 bytes), GET sent in one write, the last
                                                          with Connection: close; prints each status line and body
 """
@@ -112,6 +115,19 @@ def pipelined(tls):
     print("closed" if closed else "open")
 
 
+def framing(tls):
+    import http.client
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = tls
+    for method, path in (("HEAD", "/chunked"), ("GET", "/chunked"), ("GET", "/hello"), ("GET", "/unframed")):
+        conn.request(method, path)
+        response = conn.getresponse()
+        body = response.read()
+        framing = response.getheader("Transfer-Encoding") or response.getheader("Content-Length") or "-"
+        # A close-delimited body ends only when the proxy closes: a proxy that kept it open times this out.
+        print(method, path, response.status, framing, repr(body))
+
+
 def main():
     mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))
@@ -125,6 +141,8 @@ def main():
         idle(tls)
     elif mode == "pipelined":
         pipelined(tls)
+    elif mode == "framing":
+        framing(tls)
 
 
 if __name__ == "__main__":

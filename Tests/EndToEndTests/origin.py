@@ -7,6 +7,8 @@ Modes:
                 POST|PUT /sha256    -> "<body length> <sha256 hex>\n" (Content-Length or chunked body)
                 GET /ws (WebSocket) -> 101, then echoes each text frame back as "echo: <text>"
                 GET /truncated      -> promises 100 bytes, sends 10, closes
+                GET|HEAD /chunked   -> "hello chunked\n" in two chunks, then a trailer (HEAD: the head only)
+                GET /unframed       -> "until close\n" with no length, ended by closing the connection
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
   echo          echoes every byte back
   halfclose     reads until EOF, then answers "got <n> bytes\n" and closes
@@ -90,6 +92,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "100")
             self.end_headers()
             self.wfile.write(b"0123456789")
+            self.wfile.flush()
+            self.close_connection = True
+        elif self.path.startswith("/chunked"):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "X-Checksum")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(b"6\r\nhello \r\n8\r\nchunked\n\r\n0\r\nX-Checksum: 42\r\n\r\n")
+            self.wfile.flush()
+        elif self.path.startswith("/unframed"):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"until close\n")
             self.wfile.flush()
             self.close_connection = True
         elif self.path.startswith("/hello"):

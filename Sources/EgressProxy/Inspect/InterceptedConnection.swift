@@ -153,7 +153,7 @@ final class InterceptedConnection {
                 HTTPRequestDecoder(
                     leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
                     limitConfiguration: requestHeadLimits.decoderConfiguration)),
-            HTTPResponseEncoder(),
+            InterceptedResponseEncoder(),
             InterceptedClientHandler(connection: self),
         ])
     }
@@ -233,6 +233,7 @@ final class InterceptedConnection {
         switch part {
         case .head(let head):
             exchangeStartedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
+            client?.respondingTo(method: head.method.rawValue)
             // The policy again for each request: its Host may name another destination than the SNI, and the
             // policy may have changed since the connection was opened.
             let action = machine.requestHead(head)

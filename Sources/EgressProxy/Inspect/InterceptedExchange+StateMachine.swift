@@ -130,7 +130,10 @@ package struct InterceptedExchangeStateMachine {
         current!.status = Int(head.status.code)
         if head.status == .switchingProtocols {
             current!.upgraded = true
-        } else if !head.isKeepAlive {
+        } else if !head.isKeepAlive
+            || ResponseFraming(status: head.status, headers: head.headers, requestMethod: current!.method) == .untilClose
+        {
+            // A body that runs until the upstream closes reaches the client the same way: its end is the close.
             current!.closeAfter = true
         }
         return .forward

@@ -15,6 +15,8 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     private var context: ChannelHandlerContext?
     /// Told when an exchange ends, so it limits the next request head.
     private var headLimiter: RequestHeadLimitHandler?
+    /// Told which method the next response answers (a response to HEAD has no body).
+    private var encoder: InterceptedResponseEncoder?
 
     /// The next bytes from the client start a new request head.
     func expectNextHead() { headLimiter?.expectNextHead() }
@@ -32,6 +34,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         headLimiter = try? context.pipeline.syncOperations.handler(type: RequestHeadLimitHandler.self)
+        encoder = try? context.pipeline.syncOperations.handler(type: InterceptedResponseEncoder.self)
         connection.attach(client: self)
     }
 
@@ -117,6 +120,9 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     func flush() { context?.flush() }
 
+    /// The next response written answers a request with this method.
+    func respondingTo(method: String) { encoder?.requestMethod = method }
+
     /// The next request may be read (the last exchange ended, or the upstream drained): the parts held for it
     /// first.
     func resumeReading() {
@@ -148,7 +154,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         let pipeline = context.pipeline.syncOperations
         try pipeline.addHandler(relay, position: .last)
         pipeline.removeHandler(context: context, promise: nil)
-        if let encoder = try? pipeline.handler(type: HTTPResponseEncoder.self) {
+        if let encoder = try? pipeline.handler(type: InterceptedResponseEncoder.self) {
             pipeline.removeHandler(encoder, promise: nil)
         }
         if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {

@@ -1,0 +1,126 @@
+import NIOCore
+import NIOHTTP1
+
+/// How a relayed HTTP/1.1 response's body is delimited (RFC 9112 §6.3), decided from its head and the method of
+/// the request it answers the way the upstream's decoder read it, so the client is sent the same framing.
+enum ResponseFraming: Equatable {
+    /// No body: a response to HEAD, a 2xx to CONNECT, 1xx, 204 and 304.
+    case none
+    case contentLength
+    case chunked
+    /// The body runs until the connection closes (no length, or a transfer coding that does not end in chunked):
+    /// the client's connection is closed after it.
+    case untilClose
+
+    /// - Parameter requestMethod: the method of the request answered, as sent (`HEAD`, `GET`, ...).
+    init(status: HTTPResponseStatus, headers: HTTPHeaders, requestMethod: String?) {
+        let code = status.code
+        if requestMethod == "HEAD" || code < 200 || code == 204 || code == 304
+            || (requestMethod == "CONNECT" && code < 300)
+        {
+            self = .none
+            return
+        }
+        var codings: String?
+        var hasLength = false
+        for (name, value) in headers {
+            if InterceptedExchangeStateMachine.HeadFields.name(name, is: "transfer-encoding") {
+                codings = codings.map { $0 + "," + value } ?? value
+            } else if InterceptedExchangeStateMachine.HeadFields.name(name, is: "content-length") {
+                hasLength = true
+            }
+        }
+        if let codings {
+            // The final coding decides (RFC 9112 §6.3 rule 4): chunked, or the body ends with the connection.
+            let last = codings.split(separator: ",").last.map { $0.filter { $0 != " " && $0 != "\t" } } ?? ""
+            self = last.lowercased() == "chunked" ? .chunked : .untilClose
+        } else {
+            self = hasLength ? .contentLength : .untilClose
+        }
+    }
+}
+
+/// Writes the responses relayed to an inspected client as the upstream framed them: the head's fields as they
+/// came (nothing added or removed), chunked bodies re-chunked, no body at all for a response to HEAD. NIO's
+/// `HTTPResponseEncoder` rewrites framing fields on every head (a copy of the fields per response) and, used
+/// on its own, cannot know a response answers HEAD: it sent a chunked HEAD response's terminator as a body.
+final class InterceptedResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = ByteBuffer
+
+    /// The method of the request the next response answers; set by the connection as it forwards each request
+    /// (one at a time: a later request is held until this response has ended).
+    var requestMethod: String?
+    private var framing = ResponseFraming.none
+    /// The response being written is final (not a 1xx before it): its end ends the exchange.
+    private var final = false
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            framing = ResponseFraming(status: head.status, headers: head.headers, requestMethod: requestMethod)
+            final = head.status.code >= 200 || head.status == .switchingProtocols
+            var buffer = context.channel.allocator.buffer(capacity: 256)
+            if head.version == .http1_1 {
+                buffer.writeStaticString("HTTP/1.1 ")
+            } else {
+                buffer.writeString("HTTP/\(head.version.major).\(head.version.minor) ")
+            }
+            buffer.writeString(String(head.status.code))
+            buffer.writeStaticString(" ")
+            buffer.writeString(head.status.reasonPhrase)
+            buffer.writeStaticString("\r\n")
+            Self.writeFields(head.headers, to: &buffer)
+            buffer.writeStaticString("\r\n")
+            context.write(wrapOutboundOut(buffer), promise: promise)
+        case .body(let body):
+            switch framing {
+            case .none:
+                promise?.succeed(())  // the upstream's decoder never gives one; nothing may follow such a head
+            case .contentLength, .untilClose:
+                guard case .byteBuffer(let bytes) = body else { return Self.refuseFile(promise) }
+                context.write(wrapOutboundOut(bytes), promise: promise)
+            case .chunked:
+                guard case .byteBuffer(var bytes) = body else { return Self.refuseFile(promise) }
+                guard bytes.readableBytes > 0 else {
+                    promise?.succeed(())  // an empty chunk would end the body
+                    return
+                }
+                var chunk = context.channel.allocator.buffer(capacity: bytes.readableBytes + 16)
+                chunk.writeString(String(bytes.readableBytes, radix: 16))
+                chunk.writeStaticString("\r\n")
+                chunk.writeBuffer(&bytes)
+                chunk.writeStaticString("\r\n")
+                context.write(wrapOutboundOut(chunk), promise: promise)
+            }
+        case .end(let trailers):
+            var buffer = context.channel.allocator.buffer(capacity: 0)
+            if framing == .chunked {
+                buffer.writeStaticString("0\r\n")
+                if let trailers { Self.writeFields(trailers, to: &buffer) }
+                buffer.writeStaticString("\r\n")
+            }
+            framing = .none
+            if final { requestMethod = nil }
+            // Written even when empty: the promise is what a close after this response waits for.
+            context.write(wrapOutboundOut(buffer), promise: promise)
+        }
+    }
+
+    private static func writeFields(_ fields: HTTPHeaders, to buffer: inout ByteBuffer) {
+        for (name, value) in fields {
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+    }
+
+    /// Relayed bodies are bytes, never files.
+    private static func refuseFile(_ promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+}
+
+@available(*, unavailable)
+extension InterceptedResponseEncoder: Sendable {}

@@ -1,0 +1,95 @@
+@testable import EgressProxy
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+
+@Suite struct InterceptedResponseEncoderTests {
+    func head(_ status: HTTPResponseStatus, _ fields: [(String, String)], version: HTTPVersion = .http1_1) -> HTTPServerResponsePart {
+        .head(HTTPResponseHead(version: version, status: status, headers: HTTPHeaders(fields)))
+    }
+
+    func body(_ text: String) -> HTTPServerResponsePart {
+        .body(.byteBuffer(ByteBuffer(string: text)))
+    }
+
+    /// Writes `parts` as the response to a `method` request; returns the bytes sent.
+    func encode(_ parts: [HTTPServerResponsePart], answering method: String?) throws -> String {
+        let encoder = InterceptedResponseEncoder()
+        let channel = EmbeddedChannel(handler: encoder)
+        defer { _ = try? channel.finish() }
+        encoder.requestMethod = method
+        for part in parts { try channel.writeOutbound(part) }
+        var sent = ""
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { sent += String(buffer: buffer) }
+        return sent
+    }
+
+    @Test(arguments: [
+        (HTTPResponseStatus.ok, [("Transfer-Encoding", "chunked")], "HEAD", ResponseFraming.none),
+        (.ok, [("Content-Length", "3")], "HEAD", .none),
+        (.ok, [("Content-Length", "3")], "CONNECT", .none),
+        (.badGateway, [("Content-Length", "3")], "CONNECT", .contentLength),
+        (.noContent, [("Transfer-Encoding", "chunked")], "GET", .none),
+        (.notModified, [("Content-Length", "3")], "GET", .none),
+        (.continue, [], "POST", .none),
+        (.ok, [("transfer-encoding", "gzip, Chunked")], "GET", .chunked),
+        (.ok, [("Transfer-Encoding", "gzip"), ("Transfer-Encoding", "chunked")], "GET", .chunked),
+        (.ok, [("Transfer-Encoding", "chunked, gzip")], "GET", .untilClose),
+        (.ok, [("content-length", "3")], "GET", .contentLength),
+        (.ok, [], "GET", .untilClose),
+    ] as [(HTTPResponseStatus, [(String, String)], String, ResponseFraming)])
+    func framingFollowsRFC9112(status: HTTPResponseStatus, fields: [(String, String)], method: String, framing: ResponseFraming) {
+        #expect(ResponseFraming(status: status, headers: HTTPHeaders(fields), requestMethod: method) == framing)
+    }
+
+    @Test func fieldsAreSentAsTheyCameAndAChunkedBodyIsRechunkedWithItsTrailers() throws {
+        let sent = try encode(
+            [
+                head(.ok, [("x-Mixed-Case", "v"), ("Transfer-Encoding", "chunked"), ("Trailer", "X-Sum")]),
+                body("hello "), body(""), body("chunked"), .end(HTTPHeaders([("X-Sum", "42")])),
+            ],
+            answering: "GET")
+        #expect(sent == "HTTP/1.1 200 OK\r\nx-Mixed-Case: v\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+            + "6\r\nhello \r\n7\r\nchunked\r\n0\r\nX-Sum: 42\r\n\r\n")
+    }
+
+    @Test func aResponseToHEADHasNoBodyAndNoChunkTerminator() throws {
+        let sent = try encode([head(.ok, [("Transfer-Encoding", "chunked")]), .end(nil)], answering: "HEAD")
+        #expect(sent == "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    }
+
+    @Test func lengthAndCloseDelimitedBodiesAreSentAsTheyAre() throws {
+        let sent = try encode([head(.ok, [("Content-Length", "5")]), body("hello"), .end(nil)], answering: "GET")
+        #expect(sent == "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        let old = try encode([head(.ok, [], version: .http1_0), body("until close"), .end(nil)], answering: "GET")
+        #expect(old == "HTTP/1.0 200 OK\r\n\r\nuntil close")
+    }
+
+    @Test func theRequestMethodLastsUntilTheFinalResponseAfterAnInformationalOne() throws {
+        let sent = try encode(
+            [head(.continue, []), .end(nil), head(.ok, [("Transfer-Encoding", "chunked")]), .end(nil)], answering: "HEAD")
+        #expect(sent == "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    }
+
+    @Test func theStateMachineClosesAfterABodyThatEndsWithTheConnection() {
+        var machine = InterceptedExchangeStateMachine(reportQuery: false)
+        _ = machine.requestHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"))
+        _ = machine.requestEnd()
+        _ = machine.responseHead(HTTPResponseHead(version: .http1_1, status: .ok))
+        guard case .forwardAndComplete(_, let thenClose) = machine.responseEnd() else {
+            Issue.record("expected completion")
+            return
+        }
+        #expect(thenClose)
+        var head = InterceptedExchangeStateMachine(reportQuery: false)
+        _ = head.requestHead(HTTPRequestHead(version: .http1_1, method: .HEAD, uri: "/"))
+        _ = head.requestEnd()
+        _ = head.responseHead(HTTPResponseHead(version: .http1_1, status: .ok))
+        guard case .forwardAndComplete(_, let headThenClose) = head.responseEnd() else {
+            Issue.record("expected completion")
+            return
+        }
+        #expect(!headThenClose)  // kept alive: a response to HEAD has no body to delimit
+    }
+}
