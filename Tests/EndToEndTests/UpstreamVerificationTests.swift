@@ -36,17 +36,9 @@ struct UpstreamCertificates {
     }
 
     func openssl(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Paths.which("openssl"))
-        process.arguments = arguments
-        process.currentDirectoryURL = URL(fileURLWithPath: directory)
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw TestFailure("openssl \(arguments.prefix(2)): \(String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
+        let process = try ChildProcess(Paths.which("openssl"), arguments, directory: directory)
+        guard try process.waitForExit(timeout: 30) == 0 else {
+            throw TestFailure("openssl \(arguments.prefix(2)): \(process.stderr)")
         }
     }
 

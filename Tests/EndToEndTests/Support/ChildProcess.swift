@@ -3,8 +3,6 @@ import Foundation
 /// A program the tests run (an origin, curl, the proxy binary), with its output collected as it arrives so
 /// a test can wait, with a deadline, for a line it expects. Terminated when released.
 final class ChildProcess: @unchecked Sendable {
-    private static let spawnLock = NSLock()
-
     /// What the reader threads fill in. They hold this, not the `ChildProcess`, so releasing the
     /// `ChildProcess` terminates the program (and with it the threads, at EOF).
     private final class Output: @unchecked Sendable {
@@ -47,43 +45,92 @@ final class ChildProcess: @unchecked Sendable {
         }
     }
 
-    private let process = Process()
     private let output = Output()
+    private let exit = Exit()
 
     /// The program's process id, to read its /proc entries.
-    var pid: Int32 { process.processIdentifier }
+    let pid: pid_t
 
-    init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let environment { process.environment = environment }
+    /// Set once by the thread that reaps the program.
+    private final class Exit: @unchecked Sendable {
+        let condition = NSCondition()
+        var status: Int32?
+    }
+
+    /// Started with `posix_spawn`, not Foundation's `Process`: on this toolchain (swift-corelibs-foundation of
+    /// Swift 6.3.1) `Process.run()` intermittently crashes the whole test run, reading past a buffer while it
+    /// lists /proc/self/fd (swiftlang/swift-corelibs-foundation#5472). The program starts with no blocked
+    /// signals, stdin from /dev/null, and no descriptor but its three standard ones.
+    init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil, directory: String? = nil)
+        throws
+    {
+        var stdoutPipe: [Int32] = [0, 0]
+        var stderrPipe: [Int32] = [0, 0]
+        guard GNU.pipe2(&stdoutPipe, O_CLOEXEC) == 0, GNU.pipe2(&stderrPipe, O_CLOEXEC) == 0 else {
+            throw TestFailure("pipe2: \(String(cString: strerror(errno)))")
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
+        _ = GNU.addClosefrom(&actions, 3)
+        if let directory { _ = GNU.addChdir(&actions, directory) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for argument in argv { free(argument) } }
+        let environmentList = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer { for entry in environmentList ?? [] { free(entry) } }
+        var child: pid_t = 0
+        let result = environmentList.map { list in
+            posix_spawn(&child, executable, &actions, &attributes, argv, list)
+        } ?? posix_spawn(&child, executable, &actions, &attributes, argv, environ)
+        close(stdoutPipe[1])
+        close(stderrPipe[1])
+        guard result == 0 else {
+            close(stdoutPipe[0])
+            close(stderrPipe[0])
+            throw TestFailure("posix_spawn \(executable): \(String(cString: strerror(result)))")
+        }
+        pid = child
         let output = self.output
-        process.terminationHandler = { _ in
+        let exit = self.exit
+        let spawned = child
+        Thread {
+            var status: Int32 = 0
+            while waitpid(spawned, &status, 0) == -1 && errno == EINTR {}
+            // As Foundation's Process reports it: the exit code, or the number of the signal that ended it.
+            let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : status & 0x7f
+            exit.condition.lock()
+            exit.status = code
+            exit.condition.broadcast()
+            exit.condition.unlock()
             output.condition.lock()
             output.exited = true
             output.condition.broadcast()
             output.condition.unlock()
-        }
-        // Tests start processes in parallel: mark the pipes close-on-exec under one lock, so a process spawned
-        // at the same moment by another test does not inherit them (and hold our EOF back for its lifetime).
-        ChildProcess.spawnLock.lock()
-        defer { ChildProcess.spawnLock.unlock() }
-        let stdout = Pipe()
-        let stderr = Pipe()
-        for handle in [
-            stdout.fileHandleForReading, stdout.fileHandleForWriting, stderr.fileHandleForReading,
-            stderr.fileHandleForWriting,
-        ] {
-            _ = fcntl(handle.fileDescriptor, F_SETFD, FD_CLOEXEC)
-        }
-        process.standardOutput = stdout
-        process.standardError = stderr
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let stdoutReader = stdout.fileHandleForReading
-        let stderrReader = stderr.fileHandleForReading
+        }.start()
+        let stdoutReader = FileHandle(fileDescriptor: stdoutPipe[0], closeOnDealloc: true)
+        let stderrReader = FileHandle(fileDescriptor: stderrPipe[0], closeOnDealloc: true)
         Thread { output.pump(stdoutReader, isStdout: true) }.start()
         Thread { output.pump(stderrReader, isStdout: false) }.start()
+    }
+
+    private var exitStatus: Int32? {
+        exit.condition.lock()
+        defer { exit.condition.unlock() }
+        return exit.status
     }
 
     /// `python3 origin.py --mode …`, waiting for its "PORT n" line.
@@ -165,11 +212,11 @@ final class ChildProcess: @unchecked Sendable {
         defer { output.condition.unlock() }
         while !output.done {
             if !output.condition.wait(until: deadline) {
-                kill(process.processIdentifier, SIGKILL)
+                kill(pid, SIGKILL)
                 throw TestFailure("did not exit within \(timeout)s")
             }
         }
-        return process.terminationStatus
+        return exitStatus ?? -1
     }
 
     var stdoutLines: [String] {
@@ -203,17 +250,33 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     func signal(_ signal: Int32) {
-        kill(process.processIdentifier, signal)
+        kill(pid, signal)
     }
 
-    /// SIGKILL, not `terminate()`: a process started from a Swift concurrency thread inherits that thread's
-    /// signal mask, in which SIGTERM is blocked.
+    /// Killed (SIGKILL) when released, and reaped.
     deinit {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        guard exitStatus == nil else { return }
+        kill(pid, SIGKILL)
+        exit.condition.lock()
+        while exit.status == nil { exit.condition.wait() }
+        exit.condition.unlock()
     }
+}
+
+/// glibc's GNU extensions the `Glibc` module does not import, looked up once.
+private enum GNU {
+    static func symbol<Function>(_ name: String, as type: Function.Type) -> Function {
+        guard let address = dlsym(UnsafeMutableRawPointer(bitPattern: 0), name) else { fatalError("glibc lacks \(name)") }
+        return unsafeBitCast(address, to: type)
+    }
+
+    static let pipe2 = symbol("pipe2", as: (@convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32).self)
+    static let addClosefrom = symbol(
+        "posix_spawn_file_actions_addclosefrom_np",
+        as: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+    static let addChdir = symbol(
+        "posix_spawn_file_actions_addchdir_np",
+        as: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32).self)
 }
 
 /// Runs a program to completion (bounded by its own timeout flags and `timeout`).
@@ -243,8 +306,10 @@ enum Paths {
     static let originScript = endToEndDirectory.appendingPathComponent("origin.py").path
     static let packageRoot = testsDirectory.deletingLastPathComponent()
 
-    /// The `kaizen-egress` binary built beside the test bundle.
+    /// The `kaizen-egress` binary built beside the test bundle, or the one `KAIZEN_TEST_BINARY` names (to run
+    /// the end-to-end tests against a release build: `KAIZEN_TEST_BINARY=$PWD/.build/kaizen-egress-release`).
     static var proxyBinary: String {
+        if let chosen = ProcessInfo.processInfo.environment["KAIZEN_TEST_BINARY"], !chosen.isEmpty { return chosen }
         let candidates = [
             URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
             Bundle.main.bundleURL,
