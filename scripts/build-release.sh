@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 output=${1:-.build/kaizen-egress-release}
-swift build -c release --static-swift-stdlib --product kaizen-egress
-cp "$(swift build -c release --static-swift-stdlib --show-bin-path)/kaizen-egress" "$output"
+# Cross-module optimization lets the compiler inline and specialize SwiftNIO's generic code into the proxy's
+# own: about 10 % less CPU per inspected request, on top of the static runtime's 15 % (docs/performance.md).
+flags=(-c release --static-swift-stdlib -Xswiftc -cross-module-optimization)
+swift build "${flags[@]}" --product kaizen-egress
+cp "$(swift build "${flags[@]}" --show-bin-path)/kaizen-egress" "$output"
 echo "built $output"
