@@ -21,7 +21,7 @@ public final class LocalActionLog: ActionSink, Service {
     public static let defaultQueueLimit = 100_000
 
     /// How long the writer waits after the first record of a batch before writing it.
-    static let lingerAfterWakeUp: Duration = .milliseconds(2)
+    static let lingerAfterWakeUp: Duration = .milliseconds(20)
 
     private let queue: BatchQueue<ActionRecord>
     private let logger: Logger
