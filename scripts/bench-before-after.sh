@@ -19,7 +19,7 @@ run() {  # run LABEL BINARY SCENARIO
     cp /var/tmp/proxybench/pki/mitm-ca.key /dev/shm/kz8/ca.key && chmod 600 /dev/shm/kz8/ca.key
     inspect=(KAIZEN_CA_CERT=/var/tmp/proxybench/pki/mitm-ca.pem KAIZEN_CA_KEY=/dev/shm/kz8/ca.key KAIZEN_UPSTREAM_CA_FILE=/var/tmp/proxybench/pki/ca.pem)
   fi
-  (cd /dev/shm/kz8 && export "${inspect[@]}" && KAIZEN_LOG_FORMAT=${LOG_FORMAT:-text} KAIZEN_ADMIN_LISTEN=off KAIZEN_ALLOW_PRIVATE=127.0.0.0/8 exec $bin --local --port 3202 --log-level ${LOG_LEVEL:-warning} >/dev/null 2>/dev/null) &
+  (cd /dev/shm/kz8 && for setting in "${inspect[@]}"; do export "$setting"; done && KAIZEN_LOG_FORMAT=${LOG_FORMAT:-text} KAIZEN_ADMIN_LISTEN=off KAIZEN_ALLOW_PRIVATE=127.0.0.0/8 exec $bin --local --port 3202 --log-level ${LOG_LEVEL:-warning} >/dev/null 2>/dev/null) &
   local pid=$!
   for i in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/3202) 2>/dev/null && break; sleep 0.1; done
   local args

@@ -36,27 +36,6 @@ import Testing
         #expect(machine.completed == 3)
     }
 
-    @Test func theClientIsReadAheadOnlyWhileAKeepAliveRequestAwaitsItsResponse() {
-        var machine = Machine(reportQuery: false)
-        #expect(!machine.mayReadClientAhead)  // nothing awaits a response: plain reading
-        _ = machine.requestHead(request(.GET, "/a"))
-        #expect(!machine.mayReadClientAhead)  // the request is still arriving
-        _ = machine.requestEnd()
-        #expect(machine.mayReadClientAhead && !machine.mayReadClient)
-        _ = machine.responseHead(response())
-        _ = machine.responseEnd()
-        #expect(!machine.mayReadClientAhead && machine.mayReadClient)
-        for head in [
-            request(.GET, "/", ["Connection": "close"]), request(.GET, "/ws", ["Upgrade": "websocket"]),
-            request(.CONNECT, "h.test:443"),
-        ] {
-            var other = Machine(reportQuery: false)
-            _ = other.requestHead(head)
-            _ = other.requestEnd()
-            #expect(!other.mayReadClientAhead, "\(head.method) \(head.uri)")
-        }
-    }
-
     @Test func connectionCloseEndsTheConnectionAfterTheExchange() {
         var machine = Machine(reportQuery: false)
         _ = machine.requestHead(request(.GET, "/", ["Connection": "close"]))

@@ -112,6 +112,21 @@ import Testing
         #expect(actions[1]["request_body_bytes"] as? Int == 5)
     }
 
+    /// A malformed request pipelined behind a good one is answered with 400 only after the good one's response
+    /// has gone out whole, never inside it; then the connection closes. Both are reported.
+    @Test func aMalformedPipelinedRequestIsAnsweredAfterTheResponseBeforeIt() throws {
+        let setup = try setUp()
+        let result = try mitmClient("pipelined-malformed", setup)
+        #expect(result.status == 0, "\(result.stderr)")
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first == "HTTP/1.1 200 OK hello from origin")
+        #expect(lines.dropFirst().first?.hasPrefix("HTTP/1.1 400 Bad Request kaizen-egress: bad request: malformed request") == true)
+        #expect(lines.last == "closed" && lines.count == 3, "\(lines)")
+        let actions = try setup.waitForActions(2)
+        #expect(Set(actions.compactMap { $0["status"] as? Int }) == [200, 400])
+        #expect(actions.contains { ($0["error"] as? String)?.hasPrefix("rejected: malformed request") == true })
+    }
+
     /// Each response reaches the client framed as the origin framed it: a chunked HEAD response without a body
     /// (a stray chunk terminator there would be read as the next response), a chunked body re-chunked, and a
     /// body that ends with the connection ended by closing the client's.

@@ -13,6 +13,7 @@
                                                          strictly); prints one line per response
   mitm_client.py pipelined PROXY_PORT ORIGIN_PORT CAFILE  GET, POST (5 bytes), GET sent in one write, the last
                                                          with Connection: close; prints each status line and body
+  mitm_client.py pipelined-malformed PROXY_PORT …         GET, then a request llhttp refuses, in one write; the same
 """
 import base64
 import os
@@ -101,10 +102,14 @@ def idle(tls):
     print("CLOSED" if closed else "STILL OPEN", flush=True)
 
 
-def pipelined(tls):
-    tls.sendall(b"GET /hello?n=1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
-                b"POST /sha256 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello"
-                b"GET /hello?n=3 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+def pipelined(tls, malformed=False):
+    if malformed:  # a good request, then one llhttp refuses (a field line without a colon), in one write
+        tls.sendall(b"GET /hello?n=1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                    b"GET /hello?n=2 HTTP/1.1\r\nHost: localhost\r\nNo colon here\r\n\r\n")
+    else:
+        tls.sendall(b"GET /hello?n=1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                    b"POST /sha256 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello"
+                    b"GET /hello?n=3 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     data, closed = read_all(tls)
     while data:
         head, _, rest = data.partition(b"\r\n\r\n")
@@ -141,6 +146,8 @@ def main():
         idle(tls)
     elif mode == "pipelined":
         pipelined(tls)
+    elif mode == "pipelined-malformed":
+        pipelined(tls, malformed=True)
     elif mode == "framing":
         framing(tls)
 

@@ -108,7 +108,6 @@ final class InterceptedConnection {
     }
 
     var mayReadClient: Bool { machine.mayReadClient }
-    var mayReadClientAhead: Bool { machine.mayReadClientAhead }
 
     // MARK: handshakes
 
@@ -287,7 +286,11 @@ final class InterceptedConnection {
         case .forwardAndComplete(let exchange, let thenClose):
             client?.send(forward, flush: true)
             report(exchange, error: nil)
-            if thenClose || quiescing {
+            if let rejection = deferredRejection {
+                noteClose(by: .proxy, reason: "bad_request")
+                client?.sendError(rejection.status, reason: rejection.reason)
+                upstream?.close()
+            } else if thenClose || quiescing {
                 noteClose(by: quiescing ? .proxy : .upstream, reason: quiescing ? "shutdown" : "eof")
                 client?.closeAfterWrites()
                 upstream?.close()
@@ -411,11 +414,31 @@ final class InterceptedConnection {
     }
 
     /// A request head broke a limit (too long, too many fields, too slow): answer its status, report it, close.
+    /// A rejection of bytes that came after a request whose response is still on its way (pipelined): reported
+    /// now, answered once that response has gone out (never inside it), then the connection closes. Requests
+    /// held behind it are not forwarded. False when no response is awaited (answer at once).
+    /// - Parameters: `answer` is the text the client gets, `reason` what the report says.
+    private func deferRejection(status: HTTPResponseStatus, answer: String, reason: String) -> Bool {
+        guard deferredRejection == nil, let awaiting = machine.current, awaiting.requestEnded else {
+            return deferredRejection != nil
+        }
+        deferredRejection = (status, answer)
+        var rejected = InterceptedExchangeStateMachine.Exchange(method: "", path: "")
+        rejected.status = Int(status.code)
+        report(rejected, startedAt: nil, policy: (nil, nil), error: "rejected: \(reason)")
+        client?.dropHeldParts()
+        return true
+    }
+
+    /// Set by `deferRejection`: the answer to send once the awaited response has ended.
+    private var deferredRejection: (status: HTTPResponseStatus, reason: String)?
+
     func clientBrokeLimit(_ limit: RequestLimitError) {
         let answer = limit.proxyError
         reporting.logger.info(
             "rejected an intercepted request",
             metadata: ["target": "\(target)", "status": "\(answer.status.code)", "reason": "\(answer.reason)"])
+        if deferRejection(status: answer.status, answer: answer.reason, reason: answer.reason) { return }
         var exchange = machine.connectionClosed() ?? InterceptedExchangeStateMachine.Exchange(method: "", path: "")
         exchange.status = Int(answer.status.code)
         report(exchange, error: "rejected: \(answer.reason)")
@@ -431,19 +454,12 @@ final class InterceptedConnection {
             ? "malformed request: ambiguous message framing" : "malformed request: \(error)"
         reporting.logger.info(
             "rejected an intercepted request", metadata: ["target": "\(target)", "status": "400", "reason": "\(reason)"])
-        let inFlight = machine.connectionClosed()
-        if let inFlight, inFlight.requestEnded {
-            // That request went upstream whole and waits for its response; the bytes that failed came after it.
-            report(inFlight, error: "connection closed before the response: the next request was malformed")
-            var next = InterceptedExchangeStateMachine.Exchange(method: "", path: "")
-            next.status = 400
-            report(next, error: "rejected: \(reason)")
-        } else {
-            // Nothing of it reached the upstream whole (a partial body is cut off with the connection).
-            var exchange = inFlight ?? InterceptedExchangeStateMachine.Exchange(method: "", path: "")
-            exchange.status = 400
-            report(exchange, error: "rejected: \(reason)")
-        }
+        if deferRejection(status: .badRequest, answer: "bad request: \(reason)", reason: reason) { return }
+        // Nothing of it reached the upstream whole (a partial body is cut off with the connection): a request
+        // that did is answered first (`deferRejection`).
+        var exchange = machine.connectionClosed() ?? InterceptedExchangeStateMachine.Exchange(method: "", path: "")
+        exchange.status = 400
+        report(exchange, error: "rejected: \(reason)")
         noteClose(by: .proxy, reason: "bad_request")
         client?.sendBadRequest(reason: reason)
         upstream?.close()

@@ -53,14 +53,6 @@ package struct InterceptedExchangeStateMachine {
         return !current.requestEnded
     }
 
-    /// Whether the client may be read ahead while a complete request awaits its response, so its socket need
-    /// not leave and rejoin the poll set for every request: only after a keep-alive request that does not switch
-    /// protocols. What arrives meanwhile is held by the handler until the response has ended.
-    var mayReadClientAhead: Bool {
-        guard !closed, let current, current.requestEnded else { return false }
-        return !current.closeAfter && current.upgrade == nil && current.method != "CONNECT"
-    }
-
     mutating func requestHead(_ head: HTTPRequestHead) -> Action {
         guard !closed, current == nil else { return .close }
         let fields = HeadFields(head.headers)

@@ -3,9 +3,8 @@ import NIOHTTP1
 import NIOTLS
 
 /// The client side of an intercepted connection, above the TLS server and the HTTP/1.1 codec: requests in,
-/// responses out. Reads only while the upstream can take more. While a complete keep-alive request awaits its
-/// response the client is still read (its socket stays in the poll set), but what arrives is held, and no more
-/// is read, until that response has ended.
+/// responses out. Reads only while the upstream can take more and no complete request awaits its response.
+/// Requests that came in the same read as an earlier one (pipelined) are held until it has been answered.
 final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -21,9 +20,9 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     /// The next bytes from the client start a new request head.
     func expectNextHead() { headLimiter?.expectNextHead() }
     private var pendingRead = false
-    /// Request parts that arrived while a complete request awaited its response (read ahead, or pipelined),
-    /// passed on in order once it has been answered. No read is asked for while any are held, so they are at
-    /// most what one read brought.
+    /// Request parts that arrived while a complete request awaited its response (pipelined: sent in the same
+    /// read), passed on in order once it has been answered. No read is asked for while any are held, so they
+    /// are at most what one read brought.
     private var heldParts = CircularBuffer<HTTPServerRequestPart>()
     private var deliveringHeldParts = false
 
@@ -47,8 +46,8 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         if heldParts.isEmpty && connection.mayReadClient {
             connection.fromClient(part)
         } else {
-            // The head limiter passed these bytes before the exchange ended: from here the decoder's limits
-            // apply, as for any pipelined request.
+            // The head limiter passed these bytes after the earlier head, unscanned: from here the decoder's
+            // limits apply, as for any pipelined request.
             if heldParts.isEmpty { headLimiter?.lostTrackOfHeads() }
             heldParts.append(part)
         }
@@ -96,8 +95,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     private var mayRead: Bool {
-        heldParts.isEmpty && (connection.mayReadClient || connection.mayReadClientAhead)
-            && (connection.upstream?.isWritable ?? false)
+        heldParts.isEmpty && connection.mayReadClient && (connection.upstream?.isWritable ?? false)
     }
 
     // MARK: calls from the connection
@@ -132,6 +130,9 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
             context.read()
         }
     }
+
+    /// The connection will close after the awaited response: held requests are never forwarded.
+    func dropHeldParts() { heldParts.removeAll() }
 
     private func deliverHeldParts() {
         guard !heldParts.isEmpty, !deliveringHeldParts else { return }

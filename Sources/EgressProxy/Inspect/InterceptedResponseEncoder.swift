@@ -4,7 +4,7 @@ import NIOHTTP1
 /// How a relayed HTTP/1.1 response's body is delimited (RFC 9112 §6.3), decided from its head and the method of
 /// the request it answers the way the upstream's decoder read it, so the client is sent the same framing.
 enum ResponseFraming: Equatable {
-    /// No body: a response to HEAD, a 2xx to CONNECT, 1xx, 204 and 304.
+    /// No body: a response to HEAD or CONNECT (the upstream's decoder reads none after either), 1xx, 204, 304.
     case none
     case contentLength
     case chunked
@@ -15,9 +15,7 @@ enum ResponseFraming: Equatable {
     /// - Parameter requestMethod: the method of the request answered, as sent (`HEAD`, `GET`, ...).
     init(status: HTTPResponseStatus, headers: HTTPHeaders, requestMethod: String?) {
         let code = status.code
-        if requestMethod == "HEAD" || code < 200 || code == 204 || code == 304
-            || (requestMethod == "CONNECT" && code < 300)
-        {
+        if requestMethod == "HEAD" || requestMethod == "CONNECT" || code < 200 || code == 204 || code == 304 {
             self = .none
             return
         }
@@ -32,8 +30,11 @@ enum ResponseFraming: Equatable {
         }
         if let codings {
             // The final coding decides (RFC 9112 §6.3 rule 4): chunked, or the body ends with the connection.
-            let last = codings.split(separator: ",").last.map { $0.filter { $0 != " " && $0 != "\t" } } ?? ""
-            self = last.lowercased() == "chunked" ? .chunked : .untilClose
+            // Compared as ASCII, as llhttp does: a Unicode case mapping would take "chunKed" (KELVIN SIGN) for it.
+            let bytes = Array(codings.utf8)
+            let start = bytes.lastIndex(of: UInt8(ascii: ",")).map { $0 + 1 } ?? 0
+            let last = bytes[start...].filter { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }
+            self = last.count == 7 && zip(last, "chunked".utf8).allSatisfy { $0 | 0x20 == $1 } ? .chunked : .untilClose
         } else {
             self = hasLength ? .contentLength : .untilClose
         }

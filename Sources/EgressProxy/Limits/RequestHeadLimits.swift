@@ -148,7 +148,7 @@ package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableCha
         scanner = RequestHeadScanner(limits: limits)
     }
 
-    /// Bytes of a later request went past while no head was expected (the front handler read ahead): the
+    /// Bytes of a later request went past while no head was expected (pipelined after the last one): the
     /// scanner no longer knows where heads start, so the decoder's own limits apply from here.
     package func lostTrackOfHeads() {
         pipelined = true

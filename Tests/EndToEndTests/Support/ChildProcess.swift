@@ -66,7 +66,10 @@ final class ChildProcess: @unchecked Sendable {
     {
         var stdoutPipe: [Int32] = [0, 0]
         var stderrPipe: [Int32] = [0, 0]
-        guard GNU.pipe2(&stdoutPipe, O_CLOEXEC) == 0, GNU.pipe2(&stderrPipe, O_CLOEXEC) == 0 else {
+        guard GNU.pipe2(&stdoutPipe, O_CLOEXEC) == 0 else { throw TestFailure("pipe2: \(String(cString: strerror(errno)))") }
+        guard GNU.pipe2(&stderrPipe, O_CLOEXEC) == 0 else {
+            close(stdoutPipe[0])
+            close(stdoutPipe[1])
             throw TestFailure("pipe2: \(String(cString: strerror(errno)))")
         }
         var actions = posix_spawn_file_actions_t()
@@ -108,11 +111,15 @@ final class ChildProcess: @unchecked Sendable {
         let exit = self.exit
         let spawned = child
         Thread {
+            // Wait without reaping, then reap under the lock: a signal sent under it (`kill`) can only reach this
+            // program, never another that got its process id after the reaping.
+            var info = siginfo_t()
+            while waitid(P_PID, id_t(spawned), &info, WEXITED | WNOWAIT) == -1 && errno == EINTR {}
             var status: Int32 = 0
+            exit.condition.lock()
             while waitpid(spawned, &status, 0) == -1 && errno == EINTR {}
             // As Foundation's Process reports it: the exit code, or the number of the signal that ended it.
             let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : status & 0x7f
-            exit.condition.lock()
             exit.status = code
             exit.condition.broadcast()
             exit.condition.unlock()
@@ -212,7 +219,7 @@ final class ChildProcess: @unchecked Sendable {
         defer { output.condition.unlock() }
         while !output.done {
             if !output.condition.wait(until: deadline) {
-                kill(pid, SIGKILL)
+                send(SIGKILL)
                 throw TestFailure("did not exit within \(timeout)s")
             }
         }
@@ -250,13 +257,19 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     func signal(_ signal: Int32) {
-        kill(pid, signal)
+        send(signal)
+    }
+
+    /// Sends `signal` unless the program has been reaped (its id may belong to another program by then).
+    private func send(_ signal: Int32) {
+        exit.condition.lock()
+        defer { exit.condition.unlock() }
+        if exit.status == nil { kill(pid, signal) }
     }
 
     /// Killed (SIGKILL) when released, and reaped.
     deinit {
-        guard exitStatus == nil else { return }
-        kill(pid, SIGKILL)
+        send(SIGKILL)
         exit.condition.lock()
         while exit.status == nil { exit.condition.wait() }
         exit.condition.unlock()
