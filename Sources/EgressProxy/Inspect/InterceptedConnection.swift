@@ -288,7 +288,7 @@ final class InterceptedConnection {
             report(exchange, error: nil)
             if let rejection = deferredRejection {
                 noteClose(by: .proxy, reason: "bad_request")
-                client?.sendError(rejection.status, reason: rejection.reason)
+                client?.sendError(rejection.status, reason: rejection.answer)
                 upstream?.close()
             } else if thenClose || quiescing {
                 noteClose(by: quiescing ? .proxy : .upstream, reason: quiescing ? "shutdown" : "eof")
@@ -413,7 +413,6 @@ final class InterceptedConnection {
         upstream?.close()
     }
 
-    /// A request head broke a limit (too long, too many fields, too slow): answer its status, report it, close.
     /// A rejection of bytes that came after a request whose response is still on its way (pipelined): reported
     /// now, answered once that response has gone out (never inside it), then the connection closes. Requests
     /// held behind it are not forwarded. False when no response is awaited (answer at once).
@@ -431,8 +430,9 @@ final class InterceptedConnection {
     }
 
     /// Set by `deferRejection`: the answer to send once the awaited response has ended.
-    private var deferredRejection: (status: HTTPResponseStatus, reason: String)?
+    private var deferredRejection: (status: HTTPResponseStatus, answer: String)?
 
+    /// A request head broke a limit (too long, too many fields, too slow): answer its status, report it, close.
     func clientBrokeLimit(_ limit: RequestLimitError) {
         let answer = limit.proxyError
         reporting.logger.info(

@@ -82,23 +82,14 @@ package struct InterceptedExchangeStateMachine {
 
         init(_ headers: HTTPHeaders) {
             for (name, value) in headers {
-                if Self.name(name, is: "host") {
+                if name.equalsIgnoringASCIICase("host") {
                     hostCount += 1
                     if host == nil { host = value }
-                } else if Self.name(name, is: "upgrade") {
+                } else if name.equalsIgnoringASCIICase("upgrade") {
                     if upgrade == nil { upgrade = value }
-                } else if Self.name(name, is: "content-length") || Self.name(name, is: "transfer-encoding") {
+                } else if name.equalsIgnoringASCIICase("content-length") || name.equalsIgnoringASCIICase("transfer-encoding") {
                     framed = true
                 }
-            }
-        }
-
-        /// Whether a field name is `lowercase` (lowercase ASCII), ignoring ASCII case.
-        static func name(_ name: String, is lowercase: StaticString) -> Bool {
-            let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-            guard name.utf8.count == expected.count else { return false }
-            return zip(name.utf8, expected).allSatisfy { byte, lower in
-                byte == lower || (lower >= UInt8(ascii: "a") && lower <= UInt8(ascii: "z") && byte == lower ^ 0x20)
             }
         }
     }
@@ -235,8 +226,8 @@ package struct InterceptedExchangeStateMachine {
         guard let start = authorityStart(uri) else { return nil }
         let rest = uri.utf8[start...]
         let end = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") }
-        let authority = Substring(rest[..<(end ?? rest.endIndex)])
-        return Destination.hostWithoutPort(authority.split(separator: "@").last.map(String.init) ?? "")
+        // Userinfo (`user:password@`) is dropped by hostWithoutPort.
+        return Destination.hostWithoutPort(String(Substring(rest[..<(end ?? rest.endIndex)])))
     }
 
     /// The path as reported: the request target without its query (unless kept) and fragment.
@@ -257,5 +248,17 @@ package struct InterceptedExchangeStateMachine {
         if start == utf8.startIndex && end == utf8.endIndex { return uri }  // origin-form, nothing to remove
         let path = Substring(utf8[start..<end])
         return needsSlash ? "/" + path : String(path)
+    }
+}
+
+extension String {
+    /// Whether this is `lowercase` (lowercase ASCII) ignoring ASCII case only, as HTTP compares field names and
+    /// codings (a Unicode case mapping would take the KELVIN SIGN for a k).
+    func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
+        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        guard utf8.count == expected.count else { return false }
+        return zip(utf8, expected).allSatisfy { byte, lower in
+            byte == lower || (lower >= UInt8(ascii: "a") && lower <= UInt8(ascii: "z") && byte == lower ^ 0x20)
+        }
     }
 }

@@ -22,9 +22,9 @@ enum ResponseFraming: Equatable {
         var codings: String?
         var hasLength = false
         for (name, value) in headers {
-            if InterceptedExchangeStateMachine.HeadFields.name(name, is: "transfer-encoding") {
+            if name.equalsIgnoringASCIICase("transfer-encoding") {
                 codings = codings.map { $0 + "," + value } ?? value
-            } else if InterceptedExchangeStateMachine.HeadFields.name(name, is: "content-length") {
+            } else if name.equalsIgnoringASCIICase("content-length") {
                 hasLength = true
             }
         }
@@ -33,8 +33,8 @@ enum ResponseFraming: Equatable {
             // Compared as ASCII, as llhttp does: a Unicode case mapping would take "chunKed" (KELVIN SIGN) for it.
             let bytes = Array(codings.utf8)
             let start = bytes.lastIndex(of: UInt8(ascii: ",")).map { $0 + 1 } ?? 0
-            let last = bytes[start...].filter { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }
-            self = last.count == 7 && zip(last, "chunked".utf8).allSatisfy { $0 | 0x20 == $1 } ? .chunked : .untilClose
+            let last = String(decoding: bytes[start...].filter { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }, as: UTF8.self)
+            self = last.equalsIgnoringASCIICase("chunked") ? .chunked : .untilClose
         } else {
             self = hasLength ? .contentLength : .untilClose
         }
