@@ -11,10 +11,12 @@ final class ChildProcess: @unchecked Sendable {
         var lines: [String] = []
         var stderrText = ""
         var partial = Data()
-        var exited = false
+        /// The exit code, or the number of the signal that ended the program; set once it has been reaped (its
+        /// process id may belong to another program from then on).
+        var status: Int32?
         var finishedReaders = 0
 
-        var done: Bool { exited && finishedReaders == 2 }
+        var done: Bool { status != nil && finishedReaders == 2 }
 
         func pump(_ handle: FileHandle, isStdout: Bool) {
             while true {
@@ -46,16 +48,9 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     private let output = Output()
-    private let exit = Exit()
 
     /// The program's process id, to read its /proc entries.
     let pid: pid_t
-
-    /// Set once by the thread that reaps the program.
-    private final class Exit: @unchecked Sendable {
-        let condition = NSCondition()
-        var status: Int32?
-    }
 
     /// Started with `posix_spawn`, not Foundation's `Process`: on this toolchain (swift-corelibs-foundation of
     /// Swift 6.3.1) `Process.run()` intermittently crashes the whole test run, reading past a buffer while it
@@ -108,7 +103,6 @@ final class ChildProcess: @unchecked Sendable {
         }
         pid = child
         let output = self.output
-        let exit = self.exit
         let spawned = child
         Thread {
             // Wait without reaping, then reap under the lock: a signal sent under it (`kill`) can only reach this
@@ -116,15 +110,10 @@ final class ChildProcess: @unchecked Sendable {
             var info = siginfo_t()
             while waitid(P_PID, id_t(spawned), &info, WEXITED | WNOWAIT) == -1 && errno == EINTR {}
             var status: Int32 = 0
-            exit.condition.lock()
+            output.condition.lock()
             while waitpid(spawned, &status, 0) == -1 && errno == EINTR {}
             // As Foundation's Process reports it: the exit code, or the number of the signal that ended it.
-            let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : status & 0x7f
-            exit.status = code
-            exit.condition.broadcast()
-            exit.condition.unlock()
-            output.condition.lock()
-            output.exited = true
+            output.status = (status & 0x7f) == 0 ? (status >> 8) & 0xff : status & 0x7f
             output.condition.broadcast()
             output.condition.unlock()
         }.start()
@@ -132,12 +121,6 @@ final class ChildProcess: @unchecked Sendable {
         let stderrReader = FileHandle(fileDescriptor: stderrPipe[0], closeOnDealloc: true)
         Thread { output.pump(stdoutReader, isStdout: true) }.start()
         Thread { output.pump(stderrReader, isStdout: false) }.start()
-    }
-
-    private var exitStatus: Int32? {
-        exit.condition.lock()
-        defer { exit.condition.unlock() }
-        return exit.status
     }
 
     /// `python3 origin.py --mode …`, waiting for its "PORT n" line.
@@ -219,11 +202,11 @@ final class ChildProcess: @unchecked Sendable {
         defer { output.condition.unlock() }
         while !output.done {
             if !output.condition.wait(until: deadline) {
-                send(SIGKILL)
+                if output.status == nil { kill(pid, SIGKILL) }  // not reaped: the id is still this program's
                 throw TestFailure("did not exit within \(timeout)s")
             }
         }
-        return exitStatus ?? -1
+        return output.status ?? -1
     }
 
     var stdoutLines: [String] {
@@ -256,23 +239,19 @@ final class ChildProcess: @unchecked Sendable {
         return port
     }
 
-    func signal(_ signal: Int32) {
-        send(signal)
-    }
-
     /// Sends `signal` unless the program has been reaped (its id may belong to another program by then).
-    private func send(_ signal: Int32) {
-        exit.condition.lock()
-        defer { exit.condition.unlock() }
-        if exit.status == nil { kill(pid, signal) }
+    func signal(_ signal: Int32) {
+        output.condition.lock()
+        defer { output.condition.unlock() }
+        if output.status == nil { kill(pid, signal) }
     }
 
     /// Killed (SIGKILL) when released, and reaped.
     deinit {
-        send(SIGKILL)
-        exit.condition.lock()
-        while exit.status == nil { exit.condition.wait() }
-        exit.condition.unlock()
+        output.condition.lock()
+        if output.status == nil { kill(pid, SIGKILL) }
+        while output.status == nil { output.condition.wait() }
+        output.condition.unlock()
     }
 }
 
