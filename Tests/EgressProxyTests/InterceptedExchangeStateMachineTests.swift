@@ -168,6 +168,7 @@ import Testing
         #expect(Machine.reportedPath("h.test:443", keepQuery: false) == "h.test:443")  // authority-form
         #expect(Machine.absoluteFormHost("/x://y") == nil)
         #expect(Machine.absoluteFormHost("http://u@H.test:80?q") == "h.test")
+        #expect(Machine.absoluteFormHost("https://u@/x") == nil)  // userinfo alone is no host
     }
 
     @Test func namesToJudgeAreTheRequestsThenTheSNIEachOnce() {
