@@ -33,11 +33,17 @@ extension OpenSSLTLSHandler {
             case closeNow
             /// Report the error, then close.
             case fail(OpenSSLError)
+            /// The transport ended with the session open (no close_notify): tell the pipeline, before the EOF.
+            case notePeerClosedWithoutNotify
+            /// Send what was written, then close without close_notify.
+            case flushAndCloseWithoutNotify
             /// The write cannot be done any more.
             case failWrite
         }
 
         private(set) var state: State = .idle
+        /// The pipeline was told the peer's transport ended without close_notify (once per connection).
+        private var notedUncleanClose = false
 
         mutating func channelActive() -> Action {
             guard state == .idle else { return .none }
@@ -122,8 +128,32 @@ extension OpenSSLTLSHandler {
             }
         }
 
-        mutating func channelInactive() {
+        /// The peer's transport sent EOF (half-closure allowed), or the channel went inactive. Either while the
+        /// session is open means no close_notify came first: whatever ended with the connection may be cut short.
+        mutating func transportEnded() -> Action {
+            guard state == .active, !notedUncleanClose else { return .none }
+            notedUncleanClose = true
+            return .notePeerClosedWithoutNotify
+        }
+
+        /// Close without close_notify, so the peer cannot take the end of the connection for the end of the data.
+        mutating func closeWithoutNotify() -> Action {
+            switch state {
+            case .active:
+                state = .closed
+                return .flushAndCloseWithoutNotify
+            case .idle, .handshaking, .choosingCertificate, .closing:
+                state = .closed
+                return .closeNow
+            case .closed:
+                return .closeNow
+            }
+        }
+
+        mutating func channelInactive() -> Action {
+            let action = transportEnded()
             state = .closed
+            return action
         }
     }
 }

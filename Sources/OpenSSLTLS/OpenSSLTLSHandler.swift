@@ -1,6 +1,21 @@
 import NIOCore
 import NIOTLS
 
+/// Fired up the pipeline when the peer's transport ends (EOF or the channel closing) while the TLS session is
+/// still open: no close_notify came first (RFC 8446 §6.1), so data whose end is the end of the connection, such
+/// as an HTTP/1.1 body with no length, may have been cut short by someone other than the peer. Fired once, before
+/// the `ChannelEvent.inputClosed` or `channelInactive` it explains.
+public struct TLSClosedWithoutNotify: Sendable, Hashable {
+    public init() {}
+}
+
+/// Sent down the pipeline (`triggerUserOutboundEvent`): close the channel after what was written, without
+/// close_notify, so the peer sees an end it cannot take for a complete one (for example when a relayed body
+/// was cut short). Before the handshake has finished it closes at once.
+public struct TLSCloseWithoutNotify: Sendable, Hashable {
+    public init() {}
+}
+
 /// TLS on a channel, client or server: ciphertext below, plaintext above. Fires
 /// `TLSUserEvent.handshakeCompleted(negotiatedProtocol:)` when the handshake is done; writes made before then
 /// are held and sent after it. A failed handshake or a broken record reaches the pipeline as an
@@ -73,7 +88,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
-        machine.channelInactive()
+        perform(machine.channelInactive(), context: context)
         failHeldWrites(ChannelError.ioOnClosedChannel)
         failPendingWrites(ChannelError.ioOnClosedChannel)
         context.fireChannelInactive()
@@ -82,6 +97,24 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         connection.consumeFromNetwork(unwrapInboundIn(data))
         perform(machine.bytesArrived(), context: context)
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            perform(machine.transportEnded(), context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is TLSCloseWithoutNotify else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        if let promise {
+            if let existing = closePromise { existing.futureResult.cascade(to: promise) } else { closePromise = promise }
+        }
+        perform(machine.closeWithoutNotify(), context: context)
     }
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -161,6 +194,12 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             sendToNetwork(context: context, flush: true)
             closeChannel(context: context)
         case .closeNow:
+            closeChannel(context: context)
+        case .notePeerClosedWithoutNotify:
+            context.fireUserInboundEventTriggered(TLSClosedWithoutNotify())
+        case .flushAndCloseWithoutNotify:
+            encryptPending(context: context)
+            sendToNetwork(context: context, flush: true)
             closeChannel(context: context)
         case .fail(let error):
             sendToNetwork(context: context, flush: true)  // the alert, if OpenSSL made one

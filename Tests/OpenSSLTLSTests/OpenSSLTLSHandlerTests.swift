@@ -13,6 +13,8 @@ final class PlaintextRecorder: ChannelInboundHandler {
     var received: [UInt8] = []
     var negotiated: [String?] = []
     var errors: [any Error] = []
+    /// The events seen, in order: "unclean" (`TLSClosedWithoutNotify`), "inputClosed", "inactive".
+    var ends: [String] = []
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         received += Array(unwrapInboundIn(data).readableBytesView)
@@ -21,8 +23,17 @@ final class PlaintextRecorder: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted(let protocolName) = event {
             negotiated.append(protocolName)
+        } else if event is TLSClosedWithoutNotify {
+            ends.append("unclean")
+        } else if case ChannelEvent.inputClosed = event {
+            ends.append("inputClosed")
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        ends.append("inactive")
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -109,6 +120,45 @@ final class PlaintextRecorder: ChannelInboundHandler {
         #expect(!server.isActive)
         _ = try? client.finish()
         _ = try? server.finish()
+    }
+
+    /// A bare EOF (no close_notify) while the session is open is told to the pipeline before the EOF itself; one
+    /// after close_notify is not. This is what lets a relay tell a body cut short from one that ended.
+    @Test func anEOFWithoutCloseNotifyIsToldBeforeTheEOF() throws {
+        let (clientContext, serverContext) = try contexts()
+        let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "localhost")
+        try interact(pair.client, pair.server)
+        #expect(pair.clientRecorder.negotiated == ["http/1.1"])
+        pair.client.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        try pair.client.close().wait()
+        #expect(pair.clientRecorder.ends == ["unclean", "inputClosed", "inactive"])
+
+        // The server sends close_notify: the client's EOF after it is a clean one.
+        let clean = try BackToBack(client: clientContext, server: serverContext, serverName: "localhost")
+        try interact(clean.client, clean.server)
+        clean.server.close(promise: nil)
+        try interact(clean.client, clean.server)
+        #expect(!clean.client.isActive)
+        #expect(clean.clientRecorder.ends == ["inactive"])
+        #expect(clean.clientRecorder.errors.isEmpty)
+        _ = try? pair.server.finish()
+    }
+
+    /// `TLSCloseWithoutNotify` sends what was written and closes without close_notify: the peer sees the data,
+    /// then an EOF it is told is unclean.
+    @Test func closeWithoutNotifySendsTheDataButNoCloseNotify() throws {
+        let (clientContext, serverContext) = try contexts()
+        let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "localhost")
+        try interact(pair.client, pair.server)
+        pair.server.write(ByteBuffer(string: "partial body"), promise: nil)
+        pair.server.pipeline.triggerUserOutboundEvent(TLSCloseWithoutNotify(), promise: nil)
+        #expect(!pair.server.isActive)
+        try interact(pair.client, pair.server)
+        #expect(pair.clientRecorder.received == Array("partial body".utf8))
+        #expect(pair.clientRecorder.ends.isEmpty)  // no close_notify arrived: the client is still open
+        pair.client.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(pair.clientRecorder.ends == ["unclean", "inputClosed"])
+        _ = try? pair.client.finish()
     }
 
     @Test func anUntrustedServerFailsTheHandshakeWithTheReason() throws {
@@ -343,5 +393,46 @@ final class PlaintextRecorder: ChannelInboundHandler {
         _ = closing.handshakeStepped(.complete)
         #expect(closing.peerClosed() == .sendCloseNotifyAndClose)
         #expect(closing.peerClosed() == .none)
+    }
+
+    @Test func anEOFIsUncleanOnlyWhileTheSessionIsOpenAndIsToldOnce() {
+        var open = Machine()
+        _ = open.channelActive()
+        #expect(open.transportEnded() == .none)  // during the handshake: the handshake fails on its own
+        _ = open.handshakeStepped(.complete)
+        #expect(open.transportEnded() == .notePeerClosedWithoutNotify)
+        #expect(open.transportEnded() == .none)
+        #expect(open.channelInactive() == .none)
+
+        var inactive = Machine()
+        _ = inactive.channelActive()
+        _ = inactive.handshakeStepped(.complete)
+        #expect(inactive.channelInactive() == .notePeerClosedWithoutNotify)
+
+        var notified = Machine()
+        _ = notified.channelActive()
+        _ = notified.handshakeStepped(.complete)
+        _ = notified.peerClosed()  // close_notify arrived
+        #expect(notified.transportEnded() == .none)
+        #expect(notified.channelInactive() == .none)
+    }
+
+    @Test func closeWithoutNotifyFlushesOnlyAnOpenSession() {
+        var active = Machine()
+        _ = active.channelActive()
+        _ = active.handshakeStepped(.complete)
+        #expect(active.closeWithoutNotify() == .flushAndCloseWithoutNotify)
+        #expect(active.write() == .failWrite)
+        #expect(active.channelInactive() == .none)  // the proxy closed it: nothing to tell
+
+        var early = Machine()
+        _ = early.channelActive()
+        #expect(early.closeWithoutNotify() == .closeNow)
+
+        var closing = Machine()
+        _ = closing.channelActive()
+        _ = closing.handshakeStepped(.complete)
+        _ = closing.close()
+        #expect(closing.closeWithoutNotify() == .closeNow)
     }
 }
