@@ -58,6 +58,24 @@ import Testing
         }
     }
 
+    /// Only a body with no length (not a Connection: close with one, nor a HEAD's) ends with the connection:
+    /// only its end needs the upstream's close_notify to be confirmed.
+    @Test func onlyABodyWithNoLengthIsCloseDelimited() {
+        func exchange(_ method: HTTPMethod, _ headers: HTTPHeaders) -> Machine.Exchange? {
+            var machine = Machine(reportQuery: false)
+            _ = machine.requestHead(request(method))
+            _ = machine.requestEnd()
+            _ = machine.responseHead(response(.ok, headers))
+            guard case .forwardAndComplete(let exchange, true) = machine.responseEnd() else { return nil }
+            return exchange
+        }
+        #expect(exchange(.GET, [:])?.closeDelimited == true)
+        #expect(exchange(.GET, ["Transfer-Encoding": "gzip"])?.closeDelimited == true)
+        #expect(exchange(.GET, ["Content-Length": "7", "Connection": "close"])?.closeDelimited == false)
+        #expect(exchange(.GET, ["Transfer-Encoding": "chunked", "Connection": "close"])?.closeDelimited == false)
+        #expect(exchange(.HEAD, ["Connection": "close"])?.closeDelimited == false)
+    }
+
     @Test func informationalResponsesPassThroughBeforeTheFinalOne() {
         var machine = Machine(reportQuery: false)
         _ = machine.requestHead(request(.PUT, "/upload", ["Expect": "100-continue", "Content-Length": "3"]))

@@ -127,6 +127,17 @@ import Testing
         #expect(actions.contains { ($0["error"] as? String)?.hasPrefix("rejected: malformed request") == true })
     }
 
+    /// Behind a response whose body runs until the close, the answer to a malformed request cannot be sent: the
+    /// client would read it as part of that body. The connection closes after the body; the rejection is reported.
+    @Test func noAnswerIsAppendedToABodyThatEndsWithTheConnection() throws {
+        let setup = try setUp()
+        let result = try mitmClient("pipelined-malformed-unframed", setup)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "b'until close\\n' closed")
+        let actions = try setup.waitForActions(2)
+        #expect(Set(actions.compactMap { $0["status"] as? Int }) == [200, 400])
+    }
+
     /// Each response reaches the client framed as the origin framed it: a chunked HEAD response without a body
     /// (a stray chunk terminator there would be read as the next response), a chunked body re-chunked, and a
     /// body that ends with the connection ended by closing the client's.
@@ -143,6 +154,29 @@ import Testing
         let actions = try setup.waitForActions(4)
         #expect(actions.map { $0["method"] as? String } == ["HEAD", "GET", "GET", "GET"])
         #expect(actions.map { $0["response_body_bytes"] as? Int } == [0, 14, 18, 12])
+    }
+
+    /// A body with no length ends where the upstream's connection does. Without the upstream's close_notify that
+    /// end is not confirmed: the client is not given one either (it sees what it would see from the origin) and
+    /// the action says so. With it, the client's connection ends with close_notify and nothing is flagged. A
+    /// response cut short (10 of 100 bytes) also ends without close_notify.
+    @Test func aCloseDelimitedBodyEndsCleanOnlyWhenTheUpstreamsDid() throws {
+        let setup = try setUp()
+        let result = try mitmClient("close-notify", setup)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == """
+            /unframed b'until close\\n' unclean
+            /unframed?notify=1 b'until close\\n' clean
+            /truncated b'0123456789' unclean
+            """)
+        let actions = try setup.waitForActions(3)
+        // Each is reported before its client sees the end of its connection, so in this order.
+        #expect(actions.map { $0["error"] as? String } == [
+            "response end not confirmed: the upstream closed without TLS close_notify",
+            nil,
+            "connection closed before the exchange completed",
+        ])
+        #expect(actions.map { $0["response_body_bytes"] as? Int } == [12, 12, 10])
     }
 
     @Test func queryStringsAreReportedOnlyWhenAskedFor() throws {

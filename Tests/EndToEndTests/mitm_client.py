@@ -14,6 +14,14 @@
   mitm_client.py pipelined PROXY_PORT ORIGIN_PORT CAFILE  GET, POST (5 bytes), GET sent in one write, the last
                                                          with Connection: close; prints each status line and body
   mitm_client.py pipelined-malformed PROXY_PORT …         GET, then a request llhttp refuses, in one write; the same
+  mitm_client.py pipelined-malformed-unframed PROXY_PORT … GET /unframed?notify=1, then a request llhttp refuses, in
+                                                         one write; prints the bytes after the first head and
+                                                         whether the proxy closed
+  mitm_client.py close-notify PROXY_PORT ORIGIN_PORT CAFILE  GET /unframed (the origin closes without close_notify),
+                                                         GET /unframed?notify=1 (with it) and GET /truncated (10
+                                                         of 100 bytes, then a close), each on its own
+                                                         connection; prints the body and whether the proxy's
+                                                         close came with close_notify ("clean") or not ("unclean")
 """
 import base64
 import os
@@ -22,7 +30,7 @@ import ssl
 import sys
 
 
-def connect(proxy_port, origin_port, cafile, strict=False):
+def connect(proxy_port, origin_port, cafile, strict=False, ragged_eof_is_eof=True):
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
     sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\r\nHost: localhost:{origin_port}\r\n\r\n".encode())
     reply = b""
@@ -35,7 +43,7 @@ def connect(proxy_port, origin_port, cafile, strict=False):
     context = ssl.create_default_context(cafile=cafile)
     if strict:
         context.verify_flags |= ssl.VERIFY_X509_STRICT
-    return context.wrap_socket(sock, server_hostname="localhost")
+    return context.wrap_socket(sock, server_hostname="localhost", suppress_ragged_eofs=ragged_eof_is_eof)
 
 
 def read_all(tls):
@@ -120,6 +128,13 @@ def pipelined(tls, malformed=False):
     print("closed" if closed else "open")
 
 
+def pipelined_malformed_unframed(tls):
+    tls.sendall(b"GET /unframed?notify=1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                b"GET /hello?n=2 HTTP/1.1\r\nHost: localhost\r\nNo colon here\r\n\r\n")
+    data, closed = read_all(tls)
+    print(repr(data.partition(b"\r\n\r\n")[2]), "closed" if closed else "open")
+
+
 def framing(tls):
     import http.client
     conn = http.client.HTTPConnection("localhost")
@@ -133,8 +148,25 @@ def framing(tls):
         print(method, path, response.status, framing, repr(body))
 
 
+def close_notify(proxy_port, origin_port, cafile):
+    for path in ("/unframed", "/unframed?notify=1", "/truncated"):
+        tls = connect(proxy_port, origin_port, cafile, ragged_eof_is_eof=False)
+        tls.settimeout(10)
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        data, end = b"", "clean"
+        try:
+            while chunk := tls.recv(4096):
+                data += chunk
+        except ssl.SSLEOFError:
+            end = "unclean"
+        print(path, repr(data.partition(b"\r\n\r\n")[2]), end)
+        tls.close()
+
+
 def main():
     mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    if mode == "close-notify":
+        return close_notify(proxy_port, origin_port, cafile)
     tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))
     if mode == "strict":
         strict(tls)
@@ -148,6 +180,8 @@ def main():
         pipelined(tls)
     elif mode == "pipelined-malformed":
         pipelined(tls, malformed=True)
+    elif mode == "pipelined-malformed-unframed":
+        pipelined_malformed_unframed(tls)
     elif mode == "framing":
         framing(tls)
 

@@ -9,6 +9,8 @@ Modes:
                 GET /truncated      -> promises 100 bytes, sends 10, closes
                 GET|HEAD /chunked   -> "hello chunked\n" in two chunks, then a trailer (HEAD: the head only)
                 GET /unframed       -> "until close\n" with no length, ended by closing the connection
+                                       (over TLS: no close_notify, as Python's server does; with
+                                       ?notify=1 after a close_notify exchange)
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
   echo          echoes every byte back
   halfclose     reads until EOF, then answers "got <n> bytes\n" and closes
@@ -107,6 +109,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"until close\n")
             self.wfile.flush()
+            if "notify=1" in self.path and isinstance(self.connection, ssl.SSLSocket):
+                self.connection.settimeout(10)
+                self.connection.unwrap()  # close_notify, and the peer's back
             self.close_connection = True
         elif self.path.startswith("/hello"):
             self.reply(200, "hello from origin\n")

@@ -285,10 +285,22 @@ final class InterceptedConnection {
             client?.send(forward)
         case .forwardAndComplete(let exchange, let thenClose):
             client?.send(forward, flush: true)
-            report(exchange, error: nil)
-            if let rejection = deferredRejection {
+            // A body that ended with the upstream's connection, which closed without close_notify: its end is
+            // not confirmed (anyone on the path can cut a TCP connection). The client is told no more than that.
+            let unconfirmed = exchange.closeDelimited && upstreamEndUnconfirmed
+            report(exchange, error: unconfirmed ? Self.unconfirmedEnd : nil)
+            if unconfirmed {
+                noteClose(by: .upstream, reason: "eof_without_close_notify")
+                client?.closeAfterWrites(notify: false)
+                upstream?.close()
+            } else if let rejection = deferredRejection {
                 noteClose(by: .proxy, reason: "bad_request")
-                client?.sendError(rejection.status, reason: rejection.answer)
+                if exchange.closeDelimited {
+                    // The client reads until the close: an answer now would be read as part of that body.
+                    client?.closeAfterWrites()
+                } else {
+                    client?.sendError(rejection.status, reason: rejection.answer)
+                }
                 upstream?.close()
             } else if thenClose || quiescing {
                 noteClose(by: quiescing ? .proxy : .upstream, reason: quiescing ? "shutdown" : "eof")
@@ -502,9 +514,22 @@ final class InterceptedConnection {
     }
 
     func closeBoth() {
+        if http2 == nil, relays == nil, let current = machine.current, current.status != nil, !current.responseEnded {
+            // A response is cut short: without close_notify, so the client cannot take the cut for its end (a
+            // response with no length would look complete).
+            client?.close(notify: false)
+        }
         clientChannel.close(promise: nil)
         upstreamChannel.close(promise: nil)
     }
+
+    /// What an exchange whose close-delimited body ended without the upstream's close_notify reports.
+    static let unconfirmedEnd = "response end not confirmed: the upstream closed without TLS close_notify"
+
+    /// The upstream's connection ended while its TLS session was open (no close_notify).
+    private var upstreamEndUnconfirmed = false
+
+    func upstreamClosedWithoutNotify() { upstreamEndUnconfirmed = true }
 
     /// The proxy is draining: an idle keep-alive connection closes now, a busy one after its exchange (HTTP/2:
     /// the client is told GOAWAY, and the connection closes once its open streams have ended).

@@ -14,6 +14,8 @@ package struct InterceptedExchangeStateMachine {
         var responseEnded = false
         /// Either side asked to close after this exchange.
         var closeAfter = false
+        /// The response's body has no length and is not chunked: it ends where the upstream's connection does.
+        var closeDelimited = false
         /// The upstream switched protocols (101): the connection becomes a two-way byte relay.
         var upgraded = false
         /// The protocol the request asked to switch to (its `Upgrade` header, or an HTTP/2 `:protocol`).
@@ -113,11 +115,11 @@ package struct InterceptedExchangeStateMachine {
         current!.status = Int(head.status.code)
         if head.status == .switchingProtocols {
             current!.upgraded = true
-        } else if !head.isKeepAlive
-            || ResponseFraming(status: head.status, headers: head.headers, requestMethod: current!.method) == .untilClose
-        {
+        } else {
             // A body that runs until the upstream closes reaches the client the same way: its end is the close.
-            current!.closeAfter = true
+            current!.closeDelimited =
+                ResponseFraming(status: head.status, headers: head.headers, requestMethod: current!.method) == .untilClose
+            if !head.isKeepAlive || current!.closeDelimited { current!.closeAfter = true }
         }
         return .forward
     }

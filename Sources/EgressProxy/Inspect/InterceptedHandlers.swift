@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOTLS
+import OpenSSLTLS
 
 /// The client side of an intercepted connection, above the TLS server and the HTTP/1.1 codec: requests in,
 /// responses out. Reads only while the upstream can take more and no complete request awaits its response.
@@ -180,19 +181,28 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
     }
 
-    /// Closes once what was written has gone out.
-    func closeAfterWrites() {
+    /// Closes once what was written has gone out. Without `notify` the client gets no close_notify: it cannot
+    /// take the end of the connection for a confirmed end of what came before (a body cut short, or one whose
+    /// end the upstream did not confirm either).
+    func closeAfterWrites(notify: Bool = true) {
         guard let context else { return }
         context.flush()
-        if let lastWrite {
-            lastWrite.whenComplete { _ in context.close(promise: nil) }
-        } else {
+        let close = { (context: ChannelHandlerContext) in
+            if !notify { context.triggerUserOutboundEvent(TLSCloseWithoutNotify(), promise: nil) }
             context.close(promise: nil)
+        }
+        if let lastWrite {
+            lastWrite.whenComplete { _ in close(context) }
+        } else {
+            close(context)
         }
     }
 
-    func close() {
-        context?.close(promise: nil)
+    /// Closes now; without `notify`, without close_notify (see `closeAfterWrites`).
+    func close(notify: Bool = true) {
+        guard let context else { return }
+        if !notify { context.triggerUserOutboundEvent(TLSCloseWithoutNotify(), promise: nil) }
+        context.close(promise: nil)
     }
 }
 
@@ -228,6 +238,7 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is TLSClosedWithoutNotify { connection.upstreamClosedWithoutNotify() }
         connection.lifecycleEvent(event, clientSide: false, context: context)
         context.fireUserInboundEventTriggered(event)
     }
