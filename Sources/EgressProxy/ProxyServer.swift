@@ -251,19 +251,20 @@ public final class ProxyServer: Service {
         settings: ConnectionSettings,
         reporting: Reporting
     ) throws {
-        // An upgrade configuration with no upgraders: it removes itself on the first request, and it makes
-        // the request decoder hand on the bytes it holds after a CONNECT head instead of dropping them.
-        let upgrade: NIOHTTPServerUpgradeConfiguration = (upgraders: [], completionHandler: { _ in })
-        // Outbound header validation is off: the response heads written here are either the proxy's own or
-        // forwarded from an upstream whose header block llhttp already refused if it held CR, LF or NUL.
-        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-            withPipeliningAssistance: true,
-            withServerUpgrade: upgrade,
-            withErrorHandling: false,
-            withOutboundHeaderValidation: false,
-            withEncoderConfiguration: .init(),
-            withDecoderLimitConfiguration: settings.requestHeadLimits.decoderConfiguration
-        )
+        // Built by hand rather than with `configureHTTPServerPipeline`: responses go out through the proxy's own
+        // encoder, which writes relayed framing as the upstream gave it (NIO's rewrites `Transfer-Encoding`); the
+        // decoder hands on the bytes it holds after a CONNECT head instead of dropping them; pipelined requests
+        // wait for the response before them. Outbound header validation is not wanted: the heads written here
+        // are the proxy's own or forwarded from an upstream whose header block llhttp already refused if it held
+        // CR, LF or NUL.
+        let decoder = HTTPRequestDecoder(
+            leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
+            limitConfiguration: settings.requestHeadLimits.decoderConfiguration)
+        try channel.pipeline.syncOperations.addHandlers([
+            RelayedResponseEncoder(),
+            ByteToMessageHandler(decoder),
+            HTTPServerPipelineHandler(),
+        ])
         // In front of the decoder: limits each request head while it arrives, before anything buffers it.
         try channel.pipeline.syncOperations.addHandler(
             RequestHeadLimitHandler(limits: settings.requestHeadLimits), position: .first)

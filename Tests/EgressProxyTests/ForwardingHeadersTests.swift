@@ -45,11 +45,37 @@ import Testing
             status: .ok,
             headers: ["Connection": "keep-alive", "Keep-Alive": "timeout=5", "Content-Length": "3", "X-A": "b"]
         )
-        let kept = ForwardingHeaders.response(head, clientVersion: .http1_1, clientKeepAlive: true)
-        #expect(kept.headers.map { $0.name.lowercased() } == ["content-length", "x-a", "via"])
-        let closing = ForwardingHeaders.response(head, clientVersion: .http1_1, clientKeepAlive: false)
-        #expect(closing.headers["Connection"] == ["close"])
-        let old = ForwardingHeaders.response(head, clientVersion: .http1_0, clientKeepAlive: false)
-        #expect(old.version == .http1_0)
+        let kept = ForwardingHeaders.response(head, requestMethod: "GET", clientVersion: .http1_1, clientKeepAlive: true)
+        #expect(kept.head.headers.map { $0.name.lowercased() } == ["content-length", "x-a", "via"])
+        #expect(kept.keepAlive)
+        let closing = ForwardingHeaders.response(head, requestMethod: "GET", clientVersion: .http1_1, clientKeepAlive: false)
+        #expect(closing.head.headers["Connection"] == ["close"] && !closing.keepAlive)
+        let old = ForwardingHeaders.response(head, requestMethod: "GET", clientVersion: .http1_0, clientKeepAlive: false)
+        #expect(old.head.version == .http1_0)
+    }
+
+    /// Transfer codings are relayed as the upstream applied them (`gzip, chunked` stays so: the body is still
+    /// gzip-coded). A body with no length ends the client's connection with it; an HTTP/1.0 client, which cannot
+    /// read chunked framing, gets the body ended by the close instead.
+    @Test func responseFramingIsKeptAndABodyEndedByTheCloseEndsTheClientsConnection() {
+        func response(_ headers: HTTPHeaders, method: String = "GET", client: HTTPVersion = .http1_1) -> (HTTPHeaders, Bool, HTTPVersion) {
+            let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)
+            let (out, keepAlive) = ForwardingHeaders.response(head, requestMethod: method, clientVersion: client, clientKeepAlive: true)
+            var fields = out.headers
+            fields.remove(name: "via")
+            return (fields, keepAlive, out.version)
+        }
+        let gzip = response(["Transfer-Encoding": "gzip, chunked"])
+        #expect(gzip.0["Transfer-Encoding"] == ["gzip, chunked"] && gzip.1)
+        let unframed = response(["Content-Type": "text/plain"])
+        #expect(unframed.0["Connection"] == ["close"] && !unframed.1)
+        let head = response(["Content-Type": "text/plain"], method: "HEAD")
+        #expect(head.0["Connection"].isEmpty && head.1)
+        let old = response(["Transfer-Encoding": "chunked"], client: .http1_0)
+        #expect(old.0["Transfer-Encoding"].isEmpty && old.0["Connection"] == ["close"] && !old.1 && old.2 == .http1_0)
+        let oldGzip = response(["Transfer-Encoding": "gzip, Chunked"], client: .http1_0)
+        #expect(oldGzip.0["Transfer-Encoding"] == ["gzip"] && !oldGzip.1)
+        let lengthForOld = response(["Content-Length": "3"], client: .http1_0)
+        #expect(lengthForOld.1)
     }
 }

@@ -122,9 +122,23 @@ import Testing
         _ = machine.upstreamReady()
         #expect(machine.responseHead(HTTPResponseHead(version: .http1_1, status: .continue)).count == 1)
         #expect(machine.responseBody(ByteBuffer(string: "x")) == [])  // no body before the final head
-        #expect(machine.responseHead(HTTPResponseHead(version: .http1_1, status: .created)).count == 1)
+        #expect(machine.responseHead(HTTPResponseHead(version: .http1_1, status: .created, headers: ["Content-Length": "0"])).count == 1)
         _ = machine.requestEnd(nil)
         #expect(machine.responseEnd(nil).last == .completeExchange(keepClient: true, keepUpstream: true))
+    }
+
+    /// A body with no length ends with the upstream's connection: relayed the same way, it ends the client's.
+    @Test func aResponseWithNoLengthEndsTheClientsConnection() {
+        var machine = Machine()
+        _ = machine.requestHead(head(.GET, "http://example.org/"))
+        _ = machine.upstreamReady()
+        _ = machine.requestEnd(nil)
+        guard case .writeClient(.head(let sent)) = machine.responseHead(HTTPResponseHead(version: .http1_1, status: .ok)).first else {
+            Issue.record("expected the head to be written")
+            return
+        }
+        #expect(sent.headers["Connection"] == ["close"])
+        #expect(machine.responseEnd(nil).last == .completeExchange(keepClient: false, keepUpstream: true))
     }
 
     @Test func upstreamClosingBeforeTheResponseIs502AfterTheHeadIsAClose() {

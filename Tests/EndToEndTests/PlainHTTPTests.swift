@@ -99,6 +99,33 @@ import Testing
         await proxy.stop()
     }
 
+    /// Responses reach the client framed as the upstream framed them: a transfer coding stays named (the body of
+    /// `gzip, chunked` is still gzip-coded), a chunked HEAD response gets no terminator (the connection stays in
+    /// step), and an HTTP/1.0 client gets a chunked body unchunked, ended by the close.
+    @Test func responsesKeepTheirFramingAndTransferCodings() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, _) = try await ProxyHarness.start()
+        defer { withExtendedLifetime(origin) {} }
+        let base = "http://127.0.0.1:\(originPort)"
+        let gzipped = try runCommand(Self.curl, ["-sS", "--max-time", "10", "--tr-encoding", "-x", "http://127.0.0.1:\(proxy.port)", base + "/gzipped"])
+        #expect(gzipped.status == 0 && gzipped.stdout == "hello gzip", "\(gzipped.stdout) \(gzipped.stderr)")
+
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        try socket.send("HEAD \(base)/chunked HTTP/1.1\r\nHost: x\r\n\r\n")
+        let head = try socket.receive(until: "\r\n\r\n")
+        #expect(head.hasPrefix("HTTP/1.1 200 OK\r\n") && head.contains("Transfer-Encoding: chunked\r\n"), "\(head)")
+        try socket.send("GET \(base)/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        let next = try socket.receive(until: "hello from origin\n")
+        #expect(next.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(next)")
+
+        let old = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        try old.send("GET \(base)/chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        let answer = try old.receiveAll()
+        #expect(answer.hasPrefix("HTTP/1.0 200 OK\r\n") && !answer.contains("Transfer-Encoding"), "\(answer)")
+        #expect(answer.hasSuffix("\r\n\r\nhello chunked\n"), "\(answer)")
+        await proxy.stop()
+    }
+
     @Test func idleKeepAliveConnectionsAreClosed() async throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         let (proxy, _) = try await ProxyHarness.start { $0.idleTimeout = .milliseconds(300) }

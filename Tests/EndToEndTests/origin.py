@@ -8,6 +8,7 @@ Modes:
                 GET /ws (WebSocket) -> 101, then echoes each text frame back as "echo: <text>"
                 GET /truncated      -> promises 100 bytes, sends 10, closes
                 GET|HEAD /chunked   -> "hello chunked\n" in two chunks, then a trailer (HEAD: the head only)
+                GET /gzipped        -> "hello gzip\n" gzip-coded, sent with Transfer-Encoding: gzip, chunked
                 GET /unframed       -> "until close\n" with no length, ended by closing the connection
                                        (over TLS: no close_notify, as Python's server does; with
                                        ?notify=1 after a close_notify exchange)
@@ -18,6 +19,7 @@ Prints "PORT <n>" on stdout once it listens.
 """
 import argparse
 import base64
+import gzip
 import hashlib
 import http.server
 import socket
@@ -103,6 +105,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(b"6\r\nhello \r\n8\r\nchunked\n\r\n0\r\nX-Checksum: 42\r\n\r\n")
+            self.wfile.flush()
+        elif self.path.startswith("/gzipped"):
+            data = gzip.compress(b"hello gzip\n")
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "gzip, chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
             self.wfile.flush()
         elif self.path.startswith("/unframed"):
             self.send_response(200)

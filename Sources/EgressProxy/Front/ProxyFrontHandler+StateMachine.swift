@@ -23,6 +23,7 @@ extension ProxyFrontHandler {
 
         struct Exchange: Equatable {
             var destination: Destination
+            var method: String
             var clientVersion: HTTPVersion
             var clientKeepAlive: Bool
             var requestDone = false
@@ -71,6 +72,7 @@ extension ProxyFrontHandler {
                 let outbound = ForwardingHeaders.request(head, destination: destination, originForm: originForm)
                 let exchange = Exchange(
                     destination: destination,
+                    method: head.method.rawValue,
                     clientVersion: head.version,
                     clientKeepAlive: head.isKeepAlive && !head.headers.contains(name: "upgrade")
                 )
@@ -155,13 +157,16 @@ extension ProxyFrontHandler {
                 exchange.status = Int(head.status.code)
                 exchange.upstreamKeepAlive = head.isKeepAlive
             }
-            state = .forwarding(exchange)
             let outbound = ForwardingHeaders.response(
                 head,
+                requestMethod: exchange.method,
                 clientVersion: exchange.clientVersion,
                 clientKeepAlive: exchange.clientKeepAlive
             )
-            return [.writeClient(.head(outbound))]
+            // A body ended by the close of the connection ends the client's connection too.
+            exchange.clientKeepAlive = outbound.keepAlive
+            state = .forwarding(exchange)
+            return [.writeClient(.head(outbound.head))]
         }
 
         mutating func responseBody(_ bytes: ByteBuffer) -> [Action] {

@@ -49,6 +49,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var pendingTunnel: PendingTunnel?
     /// Told when an exchange ends, so it limits the next request head.
     private var headLimiter: RequestHeadLimitHandler?
+    /// Told which method the next response answers (a response to HEAD or CONNECT has no body).
+    private var encoder: RelayedResponseEncoder?
     /// The proxy answered with an error and is closing the connection.
     private var answeredWithError = false
     /// How deep `perform` is; request parts that arrive meanwhile wait in `deferredParts`.
@@ -76,6 +78,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         headLimiter = try? context.pipeline.syncOperations.handler(type: RequestHeadLimitHandler.self)
+        encoder = try? context.pipeline.syncOperations.handler(type: RelayedResponseEncoder.self)
         clientAddress = Reporting.describe(context.channel.remoteAddress)
         scheduleIdleCheck(in: settings.idleTimeout, on: context.eventLoop)
     }
@@ -137,6 +140,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 reporting.agent = agent
             }
+            // The response written next answers this request (pipelined ones wait): a response to HEAD or
+            // CONNECT has no body, whatever its head says.
+            encoder?.requestMethod = head.method.rawValue
             perform(machine.requestHead(head), context: context)
         case .body(let bytes):
             exchange?.requestBytes &+= UInt64(bytes.readableBytes)
@@ -534,21 +540,15 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Every handler `configureHTTPServerPipeline` may have added, but the request decoder.
+    /// Every HTTP handler of the front pipeline (`ProxyServer.configureFront`), but the request decoder.
     private static func removeHTTPServerHandlers(from pipeline: ChannelPipeline.SynchronousOperations) {
         if let handler = try? pipeline.handler(type: RequestHeadLimitHandler.self) {
-            pipeline.removeHandler(handler, promise: nil)
-        }
-        if let handler = try? pipeline.handler(type: HTTPServerUpgradeHandler.self) {
             pipeline.removeHandler(handler, promise: nil)
         }
         if let handler = try? pipeline.handler(type: HTTPServerPipelineHandler.self) {
             pipeline.removeHandler(handler, promise: nil)
         }
-        if let handler = try? pipeline.handler(type: NIOHTTPResponseHeadersValidator.self) {
-            pipeline.removeHandler(handler, promise: nil)
-        }
-        if let handler = try? pipeline.handler(type: HTTPResponseEncoder.self) {
+        if let handler = try? pipeline.handler(type: RelayedResponseEncoder.self) {
             pipeline.removeHandler(handler, promise: nil)
         }
     }

@@ -152,7 +152,7 @@ final class InterceptedConnection {
                 HTTPRequestDecoder(
                     leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
                     limitConfiguration: requestHeadLimits.decoderConfiguration)),
-            InterceptedResponseEncoder(),
+            RelayedResponseEncoder(),
             InterceptedClientHandler(connection: self),
         ])
     }

@@ -16,7 +16,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Told when an exchange ends, so it limits the next request head.
     private var headLimiter: RequestHeadLimitHandler?
     /// Told which method the next response answers (a response to HEAD has no body).
-    private var encoder: InterceptedResponseEncoder?
+    private var encoder: RelayedResponseEncoder?
 
     /// The next bytes from the client start a new request head.
     func expectNextHead() { headLimiter?.expectNextHead() }
@@ -34,7 +34,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         headLimiter = try? context.pipeline.syncOperations.handler(type: RequestHeadLimitHandler.self)
-        encoder = try? context.pipeline.syncOperations.handler(type: InterceptedResponseEncoder.self)
+        encoder = try? context.pipeline.syncOperations.handler(type: RelayedResponseEncoder.self)
         connection.attach(client: self)
     }
 
@@ -156,7 +156,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         let pipeline = context.pipeline.syncOperations
         try pipeline.addHandler(relay, position: .last)
         pipeline.removeHandler(context: context, promise: nil)
-        if let encoder = try? pipeline.handler(type: InterceptedResponseEncoder.self) {
+        if let encoder = try? pipeline.handler(type: RelayedResponseEncoder.self) {
             pipeline.removeHandler(encoder, promise: nil)
         }
         if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {

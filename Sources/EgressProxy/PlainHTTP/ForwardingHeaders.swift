@@ -1,3 +1,4 @@
+import Foundation
 import NIOHTTP1
 
 /// Rewrites request and response heads as they cross the proxy (RFC 9110 §7.6, RFC 9112 §3.2.2): origin-form
@@ -35,18 +36,43 @@ package enum ForwardingHeaders {
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: originForm, headers: headers)
     }
 
+    /// The head sent to the client for an upstream's response, and whether the client's connection can carry
+    /// another request after it: not when the client asked to close, nor when the body is delimited by the
+    /// close of the connection (it is relayed as the upstream framed it).
+    /// - Parameter requestMethod: the method of the request answered (a response to HEAD has no body).
     static func response(
         _ head: HTTPResponseHead,
+        requestMethod: String,
         clientVersion: HTTPVersion,
         clientKeepAlive: Bool
-    ) -> HTTPResponseHead {
+    ) -> (head: HTTPResponseHead, keepAlive: Bool) {
         var headers = HopByHopHeaders.stripped(head.headers)
         headers.add(name: "Via", value: HopByHopHeaders.via(for: head.version))
-        if !clientKeepAlive {
+        // An HTTP/1.0 client cannot read chunked framing: answer it in 1.0, with the body ended by the close.
+        let http10 = clientVersion.major == 1 && clientVersion.minor == 0
+        if http10 { headers = withoutChunkedCoding(headers) }
+        let informational = head.status.code >= 100 && head.status.code < 200 && head.status.code != 101
+        let keepAlive = clientKeepAlive
+            && (informational || ResponseFraming(status: head.status, headers: headers, requestMethod: requestMethod) != .untilClose)
+        if !keepAlive {
             headers.add(name: "Connection", value: "close")
         }
-        // An HTTP/1.0 client cannot read chunked framing: answer it in 1.0, which frames by close instead.
-        let version: HTTPVersion = clientVersion.major == 1 && clientVersion.minor == 0 ? .http1_0 : .http1_1
-        return HTTPResponseHead(version: version, status: head.status, headers: headers)
+        return (HTTPResponseHead(version: http10 ? .http1_0 : .http1_1, status: head.status, headers: headers), keepAlive)
+    }
+
+    /// `headers` with `chunked` taken out of Transfer-Encoding (the field goes when nothing else is left).
+    private static func withoutChunkedCoding(_ headers: HTTPHeaders) -> HTTPHeaders {
+        guard headers.contains(where: { HopByHopHeaders.asciiEqual($0.name, "transfer-encoding") }) else { return headers }
+        var result = HTTPHeaders()
+        for (name, value) in headers {
+            guard HopByHopHeaders.asciiEqual(name, "transfer-encoding") else {
+                result.add(name: name, value: value)
+                continue
+            }
+            let codings = value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.isEmpty && !HopByHopHeaders.asciiEqual($0, "chunked") }
+            if !codings.isEmpty { result.add(name: name, value: codings.joined(separator: ", ")) }
+        }
+        return result
     }
 }

@@ -41,16 +41,18 @@ enum ResponseFraming: Equatable {
     }
 }
 
-/// Writes the responses relayed to an inspected client as the upstream framed them: the head's fields as they
-/// came (nothing added or removed), chunked bodies re-chunked, no body at all for a response to HEAD. NIO's
-/// `HTTPResponseEncoder` rewrites framing fields on every head (a copy of the fields per response) and, used
-/// on its own, cannot know a response answers HEAD: it sent a chunked HEAD response's terminator as a body.
-final class InterceptedResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler {
+/// Writes HTTP/1.1 responses to a client as they were framed upstream: the head's fields exactly as given
+/// (nothing added or removed here; the plain-HTTP path has already dropped hop-by-hop fields and added `Via`),
+/// chunked bodies re-chunked, no body at all for a response to HEAD or CONNECT. Used for inspected clients and
+/// on the proxy's own port. NIO's `HTTPResponseEncoder` rewrites framing fields on every head (a copy of the
+/// fields per response), turning `Transfer-Encoding: gzip, chunked` into `chunked` over a body that is still
+/// gzip-coded, and, used on its own, cannot know a response answers HEAD.
+final class RelayedResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = ByteBuffer
 
-    /// The method of the request the next response answers; set by the connection as it forwards each request
-    /// (one at a time: a later request is held until this response has ended).
+    /// The method of the request the next response answers; set as each request is taken on (one at a time: a
+    /// later request is held until this response has ended).
     var requestMethod: String?
     private var framing = ResponseFraming.none
     /// The response being written is final (not a 1xx before it): its end ends the exchange.
@@ -124,4 +126,4 @@ final class InterceptedResponseEncoder: ChannelOutboundHandler, RemovableChannel
 }
 
 @available(*, unavailable)
-extension InterceptedResponseEncoder: Sendable {}
+extension RelayedResponseEncoder: Sendable {}

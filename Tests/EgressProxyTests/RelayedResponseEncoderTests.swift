@@ -4,7 +4,7 @@ import NIOEmbedded
 import NIOHTTP1
 import Testing
 
-@Suite struct InterceptedResponseEncoderTests {
+@Suite struct RelayedResponseEncoderTests {
     func head(_ status: HTTPResponseStatus, _ fields: [(String, String)], version: HTTPVersion = .http1_1) -> HTTPServerResponsePart {
         .head(HTTPResponseHead(version: version, status: status, headers: HTTPHeaders(fields)))
     }
@@ -15,7 +15,7 @@ import Testing
 
     /// Writes `parts` as the response to a `method` request; returns the bytes sent.
     func encode(_ parts: [HTTPServerResponsePart], answering method: String?) throws -> String {
-        let encoder = InterceptedResponseEncoder()
+        let encoder = RelayedResponseEncoder()
         let channel = EmbeddedChannel(handler: encoder)
         defer { _ = try? channel.finish() }
         encoder.requestMethod = method
