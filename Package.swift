@@ -169,6 +169,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Test helpers shared by test targets (starting programs without Foundation's `Process`); never linked
+        // into the proxy.
+        .target(
+            name: "TestSupport",
+            path: "Tests/TestSupport",
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
         .testTarget(
             name: "ClientHelloTests",
             dependencies: ["ClientHello", .product(name: "NIOCore", package: "swift-nio")],
@@ -179,6 +186,7 @@ let package = Package(
             name: "OpenSSLTLSTests",
             dependencies: [
                 "OpenSSLTLS",
+                "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -193,6 +201,7 @@ let package = Package(
             dependencies: [
                 "Interception",
                 "OpenSSLTLS",
+                "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -251,6 +260,7 @@ let package = Package(
             name: "EndToEndTests",
             dependencies: [
                 "EgressProxy",
+                "TestSupport",
                 "ControlPlane",
                 "OpenSSLTLS",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Not an open proxy: the destination guard (SSRF), the CONNECT port list, the client ranges and proxy

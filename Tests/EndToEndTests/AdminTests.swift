@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// The admin listener of the proxy binary: health, readiness and the Prometheus exposition after real traffic,

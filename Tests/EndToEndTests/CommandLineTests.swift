@@ -1,5 +1,6 @@
 import EgressProxy
 import Foundation
+import TestSupport
 import Testing
 
 /// The `kaizen-egress` binary as a user runs it: refusals, local mode on stdout, the audit file, SIGTERM.

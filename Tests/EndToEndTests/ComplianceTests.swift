@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Compliance evidence from the real binary: known traffic through the proxy, across a restart, then

@@ -1,5 +1,6 @@
 import ControlPlane
 import Foundation
+import TestSupport
 import OpenSSLTLS
 import Testing
 

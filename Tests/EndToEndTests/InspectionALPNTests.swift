@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// ALPN under inspection: the upstream is offered what the client offered (less what inspection cannot relay),

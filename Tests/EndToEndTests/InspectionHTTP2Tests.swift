@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// HTTP/2 inside inspection: curl, nghttp and a Python `h2` client speak h2 through the MITM to an h2 origin

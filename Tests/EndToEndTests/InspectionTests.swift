@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Inspection mode with real clients: curl, Python's ssl with VERIFY_X509_STRICT and openssl s_client accept

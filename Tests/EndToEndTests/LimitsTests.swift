@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Bounded under abuse: each request-head limit answers its status, a slow head runs out of time, and past the

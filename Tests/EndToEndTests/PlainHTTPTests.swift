@@ -1,6 +1,7 @@
 import ControlPlane
 import EgressProxy
 import Foundation
+import TestSupport
 import NIOCore
 import Testing
 

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// The control plane's policies applied by the proxy binary, against the mock control plane serving them:

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// SIGHUP against the proxy binary: a rotated inspection CA, a changed passthrough list, a changed credentials

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// The proxy binary reporting to a mock control plane: delivery, an outage, and a kill -9.

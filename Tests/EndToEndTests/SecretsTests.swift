@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Secrets never leave the place they were put: a canary API key, CA key and Proxy-Authorization token, used

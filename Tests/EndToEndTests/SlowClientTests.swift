@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// slowhttptest (slow headers, then slow bodies, 2,000 connections) against the proxy while another client keeps

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// The request-smuggling corpus (smuggling_client.py, 145 cases) through the proxy to a strict origin that

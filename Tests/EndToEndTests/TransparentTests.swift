@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Two network namespaces joined by a veth pair: "agent" (the proxy, redirected by deploy/iptables.sh) and

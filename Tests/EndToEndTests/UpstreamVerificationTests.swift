@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Certificates an inspected upstream might present, minted per run with the openssl command line.

@@ -1,6 +1,7 @@
 import Foundation
 import Interception
 import OpenSSLTLS
+import TestSupport
 import Testing
 
 /// CAs with one defect each, minted with the openssl command line per test run.
@@ -16,15 +17,7 @@ struct CAFixtures {
 
     @discardableResult
     func openssl(_ arguments: [String]) throws -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = arguments
-        process.currentDirectoryURL = directory
-        process.standardError = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        return process.terminationStatus
+        try runCommand("/usr/bin/openssl", arguments, directory: directory.path).status
     }
 
     /// A self-signed certificate `name.pem` with key `name.key` (0600) and these extensions.

@@ -1,5 +1,6 @@
 import Foundation
 @testable import OpenSSLTLS
+import TestSupport
 import Testing
 
 @Suite struct CertificateAuthorityTests {
@@ -83,16 +84,11 @@ import Testing
         let leaf = try authority().mintLeaf(for: .dns("strict.example.test"), key: try .generateP256(), now: now)
         let path = pki.directory.appendingPathComponent("minted-\(UUID().uuidString).pem").path
         try Data(try leaf.leaf.pemBytes()).write(to: URL(fileURLWithPath: path))
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = ["verify", "-x509_strict", "-purpose", "sslserver", "-verify_hostname", "strict.example.test", "-CAfile", pki.ca, path]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        process.waitUntilExit()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(process.terminationStatus == 0, "\(text)")
+        let result = try runCommand(
+            "/usr/bin/openssl",
+            ["verify", "-x509_strict", "-purpose", "sslserver", "-verify_hostname", "strict.example.test", "-CAfile", pki.ca, path])
+        let text = result.stdout + result.stderr
+        #expect(result.status == 0, "\(text)")
         #expect(text.contains(": OK"))
     }
 
@@ -112,18 +108,13 @@ import Testing
     @Test func aNameOutsideTheCAsNameConstraintsIsNotMinted() throws {
         let directory = pki.directory.appendingPathComponent("nc-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.currentDirectoryURL = directory
-        process.arguments = [
+        let made = try runCommand("/usr/bin/openssl", [
             "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
             "-subj", "/CN=constrained", "-keyout", "ca.key", "-out", "ca.pem",
             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
             "-addext", "nameConstraints=critical,permitted;DNS:.corp.test",
-        ]
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
+        ], directory: directory.path)
+        #expect(made.status == 0, "\(made.stderr)")
         let ca = try OpenSSLCertificateAuthority(
             chain: try OpenSSLCertificate.chain(pemOrDER: try bytes(directory.appendingPathComponent("ca.pem").path)),
             key: try OpenSSLPrivateKey(pemOrDER: try bytes(directory.appendingPathComponent("ca.key").path))

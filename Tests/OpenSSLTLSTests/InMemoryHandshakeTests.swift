@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import OpenSSLTLS
+import TestSupport
 import Testing
 
 /// A CA, a second unrelated CA, and a server certificate for localhost / 127.0.0.1 / ::1 from the first,
@@ -29,15 +30,8 @@ struct HandshakePKI {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kaizen-tls-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         func openssl(_ arguments: [String]) throws {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-            process.arguments = arguments
-            process.currentDirectoryURL = directory
-            process.standardError = FileHandle.nullDevice
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else { throw CocoaError(.fileWriteUnknown) }
+            let result = try runCommand("/usr/bin/openssl", arguments, directory: directory.path)
+            guard result.status == 0 else { throw TestFailure("openssl \(arguments.first ?? ""): \(result.stderr)") }
         }
         for name in ["ca", "other-ca"] {
             try openssl([

@@ -1,5 +1,6 @@
 import Foundation
 import OpenSSLTLS
+import TestSupport
 import Testing
 
 @Suite struct OpenSSLLibraryTests {
@@ -22,17 +23,12 @@ import Testing
         // A certificate made by the openssl command line, not by this code.
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kaizen-ossl-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = [
+        let made = try runCommand("/usr/bin/openssl", [
             "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
             "-subj", "/CN=test", "-keyout", directory.appendingPathComponent("k.pem").path,
             "-out", directory.appendingPathComponent("c.pem").path,
-        ]
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        ])
+        #expect(made.status == 0, "\(made.stderr)")
         let pem = try String(contentsOf: directory.appendingPathComponent("c.pem"), encoding: .utf8)
         #expect(try OpenSSLCertificate.chain(pem: Array(pem.utf8)).first?.subjectDescription == "CN = test")
         // A truncated copy fails.

@@ -5,6 +5,7 @@ import NIOEmbedded
 import NIOPosix
 import NIOTLS
 @testable import OpenSSLTLS
+import TestSupport
 import Testing
 
 /// Records what reaches the top of a TLS channel's pipeline.
@@ -224,35 +225,16 @@ final class PlaintextRecorder: ChannelInboundHandler {
     @Test func talksToOpenSSLSServer() async throws {
         // A real peer: `openssl s_server -www` answers GET with a status page.
         let port = try Self.freePort()
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        server.arguments = [
+        let server = try ChildProcess("/usr/bin/openssl", [
             "s_server", "-accept", "127.0.0.1:\(port)", "-cert", pki.serverChain, "-key", pki.serverKey, "-www",
             "-alpn", "http/1.1",
-        ]
-        let output = Pipe()
-        server.standardOutput = output
-        server.standardError = FileHandle.nullDevice
-        server.standardInput = Pipe()
-        try server.run()
-        defer {
-            kill(server.processIdentifier, SIGKILL)
-            server.waitUntilExit()
-        }
-        // s_server prints ACCEPT once it listens. A watchdog kills it after 120 s, which also ends a blocked read.
-        // (Generous: while the whole suite runs, blocking tests can hold this async test's threads for a minute.)
-        let watched = server
-        DispatchQueue.global().asyncAfter(deadline: .now() + 120) {
-            if watched.isRunning { kill(watched.processIdentifier, SIGKILL) }
-        }
-        var seen = Data()
-        let deadline = Date().addingTimeInterval(20)
-        while !String(decoding: seen, as: UTF8.self).contains("ACCEPT"), Date() < deadline {
-            let chunk = output.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            seen += chunk
-        }
-        #expect(String(decoding: seen, as: UTF8.self).contains("ACCEPT"))
+        ])
+        defer { withExtendedLifetime(server) {} }  // killed when released
+        // A watchdog kills it after 120 s, which also ends a wait for its close below. (Generous: while the whole
+        // suite runs, blocking tests can hold this async test's threads for a minute.)
+        DispatchQueue.global().asyncAfter(deadline: .now() + 120) { server.signal(SIGKILL) }
+        // s_server prints ACCEPT once it listens.
+        _ = try server.waitForLine(timeout: 20) { $0.contains("ACCEPT") }
 
         let (clientContext, _) = try contexts()
         let loop = MultiThreadedEventLoopGroup.singleton.next()
@@ -295,24 +277,12 @@ final class PlaintextRecorder: ChannelInboundHandler {
             .bind(host: "127.0.0.1", port: 0)
             .get()
         let port = try #require(listener.localAddress?.port)
-        let output = pki.directory.appendingPathComponent("s_client-\(UUID().uuidString).txt")
-        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        client.arguments = [
+        // Its stdin is /dev/null, EOF at once: handshake, print the summary, leave.
+        let client = try runCommand("/usr/bin/openssl", [
             "s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.ca, "-verify_return_error",
             "-servername", "localhost", "-verify_hostname", "localhost", "-alpn", "h2,http/1.1",
-        ]
-        client.standardInput = FileHandle.nullDevice  // EOF at once: handshake, print the summary, leave
-        client.standardOutput = try FileHandle(forWritingTo: output)
-        client.standardError = client.standardOutput
-        try client.run()
-        let watched = client
-        DispatchQueue.global().asyncAfter(deadline: .now() + 30) {
-            if watched.isRunning { kill(watched.processIdentifier, SIGKILL) }
-        }
-        client.waitUntilExit()
-        let text = try String(contentsOf: output, encoding: .utf8)
+        ], timeout: 30)
+        let text = client.stdout + "\n" + client.stderr
         #expect(text.contains("Verify return code: 0 (ok)"), "\(text)")
         #expect(text.contains("ALPN protocol: http/1.1"), "\(text)")
         #expect(text.contains("TLSv1.3"))

@@ -2,6 +2,7 @@ import ControlPlane
 import EgressProxy
 import Logging
 import NIOCore
+import TestSupport
 
 /// A proxy running in this test process on 127.0.0.1 port 0, reporting into a `RecordingSink`.
 final class ProxyHarness: Sendable {

@@ -1,5 +1,6 @@
 import ControlPlane
 import NIOConcurrencyHelpers
+import TestSupport
 
 /// Collects every record the proxy emits; tests wait, with a deadline, for the one they expect.
 final class RecordingSink: ActionSink {

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 /// A CA and a server certificate for `localhost`, 127.0.0.1 and ::1, minted with the openssl command line
 /// into a fresh temporary directory; every test run has its own.
