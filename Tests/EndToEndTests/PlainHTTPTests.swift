@@ -127,6 +127,25 @@ import Testing
         await proxy.stop()
     }
 
+    /// A body with no length ends with the connection: the client's is closed only once all of it has gone out,
+    /// even to a slow reader (4 KiB receive buffer, 64 KiB per millisecond: slower than the origin sends). The
+    /// proxy still has part of the 4 MiB queued when the upstream's close ends it; a close then would drop that
+    /// part, and the client could not tell.
+    @Test func aBodyEndedByTheCloseReachesASlowReaderWhole() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, _) = try await ProxyHarness.start()
+        defer { withExtendedLifetime(origin) {} }
+        let size = 4 << 20
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port, timeout: 30, receiveBuffer: 4096)
+        try socket.send("GET http://127.0.0.1:\(originPort)/unframed?size=\(size) HTTP/1.1\r\nHost: x\r\n\r\n")
+        let answer = try socket.receiveAllBytes(limit: size + 65536, pause: .milliseconds(1))
+        let headEnd = try #require(answer.firstRange(of: Array("\r\n\r\n".utf8)))
+        let head = String(decoding: answer[..<headEnd.lowerBound], as: UTF8.self)
+        #expect(head.hasPrefix("HTTP/1.1 200") && head.contains("Connection: close"), "\(head)")
+        #expect(answer.count - headEnd.upperBound == size)
+        await proxy.stop()
+    }
+
     @Test func idleKeepAliveConnectionsAreClosed() async throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         let (proxy, _) = try await ProxyHarness.start { $0.idleTimeout = .milliseconds(300) }

@@ -11,7 +11,7 @@ Modes:
                 GET /gzipped        -> "hello gzip\n" gzip-coded, sent with Transfer-Encoding: gzip, chunked
                 GET /unframed       -> "until close\n" with no length, ended by closing the connection
                                        (over TLS: no close_notify, as Python's server does; with
-                                       ?notify=1 after a close_notify exchange)
+                                       ?notify=1 after a close_notify exchange); ?size=N: N bytes of x
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
   echo          echoes every byte back
   halfclose     reads until EOF, then answers "got <n> bytes\n" and closes
@@ -116,7 +116,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path.startswith("/unframed"):
             self.send_response(200)
             self.end_headers()
-            self.wfile.write(b"until close\n")
+            size = int(self.path.partition("size=")[2] or 0)
+            self.wfile.write(b"x" * size if size else b"until close\n")
             self.wfile.flush()
             if "notify=1" in self.path and isinstance(self.connection, ssl.SSLSocket):
                 self.connection.settimeout(10)

@@ -52,6 +52,16 @@ extension ProxyFrontHandler {
 
         private(set) var state: State = .idle
 
+        /// Whether the client's connection closes once the response being written has ended (the client asked
+        /// to, or the body is delimited by the close).
+        var clientClosesAfterResponse: Bool {
+            switch state {
+            case .forwarding(let exchange): return !exchange.clientKeepAlive
+            case .closed: return true
+            case .idle, .dialingTunnel, .tunnel, .awaitingUpstream: return false
+            }
+        }
+
         mutating func requestHead(_ head: HTTPRequestHead) -> [Action] {
             guard case .idle = state else {
                 state = .closed

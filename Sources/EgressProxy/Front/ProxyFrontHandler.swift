@@ -56,6 +56,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// How deep `perform` is; request parts that arrive meanwhile wait in `deferredParts`.
     private var performing = 0
     private var deferredParts: [HTTPServerRequestPart] = []
+    /// The write of the last response's end, when the client's connection closes after it.
+    private var lastResponseEnd: EventLoopFuture<Void>?
 
     private struct ExchangeRecord {
         var eventID: EventID
@@ -309,7 +311,13 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 link.channel.flush()
             case .writeClient(let part):
-                context.write(wrapOutboundOut(part), promise: nil)
+                if case .end = part, machine.clientClosesAfterResponse {
+                    // What the close after this response waits for: a close with writes still queued would drop
+                    // them, and a body with no length ends with that close, so the client could not tell.
+                    lastResponseEnd = context.write(wrapOutboundOut(part))
+                } else {
+                    context.write(wrapOutboundOut(part), promise: nil)
+                }
             case .respondError(let error):
                 respond(error, context: context)
             case .completeExchange(let keepClient, let keepUpstream):
@@ -324,7 +332,12 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     upstream?.handler.exchangeFinished()
                 }
                 if !keepClient {
-                    context.close(promise: nil)
+                    if let lastResponseEnd {
+                        self.lastResponseEnd = nil
+                        lastResponseEnd.whenComplete { _ in context.close(promise: nil) }
+                    } else {
+                        context.close(promise: nil)
+                    }
                 } else {
                     headLimiter?.expectNextHead()
                 }

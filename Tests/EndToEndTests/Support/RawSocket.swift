@@ -9,13 +9,18 @@ import Glibc
 final class RawSocket {
     private let fd: Int32
 
-    init(host: String, port: Int, timeout: TimeInterval = 10) throws {
+    /// - Parameter receiveBuffer: a receive buffer this small (`SO_RCVBUF`), set before connecting, makes a slow
+    ///   reader: the sender's writes queue up.
+    init(host: String, port: Int, timeout: TimeInterval = 10, receiveBuffer: Int32? = nil) throws {
         let isV6 = host.contains(":")
         fd = socket(isV6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
         var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if var size = receiveBuffer {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         let result: Int32
         if isV6 {
             var address = sockaddr_in6()
@@ -99,12 +104,23 @@ final class RawSocket {
 
     /// Reads until the peer closes.
     func receiveAll(limit: Int = 1 << 20) throws -> String {
+        String(decoding: try receiveAllBytes(limit: limit), as: UTF8.self)
+    }
+
+    /// Reads until the peer closes, in reads of at most `chunk` bytes; with `pause`, a deliberately slow reader
+    /// that waits that long after each read (what is under test is the sender facing one).
+    func receiveAllBytes(limit: Int = 1 << 20, chunk: Int = 65536, pause: Duration? = nil) throws -> [UInt8] {
         var collected: [UInt8] = []
         while collected.count < limit {
-            let chunk = try receive()
-            if chunk.isEmpty { break }
-            collected += chunk
+            let bytes = try receive(max: chunk)
+            if bytes.isEmpty { break }
+            collected += bytes
+            if let pause {
+                let (seconds, attoseconds) = pause.components
+                var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+                nanosleep(&request, nil)
+            }
         }
-        return String(decoding: collected, as: UTF8.self)
+        return collected
     }
 }
