@@ -260,6 +260,10 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
                 perform(machine.peerClosed(), context: context)
                 break readLoop
             case .failed(let error):
+                // What was decrypted before the bad record goes on first, then the error.
+                deliver()
+                if delivered { context.fireChannelReadComplete() }
+                delivered = false
                 perform(machine.readFailed(error), context: context)
                 break readLoop
             }

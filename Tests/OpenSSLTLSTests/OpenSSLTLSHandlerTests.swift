@@ -39,7 +39,11 @@ final class PlaintextRecorder: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         errors.append(error)
+        receivedBeforeError.append(received.count)
     }
+
+    /// How many plaintext bytes had arrived when each error did.
+    var receivedBeforeError: [Int] = []
 }
 
 @Suite struct OpenSSLTLSHandlerTests {
@@ -162,6 +166,22 @@ final class PlaintextRecorder: ChannelInboundHandler {
         _ = try? pair.client.finish()
     }
 
+    /// Data decrypted before a record that fails goes up before the error, in one read as in two.
+    @Test func dataBeforeABadRecordArrivesBeforeTheError() throws {
+        let (clientContext, serverContext) = try contexts()
+        let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "localhost")
+        try interact(pair.client, pair.server)
+        pair.server.writeAndFlush(ByteBuffer(string: "body so far"), promise: nil)
+        var bytes = try #require(try pair.server.readOutbound(as: ByteBuffer.self))
+        while var more = try pair.server.readOutbound(as: ByteBuffer.self) { bytes.writeBuffer(&more) }
+        bytes.writeBytes([0x17, 0x03, 0x03, 0x00, 0x20] + [UInt8](repeating: 0, count: 32))  // fails to decrypt
+        try? pair.client.writeInbound(bytes)
+        #expect(pair.clientRecorder.received == Array("body so far".utf8))
+        #expect(pair.clientRecorder.errors.count == 1 && pair.clientRecorder.receivedBeforeError == [11])
+        #expect(!pair.client.isActive)
+        _ = try? pair.server.finish()
+    }
+
     @Test func anUntrustedServerFailsTheHandshakeWithTheReason() throws {
         let (clientContext, serverContext) = try contexts(trust: pki.otherCA)
         let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "localhost")
@@ -229,10 +249,10 @@ final class PlaintextRecorder: ChannelInboundHandler {
             "s_server", "-accept", "127.0.0.1:\(port)", "-cert", pki.serverChain, "-key", pki.serverKey, "-www",
             "-alpn", "http/1.1",
         ])
-        defer { withExtendedLifetime(server) {} }  // killed when released
+        defer { server.signal(SIGKILL) }  // the watchdog below keeps it referenced: release alone is too late
         // A watchdog kills it after 120 s, which also ends a wait for its close below. (Generous: while the whole
         // suite runs, blocking tests can hold this async test's threads for a minute.)
-        DispatchQueue.global().asyncAfter(deadline: .now() + 120) { server.signal(SIGKILL) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 120) { [weak server] in server?.signal(SIGKILL) }
         // s_server prints ACCEPT once it listens.
         _ = try server.waitForLine(timeout: 20) { $0.contains("ACCEPT") }
 
