@@ -18,10 +18,13 @@
                                                          one write; prints the bytes after the first head and
                                                          whether the proxy closed
   mitm_client.py close-notify PROXY_PORT ORIGIN_PORT CAFILE  GET /unframed (the origin closes without close_notify),
-                                                         GET /unframed?notify=1 (with it) and GET /truncated (10
-                                                         of 100 bytes, then a close), each on its own
-                                                         connection; prints the body and whether the proxy's
-                                                         close came with close_notify ("clean") or not ("unclean")
+                                                         GET /unframed?notify=1 (with it), GET /truncated (10 of
+                                                         100 bytes, then a close), a body cut by a TCP reset or by
+                                                         a TLS record that fails to decrypt, and
+                                                         a POST answered before its body was all sent, each on
+                                                         its own connection; prints the status line, the body and
+                                                         whether the proxy's close came with close_notify
+                                                         ("clean") or not ("unclean")
 """
 import base64
 import os
@@ -149,17 +152,32 @@ def framing(tls):
 
 
 def close_notify(proxy_port, origin_port, cafile):
-    for path in ("/unframed", "/unframed?notify=1", "/truncated"):
+    requests = [
+        "GET /unframed HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /unframed?notify=1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /truncated HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /unframed?size=1000&reset=1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /unframed?garbage=1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        # The origin answers before the body is all there (10 of 100000 bytes sent).
+        "POST /early?read=10 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n0123456789",
+    ]
+    for request in requests:
         tls = connect(proxy_port, origin_port, cafile, ragged_eof_is_eof=False)
         tls.settimeout(10)
-        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        tls.sendall(request.encode())
         data, end = b"", "clean"
         try:
             while chunk := tls.recv(4096):
                 data += chunk
         except ssl.SSLEOFError:
             end = "unclean"
-        print(path, repr(data.partition(b"\r\n\r\n")[2]), end)
+        except ConnectionResetError:
+            end = "reset"
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n")[0].decode()
+        # How much of a body cut by a reset arrives is up to the kernels (a reset may discard what is unread).
+        shown = "-" if "reset=1" in request else repr(body)
+        print(request.split(" HTTP/")[0], status, shown, end)
         tls.close()
 
 

@@ -11,7 +11,11 @@ Modes:
                 GET /gzipped        -> "hello gzip\n" gzip-coded, sent with Transfer-Encoding: gzip, chunked
                 GET /unframed       -> "until close\n" with no length, ended by closing the connection
                                        (over TLS: no close_notify, as Python's server does; with
-                                       ?notify=1 after a close_notify exchange); ?size=N: N bytes of x
+                                       ?notify=1 after a close_notify exchange; ?reset=1 by a TCP
+                                       reset; ?garbage=1 after a TLS record that fails to decrypt);
+                                       ?size=N: N bytes of x
+                POST /early?read=N  -> reads N body bytes, then answers 413 with no length before the rest
+                                       and closes (over TLS: no close_notify)
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
   echo          echoes every byte back
   halfclose     reads until EOF, then answers "got <n> bytes\n" and closes
@@ -22,9 +26,11 @@ import base64
 import gzip
 import hashlib
 import http.server
+import os
 import socket
 import socketserver
 import ssl
+import struct
 import sys
 import threading
 
@@ -122,6 +128,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if "notify=1" in self.path and isinstance(self.connection, ssl.SSLSocket):
                 self.connection.settimeout(10)
                 self.connection.unwrap()  # close_notify, and the peer's back
+            if "garbage=1" in self.path:  # a record that fails to decrypt, then the close
+                raw = socket.socket(fileno=os.dup(self.connection.fileno()))
+                raw.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+                raw.close()
+            if "reset=1" in self.path:  # no close_notify and no FIN: a TCP reset
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
             self.close_connection = True
         elif self.path.startswith("/hello"):
             self.reply(200, "hello from origin\n")
@@ -135,6 +148,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self):
+        if self.path.startswith("/early"):
+            self.rfile.read(int(self.path.partition("read=")[2] or 0))
+            self.send_response(413)
+            self.end_headers()
+            self.wfile.write(b"too large\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
         body = self.read_body()
         self.reply(200, f"{len(body)} {hashlib.sha256(body).hexdigest()}\n")
 

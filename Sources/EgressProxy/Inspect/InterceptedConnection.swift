@@ -461,6 +461,8 @@ final class InterceptedConnection {
 
     /// The request could not be parsed (llhttp refused it): answer 400, report it, close.
     func clientSentMalformedRequest(_ error: HTTPParserError) {
+        // A request the proxy's own close cut off (its decoder finds it incomplete) is reported as cut.
+        guard !closing else { return }
         // llhttp reports framing conflicts (both lengths, duplicate lengths) only as `unknown`.
         let reason = error == .unknown
             ? "malformed request: ambiguous message framing" : "malformed request: \(error)"
@@ -503,8 +505,12 @@ final class InterceptedConnection {
             upstreamReady.fail(ChannelError.ioOnClosedChannel)
             if failure == nil { failure = ("upstream not trusted", "upstream closed during the TLS handshake") }
         }
+        closing = true
         if let client {
-            client.closeAfterWrites()
+            // A body with no length that ended with this close, while its request was still being sent, is
+            // confirmed only by close_notify (an exchange complete before it was handled when it ended).
+            let unconfirmed = upstreamEndUnconfirmed && machine.current?.closeDelimited == true
+            client.closeAfterWrites(notify: !unconfirmed)
         } else if let http2 {
             http2.closeClientAfterWrites()
         } else {
@@ -514,14 +520,29 @@ final class InterceptedConnection {
     }
 
     func closeBoth() {
-        if http2 == nil, relays == nil, let current = machine.current, current.status != nil, !current.responseEnded {
-            // A response is cut short: without close_notify, so the client cannot take the cut for its end (a
-            // response with no length would look complete).
-            client?.close(notify: false)
+        closing = true
+        // An exchange still open is cut here, and reported so now: the upstream's decoder may yet hand on an end
+        // for a body with no length as the channel closes, which must not pass for a complete response.
+        if let cut = machine.connectionClosed() {
+            // Reported before anything closes: a close can finish the connection at once, which reports it as
+            // one that carried no request if none was reported yet.
+            report(cut, error: Self.cutShort)
+            if cut.status != nil && !cut.responseEnded {
+                // A response partly relayed ends without close_notify, so the client cannot take the cut for its
+                // end (one with no length would look complete).
+                client?.close(notify: false)
+            }
         }
         clientChannel.close(promise: nil)
         upstreamChannel.close(promise: nil)
     }
+
+    /// What an exchange the connection's end cut short reports.
+    static let cutShort = "connection closed before the exchange completed"
+
+    /// The proxy is closing the connection: what the client's decoder says about a request cut off by that
+    /// close is not the client's fault (it is reported as cut, not as a malformed request).
+    private var closing = false
 
     /// What an exchange whose close-delimited body ended without the upstream's close_notify reports.
     static let unconfirmedEnd = "response end not confirmed: the upstream closed without TLS close_notify"
@@ -564,7 +585,7 @@ final class InterceptedConnection {
         idleTimer = nil
         if !upstreamHandshakeDone { upstreamReady.fail(ChannelError.ioOnClosedChannel) }
         if let cut = machine.connectionClosed() {
-            report(cut, error: "connection closed before the exchange completed")
+            report(cut, error: Self.cutShort)
         }
         let requests = reportedExchanges
         var connection = metadata
