@@ -262,6 +262,12 @@ public final class OpenSSLConnection {
         return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
     }
 
+    /// The negotiated cipher suite, e.g. `TLS_AES_128_GCM_SHA256`.
+    public var cipherSuite: String? {
+        guard let cipher = SSL_get_current_cipher(ssl), let name = SSL_CIPHER_get_name(cipher) else { return nil }
+        return String(cString: name)
+    }
+
     /// The negotiated protocol version, e.g. `TLSv1.3`.
     public var protocolVersion: String {
         String(cString: SSL_get_version(ssl))

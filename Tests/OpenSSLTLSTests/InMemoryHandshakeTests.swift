@@ -181,6 +181,7 @@ struct HandshakePKI {
         #expect(clientResult == .complete)
         #expect(serverResult == .complete)
         #expect(client.protocolVersion == "TLSv1.3")
+        #expect(client.cipherSuite == "TLS_AES_128_GCM_SHA256" && server.cipherSuite == "TLS_AES_128_GCM_SHA256")
         #expect(client.negotiatedProtocol == "h2")
         #expect(server.negotiatedProtocol == "h2")
 

@@ -306,6 +306,14 @@ final class PlaintextRecorder: ChannelInboundHandler {
         #expect(text.contains("Verify return code: 0 (ok)"), "\(text)")
         #expect(text.contains("ALPN protocol: http/1.1"), "\(text)")
         #expect(text.contains("TLSv1.3"))
+        // OpenSSL's client offers AES-256-GCM first; the server's order (AES-128-GCM first) decides.
+        #expect(text.contains("Cipher is TLS_AES_128_GCM_SHA256"), "\(text)")
+        // ...unless the client puts ChaCha20 first (no AES instructions): then it gets ChaCha20.
+        let chacha = try runCommand("/usr/bin/openssl", [
+            "s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.ca, "-verify_return_error",
+            "-servername", "localhost", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+        ], timeout: 30)
+        #expect(chacha.stdout.contains("Cipher is TLS_CHACHA20_POLY1305_SHA256"), "\(chacha.stdout)")
         try await listener.close()
     }
 
