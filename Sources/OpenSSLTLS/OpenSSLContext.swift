@@ -73,6 +73,10 @@ public final class OpenSSLContext: @unchecked Sendable {
             guard SSL_CTX_set_ciphersuites(context, Self.tls13Suites) == 1 else {
                 throw OpenSSLError.drain(operation: "setting the TLS 1.3 cipher suites")
             }
+            // TLS 1.2: OpenSSL's default set, with AES-128-GCM moved first (the server's order applies there too).
+            guard SSL_CTX_set_cipher_list(context, Self.tls12Ciphers) == 1 else {
+                throw OpenSSLError.drain(operation: "setting the TLS 1.2 cipher list")
+            }
             if configuration.role == .server { CSSL_SSL_CTX_prefer_server_ciphers_unless_chacha(context) }
             let wire = Self.alpnWireFormat(configuration.alpn)
             switch configuration.role {
@@ -164,6 +168,9 @@ public final class OpenSSLContext: @unchecked Sendable {
     }
 
     static let tls13Suites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+    /// `DEFAULT` spelled out (`ALL:!COMPLEMENTOFDEFAULT:!eNULL`, which is what it expands to) behind the two
+    /// AES-128-GCM suites: the same set, in that order first.
+    static let tls12Ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ALL:!COMPLEMENTOFDEFAULT:!eNULL"
 
     /// Server: whether a certificate is configured for connections the provider does not answer.
     var hasDefaultCertificate: Bool {

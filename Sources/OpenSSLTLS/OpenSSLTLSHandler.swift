@@ -260,11 +260,14 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
                 perform(machine.peerClosed(), context: context)
                 break readLoop
             case .failed(let error):
-                // What was decrypted before the bad record goes on first, then the error.
+                // What was decrypted before the bad record goes on first, then the error. The machine learns of
+                // the failure first: a write made while that data goes up fails as on a closed channel, rather than
+                // reaching OpenSSL on a failed connection (whose error would replace this one).
+                let action = machine.readFailed(error)
                 deliver()
                 if delivered { context.fireChannelReadComplete() }
                 delivered = false
-                perform(machine.readFailed(error), context: context)
+                perform(action, context: context)
                 break readLoop
             }
         }

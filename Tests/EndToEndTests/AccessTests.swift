@@ -104,6 +104,26 @@ import Testing
         #expect(try connectStatus(admitting, "127.0.0.1:\(originPort)") == "200")
     }
 
+    /// A response whose body ends with the connection is the last on it: a request pipelined behind it is not
+    /// answered, not even with a 407 (the client would read that answer as the end of the body).
+    @Test func nothingIsAnsweredBehindABodyThatEndsWithTheConnection() throws {
+        let directory = try TestPKI.mint().directory
+        let file = directory + "/agents"
+        let token = "tok_pipelined_behind_close_0123"
+        FileManager.default.createFile(
+            atPath: file, contents: Data("planner:\(token)\n".utf8), attributes: [.posixPermissions: 0o600])
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let proxy = try start(["KAIZEN_PROXY_AUTH": file])
+        let basic = Data("planner:\(token)".utf8).base64EncodedString()
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        try socket.send(
+            "GET http://127.0.0.1:\(originPort)/unframed HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic \(basic)\r\n\r\n"
+                + "GET http://127.0.0.1:\(originPort)/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        let answer = try socket.receiveAll()
+        #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\n") && answer.hasSuffix("\r\n\r\nuntil close\n"), "\(answer)")
+    }
+
     @Test func proxyAuthenticationNamesTheAgent() throws {
         let directory = try TestPKI.mint().directory
         let file = directory + "/agents"

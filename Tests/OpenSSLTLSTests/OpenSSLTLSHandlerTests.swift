@@ -182,6 +182,32 @@ final class PlaintextRecorder: ChannelInboundHandler {
         _ = try? pair.server.finish()
     }
 
+    /// A handler that answers data as it arrives (as HTTP/2 does with WINDOW_UPDATE) while the data before a bad
+    /// record goes up: its write fails as on a closed channel, and the error reported is the read's.
+    @Test func aWriteWhileTheLastDataGoesUpLeavesTheReadErrorStanding() throws {
+        final class Answerer: ChannelInboundHandler {
+            typealias InboundIn = ByteBuffer
+            typealias OutboundOut = ByteBuffer
+            func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "ack")), promise: nil)
+                context.fireChannelRead(data)
+            }
+        }
+        let (clientContext, serverContext) = try contexts()
+        let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "localhost")
+        try interact(pair.client, pair.server)
+        try pair.client.pipeline.syncOperations.addHandler(Answerer(), position: .before(pair.clientRecorder))
+        pair.server.writeAndFlush(ByteBuffer(string: "body so far"), promise: nil)
+        var bytes = try #require(try pair.server.readOutbound(as: ByteBuffer.self))
+        while var more = try pair.server.readOutbound(as: ByteBuffer.self) { bytes.writeBuffer(&more) }
+        bytes.writeBytes([0x17, 0x03, 0x03, 0x00, 0x20] + [UInt8](repeating: 0, count: 32))
+        try? pair.client.writeInbound(bytes)
+        #expect(pair.clientRecorder.received == Array("body so far".utf8))
+        #expect(pair.clientRecorder.errors.count == 1)
+        #expect("\(pair.clientRecorder.errors.first.map { "\($0)" } ?? "")".hasPrefix("TLS read failed"), "\(pair.clientRecorder.errors)")
+        _ = try? pair.server.finish()
+    }
+
     @Test func anUntrustedServerFailsTheHandshakeWithTheReason() throws {
         let (clientContext, serverContext) = try contexts(trust: pki.otherCA)
         let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "localhost")
@@ -314,6 +340,12 @@ final class PlaintextRecorder: ChannelInboundHandler {
             "-servername", "localhost", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
         ], timeout: 30)
         #expect(chacha.stdout.contains("Cipher is TLS_CHACHA20_POLY1305_SHA256"), "\(chacha.stdout)")
+        // TLS 1.2 too: AES-128-GCM first, though OpenSSL's client offers AES-256-GCM first.
+        let tls12 = try runCommand("/usr/bin/openssl", [
+            "s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.ca, "-verify_return_error",
+            "-servername", "localhost", "-tls1_2",
+        ], timeout: 30)
+        #expect(tls12.stdout.contains("Cipher is ECDHE-ECDSA-AES128-GCM-SHA256"), "\(tls12.stdout)")
         try await listener.close()
     }
 

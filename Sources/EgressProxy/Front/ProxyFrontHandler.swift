@@ -56,7 +56,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// How deep `perform` is; request parts that arrive meanwhile wait in `deferredParts`.
     private var performing = 0
     private var deferredParts: [HTTPServerRequestPart] = []
-    /// The write of the last response's end, when the client's connection closes after it.
+    /// The write of the last response's end, when the client's connection closes after it; set, nothing more is
+    /// read or answered.
     private var lastResponseEnd: EventLoopFuture<Void>?
 
     private struct ExchangeRecord {
@@ -129,6 +130,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        // The connection closes once the last response has gone out: a request pipelined behind it is not
+        // answered (an answer could only be read as part of a body that ends with the close).
+        guard lastResponseEnd == nil else { return }
         switch part {
         case .head(let head):
             if let credentials = settings.currentCredentials {
@@ -184,7 +188,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // After an error answer the connection is closing: the decoder's complaint about the unfinished head
         // it still holds says nothing new (and would double every log line under a slowloris flood).
-        guard !answeredWithError else { return }
+        guard !answeredWithError, lastResponseEnd == nil else { return }
         if let limit = error as? RequestLimitError {
             switch machine.state {
             case .idle:
@@ -333,7 +337,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 if !keepClient {
                     if let lastResponseEnd {
-                        self.lastResponseEnd = nil
+                        // Kept: nothing more is read or answered on this connection (see `handle`).
                         lastResponseEnd.whenComplete { _ in context.close(promise: nil) }
                     } else {
                         context.close(promise: nil)

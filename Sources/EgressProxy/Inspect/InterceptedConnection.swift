@@ -352,11 +352,15 @@ final class InterceptedConnection {
             upstream?.send(forward)
         case .forwardAndComplete(let exchange, let thenClose):
             // Only a response end completes an exchange in practice; a request end after an early response
-            // can too.
+            // can too (its end is as confirmed as the upstream made it, see `fromUpstream`).
             upstream?.send(forward, flush: true)
-            report(exchange, error: nil)
+            let unconfirmed = exchange.closeDelimited && upstreamEndUnconfirmed
+            report(exchange, error: unconfirmed ? Self.unconfirmedEnd : nil)
             if thenClose {
-                closeBoth()
+                // After the response has gone out (a close now would drop what the client has not taken yet).
+                closing = true
+                client?.closeAfterWrites(notify: !unconfirmed)
+                upstream?.close()
             } else {
                 client?.expectNextHead()
                 client?.resumeReading()
