@@ -17,7 +17,7 @@ enum HopByHopHeaders {
         // Names listed in Connection / Proxy-Connection (rare beyond keep-alive and close).
         var named: [String] = []
         for (name, value) in headers
-        where name.utf8.count >= 10 && (asciiEqual(name, "connection") || asciiEqual(name, "proxy-connection")) {
+        where name.utf8.count >= 10 && (name.equalsIgnoringASCIICase("connection") || name.equalsIgnoringASCIICase("proxy-connection")) {
             for token in value.split(separator: ",") {
                 let trimmed = token.trimmingCharacters(in: .whitespaces)
                 if !trimmed.isEmpty { named.append(trimmed) }
@@ -27,26 +27,20 @@ enum HopByHopHeaders {
         result.reserveCapacity(headers.count)
         for (name, value) in headers {
             if isFixedHopByHop(name) { continue }
-            if !named.isEmpty && named.contains(where: { asciiEqual(name, $0) }) { continue }
+            if !named.isEmpty && named.contains(where: { name.equalsIgnoringASCIICase($0) }) { continue }
             result.add(name: name, value: value)
         }
         return result
     }
 
-    /// Case-insensitive comparison of header names without allocating.
-    static func asciiEqual(_ name: String, _ other: String) -> Bool {
-        guard name.utf8.count == other.utf8.count else { return false }
-        return zip(name.utf8, other.utf8).allSatisfy { a, b in a == b || (a | 0x20 == b | 0x20 && (a | 0x20) >= 0x61 && (a | 0x20) <= 0x7a) }
-    }
-
     private static func isFixedHopByHop(_ name: String) -> Bool {
         switch name.utf8.count {
-        case 2: return asciiEqual(name, "te")
-        case 7: return asciiEqual(name, "trailer") || asciiEqual(name, "upgrade")
-        case 10: return asciiEqual(name, "connection") || asciiEqual(name, "keep-alive")
-        case 16: return asciiEqual(name, "proxy-connection")
-        case 18: return asciiEqual(name, "proxy-authenticate")
-        case 19: return asciiEqual(name, "proxy-authorization")
+        case 2: return name.equalsIgnoringASCIICase("te")
+        case 7: return name.equalsIgnoringASCIICase("trailer") || name.equalsIgnoringASCIICase("upgrade")
+        case 10: return name.equalsIgnoringASCIICase("connection") || name.equalsIgnoringASCIICase("keep-alive")
+        case 16: return name.equalsIgnoringASCIICase("proxy-connection")
+        case 18: return name.equalsIgnoringASCIICase("proxy-authenticate")
+        case 19: return name.equalsIgnoringASCIICase("proxy-authorization")
         default: return false
         }
     }

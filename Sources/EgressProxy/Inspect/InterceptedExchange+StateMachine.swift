@@ -252,15 +252,3 @@ package struct InterceptedExchangeStateMachine {
         return needsSlash ? "/" + path : String(path)
     }
 }
-
-extension String {
-    /// Whether this is `lowercase` (lowercase ASCII) ignoring ASCII case only, as HTTP compares field names and
-    /// codings (a Unicode case mapping would take the KELVIN SIGN for a k).
-    func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
-        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-        guard utf8.count == expected.count else { return false }
-        return zip(utf8, expected).allSatisfy { byte, lower in
-            byte == lower || (lower >= UInt8(ascii: "a") && lower <= UInt8(ascii: "z") && byte == lower ^ 0x20)
-        }
-    }
-}

@@ -11,7 +11,7 @@ package enum ForwardingHeaders {
         let host = destination.hostHeader(defaultPort: 80)
         var hostFields = 0
         var hostMatches = false
-        for (name, value) in headers where HopByHopHeaders.asciiEqual(name, "host") {
+        for (name, value) in headers where name.equalsIgnoringASCIICase("host") {
             hostFields += 1
             hostMatches = value == host
         }
@@ -20,7 +20,7 @@ package enum ForwardingHeaders {
             rebuilt.reserveCapacity(headers.count + 2)
             var hostWritten = false
             for (name, value) in headers {
-                if HopByHopHeaders.asciiEqual(name, "host") {
+                if name.equalsIgnoringASCIICase("host") {
                     if !hostWritten { rebuilt.add(name: name, value: host) }
                     hostWritten = true
                 } else {
@@ -62,15 +62,15 @@ package enum ForwardingHeaders {
 
     /// `headers` with `chunked` taken out of Transfer-Encoding (the field goes when nothing else is left).
     private static func withoutChunkedCoding(_ headers: HTTPHeaders) -> HTTPHeaders {
-        guard headers.contains(where: { HopByHopHeaders.asciiEqual($0.name, "transfer-encoding") }) else { return headers }
+        guard headers.contains(where: { $0.name.equalsIgnoringASCIICase("transfer-encoding") }) else { return headers }
         var result = HTTPHeaders()
         for (name, value) in headers {
-            guard HopByHopHeaders.asciiEqual(name, "transfer-encoding") else {
+            guard name.equalsIgnoringASCIICase("transfer-encoding") else {
                 result.add(name: name, value: value)
                 continue
             }
             let codings = value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-                .filter { !$0.isEmpty && !HopByHopHeaders.asciiEqual($0, "chunked") }
+                .filter { !$0.isEmpty && !$0.equalsIgnoringASCIICase("chunked") }
             if !codings.isEmpty { result.add(name: name, value: codings.joined(separator: ", ")) }
         }
         return result
