@@ -111,9 +111,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             context.triggerUserOutboundEvent(event, promise: promise)
             return
         }
-        if let promise {
-            if let existing = closePromise { existing.futureResult.cascade(to: promise) } else { closePromise = promise }
-        }
+        awaitClose(promise)
         perform(machine.closeWithoutNotify(), context: context)
     }
 
@@ -155,10 +153,14 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             context.close(mode: mode, promise: promise)
             return
         }
-        if let promise {
-            if let existing = closePromise { existing.futureResult.cascade(to: promise) } else { closePromise = promise }
-        }
+        awaitClose(promise)
         perform(machine.close(), context: context)
+    }
+
+    /// `promise` completes when the channel has closed (with any earlier close's).
+    private func awaitClose(_ promise: EventLoopPromise<Void>?) {
+        guard let promise else { return }
+        if let existing = closePromise { existing.futureResult.cascade(to: promise) } else { closePromise = promise }
     }
 
     // MARK: actions
@@ -247,6 +249,12 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             plaintext = context.channel.allocator.buffer(capacity: 16384)
             delivered = true
         }
+        // Before the session's end is acted on: what came ahead of it goes up first.
+        func deliverBeforeEnd() {
+            deliver()
+            if delivered { context.fireChannelReadComplete() }
+            delivered = false
+        }
         readLoop: while true {
             switch connection.read(into: &plaintext) {
             case .read:
@@ -254,9 +262,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             case .needMoreData:
                 break readLoop
             case .closed:
-                deliver()
-                if delivered { context.fireChannelReadComplete() }
-                delivered = false
+                deliverBeforeEnd()
                 perform(machine.peerClosed(), context: context)
                 break readLoop
             case .failed(let error):
@@ -264,9 +270,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
                 // the failure first: a write made while that data goes up fails as on a closed channel, rather than
                 // reaching OpenSSL on a failed connection (whose error would replace this one).
                 let action = machine.readFailed(error)
-                deliver()
-                if delivered { context.fireChannelReadComplete() }
-                delivered = false
+                deliverBeforeEnd()
                 perform(action, context: context)
                 break readLoop
             }
