@@ -37,10 +37,8 @@ struct UpstreamCertificates {
     }
 
     func openssl(_ arguments: [String]) throws {
-        let process = try ChildProcess(Paths.which("openssl"), arguments, directory: directory)
-        guard try process.waitForExit(timeout: 30) == 0 else {
-            throw TestFailure("openssl \(arguments.prefix(2)): \(process.stderr)")
-        }
+        let result = try runCommand(Paths.which("openssl"), arguments, directory: directory, timeout: 30)
+        guard result.status == 0 else { throw TestFailure("openssl \(arguments.prefix(2)): \(result.stderr)") }
     }
 
     static func stamp(_ date: Date) -> String {
