@@ -147,11 +147,14 @@ public final class OpenSSLConnection {
         case failed(OpenSSLError)
     }
 
-    /// Decrypts up to `maximum` bytes onto the end of `buffer`.
-    public func read(into buffer: inout ByteBuffer, maximum: Int = 16384) -> ReadResult {
+    /// Decrypts up to `maximum` bytes onto the end of `buffer`. The buffer grows only when less than
+    /// `minimumRoom` is left in it: asking for `maximum` free bytes every time made the second read into a
+    /// buffer (the one that finds no more data) reallocate it and copy what it held.
+    public func read(into buffer: inout ByteBuffer, maximum: Int = 16384, minimumRoom: Int = 4096) -> ReadResult {
         OpenSSLError.clearQueue()
         var result: Int32 = 0
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: maximum) { raw in
+        let reserve = buffer.writableBytes >= min(minimumRoom, maximum) ? 1 : maximum
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: reserve) { raw in
             result = SSL_read(ssl, raw.baseAddress, Int32(min(raw.count, maximum)))
             return result > 0 ? Int(result) : 0
         }
@@ -161,6 +164,13 @@ public final class OpenSSLConnection {
         case SSL_ERROR_ZERO_RETURN: return .closed
         default: return .failed(failure(operation: "TLS read"))
         }
+    }
+
+    /// Whether a read could yield anything now: ciphertext not yet given to OpenSSL, or bytes OpenSSL holds
+    /// (a record read but not yet returned, or one only partly received). When false, `read` would only
+    /// answer `.needMoreData`, so the caller can skip the call.
+    public var hasBufferedInput: Bool {
+        !network.inbound.isEmpty || SSL_has_pending(ssl) == 1
     }
 
     /// Encrypts all of `buffer`'s readable bytes (as many records as it takes).

@@ -259,6 +259,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             switch connection.read(into: &plaintext) {
             case .read:
                 if plaintext.readableBytes >= 65536 { deliver() }
+                // Nothing left to decrypt: another SSL_read would only say so (saves a call per read).
+                if !connection.hasBufferedInput { break readLoop }
             case .needMoreData:
                 break readLoop
             case .closed:

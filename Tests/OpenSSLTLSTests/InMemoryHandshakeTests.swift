@@ -198,6 +198,50 @@ struct HandshakePKI {
         #expect(readText(server) == "<closed>")
     }
 
+    /// Reads fill the room a buffer has before growing it, and `hasBufferedInput` says whether another read
+    /// could yield anything: what the handler relies on to skip the read that would only say "need more data".
+    @Test func readsUseTheRoomLeftAndBufferedInputIsReportedUntilAllIsRead() throws {
+        let client = try OpenSSLConnection(context: try self.client(), serverName: "localhost")
+        let server = try OpenSSLConnection(context: try self.server())
+        _ = handshake(client, server)
+        _ = readText(client)  // takes the session tickets
+        #expect(!client.hasBufferedInput)
+
+        // Two records of 3,000 bytes in one delivery: the first read leaves the second in the input.
+        #expect(throws: Never.self) { try server.write(ByteBuffer(repeating: UInt8(ascii: "a"), count: 3000)).get() }
+        #expect(throws: Never.self) { try server.write(ByteBuffer(repeating: UInt8(ascii: "b"), count: 3000)).get() }
+        pass(server, to: client)
+        #expect(client.hasBufferedInput)
+        var buffer = ByteBufferAllocator().buffer(capacity: 8192)
+        let capacity = buffer.capacity
+        #expect(client.read(into: &buffer) == .read(3000))
+        #expect(client.hasBufferedInput)
+        // 5,192 bytes of room left (more than the 4 KiB minimum): the second record goes there, no growth.
+        #expect(client.read(into: &buffer) == .read(3000))
+        #expect(buffer.capacity == capacity)
+        #expect(!client.hasBufferedInput)
+        #expect(client.read(into: &buffer) == .needMoreData)
+        #expect(buffer.readableBytes == 6000)
+        #expect(buffer.getString(at: 2999, length: 2) == "ab")
+
+        // A record bigger than the room left is read in parts; the rest stays buffered inside OpenSSL.
+        #expect(throws: Never.self) { try server.write(ByteBuffer(repeating: UInt8(ascii: "c"), count: 10000)).get() }
+        pass(server, to: client)
+        var small = ByteBufferAllocator().buffer(capacity: 8192)
+        guard case .read(let first) = client.read(into: &small, maximum: 16384, minimumRoom: 1) else {
+            Issue.record("no data read")
+            return
+        }
+        #expect(first == small.capacity)
+        #expect(client.hasBufferedInput)
+        var total = first
+        for _ in 0..<4 where client.hasBufferedInput {
+            if case .read(let count) = client.read(into: &small) { total += count }
+        }
+        #expect(total == 10000)
+        #expect(!client.hasBufferedInput)
+    }
+
     @Test func alpnFollowsTheServerAndIsAbsentWithoutOverlap() throws {
         let onlyHTTP1 = try OpenSSLConnection(context: try server(alpn: ["http/1.1"]))
         let offersBoth = try OpenSSLConnection(context: try client(), serverName: "localhost")
