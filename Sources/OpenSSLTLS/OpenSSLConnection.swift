@@ -147,13 +147,15 @@ public final class OpenSSLConnection {
         case failed(OpenSSLError)
     }
 
-    /// Decrypts up to `maximum` bytes onto the end of `buffer`. The buffer grows only when less than
-    /// `minimumRoom` is left in it: asking for `maximum` free bytes every time made the second read into a
-    /// buffer (the one that finds no more data) reallocate it and copy what it held.
+    /// Decrypts up to `maximum` bytes onto the end of `buffer`. The buffer grows only when it holds data and
+    /// less than `minimumRoom` is left in it: asking for `maximum` free bytes every time made the second read
+    /// into a buffer (the one that finds no more data) reallocate it and copy what it held. An empty buffer
+    /// takes what fits; the rest of a record waits in OpenSSL for the next read.
     public func read(into buffer: inout ByteBuffer, maximum: Int = 16384, minimumRoom: Int = 4096) -> ReadResult {
         OpenSSLError.clearQueue()
         var result: Int32 = 0
-        let reserve = buffer.writableBytes >= min(minimumRoom, maximum) ? 1 : maximum
+        let room = buffer.writableBytes
+        let reserve = room >= min(minimumRoom, maximum) || (room > 0 && buffer.readableBytes == 0) ? 1 : maximum
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: reserve) { raw in
             result = SSL_read(ssl, raw.baseAddress, Int32(min(raw.count, maximum)))
             return result > 0 ? Int(result) : 0

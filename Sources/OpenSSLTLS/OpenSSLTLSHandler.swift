@@ -35,6 +35,9 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     private var pendingPromises: [EventLoopPromise<Void>] = []
     /// An empty plaintext buffer kept for the next read.
     private var spareBuffer: ByteBuffer?
+    /// The capacity of the next buffer decrypted into: the size of the last delivery.
+    private var plaintextCapacity = 16384
+    private static let smallestPlaintextBuffer = 1024
     /// Ciphertext was written below and not flushed yet.
     private var unflushed = false
     /// Writes this large are not gathered (a TLS record holds at most 16 KiB anyway).
@@ -241,12 +244,15 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         var delivered = false
         // A buffer left empty by the last call is used again: a read that yields no application data (a
         // handshake message, a session ticket) then allocates nothing.
-        var plaintext = spareBuffer ?? context.channel.allocator.buffer(capacity: 16384)
+        var plaintext = spareBuffer ?? context.channel.allocator.buffer(capacity: plaintextCapacity)
         spareBuffer = nil
         func deliver() {
             guard plaintext.readableBytes > 0 else { return }
+            // The next buffer is as big as this delivery (within bounds): small for requests and responses
+            // that fit one record, which malloc serves from its per-thread cache; big for bulk data.
+            plaintextCapacity = min(max(plaintext.readableBytes, Self.smallestPlaintextBuffer), 65536)
             context.fireChannelRead(wrapInboundOut(plaintext))
-            plaintext = context.channel.allocator.buffer(capacity: 16384)
+            plaintext = context.channel.allocator.buffer(capacity: plaintextCapacity)
             delivered = true
         }
         // Before the session's end is acted on: what came ahead of it goes up first.
