@@ -145,6 +145,10 @@ final class InterceptedConnection {
             ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
             InterceptedUpstreamHandler(connection: self),
         ])
+        // Below the client's TLS: the socket stays in the read set between a request and its response.
+        let clientPipeline = clientChannel.pipeline.syncOperations
+        try clientPipeline.addHandler(
+            ReadAheadHandler(), position: .before(try clientPipeline.handler(type: OpenSSLTLSHandler.self)))
         // The same request-head limits as the proxy's own port, on the decrypted stream.
         try Self.addAfterHandshakeHandler(clientChannel, [
             RequestHeadLimitHandler(limits: requestHeadLimits, firstHeadDueAtOnce: false),
