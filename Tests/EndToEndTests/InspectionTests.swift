@@ -167,11 +167,20 @@ import Testing
         let setup = try setUp()
         let result = try mitmClient("close-notify", setup)
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout == """
+        var lines = result.stdout.split(separator: "\n").map(String.init)
+        // The origin resets its connection right after the body. If the proxy reads the response and the reset in
+        // one go, the head it wrote is dropped with the close (unflushed) and the client gets no response at all;
+        // otherwise the head and an unclean end. Never a clean end after a response.
+        let reset = lines.count == 6 ? lines[3] : ""
+        #expect(
+            reset.hasPrefix("GET /unframed?size=1000&reset=1 HTTP/1.1 200 OK ") && reset.hasSuffix(" unclean")
+                || reset == "GET /unframed?size=1000&reset=1  - clean", "\(reset)")
+        if lines.count == 6 { lines[3] = "(reset)" }
+        #expect(lines.joined(separator: "\n") == """
             GET /unframed HTTP/1.1 200 OK b'until close\\n' unclean
             GET /unframed?notify=1 HTTP/1.1 200 OK b'until close\\n' clean
             GET /truncated HTTP/1.1 200 OK b'0123456789' unclean
-            GET /unframed?size=1000&reset=1 HTTP/1.1 200 OK - unclean
+            (reset)
             GET /unframed?garbage=1 HTTP/1.1 200 OK b'until close\\n' unclean
             POST /early?read=10 HTTP/1.1 413 Payload Too Large b'too large\\n' unclean
             """)
@@ -185,7 +194,9 @@ import Testing
         #expect(errors.count == 6 && [unconfirmed, cut].contains(errors[3]), "\(errors)")
         errors[3] = cut
         #expect(errors == [unconfirmed, "-", cut, cut, cut, cut])
-        let statuses: [Int] = actions.map { ($0["status"] as? Int) ?? 0 }
+        var statuses: [Int] = actions.map { ($0["status"] as? Int) ?? 0 }
+        #expect(statuses.count == 6 && [200, 0].contains(statuses[3]), "\(statuses)")
+        if statuses.count == 6 { statuses[3] = 200 }
         #expect(statuses == [200, 200, 200, 200, 200, 413])
         let sizes: [Int] = actions.map { ($0["response_body_bytes"] as? Int) ?? -1 }
         #expect(sizes.count == 6 && sizes[0] == 12 && sizes[1] == 12 && sizes[2] == 10 && sizes[4] == 12 && sizes[5] == 10, "\(sizes)")

@@ -146,6 +146,32 @@ import Testing
         await proxy.stop()
     }
 
+    /// A body with no length that the upstream cuts with a TCP reset instead of ending it with a FIN: the client
+    /// gets a reset too, never a clean end that would pass the cut body off as whole, and the close record says
+    /// the response was cut.
+    @Test func aBodyCutByAnUpstreamResetReachesTheClientAsAReset() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, sink) = try await ProxyHarness.start()
+        defer { withExtendedLifetime(origin) {} }
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        try socket.send("GET http://127.0.0.1:\(originPort)/unframed?size=1000&reset=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        var ending = "clean end"
+        for _ in 0..<100 {
+            do {
+                if try socket.receive().isEmpty { break }
+            } catch {
+                ending = "\(error)"
+                break
+            }
+        }
+        #expect(ending.contains("errno \(ECONNRESET)"), "\(ending)")
+        let action = try await sink.action(target: "127.0.0.1:\(originPort)")
+        let close = try await sink.close(eventID: action.action.metadata.eventID)
+        #expect(close.close.reason.hasPrefix("upstream closed mid-response"), "\(close.close.reason)")
+        #expect(close.close.closedBy == .upstream)
+        await proxy.stop()
+    }
+
     @Test func idleKeepAliveConnectionsAreClosed() async throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         let (proxy, _) = try await ProxyHarness.start { $0.idleTimeout = .milliseconds(300) }

@@ -33,6 +33,7 @@ import ssl
 import struct
 import sys
 import threading
+import urllib.parse
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -122,7 +123,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path.startswith("/unframed"):
             self.send_response(200)
             self.end_headers()
-            size = int(self.path.partition("size=")[2] or 0)
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            size = int(query.get("size", ["0"])[0])
             self.wfile.write(b"x" * size if size else b"until close\n")
             self.wfile.flush()
             if "notify=1" in self.path and isinstance(self.connection, ssl.SSLSocket):
@@ -134,7 +136,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raw.close()
             if "reset=1" in self.path:  # no close_notify and no FIN: a TCP reset
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
+                if isinstance(self.connection, ssl.SSLSocket):
+                    self.connection.close()
+                else:
+                    # close() alone waits for rfile/wfile, and the server's shutdown(SHUT_WR) would send a FIN
+                    # first; closing the descriptor now sends only the reset.
+                    os.close(self.connection.detach())
             self.close_connection = True
         elif self.path.startswith("/hello"):
             self.reply(200, "hello from origin\n")

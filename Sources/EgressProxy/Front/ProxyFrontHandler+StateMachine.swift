@@ -46,8 +46,11 @@ extension ProxyFrontHandler {
             case respondError(ProxyError)
             /// The exchange is complete: keep or close each side.
             case completeExchange(keepClient: Bool, keepUpstream: Bool)
-            /// The response was cut off after its head: all the proxy can do is close.
+            /// Close the client's connection (it broke the protocol).
             case closeClient(reason: String)
+            /// The response was cut off after its head: reset the client's connection, so that it cannot take a
+            /// body ended by the close, or the part of one it got, for the whole response.
+            case abortClient(reason: String)
         }
 
         private(set) var state: State = .idle
@@ -208,7 +211,7 @@ extension ProxyFrontHandler {
                 }
                 if !exchange.responseDone {
                     state = .closed
-                    return [.closeClient(reason: "upstream closed mid-response: \(reason)")]
+                    return [.abortClient(reason: "upstream closed mid-response: \(reason)")]
                 }
                 // The response is complete; only the rest of the request body had nowhere to go.
                 return []

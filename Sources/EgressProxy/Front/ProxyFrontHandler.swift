@@ -1,5 +1,6 @@
 import AccessControl
 import ControlPlane
+import Glibc
 import Interception
 import Logging
 import NIOCore
@@ -345,13 +346,18 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 } else {
                     headLimiter?.expectNextHead()
                 }
-            case .closeClient(let reason):
+            case .closeClient(let reason), .abortClient(let reason):
                 logger.info("closing client connection", metadata: ["client.address": "\(clientAddress)", "reason": "\(reason)"])
                 if let record = exchange {
                     exchange = nil
                     recordClose(record, closedBy: .upstream, reason: reason)
                 }
                 closeUpstream()
+                if case .abortClient = action {
+                    // SO_LINGER 0: the close sends a reset, not a FIN that would end a body with no length cleanly.
+                    // (Set at once: this runs on the channel's event loop.)
+                    _ = (context.channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
+                }
                 context.close(promise: nil)
             }
         }

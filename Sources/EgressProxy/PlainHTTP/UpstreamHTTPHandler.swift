@@ -41,7 +41,15 @@ final class UpstreamHTTPHandler: ChannelDuplexHandler {
             context.close(promise: nil)
             return
         }
-        front.upstreamResponse(unwrapInboundIn(data))
+        let part = unwrapInboundIn(data)
+        if case .end = part, !context.channel.isActive {
+            // The decoder ends a body with no length when the connection goes. A FIN confirms that end: it comes
+            // as `inputClosed` first, with the channel still open. Here the connection went without one (a reset,
+            // or the proxy closing it), so the body may have been cut: `channelInactive` reports the response
+            // as cut off instead.
+            return
+        }
+        front.upstreamResponse(part)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
