@@ -172,6 +172,34 @@ import Testing
         await proxy.stop()
     }
 
+    /// An upstream that stalls part-way through a body with no length is cut by the idle timeout: the client's
+    /// connection is reset, since a FIN would end that body as if it were whole.
+    @Test func aBodyCutByTheIdleTimeoutReachesTheClientAsAReset() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, sink) = try await ProxyHarness.start { $0.idleTimeout = .milliseconds(300) }
+        defer { withExtendedLifetime(origin) {} }
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        try socket.send("GET http://127.0.0.1:\(originPort)/unframed?stall=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        var received: [UInt8] = []
+        var ending = "clean end"
+        for _ in 0..<100 {
+            do {
+                let bytes = try socket.receive()
+                if bytes.isEmpty { break }
+                received += bytes
+            } catch {
+                ending = "\(error)"
+                break
+            }
+        }
+        #expect(String(decoding: received, as: UTF8.self).hasSuffix("\r\n\r\nuntil close\n"))
+        #expect(ending.contains("errno \(ECONNRESET)"), "\(ending)")
+        let action = try await sink.action(target: "127.0.0.1:\(originPort)")
+        let close = try await sink.close(eventID: action.action.metadata.eventID)
+        #expect(close.close.reason == "idle_timeout")
+        await proxy.stop()
+    }
+
     @Test func idleKeepAliveConnectionsAreClosed() async throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         let (proxy, _) = try await ProxyHarness.start { $0.idleTimeout = .milliseconds(300) }

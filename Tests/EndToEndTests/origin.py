@@ -13,7 +13,7 @@ Modes:
                                        (over TLS: no close_notify, as Python's server does; with
                                        ?notify=1 after a close_notify exchange; ?reset=1 by a TCP
                                        reset; ?garbage=1 after a TLS record that fails to decrypt);
-                                       ?size=N: N bytes of x
+                                       ?size=N: N bytes of x; ?stall=1: no end until the peer closes
                 POST /early?read=N  -> reads N body bytes, then answers 413 with no length before the rest
                                        and closes (over TLS: no close_notify)
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
@@ -134,6 +134,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raw = socket.socket(fileno=os.dup(self.connection.fileno()))
                 raw.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
                 raw.close()
+            if "stall=1" in self.path:  # neither more nor an end: wait (bounded) until the peer closes
+                self.connection.settimeout(30)
+                try:
+                    self.rfile.read()
+                except OSError:
+                    pass
             if "reset=1" in self.path:  # no close_notify and no FIN: a TCP reset
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 if isinstance(self.connection, ssl.SSLSocket):

@@ -65,6 +65,12 @@ extension ProxyFrontHandler {
             }
         }
 
+        /// A response has begun and not ended: closing the client's connection now cuts it.
+        var responseInProgress: Bool {
+            if case .forwarding(let exchange) = state { return exchange.responseStarted && !exchange.responseDone }
+            return false
+        }
+
         mutating func requestHead(_ head: HTTPRequestHead) -> [Action] {
             guard case .idle = state else {
                 state = .closed

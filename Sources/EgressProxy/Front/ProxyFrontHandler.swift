@@ -113,7 +113,19 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             recordClose(record, closedBy: .proxy, reason: "idle_timeout")
         }
         closeUpstream()
+        closeClientCuttingAnyResponse(context)
+    }
+
+    /// Closes the client's connection. With a response part-way through, by a reset: a FIN would end a body
+    /// with no length (or one unchunked for an HTTP/1.0 client) as if it were whole.
+    private func closeClientCuttingAnyResponse(_ context: ChannelHandlerContext) {
+        if machine.responseInProgress { Self.resetOnClose(context.channel) }
         context.close(promise: nil)
+    }
+
+    /// SO_LINGER 0: the next close sends a reset instead of a FIN. Set at once: this runs on the channel's loop.
+    private static func resetOnClose(_ channel: any Channel) {
+        _ = (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
     }
 
     // MARK: client events
@@ -172,7 +184,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         } else if event is ProxyShutdownEvent {
             closeUpstream()
-            context.close(promise: nil)
+            closeClientCuttingAnyResponse(context)
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -197,7 +209,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             default:
                 logger.info("closing client connection", metadata: ["client.address": "\(clientAddress)", "reason": "\(limit.proxyError.reason)"])
                 closeUpstream()
-                context.close(promise: nil)
+                closeClientCuttingAnyResponse(context)
             }
             return
         }
@@ -213,13 +225,13 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 respond(ProxyError.badRequest("malformed HTTP request"), context: context)
             default:
                 closeUpstream()
-                context.close(promise: nil)
+                closeClientCuttingAnyResponse(context)
             }
             return
         }
         logger.debug("client connection error", metadata: ["client.address": "\(clientAddress)", "error": "\(GlueHandler.describe(error))"])
         closeUpstream()
-        context.close(promise: nil)
+        closeClientCuttingAnyResponse(context)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -353,11 +365,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     recordClose(record, closedBy: .upstream, reason: reason)
                 }
                 closeUpstream()
-                if case .abortClient = action {
-                    // SO_LINGER 0: the close sends a reset, not a FIN that would end a body with no length cleanly.
-                    // (Set at once: this runs on the channel's event loop.)
-                    _ = (context.channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
-                }
+                if case .abortClient = action { Self.resetOnClose(context.channel) }
                 context.close(promise: nil)
             }
         }

@@ -44,9 +44,10 @@ final class UpstreamHTTPHandler: ChannelDuplexHandler {
         let part = unwrapInboundIn(data)
         if case .end = part, !context.channel.isActive {
             // The decoder ends a body with no length when the connection goes. A FIN confirms that end: it comes
-            // as `inputClosed` first, with the channel still open. Here the connection went without one (a reset,
-            // or the proxy closing it), so the body may have been cut: `channelInactive` reports the response
-            // as cut off instead.
+            // as `inputClosed` first, with the channel still open. Here the connection went without one being seen
+            // (a reset; the proxy closing it; or, rarely, a failed write after which NIO reads what is left without
+            // reporting its end), so the end is not confirmed: `channelInactive` reports the response as cut off.
+            // Erring this way costs a client a retry; the other way would pass a cut body off as whole.
             return
         }
         front.upstreamResponse(part)
