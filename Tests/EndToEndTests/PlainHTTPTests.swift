@@ -200,6 +200,29 @@ import Testing
         await proxy.stop()
     }
 
+    /// A client that sends its requests and half-closes at once (as `nc -N` does) still gets every response
+    /// whole, even reading slowly. NIO holds the half-close behind the pipelined request and hands it on while
+    /// the last response's end is being written; a close then dropped what was still queued.
+    @Test func aHalfCloseAfterPipelinedRequestsStillGetsEveryResponseWhole() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, _) = try await ProxyHarness.start()
+        defer { withExtendedLifetime(origin) {} }
+        let size = 4 << 20
+        let base = "http://127.0.0.1:\(originPort)"
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port, timeout: 30, receiveBuffer: 4096)
+        try socket.send("GET \(base)/hello HTTP/1.1\r\nHost: x\r\n\r\nGET \(base)/sized?size=\(size) HTTP/1.1\r\nHost: x\r\n\r\n")
+        socket.shutdownWrite()
+        let answer = try socket.receiveAllBytes(limit: size + 65536, pause: .milliseconds(1))
+        let text = String(decoding: answer.prefix(4096), as: UTF8.self)
+        #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n") && text.contains("hello from origin\n"), "\(text)")
+        let second = try #require(answer.firstRange(of: Array("hello from origin\n".utf8)))
+        let rest = answer[second.upperBound...]
+        let headEnd = try #require(rest.firstRange(of: Array("\r\n\r\n".utf8)))
+        #expect(String(decoding: rest[..<headEnd.lowerBound], as: UTF8.self).hasPrefix("HTTP/1.1 200"))
+        #expect(rest.count - (headEnd.upperBound - rest.startIndex) == size)
+        await proxy.stop()
+    }
+
     @Test func idleKeepAliveConnectionsAreClosed() async throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         let (proxy, _) = try await ProxyHarness.start { $0.idleTimeout = .milliseconds(300) }

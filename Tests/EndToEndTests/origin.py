@@ -14,6 +14,7 @@ Modes:
                                        ?notify=1 after a close_notify exchange; ?reset=1 by a TCP
                                        reset; ?garbage=1 after a TLS record that fails to decrypt);
                                        ?size=N: N bytes of x; ?stall=1: no end until the peer closes
+                GET /sized?size=N   -> N bytes of x with a Content-Length
                 POST /early?read=N  -> reads N body bytes, then answers 413 with no length before the rest
                                        and closes (over TLS: no close_notify)
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
@@ -149,6 +150,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     # first; closing the descriptor now sends only the reset.
                     os.close(self.connection.detach())
             self.close_connection = True
+        elif self.path.startswith("/sized"):
+            size = int(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("size", ["0"])[0])
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(b"x" * size)
         elif self.path.startswith("/hello"):
             self.reply(200, "hello from origin\n")
         elif self.path.startswith("/headers"):

@@ -60,6 +60,13 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The write of the last response's end, when the client's connection closes after it; set, nothing more is
     /// read or answered.
     private var lastResponseEnd: EventLoopFuture<Void>?
+    /// The write of the last response's end on a connection kept open: a client's half-close after it closes
+    /// the connection once that response has gone out, not while a slow reader still has part of it queued.
+    private var lastKeptResponseEnd: EventLoopFuture<Void>?
+    /// A half-close that arrived inside `perform`, behind `deferredParts`: NIO's pipelining handler passes it on
+    /// right after the request it held, while the response before that request is still being written.
+    private var deferredHalfClose = false
+    private var drainingDeferred = false
 
     private struct ExchangeRecord {
         var eventID: EventID
@@ -135,7 +142,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let part = unwrapInboundIn(data)
         // Writing a response's end lets the pipelining handler deliver the next request at once, from inside
         // `perform`: it waits until the actions of the exchange that just ended (its close record) are done.
-        guard performing == 0 else {
+        guard performing == 0, !drainingDeferred else {
             deferredParts.append(part)
             return
         }
@@ -178,9 +185,10 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
-            machine.clientWantsClose()
-            if case .idle = machine.state {
-                context.close(promise: nil)
+            if performing > 0 || drainingDeferred {
+                deferredHalfClose = true
+            } else {
+                clientHalfClosed(context: context)
             }
         } else if event is ProxyShutdownEvent {
             closeUpstream()
@@ -253,6 +261,18 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// The client sends nothing more: the exchange in flight is its last. With none, the connection closes once
+    /// the last response has gone out (closing with it still queued would drop it).
+    private func clientHalfClosed(context: ChannelHandlerContext) {
+        machine.clientWantsClose()
+        guard case .idle = machine.state else { return }
+        if let lastKeptResponseEnd {
+            lastKeptResponseEnd.whenComplete { _ in context.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
     // MARK: upstream events (called by UpstreamHTTPHandler on the same event loop)
 
     func upstreamResponse(_ part: HTTPClientResponsePart) {
@@ -299,10 +319,15 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         performing += 1
         defer {
             performing -= 1
-            if performing == 0, !deferredParts.isEmpty {
-                let parts = deferredParts
-                deferredParts.removeAll()
-                for part in parts { handle(part, context: context) }
+            // Only the outermost call passes on what waited, in order: the parts, then a half-close behind them.
+            if performing == 0, !drainingDeferred {
+                drainingDeferred = true
+                while !deferredParts.isEmpty { handle(deferredParts.removeFirst(), context: context) }
+                if deferredHalfClose {
+                    deferredHalfClose = false
+                    clientHalfClosed(context: context)
+                }
+                drainingDeferred = false
             }
         }
         for action in actions {
@@ -332,6 +357,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     // What the close after this response waits for: a close with writes still queued would drop
                     // them, and a body with no length ends with that close, so the client could not tell.
                     lastResponseEnd = context.write(wrapOutboundOut(part))
+                } else if case .end = part {
+                    lastKeptResponseEnd = context.write(wrapOutboundOut(part))
                 } else {
                     context.write(wrapOutboundOut(part), promise: nil)
                 }
