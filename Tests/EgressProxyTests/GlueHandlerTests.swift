@@ -1,4 +1,5 @@
 import ControlPlane
+import Glibc
 @testable import EgressProxy
 import Logging
 import NIOCore
@@ -41,6 +42,13 @@ import Testing
         try client.pipeline.syncOperations.addHandler(clientGlue)
         try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
         return (client, upstream, counter)
+    }
+
+    /// Close records and logs name a socket error as the system words it, not by the NIO call that met it.
+    @Test func socketErrorsReadAsTheSystemWordsThem() {
+        let reset = IOError(errnoCode: ECONNRESET, reason: "read(descriptor:pointer:size:)")
+        #expect(GlueHandler.describe(reset) == "connection reset by peer")
+        #expect(GlueHandler.describe(ChannelError.ioOnClosedChannel) == "I/O on closed channel")
     }
 
     @Test func bytesCrossUntouchedBothWays() throws {

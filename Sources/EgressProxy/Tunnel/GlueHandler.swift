@@ -1,5 +1,6 @@
 import ClientHello
 import ControlPlane
+import Glibc
 import NIOCore
 
 /// One half of a relay between the client and upstream channels of a tunnel (after swift-nio-examples'
@@ -247,9 +248,12 @@ final class GlueHandler: ChannelDuplexHandler {
         }
     }
 
+    /// How an error reads in close records and logs: a socket error as the system words it ("connection reset by
+    /// peer"), without the name of the NIO call that met it.
     static func describe(_ error: any Error) -> String {
         if let ioError = error as? IOError {
-            return ioError.description
+            guard let text = strerror(ioError.errnoCode) else { return ioError.description }
+            return String(cString: text).lowercased()
         }
         return String(describing: error)
     }
