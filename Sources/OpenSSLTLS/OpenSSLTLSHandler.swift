@@ -38,6 +38,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// The capacity of the next buffer decrypted into: the size of the last delivery.
     private var plaintextCapacity = 16384
     private static let smallestPlaintextBuffer = 1024
+    private static let largestSpareBuffer = 16384
     /// Ciphertext was written below and not flushed yet.
     private var unflushed = false
     /// Writes this large are not gathered (a TLS record holds at most 16 KiB anyway).
@@ -246,13 +247,13 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         // handshake message, a session ticket) then allocates nothing.
         var plaintext = spareBuffer ?? context.channel.allocator.buffer(capacity: plaintextCapacity)
         spareBuffer = nil
-        func deliver() {
+        func deliver(readingOn: Bool = true) {
             guard plaintext.readableBytes > 0 else { return }
             // The next buffer is as big as this delivery (within bounds): small for requests and responses
             // that fit one record, which malloc serves from its per-thread cache; big for bulk data.
             plaintextCapacity = min(max(plaintext.readableBytes, Self.smallestPlaintextBuffer), 65536)
             context.fireChannelRead(wrapInboundOut(plaintext))
-            plaintext = context.channel.allocator.buffer(capacity: plaintextCapacity)
+            plaintext = readingOn ? context.channel.allocator.buffer(capacity: plaintextCapacity) : ByteBuffer()
             delivered = true
         }
         // Before the session's end is acted on: what came ahead of it goes up first.
@@ -283,8 +284,13 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
                 break readLoop
             }
         }
-        deliver()
-        spareBuffer = plaintext
+        deliver(readingOn: false)
+        // Kept for the next read only while small: a connection idle after bulk data holds no 64 KiB buffer.
+        if plaintext.capacity > 0 && plaintext.capacity <= Self.largestSpareBuffer {
+            spareBuffer = plaintext
+        } else if plaintextCapacity <= Self.largestSpareBuffer {
+            spareBuffer = context.channel.allocator.buffer(capacity: plaintextCapacity)
+        }
         if delivered { context.fireChannelReadComplete() }
         // TLS 1.3 session tickets and key updates produce bytes on read.
         sendToNetwork(context: context, flush: true)

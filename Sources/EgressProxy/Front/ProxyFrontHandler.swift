@@ -66,6 +66,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// A half-close that arrived inside `perform`, behind `deferredParts`: NIO's pipelining handler passes it on
     /// right after the request it held, while the response before that request is still being written.
     private var deferredHalfClose = false
+    /// The last response's end (see `lastResponseEnd`) is written but has not gone out yet.
+    private var lastResponseEndQueued = false
     private var drainingDeferred = false
 
     private struct ExchangeRecord {
@@ -126,7 +128,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Closes the client's connection. With a response part-way through, by a reset: a FIN would end a body
     /// with no length (or one unchunked for an HTTP/1.0 client) as if it were whole.
     private func closeClientCuttingAnyResponse(_ context: ChannelHandlerContext) {
-        if machine.responseInProgress { Self.resetOnClose(context.channel) }
+        // Also when the last response has been handed over but not sent: closing drops what is queued.
+        if machine.responseInProgress || lastResponseEndQueued { Self.resetOnClose(context.channel) }
         context.close(promise: nil)
     }
 
@@ -356,7 +359,10 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 if case .end = part, machine.clientClosesAfterResponse {
                     // What the close after this response waits for: a close with writes still queued would drop
                     // them, and a body with no length ends with that close, so the client could not tell.
-                    lastResponseEnd = context.write(wrapOutboundOut(part))
+                    let written = context.write(wrapOutboundOut(part))
+                    lastResponseEnd = written
+                    lastResponseEndQueued = true
+                    written.whenComplete { _ in self.lastResponseEndQueued = false }
                 } else if case .end = part {
                     lastKeptResponseEnd = context.write(wrapOutboundOut(part))
                 } else {
