@@ -95,14 +95,7 @@ import Testing
     // MARK: in a pipeline
 
     /// Counts the reads that reach the head of the pipeline (the socket).
-    final class SocketReads: ChannelOutboundHandler {
-        typealias OutboundIn = ByteBuffer
-        var count = 0
-        func read(context: ChannelHandlerContext) {
-            count += 1
-            context.read()
-        }
-    }
+    typealias SocketReads = GlueHandlerTests.ReadCounter
 
     /// Reads like the intercepted client handler: once it has a request it stops passing reads on until told.
     final class PausingReader: ChannelDuplexHandler {
@@ -148,7 +141,7 @@ import Testing
         try channel.writeInbound(ByteBuffer(string: "request-1"))  // fires read and read-complete
         #expect(reader.events == ["read:request-1", "complete"])
         #expect(reader.pendingRead)
-        let readsAfterFirst = socket.count
+        let readsAfterFirst = socket.reads
         #expect(readsAfterFirst >= 1)  // the read-ahead asked the socket on its own account
 
         // The next request arrives while the first awaits its response: held, and the socket still read.
@@ -156,7 +149,7 @@ import Testing
         channel.pipeline.fireChannelRead(ByteBuffer(string: "request-2b"))
         channel.pipeline.fireChannelReadComplete()
         #expect(reader.events == ["read:request-1", "complete"])
-        #expect(socket.count > readsAfterFirst)
+        #expect(socket.reads > readsAfterFirst)
 
         reader.resume()
         #expect(reader.events == ["read:request-1", "complete", "read:request-2arequest-2b", "complete"])
@@ -190,12 +183,12 @@ import Testing
         try channel.pipeline.syncOperations.addHandlers([socket, ReadAheadHandler(limit: 8), reader])
         try channel.writeInbound(ByteBuffer(string: "request-1"))
         channel.pipeline.fireChannelRead(ByteBuffer(string: "12345678"))
-        let readsBefore = socket.count
+        let readsBefore = socket.reads
         channel.pipeline.fireChannelReadComplete()
-        #expect(socket.count == readsBefore)  // 8 bytes held: no read on its own account
+        #expect(socket.reads == readsBefore)  // 8 bytes held: no read on its own account
         reader.resume()
         #expect(reader.events.last == "complete")
-        #expect(socket.count > readsBefore)  // delivered: reading resumes
+        #expect(socket.reads > readsBefore)  // delivered: reading resumes
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 

@@ -155,15 +155,7 @@ import Testing
         defer { withExtendedLifetime(origin) {} }
         let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
         try socket.send("GET http://127.0.0.1:\(originPort)/unframed?size=1000&reset=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-        var ending = "clean end"
-        for _ in 0..<100 {
-            do {
-                if try socket.receive().isEmpty { break }
-            } catch {
-                ending = "\(error)"
-                break
-            }
-        }
+        let (_, ending) = socket.receiveUntilEnd()
         #expect(ending.contains("errno \(ECONNRESET)"), "\(ending)")
         let action = try await sink.action(target: "127.0.0.1:\(originPort)")
         let close = try await sink.close(eventID: action.action.metadata.eventID)
@@ -181,18 +173,7 @@ import Testing
         defer { withExtendedLifetime(origin) {} }
         let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
         try socket.send("GET http://127.0.0.1:\(originPort)/unframed?stall=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-        var received: [UInt8] = []
-        var ending = "clean end"
-        for _ in 0..<100 {
-            do {
-                let bytes = try socket.receive()
-                if bytes.isEmpty { break }
-                received += bytes
-            } catch {
-                ending = "\(error)"
-                break
-            }
-        }
+        let (received, ending) = socket.receiveUntilEnd()
         #expect(String(decoding: received, as: UTF8.self).hasSuffix("\r\n\r\nuntil close\n"))
         #expect(ending.contains("errno \(ECONNRESET)"), "\(ending)")
         let action = try await sink.action(target: "127.0.0.1:\(originPort)")

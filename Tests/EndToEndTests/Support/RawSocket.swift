@@ -107,6 +107,22 @@ final class RawSocket {
         String(decoding: try receiveAllBytes(limit: limit), as: UTF8.self)
     }
 
+    /// Reads until the connection ends (at most `reads` reads): what came, and how it ended, "clean end" for a
+    /// FIN or the receive error (a reset reads "… errno 104 …").
+    func receiveUntilEnd(reads: Int = 1000) -> (bytes: [UInt8], ending: String) {
+        var collected: [UInt8] = []
+        for _ in 0..<reads {
+            do {
+                let bytes = try receive()
+                if bytes.isEmpty { return (collected, "clean end") }
+                collected += bytes
+            } catch {
+                return (collected, "\(error)")
+            }
+        }
+        return (collected, "still open after \(reads) reads")
+    }
+
     /// Reads until the peer closes, in reads of at most `chunk` bytes; with `pause`, a deliberately slow reader
     /// that waits that long after each read (what is under test is the sender facing one).
     func receiveAllBytes(limit: Int = 1 << 20, chunk: Int = 65536, pause: Duration? = nil) throws -> [UInt8] {
