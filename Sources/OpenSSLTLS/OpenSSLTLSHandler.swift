@@ -253,6 +253,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             // that fit one record, which malloc serves from its per-thread cache; big for bulk data.
             plaintextCapacity = min(max(plaintext.readableBytes, Self.smallestPlaintextBuffer), 65536)
             context.fireChannelRead(wrapInboundOut(plaintext))
+            // `ByteBuffer()` allocates nothing: after the last delivery no buffer is needed.
             plaintext = readingOn ? context.channel.allocator.buffer(capacity: plaintextCapacity) : ByteBuffer()
             delivered = true
         }
@@ -285,12 +286,9 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             }
         }
         deliver(readingOn: false)
-        // Kept for the next read only while small: a connection idle after bulk data holds no 64 KiB buffer.
-        if plaintext.capacity > 0 && plaintext.capacity <= Self.largestSpareBuffer {
-            spareBuffer = plaintext
-        } else if plaintextCapacity <= Self.largestSpareBuffer {
-            spareBuffer = context.channel.allocator.buffer(capacity: plaintextCapacity)
-        }
+        // A buffer nothing was delivered from is kept for the next read, while small: a connection idle after
+        // bulk data holds no 64 KiB buffer. Otherwise the next read allocates one as big as the last delivery.
+        spareBuffer = plaintext.capacity > 0 && plaintext.capacity <= Self.largestSpareBuffer ? plaintext : nil
         if delivered { context.fireChannelReadComplete() }
         // TLS 1.3 session tickets and key updates produce bytes on read.
         sendToNetwork(context: context, flush: true)

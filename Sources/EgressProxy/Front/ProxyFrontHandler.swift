@@ -57,17 +57,14 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// How deep `perform` is; request parts that arrive meanwhile wait in `deferredParts`.
     private var performing = 0
     private var deferredParts: [HTTPServerRequestPart] = []
-    /// The write of the last response's end, when the client's connection closes after it; set, nothing more is
-    /// read or answered.
+    /// The write of the last response's end: a close after it waits for it (a close with writes still queued
+    /// drops them, and a body with no length ends with that close, so the client could not tell).
     private var lastResponseEnd: EventLoopFuture<Void>?
-    /// The write of the last response's end on a connection kept open: a client's half-close after it closes
-    /// the connection once that response has gone out, not while a slow reader still has part of it queued.
-    private var lastKeptResponseEnd: EventLoopFuture<Void>?
+    /// The client's connection closes once the last response has gone out: nothing more is read or answered.
+    private var closingAfterLastResponse = false
     /// A half-close that arrived inside `perform`, behind `deferredParts`: NIO's pipelining handler passes it on
     /// right after the request it held, while the response before that request is still being written.
     private var deferredHalfClose = false
-    /// The last response's end (see `lastResponseEnd`) is written but has not gone out yet.
-    private var lastResponseEndQueued = false
     private var drainingDeferred = false
 
     private struct ExchangeRecord {
@@ -128,8 +125,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Closes the client's connection. With a response part-way through, by a reset: a FIN would end a body
     /// with no length (or one unchunked for an HTTP/1.0 client) as if it were whole.
     private func closeClientCuttingAnyResponse(_ context: ChannelHandlerContext) {
-        // Also when the last response has been handed over but not sent: closing drops what is queued.
-        if machine.responseInProgress || lastResponseEndQueued { Self.resetOnClose(context.channel) }
+        // Also when part of a response is still queued in the channel: the close drops it.
+        let queued = (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0
+        if machine.responseInProgress || queued > 0 { Self.resetOnClose(context.channel) }
         context.close(promise: nil)
     }
 
@@ -155,7 +153,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         // The connection closes once the last response has gone out: a request pipelined behind it is not
         // answered (an answer could only be read as part of a body that ends with the close).
-        guard lastResponseEnd == nil else { return }
+        guard !closingAfterLastResponse else { return }
         switch part {
         case .head(let head):
             if let credentials = settings.currentCredentials {
@@ -212,7 +210,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // After an error answer the connection is closing: the decoder's complaint about the unfinished head
         // it still holds says nothing new (and would double every log line under a slowloris flood).
-        guard !answeredWithError, lastResponseEnd == nil else { return }
+        guard !answeredWithError, !closingAfterLastResponse else { return }
         if let limit = error as? RequestLimitError {
             switch machine.state {
             case .idle:
@@ -269,8 +267,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func clientHalfClosed(context: ChannelHandlerContext) {
         machine.clientWantsClose()
         guard case .idle = machine.state else { return }
-        if let lastKeptResponseEnd {
-            lastKeptResponseEnd.whenComplete { _ in context.close(promise: nil) }
+        if let lastResponseEnd {
+            lastResponseEnd.whenComplete { _ in context.close(promise: nil) }
         } else {
             context.close(promise: nil)
         }
@@ -356,15 +354,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 link.channel.flush()
             case .writeClient(let part):
-                if case .end = part, machine.clientClosesAfterResponse {
-                    // What the close after this response waits for: a close with writes still queued would drop
-                    // them, and a body with no length ends with that close, so the client could not tell.
-                    let written = context.write(wrapOutboundOut(part))
-                    lastResponseEnd = written
-                    lastResponseEndQueued = true
-                    written.whenComplete { _ in self.lastResponseEndQueued = false }
-                } else if case .end = part {
-                    lastKeptResponseEnd = context.write(wrapOutboundOut(part))
+                if case .end = part {
+                    if machine.clientClosesAfterResponse { closingAfterLastResponse = true }
+                    lastResponseEnd = context.write(wrapOutboundOut(part))
                 } else {
                     context.write(wrapOutboundOut(part), promise: nil)
                 }
@@ -383,7 +375,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 if !keepClient {
                     if let lastResponseEnd {
-                        // Kept: nothing more is read or answered on this connection (see `handle`).
+                        // Meanwhile nothing more is read or answered on this connection (see `handle`).
                         lastResponseEnd.whenComplete { _ in context.close(promise: nil) }
                     } else {
                         context.close(promise: nil)
