@@ -155,8 +155,11 @@ public struct JSONWriter {
     private mutating func appendString(_ value: String) {
         bytes.append(UInt8(ascii: "\""))
         // Fast path: nothing to escape (the usual host names, ids and timestamps) is copied in one go.
+        // Anything outside printable ASCII (controls, DEL, and every non-ASCII byte, among them the lead bytes of
+        // U+2028, U+2029 and U+FEFF), a quote or a backslash takes the slow path: one subtraction and two
+        // comparisons per byte.
         let copied: Bool? = value.utf8.withContiguousStorageIfAvailable { utf8 in
-            for byte in utf8 where byte < 0x20 || byte == 0x22 || byte == 0x5c || byte == 0x7f || byte == 0xE2 || byte == 0xEF {
+            for byte in utf8 where byte &- 0x20 > 0x5e || byte == 0x22 || byte == 0x5c {
                 return false
             }
             bytes.append(contentsOf: utf8)

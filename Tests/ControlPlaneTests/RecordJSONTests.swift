@@ -104,6 +104,17 @@ import Testing
         #expect(try JSONDecoder().decode(ConnectAction.self, from: Data(line)) == action)
     }
 
+    /// Printable ASCII is copied as it is, but for the quote and the backslash; the bytes on either side of that
+    /// range (US, DEL) are escaped.
+    @Test func printableASCIIIsCopiedAndItsNeighboursEscaped() {
+        let printable = String(decoding: (0x20...0x7e).map { UInt8($0) }, as: UTF8.self)
+        var json = JSONWriter()
+        json.string("\u{1f}" + printable + "\u{7f}")
+        let expected = "\"\\u001f" + printable.replacingOccurrences(of: "\\", with: "\\\\")
+            .replacingOccurrences(of: "\"", with: "\\\"") + "\\u007f\""
+        #expect(String(decoding: json.bytes, as: UTF8.self) == expected)
+    }
+
     @Test func eventIDsAreUUIDv7AndOrderedByTime() {
         let early = EventID.generate(unixMillis: 1_700_000_000_000)
         let late = EventID.generate(unixMillis: 1_700_000_000_001)

@@ -56,6 +56,18 @@ import Testing
             + "6\r\nhello \r\n7\r\nchunked\r\n0\r\nX-Sum: 42\r\n\r\n")
     }
 
+    @Test func fieldBytesAreCopiedAsTheyAreEvenEmptyOrNotASCII() throws {
+        let sent = try encode(
+            [head(.ok, [("X-Empty", ""), ("X-Text", "caf\u{e9} \u{1F9EA}"), ("Content-Length", "0")]), .end(nil)],
+            answering: "GET")
+        #expect(Array(sent.utf8) == Array("HTTP/1.1 200 OK\r\nX-Empty: \r\nX-Text: caf\u{e9} \u{1F9EA}\r\nContent-Length: 0\r\n\r\n".utf8))
+        var buffer = ByteBuffer()
+        buffer.writeHTTPField(name: String(repeating: "n", count: 300), value: String(repeating: "v", count: 5000))
+        #expect(buffer.readableBytes == 5304)
+        #expect(buffer.getString(at: 295, length: 10) == "nnnnn: vvv")
+        #expect(buffer.getString(at: 5302, length: 2) == "\r\n")
+    }
+
     @Test func aResponseToHEADHasNoBodyAndNoChunkTerminator() throws {
         let sent = try encode([head(.ok, [("Transfer-Encoding", "chunked")]), .end(nil)], answering: "HEAD")
         #expect(sent == "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
