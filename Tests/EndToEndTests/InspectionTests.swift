@@ -162,20 +162,22 @@ import Testing
     /// the action says so. With it, the client's connection ends with close_notify and nothing is flagged. A
     /// response cut short (10 of 100 bytes, by a TCP reset, by a TLS record that fails to decrypt) also ends
     /// without close_notify and is reported as cut, and so does a response with no length that ends before its
-    /// request has.
+    /// request has. An upstream that ends its connection before answering (a close, a reset) leaves the client
+    /// a 502 from the proxy, as on its own port.
     @Test func aCloseDelimitedBodyEndsCleanOnlyWhenTheUpstreamsDid() throws {
         let setup = try setUp()
         let result = try mitmClient("close-notify", setup)
         #expect(result.status == 0, "\(result.stderr)")
         var lines = result.stdout.split(separator: "\n").map(String.init)
-        // The origin resets its connection right after the body. If the proxy reads the response and the reset in
-        // one go, the head it wrote is dropped with the close (unflushed) and the client gets no response at all;
-        // otherwise the head and an unclean end. Never a clean end after a response.
-        let reset = lines.count == 6 ? lines[3] : ""
+        // The origin resets its connection right after the body. If the reset reaches the proxy before the
+        // response (a reset can discard what was not read yet), the client is answered 502; otherwise it gets
+        // the head and an unclean end. Never a clean end after a response.
+        let reset = lines.count == 8 ? lines[3] : ""
         #expect(
             reset.hasPrefix("GET /unframed?size=1000&reset=1 HTTP/1.1 200 OK ") && reset.hasSuffix(" unclean")
-                || reset == "GET /unframed?size=1000&reset=1  - clean", "\(reset)")
-        if lines.count == 6 { lines[3] = "(reset)" }
+                || reset == "GET /unframed?size=1000&reset=1 HTTP/1.1 502 Bad Gateway - clean", "\(reset)")
+        if lines.count == 8 { lines[3] = "(reset)" }
+        let hungUp = "kaizen-egress: upstream closed the connection before responding"
         #expect(lines.joined(separator: "\n") == """
             GET /unframed HTTP/1.1 200 OK b'until close\\n' unclean
             GET /unframed?notify=1 HTTP/1.1 200 OK b'until close\\n' clean
@@ -183,23 +185,29 @@ import Testing
             (reset)
             GET /unframed?garbage=1 HTTP/1.1 200 OK b'until close\\n' unclean
             POST /early?read=10 HTTP/1.1 413 Payload Too Large b'too large\\n' unclean
+            GET /hangup HTTP/1.1 502 Bad Gateway b'\(hungUp) (connection closed)\\n' clean
+            GET /hangup?reset=1 HTTP/1.1 502 Bad Gateway - clean
             """)
-        let actions = try setup.waitForActions(6)
+        let actions = try setup.waitForActions(8)
         let unconfirmed = "response end not confirmed: the upstream closed without TLS close_notify"
         let cut = "connection closed before the exchange completed"
+        let noAnswer = "upstream closed the connection before responding"
         // Each is reported before its client sees the end of its connection, so in this order.
         var errors: [String] = actions.map { ($0["error"] as? String) ?? "-" }
         // A reset reaches the proxy as the end of the connection or as an error, by the kernel's timing: either way
         // the end is not vouched for.
-        #expect(errors.count == 6 && [unconfirmed, cut].contains(errors[3]), "\(errors)")
+        #expect(errors.count == 8 && ([unconfirmed, cut].contains(errors[3]) || errors[3].hasPrefix(noAnswer)), "\(errors)")
         errors[3] = cut
-        #expect(errors == [unconfirmed, "-", cut, cut, cut, cut])
+        #expect(errors.count == 8 && errors[7] == "\(noAnswer) (connection reset by peer)", "\(errors)")
+        errors[7] = "-"
+        #expect(errors == [unconfirmed, "-", cut, cut, cut, cut, "\(noAnswer) (connection closed)", "-"])
         var statuses: [Int] = actions.map { ($0["status"] as? Int) ?? 0 }
-        #expect(statuses.count == 6 && [200, 0].contains(statuses[3]), "\(statuses)")
-        if statuses.count == 6 { statuses[3] = 200 }
-        #expect(statuses == [200, 200, 200, 200, 200, 413])
+        #expect(statuses.count == 8 && [200, 502].contains(statuses[3]), "\(statuses)")
+        if statuses.count == 8 { statuses[3] = 200 }
+        #expect(statuses == [200, 200, 200, 200, 200, 413, 502, 502])
         let sizes: [Int] = actions.map { ($0["response_body_bytes"] as? Int) ?? -1 }
-        #expect(sizes.count == 6 && sizes[0] == 12 && sizes[1] == 12 && sizes[2] == 10 && sizes[4] == 12 && sizes[5] == 10, "\(sizes)")
+        #expect(sizes.count == 8 && sizes[0] == 12 && sizes[1] == 12 && sizes[2] == 10 && sizes[4] == 12 && sizes[5] == 10, "\(sizes)")
+        #expect(sizes.count == 8 && sizes[6] == 0 && sizes[7] == 0, "\(sizes)")
     }
 
     @Test func queryStringsAreReportedOnlyWhenAskedFor() throws {

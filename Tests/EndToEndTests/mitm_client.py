@@ -160,6 +160,9 @@ def close_notify(proxy_port, origin_port, cafile):
         "GET /unframed?garbage=1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
         # The origin answers before the body is all there (10 of 100000 bytes sent).
         "POST /early?read=10 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n0123456789",
+        # The origin ends its connection without answering: by a close, by a reset.
+        "GET /hangup HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /hangup?reset=1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ]
     for request in requests:
         tls = connect(proxy_port, origin_port, cafile, ragged_eof_is_eof=False)

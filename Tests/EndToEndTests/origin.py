@@ -15,6 +15,8 @@ Modes:
                                        reset; ?garbage=1 after a TLS record that fails to decrypt);
                                        ?size=N: N bytes of x; ?stall=1: no end until the peer closes
                 GET /sized?size=N   -> N bytes of x with a Content-Length
+                GET /hangup         -> no response: the connection closes (over TLS: no close_notify;
+                                       ?reset=1 by a TCP reset)
                 POST /early?read=N  -> reads N body bytes, then answers 413 with no length before the rest
                                        and closes (over TLS: no close_notify)
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
@@ -149,6 +151,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     # close() alone waits for rfile/wfile, and the server's shutdown(SHUT_WR) would send a FIN
                     # first; closing the descriptor now sends only the reset.
                     os.close(self.connection.detach())
+            self.close_connection = True
+        elif self.path.startswith("/hangup"):
+            if "reset=1" in self.path:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if isinstance(self.connection, ssl.SSLSocket):
+                self.connection.close()
+            else:
+                os.close(self.connection.detach())
             self.close_connection = True
         elif self.path.startswith("/sized"):
             size = int(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("size", ["0"])[0])

@@ -191,8 +191,27 @@ final class InterceptedConnection {
             upstreamReady.fail(error)
         } else {
             noteClose(by: .upstream, reason: "error: \(GlueHandler.describe(error))")
+            if answerBadGatewayIfAwaitingResponse(because: GlueHandler.describe(error)) { return }
         }
         closeBoth()
+    }
+
+    /// The upstream's connection ended (`reason`) while a request awaited its response: the client is answered
+    /// 502, as on the proxy's own port, instead of a close it could take for the origin's, and the exchange is
+    /// reported with that status. False (nothing done) when no request awaits a response.
+    private func answerBadGatewayIfAwaitingResponse(because reason: String) -> Bool {
+        guard let client, relays == nil, clientHandshakeDone, var exchange = machine.current, exchange.status == nil else {
+            return false
+        }
+        _ = machine.connectionClosed()
+        closing = true
+        let error = ProxyError.upstreamClosed(reason)
+        exchange.status = Int(error.status.code)
+        report(exchange, error: error.reason)
+        client.dropHeldParts()
+        client.sendError(error.status, reason: error.reason)
+        upstreamChannel.close(promise: nil)
+        return true
     }
 
     func clientHandshakeCompleted() {
@@ -512,6 +531,10 @@ final class InterceptedConnection {
         if !upstreamHandshakeDone {
             upstreamReady.fail(ChannelError.ioOnClosedChannel)
             if failure == nil { failure = ("upstream not trusted", "upstream closed during the TLS handshake") }
+        }
+        if answerBadGatewayIfAwaitingResponse(because: "connection closed") {
+            finishIfBothClosed()
+            return
         }
         closing = true
         if let client {

@@ -178,7 +178,9 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         headers.add(name: "Connection", value: "close")
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        let end = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        lastWrite = end  // a close asked for meanwhile waits for this answer too
+        end.whenComplete { _ in context.close(promise: nil) }
     }
 
     /// Closes once what was written has gone out. Without `notify` the client gets no close_notify: it cannot
@@ -198,10 +200,15 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         }
     }
 
-    /// Closes now; without `notify`, without close_notify (see `closeAfterWrites`).
+    /// Closes now; without `notify`, without close_notify (see `closeAfterWrites`), after handing the socket
+    /// what was relayed of a response being cut: the client gets that part and then an unclean end, rather
+    /// than nothing.
     func close(notify: Bool = true) {
         guard let context else { return }
-        if !notify { context.triggerUserOutboundEvent(TLSCloseWithoutNotify(), promise: nil) }
+        if !notify {
+            context.flush()
+            context.triggerUserOutboundEvent(TLSCloseWithoutNotify(), promise: nil)
+        }
         context.close(promise: nil)
     }
 }
