@@ -159,9 +159,7 @@ public struct JSONWriter {
         // U+2028, U+2029 and U+FEFF), a quote or a backslash takes the slow path: one subtraction and two
         // comparisons per byte.
         let copied: Bool? = value.utf8.withContiguousStorageIfAvailable { utf8 in
-            for byte in utf8 where byte &- 0x20 > 0x5e || byte == 0x22 || byte == 0x5c {
-                return false
-            }
+            guard !Self.mayNeedEscaping(UnsafeRawBufferPointer(utf8)) else { return false }
             bytes.append(contentsOf: utf8)
             return true
         }
@@ -205,6 +203,33 @@ public struct JSONWriter {
         }
         bytes.append(contentsOf: pending)
         bytes.append(UInt8(ascii: "\""))
+    }
+
+    /// Whether any byte is outside printable ASCII (a control, DEL, any byte of a non-ASCII character), a quote or
+    /// a backslash. Eight bytes at a time: a byte-by-byte loop cost 8 instructions per byte, and an action is
+    /// mostly strings.
+    static func mayNeedEscaping(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highBits: UInt64 = 0x8080_8080_8080_8080
+        var offset = 0
+        while offset + 8 <= bytes.count {
+            let word = bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            // A byte below 0x20: (word - 0x20 in each byte) sets its high bit where it was clear. A byte equal
+            // to q: zero after XOR with q in each byte, found the same way. Exact for "any such byte".
+            let below20 = (word &- 0x20 &* ones) & ~word
+            let quote = word ^ (0x22 &* ones)
+            let backslash = word ^ (0x5c &* ones)
+            let delete = word ^ (0x7f &* ones)
+            let zeroes = ((quote &- ones) & ~quote) | ((backslash &- ones) & ~backslash) | ((delete &- ones) & ~delete)
+            if (below20 | zeroes | word) & highBits != 0 { return true }
+            offset += 8
+        }
+        while offset < bytes.count {
+            let byte = bytes[offset]
+            if byte &- 0x20 > 0x5e || byte == 0x22 || byte == 0x5c { return true }
+            offset += 1
+        }
+        return false
     }
 
     private mutating func appendEscape(_ value: UInt32) {

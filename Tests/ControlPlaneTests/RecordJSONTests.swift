@@ -115,6 +115,26 @@ import Testing
         #expect(String(decoding: json.bytes, as: UTF8.self) == expected)
     }
 
+    /// Strings are scanned eight bytes at a time: a byte that needs escaping is found wherever it sits in a word
+    /// or in the bytes after the last whole word.
+    @Test func aByteThatNeedsEscapingIsFoundAtEveryPosition() throws {
+        let specials: [UInt8] = Array(0x00..<0x20) + [0x22, 0x5c, 0x7f]
+        for length in [7, 8, 9, 16, 19] {
+            for position in 0..<length {
+                for special in specials {
+                    var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                    bytes[position] = special
+                    let value = String(decoding: bytes, as: UTF8.self)
+                    var json = JSONWriter()
+                    json.string(value)
+                    let written = json.bytes
+                    #expect(!written.dropFirst().dropLast().contains { $0 < 0x20 || $0 == 0x7f }, "\(length) \(position) \(special)")
+                    #expect(try JSONDecoder().decode(String.self, from: Data(written)) == value)
+                }
+            }
+        }
+    }
+
     @Test func eventIDsAreUUIDv7AndOrderedByTime() {
         let early = EventID.generate(unixMillis: 1_700_000_000_000)
         let late = EventID.generate(unixMillis: 1_700_000_000_001)
