@@ -19,8 +19,13 @@ pki=/var/tmp/proxybench/pki
 command -v valgrind >/dev/null || { echo "count-instructions: needs valgrind (apt-get install -y valgrind)" >&2; exit 2; }
 [ -x "$hsload" ] || { echo "count-instructions: needs the bench harness (../shared/bench/setup.sh, upstream.sh start)" >&2; exit 2; }
 
+if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+  echo "count-instructions: something already listens on 127.0.0.1:$port" >&2
+  exit 2
+fi
 work=$(mktemp -d)
-trap 'pkill -f -- "--port $port" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 # Valgrind 3.19 cannot read the DWARF 5 debug information Swift writes; symbols are enough.
 objcopy --strip-debug "$binary" "$work/proxy"
 cp "$pki/mitm-ca.key" "$work/ca.key" && chmod 600 "$work/ca.key"
@@ -28,25 +33,36 @@ keepalive=(-k)
 [ "${NEW_CONNECTIONS:-}" = 1 ] && keepalive=()
 load=(-x "127.0.0.1:$port" -c 4 "${keepalive[@]}" --ca "$pki/client-trust.pem" https://api.example.test/small)
 
-count() {  # count N: instructions for N requests after a warm-up
+count() {  # count N: prints the instructions for N requests after a warm-up (run in this shell: the trap sees $pid)
   local n=$1 out="$work/callgrind.$1"
   (cd "$work" && KAIZEN_CA_CERT="$pki/mitm-ca.pem" KAIZEN_CA_KEY="$work/ca.key" KAIZEN_UPSTREAM_CA_FILE="$pki/ca.pem" \
     KAIZEN_ADMIN_LISTEN=off KAIZEN_ALLOW_PRIVATE=127.0.0.0/8 \
     exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out.%p" ./proxy --local --port $port \
     >/dev/null 2>"$work/valgrind.log") &
-  local pid=$!
-  for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
+  pid=$!
+  local ready=
+  for _ in $(seq 1 300); do
+    kill -0 $pid 2>/dev/null || { echo "count-instructions: the proxy exited: $(cat "$work/valgrind.log")" >&2; exit 1; }
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && { ready=1; break; }
+    sleep 0.2
+  done
+  [ -n "$ready" ] || { echo "count-instructions: the proxy did not listen within 60 s" >&2; exit 1; }
   "$hsload" "${load[@]}" -z 60 -n 500 >/dev/null
   callgrind_control -i on $pid >/dev/null 2>&1
-  "$hsload" "${load[@]}" -z 600 -n "$n" | grep -q "requests=$n " || { echo "count-instructions: load failed" >&2; exit 1; }
+  local result
+  result=$("$hsload" "${load[@]}" -z 600 -n "$n")
+  [[ $result == *"requests=$n "* ]] || { echo "count-instructions: load failed: $result" >&2; exit 1; }
   callgrind_control -i off $pid >/dev/null 2>&1
   callgrind_control -d $pid >/dev/null 2>&1
   kill $pid
   wait $pid 2>/dev/null || true
+  pid=
   grep -h '^totals:' "$out".* | awk '{ sum += $2 } END { printf "%.0f\n", sum }'
 }
 
-one=$(count "$requests")
-three=$(count $((3 * requests)))
+count "$requests" >"$work/one"
+count $((3 * requests)) >"$work/three"
+one=$(cat "$work/one")
+three=$(cat "$work/three")
 echo "instructions per request: $(( (three - one) / (2 * requests) ))" \
   "(${requests} requests: ${one}; $((3 * requests)): ${three}; $([ ${#keepalive[@]} = 1 ] && echo keep-alive || echo new connections))"

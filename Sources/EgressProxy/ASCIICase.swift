@@ -1,18 +1,7 @@
 extension StringProtocol {
-    /// Whether this is `lowercase` (lowercase ASCII) ignoring ASCII case only, as HTTP compares field names and
-    /// codings (a Unicode case mapping would take the KELVIN SIGN for a k).
-    func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
-        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-        // Byte by byte in place: a zip over the UTF-8 view cost about 120 instructions per byte, and every
-        // relayed head compares each of its field names this way.
-        if let equal = utf8.withContiguousStorageIfAvailable({ Self.equalIgnoringASCIICase($0, lowercase: expected) }) {
-            return equal
-        }
-        return Self.equalIgnoringASCIICase(Array(utf8), lowercase: expected)
-    }
-
-    /// Whether the two are equal ignoring ASCII case only (names that come from a message, such as the tokens
-    /// of a Connection field).
+    /// Whether the two are equal ignoring ASCII case only, as HTTP compares field names and codings (a Unicode
+    /// case mapping would take the KELVIN SIGN for a k). Byte by byte in place: a zip over the UTF-8 views cost
+    /// about 120 instructions per byte, and every relayed head compares each of its field names this way.
     func equalsIgnoringASCIICase(_ other: some StringProtocol) -> Bool {
         let equal = utf8.withContiguousStorageIfAvailable { bytes in
             other.utf8.withContiguousStorageIfAvailable { otherBytes in Self.equalIgnoringASCIICase(bytes, otherBytes) }
@@ -29,21 +18,6 @@ extension StringProtocol {
         for b in other {
             let a = bytes[index]
             guard a == b || (a | 0x20 == b | 0x20 && (a | 0x20) >= UInt8(ascii: "a") && (a | 0x20) <= UInt8(ascii: "z")) else {
-                return false
-            }
-            bytes.formIndex(after: &index)
-        }
-        return true
-    }
-
-    private static func equalIgnoringASCIICase(
-        _ bytes: some RandomAccessCollection<UInt8>, lowercase: UnsafeBufferPointer<UInt8>
-    ) -> Bool {
-        guard bytes.count == lowercase.count else { return false }
-        var index = bytes.startIndex
-        for lower in lowercase {
-            let byte = bytes[index]
-            guard byte == lower || (lower >= UInt8(ascii: "a") && lower <= UInt8(ascii: "z") && byte == lower ^ 0x20) else {
                 return false
             }
             bytes.formIndex(after: &index)

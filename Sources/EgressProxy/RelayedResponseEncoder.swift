@@ -41,15 +41,22 @@ enum ResponseFraming: Equatable {
     }
 }
 
-/// Writes HTTP/1.1 responses to a client as they were framed upstream: the head's fields exactly as given
+/// Serializes HTTP/1.1 responses to a client as they were framed upstream: the head's fields exactly as given
 /// (nothing added or removed here; the plain-HTTP path has already dropped hop-by-hop fields and added `Via`),
-/// chunked bodies re-chunked, no body at all for a response to HEAD or CONNECT. Used for inspected clients and
-/// on the proxy's own port. NIO's `HTTPResponseEncoder` rewrites framing fields on every head (a copy of the
-/// fields per response), turning `Transfer-Encoding: gzip, chunked` into `chunked` over a body that is still
-/// gzip-coded, and, used on its own, cannot know a response answers HEAD.
-final class RelayedResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler {
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = ByteBuffer
+/// chunked bodies re-chunked, no body at all for a response to HEAD or CONNECT. NIO's `HTTPResponseEncoder`
+/// rewrites framing fields on every head (a copy of the fields per response), turning `Transfer-Encoding: gzip,
+/// chunked` into `chunked` over a body that is still gzip-coded, and, used on its own, cannot know a response
+/// answers HEAD. Used by `RelayedResponseEncoder` on the proxy's own port, and by the inspected client's handler
+/// itself (one handler and one dynamic cast fewer per part).
+struct RelayedResponseSerializer {
+    /// What a part becomes.
+    enum Output {
+        case bytes(ByteBuffer)
+        /// Nothing is sent: a body the response may not have, or an empty chunk (which would end the body).
+        case nothing
+        /// A file body: relayed bodies are bytes, never files.
+        case refused
+    }
 
     /// The method of the request the next response answers; set as each request is taken on (one at a time: a
     /// later request is held until this response has ended).
@@ -58,12 +65,12 @@ final class RelayedResponseEncoder: ChannelOutboundHandler, RemovableChannelHand
     /// The response being written is final (not a 1xx before it): its end ends the exchange.
     private var final = false
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
+    mutating func serialize(_ part: HTTPServerResponsePart, allocator: ByteBufferAllocator) -> Output {
+        switch part {
         case .head(let head):
             framing = ResponseFraming(status: head.status, headers: head.headers, requestMethod: requestMethod)
             final = head.status.code >= 200 || head.status == .switchingProtocols
-            var buffer = context.channel.allocator.buffer(capacity: 256)
+            var buffer = allocator.buffer(capacity: 256)
             if head.version == .http1_1 {
                 buffer.writeStaticString("HTTP/1.1 ")
             } else {
@@ -75,29 +82,26 @@ final class RelayedResponseEncoder: ChannelOutboundHandler, RemovableChannelHand
             buffer.writeStaticString("\r\n")
             Self.writeFields(head.headers, to: &buffer)
             buffer.writeStaticString("\r\n")
-            context.write(wrapOutboundOut(buffer), promise: promise)
+            return .bytes(buffer)
         case .body(let body):
             switch framing {
             case .none:
-                promise?.succeed(())  // the upstream's decoder never gives one; nothing may follow such a head
+                return .nothing  // the upstream's decoder never gives one; nothing may follow such a head
             case .contentLength, .untilClose:
-                guard case .byteBuffer(let bytes) = body else { return Self.refuseFile(promise) }
-                context.write(wrapOutboundOut(bytes), promise: promise)
+                guard case .byteBuffer(let bytes) = body else { return .refused }
+                return .bytes(bytes)
             case .chunked:
-                guard case .byteBuffer(var bytes) = body else { return Self.refuseFile(promise) }
-                guard bytes.readableBytes > 0 else {
-                    promise?.succeed(())  // an empty chunk would end the body
-                    return
-                }
-                var chunk = context.channel.allocator.buffer(capacity: bytes.readableBytes + 16)
+                guard case .byteBuffer(var bytes) = body else { return .refused }
+                guard bytes.readableBytes > 0 else { return .nothing }  // an empty chunk would end the body
+                var chunk = allocator.buffer(capacity: bytes.readableBytes + 16)
                 chunk.writeString(String(bytes.readableBytes, radix: 16))
                 chunk.writeStaticString("\r\n")
                 chunk.writeBuffer(&bytes)
                 chunk.writeStaticString("\r\n")
-                context.write(wrapOutboundOut(chunk), promise: promise)
+                return .bytes(chunk)
             }
         case .end(let trailers):
-            var buffer = context.channel.allocator.buffer(capacity: 0)
+            var buffer = allocator.buffer(capacity: 0)
             if framing == .chunked {
                 buffer.writeStaticString("0\r\n")
                 if let trailers { Self.writeFields(trailers, to: &buffer) }
@@ -105,8 +109,8 @@ final class RelayedResponseEncoder: ChannelOutboundHandler, RemovableChannelHand
             }
             framing = .none
             if final { requestMethod = nil }
-            // Written even when empty: the promise is what a close after this response waits for.
-            context.write(wrapOutboundOut(buffer), promise: promise)
+            // Written even when empty: its write's promise is what a close after this response waits for.
+            return .bytes(buffer)
         }
     }
 
@@ -115,10 +119,27 @@ final class RelayedResponseEncoder: ChannelOutboundHandler, RemovableChannelHand
             buffer.writeHTTPField(name: name, value: value)
         }
     }
+}
 
-    /// Relayed bodies are bytes, never files.
-    private static func refuseFile(_ promise: EventLoopPromise<Void>?) {
-        promise?.fail(ChannelError.operationUnsupported)
+/// `RelayedResponseSerializer` as a handler, for the proxy's own port.
+final class RelayedResponseEncoder: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = ByteBuffer
+
+    private var serializer = RelayedResponseSerializer()
+
+    /// The method of the request the next response answers.
+    var requestMethod: String? {
+        get { serializer.requestMethod }
+        set { serializer.requestMethod = newValue }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch serializer.serialize(unwrapOutboundIn(data), allocator: context.channel.allocator) {
+        case .bytes(let bytes): context.write(wrapOutboundOut(bytes), promise: promise)
+        case .nothing: promise?.succeed(())
+        case .refused: promise?.fail(ChannelError.operationUnsupported)
+        }
     }
 }
 

@@ -210,6 +210,41 @@ import Testing
         #expect(sizes.count == 8 && sizes[6] == 0 && sizes[7] == 0, "\(sizes)")
     }
 
+    /// An origin that closes a kept-alive connection as the next request arrives: the client sees the close as it
+    /// came (a client may retry an idempotent request then, RFC 9112 §9.3.1; it would not after a 502), and the
+    /// request is reported as cut.
+    @Test func anUpstreamHangingUpOnALaterRequestClosesWithoutA502() throws {
+        let setup = try setUp()
+        let result = try mitmClient("reused-hangup", setup)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "HTTP/1.1 200 OK\nb'' clean")
+        let actions = try setup.waitForActions(2)
+        #expect(actions.map { $0["path"] as? String } == ["/hello", "/hangup"])
+        #expect(actions.map { ($0["status"] as? Int) ?? 0 } == [200, 0])
+        #expect(actions.last?["error"] as? String == "connection closed before the exchange completed")
+    }
+
+    /// A client that leaves while the origin has not answered yet: the request is reported as cut by the client,
+    /// never as the upstream's failure or with a status the client never got.
+    @Test func aClientLeavingBeforeTheAnswerIsNotReportedAsA502() throws {
+        let setup = try setUp()
+        let script = Paths.endToEndDirectory.appendingPathComponent("mitm_client.py").path
+        let client = try ChildProcess(
+            Paths.which("python3"), [script, "abandon", "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA])
+        _ = try client.waitForLine(timeout: 20) { $0 == "SENT" }
+        // The origin has the request (so the proxy forwarded it) before the client leaves.
+        _ = try setup.origin.waitForLine(timeout: 20) { $0 == "GOT /hangup?wait=1" }
+        client.signal(SIGUSR1)
+        _ = try client.waitForLine(timeout: 20) { $0 == "CLOSED" }
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["path"] as? String == "/hangup")
+        #expect(action["status"] == nil)
+        #expect(action["error"] as? String == "connection closed before the exchange completed")
+        _ = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
+        let close = try #require(setup.proxy.stdoutLines.first { $0.contains("\"close\"") })
+        #expect(close.contains("\"closed_by\":\"client\""), "\(close)")
+    }
+
     @Test func queryStringsAreReportedOnlyWhenAskedFor() throws {
         let setup = try setUp(extra: ["KAIZEN_REPORT_QUERY": "1"])
         let result = try curl(setup, ["https://localhost:\(setup.originPort)/hello?page=2#top"])

@@ -24,10 +24,17 @@
                                                          a POST answered before its body was all sent, each on
                                                          its own connection; prints the status line, the body and
                                                          whether the proxy's close came with close_notify
-                                                         ("clean") or not ("unclean")
+                                                         ("clean") or not ("unclean"); then GET /hangup and
+                                                         GET /hangup?reset=1 (no answer: a close, a reset)
+  mitm_client.py reused-hangup PROXY_PORT …               GET /hello, then GET /hangup on the same connection;
+                                                         prints the first status line, then the second's bytes
+                                                         and whether the end was clean
+  mitm_client.py abandon PROXY_PORT …                     sends GET /hangup?wait=1, prints "SENT", closes its
+                                                         connection on SIGUSR1 and prints "CLOSED"
 """
 import base64
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -184,10 +191,48 @@ def close_notify(proxy_port, origin_port, cafile):
         tls.close()
 
 
+def reused_hangup(proxy_port, origin_port, cafile):
+    """A request answered, then one the origin hangs up on, on the same connection."""
+    tls = connect(proxy_port, origin_port, cafile, ragged_eof_is_eof=False)
+    tls.settimeout(10)
+    tls.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < len(b"hello from origin\n"):
+        chunk = tls.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    print(data.split(b"\r\n")[0].decode())
+    tls.sendall(b"GET /hangup HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    data, end = b"", "clean"
+    try:
+        while chunk := tls.recv(4096):
+            data += chunk
+    except ssl.SSLEOFError:
+        end = "unclean"
+    print(repr(data), end)
+
+
+def abandon(proxy_port, origin_port, cafile):
+    """Sends a request the origin holds unanswered, and leaves when told to (SIGUSR1): the client goes first."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    tls = connect(proxy_port, origin_port, cafile)
+    tls.sendall(b"GET /hangup?wait=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    print("SENT", flush=True)
+    if signal.sigtimedwait({signal.SIGUSR1}, 20) is None:
+        raise SystemExit("not told to leave")
+    tls.close()
+    print("CLOSED", flush=True)
+
+
 def main():
     mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     if mode == "close-notify":
         return close_notify(proxy_port, origin_port, cafile)
+    if mode == "reused-hangup":
+        return reused_hangup(proxy_port, origin_port, cafile)
+    if mode == "abandon":
+        return abandon(proxy_port, origin_port, cafile)
     tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))
     if mode == "strict":
         strict(tls)

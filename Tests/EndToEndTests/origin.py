@@ -16,7 +16,8 @@ Modes:
                                        ?size=N: N bytes of x; ?stall=1: no end until the peer closes
                 GET /sized?size=N   -> N bytes of x with a Content-Length
                 GET /hangup         -> no response: the connection closes (over TLS: no close_notify;
-                                       ?reset=1 by a TCP reset)
+                                       ?reset=1 by a TCP reset; ?wait=1 prints "GOT /hangup?wait=1" and
+                                       closes only once the peer has)
                 POST /early?read=N  -> reads N body bytes, then answers 413 with no length before the rest
                                        and closes (over TLS: no close_notify)
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
@@ -153,6 +154,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     os.close(self.connection.detach())
             self.close_connection = True
         elif self.path.startswith("/hangup"):
+            if "wait=1" in self.path:  # the request is here: say so, then wait (bounded) for the peer to go
+                print(f"GOT {self.path}", flush=True)
+                self.connection.settimeout(20)
+                try:
+                    self.rfile.read()
+                except OSError:
+                    pass
             if "reset=1" in self.path:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             if isinstance(self.connection, ssl.SSLSocket):

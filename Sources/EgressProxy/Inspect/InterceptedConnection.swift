@@ -156,7 +156,6 @@ final class InterceptedConnection {
                 HTTPRequestDecoder(
                     leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
                     limitConfiguration: requestHeadLimits.decoderConfiguration)),
-            RelayedResponseEncoder(),
             InterceptedClientHandler(connection: self),
         ])
     }
@@ -196,11 +195,19 @@ final class InterceptedConnection {
         closeBoth()
     }
 
-    /// The upstream's connection ended (`reason`) while a request awaited its response: the client is answered
-    /// 502, as on the proxy's own port, instead of a close it could take for the origin's, and the exchange is
-    /// reported with that status. False (nothing done) when no request awaits a response.
+    /// The upstream's connection ended (`reason`) while the first request on the connection awaited its response:
+    /// the client is answered 502, as on the proxy's own port, instead of a close with no answer at all, and the
+    /// exchange is reported with that status. False (nothing done) otherwise:
+    /// - on a connection that already carried a request, the close is passed on as it came: an origin closing an
+    ///   idle keep-alive connection as the next request arrives is the case RFC 9112 §9.3.1 lets a client retry
+    ///   (an idempotent request), which it would not do after a 502;
+    /// - when the client left first, or the proxy is closing: the exchange is the client's or the proxy's to cut.
+    /// A request held to be refused after this one (`deferredRejection`) was reported already; its answer is not
+    /// sent.
     private func answerBadGatewayIfAwaitingResponse(because reason: String) -> Bool {
-        guard let client, relays == nil, clientHandshakeDone, var exchange = machine.current, exchange.status == nil else {
+        guard let client, clientOpen, !closing, relays == nil, clientHandshakeDone, machine.completed == 0,
+            var exchange = machine.current, exchange.status == nil
+        else {
             return false
         }
         _ = machine.connectionClosed()

@@ -9,14 +9,15 @@ import OpenSSLTLS
 final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundOut = ByteBuffer
 
     private let connection: InterceptedConnection
     private var context: ChannelHandlerContext?
     /// Told when an exchange ends, so it limits the next request head.
     private var headLimiter: RequestHeadLimitHandler?
-    /// Told which method the next response answers (a response to HEAD has no body).
-    private var encoder: RelayedResponseEncoder?
+    /// Responses as the upstream framed them; told which method each answers (a response to HEAD has no body).
+    /// Here rather than in a handler of its own: a part passed between handlers costs a dynamic cast.
+    private var serializer = RelayedResponseSerializer()
 
     /// The next bytes from the client start a new request head.
     func expectNextHead() { headLimiter?.expectNextHead() }
@@ -34,7 +35,6 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         headLimiter = try? context.pipeline.syncOperations.handler(type: RequestHeadLimitHandler.self)
-        encoder = try? context.pipeline.syncOperations.handler(type: RelayedResponseEncoder.self)
         connection.attach(client: self)
     }
 
@@ -110,17 +110,32 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         guard let context else { return }
         if case .end = part {
             // One promise per response (not per part): what a close after this response waits for.
-            lastWrite = context.write(wrapOutboundOut(part))
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            lastWrite = promise.futureResult
+            write(part, context: context, promise: promise)
         } else {
-            context.write(wrapOutboundOut(part), promise: nil)
+            write(part, context: context, promise: nil)
         }
         if flush { context.flush() }
+    }
+
+    /// A response part written through the pipeline (none is, but it would be relayed the same way).
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        write(unwrapOutboundIn(data), context: context, promise: promise)
+    }
+
+    private func write(_ part: HTTPServerResponsePart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        switch serializer.serialize(part, allocator: context.channel.allocator) {
+        case .bytes(let bytes): context.write(wrapOutboundOut(bytes), promise: promise)
+        case .nothing: promise?.succeed(())
+        case .refused: promise?.fail(ChannelError.operationUnsupported)
+        }
     }
 
     func flush() { context?.flush() }
 
     /// The next response written answers a request with this method.
-    func respondingTo(method: String) { encoder?.requestMethod = method }
+    func respondingTo(method: String) { serializer.requestMethod = method }
 
     /// The next request may be read (the last exchange ended, or the upstream drained): the parts held for it
     /// first.
@@ -156,9 +171,6 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         let pipeline = context.pipeline.syncOperations
         try pipeline.addHandler(relay, position: .last)
         pipeline.removeHandler(context: context, promise: nil)
-        if let encoder = try? pipeline.handler(type: RelayedResponseEncoder.self) {
-            pipeline.removeHandler(encoder, promise: nil)
-        }
         if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
             pipeline.removeHandler(decoder, promise: nil)
         }
@@ -176,11 +188,11 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: "\(body.utf8.count)")
         headers.add(name: "Connection", value: "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
-        let end = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        lastWrite = end  // a close asked for meanwhile waits for this answer too
-        end.whenComplete { _ in context.close(promise: nil) }
+        send(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
+        send(.body(.byteBuffer(context.channel.allocator.buffer(string: body))))
+        // The end's write is `lastWrite`: a close asked for meanwhile waits for this answer too.
+        send(.end(nil), flush: true)
+        lastWrite?.whenComplete { _ in context.close(promise: nil) }
     }
 
     /// Closes once what was written has gone out. Without `notify` the client gets no close_notify: it cannot
