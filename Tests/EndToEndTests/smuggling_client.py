@@ -1,6 +1,6 @@
 """The request-smuggling corpus and its driver.
 
-CASES holds over 100 ambiguous or malformed requests: Content-Length with Transfer-Encoding, Transfer-Encoding
+CASES holds over 160 ambiguous or malformed requests: Content-Length with Transfer-Encoding, Transfer-Encoding
 spelled with spaces, tabs, commas and other cases, duplicate, signed and odd Content-Lengths, obs-fold, bare CR
 and LF, NUL, chunk-size overflow, chunk extensions, invalid methods and versions, and pipelined requests to two
 hosts. Each is sent through the proxy on its own origin port (plain HTTP in absolute form, or origin form inside
@@ -100,6 +100,18 @@ def cases():
     out.append(("pipeline-cl-smuggle", request("Content-Length: 0\r\nContent-Length: 44\r\n",
                                                "GET {TARGET2} HTTP/1.1\r\nHost: {HOST2}\r\n\r\n")))
     out.append(("pipeline-three", ("GET {TARGET} HTTP/1.1\r\nHost: {HOST}\r\n\r\n" * 3)))
+    # Bodies on methods that rarely or never have one: a re-encoder that frames by method (NIO's adds or drops
+    # framing fields for POST or TRACE, and takes only a lowercase "chunked" for GET) would send the decoded body
+    # unframed, and the origin would read a request hidden in it.
+    hidden = "0\r\n\r\nGET {TARGET2} HTTP/1.1\r\nHost: {HOST2}\r\n\r\n"
+    hidden_chunked = "{CHUNK[" + hidden + "]CHUNK}"  # one chunk holding it, sized once the names are in
+    for method in ("GET", "DELETE", "OPTIONS", "TRACE", "POST"):
+        for value in ("chunked", "Chunked", "CHUNKED"):
+            out.append((f"body-{method}-te-{value}", request(f"Transfer-Encoding: {value}\r\n", hidden_chunked, method=method)))
+    for method in ("GET", "TRACE", "DELETE"):
+        smuggled = "GET {TARGET2} HTTP/1.1\r\nHost: {HOST2}\r\n\r\n"
+        out.append((f"body-{method}-cl", request("Content-Length: {LEN}\r\n", smuggled, method=method)))
+    out.append(("body-POST-none", request("", "", method="POST")))
     return out
 
 
@@ -210,6 +222,12 @@ def main():
         text = template
         for key, value in replacements.items():
             text = text.replace(key, value)
+        if "{CHUNK[" in text:  # {CHUNK[data]CHUNK}: data as one chunk, then the last chunk
+            before, _, rest = text.partition("{CHUNK[")
+            data, _, after = rest.partition("]CHUNK}")
+            text = f"{before}{len(data.encode()):x}\r\n{data}\r\n0\r\n\r\n{after}"
+        if "{LEN}" in text:  # the length of the body after the head
+            text = text.replace("{LEN}", str(len(text.partition("\r\n\r\n")[2].encode())))
         payload = text.encode("latin-1") if all(ord(c) < 256 for c in text) else text.encode("utf-8")
         data = run_mitm(args.proxy, payload, f"localhost:{port}", context) if args.mitm else run_plain(args.proxy, payload)
         return {"name": name, "port": port, "port2": port2, "statuses": statuses(data)}

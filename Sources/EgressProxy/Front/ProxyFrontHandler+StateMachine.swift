@@ -86,6 +86,11 @@ extension ProxyFrontHandler {
                     return [.respondError(.badRequest(invalid.description))]
                 }
             }
+            if let problem = InterceptedExchangeStateMachine.framingProblem(with: head) {
+                // Two readers could find a different body, or a request inside it (as on the inspected path).
+                state = .closed
+                return [.respondError(.badRequest("refused: \(problem)"))]
+            }
             switch RequestTarget.parseAbsoluteURI(head.uri) {
             case .success(let (destination, originForm)):
                 let outbound = ForwardingHeaders.request(head, destination: destination, originForm: originForm)

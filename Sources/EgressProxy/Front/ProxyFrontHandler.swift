@@ -641,12 +641,12 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         connector.connect(to: destination, on: context.eventLoop) { channel in
             do {
-                try channel.pipeline.syncOperations.addHTTPClientHandlers(
-                    leftOverBytesStrategy: .fireError,
-                    // The head was parsed from the client by llhttp, which refuses CR, LF and NUL in fields.
-                    enableOutboundHeaderValidation: false,
-                    encoderConfiguration: .init()
-                )
+                // The head was parsed from the client by llhttp, which refuses CR, LF and NUL in fields, and its
+                // framing checked: it is written framed by its own fields (see RelayedRequestEncoder).
+                try channel.pipeline.syncOperations.addHandlers([
+                    RelayedRequestEncoder(),
+                    ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .fireError, limitConfiguration: .init())),
+                ])
                 try channel.pipeline.syncOperations.addHandler(boundHandler.value)
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {

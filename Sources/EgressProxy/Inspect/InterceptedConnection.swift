@@ -141,7 +141,7 @@ final class InterceptedConnection {
         // The encoder first, then the decoder: the decoder watches outgoing requests (HEAD has no body).
         // 1xx responses are passed on; bytes after a 101 go on to the relay that replaces HTTP.
         try Self.addAfterHandshakeHandler(upstreamChannel, [
-            HTTPRequestEncoder(),
+            RelayedRequestEncoder(),
             ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
             InterceptedUpstreamHandler(connection: self),
         ])

@@ -177,8 +177,9 @@ package struct InterceptedExchangeStateMachine {
         return nil
     }
 
-    /// The body's framing, for a request with a Content-Length or Transfer-Encoding field.
-    private static func framingProblem(with head: HTTPRequestHead) -> String? {
+    /// The body's framing, for a request with a Content-Length or Transfer-Encoding field. The proxy's own port
+    /// refuses the same requests.
+    package static func framingProblem(with head: HTTPRequestHead) -> String? {
         let lengths = head.headers[canonicalForm: "content-length"]
         let encodings = head.headers[canonicalForm: "transfer-encoding"]
         if !lengths.isEmpty && !encodings.isEmpty {

@@ -310,7 +310,7 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
         let pipeline = context.pipeline.syncOperations
         try pipeline.addHandler(relay, position: .last)
         pipeline.removeHandler(context: context, promise: nil)
-        if let encoder = try? pipeline.handler(type: HTTPRequestEncoder.self) {
+        if let encoder = try? pipeline.handler(type: RelayedRequestEncoder.self) {
             pipeline.removeHandler(encoder, promise: nil)
         }
         if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self) {
