@@ -38,9 +38,11 @@ final class RelayedRequestEncoder: ChannelOutboundHandler, RemovableChannelHandl
                 buffer.writeString(" HTTP/\(head.version.major).\(head.version.minor)\r\n")
             }
             // The transfer codings of all Transfer-Encoding fields, in order (RFC 9110 §5.3); empty ones say nothing.
-            let codings = head.headers.filter { $0.name.equalsIgnoringASCIICase("transfer-encoding") }
-                .flatMap { $0.value.split(separator: ",").map { $0.trimmingASCIIWhitespace() } }
-                .filter { !$0.isEmpty }
+            // (Most requests have none: then nothing is allocated for them.)
+            var codings: [Substring] = []
+            for (name, value) in head.headers where name.equalsIgnoringASCIICase("transfer-encoding") {
+                codings += value.split(separator: ",").map { $0.trimmingASCIIWhitespace() }.filter { !$0.isEmpty }
+            }
             chunked = codings.last?.equalsIgnoringASCIICase("chunked") ?? false
             guard chunked || codings.isEmpty else {
                 promise?.fail(UnframeableRequest(description: "a Transfer-Encoding whose last coding is not chunked"))
