@@ -22,12 +22,23 @@ final class RelayedRequestEncoder: ChannelOutboundHandler, RemovableChannelHandl
         var description: String
     }
 
-    /// The body being written is chunked.
-    private var chunked = false
+    /// How the body being written is framed. After a head it cannot frame (or bytes its framing does not allow)
+    /// nothing more is written: the connection is closed, so no byte of that request goes out unframed.
+    private enum Framing {
+        case none
+        case length(remaining: Int)
+        case chunked
+        case failed
+    }
+
+    private var framing = Framing.none
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
         case .head(let head):
+            guard case .none = framing else {
+                return refuse("a request head before the last request ended", context: context, promise: promise)
+            }
             var buffer = context.channel.allocator.buffer(capacity: 256)
             buffer.writeString(head.method.rawValue)
             buffer.writeStaticString(" ")
@@ -40,13 +51,26 @@ final class RelayedRequestEncoder: ChannelOutboundHandler, RemovableChannelHandl
             // The transfer codings of all Transfer-Encoding fields, in order (RFC 9110 §5.3); empty ones say nothing.
             // (Most requests have none: then nothing is allocated for them.)
             var codings: [Substring] = []
-            for (name, value) in head.headers where name.equalsIgnoringASCIICase("transfer-encoding") {
-                codings += value.split(separator: ",").map { $0.trimmingASCIIWhitespace() }.filter { !$0.isEmpty }
+            var lengths: [Substring] = []
+            for (name, value) in head.headers {
+                if name.equalsIgnoringASCIICase("transfer-encoding") {
+                    codings += value.split(separator: ",").map { $0.trimmingASCIIWhitespace() }.filter { !$0.isEmpty }
+                } else if name.equalsIgnoringASCIICase("content-length") {
+                    lengths.append(value.trimmingASCIIWhitespace())
+                }
             }
-            chunked = codings.last?.equalsIgnoringASCIICase("chunked") ?? false
-            guard chunked || codings.isEmpty else {
-                promise?.fail(UnframeableRequest(description: "a Transfer-Encoding whose last coding is not chunked"))
-                return
+            let chunked = codings.last?.equalsIgnoringASCIICase("chunked") ?? false
+            if chunked && lengths.isEmpty {
+                framing = .chunked
+            } else if codings.isEmpty && lengths.count == 1, let length = Int(lengths[0]), length >= 0,
+                lengths[0].utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
+            {
+                framing = length > 0 ? .length(remaining: length) : .none
+            } else if codings.isEmpty && lengths.isEmpty {
+                framing = .none
+            } else {
+                return refuse("framing it cannot keep (Content-Length and Transfer-Encoding, or a coding after chunked)",
+                              context: context, promise: promise)
             }
             var codingsWritten = false
             for (name, value) in head.headers {
@@ -63,34 +87,61 @@ final class RelayedRequestEncoder: ChannelOutboundHandler, RemovableChannelHandl
             buffer.writeStaticString("\r\n")
             context.write(wrapOutboundOut(buffer), promise: promise)
         case .body(.byteBuffer(var bytes)):
-            guard chunked else {
+            switch framing {
+            case .failed:
+                promise?.fail(UnframeableRequest(description: "the request was refused"))
+            case .none:
+                guard bytes.readableBytes == 0 else {
+                    return refuse("body bytes for a request with no body", context: context, promise: promise)
+                }
                 context.write(wrapOutboundOut(bytes), promise: promise)
-                return
+            case .length(let remaining):
+                guard bytes.readableBytes <= remaining else {
+                    return refuse("more body bytes than its Content-Length", context: context, promise: promise)
+                }
+                framing = remaining == bytes.readableBytes ? .none : .length(remaining: remaining - bytes.readableBytes)
+                context.write(wrapOutboundOut(bytes), promise: promise)
+            case .chunked:
+                guard bytes.readableBytes > 0 else {
+                    // An empty chunk would end the body. An empty write keeps the promise in order with the others.
+                    context.write(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
+                    return
+                }
+                var chunk = context.channel.allocator.buffer(capacity: bytes.readableBytes + 16)
+                chunk.writeString(String(bytes.readableBytes, radix: 16))
+                chunk.writeStaticString("\r\n")
+                chunk.writeBuffer(&bytes)
+                chunk.writeStaticString("\r\n")
+                context.write(wrapOutboundOut(chunk), promise: promise)
             }
-            guard bytes.readableBytes > 0 else {
-                // An empty chunk would end the body. An empty write keeps the promise in order with the others.
-                context.write(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
-                return
-            }
-            var chunk = context.channel.allocator.buffer(capacity: bytes.readableBytes + 16)
-            chunk.writeString(String(bytes.readableBytes, radix: 16))
-            chunk.writeStaticString("\r\n")
-            chunk.writeBuffer(&bytes)
-            chunk.writeStaticString("\r\n")
-            context.write(wrapOutboundOut(chunk), promise: promise)
         case .body(.fileRegion):
-            promise?.fail(ChannelError.operationUnsupported)  // relayed bodies are bytes, never files
+            refuse("a file body", context: context, promise: promise)  // relayed bodies are bytes, never files
         case .end(let trailers):
             var buffer = context.channel.allocator.buffer(capacity: 0)
-            if chunked {
+            switch framing {
+            case .failed:
+                promise?.fail(UnframeableRequest(description: "the request was refused"))
+                return
+            case .length:
+                return refuse("a request ended before its Content-Length", context: context, promise: promise)
+            case .chunked:
                 buffer.writeStaticString("0\r\n")
                 for (name, value) in trailers ?? [:] { buffer.writeHTTPField(name: name, value: value) }
                 buffer.writeStaticString("\r\n")
+            case .none:
+                break
             }
-            chunked = false
+            framing = .none
             // Written even when empty: its promise completes in order with the request's other writes.
             context.write(wrapOutboundOut(buffer), promise: promise)
         }
+    }
+
+    /// Nothing of this request, or after it, goes out: the write fails and the connection closes.
+    private func refuse(_ reason: String, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        framing = .failed
+        promise?.fail(UnframeableRequest(description: reason))
+        context.close(promise: nil)
     }
 }
 

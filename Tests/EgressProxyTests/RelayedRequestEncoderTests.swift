@@ -50,5 +50,31 @@ import Testing
 
     @Test func aBodyWhoseLastCodingIsNotChunkedIsRefused() throws {
         #expect(try encode(.POST, [("Transfer-Encoding", "chunked, gzip")], body: ["ab"]) == nil)
+        #expect(try encode(.POST, [("Transfer-Encoding", "chunked"), ("Content-Length", "2")], body: ["ab"]) == nil)
+    }
+
+    /// Body bytes the head's framing does not allow are never written: not after a refused head, not without a
+    /// length or chunking, not past the length. The connection closes instead.
+    @Test(arguments: [
+        ([("Transfer-Encoding", "gzip")], ["hidden"]),
+        ([], ["GET /hidden HTTP/1.1\r\n\r\n"]),
+        ([("Content-Length", "2")], ["ab", "GET /hidden"]),
+        ([("Content-Length", "+2")], ["ab"]),
+    ] as [([(String, String)], [String])])
+    func bytesOutsideTheFramingCloseTheConnectionUnsent(fields: [(String, String)], body: [String]) throws {
+        let channel = EmbeddedChannel(handler: RelayedRequestEncoder())
+        defer { _ = try? channel.finish() }
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        var failures = 0
+        let parts: [HTTPClientRequestPart] = [.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/x", headers: HTTPHeaders(fields)))]
+            + body.map { .body(.byteBuffer(ByteBuffer(string: $0))) } + [.end(nil)]
+        for part in parts {
+            do { try channel.writeOutbound(part) } catch { failures += 1 }
+        }
+        var sent = ""
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { sent += String(buffer: buffer) }
+        #expect(failures > 0)
+        #expect(!sent.contains("hidden"), "\(sent)")
+        #expect(!channel.isActive)
     }
 }

@@ -112,6 +112,15 @@ def cases():
         smuggled = "GET {TARGET2} HTTP/1.1\r\nHost: {HOST2}\r\n\r\n"
         out.append((f"body-{method}-cl", request("Content-Length: {LEN}\r\n", smuggled, method=method)))
     out.append(("body-POST-none", request("", "", method="POST")))
+    # A framing field named in Connection, which a proxy drops on the way (RFC 9110 §7.6.1): the body would follow
+    # with no framing, and the origin would read the request hidden in it.
+    for method in ("GET", "POST"):
+        out.append((f"conn-cl-{method}", request("Connection: keep-alive, Content-Length\r\nContent-Length: {LEN}\r\n",
+                                                 smuggled, method=method)))
+        out.append((f"conn-te-{method}", request("Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n",
+                                                 hidden_chunked, method=method)))
+        out.append((f"proxy-conn-cl-{method}", request("Proxy-Connection: content-length\r\nContent-Length: {LEN}\r\n",
+                                                       smuggled, method=method)))
     return out
 
 

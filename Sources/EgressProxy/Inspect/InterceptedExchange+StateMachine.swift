@@ -191,8 +191,18 @@ package struct InterceptedExchangeStateMachine {
         if let length = lengths.first, length.isEmpty || !length.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
             return "an invalid Content-Length"
         }
-        if !encodings.isEmpty, encodings.map({ $0.lowercased() }) != ["chunked"] {
+        if !encodings.isEmpty, encodings.count != 1 || !encodings[0].equalsIgnoringASCIICase("chunked") {
             return "a Transfer-Encoding other than chunked"
+        }
+        // A field named in Connection is dropped on the way (RFC 9110 §7.6.1): the body would go on unframed.
+        for (name, value) in head.headers
+        where name.equalsIgnoringASCIICase("connection") || name.equalsIgnoringASCIICase("proxy-connection") {
+            for token in value.split(separator: ",") {
+                let token = token.trimmingASCIIWhitespace()
+                if token.equalsIgnoringASCIICase("content-length") || token.equalsIgnoringASCIICase("transfer-encoding") {
+                    return "Connection names \(token.lowercased())"
+                }
+            }
         }
         if !encodings.isEmpty && head.version == .http1_0 {
             // HTTP/1.0 has no chunked coding: an HTTP/1.0 server would read the chunks as the body's bytes.
