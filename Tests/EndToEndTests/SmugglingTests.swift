@@ -2,7 +2,7 @@ import Foundation
 import TestSupport
 import Testing
 
-/// The request-smuggling corpus (smuggling_client.py, 170 cases) through the proxy to a strict origin that
+/// The request-smuggling corpus (smuggling_client.py, 172 cases) through the proxy to a strict origin that
 /// records what reaches it (smuggling_origin.py), in plain HTTP and inside an inspected TLS connection. For every
 /// case the proxy either refuses, or forwards exactly the requests it reports; and the origin never receives a
 /// byte its strict parser would refuse.

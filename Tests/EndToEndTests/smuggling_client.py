@@ -112,6 +112,9 @@ def cases():
         smuggled = "GET {TARGET2} HTTP/1.1\r\nHost: {HOST2}\r\n\r\n"
         out.append((f"body-{method}-cl", request("Content-Length: {LEN}\r\n", smuggled, method=method)))
     out.append(("body-POST-none", request("", "", method="POST")))
+    # CONNECT has no content (RFC 9110 §9.3.6): llhttp reads none after it, whatever its head says.
+    out.append(("connect-cl", request("Content-Length: 4\r\n", "wxyz", method="CONNECT")))
+    out.append(("connect-te", request("Transfer-Encoding: chunked\r\n", "4\r\nwxyz\r\n0\r\n\r\n", method="CONNECT")))
     # A framing field named in Connection, which a proxy drops on the way (RFC 9110 §7.6.1): the body would follow
     # with no framing, and the origin would read the request hidden in it.
     for method in ("GET", "POST"):

@@ -162,6 +162,11 @@ package struct InterceptedExchangeStateMachine {
     }
 
     private static func problem(with head: HTTPRequestHead, fields: HeadFields) -> String? {
+        if fields.framed, head.method == .CONNECT {
+            // CONNECT has no content (RFC 9110 §9.3.6) and llhttp reads none after it: an origin would wait for
+            // the body its head announces, or read the next bytes as one.
+            return "a CONNECT request with a body"
+        }
         if fields.framed, let problem = framingProblem(with: head) { return problem }
         if head.version != .http1_1 && head.version != .http1_0 {
             return "an unsupported HTTP version"
