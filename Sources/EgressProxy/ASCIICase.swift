@@ -25,3 +25,13 @@ extension StringProtocol {
         return true
     }
 }
+
+extension StringProtocol {
+    /// Without the spaces and tabs at either end (optional whitespace around a field value, RFC 9110 §5.5).
+    func trimmingASCIIWhitespace() -> SubSequence {
+        let isWhitespace = { (c: Character) in c == " " || c == "\t" }
+        guard let first = firstIndex(where: { !isWhitespace($0) }) else { return self[endIndex...] }
+        let last = lastIndex(where: { !isWhitespace($0) })!
+        return self[first...last]
+    }
+}

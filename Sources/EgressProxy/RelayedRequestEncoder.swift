@@ -48,30 +48,12 @@ final class RelayedRequestEncoder: ChannelOutboundHandler, RemovableChannelHandl
             } else {
                 buffer.writeString(" HTTP/\(head.version.major).\(head.version.minor)\r\n")
             }
-            // The transfer codings of all Transfer-Encoding fields, in order (RFC 9110 §5.3); empty ones say nothing.
-            // (Most requests have none: then nothing is allocated for them.)
-            var codings: [Substring] = []
-            var lengths: [Substring] = []
-            for (name, value) in head.headers {
-                if name.equalsIgnoringASCIICase("transfer-encoding") {
-                    codings += value.split(separator: ",").map { $0.trimmingASCIIWhitespace() }.filter { !$0.isEmpty }
-                } else if name.equalsIgnoringASCIICase("content-length") {
-                    lengths.append(value.trimmingASCIIWhitespace())
-                }
-            }
-            let chunked = codings.last?.equalsIgnoringASCIICase("chunked") ?? false
-            if chunked && lengths.isEmpty {
-                framing = .chunked
-            } else if codings.isEmpty && lengths.count == 1, let length = Int(lengths[0]), length >= 0,
-                lengths[0].utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
-            {
-                framing = length > 0 ? .length(remaining: length) : .none
-            } else if codings.isEmpty && lengths.isEmpty {
-                framing = .none
-            } else {
+            guard let (framing, codings) = Self.framing(of: head.headers) else {
                 return refuse("framing it cannot keep (Content-Length and Transfer-Encoding, or a coding after chunked)",
                               context: context, promise: promise)
             }
+            self.framing = framing
+            let chunked = !codings.isEmpty
             var codingsWritten = false
             for (name, value) in head.headers {
                 guard name.equalsIgnoringASCIICase("transfer-encoding") else {
@@ -107,12 +89,7 @@ final class RelayedRequestEncoder: ChannelOutboundHandler, RemovableChannelHandl
                     context.write(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
                     return
                 }
-                var chunk = context.channel.allocator.buffer(capacity: bytes.readableBytes + 16)
-                chunk.writeString(String(bytes.readableBytes, radix: 16))
-                chunk.writeStaticString("\r\n")
-                chunk.writeBuffer(&bytes)
-                chunk.writeStaticString("\r\n")
-                context.write(wrapOutboundOut(chunk), promise: promise)
+                context.write(wrapOutboundOut(ByteBuffer.chunk(of: &bytes, allocator: context.channel.allocator)), promise: promise)
             }
         case .body(.fileRegion):
             refuse("a file body", context: context, promise: promise)  // relayed bodies are bytes, never files
@@ -125,15 +102,41 @@ final class RelayedRequestEncoder: ChannelOutboundHandler, RemovableChannelHandl
             case .length:
                 return refuse("a request ended before its Content-Length", context: context, promise: promise)
             case .chunked:
-                buffer.writeStaticString("0\r\n")
-                for (name, value) in trailers ?? [:] { buffer.writeHTTPField(name: name, value: value) }
-                buffer.writeStaticString("\r\n")
+                buffer.writeLastChunk(trailers: trailers)
             case .none:
                 break
             }
             framing = .none
             // Written even when empty: its promise completes in order with the request's other writes.
             context.write(wrapOutboundOut(buffer), promise: promise)
+        }
+    }
+
+    /// How a head's fields frame its body, and its transfer codings (all Transfer-Encoding fields', in order, RFC
+    /// 9110 §5.3; empty ones say nothing) when it is chunked; nil for framing that cannot be kept. Most requests
+    /// have neither field: then nothing is allocated.
+    private static func framing(of headers: HTTPHeaders) -> (Framing, codings: [Substring])? {
+        var codings: [Substring] = []
+        var lengths: [Substring] = []
+        for (name, value) in headers {
+            if name.equalsIgnoringASCIICase("transfer-encoding") {
+                codings += value.split(separator: ",").map { $0.trimmingASCIIWhitespace() }.filter { !$0.isEmpty }
+            } else if name.equalsIgnoringASCIICase("content-length") {
+                lengths.append(value.trimmingASCIIWhitespace())
+            }
+        }
+        switch (codings.isEmpty, lengths.count) {
+        case (true, 0):
+            return (.none, [])
+        case (true, 1):
+            guard lengths[0].utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+                let length = Int(lengths[0])
+            else { return nil }
+            return (length > 0 ? .length(remaining: length) : .none, [])
+        case (false, 0) where codings.last!.equalsIgnoringASCIICase("chunked"):
+            return (.chunked, codings)
+        default:
+            return nil
         }
     }
 
@@ -147,13 +150,3 @@ final class RelayedRequestEncoder: ChannelOutboundHandler, RemovableChannelHandl
 
 @available(*, unavailable)
 extension RelayedRequestEncoder: Sendable {}
-
-extension StringProtocol {
-    /// Without the spaces and tabs at either end (optional whitespace around a field value, RFC 9110 §5.5).
-    func trimmingASCIIWhitespace() -> SubSequence {
-        let isWhitespace = { (c: Character) in c == " " || c == "\t" }
-        guard let first = firstIndex(where: { !isWhitespace($0) }) else { return self[endIndex...] }
-        let last = lastIndex(where: { !isWhitespace($0) })!
-        return self[first...last]
-    }
-}

@@ -158,6 +158,20 @@ def framing(tls):
         print(method, path, response.status, framing, repr(body))
 
 
+def read_to_end(tls):
+    """Everything until the connection ends, and how it ended: "clean" (with close_notify), "unclean" (without,
+    on a socket wrapped with ragged_eof_is_eof=False) or "reset"."""
+    data, end = b"", "clean"
+    try:
+        while chunk := tls.recv(4096):
+            data += chunk
+    except ssl.SSLEOFError:
+        end = "unclean"
+    except ConnectionResetError:
+        end = "reset"
+    return data, end
+
+
 def close_notify(proxy_port, origin_port, cafile):
     requests = [
         "GET /unframed HTTP/1.1\r\nHost: localhost\r\n\r\n",
@@ -175,14 +189,7 @@ def close_notify(proxy_port, origin_port, cafile):
         tls = connect(proxy_port, origin_port, cafile, ragged_eof_is_eof=False)
         tls.settimeout(10)
         tls.sendall(request.encode())
-        data, end = b"", "clean"
-        try:
-            while chunk := tls.recv(4096):
-                data += chunk
-        except ssl.SSLEOFError:
-            end = "unclean"
-        except ConnectionResetError:
-            end = "reset"
+        data, end = read_to_end(tls)
         head, _, body = data.partition(b"\r\n\r\n")
         status = head.split(b"\r\n")[0].decode()
         # How much of a body cut by a reset arrives is up to the kernels (a reset may discard what is unread).
@@ -204,12 +211,7 @@ def reused_hangup(proxy_port, origin_port, cafile):
         data += chunk
     print(data.split(b"\r\n")[0].decode())
     tls.sendall(b"GET /hangup HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    data, end = b"", "clean"
-    try:
-        while chunk := tls.recv(4096):
-            data += chunk
-    except ssl.SSLEOFError:
-        end = "unclean"
+    data, end = read_to_end(tls)
     print(repr(data), end)
 
 

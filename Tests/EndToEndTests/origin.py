@@ -98,6 +98,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
                              else bytes([0x81, 126]) + len(reply).to_bytes(2, "big") + reply)
             self.wfile.flush()
 
+    def wait_for_peer_close(self, seconds):
+        self.connection.settimeout(seconds)
+        try:
+            self.rfile.read()
+        except OSError:
+            pass
+
+    def hang_up(self, reset):
+        """Ends the connection now: over TLS without close_notify; with `reset`, by a TCP reset and no FIN."""
+        if reset:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.close()
+        else:
+            # close() alone waits for rfile/wfile, and the server's shutdown(SHUT_WR) would send a FIN first;
+            # closing the descriptor now sends only what SO_LINGER says.
+            os.close(self.connection.detach())
+
     def do_GET(self):
         if self.path.startswith("/ws") and self.headers.get("Upgrade", "").lower() == "websocket":
             self.websocket()
@@ -139,34 +157,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raw.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
                 raw.close()
             if "stall=1" in self.path:  # neither more nor an end: wait (bounded) until the peer closes
-                self.connection.settimeout(30)
-                try:
-                    self.rfile.read()
-                except OSError:
-                    pass
+                self.wait_for_peer_close(30)
             if "reset=1" in self.path:  # no close_notify and no FIN: a TCP reset
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                if isinstance(self.connection, ssl.SSLSocket):
-                    self.connection.close()
-                else:
-                    # close() alone waits for rfile/wfile, and the server's shutdown(SHUT_WR) would send a FIN
-                    # first; closing the descriptor now sends only the reset.
-                    os.close(self.connection.detach())
+                self.hang_up(reset=True)
             self.close_connection = True
         elif self.path.startswith("/hangup"):
             if "wait=1" in self.path:  # the request is here: say so, then wait (bounded) for the peer to go
                 print(f"GOT {self.path}", flush=True)
-                self.connection.settimeout(20)
-                try:
-                    self.rfile.read()
-                except OSError:
-                    pass
-            if "reset=1" in self.path:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            if isinstance(self.connection, ssl.SSLSocket):
-                self.connection.close()
-            else:
-                os.close(self.connection.detach())
+                self.wait_for_peer_close(20)
+            self.hang_up(reset="reset=1" in self.path)
             self.close_connection = True
         elif self.path.startswith("/sized"):
             size = int(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("size", ["0"])[0])

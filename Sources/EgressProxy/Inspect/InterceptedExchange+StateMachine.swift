@@ -185,6 +185,10 @@ package struct InterceptedExchangeStateMachine {
     /// The body's framing, for a request with a Content-Length or Transfer-Encoding field. The proxy's own port
     /// refuses the same requests.
     package static func framingProblem(with head: HTTPRequestHead) -> String? {
+        // Most requests have neither field: one pass, nothing allocated.
+        guard head.headers.contains(where: {
+            $0.name.equalsIgnoringASCIICase("content-length") || $0.name.equalsIgnoringASCIICase("transfer-encoding")
+        }) else { return nil }
         let lengths = head.headers[canonicalForm: "content-length"]
         let encodings = head.headers[canonicalForm: "transfer-encoding"]
         if !lengths.isEmpty && !encodings.isEmpty {

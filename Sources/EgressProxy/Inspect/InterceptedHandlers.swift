@@ -112,24 +112,16 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
             // One promise per response (not per part): what a close after this response waits for.
             let promise = context.eventLoop.makePromise(of: Void.self)
             lastWrite = promise.futureResult
-            write(part, context: context, promise: promise)
+            serializer.write(part, on: context, promise: promise)
         } else {
-            write(part, context: context, promise: nil)
+            serializer.write(part, on: context, promise: nil)
         }
         if flush { context.flush() }
     }
 
     /// A response part written through the pipeline (none is, but it would be relayed the same way).
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        write(unwrapOutboundIn(data), context: context, promise: promise)
-    }
-
-    private func write(_ part: HTTPServerResponsePart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
-        switch serializer.serialize(part, allocator: context.channel.allocator) {
-        case .bytes(let bytes): context.write(wrapOutboundOut(bytes), promise: promise)
-        case .nothing: promise?.succeed(())
-        case .refused: promise?.fail(ChannelError.operationUnsupported)
-        }
+        serializer.write(unwrapOutboundIn(data), on: context, promise: promise)
     }
 
     func flush() { context?.flush() }

@@ -27,7 +27,7 @@ enum HTTPHostSniff {
             guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
             let name = String(decoding: line[line.startIndex..<colon], as: UTF8.self)
             guard name.lowercased() == "host" else { continue }
-            let value = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingASCIISpaces()
+            let value = String(String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingASCIIWhitespace())
             return hostPart(of: value)
         }
         return nil
@@ -50,11 +50,5 @@ enum HTTPHostSniff {
         }
         let host = value.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
         return host.isEmpty ? nil : host.lowercased()
-    }
-}
-
-extension String {
-    fileprivate func trimmingASCIISpaces() -> String {
-        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
     }
 }
