@@ -38,6 +38,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         /// Server: every connection's handler brings its own certificate provider, so the context needs
         /// neither a default certificate nor a provider.
         public var certificatesChosenPerConnection = false
+        /// Client, verifying: seconds a chain that passed verification is trusted again, without verifying it
+        /// again, for the same name (never past its earliest notAfter); 0 verifies every chain.
+        public var verificationCacheLifetime: Int64 = 600
         /// Server only: the protocol answered to each client's ALPN offer is set per connection
         /// (`OpenSSLConnection.answerALPN`), not chosen from `alpn`.
         public var alpnChosenPerConnection = false
@@ -49,6 +52,9 @@ public final class OpenSSLContext: @unchecked Sendable {
 
     let pointer: OpaquePointer
     public let configuration: Configuration
+    /// Client, verifying: chains verified recently (the context's verify callback reads it; every connection holds
+    /// the context, so it outlives them).
+    let verificationCache: VerificationCache?
     /// Server: the ALPN list in wire format, behind a 2-byte length; read by the selection callback.
     private let alpnServerList: UnsafeMutableBufferPointer<UInt8>?
 
@@ -60,6 +66,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         }
         self.pointer = context
         self.configuration = configuration
+        let cache = configuration.role == .client && configuration.verifyPeer && configuration.verificationCacheLifetime > 0
+            ? VerificationCache(lifetime: configuration.verificationCacheLifetime) : nil
+        self.verificationCache = cache
         var serverList: UnsafeMutableBufferPointer<UInt8>? = nil
         do throws(OpenSSLError) {
             guard CSSL_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1 else {
@@ -82,6 +91,9 @@ public final class OpenSSLContext: @unchecked Sendable {
             switch configuration.role {
             case .client:
                 try Self.configureClient(context, configuration, alpnWire: wire)
+                if let cache {
+                    SSL_CTX_set_cert_verify_callback(context, verifyThroughCache, Unmanaged.passUnretained(cache).toOpaque())
+                }
             case .server:
                 try Self.configureServer(context, configuration)
                 if configuration.alpnChosenPerConnection {
@@ -102,6 +114,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         }
         self.alpnServerList = serverList
     }
+
+    /// Client: server chains accepted from the verification cache rather than verified again.
+    public var chainsVerifiedFromCache: Int { verificationCache?.hits ?? 0 }
 
     deinit {
         SSL_CTX_free(pointer)

@@ -424,4 +424,68 @@ struct HandshakePKI {
         #expect(asked == [nil])
         #expect(clientResult == .complete && serverResult == .complete)
     }
+
+    // MARK: the verification cache
+
+    /// A handshake of a new connection of `clientContext` for `name` with a server presenting `chain`; the client's
+    /// result.
+    func connect(
+        _ clientContext: OpenSSLContext, to name: String, chain: String? = nil, key: String? = nil
+    ) throws -> OpenSSLConnection.HandshakeResult {
+        var configuration = OpenSSLContext.Configuration(role: .server)
+        configuration.certificateChainFile = chain ?? pki.serverChain
+        configuration.privateKeyFile = key ?? pki.serverKey
+        let client = try OpenSSLConnection(context: clientContext, serverName: name)
+        return handshake(client, try OpenSSLConnection(context: try OpenSSLContext(configuration: configuration))).0
+    }
+
+    func verifyResult(_ result: OpenSSLConnection.HandshakeResult) -> String? {
+        guard case .failed(let error) = result else { return nil }
+        return error.verifyResult
+    }
+
+    @Test func aVerifiedChainIsTakenFromTheCacheForTheSameNameOnly() throws {
+        let clientContext = try client()
+        for expected in 0..<3 {
+            #expect(try connect(clientContext, to: "localhost") == .complete)
+            #expect(clientContext.chainsVerifiedFromCache == expected)
+        }
+        // The same chain for names it does not carry: verified again, and refused.
+        #expect(verifyResult(try connect(clientContext, to: "other.example")) == "hostname mismatch")
+        #expect(try connect(clientContext, to: "127.0.0.1") == .complete)
+        #expect(verifyResult(try connect(clientContext, to: "127.0.0.2")) == "IP address mismatch")
+        #expect(clientContext.chainsVerifiedFromCache == 2)
+        // A chain of two (leaf and intermediate) likewise.
+        let gamma = (pki.leafChain("gamma.test"), pki.leafKey("gamma.test"))
+        #expect(try connect(clientContext, to: "gamma.test", chain: gamma.0, key: gamma.1) == .complete)
+        #expect(try connect(clientContext, to: "gamma.test", chain: gamma.0, key: gamma.1) == .complete)
+        #expect(clientContext.chainsVerifiedFromCache == 3)
+    }
+
+    @Test func anotherCertificateForACachedNameIsVerifiedAgain() throws {
+        let clientContext = try client()
+        #expect(try connect(clientContext, to: "localhost") == .complete)
+        // The same name and key, in a certificate that has expired: not the cached chain.
+        #expect(verifyResult(try connect(clientContext, to: "localhost", chain: pki.expiredChain))
+            == "certificate has expired")
+        #expect(clientContext.chainsVerifiedFromCache == 0)
+    }
+
+    @Test func aRefusedChainIsVerifiedAgainEachTime() throws {
+        let clientContext = try client(trust: pki.otherCA)
+        for _ in 0..<2 {
+            #expect(verifyResult(try connect(clientContext, to: "localhost")) == "unable to get local issuer certificate")
+        }
+        #expect(clientContext.chainsVerifiedFromCache == 0)
+    }
+
+    @Test func withoutALifetimeEveryChainIsVerified() throws {
+        var configuration = OpenSSLContext.Configuration(role: .client)
+        configuration.trustSystemStore = false
+        configuration.additionalTrustFile = pki.ca
+        configuration.verificationCacheLifetime = 0
+        let clientContext = try OpenSSLContext(configuration: configuration)
+        for _ in 0..<2 { #expect(try connect(clientContext, to: "localhost") == .complete) }
+        #expect(clientContext.chainsVerifiedFromCache == 0)
+    }
 }

@@ -1,0 +1,148 @@
+internal import CSSL
+import NIOConcurrencyHelpers
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Chains a client context verified recently, so that a server presenting the same chain for the same name again
+/// is not verified again until the entry expires: X509_verify_cert is about a tenth of the CPU of a new
+/// inspected connection (building the chain, checking two signatures), and an agent opens many connections to
+/// the same few destinations. Chrome's certificate verifier keeps such a cache too.
+///
+/// Only successes are kept. The key is the SHA-256 of everything X509_verify_cert's answer depends on that can
+/// differ between connections of one context: each certificate the server sent, in order (DER), and the name and
+/// address the connection verifies against, with the verification flags. What else it depends on is fixed for
+/// the context's life (its trust store: a reload builds a new context, with a new cache) or is the time, which the
+/// entry's expiry covers: never later than the earliest notAfter in the verified chain, and never more than
+/// `lifetime` after the verification. The server still proves each time that it holds the leaf's key (its
+/// CertificateVerify is checked by the handshake, not here).
+final class VerificationCache: Sendable {
+    struct Key: Hashable, Sendable {
+        let digest: [UInt8]
+    }
+
+    private struct State {
+        var expiries: [Key: Int64] = [:]
+        var hits = 0
+    }
+
+    /// Entries kept at most; when full, expired entries go first, then the one expiring soonest.
+    let capacity: Int
+    /// Seconds an entry is trusted after its verification, at most.
+    let lifetime: Int64
+    private let state = NIOLockedValueBox(State())
+
+    init(capacity: Int = 1024, lifetime: Int64 = 600) {
+        self.capacity = capacity
+        self.lifetime = lifetime
+    }
+
+    /// Connections whose chain was taken from the cache.
+    var hits: Int { state.withLockedValue { $0.hits } }
+    var count: Int { state.withLockedValue { $0.expiries.count } }
+
+    /// Whether `key` was verified and has not expired at `now` (Unix seconds).
+    func contains(_ key: Key, now: Int64) -> Bool {
+        state.withLockedValue { state in
+            guard let expiry = state.expiries[key] else { return false }
+            guard now < expiry else {
+                state.expiries[key] = nil
+                return false
+            }
+            state.hits += 1
+            return true
+        }
+    }
+
+    /// Keeps `key`, verified at `now`, until `lifetime` later or `notAfter` (the chain's earliest), whichever is first.
+    func remember(_ key: Key, notAfter: Int64, now: Int64) {
+        let expiry = min(now + lifetime, notAfter)
+        guard expiry > now, capacity > 0 else { return }
+        state.withLockedValue { state in
+            if state.expiries[key] == nil && state.expiries.count >= capacity {
+                state.expiries = state.expiries.filter { $0.value > now }
+                if state.expiries.count >= capacity, let soonest = state.expiries.min(by: { $0.value < $1.value }) {
+                    state.expiries[soonest.key] = nil
+                }
+            }
+            state.expiries[key] = expiry
+        }
+    }
+
+    /// The verification OpenSSL runs for each server certificate chain (`SSL_CTX_set_cert_verify_callback`):
+    /// X509_verify_cert, unless the same chain passed it for the same name recently.
+    func verify(_ storeContext: OpaquePointer) -> Int32 {
+        guard let key = Self.key(storeContext) else { return X509_verify_cert(storeContext) }
+        let now = Int64(time(nil))
+        if contains(key, now: now) {
+            X509_STORE_CTX_set_error(storeContext, X509_V_OK)
+            return 1
+        }
+        let result = X509_verify_cert(storeContext)
+        guard result == 1, let chain = X509_STORE_CTX_get0_chain(storeContext) else { return result }
+        var notAfter = Int64.max
+        for index in 0..<OPENSSL_sk_num(chain) {
+            guard let certificate = OPENSSL_sk_value(chain, index) else { return result }
+            let end = OpenSSLCertificate.seconds(X509_get0_notAfter(OpaquePointer(certificate)))
+            guard end > 0 else { return result }  // unreadable: not kept
+            notAfter = min(notAfter, end)
+        }
+        remember(key, notAfter: notAfter, now: now)
+        return result
+    }
+
+    /// The digest of the server's certificates (DER, each behind its length) and of what they are verified
+    /// against; nil when a certificate cannot be encoded (then the chain is verified as usual).
+    static func key(_ storeContext: OpaquePointer) -> Key? {
+        guard let untrusted = X509_STORE_CTX_get0_untrusted(storeContext),
+            let parameters = X509_STORE_CTX_get0_param(storeContext)
+        else { return nil }
+        var input: [UInt8] = []
+        input.reserveCapacity(4096)
+        func append(_ value: UInt64) {
+            for shift in stride(from: 56, through: 0, by: -8) { input.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+        }
+        func append(text: UnsafePointer<CChar>?) {
+            guard let text else {
+                append(UInt64.max)
+                return
+            }
+            let length = strlen(text)
+            append(UInt64(length))
+            text.withMemoryRebound(to: UInt8.self, capacity: length) {
+                input.append(contentsOf: UnsafeBufferPointer(start: $0, count: length))
+            }
+        }
+        append(UInt64(X509_VERIFY_PARAM_get_flags(parameters)))
+        append(UInt64(X509_VERIFY_PARAM_get_hostflags(parameters)))
+        append(UInt64(bitPattern: Int64(X509_VERIFY_PARAM_get_depth(parameters))))
+        // Every name the chain must match (a connection sets one; the list ends with a null).
+        for index in Int32(0)..<16 {
+            let host = X509_VERIFY_PARAM_get0_host(parameters, index)
+            append(text: host)
+            if host == nil { break }
+        }
+        let address = X509_VERIFY_PARAM_get1_ip_asc(parameters)
+        append(text: address)
+        if let address { CRYPTO_free(address, nil, 0) }
+        let count = OPENSSL_sk_num(untrusted)
+        append(UInt64(count))
+        for index in 0..<count {
+            guard let certificate = OPENSSL_sk_value(untrusted, index) else { return nil }
+            var der: UnsafeMutablePointer<UInt8>? = nil
+            let length = i2d_X509(OpaquePointer(certificate), &der)
+            guard length > 0, let der else { return nil }
+            append(UInt64(length))
+            input.append(contentsOf: UnsafeBufferPointer(start: der, count: Int(length)))
+            CRYPTO_free(der, nil, 0)
+        }
+        return Key(digest: input.withUnsafeBytes { OpenSSLDigest.sha256($0) })
+    }
+}
+
+/// `SSL_CTX_set_cert_verify_callback`'s function: the context's cache is its argument.
+func verifyThroughCache(_ storeContext: OpaquePointer?, _ argument: UnsafeMutableRawPointer?) -> Int32 {
+    guard let storeContext, let argument else { return 0 }
+    return Unmanaged<VerificationCache>.fromOpaque(argument).takeUnretainedValue().verify(storeContext)
+}
