@@ -5,18 +5,20 @@ import NIOConcurrencyHelpers
 import Glibc
 #endif
 
-/// Chains a client context verified recently, so that a server presenting the same chain for the same name again
-/// is not verified again until the entry expires: X509_verify_cert is about a tenth of the CPU of a new
-/// inspected connection (building the chain, checking two signatures), and an agent opens many connections to
-/// the same few destinations. Chrome's certificate verifier keeps such a cache too.
+/// Chains a client context verified recently, so that a server presenting the same chain again is not put through
+/// X509_verify_cert again until the entry expires: building the chain and checking its signatures is about a
+/// tenth of the CPU of a new inspected connection, and an agent opens many connections to the same few
+/// destinations (and a CDN serves many names with one certificate). Chrome's certificate verifier keeps such a
+/// cache too.
 ///
-/// Only successes are kept. The key is the SHA-256 of everything X509_verify_cert's answer depends on that can
-/// differ between connections of one context: each certificate the server sent, in order (DER), and the name and
-/// address the connection verifies against, with the verification flags. What else it depends on is fixed for
-/// the context's life (its trust store: a reload builds a new context, with a new cache) or is the time, which the
-/// entry's expiry covers: never later than the earliest notAfter in the verified chain, and never more than
-/// `lifetime` after the verification. The server still proves each time that it holds the leaf's key (its
-/// CertificateVerify is checked by the handshake, not here).
+/// Only successes are kept. The key is the SHA-256 of each certificate the server sent, in order (DER), and of
+/// the verification flags and depth. The name or address the connection asked for is checked against the leaf on
+/// every connection, as X509_verify_cert's own last step does (`check_id`: `X509_check_host` with the same host
+/// flags, `X509_check_ip_asc`); when it does not match, the chain is verified in full, which fails with OpenSSL's
+/// own error. What else verification depends on is fixed for the context's life (its trust store: a reload builds
+/// a new context, with a new cache) or is the time, which the entry's expiry covers: never later than the earliest
+/// notAfter in the verified chain, never more than `lifetime` after the verification. The server still proves on
+/// every handshake that it holds the leaf's key (its CertificateVerify is checked by the handshake, not here).
 final class VerificationCache: Sendable {
     struct Key: Hashable, Sendable {
         let digest: [UInt8]
@@ -50,7 +52,6 @@ final class VerificationCache: Sendable {
                 state.expiries[key] = nil
                 return false
             }
-            state.hits += 1
             return true
         }
     }
@@ -75,7 +76,8 @@ final class VerificationCache: Sendable {
     func verify(_ storeContext: OpaquePointer) -> Int32 {
         guard let key = Self.key(storeContext) else { return X509_verify_cert(storeContext) }
         let now = Int64(time(nil))
-        if contains(key, now: now) {
+        if contains(key, now: now), Self.leafMatchesName(storeContext) {
+            state.withLockedValue { $0.hits += 1 }
             X509_STORE_CTX_set_error(storeContext, X509_V_OK)
             return 1
         }
@@ -92,8 +94,31 @@ final class VerificationCache: Sendable {
         return result
     }
 
-    /// The digest of the server's certificates (DER, each behind its length) and of what they are verified
-    /// against; nil when a certificate cannot be encoded (then the chain is verified as usual).
+    /// X509_verify_cert's name check (`check_id`), for a chain whose other checks passed: the leaf carries one of
+    /// the names the connection verifies (if it set any) and the address (if it set one).
+    static func leafMatchesName(_ storeContext: OpaquePointer) -> Bool {
+        guard let leaf = X509_STORE_CTX_get0_cert(storeContext),
+            let parameters = X509_STORE_CTX_get0_param(storeContext)
+        else { return false }
+        let flags = X509_VERIFY_PARAM_get_hostflags(parameters)
+        var hostMatches: Bool? = nil
+        for index in Int32(0)..<16 {
+            guard let host = X509_VERIFY_PARAM_get0_host(parameters, index) else { break }
+            if X509_check_host(leaf, host, 0, flags, nil) == 1 {
+                hostMatches = true
+                break
+            }
+            hostMatches = false
+        }
+        guard hostMatches != false else { return false }
+        guard let address = X509_VERIFY_PARAM_get1_ip_asc(parameters) else { return true }
+        defer { CRYPTO_free(address, nil, 0) }
+        return X509_check_ip_asc(leaf, address, 0) == 1
+    }
+
+    /// The digest of the server's certificates (DER, each behind its length) and of how they are verified (not
+    /// the name: `leafMatchesName` checks it each time); nil when a certificate cannot be encoded (then the chain
+    /// is verified as usual).
     static func key(_ storeContext: OpaquePointer) -> Key? {
         guard let untrusted = X509_STORE_CTX_get0_untrusted(storeContext),
             let parameters = X509_STORE_CTX_get0_param(storeContext)
@@ -103,29 +128,8 @@ final class VerificationCache: Sendable {
         func append(_ value: UInt64) {
             for shift in stride(from: 56, through: 0, by: -8) { input.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
         }
-        func append(text: UnsafePointer<CChar>?) {
-            guard let text else {
-                append(UInt64.max)
-                return
-            }
-            let length = strlen(text)
-            append(UInt64(length))
-            text.withMemoryRebound(to: UInt8.self, capacity: length) {
-                input.append(contentsOf: UnsafeBufferPointer(start: $0, count: length))
-            }
-        }
         append(UInt64(X509_VERIFY_PARAM_get_flags(parameters)))
-        append(UInt64(X509_VERIFY_PARAM_get_hostflags(parameters)))
         append(UInt64(bitPattern: Int64(X509_VERIFY_PARAM_get_depth(parameters))))
-        // Every name the chain must match (a connection sets one; the list ends with a null).
-        for index in Int32(0)..<16 {
-            let host = X509_VERIFY_PARAM_get0_host(parameters, index)
-            append(text: host)
-            if host == nil { break }
-        }
-        let address = X509_VERIFY_PARAM_get1_ip_asc(parameters)
-        append(text: address)
-        if let address { CRYPTO_free(address, nil, 0) }
         let count = OPENSSL_sk_num(untrusted)
         append(UInt64(count))
         for index in 0..<count {

@@ -444,22 +444,27 @@ struct HandshakePKI {
         return error.verifyResult
     }
 
-    @Test func aVerifiedChainIsTakenFromTheCacheForTheSameNameOnly() throws {
+    @Test func aVerifiedChainIsTakenFromTheCacheButItsNameIsCheckedEachTime() throws {
         let clientContext = try client()
         for expected in 0..<3 {
             #expect(try connect(clientContext, to: "localhost") == .complete)
             #expect(clientContext.chainsVerifiedFromCache == expected)
         }
-        // The same chain for names it does not carry: verified again, and refused.
+        // The same chain for names it does not carry: verified again, and refused with OpenSSL's reason.
         #expect(verifyResult(try connect(clientContext, to: "other.example")) == "hostname mismatch")
-        #expect(try connect(clientContext, to: "127.0.0.1") == .complete)
         #expect(verifyResult(try connect(clientContext, to: "127.0.0.2")) == "IP address mismatch")
         #expect(clientContext.chainsVerifiedFromCache == 2)
+        // For another name it carries (here an IP SAN): from the cache.
+        #expect(try connect(clientContext, to: "127.0.0.1") == .complete)
+        #expect(clientContext.chainsVerifiedFromCache == 3)
         // A chain of two (leaf and intermediate) likewise.
         let gamma = (pki.leafChain("gamma.test"), pki.leafKey("gamma.test"))
         #expect(try connect(clientContext, to: "gamma.test", chain: gamma.0, key: gamma.1) == .complete)
         #expect(try connect(clientContext, to: "gamma.test", chain: gamma.0, key: gamma.1) == .complete)
-        #expect(clientContext.chainsVerifiedFromCache == 3)
+        #expect(clientContext.chainsVerifiedFromCache == 4)
+        #expect(verifyResult(try connect(clientContext, to: "alpha.test", chain: gamma.0, key: gamma.1))
+            == "hostname mismatch")
+        #expect(clientContext.chainsVerifiedFromCache == 4)
     }
 
     @Test func anotherCertificateForACachedNameIsVerifiedAgain() throws {
