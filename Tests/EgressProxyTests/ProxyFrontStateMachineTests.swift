@@ -164,6 +164,66 @@ import Testing
         #expect(during.state == .closed)
     }
 
+    /// Whether the upstream closing before any response makes the machine dial again (true) or answer 502.
+    func retries(_ request: HTTPRequestHead, reused: Bool = true) -> Bool {
+        var machine = Machine()
+        _ = machine.requestHead(request)
+        _ = machine.requestEnd(nil)
+        _ = machine.upstreamReady(reused: reused)
+        let actions = machine.upstreamClosed(reason: "connection closed")
+        if actions == [.retryUpstream(plain)] { return true }
+        guard case .respondError(let error) = actions.first, error.status == .badGateway else {
+            Issue.record("\(actions)")
+            return false
+        }
+        return false
+    }
+
+    @Test func aKeptUpstreamClosingBeforeTheAnswerGetsTheRequestAgainOnANewConnectionOnce() {
+        var machine = Machine()
+        _ = machine.requestHead(head(.GET, "http://example.org/a", ["Host": "example.org"]))
+        _ = machine.requestEnd(nil)
+        guard case .writeUpstream(let first) = machine.upstreamReady(reused: true).first else {
+            Issue.record("nothing written")
+            return
+        }
+        #expect(machine.upstreamClosed(reason: "connection closed") == [.retryUpstream(plain)])
+        // The same head (as forwarded) and its end, once the new connection is ready; it is not a kept one.
+        #expect(first.count == 2)
+        #expect(machine.upstreamReady() == [.writeUpstream(first)])
+        guard case .respondError(let error) = machine.upstreamClosed(reason: "connection closed").first else {
+            Issue.record("a second close was not answered 502")
+            return
+        }
+        #expect(error.status == .badGateway)
+        #expect(machine.state == .closed)
+    }
+
+    @Test func onlyAnIdempotentRequestWithNoBodyOnAKeptConnectionIsSentAgain() {
+        #expect(retries(head(.GET, "http://example.org/")))
+        #expect(retries(head(.HEAD, "http://example.org/")))
+        #expect(retries(head(.DELETE, "http://example.org/")))
+        #expect(retries(head(.PUT, "http://example.org/", ["Content-Length": "0"])))
+        // A new connection that closed: the upstream's answer, passed on as 502.
+        #expect(!retries(head(.GET, "http://example.org/"), reused: false))
+        // Not idempotent, or a body that went and is gone.
+        #expect(!retries(head(.POST, "http://example.org/")))
+        #expect(!retries(head(.PATCH, "http://example.org/", ["Content-Length": "0"])))
+        #expect(!retries(head(.PUT, "http://example.org/", ["Content-Length": "3"])))
+        #expect(!retries(head(.GET, "http://example.org/", ["Transfer-Encoding": "chunked"])))
+    }
+
+    @Test func aKeptUpstreamClosingAfterTheResponseHeadIsStillAReset() {
+        var machine = Machine()
+        _ = machine.requestHead(head(.GET, "http://example.org/"))
+        _ = machine.upstreamReady(reused: true)
+        _ = machine.responseHead(HTTPResponseHead(version: .http1_1, status: .ok))
+        guard case .abortClient = machine.upstreamClosed(reason: "connection reset").first else {
+            Issue.record("client not reset")
+            return
+        }
+    }
+
     @Test func aSecondHeadWhileBusyClosesTheConnection() {
         var machine = Machine()
         _ = machine.requestHead(head(.GET, "http://example.org/"))

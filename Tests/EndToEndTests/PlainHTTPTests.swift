@@ -217,6 +217,37 @@ import Testing
         await proxy.stop()
     }
 
+    @Test func aKeptUpstreamThatClosesBeforeAnsweringGetsAnIdempotentRequestAgain() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, sink) = try await ProxyHarness.start()
+        defer { withExtendedLifetime(origin) {} }
+        let base = "http://127.0.0.1:\(originPort)"
+        // One client connection: /hello opens the upstream connection, /flaky reuses it and the origin hangs up.
+        // The GET goes again on a new upstream connection; the POST (its body is gone) is answered 502.
+        let result = try runCommand(Self.curl, [
+            "-sS", "--max-time", "20", "-x", proxy.url, "-w", "%{http_code} %{num_connects}\n",
+            "\(base)/hello", "\(base)/flaky",
+            "--next", "-sS", "--max-time", "20", "-x", proxy.url, "-w", "%{http_code} %{num_connects}\n",
+            "\(base)/hello",
+            "--next", "-sS", "--max-time", "20", "-x", proxy.url, "-w", "%{http_code} %{num_connects}\n",
+            "-d", "body", "\(base)/flaky",
+        ])
+        #expect(result.stdout.hasPrefix("""
+            hello from origin
+            200 1
+            fresh connection
+            200 0
+            hello from origin
+            200 0
+            """), "\(result.stdout) \(result.stderr)")
+        #expect(result.stdout.hasSuffix("(connection closed)\n502 0"), "\(result.stdout)")
+        // Every upstream connection is reported: /hello, /flaky on the kept one, /flaky again on a new one, and so on.
+        let actions = sink.actions.filter { $0.action.target == "127.0.0.1:\(originPort)" }
+        #expect(actions.count == 5, "\(actions.map(\.action.metadata))")
+        #expect(Set(actions.map(\.action.metadata.eventID)).count == actions.count)
+        await proxy.stop()
+    }
+
     @Test func refusedUpstreamIs502() async throws {
         let closedPort = try FreePort.refusing()
         let (proxy, sink) = try await ProxyHarness.start()

@@ -18,6 +18,9 @@ Modes:
                 GET /hangup         -> no response: the connection closes (over TLS: no close_notify;
                                        ?reset=1 by a TCP reset; ?wait=1 prints "GOT /hangup?wait=1" and
                                        closes only once the peer has)
+                GET|POST /flaky     -> on a connection's first request "fresh connection\n"; on a later one
+                                       no response: the connection closes (as an origin closing an idle
+                                       keep-alive connection as a request arrives)
                 POST /early?read=N  -> reads N body bytes, then answers 413 with no length before the rest
                                        and closes (over TLS: no close_notify)
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
@@ -116,7 +119,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # closing the descriptor now sends only what SO_LINGER says.
             os.close(self.connection.detach())
 
+    def flaky(self):
+        """/flaky: answers on the connection's first request, hangs up on any later one. True when it handled it."""
+        self.served = getattr(self, "served", 0) + 1
+        if not self.path.startswith("/flaky"):
+            return False
+        if self.served > 1:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.hang_up(reset=False)
+            self.close_connection = True
+        else:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.reply(200, "fresh connection\n")
+        return True
+
     def do_GET(self):
+        if self.flaky():
+            return
         if self.path.startswith("/ws") and self.headers.get("Upgrade", "").lower() == "websocket":
             self.websocket()
             self.close_connection = True
@@ -185,6 +204,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self):
+        if self.flaky():
+            return
         if self.path.startswith("/early"):
             self.rfile.read(int(self.path.partition("read=")[2] or 0))
             self.send_response(413)

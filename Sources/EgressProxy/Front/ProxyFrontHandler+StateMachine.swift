@@ -31,6 +31,14 @@ extension ProxyFrontHandler {
             var responseDone = false
             var upstreamKeepAlive = true
             var status: Int?
+            /// The head as forwarded, kept while the request may be sent again on a new connection: it is
+            /// idempotent (RFC 9110 §9.2.2) and has no body, so nothing of it is lost once sent.
+            var replayableHead: HTTPRequestHead?
+            /// The upstream connection was kept from an earlier exchange (it may have been closed by the upstream as
+            /// this request arrived, RFC 9112 §9.3.1).
+            var upstreamReused = false
+            /// Sent again already: a second close before an answer is the upstream's answer.
+            var retried = false
         }
 
         enum Action: Equatable {
@@ -40,6 +48,8 @@ extension ProxyFrontHandler {
             case establishTunnel
             /// Find or dial a plain-HTTP upstream for `destination`.
             case connectUpstream(Destination)
+            /// The kept upstream connection closed before answering: dial a new one for the same request.
+            case retryUpstream(Destination)
             case writeUpstream([HTTPClientRequestPart])
             case writeClient(HTTPServerResponsePart)
             /// Answer with an error the proxy generated, then close the client connection.
@@ -94,12 +104,13 @@ extension ProxyFrontHandler {
             switch RequestTarget.parseAbsoluteURI(head.uri) {
             case .success(let (destination, originForm)):
                 let outbound = ForwardingHeaders.request(head, destination: destination, originForm: originForm)
-                let exchange = Exchange(
+                var exchange = Exchange(
                     destination: destination,
                     method: head.method.rawValue,
                     clientVersion: head.version,
                     clientKeepAlive: head.isKeepAlive && !head.headers.contains(name: "upgrade")
                 )
+                if Self.isReplayable(head) { exchange.replayableHead = outbound }
                 state = .awaitingUpstream(exchange, pending: [.head(outbound)])
                 return [.connectUpstream(destination)]
             case .failure(let invalid):
@@ -157,8 +168,10 @@ extension ProxyFrontHandler {
             return [.establishTunnel]
         }
 
-        mutating func upstreamReady() -> [Action] {
-            guard case .awaitingUpstream(let exchange, let pending) = state else { return [] }
+        /// - Parameter reused: the connection was kept from an earlier exchange.
+        mutating func upstreamReady(reused: Bool = false) -> [Action] {
+            guard case .awaitingUpstream(var exchange, let pending) = state else { return [] }
+            exchange.upstreamReused = reused
             state = .forwarding(exchange)
             return [.writeUpstream(pending)] + completeIfDone(exchange)
         }
@@ -215,8 +228,17 @@ extension ProxyFrontHandler {
             case .awaitingUpstream:
                 state = .closed
                 return [.respondError(.upstreamClosed(reason))]
-            case .forwarding(let exchange):
+            case .forwarding(var exchange):
                 if !exchange.responseStarted {
+                    // A kept connection the upstream closed as this request arrived: the request goes again, once,
+                    // on a new connection, when that loses nothing (the case RFC 9112 §9.3.1 lets a client retry;
+                    // the client of a proxy did not reuse anything, so the proxy does it).
+                    if exchange.upstreamReused, !exchange.retried, let head = exchange.replayableHead {
+                        exchange.retried = true
+                        exchange.upstreamReused = false
+                        state = .awaitingUpstream(exchange, pending: exchange.requestDone ? [.head(head), .end(nil)] : [.head(head)])
+                        return [.retryUpstream(exchange.destination)]
+                    }
                     state = .closed
                     return [.respondError(.upstreamClosed(reason))]
                 }
@@ -229,6 +251,16 @@ extension ProxyFrontHandler {
             default:
                 return []
             }
+        }
+
+        /// Whether a request can be sent again on a new connection: an idempotent method and no body.
+        static func isReplayable(_ head: HTTPRequestHead) -> Bool {
+            switch head.method {
+            case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: break
+            default: return false
+            }
+            if head.headers.contains(name: "transfer-encoding") { return false }
+            return head.headers[canonicalForm: "content-length"].allSatisfy { $0 == "0" }
         }
 
         private mutating func completeIfDone(_ exchange: Exchange) -> [Action] {

@@ -347,6 +347,15 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 )
             case .connectUpstream(let destination):
                 connectUpstream(destination, context: context)
+            case .retryUpstream(let destination):
+                // The same exchange, on a new connection: reported again, as every connection is.
+                var metadata = exchange?.metadata ?? newMetadata(destination, transport: .http)
+                metadata.eventID = EventID.generate()
+                metadata.resolvedIP = nil
+                reporting.logger.info(
+                    "sending a request again on a new connection: the kept one closed before answering",
+                    metadata: ["target": "\(destination)"])
+                dialUpstream(destination, metadata: metadata, context: context)
             case .writeUpstream(let parts):
                 guard let link = upstream else { continue }
                 for part in parts {
@@ -630,11 +639,16 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             exchange?.metadata = reused
             link.handler.attach(to: self)
             reporting.action(target: destination.description, metadata: reused)
-            perform(machine.upstreamReady(), context: context)
+            perform(machine.upstreamReady(reused: true), context: context)
             return
         }
         closeUpstream()
+        dialUpstream(destination, metadata: metadata, context: context)
+    }
 
+    /// Dials a new upstream connection for the exchange in progress; once connected (and its address allowed),
+    /// reports it and lets the request go.
+    private func dialUpstream(_ destination: Destination, metadata: ConnectMetadata, context: ChannelHandlerContext) {
         let newHandler = UpstreamHTTPHandler()
         newHandler.attach(to: self)
         let boundHandler = NIOLoopBound(newHandler, eventLoop: context.eventLoop)
