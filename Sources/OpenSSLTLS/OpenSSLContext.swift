@@ -38,8 +38,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         /// Server: every connection's handler brings its own certificate provider, so the context needs
         /// neither a default certificate nor a provider.
         public var certificatesChosenPerConnection = false
-        /// Client, verifying: seconds a chain that passed verification is trusted again, without verifying it
-        /// again, for the same name (never past its earliest notAfter); 0 verifies every chain.
+        /// Client, verifying: seconds a chain that passed verification is trusted again without building and
+        /// checking it again (never past its earliest notAfter); the name is checked against it on every
+        /// connection. 0 verifies every chain in full.
         public var verificationCacheLifetime: Int64 = 600
         /// Server only: the protocol answered to each client's ALPN offer is set per connection
         /// (`OpenSSLConnection.answerALPN`), not chosen from `alpn`.

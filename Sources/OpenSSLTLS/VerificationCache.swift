@@ -12,13 +12,19 @@ import Glibc
 /// cache too.
 ///
 /// Only successes are kept. The key is the SHA-256 of each certificate the server sent, in order (DER), and of
-/// the verification flags and depth. The name or address the connection asked for is checked against the leaf on
-/// every connection, as X509_verify_cert's own last step does (`check_id`: `X509_check_host` with the same host
-/// flags, `X509_check_ip_asc`); when it does not match, the chain is verified in full, which fails with OpenSSL's
-/// own error. What else verification depends on is fixed for the context's life (its trust store: a reload builds
-/// a new context, with a new cache) or is the time, which the entry's expiry covers: never later than the earliest
-/// notAfter in the verified chain, never more than `lifetime` after the verification. The server still proves on
-/// every handshake that it holds the leaf's key (its CertificateVerify is checked by the handshake, not here).
+/// the verification flags, depth and security (auth) level. The name or address the connection asked for is
+/// checked against the leaf on every connection, as X509_verify_cert's own last step does (`check_id`:
+/// `X509_check_host` with the same host flags; the address with `X509_check_ip_asc`); when it does not match, the
+/// chain is verified in full, which fails with OpenSSL's own error. The server still proves on every handshake that
+/// it holds the leaf's key (its CertificateVerify is checked by the handshake, not here).
+///
+/// What else X509_verify_cert depends on is fixed for the context's life, as the contexts of this module are built:
+/// the trust store (a reload builds a new context, with a new cache), the purpose and trust (libssl's
+/// "ssl_server" for every connection), no policies, no DANE, no Certificate Transparency, no verify callback; and
+/// the time, which the entry's expiry covers: never later than the earliest notAfter in the verified chain, never
+/// more than `lifetime` after the verification. A connection that asks for an email check is verified in full. On
+/// a hit, libssl keeps no verified chain and no peer name for the connection (`SSL_get0_verified_chain`,
+/// `SSL_get0_peername` are nil); nothing here reads them, and Certificate Transparency, which would, is off.
 final class VerificationCache: Sendable {
     struct Key: Hashable, Sendable {
         let digest: [UInt8]
@@ -26,19 +32,28 @@ final class VerificationCache: Sendable {
 
     private struct State {
         var expiries: [Key: Int64] = [:]
+        /// No entry expires before this (Unix seconds): a full cache has nothing to drop until then.
+        var earliestExpiry = Int64.max
         var hits = 0
     }
 
-    /// Entries kept at most; when full, expired entries go first, then the one expiring soonest.
+    /// Entries kept at most; when full, expired entries make room, and without any a new chain is not kept.
     let capacity: Int
     /// Seconds an entry is trusted after its verification, at most.
     let lifetime: Int64
     private let state = NIOLockedValueBox(State())
 
-    init(capacity: Int = 1024, lifetime: Int64 = 600) {
+    /// The time (Unix seconds); tests set it.
+    private let clock: @Sendable () -> Int64
+
+    init(capacity: Int = 1024, lifetime: Int64 = 600, clock: @escaping @Sendable () -> Int64 = { Int64(time(nil)) }) {
         self.capacity = capacity
         self.lifetime = lifetime
+        self.clock = clock
     }
+
+    /// Each entry's expiry (for tests).
+    var expiries: [Int64] { state.withLockedValue { Array($0.expiries.values) } }
 
     /// Connections whose chain was taken from the cache.
     var hits: Int { state.withLockedValue { $0.hits } }
@@ -62,12 +77,14 @@ final class VerificationCache: Sendable {
         guard expiry > now, capacity > 0 else { return }
         state.withLockedValue { state in
             if state.expiries[key] == nil && state.expiries.count >= capacity {
+                // Full: only expired entries make room (a scan at most once per expiry, not per chain).
+                guard now >= state.earliestExpiry else { return }
                 state.expiries = state.expiries.filter { $0.value > now }
-                if state.expiries.count >= capacity, let soonest = state.expiries.min(by: { $0.value < $1.value }) {
-                    state.expiries[soonest.key] = nil
-                }
+                state.earliestExpiry = state.expiries.values.min() ?? Int64.max
+                guard state.expiries.count < capacity else { return }
             }
             state.expiries[key] = expiry
+            state.earliestExpiry = min(state.earliestExpiry, expiry)
         }
     }
 
@@ -75,7 +92,7 @@ final class VerificationCache: Sendable {
     /// X509_verify_cert, unless the same chain passed it for the same name recently.
     func verify(_ storeContext: OpaquePointer) -> Int32 {
         guard let key = Self.key(storeContext) else { return X509_verify_cert(storeContext) }
-        let now = Int64(time(nil))
+        let now = clock()
         if contains(key, now: now), Self.leafMatchesName(storeContext) {
             state.withLockedValue { $0.hits += 1 }
             X509_STORE_CTX_set_error(storeContext, X509_V_OK)
@@ -121,7 +138,8 @@ final class VerificationCache: Sendable {
     /// is verified as usual).
     static func key(_ storeContext: OpaquePointer) -> Key? {
         guard let untrusted = X509_STORE_CTX_get0_untrusted(storeContext),
-            let parameters = X509_STORE_CTX_get0_param(storeContext)
+            let parameters = X509_STORE_CTX_get0_param(storeContext),
+            X509_VERIFY_PARAM_get0_email(parameters) == nil
         else { return nil }
         var input: [UInt8] = []
         input.reserveCapacity(4096)
@@ -130,6 +148,7 @@ final class VerificationCache: Sendable {
         }
         append(UInt64(X509_VERIFY_PARAM_get_flags(parameters)))
         append(UInt64(bitPattern: Int64(X509_VERIFY_PARAM_get_depth(parameters))))
+        append(UInt64(bitPattern: Int64(X509_VERIFY_PARAM_get_auth_level(parameters))))
         let count = OPENSSL_sk_num(untrusted)
         append(UInt64(count))
         for index in 0..<count {

@@ -465,6 +465,20 @@ struct HandshakePKI {
         #expect(verifyResult(try connect(clientContext, to: "alpha.test", chain: gamma.0, key: gamma.1))
             == "hostname mismatch")
         #expect(clientContext.chainsVerifiedFromCache == 4)
+        // The cached chain's leaf without its intermediate is another chain: verified, and refused.
+        let pem = try String(contentsOfFile: gamma.0, encoding: .utf8)
+        let end = try #require(pem.range(of: "-----END CERTIFICATE-----\n"))
+        let leafOnly = pki.directory.appendingPathComponent("gamma-leaf-only-\(UUID().uuidString).pem").path
+        try String(pem[..<end.upperBound]).write(toFile: leafOnly, atomically: true, encoding: .utf8)
+        #expect(verifyResult(try connect(clientContext, to: "gamma.test", chain: leafOnly, key: gamma.1))
+            == "unable to get local issuer certificate")
+        // So is the leaf sent with another certificate (the root) in place of its intermediate.
+        let otherSecond = pki.directory.appendingPathComponent("gamma-with-root-\(UUID().uuidString).pem").path
+        try (String(pem[..<end.upperBound]) + String(contentsOfFile: pki.ca, encoding: .utf8))
+            .write(toFile: otherSecond, atomically: true, encoding: .utf8)
+        #expect(verifyResult(try connect(clientContext, to: "gamma.test", chain: otherSecond, key: gamma.1))
+            == "unable to get local issuer certificate")
+        #expect(clientContext.chainsVerifiedFromCache == 4)
     }
 
     @Test func anotherCertificateForACachedNameIsVerifiedAgain() throws {

@@ -1,3 +1,4 @@
+import Foundation
 @testable import OpenSSLTLS
 import Testing
 
@@ -29,15 +30,31 @@ import Testing
         #expect(!cache.contains(a, now: 99))
     }
 
-    @Test func whenFullTheExpiredGoFirstThenTheSoonestToExpire() {
+    @Test func whenFullOnlyExpiredEntriesMakeRoom() {
         let cache = VerificationCache(capacity: 2, lifetime: 600)
         cache.remember(a, notAfter: 100, now: 0)
         cache.remember(b, notAfter: 200, now: 0)
         cache.remember(c, notAfter: 300, now: 0)
-        #expect(!cache.contains(a, now: 1) && cache.contains(b, now: 1) && cache.contains(c, now: 1))
-        // At 250 b has expired: it makes room, c stays.
-        cache.remember(a, notAfter: 400, now: 250)
+        #expect(cache.contains(a, now: 1) && cache.contains(b, now: 1) && !cache.contains(c, now: 1))
+        // At 150 a has expired: it makes room for c; b stays.
+        cache.remember(c, notAfter: 300, now: 150)
         #expect(cache.count == 2)
-        #expect(cache.contains(a, now: 251) && cache.contains(c, now: 251))
+        #expect(cache.contains(b, now: 151) && cache.contains(c, now: 151))
+    }
+
+    @Test func aVerifiedChainIsKeptUntilItsEarliestNotAfter() throws {
+        let handshakes = try InMemoryHandshakeTests()
+        var configuration = OpenSSLContext.Configuration(role: .client)
+        configuration.trustSystemStore = false
+        configuration.additionalTrustFile = handshakes.pki.ca
+        configuration.verificationCacheLifetime = 100 * 365 * 86_400
+        let context = try OpenSSLContext(configuration: configuration)
+        #expect(try handshakes.connect(context, to: "localhost") == .complete)
+        // The chain verified: the server's certificate and the CA it chains to.
+        let certificates = try [handshakes.pki.serverChain, handshakes.pki.ca].flatMap { path in
+            try OpenSSLCertificate.chain(pem: Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+        }
+        let earliest = try #require(certificates.map(\.notAfter).min())
+        #expect(context.verificationCache?.expiries == [earliest])
     }
 }
