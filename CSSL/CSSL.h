@@ -33,4 +33,10 @@ static inline int CSSL_MBSTRING_UTF8(void) { return MBSTRING_UTF8; }
 static inline unsigned long CSSL_XN_FLAG_ONELINE_UTF8(void) { return XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB; }
 static inline void CSSL_BIO_set_retry_read(BIO *bio) { BIO_set_retry_read(bio); }
 static inline void CSSL_BIO_clear_retry_flags(BIO *bio) { BIO_clear_retry_flags(bio); }
+/// Client session caching by the application only (SSL_CTX_set_session_cache_mode is a macro).
+static inline void CSSL_SSL_CTX_cache_client_sessions_externally(SSL_CTX *ctx) {
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+}
+/// A new index for an SSL's ex_data (SSL_get_ex_new_index is a macro).
+static inline int CSSL_SSL_get_ex_new_index(void) { return SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
 #endif

@@ -43,14 +43,28 @@ public final class OpenSSLConnection {
     /// Server, with a context whose ALPN is chosen per connection: the protocol to answer, length-prefixed
     /// (`[0]` declines ALPN); read by the selection callback through the SSL's app data. Owned here.
     private var alpnAnswer: UnsafeMutableBufferPointer<UInt8>?
+    /// Client: the key this connection's session is kept and looked up under (nil: no resumption): the caller's
+    /// key with the name verified, so that a session is never offered for a name it was not verified for
+    /// (OpenSSL would offer it, and a server may accept it).
+    private let sessionKey: String?
+    private var resumptionCounted = false
+    /// When the server of the session offered for resumption was verified (its full handshake).
+    private var offeredSessionVerifiedAt: Int64?
+
+    /// The SSL ex_data slot that points back to the connection (for the new-session callback).
+    static let connectionIndex: Int32 = CSSL_SSL_get_ex_new_index()
 
     /// - Parameter serverName: client only: the name or IP address to verify, and (names only) the SNI sent.
     /// - Parameter choosesCertificate: server only: pause the handshake for `provideCertificate` even when
     ///   the context has no certificate provider (the handler has its own for this connection).
     /// - Parameter alpn: client only: the protocols this connection offers, in place of the context's (`[]`:
     ///   none); nil keeps the context's.
+    /// - Parameter sessionKey: client only: resume a session kept under this key (and `serverName`, which is
+    ///   always part of it), if the context keeps sessions and has one, and keep this connection's sessions under
+    ///   it. It names what else a session may be reused for: the destination.
     public init(
-        context: OpenSSLContext, serverName: String? = nil, choosesCertificate: Bool = false, alpn: [String]? = nil
+        context: OpenSSLContext, serverName: String? = nil, choosesCertificate: Bool = false, alpn: [String]? = nil,
+        sessionKey: String? = nil
     ) throws(OpenSSLError) {
         OpenSSLError.clearQueue()
         guard let ssl = SSL_new(context.pointer) else { throw OpenSSLError.drain(operation: "creating a TLS connection") }
@@ -66,6 +80,7 @@ public final class OpenSSLConnection {
         self.context = context
         self.ssl = ssl
         self.network = network
+        self.sessionKey = context.configuration.role == .client ? sessionKey.map { "\(serverName ?? "")\n\($0)" } : nil
 
         switch context.configuration.role {
         case .server:
@@ -84,6 +99,16 @@ public final class OpenSSLConnection {
                 let wire = OpenSSLContext.alpnWireFormat(alpn)
                 guard SSL_set_alpn_protos(ssl, wire, UInt32(wire.count)) == 0 else {
                     throw OpenSSLError.drain(operation: "setting the ALPN protocols")
+                }
+            }
+            if let sessionKey = self.sessionKey, let sessions = context.sessionCache {
+                // The SSL is ours, so the unretained pointer to self lives exactly as long as the callback can run.
+                SSL_set_ex_data(ssl, Self.connectionIndex, Unmanaged.passUnretained(self).toOpaque())
+                if let (session, verifiedAt) = sessions.take(sessionKey, now: Int64(time(nil))) {
+                    // The SSL takes a reference of its own; the cache's is released.
+                    SSL_set_session(ssl, session)
+                    SSL_SESSION_free(session)
+                    offeredSessionVerifiedAt = verifiedAt
                 }
             }
         }
@@ -189,7 +214,13 @@ public final class OpenSSLConnection {
     public func doHandshake() -> HandshakeResult {
         OpenSSLError.clearQueue()
         let result = SSL_do_handshake(ssl)
-        if result == 1 { return .complete }
+        if result == 1 {
+            if sessionKey != nil && !resumptionCounted && SSL_session_reused(ssl) == 1 {
+                resumptionCounted = true
+                context.sessionCache?.noteResumption()
+            }
+            return .complete
+        }
         switch SSL_get_error(ssl, result) {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
             return .incomplete
@@ -302,4 +333,30 @@ extension OpenSSLConnection: Sendable {}
 private func certificateCallback(_ ssl: OpaquePointer?, _ argument: UnsafeMutableRawPointer?) -> Int32 {
     guard let argument else { return 0 }
     return Unmanaged<OpenSSLConnection>.fromOpaque(argument).takeUnretainedValue().chooseCertificate()
+}
+
+extension OpenSSLConnection {
+    /// Client: whether the handshake resumed a session rather than verifying the server again.
+    public var sessionReused: Bool { SSL_session_reused(ssl) == 1 }
+
+    /// A session the server sent on this connection (after a handshake that verified it): a copy is kept under
+    /// the connection's session key. A copy, because OpenSSL marks the connection's own session as not resumable
+    /// when the connection ends without close_notify, which neither TLS 1.3 (RFC 8446 §6.1) nor TLS 1.2 asks for
+    /// and which an upstream or a client ending the connection any other way would do.
+    fileprivate func keep(_ session: OpaquePointer) {
+        guard let sessionKey, let sessions = context.sessionCache, SSL_SESSION_is_resumable(session) == 1,
+            SSL_get_verify_result(ssl) == Int(X509_V_OK), let copy = SSL_SESSION_dup(session)
+        else { return }
+        let now = Int64(time(nil))
+        // A resumed connection's sessions stand for the verification the one it resumed stood for.
+        let verifiedAt = sessionReused ? offeredSessionVerifiedAt ?? now : now
+        sessions.store(copy, key: sessionKey, now: now, verifiedAt: verifiedAt)
+    }
+}
+
+/// `SSL_CTX_sess_set_new_cb`'s function. 0: OpenSSL keeps its reference (the cache holds a copy).
+func newClientSession(_ ssl: OpaquePointer?, _ session: OpaquePointer?) -> Int32 {
+    guard let ssl, let session, let connection = SSL_get_ex_data(ssl, OpenSSLConnection.connectionIndex) else { return 0 }
+    Unmanaged<OpenSSLConnection>.fromOpaque(connection).takeUnretainedValue().keep(session)
+    return 0
 }

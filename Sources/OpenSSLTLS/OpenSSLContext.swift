@@ -42,6 +42,10 @@ public final class OpenSSLContext: @unchecked Sendable {
         /// checking it again (never past its earliest notAfter); the name is checked against it on every
         /// connection. 0 verifies every chain in full.
         public var verificationCacheLifetime: Int64 = 600
+        /// Client: seconds a session from a server is kept for the next connection with the same session key
+        /// (`OpenSSLConnection`'s `sessionKey`), at most (the server's ticket lifetime hint can shorten it); 0
+        /// resumes nothing.
+        public var sessionLifetime: Int64 = 600
         /// Server only: the protocol answered to each client's ALPN offer is set per connection
         /// (`OpenSSLConnection.answerALPN`), not chosen from `alpn`.
         public var alpnChosenPerConnection = false
@@ -56,6 +60,8 @@ public final class OpenSSLContext: @unchecked Sendable {
     /// Client, verifying: chains verified recently (the context's verify callback reads it; every connection holds
     /// the context, so it outlives them).
     let verificationCache: VerificationCache?
+    /// Client: sessions to resume, by session key (the new-session callback fills it through the connection).
+    let sessionCache: SessionCache?
     /// Server: the ALPN list in wire format, behind a 2-byte length; read by the selection callback.
     private let alpnServerList: UnsafeMutableBufferPointer<UInt8>?
 
@@ -70,6 +76,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         let cache = configuration.role == .client && configuration.verifyPeer && configuration.verificationCacheLifetime > 0
             ? VerificationCache(lifetime: configuration.verificationCacheLifetime) : nil
         self.verificationCache = cache
+        let sessions = configuration.role == .client && configuration.sessionLifetime > 0
+            ? SessionCache(lifetime: configuration.sessionLifetime) : nil
+        self.sessionCache = sessions
         var serverList: UnsafeMutableBufferPointer<UInt8>? = nil
         do throws(OpenSSLError) {
             guard CSSL_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1 else {
@@ -95,6 +104,10 @@ public final class OpenSSLContext: @unchecked Sendable {
                 if let cache {
                     SSL_CTX_set_cert_verify_callback(context, verifyThroughCache, Unmanaged.passUnretained(cache).toOpaque())
                 }
+                if sessions != nil {
+                    CSSL_SSL_CTX_cache_client_sessions_externally(context)
+                    SSL_CTX_sess_set_new_cb(context, newClientSession)
+                }
             case .server:
                 try Self.configureServer(context, configuration)
                 if configuration.alpnChosenPerConnection {
@@ -115,6 +128,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         }
         self.alpnServerList = serverList
     }
+
+    /// Client: handshakes that resumed a kept session.
+    public var sessionsResumed: Int { sessionCache?.resumptions ?? 0 }
 
     /// Client: server chains accepted from the verification cache rather than verified again.
     public var chainsVerifiedFromCache: Int { verificationCache?.hits ?? 0 }

@@ -57,14 +57,16 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         serverName: String? = nil,
         certificateProvider: OpenSSLContext.CertificateProvider? = nil,
         alpn: [String]? = nil,
-        alpnAnswer: String? = nil
+        alpnAnswer: String? = nil,
+        sessionKey: String? = nil
     ) throws(OpenSSLError) {
         let isServer = context.configuration.role == .server
         self.connection = try OpenSSLConnection(
             context: context,
             serverName: serverName,
             choosesCertificate: isServer && certificateProvider != nil,
-            alpn: isServer ? nil : alpn
+            alpn: isServer ? nil : alpn,
+            sessionKey: isServer ? nil : sessionKey
         )
         if isServer && context.configuration.alpnChosenPerConnection {
             connection.answerALPN(with: alpnAnswer)
@@ -73,6 +75,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     public var negotiatedProtocol: String? { connection.negotiatedProtocol }
+    /// Client: whether the handshake resumed a session.
+    public var sessionReused: Bool { connection.sessionReused }
 
     /// Server with `alpnChosenPerConnection`: the protocol to answer the client's ALPN offer with (nil: none).
     /// Takes effect if set before OpenSSL answers ALPN, which it does after the certificate callback.

@@ -94,6 +94,22 @@ import Testing
         #expect(actions[0]["response_body_bytes"] as? Int == 18)
     }
 
+    @Test func theNextConnectionToAnUpstreamResumesItsTLSSession() throws {
+        let setup = try setUp()
+        var answers: [String] = []
+        for _ in 0..<3 {
+            let result = try curl(setup, ["https://localhost:\(setup.originPort)/tls-session"])
+            #expect(result.status == 0, "\(result.stderr)")
+            answers.append(result.stdout)
+        }
+        // Each curl is a connection (and a CONNECT) of its own; the proxy's upstream connections after the first
+        // resume the session the origin gave the one before.
+        #expect(answers == ["full handshake", "resumed", "resumed"])
+        let actions = try setup.waitForActions(3)
+        #expect(actions.allSatisfy { $0["intercepted"] as? Bool == true && $0["status"] as? Int == 200 })
+        #expect(Set(actions.compactMap { $0["connection_id"] as? String }).count == 3)
+    }
+
     /// Requests sent back to back before any answer (pipelining) are held while the one before them is
     /// answered, then each is forwarded, answered in order and reported.
     @Test func pipelinedRequestsAreAnsweredInOrderAndEachReported() throws {

@@ -18,6 +18,8 @@ Modes:
                 GET /hangup         -> no response: the connection closes (over TLS: no close_notify;
                                        ?reset=1 by a TCP reset; ?wait=1 prints "GOT /hangup?wait=1" and
                                        closes only once the peer has)
+                GET /tls-session    -> "resumed\n" when this connection's TLS session was resumed, else
+                                       "full handshake\n"
                 GET|POST /flaky     -> on a connection's first request "fresh connection\n"; on a later one
                                        no response: the connection closes (as an origin closing an idle
                                        keep-alive connection as a request arrives)
@@ -135,6 +137,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.flaky():
+            return
+        if self.path.startswith("/tls-session"):
+            resumed = isinstance(self.connection, ssl.SSLSocket) and self.connection.session_reused
+            self.reply(200, "resumed\n" if resumed else "full handshake\n")
             return
         if self.path.startswith("/ws") and self.headers.get("Upgrade", "").lower() == "websocket":
             self.websocket()

@@ -507,4 +507,53 @@ struct HandshakePKI {
         for _ in 0..<2 { #expect(try connect(clientContext, to: "localhost") == .complete) }
         #expect(clientContext.chainsVerifiedFromCache == 0)
     }
+
+    // MARK: session resumption
+
+    /// A new connection of `clientContext` with `key`: the handshake, then data from the server (the client takes
+    /// the server's tickets in with it). Whether it resumed a session; nil when the handshake failed.
+    func resumes(
+        _ clientContext: OpenSSLContext, _ serverContext: OpenSSLContext, name: String = "localhost", key: String?
+    ) throws -> Bool? {
+        let client = try OpenSSLConnection(context: clientContext, serverName: name, sessionKey: key)
+        let server = try OpenSSLConnection(context: serverContext)
+        guard handshake(client, server).0 == .complete else { return nil }
+        try server.write(ByteBuffer(string: "x")).get()
+        pass(server, to: client)
+        #expect(readText(client) == "x")
+        return client.sessionReused
+    }
+
+    @Test func aSessionIsResumedByTheNextConnectionWithTheSameKey() throws {
+        let clientContext = try client()
+        let serverContext = try server()
+        #expect(try resumes(clientContext, serverContext, key: "a") == false)
+        #expect(try resumes(clientContext, serverContext, key: "a") == true)
+        // The resumed connection brought fresh tickets: the next one resumes too.
+        #expect(try resumes(clientContext, serverContext, key: "a") == true)
+        // Another key (another destination, name or ALPN offer), or none: a full handshake.
+        #expect(try resumes(clientContext, serverContext, key: "b") == false)
+        #expect(try resumes(clientContext, serverContext, key: nil) == false)
+        #expect(clientContext.sessionsResumed == 2)
+    }
+
+    @Test func aSessionKeptUnderAKeyIsNotOfferedForAnotherName() throws {
+        let clientContext = try client()
+        let serverContext = try server()
+        #expect(try resumes(clientContext, serverContext, key: "a") == false)
+        // The same key for another name: the session was verified for localhost only, so it is not offered (OpenSSL
+        // would offer it, and this server would accept it); the full handshake verifies the name, and refuses it.
+        #expect(try resumes(clientContext, serverContext, name: "other.example", key: "a") == nil)
+        #expect(clientContext.sessionsResumed == 0)
+    }
+
+    @Test func withoutASessionLifetimeNothingIsResumed() throws {
+        var configuration = OpenSSLContext.Configuration(role: .client)
+        configuration.trustSystemStore = false
+        configuration.additionalTrustFile = pki.ca
+        configuration.sessionLifetime = 0
+        let clientContext = try OpenSSLContext(configuration: configuration)
+        let serverContext = try server()
+        for _ in 0..<2 { #expect(try resumes(clientContext, serverContext, key: "a") == false) }
+    }
 }

@@ -264,9 +264,12 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             let upstreamPipeline = tunnel.upstream.pipeline.syncOperations
             // ALPN mirrored: the upstream is offered what the client offered (less what cannot be relayed), and
             // the client is answered with exactly what the upstream chose, or no ALPN when it chose none.
+            // A session from an earlier connection is resumed only by a connection to the same destination, for the
+            // same name, with the same ALPN offer.
+            let offer = inspection.upstreamOffer(forClientOffer: hello.alpn) ?? []
             let upstreamTLS = try OpenSSLTLSHandler(
-                context: inspection.upstreamTLS, serverName: upstreamName,
-                alpn: inspection.upstreamOffer(forClientOffer: hello.alpn) ?? [])
+                context: inspection.upstreamTLS, serverName: upstreamName, alpn: offer,
+                sessionKey: "\(tunnel.destination.host) \(tunnel.destination.port) \(upstreamName) \(offer.joined(separator: ","))")
             try upstreamPipeline.addHandler(upstreamTLS)
             handlers = NIOLoopBound(TLSPair(upstream: upstreamTLS), eventLoop: context.eventLoop)
             // The HTTP handlers come once the upstream has chosen the protocol (HTTP/1.1 or HTTP/2).
