@@ -31,31 +31,42 @@ final class SessionCache: @unchecked Sendable {
     }
 
     private struct State {
-        var entries: [String: Entry] = [:]
+        /// Per key, oldest first.
+        var entries: [String: [Entry]] = [:]
+        var total = 0
         var resumptions = 0
     }
 
+    /// Sessions kept at most, all keys together; when full, expired ones make room, and without any a new one is
+    /// not kept.
     let capacity: Int
+    /// Sessions kept per key at most (the oldest goes): enough for connections opened together, each of which
+    /// needs one of its own (a server sends two or so per connection).
+    let perKey: Int
     let lifetime: Int64
     private let state = NIOLockedValueBox(State())
 
-    init(capacity: Int = 1024, lifetime: Int64 = 600) {
+    init(capacity: Int = 1024, perKey: Int = 8, lifetime: Int64 = 600) {
         self.capacity = capacity
+        self.perKey = perKey
         self.lifetime = lifetime
     }
 
     deinit {
         state.withLockedValue { state in
-            for entry in state.entries.values { SSL_SESSION_free(entry.session) }
+            for entries in state.entries.values {
+                for entry in entries { SSL_SESSION_free(entry.session) }
+            }
             state.entries = [:]
+            state.total = 0
         }
     }
 
-    var count: Int { state.withLockedValue { $0.entries.count } }
+    var count: Int { state.withLockedValue { $0.total } }
     /// Connections that resumed a session from here.
     var resumptions: Int { state.withLockedValue { $0.resumptions } }
 
-    /// Keeps `session` (taking the caller's reference) for the next connection with `key`; `verifiedAt` is when
+    /// Keeps `session` (taking the caller's reference) for a next connection with `key`; `verifiedAt` is when
     /// the full handshake it descends from verified the server.
     func store(_ session: OpaquePointer, key: String, now: Int64, verifiedAt: Int64) {
         let hint = Int64(SSL_SESSION_get_ticket_lifetime_hint(session))
@@ -67,38 +78,56 @@ final class SessionCache: @unchecked Sendable {
         }
         var released: [OpaquePointer] = []
         state.withLockedValue { state in
-            if let old = state.entries[key] {
-                released.append(old.session)
-            } else if state.entries.count >= capacity {
+            var kept = state.entries[key] ?? []
+            if kept.count >= perKey {
+                released.append(kept.removeFirst().session)
+                state.total -= 1
+            } else if state.total >= capacity {
                 // Full: expired sessions make room; without any, this one is not kept.
-                for (oldKey, old) in state.entries where old.expiry <= now {
-                    released.append(old.session)
-                    state.entries[oldKey] = nil
+                for (otherKey, entries) in state.entries {
+                    let (live, expired) = (entries.filter { $0.expiry > now }, entries.filter { $0.expiry <= now })
+                    guard !expired.isEmpty else { continue }
+                    released += expired.map(\.session)
+                    state.total -= expired.count
+                    state.entries[otherKey] = live.isEmpty ? nil : live
                 }
-                guard state.entries.count < capacity else {
+                kept = (state.entries[key] ?? [])
+                guard state.total < capacity else {
                     released.append(session)
                     return
                 }
             }
-            state.entries[key] = Entry(session: session, expiry: expiry, verifiedAt: verifiedAt)
+            kept.append(Entry(session: session, expiry: expiry, verifiedAt: verifiedAt))
+            state.entries[key] = kept
+            state.total += 1
         }
         for session in released { SSL_SESSION_free(session) }
     }
 
-    /// The session kept for `key`, removed (the caller frees it once set on its SSL), with when the server was
-    /// verified; nil when there is none or it has expired.
+    /// The newest session kept for `key`, removed (the caller frees it once set on its SSL), with when the server
+    /// was verified; nil when there is none that has not expired.
     func take(_ key: String, now: Int64) -> (session: OpaquePointer, verifiedAt: Int64)? {
-        let entry = state.withLockedValue { $0.entries.removeValue(forKey: key) }
-        guard let entry else { return nil }
-        guard now < entry.expiry else {
-            SSL_SESSION_free(entry.session)
-            return nil
+        var released: [OpaquePointer] = []
+        let found = state.withLockedValue { state -> Entry? in
+            guard var kept = state.entries[key] else { return nil }
+            var found: Entry? = nil
+            while let newest = kept.popLast() {
+                state.total -= 1
+                if now < newest.expiry {
+                    found = newest
+                    break
+                }
+                released.append(newest.session)
+            }
+            state.entries[key] = kept.isEmpty ? nil : kept
+            return found
         }
-        return (entry.session, entry.verifiedAt)
+        for session in released { SSL_SESSION_free(session) }
+        return found.map { ($0.session, $0.verifiedAt) }
     }
 
-    /// When the server of the session kept for `key` was verified (for tests).
-    func verifiedAt(_ key: String) -> Int64? { state.withLockedValue { $0.entries[key]?.verifiedAt } }
+    /// When the server of the newest session kept for `key` was verified (for tests).
+    func verifiedAt(_ key: String) -> Int64? { state.withLockedValue { $0.entries[key]?.last?.verifiedAt } }
 
     func noteResumption() { state.withLockedValue { $0.resumptions += 1 } }
 }

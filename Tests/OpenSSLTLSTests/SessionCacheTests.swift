@@ -17,21 +17,37 @@ import Testing
 
     var now: Int64 { Int64(Date().timeIntervalSince1970) }
 
-    /// A session from a new full handshake (the cache's own copy, now the caller's).
+    /// A session from a new connection (the cache's own copy, now the caller's).
     func freshSession() throws -> OpaquePointer {
-        #expect(try handshakes.resumes(clientContext, serverContext, key: "fresh") == false)
+        #expect(try handshakes.resumes(clientContext, serverContext, key: "fresh") != nil)
         let cache = try #require(clientContext.sessionCache)
         return try #require(cache.take("localhost\nfresh", now: now)).session
     }
 
-    @Test func aSessionIsKeptUnderTheNameAndKeyAndTakenOnce() throws {
+    @Test func eachSessionIsKeptUnderTheNameAndKeyAndTakenOnce() throws {
         #expect(try handshakes.resumes(clientContext, serverContext, key: "a") == false)
         let cache = try #require(clientContext.sessionCache)
-        #expect(cache.count == 1)
-        let (session, verifiedAt) = try #require(cache.take("localhost\na", now: now))
+        // The server sent two tickets: two sessions, for two connections.
+        #expect(cache.count == 2)
+        let first = try #require(cache.take("localhost\na", now: now))
+        let second = try #require(cache.take("localhost\na", now: now))
+        #expect(first.session != second.session)
         #expect(cache.take("localhost\na", now: now) == nil)
-        cache.store(session, key: "localhost\na", now: now, verifiedAt: verifiedAt)
-        #expect(cache.count == 1)
+        #expect(cache.take("a", now: now) == nil)
+        cache.store(first.session, key: "localhost\na", now: now, verifiedAt: first.verifiedAt)
+        cache.store(second.session, key: "localhost\na", now: now, verifiedAt: second.verifiedAt)
+        #expect(cache.count == 2)
+    }
+
+    @Test func theNewestSessionsAreKeptPerKey() throws {
+        let cache = SessionCache(perKey: 2, lifetime: 600)
+        for marker in Int64(1)...3 { cache.store(try freshSession(), key: "k", now: 0, verifiedAt: marker) }
+        #expect(cache.count == 2)
+        #expect(cache.take("k", now: 1)?.verifiedAt == 3)
+        let second = try #require(cache.take("k", now: 1))
+        #expect(second.verifiedAt == 2)
+        #expect(cache.take("k", now: 1) == nil)
+        cache.store(second.session, key: "k", now: 1, verifiedAt: 2)
     }
 
     @Test func aSessionIsNotTakenAfterItsLifetime() throws {
@@ -45,13 +61,18 @@ import Testing
         #expect(try handshakes.resumes(clientContext, serverContext, key: "a") == false)
         let cache = try #require(clientContext.sessionCache)
         let verified = try #require(cache.verifiedAt("localhost\na"))
-        // The session is put back as if verified 590 s ago: the resumed connection's new sessions keep that time,
+        // The sessions are put back as if verified 590 s ago: the resumed connection's new sessions keep that time,
         // so they are gone 10 minutes after it, not after their own arrival.
-        let (session, _) = try #require(cache.take("localhost\na", now: now))
-        cache.store(session, key: "localhost\na", now: now, verifiedAt: verified - 590)
+        let first = try #require(cache.take("localhost\na", now: now))
+        let second = try #require(cache.take("localhost\na", now: now))
+        cache.store(first.session, key: "localhost\na", now: now, verifiedAt: verified - 590)
+        cache.store(second.session, key: "localhost\na", now: now, verifiedAt: verified - 590)
         #expect(try handshakes.resumes(clientContext, serverContext, key: "a") == true)
+        // One left, and the one the resumed connection brought.
+        #expect(cache.count == 2)
         #expect(cache.verifiedAt("localhost\na") == verified - 590)
         #expect(cache.take("localhost\na", now: verified + 11) == nil)
+        #expect(cache.count == 0)
     }
 
     @Test func whenFullOnlyExpiredSessionsMakeRoom() throws {
