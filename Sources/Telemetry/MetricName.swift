@@ -39,6 +39,9 @@ public struct MetricName: Sendable, Hashable {
     public static let upstreamVerificationFailures = MetricName(
         name: "kaizen_egress_upstream_verification_failures_total", type: "counter", labels: [],
         help: "Inspected connections whose upstream failed certificate verification (never shown to the client as trusted).")
+    public static let upstreamHandshakes = MetricName(
+        name: "kaizen_egress_upstream_tls_handshakes_total", type: "counter", labels: ["kind"],
+        help: "Inspected connections' TLS handshakes with their upstream: full (its certificate verified) or resumed (a session from an earlier verified handshake).")
     public static let interceptFailures = MetricName(
         name: "kaizen_egress_intercept_failures_total", type: "counter", labels: [],
         help: "Clients that refused the minted certificate (pinning, or the CA not trusted); the name then passes through.")
@@ -73,7 +76,7 @@ public struct MetricName: Sendable, Hashable {
     public static let all: [MetricName] = [
         .connections, .connectionsEnded, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
         .leafCache,
-        .upstreamVerificationFailures, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
+        .upstreamVerificationFailures, .upstreamHandshakes, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
         .dropped, .deliveryFailures, .controlPlaneReachable, .policyDecisions, .policyFetches,
     ]
 }

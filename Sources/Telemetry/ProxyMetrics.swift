@@ -29,6 +29,8 @@ public final class ProxyMetrics: Sendable {
     private let passthroughTunnels: Meter
     private let inspectedTunnels: Meter
     private let leafHits: Counter
+    private let fullUpstreamHandshakes: Counter
+    private let resumedUpstreamHandshakes: Counter
     private let leafMisses: Counter
     private let mintDuration: CoreMetrics.Timer
     private let mintFailures: Counter
@@ -70,6 +72,10 @@ public final class ProxyMetrics: Sendable {
         passthroughTunnels = Meter(label: MetricName.activeTunnels.name, dimensions: [("kind", "passthrough")], factory: factory)
         inspectedTunnels = Meter(label: MetricName.activeTunnels.name, dimensions: [("kind", "inspected")], factory: factory)
         leafHits = Counter(label: MetricName.leafCache.name, dimensions: [("result", "hit")], factory: factory)
+        fullUpstreamHandshakes = Counter(
+            label: MetricName.upstreamHandshakes.name, dimensions: [("kind", "full")], factory: factory)
+        resumedUpstreamHandshakes = Counter(
+            label: MetricName.upstreamHandshakes.name, dimensions: [("kind", "resumed")], factory: factory)
         leafMisses = Counter(label: MetricName.leafCache.name, dimensions: [("result", "miss")], factory: factory)
         mintDuration = CoreMetrics.Timer(label: MetricName.mintDuration.name, factory: factory)
         mintFailures = Counter(label: MetricName.mintFailures.name, factory: factory)
@@ -114,6 +120,9 @@ public final class ProxyMetrics: Sendable {
     // MARK: inspection
 
     public func leafLookup(hit: Bool) { (hit ? leafHits : leafMisses).increment() }
+    public func upstreamHandshake(resumed: Bool) {
+        (resumed ? resumedUpstreamHandshakes : fullUpstreamHandshakes).increment()
+    }
     public func leafMinted(since start: ContinuousClock.Instant) { mintDuration.record(since: start) }
     public func leafMintFailed() { mintFailures.increment() }
     public func upstreamVerificationFailed() { upstreamVerificationFailures.increment() }

@@ -108,6 +108,9 @@ import Testing
         let actions = try setup.waitForActions(3)
         #expect(actions.allSatisfy { $0["intercepted"] as? Bool == true && $0["status"] as? Int == 200 })
         #expect(Set(actions.compactMap { $0["connection_id"] as? String }).count == 3)
+        let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="full"}"#) == 1, "\(metrics)")
+        #expect(AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="resumed"}"#) == 2)
     }
 
     /// Requests sent back to back before any answer (pipelining) are held while the one before them is

@@ -114,8 +114,10 @@ final class InterceptedConnection {
     /// The upstream is verified and chose `negotiated` (ALPN): both sides get the HTTP handlers for it (the
     /// client's handshake has not started: its ClientHello is held until this is done), then the client's
     /// handshake may go on.
-    func upstreamHandshakeCompleted(negotiated: String?) {
+    /// - Parameter resumed: the upstream resumed a session of an earlier connection (verified then).
+    func upstreamHandshakeCompleted(negotiated: String?, resumed: Bool = false) {
         upstreamHandshakeDone = true
+        reporting.metrics?.upstreamHandshake(resumed: resumed)
         metadata.negotiatedProtocol = negotiated ?? "http/1.1"
         do {
             if negotiated == "h2" {

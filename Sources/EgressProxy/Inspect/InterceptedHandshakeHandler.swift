@@ -1,5 +1,6 @@
 import NIOCore
 import NIOTLS
+import OpenSSLTLS
 
 /// The only handler above each side's TLS while the upstream's handshake is under way: the HTTP handlers wait
 /// for the protocol the upstream chooses (ALPN), which is the one the client is answered with. Tells the
@@ -22,7 +23,8 @@ final class InterceptedHandshakeHandler: ChannelInboundHandler, RemovableChannel
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if side == .upstream, case TLSUserEvent.handshakeCompleted(let negotiated) = event {
             // Installs the HTTP handlers after this one and removes it.
-            connection.upstreamHandshakeCompleted(negotiated: negotiated)
+            let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLTLSHandler.self)
+            connection.upstreamHandshakeCompleted(negotiated: negotiated, resumed: tls?.sessionReused ?? false)
         } else {
             connection.lifecycleEvent(event, clientSide: side == .client, context: context)
         }
