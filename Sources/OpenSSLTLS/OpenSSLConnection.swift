@@ -48,8 +48,11 @@ public final class OpenSSLConnection {
     /// (OpenSSL would offer it, and a server may accept it).
     private let sessionKey: String?
     private var resumptionCounted = false
-    /// When the server of the session offered for resumption was verified (its full handshake).
-    private var offeredSessionVerifiedAt: Int64?
+    /// The authentication the session offered for resumption stands for.
+    private var offeredAuthentication: SessionCache.Authentication?
+    /// This connection's authentication of the server, fixed when its handshake completes (or, for a session that
+    /// comes before, when the first one comes): what the sessions it brings stand for.
+    private var authentication: SessionCache.Authentication?
 
     /// The SSL ex_data slot that points back to the connection (for the new-session callback).
     static let connectionIndex: Int32 = CSSL_SSL_get_ex_new_index()
@@ -80,7 +83,9 @@ public final class OpenSSLConnection {
         self.context = context
         self.ssl = ssl
         self.network = network
-        self.sessionKey = context.configuration.role == .client ? sessionKey.map { "\(serverName ?? "")\n\($0)" } : nil
+        // The name behind its length: no name and key can read as another.
+        self.sessionKey = context.configuration.role == .client
+            ? sessionKey.map { "\((serverName ?? "").utf8.count):\(serverName ?? "")\($0)" } : nil
 
         switch context.configuration.role {
         case .server:
@@ -104,11 +109,11 @@ public final class OpenSSLConnection {
             if let sessionKey = self.sessionKey, let sessions = context.sessionCache {
                 // The SSL is ours, so the unretained pointer to self lives exactly as long as the callback can run.
                 SSL_set_ex_data(ssl, Self.connectionIndex, Unmanaged.passUnretained(self).toOpaque())
-                if let (session, verifiedAt) = sessions.take(sessionKey, now: Int64(time(nil))) {
+                if let (session, authentication) = sessions.take(sessionKey, now: sessions.clock()) {
                     // The SSL takes a reference of its own; the cache's is released.
                     SSL_set_session(ssl, session)
                     SSL_SESSION_free(session)
-                    offeredSessionVerifiedAt = verifiedAt
+                    offeredAuthentication = authentication
                 }
             }
         }
@@ -215,9 +220,12 @@ public final class OpenSSLConnection {
         OpenSSLError.clearQueue()
         let result = SSL_do_handshake(ssl)
         if result == 1 {
-            if sessionKey != nil && !resumptionCounted && SSL_session_reused(ssl) == 1 {
-                resumptionCounted = true
-                context.sessionCache?.noteResumption()
+            if sessionKey != nil, let sessions = context.sessionCache {
+                if authentication == nil { authentication = currentAuthentication(now: sessions.clock()) }
+                if !resumptionCounted && SSL_session_reused(ssl) == 1 {
+                    resumptionCounted = true
+                    sessions.noteResumption()
+                }
             }
             return .complete
         }
@@ -345,13 +353,32 @@ extension OpenSSLConnection {
     /// and which an upstream or a client ending the connection any other way would do.
     fileprivate func keep(_ session: OpaquePointer) {
         guard let sessionKey, let sessions = context.sessionCache, SSL_SESSION_is_resumable(session) == 1,
-            SSL_get_verify_result(ssl) == Int(X509_V_OK), let copy = SSL_SESSION_dup(session)
+            SSL_SESSION_get_protocol_version(session) == TLS1_3_VERSION,
+            SSL_get_verify_result(ssl) == Int(X509_V_OK)
         else { return }
-        let now = Int64(time(nil))
-        // A resumed connection's sessions stand for the verification the one it resumed stood for.
-        let verifiedAt = sessionReused ? offeredSessionVerifiedAt ?? now : now
-        sessions.store(copy, key: sessionKey, now: now, verifiedAt: verifiedAt)
+        let now = sessions.clock()
+        if authentication == nil { authentication = currentAuthentication(now: now) }
+        guard let authentication, let copy = SSL_SESSION_dup(session) else { return }
+        sessions.store(copy, key: sessionKey, now: now, authentication: authentication)
     }
+
+    /// A resumed connection stands for the authentication of the session it resumed; a full handshake
+    /// authenticated the server now, with the certificates it sent.
+    private func currentAuthentication(now: Int64) -> SessionCache.Authentication? {
+        if sessionReused { return offeredAuthentication }
+        guard let chain = SSL_get_peer_cert_chain(ssl), OPENSSL_sk_num(chain) > 0 else { return nil }
+        var notAfter = Int64.max
+        for index in 0..<OPENSSL_sk_num(chain) {
+            guard let certificate = OPENSSL_sk_value(chain, index) else { return nil }
+            let end = OpenSSLCertificate.seconds(X509_get0_notAfter(OpaquePointer(certificate)))
+            guard end > 0 else { return nil }
+            notAfter = min(notAfter, end)
+        }
+        return .init(at: now, notAfter: notAfter)
+    }
+
+    /// Server: sends the client a new session ticket now (tests: a ticket that comes late in a connection).
+    func sendSessionTicket() -> Bool { SSL_new_session_ticket(ssl) == 1 }
 }
 
 /// `SSL_CTX_sess_set_new_cb`'s function. 0: OpenSSL keeps its reference (the cache holds a copy).

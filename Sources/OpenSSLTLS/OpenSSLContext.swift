@@ -46,6 +46,10 @@ public final class OpenSSLContext: @unchecked Sendable {
         /// (`OpenSSLConnection`'s `sessionKey`), at most (the server's ticket lifetime hint can shorten it); 0
         /// resumes nothing.
         public var sessionLifetime: Int64 = 600
+        /// The time (Unix seconds) the session cache reads; tests set it.
+        var clock: @Sendable () -> Int64 = { Int64(time(nil)) }
+        /// TLS 1.2 at most (tests of the TLS 1.2 paths).
+        var tls12Only = false
         /// Server only: the protocol answered to each client's ALPN offer is set per connection
         /// (`OpenSSLConnection.answerALPN`), not chosen from `alpn`.
         public var alpnChosenPerConnection = false
@@ -77,12 +81,15 @@ public final class OpenSSLContext: @unchecked Sendable {
             ? VerificationCache(lifetime: configuration.verificationCacheLifetime) : nil
         self.verificationCache = cache
         let sessions = configuration.role == .client && configuration.sessionLifetime > 0
-            ? SessionCache(lifetime: configuration.sessionLifetime) : nil
+            ? SessionCache(lifetime: configuration.sessionLifetime, clock: configuration.clock) : nil
         self.sessionCache = sessions
         var serverList: UnsafeMutableBufferPointer<UInt8>? = nil
         do throws(OpenSSLError) {
             guard CSSL_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1 else {
                 throw OpenSSLError.drain(operation: "setting TLS 1.2 as the minimum version")
+            }
+            if configuration.tls12Only && CSSL_SSL_CTX_set_max_proto_version(context, TLS1_2_VERSION) != 1 {
+                throw OpenSSLError.drain(operation: "setting TLS 1.2 as the maximum version")
             }
             // TLS 1.3 suites, AES-128-GCM first (OpenSSL's default puts AES-256-GCM first): every inspected byte is
             // decrypted and encrypted again here, and AES-128's 10 rounds cost less than AES-256's 14, for the

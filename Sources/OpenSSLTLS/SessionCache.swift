@@ -5,18 +5,20 @@ import NIOConcurrencyHelpers
 import Glibc
 #endif
 
-/// TLS sessions a client context's connections got from their servers (TLS 1.3 tickets, TLS 1.2 sessions), by the
-/// destination they were made with, so that the next connection to the same destination resumes one instead of
-/// a full handshake: no certificate to parse and verify (two thirds of OpenSSL's work for a new inspected
-/// connection), no signature from the server. The key exchange still runs (OpenSSL offers only `psk_dhe_ke`), so
-/// each resumed connection has keys of its own.
+/// TLS 1.3 sessions (tickets) a client context's connections got from their servers, by the destination they were
+/// made with, so that the next connection to the same destination resumes one instead of a full handshake: no
+/// certificate to parse and verify (two thirds of OpenSSL's work for a new inspected connection), no signature
+/// from the server. The key exchange still runs (OpenSSL offers only `psk_dhe_ke`), so each resumed connection has
+/// keys of its own. TLS 1.2 sessions are not kept: their resumption has no key exchange, and keeping one would keep
+/// the master secret of a finished connection in memory.
 ///
 /// A session was made by a handshake that verified the server for its connection's name, and is offered only to a
-/// connection with the same key (the caller's: destination, name verified, ALPN offer). Each is used once (RFC 8446
-/// §C.4: a ticket reused could link connections); the server sends fresh ones on the resumed connection. Kept for
-/// the server's ticket lifetime hint, and never past the notAfter of the server's certificate nor `lifetime` after
-/// the full handshake that verified the server: the sessions a resumed connection brings keep that handshake's
-/// time, so resuming again and again does not stretch one verification (RFC 8446 §4.6.1).
+/// connection with the same key (`OpenSSLConnection` puts the verified name in it; the caller adds the
+/// destination). Each is used once (RFC 8446 §C.4: a ticket reused could link connections); the server sends fresh
+/// ones on the resumed connection. Kept for the server's ticket lifetime (a lifetime of 0: not kept), and never
+/// past the earliest notAfter of the certificates the server sent nor `lifetime` after the full handshake that
+/// authenticated the server: the sessions a resumed connection brings, and tickets that arrive late, keep that
+/// handshake's time, so one authentication is not stretched (RFC 8446 §4.6.1).
 ///
 /// Owns one reference to each `SSL_SESSION` it holds: freed when taken (the SSL it is set on holds its own), when
 /// replaced or expired, and when the cache goes.
@@ -26,8 +28,14 @@ final class SessionCache: @unchecked Sendable {
     private struct Entry {
         let session: OpaquePointer
         let expiry: Int64
-        /// When the full handshake the session descends from verified the server.
-        let verifiedAt: Int64
+        let authentication: Authentication
+    }
+
+    /// When the full handshake a session descends from authenticated the server, and the earliest notAfter of the
+    /// certificates it sent.
+    struct Authentication: Equatable, Sendable {
+        var at: Int64
+        var notAfter: Int64
     }
 
     private struct State {
@@ -44,12 +52,18 @@ final class SessionCache: @unchecked Sendable {
     /// needs one of its own (a server sends two or so per connection).
     let perKey: Int
     let lifetime: Int64
+    /// The time (Unix seconds); tests set it.
+    let clock: @Sendable () -> Int64
     private let state = NIOLockedValueBox(State())
 
-    init(capacity: Int = 1024, perKey: Int = 8, lifetime: Int64 = 600) {
+    init(
+        capacity: Int = 1024, perKey: Int = 8, lifetime: Int64 = 600,
+        clock: @escaping @Sendable () -> Int64 = { Int64(time(nil)) }
+    ) {
         self.capacity = capacity
         self.perKey = perKey
         self.lifetime = lifetime
+        self.clock = clock
     }
 
     deinit {
@@ -66,15 +80,14 @@ final class SessionCache: @unchecked Sendable {
     /// Connections that resumed a session from here.
     var resumptions: Int { state.withLockedValue { $0.resumptions } }
 
-    /// Keeps `session` (taking the caller's reference) for a next connection with `key`; `verifiedAt` is when
-    /// the full handshake it descends from verified the server.
-    func store(_ session: OpaquePointer, key: String, now: Int64, verifiedAt: Int64) {
+    /// Keeps `session` (taking the caller's reference) for a next connection with `key`; `authentication` is that
+    /// of the full handshake it descends from. A TLS 1.3 ticket with a lifetime of 0 is freed at once.
+    func store(_ session: OpaquePointer, key: String, now: Int64, authentication: Authentication) {
         let hint = Int64(SSL_SESSION_get_ticket_lifetime_hint(session))
-        var expiry = min(verifiedAt + lifetime, hint > 0 ? now + hint : Int64.max)
-        // Never past the end of the certificate the server was verified with.
-        if let peer = SSL_SESSION_get0_peer(session) {
-            let notAfter = OpenSSLCertificate.seconds(X509_get0_notAfter(peer))
-            if notAfter > 0 { expiry = min(expiry, notAfter) }
+        let expiry = min(authentication.at + lifetime, now + hint, authentication.notAfter)
+        guard expiry > now else {
+            SSL_SESSION_free(session)
+            return
         }
         var released: [OpaquePointer] = []
         state.withLockedValue { state in
@@ -97,16 +110,16 @@ final class SessionCache: @unchecked Sendable {
                     return
                 }
             }
-            kept.append(Entry(session: session, expiry: expiry, verifiedAt: verifiedAt))
+            kept.append(Entry(session: session, expiry: expiry, authentication: authentication))
             state.entries[key] = kept
             state.total += 1
         }
         for session in released { SSL_SESSION_free(session) }
     }
 
-    /// The newest session kept for `key`, removed (the caller frees it once set on its SSL), with when the server
-    /// was verified; nil when there is none that has not expired.
-    func take(_ key: String, now: Int64) -> (session: OpaquePointer, verifiedAt: Int64)? {
+    /// The newest session kept for `key`, removed (the caller frees it once set on its SSL), with the
+    /// authentication it stands for; nil when there is none that has not expired.
+    func take(_ key: String, now: Int64) -> (session: OpaquePointer, authentication: Authentication)? {
         var released: [OpaquePointer] = []
         let found = state.withLockedValue { state -> Entry? in
             guard var kept = state.entries[key] else { return nil }
@@ -123,11 +136,13 @@ final class SessionCache: @unchecked Sendable {
             return found
         }
         for session in released { SSL_SESSION_free(session) }
-        return found.map { ($0.session, $0.verifiedAt) }
+        return found.map { ($0.session, $0.authentication) }
     }
 
-    /// When the server of the newest session kept for `key` was verified (for tests).
-    func verifiedAt(_ key: String) -> Int64? { state.withLockedValue { $0.entries[key]?.last?.verifiedAt } }
+    /// The authentication the newest session kept for `key` stands for (for tests).
+    func authentication(_ key: String) -> Authentication? {
+        state.withLockedValue { $0.entries[key]?.last?.authentication }
+    }
 
     func noteResumption() { state.withLockedValue { $0.resumptions += 1 } }
 }

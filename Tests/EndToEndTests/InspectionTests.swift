@@ -105,11 +105,17 @@ import Testing
         // Each curl is a connection (and a CONNECT) of its own; the proxy's upstream connections after the first
         // resume the session the origin gave the one before.
         #expect(answers == ["full handshake", "resumed", "resumed"])
-        let actions = try setup.waitForActions(3)
+        // The same name through another destination (CONNECT 127.0.0.1, SNI localhost): a session of its own.
+        let elsewhere = try curl(
+            setup, ["https://localhost:\(setup.originPort)/tls-session"],
+            extra: ["--connect-to", "localhost:\(setup.originPort):127.0.0.1:\(setup.originPort)"])
+        #expect(elsewhere.stdout == "full handshake", "\(elsewhere.stderr)")
+        let actions = try setup.waitForActions(4)
         #expect(actions.allSatisfy { $0["intercepted"] as? Bool == true && $0["status"] as? Int == 200 })
-        #expect(Set(actions.compactMap { $0["connection_id"] as? String }).count == 3)
+        #expect(Set(actions.compactMap { $0["connection_id"] as? String }).count == 4)
+        #expect(actions.last?["host"] as? String == "127.0.0.1" && actions.last?["sni"] as? String == "localhost")
         let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
-        #expect(AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="full"}"#) == 1, "\(metrics)")
+        #expect(AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="full"}"#) == 2, "\(metrics)")
         #expect(AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="resumed"}"#) == 2)
     }
 
