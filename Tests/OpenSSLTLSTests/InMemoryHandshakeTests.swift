@@ -120,11 +120,15 @@ struct HandshakePKI {
         return try OpenSSLContext(configuration: configuration)
     }
 
-    func client(alpn: [String] = ["h2", "http/1.1"], trust: String? = nil) throws -> OpenSSLContext {
+    func client(
+        alpn: [String] = ["h2", "http/1.1"], trust: String? = nil,
+        configure: (inout OpenSSLContext.Configuration) -> Void = { _ in }
+    ) throws -> OpenSSLContext {
         var configuration = OpenSSLContext.Configuration(role: .client)
         configuration.trustSystemStore = false
         configuration.additionalTrustFile = trust ?? pki.ca
         configuration.alpn = alpn
+        configure(&configuration)
         return try OpenSSLContext(configuration: configuration)
     }
 
@@ -499,11 +503,7 @@ struct HandshakePKI {
     }
 
     @Test func withoutALifetimeEveryChainIsVerified() throws {
-        var configuration = OpenSSLContext.Configuration(role: .client)
-        configuration.trustSystemStore = false
-        configuration.additionalTrustFile = pki.ca
-        configuration.verificationCacheLifetime = 0
-        let clientContext = try OpenSSLContext(configuration: configuration)
+        let clientContext = try client { $0.verificationCacheLifetime = 0 }
         for _ in 0..<2 { #expect(try connect(clientContext, to: "localhost") == .complete) }
         #expect(clientContext.chainsVerifiedFromCache == 0)
     }
@@ -548,11 +548,7 @@ struct HandshakePKI {
     }
 
     @Test func withoutASessionLifetimeNothingIsResumed() throws {
-        var configuration = OpenSSLContext.Configuration(role: .client)
-        configuration.trustSystemStore = false
-        configuration.additionalTrustFile = pki.ca
-        configuration.sessionLifetime = 0
-        let clientContext = try OpenSSLContext(configuration: configuration)
+        let clientContext = try client { $0.sessionLifetime = 0 }
         let serverContext = try server()
         for _ in 0..<2 { #expect(try resumes(clientContext, serverContext, key: "a") == false) }
     }

@@ -14,19 +14,9 @@ import Testing
 
     init() throws {
         handshakes = try InMemoryHandshakeTests()
-        clientContext = try Self.client(handshakes.pki, clock: time)
+        let time = self.time
+        clientContext = try handshakes.client { $0.clock = { time.withLockedValue { $0 } } }
         serverContext = try handshakes.server()
-    }
-
-    static func client(
-        _ pki: HandshakePKI, clock: NIOLockedValueBox<Int64>, configure: (inout OpenSSLContext.Configuration) -> Void = { _ in }
-    ) throws -> OpenSSLContext {
-        var configuration = OpenSSLContext.Configuration(role: .client)
-        configuration.trustSystemStore = false
-        configuration.additionalTrustFile = pki.ca
-        configuration.clock = { clock.withLockedValue { $0 } }
-        configure(&configuration)
-        return try OpenSSLContext(configuration: configuration)
     }
 
     var now: Int64 { time.withLockedValue { $0 } }
@@ -98,10 +88,7 @@ import Testing
     }
 
     @Test func nothingIsKeptFromAServerThatFailedVerification() throws {
-        let unverified = try Self.client(handshakes.pki, clock: time) {
-            $0.verifyPeer = false
-            $0.additionalTrustFile = handshakes.pki.otherCA
-        }
+        let unverified = try handshakes.client(trust: handshakes.pki.otherCA) { $0.verifyPeer = false }
         #expect(try handshakes.resumes(unverified, serverContext, key: "a") == false)
         #expect(unverified.sessionCache?.count == 0)
     }

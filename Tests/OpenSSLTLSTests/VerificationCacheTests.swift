@@ -44,11 +44,7 @@ import Testing
 
     @Test func aVerifiedChainIsKeptUntilItsEarliestNotAfter() throws {
         let handshakes = try InMemoryHandshakeTests()
-        var configuration = OpenSSLContext.Configuration(role: .client)
-        configuration.trustSystemStore = false
-        configuration.additionalTrustFile = handshakes.pki.ca
-        configuration.verificationCacheLifetime = 100 * 365 * 86_400
-        let context = try OpenSSLContext(configuration: configuration)
+        let context = try handshakes.client { $0.verificationCacheLifetime = 100 * 365 * 86_400 }
         #expect(try handshakes.connect(context, to: "localhost") == .complete)
         // The chain verified: the server's certificate and the CA it chains to.
         let certificates = try [handshakes.pki.serverChain, handshakes.pki.ca].flatMap { path in
