@@ -61,6 +61,9 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
     /// The HTTP version an intercepted connection speaks on both sides (the protocol the upstream chose by
     /// ALPN, the client being answered with the same): `h2` or `http/1.1`.
     public var negotiatedProtocol: String?
+    /// Inspected connections: true when the upstream TLS session was resumed (its certificate was verified by the
+    /// full handshake of an earlier connection); absent after a full handshake.
+    public var upstreamResumed: Bool?
     /// The host a request named (an absolute-form URI's authority, its Host, an HTTP/2 `:authority`) when that is
     /// not the connection's `host`: a request inside one tunnel may ask for another destination.
     public var requestHost: String?
@@ -113,6 +116,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         case sniMismatch = "sni_mismatch"
         case intercepted, inspection, method, path
         case negotiatedProtocol = "protocol"
+        case upstreamResumed = "upstream_resumed"
         case upgrade
         case requestHost = "request_host"
         case requestBodyBytes = "request_body_bytes"
@@ -149,6 +153,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         if let method { json.field(CodingKeys.method.rawValue, method) }
         if let path { json.field(CodingKeys.path.rawValue, path) }
         if let negotiatedProtocol { json.field(CodingKeys.negotiatedProtocol.rawValue, negotiatedProtocol) }
+        if let upstreamResumed { json.field(CodingKeys.upstreamResumed.rawValue, upstreamResumed) }
         if let upgrade { json.field(CodingKeys.upgrade.rawValue, upgrade) }
         if let requestHost { json.field(CodingKeys.requestHost.rawValue, requestHost) }
         if let requestBodyBytes { json.field(CodingKeys.requestBodyBytes.rawValue, requestBodyBytes) }

@@ -114,6 +114,8 @@ import Testing
         #expect(actions.allSatisfy { $0["intercepted"] as? Bool == true && $0["status"] as? Int == 200 })
         #expect(Set(actions.compactMap { $0["connection_id"] as? String }).count == 4)
         #expect(actions.last?["host"] as? String == "127.0.0.1" && actions.last?["sni"] as? String == "localhost")
+        // The record says which connections stood on an earlier verification.
+        #expect(actions.map { $0["upstream_resumed"] as? Bool } == [nil, true, true, nil])
         let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
         #expect(AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="full"}"#) == 2, "\(metrics)")
         #expect(AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="resumed"}"#) == 2)

@@ -118,6 +118,7 @@ final class InterceptedConnection {
     func upstreamHandshakeCompleted(negotiated: String?, resumed: Bool = false) {
         upstreamHandshakeDone = true
         reporting.metrics?.upstreamHandshake(resumed: resumed)
+        if resumed { metadata.upstreamResumed = true }
         metadata.negotiatedProtocol = negotiated ?? "http/1.1"
         do {
             if negotiated == "h2" {
