@@ -264,6 +264,8 @@ public struct EgressApplication: Sendable {
         if endpoint.useTLS {
             var settings = OpenSSLContext.Configuration(role: .client)
             settings.additionalTrustFile = configuration.apiCAFile
+            // Its connections pass no session key: no session cache (only inspection's upstream context resumes).
+            settings.sessionLifetime = 0
             do {
                 tls = try OpenSSLContext(configuration: settings)
             } catch {
