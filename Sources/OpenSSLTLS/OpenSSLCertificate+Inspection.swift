@@ -125,6 +125,19 @@ extension OpenSSLCertificate {
         return Int64(timegm(&parts))
     }
 
+    /// The earliest notAfter of the certificates in a `STACK_OF(X509)`; nil when it has none or a date cannot be
+    /// read.
+    static func earliestNotAfter(of stack: OpaquePointer) -> Int64? {
+        var earliest: Int64? = nil
+        for index in 0..<OPENSSL_sk_num(stack) {
+            guard let certificate = OPENSSL_sk_value(stack, index) else { return nil }
+            let end = seconds(X509_get0_notAfter(OpaquePointer(certificate)))
+            guard end > 0 else { return nil }
+            earliest = min(earliest ?? end, end)
+        }
+        return earliest
+    }
+
     static func describe(_ name: OpaquePointer?) -> String {
         guard let name, let bio = BIO_new(BIO_s_mem()) else { return "" }
         defer { BIO_free(bio) }

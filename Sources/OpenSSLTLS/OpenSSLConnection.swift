@@ -366,14 +366,8 @@ extension OpenSSLConnection {
     /// authenticated the server now, with the certificates it sent.
     private func currentAuthentication(now: Int64) -> SessionCache.Authentication? {
         if sessionReused { return offeredAuthentication }
-        guard let chain = SSL_get_peer_cert_chain(ssl), OPENSSL_sk_num(chain) > 0 else { return nil }
-        var notAfter = Int64.max
-        for index in 0..<OPENSSL_sk_num(chain) {
-            guard let certificate = OPENSSL_sk_value(chain, index) else { return nil }
-            let end = OpenSSLCertificate.seconds(X509_get0_notAfter(OpaquePointer(certificate)))
-            guard end > 0 else { return nil }
-            notAfter = min(notAfter, end)
-        }
+        guard let chain = SSL_get_peer_cert_chain(ssl), let notAfter = OpenSSLCertificate.earliestNotAfter(of: chain)
+        else { return nil }
         return .init(at: now, notAfter: notAfter)
     }
 

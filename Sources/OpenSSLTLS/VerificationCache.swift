@@ -99,14 +99,10 @@ final class VerificationCache: Sendable {
             return 1
         }
         let result = X509_verify_cert(storeContext)
-        guard result == 1, let chain = X509_STORE_CTX_get0_chain(storeContext) else { return result }
-        var notAfter = Int64.max
-        for index in 0..<OPENSSL_sk_num(chain) {
-            guard let certificate = OPENSSL_sk_value(chain, index) else { return result }
-            let end = OpenSSLCertificate.seconds(X509_get0_notAfter(OpaquePointer(certificate)))
-            guard end > 0 else { return result }  // unreadable: not kept
-            notAfter = min(notAfter, end)
-        }
+        // A chain with a date that cannot be read is not kept.
+        guard result == 1, let chain = X509_STORE_CTX_get0_chain(storeContext),
+            let notAfter = OpenSSLCertificate.earliestNotAfter(of: chain)
+        else { return result }
         remember(key, notAfter: notAfter, now: now)
         return result
     }

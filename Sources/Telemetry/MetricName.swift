@@ -41,7 +41,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Inspected connections whose upstream failed certificate verification (never shown to the client as trusted).")
     public static let upstreamHandshakes = MetricName(
         name: "kaizen_egress_upstream_tls_handshakes_total", type: "counter", labels: ["kind"],
-        help: "Inspected connections' TLS handshakes with their upstream: full (its certificate verified) or resumed (a session from an earlier verified handshake).")
+        help: "Inspected connections' TLS handshakes with their upstream: full (its certificate checked, the chain taken from the verification cache when it holds it) or resumed (a session from an earlier full handshake).")
     public static let interceptFailures = MetricName(
         name: "kaizen_egress_intercept_failures_total", type: "counter", labels: [],
         help: "Clients that refused the minted certificate (pinning, or the CA not trusted); the name then passes through.")

@@ -29,9 +29,9 @@ public final class ProxyMetrics: Sendable {
     private let passthroughTunnels: Meter
     private let inspectedTunnels: Meter
     private let leafHits: Counter
+    private let leafMisses: Counter
     private let fullUpstreamHandshakes: Counter
     private let resumedUpstreamHandshakes: Counter
-    private let leafMisses: Counter
     private let mintDuration: CoreMetrics.Timer
     private let mintFailures: Counter
     private let upstreamVerificationFailures: Counter
@@ -72,11 +72,11 @@ public final class ProxyMetrics: Sendable {
         passthroughTunnels = Meter(label: MetricName.activeTunnels.name, dimensions: [("kind", "passthrough")], factory: factory)
         inspectedTunnels = Meter(label: MetricName.activeTunnels.name, dimensions: [("kind", "inspected")], factory: factory)
         leafHits = Counter(label: MetricName.leafCache.name, dimensions: [("result", "hit")], factory: factory)
+        leafMisses = Counter(label: MetricName.leafCache.name, dimensions: [("result", "miss")], factory: factory)
         fullUpstreamHandshakes = Counter(
             label: MetricName.upstreamHandshakes.name, dimensions: [("kind", "full")], factory: factory)
         resumedUpstreamHandshakes = Counter(
             label: MetricName.upstreamHandshakes.name, dimensions: [("kind", "resumed")], factory: factory)
-        leafMisses = Counter(label: MetricName.leafCache.name, dimensions: [("result", "miss")], factory: factory)
         mintDuration = CoreMetrics.Timer(label: MetricName.mintDuration.name, factory: factory)
         mintFailures = Counter(label: MetricName.mintFailures.name, factory: factory)
         upstreamVerificationFailures = Counter(label: MetricName.upstreamVerificationFailures.name, factory: factory)
