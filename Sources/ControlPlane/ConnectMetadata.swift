@@ -64,6 +64,9 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
     /// Inspected connections: true when the upstream TLS session was resumed (its certificate was verified by the
     /// full handshake of an earlier connection); absent after a full handshake.
     public var upstreamResumed: Bool?
+    /// Inspected connections that took an idle upstream connection an earlier one opened (no handshake of their
+    /// own with the upstream): the `event_id` of the connection whose handshake opened and verified it.
+    public var upstreamReusedFrom: String?
     /// The host a request named (an absolute-form URI's authority, its Host, an HTTP/2 `:authority`) when that is
     /// not the connection's `host`: a request inside one tunnel may ask for another destination.
     public var requestHost: String?
@@ -117,6 +120,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         case intercepted, inspection, method, path
         case negotiatedProtocol = "protocol"
         case upstreamResumed = "upstream_resumed"
+        case upstreamReusedFrom = "upstream_reused_from"
         case upgrade
         case requestHost = "request_host"
         case requestBodyBytes = "request_body_bytes"
@@ -154,6 +158,7 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
         if let path { json.field(CodingKeys.path.rawValue, path) }
         if let negotiatedProtocol { json.field(CodingKeys.negotiatedProtocol.rawValue, negotiatedProtocol) }
         if let upstreamResumed { json.field(CodingKeys.upstreamResumed.rawValue, upstreamResumed) }
+        if let upstreamReusedFrom { json.field(CodingKeys.upstreamReusedFrom.rawValue, upstreamReusedFrom) }
         if let upgrade { json.field(CodingKeys.upgrade.rawValue, upgrade) }
         if let requestHost { json.field(CodingKeys.requestHost.rawValue, requestHost) }
         if let requestBodyBytes { json.field(CodingKeys.requestBodyBytes.rawValue, requestBodyBytes) }

@@ -347,6 +347,16 @@ extension OpenSSLConnection {
     /// Client: whether the handshake resumed a session rather than verifying the server again.
     public var sessionReused: Bool { SSL_session_reused(ssl) == 1 }
 
+    /// Client, after a verified handshake: when the server was authenticated (Unix seconds: this handshake's
+    /// time, or for a resumed session the full handshake it descends from) and the earliest notAfter of the
+    /// certificates it sent then. Nil before the handshake, when verification failed, or when a resumed session's
+    /// authentication is not known (a session kept by another context).
+    public var serverAuthentication: (at: Int64, notAfter: Int64)? {
+        guard SSL_get_verify_result(ssl) == Int(X509_V_OK) else { return nil }
+        let found = authentication ?? currentAuthentication(now: context.sessionCache?.clock() ?? Int64(time(nil)))
+        return found.map { ($0.at, $0.notAfter) }
+    }
+
     /// A session the server sent on this connection (after a handshake that verified it): a copy is kept under
     /// the connection's session key. A copy, because OpenSSL marks the connection's own session as not resumable
     /// when the connection ends without close_notify, which neither TLS 1.3 (RFC 8446 §6.1) nor TLS 1.2 asks for

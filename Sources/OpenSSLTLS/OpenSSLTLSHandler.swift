@@ -77,6 +77,9 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     public var negotiatedProtocol: String? { connection.negotiatedProtocol }
     /// Client: whether the handshake resumed a session.
     public var sessionReused: Bool { connection.sessionReused }
+    /// Client, after a verified handshake: when the server was authenticated and the earliest notAfter of its
+    /// certificates (`OpenSSLConnection.serverAuthentication`).
+    public var serverAuthentication: (at: Int64, notAfter: Int64)? { connection.serverAuthentication }
 
     /// Server with `alpnChosenPerConnection`: the protocol to answer the client's ALPN offer with (nil: none).
     /// Takes effect if set before OpenSSL answers ALPN, which it does after the certificate callback.

@@ -42,6 +42,9 @@ public struct MetricName: Sendable, Hashable {
     public static let upstreamHandshakes = MetricName(
         name: "kaizen_egress_upstream_tls_handshakes_total", type: "counter", labels: ["kind"],
         help: "Inspected connections' TLS handshakes with their upstream: full (its certificate checked, the chain taken from the verification cache when it holds it) or resumed (a session from an earlier full handshake).")
+    public static let upstreamReused = MetricName(
+        name: "kaizen_egress_upstream_connections_reused_total", type: "counter", labels: [],
+        help: "Inspected connections that took an idle, verified upstream connection an earlier inspected connection of the same agent had opened (no TLS handshake with the upstream of their own).")
     public static let interceptFailures = MetricName(
         name: "kaizen_egress_intercept_failures_total", type: "counter", labels: [],
         help: "Clients that refused the minted certificate (pinning, or the CA not trusted); the name then passes through.")
@@ -76,7 +79,7 @@ public struct MetricName: Sendable, Hashable {
     public static let all: [MetricName] = [
         .connections, .connectionsEnded, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
         .leafCache,
-        .upstreamVerificationFailures, .upstreamHandshakes, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
+        .upstreamVerificationFailures, .upstreamHandshakes, .upstreamReused, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
         .dropped, .deliveryFailures, .controlPlaneReachable, .policyDecisions, .policyFetches,
     ]
 }

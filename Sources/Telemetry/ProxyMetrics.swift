@@ -32,6 +32,7 @@ public final class ProxyMetrics: Sendable {
     private let leafMisses: Counter
     private let fullUpstreamHandshakes: Counter
     private let resumedUpstreamHandshakes: Counter
+    private let reusedUpstreams: Counter
     private let mintDuration: CoreMetrics.Timer
     private let mintFailures: Counter
     private let upstreamVerificationFailures: Counter
@@ -77,6 +78,7 @@ public final class ProxyMetrics: Sendable {
             label: MetricName.upstreamHandshakes.name, dimensions: [("kind", "full")], factory: factory)
         resumedUpstreamHandshakes = Counter(
             label: MetricName.upstreamHandshakes.name, dimensions: [("kind", "resumed")], factory: factory)
+        reusedUpstreams = Counter(label: MetricName.upstreamReused.name, factory: factory)
         mintDuration = CoreMetrics.Timer(label: MetricName.mintDuration.name, factory: factory)
         mintFailures = Counter(label: MetricName.mintFailures.name, factory: factory)
         upstreamVerificationFailures = Counter(label: MetricName.upstreamVerificationFailures.name, factory: factory)
@@ -123,6 +125,7 @@ public final class ProxyMetrics: Sendable {
     public func upstreamHandshake(resumed: Bool) {
         (resumed ? resumedUpstreamHandshakes : fullUpstreamHandshakes).increment()
     }
+    public func upstreamReused() { reusedUpstreams.increment() }
     public func leafMinted(since start: ContinuousClock.Instant) { mintDuration.record(since: start) }
     public func leafMintFailed() { mintFailures.increment() }
     public func upstreamVerificationFailed() { upstreamVerificationFailures.increment() }

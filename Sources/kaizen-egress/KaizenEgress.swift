@@ -159,6 +159,9 @@ struct RunOptions: ParsableArguments {
     @Option(help: "How long a name whose client refused the minted certificate passes through. (env KAIZEN_PINNED_PASSTHROUGH, default 1h)")
     var pinnedPassthrough: String?
 
+    @Option(help: "Keep an idle verified upstream connection this long for the agent's next inspected connection to the same destination; 0 never reuses one. (env KAIZEN_UPSTREAM_IDLE_TIMEOUT, default 4s)")
+    var upstreamIdleTimeout: String?
+
     @Option(help: "Also listen here for connections redirected by iptables (transparent mode). (env KAIZEN_TRANSPARENT_PORT)")
     var transparentPort: String?
 
@@ -186,7 +189,7 @@ struct RunOptions: ParsableArguments {
             (.connectTimeout, connectTimeout), (.idleTimeout, idleTimeout), (.dnsCacheTTL, dnsCacheTTL),
             (.drainSeconds, drainSeconds), (.logLevel, logLevel), (.caCertificate, caCert), (.caKey, caKey),
             (.inspectHosts, inspectHosts), (.passthroughHosts, passthroughHosts), (.upstreamCAFile, upstreamCAFile),
-            (.pinnedPassthrough, pinnedPassthrough), (.transparentPort, transparentPort),
+            (.pinnedPassthrough, pinnedPassthrough), (.upstreamIdleTimeout, upstreamIdleTimeout), (.transparentPort, transparentPort),
             (.auditMaxBytes, auditMaxBytes), (.auditFsync, auditFsync), (.stateDirectory, stateDir),
             (.baselineLearn, baselineLearn), (.baselineMax, baselineMax), (.allowClients, allowClients),
             (.proxyAuth, proxyAuth), (.allowPrivate, allowPrivate), (.connectPorts, connectPorts),

@@ -41,21 +41,60 @@ import Testing
         _ = machine.requestHead(request(.GET, "/", ["Connection": "close"]))
         _ = machine.requestEnd()
         _ = machine.responseHead(response())
-        guard case .forwardAndComplete(_, let thenClose) = machine.responseEnd() else {
+        guard case .forwardAndComplete(let exchange, let thenClose) = machine.responseEnd() else {
             Issue.record("expected completion")
             return
         }
         #expect(thenClose)
         #expect(!machine.mayReadClient)
+        // The client's wish only: the upstream's connection may serve another client connection.
+        #expect(exchange.clientCloses && !exchange.upstreamCloses)
 
         var upstreamCloses = Machine(reportQuery: false)
         _ = upstreamCloses.requestHead(request())
         _ = upstreamCloses.requestEnd()
         _ = upstreamCloses.responseHead(response(.ok, ["Connection": "close"]))
-        guard case .forwardAndComplete(_, true) = upstreamCloses.responseEnd() else {
+        guard case .forwardAndComplete(let closing, true) = upstreamCloses.responseEnd() else {
             Issue.record("expected close after the exchange")
             return
         }
+        #expect(!closing.clientCloses && closing.upstreamCloses)
+
+        // A body that runs until the close ends the upstream's connection too.
+        var unframed = Machine(reportQuery: false)
+        _ = unframed.requestHead(request())
+        _ = unframed.requestEnd()
+        _ = unframed.responseHead(response(.ok, [:]))
+        guard case .forwardAndComplete(let untilClose, true) = unframed.responseEnd() else {
+            Issue.record("expected close after the exchange")
+            return
+        }
+        #expect(untilClose.upstreamCloses)
+    }
+
+    /// NTLM and Negotiate authenticate a connection: once either went through (a request's credentials or an
+    /// upstream's challenge), the upstream connection is this client connection's only. Basic and Bearer do not.
+    @Test(arguments: [
+        (["Authorization": "NTLM TlRMTVNTUAAB"], [:], true),
+        (["authorization": "  negotiate YIIG"], [:], true),
+        ([:], ["WWW-Authenticate": "Negotiate"], true),
+        ([:], ["WWW-Authenticate": "Basic realm=x", "www-authenticate": "NTLM"], true),
+        ([:], ["Proxy-Authenticate": "NTLM"], true),
+        (["Authorization": "Basic dXNlcjpwYXNz"], ["WWW-Authenticate": "Bearer"], false),
+        (["Authorization": "Bearer NTLM"], [:], false),
+        (["Authorization": "NTLMv2 x"], [:], false),
+    ] as [([String: String], [String: String], Bool)])
+    func connectionBoundAuthenticationBindsTheUpstream(
+        _ requestFields: [String: String], _ challenge: [String: String], _ bound: Bool
+    ) {
+        var machine = Machine(reportQuery: false)
+        _ = machine.requestHead(request(.GET, "/", HTTPHeaders(requestFields.map { ($0.key, $0.value) })))
+        _ = machine.requestEnd()
+        let status: HTTPResponseStatus = challenge.keys.contains("Proxy-Authenticate") ? .proxyAuthenticationRequired
+            : challenge.isEmpty ? .ok : .unauthorized
+        _ = machine.responseHead(response(status, HTTPHeaders(challenge.map { ($0.key, $0.value) } + [("Content-Length", "0")])))
+        _ = machine.responseEnd()
+        #expect(machine.upstreamBound == bound)
     }
 
     /// Only a body with no length (not a Connection: close with one, nor a HEAD's) ends with the connection:

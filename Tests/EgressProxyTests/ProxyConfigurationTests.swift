@@ -188,6 +188,16 @@ import Testing
         }
     }
 
+    @Test func upstreamReuseCanBeTurnedOffAndABadValueNamesTheVariable() throws {
+        #expect(try ProxyConfiguration(environment: local).upstreamIdleTimeout == .seconds(4))
+        #expect(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_UPSTREAM_IDLE_TIMEOUT": "0"]).upstreamIdleTimeout == .zero)
+        #expect(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_UPSTREAM_IDLE_TIMEOUT": "30s"]).upstreamIdleTimeout == .seconds(30))
+        let error = #expect(throws: ConfigurationError.self) {
+            try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_UPSTREAM_IDLE_TIMEOUT": "soon"])
+        }
+        #expect(error?.variable == "KAIZEN_UPSTREAM_IDLE_TIMEOUT")
+    }
+
     @Test func portZeroPicksAFreePort() throws {
         #expect(try ProxyConfiguration(environment: ["PORT": "0", "KAIZEN_LOCAL": "1"]).port == 0)
     }

@@ -20,6 +20,9 @@ Modes:
                                        closes only once the peer has)
                 GET /tls-session    -> "resumed\n" when this connection's TLS session was resumed, else
                                        "full handshake\n"
+                GET /connection     -> "connection <n> request <m>\n": which of the server's connections (counted
+                                       from 1) and which request on it this is
+                GET /ntlm           -> 401 with "WWW-Authenticate: NTLM" (a connection-bound scheme)
                 GET|POST /flaky     -> on a connection's first request "fresh connection\n"; on a later one
                                        no response: the connection closes (as an origin closing an idle
                                        keep-alive connection as a request arrives)
@@ -45,8 +48,18 @@ import threading
 import urllib.parse
 
 
+CONNECTIONS = [0]
+CONNECTIONS_LOCK = threading.Lock()
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        with CONNECTIONS_LOCK:
+            CONNECTIONS[0] += 1
+            self.connection_number = CONNECTIONS[0]
 
     def log_message(self, *args):
         pass
@@ -137,6 +150,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.flaky():
+            return
+        if self.path.startswith("/connection"):
+            self.reply(200, f"connection {self.connection_number} request {self.served}\n")
+            return
+        if self.path.startswith("/ntlm"):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", "NTLM")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if self.path.startswith("/tls-session"):
             resumed = isinstance(self.connection, ssl.SSLSocket) and self.connection.session_reused

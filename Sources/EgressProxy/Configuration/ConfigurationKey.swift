@@ -31,6 +31,7 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let upstreamCAFile = ConfigurationKey(variable: "KAIZEN_UPSTREAM_CA_FILE", flag: "--upstream-ca-file")
     public static let reportQuery = ConfigurationKey(variable: "KAIZEN_REPORT_QUERY", flag: "--report-query")
     public static let pinnedPassthrough = ConfigurationKey(variable: "KAIZEN_PINNED_PASSTHROUGH", flag: "--pinned-passthrough")
+    public static let upstreamIdleTimeout = ConfigurationKey(variable: "KAIZEN_UPSTREAM_IDLE_TIMEOUT", flag: "--upstream-idle-timeout")
 
     public static let transparentPort = ConfigurationKey(variable: "KAIZEN_TRANSPARENT_PORT", flag: "--transparent-port")
 
@@ -66,7 +67,7 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let all: [ConfigurationKey] = [
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
-        .pinnedPassthrough, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
+        .pinnedPassthrough, .upstreamIdleTimeout, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
         .allowClients, .proxyAuth, .allowPrivate, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
         .headerTimeout, .inspectHTTP2, .http2MaxStreams, .http2BufferBytes, .maxConnections, .maxConnectionsPerClient, .mode, .policyFail, .policyRefresh,
         .adminListen, .logFormat,

@@ -30,6 +30,7 @@ import NIOCore
 /// | `KAIZEN_UPSTREAM_CA_FILE` | PEM bundle trusted for inspected upstreams, besides the system store | none |
 /// | `KAIZEN_REPORT_QUERY` | boolean | off |
 /// | `KAIZEN_PINNED_PASSTHROUGH` | duration | `1h` |
+/// | `KAIZEN_UPSTREAM_IDLE_TIMEOUT` | duration, or `0` never to reuse an upstream connection | `4s` |
 /// | `KAIZEN_TRANSPARENT_PORT` | integer 1–65535 | none (no transparent listener) |
 /// | `KAIZEN_AUDIT_MAX_BYTES` | size, or `0` never to rotate | 100 MiB |
 /// | `KAIZEN_AUDIT_FSYNC` | duration, or `0` after every write | `1s` |
@@ -88,6 +89,9 @@ public struct ProxyConfiguration: Sendable {
     public var reportQuery: Bool
     /// Inspection: how long connections to a name whose client refused our certificate pass through untouched.
     public var pinnedPassthrough: TimeAmount
+    /// Inspection: how long an idle, verified HTTP/1.1 upstream connection is kept for the next inspected connection
+    /// of the same agent to the same destination; zero closes each with its client connection.
+    public var upstreamIdleTimeout: TimeAmount
     /// Transparent mode: the port of the listener for connections redirected by iptables (nil: none).
     public var transparentPort: Int?
     /// The audit log rotates when its file would grow past this; zero never rotates.
@@ -328,6 +332,12 @@ public struct ProxyConfiguration: Sendable {
         self.reportQuery = try Self.boolean(
             value(.reportQuery), key: .reportQuery, default: false, meaning: "1 (report query strings) or 0")
         self.pinnedPassthrough = try Self.duration(value(.pinnedPassthrough), key: .pinnedPassthrough, default: .hours(1))
+        if let raw = value(.upstreamIdleTimeout), raw == "0" {
+            self.upstreamIdleTimeout = .zero
+        } else {
+            self.upstreamIdleTimeout = try Self.duration(
+                value(.upstreamIdleTimeout), key: .upstreamIdleTimeout, default: .seconds(4))
+        }
 
         if let raw = value(.transparentPort) {
             guard let port = Int(raw), (1...65535).contains(port) else {

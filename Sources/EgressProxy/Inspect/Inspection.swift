@@ -19,6 +19,10 @@ struct Inspection: Sendable {
     let reportQuery: Bool
     /// Streams, header block size and buffered bytes of an inspected HTTP/2 connection.
     let http2Limits: HTTP2Limits
+    /// Idle verified HTTP/1.1 upstream connections, for the next inspected connection of the same agent to the same
+    /// destination. New with each `make`: a reload (another upstream trust, say) never reuses a connection verified
+    /// before it; the old pool's connections close when their idle time is up.
+    let upstreamPool: UpstreamPool
 
     /// The protocols inspection relays: HTTP/2 and HTTP/1.1, or HTTP/1.1 alone with `KAIZEN_INSPECT_HTTP2=off`.
     /// The upstream is offered the client's own ALPN list, less what is not relayed; the client is answered with
@@ -97,6 +101,7 @@ struct Inspection: Sendable {
             clientTLS: clientTLS,
             reportQuery: configuration.reportQuery,
             http2Limits: configuration.http2Limits,
+            upstreamPool: UpstreamPool(idleTimeout: configuration.upstreamIdleTimeout),
             alpn: relayed
         )
     }

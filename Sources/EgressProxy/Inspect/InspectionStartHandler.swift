@@ -235,6 +235,26 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         } else if let sni = hello.serverName {
             metadata.sniMismatch = sni != tunnel.destination.host
         }
+        // ALPN mirrored: the upstream is offered what the client offered (less what cannot be relayed), and the
+        // client is answered with exactly what the upstream chose, or no ALPN when it chose none.
+        let offer = inspection.upstreamOffer(forClientOffer: hello.alpn) ?? []
+        // An idle upstream connection an earlier connection of this agent opened to this destination (the same
+        // address), verified for the same name and offered the same protocols, serves this one: no handshake.
+        let pool = inspection.upstreamPool
+        var reuse: (pool: UpstreamPool, key: UpstreamPool.Key)?
+        var pooled: UpstreamPool.Idle?
+        if pool.isEnabled, let address = tunnel.upstream.remoteAddress?.ipAddress {
+            let key = UpstreamPool.Key(
+                agent: reporting.agent, host: tunnel.destination.host.lowercased(), port: tunnel.destination.port,
+                address: address, serverName: upstreamName, alpnOffer: offer)
+            reuse = (pool, key)
+            pooled = pool.take(key, on: context.eventLoop)
+        }
+        if pooled != nil {
+            // The connection dialed for this CONNECT is not needed.
+            tunnel.upstream.close(promise: nil)
+        }
+        let upstreamChannel = pooled?.channel ?? tunnel.upstream
         let connection = InterceptedConnection(
             reporting: reporting,
             metadata: metadata,
@@ -245,7 +265,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             idleTimeout: settings.idleTimeout,
             requestHeadLimits: settings.requestHeadLimits,
             clientChannel: context.channel,
-            upstreamChannel: tunnel.upstream
+            upstreamChannel: upstreamChannel,
+            reuse: reuse
         )
         if metadata.transport == .transparent, let sni = hello.serverName {
             // As for a transparent tunnel: does the SNI resolve to the address the agent connected to?
@@ -259,21 +280,23 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         let upstreamReady = connection.upstreamReady
         let handlers: NIOLoopBound<TLSPair>
         do {
-            // Upstream: verified TLS first. The client's handshake waits in the certificate callback until
-            // it succeeds (then gets a leaf for the name) or fails (then gets an alert).
-            let upstreamPipeline = tunnel.upstream.pipeline.syncOperations
-            // ALPN mirrored: the upstream is offered what the client offered (less what cannot be relayed), and
-            // the client is answered with exactly what the upstream chose, or no ALPN when it chose none.
-            // A session from an earlier connection is resumed only by a connection to the same destination, for the
-            // same name, with the same ALPN offer.
-            let offer = inspection.upstreamOffer(forClientOffer: hello.alpn) ?? []
-            let upstreamTLS = try OpenSSLTLSHandler(
-                context: inspection.upstreamTLS, serverName: upstreamName, alpn: offer,
-                sessionKey: "\(tunnel.destination.host) \(tunnel.destination.port) \(upstreamName) \(offer.joined(separator: ","))")
-            try upstreamPipeline.addHandler(upstreamTLS)
-            handlers = NIOLoopBound(TLSPair(upstream: upstreamTLS), eventLoop: context.eventLoop)
-            // The HTTP handlers come once the upstream has chosen the protocol (HTTP/1.1 or HTTP/2).
-            try upstreamPipeline.addHandler(InterceptedHandshakeHandler(side: .upstream, connection: connection))
+            let upstreamPipeline = upstreamChannel.pipeline.syncOperations
+            if pooled != nil {
+                handlers = NIOLoopBound(
+                    TLSPair(upstream: try upstreamPipeline.handler(type: OpenSSLTLSHandler.self)), eventLoop: context.eventLoop)
+            } else {
+                // Upstream: verified TLS first. The client's handshake waits in the certificate callback until
+                // it succeeds (then gets a leaf for the name) or fails (then gets an alert).
+                // A session from an earlier connection is resumed only by a connection to the same destination, for
+                // the same name, with the same ALPN offer.
+                let upstreamTLS = try OpenSSLTLSHandler(
+                    context: inspection.upstreamTLS, serverName: upstreamName, alpn: offer,
+                    sessionKey: "\(tunnel.destination.host) \(tunnel.destination.port) \(upstreamName) \(offer.joined(separator: ","))")
+                try upstreamPipeline.addHandler(upstreamTLS)
+                handlers = NIOLoopBound(TLSPair(upstream: upstreamTLS), eventLoop: context.eventLoop)
+                // The HTTP handlers come once the upstream has chosen the protocol (HTTP/1.1 or HTTP/2).
+                try upstreamPipeline.addHandler(InterceptedHandshakeHandler(side: .upstream, connection: connection))
+            }
 
             // The leaf is minted (or found) now, while the upstream's handshake is under way; the client's
             // handshake gets it only once the upstream is verified.
@@ -291,14 +314,15 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             try clientPipeline.addHandler(clientTLS, position: .after(self))
             try clientPipeline.addHandler(
                 InterceptedHandshakeHandler(side: .client, connection: connection), position: .after(clientTLS))
-            tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            if pooled == nil { tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in } }
         } catch {
             reporting.logger.error("cannot set up inspection", metadata: ["error": "\(error)"])
-            tunnel.upstream.close(promise: nil)
+            upstreamChannel.close(promise: nil)
             context.close(promise: nil)
             return
         }
         connection.start()
+        if let pooled { connection.adoptPooledUpstream(pooled) }
         // The client's ClientHello (and anything after it) waits until the upstream's handshake is over: then the
         // client is answered with the protocol the upstream chose (ALPN), or with none. A failed upstream lets it
         // through too, to be refused with an alert by the certificate callback.

@@ -33,6 +33,17 @@ final class InterceptedConnection {
     private let upstreamChannel: any Channel
     /// The HTTP/2 relay, when the upstream chose h2.
     private var http2: InterceptedHTTP2?
+    /// Where the upstream connection goes when the client's side ends while it is idle and fit for another
+    /// request (`releaseUpstream`); nil: it closes with this connection.
+    private let reuse: (pool: UpstreamPool, key: UpstreamPool.Key)?
+    /// What the upstream connection brings to a connection that takes it from the pool: known once it is verified
+    /// and speaks HTTP/1.1.
+    private var upstreamOrigin: (openedBy: String, negotiated: String?, resumed: Bool, reuseUntil: Int64)?
+    /// The upstream connection went to the pool: no longer this connection's to use or close.
+    private var upstreamReleased = false
+    /// The request in progress asked to close, and that was kept from the upstream (whose connection may serve
+    /// another client connection): its response tells the client the connection closes.
+    private var closeKeptFromUpstream = false
 
     /// Succeeds when the upstream's TLS handshake (with verification) has; the client's waits on it.
     let upstreamReady: EventLoopPromise<Void>
@@ -72,8 +83,10 @@ final class InterceptedConnection {
         idleTimeout: TimeAmount,
         requestHeadLimits: RequestHeadLimits,
         clientChannel: any Channel,
-        upstreamChannel: any Channel
+        upstreamChannel: any Channel,
+        reuse: (pool: UpstreamPool, key: UpstreamPool.Key)? = nil
     ) {
+        self.reuse = reuse
         self.reporting = reporting
         self.metadata = metadata
         self.target = destination.description
@@ -115,11 +128,21 @@ final class InterceptedConnection {
     /// client's handshake has not started: its ClientHello is held until this is done), then the client's
     /// handshake may go on.
     /// - Parameter resumed: the upstream resumed a session of an earlier connection (verified then).
-    func upstreamHandshakeCompleted(negotiated: String?, resumed: Bool = false) {
+    /// - Parameter authentication: when the upstream was authenticated and its certificates' earliest notAfter
+    ///   (`OpenSSLTLSHandler.serverAuthentication`): how long the connection may serve later client connections.
+    func upstreamHandshakeCompleted(
+        negotiated: String?, resumed: Bool = false, authentication: (at: Int64, notAfter: Int64)? = nil
+    ) {
         upstreamHandshakeDone = true
         reporting.metrics?.upstreamHandshake(resumed: resumed)
         if resumed { metadata.upstreamResumed = true }
         metadata.negotiatedProtocol = negotiated ?? "http/1.1"
+        if let reuse, negotiated != "h2", let authentication {
+            upstreamOrigin = (
+                metadata.eventID.description, negotiated, resumed,
+                reuse.pool.reuseUntil(authenticatedAt: authentication.at, notAfter: authentication.notAfter)
+            )
+        }
         do {
             if negotiated == "h2" {
                 let http2 = InterceptedHTTP2(connection: self, limits: inspection.http2Limits, eventLoop: eventLoop)
@@ -139,15 +162,44 @@ final class InterceptedConnection {
         upstreamReady.succeed(())
     }
 
+    /// The upstream is an idle connection an earlier inspected connection opened and verified (taken from the
+    /// pool, its HTTP/1.1 handlers in place): it is this connection's now, and the client's handshake may go on.
+    func adoptPooledUpstream(_ idle: UpstreamPool.Idle) {
+        upstreamHandshakeDone = true
+        reporting.metrics?.upstreamReused()
+        metadata.upstreamReusedFrom = idle.openedBy
+        if idle.resumed { metadata.upstreamResumed = true }
+        metadata.negotiatedProtocol = idle.negotiatedProtocol ?? "http/1.1"
+        upstreamOrigin = (idle.openedBy, idle.negotiatedProtocol, idle.resumed, idle.reuseUntil)
+        do {
+            let pipeline = upstreamChannel.pipeline.syncOperations
+            let idleHandler = try pipeline.handler(type: IdleUpstreamHandler.self)
+            try pipeline.addHandler(InterceptedUpstreamHandler(connection: self), position: .after(idleHandler))
+            pipeline.removeHandler(idleHandler, promise: nil)
+            try installHTTP1(upstream: false)
+            try removeHandshakeHandlers(from: [clientChannel])
+        } catch {
+            reporting.logger.error("cannot set up inspection", metadata: ["error": "\(error)"])
+            failure = ("upstream not trusted", "cannot set up http/1.1 relay: \(error)")
+            upstreamReady.fail(error)
+            closeBoth()
+            return
+        }
+        upstreamReady.succeed(())
+    }
+
     /// HTTP/1.1 on both sides: requests decoded from the client and encoded to the upstream, responses back.
-    private func installHTTP1() throws {
+    /// - Parameter upstream: false when the upstream's handlers are in place already (a connection from the pool).
+    private func installHTTP1(upstream: Bool = true) throws {
         // The encoder first, then the decoder: the decoder watches outgoing requests (HEAD has no body).
         // 1xx responses are passed on; bytes after a 101 go on to the relay that replaces HTTP.
-        try Self.addAfterHandshakeHandler(upstreamChannel, [
-            RelayedRequestEncoder(),
-            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
-            InterceptedUpstreamHandler(connection: self),
-        ])
+        if upstream {
+            try Self.addAfterHandshakeHandler(upstreamChannel, [
+                RelayedRequestEncoder(),
+                ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
+                InterceptedUpstreamHandler(connection: self),
+            ])
+        }
         // Below the client's TLS: the socket stays in the read set between a request and its response.
         let clientPipeline = clientChannel.pipeline.syncOperations
         try clientPipeline.addHandler(
@@ -173,8 +225,8 @@ final class InterceptedConnection {
         }
     }
 
-    private func removeHandshakeHandlers() throws {
-        for channel in [clientChannel, upstreamChannel] {
+    private func removeHandshakeHandlers(from channels: [any Channel]? = nil) throws {
+        for channel in channels ?? [clientChannel, upstreamChannel] {
             let pipeline = channel.pipeline.syncOperations
             pipeline.removeHandler(try pipeline.handler(type: InterceptedHandshakeHandler.self), promise: nil)
         }
@@ -220,7 +272,7 @@ final class InterceptedConnection {
         report(exchange, error: error.reason)
         client.dropHeldParts()
         client.sendError(error.status, reason: error.reason)
-        upstreamChannel.close(promise: nil)
+        closeUpstream()
         return true
     }
 
@@ -286,6 +338,15 @@ final class InterceptedConnection {
                     return
                 }
             }
+            if upstreamOrigin != nil, head.version == .http1_1, machine.current?.clientCloses == true {
+                // `Connection: close` is about the client's connection (RFC 9110 §7.6.1): the upstream's may serve
+                // another client connection, so the upstream is not told. The response tells the client.
+                var head = head
+                head.headers = Self.withoutCloseOption(head.headers)
+                closeKeptFromUpstream = true
+                handle(action, forward: .head(head))
+                return
+            }
             handle(action, forward: .head(head))
         case .body(let bytes):
             requestBytes &+= UInt64(bytes.readableBytes)
@@ -300,8 +361,13 @@ final class InterceptedConnection {
         let action: InterceptedExchangeStateMachine.Action
         let forward: HTTPServerResponsePart
         switch part {
-        case .head(let head):
+        case .head(var head):
             action = machine.responseHead(head)
+            if closeKeptFromUpstream && head.status.code >= 200 {
+                // The client asked to close; the upstream was not told (its connection may outlive this one).
+                closeKeptFromUpstream = false
+                head.headers = Self.announcingClose(head.headers)
+            }
             forward = .head(head)
         case .body(let bytes):
             responseBytes &+= UInt64(bytes.readableBytes)
@@ -335,6 +401,11 @@ final class InterceptedConnection {
                     client?.sendError(rejection.status, reason: rejection.answer)
                 }
                 upstream?.close()
+            } else if thenClose && !exchange.upstreamCloses && !quiescing {
+                // Only the client asked to close: the upstream's connection may serve another client connection.
+                noteClose(by: .client, reason: "eof")
+                if !releaseUpstream() { upstream?.close() }
+                client?.closeAfterWrites()
             } else if thenClose || quiescing {
                 noteClose(by: quiescing ? .proxy : .upstream, reason: quiescing ? "shutdown" : "eof")
                 client?.closeAfterWrites()
@@ -531,8 +602,34 @@ final class InterceptedConnection {
     func clientClosed() {
         clientOpen = false
         noteClose(by: .client, reason: "eof")
-        upstreamChannel.close(promise: nil)
+        if closing || !releaseUpstream() { closeUpstream() }
         finishIfBothClosed()
+    }
+
+    private func closeUpstream() {
+        if !upstreamReleased { upstreamChannel.close(promise: nil) }
+    }
+
+    /// Gives the upstream connection to the pool, for the next inspected connection of this agent to this
+    /// destination, when the client's side has ended (or ends once the response now going out has) and the
+    /// upstream's is fit for another request: verified HTTP/1.1, idle (no exchange open, the last response kept the
+    /// connection open and was complete), not bound to this client by its authentication (NTLM, Negotiate), not
+    /// upgraded, the proxy not stopping. True when it is no longer this connection's (kept, or closed by the pool
+    /// for want of room).
+    private func releaseUpstream() -> Bool {
+        guard let reuse, let origin = upstreamOrigin, let upstream, upstreamOpen, !upstreamReleased, http2 == nil,
+            relays == nil, !quiescing, failure == nil, machine.current == nil, !machine.upstreamBound,
+            !upstreamEndUnconfirmed, deferredRejection == nil
+        else { return false }
+        upstreamReleased = true
+        upstreamOpen = false
+        self.upstream = nil
+        upstream.leavePipeline()
+        let idle = UpstreamPool.Idle(
+            channel: upstreamChannel, negotiatedProtocol: origin.negotiated, resumed: origin.resumed,
+            openedBy: origin.openedBy, reuseUntil: origin.reuseUntil)
+        if !reuse.pool.keep(idle, key: reuse.key) { upstreamChannel.close(promise: nil) }
+        return true
     }
 
     func upstreamClosed() {
@@ -575,7 +672,33 @@ final class InterceptedConnection {
             }
         }
         clientChannel.close(promise: nil)
-        upstreamChannel.close(promise: nil)
+        closeUpstream()
+    }
+
+    /// `headers` without the `close` option in Connection (a Connection field left with no option goes).
+    static func withoutCloseOption(_ headers: HTTPHeaders) -> HTTPHeaders {
+        var result = HTTPHeaders()
+        result.reserveCapacity(headers.count)
+        for (name, value) in headers {
+            guard name.equalsIgnoringASCIICase("connection") else {
+                result.add(name: name, value: value)
+                continue
+            }
+            let kept = value.split(separator: ",").map { $0.trimmingASCIIWhitespace() }
+                .filter { !$0.isEmpty && !$0.equalsIgnoringASCIICase("close") }
+            if !kept.isEmpty { result.add(name: name, value: kept.joined(separator: ", ")) }
+        }
+        return result
+    }
+
+    /// A response's `headers` saying that the connection closes after it: `Connection: close` in place of its own
+    /// Connection and Keep-Alive fields.
+    static func announcingClose(_ headers: HTTPHeaders) -> HTTPHeaders {
+        var headers = headers
+        headers.remove(name: "connection")
+        headers.remove(name: "keep-alive")
+        headers.add(name: "Connection", value: "close")
+        return headers
     }
 
     /// What an exchange the connection's end cut short reports.

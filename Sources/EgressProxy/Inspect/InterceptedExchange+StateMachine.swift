@@ -14,6 +14,10 @@ package struct InterceptedExchangeStateMachine {
         var responseEnded = false
         /// Either side asked to close after this exchange.
         var closeAfter = false
+        /// The client asked to close after this exchange (`Connection: close`, or HTTP/1.0 without keep-alive).
+        var clientCloses = false
+        /// The upstream's response ends its connection (`Connection: close`, or a body that runs until the close).
+        var upstreamCloses = false
         /// The response's body has no length and is not chunked: it ends where the upstream's connection does.
         var closeDelimited = false
         /// The upstream switched protocols (101): the connection becomes a two-way byte relay.
@@ -41,6 +45,9 @@ package struct InterceptedExchangeStateMachine {
 
     private(set) var current: Exchange?
     private(set) var completed = 0
+    /// A request or response of connection-bound authentication (NTLM, Negotiate) went through: the upstream
+    /// connection belongs to this client connection only, never to another (RFC 4559 §6 and the like).
+    private(set) var upstreamBound = false
     private var closed = false
     private let reportQuery: Bool
 
@@ -64,7 +71,9 @@ package struct InterceptedExchangeStateMachine {
             current = exchange
             return .reject(reason: problem)
         }
-        exchange.closeAfter = !head.isKeepAlive
+        exchange.clientCloses = !head.isKeepAlive
+        exchange.closeAfter = exchange.clientCloses
+        if fields.connectionBoundAuthorization { upstreamBound = true }
         exchange.upgrade = fields.upgrade?.lowercased()
         exchange.requestHosts = Self.requestedHosts(uri: head.uri, host: fields.host)
         current = exchange
@@ -81,6 +90,8 @@ package struct InterceptedExchangeStateMachine {
         var upgrade: String?
         /// A Content-Length or Transfer-Encoding field is present: the body's framing is checked in full.
         var framed = false
+        /// An Authorization field of a scheme that authenticates the connection rather than the request.
+        var connectionBoundAuthorization = false
 
         init(_ headers: HTTPHeaders) {
             for (name, value) in headers {
@@ -91,6 +102,8 @@ package struct InterceptedExchangeStateMachine {
                     if upgrade == nil { upgrade = value }
                 } else if name.equalsIgnoringASCIICase("content-length") || name.equalsIgnoringASCIICase("transfer-encoding") {
                     framed = true
+                } else if name.equalsIgnoringASCIICase("authorization") {
+                    if InterceptedExchangeStateMachine.isConnectionBound(value) { connectionBoundAuthorization = true }
                 }
             }
         }
@@ -119,9 +132,28 @@ package struct InterceptedExchangeStateMachine {
             // A body that runs until the upstream closes reaches the client the same way: its end is the close.
             current!.closeDelimited =
                 ResponseFraming(status: head.status, headers: head.headers, requestMethod: current!.method) == .untilClose
-            if !head.isKeepAlive || current!.closeDelimited { current!.closeAfter = true }
+            if !head.isKeepAlive || current!.closeDelimited {
+                current!.upstreamCloses = true
+                current!.closeAfter = true
+            }
+            if head.status == .unauthorized || head.status == .proxyAuthenticationRequired,
+                head.headers.contains(where: {
+                    ($0.name.equalsIgnoringASCIICase("www-authenticate") || $0.name.equalsIgnoringASCIICase("proxy-authenticate"))
+                        && Self.isConnectionBound($0.value)
+                })
+            {
+                upstreamBound = true
+            }
         }
         return .forward
+    }
+
+    /// Whether an Authorization value or a challenge is of a scheme that authenticates a connection (NTLM,
+    /// Negotiate: Kerberos or NTLM through SPNEGO), not a request.
+    static func isConnectionBound(_ value: String) -> Bool {
+        var scheme = Substring(value).trimmingASCIIWhitespace()
+        if let space = scheme.firstIndex(where: { $0 == " " || $0 == "," }) { scheme = scheme[..<space] }
+        return scheme.equalsIgnoringASCIICase("ntlm") || scheme.equalsIgnoringASCIICase("negotiate")
     }
 
     mutating func responseBody(_ count: Int) -> Action {

@@ -313,6 +313,16 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     func close() {
         context?.close(promise: nil)
     }
+
+    /// Leaves the pipeline (the connection gave the channel to the pool), handing on a read it held back.
+    func leavePipeline() {
+        guard let context else { return }
+        if pendingRead {
+            pendingRead = false
+            context.read()
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
 }
 
 @available(*, unavailable)

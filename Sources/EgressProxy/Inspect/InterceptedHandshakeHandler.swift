@@ -24,7 +24,8 @@ final class InterceptedHandshakeHandler: ChannelInboundHandler, RemovableChannel
         if side == .upstream, case TLSUserEvent.handshakeCompleted(let negotiated) = event {
             // Installs the HTTP handlers after this one and removes it.
             let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLTLSHandler.self)
-            connection.upstreamHandshakeCompleted(negotiated: negotiated, resumed: tls?.sessionReused ?? false)
+            connection.upstreamHandshakeCompleted(
+                negotiated: negotiated, resumed: tls?.sessionReused ?? false, authentication: tls?.serverAuthentication)
         } else {
             connection.lifecycleEvent(event, clientSide: side == .client, context: context)
         }

@@ -1,0 +1,195 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+
+/// Idle upstream connections of inspection, each verified and speaking HTTP/1.1, kept a short while for the next
+/// inspected connection of the same agent to the same destination: that one then skips the TCP and TLS handshakes
+/// with the upstream, as a browser reuses its connections. A connection is kept only when the client's side ended
+/// while the upstream's was idle and fit for another request (`InterceptedConnection.releaseUpstream`).
+///
+/// What a kept connection may be taken for is its key: the agent, the destination (CONNECT host and port, and the
+/// address the connection goes to, so the address reported and judged is the one the bytes reach), the name its
+/// certificate was verified for (also its SNI), and the client's ALPN offer as relayed. It is taken at most
+/// `idleTimeout` after it was kept, never past `maxAge` after the handshake that authenticated the upstream nor past
+/// the earliest notAfter of the certificates the upstream sent then, and only on its own event loop (an inspected
+/// connection's two channels share one). Closed while kept (by the upstream, or bytes it did not ask for), it leaves.
+final class UpstreamPool: Sendable {
+    struct Key: Hashable, Sendable {
+        var agent: String
+        var host: String
+        var port: Int
+        var address: String
+        var serverName: String
+        var alpnOffer: [String]
+    }
+
+    /// A kept connection, and what it brings to the inspected connection that takes it.
+    struct Idle: Sendable {
+        let channel: any Channel
+        /// The protocol the upstream chose (ALPN), nil for none; the client is answered with it.
+        let negotiatedProtocol: String?
+        /// The handshake that opened it resumed a session.
+        let resumed: Bool
+        /// The event ID of the inspected connection whose handshake opened and verified it.
+        let openedBy: String
+        /// Unix seconds after which it is not taken.
+        let reuseUntil: Int64
+    }
+
+    /// How long a connection is kept unused; zero turns reuse off.
+    let idleTimeout: TimeAmount
+    let perKey: Int
+    let capacity: Int
+    /// Seconds after the upstream's authentication a connection is no longer taken.
+    let maxAge: Int64
+    /// The time (Unix seconds); tests set it.
+    let clock: @Sendable () -> Int64
+
+    private struct State {
+        /// Per key, oldest first.
+        var idle: [Key: [Idle]] = [:]
+        var total = 0
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    init(
+        idleTimeout: TimeAmount, perKey: Int = 32, capacity: Int = 256, maxAge: Int64 = 600,
+        clock: @escaping @Sendable () -> Int64 = { Inspection.now() }
+    ) {
+        self.idleTimeout = idleTimeout
+        self.perKey = perKey
+        self.capacity = capacity
+        self.maxAge = maxAge
+        self.clock = clock
+    }
+
+    var isEnabled: Bool { idleTimeout > .zero }
+
+    /// Unix seconds until which a connection whose upstream was authenticated at `at`, with certificates valid until
+    /// `notAfter`, may be taken.
+    func reuseUntil(authenticatedAt at: Int64, notAfter: Int64) -> Int64 { min(at + maxAge, notAfter) }
+
+    /// Connections kept now, all keys together.
+    var count: Int { state.withLockedValue { $0.total } }
+
+    /// The newest connection kept under `key` on the calling event loop, no longer kept; nil when there is none.
+    /// Its `IdleUpstreamHandler` is still last in its pipeline: the taker replaces it.
+    func take(_ key: Key, on eventLoop: any EventLoop) -> Idle? {
+        eventLoop.preconditionInEventLoop()
+        let now = clock()
+        var stale: [any Channel] = []
+        let found = state.withLockedValue { state -> Idle? in
+            guard var list = state.idle[key] else { return nil }
+            var found: Idle?
+            var index = list.count
+            while found == nil && index > 0 {
+                index -= 1
+                let candidate = list[index]
+                guard candidate.channel.eventLoop.inEventLoop else { continue }
+                list.remove(at: index)
+                state.total -= 1
+                if candidate.reuseUntil > now && candidate.channel.isActive {
+                    found = candidate
+                } else {
+                    stale.append(candidate.channel)
+                }
+            }
+            state.idle[key] = list.isEmpty ? nil : list
+            return found
+        }
+        for channel in stale { channel.close(promise: nil) }
+        return found
+    }
+
+    /// Keeps `idle` (on its event loop) for up to `idleTimeout`, with an `IdleUpstreamHandler` last in its pipeline.
+    /// False when it is not kept (reuse off, its time is up, or the pool is full for its key or in all): the
+    /// caller closes it.
+    func keep(_ idle: Idle, key: Key) -> Bool {
+        idle.channel.eventLoop.preconditionInEventLoop()
+        guard isEnabled, idle.reuseUntil > clock(), idle.channel.isActive else { return false }
+        let kept = state.withLockedValue { state -> Bool in
+            guard state.total < capacity, state.idle[key, default: []].count < perKey else { return false }
+            state.idle[key, default: []].append(idle)
+            state.total += 1
+            return true
+        }
+        guard kept else { return false }
+        do {
+            try idle.channel.pipeline.syncOperations.addHandler(IdleUpstreamHandler(pool: self), position: .last)
+        } catch {
+            remove(idle.channel)
+            return false
+        }
+        return true
+    }
+
+    /// Forgets `channel` (closed, or closing).
+    func remove(_ channel: any Channel) {
+        state.withLockedValue { state in
+            for (key, list) in state.idle {
+                guard let index = list.firstIndex(where: { $0.channel === channel }) else { continue }
+                var list = list
+                list.remove(at: index)
+                state.idle[key] = list.isEmpty ? nil : list
+                state.total -= 1
+                return
+            }
+        }
+    }
+}
+
+/// Last in a kept upstream connection's pipeline while it is idle: closes it when its idle time is up, and when the
+/// upstream sends anything (no request is outstanding, so a response is one nobody asked for) or closes; either
+/// way it leaves the pool.
+final class IdleUpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    private let pool: UpstreamPool
+    private var timer: Scheduled<Void>?
+
+    init(pool: UpstreamPool) {
+        self.pool = pool
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: pool.idleTimeout) {
+            let (handler, context) = loopBound.value
+            handler.discard(context: context)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        discard(context: context)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        discard(context: context)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        discard(context: context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pool.remove(context.channel)
+        timer?.cancel()
+        context.fireChannelInactive()
+    }
+
+    private func discard(context: ChannelHandlerContext) {
+        pool.remove(context.channel)
+        timer?.cancel()
+        timer = nil
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension IdleUpstreamHandler: Sendable {}

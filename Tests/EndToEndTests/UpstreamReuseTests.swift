@@ -1,0 +1,123 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Inspection keeps an idle, verified upstream connection for the next inspected connection of the same agent to
+/// the same destination (`KAIZEN_UPSTREAM_IDLE_TIMEOUT`). curl with `Connection: close` makes each URL a client
+/// connection (and a CONNECT) of its own, and the proxy gives the upstream connection back as soon as a response
+/// ends, before the client has it: so the next CONNECT finds it, without racing the client's close.
+///
+/// Connections are kept per event loop (an inspected connection's two channels share one), and the proxy spreads
+/// client connections over one loop per core: so these tests make more client connections than this machine has
+/// cores, and check what holds whichever loop each lands on.
+@Suite struct UpstreamReuseTests {
+    let inspection = InspectionTests()
+    /// More client connections than event loops: at least two land on one loop, so at least one reuses.
+    let count = max(6, ProcessInfo.processInfo.activeProcessorCount + 1)
+
+    func curlEachOnItsOwnConnection(_ setup: InspectionTests.Setup, _ paths: [String], extra: [String] = []) throws
+        -> CommandResult
+    {
+        let base = "https://localhost:\(setup.originPort)"
+        return try inspection.curl(setup, paths.map { base + $0 }, extra: ["-H", "Connection: close"] + extra)
+    }
+
+    /// The origin's answers to `/connection`: which of its connections, and which request on it.
+    static func served(_ stdout: String) -> [(connection: Int, request: Int)] {
+        stdout.split(separator: "\n").compactMap { line in
+            let words = line.split(separator: " ")
+            guard words.count == 4, words[0] == "connection", let connection = Int(words[1]), let request = Int(words[3])
+            else { return nil }
+            return (connection, request)
+        }
+    }
+
+    @Test func theNextClientConnectionTakesTheIdleUpstreamConnectionAndSaysWhoVerifiedIt() throws {
+        let setup = try inspection.setUp()
+        let result = try curlEachOnItsOwnConnection(setup, Array(repeating: "/connection", count: count))
+        #expect(result.status == 0, "\(result.stderr)")
+        let served = Self.served(result.stdout)
+        try #require(served.count == count, "\(result.stdout)")
+        let actions = try setup.waitForActions(count)
+        #expect(actions.allSatisfy { $0["intercepted"] as? Bool == true && $0["status"] as? Int == 200 })
+        #expect(Set(actions.compactMap { $0["connection_id"] as? String }).count == count)
+
+        // Each client connection either opened an upstream connection of its own (the origin's first request on
+        // it), or took one: then its action names the connection that opened and verified it, and the origin saw
+        // the next request on that same connection.
+        var openedBy: [String: Int] = [:]  // event ID → the origin's connection
+        var requests: [Int: Int] = [:]  // the origin's connection → requests it served
+        var reused = 0
+        for (action, answer) in zip(actions, served) {
+            let eventID = try #require(action["event_id"] as? String)
+            if let from = action["upstream_reused_from"] as? String {
+                reused += 1
+                #expect(openedBy[from] == answer.connection, "\(action)")
+            } else {
+                #expect(requests[answer.connection] == nil, "a new upstream connection was not new: \(answer)")
+                openedBy[eventID] = answer.connection
+            }
+            requests[answer.connection, default: 0] += 1
+            #expect(answer.request == requests[answer.connection])
+        }
+        #expect(reused >= 1 && reused == count - openedBy.count)
+        let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, "kaizen_egress_upstream_connections_reused_total") == Double(reused), "\(metrics)")
+        // The others each had a handshake (a later one may resume the first one's session).
+        let handshakes = try #require(AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="full"}"#))
+            + (AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="resumed"}"#) ?? 0)
+        #expect(handshakes == Double(count - reused))
+    }
+
+    /// `Connection: close` is about the client's connection: the upstream, whose connection may serve another
+    /// client, is not told; the client is told in the response that its connection closes, and it does.
+    @Test func aClientsConnectionCloseStaysBetweenTheClientAndTheProxy() throws {
+        let setup = try inspection.setUp()
+        let result = try curlEachOnItsOwnConnection(setup, ["/headers", "/headers"], extra: ["-i"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let responses = result.stdout.components(separatedBy: "HTTP/1.1 200 Connection established").dropFirst()
+        try #require(responses.count == 2, "\(result.stdout)")
+        for response in responses {
+            let lines = response.components(separatedBy: "\r\n")
+            #expect(lines.filter { $0.lowercased().hasPrefix("connection:") } == ["Connection: close"], "\(response)")
+            // The body: the request head as the origin received it.
+            let echoed = response.components(separatedBy: "\r\n\r\n").last ?? ""
+            #expect(echoed.hasPrefix("GET /headers HTTP/1.1\n"), "\(response)")
+            #expect(!echoed.lowercased().contains("connection"), "\(echoed)")
+        }
+    }
+
+    @Test func zeroIdleTimeoutGivesEachClientConnectionItsOwnUpstreamConnection() throws {
+        let setup = try inspection.setUp(extra: ["KAIZEN_UPSTREAM_IDLE_TIMEOUT": "0"])
+        let result = try curlEachOnItsOwnConnection(setup, Array(repeating: "/connection", count: count) + ["/headers"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let served = Self.served(result.stdout)
+        #expect(served.map(\.connection) == Array(1...count), "\(result.stdout)")
+        #expect(served.allSatisfy { $0.request == 1 })
+        // The request went as the client sent it.
+        #expect(result.stdout.lowercased().contains("connection: close"), "\(result.stdout)")
+        let actions = try setup.waitForActions(count + 1)
+        #expect(actions.allSatisfy { $0["upstream_reused_from"] == nil })
+    }
+
+    /// NTLM and Negotiate authenticate the connection, not the request: an upstream connection that carried either
+    /// serves its own client connection only.
+    @Test func anUpstreamConnectionBoundByNTLMOrNegotiateIsNeverReused() throws {
+        let setup = try inspection.setUp()
+        // Connection 1 answers the NTLM challenge; no later request may land on it.
+        let challenged = try curlEachOnItsOwnConnection(
+            setup, ["/ntlm"] + Array(repeating: "/connection", count: count))
+        #expect(challenged.status == 0, "\(challenged.stderr)")
+        let afterChallenge = Self.served(challenged.stdout)
+        #expect(afterChallenge.count == count && afterChallenge.allSatisfy { $0.connection != 1 }, "\(challenged.stdout)")
+        // Requests with Negotiate credentials: a connection that carried one serves no other request.
+        let answered = try curlEachOnItsOwnConnection(
+            setup, Array(repeating: "/connection", count: count), extra: ["-H", "Authorization: Negotiate YII="])
+        #expect(answered.status == 0, "\(answered.stderr)")
+        let bound = Set(Self.served(answered.stdout).map(\.connection))
+        #expect(bound.count == count, "\(answered.stdout)")
+        let after = try curlEachOnItsOwnConnection(setup, Array(repeating: "/connection", count: count))
+        let later = Self.served(after.stdout)
+        #expect(later.count == count && later.allSatisfy { !bound.contains($0.connection) }, "\(after.stdout)")
+    }
+}
