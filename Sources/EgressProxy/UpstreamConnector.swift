@@ -48,11 +48,7 @@ struct UpstreamConnector {
         on eventLoop: any EventLoop,
         initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) -> EventLoopFuture<any Channel> {
-        let bootstrap = ClientBootstrap(group: eventLoop)
-            .connectTimeout(connectTimeout)
-            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelInitializer(initializer)
+        let bootstrap = bootstrap(on: eventLoop, initializer: initializer)
         if destination.isIPLiteral {
             do {
                 let address = try SocketAddress(ipAddress: destination.host, port: destination.port)
@@ -78,6 +74,30 @@ struct UpstreamConnector {
         return bootstrap
             .resolver(ThreadPoolResolver(pool: resolverPool, cache: dnsCache, eventLoop: eventLoop, check: destinationCheck))
             .connect(host: destination.host, port: destination.port)
+    }
+
+    /// Connects to `address` (one a connection to `host` reached before), checked again as an address of `host`,
+    /// so an exception the guard makes for that name still applies.
+    func connect(
+        to address: SocketAddress,
+        host: String,
+        on eventLoop: any EventLoop,
+        initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) -> EventLoopFuture<any Channel> {
+        if let denial = destinationCheck?.check(address, host: host) {
+            return eventLoop.makeFailedFuture(denial)
+        }
+        return bootstrap(on: eventLoop, initializer: initializer).connect(to: address)
+    }
+
+    private func bootstrap(
+        on eventLoop: any EventLoop, initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) -> ClientBootstrap {
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer(initializer)
     }
 
     /// Maps a dial error to what the client and the action are told.

@@ -87,6 +87,42 @@ import Testing
         }
     }
 
+    /// `/flaky` hangs up on any request after a connection's first: as an upstream closing an idle connection just
+    /// as it is reused. A GET is then sent again on a new upstream connection, and the client sees only its answer.
+    @Test func aReusedConnectionThatClosesBeforeAnsweringGetsTheRequestOnANewOne() throws {
+        let setup = try inspection.setUp()
+        let result = try curlEachOnItsOwnConnection(setup, Array(repeating: "/flaky", count: count))
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.split(separator: "\n") == Array(repeating: "fresh connection", count: count), "\(result.stdout)")
+        let actions = try setup.waitForActions(count)
+        #expect(actions.allSatisfy { $0["status"] as? Int == 200 && $0["error"] == nil }, "\(actions)")
+        // Each was first given a reused connection, or opened its own; those that were ended on a new one, which is
+        // what their actions say (no `upstream_reused_from`).
+        let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
+        let reused = try #require(AdminTests.value(metrics, "kaizen_egress_upstream_connections_reused_total"))
+        #expect(reused >= 1)
+        #expect(actions.allSatisfy { $0["upstream_reused_from"] == nil })
+    }
+
+    /// A POST, even without a body, is never sent twice by the proxy (RFC 9112 §9.3.1): on a reused connection that
+    /// closes before answering, it gets a 502, as a first request whose upstream closes always did.
+    @Test func aPostOnAReusedConnectionThatClosesIsAnswered502NotSentAgain() throws {
+        let setup = try inspection.setUp()
+        let result = try curlEachOnItsOwnConnection(
+            setup, Array(repeating: "/flaky", count: count), extra: ["-X", "POST", "-w", "%{http_code}\n"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let codes = result.stdout.split(separator: "\n").filter { $0 == "200" || $0 == "502" }
+        #expect(codes.count == count, "\(result.stdout)")
+        let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
+        let reused = try #require(AdminTests.value(metrics, "kaizen_egress_upstream_connections_reused_total"))
+        #expect(reused >= 1 && Double(codes.filter { $0 == "502" }.count) == reused, "\(result.stdout)")
+        let actions = try setup.waitForActions(count)
+        #expect(actions.filter { $0["status"] as? Int == 502 }.allSatisfy {
+            ($0["error"] as? String)?.hasPrefix("upstream closed the connection before responding") == true
+                && $0["upstream_reused_from"] != nil
+        })
+    }
+
     @Test func zeroIdleTimeoutGivesEachClientConnectionItsOwnUpstreamConnection() throws {
         let setup = try inspection.setUp(extra: ["KAIZEN_UPSTREAM_IDLE_TIMEOUT": "0"])
         let result = try curlEachOnItsOwnConnection(setup, Array(repeating: "/connection", count: count) + ["/headers"])

@@ -255,6 +255,28 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             tunnel.upstream.close(promise: nil)
         }
         let upstreamChannel = pooled?.channel ?? tunnel.upstream
+        // A session from an earlier connection is resumed only by a connection to the same destination, for the same
+        // name, with the same ALPN offer.
+        let sessionKey = "\(tunnel.destination.host) \(tunnel.destination.port) \(upstreamName) \(offer.joined(separator: ","))"
+        var redial: InterceptedConnection.Redial?
+        if pooled != nil, let address = upstreamChannel.remoteAddress {
+            // Should the reused connection close before answering the first request, a new one to the same address.
+            let connector = UpstreamConnector(settings: settings)
+            let host = tunnel.destination.host
+            let tlsContext = inspection.upstreamTLS
+            redial = { connection in
+                let bound = NIOLoopBound(connection, eventLoop: connection.eventLoop)
+                return connector.connect(to: address, host: host, on: connection.eventLoop) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let pipeline = channel.pipeline.syncOperations
+                        try pipeline.addHandler(
+                            try OpenSSLTLSHandler(
+                                context: tlsContext, serverName: upstreamName, alpn: offer, sessionKey: sessionKey))
+                        try pipeline.addHandler(InterceptedHandshakeHandler(side: .upstream, connection: bound.value))
+                    }
+                }
+            }
+        }
         let connection = InterceptedConnection(
             reporting: reporting,
             metadata: metadata,
@@ -266,7 +288,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             requestHeadLimits: settings.requestHeadLimits,
             clientChannel: context.channel,
             upstreamChannel: upstreamChannel,
-            reuse: reuse
+            reuse: reuse,
+            redial: redial
         )
         if metadata.transport == .transparent, let sni = hello.serverName {
             // As for a transparent tunnel: does the SNI resolve to the address the agent connected to?
@@ -287,11 +310,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             } else {
                 // Upstream: verified TLS first. The client's handshake waits in the certificate callback until
                 // it succeeds (then gets a leaf for the name) or fails (then gets an alert).
-                // A session from an earlier connection is resumed only by a connection to the same destination, for
-                // the same name, with the same ALPN offer.
                 let upstreamTLS = try OpenSSLTLSHandler(
-                    context: inspection.upstreamTLS, serverName: upstreamName, alpn: offer,
-                    sessionKey: "\(tunnel.destination.host) \(tunnel.destination.port) \(upstreamName) \(offer.joined(separator: ","))")
+                    context: inspection.upstreamTLS, serverName: upstreamName, alpn: offer, sessionKey: sessionKey)
                 try upstreamPipeline.addHandler(upstreamTLS)
                 handlers = NIOLoopBound(TLSPair(upstream: upstreamTLS), eventLoop: context.eventLoop)
                 // The HTTP handlers come once the upstream has chosen the protocol (HTTP/1.1 or HTTP/2).

@@ -28,9 +28,11 @@ final class InterceptedConnection {
     private let inspection: Inspection
     private let idleTimeout: TimeAmount
     private let requestHeadLimits: RequestHeadLimits
-    private let eventLoop: any EventLoop
+    let eventLoop: any EventLoop
     private let clientChannel: any Channel
-    private let upstreamChannel: any Channel
+    /// The upstream's channel: the one dialled for this connection or taken from the pool, or the one that replaced
+    /// a reused connection that closed before answering (`redialUpstream`).
+    private var upstreamChannel: any Channel
     /// The HTTP/2 relay, when the upstream chose h2.
     private var http2: InterceptedHTTP2?
     /// Where the upstream connection goes when the client's side ends while it is idle and fit for another
@@ -44,6 +46,16 @@ final class InterceptedConnection {
     /// The request in progress asked to close, and that was kept from the upstream (whose connection may serve
     /// another client connection): its response tells the client the connection closes.
     private var closeKeptFromUpstream = false
+    /// Opens a new upstream connection to where a pooled one went (the same address, verified for the same name,
+    /// offered the same protocols): its channel comes with the TLS client and an `InterceptedHandshakeHandler`.
+    typealias Redial = (InterceptedConnection) -> EventLoopFuture<any Channel>
+    private let redial: Redial?
+    /// The first request on an upstream connection taken from the pool, as sent, while it may be sent again on a
+    /// new connection if that one closes before answering: idempotent, with no body, nothing of a response yet
+    /// (RFC 9112 §9.3.1). An idle connection can be closed by the upstream just as it is reused.
+    private var replayable: HTTPRequestHead?
+    /// A new upstream connection is being opened for `replayable`; why the reused one ended.
+    private var redialing: String?
 
     /// Succeeds when the upstream's TLS handshake (with verification) has; the client's waits on it.
     let upstreamReady: EventLoopPromise<Void>
@@ -84,9 +96,11 @@ final class InterceptedConnection {
         requestHeadLimits: RequestHeadLimits,
         clientChannel: any Channel,
         upstreamChannel: any Channel,
-        reuse: (pool: UpstreamPool, key: UpstreamPool.Key)? = nil
+        reuse: (pool: UpstreamPool, key: UpstreamPool.Key)? = nil,
+        redial: Redial? = nil
     ) {
         self.reuse = reuse
+        self.redial = redial
         self.reporting = reporting
         self.metadata = metadata
         self.target = destination.description
@@ -133,6 +147,10 @@ final class InterceptedConnection {
     func upstreamHandshakeCompleted(
         negotiated: String?, resumed: Bool = false, authentication: (at: Int64, notAfter: Int64)? = nil
     ) {
+        if redialing != nil {
+            redialCompleted(negotiated: negotiated, resumed: resumed, authentication: authentication)
+            return
+        }
         upstreamHandshakeDone = true
         reporting.metrics?.upstreamHandshake(resumed: resumed)
         if resumed { metadata.upstreamResumed = true }
@@ -233,14 +251,13 @@ final class InterceptedConnection {
     }
 
     func upstreamFailed(_ error: any Error) {
+        if let closedBecause = redialing {
+            redialFailed(closedBecause, Self.describeUpstreamFailure(error))
+            return
+        }
+        if upstreamHandshakeDone, redialUpstream(because: GlueHandler.describe(error)) { return }
         if !upstreamHandshakeDone {
-            let reason: String
-            if let tls = error as? OpenSSLError, let verify = tls.verifyResult {
-                reason = "upstream certificate verification failed: \(verify)"
-            } else {
-                reason = "upstream TLS failed: \(GlueHandler.describe(error))"
-            }
-            failure = ("upstream not trusted", reason)
+            failure = ("upstream not trusted", Self.describeUpstreamFailure(error))
             noteClose(by: .upstream, reason: "tls_error")
             upstreamReady.fail(error)
         } else {
@@ -248,6 +265,104 @@ final class InterceptedConnection {
             if answerBadGatewayIfAwaitingResponse(because: GlueHandler.describe(error)) { return }
         }
         closeBoth()
+    }
+
+    static func describeUpstreamFailure(_ error: any Error) -> String {
+        if let tls = error as? OpenSSLError, let verify = tls.verifyResult {
+            return "upstream certificate verification failed: \(verify)"
+        }
+        return "upstream TLS failed: \(GlueHandler.describe(error))"
+    }
+
+    /// The upstream connection taken from the pool ended (`reason`) before anything of a response to the first
+    /// request on it came, and that request may be sent again (`replayable`): a new upstream connection is opened,
+    /// verified as any, and the request goes on it; the client sees only the response. False when it may not.
+    private func redialUpstream(because reason: String) -> Bool {
+        guard let redial, let head = replayable, redialing == nil, clientOpen, !closing, relays == nil,
+            let exchange = machine.current, exchange.status == nil
+        else { return false }
+        replayable = nil
+        redialing = reason
+        upstreamOpen = false
+        // The old channel is no longer this connection's: its handler leaves, so its close is not heard.
+        upstream?.leavePipeline()
+        upstream = nil
+        upstreamChannel.close(promise: nil)
+        reporting.logger.debug(
+            "a reused upstream connection closed before answering; sending the request on a new one",
+            metadata: ["target": "\(target)", "reason": "\(reason)"])
+        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+        redial(self).hop(to: eventLoop).whenComplete { result in
+            let connection = loopBound.value
+            switch result {
+            case .success(let channel):
+                guard connection.redialing != nil, !connection.finished, !connection.closing else {
+                    channel.close(promise: nil)
+                    return
+                }
+                connection.upstreamChannel = channel
+                connection.upstreamOpen = true
+                connection.replayHead = head
+                channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            case .failure(let error):
+                connection.redialFailed(reason, GlueHandler.describe(error))
+            }
+        }
+        return true
+    }
+
+    /// The request to send again once the new upstream connection is verified.
+    private var replayHead: HTTPRequestHead?
+
+    /// The new upstream connection (`redialUpstream`) is verified: it takes the old one's place, and the request
+    /// goes on it as before (its end too, if it came).
+    private func redialCompleted(negotiated: String?, resumed: Bool, authentication: (at: Int64, notAfter: Int64)?) {
+        guard let closedBecause = redialing, let head = replayHead else { return }
+        guard negotiated != "h2" else {
+            // It chose another protocol than the one the client was answered with.
+            return redialFailed(closedBecause, "the new connection chose h2")
+        }
+        redialing = nil
+        replayHead = nil
+        reporting.metrics?.upstreamHandshake(resumed: resumed)
+        metadata.upstreamReusedFrom = nil
+        metadata.upstreamResumed = resumed ? true : nil
+        if let reuse, let authentication {
+            upstreamOrigin = (
+                metadata.eventID.description, negotiated, resumed,
+                reuse.pool.reuseUntil(authenticatedAt: authentication.at, notAfter: authentication.notAfter)
+            )
+        } else {
+            upstreamOrigin = nil
+        }
+        do {
+            try Self.addAfterHandshakeHandler(upstreamChannel, [
+                RelayedRequestEncoder(),
+                ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
+                InterceptedUpstreamHandler(connection: self),
+            ])
+            try removeHandshakeHandlers(from: [upstreamChannel])
+        } catch {
+            return redialFailed(closedBecause, "\(error)")
+        }
+        upstream?.send(.head(head), flush: machine.current?.requestEnded != true)
+        if machine.current?.requestEnded == true { upstream?.send(.end(nil), flush: true) }
+        client?.resumeReading()
+    }
+
+    /// No new upstream connection for the request (it could not be opened or verified): the client is answered
+    /// 502 and the connection closes.
+    private func redialFailed(_ closedBecause: String, _ reason: String) {
+        guard redialing != nil else { return }
+        redialing = nil
+        replayHead = nil
+        upstreamOpen = false
+        noteClose(by: .upstream, reason: "error: \(reason)")
+        if !answerBadGatewayIfAwaitingResponse(because: "\(closedBecause); a new connection failed: \(reason)") {
+            closeBoth()
+        }
+        upstreamChannel.close(promise: nil)
+        finishIfBothClosed()
     }
 
     /// The upstream's connection ended (`reason`) while the first request on the connection awaited its response:
@@ -338,17 +453,19 @@ final class InterceptedConnection {
                     return
                 }
             }
+            var head = head
             if upstreamOrigin != nil, head.version == .http1_1, machine.current?.clientCloses == true {
                 // `Connection: close` is about the client's connection (RFC 9110 §7.6.1): the upstream's may serve
                 // another client connection, so the upstream is not told. The response tells the client.
-                var head = head
                 head.headers = Self.withoutCloseOption(head.headers)
                 closeKeptFromUpstream = true
-                handle(action, forward: .head(head))
-                return
+            }
+            if metadata.upstreamReusedFrom != nil, machine.completed == 0, Self.mayBeSentAgain(head) {
+                replayable = head
             }
             handle(action, forward: .head(head))
         case .body(let bytes):
+            if bytes.readableBytes > 0 { replayable = nil }
             requestBytes &+= UInt64(bytes.readableBytes)
             handle(machine.requestBody(bytes.readableBytes), forward: .body(.byteBuffer(bytes)))
         case .end(let trailers):
@@ -362,6 +479,7 @@ final class InterceptedConnection {
         let forward: HTTPServerResponsePart
         switch part {
         case .head(var head):
+            replayable = nil
             action = machine.responseHead(head)
             if closeKeptFromUpstream && head.status.code >= 200 {
                 // The client asked to close; the upstream was not told (its connection may outlive this one).
@@ -633,6 +751,12 @@ final class InterceptedConnection {
     }
 
     func upstreamClosed() {
+        if let closedBecause = redialing {
+            // The new connection's handshake handler: it closed before it was verified.
+            redialFailed(closedBecause, "connection closed during the TLS handshake")
+            return
+        }
+        if redialUpstream(because: "connection closed") { return }
         upstreamOpen = false
         noteClose(by: .upstream, reason: "eof")
         if !upstreamHandshakeDone {
@@ -673,6 +797,20 @@ final class InterceptedConnection {
         }
         clientChannel.close(promise: nil)
         closeUpstream()
+    }
+
+    /// Whether a request may be sent again on a new connection when the one it went on closed before answering: an
+    /// idempotent method (RFC 9110 §9.2.2) and no body (one could not be sent twice without keeping it).
+    static func mayBeSentAgain(_ head: HTTPRequestHead) -> Bool {
+        switch head.method {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE:
+            return !head.headers.contains {
+                ($0.name.equalsIgnoringASCIICase("content-length") && $0.value != "0")
+                    || $0.name.equalsIgnoringASCIICase("transfer-encoding")
+            }
+        default:
+            return false
+        }
     }
 
     /// `headers` without the `close` option in Connection (a Connection field left with no option goes).
