@@ -72,6 +72,27 @@ import Testing
         #expect(untilClose.upstreamCloses)
     }
 
+    /// What leaves the upstream connection fit for another client connection, and what does not.
+    @Test func theUpstreamIsReusableOnlyWhileNothingEndsOrBindsIt() {
+        func exchange(_ request: HTTPRequestHead, _ response: HTTPResponseHead, askedToClose: Bool = false) -> Machine {
+            var machine = Machine(reportQuery: false)
+            _ = machine.requestHead(request)
+            if askedToClose { machine.upstreamAskedToClose() }
+            _ = machine.requestEnd()
+            _ = machine.responseHead(response)
+            _ = machine.responseEnd()
+            return machine
+        }
+        #expect(exchange(request(), response()).upstreamReusable)
+        // The client's close alone, kept from the upstream: still fit.
+        #expect(exchange(request(.GET, "/", ["Connection": "close"]), response()).upstreamReusable)
+        // Passed on (HTTP/1.0 without keep-alive), a response that closes, a body that runs until the close, a 101.
+        #expect(!exchange(HTTPRequestHead(version: .http1_0, method: .GET, uri: "/"), response(), askedToClose: true).upstreamReusable)
+        #expect(!exchange(request(), response(.ok, ["Content-Length": "7", "Connection": "close"])).upstreamReusable)
+        #expect(!exchange(request(), response(.ok, [:])).upstreamReusable)
+        #expect(!exchange(request(.GET, "/", ["Upgrade": "websocket", "Connection": "Upgrade"]), response(.switchingProtocols, [:])).upstreamReusable)
+    }
+
     /// NTLM and Negotiate authenticate a connection: once either went through (a request's credentials or an
     /// upstream's challenge), the upstream connection is this client connection's only. Basic and Bearer do not.
     @Test(arguments: [
@@ -80,6 +101,8 @@ import Testing
         ([:], ["WWW-Authenticate": "Negotiate"], true),
         ([:], ["WWW-Authenticate": "Basic realm=x", "www-authenticate": "NTLM"], true),
         ([:], ["Proxy-Authenticate": "NTLM"], true),
+        ([:], ["WWW-Authenticate": "Basic realm=\"x, y\", NTLM"], true),
+        (["Proxy-Authorization": "Negotiate YII"], [:], true),
         (["Authorization": "Basic dXNlcjpwYXNz"], ["WWW-Authenticate": "Bearer"], false),
         (["Authorization": "Bearer NTLM"], [:], false),
         (["Authorization": "NTLMv2 x"], [:], false),

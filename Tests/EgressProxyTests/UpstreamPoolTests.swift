@@ -74,9 +74,12 @@ import Testing
         let channel = try connectedChannel()
         #expect(pool.keep(idle(channel), key: key()))
         let taken = try #require(pool.take(key(), on: loop))
-        let pipeline = taken.channel.pipeline.syncOperations
-        pipeline.removeHandler(try pipeline.handler(type: IdleUpstreamHandler.self), promise: nil)
+        IdleUpstreamHandler.remove(from: taken.channel)
+        #expect((try? channel.pipeline.syncOperations.handler(type: IdleUpstreamHandler.self)) == nil)
         loop.advanceTime(by: .seconds(10))
+        #expect(channel.isActive)
+        // Nor does anything the upstream sends now reach a watcher.
+        try channel.writeInbound(ByteBuffer(string: "HTTP/1.1 200 OK\r\n"))
         #expect(channel.isActive)
     }
 
@@ -87,6 +90,17 @@ import Testing
         #expect(pool.keep(idle(closed), key: key()))
         #expect(pool.keep(idle(speaking), key: key("other.example.test")))
         closed.pipeline.fireChannelInactive()
+        #expect(pool.count == 1)
+        // Bytes the upstream sends, before any decoder makes something of them.
+        let raw = try connectedChannel()
+        #expect(pool.keep(idle(raw), key: key("raw.example.test")))
+        try raw.writeInbound(ByteBuffer(string: "HTTP/1.1 2"))
+        #expect(!raw.isActive)
+        // An error (a decoder's, for a response nobody asked for).
+        let erring = try connectedChannel()
+        #expect(pool.keep(idle(erring), key: key("erring.example.test")))
+        erring.pipeline.fireErrorCaught(HTTPParserError.invalidStatus)
+        #expect(!erring.isActive)
         #expect(pool.count == 1)
         // A response nobody asked for.
         try speaking.writeInbound(HTTPClientResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok)))

@@ -31,6 +31,9 @@
                                                          and whether the end was clean
   mitm_client.py abandon PROXY_PORT …                     sends GET /hangup?wait=1, prints "SENT", closes its
                                                          connection on SIGUSR1 and prints "CLOSED"
+  mitm_client.py wait-then-get PROXY_PORT …               completes the TLS handshake, prints "READY", and on
+                                                         SIGUSR1 sends GET /connection; prints the status line and
+                                                         the body
 """
 import base64
 import os
@@ -227,6 +230,20 @@ def abandon(proxy_port, origin_port, cafile):
     print("CLOSED", flush=True)
 
 
+def wait_then_get(proxy_port, origin_port, cafile):
+    """A connection that is set up, then idle until told (SIGUSR1) to send its request."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    tls = connect(proxy_port, origin_port, cafile)
+    print("READY", flush=True)
+    if signal.sigtimedwait({signal.SIGUSR1}, 20) is None:
+        raise SystemExit("not told to go on")
+    tls.settimeout(10)
+    tls.sendall(b"GET /connection HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data, _ = read_to_end(tls)
+    head, _, body = data.partition(b"\r\n\r\n")
+    print(head.split(b"\r\n")[0].decode(), body.decode().strip())
+
+
 def main():
     mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     if mode == "close-notify":
@@ -235,6 +252,8 @@ def main():
         return reused_hangup(proxy_port, origin_port, cafile)
     if mode == "abandon":
         return abandon(proxy_port, origin_port, cafile)
+    if mode == "wait-then-get":
+        return wait_then_get(proxy_port, origin_port, cafile)
     tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))
     if mode == "strict":
         strict(tls)

@@ -21,11 +21,20 @@ Modes:
                 GET /tls-session    -> "resumed\n" when this connection's TLS session was resumed, else
                                        "full handshake\n"
                 GET /connection     -> "connection <n> request <m>\n": which of the server's connections (counted
-                                       from 1) and which request on it this is
-                GET /ntlm           -> 401 with "WWW-Authenticate: NTLM" (a connection-bound scheme)
+                                       from 1) and which request on it this is; ?close=1: with
+                                       "Connection: close", then the connection closes; ?linger=1 on a
+                                       request that ends the connection (HTTP/1.0): the close waits (at
+                                       most 2 s) until the peer has closed; ?hold=1: the connection then
+                                       idles, reading nothing, until GET /release-held, and closes (over TLS
+                                       without close_notify), printing "HELD closed"
+                GET /release-held   -> ends the connection /connection?hold=1 holds, then "released\n"
+                GET /ntlm           -> 401 with "WWW-Authenticate: NTLM" (a connection-bound scheme) and
+                                       the /connection body
                 GET|POST /flaky     -> on a connection's first request "fresh connection\n"; on a later one
                                        no response: the connection closes (as an origin closing an idle
-                                       keep-alive connection as a request arrives)
+                                       keep-alive connection as a request arrives), and "FLAKY hang-up" is
+                                       printed; any path with flaky=1 in its query: the same on a later
+                                       request, the path's own answer on the first
                 POST /early?read=N  -> reads N body bytes, then answers 413 with no length before the rest
                                        and closes (over TLS: no close_notify)
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
@@ -50,6 +59,8 @@ import urllib.parse
 
 CONNECTIONS = [0]
 CONNECTIONS_LOCK = threading.Lock()
+HELD = threading.Event()
+HELD_CLOSED = threading.Event()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -137,10 +148,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def flaky(self):
         """/flaky: answers on the connection's first request, hangs up on any later one. True when it handled it."""
         self.served = getattr(self, "served", 0) + 1
-        if not self.path.startswith("/flaky"):
+        flaky_path = self.path.startswith("/flaky")
+        if not flaky_path and not (self.served > 1 and "flaky=1" in self.path):
             return False
         if self.served > 1:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            print("FLAKY hang-up", flush=True)
             self.hang_up(reset=False)
             self.close_connection = True
         else:
@@ -152,13 +165,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.flaky():
             return
         if self.path.startswith("/connection"):
-            self.reply(200, f"connection {self.connection_number} request {self.served}\n")
+            body = f"connection {self.connection_number} request {self.served}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            if "close=1" in self.path:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
+            if "linger=1" in self.path and self.close_connection:
+                self.wfile.flush()
+                self.wait_for_peer_close(2)
+            if "hold=1" in self.path:
+                self.wfile.flush()
+                HELD.wait(10)
+                self.hang_up(reset=False)
+                self.close_connection = True
+                print("HELD closed", flush=True)
+                HELD_CLOSED.set()
+            return
+        if self.path.startswith("/release-held"):
+            HELD.set()
+            HELD_CLOSED.wait(10)
+            self.reply(200, "released\n")
             return
         if self.path.startswith("/ntlm"):
+            body = f"connection {self.connection_number} request {self.served}\n".encode()
             self.send_response(401)
             self.send_header("WWW-Authenticate", "NTLM")
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
             return
         if self.path.startswith("/tls-session"):
             resumed = isinstance(self.connection, ssl.SSLSocket) and self.connection.session_reused

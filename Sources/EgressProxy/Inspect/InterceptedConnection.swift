@@ -190,10 +190,8 @@ final class InterceptedConnection {
         metadata.negotiatedProtocol = idle.negotiatedProtocol ?? "http/1.1"
         upstreamOrigin = (idle.openedBy, idle.negotiatedProtocol, idle.resumed, idle.reuseUntil)
         do {
-            let pipeline = upstreamChannel.pipeline.syncOperations
-            let idleHandler = try pipeline.handler(type: IdleUpstreamHandler.self)
-            try pipeline.addHandler(InterceptedUpstreamHandler(connection: self), position: .after(idleHandler))
-            pipeline.removeHandler(idleHandler, promise: nil)
+            IdleUpstreamHandler.remove(from: upstreamChannel)
+            try upstreamChannel.pipeline.syncOperations.addHandler(InterceptedUpstreamHandler(connection: self), position: .last)
             try installHTTP1(upstream: false)
             try removeHandshakeHandlers(from: [clientChannel])
         } catch {
@@ -252,10 +250,14 @@ final class InterceptedConnection {
 
     func upstreamFailed(_ error: any Error) {
         if let closedBecause = redialing {
+            if (error as? OpenSSLError)?.verifyResult != nil { reporting.metrics?.upstreamVerificationFailed() }
             redialFailed(closedBecause, Self.describeUpstreamFailure(error))
             return
         }
-        if upstreamHandshakeDone, redialUpstream(because: GlueHandler.describe(error)) { return }
+        // A response the upstream sent but that could not be read may mean it acted on the request: not sent again.
+        if upstreamHandshakeDone, !(error is HTTPParserError), redialUpstream(because: GlueHandler.describe(error)) {
+            return
+        }
         if !upstreamHandshakeDone {
             failure = ("upstream not trusted", Self.describeUpstreamFailure(error))
             noteClose(by: .upstream, reason: "tls_error")
@@ -274,22 +276,33 @@ final class InterceptedConnection {
         return "upstream TLS failed: \(GlueHandler.describe(error))"
     }
 
-    /// The upstream connection taken from the pool ended (`reason`) before anything of a response to the first
-    /// request on it came, and that request may be sent again (`replayable`): a new upstream connection is opened,
-    /// verified as any, and the request goes on it; the client sees only the response. False when it may not.
+    /// The upstream connection taken from the pool ended (`reason`) before it answered anything on this client
+    /// connection, and nothing is lost by replacing it: no request had gone on it yet (it closed while idle, as an
+    /// upstream's idle timeout can end a connection just as it is taken), or only the first, which may be sent again
+    /// (`replayable`). A new upstream connection to the same address is opened and verified as any; what the client
+    /// sends meanwhile is held (`heldForUpstream`) and goes on it. False when it may not.
     private func redialUpstream(because reason: String) -> Bool {
-        guard let redial, let head = replayable, redialing == nil, clientOpen, !closing, relays == nil,
-            let exchange = machine.current, exchange.status == nil
+        guard let redial, metadata.upstreamReusedFrom != nil, redialing == nil, clientOpen, !closing, relays == nil,
+            machine.completed == 0
         else { return false }
+        if let exchange = machine.current {
+            guard let head = replayable, exchange.status == nil else { return false }
+            heldForUpstream = [.head(head)]
+            if exchange.requestEnded { heldForUpstream.append(.end(nil)) }
+        } else {
+            heldForUpstream = []
+        }
         replayable = nil
         redialing = reason
         upstreamOpen = false
+        // Whatever the old connection's end was, the new one's is its own.
+        upstreamEndUnconfirmed = false
         // The old channel is no longer this connection's: its handler leaves, so its close is not heard.
         upstream?.leavePipeline()
         upstream = nil
         upstreamChannel.close(promise: nil)
         reporting.logger.debug(
-            "a reused upstream connection closed before answering; sending the request on a new one",
+            "a reused upstream connection closed before answering; opening a new one",
             metadata: ["target": "\(target)", "reason": "\(reason)"])
         let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
         redial(self).hop(to: eventLoop).whenComplete { result in
@@ -302,7 +315,6 @@ final class InterceptedConnection {
                 }
                 connection.upstreamChannel = channel
                 connection.upstreamOpen = true
-                connection.replayHead = head
                 channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
             case .failure(let error):
                 connection.redialFailed(reason, GlueHandler.describe(error))
@@ -311,19 +323,18 @@ final class InterceptedConnection {
         return true
     }
 
-    /// The request to send again once the new upstream connection is verified.
-    private var replayHead: HTTPRequestHead?
+    /// Request parts for the upstream while a new connection is being opened (`redialUpstream`), in order.
+    private var heldForUpstream: [HTTPClientRequestPart] = []
 
-    /// The new upstream connection (`redialUpstream`) is verified: it takes the old one's place, and the request
-    /// goes on it as before (its end too, if it came).
+    /// The new upstream connection (`redialUpstream`) is verified: it takes the old one's place, and what was held
+    /// for the upstream goes on it.
     private func redialCompleted(negotiated: String?, resumed: Bool, authentication: (at: Int64, notAfter: Int64)?) {
-        guard let closedBecause = redialing, let head = replayHead else { return }
+        guard let closedBecause = redialing else { return }
         guard negotiated != "h2" else {
-            // It chose another protocol than the one the client was answered with.
+            // Another protocol than the one the client was answered with.
             return redialFailed(closedBecause, "the new connection chose h2")
         }
         redialing = nil
-        replayHead = nil
         reporting.metrics?.upstreamHandshake(resumed: resumed)
         metadata.upstreamReusedFrom = nil
         metadata.upstreamResumed = resumed ? true : nil
@@ -345,17 +356,19 @@ final class InterceptedConnection {
         } catch {
             return redialFailed(closedBecause, "\(error)")
         }
-        upstream?.send(.head(head), flush: machine.current?.requestEnded != true)
-        if machine.current?.requestEnded == true { upstream?.send(.end(nil), flush: true) }
+        let held = heldForUpstream
+        heldForUpstream = []
+        for part in held { upstream?.send(part) }
+        upstream?.flush()
         client?.resumeReading()
     }
 
-    /// No new upstream connection for the request (it could not be opened or verified): the client is answered
-    /// 502 and the connection closes.
+    /// No new upstream connection (it could not be opened or verified): a request awaiting its response is
+    /// answered 502, and the connection closes.
     private func redialFailed(_ closedBecause: String, _ reason: String) {
         guard redialing != nil else { return }
         redialing = nil
-        replayHead = nil
+        heldForUpstream = []
         upstreamOpen = false
         noteClose(by: .upstream, reason: "error: \(reason)")
         if !answerBadGatewayIfAwaitingResponse(because: "\(closedBecause); a new connection failed: \(reason)") {
@@ -454,11 +467,16 @@ final class InterceptedConnection {
                 }
             }
             var head = head
-            if upstreamOrigin != nil, head.version == .http1_1, machine.current?.clientCloses == true {
-                // `Connection: close` is about the client's connection (RFC 9110 §7.6.1): the upstream's may serve
-                // another client connection, so the upstream is not told. The response tells the client.
-                head.headers = Self.withoutCloseOption(head.headers)
-                closeKeptFromUpstream = true
+            if machine.current?.clientCloses == true {
+                if upstreamOrigin != nil, head.version == .http1_1 {
+                    // `Connection: close` is about the client's connection (RFC 9110 §7.6.1): the upstream's may
+                    // serve another client connection, so the upstream is not told. The response tells the client.
+                    head.headers = Self.withoutCloseOption(head.headers)
+                    closeKeptFromUpstream = true
+                } else {
+                    // HTTP/1.0 without keep-alive: the upstream will close after its response.
+                    machine.upstreamAskedToClose()
+                }
             }
             if metadata.upstreamReusedFrom != nil, machine.completed == 0, Self.mayBeSentAgain(head) {
                 replayable = head
@@ -571,7 +589,11 @@ final class InterceptedConnection {
         case .none:
             break
         case .forward:
-            upstream?.send(forward)
+            if redialing != nil {
+                heldForUpstream.append(forward)
+            } else {
+                upstream?.send(forward)
+            }
         case .forwardAndComplete(let exchange, let thenClose):
             // Only a response end completes an exchange in practice; a request end after an early response
             // can too (its end is as confirmed as the upstream made it, see `fromUpstream`).
@@ -736,7 +758,7 @@ final class InterceptedConnection {
     /// for want of room).
     private func releaseUpstream() -> Bool {
         guard let reuse, let origin = upstreamOrigin, let upstream, upstreamOpen, !upstreamReleased, http2 == nil,
-            relays == nil, !quiescing, failure == nil, machine.current == nil, !machine.upstreamBound,
+            relays == nil, !quiescing, failure == nil, machine.current == nil, machine.upstreamReusable, redialing == nil,
             !upstreamEndUnconfirmed, deferredRejection == nil
         else { return false }
         upstreamReleased = true
@@ -829,13 +851,20 @@ final class InterceptedConnection {
         return result
     }
 
-    /// A response's `headers` saying that the connection closes after it: `Connection: close` in place of its own
-    /// Connection and Keep-Alive fields.
+    /// A response's `headers` saying that the connection closes after it: its Connection options but `keep-alive`,
+    /// plus `close`, and no Keep-Alive field.
     static func announcingClose(_ headers: HTTPHeaders) -> HTTPHeaders {
+        var options: [Substring] = []
+        for value in headers[canonicalForm: "connection"] {
+            let option = value.trimmingASCIIWhitespace()
+            if !option.isEmpty && !option.equalsIgnoringASCIICase("keep-alive") && !option.equalsIgnoringASCIICase("close") {
+                options.append(option)
+            }
+        }
         var headers = headers
         headers.remove(name: "connection")
         headers.remove(name: "keep-alive")
-        headers.add(name: "Connection", value: "close")
+        headers.add(name: "Connection", value: (options + ["close"]).joined(separator: ", "))
         return headers
     }
 

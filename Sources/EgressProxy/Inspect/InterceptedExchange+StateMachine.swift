@@ -48,6 +48,15 @@ package struct InterceptedExchangeStateMachine {
     /// A request or response of connection-bound authentication (NTLM, Negotiate) went through: the upstream
     /// connection belongs to this client connection only, never to another (RFC 4559 §6 and the like).
     private(set) var upstreamBound = false
+    /// Whether the upstream connection may serve another client connection once this one's exchanges are over
+    /// (`UpstreamPool`): not once it is bound (above), a response ended it (`Connection: close`, a body that runs
+    /// until the close), it was asked to close (`upstreamAskedToClose`), or an upgrade took it over.
+    var upstreamReusable: Bool { !upstreamBound && !upstreamEnding }
+    private var upstreamEnding = false
+
+    /// A request went to the upstream asking it to close after its response (an HTTP/1.0 request without
+    /// keep-alive, or a `Connection: close` that was passed on).
+    mutating func upstreamAskedToClose() { upstreamEnding = true }
     private var closed = false
     private let reportQuery: Bool
 
@@ -102,7 +111,7 @@ package struct InterceptedExchangeStateMachine {
                     if upgrade == nil { upgrade = value }
                 } else if name.equalsIgnoringASCIICase("content-length") || name.equalsIgnoringASCIICase("transfer-encoding") {
                     framed = true
-                } else if name.equalsIgnoringASCIICase("authorization") {
+                } else if name.equalsIgnoringASCIICase("authorization") || name.equalsIgnoringASCIICase("proxy-authorization") {
                     if InterceptedExchangeStateMachine.isConnectionBound(value) { connectionBoundAuthorization = true }
                 }
             }
@@ -128,6 +137,7 @@ package struct InterceptedExchangeStateMachine {
         current!.status = Int(head.status.code)
         if head.status == .switchingProtocols {
             current!.upgraded = true
+            upstreamEnding = true
         } else {
             // A body that runs until the upstream closes reaches the client the same way: its end is the close.
             current!.closeDelimited =
@@ -135,6 +145,7 @@ package struct InterceptedExchangeStateMachine {
             if !head.isKeepAlive || current!.closeDelimited {
                 current!.upstreamCloses = true
                 current!.closeAfter = true
+                upstreamEnding = true
             }
             if head.status == .unauthorized || head.status == .proxyAuthenticationRequired,
                 head.headers.contains(where: {
@@ -148,12 +159,15 @@ package struct InterceptedExchangeStateMachine {
         return .forward
     }
 
-    /// Whether an Authorization value or a challenge is of a scheme that authenticates a connection (NTLM,
-    /// Negotiate: Kerberos or NTLM through SPNEGO), not a request.
+    /// Whether an Authorization value, or a field of challenges, names a scheme that authenticates a connection
+    /// (NTLM, Negotiate: Kerberos or NTLM through SPNEGO), not a request. Each comma-separated element's first word
+    /// is looked at: a challenge's parameters (`realm="x"`) never match.
     static func isConnectionBound(_ value: String) -> Bool {
-        var scheme = Substring(value).trimmingASCIIWhitespace()
-        if let space = scheme.firstIndex(where: { $0 == " " || $0 == "," }) { scheme = scheme[..<space] }
-        return scheme.equalsIgnoringASCIICase("ntlm") || scheme.equalsIgnoringASCIICase("negotiate")
+        value.split(separator: ",").contains { element in
+            var scheme = element.trimmingASCIIWhitespace()
+            if let space = scheme.firstIndex(of: " ") { scheme = scheme[..<space] }
+            return scheme.equalsIgnoringASCIICase("ntlm") || scheme.equalsIgnoringASCIICase("negotiate")
+        }
     }
 
     mutating func responseBody(_ count: Int) -> Action {

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import OpenSSLTLS
 
 /// Idle upstream connections of inspection, each verified and speaking HTTP/1.1, kept a short while for the next
 /// inspected connection of the same agent to the same destination: that one then skips the TCP and TLS handshakes
@@ -74,7 +75,7 @@ final class UpstreamPool: Sendable {
     var count: Int { state.withLockedValue { $0.total } }
 
     /// The newest connection kept under `key` on the calling event loop, no longer kept; nil when there is none.
-    /// Its `IdleUpstreamHandler` is still last in its pipeline: the taker replaces it.
+    /// Its two `IdleUpstreamHandler`s are still in its pipeline: the taker removes them (`IdleUpstreamHandler.remove`).
     func take(_ key: Key, on eventLoop: any EventLoop) -> Idle? {
         eventLoop.preconditionInEventLoop()
         let now = clock()
@@ -102,9 +103,10 @@ final class UpstreamPool: Sendable {
         return found
     }
 
-    /// Keeps `idle` (on its event loop) for up to `idleTimeout`, with an `IdleUpstreamHandler` last in its pipeline.
-    /// False when it is not kept (reuse off, its time is up, or the pool is full for its key or in all): the
-    /// caller closes it.
+    /// Keeps `idle` (on its event loop) for up to `idleTimeout`, watched by two `IdleUpstreamHandler`s: one right
+    /// after the first handler (its TLS: any byte the upstream sends), one last (anything the HTTP decoder still
+    /// makes of what came before, or its error). False when it is not kept (reuse off, its time is up, or the pool is
+    /// full for its key or in all): the caller closes it.
     func keep(_ idle: Idle, key: Key) -> Bool {
         idle.channel.eventLoop.preconditionInEventLoop()
         guard isEnabled, idle.reuseUntil > clock(), idle.channel.isActive else { return false }
@@ -116,7 +118,15 @@ final class UpstreamPool: Sendable {
         }
         guard kept else { return false }
         do {
-            try idle.channel.pipeline.syncOperations.addHandler(IdleUpstreamHandler(pool: self), position: .last)
+            let pipeline = idle.channel.pipeline.syncOperations
+            // After the TLS, not before it: a session ticket the upstream sends meanwhile is no reason to close.
+            let watcher = IdleUpstreamHandler(pool: self, timed: true)
+            if let tls = try? pipeline.handler(type: OpenSSLTLSHandler.self) {
+                try pipeline.addHandler(watcher, position: .after(tls))
+            } else {
+                try pipeline.addHandler(watcher, position: .first)
+            }
+            try pipeline.addHandler(IdleUpstreamHandler(pool: self, timed: false), position: .last)
         } catch {
             remove(idle.channel)
             return false
@@ -139,20 +149,34 @@ final class UpstreamPool: Sendable {
     }
 }
 
-/// Last in a kept upstream connection's pipeline while it is idle: closes it when its idle time is up, and when the
-/// upstream sends anything (no request is outstanding, so a response is one nobody asked for) or closes; either
-/// way it leaves the pool.
+/// In a kept upstream connection's pipeline while it is idle (two of them, see `UpstreamPool.keep`): closes it when
+/// its idle time is up, and when the upstream sends anything (no request is outstanding, so it is nothing anyone
+/// asked for), errs or closes; either way it leaves the pool.
 final class IdleUpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
+    /// Whatever reaches it: bytes (after the TLS) or HTTP parts (last); never unwrapped.
+    typealias InboundIn = Any
 
     private let pool: UpstreamPool
+    /// This one closes the connection when its idle time is up.
+    private let timed: Bool
     private var timer: Scheduled<Void>?
 
-    init(pool: UpstreamPool) {
+    init(pool: UpstreamPool, timed: Bool) {
         self.pool = pool
+        self.timed = timed
+    }
+
+    /// Takes both out of `channel`'s pipeline (a connection taken from the pool).
+    static func remove(from channel: any Channel) {
+        let pipeline = channel.pipeline.syncOperations
+        for _ in 0..<2 {
+            guard let handler = try? pipeline.handler(type: IdleUpstreamHandler.self) else { return }
+            pipeline.removeHandler(handler, promise: nil)
+        }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        guard timed else { return }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(in: pool.idleTimeout) {
             let (handler, context) = loopBound.value
