@@ -57,6 +57,35 @@ import Testing
         #expect((try? newer.pipeline.syncOperations.handler(type: IdleUpstreamHandler.self)) != nil)
     }
 
+    /// A CONNECT takes a kept connection for its agent, host and port before it knows the rest of the key: one
+    /// verified for the host itself first, else the newest; unused, it goes back as it was.
+    @Test func aReservationPrefersTheHostsOwnNameThenTheNewestAndGoesBackUnused() throws {
+        let pool = pool()
+        func key(_ name: String, _ offer: [String]) -> UpstreamPool.Key {
+            UpstreamPool.Key(agent: "agent-a", host: "api.example.test", port: 443, address: "127.0.0.1", serverName: name, alpnOffer: offer)
+        }
+        #expect(pool.keep(idle(try connectedChannel(), openedBy: "other-name"), key: key("cdn.example.test", [])))
+        #expect(pool.keep(idle(try connectedChannel(), openedBy: "own-old"), key: key("api.example.test", [])))
+        #expect(pool.keep(idle(try connectedChannel(), openedBy: "own-new"), key: key("api.example.test", ["h2", "http/1.1"])))
+        #expect(pool.keep(idle(try connectedChannel(), openedBy: "newest-other"), key: key("cdn.example.test", ["h2"])))
+        #expect(pool.reserve(agent: "agent-b", host: "api.example.test", port: 443, on: loop) == nil)
+        #expect(pool.reserve(agent: "agent-a", host: "api.example.test", port: 8443, on: loop) == nil)
+        let reservation = try #require(pool.reserve(agent: "agent-a", host: "api.example.test", port: 443, on: loop))
+        #expect(reservation.idle.openedBy == "own-new")
+        #expect(pool.count == 3)
+        // Not used: back, and the next reservation may take it again.
+        reservation.restore()
+        #expect(pool.count == 4)
+        #expect(pool.reserve(agent: "agent-a", host: "api.example.test", port: 443, on: loop)?.idle.openedBy == "own-new")
+        #expect(pool.reserve(agent: "agent-a", host: "api.example.test", port: 443, on: loop)?.idle.openedBy == "own-old")
+        #expect(pool.reserve(agent: "agent-a", host: "api.example.test", port: 443, on: loop)?.idle.openedBy == "newest-other")
+        // A reserved connection that closed meanwhile is not put back.
+        let closing = try #require(pool.reserve(agent: "agent-a", host: "api.example.test", port: 443, on: loop))
+        try closing.idle.channel.close().wait()
+        closing.restore()
+        #expect(pool.count == 0)
+    }
+
     @Test func aConnectionIdleForTheTimeoutIsClosedAndForgotten() throws {
         let pool = pool(idle: .seconds(4))
         let channel = try connectedChannel()

@@ -153,6 +153,38 @@ import Testing
         #expect(AdminTests.value(metrics, "kaizen_egress_upstream_connections_reused_total") == 1, "\(metrics)")
     }
 
+    /// A CONNECT that finds a kept connection of the agent's to its destination is answered without a dial (one
+    /// round trip to the destination less); if its ClientHello then asks for another key (here another ALPN offer),
+    /// the kept connection goes back and a connection is dialled after all. One event loop, as above.
+    @Test func aConnectServedByAKeptConnectionNeedsNoDial() throws {
+        let setup = try inspection.setUp(extra: ["NIO_SINGLETON_GROUP_LOOP_COUNT": "1"])
+        // Kept: connection 1 for clients without ALPN.
+        let first = try curlEachOnItsOwnConnection(setup, ["/connection"], extra: ["--no-alpn"])
+        #expect(first.stdout == "connection 1 request 1", "\(first.stderr)")
+        // curl's own offer (h2, http/1.1) is another key: connection 1 goes back, connection 2 is dialled.
+        let second = try curlEachOnItsOwnConnection(setup, ["/connection"])
+        #expect(second.stdout == "connection 2 request 1", "\(second.stderr)")
+        // The origin takes no more connections: only kept ones can serve.
+        let stopped = try runCommand(
+            Paths.which("curl"),
+            ["-sS", "--max-time", "10", "--cacert", setup.pki.caCertificate, "https://localhost:\(setup.originPort)/stop-listening"])
+        #expect(stopped.stdout == "stopped", "\(stopped.stderr)")
+        let kept = try curlEachOnItsOwnConnection(setup, ["/connection"])
+        #expect(kept.status == 0 && kept.stdout == "connection 2 request 2", "\(kept.stdout) \(kept.stderr)")
+        // The newest kept connection is curl's (2) again; a client without ALPN is given the one kept for it (1).
+        let other = try curlEachOnItsOwnConnection(setup, ["/connection"], extra: ["--no-alpn"])
+        #expect(other.status == 0 && other.stdout == "connection 1 request 2", "\(other.stdout) \(other.stderr)")
+        // A client offering http/1.1 alone matches none: a dial after all, which fails; its connection ends, and the
+        // action says why.
+        let refused = try curlEachOnItsOwnConnection(setup, ["/connection"], extra: ["--http1.1"])
+        #expect(refused.status != 0 && refused.stdout.isEmpty, "\(refused.stdout)")
+        let actions = try setup.waitForActions(5)
+        let last = try #require(actions.last)
+        #expect(last["outcome"] as? String == "failed" && (last["error"] as? String)?.isEmpty == false, "\(last)")
+        #expect(actions[2]["upstream_reused_from"] as? String == actions[1]["event_id"] as? String)
+        #expect(actions[3]["upstream_reused_from"] as? String == actions[0]["event_id"] as? String)
+    }
+
     /// The new connection that replaces a reused one is judged on its own: the old one's end without close_notify
     /// says nothing about the new one's. `/unframed?notify=1` ends its body with close_notify and the close.
     @Test func theReplacedConnectionsUncleanEndIsNotTheNewOnes() throws {

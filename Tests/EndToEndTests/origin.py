@@ -28,6 +28,8 @@ Modes:
                                        idles, reading nothing, until GET /release-held, and closes (over TLS
                                        without close_notify), printing "HELD closed"
                 GET /release-held   -> ends the connection /connection?hold=1 holds, then "released\n"
+                GET /stop-listening -> "stopped\n", then the server accepts no more connections (its open
+                                       ones go on)
                 GET /ntlm           -> 401 with "WWW-Authenticate: NTLM" (a connection-bound scheme) and
                                        the /connection body
                 GET|POST /flaky     -> on a connection's first request "fresh connection\n"; on a later one
@@ -183,6 +185,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 print("HELD closed", flush=True)
                 HELD_CLOSED.set()
+            return
+        if self.path.startswith("/stop-listening"):
+            # Shut down and closed before the answer: whoever has it knows no connection is accepted any more.
+            self.server.socket.shutdown(socket.SHUT_RDWR)
+            self.server.socket.close()
+            self.reply(200, "stopped\n")
             return
         if self.path.startswith("/release-held"):
             HELD.set()

@@ -45,6 +45,13 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var destination: Destination
         var metadata: ConnectMetadata
         var started: NIODeadline
+        /// `upstream` is a kept, verified connection of inspection's, not a dialled one.
+        var reservation: UpstreamPool.Reservation? = nil
+
+        /// Not used after all: a dialled connection is closed, a kept one goes back.
+        func discard() {
+            if let reservation { reservation.restore() } else { upstream.close(promise: nil) }
+        }
     }
 
     private var pendingTunnel: PendingTunnel?
@@ -343,6 +350,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     destination: tunnel.destination,
                     metadata: tunnel.metadata,
                     started: tunnel.started,
+                    reservation: tunnel.reservation,
                     context: context
                 )
             case .connectUpstream(let destination):
@@ -484,36 +492,48 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let started = NIODeadline.now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        // Glue is added once the 200 is written; a tunnel that may be inspected is not read until later still.
-        connector.connectTunnel(
-            to: destination, on: context.eventLoop, holdingReads: settings.mayInspect(destination.host)
-        ).whenComplete { result in
+        // A tunnel that will be inspected needs no dial when an idle verified connection of this agent's to the
+        // destination is kept (the address it reached is the one judged and reported); whether it serves the
+        // connection is known once the ClientHello is in (`InspectionStartHandler`).
+        let upstream: EventLoopFuture<(any Channel, UpstreamPool.Reservation?)>
+        if let inspection = settings.inspection, settings.mayInspect(destination.host), inspection.upstreamPool.isEnabled,
+            let reservation = inspection.upstreamPool.reserve(
+                agent: reporting.agent, host: destination.host.lowercased(), port: destination.port, on: context.eventLoop)
+        {
+            // On the next turn of the loop, as a dial would complete.
+            upstream = context.eventLoop.submit { (reservation.idle.channel, reservation) }
+        } else {
+            // Glue is added once the 200 is written; a tunnel that may be inspected is not read until later still.
+            upstream = connector.connectTunnel(
+                to: destination, on: context.eventLoop, holdingReads: settings.mayInspect(destination.host)
+            ).map { ($0, nil) }
+        }
+        upstream.whenComplete { result in
             let (handler, context) = loopBound.value
             var metadata = baseMetadata
             switch result {
-            case .success(let channel):
+            case .success(let (channel, reservation)):
+                let tunnel = PendingTunnel(
+                    upstream: channel, destination: destination, metadata: metadata, started: started,
+                    reservation: reservation)
                 guard context.channel.isActive else {
-                    channel.close(promise: nil)
+                    tunnel.discard()
                     return
                 }
                 metadata.resolvedIP = channel.remoteAddress?.ipAddress
                 if let policy = handler.reporting.judge(&metadata, host: destination.host, address: metadata.resolvedIP) {
-                    channel.close(promise: nil)
+                    tunnel.discard()
                     let failure = ProxyError.blockedByPolicy(policy)
                     handler.reportFailure(metadata, destination, failure)
                     handler.perform(handler.machine.connectFailed(failure), context: context)
                     return
                 }
-                handler.pendingTunnel = PendingTunnel(
-                    upstream: channel,
-                    destination: destination,
-                    metadata: metadata,
-                    started: started
-                )
+                handler.pendingTunnel = tunnel
+                handler.pendingTunnel?.metadata = metadata
                 handler.perform(handler.machine.tunnelConnected(), context: context)
                 if let unused = handler.pendingTunnel {  // the machine did not want it (already closing)
                     handler.pendingTunnel = nil
-                    unused.upstream.close(promise: nil)
+                    unused.discard()
                 }
             case .failure(let error):
                 let failure = ProxyError.dial(handler.connector.classify(error))
@@ -528,16 +548,21 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         destination: Destination,
         metadata: ConnectMetadata,
         started: NIODeadline,
+        reservation: UpstreamPool.Reservation?,
         context: ChannelHandlerContext
     ) {
         if let inspection = settings.inspection, settings.mayInspect(destination.host) {
             startInspection(
-                InspectionStartHandler.Tunnel(upstream: upstream, destination: destination, metadata: metadata, started: started),
+                InspectionStartHandler.Tunnel(
+                    upstream: upstream, destination: destination, metadata: metadata, started: started,
+                    reservation: reservation),
                 inspection: inspection,
                 context: context
             )
             return
         }
+        // Reserved only for a tunnel that is inspected (the same settings decide both).
+        precondition(reservation == nil, "a kept inspection connection reached a plain tunnel")
         let (session, clientGlue, upstreamGlue) = GlueHandler.tunnel(
             reporting: reporting, metadata: metadata, destination: destination, started: started,
             settings: settings, eventLoop: context.eventLoop)
@@ -600,7 +625,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         } catch {
             logger.error("cannot set up tunnel", metadata: ["error": "\(error)"])
-            tunnel.upstream.close(promise: nil)
+            if let reservation = tunnel.reservation { reservation.restore() } else { tunnel.upstream.close(promise: nil) }
             context.close(promise: nil)
         }
     }

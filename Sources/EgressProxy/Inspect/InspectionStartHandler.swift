@@ -21,6 +21,10 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         var destination: Destination
         var metadata: ConnectMetadata
         var started: NIODeadline
+        /// `upstream` is a kept, verified connection taken for this CONNECT instead of a dial: it serves the
+        /// connection if the ClientHello makes its key (name, ALPN offer); any other outcome gives it back and
+        /// dials (`withDialledUpstream`).
+        var reservation: UpstreamPool.Reservation? = nil
     }
 
     private var tunnel: Tunnel
@@ -35,6 +39,9 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     /// handshake is answered with the upstream's ALPN choice.
     private var awaitingUpstream = false
     private var halfClosedWhileAwaiting = false
+    /// A connection is being dialled after all (`withDialledUpstream`): the client's bytes are held meanwhile.
+    private var dialing = false
+    private var clientLeftWhileDialing = false
     private var timer: Scheduled<Void>?
 
     init(tunnel: Tunnel, inspection: Inspection, settings: ConnectionSettings, reporting: Reporting) {
@@ -54,7 +61,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !decided || awaitingUpstream else {
+        guard !decided || awaitingUpstream || dialing else {
             context.fireChannelRead(data)
             return
         }
@@ -82,13 +89,15 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     func channelInactive(context: ChannelHandlerContext) {
         if !decided {
             passThrough(reason: "client closed before its ClientHello", context: context, clientGone: true)
+        } else if dialing {
+            clientLeftWhileDialing = true
         } else {
             context.fireChannelInactive()
         }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if awaitingUpstream, case ChannelEvent.inputClosed = event {
+        if awaitingUpstream || dialing, case ChannelEvent.inputClosed = event {
             halfClosedWhileAwaiting = true
             return
         }
@@ -171,7 +180,57 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
         reporting.action(target: tunnel.destination.description, metadata: metadata)
         reporting.logConnection(metadata, target: tunnel.destination.description, mode: "none", close: nil)
-        tunnel.upstream.close(promise: nil)
+        if let reservation = tunnel.reservation { reservation.restore() } else { tunnel.upstream.close(promise: nil) }
+        context.close(promise: nil)
+    }
+
+    /// For any use but the kept connection this CONNECT was answered with (`Tunnel.reservation`): that one goes
+    /// back, and a connection is dialled now, judged as the CONNECT's would have been; `proceed` then runs with it
+    /// in `tunnel.upstream` (at once when there was no reservation). A failure ends the client's connection,
+    /// reported: the client was answered 200 already.
+    private func withDialledUpstream(
+        context: ChannelHandlerContext, _ proceed: @escaping (InspectionStartHandler, ChannelHandlerContext) -> Void
+    ) {
+        guard let reservation = tunnel.reservation else { return proceed(self, context) }
+        tunnel.reservation = nil
+        reservation.restore()
+        dialing = true
+        let destination = tunnel.destination
+        let connector = UpstreamConnector(settings: settings)
+        let loopBound = NIOLoopBound((self, context, proceed), eventLoop: context.eventLoop)
+        connector.connectTunnel(to: destination, on: context.eventLoop, holdingReads: true).whenComplete { result in
+            let (handler, context, proceed) = loopBound.value
+            handler.dialing = false
+            var metadata = handler.tunnel.metadata
+            switch result {
+            case .success(let channel):
+                metadata.resolvedIP = channel.remoteAddress?.ipAddress
+                if let policy = handler.reporting.judge(&metadata, host: destination.host, address: metadata.resolvedIP) {
+                    channel.close(promise: nil)
+                    handler.endWithoutUpstream(metadata, ProxyError.blockedByPolicy(policy), context: context)
+                    return
+                }
+                handler.tunnel.upstream = channel
+                handler.tunnel.metadata = metadata
+                proceed(handler, context)
+            case .failure(let error):
+                handler.endWithoutUpstream(metadata, ProxyError.dial(connector.classify(error)), context: context)
+            }
+        }
+    }
+
+    /// A dial after the CONNECT's 200 failed (or its address is blocked): reported, and the client's connection
+    /// closed.
+    private func endWithoutUpstream(_ metadata: ConnectMetadata, _ failure: ProxyError, context: ChannelHandlerContext) {
+        held = nil
+        var metadata = metadata
+        metadata.outcome = .failed
+        metadata.error = failure.reason
+        reporting.action(
+            target: tunnel.destination.description, metadata: metadata,
+            verdict: failure.policy.map(Reporting.blocked) ?? (failure.blocked ? Reporting.blocked(failure.reason) : .observed))
+        reporting.logConnection(
+            metadata, target: tunnel.destination.description, mode: "none", close: nil, blockedByProxy: failure.blocked)
         context.close(promise: nil)
     }
 
@@ -185,6 +244,14 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         guard !decided else { return }
         decided = true
         timer?.cancel()
+        withDialledUpstream(context: context) { handler, context in
+            handler.passThroughNow(
+                reason: reason, context: context, clientGone: clientGone || handler.clientLeftWhileDialing,
+                clientHalfClosed: clientHalfClosed || handler.halfClosedWhileAwaiting)
+        }
+    }
+
+    private func passThroughNow(reason: String, context: ChannelHandlerContext, clientGone: Bool, clientHalfClosed: Bool) {
         var metadata = tunnel.metadata
         metadata.inspection = reason
         let (session, clientGlue, upstreamGlue) = GlueHandler.tunnel(
@@ -221,6 +288,50 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         guard !decided else { return }
         decided = true
         timer?.cancel()
+        let offer = inspection.upstreamOffer(forClientOffer: hello.alpn) ?? []
+        // The kept connection the CONNECT was answered with serves if this ClientHello makes its key; else one kept
+        // under that key to the same address, if any, and the reserved one goes back; else one is dialled.
+        var reserved: UpstreamPool.Idle?
+        if let reservation = tunnel.reservation,
+            let key = upstreamKey(address: reservation.idle.channel.remoteAddress?.ipAddress, upstreamName, offer)
+        {
+            if reservation.key == key && reservation.idle.channel.isActive {
+                reserved = reservation.idle
+                tunnel.reservation = nil
+            } else if let kept = reservation.pool.take(key, on: context.eventLoop) {
+                reserved = kept
+                tunnel.reservation = nil
+                tunnel.upstream = kept.channel
+                reservation.restore()
+            }
+        }
+        withDialledUpstream(context: context) { handler, context in
+            guard !handler.clientLeftWhileDialing else {
+                handler.passThroughNow(
+                    reason: "client closed before the upstream connection was ready", context: context, clientGone: true,
+                    clientHalfClosed: false)
+                return
+            }
+            handler.interceptNow(hello: hello, leaf: leaf, upstreamName: upstreamName, offer: offer, reserved: reserved, context: context)
+        }
+    }
+
+    /// What a kept upstream connection for this tunnel is kept and looked up under.
+    private func upstreamKey(address: String?, _ upstreamName: String, _ offer: [String]) -> UpstreamPool.Key? {
+        guard let address else { return nil }
+        return UpstreamPool.Key(
+            agent: reporting.agent, host: tunnel.destination.host.lowercased(), port: tunnel.destination.port,
+            address: address, serverName: upstreamName, alpnOffer: offer)
+    }
+
+    private func interceptNow(
+        hello: ClientHello,
+        leaf: OpenSSLCertificateAuthority.LeafName,
+        upstreamName: String,
+        offer: [String],
+        reserved: UpstreamPool.Idle?,
+        context: ChannelHandlerContext
+    ) {
         var metadata = tunnel.metadata
         metadata.tls = true
         metadata.sni = hello.serverName
@@ -237,20 +348,17 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         // ALPN mirrored: the upstream is offered what the client offered (less what cannot be relayed), and the
         // client is answered with exactly what the upstream chose, or no ALPN when it chose none.
-        let offer = inspection.upstreamOffer(forClientOffer: hello.alpn) ?? []
         // An idle upstream connection an earlier connection of this agent opened to this destination (the same
-        // address), verified for the same name and offered the same protocols, serves this one: no handshake.
+        // address), verified for the same name and offered the same protocols, serves this one: no handshake. It is
+        // the one the CONNECT was answered with (`reserved`), or one kept since.
         let pool = inspection.upstreamPool
         var reuse: (pool: UpstreamPool, key: UpstreamPool.Key)?
-        var pooled: UpstreamPool.Idle?
-        if pool.isEnabled, let address = tunnel.upstream.remoteAddress?.ipAddress {
-            let key = UpstreamPool.Key(
-                agent: reporting.agent, host: tunnel.destination.host.lowercased(), port: tunnel.destination.port,
-                address: address, serverName: upstreamName, alpnOffer: offer)
+        var pooled = reserved
+        if pool.isEnabled, let key = upstreamKey(address: tunnel.upstream.remoteAddress?.ipAddress, upstreamName, offer) {
             reuse = (pool, key)
-            pooled = pool.take(key, on: context.eventLoop)
+            if pooled == nil { pooled = pool.take(key, on: context.eventLoop) }
         }
-        if pooled != nil {
+        if let pooled, pooled.channel !== tunnel.upstream {
             // The connection dialed for this CONNECT is not needed.
             tunnel.upstream.close(promise: nil)
         }

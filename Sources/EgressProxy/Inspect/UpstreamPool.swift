@@ -35,6 +35,8 @@ final class UpstreamPool: Sendable {
         let openedBy: String
         /// Unix seconds after which it is not taken.
         let reuseUntil: Int64
+        /// The order in which connections were (last) kept: the newest is reserved first.
+        fileprivate(set) var keptOrder: UInt64 = 0
     }
 
     /// How long a connection is kept unused; zero turns reuse off.
@@ -50,6 +52,15 @@ final class UpstreamPool: Sendable {
         /// Per key, oldest first.
         var idle: [Key: [Idle]] = [:]
         var total = 0
+        var kept: UInt64 = 0
+
+        mutating func append(_ idle: Idle, key: Key) {
+            var idle = idle
+            kept += 1
+            idle.keptOrder = kept
+            self.idle[key, default: []].append(idle)
+            total += 1
+        }
     }
 
     private let state = NIOLockedValueBox(State())
@@ -103,6 +114,62 @@ final class UpstreamPool: Sendable {
         return found
     }
 
+    /// A kept connection taken for a CONNECT before its ClientHello is in, so the CONNECT needs no dial: it serves
+    /// that connection if the key its ClientHello makes is this one, else it goes back (`restore`).
+    struct Reservation: Sendable {
+        let pool: UpstreamPool
+        let key: Key
+        let idle: Idle
+
+        /// Puts it back in its pool (`UpstreamPool.restore`).
+        func restore() { pool.restore(self) }
+    }
+
+    /// The newest connection kept on the calling event loop for `agent` to `host`:`port`, whatever its address,
+    /// name or ALPN offer (one verified for `host` itself first), no longer kept; nil when there is none. Its
+    /// watchers stay, and its idle time runs on, until it is used or restored.
+    func reserve(agent: String, host: String, port: Int, on eventLoop: any EventLoop) -> Reservation? {
+        eventLoop.preconditionInEventLoop()
+        let now = clock()
+        return state.withLockedValue { state -> Reservation? in
+            var best: (key: Key, index: Int, order: UInt64)?
+            for (key, list) in state.idle where key.port == port && key.host == host && key.agent == agent {
+                guard let index = list.lastIndex(where: { $0.channel.eventLoop.inEventLoop && $0.reuseUntil > now })
+                else { continue }
+                let candidate = (key: key, index: index, order: list[index].keptOrder)
+                guard let chosen = best else {
+                    best = candidate
+                    continue
+                }
+                let ownName = key.serverName == host
+                let chosenOwnName = chosen.key.serverName == host
+                if (ownName && !chosenOwnName) || (ownName == chosenOwnName && candidate.order > chosen.order) {
+                    best = candidate
+                }
+            }
+            guard let best, var list = state.idle[best.key] else { return nil }
+            let idle = list.remove(at: best.index)
+            state.idle[best.key] = list.isEmpty ? nil : list
+            state.total -= 1
+            return Reservation(pool: self, key: best.key, idle: idle)
+        }
+    }
+
+    /// A reservation that was not used goes back as it was (its idle time runs on), unless it closed meanwhile, its
+    /// time is up or there is no room: then it is closed.
+    func restore(_ reservation: Reservation) {
+        let channel = reservation.idle.channel
+        channel.eventLoop.preconditionInEventLoop()
+        let watched = (try? channel.pipeline.syncOperations.handler(type: IdleUpstreamHandler.self)) != nil
+        let kept = watched && channel.isActive && reservation.idle.reuseUntil > clock()
+            && state.withLockedValue { state -> Bool in
+                guard state.total < capacity, state.idle[reservation.key, default: []].count < perKey else { return false }
+                state.append(reservation.idle, key: reservation.key)
+                return true
+            }
+        if !kept { channel.close(promise: nil) }
+    }
+
     /// Keeps `idle` (on its event loop) for up to `idleTimeout`, watched by two `IdleUpstreamHandler`s: one right
     /// after the first handler (its TLS: any byte the upstream sends), one last (anything the HTTP decoder still
     /// makes of what came before, or its error). False when it is not kept (reuse off, its time is up, or the pool is
@@ -112,8 +179,7 @@ final class UpstreamPool: Sendable {
         guard isEnabled, idle.reuseUntil > clock(), idle.channel.isActive else { return false }
         let kept = state.withLockedValue { state -> Bool in
             guard state.total < capacity, state.idle[key, default: []].count < perKey else { return false }
-            state.idle[key, default: []].append(idle)
-            state.total += 1
+            state.append(idle, key: key)
             return true
         }
         guard kept else { return false }
