@@ -187,9 +187,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 HELD_CLOSED.set()
             return
         if self.path.startswith("/stop-listening"):
-            # Shut down and closed before the answer: whoever has it knows no connection is accepted any more.
+            # Shut down before the answer: whoever has it knows no connection is accepted any more. Its descriptor
+            # then names a pipe that never becomes readable, so the accept loop waits (a closed one it would poll
+            # without end).
             self.server.socket.shutdown(socket.SHUT_RDWR)
-            self.server.socket.close()
+            readable, self.server.idle_pipe = os.pipe()
+            os.dup2(readable, self.server.socket.fileno())
+            os.close(readable)
             self.reply(200, "stopped\n")
             return
         if self.path.startswith("/release-held"):
