@@ -185,6 +185,24 @@ import Testing
         #expect(actions[3]["upstream_reused_from"] as? String == actions[0]["event_id"] as? String)
     }
 
+    /// A client that leaves between its CONNECT (answered with a kept connection in hand) and its ClientHello is
+    /// reported as any, and the kept connection stays for the next one.
+    @Test func aClientLeavingBeforeItsClientHelloLeavesTheKeptConnectionKept() throws {
+        let setup = try inspection.setUp(extra: ["NIO_SINGLETON_GROUP_LOOP_COUNT": "1"])
+        let first = try curlEachOnItsOwnConnection(setup, ["/connection"])
+        #expect(first.stdout == "connection 1 request 1", "\(first.stderr)")
+        do {
+            let socket = try RawSocket(host: "127.0.0.1", port: setup.proxyPort)
+            try socket.send("CONNECT localhost:\(setup.originPort) HTTP/1.1\r\n\r\n")
+            #expect(try socket.receive(until: "\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+        }  // closed here, before any ClientHello
+        let actions = try setup.waitForActions(2)
+        #expect(actions[1]["inspection"] as? String == "client closed before its ClientHello", "\(actions)")
+        _ = try setup.proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"close\"") }
+        let next = try curlEachOnItsOwnConnection(setup, ["/connection"])
+        #expect(next.stdout == "connection 1 request 2", "\(next.stderr)")
+    }
+
     /// The new connection that replaces a reused one is judged on its own: the old one's end without close_notify
     /// says nothing about the new one's. `/unframed?notify=1` ends its body with close_notify and the close.
     @Test func theReplacedConnectionsUncleanEndIsNotTheNewOnes() throws {

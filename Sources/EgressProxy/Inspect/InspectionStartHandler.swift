@@ -244,6 +244,24 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         guard !decided else { return }
         decided = true
         timer?.cancel()
+        if clientGone, let reservation = tunnel.reservation {
+            // Nothing to relay and no one to relay it to: the kept connection goes back, undialled for.
+            tunnel.reservation = nil
+            reservation.restore()
+            held = nil
+            var metadata = tunnel.metadata
+            metadata.inspection = reason
+            let target = tunnel.destination.description
+            reporting.action(target: target, metadata: metadata)
+            let close = CloseRecord.Body(
+                eventID: metadata.eventID, target: target, bytesFromClient: 0, bytesToClient: 0,
+                durationMs: milliseconds(from: tunnel.started, to: .now()), closedBy: .client, reason: "eof",
+                endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis()))
+            reporting.close(close)
+            reporting.logConnection(metadata, target: target, mode: "none", close: close)
+            context.fireChannelInactive()
+            return
+        }
         withDialledUpstream(context: context) { handler, context in
             handler.passThroughNow(
                 reason: reason, context: context, clientGone: clientGone || handler.clientLeftWhileDialing,
