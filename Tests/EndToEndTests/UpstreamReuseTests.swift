@@ -185,9 +185,10 @@ import Testing
         #expect(actions[3]["upstream_reused_from"] as? String == actions[0]["event_id"] as? String)
     }
 
-    /// A client that leaves between its CONNECT (answered with a kept connection in hand) and its ClientHello is
-    /// reported as any, and the kept connection stays for the next one.
-    @Test func aClientLeavingBeforeItsClientHelloLeavesTheKeptConnectionKept() throws {
+    /// A client that leaves between its CONNECT (answered with a kept connection in hand) and its ClientHello, with
+    /// a FIN or a reset, is reported as any, and the kept connection stays for the next one.
+    @Test(arguments: [false, true])
+    func aClientLeavingBeforeItsClientHelloLeavesTheKeptConnectionKept(_ reset: Bool) throws {
         let setup = try inspection.setUp(extra: ["NIO_SINGLETON_GROUP_LOOP_COUNT": "1"])
         let first = try curlEachOnItsOwnConnection(setup, ["/connection"])
         #expect(first.stdout == "connection 1 request 1", "\(first.stderr)")
@@ -195,9 +196,11 @@ import Testing
             let socket = try RawSocket(host: "127.0.0.1", port: setup.proxyPort)
             try socket.send("CONNECT localhost:\(setup.originPort) HTTP/1.1\r\n\r\n")
             #expect(try socket.receive(until: "\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+            if reset { socket.resetOnClose() }
         }  // closed here, before any ClientHello
         let actions = try setup.waitForActions(2)
         #expect(actions[1]["inspection"] as? String == "client closed before its ClientHello", "\(actions)")
+        #expect(!setup.proxy.stderr.contains("cannot set up"), "\(setup.proxy.stderr)")
         _ = try setup.proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"close\"") }
         let next = try curlEachOnItsOwnConnection(setup, ["/connection"])
         #expect(next.stdout == "connection 1 request 2", "\(next.stderr)")

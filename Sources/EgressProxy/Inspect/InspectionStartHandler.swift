@@ -71,7 +71,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         } else {
             held!.writeBuffer(&bytes)
         }
-        guard !deciding, !awaitingUpstream else { return }
+        // Decided (the bytes wait for the upstream, or for a dial): only held.
+        guard !decided, !deciding, !awaitingUpstream else { return }
         switch ClientHelloParser.parse(held!, limit: settings.clientHelloLimit) {
         case .needMoreData:
             if held!.readableBytes >= settings.clientHelloLimit {
@@ -171,6 +172,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     /// Enforce mode: the SNI names a destination a policy blocks. Nothing the client sent was relayed; both sides
     /// are closed and the refusal reported.
     private func refuse(byPolicy policy: String, sni: String, context: ChannelHandlerContext) {
+        guard !decided else { return }
         decided = true
         timer?.cancel()
         held = nil
@@ -188,8 +190,11 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     /// back, and a connection is dialled now, judged as the CONNECT's would have been; `proceed` then runs with it
     /// in `tunnel.upstream` (at once when there was no reservation). A failure ends the client's connection,
     /// reported: the client was answered 200 already.
+    /// - Parameter metadata: what is reported should the client leave meanwhile or the dial fail (the ClientHello's
+    ///   facts, once it is in).
     private func withDialledUpstream(
-        context: ChannelHandlerContext, _ proceed: @escaping (InspectionStartHandler, ChannelHandlerContext) -> Void
+        context: ChannelHandlerContext, reporting metadata: ConnectMetadata? = nil, clientGoneReason: String,
+        _ proceed: @escaping (InspectionStartHandler, ChannelHandlerContext) -> Void
     ) {
         guard let reservation = tunnel.reservation else { return proceed(self, context) }
         tunnel.reservation = nil
@@ -201,7 +206,13 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         connector.connectTunnel(to: destination, on: context.eventLoop, holdingReads: true).whenComplete { result in
             let (handler, context, proceed) = loopBound.value
             handler.dialing = false
-            var metadata = handler.tunnel.metadata
+            var metadata = metadata ?? handler.tunnel.metadata
+            if handler.clientLeftWhileDialing || !context.channel.isActive {
+                // No one to relay for: the new connection closes unused, and the client's is reported.
+                if case .success(let channel) = result { channel.close(promise: nil) }
+                handler.reportClientGone(metadata, reason: clientGoneReason, context: context)
+                return
+            }
             switch result {
             case .success(let channel):
                 metadata.resolvedIP = channel.remoteAddress?.ipAddress
@@ -217,6 +228,23 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 handler.endWithoutUpstream(metadata, ProxyError.dial(connector.classify(error)), context: context)
             }
         }
+    }
+
+    /// The client left with nothing relayed (before its ClientHello, or while a connection was dialled for it):
+    /// its connection is reported, with its close, as a tunnel that passed nothing.
+    private func reportClientGone(_ metadata: ConnectMetadata, reason: String, context: ChannelHandlerContext) {
+        held = nil
+        var metadata = metadata
+        metadata.inspection = reason
+        let target = tunnel.destination.description
+        reporting.action(target: target, metadata: metadata)
+        let close = CloseRecord.Body(
+            eventID: metadata.eventID, target: target, bytesFromClient: 0, bytesToClient: 0,
+            durationMs: milliseconds(from: tunnel.started, to: .now()), closedBy: .client, reason: "eof",
+            endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis()))
+        reporting.close(close)
+        reporting.logConnection(metadata, target: target, mode: "none", close: close)
+        if context.channel.isActive { context.close(promise: nil) }
     }
 
     /// A dial after the CONNECT's 200 failed (or its address is blocked): reported, and the client's connection
@@ -248,21 +276,10 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             // Nothing to relay and no one to relay it to: the kept connection goes back, undialled for.
             tunnel.reservation = nil
             reservation.restore()
-            held = nil
-            var metadata = tunnel.metadata
-            metadata.inspection = reason
-            let target = tunnel.destination.description
-            reporting.action(target: target, metadata: metadata)
-            let close = CloseRecord.Body(
-                eventID: metadata.eventID, target: target, bytesFromClient: 0, bytesToClient: 0,
-                durationMs: milliseconds(from: tunnel.started, to: .now()), closedBy: .client, reason: "eof",
-                endedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis()))
-            reporting.close(close)
-            reporting.logConnection(metadata, target: target, mode: "none", close: close)
-            context.fireChannelInactive()
+            reportClientGone(tunnel.metadata, reason: reason, context: context)
             return
         }
-        withDialledUpstream(context: context) { handler, context in
+        withDialledUpstream(context: context, clientGoneReason: reason) { handler, context in
             handler.passThroughNow(
                 reason: reason, context: context, clientGone: clientGone || handler.clientLeftWhileDialing,
                 clientHalfClosed: clientHalfClosed || handler.halfClosedWhileAwaiting)
@@ -313,7 +330,9 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         if let reservation = tunnel.reservation,
             let key = upstreamKey(address: reservation.idle.channel.remoteAddress?.ipAddress, upstreamName, offer)
         {
-            if reservation.key == key && reservation.idle.channel.isActive {
+            if reservation.key == key && reservation.idle.channel.isActive
+                && reservation.idle.reuseUntil > reservation.pool.clock()
+            {
                 reserved = reservation.idle
                 tunnel.reservation = nil
             } else if let kept = reservation.pool.take(key, on: context.eventLoop) {
@@ -323,13 +342,13 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 reservation.restore()
             }
         }
-        withDialledUpstream(context: context) { handler, context in
-            guard !handler.clientLeftWhileDialing else {
-                handler.passThroughNow(
-                    reason: "client closed before the upstream connection was ready", context: context, clientGone: true,
-                    clientHalfClosed: false)
-                return
-            }
+        var facts = tunnel.metadata
+        facts.tls = true
+        facts.sni = hello.serverName
+        facts.alpn = hello.alpn
+        withDialledUpstream(
+            context: context, reporting: facts, clientGoneReason: "client closed before the upstream connection was ready"
+        ) { handler, context in
             handler.interceptNow(hello: hello, leaf: leaf, upstreamName: upstreamName, offer: offer, reserved: reserved, context: context)
         }
     }

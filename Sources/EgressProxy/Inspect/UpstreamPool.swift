@@ -54,11 +54,16 @@ final class UpstreamPool: Sendable {
         var total = 0
         var kept: UInt64 = 0
 
-        mutating func append(_ idle: Idle, key: Key) {
+        /// - Parameter restored: a reservation coming back keeps its place in the order (it is no newer).
+        mutating func append(_ idle: Idle, key: Key, restored: Bool = false) {
             var idle = idle
-            kept += 1
-            idle.keptOrder = kept
-            self.idle[key, default: []].append(idle)
+            if !restored {
+                kept += 1
+                idle.keptOrder = kept
+            }
+            var list = self.idle[key, default: []]
+            list.insert(idle, at: list.lastIndex { $0.keptOrder <= idle.keptOrder }.map { $0 + 1 } ?? 0)
+            self.idle[key] = list
             total += 1
         }
     }
@@ -141,8 +146,8 @@ final class UpstreamPool: Sendable {
                     best = candidate
                     continue
                 }
-                let ownName = key.serverName == host
-                let chosenOwnName = chosen.key.serverName == host
+                let ownName = key.serverName.lowercased() == host
+                let chosenOwnName = chosen.key.serverName.lowercased() == host
                 if (ownName && !chosenOwnName) || (ownName == chosenOwnName && candidate.order > chosen.order) {
                     best = candidate
                 }
@@ -164,7 +169,7 @@ final class UpstreamPool: Sendable {
         let kept = watched && channel.isActive && reservation.idle.reuseUntil > clock()
             && state.withLockedValue { state -> Bool in
                 guard state.total < capacity, state.idle[reservation.key, default: []].count < perKey else { return false }
-                state.append(reservation.idle, key: reservation.key)
+                state.append(reservation.idle, key: reservation.key, restored: true)
                 return true
             }
         if !kept { channel.close(promise: nil) }

@@ -53,6 +53,12 @@ final class RawSocket {
         close(fd)
     }
 
+    /// The close that ends this socket (when it goes) sends a TCP reset instead of a FIN.
+    func resetOnClose() {
+        var linger = Foundation.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Foundation.linger>.size))
+    }
+
     func send(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
