@@ -155,12 +155,7 @@ final class InterceptedConnection {
         reporting.metrics?.upstreamHandshake(resumed: resumed)
         if resumed { metadata.upstreamResumed = true }
         metadata.negotiatedProtocol = negotiated ?? "http/1.1"
-        if let reuse, negotiated != "h2", let authentication {
-            upstreamOrigin = (
-                metadata.eventID.description, negotiated, resumed,
-                reuse.pool.reuseUntil(authenticatedAt: authentication.at, notAfter: authentication.notAfter)
-            )
-        }
+        noteOpenedHere(negotiated: negotiated, resumed: resumed, authentication: authentication)
         do {
             if negotiated == "h2" {
                 let http2 = InterceptedHTTP2(connection: self, limits: inspection.http2Limits, eventLoop: eventLoop)
@@ -207,15 +202,7 @@ final class InterceptedConnection {
     /// HTTP/1.1 on both sides: requests decoded from the client and encoded to the upstream, responses back.
     /// - Parameter upstream: false when the upstream's handlers are in place already (a connection from the pool).
     private func installHTTP1(upstream: Bool = true) throws {
-        // The encoder first, then the decoder: the decoder watches outgoing requests (HEAD has no body).
-        // 1xx responses are passed on; bytes after a 101 go on to the relay that replaces HTTP.
-        if upstream {
-            try Self.addAfterHandshakeHandler(upstreamChannel, [
-                RelayedRequestEncoder(),
-                ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
-                InterceptedUpstreamHandler(connection: self),
-            ])
-        }
+        if upstream { try Self.addAfterHandshakeHandler(upstreamChannel, upstreamHTTP1Handlers()) }
         // Below the client's TLS: the socket stays in the read set between a request and its response.
         let clientPipeline = clientChannel.pipeline.syncOperations
         try clientPipeline.addHandler(
@@ -229,6 +216,30 @@ final class InterceptedConnection {
                     limitConfiguration: requestHeadLimits.decoderConfiguration)),
             InterceptedClientHandler(connection: self),
         ])
+    }
+
+    /// The upstream's HTTP/1.1 handlers, above its TLS. The encoder first, then the decoder: the decoder watches
+    /// outgoing requests (HEAD has no body). 1xx responses are passed on; bytes after a 101 go on to the relay that
+    /// replaces HTTP.
+    private func upstreamHTTP1Handlers() -> [any ChannelHandler] {
+        [
+            RelayedRequestEncoder(),
+            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
+            InterceptedUpstreamHandler(connection: self),
+        ]
+    }
+
+    /// The upstream connection was opened and verified by this connection: what it brings to a later one that takes
+    /// it from the pool (nothing, for HTTP/2, or when connections are not kept).
+    private func noteOpenedHere(negotiated: String?, resumed: Bool, authentication: (at: Int64, notAfter: Int64)?) {
+        guard let reuse, negotiated != "h2", let authentication else {
+            upstreamOrigin = nil
+            return
+        }
+        upstreamOrigin = (
+            metadata.eventID.description, negotiated, resumed,
+            reuse.pool.reuseUntil(authenticatedAt: authentication.at, notAfter: authentication.notAfter)
+        )
     }
 
     /// Adds `handlers`, in order, right after the channel's `InterceptedHandshakeHandler` (above its TLS).
@@ -338,20 +349,9 @@ final class InterceptedConnection {
         reporting.metrics?.upstreamHandshake(resumed: resumed)
         metadata.upstreamReusedFrom = nil
         metadata.upstreamResumed = resumed ? true : nil
-        if let reuse, let authentication {
-            upstreamOrigin = (
-                metadata.eventID.description, negotiated, resumed,
-                reuse.pool.reuseUntil(authenticatedAt: authentication.at, notAfter: authentication.notAfter)
-            )
-        } else {
-            upstreamOrigin = nil
-        }
+        noteOpenedHere(negotiated: negotiated, resumed: resumed, authentication: authentication)
         do {
-            try Self.addAfterHandshakeHandler(upstreamChannel, [
-                RelayedRequestEncoder(),
-                ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
-                InterceptedUpstreamHandler(connection: self),
-            ])
+            try Self.addAfterHandshakeHandler(upstreamChannel, upstreamHTTP1Handlers())
             try removeHandshakeHandlers(from: [upstreamChannel])
         } catch {
             return redialFailed(closedBecause, "\(error)")
