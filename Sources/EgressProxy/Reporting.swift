@@ -114,6 +114,12 @@ struct Reporting: Sendable {
         fields.reserveCapacity(20)
         if let sni = metadata.sni { fields.append(("sni", Self.printable(sni))) }
         fields.append(("mode", mode))
+        // Inspected: an upstream connection an earlier one opened and verified, or a resumed TLS session.
+        if metadata.upstreamReusedFrom != nil {
+            fields.append(("upstream", "reused"))
+        } else if metadata.upstreamResumed == true {
+            fields.append(("upstream", "resumed"))
+        }
         fields.append(("decision", blocked ? "block" : "allow"))
         fields.append(("outcome", outcome))
         if let policy = metadata.policy { fields.append(("policy", Self.printable(policy))) }

@@ -61,6 +61,9 @@ import Testing
             #expect(answer.request == requests[answer.connection])
         }
         #expect(reused >= 1 && reused == count - openedBy.count)
+        // The connection's log line says so too.
+        let lines = try setup.proxy.waitForStderr(containing: "upstream=reused", count: Int(reused), timeout: 20)
+        #expect(lines.components(separatedBy: "mode=inspected upstream=reused decision=allow").count - 1 == Int(reused))
         let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
         #expect(AdminTests.value(metrics, "kaizen_egress_upstream_connections_reused_total") == Double(reused), "\(metrics)")
         // The others each had a handshake (a later one may resume the first one's session).
