@@ -241,6 +241,28 @@ import Testing
         #expect(AdminTests.value(metrics, "kaizen_egress_upstream_connections_reused_total") == 0, "\(metrics)")
     }
 
+    /// Two agents behind one proxy (`KAIZEN_PROXY_AUTH`) never share an upstream connection; each reuses its own.
+    /// One event loop, so every kept connection is within reach of every client connection.
+    @Test func agentsNeverShareAnUpstreamConnection() throws {
+        let agents = try TestPKI.mint().directory + "/agents"
+        FileManager.default.createFile(
+            atPath: agents, contents: Data("planner:planner-token-0123456789\nresearcher:researcher-token-0123456789\n".utf8),
+            attributes: [.posixPermissions: 0o600])
+        let setup = try inspection.setUp(extra: ["NIO_SINGLETON_GROUP_LOOP_COUNT": "1", "KAIZEN_PROXY_AUTH": agents])
+        var served: [String: [(connection: Int, request: Int)]] = [:]
+        for agent in ["planner", "researcher", "planner", "researcher", "planner"] {
+            let result = try curlEachOnItsOwnConnection(
+                setup, ["/connection"], extra: ["--proxy-user", "\(agent):\(agent)-token-0123456789"])
+            #expect(result.status == 0, "\(result.stderr)")
+            served[agent, default: []] += Self.served(result.stdout)
+        }
+        let planner = Set(served["planner", default: []].map(\.connection))
+        let researcher = Set(served["researcher", default: []].map(\.connection))
+        #expect(planner.count == 1 && researcher.count == 1 && planner.isDisjoint(with: researcher), "\(served)")
+        let actions = try setup.waitForActions(5)
+        #expect(actions.compactMap { $0["upstream_reused_from"] as? String }.count == 3)
+    }
+
     @Test func zeroIdleTimeoutGivesEachClientConnectionItsOwnUpstreamConnection() throws {
         let setup = try inspection.setUp(extra: ["KAIZEN_UPSTREAM_IDLE_TIMEOUT": "0"])
         let result = try curlEachOnItsOwnConnection(setup, Array(repeating: "/connection", count: count) + ["/headers"])
