@@ -209,6 +209,46 @@ import Testing
         #expect(next.stdout == "connection 1 request 2", "\(next.stderr)")
     }
 
+    /// A connection that replaces a reused one is verified as any: when the upstream now presents a certificate
+    /// nothing trusts, the request waiting for it gets a 502 and nothing of that upstream reaches the client.
+    @Test func aReplacementConnectionIsVerifiedAsAny() throws {
+        let pki = try TestPKI.mint()
+        let made = try runCommand(
+            Paths.which("openssl"),
+            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "other.key",
+             "-out", "other.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+            directory: pki.directory, timeout: 30)
+        try #require(made.status == 0, "\(made.stderr)")
+        let origin = try ChildProcess(
+            Paths.which("python3"),
+            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate,
+             "--key", pki.serverKey, "--swap-cert", pki.directory + "/other.pem", "--swap-key", pki.directory + "/other.key",
+             // No session to resume: the new connection's certificate is checked, not stood for by an earlier one.
+             "--no-tickets"])
+        let originPort = try #require(Int(try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
+        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
+        let (proxy, proxyPort) = try InspectionTests.startProxy([
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate, "NIO_SINGLETON_GROUP_LOOP_COUNT": "1",
+        ])
+        let setup = InspectionTests.Setup(
+            pki: pki, caDirectory: caDirectory, origin: origin, originPort: originPort, proxy: proxy, proxyPort: proxyPort)
+        let kept = try curlEachOnItsOwnConnection(setup, ["/connection"])
+        #expect(kept.stdout == "connection 1 request 1", "\(kept.stderr)")
+        let swapped = try runCommand(
+            Paths.which("curl"),
+            ["-sS", "--max-time", "10", "--cacert", pki.caCertificate, "https://localhost:\(originPort)/swap-cert"])
+        #expect(swapped.stdout == "swapped", "\(swapped.stderr)")
+        // The kept connection hangs up on this request; the new one presents the untrusted certificate.
+        let refused = try curlEachOnItsOwnConnection(setup, ["/connection?flaky=1"], extra: ["-w", "\n%{http_code}"])
+        #expect(refused.stdout.hasSuffix("\n502"), "\(refused.stdout)")
+        #expect(refused.stdout.contains("a new connection failed: upstream certificate verification failed"), "\(refused.stdout)")
+        let actions = try setup.waitForActions(2)
+        #expect(actions[1]["status"] as? Int == 502, "\(actions)")
+        let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, "kaizen_egress_upstream_verification_failures_total") == 1, "\(metrics)")
+    }
+
     /// The new connection that replaces a reused one is judged on its own: the old one's end without close_notify
     /// says nothing about the new one's. `/unframed?notify=1` ends its body with close_notify and the close.
     @Test func theReplacedConnectionsUncleanEndIsNotTheNewOnes() throws {

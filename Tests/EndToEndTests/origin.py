@@ -30,6 +30,7 @@ Modes:
                 GET /release-held   -> ends the connection /connection?hold=1 holds, then "released\n"
                 GET /stop-listening -> "stopped\n", then the server accepts no more connections (its open
                                        ones go on)
+                GET /swap-cert      -> "swapped\n"; new connections get --swap-cert/--swap-key from then on
                 GET /ntlm           -> 401 with "WWW-Authenticate: NTLM" (a connection-bound scheme) and
                                        the /connection body
                 GET|POST /flaky     -> on a connection's first request "fresh connection\n"; on a later one
@@ -196,6 +197,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             os.close(readable)
             self.reply(200, "stopped\n")
             return
+        if self.path.startswith("/swap-cert"):
+            self.server.socket.context.load_cert_chain(self.server.swap[0], self.server.swap[1])
+            self.reply(200, "swapped\n")
+            return
         if self.path.startswith("/release-held"):
             HELD.set()
             HELD_CLOSED.wait(10)
@@ -333,6 +338,9 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--swap-cert")
+    parser.add_argument("--swap-key")
+    parser.add_argument("--no-tickets", action="store_true", help="no TLS 1.3 session tickets (no resumption)")
     args = parser.parse_args()
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
 
@@ -342,7 +350,10 @@ def main():
         if args.mode == "https":
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(args.cert, args.key)
+            if args.no_tickets:
+                context.num_tickets = 0
             server.socket = context.wrap_socket(server.socket, server_side=True)
+            server.swap = (args.swap_cert, args.swap_key)
         print(f"PORT {server.server_address[1]}", flush=True)
         server.serve_forever()
     else:
