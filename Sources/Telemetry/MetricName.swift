@@ -45,6 +45,9 @@ public struct MetricName: Sendable, Hashable {
     public static let upstreamReused = MetricName(
         name: "kaizen_egress_upstream_connections_reused_total", type: "counter", labels: [],
         help: "Inspected connections that took an idle, verified upstream connection an earlier inspected connection of the same agent had opened (no TLS handshake with the upstream of their own).")
+    public static let idleUpstreams = MetricName(
+        name: "kaizen_egress_upstream_idle_connections", type: "gauge", labels: [],
+        help: "Idle, verified upstream connections kept for reuse now (KAIZEN_UPSTREAM_IDLE_TIMEOUT).")
     public static let interceptFailures = MetricName(
         name: "kaizen_egress_intercept_failures_total", type: "counter", labels: [],
         help: "Clients that refused the minted certificate (pinning, or the CA not trusted); the name then passes through.")
@@ -79,7 +82,7 @@ public struct MetricName: Sendable, Hashable {
     public static let all: [MetricName] = [
         .connections, .connectionsEnded, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
         .leafCache,
-        .upstreamVerificationFailures, .upstreamHandshakes, .upstreamReused, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
+        .upstreamVerificationFailures, .upstreamHandshakes, .upstreamReused, .idleUpstreams, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
         .dropped, .deliveryFailures, .controlPlaneReachable, .policyDecisions, .policyFetches,
     ]
 }

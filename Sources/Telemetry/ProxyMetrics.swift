@@ -26,6 +26,7 @@ public final class ProxyMetrics: Sendable {
     private let bytesFromClient: Counter
     private let bytesToClient: Counter
     private let openConnections: Meter
+    private let idleUpstreams: Meter
     private let passthroughTunnels: Meter
     private let inspectedTunnels: Meter
     private let leafHits: Counter
@@ -70,6 +71,7 @@ public final class ProxyMetrics: Sendable {
         bytesFromClient = Counter(label: MetricName.bytes.name, dimensions: [("direction", "from_client")], factory: factory)
         bytesToClient = Counter(label: MetricName.bytes.name, dimensions: [("direction", "to_client")], factory: factory)
         openConnections = Meter(label: MetricName.openConnections.name, factory: factory)
+        idleUpstreams = Meter(label: MetricName.idleUpstreams.name, factory: factory)
         passthroughTunnels = Meter(label: MetricName.activeTunnels.name, dimensions: [("kind", "passthrough")], factory: factory)
         inspectedTunnels = Meter(label: MetricName.activeTunnels.name, dimensions: [("kind", "inspected")], factory: factory)
         leafHits = Counter(label: MetricName.leafCache.name, dimensions: [("result", "hit")], factory: factory)
@@ -92,6 +94,7 @@ public final class ProxyMetrics: Sendable {
         passthroughTunnels.set(0)
         inspectedTunnels.set(0)
         openConnections.set(0)
+        idleUpstreams.set(0)
     }
 
     // MARK: connections
@@ -126,6 +129,7 @@ public final class ProxyMetrics: Sendable {
         (resumed ? resumedUpstreamHandshakes : fullUpstreamHandshakes).increment()
     }
     public func upstreamReused() { reusedUpstreams.increment() }
+    public func setIdleUpstreams(_ count: Int) { idleUpstreams.set(count) }
     public func leafMinted(since start: ContinuousClock.Instant) { mintDuration.record(since: start) }
     public func leafMintFailed() { mintFailures.increment() }
     public func upstreamVerificationFailed() { upstreamVerificationFailures.increment() }

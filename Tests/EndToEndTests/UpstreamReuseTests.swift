@@ -66,6 +66,9 @@ import Testing
         #expect(lines.components(separatedBy: "mode=inspected upstream=reused decision=allow").count - 1 == Int(reused))
         let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
         #expect(AdminTests.value(metrics, "kaizen_egress_upstream_connections_reused_total") == Double(reused), "\(metrics)")
+        // Kept now: the connection the last client left, at least (one per event loop that served one).
+        let idle = try #require(AdminTests.value(metrics, "kaizen_egress_upstream_idle_connections"))
+        #expect(idle >= 1 && idle <= Double(openedBy.count), "\(metrics)")
         // The others each had a handshake (a later one may resume the first one's session).
         let handshakes = try #require(AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="full"}"#))
             + (AdminTests.value(metrics, #"kaizen_egress_upstream_tls_handshakes_total{kind="resumed"}"#) ?? 0)

@@ -101,7 +101,7 @@ struct Inspection: Sendable {
             clientTLS: clientTLS,
             reportQuery: configuration.reportQuery,
             http2Limits: configuration.http2Limits,
-            upstreamPool: UpstreamPool(idleTimeout: configuration.upstreamIdleTimeout),
+            upstreamPool: UpstreamPool(idleTimeout: configuration.upstreamIdleTimeout, metrics: metrics),
             alpn: relayed
         )
     }

@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import OpenSSLTLS
+import Telemetry
 
 /// Idle upstream connections of inspection, each verified and speaking HTTP/1.1, kept a short while for the next
 /// inspected connection of the same agent to the same destination: that one then skips the TCP and TLS handshakes
@@ -47,6 +48,8 @@ final class UpstreamPool: Sendable {
     let maxAge: Int64
     /// The time (Unix seconds); tests set it.
     let clock: @Sendable () -> Int64
+    /// `kaizen_egress_upstream_idle_connections` follows the count.
+    private let metrics: ProxyMetrics?
 
     private struct State {
         /// Per key, oldest first.
@@ -71,9 +74,10 @@ final class UpstreamPool: Sendable {
     private let state = NIOLockedValueBox(State())
 
     init(
-        idleTimeout: TimeAmount, perKey: Int = 32, capacity: Int = 256, maxAge: Int64 = 600,
+        idleTimeout: TimeAmount, perKey: Int = 32, capacity: Int = 256, maxAge: Int64 = 600, metrics: ProxyMetrics? = nil,
         clock: @escaping @Sendable () -> Int64 = { Inspection.now() }
     ) {
+        self.metrics = metrics
         self.idleTimeout = idleTimeout
         self.perKey = perKey
         self.capacity = capacity
@@ -90,13 +94,22 @@ final class UpstreamPool: Sendable {
     /// Connections kept now, all keys together.
     var count: Int { state.withLockedValue { $0.total } }
 
+    /// Changes the state, and the gauge with it.
+    private func mutate<Result>(_ body: (inout State) -> Result) -> Result {
+        state.withLockedValue { state in
+            let result = body(&state)
+            metrics?.setIdleUpstreams(state.total)
+            return result
+        }
+    }
+
     /// The newest connection kept under `key` on the calling event loop, no longer kept; nil when there is none.
     /// Its two `IdleUpstreamHandler`s are still in its pipeline: the taker removes them (`IdleUpstreamHandler.remove`).
     func take(_ key: Key, on eventLoop: any EventLoop) -> Idle? {
         eventLoop.preconditionInEventLoop()
         let now = clock()
         var stale: [any Channel] = []
-        let found = state.withLockedValue { state -> Idle? in
+        let found = mutate { state -> Idle? in
             guard var list = state.idle[key] else { return nil }
             var found: Idle?
             var index = list.count
@@ -136,7 +149,7 @@ final class UpstreamPool: Sendable {
     func reserve(agent: String, host: String, port: Int, on eventLoop: any EventLoop) -> Reservation? {
         eventLoop.preconditionInEventLoop()
         let now = clock()
-        return state.withLockedValue { state -> Reservation? in
+        return mutate { state -> Reservation? in
             var best: (key: Key, index: Int, order: UInt64)?
             for (key, list) in state.idle where key.port == port && key.host == host && key.agent == agent {
                 guard let index = list.lastIndex(where: { $0.channel.eventLoop.inEventLoop && $0.reuseUntil > now })
@@ -167,7 +180,7 @@ final class UpstreamPool: Sendable {
         channel.eventLoop.preconditionInEventLoop()
         let watched = (try? channel.pipeline.syncOperations.handler(type: IdleUpstreamHandler.self)) != nil
         let kept = watched && channel.isActive && reservation.idle.reuseUntil > clock()
-            && state.withLockedValue { state -> Bool in
+            && mutate { state -> Bool in
                 guard state.total < capacity, state.idle[reservation.key, default: []].count < perKey else { return false }
                 state.append(reservation.idle, key: reservation.key, restored: true)
                 return true
@@ -182,7 +195,7 @@ final class UpstreamPool: Sendable {
     func keep(_ idle: Idle, key: Key) -> Bool {
         idle.channel.eventLoop.preconditionInEventLoop()
         guard isEnabled, idle.reuseUntil > clock(), idle.channel.isActive else { return false }
-        let kept = state.withLockedValue { state -> Bool in
+        let kept = mutate { state -> Bool in
             guard state.total < capacity, state.idle[key, default: []].count < perKey else { return false }
             state.append(idle, key: key)
             return true
@@ -207,7 +220,7 @@ final class UpstreamPool: Sendable {
 
     /// Forgets `channel` (closed, or closing).
     func remove(_ channel: any Channel) {
-        state.withLockedValue { state in
+        mutate { state in
             for (key, list) in state.idle {
                 guard let index = list.firstIndex(where: { $0.channel === channel }) else { continue }
                 var list = list
