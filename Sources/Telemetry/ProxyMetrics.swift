@@ -129,7 +129,10 @@ public final class ProxyMetrics: Sendable {
         (resumed ? resumedUpstreamHandshakes : fullUpstreamHandshakes).increment()
     }
     public func upstreamReused() { reusedUpstreams.increment() }
-    public func setIdleUpstreams(_ count: Int) { idleUpstreams.set(count) }
+    /// Every pool (a reload starts a new one while the old one empties) adds its own changes.
+    public func idleUpstreamsChanged(by delta: Int) {
+        if delta > 0 { idleUpstreams.increment(by: Double(delta)) } else if delta < 0 { idleUpstreams.decrement(by: Double(-delta)) }
+    }
     public func leafMinted(since start: ContinuousClock.Instant) { mintDuration.record(since: start) }
     public func leafMintFailed() { mintFailures.increment() }
     public func upstreamVerificationFailed() { upstreamVerificationFailures.increment() }

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import Telemetry
 import Testing
 
 /// The pool of idle upstream connections, with embedded channels: what is kept, what is taken, and when a kept
@@ -84,6 +85,28 @@ import Testing
         try closing.idle.channel.close().wait()
         closing.restore()
         #expect(pool.count == 0)
+    }
+
+    /// After a reload the old pool empties while the new one fills: the gauge counts both.
+    @Test func theIdleConnectionsGaugeCountsEveryPool() throws {
+        let export = PrometheusExport()
+        let metrics = ProxyMetrics(factory: export.factory)
+        func gauge() -> String? {
+            String(decoding: export.exposition(), as: UTF8.self).split(separator: "\n")
+                .first { $0.hasPrefix("kaizen_egress_upstream_idle_connections ") }.map(String.init)
+        }
+        let clock = self.clock
+        let old = UpstreamPool(idleTimeout: .seconds(4), metrics: metrics, clock: { clock.value })
+        let new = UpstreamPool(idleTimeout: .seconds(4), metrics: metrics, clock: { clock.value })
+        let leaving = try connectedChannel()
+        #expect(old.keep(idle(leaving), key: key()))
+        #expect(new.keep(idle(try connectedChannel()), key: key()))
+        #expect(new.keep(idle(try connectedChannel()), key: key("b.example.test")))
+        #expect(gauge() == "kaizen_egress_upstream_idle_connections 3.0")
+        leaving.pipeline.fireChannelInactive()  // the old pool's last one goes
+        #expect(gauge() == "kaizen_egress_upstream_idle_connections 2.0")
+        _ = new.take(key(), on: loop)
+        #expect(gauge() == "kaizen_egress_upstream_idle_connections 1.0")
     }
 
     @Test func aConnectionIdleForTheTimeoutIsClosedAndForgotten() throws {

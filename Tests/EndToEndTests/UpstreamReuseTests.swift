@@ -191,8 +191,9 @@ import Testing
         #expect(actions[3]["upstream_reused_from"] as? String == actions[0]["event_id"] as? String)
     }
 
-    /// A client that leaves between its CONNECT (answered with a kept connection in hand) and its ClientHello, with
-    /// a FIN or a reset, is reported as any, and the kept connection stays for the next one.
+    /// A client that leaves between its CONNECT (answered with a kept connection in hand) and its ClientHello is
+    /// reported as any, and the kept connection stays for the next one. With a reset, nothing is dialled for it; a
+    /// FIN is a half-close (the server might speak first), so a connection is dialled and relayed as for any tunnel.
     @Test(arguments: [false, true])
     func aClientLeavingBeforeItsClientHelloLeavesTheKeptConnectionKept(_ reset: Bool) throws {
         let setup = try inspection.setUp(extra: ["NIO_SINGLETON_GROUP_LOOP_COUNT": "1"])

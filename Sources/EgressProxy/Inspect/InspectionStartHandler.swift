@@ -39,6 +39,11 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     /// handshake is answered with the upstream's ALPN choice.
     private var awaitingUpstream = false
     private var halfClosedWhileAwaiting = false
+    /// The client's ClientHello, once it is in: what a connection the client leaves early reports of it.
+    private var hello: ClientHello?
+    /// Why a connection whose client left after its ClientHello, before an upstream connection was ready, carried
+    /// nothing.
+    static let clientLeftEarly = "client closed before the upstream connection was ready"
     /// A connection is being dialled after all (`withDialledUpstream`): the client's bytes are held meanwhile.
     private var dialing = false
     private var clientLeftWhileDialing = false
@@ -89,7 +94,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func channelInactive(context: ChannelHandlerContext) {
         if !decided {
-            passThrough(reason: "client closed before its ClientHello", context: context, clientGone: true)
+            let reason = hello == nil ? "client closed before its ClientHello" : Self.clientLeftEarly
+            passThrough(reason: reason, context: context, clientGone: true)
         } else if dialing {
             clientLeftWhileDialing = true
         } else {
@@ -113,6 +119,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     private func decide(hello: ClientHello, context: ChannelHandlerContext) {
         // Further bytes (the client may not wait) stay held until the decision is carried out.
         deciding = true
+        self.hello = hello
         // The SNI against the policy before a byte of the ClientHello goes anywhere (the CONNECT host, or for a
         // transparent connection the address, was judged already).
         if let sni = hello.serverName, sni.lowercased() != tunnel.destination.host.lowercased() {
@@ -236,6 +243,11 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         held = nil
         var metadata = metadata
         metadata.inspection = reason
+        if let hello, metadata.tls == nil {
+            metadata.tls = true
+            metadata.sni = hello.serverName
+            metadata.alpn = hello.alpn
+        }
         let target = tunnel.destination.description
         reporting.action(target: target, metadata: metadata)
         let close = CloseRecord.Body(
@@ -347,7 +359,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         facts.sni = hello.serverName
         facts.alpn = hello.alpn
         withDialledUpstream(
-            context: context, reporting: facts, clientGoneReason: "client closed before the upstream connection was ready"
+            context: context, reporting: facts, clientGoneReason: Self.clientLeftEarly
         ) { handler, context in
             handler.interceptNow(hello: hello, leaf: leaf, upstreamName: upstreamName, offer: offer, reserved: reserved, context: context)
         }

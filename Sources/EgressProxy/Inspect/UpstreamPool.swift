@@ -94,11 +94,13 @@ final class UpstreamPool: Sendable {
     /// Connections kept now, all keys together.
     var count: Int { state.withLockedValue { $0.total } }
 
-    /// Changes the state, and the gauge with it.
+    /// Changes the state, and the gauge with it (by the change: an old pool and a new one, after a reload, both add
+    /// theirs).
     private func mutate<Result>(_ body: (inout State) -> Result) -> Result {
         state.withLockedValue { state in
+            let before = state.total
             let result = body(&state)
-            metrics?.setIdleUpstreams(state.total)
+            if state.total != before { metrics?.idleUpstreamsChanged(by: state.total - before) }
             return result
         }
     }
