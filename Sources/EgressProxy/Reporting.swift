@@ -2,6 +2,7 @@ import Audit
 import ControlPlane
 import Logging
 import NIOCore
+import NIOHTTP1
 import Telemetry
 
 /// What every connection handler needs to report: the agent name, the sink, the base logger, and the
@@ -87,6 +88,19 @@ struct Reporting: Sendable {
     func close(_ body: CloseRecord.Body) {
         metrics?.bytes(fromClient: body.bytesFromClient, toClient: body.bytesToClient)
         sink.record(.close(CloseRecord(agent: agent, close: body)))
+    }
+
+    /// A connection that failed (a dial, a refusal): reported and logged. `answeredWithStatus`: the client was
+    /// answered with the failure's status (a CONNECT's `502`, say), not with a `200` and then a close.
+    func connectionFailed(_ metadata: ConnectMetadata, target: String, _ failure: ProxyError, answeredWithStatus: Bool) {
+        var metadata = metadata
+        metadata.outcome = .failed
+        metadata.error = failure.reason
+        if answeredWithStatus { metadata.status = Int(failure.status.code) }
+        action(
+            target: target, metadata: metadata,
+            verdict: failure.policy.map(Reporting.blocked) ?? (failure.blocked ? Reporting.blocked(failure.reason) : .observed))
+        logConnection(metadata, target: target, mode: "none", close: nil, blockedByProxy: failure.blocked)
     }
 
     /// The canonical line: one `info` line per connection (per exchange for plain HTTP) when it ends, with

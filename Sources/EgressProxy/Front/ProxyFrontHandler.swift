@@ -40,19 +40,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// A dialled upstream waiting for the state machine's go-ahead to become a tunnel.
-    private struct PendingTunnel {
-        var upstream: any Channel
-        var destination: Destination
-        var metadata: ConnectMetadata
-        var started: NIODeadline
-        /// `upstream` is a kept, verified connection of inspection's, not a dialled one.
-        var reservation: UpstreamPool.Reservation? = nil
-
-        /// Not used after all: a dialled connection is closed, a kept one goes back.
-        func discard() {
-            if let reservation { reservation.restore() } else { upstream.close(promise: nil) }
-        }
-    }
+    /// A dialled upstream (or a kept one of inspection's) waiting for the state machine's go-ahead to become a tunnel.
+    private typealias PendingTunnel = InspectionStartHandler.Tunnel
 
     private var pendingTunnel: PendingTunnel?
     /// Told when an exchange ends, so it limits the next request head.
@@ -345,14 +334,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .establishTunnel:
                 guard let tunnel = pendingTunnel else { continue }
                 pendingTunnel = nil
-                establishTunnel(
-                    upstream: tunnel.upstream,
-                    destination: tunnel.destination,
-                    metadata: tunnel.metadata,
-                    started: tunnel.started,
-                    reservation: tunnel.reservation,
-                    context: context
-                )
+                establishTunnel(tunnel, context: context)
             case .connectUpstream(let destination):
                 connectUpstream(destination, context: context)
             case .retryUpstream(let destination):
@@ -461,15 +443,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         )
     }
 
+    /// The client is answered with `failure`'s status.
     private func reportFailure(_ metadata: ConnectMetadata, _ destination: Destination, _ failure: ProxyError) {
-        var metadata = metadata
-        metadata.outcome = .failed
-        metadata.error = failure.reason
-        metadata.status = Int(failure.status.code)
-        reporting.action(
-            target: destination.description, metadata: metadata,
-            verdict: failure.policy.map(Reporting.blocked) ?? (failure.blocked ? Reporting.blocked(failure.reason) : .observed))
-        reporting.logConnection(metadata, target: destination.description, mode: "none", close: nil, blockedByProxy: failure.blocked)
+        reporting.connectionFailed(metadata, target: destination.description, failure, answeredWithStatus: true)
     }
 
     // MARK: CONNECT
@@ -543,26 +519,14 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func establishTunnel(
-        upstream: any Channel,
-        destination: Destination,
-        metadata: ConnectMetadata,
-        started: NIODeadline,
-        reservation: UpstreamPool.Reservation?,
-        context: ChannelHandlerContext
-    ) {
-        if let inspection = settings.inspection, settings.mayInspect(destination.host) {
-            startInspection(
-                InspectionStartHandler.Tunnel(
-                    upstream: upstream, destination: destination, metadata: metadata, started: started,
-                    reservation: reservation),
-                inspection: inspection,
-                context: context
-            )
+    private func establishTunnel(_ tunnel: PendingTunnel, context: ChannelHandlerContext) {
+        if let inspection = settings.inspection, settings.mayInspect(tunnel.destination.host) {
+            startInspection(tunnel, inspection: inspection, context: context)
             return
         }
         // Reserved only for a tunnel that is inspected (the same settings decide both).
-        precondition(reservation == nil, "a kept inspection connection reached a plain tunnel")
+        precondition(tunnel.reservation == nil, "a kept inspection connection reached a plain tunnel")
+        let (upstream, destination, metadata, started) = (tunnel.upstream, tunnel.destination, tunnel.metadata, tunnel.started)
         let (session, clientGlue, upstreamGlue) = GlueHandler.tunnel(
             reporting: reporting, metadata: metadata, destination: destination, started: started,
             settings: settings, eventLoop: context.eventLoop)
@@ -625,7 +589,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         } catch {
             logger.error("cannot set up tunnel", metadata: ["error": "\(error)"])
-            if let reservation = tunnel.reservation { reservation.restore() } else { tunnel.upstream.close(promise: nil) }
+            tunnel.discard()
             context.close(promise: nil)
         }
     }

@@ -25,6 +25,11 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         /// connection if the ClientHello makes its key (name, ALPN offer); any other outcome gives it back and
         /// dials (`withDialledUpstream`).
         var reservation: UpstreamPool.Reservation? = nil
+
+        /// Not used after all: a dialled connection is closed, a kept one goes back.
+        func discard() {
+            if let reservation { reservation.restore() } else { upstream.close(promise: nil) }
+        }
     }
 
     private var tunnel: Tunnel
@@ -33,14 +38,15 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     private let reporting: Reporting
     private var held: ByteBuffer?
     private var decided = false
-    /// The ClientHello is in and the decision is being made (a leaf may be minting).
-    private var deciding = false
     /// Inspecting: the client's bytes wait here until the upstream's handshake is over, so the client's
     /// handshake is answered with the upstream's ALPN choice.
     private var awaitingUpstream = false
     private var halfClosedWhileAwaiting = false
-    /// The client's ClientHello, once it is in: what a connection the client leaves early reports of it.
+    /// The client's ClientHello, once it is in and being decided on (a leaf may be minting): what a connection the
+    /// client leaves early reports of it.
     private var hello: ClientHello?
+    /// Why a connection whose client left (or half-closed) before anything was decided carried nothing.
+    private var leftEarly: String { hello == nil ? "client closed before its ClientHello" : Self.clientLeftEarly }
     /// Why a connection whose client left after its ClientHello, before an upstream connection was ready, carried
     /// nothing.
     static let clientLeftEarly = "client closed before the upstream connection was ready"
@@ -76,8 +82,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         } else {
             held!.writeBuffer(&bytes)
         }
-        // Decided (the bytes wait for the upstream, or for a dial): only held.
-        guard !decided, !deciding, !awaitingUpstream else { return }
+        // Decided, or being decided (the bytes wait for the decision, the upstream or a dial): only held.
+        guard !decided, hello == nil, !awaitingUpstream else { return }
         switch ClientHelloParser.parse(held!, limit: settings.clientHelloLimit) {
         case .needMoreData:
             if held!.readableBytes >= settings.clientHelloLimit {
@@ -94,8 +100,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func channelInactive(context: ChannelHandlerContext) {
         if !decided {
-            let reason = hello == nil ? "client closed before its ClientHello" : Self.clientLeftEarly
-            passThrough(reason: reason, context: context, clientGone: true)
+            passThrough(reason: leftEarly, context: context, clientGone: true)
         } else if dialing {
             clientLeftWhileDialing = true
         } else {
@@ -110,7 +115,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         if !decided, case ChannelEvent.inputClosed = event {
             // The relay that takes over gets the half-close after the held bytes (this handler is gone by then).
-            passThrough(reason: "client closed before its ClientHello", context: context, clientHalfClosed: true)
+            passThrough(reason: leftEarly, context: context, clientHalfClosed: true)
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -118,7 +123,6 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
 
     private func decide(hello: ClientHello, context: ChannelHandlerContext) {
         // Further bytes (the client may not wait) stay held until the decision is carried out.
-        deciding = true
         self.hello = hello
         // The SNI against the policy before a byte of the ClientHello goes anywhere (the CONNECT host, or for a
         // transparent connection the address, was judged already).
@@ -189,7 +193,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
         reporting.action(target: tunnel.destination.description, metadata: metadata)
         reporting.logConnection(metadata, target: tunnel.destination.description, mode: "none", close: nil)
-        if let reservation = tunnel.reservation { reservation.restore() } else { tunnel.upstream.close(promise: nil) }
+        tunnel.discard()
         context.close(promise: nil)
     }
 
@@ -263,14 +267,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     /// closed.
     private func endWithoutUpstream(_ metadata: ConnectMetadata, _ failure: ProxyError, context: ChannelHandlerContext) {
         held = nil
-        var metadata = metadata
-        metadata.outcome = .failed
-        metadata.error = failure.reason
-        reporting.action(
-            target: tunnel.destination.description, metadata: metadata,
-            verdict: failure.policy.map(Reporting.blocked) ?? (failure.blocked ? Reporting.blocked(failure.reason) : .observed))
-        reporting.logConnection(
-            metadata, target: tunnel.destination.description, mode: "none", close: nil, blockedByProxy: failure.blocked)
+        reporting.connectionFailed(metadata, target: tunnel.destination.description, failure, answeredWithStatus: false)
         context.close(promise: nil)
     }
 
