@@ -23,6 +23,15 @@ final class UpstreamPool: Sendable {
         var address: String
         var serverName: String
         var alpnOffer: [String]
+
+        var destination: Destination { Destination(agent: agent, host: host, port: port) }
+    }
+
+    /// What a CONNECT knows before its ClientHello: the agent and the destination it asked for.
+    struct Destination: Hashable, Sendable {
+        var agent: String
+        var host: String
+        var port: Int
     }
 
     /// A kept connection, and what it brings to the inspected connection that takes it.
@@ -52,10 +61,23 @@ final class UpstreamPool: Sendable {
     private let metrics: ProxyMetrics?
 
     private struct State {
-        /// Per key, oldest first.
-        var idle: [Key: [Idle]] = [:]
+        /// By destination (what a CONNECT can look up), then by key; each list oldest first.
+        var idle: [Destination: [Key: [Idle]]] = [:]
         var total = 0
         var kept: UInt64 = 0
+
+        /// The connections kept under `key`, oldest first; setting none forgets the key (and an empty destination).
+        subscript(key: Key) -> [Idle] {
+            get { idle[key.destination]?[key] ?? [] }
+            set {
+                let destination = key.destination
+                if !newValue.isEmpty {
+                    idle[destination, default: [:]][key] = newValue
+                } else if idle[destination]?.removeValue(forKey: key) != nil, idle[destination]?.isEmpty == true {
+                    idle[destination] = nil
+                }
+            }
+        }
 
         /// - Parameter restored: a reservation coming back keeps its place in the order (it is no newer).
         mutating func append(_ idle: Idle, key: Key, restored: Bool = false) {
@@ -64,9 +86,9 @@ final class UpstreamPool: Sendable {
                 kept += 1
                 idle.keptOrder = kept
             }
-            var list = self.idle[key, default: []]
+            var list = self[key]
             list.insert(idle, at: list.lastIndex { $0.keptOrder <= idle.keptOrder }.map { $0 + 1 } ?? 0)
-            self.idle[key] = list
+            self[key] = list
             total += 1
         }
     }
@@ -112,7 +134,7 @@ final class UpstreamPool: Sendable {
         let now = clock()
         var stale: [any Channel] = []
         let found = mutate { state -> Idle? in
-            guard var list = state.idle[key] else { return nil }
+            var list = state[key]
             var found: Idle?
             var index = list.count
             while found == nil && index > 0 {
@@ -127,7 +149,7 @@ final class UpstreamPool: Sendable {
                     stale.append(candidate.channel)
                 }
             }
-            state.idle[key] = list.isEmpty ? nil : list
+            state[key] = list
             return found
         }
         for channel in stale { channel.close(promise: nil) }
@@ -153,7 +175,7 @@ final class UpstreamPool: Sendable {
         let now = clock()
         return mutate { state -> Reservation? in
             var best: (key: Key, index: Int, order: UInt64)?
-            for (key, list) in state.idle where key.port == port && key.host == host && key.agent == agent {
+            for (key, list) in state.idle[Destination(agent: agent, host: host, port: port)] ?? [:] {
                 guard let index = list.lastIndex(where: { $0.channel.eventLoop.inEventLoop && $0.reuseUntil > now })
                 else { continue }
                 let candidate = (key: key, index: index, order: list[index].keptOrder)
@@ -167,9 +189,8 @@ final class UpstreamPool: Sendable {
                     best = candidate
                 }
             }
-            guard let best, var list = state.idle[best.key] else { return nil }
-            let idle = list.remove(at: best.index)
-            state.idle[best.key] = list.isEmpty ? nil : list
+            guard let best else { return nil }
+            let idle = state[best.key].remove(at: best.index)
             state.total -= 1
             return Reservation(pool: self, key: best.key, idle: idle)
         }
@@ -183,7 +204,7 @@ final class UpstreamPool: Sendable {
         let watched = (try? channel.pipeline.syncOperations.handler(type: IdleUpstreamHandler.self)) != nil
         let kept = watched && channel.isActive && reservation.idle.reuseUntil > clock()
             && mutate { state -> Bool in
-                guard state.total < capacity, state.idle[reservation.key, default: []].count < perKey else { return false }
+                guard state.total < capacity, state[reservation.key].count < perKey else { return false }
                 state.append(reservation.idle, key: reservation.key, restored: true)
                 return true
             }
@@ -198,7 +219,7 @@ final class UpstreamPool: Sendable {
         idle.channel.eventLoop.preconditionInEventLoop()
         guard isEnabled, idle.reuseUntil > clock(), idle.channel.isActive else { return false }
         let kept = mutate { state -> Bool in
-            guard state.total < capacity, state.idle[key, default: []].count < perKey else { return false }
+            guard state.total < capacity, state[key].count < perKey else { return false }
             state.append(idle, key: key)
             return true
         }
@@ -223,13 +244,13 @@ final class UpstreamPool: Sendable {
     /// Forgets `channel` (closed, or closing).
     func remove(_ channel: any Channel) {
         mutate { state in
-            for (key, list) in state.idle {
-                guard let index = list.firstIndex(where: { $0.channel === channel }) else { continue }
-                var list = list
-                list.remove(at: index)
-                state.idle[key] = list.isEmpty ? nil : list
-                state.total -= 1
-                return
+            for keys in state.idle.values {
+                for (key, list) in keys {
+                    guard let index = list.firstIndex(where: { $0.channel === channel }) else { continue }
+                    state[key].remove(at: index)
+                    state.total -= 1
+                    return
+                }
             }
         }
     }
