@@ -112,7 +112,7 @@ package struct InterceptedExchangeStateMachine {
                 } else if name.equalsIgnoringASCIICase("content-length") || name.equalsIgnoringASCIICase("transfer-encoding") {
                     framed = true
                 } else if name.equalsIgnoringASCIICase("authorization") || name.equalsIgnoringASCIICase("proxy-authorization") {
-                    if InterceptedExchangeStateMachine.isConnectionBound(value) { connectionBoundAuthorization = true }
+                    if InterceptedExchangeStateMachine.isConnectionBound(scheme: value) { connectionBoundAuthorization = true }
                 }
             }
         }
@@ -150,7 +150,7 @@ package struct InterceptedExchangeStateMachine {
             if head.status == .unauthorized || head.status == .proxyAuthenticationRequired,
                 head.headers.contains(where: {
                     ($0.name.equalsIgnoringASCIICase("www-authenticate") || $0.name.equalsIgnoringASCIICase("proxy-authenticate"))
-                        && Self.isConnectionBound($0.value)
+                        && Self.isConnectionBound(challenges: $0.value)
                 })
             {
                 upstreamBound = true
@@ -159,15 +159,20 @@ package struct InterceptedExchangeStateMachine {
         return .forward
     }
 
-    /// Whether an Authorization value, or a field of challenges, names a scheme that authenticates a connection
-    /// (NTLM, Negotiate: Kerberos or NTLM through SPNEGO), not a request. Each comma-separated element's first word
-    /// is looked at: a challenge's parameters (`realm="x"`) never match.
-    static func isConnectionBound(_ value: String) -> Bool {
-        value.split(separator: ",").contains { element in
-            var scheme = element.trimmingASCIIWhitespace()
-            if let space = scheme.firstIndex(of: " ") { scheme = scheme[..<space] }
-            return scheme.equalsIgnoringASCIICase("ntlm") || scheme.equalsIgnoringASCIICase("negotiate")
-        }
+    /// Whether credentials (an Authorization value: one scheme, then its token; checked on every request that has
+    /// one, so without splitting the value) are of a scheme that authenticates a connection (NTLM, Negotiate:
+    /// Kerberos or NTLM through SPNEGO), not a request.
+    static func isConnectionBound(scheme credentials: some StringProtocol) -> Bool {
+        var scheme = credentials.trimmingASCIIWhitespace()
+        if let space = scheme.utf8.firstIndex(of: UInt8(ascii: " ")) { scheme = scheme[..<space] }
+        return scheme.equalsIgnoringASCIICase("ntlm") || scheme.equalsIgnoringASCIICase("negotiate")
+    }
+
+    /// Whether a field of challenges (WWW-Authenticate, Proxy-Authenticate: several may share one field) offers a
+    /// connection-bound scheme. Each comma-separated element's first word is looked at: a challenge's parameters
+    /// (`realm="x"`) never match.
+    static func isConnectionBound(challenges: String) -> Bool {
+        challenges.split(separator: ",").contains { isConnectionBound(scheme: $0) }
     }
 
     mutating func responseBody(_ count: Int) -> Action {
