@@ -25,7 +25,7 @@ import Testing
 
     @Test func aLeafHasWhatStrictClientsRequire() throws {
         let ca = try authority()
-        let leaf = try ca.mintLeaf(for: .dns("api.example.test"), key: try .generateP256(), now: now)
+        let leaf = try ca.mintLeaf(for: .dns("api.example.test"), key: try .generateP256ForLeaves(), now: now)
         let certificate = leaf.leaf
         #expect(certificate.subjectDescription == "CN = api.example.test")
         #expect(certificate.issuerDER == ca.certificate.subjectDER)
@@ -44,44 +44,63 @@ import Testing
         #expect(leaf.chain.count == 2 && leaf.chain[1] == ca.certificate)
     }
 
+    /// The leaf key is held as a legacy EC_KEY (cheaper to put in a certificate); its SubjectPublicKeyInfo must still be
+    /// what a provider key's is: id-ecPublicKey with the named curve prime256v1 (strict clients refuse explicit curve
+    /// parameters) and an uncompressed point, and decoding the leaf afresh must give the same certificate.
+    @Test(arguments: [true, false]) func aLeafKeyIsANamedCurveP256Key(forLeaves: Bool) throws {
+        let key = forLeaves ? try OpenSSLPrivateKey.generateP256ForLeaves() : try OpenSSLPrivateKey.generateP256()
+        let leaf = try authority().mintLeaf(for: .dns("api.example.test"), key: key, now: now).leaf
+        let der = leaf.derBytes
+        let spkiStart: [UInt8] = [
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01,  // id-ecPublicKey
+            0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07,  // prime256v1
+            0x03, 0x42, 0x00, 0x04,  // BIT STRING, uncompressed point
+        ]
+        let found = (0...(der.count - spkiStart.count)).contains { Array(der[$0..<$0 + spkiStart.count]) == spkiStart }
+        #expect(found)
+        let decoded = try #require(try OpenSSLCertificate.chain(pemOrDER: der).first)
+        #expect(decoded.derBytes == der)
+        #expect(key.algorithm == "EC")
+    }
+
     @Test func serialsDiffer() throws {
         let ca = try authority()
-        let key = try OpenSSLPrivateKey.generateP256()
+        let key = try OpenSSLPrivateKey.generateP256ForLeaves()
         let serials = try (0..<20).map { _ in try ca.mintLeaf(for: .dns("a.test"), key: key, now: now).leaf.serialNumber }
         #expect(Set(serials).count == 20)
     }
 
     @Test func aLongNameGetsAnEmptySubjectAndACriticalSAN() throws {
         let name = String(repeating: "a", count: 60) + ".example.test"
-        let leaf = try authority().mintLeaf(for: .dns(name), key: try .generateP256(), now: now).leaf
+        let leaf = try authority().mintLeaf(for: .dns(name), key: try .generateP256ForLeaves(), now: now).leaf
         #expect(leaf.subjectDescription == "")
         #expect(leaf.subjectAlternativeNames.names == ["DNS:" + name])
         #expect(leaf.subjectAlternativeNames.critical)
     }
 
     @Test func anIPAddressGetsAnIPSAN() throws {
-        let leaf = try authority().mintLeaf(for: .ip("127.0.0.1"), key: try .generateP256(), now: now).leaf
+        let leaf = try authority().mintLeaf(for: .ip("127.0.0.1"), key: try .generateP256ForLeaves(), now: now).leaf
         #expect(leaf.subjectAlternativeNames.names == ["IP:127.0.0.1"])
         #expect(leaf.subjectAlternativeNames.critical)
-        let v6 = try authority().mintLeaf(for: .ip("::1"), key: try .generateP256(), now: now).leaf
+        let v6 = try authority().mintLeaf(for: .ip("::1"), key: try .generateP256ForLeaves(), now: now).leaf
         #expect(v6.subjectAlternativeNames.names == ["IP:::1"])
     }
 
     @Test(arguments: ["", "bad,name", "a..b", "-a.test", "a b.test", "DNS:x", String(repeating: "a", count: 64) + ".test"])
     func namesACertificateCannotCarryAreRefused(name: String) throws {
         #expect(throws: OpenSSLCertificateAuthority.MintingError.invalidName(name)) {
-            _ = try authority().mintLeaf(for: .dns(name), key: try .generateP256(), now: now)
+            _ = try authority().mintLeaf(for: .dns(name), key: try .generateP256ForLeaves(), now: now)
         }
     }
 
     @Test func theLeafExpiresWithTheCA() throws {
         let ca = try authority()
-        let leaf = try ca.mintLeaf(for: .dns("a.test"), key: try .generateP256(), now: now, lifetime: 400 * 86_400).leaf
+        let leaf = try ca.mintLeaf(for: .dns("a.test"), key: try .generateP256ForLeaves(), now: now, lifetime: 400 * 86_400).leaf
         #expect(leaf.notAfter == ca.certificate.notAfter)
     }
 
     @Test func opensslVerifiesTheLeafStrictly() throws {
-        let leaf = try authority().mintLeaf(for: .dns("strict.example.test"), key: try .generateP256(), now: now)
+        let leaf = try authority().mintLeaf(for: .dns("strict.example.test"), key: try .generateP256ForLeaves(), now: now)
         let path = pki.directory.appendingPathComponent("minted-\(UUID().uuidString).pem").path
         try Data(try leaf.leaf.pemBytes()).write(to: URL(fileURLWithPath: path))
         let result = try runCommand(
@@ -97,7 +116,7 @@ import Testing
         client.trustSystemStore = false
         client.additionalTrustFile = pki.ca
         let clientConnection = try OpenSSLConnection(context: try OpenSSLContext(configuration: client), serverName: "minted.test")
-        let leaf = try authority().mintLeaf(for: .dns("minted.test"), key: try .generateP256(), now: now)
+        let leaf = try authority().mintLeaf(for: .dns("minted.test"), key: try .generateP256ForLeaves(), now: now)
         var server = OpenSSLContext.Configuration(role: .server)
         server.certifiedKey = leaf
         let serverConnection = try OpenSSLConnection(context: try OpenSSLContext(configuration: server))
@@ -120,9 +139,9 @@ import Testing
             key: try OpenSSLPrivateKey(pemOrDER: try bytes(directory.appendingPathComponent("ca.key").path))
         )
         #expect(ca.certificate.hasNameConstraints)
-        _ = try ca.mintLeaf(for: .dns("api.corp.test"), key: try .generateP256(), now: now)
+        _ = try ca.mintLeaf(for: .dns("api.corp.test"), key: try .generateP256ForLeaves(), now: now)
         #expect(throws: OpenSSLCertificateAuthority.MintingError.outsideNameConstraints("api.other.test")) {
-            _ = try ca.mintLeaf(for: .dns("api.other.test"), key: try .generateP256(), now: now)
+            _ = try ca.mintLeaf(for: .dns("api.other.test"), key: try .generateP256ForLeaves(), now: now)
         }
     }
 
@@ -136,7 +155,7 @@ import Testing
         #expect(ca.subjectDER == ca.issuerDER)
         #expect(ca.subjectDescription == "O = Example, CN = Kaizen egress CA")
         let authority = try OpenSSLCertificateAuthority(chain: [ca], key: key)
-        let leaf = try authority.mintLeaf(for: .dns("x.test"), key: try .generateP256(), now: now)
+        let leaf = try authority.mintLeaf(for: .dns("x.test"), key: try .generateP256ForLeaves(), now: now)
         #expect(leaf.leaf.authorityKeyIdentifier == ca.subjectKeyIdentifier)
         let pem = String(decoding: try key.pemBytes(), as: UTF8.self)
         #expect(pem.hasPrefix("-----BEGIN PRIVATE KEY-----"))

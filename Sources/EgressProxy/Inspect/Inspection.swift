@@ -60,7 +60,7 @@ struct Inspection: Sendable {
         let upstreamTLS: OpenSSLContext
         let clientTLS: OpenSSLContext
         do {
-            leafKey = try .generateP256()
+            leafKey = try .generateP256ForLeaves()
             var upstream = OpenSSLContext.Configuration(role: .client)
             upstream.alpn = relayed
             upstream.additionalTrustFile = configuration.upstreamCAFile
