@@ -76,7 +76,7 @@ public final class AuditLog: ActionSink, Service {
         }
         json.key("settings")
         json.beginObject()
-        for (key, value) in configuration.settings { json.field(key, value) }
+        for (key, value) in configuration.settings { json.field(named: key, value) }
         json.endObject()
         json.endObject()
         json.endObject()
@@ -226,11 +226,14 @@ public final class AuditLog: ActionSink, Service {
         json.beginObject()
         json.field("event", event)
         json.field("at", WallClock.rfc3339(unixMillis: WallClock.nowMillis()))
-        for (key, value) in extra { json.field(key, value) }
+        for (key, value) in extra {
+            json.key(named: key)
+            json.int(value)
+        }
         if let settings {
             json.key("settings")
             json.beginObject()
-            for (key, value) in settings { json.field(key, value) }
+            for (key, value) in settings { json.field(named: key, value) }
             json.endObject()
         }
         json.endObject()

@@ -5,21 +5,18 @@ public enum ActionRecord: Sendable, Hashable {
 
     /// The record as one line of JSON, newline included.
     public func jsonLine() -> [UInt8] {
-        var line: [UInt8] = []
-        appendJSONLine(to: &line)
-        return line
+        var json = JSONWriter()
+        writeJSONLine(to: &json)
+        return json.take()
     }
 
-    /// Appends the record as one line of JSON, newline included.
-    public func appendJSONLine(to bytes: inout [UInt8]) {
-        var json = JSONWriter(appendingTo: bytes)
-        bytes = []
+    /// Writes the record as one line of JSON, newline included.
+    public func writeJSONLine(to json: inout JSONWriter) {
         switch self {
         case .action(let action): action.writeJSON(to: &json)
         case .close(let close): close.writeJSON(to: &json)
         }
-        bytes = json.take()
-        bytes.append(UInt8(ascii: "\n"))
+        json.newline()
     }
 }
 

@@ -76,19 +76,19 @@ public struct CloseRecord: Sendable, Hashable, Decodable {
     /// `{"schema_version":"1","agent":…,"close":{"event_id":…,…}}`
     public func writeJSON(to json: inout JSONWriter) {
         json.beginObject()
-        json.field(CodingKeys.schemaVersion.rawValue, schemaVersion)
-        json.field(CodingKeys.agent.rawValue, agent)
-        json.key(CodingKeys.close.rawValue)
+        json.field("schema_version", schemaVersion)
+        json.field("agent", agent)
+        json.key("close")
         json.beginObject()
-        json.field(Body.CodingKeys.eventID.rawValue, close.eventID.description)
-        json.field(Body.CodingKeys.target.rawValue, close.target)
-        json.field(Body.CodingKeys.bytesFromClient.rawValue, close.bytesFromClient)
-        json.field(Body.CodingKeys.bytesToClient.rawValue, close.bytesToClient)
-        json.field(Body.CodingKeys.durationMs.rawValue, close.durationMs)
-        json.field(Body.CodingKeys.closedBy.rawValue, close.closedBy.rawValue)
-        json.field(Body.CodingKeys.reason.rawValue, close.reason)
-        if let status = close.status { json.field(Body.CodingKeys.status.rawValue, status) }
-        json.field(Body.CodingKeys.endedAt.rawValue, close.endedAt)
+        json.field("event_id", close.eventID.description)
+        json.field("target", close.target)
+        json.field("bytes_from_client", close.bytesFromClient)
+        json.field("bytes_to_client", close.bytesToClient)
+        json.field("duration_ms", close.durationMs)
+        json.field("closed_by", close.closedBy.rawValue)
+        json.field("reason", close.reason)
+        if let status = close.status { json.field("status", status) }
+        json.field("ended_at", close.endedAt)
         json.endObject()
         json.endObject()
     }

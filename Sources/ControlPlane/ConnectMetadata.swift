@@ -136,38 +136,38 @@ public struct ConnectMetadata: Sendable, Hashable, Decodable {
     /// `sni` is always present, `null` when there is none.
     public func writeJSON(to json: inout JSONWriter) {
         json.beginObject()
-        json.field(CodingKeys.source.rawValue, source)
-        json.field(CodingKeys.eventID.rawValue, eventID.description)
-        json.field(CodingKeys.transport.rawValue, transport.rawValue)
-        json.field(CodingKeys.host.rawValue, host)
-        json.field(CodingKeys.port.rawValue, port)
-        json.field(CodingKeys.client.rawValue, client)
-        json.field(CodingKeys.startedAt.rawValue, startedAt)
-        json.field(CodingKeys.outcome.rawValue, outcome.rawValue)
-        if let resolvedIP { json.field(CodingKeys.resolvedIP.rawValue, resolvedIP) }
-        if let error { json.field(CodingKeys.error.rawValue, error) }
-        if let status { json.field(CodingKeys.status.rawValue, status) }
-        if let tls { json.field(CodingKeys.tls.rawValue, tls) }
-        if tls != nil || sniError != nil { json.field(CodingKeys.sni.rawValue, sni) }
-        if let sniError { json.field(CodingKeys.sniError.rawValue, sniError) }
-        if let alpn { json.field(CodingKeys.alpn.rawValue, alpn) }
-        if let sniMismatch { json.field(CodingKeys.sniMismatch.rawValue, sniMismatch) }
-        if let intercepted { json.field(CodingKeys.intercepted.rawValue, intercepted) }
-        if let inspection { json.field(CodingKeys.inspection.rawValue, inspection) }
-        if let method { json.field(CodingKeys.method.rawValue, method) }
-        if let path { json.field(CodingKeys.path.rawValue, path) }
-        if let negotiatedProtocol { json.field(CodingKeys.negotiatedProtocol.rawValue, negotiatedProtocol) }
-        if let upstreamResumed { json.field(CodingKeys.upstreamResumed.rawValue, upstreamResumed) }
-        if let upstreamReusedFrom { json.field(CodingKeys.upstreamReusedFrom.rawValue, upstreamReusedFrom) }
-        if let upgrade { json.field(CodingKeys.upgrade.rawValue, upgrade) }
-        if let requestHost { json.field(CodingKeys.requestHost.rawValue, requestHost) }
-        if let requestBodyBytes { json.field(CodingKeys.requestBodyBytes.rawValue, requestBodyBytes) }
-        if let responseBodyBytes { json.field(CodingKeys.responseBodyBytes.rawValue, responseBodyBytes) }
-        if let connectionID { json.field(CodingKeys.connectionID.rawValue, connectionID.description) }
-        if let originalDst { json.field(CodingKeys.originalDst.rawValue, originalDst) }
-        if let firstSeen { json.field(CodingKeys.firstSeen.rawValue, firstSeen) }
-        if let policy { json.field(CodingKeys.policy.rawValue, policy) }
-        if let wouldBlock { json.field(CodingKeys.wouldBlock.rawValue, wouldBlock) }
+        json.field("source", source)
+        json.field("event_id", eventID.description)
+        json.field("transport", transport.rawValue)
+        json.field("host", host)
+        json.field("port", port)
+        json.field("client", client)
+        json.field("started_at", startedAt)
+        json.field("outcome", outcome.rawValue)
+        if let resolvedIP { json.field("resolved_ip", resolvedIP) }
+        if let error { json.field("error", error) }
+        if let status { json.field("status", status) }
+        if let tls { json.field("tls", tls) }
+        if tls != nil || sniError != nil { json.field("sni", sni) }
+        if let sniError { json.field("sni_error", sniError) }
+        if let alpn { json.field("alpn", alpn) }
+        if let sniMismatch { json.field("sni_mismatch", sniMismatch) }
+        if let intercepted { json.field("intercepted", intercepted) }
+        if let inspection { json.field("inspection", inspection) }
+        if let method { json.field("method", method) }
+        if let path { json.field("path", path) }
+        if let negotiatedProtocol { json.field("protocol", negotiatedProtocol) }
+        if let upstreamResumed { json.field("upstream_resumed", upstreamResumed) }
+        if let upstreamReusedFrom { json.field("upstream_reused_from", upstreamReusedFrom) }
+        if let upgrade { json.field("upgrade", upgrade) }
+        if let requestHost { json.field("request_host", requestHost) }
+        if let requestBodyBytes { json.field("request_body_bytes", requestBodyBytes) }
+        if let responseBodyBytes { json.field("response_body_bytes", responseBodyBytes) }
+        if let connectionID { json.field("connection_id", connectionID.description) }
+        if let originalDst { json.field("original_dst", originalDst) }
+        if let firstSeen { json.field("first_seen", firstSeen) }
+        if let policy { json.field("policy", policy) }
+        if let wouldBlock { json.field("would_block", wouldBlock) }
         json.endObject()
     }
 }

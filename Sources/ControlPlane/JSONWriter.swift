@@ -4,53 +4,100 @@
 /// Strings are escaped per RFC 8259, plus U+2028 and U+2029 (which break JavaScript line parsing), DEL, and
 /// U+FEFF (which some readers drop from the start of a string), so a hostile host name or SNI can never split or
 /// break a log line, and every reader gets back the value the proxy saw.
-public struct JSONWriter {
-    public private(set) var bytes: [UInt8]
-    private var needsComma: [Bool] = []
+///
+/// Keys written in the source are `JSONKey` literals, copied as they are; keys known only at run time (log
+/// metadata, settings) go through `field(named:_:)` and `key(named:)`, and are escaped as any string.
+public struct JSONWriter: ~Copyable {
+    /// The bytes written so far: `count` of `capacity`, owned by this writer alone (it cannot be copied).
+    private var storage: UnsafeMutablePointer<UInt8>
+    private var count = 0
+    private var capacity: Int
+    /// One bit per open object or array, the innermost lowest: set once it has a member, so the next needs a comma.
+    private var hasMembers: UInt64 = 0
+    /// Open objects and arrays (at most 64).
+    private var depth = 0
 
-    public init() {
-        bytes = []
-        bytes.reserveCapacity(512)
+    /// A writer with room for `capacity` bytes before it first grows (an action is about 1,000).
+    public init(capacity: Int = 1024) {
+        self.capacity = max(capacity, 64)
+        storage = .allocate(capacity: self.capacity)
     }
 
-    /// Continues after `bytes` (several records into one buffer).
-    public init(appendingTo bytes: [UInt8]) {
-        self.bytes = bytes
+    deinit {
+        storage.deallocate()
     }
+
+    /// A copy of the bytes written.
+    public var bytes: [UInt8] { Array(UnsafeBufferPointer(start: storage, count: count)) }
 
     /// The bytes written, leaving the writer empty.
     public mutating func take() -> [UInt8] {
-        defer { bytes = [] }
+        defer { count = 0 }
         return bytes
+    }
+
+    /// Calls `body` with the bytes written, without copying them.
+    public func withUnsafeBytes<Result>(_ body: (UnsafeRawBufferPointer) throws -> Result) rethrows -> Result {
+        try body(UnsafeRawBufferPointer(start: storage, count: count))
+    }
+
+    /// Ends a line (records are JSON lines); only between top-level values.
+    public mutating func newline() {
+        precondition(depth == 0, "JSONWriter: a newline inside an object or array")
+        put(UInt8(ascii: "\n"))
     }
 
     public mutating func beginObject() {
         valuePrefix()
-        bytes.append(UInt8(ascii: "{"))
-        needsComma.append(false)
+        put(UInt8(ascii: "{"))
+        open()
     }
 
     public mutating func endObject() {
-        bytes.append(UInt8(ascii: "}"))
-        needsComma.removeLast()
+        put(UInt8(ascii: "}"))
+        close()
     }
 
     public mutating func beginArray() {
         valuePrefix()
-        bytes.append(UInt8(ascii: "["))
-        needsComma.append(false)
+        put(UInt8(ascii: "["))
+        open()
     }
 
     public mutating func endArray() {
-        bytes.append(UInt8(ascii: "]"))
-        needsComma.removeLast()
+        put(UInt8(ascii: "]"))
+        close()
+    }
+
+    private mutating func open() {
+        precondition(depth < 64, "JSONWriter: more than 64 nested objects or arrays")
+        hasMembers <<= 1
+        depth += 1
+    }
+
+    private mutating func close() {
+        hasMembers >>= 1
+        depth -= 1
     }
 
     /// Writes `"key":`; the value written next belongs to it.
-    public mutating func key(_ key: String) {
+    public mutating func key(_ key: JSONKey) {
+        separator()
+        let length = key.text.utf8CodeUnitCount
+        reserve(length + 3)
+        storage[count] = UInt8(ascii: "\"")
+        (storage + count + 1).update(from: key.text.utf8Start, count: length)
+        storage[count + 1 + length] = UInt8(ascii: "\"")
+        storage[count + 2 + length] = UInt8(ascii: ":")
+        count += length + 3
+        afterKey = true
+    }
+
+    /// Writes `"key":` for a key known only at run time (escaped as any string).
+    public mutating func key(named key: String) {
         separator()
         appendString(key)
-        bytes.append(UInt8(ascii: ":"))
+        put(UInt8(ascii: ":"))
         afterKey = true
     }
 
@@ -71,45 +118,51 @@ public struct JSONWriter {
 
     public mutating func bool(_ value: Bool) {
         valuePrefix()
-        bytes.append(contentsOf: (value ? "true" : "false").utf8)
+        put(value ? "true" : "false")
     }
 
     public mutating func null() {
         valuePrefix()
-        bytes.append(contentsOf: "null".utf8)
+        put("null")
     }
 
     // Convenience for object members.
-    public mutating func field(_ name: String, _ value: String) {
+    public mutating func field(_ name: JSONKey, _ value: String) {
         key(name)
         string(value)
     }
 
-    public mutating func field(_ name: String, _ value: String?) {
+    public mutating func field(_ name: JSONKey, _ value: String?) {
         key(name)
         if let value { string(value) } else { null() }
     }
 
-    public mutating func field(_ name: String, _ value: Int) {
+    public mutating func field(_ name: JSONKey, _ value: Int) {
         key(name)
         int(value)
     }
 
-    public mutating func field(_ name: String, _ value: UInt64) {
+    public mutating func field(_ name: JSONKey, _ value: UInt64) {
         key(name)
         int(value)
     }
 
-    public mutating func field(_ name: String, _ value: Bool) {
+    public mutating func field(_ name: JSONKey, _ value: Bool) {
         key(name)
         bool(value)
     }
 
-    public mutating func field(_ name: String, _ values: [String]) {
+    public mutating func field(_ name: JSONKey, _ values: [String]) {
         key(name)
         beginArray()
         for value in values { string(value) }
         endArray()
+    }
+
+    /// A member whose key is known only at run time (log metadata, settings).
+    public mutating func field(named name: String, _ value: String) {
+        key(named: name)
+        string(value)
     }
 
     /// Set between a key and its value: the value needs no separator.
@@ -125,84 +178,144 @@ public struct JSONWriter {
 
     /// A comma before every member or element but the first of its container.
     private mutating func separator() {
-        guard !needsComma.isEmpty else { return }
-        if needsComma[needsComma.count - 1] {
-            bytes.append(UInt8(ascii: ","))
+        guard depth > 0 else { return }
+        if hasMembers & 1 != 0 {
+            put(UInt8(ascii: ","))
         } else {
-            needsComma[needsComma.count - 1] = true
+            hasMembers |= 1
         }
     }
+
+    // MARK: the buffer
+
+    /// Room for `extra` more bytes.
+    @inline(__always)
+    private mutating func reserve(_ extra: Int) {
+        if count + extra > capacity { grow(to: count + extra) }
+    }
+
+    private mutating func grow(to needed: Int) {
+        let grown = max(needed, capacity * 2)
+        let moved = UnsafeMutablePointer<UInt8>.allocate(capacity: grown)
+        moved.moveInitialize(from: storage, count: count)
+        storage.deallocate()
+        storage = moved
+        capacity = grown
+    }
+
+    @inline(__always)
+    private mutating func put(_ byte: UInt8) {
+        reserve(1)
+        storage[count] = byte
+        count += 1
+    }
+
+    @inline(__always)
+    private mutating func put(_ first: UInt8, _ second: UInt8) {
+        reserve(2)
+        storage[count] = first
+        storage[count + 1] = second
+        count += 2
+    }
+
+    private mutating func put(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, !bytes.isEmpty else { return }
+        reserve(bytes.count)
+        UnsafeMutableRawPointer(storage + count).copyMemory(from: base, byteCount: bytes.count)
+        count += bytes.count
+    }
+
+    private mutating func put(_ text: StaticString) {
+        put(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    // MARK: values
 
     private mutating func appendDecimal(_ magnitude: UInt, negative: Bool) {
-        if negative { bytes.append(UInt8(ascii: "-")) }
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var count = 0
-        var rest = magnitude
-        withUnsafeMutableBytes(of: &digits) { buffer in
-            repeat {
-                buffer[19 - count] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-                count += 1
-            } while rest > 0
-            bytes.append(contentsOf: buffer[(20 - count)...])
+        reserve(21)
+        if negative {
+            storage[count] = UInt8(ascii: "-")
+            count += 1
         }
+        var digits = 1
+        var scale: UInt = 10
+        while digits < 20 && magnitude >= scale {
+            digits += 1
+            (scale, _) = scale.multipliedReportingOverflow(by: 10)
+        }
+        var rest = magnitude
+        for index in stride(from: count + digits - 1, through: count, by: -1) {
+            storage[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+            rest /= 10
+        }
+        count += digits
     }
 
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+    private static let hexDigits: StaticString = "0123456789abcdef"
 
     private mutating func appendString(_ value: String) {
-        bytes.append(UInt8(ascii: "\""))
         // Fast path: nothing to escape (the usual host names, ids and timestamps) is copied in one go.
         // Anything outside printable ASCII (controls, DEL, and every non-ASCII byte, among them the lead bytes of
         // U+2028, U+2029 and U+FEFF), a quote or a backslash takes the slow path: one subtraction and two
         // comparisons per byte.
         let copied: Bool? = value.utf8.withContiguousStorageIfAvailable { utf8 in
-            guard !Self.mayNeedEscaping(UnsafeRawBufferPointer(utf8)) else { return false }
-            bytes.append(contentsOf: utf8)
+            let raw = UnsafeRawBufferPointer(utf8)
+            guard !Self.mayNeedEscaping(raw) else { return false }
+            reserve(raw.count + 2)
+            storage[count] = UInt8(ascii: "\"")
+            if let base = raw.baseAddress {
+                UnsafeMutableRawPointer(storage + count + 1).copyMemory(from: base, byteCount: raw.count)
+            }
+            storage[count + 1 + raw.count] = UInt8(ascii: "\"")
+            count += raw.count + 2
             return true
         }
-        if copied == true {
-            bytes.append(UInt8(ascii: "\""))
-            return
-        }
+        if copied == true { return }
+        put(UInt8(ascii: "\""))
         var utf8 = value.utf8.makeIterator()
         // A lead byte 0xE2 or 0xEF and what follows, while checking for U+2028/U+2029 (E2 80 A8/A9) and U+FEFF
-        // (EF BB BF).
-        var pending: [UInt8] = []
+        // (EF BB BF): up to three bytes, held in `pending` (`held` of them).
+        var pending: (UInt8, UInt8, UInt8) = (0, 0, 0)
+        var held = 0
         while let byte = utf8.next() {
-            if !pending.isEmpty {
-                pending.append(byte)
-                let second: UInt8 = pending[0] == 0xE2 ? 0x80 : 0xBB
-                if pending.count == 2 && pending[1] != second {
-                    bytes.append(contentsOf: pending)
-                    pending.removeAll(keepingCapacity: true)
-                } else if pending.count == 3 {
-                    if pending[0] == 0xE2 && (pending[2] == 0xA8 || pending[2] == 0xA9) {
-                        appendEscape(pending[2] == 0xA8 ? 0x2028 : 0x2029)
-                    } else if pending[0] == 0xEF && pending[2] == 0xBF {
+            if held > 0 {
+                if held == 1 {
+                    pending.1 = byte
+                    held = 2
+                    if byte != (pending.0 == 0xE2 ? 0x80 : 0xBB) {
+                        put(pending.0, pending.1)
+                        held = 0
+                    }
+                } else {
+                    pending.2 = byte
+                    if pending.0 == 0xE2 && (byte == 0xA8 || byte == 0xA9) {
+                        appendEscape(byte == 0xA8 ? 0x2028 : 0x2029)
+                    } else if pending.0 == 0xEF && byte == 0xBF {
                         appendEscape(0xFEFF)
                     } else {
-                        bytes.append(contentsOf: pending)
+                        put(pending.0, pending.1)
+                        put(byte)
                     }
-                    pending.removeAll(keepingCapacity: true)
+                    held = 0
                 }
                 continue
             }
             switch byte {
-            case 0x22: bytes.append(contentsOf: [0x5c, 0x22])  // \"
-            case 0x5c: bytes.append(contentsOf: [0x5c, 0x5c])  // \\
-            case 0x0a: bytes.append(contentsOf: [0x5c, UInt8(ascii: "n")])
-            case 0x0d: bytes.append(contentsOf: [0x5c, UInt8(ascii: "r")])
-            case 0x09: bytes.append(contentsOf: [0x5c, UInt8(ascii: "t")])
+            case 0x22: put(0x5c, 0x22)  // \"
+            case 0x5c: put(0x5c, 0x5c)  // \\
+            case 0x0a: put(0x5c, UInt8(ascii: "n"))
+            case 0x0d: put(0x5c, UInt8(ascii: "r"))
+            case 0x09: put(0x5c, UInt8(ascii: "t"))
             case 0x00..<0x20, 0x7f: appendEscape(UInt32(byte))
-            case 0xE2, 0xEF: pending.append(byte)  // may start U+2028, U+2029 or U+FEFF
-            default: bytes.append(byte)
+            case 0xE2, 0xEF:  // may start U+2028, U+2029 or U+FEFF
+                pending.0 = byte
+                held = 1
+            default: put(byte)
             }
         }
-        bytes.append(contentsOf: pending)
-        bytes.append(UInt8(ascii: "\""))
+        if held >= 1 { put(pending.0) }
+        if held == 2 { put(pending.1) }
+        put(UInt8(ascii: "\""))
     }
 
     /// Whether any byte is outside printable ASCII (a control, DEL, any byte of a non-ASCII character), a quote or
@@ -233,10 +346,29 @@ public struct JSONWriter {
     }
 
     private mutating func appendEscape(_ value: UInt32) {
-        let hex = Self.hexDigits
-        bytes.append(contentsOf: [
-            0x5c, UInt8(ascii: "u"), hex[Int((value >> 12) & 0xf)], hex[Int((value >> 8) & 0xf)],
-            hex[Int((value >> 4) & 0xf)], hex[Int(value & 0xf)],
-        ])
+        let hex = Self.hexDigits.utf8Start
+        reserve(6)
+        storage[count] = 0x5c
+        storage[count + 1] = UInt8(ascii: "u")
+        storage[count + 2] = hex[Int((value >> 12) & 0xf)]
+        storage[count + 3] = hex[Int((value >> 8) & 0xf)]
+        storage[count + 4] = hex[Int((value >> 4) & 0xf)]
+        storage[count + 5] = hex[Int(value & 0xf)]
+        count += 6
+    }
+}
+
+/// A key written in the source: `json.field("event_id", …)`. Only printable ASCII other than `"` and `\`, so it is
+/// copied without escaping (checked when the key is made, in debug builds).
+public struct JSONKey: ExpressibleByStringLiteral, Sendable {
+    let text: StaticString
+
+    public init(stringLiteral text: StaticString) {
+        assert(
+            text.hasPointerRepresentation
+                && !JSONWriter.mayNeedEscaping(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount)),
+            "JSONKey: \(text) needs escaping"
+        )
+        self.text = text
     }
 }

@@ -75,19 +75,18 @@ public final class LocalActionLog: ActionSink, Service {
     }
 
     private func write(_ batch: [ActionRecord], broken: inout Set<Int32>) {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(batch.count * 512)
+        var json = JSONWriter(capacity: batch.count * 1024)  // an inspected request's action is about 1,000 bytes
         for record in batch {
-            record.appendJSONLine(to: &bytes)
+            record.writeJSONLine(to: &json)
         }
-        writeAll(fd: STDOUT_FILENO, bytes, name: "standard output", broken: &broken)
+        json.withUnsafeBytes { writeAll(fd: STDOUT_FILENO, $0, name: "standard output", broken: &broken) }
     }
 
     /// Writes everything, retrying short writes. A reader that went away (EPIPE) is given up on with one log
     /// line; other errors are logged per batch and retried with the next one.
-    private func writeAll(fd: Int32, _ bytes: [UInt8], name: String, broken: inout Set<Int32>) {
+    private func writeAll(fd: Int32, _ bytes: UnsafeRawBufferPointer, name: String, broken: inout Set<Int32>) {
         guard !broken.contains(fd) else { return }
-        let failure = bytes.withUnsafeBytes { FileIO.writeFully(fd, $0) }
+        let failure = FileIO.writeFully(fd, bytes)
         guard let failure else { return }
         if failure == EPIPE {
             broken.insert(fd)

@@ -38,6 +38,45 @@ import Testing
         #expect(decoded == action)
     }
 
+    /// The writer's keys are literals, the decoder's come from `CodingKeys`: with every field set, a record reads
+    /// back as itself only if the two agree on every name.
+    @Test func everyFieldReadsBackAsItself() throws {
+        var metadata = metadata()
+        metadata.error = "connection refused"
+        metadata.status = 502
+        metadata.sniError = "truncated"
+        metadata.intercepted = true
+        metadata.inspection = "pinned"
+        metadata.method = "GET"
+        metadata.path = "/v1/x"
+        metadata.negotiatedProtocol = "http/1.1"
+        metadata.upstreamResumed = true
+        metadata.upstreamReusedFrom = "01a21941-e6fe-79ac-864f-0552b3987685"
+        metadata.requestHost = "example.org"
+        metadata.upgrade = "websocket"
+        metadata.requestBodyBytes = 12
+        metadata.responseBodyBytes = 3_400
+        metadata.connectionID = EventID(description: "01a21941-e6fe-79ac-864f-0552b3987686")
+        metadata.originalDst = "10.0.0.1:443"
+        metadata.firstSeen = true
+        metadata.policy = "deny-list"
+        metadata.wouldBlock = false
+        let action = ConnectAction(agent: "a", target: "example.org:443", metadata: metadata)
+        let line = ActionRecord.action(action).jsonLine()
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any])
+        let written = try #require((object["action"] as? [String: Any])?["metadata"] as? [String: Any])
+        #expect(written.count == 32)  // every key of ConnectMetadata.CodingKeys
+        #expect(try JSONDecoder().decode(ConnectAction.self, from: Data(line)) == action)
+
+        let close = CloseRecord(
+            agent: "a",
+            close: .init(
+                eventID: EventID(description: "01a21941-e6fe-79ac-864f-0552b3987687"), target: "example.org:443",
+                bytesFromClient: 1, bytesToClient: 2, durationMs: 3, closedBy: .client, reason: "eof", status: 200,
+                endedAt: "2026-11-26T19:07:59.102Z"))
+        #expect(try JSONDecoder().decode(CloseRecord.self, from: Data(ActionRecord.close(close).jsonLine())) == close)
+    }
+
     @Test func missingSNIIsAnExplicitNull() throws {
         var metadata = metadata()
         metadata.sni = nil
@@ -113,6 +152,44 @@ import Testing
         let expected = "\"\\u001f" + printable.replacingOccurrences(of: "\\", with: "\\\\")
             .replacingOccurrences(of: "\"", with: "\\\"") + "\\u007f\""
         #expect(String(decoding: json.bytes, as: UTF8.self) == expected)
+    }
+
+    /// Numbers are written digit by digit into the writer's buffer: every length, and both ends of each type.
+    @Test func integersAreWrittenAsSwiftPrintsThem() {
+        var values: [Int] = [0, 7, -7, Int.min, Int.max]
+        var power = 1
+        for _ in 0..<18 {
+            values += [power - 1, power, power + 1, -power]
+            power *= 10
+        }
+        for value in values {
+            var json = JSONWriter()
+            json.int(value)
+            #expect(String(decoding: json.bytes, as: UTF8.self) == String(value))
+        }
+        for value in [UInt64.max, UInt64.max / 10, 10_000_000_000_000_000_000, 9_999_999_999_999_999_999, 0] {
+            var json = JSONWriter()
+            json.int(value)
+            #expect(String(decoding: json.bytes, as: UTF8.self) == String(value))
+        }
+    }
+
+    /// The writer starts small and grows as it goes: what it holds after many growths is what was written, in order.
+    @Test func theBufferGrowsWithoutLosingBytes() throws {
+        var json = JSONWriter(capacity: 1)
+        json.beginArray()
+        var expected: [String] = []
+        for index in 0..<2_000 {
+            let value = index % 3 == 0 ? "é\u{2028}\"\(index)" : String(repeating: "x", count: index % 97)
+            expected.append(value)
+            json.string(value)
+        }
+        json.endArray()
+        json.newline()
+        let bytes = json.take()
+        #expect(bytes.last == UInt8(ascii: "\n"))
+        #expect(try JSONDecoder().decode([String].self, from: Data(bytes)) == expected)
+        #expect(json.bytes.isEmpty)
     }
 
     /// Strings are scanned eight bytes at a time: a byte that needs escaping is found wherever it sits in a word

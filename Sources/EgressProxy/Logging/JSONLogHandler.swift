@@ -40,7 +40,7 @@ public struct JSONLogHandler: LogHandler {
         var merged = metadata
         if let extra = event.metadata { merged.merge(extra) { $1 } }
         for key in merged.keys.sorted() where !["ts", "level", "logger", "msg", "source"].contains(key) {
-            json.field(key, Self.text(merged[key]!))
+            json.field(named: key, Self.text(merged[key]!))
         }
         json.endObject()
         output.write(json.take(), urgent: event.level >= .warning)
