@@ -18,6 +18,8 @@ import OpenSSLTLS
 final class InterceptedConnection {
     private let reporting: Reporting
     private var metadata: ConnectMetadata
+    /// The CONNECT host in lower case, which each request's Host is compared with.
+    private lazy var lowercasedHost = metadata.host.lowercased()
     /// The policy's answer for the request in progress (`policy`, `would_block`), set when its head arrives.
     private var requestPolicy: (policy: String?, wouldBlock: Bool?) = (nil, nil)
     /// Requests refused by a policy (enforce mode), for the connection's log line.
@@ -968,8 +970,7 @@ final class InterceptedConnection {
         request.policy = requestPolicy.policy
         request.wouldBlock = requestPolicy.wouldBlock
         request.upgrade = exchange.upgraded ? exchange.upgrade.map(Reporting.printable) : nil
-        let connectionHost = metadata.host.lowercased()
-        if let other = exchange.requestHosts.first(where: { $0 != connectionHost }) {
+        if let other = exchange.requestHosts.first(where: { $0 != lowercasedHost }) {
             request.requestHost = Reporting.printable(other)
         }
         reportedExchanges += 1
