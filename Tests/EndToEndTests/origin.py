@@ -31,6 +31,8 @@ Modes:
                 GET /stop-listening -> "stopped\n", then the server accepts no more connections (its open
                                        ones go on)
                 GET /swap-cert      -> "swapped\n"; new connections get --swap-cert/--swap-key from then on
+                GET /prefer-h2      -> "preferring h2\n"; new connections choose h2 by ALPN when offered (and then
+                                       get no answer: this origin speaks HTTP/1.1 only)
                 GET /ntlm           -> 401 with "WWW-Authenticate: NTLM" (a connection-bound scheme) and
                                        the /connection body
                 GET|POST /flaky     -> on a connection's first request "fresh connection\n"; on a later one
@@ -196,6 +198,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             os.dup2(readable, self.server.socket.fileno())
             os.close(readable)
             self.reply(200, "stopped\n")
+            return
+        if self.path.startswith("/prefer-h2"):
+            # New TLS connections choose h2 when the client offers it (this origin speaks no HTTP/2: a client that
+            # takes it gets nothing more).
+            self.server.socket.context.set_alpn_protocols(["h2", "http/1.1"])
+            self.reply(200, "preferring h2\n")
             return
         if self.path.startswith("/swap-cert"):
             self.server.socket.context.load_cert_chain(self.server.swap[0], self.server.swap[1])
