@@ -67,7 +67,11 @@ public final class ControlPlaneConnection: Sendable {
                         )
                     }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    let handler = ResponseHandler(ready: channel.eventLoop.makePromise(), expectsTLS: tls != nil)
+                    // The TLS handshake gets the connect timeout too: a server that accepts and then says nothing
+                    // fails. The handler arms it when the connection is up, on the event loop, so it runs however
+                    // late the task awaiting the connection resumes.
+                    let handler = ResponseHandler(
+                        ready: channel.eventLoop.makePromise(), expectsTLS: tls != nil, handshakeTimeout: connectTimeout)
                     try channel.pipeline.syncOperations.addHandler(handler)
                     box.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -78,15 +82,7 @@ public final class ControlPlaneConnection: Sendable {
             .connect(host: endpoint.host, port: endpoint.port)
             .get()
         guard let handler = box.withLockedValue({ $0 }) else { throw ChannelError.inappropriateOperationForState }
-        // The TLS handshake gets the connect timeout too: a server that accepts and then says nothing fails.
-        let ready = try await loop.submit {
-            let ready = handler.value.ready.futureResult
-            let timer = loop.scheduleTask(in: connectTimeout) {
-                handler.value.timeOut(ControlPlaneTimeout(what: "TLS handshake"), channel: channel)
-            }
-            ready.whenComplete { _ in timer.cancel() }
-            return ready
-        }.get()
+        let ready = try await loop.submit { handler.value.ready.futureResult }.get()
         do {
             try await ready.get()
         } catch {
@@ -172,18 +168,34 @@ final class ResponseHandler: ChannelInboundHandler {
 
     private let expectsTLS: Bool
 
-    init(ready: EventLoopPromise<Void>, expectsTLS: Bool) {
+    /// How long the TLS handshake may take once the connection is up.
+    private let handshakeTimeout: TimeAmount
+    private var handshakeTimer: Scheduled<Void>?
+
+    init(ready: EventLoopPromise<Void>, expectsTLS: Bool, handshakeTimeout: TimeAmount) {
         self.ready = ready
         self.expectsTLS = expectsTLS
+        self.handshakeTimeout = handshakeTimeout
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        if !expectsTLS { markReady(nil) }
+        connectionIsUp(context: context)
         context.fireChannelActive()
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if !expectsTLS && context.channel.isActive { markReady(nil) }
+        if context.channel.isActive { connectionIsUp(context: context) }
+    }
+
+    private func connectionIsUp(context: ChannelHandlerContext) {
+        guard !readyDone else { return }
+        guard expectsTLS else { return markReady(nil) }
+        guard handshakeTimer == nil else { return }
+        let channel = context.channel
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        handshakeTimer = context.eventLoop.scheduleTask(in: handshakeTimeout) {
+            handler.value.timeOut(ControlPlaneTimeout(what: "TLS handshake"), channel: channel)
+        }
     }
 
     /// A connection that never became active (refused) still completes every promise.
@@ -201,6 +213,8 @@ final class ResponseHandler: ChannelInboundHandler {
     private func markReady(_ error: (any Error)?) {
         guard !readyDone else { return }
         readyDone = true
+        handshakeTimer?.cancel()
+        handshakeTimer = nil
         if let error { ready.fail(error) } else { ready.succeed(()) }
     }
 
