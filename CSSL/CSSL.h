@@ -43,6 +43,15 @@ static inline EVP_PKEY *CSSL_legacy_EC_P256_generate(void) {
         EC_KEY_free(ec);
         return NULL;
     }
+    /* OpenSSL converts a legacy key for its providers on first use and caches the result: do it once here, before
+       event loops sign with the key side by side. */
+    EVP_PKEY_CTX *first = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    if (first == NULL || EVP_PKEY_sign_init(first) != 1) {
+        EVP_PKEY_CTX_free(first);
+        EVP_PKEY_free(key);
+        return NULL;
+    }
+    EVP_PKEY_CTX_free(first);
     return key;
 }
 #pragma clang diagnostic pop

@@ -76,6 +76,7 @@ public struct JSONWriter: ~Copyable {
     }
 
     private mutating func close() {
+        precondition(depth > 0, "JSONWriter: an end without its begin")
         hasMembers >>= 1
         depth -= 1
     }
@@ -83,13 +84,15 @@ public struct JSONWriter: ~Copyable {
     /// Writes `"key":`; the value written next belongs to it.
     public mutating func key(_ key: JSONKey) {
         separator()
-        let length = key.text.utf8CodeUnitCount
-        reserve(length + 3)
-        storage[count] = UInt8(ascii: "\"")
-        (storage + count + 1).update(from: key.text.utf8Start, count: length)
-        storage[count + 1 + length] = UInt8(ascii: "\"")
-        storage[count + 2 + length] = UInt8(ascii: ":")
-        count += length + 3
+        // withUTF8Buffer, not utf8Start: a one-character literal is a StaticString without a pointer.
+        key.text.withUTF8Buffer { text in
+            reserve(text.count + 3)
+            storage[count] = UInt8(ascii: "\"")
+            if let base = text.baseAddress { (storage + count + 1).update(from: base, count: text.count) }
+            storage[count + 1 + text.count] = UInt8(ascii: "\"")
+            storage[count + 2 + text.count] = UInt8(ascii: ":")
+            count += text.count + 3
+        }
         afterKey = true
     }
 
@@ -226,7 +229,7 @@ public struct JSONWriter: ~Copyable {
     }
 
     private mutating func put(_ text: StaticString) {
-        put(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+        text.withUTF8Buffer { put(UnsafeRawBufferPointer($0)) }
     }
 
     // MARK: values
@@ -364,11 +367,7 @@ public struct JSONKey: ExpressibleByStringLiteral, Sendable {
     let text: StaticString
 
     public init(stringLiteral text: StaticString) {
-        assert(
-            text.hasPointerRepresentation
-                && !JSONWriter.mayNeedEscaping(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount)),
-            "JSONKey: \(text) needs escaping"
-        )
+        assert(!text.withUTF8Buffer { JSONWriter.mayNeedEscaping(UnsafeRawBufferPointer($0)) }, "JSONKey: \(text) needs escaping")
         self.text = text
     }
 }

@@ -21,8 +21,8 @@ struct Reporting: Sendable {
 
     /// Records the action. A connection that reached a destination its agent never reached before is marked
     /// `first_seen` and logged; requests after the first inside one intercepted connection are not connections.
+    /// `metadata` is consumed: the caller's last use of its copy moves here, not a copy of some thirty fields per request.
     func action(target: String, metadata: consuming ConnectMetadata, verdict: ConnectAction.Verdict = .observed) {
-        var metadata = metadata  // the caller's last use of its copy moves here: no copy of some 30 fields per request
         var verdict = verdict
         if verdict == .observed, let policy, policy.enforcing {
             verdict = metadata.policy.map(Self.blocked) ?? Self.allowedByPolicy

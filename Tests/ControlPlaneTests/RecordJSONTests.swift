@@ -174,6 +174,16 @@ import Testing
         }
     }
 
+    /// Short keys, one character included (a StaticString may hold one without a pointer), are written whole.
+    @Test func aOneCharacterKeyIsWritten() {
+        var json = JSONWriter()
+        json.beginObject()
+        json.field("x", 1)
+        json.field("yz", "a")
+        json.endObject()
+        #expect(String(decoding: json.bytes, as: UTF8.self) == #"{"x":1,"yz":"a"}"#)
+    }
+
     /// The writer starts small and grows as it goes: what it holds after many growths is what was written, in order.
     @Test func theBufferGrowsWithoutLosingBytes() throws {
         var json = JSONWriter(capacity: 1)

@@ -31,8 +31,8 @@ Modes:
                 GET /stop-listening -> "stopped\n", then the server accepts no more connections (its open
                                        ones go on)
                 GET /swap-cert      -> "swapped\n"; new connections get --swap-cert/--swap-key from then on
-                GET /prefer-h2      -> "preferring h2\n"; new connections choose h2 by ALPN when offered (and then
-                                       get no answer: this origin speaks HTTP/1.1 only)
+                GET /prefer-h2      -> "preferring h2\n"; new connections choose h2 by ALPN when offered (this
+                                       origin still speaks HTTP/1.1 on them)
                 GET /ntlm           -> 401 with "WWW-Authenticate: NTLM" (a connection-bound scheme) and
                                        the /connection body
                 GET|POST /flaky     -> on a connection's first request "fresh connection\n"; on a later one
@@ -200,8 +200,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.reply(200, "stopped\n")
             return
         if self.path.startswith("/prefer-h2"):
-            # New TLS connections choose h2 when the client offers it (this origin speaks no HTTP/2: a client that
-            # takes it gets nothing more).
+            # New TLS connections choose h2 when the client offers it (this origin still speaks HTTP/1.1 on them).
             self.server.socket.context.set_alpn_protocols(["h2", "http/1.1"])
             self.reply(200, "preferring h2\n")
             return
