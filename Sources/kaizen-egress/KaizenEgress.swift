@@ -174,6 +174,9 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Fetch the policy again this often (If-None-Match). (env KAIZEN_POLICY_REFRESH, default 60s)")
     var policyRefresh: String?
 
+    @Option(help: "Event loops (one thread each) for all connections. (env KAIZEN_EVENT_LOOPS, default one per CPU the process may use)")
+    var eventLoops: String?
+
     @Option(help: "Admin listener for /metrics, /healthz and /readyz: address:port, or off. (env KAIZEN_ADMIN_LISTEN, default 127.0.0.1:9090)")
     var adminListen: String?
 
@@ -196,7 +199,7 @@ struct RunOptions: ParsableArguments {
             (.maxRequestLine, maxRequestLine), (.maxHeaderBytes, maxHeaderBytes), (.maxHeaderFields, maxHeaderFields),
             (.headerTimeout, headerTimeout), (.inspectHTTP2, inspectHttp2), (.http2MaxStreams, h2MaxStreams), (.http2BufferBytes, h2BufferBytes),
             (.maxConnections, maxConnections),
-            (.maxConnectionsPerClient, maxConnectionsPerClient), (.mode, mode), (.policyFail, policyFail),
+            (.maxConnectionsPerClient, maxConnectionsPerClient), (.eventLoops, eventLoops), (.mode, mode), (.policyFail, policyFail),
             (.policyRefresh, policyRefresh), (.adminListen, adminListen), (.logFormat, logFormat),
         ]
         for case (let key, let value?) in flags {
@@ -217,6 +220,9 @@ struct RunOptions: ParsableArguments {
         } catch {
             fail(error.description)
         }
+
+        // Before anything uses SwiftNIO's shared event loops (which start all their threads at first use).
+        if let loops = configuration.eventLoops { NIOSingletons.groupLoopCountSuggestion = loops }
 
         let level = configuration.logLevel
         switch configuration.logFormat {

@@ -198,6 +198,17 @@ import Testing
         #expect(error?.variable == "KAIZEN_UPSTREAM_IDLE_TIMEOUT")
     }
 
+    @Test func eventLoopsAreSwiftNIOsCountUnlessSet() throws {
+        #expect(try ProxyConfiguration(environment: local).eventLoops == nil)
+        #expect(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_EVENT_LOOPS": "2"]).eventLoops == 2)
+        for bad in ["0", "1025", "two", "-1"] {
+            let error = #expect(throws: ConfigurationError.self) {
+                try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_EVENT_LOOPS": bad])
+            }
+            #expect(error?.variable == "KAIZEN_EVENT_LOOPS")
+        }
+    }
+
     @Test func portZeroPicksAFreePort() throws {
         #expect(try ProxyConfiguration(environment: ["PORT": "0", "KAIZEN_LOCAL": "1"]).port == 0)
     }

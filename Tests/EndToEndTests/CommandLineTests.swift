@@ -27,6 +27,7 @@ import Testing
         (["--local", "--audit-fsync", "often"], "KAIZEN_AUDIT_FSYNC"),
         (["--local", "--baseline-learn", "a while"], "KAIZEN_BASELINE_LEARN"),
         (["--local", "--baseline-max", "lots"], "KAIZEN_BASELINE_MAX"),
+        (["--local", "--event-loops", "0"], "KAIZEN_EVENT_LOOPS"),
     ])
     func badFlagsRefuseNamingTheVariable(_ arguments: [String], _ variable: String) throws {
         let child = try ChildProcess(Paths.proxyBinary, arguments, environment: environment([:]))
@@ -159,6 +160,24 @@ import Testing
         }
         // With no subcommand the proxy runs, and says where its options are listed.
         #expect(try runCommand(Paths.proxyBinary, ["--help"]).stdout.contains("kaizen-egress run --help"))
+    }
+
+    /// `--event-loops` (or `KAIZEN_EVENT_LOOPS`, which wins over SwiftNIO's own `NIO_SINGLETON_GROUP_LOOP_COUNT`)
+    /// is the number of event-loop threads the running proxy has; unset, SwiftNIO's count applies.
+    @Test(arguments: [
+        (["--event-loops", "3"], [String: String](), 3),
+        ([], ["KAIZEN_EVENT_LOOPS": "1", "NIO_SINGLETON_GROUP_LOOP_COUNT": "2"], 1),
+        ([], ["NIO_SINGLETON_GROUP_LOOP_COUNT": "2"], 2),
+    ])
+    func theEventLoopSettingIsTheNumberOfLoopThreads(_ arguments: [String], _ extra: [String: String], _ loops: Int) throws {
+        let proxy = try ChildProcess(
+            Paths.proxyBinary, ["--local", "--port", "0"] + arguments, environment: environment(extra))
+        _ = try proxy.listeningPort()
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.pid)/task")
+        let names = tasks.compactMap { try? String(contentsOfFile: "/proc/\(proxy.pid)/task/\($0)/comm", encoding: .utf8) }
+        #expect(names.filter { $0.hasPrefix("NIO-SGLTN-") }.count == loops, "\(names.sorted())")
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 
     @Test func probeExitsZeroOnlyWhileTheProxyListens() throws {

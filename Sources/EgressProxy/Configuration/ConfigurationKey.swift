@@ -48,6 +48,7 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let http2MaxStreams = ConfigurationKey(variable: "KAIZEN_H2_MAX_STREAMS", flag: "--h2-max-streams")
     public static let http2BufferBytes = ConfigurationKey(variable: "KAIZEN_H2_BUFFER_BYTES", flag: "--h2-buffer-bytes")
     public static let maxConnections = ConfigurationKey(variable: "KAIZEN_MAX_CONNECTIONS", flag: "--max-connections")
+    public static let eventLoops = ConfigurationKey(variable: "KAIZEN_EVENT_LOOPS", flag: "--event-loops")
     public static let maxConnectionsPerClient = ConfigurationKey(
         variable: "KAIZEN_MAX_CONNECTIONS_PER_CLIENT", flag: "--max-connections-per-client")
 
@@ -69,7 +70,7 @@ public struct ConfigurationKey: Sendable, Hashable {
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
         .pinnedPassthrough, .upstreamIdleTimeout, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
         .allowClients, .proxyAuth, .allowPrivate, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
-        .headerTimeout, .inspectHTTP2, .http2MaxStreams, .http2BufferBytes, .maxConnections, .maxConnectionsPerClient, .mode, .policyFail, .policyRefresh,
+        .headerTimeout, .inspectHTTP2, .http2MaxStreams, .http2BufferBytes, .maxConnections, .maxConnectionsPerClient, .eventLoops, .mode, .policyFail, .policyRefresh,
         .adminListen, .logFormat,
     ]
 }

@@ -125,6 +125,9 @@ public struct ProxyConfiguration: Sendable {
     /// Open client connections in all, and from one client address (0: no per-client limit).
     public var maxConnections: Int
     public var maxConnectionsPerClient: Int
+    /// Event loops (one thread each) that carry every connection; nil: one per CPU the process may use (its cgroup's
+    /// CPU limit and cpuset included), as SwiftNIO counts them.
+    public var eventLoops: Int?
     /// Observe reports what the control plane's policy would decide; enforce refuses what it blocks.
     public var policyMode: PolicyMode
     /// With no policy ever loaded for an agent: block everything (closed) or nothing (open).
@@ -472,6 +475,11 @@ public struct ProxyConfiguration: Sendable {
             value(.maxConnections), key: .maxConnections, default: Self.defaultMaxConnections(), range: 1...10_000_000)
         self.maxConnectionsPerClient = try Self.count(
             value(.maxConnectionsPerClient), key: .maxConnectionsPerClient, default: 1024, range: 0...10_000_000)
+        if let raw = value(.eventLoops) {
+            self.eventLoops = try Self.count(raw, key: .eventLoops, default: 0, range: 1...1024)
+        } else {
+            self.eventLoops = nil
+        }
 
         if let raw = value(.mode) {
             guard let mode = PolicyMode(rawValue: raw.lowercased()) else {
