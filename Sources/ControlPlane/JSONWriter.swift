@@ -85,14 +85,8 @@ public struct JSONWriter: ~Copyable {
     public mutating func key(_ key: JSONKey) {
         separator()
         // withUTF8Buffer, not utf8Start: a one-character literal is a StaticString without a pointer.
-        key.text.withUTF8Buffer { text in
-            reserve(text.count + 3)
-            storage[count] = UInt8(ascii: "\"")
-            if let base = text.baseAddress { (storage + count + 1).update(from: base, count: text.count) }
-            storage[count + 1 + text.count] = UInt8(ascii: "\"")
-            storage[count + 2 + text.count] = UInt8(ascii: ":")
-            count += text.count + 3
-        }
+        key.text.withUTF8Buffer { putQuoted(UnsafeRawBufferPointer($0)) }
+        put(UInt8(ascii: ":"))
         afterKey = true
     }
 
@@ -228,6 +222,17 @@ public struct JSONWriter: ~Copyable {
         count += bytes.count
     }
 
+    /// `"` + `bytes` + `"`, the bytes as they are (they need no escaping).
+    private mutating func putQuoted(_ bytes: UnsafeRawBufferPointer) {
+        reserve(bytes.count + 2)
+        storage[count] = UInt8(ascii: "\"")
+        if let base = bytes.baseAddress {
+            UnsafeMutableRawPointer(storage + count + 1).copyMemory(from: base, byteCount: bytes.count)
+        }
+        storage[count + 1 + bytes.count] = UInt8(ascii: "\"")
+        count += bytes.count + 2
+    }
+
     private mutating func put(_ text: StaticString) {
         text.withUTF8Buffer { put(UnsafeRawBufferPointer($0)) }
     }
@@ -241,10 +246,10 @@ public struct JSONWriter: ~Copyable {
             count += 1
         }
         var digits = 1
-        var scale: UInt = 10
-        while digits < 20 && magnitude >= scale {
+        var shorter = magnitude / 10
+        while shorter > 0 {
             digits += 1
-            (scale, _) = scale.multipliedReportingOverflow(by: 10)
+            shorter /= 10
         }
         var rest = magnitude
         for index in stride(from: count + digits - 1, through: count, by: -1) {
@@ -264,13 +269,7 @@ public struct JSONWriter: ~Copyable {
         let copied: Bool? = value.utf8.withContiguousStorageIfAvailable { utf8 in
             let raw = UnsafeRawBufferPointer(utf8)
             guard !Self.mayNeedEscaping(raw) else { return false }
-            reserve(raw.count + 2)
-            storage[count] = UInt8(ascii: "\"")
-            if let base = raw.baseAddress {
-                UnsafeMutableRawPointer(storage + count + 1).copyMemory(from: base, byteCount: raw.count)
-            }
-            storage[count + 1 + raw.count] = UInt8(ascii: "\"")
-            count += raw.count + 2
+            putQuoted(raw)
             return true
         }
         if copied == true { return }
