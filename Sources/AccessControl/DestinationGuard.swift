@@ -1,7 +1,9 @@
 /// Keeps the proxy from being a way into the network it runs in (SSRF): destinations in loopback, private,
 /// link-local (cloud metadata at 169.254.169.254 among them), CGNAT, multicast, unspecified and reserved ranges
 /// are refused, also when an IPv6 address carries one of them (IPv4-mapped, IPv4-compatible, NAT64, 6to4,
-/// Teredo), and so are the proxy's own listeners. `KAIZEN_ALLOW_PRIVATE` opens exceptions by range or host name.
+/// Teredo), and so are the proxy's own listeners and every address of the machine it runs on (a public IPv4 or a
+/// global IPv6 address reaches the machine's own services as loopback does). `KAIZEN_ALLOW_PRIVATE` opens
+/// exceptions by range or host name.
 ///
 /// The check runs on the addresses the proxy is about to dial, after its one name lookup, so a name that
 /// resolves differently a moment later (DNS rebinding) changes nothing.
@@ -32,7 +34,8 @@ public struct DestinationGuard: Sendable {
     /// Host names (`internal.example`, or `*.corp.example` for names below it) allowed to resolve anywhere.
     public var allowedNames: [String]
     public var listeners: [Listener]
-    /// The machine's own addresses, for wildcard listeners.
+    /// The machine's own addresses: refused as destinations (unless an exception covers them), and never dialled
+    /// on the port of a wildcard listener.
     public var localAddresses: [IPAddress]
 
     public init(allowedRanges: [CIDR] = [], allowedNames: [String] = [], listeners: [Listener] = [], localAddresses: [IPAddress] = []) {
@@ -51,7 +54,8 @@ public struct DestinationGuard: Sendable {
         ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved"),
         ("::/128", "unspecified"), ("::1/128", "loopback"), ("::/96", "reserved (IPv4-compatible)"),
         ("::ffff:0:0:0/96", "reserved (IPv4-translated)"), ("64:ff9b:1::/48", "private (local NAT64)"),
-        ("100::/64", "discard-only"), ("2001:db8::/32", "documentation"), ("fc00::/7", "private (unique local)"),
+        ("100::/64", "discard-only"), ("2001:db8::/32", "documentation"), ("3fff::/20", "documentation"),
+        ("fc00::/7", "private (unique local)"),
         ("fe80::/10", "link-local"), ("fec0::/10", "site-local"), ("ff00::/8", "multicast"),
     ].map { (CIDR($0.0)!, $0.1) }
 
@@ -67,12 +71,26 @@ public struct DestinationGuard: Sendable {
         let candidates = [("", address)] + address.embeddedIPv4.map { ("\($0.form) ", $0.address) }
         for (form, candidate) in candidates {
             if allowedRanges.contains(where: { $0.contains(candidate) }) { continue }
+            let shown = form.isEmpty ? "\(address)" : "\(address) (\(form)\(candidate))"
             if let (_, why) = Self.refused.first(where: { $0.0.contains(candidate) }) {
-                let shown = form.isEmpty ? "\(address)" : "\(address) (\(form)\(candidate))"
                 return Denial(reason: "\(why) address \(shown)")
+            }
+            if localAddresses.contains(candidate) {
+                return Denial(reason: "this machine's own address \(shown)")
             }
         }
         return nil
+    }
+
+    /// Whether a connection just made is to the machine itself: its two ends have the same address (Linux takes
+    /// the destination as the source for one of its own addresses). Catches an address the machine gained after
+    /// `localAddresses` was read. The exceptions apply as in `check`.
+    public func checkConnected(local: IPAddress, remote: IPAddress, port: Int, host: String) -> Denial? {
+        let plain = { (address: IPAddress) in address.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? address }
+        guard plain(local) == plain(remote) else { return nil }
+        var knowing = self
+        knowing.localAddresses.append(plain(remote))
+        return knowing.check(remote, port: port, host: host)
     }
 
     func isAllowedName(_ host: String) -> Bool {

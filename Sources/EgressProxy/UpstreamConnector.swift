@@ -48,6 +48,14 @@ struct UpstreamConnector {
         on eventLoop: any EventLoop,
         initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) -> EventLoopFuture<any Channel> {
+        refusingTheMachineItself(dial(destination, on: eventLoop, initializer: initializer), host: destination.host)
+    }
+
+    private func dial(
+        _ destination: Destination,
+        on eventLoop: any EventLoop,
+        initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) -> EventLoopFuture<any Channel> {
         let bootstrap = bootstrap(on: eventLoop, initializer: initializer)
         if destination.isIPLiteral {
             do {
@@ -87,7 +95,22 @@ struct UpstreamConnector {
         if let denial = destinationCheck?.check(address, host: host) {
             return eventLoop.makeFailedFuture(denial)
         }
-        return bootstrap(on: eventLoop, initializer: initializer).connect(to: address)
+        return refusingTheMachineItself(bootstrap(on: eventLoop, initializer: initializer).connect(to: address), host: host)
+    }
+
+    /// A connection that turns out to have reached the machine itself (an address it gained since the guard last
+    /// read its addresses) is closed and fails as a refused destination.
+    private func refusingTheMachineItself(
+        _ connected: EventLoopFuture<any Channel>, host: String
+    ) -> EventLoopFuture<any Channel> {
+        guard let destinationCheck else { return connected }
+        return connected.flatMapThrowing { channel in
+            if let denial = destinationCheck.checkConnected(channel, host: host) {
+                channel.close(promise: nil)
+                throw denial
+            }
+            return channel
+        }
     }
 
     private func bootstrap(

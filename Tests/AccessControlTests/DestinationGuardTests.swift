@@ -10,7 +10,7 @@ import Testing
         "127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
         "100.64.0.1", "100.127.255.255", "0.0.0.0", "0.1.2.3", "224.0.0.1", "239.255.255.250", "255.255.255.255",
         "240.0.0.1", "198.18.0.1", "192.0.2.10", "::", "::1", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1",
-        "fec0::1", "2001:db8::1", "100::1",
+        "fec0::1", "2001:db8::1", "3fff::1", "3fff:fff:ffff::1", "100::1",
         // IPv6 forms that carry a refused IPv4 address.
         "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::10.0.0.1",
         "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "2002:0a00:0001::", "2001:0:4136:e378:8000:63bf:f5ff:fffe",
@@ -70,6 +70,39 @@ import Testing
         #expect(open.check(IPAddress("192.168.1.5")!, port: 15001, host: "x") != nil)
         #expect(open.check(IPAddress("::1")!, port: 15001, host: "x") != nil)
         #expect(open.check(IPAddress("192.168.1.6")!, port: 15001, host: "x") == nil)
+    }
+
+    @Test func theMachinesOwnAddressesAreRefusedUnlessAnExceptionCoversThem() throws {
+        let own = [IPAddress("192.88.99.1")!, IPAddress("2a00:1450:4001:80b::200e")!]
+        let guardian = DestinationGuard(localAddresses: own)
+        #expect(guardian.check(IPAddress("192.88.99.1")!, port: 8099, host: "192.88.99.1")?.reason == "this machine's own address 192.88.99.1")
+        #expect(guardian.check(IPAddress("::ffff:192.88.99.1")!, port: 8099, host: "x")?.reason
+            == "this machine's own address ::ffff:192.88.99.1 (IPv4-mapped 192.88.99.1)")
+        #expect(guardian.check(IPAddress("2a00:1450:4001:80b::200e")!, port: 443, host: "x") != nil)
+        #expect(guardian.check(IPAddress("192.88.99.2")!, port: 8099, host: "x") == nil)
+        #expect(guardian.check(IPAddress("2a00:1450:4001:80b::200f")!, port: 443, host: "x") == nil)
+        // A refused range keeps its own reason.
+        #expect(DestinationGuard(localAddresses: [IPAddress("10.0.0.5")!]).check(IPAddress("10.0.0.5")!, port: 1, host: "x")?.reason
+            == "private address 10.0.0.5")
+        let open = DestinationGuard(allowedRanges: [CIDR("192.88.99.0/24")!], allowedNames: ["self.example"], localAddresses: own)
+        #expect(open.check(IPAddress("192.88.99.1")!, port: 8099, host: "x") == nil)
+        #expect(open.check(IPAddress("2a00:1450:4001:80b::200e")!, port: 443, host: "self.example") == nil)
+        #expect(open.check(IPAddress("2a00:1450:4001:80b::200e")!, port: 443, host: "x") != nil)
+    }
+
+    @Test func aConnectionWhoseEndsShareTheirAddressReachedTheMachineItself() throws {
+        let guardian = DestinationGuard()
+        let public4 = IPAddress("192.88.99.7")!
+        #expect(guardian.checkConnected(local: public4, remote: public4, port: 80, host: "x")?.reason
+            == "this machine's own address 192.88.99.7")
+        #expect(guardian.checkConnected(local: IPAddress("::ffff:192.88.99.7")!, remote: public4, port: 80, host: "x") != nil)
+        #expect(guardian.checkConnected(local: IPAddress("192.88.99.8")!, remote: public4, port: 80, host: "x") == nil)
+        // The exceptions hold: the tests' loopback origins, an allowed name.
+        let open = DestinationGuard(allowedRanges: [CIDR("127.0.0.0/8")!], allowedNames: ["self.example"])
+        let loopback = IPAddress("127.0.0.1")!
+        #expect(open.checkConnected(local: loopback, remote: loopback, port: 80, host: "x") == nil)
+        #expect(open.checkConnected(local: public4, remote: public4, port: 80, host: "self.example") == nil)
+        #expect(open.checkConnected(local: public4, remote: public4, port: 80, host: "x") != nil)
     }
 
     @Test func cidrParsing() {

@@ -164,4 +164,50 @@ import Testing
         #expect(refused.stderr.hasPrefix("kaizen-egress: KAIZEN_PROXY_AUTH: ") && refused.stderr.contains("chmod 600"))
         #expect(!refused.stderr.contains(token))
     }
+
+    /// The machine's own addresses are refused like loopback, also one outside every refused range (a server's
+    /// public IPv4, a global IPv6 address): through it a client would reach the machine's own services. In a
+    /// network namespace of the test's, whose loopback gets such an address. An address the machine gains after
+    /// the proxy started is refused too: the connection's two ends have the same address.
+    @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))
+    func theMachinesOwnAddressesAreRefused() throws {
+        let lab = try NetworkLab()
+        let ip = Paths.which("ip")
+        func addAddress(_ address: String) throws {
+            let added = try runCommand(ip, ["-n", lab.agent, "addr", "add", "\(address)/32", "dev", "lo"], timeout: 20)
+            guard added.status == 0 else { throw TestFailure("ip addr add \(address): \(added.stderr)") }
+        }
+        // 192.88.99.0/24 (the retired 6to4 relay range) is in none of the refused ranges.
+        try addAddress("192.88.99.1")
+        // A service of the machine's, listening on every address.
+        let service = try ChildProcess(ip, lab.inNamespace(lab.agent, Paths.which("python3"), [
+            Paths.originScript, "--mode", "http", "--host", "0.0.0.0",
+        ]))
+        let servicePort = try #require(Int(try service.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
+        let proxy = try ChildProcess(
+            ip, lab.inNamespace(lab.agent, Paths.proxyBinary, ["--local", "--port", "0"]),
+            environment: ProxyEnvironment.make())
+        let proxyPort = try proxy.listeningPort()
+        func through(_ arguments: [String]) throws -> CommandResult {
+            try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("curl"), [
+                "-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "-w", " %{http_code} %{http_connect}",
+            ] + arguments), timeout: 30)
+        }
+
+        let plain = try through(["http://192.88.99.1:\(servicePort)/hello"])
+        #expect(plain.stdout.contains("this machine's own address 192.88.99.1") && plain.stdout.hasSuffix(" 403 000"), "\(plain.stdout)")
+        let tunnel = try through(["-p", "http://192.88.99.1:\(servicePort)/hello"])
+        #expect(tunnel.stdout.hasSuffix(" 000 403"), "\(tunnel.stdout) \(tunnel.stderr)")
+        let mapped = try through(["-p", "http://[::ffff:192.88.99.1]:\(servicePort)/hello"])
+        #expect(mapped.stdout.hasSuffix(" 000 403"), "\(mapped.stdout) \(mapped.stderr)")
+
+        // Gained now: the guard reads the machine's addresses again only every 10 s, so this one is caught on the
+        // connection itself.
+        try addAddress("192.88.99.2")
+        let later = try through(["http://192.88.99.2:\(servicePort)/hello"])
+        #expect(later.stdout.contains("this machine's own address 192.88.99.2") && later.stdout.hasSuffix(" 403 000"), "\(later.stdout)")
+        let actions = try proxy.waitForLines(count: 4, timeout: 20) { $0.contains("\"action\"") }
+        #expect(actions.allSatisfy { $0.contains("\"decision\":\"block\"") }, "\(actions)")
+        #expect(!actions.joined().contains("hello from origin"))
+    }
 }
