@@ -10,11 +10,25 @@
 public struct DestinationGuard: Sendable {
     /// Why a destination is refused: `private address 10.0.0.5`, `link-local address 169.254.169.254`, …
     public struct Denial: Error, Sendable, Hashable, CustomStringConvertible {
+        /// For the log and the action: the address and why it is refused.
         public var reason: String
+        /// For the client. The same as `reason` for a client that named an address. For a client that named a host,
+        /// `reason` would tell it what the name resolves to inside the network (an agent could map internal names to
+        /// addresses that way): it is told only that the name resolves to a refused address.
+        public var clientReason: String
         public var description: String { reason }
 
-        public init(reason: String) {
+        public init(reason: String, clientReason: String? = nil) {
             self.reason = reason
+            self.clientReason = clientReason ?? reason
+        }
+
+        /// `reason` kept for the log and the action; the client of `host` is told less when `host` is a name.
+        init(reason: String, host: String) {
+            let literal = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+            self.init(
+                reason: reason,
+                clientReason: IPAddress(literal) == nil ? "\(host) resolves to a refused address (the proxy's log says which)" : nil)
         }
     }
 
@@ -62,21 +76,21 @@ public struct DestinationGuard: Sendable {
     /// Whether the proxy may dial `address`:`port` for a client that asked for `host` (a name or the literal).
     public func check(_ address: IPAddress, port: Int, host: String) -> Denial? {
         if let listener = ownListener(address, port: port) {
-            return Denial(reason: "the proxy's own listener \(listener)")
+            return Denial(reason: "the proxy's own listener \(listener)", host: host)
         }
         // 0.0.0.0 and :: reach this machine's own listeners on Linux: never dialled, whatever the exceptions.
         let plain = address.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? address
-        if plain.bytes.allSatisfy({ $0 == 0 }) { return Denial(reason: "unspecified address \(address)") }
+        if plain.bytes.allSatisfy({ $0 == 0 }) { return Denial(reason: "unspecified address \(address)", host: host) }
         if isAllowedName(host) { return nil }
         let candidates = [("", address)] + address.embeddedIPv4.map { ("\($0.form) ", $0.address) }
         for (form, candidate) in candidates {
             if allowedRanges.contains(where: { $0.contains(candidate) }) { continue }
             let shown = form.isEmpty ? "\(address)" : "\(address) (\(form)\(candidate))"
             if let (_, why) = Self.refused.first(where: { $0.0.contains(candidate) }) {
-                return Denial(reason: "\(why) address \(shown)")
+                return Denial(reason: "\(why) address \(shown)", host: host)
             }
             if localAddresses.contains(candidate) {
-                return Denial(reason: "this machine's own address \(shown)")
+                return Denial(reason: "this machine's own address \(shown)", host: host)
             }
         }
         return nil

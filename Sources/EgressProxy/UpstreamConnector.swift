@@ -29,8 +29,10 @@ struct UpstreamConnector {
     struct Failure: Error, Sendable, Hashable {
         /// 502 for refused, unreachable or unresolvable destinations; 504 for a timeout.
         var status: Int
-        /// Short, client-safe reason: `connection refused`, `name resolution failed`, …
+        /// Short reason, for the log and the action: `connection refused`, `name resolution failed`, …
         var reason: String
+        /// What the client is told, when it is less than `reason` (a refused name's address is not).
+        var clientReason: String? = nil
         /// `Proxy-Status` error type (RFC 9209 §2.3).
         var proxyStatusError: String
         /// The proxy refused the destination (the guard or the port list): reported as `decision: block`.
@@ -39,6 +41,7 @@ struct UpstreamConnector {
         static func denied(_ denial: DestinationGuard.Denial) -> Failure {
             Failure(
                 status: 403, reason: "destination not allowed: \(denial.reason)",
+                clientReason: denial.clientReason == denial.reason ? nil : "destination not allowed: \(denial.clientReason)",
                 proxyStatusError: "destination_ip_prohibited", blocked: true)
         }
     }

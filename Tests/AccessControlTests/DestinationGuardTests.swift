@@ -36,6 +36,16 @@ import Testing
         #expect(guardian.check(IPAddress("::ffff:10.0.0.1")!, port: 80, host: "x")?.reason == "private address ::ffff:10.0.0.1 (IPv4-mapped 10.0.0.1)")
     }
 
+    @Test func aClientThatNamedAHostIsNotToldItsAddress() throws {
+        let named = try #require(guardian.check(IPAddress("10.0.0.7")!, port: 443, host: "db.internal"))
+        #expect(named.reason == "private address 10.0.0.7")
+        #expect(named.clientReason == "db.internal resolves to a refused address (the proxy's log says which)")
+        for literal in ["10.0.0.7", "[10.0.0.7]"] {
+            #expect(guardian.check(IPAddress("10.0.0.7")!, port: 443, host: literal)?.clientReason == "private address 10.0.0.7")
+        }
+        #expect(guardian.check(IPAddress("::1")!, port: 443, host: "[::1]")?.clientReason == "loopback address ::1")
+    }
+
     @Test func exceptionsByRangeAndName() throws {
         let open = DestinationGuard(allowedRanges: [CIDR("127.0.0.0/8")!, CIDR("10.1.0.0/16")!], allowedNames: ["internal.example", "*.corp.example"])
         #expect(open.check(IPAddress("127.0.0.1")!, port: 8080, host: "127.0.0.1") == nil)

@@ -48,8 +48,16 @@ import Testing
         #expect(plain.stdout.hasPrefix("HTTP/1.1 403"), "\(plain.stdout)")
         #expect(plain.stdout.contains("destination not allowed: loopback address 127.0.0.1"))
         #expect(!plain.stdout.contains("hello from origin"))
+        // A client that named a host is not told what it resolves to (an agent could map internal names that way);
+        // the action and the log are.
+        let byName = try runCommand(Paths.which("curl"), [
+            "-s", "-i", "--max-time", "10", "-x", "127.0.0.1:\(proxy.port)", "http://localhost:\(originPort)/hello",
+        ])
+        #expect(byName.stdout.hasPrefix("HTTP/1.1 403"), "\(byName.stdout)")
+        #expect(byName.stdout.contains("destination not allowed: localhost resolves to a refused address"), "\(byName.stdout)")
+        #expect(!byName.stdout.contains("127.0.0.1") && !byName.stdout.contains("::1"), "\(byName.stdout)")
 
-        let actions = try proxy.actions(targets.count + 1)
+        let actions = try proxy.actions(targets.count + 2)
         for action in actions {
             let verdict = action["verdict"] as? [String: Any]
             #expect(verdict?["decision"] as? String == "block", "\(action)")
@@ -61,6 +69,7 @@ import Testing
         #expect(reasons.contains("destination not allowed: link-local address 169.254.169.254"))
         #expect(reasons.contains("destination not allowed: loopback address ::ffff:127.0.0.1 (IPv4-mapped 127.0.0.1)"))
         #expect(reasons.contains { $0.contains("NAT64 169.254.169.254") })
+        #expect(reasons.last.map { $0.hasPrefix("destination not allowed: loopback address") } == true, "\(reasons)")
     }
 
     @Test func exceptionsOpenRangesAndNamesButNeverTheProxyItself() throws {

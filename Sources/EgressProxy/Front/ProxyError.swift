@@ -3,8 +3,11 @@ import NIOHTTP1
 /// A response the proxy itself generates, with the reason the client, the log and the action see.
 struct ProxyError: Error, Hashable, Sendable {
     var status: HTTPResponseStatus
-    /// A short, client-safe explanation; never contains secrets or request data beyond the target.
+    /// A short explanation for the log, the action and (unless `clientReason` says less) the client; never contains
+    /// secrets or request data beyond the target.
     var reason: String
+    /// What the client is told instead of `reason`, when it must know less (the address a refused name resolves to).
+    var clientReason: String? = nil
     /// The `Proxy-Status` error type (RFC 9209 §2.3).
     var proxyStatusError: String
     /// Whether the failure was already logged with its target (dial failures are), so answering it is not.
@@ -51,6 +54,7 @@ struct ProxyError: Error, Hashable, Sendable {
         ProxyError(
             status: HTTPResponseStatus(statusCode: failure.status),
             reason: failure.reason,
+            clientReason: failure.clientReason,
             proxyStatusError: failure.proxyStatusError,
             logged: true,
             blocked: failure.blocked

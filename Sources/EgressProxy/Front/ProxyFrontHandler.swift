@@ -413,7 +413,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // The response is serialized here and written below the HTTP encoder, which would drop the body of
         // any response to CONNECT; the body tells the user why. The connection closes after it.
         Self.removeHTTPServerHandlers(from: context.pipeline.syncOperations)
-        let body = error.reason + "\n"
+        let body = (error.clientReason ?? error.reason) + "\n"
         var response = context.channel.allocator.buffer(capacity: 256 + body.utf8.count)
         response.writeString("HTTP/1.1 \(error.status.code) \(error.status.reasonPhrase)\r\n")
         response.writeString("Content-Type: text/plain; charset=utf-8\r\n")
