@@ -47,14 +47,21 @@ public struct DestinationGuard: Sendable {
     public var allowedRanges: [CIDR]
     /// Host names (`internal.example`, or `*.corp.example` for names below it) allowed to resolve anywhere.
     public var allowedNames: [String]
+    /// Ranges refused besides `refused` (`KAIZEN_DENY_DESTINATIONS`: internal networks on public addresses, such as
+    /// IPv6 VPC and pod ranges). No exception opens them.
+    public var deniedRanges: [CIDR]
     public var listeners: [Listener]
     /// The machine's own addresses: refused as destinations (unless an exception covers them), and never dialled
     /// on the port of a wildcard listener.
     public var localAddresses: [IPAddress]
 
-    public init(allowedRanges: [CIDR] = [], allowedNames: [String] = [], listeners: [Listener] = [], localAddresses: [IPAddress] = []) {
+    public init(
+        allowedRanges: [CIDR] = [], allowedNames: [String] = [], deniedRanges: [CIDR] = [], listeners: [Listener] = [],
+        localAddresses: [IPAddress] = []
+    ) {
         self.allowedRanges = allowedRanges
         self.allowedNames = allowedNames.map { $0.lowercased() }
+        self.deniedRanges = deniedRanges
         self.listeners = listeners
         self.localAddresses = localAddresses
     }
@@ -81,8 +88,14 @@ public struct DestinationGuard: Sendable {
         // 0.0.0.0 and :: reach this machine's own listeners on Linux: never dialled, whatever the exceptions.
         let plain = address.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? address
         if plain.bytes.allSatisfy({ $0 == 0 }) { return Denial(reason: "unspecified address \(address)", host: host) }
-        if isAllowedName(host) { return nil }
         let candidates = [("", address)] + address.embeddedIPv4.map { ("\($0.form) ", $0.address) }
+        for (form, candidate) in candidates {
+            if let range = deniedRanges.first(where: { $0.contains(candidate) }) {
+                let shown = form.isEmpty ? "\(address)" : "\(address) (\(form)\(candidate))"
+                return Denial(reason: "address \(shown) in KAIZEN_DENY_DESTINATIONS (\(range))", host: host)
+            }
+        }
+        if isAllowedName(host) { return nil }
         for (form, candidate) in candidates {
             if allowedRanges.contains(where: { $0.contains(candidate) }) { continue }
             let shown = form.isEmpty ? "\(address)" : "\(address) (\(form)\(candidate))"

@@ -78,6 +78,9 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Private destinations that may be reached anyway: CIDRs and host names (*.suffix). (env KAIZEN_ALLOW_PRIVATE, default none)")
     var allowPrivate: String?
 
+    @Option(help: "Destinations refused besides the built-in private ranges (your internal networks on public addresses): CIDRs; no exception opens them. (env KAIZEN_DENY_DESTINATIONS, default none)")
+    var denyDestinations: String?
+
     @Option(help: "Ports CONNECT may reach: ports and ranges, e.g. 443,8443,9000-9100. (env KAIZEN_CONNECT_PORTS, default any)")
     var connectPorts: String?
 
@@ -195,7 +198,7 @@ struct RunOptions: ParsableArguments {
             (.pinnedPassthrough, pinnedPassthrough), (.upstreamIdleTimeout, upstreamIdleTimeout), (.transparentPort, transparentPort),
             (.auditMaxBytes, auditMaxBytes), (.auditFsync, auditFsync), (.stateDirectory, stateDir),
             (.baselineLearn, baselineLearn), (.baselineMax, baselineMax), (.allowClients, allowClients),
-            (.proxyAuth, proxyAuth), (.allowPrivate, allowPrivate), (.connectPorts, connectPorts),
+            (.proxyAuth, proxyAuth), (.allowPrivate, allowPrivate), (.denyDestinations, denyDestinations), (.connectPorts, connectPorts),
             (.maxRequestLine, maxRequestLine), (.maxHeaderBytes, maxHeaderBytes), (.maxHeaderFields, maxHeaderFields),
             (.headerTimeout, headerTimeout), (.inspectHTTP2, inspectHttp2), (.http2MaxStreams, h2MaxStreams), (.http2BufferBytes, h2BufferBytes),
             (.maxConnections, maxConnections),

@@ -115,6 +115,20 @@ import Testing
         #expect(open.checkConnected(local: public4, remote: public4, port: 80, host: "x") != nil)
     }
 
+    @Test func deniedRangesWinOverEveryException() throws {
+        let denied = DestinationGuard(
+            allowedRanges: [CIDR("0.0.0.0/0")!, CIDR("::/0")!], allowedNames: ["*.corp.example"],
+            deniedRanges: [CIDR("2600:1f18:4a2b::/56")!, CIDR("192.88.99.0/24")!])
+        #expect(denied.check(IPAddress("2600:1f18:4a2b:7::9")!, port: 443, host: "api.corp.example")?.reason
+            == "address 2600:1f18:4a2b:7::9 in KAIZEN_DENY_DESTINATIONS (2600:1f18:4a2b::/56)")
+        #expect(denied.check(IPAddress("::ffff:192.88.99.3")!, port: 443, host: "x")?.reason
+            == "address ::ffff:192.88.99.3 (IPv4-mapped 192.88.99.3) in KAIZEN_DENY_DESTINATIONS (192.88.99.0/24)")
+        #expect(denied.check(IPAddress("2600:1f18:4a2c::9")!, port: 443, host: "x") == nil)
+        #expect(denied.check(IPAddress("10.0.0.1")!, port: 443, host: "x") == nil)  // the exceptions still apply elsewhere
+        #expect(DestinationGuard(deniedRanges: [CIDR("93.184.215.0/24")!]).check(IPAddress("93.184.215.14")!, port: 443, host: "example.org")?
+            .clientReason == "example.org resolves to a refused address (the proxy's log says which)")
+    }
+
     @Test func cidrParsing() {
         #expect(CIDR("10.0.0.0/8")?.contains(IPAddress("10.255.1.1")!) == true)
         #expect(CIDR("10.9.9.9/8") == CIDR("10.0.0.0/8"))

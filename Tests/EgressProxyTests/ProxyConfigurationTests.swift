@@ -222,8 +222,9 @@ import Testing
     @Test func accessSettingsParseAndRefuseWithTheVariable() throws {
         let configuration = try ProxyConfiguration(environment: [
             "KAIZEN_LOCAL": "1", "KAIZEN_ALLOW_CLIENTS": "10.0.0.0/8, fd00::/8", "KAIZEN_ALLOW_PRIVATE": "10.1.0.0/16,[::1],internal.example,*.corp.example",
-            "KAIZEN_CONNECT_PORTS": "443, 8000-8100",
+            "KAIZEN_CONNECT_PORTS": "443, 8000-8100", "KAIZEN_DENY_DESTINATIONS": "2600:1f18:4a2b::/56, [2001:db8::5], 198.51.100.0/24",
         ])
+        #expect(configuration.denyDestinationRanges.map(\.description) == ["2600:1f18:4a2b::/56", "2001:db8::5/128", "198.51.100.0/24"])
         #expect(configuration.allowedClients?.map(\.description) == ["10.0.0.0/8", "fd00::/8"])
         #expect(configuration.allowPrivateRanges.map(\.description) == ["10.1.0.0/16", "::1/128"])
         #expect(configuration.allowPrivateNames == ["internal.example", "*.corp.example"])
@@ -231,7 +232,8 @@ import Testing
         for (variable, value) in [
             ("KAIZEN_ALLOW_CLIENTS", "10.0.0.0/33"), ("KAIZEN_ALLOW_CLIENTS", ","), ("KAIZEN_ALLOW_PRIVATE", "not a name!"),
             ("KAIZEN_CONNECT_PORTS", "443,0"), ("KAIZEN_CONNECT_PORTS", "9-1"), ("KAIZEN_CONNECT_PORTS", "https"),
-            ("KAIZEN_PROXY_AUTH", "/nonexistent/agents"),
+            ("KAIZEN_PROXY_AUTH", "/nonexistent/agents"), ("KAIZEN_DENY_DESTINATIONS", "internal.example"),
+            ("KAIZEN_DENY_DESTINATIONS", "10.0.0.0/40"),
         ] {
             #expect {
                 try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", variable: value])

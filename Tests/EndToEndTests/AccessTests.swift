@@ -88,6 +88,23 @@ import Testing
             == "destination not allowed: the proxy's own listener 127.0.0.1:\(byRange.port)")
     }
 
+    @Test func deniedDestinationsAreRefusedWhateverTheExceptions() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        // 127.0.0.0/8 is allowed (the tests' loopback origins); 127.0.0.2 is denied within it.
+        let proxy = try start(["KAIZEN_DENY_DESTINATIONS": "127.0.0.2/32"])
+        #expect(try connectStatus(proxy, "127.0.0.1:\(originPort)") == "200")
+        #expect(try connectStatus(proxy, "127.0.0.2:\(originPort)") == "403")
+        let actions = try proxy.actions(2)
+        #expect((actions[1]["verdict"] as? [String: Any])?["reason"] as? String
+            == "destination not allowed: address 127.0.0.2 in KAIZEN_DENY_DESTINATIONS (127.0.0.2/32)")
+        let refused = try ChildProcess(Paths.proxyBinary, ["--local", "--port", "0"], environment: ProxyEnvironment.make([
+            "KAIZEN_DENY_DESTINATIONS": "corp.example",
+        ]))
+        #expect(try refused.waitForExit(timeout: 30) == 2)
+        #expect(refused.stderr.hasPrefix("kaizen-egress: KAIZEN_DENY_DESTINATIONS has \"corp.example\""), "\(refused.stderr)")
+    }
+
     @Test func connectPortsRestrictTunnels() throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         defer { withExtendedLifetime(origin) {} }

@@ -20,6 +20,7 @@ final class DestinationCheck: Sendable {
         base = DestinationGuard(
             allowedRanges: configuration.allowPrivateRanges,
             allowedNames: configuration.allowPrivateNames,
+            deniedRanges: configuration.denyDestinationRanges,
             localAddresses: Self.machineAddresses()
         )
         state = NIOLockedValueBox(base)

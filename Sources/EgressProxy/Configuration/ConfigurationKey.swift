@@ -38,6 +38,7 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let allowClients = ConfigurationKey(variable: "KAIZEN_ALLOW_CLIENTS", flag: "--allow-clients")
     public static let proxyAuth = ConfigurationKey(variable: "KAIZEN_PROXY_AUTH", flag: "--proxy-auth")
     public static let allowPrivate = ConfigurationKey(variable: "KAIZEN_ALLOW_PRIVATE", flag: "--allow-private")
+    public static let denyDestinations = ConfigurationKey(variable: "KAIZEN_DENY_DESTINATIONS", flag: "--deny-destinations")
     public static let connectPorts = ConfigurationKey(variable: "KAIZEN_CONNECT_PORTS", flag: "--connect-ports")
 
     public static let maxRequestLine = ConfigurationKey(variable: "KAIZEN_MAX_REQUEST_LINE", flag: "--max-request-line")
@@ -69,7 +70,7 @@ public struct ConfigurationKey: Sendable, Hashable {
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
         .pinnedPassthrough, .upstreamIdleTimeout, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
-        .allowClients, .proxyAuth, .allowPrivate, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
+        .allowClients, .proxyAuth, .allowPrivate, .denyDestinations, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
         .headerTimeout, .inspectHTTP2, .http2MaxStreams, .http2BufferBytes, .maxConnections, .maxConnectionsPerClient, .eventLoops, .mode, .policyFail, .policyRefresh,
         .adminListen, .logFormat,
     ]

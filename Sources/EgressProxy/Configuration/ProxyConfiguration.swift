@@ -114,6 +114,8 @@ public struct ProxyConfiguration: Sendable {
     /// Exceptions to the destination guard: ranges and host names that may be reached although private.
     public var allowPrivateRanges: [CIDR]
     public var allowPrivateNames: [String]
+    /// Ranges refused besides the guard's own: internal networks on public addresses. No exception opens them.
+    public var denyDestinationRanges: [CIDR]
     /// Ports CONNECT may reach (nil: any).
     public var connectPorts: [ClosedRange<Int>]?
     /// Request line, header block, header count and header deadline.
@@ -434,6 +436,19 @@ public struct ProxyConfiguration: Sendable {
                         "KAIZEN_ALLOW_PRIVATE has \(Self.quoted(entry)), which is neither a range nor a host name: set \(ConfigurationKey.allowPrivate.spelled) to CIDRs and host names such as 10.1.0.0/16,internal.example,*.corp.example"
                     )
                 }
+            }
+        }
+        self.denyDestinationRanges = []
+        if let raw = value(.denyDestinations) {
+            for entry in raw.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !entry.isEmpty {
+                let unbracketed = entry.replacingOccurrences(of: "[", with: "").replacingOccurrences(of: "]", with: "")
+                guard let range = CIDR(unbracketed) else {
+                    throw ConfigurationError(
+                        variable: ConfigurationKey.denyDestinations.variable,
+                        "KAIZEN_DENY_DESTINATIONS has \(Self.quoted(entry)), which is not an address range: set \(ConfigurationKey.denyDestinations.spelled) to CIDRs such as 2600:1f18:4a2b::/56,198.51.100.0/24 (host names belong in control-plane policies)"
+                    )
+                }
+                self.denyDestinationRanges.append(range)
             }
         }
         if let raw = value(.connectPorts) {
