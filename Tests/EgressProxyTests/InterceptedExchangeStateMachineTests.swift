@@ -91,6 +91,14 @@ import Testing
         #expect(!exchange(request(), response(.ok, ["Content-Length": "7", "Connection": "close"])).upstreamReusable)
         #expect(!exchange(request(), response(.ok, [:])).upstreamReusable)
         #expect(!exchange(request(.GET, "/", ["Upgrade": "websocket", "Connection": "Upgrade"]), response(.switchingProtocols, [:])).upstreamReusable)
+        // An exchange cut short (a body refused halfway): the upstream is in the middle of a message.
+        var cut = Machine(reportQuery: false)
+        _ = cut.requestHead(request(.POST, "/", ["Transfer-Encoding": "chunked"]))
+        _ = cut.requestBody(5)
+        #expect(cut.connectionClosed() != nil && !cut.upstreamReusable)
+        // Closed between exchanges: nothing is half sent, it stays fit.
+        var between = exchange(request(), response(.ok, ["Content-Length": "0"]))
+        #expect(between.connectionClosed() == nil && between.upstreamReusable)
     }
 
     /// NTLM and Negotiate authenticate a connection: once either went through (a request's credentials or an

@@ -110,6 +110,44 @@ import Testing
         #expect(actions.allSatisfy { $0["upstream_reused_from"] == nil })
     }
 
+    /// An upstream that sends the start of a response past the end of the last one (a wrong Content-Length, a body
+    /// on a 204) holds it in the connection's decoder: the connection is not kept, so that start never becomes the
+    /// next client connection's response. One event loop, so the next client connection would take it.
+    @Test func aResponseStartLeftPastTheLastResponseNeverAnswersTheNextConnection() throws {
+        let setup = try inspection.setUp(extra: ["KAIZEN_EVENT_LOOPS": "1"])
+        let result = try curlEachOnItsOwnConnection(
+            setup, ["/connection?leftover=1", "/connection", "/connection"], extra: ["-w", "status %{http_code}\n"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.components(separatedBy: "status 200").count - 1 == 3, "\(result.stdout)")
+        // The second client connection got a new upstream connection; the third took that one.
+        #expect(Self.served(result.stdout).map { [$0.connection, $0.request] } == [[1, 1], [2, 1], [2, 2]], "\(result.stdout)")
+        let actions = try setup.waitForActions(3)
+        #expect(actions.map { $0["status"] as? Int } == [200, 200, 200], "\(actions)")
+        #expect(actions[1]["upstream_reused_from"] == nil && actions[2]["upstream_reused_from"] as? String == actions[1]["event_id"] as? String)
+    }
+
+    /// A request refused halfway through its body (a malformed chunk after one that went upstream) leaves the
+    /// upstream connection in the middle of that body: it is closed, not kept for the next client connection, whose
+    /// request (a POST, never sent twice) would otherwise fail. One event loop, so the next one would take it.
+    @Test func aRequestCutShortInItsBodyLeavesItsUpstreamConnectionUnkept() throws {
+        let setup = try inspection.setUp(extra: ["KAIZEN_EVENT_LOOPS": "1"])
+        let script = Paths.endToEndDirectory.appendingPathComponent("raw_mitm_request.py").path
+        func send(_ request: String) throws -> String {
+            try runCommand(Paths.which("python3"), [
+                script, "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA, "localhost", request,
+            ]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let cut = try send(#"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"#)
+        #expect(cut.hasPrefix("HTTP/1.1 400"), "\(cut)")
+        for _ in 0..<2 {
+            let next = try send(#"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"#)
+            #expect(next == "HTTP/1.1 200 OK", "\(next)")
+        }
+        let actions = try setup.waitForActions(3)
+        #expect(actions.map { $0["status"] as? Int } == [400, 200, 200], "\(actions)")
+        #expect(actions[1]["upstream_reused_from"] == nil, "\(actions[1])")
+    }
+
     /// A POST, even without a body, is never sent twice by the proxy (RFC 9112 §9.3.1): on a reused connection that
     /// closes before answering, it gets a 502, as a first request whose upstream closes always did.
     @Test func aPostOnAReusedConnectionThatClosesIsAnswered502NotSentAgain() throws {

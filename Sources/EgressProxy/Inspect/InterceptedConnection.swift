@@ -224,11 +224,13 @@ final class InterceptedConnection {
     /// outgoing requests (HEAD has no body). 1xx responses are passed on; bytes after a 101 go on to the relay that
     /// replaces HTTP.
     private func upstreamHTTP1Handlers() -> [any ChannelHandler] {
-        [
-            RelayedRequestEncoder(),
-            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)),
-            InterceptedUpstreamHandler(connection: self),
-        ]
+        [RelayedRequestEncoder(), Self.responseDecoder(), InterceptedUpstreamHandler(connection: self)]
+    }
+
+    /// The upstream's response decoder: bytes it holds when it is removed (after a 101, or when a kept connection
+    /// gets a fresh one) go on to the next handler.
+    static func responseDecoder() -> ByteToMessageHandler<HTTPResponseDecoder> {
+        ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward))
     }
 
     /// The upstream connection was opened and verified by this connection: what it brings to a later one that takes

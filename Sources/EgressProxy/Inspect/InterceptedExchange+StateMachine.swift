@@ -188,9 +188,11 @@ package struct InterceptedExchangeStateMachine {
         return completeIfDone()
     }
 
-    /// The connection ended; returns the exchange cut short, if one was open.
+    /// The connection ended; returns the exchange cut short, if one was open. Its request or response may have
+    /// gone part of the way (a chunked body cut by a malformed chunk): the upstream connection is never reused.
     mutating func connectionClosed() -> Exchange? {
         closed = true
+        if current != nil { upstreamEnding = true }
         defer { current = nil }
         return current
     }

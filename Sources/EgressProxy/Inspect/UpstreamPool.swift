@@ -129,31 +129,56 @@ final class UpstreamPool: Sendable {
 
     /// The newest connection kept under `key` on the calling event loop, no longer kept; nil when there is none.
     /// Its two `IdleUpstreamHandler`s are still in its pipeline: the taker removes them (`IdleUpstreamHandler.remove`).
+    /// It has a fresh response decoder (`startsClean`).
     func take(_ key: Key, on eventLoop: any EventLoop) -> Idle? {
         eventLoop.preconditionInEventLoop()
         let now = clock()
-        var stale: [any Channel] = []
-        let found = mutate { state -> Idle? in
-            var list = state[key]
-            var found: Idle?
-            var index = list.count
-            while found == nil && index > 0 {
-                index -= 1
-                let candidate = list[index]
-                guard candidate.channel.eventLoop.inEventLoop else { continue }
-                list.remove(at: index)
-                state.total -= 1
-                if candidate.reuseUntil > now && candidate.channel.isActive {
-                    found = candidate
-                } else {
-                    stale.append(candidate.channel)
+        // One at a time, out of the lock: a connection that turns out not to start clean closes, and leaves.
+        for _ in 0..<perKey {
+            var stale: [any Channel] = []
+            let found = mutate { state -> Idle? in
+                var list = state[key]
+                var found: Idle?
+                var index = list.count
+                while found == nil && index > 0 {
+                    index -= 1
+                    let candidate = list[index]
+                    guard candidate.channel.eventLoop.inEventLoop else { continue }
+                    list.remove(at: index)
+                    state.total -= 1
+                    if candidate.reuseUntil > now && candidate.channel.isActive {
+                        found = candidate
+                    } else {
+                        stale.append(candidate.channel)
+                    }
                 }
+                state[key] = list
+                return found
             }
-            state[key] = list
-            return found
+            for channel in stale { channel.close(promise: nil) }
+            guard let found else { return nil }
+            if Self.startsClean(found.channel) { return found }
         }
-        for channel in stale { channel.close(promise: nil) }
-        return found
+        return nil
+    }
+
+    /// Whether `channel` can carry a new request as if it were new: its response decoder is replaced by a fresh one,
+    /// and what the old one still held, bytes the upstream sent past the end of its last response (the start of a
+    /// response no one asked for: a wrong Content-Length, a body on a 204), goes on to the idle watcher after it,
+    /// which closes the connection. Those bytes never become the next client connection's response. A pipeline with
+    /// no response decoder holds nothing.
+    static func startsClean(_ channel: any Channel) -> Bool {
+        let pipeline = channel.pipeline.syncOperations
+        if let old = try? pipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self) {
+            guard let encoder = try? pipeline.handler(type: RelayedRequestEncoder.self) else { return false }
+            pipeline.removeHandler(old, promise: nil)
+            guard (try? pipeline.addHandler(InterceptedConnection.responseDecoder(), position: .after(encoder))) != nil
+            else {
+                channel.close(promise: nil)
+                return false
+            }
+        }
+        return channel.isActive
     }
 
     /// A kept connection taken for a CONNECT before its ClientHello is in, so the CONNECT needs no dial: it serves
@@ -172,6 +197,14 @@ final class UpstreamPool: Sendable {
     /// watchers stay, and its idle time runs on, until it is used or restored.
     func reserve(agent: String, host: String, port: Int, on eventLoop: any EventLoop) -> Reservation? {
         eventLoop.preconditionInEventLoop()
+        for _ in 0..<capacity {
+            guard let reservation = reserveNewest(agent: agent, host: host, port: port) else { return nil }
+            if Self.startsClean(reservation.idle.channel) { return reservation }
+        }
+        return nil
+    }
+
+    private func reserveNewest(agent: String, host: String, port: Int) -> Reservation? {
         let now = clock()
         return mutate { state -> Reservation? in
             var best: (key: Key, index: Int, order: UInt64)?
