@@ -21,7 +21,9 @@ public struct ProxyCredentials: Sendable {
     public static func load(path: String) throws(Problem) -> ProxyCredentials {
         var info = stat()
         guard stat(path, &info) == 0 else {
-            throw Problem(description: "cannot read \(path): \(String(cString: strerror(errno)))")
+            // Not the value: one that names no file may be an agent:token line itself.
+            throw Problem(
+                description: "the value names no readable file (\(String(cString: strerror(errno))); it is not shown, as it may hold a token)")
         }
         guard info.st_mode & 0o077 == 0 else {
             throw Problem(

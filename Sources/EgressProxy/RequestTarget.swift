@@ -93,7 +93,7 @@ public enum RequestTarget {
         if let portText, !portText.isEmpty {
             guard portText.count <= 5, portText.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(portText),
                 (1...65535).contains(value)
-            else { return .failure(Invalid("port \(portText.prefix(16)) is not from 1 to 65535")) }
+            else { return .failure(Invalid("the port is not a number from 1 to 65535")) }
             port = value
         } else if let defaultPort {
             port = defaultPort

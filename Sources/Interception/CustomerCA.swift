@@ -107,9 +107,10 @@ public enum CustomerCA {
     static func checkKeyFileMode(_ path: String) throws(Problem) {
         var status = stat()
         guard stat(path, &status) == 0 else {
+            // Not the value: one that names no file may be the key itself, pasted where its path goes.
             throw Problem(
                 variable: keyVariable,
-                message: "KAIZEN_CA_KEY=\(path) cannot be read (\(String(cString: strerror(errno)))): set KAIZEN_CA_KEY to the CA's private key file"
+                message: "KAIZEN_CA_KEY names no readable file (\(String(cString: strerror(errno))); its value is not shown, as it may be the key itself): set KAIZEN_CA_KEY to the path of the CA's private key file"
             )
         }
         guard status.st_mode & 0o044 == 0 else {
@@ -123,9 +124,13 @@ public enum CustomerCA {
     static func readFile(_ path: String, variable: String, what: String) throws(Problem) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
+            let reason = String(cString: strerror(errno))
+            // The key's value is never shown: one that names no file may be the key itself.
             throw Problem(
                 variable: variable,
-                message: "\(variable)=\(path) cannot be read (\(String(cString: strerror(errno)))): set \(variable) to \(what)"
+                message: variable == keyVariable
+                    ? "\(variable) names no readable file (\(reason); its value is not shown, as it may be the key itself): set \(variable) to \(what)"
+                    : "\(variable)=\(path) cannot be read (\(reason)): set \(variable) to \(what)"
             )
         }
         defer { close(fd) }

@@ -212,7 +212,7 @@ struct RunOptions: ParsableArguments {
         if reportQuery { environment[ConfigurationKey.reportQuery.variable] = "1" }
         if let apiKeyFile {
             guard let key = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else {
-                fail("--api-key-file: cannot read \(apiKeyFile): give a readable file that holds the API key")
+                fail("--api-key-file names no readable file (its value is not shown, as it may be the API key itself): give the path of a readable file that holds the API key")
             }
             environment[ConfigurationKey.apiKey.variable] = key
         }

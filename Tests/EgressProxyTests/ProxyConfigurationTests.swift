@@ -219,6 +219,13 @@ import Testing
         #expect(ConfigurationKey.all.allSatisfy { $0.flag.hasPrefix("--") })
     }
 
+    @Test func aURLIsShownWithoutItsUserInformation() {
+        #expect(ProxyConfiguration.withoutUserInformation("https://kaizen:key@api.example:44x/v1") == "https://…api.example:44x/v1")
+        #expect(ProxyConfiguration.withoutUserInformation("https//kaizen:key@api.example") == "…api.example")
+        #expect(ProxyConfiguration.withoutUserInformation("https://a@b@api.example") == "https://…api.example")
+        #expect(ProxyConfiguration.withoutUserInformation("https://api.example/v1") == "https://api.example/v1")
+    }
+
     @Test func accessSettingsParseAndRefuseWithTheVariable() throws {
         let configuration = try ProxyConfiguration(environment: [
             "KAIZEN_LOCAL": "1", "KAIZEN_ALLOW_CLIENTS": "10.0.0.0/8, fd00::/8", "KAIZEN_ALLOW_PRIVATE": "10.1.0.0/16,[::1],internal.example,*.corp.example",

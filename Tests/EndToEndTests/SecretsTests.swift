@@ -96,4 +96,33 @@ import Testing
             #expect(file.mode == (file.isDirectory ? 0o700 : 0o600), "\(file.path) has mode \(String(file.mode, radix: 8))")
         }
     }
+
+    /// A secret pasted where the path of its file belongs (a Kubernetes secretKeyRef gives the value, not a path) is
+    /// refused with one line naming the variable, and the value is not in it: the CA key itself, an agent:token line,
+    /// an API key, and a control-plane URL carrying the key in its user information.
+    @Test func aSecretGivenWhereItsFileBelongsIsNeverEchoed() throws {
+        let pki = try TestPKI.mint()
+        let ca = try InspectionTests.makeCA(in: pki.directory)
+        let key = try String(contentsOfFile: ca + "/ca.key", encoding: .utf8)
+        let keyBody = try #require(key.split(separator: "\n").dropFirst().first.map(String.init))
+        func refusal(_ arguments: [String], _ environment: [String: String]) throws -> String {
+            let child = try ChildProcess(Paths.proxyBinary, arguments, environment: ProxyEnvironment.make(environment))
+            #expect(try child.waitForExit(timeout: 30) == 2)
+            return child.stderr
+        }
+        let caKey = try refusal(["--local", "--port", "0"], ["KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": key])
+        #expect(caKey.hasPrefix("kaizen-egress: KAIZEN_CA_KEY names no readable file"), "\(caKey)")
+        #expect(!caKey.contains(keyBody) && !caKey.contains("PRIVATE KEY"), "\(caKey)")
+        let doctor = try refusal(["ca", "doctor"], ["KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": key])
+        #expect(!doctor.contains(keyBody) && doctor.contains("KAIZEN_CA_KEY"), "\(doctor)")
+
+        let auth = try refusal(["--local", "--port", "0"], ["KAIZEN_PROXY_AUTH": "agent1:\(Self.token)"])
+        #expect(auth.hasPrefix("kaizen-egress: KAIZEN_PROXY_AUTH: ") && !auth.contains(Self.token), "\(auth)")
+        let apiKeyFile = try refusal(["--local", "--port", "0", "--api-key-file", Self.apiKey], [:])
+        #expect(apiKeyFile.hasPrefix("kaizen-egress: --api-key-file") && !apiKeyFile.contains(Self.apiKey), "\(apiKeyFile)")
+        for url in ["https://kaizen:\(Self.apiKey)@api.getkaizen.io:44x", "https//kaizen:\(Self.apiKey)@api.getkaizen.io"] {
+            let apiURL = try refusal(["--local", "--port", "0"], ["KAIZEN_API_URL": url])
+            #expect(apiURL.hasPrefix("kaizen-egress: KAIZEN_API_URL=") && !apiURL.contains(Self.apiKey), "\(apiURL)")
+        }
+    }
 }

@@ -673,7 +673,7 @@ public struct ProxyConfiguration: Sendable {
         else {
             throw ConfigurationError(
                 variable: key.variable,
-                "KAIZEN_API_URL=\(quoted(raw)) is not a URL: set \(key.spelled) to an https URL such as \(defaultAPIURL)"
+                "KAIZEN_API_URL=\(quoted(withoutUserInformation(raw))) is not a URL: set \(key.spelled) to an https URL such as \(defaultAPIURL)"
             )
         }
         guard components.user == nil, components.password == nil, components.query == nil else {
@@ -752,6 +752,15 @@ public struct ProxyConfiguration: Sendable {
     }
 
     /// A value shown in an error, shortened and with control characters escaped.
+    /// A URL as it may be shown: what comes before an `@` in it (user information: perhaps a key) replaced by `…`.
+    /// For one too malformed to parse, so its parts are not known: everything up to the last `@`.
+    static func withoutUserInformation(_ raw: String) -> String {
+        guard let at = raw.lastIndex(of: "@") else { return raw }
+        let start = raw.range(of: "://").map(\.upperBound) ?? raw.startIndex
+        guard start <= at else { return "…" + raw[raw.index(after: at)...] }
+        return raw[..<start] + "…" + raw[raw.index(after: at)...]
+    }
+
     private static func quoted(_ raw: String) -> String {
         let short = raw.count > 64 ? String(raw.prefix(64)) + "…" : raw
         return "\"" + short.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? "?" : String($0) }.joined() + "\""
