@@ -76,6 +76,16 @@ import Testing
         )
     }
 
+    /// A status outside 100–599 (llhttp reads a body after a 099 that the client would not) is not relayed: the
+    /// client gets a 502 and the action says so.
+    @Test func aResponseStatusOutsideTheRangeIsAnswered502() throws {
+        let setup = try setUp()
+        let result = try curl(setup, ["https://localhost:\(setup.originPort)/status99"], extra: ["-w", " %{http_code}"])
+        #expect(result.stdout.hasSuffix(" 502"), "\(result.stdout) \(result.stderr)")
+        let actions = try setup.waitForActions(1)
+        #expect(actions[0]["status"] as? Int == 502, "\(actions)")
+    }
+
     @Test func curlGetsTheOriginsPagesAndEachRequestIsReported() throws {
         let setup = try setUp()
         let base = "https://localhost:\(setup.originPort)"

@@ -100,6 +100,38 @@ import Testing
         await proxy.stop()
     }
 
+    /// A response whose framing the client would read otherwise than llhttp (a status below 100 with a body), or a 101
+    /// no request asked for (the proxy removes `Upgrade` from requests), is answered 502 and its connection not kept;
+    /// a 100 Continue reaches a client waiting for it (`Expect`), and never an HTTP/1.0 client.
+    @Test func unusableStatusesAre502AndA100ContinueIsPassedOn() async throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        let (proxy, sink) = try await ProxyHarness.start()
+        defer { withExtendedLifetime(origin) {} }
+        for (path, reason) in [("/status99", "status 99 is outside 100-599"), ("/unasked-101", "101 Switching Protocols")] {
+            let result = try runCommand(Self.curl, [
+                "-sS", "--max-time", "10", "-x", proxy.url, "-w", " %{http_code}", "http://127.0.0.1:\(originPort)\(path)",
+            ])
+            #expect(result.stdout.contains("unusable upstream response: \(reason)") && result.stdout.hasSuffix(" 502"), "\(result.stdout)")
+        }
+        let continued = try runCommand(Self.curl, [
+            "-sS", "-v", "--max-time", "10", "--expect100-timeout", "8", "-x", proxy.url, "-H", "Expect: 100-continue",
+            "--data-binary", "payload", "http://127.0.0.1:\(originPort)/sha256",
+        ])
+        #expect(continued.stderr.contains("< HTTP/1.1 100 Continue") && continued.stdout.hasPrefix("7 "), "\(continued.stderr)")
+        let socket = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        try socket.send(
+            "POST http://127.0.0.1:\(originPort)/sha256 HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\npayload")
+        let http10 = try socket.receive(until: "\r\n\r\n")
+        #expect(http10.hasPrefix("HTTP/1.0 200 OK\r\n"), "\(http10)")
+        // The close records say what the client got.
+        var statuses: [Int] = []
+        for action in sink.actions.filter({ $0.action.target == "127.0.0.1:\(originPort)" }) {
+            if let status = try await sink.close(eventID: action.action.metadata.eventID).close.status { statuses.append(status) }
+        }
+        #expect(statuses == [502, 502, 200, 200], "\(statuses)")
+        await proxy.stop()
+    }
+
     /// Responses reach the client framed as the upstream framed them: a transfer coding stays named (the body of
     /// `gzip, chunked` is still gzip-coded), a chunked HEAD response gets no terminator (the connection stays in
     /// step), and an HTTP/1.0 client gets a chunked body unchunked, ended by the close.

@@ -284,6 +284,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(size))
             self.end_headers()
             self.wfile.write(b"x" * size)
+        elif self.path.startswith("/status99"):  # a status below 100, with a body llhttp reads and a client would not
+            self.wfile.write(b"HTTP/1.1 099 Odd\r\nContent-Length: 5\r\n\r\nhello")
+        elif self.path.startswith("/unasked-101"):  # switching protocols though the request did not ask
+            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            self.close_connection = True
         elif self.path.startswith("/hello"):
             self.reply(200, "hello from origin\n")
         elif self.path.startswith("/headers"):

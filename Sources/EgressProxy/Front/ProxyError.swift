@@ -50,6 +50,11 @@ struct ProxyError: Error, Hashable, Sendable {
         )
     }
 
+    /// 502 for a response that cannot be relayed as framed: a status outside 100–599, or a 101 no request asked for.
+    static func unusableResponse(_ reason: String) -> ProxyError {
+        ProxyError(status: .badGateway, reason: "unusable upstream response: \(reason)", proxyStatusError: "http_protocol_error")
+    }
+
     static func dial(_ failure: UpstreamConnector.Failure) -> ProxyError {
         ProxyError(
             status: HTTPResponseStatus(statusCode: failure.status),

@@ -188,7 +188,15 @@ extension ProxyFrontHandler {
 
         mutating func responseHead(_ head: HTTPResponseHead) -> [Action] {
             guard case .forwarding(var exchange) = state, !exchange.responseDone else { return [] }
+            if let problem = Self.unusable(head.status.code) {
+                // What follows such a head cannot be framed as the client would frame it: the upstream's connection
+                // is not kept, and the client gets a 502 instead (its response had not started: a 1xx may have come).
+                state = .closed
+                return [.respondError(.unusableResponse(problem))]
+            }
             let informational = head.status.code >= 100 && head.status.code < 200 && head.status.code != 101
+            // An HTTP/1.0 client is sent no 1xx (RFC 9110 §15.2): it would take one for the response.
+            if informational && exchange.clientVersion == .http1_0 { return [] }
             if !informational {
                 exchange.responseStarted = true
                 exchange.status = Int(head.status.code)
@@ -251,6 +259,15 @@ extension ProxyFrontHandler {
             default:
                 return []
             }
+        }
+
+        /// Why a response with status `code` cannot be relayed on this path, if it cannot: a status outside 100–599
+        /// (llhttp reads a body after a 099 that a client would not), or a 101, which no request here asked for (the
+        /// proxy removes `Upgrade` from every plain-HTTP request).
+        static func unusable(_ code: UInt) -> String? {
+            if code == 101 { return "101 Switching Protocols, which the request did not ask for" }
+            if code < 100 || code > 599 { return "status \(code) is outside 100-599" }
+            return nil
         }
 
         /// Whether a request can be sent again on a new connection: an idempotent method and no body.

@@ -405,8 +405,10 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 ]
             )
         }
-        if let record = exchange {
+        if var record = exchange {
             exchange = nil
+            // What the client got: the proxy's answer, not a status the upstream sent that it would not relay.
+            record.status = Int(error.status.code)
             recordClose(record, closedBy: .proxy, reason: "error: \(error.reason)")
         }
         closeUpstream()
@@ -648,7 +650,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 // framing checked: it is written framed by its own fields (see RelayedRequestEncoder).
                 try channel.pipeline.syncOperations.addHandlers([
                     RelayedRequestEncoder(),
-                    ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .fireError, limitConfiguration: .init())),
+                    // 1xx passed on (a 100 Continue the client's Expect waits for), to clients of HTTP/1.1.
+                    ByteToMessageHandler(HTTPResponseDecoder(
+                        leftOverBytesStrategy: .fireError, informationalResponseStrategy: .forward, limitConfiguration: .init())),
                 ])
                 try channel.pipeline.syncOperations.addHandler(boundHandler.value)
                 return channel.eventLoop.makeSucceededVoidFuture()

@@ -502,6 +502,11 @@ final class InterceptedConnection {
         switch part {
         case .head(var head):
             replayable = nil
+            guard (100...599).contains(head.status.code) else {
+                // llhttp reads a body after a 099 that the client would not (its serializer, neither): not relayed.
+                upstreamFailed(HTTPParserError.invalidStatus)
+                return
+            }
             action = machine.responseHead(head)
             if closeKeptFromUpstream && head.status.code >= 200 {
                 // The client asked to close; the upstream was not told (its connection may outlive this one).
