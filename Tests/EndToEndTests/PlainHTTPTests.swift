@@ -277,6 +277,12 @@ import Testing
         let actions = sink.actions.filter { $0.action.target == "127.0.0.1:\(originPort)" }
         #expect(actions.count == 5, "\(actions.map(\.action.metadata))")
         #expect(Set(actions.map(\.action.metadata.eventID)).count == actions.count)
+        // Each action has its own close: the kept connection's says the request went again, the new one's how it went.
+        var closes: [CloseRecord.Body] = []
+        for action in actions { closes.append(try await sink.close(eventID: action.action.metadata.eventID).close) }
+        let resent = closes.filter { $0.reason.hasPrefix("error: the kept connection closed before answering") }
+        #expect(resent.count == 1 && resent.first?.closedBy == .upstream, "\(closes)")
+        #expect(closes.filter { $0.status == 200 }.count == 3, "\(closes)")
         await proxy.stop()
     }
 

@@ -338,10 +338,17 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .connectUpstream(let destination):
                 connectUpstream(destination, context: context)
             case .retryUpstream(let destination):
-                // The same exchange, on a new connection: reported again, as every connection is.
+                // The same exchange, on a new connection: reported again, as every connection is. The first
+                // connection's action is closed now, with why; the new one's action gets its own close.
                 var metadata = exchange?.metadata ?? newMetadata(destination, transport: .http)
+                if let first = exchange {
+                    recordClose(
+                        first, closedBy: .upstream,
+                        reason: "error: the kept connection closed before answering; the request went again on a new one")
+                }
                 metadata.eventID = EventID.generate()
                 metadata.resolvedIP = nil
+                exchange = ExchangeRecord(eventID: metadata.eventID, destination: destination, metadata: metadata, started: .now())
                 reporting.logger.info(
                     "sending a request again on a new connection: the kept one closed before answering",
                     metadata: ["target": "\(destination)"])
