@@ -6,6 +6,7 @@ import NIOCore
 import Telemetry
 import NIOHTTP1
 import OpenSSLTLS
+import Synchronization
 
 /// One intercepted CONNECT tunnel: the client's TLS terminated with a minted leaf, a verified TLS connection
 /// to the upstream, and the HTTP exchanges between them: HTTP/1.1 one at a time, or HTTP/2 stream by stream,
@@ -117,7 +118,15 @@ final class InterceptedConnection {
         self.upstreamReady = clientChannel.eventLoop.makePromise(of: Void.self)
         self.machine = InterceptedExchangeStateMachine(reportQuery: inspection.reportQuery)
         self.lastActivity = started
+        Self.alive.add(1, ordering: .relaxed)
     }
+
+    deinit {
+        Self.alive.subtract(1, ordering: .relaxed)
+    }
+
+    /// Connections not yet freed: a test checks each is, once closed (a reference cycle would keep every one).
+    package static let alive = Atomic<Int>(0)
 
     /// Transparent mode: whether the SNI fails to resolve to the original destination (known shortly after the
     /// connection starts; requests reported before it is known go without it).
@@ -949,6 +958,11 @@ final class InterceptedConnection {
         reporting.logConnection(
             connection, target: target, mode: failure == nil ? "inspected" : "none", close: body, requests: requests,
             blockedRequests: blockedRequests)
+        // The handlers hold this connection and it holds them: both sides are closed, so the cycle is broken here
+        // (otherwise every inspected connection would stay in memory).
+        client = nil
+        upstream = nil
+        relays = nil
     }
 
     private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {
