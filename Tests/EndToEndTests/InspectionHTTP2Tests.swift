@@ -53,6 +53,24 @@ import Testing
         return (shim, port)
     }
 
+    /// A request whose `:path` is not origin-form names a host of its own, which would be neither judged nor reported
+    /// (RFC 9113 §8.3.1): answered 400, never sent. A response whose `:status` is not three digits from 100 to 599
+    /// is answered 502. Each is reported as what the client got, and the connection goes on.
+    @Test func anAbsolutePathAndAnUnreadableStatusAreRefusedAndReported() throws {
+        let setup = try setUp()
+        let result = try h2Client("odd", setup)
+        func status(_ label: String) -> String? { (result[label] as? [String: Any])?["status"] as? String }
+        #expect(status("absolute") == "400" && status("abc") == "502" && status("0200") == "502" && status("099") == "502", "\(result)")
+        #expect(status("after") == "200", "\(result)")
+        let requests = try setup.origin.waitForLines(count: 4, timeout: 10) { $0.hasPrefix("REQUEST ") }
+        #expect(!requests.contains { $0.contains("evil.example") }, "\(requests)")
+        let actions = try setup.waitForActions(5)
+        #expect(actions.compactMap { $0["status"] as? Int }.sorted() == [200, 400, 502, 502, 502], "\(actions)")
+        let refused = try #require(actions.first { $0["status"] as? Int == 400 })
+        #expect((refused["error"] as? String)?.hasPrefix("rejected: malformed request: :path is not origin-form") == true, "\(refused)")
+        #expect(actions.filter { ($0["error"] as? String)?.hasPrefix("unusable upstream response: :status") == true }.count == 3)
+    }
+
     @Test func curlSpeaksHTTP2EndToEndAndEachStreamIsReportedOnceWithItsPath() throws {
         let setup = try setUp()
         let base = "https://localhost:\(setup.originPort)"

@@ -12,6 +12,8 @@ against the inspection CA, then one of these scenarios, printing one JSON object
              connection: the first stream's reset code and the second's status
   goaway     GET /goaway (the origin answers, then sends GOAWAY): the response and the GOAWAY's code
   settings   the proxy's SETTINGS toward the client
+  odd        on one connection: GET with an absolute :path, GET /status/abc, /status/0200, /status/099 (statuses
+             the origin sends as given), then GET /size/5: each stream's status and reset code
   idle       prints READY once connected, then (not JSON) "GOAWAY <code>" when one arrives and CLOSED when the
              proxy closes the connection
 
@@ -49,7 +51,9 @@ def connect(arguments):
     tls = context.wrap_socket(sock, server_hostname=arguments.host)
     if tls.selected_alpn_protocol() != "h2":
         sys.exit(f"ALPN: {tls.selected_alpn_protocol()}")
-    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    # `odd` sends what h2 would refuse to send (an absolute :path).
+    config = h2.config.H2Configuration(
+        client_side=True, header_encoding="utf-8", validate_outbound_headers=arguments.scenario != "odd")
     conn = h2.connection.H2Connection(config=config)
     conn.initiate_connection()
     tls.sendall(conn.data_to_send())
@@ -259,6 +263,18 @@ def reset(client, arguments):
     return {"reset": result["reset"], "status": (result["headers"] or {}).get(":status")}
 
 
+def odd(client, arguments):
+    results = {}
+    for label, path in [("absolute", "https://evil.example/x"), ("abc", "/status/abc"), ("0200", "/status/0200"),
+                        ("099", "/status/099"), ("after", "/size/5")]:
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, client.request_headers("GET", path), end_stream=True)
+        client.flush()
+        result = collect(client, stream_id)
+        results[label] = {"status": (result["headers"] or {}).get(":status"), "reset": result["reset"]}
+    return results
+
+
 def bigheader(client, arguments):
     stream_id = client.conn.get_next_available_stream_id()
     client.conn.send_headers(
@@ -343,7 +359,8 @@ def idle(client, arguments):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle"])
+    parser.add_argument(
+        "scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle", "odd"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")

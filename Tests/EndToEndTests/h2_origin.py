@@ -7,6 +7,7 @@ Paths:
                        grpc-status: 0, grpc-message: ok
   GET  /reset       -> RST_STREAM(ENHANCE_YOUR_CALM) without a response
   GET  /goaway      -> 200 "bye", then GOAWAY(ENHANCE_YOUR_CALM)
+  GET  /status/<s>  -> :status <s> as given (abc, 0200, 099: for the proxy to refuse), no body
   GET  /close-after/<n> -> 200, <n> bytes, then GOAWAY(NO_ERROR) and the TCP connection closed at once
   CONNECT :protocol websocket (RFC 8441, offered with --connect-protocol) -> 200, then every DATA byte echoed;
                        DATA of exactly "CLOSE" closes the whole connection at once
@@ -31,7 +32,8 @@ class Connection:
     def __init__(self, reader, writer, connect_protocol):
         self.reader = reader
         self.writer = writer
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=False)
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding="utf-8", validate_inbound_headers=False, validate_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
         self.connect_protocol = connect_protocol
         self.window_open = asyncio.Event()
@@ -134,6 +136,8 @@ class Connection:
             body = b"x" * int(path[13:])
             self.conn.send_headers(stream_id, [(":status", "200"), ("content-length", str(len(body)))])
             self.spawn(self.send_body(stream_id, body, then_close=True))
+        elif path.startswith("/status/"):  # any :status value, valid or not
+            self.conn.send_headers(stream_id, [(":status", path[8:]), ("content-length", "0")], end_stream=True)
         elif path == "/goaway":
             self.conn.send_headers(stream_id, [(":status", "200"), ("content-length", "3")])
             self.conn.send_data(stream_id, b"bye", end_stream=True)

@@ -29,6 +29,8 @@ struct InterceptedStreamStateMachine {
 
     /// Whether the request's first HEADERS have arrived.
     var hasRequest: Bool { exchange != nil }
+    /// Whether the response's final status (not a 1xx) has arrived: later HEADERS are its trailers.
+    var hasFinalStatus: Bool { exchange?.status != nil }
     var isReported: Bool { reported }
 
     /// The request's HEADERS (`:method`, `:path`, `:protocol` as sent), or its trailers when it has begun.

@@ -1,6 +1,7 @@
 import ControlPlane
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOHPACK
 import NIOHTTP2
 
@@ -80,11 +81,20 @@ final class InterceptedStream {
 
     func fromUpstream(_ payload: HTTP2Frame.FramePayload) {
         connection.touch()
+        guard !answered else { return }
         let action: InterceptedStreamStateMachine.Action
         switch payload {
         case .headers(let headers):
-            let status = headers.headers.first(name: ":status").flatMap { Int($0) }
-            action = machine.responseHeaders(status: status, endStream: headers.endStream)
+            let statusField = headers.headers.first(name: ":status")
+            if !machine.hasFinalStatus, !Self.isStatus(statusField) {
+                // A status the client could not read as the proxy reports it (`abc`, `0200`, `099`): not relayed.
+                upstream?.reset(.protocolError)
+                answer(
+                    .unusableResponse("the upstream's :status \(statusField.map { "\"\($0.prefix(8))\"" } ?? "is missing")"),
+                    error: "unusable upstream response: :status \(statusField.map { String($0.prefix(8)) } ?? "missing")")
+                return
+            }
+            action = machine.responseHeaders(status: statusField.flatMap { Int($0) }, endStream: headers.endStream)
         case .data(let data):
             connection.relayed(data.data.readableBytes, fromClient: false)
             action = machine.responseData(data.data.readableBytes, endStream: data.endStream)
@@ -133,10 +143,16 @@ final class InterceptedStream {
         // Every host field counts (HTTP/1.1 refuses a second Host; here each is judged).
         let requestHosts = ([fields.first(name: ":authority")] + fields["host"].map { Optional($0) })
             .compactMap(Destination.hostWithoutPort)
+        let path = fields.first(name: ":path")
         let action = machine.requestHeaders(
-            method: method, path: fields.first(name: ":path"), extendedProtocol: extendedProtocol,
+            method: method, path: path, extendedProtocol: extendedProtocol,
             hosts: requestHosts, endStream: headers.endStream)
         if let id = client?.streamID { http2.clientStreamOpened(id) }
+        if let problem = Self.problem(path: path, method: method) {
+            // Before the policy: an absolute :path names a host of its own, which would be neither judged nor reported.
+            answer(.badRequest("malformed request: \(problem)"), error: "rejected: malformed request: \(problem)")
+            return
+        }
         let verdict = connection.judge(connection.namesToJudge(requestHosts: requestHosts))
         policy = (verdict.policy, verdict.wouldBlock)
         if let refusal = verdict.refusal {
@@ -154,20 +170,43 @@ final class InterceptedStream {
         http2.openUpstream(for: self)
     }
 
+    /// Exactly three digits, 100 to 599.
+    static func isStatus(_ field: String?) -> Bool {
+        guard let field, field.utf8.count == 3, field.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+            let code = Int(field)
+        else { return false }
+        return (100...599).contains(code)
+    }
+
+    /// Why a request's `:path` is not one to forward: RFC 9113 §8.3.1 has it origin-form (`/…`), or `*` for OPTIONS.
+    /// An absolute URI there names a host of its own, which an upstream that routes by it would reach unjudged.
+    /// Nil for a CONNECT without `:protocol`, which has no `:path` (NIO checks that).
+    static func problem(path: String?, method: String?) -> String? {
+        guard let path else { return nil }
+        if path.hasPrefix("/") || (path == "*" && method == "OPTIONS") { return nil }
+        return ":path is not origin-form (a path starting with /)"
+    }
+
     /// Enforce mode: the request names a destination a policy blocks. It is answered 403 on its stream; the
     /// connection's other streams go on.
     private func refuse(byPolicy name: String) {
+        let refusal = ProxyError.blockedByPolicy(name)
+        answer(refusal, error: refusal.reason, blocked: true)
+    }
+
+    /// Answers the request on its stream with the proxy's own `error` (nothing more goes upstream or comes back on
+    /// it), and reports it with `reportedError`.
+    private func answer(_ error: ProxyError, error reportedError: String, blocked: Bool = false) {
         answered = true
-        let answer = ProxyError.blockedByPolicy(name)
         connection.logger.info(
             "refused an intercepted request",
-            metadata: ["target": "\(connection.reportedTarget)", "status": "403", "reason": "\(answer.reason)"])
-        if let exchange = machine.answered(status: 403) {
-            connection.report(exchange, startedAt: startedAt, policy: policy, error: answer.reason, blocked: true)
+            metadata: ["target": "\(connection.reportedTarget)", "status": "\(error.status.code)", "reason": "\(error.reason)"])
+        if let exchange = machine.answered(status: Int(error.status.code)) {
+            connection.report(exchange, startedAt: startedAt, policy: policy, error: reportedError, blocked: blocked)
         }
-        let body = "kaizen-egress: \(answer.reason)\n"
+        let body = "kaizen-egress: \(error.reason)\n"
         var headers = HPACKHeaders()
-        headers.add(name: ":status", value: "403")
+        headers.add(name: ":status", value: "\(error.status.code)")
         headers.add(name: "content-type", value: "text/plain; charset=utf-8")
         headers.add(name: "content-length", value: "\(body.utf8.count)")
         client?.send(.headers(.init(headers: headers)))
