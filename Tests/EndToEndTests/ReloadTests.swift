@@ -31,6 +31,39 @@ import Testing
         try proxy.waitForStderr(containing: text, count: count, timeout: 20)
     }
 
+    /// A CONNECT on a client connection accepted before a reload is decided by the reloaded settings (here the
+    /// passthrough list), as on a new connection: a keep-alive client cannot go on with settings the operator
+    /// replaced.
+    @Test func aConnectOnAConnectionFromBeforeTheReloadFollowsTheReloadedSettings() throws {
+        let pki = try TestPKI.mint()
+        let (origin, originPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        let (plain, plainPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime((origin, plain)) {} }
+        let ca = try InspectionTests.makeCA(in: pki.directory)
+        let agents = pki.directory + "/agents"
+        try write("agent-a:\(Self.tokenA)\n", to: agents)
+        let passthrough = pki.directory + "/passthrough"
+        try write("# none yet\n", to: passthrough, mode: 0o644)
+        let proxy = try ChildProcess(
+            Paths.proxyBinary, ["--local", "--port", "0"],
+            environment: ProxyEnvironment.make([
+                "KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": ca + "/ca.key", "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+                "KAIZEN_PROXY_AUTH": agents, "KAIZEN_PASSTHROUGH_HOSTS": "@" + passthrough,
+            ]))
+        let port = try proxy.listeningPort()
+        let basic = "Basic " + Data("agent-a:\(Self.tokenA)".utf8).base64EncodedString()
+        let client = try ChildProcess(Paths.which("python3"), [
+            Paths.endToEndDirectory.appendingPathComponent("connect_after_signal.py").path, "\(port)", "\(plainPort)",
+            "\(originPort)", pki.caCertificate, basic,
+        ])
+        _ = try client.waitForLine(timeout: 20) { $0 == "READY" }
+        try write("localhost\n", to: passthrough, mode: 0o644)
+        try reload(proxy, count: 1, containing: "SIGHUP: settings reloaded")
+        client.signal(SIGUSR1)
+        #expect(try client.waitForExit(timeout: 30) == 0, "\(client.stderr)")
+        #expect(client.stdoutLines.last == "PASSED THROUGH", "\(client.stdoutLines)")
+    }
+
     @Test func sighupReloadsFilesWithoutDroppingConnections() throws {
         let pki = try TestPKI.mint()
         let (origin, originPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)

@@ -27,6 +27,13 @@ struct ConnectionSettings: Sendable {
         guard credentials != nil, let live else { return credentials }
         return live.current.credentials
     }
+    /// The inspection in force now: a CONNECT on a client connection accepted before a reload is decided by the
+    /// reloaded CA, host lists and upstream trust, as a new connection would be.
+    var currentInspection: Inspection? {
+        guard let live else { return inspection }
+        return live.current.inspection
+    }
+
     /// Request line, header block, header count and header deadline.
     var requestHeadLimits: RequestHeadLimits
 

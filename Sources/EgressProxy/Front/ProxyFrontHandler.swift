@@ -481,7 +481,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // destination is kept (the address it reached is the one judged and reported); whether it serves the
         // connection is known once the ClientHello is in (`InspectionStartHandler`).
         let upstream: EventLoopFuture<(any Channel, UpstreamPool.Reservation?)>
-        if let inspection = settings.inspection, settings.mayInspect(destination.host), inspection.upstreamPool.isEnabled,
+        // Read now, not when the client's connection was accepted: a reload since then applies to this CONNECT.
+        let inspection = settings.currentInspection.flatMap { $0.policy.mayInspect(connectHost: destination.host) ? $0 : nil }
+        if let inspection, inspection.upstreamPool.isEnabled,
             let reservation = inspection.upstreamPool.reserve(
                 agent: reporting.agent, host: destination.host.lowercased(), port: destination.port, on: context.eventLoop)
         {
@@ -490,7 +492,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } else {
             // Glue is added once the 200 is written; a tunnel that may be inspected is not read until later still.
             upstream = connector.connectTunnel(
-                to: destination, on: context.eventLoop, holdingReads: settings.mayInspect(destination.host)
+                to: destination, on: context.eventLoop, holdingReads: inspection != nil
             ).map { ($0, nil) }
         }
         upstream.whenComplete { result in
@@ -500,7 +502,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .success(let (channel, reservation)):
                 let tunnel = PendingTunnel(
                     upstream: channel, destination: destination, metadata: metadata, started: started,
-                    reservation: reservation)
+                    reservation: reservation, inspection: inspection)
                 guard context.channel.isActive else {
                     tunnel.discard()
                     return
@@ -529,7 +531,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func establishTunnel(_ tunnel: PendingTunnel, context: ChannelHandlerContext) {
-        if let inspection = settings.inspection, settings.mayInspect(tunnel.destination.host) {
+        if let inspection = tunnel.inspection {
             startInspection(tunnel, inspection: inspection, context: context)
             return
         }

@@ -25,6 +25,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         /// connection if the ClientHello makes its key (name, ALPN offer); any other outcome gives it back and
         /// dials (`withDialledUpstream`).
         var reservation: UpstreamPool.Reservation? = nil
+        /// The inspection that decides this tunnel (the one in force when its CONNECT came), if it may be inspected.
+        var inspection: Inspection? = nil
 
         /// Not used after all: a dialled connection is closed, a kept one goes back.
         func discard() {

@@ -2,8 +2,9 @@ import AccessControl
 import NIOConcurrencyHelpers
 
 /// The settings SIGHUP may replace: the inspection CA and host lists, the allowed client ranges and the proxy
-/// credentials. Each new connection takes the current snapshot once, when it is accepted, so an open connection
-/// keeps what it started with and a reload never drops one.
+/// credentials. Each new connection takes the current snapshot when it is accepted, and a tunnel or an inspected
+/// connection keeps what it started with, so a reload never drops one; a request or a CONNECT that comes later on a
+/// client connection accepted before the reload reads the current credentials and inspection.
 final class LiveSettings: Sendable {
     struct Snapshot: Sendable {
         var inspection: Inspection?
