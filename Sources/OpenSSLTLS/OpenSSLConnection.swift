@@ -146,6 +146,9 @@ public final class OpenSSLConnection {
             guard CSSL_SSL_set_tlsext_host_name(ssl, name) == 1 else {
                 throw OpenSSLError.drain(operation: "setting the server name")
             }
+            // As browsers and Go check a name: no partial wildcards (`api*.example.com`), and the subject's CN is never
+            // taken for a name when the certificate has none in its subjectAltName.
+            SSL_set_hostflags(ssl, UInt32(X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT))
             guard SSL_set1_host(ssl, name) == 1 else {
                 throw OpenSSLError.drain(operation: "setting the host name to verify")
             }

@@ -103,6 +103,9 @@ struct UpstreamCertificates {
         try certificates.mint("via-intermediate", extensions: localhost, issuer: "intermediate", extraChain: ["intermediate.leaf"])
         try certificates.mint("dns-only", extensions: localhost)
         try certificates.mint("ip-san", extensions: "subjectAltName=IP:127.0.0.1\n" + Self.server)
+        // Its subject's CN is "localhost", and it has no subjectAltName: a name only there is not taken.
+        try certificates.mint("localhost", extensions: Self.server)
+        try certificates.mint("partial-wildcard", extensions: "subjectAltName=DNS:api*.example.test\n" + Self.server)
 
         let caDirectory = try InspectionTests.makeCA(in: certificates.directory)
         let (proxy, proxyPort) = try InspectionTests.startProxy([
@@ -117,6 +120,8 @@ struct UpstreamCertificates {
             ("unknown-root", "localhost", "unable to get local issuer certificate"),
             ("under-not-a-ca", "localhost", "invalid CA certificate"),
             ("dns-only", "127.0.0.1", "IP address mismatch"),
+            ("localhost", "localhost", "hostname mismatch"),
+            ("partial-wildcard", "api1.example.test", "hostname mismatch"),
             ("via-intermediate", "localhost", nil),
             ("ip-san", "127.0.0.1", nil),
         ]
@@ -129,7 +134,8 @@ struct UpstreamCertificates {
             let result = try runCommand(
                 Paths.which("curl"),
                 ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "--cacert", caDirectory + "/ca.pem",
-                 "https://\(testCase.host):\(port)/hello"],
+                 // A name no resolver knows: the CONNECT goes to 127.0.0.1, the SNI (what is verified) stays.
+                 "--connect-to", "api1.example.test:\(port):127.0.0.1:\(port)", "https://\(testCase.host):\(port)/hello"],
                 timeout: 30
             )
             let lines = try proxy.waitForLines(count: index + 1, timeout: 20) { $0.contains("\"action\"") }
