@@ -2,7 +2,9 @@ public import OpenSSLTLS
 import Synchronization
 
 /// Which tunnels are inspected, decided from the CONNECT host and the ClientHello. Pure apart from the
-/// memory of names whose clients refused a minted certificate (pinning), which is thread-safe.
+/// memory of names whose clients refused a minted certificate (pinning), which is thread-safe. That memory is per
+/// agent: an agent that refused the leaf for a name passes its own later connections to it through, never another
+/// agent's.
 public final class InspectionPolicy: Sendable {
     public enum Decision: Sendable, Hashable {
         /// Terminate the client's TLS with a leaf for `leaf`; verify the upstream as `upstreamName`.
@@ -37,7 +39,8 @@ public final class InspectionPolicy: Sendable {
     ///   - connectHost: the host of the CONNECT request (a name or an IP address, no brackets).
     ///   - isTLS: whether the client's first bytes were a ClientHello.
     ///   - serverName: the ClientHello's SNI, if any.
-    public func decide(connectHost: String, isTLS: Bool, serverName: String?, now: Int64) -> Decision {
+    ///   - agent: the agent the connection is reported for (pinning is remembered per agent).
+    public func decide(agent: String, connectHost: String, isTLS: Bool, serverName: String?, now: Int64) -> Decision {
         guard isTLS else { return .passthrough(reason: "not TLS") }
         let name = (serverName ?? connectHost).lowercased()
         if let passthroughHosts, passthroughHosts.matches(name) || passthroughHosts.matches(connectHost) {
@@ -46,7 +49,7 @@ public final class InspectionPolicy: Sendable {
         if let inspectHosts, !inspectHosts.matches(name) {
             return .passthrough(reason: "not in KAIZEN_INSPECT_HOSTS")
         }
-        if isPinned(name, now: now) {
+        if isPinned(agent: agent, name, now: now) {
             return .passthrough(reason: "client refused the inspection certificate recently (pinning)")
         }
         let leaf: OpenSSLCertificateAuthority.LeafName
@@ -66,25 +69,30 @@ public final class InspectionPolicy: Sendable {
         pins.withLock { $0.merge(copied) { $1 } }
     }
 
-    /// A client aborted the handshake with our certificate: pass `name` through for a while.
-    public func notePinned(_ name: String, now: Int64) {
+    /// A client of `agent` aborted the handshake with our certificate: pass that agent's connections to `name`
+    /// through for a while.
+    public func notePinned(agent: String, _ name: String, now: Int64) {
         pins.withLock { pins in
             if pins.count >= Self.pinLimit {
                 pins = pins.filter { $0.value > now }
                 if pins.count >= Self.pinLimit { pins.removeAll() }
             }
-            pins[name.lowercased()] = now + pinnedFor
+            pins[Self.pinKey(agent, name)] = now + pinnedFor
         }
     }
 
-    public func isPinned(_ name: String, now: Int64) -> Bool {
-        pins.withLock { pins in
-            guard let until = pins[name.lowercased()] else { return false }
+    public func isPinned(agent: String, _ name: String, now: Int64) -> Bool {
+        let key = Self.pinKey(agent, name)
+        return pins.withLock { pins in
+            guard let until = pins[key] else { return false }
             if until <= now {
-                pins[name.lowercased()] = nil
+                pins[key] = nil
                 return false
             }
             return true
         }
     }
+
+    /// NUL cannot be in an agent name or a host name: the two cannot run together.
+    private static func pinKey(_ agent: String, _ name: String) -> String { agent + "\u{0}" + name.lowercased() }
 }

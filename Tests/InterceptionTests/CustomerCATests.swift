@@ -139,3 +139,19 @@ struct CAFixtures {
         #expect(throws: HostPatterns.ParseError.self) { _ = try HostPatterns(parsing: "ok.test," + entry) }
     }
 }
+
+@Suite struct InspectionPolicyTests {
+    /// An agent that refused the leaf for a name passes its own later connections to it through, for a while; another
+    /// agent's are still inspected.
+    @Test func pinningIsRememberedPerAgentAndForAWhile() {
+        let policy = InspectionPolicy(inspectHosts: nil, passthroughHosts: nil, pinnedFor: 3600)
+        func decision(_ agent: String, at now: Int64) -> InspectionPolicy.Decision {
+            policy.decide(agent: agent, connectHost: "api.example.test", isTLS: true, serverName: "API.example.test", now: now)
+        }
+        #expect(decision("agent-a", at: 1000) == .inspect(leaf: .dns("api.example.test"), upstreamName: "API.example.test"))
+        policy.notePinned(agent: "agent-a", "api.example.test", now: 1000)
+        #expect(decision("agent-a", at: 1001) == .passthrough(reason: "client refused the inspection certificate recently (pinning)"))
+        #expect(decision("agent-b", at: 1001) == .inspect(leaf: .dns("api.example.test"), upstreamName: "API.example.test"))
+        #expect(decision("agent-a", at: 4600) == .inspect(leaf: .dns("api.example.test"), upstreamName: "API.example.test"))
+    }
+}

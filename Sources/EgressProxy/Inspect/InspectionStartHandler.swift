@@ -135,6 +135,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             }
         }
         let decision = inspection.policy.decide(
+            agent: reporting.agent,
             connectHost: tunnel.destination.host,
             isTLS: true,
             serverName: hello.serverName,

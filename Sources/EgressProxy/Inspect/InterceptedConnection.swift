@@ -445,7 +445,7 @@ final class InterceptedConnection {
             // The upstream was fine and the client was shown our leaf, then refused it: most likely pinning or
             // a client that does not trust the CA. Later connections to the name pass through untouched.
             failure = ("tls_intercept_failed", "client refused the inspection certificate: \(GlueHandler.describe(error))")
-            inspection.policy.notePinned(leaf.description, now: Inspection.now())
+            inspection.policy.notePinned(agent: reporting.agent, leaf.description, now: Inspection.now())
         }
         noteClose(by: .client, reason: clientHandshakeDone ? "error: \(GlueHandler.describe(error))" : "tls_error")
         closeBoth()
