@@ -71,6 +71,19 @@ import Testing
         #expect(actions.filter { ($0["error"] as? String)?.hasPrefix("unusable upstream response: :status") == true }.count == 3)
     }
 
+    /// A request the client resets in the same write as its HEADERS, while its upstream stream is still being made,
+    /// never reaches the upstream, and is reported as not sent; the connection goes on.
+    @Test func aRequestResetBeforeItsUpstreamStreamExistsIsNeverSent() throws {
+        let setup = try setUp()
+        let result = try h2Client("cancelled", setup)
+        #expect(result["status"] as? String == "200", "\(result)")
+        let request = try setup.origin.waitForLine(timeout: 10) { $0.hasPrefix("REQUEST ") }
+        #expect(request == "REQUEST GET /size/5 -", "the DELETE reached the origin first: \(request)")
+        let actions = try setup.waitForActions(2)
+        let cancelled = try #require(actions.first { $0["method"] as? String == "DELETE" }, "\(actions)")
+        #expect((cancelled["error"] as? String)?.hasPrefix("stream reset by the client before it was sent upstream") == true, "\(cancelled)")
+    }
+
     @Test func curlSpeaksHTTP2EndToEndAndEachStreamIsReportedOnceWithItsPath() throws {
         let setup = try setUp()
         let base = "https://localhost:\(setup.originPort)"

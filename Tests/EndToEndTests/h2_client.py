@@ -14,6 +14,7 @@ against the inspection CA, then one of these scenarios, printing one JSON object
   settings   the proxy's SETTINGS toward the client
   odd        on one connection: GET with an absolute :path, GET /status/abc, /status/0200, /status/099 (statuses
              the origin sends as given), then GET /size/5: each stream's status and reset code
+  cancelled  DELETE /echo and its RST_STREAM(CANCEL) in one write, then GET /size/5: the second's status
   idle       prints READY once connected, then (not JSON) "GOAWAY <code>" when one arrives and CLOSED when the
              proxy closes the connection
 
@@ -263,6 +264,19 @@ def reset(client, arguments):
     return {"reset": result["reset"], "status": (result["headers"] or {}).get(":status")}
 
 
+def cancelled(client, arguments):
+    """DELETE /echo with END_STREAM and RST_STREAM(CANCEL) in one write, then GET /size/5 on the same connection."""
+    first = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(first, client.request_headers("DELETE", "/echo"), end_stream=True)
+    client.conn.reset_stream(first, error_code=8)  # CANCEL
+    client.flush()
+    second = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(second, client.request_headers("GET", "/size/5"), end_stream=True)
+    client.flush()
+    result = collect(client, second)
+    return {"status": (result["headers"] or {}).get(":status")}
+
+
 def odd(client, arguments):
     results = {}
     for label, path in [("absolute", "https://evil.example/x"), ("abc", "/status/abc"), ("0200", "/status/0200"),
@@ -360,7 +374,8 @@ def idle(client, arguments):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle", "odd"])
+        "scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle", "odd",
+                     "cancelled"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")

@@ -23,6 +23,9 @@ final class InterceptedStream {
     private var policy: (policy: String?, wouldBlock: Bool?) = (nil, nil)
     private var clientOpen = true
     private var upstreamOpen = false
+    /// The client reset or closed its stream before the upstream stream was ready: nothing goes upstream (the
+    /// upstream stream, once made, is closed without a frame sent).
+    private var abandoned = false
 
     init(http2: InterceptedHTTP2, connection: InterceptedConnection) {
         self.http2 = http2
@@ -221,6 +224,11 @@ final class InterceptedStream {
 
     func upstreamReady() {
         guard let upstream else { return }
+        if abandoned {
+            pending = []
+            upstream.close()
+            return
+        }
         let frames = pending
         pending = []
         for frame in frames { upstream.send(frame) }
@@ -245,6 +253,13 @@ final class InterceptedStream {
     }
 
     private func reset(from side: InterceptedStreamStateMachine.Side, code: HTTP2ErrorCode) {
+        if side == .client, upstream == nil, !answered {
+            // Its upstream stream is still being made (a tick later): the request is never sent, and reported so.
+            abandoned = true
+            pending = []
+            finish(error: "stream reset by the client before it was sent upstream: \(code)")
+            return
+        }
         finish(error: "stream reset by the \(side == .client ? "client" : "upstream"): \(code)")
         (side == .client ? upstream : client)?.reset(code)
     }
@@ -288,6 +303,10 @@ final class InterceptedStream {
             // Closed cleanly: both ways ended, so the upstream's END_STREAM came through (or the proxy answered
             // itself); a reset or an error was passed on by `failed`. Unreported only when the connection went.
             if !machine.isReported, upstreamOpen { upstream?.reset(.cancel) }
+            if upstream == nil, machine.hasRequest, !answered {
+                abandoned = true  // its upstream stream is still being made: nothing is sent on it
+                pending = []
+            }
             finish(error: "stream closed before the exchange completed")
             http2.streamClosed(self)
         case .upstream:
@@ -425,6 +444,9 @@ final class InterceptedStreamHalf: ChannelDuplexHandler {
     func noteResetReceived() { resetSent = true }
 
     func flush() { context?.flush() }
+
+    /// Closes the stream channel: one that sent nothing leaves nothing on the wire.
+    func close() { context?.close(promise: nil) }
 
     /// RST_STREAM with `code` (the code the other side reset with), once; with `afterWrites`, once the frame that
     /// ended this side's direction has gone out (a reset drops what is still buffered for the stream).
