@@ -84,6 +84,14 @@ import Testing
         #expect((cancelled["error"] as? String)?.hasPrefix("stream reset by the client before it was sent upstream") == true, "\(cancelled)")
     }
 
+    /// Streams a client opens before it has acknowledged the proxy's SETTINGS are held to KAIZEN_H2_MAX_STREAMS all
+    /// the same: the ones over it are refused (REFUSED_STREAM), so they cannot hold more memory than the limit allows.
+    @Test func streamsOverTheLimitAreRefusedBeforeTheSettingsAreAcknowledged() throws {
+        let setup = try setUp(extra: ["KAIZEN_H2_MAX_STREAMS": "5"])
+        let result = try h2Client("burst", setup, ["--count", "20"])
+        #expect(result["refused"] as? Int == 15 && result["answered"] as? Int == 5 && result["other"] as? Int == 0, "\(result)")
+    }
+
     @Test func curlSpeaksHTTP2EndToEndAndEachStreamIsReportedOnceWithItsPath() throws {
         let setup = try setUp()
         let base = "https://localhost:\(setup.originPort)"

@@ -14,6 +14,8 @@ against the inspection CA, then one of these scenarios, printing one JSON object
   settings   the proxy's SETTINGS toward the client
   odd        on one connection: GET with an absolute :path, GET /status/abc, /status/0200, /status/099 (statuses
              the origin sends as given), then GET /size/5: each stream's status and reset code
+  burst      --count GET /size/10 streams in one write before the proxy's SETTINGS are acknowledged: how many
+             were answered and how many refused (REFUSED_STREAM)
   cancelled  DELETE /echo and its RST_STREAM(CANCEL) in one write, then GET /size/5: the second's status
   idle       prints READY once connected, then (not JSON) "GOAWAY <code>" when one arrives and CLOSED when the
              proxy closes the connection
@@ -264,6 +266,35 @@ def reset(client, arguments):
     return {"reset": result["reset"], "status": (result["headers"] or {}).get(":status")}
 
 
+def burst(client, arguments):
+    """--count GET /size/10 streams sent at once, before the proxy's SETTINGS are read (so not yet acknowledged):
+    how many were answered and how many refused (RST_STREAM REFUSED_STREAM)."""
+    ids = []
+    for _ in range(arguments.count):
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, client.request_headers("GET", "/size/10"), end_stream=True)
+        ids.append(stream_id)
+    client.flush()
+    answered, refused, other = set(), set(), {}
+    while len(answered | refused | set(other)) < len(ids):
+        try:
+            events = client.pump()
+        except (TimeoutError, socket.timeout, ConnectionError):
+            break
+        for event in events:
+            if isinstance(event, h2.events.StreamEnded):
+                answered.add(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                if int(event.error_code) == 7:
+                    refused.add(event.stream_id)
+                else:
+                    other[event.stream_id] = int(event.error_code)
+            elif isinstance(event, h2.events.DataReceived):
+                client.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        client.flush()
+    return {"answered": len(answered), "refused": len(refused), "other": len(other)}
+
+
 def cancelled(client, arguments):
     """DELETE /echo with END_STREAM and RST_STREAM(CANCEL) in one write, then GET /size/5 on the same connection."""
     first = client.conn.get_next_available_stream_id()
@@ -375,7 +406,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle", "odd",
-                     "cancelled"])
+                     "cancelled", "burst"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")

@@ -90,6 +90,15 @@ final class InterceptedHTTP2 {
 
     private func acceptClientStream(_ channel: any Channel) -> EventLoopFuture<Void> {
         guard let connection else { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
+        guard openStreams < Int(limits.maxConcurrentStreams) else {
+            // NIOHTTP2Handler holds the client to SETTINGS_MAX_CONCURRENT_STREAMS only once it has acknowledged
+            // them; until then a client may open as many as it likes (RFC 9113 §6.5.2). The ones over the limit are
+            // refused (REFUSED_STREAM: not processed, safe to retry), so memory stays within the streams' windows.
+            channel.writeAndFlush(HTTP2Frame.FramePayload.rstStream(.refusedStream)).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+            return channel.eventLoop.makeSucceededVoidFuture()
+        }
         let stream = InterceptedStream(http2: self, connection: connection)
         do {
             try channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
