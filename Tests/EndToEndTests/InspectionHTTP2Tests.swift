@@ -92,6 +92,19 @@ import Testing
         #expect(result["refused"] as? Int == 15 && result["answered"] as? Int == 5 && result["other"] as? Int == 0, "\(result)")
     }
 
+    /// Frames NIO queues for a stream the proxy is not reading are bounded only by flow control for DATA: a client
+    /// that floods WINDOW_UPDATEs on a stalled stream, or an origin that sends heads without end, has its connection
+    /// closed before they pile up (a stream of its own, legitimate traffic, is untouched: the other tests).
+    @Test func aStreamFloodedWithFramesClosesTheConnection() throws {
+        let setup = try setUp()
+        let updates = try h2Client("flood", setup, ["--count", "2000"])
+        #expect(updates["closed"] as? Bool == true, "\(updates)")
+        _ = try setup.proxy.waitForStderr(containing: "the client flooded a stream", timeout: 10)
+        let heads = try h2Client("flood", setup, ["--path", "/many-103"])
+        #expect(heads["closed"] as? Bool == true, "\(heads)")
+        _ = try setup.proxy.waitForStderr(containing: "the upstream flooded a stream", timeout: 10)
+    }
+
     @Test func curlSpeaksHTTP2EndToEndAndEachStreamIsReportedOnceWithItsPath() throws {
         let setup = try setUp()
         let base = "https://localhost:\(setup.originPort)"

@@ -14,6 +14,8 @@ against the inspection CA, then one of these scenarios, printing one JSON object
   settings   the proxy's SETTINGS toward the client
   odd        on one connection: GET with an absolute :path, GET /status/abc, /status/0200, /status/099 (statuses
              the origin sends as given), then GET /size/5: each stream's status and reset code
+  flood      a stream not read, then --count WINDOW_UPDATE frames on it (or, with --path, a GET of that path):
+             whether the proxy closed the connection
   burst      --count GET /size/10 streams in one write before the proxy's SETTINGS are acknowledged: how many
              were answered and how many refused (REFUSED_STREAM)
   cancelled  DELETE /echo and its RST_STREAM(CANCEL) in one write, then GET /size/5: the second's status
@@ -295,6 +297,30 @@ def burst(client, arguments):
     return {"answered": len(answered), "refused": len(refused), "other": len(other)}
 
 
+def flood(client, arguments):
+    """GET /size/1000000 without reading it (its window never reopened), then --count WINDOW_UPDATE frames on that
+    stream: whether the proxy closed the connection. With --path, just GET that path (an origin's flood)."""
+    stream_id = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(stream_id, client.request_headers("GET", arguments.path or "/size/1000000"), end_stream=True)
+    client.flush()
+    for _ in range(0 if arguments.path else arguments.count):
+        client.conn.increment_flow_control_window(1, stream_id)
+    try:
+        client.flush()
+    except OSError:
+        return {"closed": True}
+    while True:
+        try:
+            events = client.pump()
+        except (TimeoutError, socket.timeout):
+            return {"closed": False}
+        except (ConnectionError, OSError, ssl.SSLError):
+            return {"closed": True}
+        for event in events:
+            if isinstance(event, h2.events.ConnectionTerminated):
+                return {"closed": True, "goaway": int(event.error_code)}
+
+
 def cancelled(client, arguments):
     """DELETE /echo with END_STREAM and RST_STREAM(CANCEL) in one write, then GET /size/5 on the same connection."""
     first = client.conn.get_next_available_stream_id()
@@ -406,7 +432,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle", "odd",
-                     "cancelled", "burst"])
+                     "cancelled", "burst", "flood"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")
@@ -418,6 +444,7 @@ def main():
     parser.add_argument("--stall-size", type=int, default=4_000_000)
     parser.add_argument("--hold", type=float, default=0, help="streams: keep the connection this long afterwards")
     parser.add_argument("--timeout", type=float, default=30)
+    parser.add_argument("--path", help="flood: the path to GET instead (the origin floods)")
     parser.add_argument("--cut", action="store_true", help="websocket: then have the origin drop its connection")
     arguments = parser.parse_args()
     client = Client(arguments)

@@ -7,6 +7,7 @@ Paths:
                        grpc-status: 0, grpc-message: ok
   GET  /reset       -> RST_STREAM(ENHANCE_YOUR_CALM) without a response
   GET  /goaway      -> 200 "bye", then GOAWAY(ENHANCE_YOUR_CALM)
+  GET  /many-103    -> 40 × 103 Early Hints, then 200
   GET  /status/<s>  -> :status <s> as given (abc, 0200, 099: for the proxy to refuse), no body
   GET  /close-after/<n> -> 200, <n> bytes, then GOAWAY(NO_ERROR) and the TCP connection closed at once
   CONNECT :protocol websocket (RFC 8441, offered with --connect-protocol) -> 200, then every DATA byte echoed;
@@ -136,6 +137,10 @@ class Connection:
             body = b"x" * int(path[13:])
             self.conn.send_headers(stream_id, [(":status", "200"), ("content-length", str(len(body)))])
             self.spawn(self.send_body(stream_id, body, then_close=True))
+        elif path == "/many-103":  # 40 informational heads before the response
+            for _ in range(40):
+                self.conn.send_headers(stream_id, [(":status", "103"), ("link", "</x.css>; rel=preload")])
+            self.conn.send_headers(stream_id, [(":status", "200"), ("content-length", "0")], end_stream=True)
         elif path.startswith("/status/"):  # any :status value, valid or not
             self.conn.send_headers(stream_id, [(":status", path[8:]), ("content-length", "0")], end_stream=True)
         elif path == "/goaway":

@@ -67,7 +67,8 @@ final class InterceptedHTTP2 {
         }
         let clientParent = InterceptedHTTP2ParentHandler(side: .client, http2: self, connection: connection)
         self.clientParent = clientParent
-        try InterceptedConnection.addAfterHandshakeHandler(client, [clientHandler, clientParent])
+        try InterceptedConnection.addAfterHandshakeHandler(
+            client, [Self.floodGuard(prefaceFrom: .inbound, side: "client", connection: connection), clientHandler, clientParent])
 
         // Toward the upstream: no server push (a pushed stream has no client request to belong to).
         settings.append(HTTP2Setting(parameter: .enablePush, value: 0))
@@ -82,8 +83,23 @@ final class InterceptedHTTP2 {
         }
         let upstreamParent = InterceptedHTTP2ParentHandler(side: .upstream, http2: self, connection: connection)
         self.upstreamParent = upstreamParent
-        try InterceptedConnection.addAfterHandshakeHandler(upstream, [upstreamHandler, upstreamParent])
+        try InterceptedConnection.addAfterHandshakeHandler(
+            upstream,
+            [Self.floodGuard(prefaceFrom: .outbound, side: "upstream", connection: connection), upstreamHandler, upstreamParent])
         upstreamMultiplexer = try upstreamHandler.syncMultiplexer()
+    }
+
+    /// The side's flood guard: a flood is logged, and the connection closes (its streams are reported as cut).
+    private static func floodGuard(
+        prefaceFrom: HTTP2FrameCounter.Direction, side: String, connection: InterceptedConnection
+    ) -> HTTP2FloodGuardHandler {
+        let logger = connection.logger
+        let target = connection.reportedTarget
+        return HTTP2FloodGuardHandler(prefaceFrom: prefaceFrom) { flood in
+            logger.warning(
+                "closing an inspected HTTP/2 connection: the \(side) flooded a stream",
+                metadata: ["target": "\(target)", "side": "\(side)", "flood": "\(flood)"])
+        }
     }
 
     // MARK: streams

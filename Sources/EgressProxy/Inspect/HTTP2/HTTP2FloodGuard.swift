@@ -1,0 +1,144 @@
+import NIOCore
+
+/// Reads the frame headers of one side's HTTP/2 byte stream, both ways, and finds the floods NIOHTTP2Handler lets
+/// through because their frames are queued for a stream rather than handled at once: a stream that is not being
+/// read (the proxy stops reading one whose other half cannot take more) keeps every frame that arrives for it, and
+/// only DATA is bounded by flow control. Two such floods are counted per stream:
+/// - WINDOW_UPDATEs from the peer beyond what the DATA frames sent to it could call for (one each, and some slack);
+/// - HEADERS from the peer beyond a request's or response's (its head, 1xx heads, trailers).
+/// Pure: `HTTP2FloodGuardHandler` feeds it the bytes and closes the connection on a flood.
+struct HTTP2FrameCounter {
+    enum Direction { case inbound, outbound }
+
+    /// WINDOW_UPDATEs a stream may get beyond one per DATA frame sent on it.
+    static let windowUpdateSlack = 128
+    /// HEADERS frames a stream may carry from the peer: a head, several 1xx heads, trailers.
+    static let headersPerStream = 16
+    /// Streams whose counts are kept; beyond it the lowest stream IDs are forgotten (they are the oldest).
+    static let trackedStreams = 4_096
+
+    private struct Reader {
+        /// Bytes still to skip before the first frame (the client's connection preface).
+        var skip: Int
+        var header: [UInt8] = []
+        var payloadLeft = 0
+    }
+
+    private struct Counts {
+        var windowUpdates = 0
+        var headers = 0
+        var dataFramesSent = 0
+    }
+
+    private var readers: (inbound: Reader, outbound: Reader)
+    private var streams: [UInt32: Counts] = [:]
+
+    /// - Parameter prefaceFrom: the direction that starts with the 24-byte client preface (`PRI * HTTP/2.0…`):
+    ///   inbound on the client's side, outbound on the upstream's.
+    init(prefaceFrom: Direction) {
+        readers = (Reader(skip: prefaceFrom == .inbound ? 24 : 0), Reader(skip: prefaceFrom == .outbound ? 24 : 0))
+    }
+
+    /// Counts the frames in `bytes`; a description of the flood once the peer has sent one.
+    mutating func consume(_ bytes: UnsafeRawBufferPointer, _ direction: Direction) -> String? {
+        var reader = direction == .inbound ? readers.inbound : readers.outbound
+        defer {
+            if direction == .inbound { readers.inbound = reader } else { readers.outbound = reader }
+        }
+        var index = 0
+        while index < bytes.count {
+            if reader.skip > 0 {
+                let skipped = min(reader.skip, bytes.count - index)
+                reader.skip -= skipped
+                index += skipped
+                continue
+            }
+            if reader.payloadLeft > 0 {
+                let skipped = min(reader.payloadLeft, bytes.count - index)
+                reader.payloadLeft -= skipped
+                index += skipped
+                continue
+            }
+            let wanted = min(9 - reader.header.count, bytes.count - index)
+            reader.header.append(contentsOf: bytes[index..<(index + wanted)])
+            index += wanted
+            guard reader.header.count == 9 else { continue }
+            let header = reader.header
+            reader.header.removeAll(keepingCapacity: true)
+            let length = Int(header[0]) << 16 | Int(header[1]) << 8 | Int(header[2])
+            let type = header[3]
+            let stream = (UInt32(header[5]) << 24 | UInt32(header[6]) << 16 | UInt32(header[7]) << 8 | UInt32(header[8]))
+                & 0x7fff_ffff
+            reader.payloadLeft = length
+            if let flood = count(type: type, stream: stream, direction) { return flood }
+        }
+        return nil
+    }
+
+    private mutating func count(type: UInt8, stream: UInt32, _ direction: Direction) -> String? {
+        guard stream != 0 else { return nil }  // connection-level frames are handled at once
+        switch (type, direction) {
+        case (0x0, .outbound):  // DATA sent to the peer
+            streams[stream, default: Counts()].dataFramesSent += 1
+        case (0x8, .inbound):  // WINDOW_UPDATE from the peer
+            var counts = streams[stream, default: Counts()]
+            counts.windowUpdates += 1
+            streams[stream] = counts
+            if counts.windowUpdates > counts.dataFramesSent + Self.windowUpdateSlack {
+                return "\(counts.windowUpdates) WINDOW_UPDATE frames on stream \(stream), which was sent \(counts.dataFramesSent) DATA frames"
+            }
+        case (0x1, .inbound):  // HEADERS from the peer
+            var counts = streams[stream, default: Counts()]
+            counts.headers += 1
+            streams[stream] = counts
+            if counts.headers > Self.headersPerStream {
+                return "\(counts.headers) HEADERS frames on stream \(stream)"
+            }
+        default:
+            return nil
+        }
+        if streams.count > Self.trackedStreams {
+            for old in streams.keys.sorted().prefix(streams.count - Self.trackedStreams / 2) { streams[old] = nil }
+        }
+        return nil
+    }
+}
+
+/// Below one side's `NIOHTTP2Handler`, above its TLS: counts frames (`HTTP2FrameCounter`) and closes the connection
+/// when the peer floods a stream, before those frames can pile up in the proxy.
+final class HTTP2FloodGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var counter: HTTP2FrameCounter
+    private var flooded = false
+    private let onFlood: (String) -> Void
+
+    init(prefaceFrom: HTTP2FrameCounter.Direction, onFlood: @escaping (String) -> Void) {
+        counter = HTTP2FrameCounter(prefaceFrom: prefaceFrom)
+        self.onFlood = onFlood
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !flooded else { return }
+        let bytes = unwrapInboundIn(data)
+        if let flood = bytes.withUnsafeReadableBytes({ counter.consume($0, .inbound) }) {
+            flooded = true
+            onFlood(flood)
+            context.close(promise: nil)
+            return
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let bytes = unwrapOutboundIn(data)
+        _ = bytes.withUnsafeReadableBytes { counter.consume($0, .outbound) }
+        context.write(data, promise: promise)
+    }
+}
+
+@available(*, unavailable)
+extension HTTP2FloodGuardHandler: Sendable {}

@@ -1,0 +1,56 @@
+@testable import EgressProxy
+import Testing
+
+/// The HTTP/2 flood counter on bytes, without sockets: frames split anywhere, the preface skipped, and the two
+/// floods it stops (WINDOW_UPDATEs beyond the DATA sent, HEADERS beyond a message's).
+@Suite struct HTTP2FrameCounterTests {
+    static func frame(type: UInt8, stream: UInt32, payload: Int) -> [UInt8] {
+        [UInt8(payload >> 16 & 0xff), UInt8(payload >> 8 & 0xff), UInt8(payload & 0xff), type, 0,
+         UInt8(stream >> 24 & 0x7f), UInt8(stream >> 16 & 0xff), UInt8(stream >> 8 & 0xff), UInt8(stream & 0xff)]
+            + [UInt8](repeating: 0, count: payload)
+    }
+    static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+    /// Feeds `bytes` in pieces of `piece` bytes; the first flood found.
+    static func feed(_ counter: inout HTTP2FrameCounter, _ bytes: [UInt8], _ direction: HTTP2FrameCounter.Direction, piece: Int) -> String? {
+        var start = 0
+        while start < bytes.count {
+            let end = min(start + piece, bytes.count)
+            if let flood = bytes[start..<end].withUnsafeBytes({ counter.consume($0, direction) }) { return flood }
+            start = end
+        }
+        return nil
+    }
+
+    @Test(arguments: [1, 7, 9, 10, 4096])
+    func windowUpdatesBeyondTheDataSentAreAFlood(piece: Int) {
+        var counter = HTTP2FrameCounter(prefaceFrom: .inbound)
+        // The client's preface and SETTINGS, then a request on stream 1 and its trailers.
+        var inbound = Self.preface + Self.frame(type: 0x4, stream: 0, payload: 12)
+        inbound += Self.frame(type: 0x1, stream: 1, payload: 40) + Self.frame(type: 0x1, stream: 1, payload: 10)
+        #expect(Self.feed(&counter, inbound, .inbound, piece: piece) == nil)
+        // 200 DATA frames sent on stream 1: up to 200 + the slack WINDOW_UPDATEs for it are fine, also many on
+        // the connection (stream 0).
+        var outbound: [UInt8] = []
+        for _ in 0..<200 { outbound += Self.frame(type: 0x0, stream: 1, payload: 100) }
+        #expect(Self.feed(&counter, outbound, .outbound, piece: piece) == nil)
+        var updates: [UInt8] = []
+        for _ in 0..<(200 + HTTP2FrameCounter.windowUpdateSlack) { updates += Self.frame(type: 0x8, stream: 1, payload: 4) }
+        for _ in 0..<1000 { updates += Self.frame(type: 0x8, stream: 0, payload: 4) }
+        #expect(Self.feed(&counter, updates, .inbound, piece: piece) == nil)
+        // One more on stream 1 is one no DATA called for.
+        #expect(Self.feed(&counter, Self.frame(type: 0x8, stream: 1, payload: 4), .inbound, piece: piece)
+            == "329 WINDOW_UPDATE frames on stream 1, which was sent 200 DATA frames")
+    }
+
+    @Test func headersBeyondAMessagesAreAFlood() {
+        // The upstream's side: the preface is what the proxy sends.
+        var counter = HTTP2FrameCounter(prefaceFrom: .outbound)
+        #expect(Self.feed(&counter, Self.preface + Self.frame(type: 0x1, stream: 1, payload: 30), .outbound, piece: 5) == nil)
+        var heads: [UInt8] = []
+        for _ in 0..<HTTP2FrameCounter.headersPerStream { heads += Self.frame(type: 0x1, stream: 1, payload: 8) }
+        #expect(Self.feed(&counter, heads, .inbound, piece: 3) == nil)
+        #expect(Self.feed(&counter, Self.frame(type: 0x1, stream: 3, payload: 8), .inbound, piece: 3) == nil)
+        #expect(Self.feed(&counter, Self.frame(type: 0x1, stream: 1, payload: 8), .inbound, piece: 3) == "17 HEADERS frames on stream 1")
+    }
+}
