@@ -105,6 +105,14 @@ import Testing
         _ = try setup.proxy.waitForStderr(containing: "the upstream flooded a stream", timeout: 10)
     }
 
+    /// An origin that answers and then resets the stream with NO_ERROR (stopping an upload it does not need, as
+    /// servers do) keeps its connection however often it does: NIO's rapid-reset limit guards a server from clients.
+    @Test func anOriginThatStopsUploadsWithNoErrorResetsKeepsItsConnection() throws {
+        let setup = try setUp()
+        let result = try h2Client("answered", setup, ["--count", "250"])
+        #expect(result["answered"] as? Int == 250 && result["after"] as? String == "200", "\(result)")
+    }
+
     @Test func curlSpeaksHTTP2EndToEndAndEachStreamIsReportedOnceWithItsPath() throws {
         let setup = try setUp()
         let base = "https://localhost:\(setup.originPort)"

@@ -14,6 +14,7 @@ against the inspection CA, then one of these scenarios, printing one JSON object
   settings   the proxy's SETTINGS toward the client
   odd        on one connection: GET with an absolute :path, GET /status/abc, /status/0200, /status/099 (statuses
              the origin sends as given), then GET /size/5: each stream's status and reset code
+  answered   --count POST /answer-reset (answered, then RST_STREAM NO_ERROR from the origin), then GET /size/5
   flood      a stream not read, then --count WINDOW_UPDATE frames on it (or, with --path, a GET of that path):
              whether the proxy closed the connection
   burst      --count GET /size/10 streams in one write before the proxy's SETTINGS are acknowledged: how many
@@ -321,6 +322,26 @@ def flood(client, arguments):
                 return {"closed": True, "goaway": int(event.error_code)}
 
 
+def answered(client, arguments):
+    """--count POST /answer-reset without ending the request (the origin answers, then resets with NO_ERROR), one
+    after another on one connection, then GET /size/5: how many were answered, and the last one's status."""
+    ok = 0
+    for _ in range(arguments.count):
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, client.request_headers("POST", "/answer-reset"), end_stream=False)
+        client.flush()
+        result = collect(client, stream_id)
+        if (result["headers"] or {}).get(":status") == "200":
+            ok += 1
+        if "error" in result or result.get("goaway"):
+            break
+    stream_id = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(stream_id, client.request_headers("GET", "/size/5"), end_stream=True)
+    client.flush()
+    last = collect(client, stream_id)
+    return {"answered": ok, "after": (last["headers"] or {}).get(":status")}
+
+
 def cancelled(client, arguments):
     """DELETE /echo with END_STREAM and RST_STREAM(CANCEL) in one write, then GET /size/5 on the same connection."""
     first = client.conn.get_next_available_stream_id()
@@ -432,7 +453,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle", "odd",
-                     "cancelled", "burst", "flood"])
+                     "cancelled", "burst", "flood", "answered"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")

@@ -8,6 +8,7 @@ Paths:
   GET  /reset       -> RST_STREAM(ENHANCE_YOUR_CALM) without a response
   GET  /goaway      -> 200 "bye", then GOAWAY(ENHANCE_YOUR_CALM)
   GET  /many-103    -> 40 × 103 Early Hints, then 200
+  POST /answer-reset -> 200 at once (its body not awaited), then RST_STREAM(NO_ERROR), as servers stop an upload
   GET  /status/<s>  -> :status <s> as given (abc, 0200, 099: for the proxy to refuse), no body
   GET  /close-after/<n> -> 200, <n> bytes, then GOAWAY(NO_ERROR) and the TCP connection closed at once
   CONNECT :protocol websocket (RFC 8441, offered with --connect-protocol) -> 200, then every DATA byte echoed;
@@ -86,6 +87,10 @@ class Connection:
             if headers.get(":method") == "CONNECT" and headers.get(":protocol"):
                 self.tunnels.add(event.stream_id)
                 self.conn.send_headers(event.stream_id, [(":status", "200")])
+            elif headers.get(":path") == "/answer-reset":  # answered at once, then the rest of the upload refused
+                del self.requests[event.stream_id]
+                self.conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "0")], end_stream=True)
+                self.conn.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
             elif headers.get(":path") == "/reset":
                 del self.requests[event.stream_id]
                 self.conn.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)

@@ -73,9 +73,14 @@ final class InterceptedHTTP2 {
         // Toward the upstream: no server push (a pushed stream has no client request to belong to).
         settings.append(HTTP2Setting(parameter: .enablePush, value: 0))
         connectionConfiguration.initialSettings = settings
+        // NIO's limit on resets received (rapid reset) guards a server from its clients. The upstream resets only
+        // streams the proxy opened for clients, each once: an origin that answers and then stops an upload with
+        // RST_STREAM(NO_ERROR), as servers do, would otherwise end the whole connection after 200 in 30 s.
+        var upstreamStreamConfiguration = streamConfiguration
+        upstreamStreamConfiguration.streamResetFrameRateLimit.maximumCount = Int(Int32.max)
         let upstreamHandler = NIOHTTP2Handler(
             mode: .client, eventLoop: eventLoop, connectionConfiguration: connectionConfiguration,
-            streamConfiguration: streamConfiguration
+            streamConfiguration: upstreamStreamConfiguration
         ) { pushed in
             // Push is disabled; a server that pushes anyway has the stream refused.
             pushed.close(promise: nil)
