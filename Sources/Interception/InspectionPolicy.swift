@@ -40,13 +40,21 @@ public final class InspectionPolicy: Sendable {
     ///   - isTLS: whether the client's first bytes were a ClientHello.
     ///   - serverName: the ClientHello's SNI, if any.
     ///   - agent: the agent the connection is reported for (pinning is remembered per agent).
+    ///
+    /// The client chooses its SNI, so the SNI alone never takes a tunnel out of inspection: a passthrough name in the
+    /// SNI counts when the CONNECT names no other host (it names the same one, or an address, which says no name),
+    /// and a tunnel is inspected when either the CONNECT host or the SNI is in `KAIZEN_INSPECT_HOSTS`.
     public func decide(agent: String, connectHost: String, isTLS: Bool, serverName: String?, now: Int64) -> Decision {
         guard isTLS else { return .passthrough(reason: "not TLS") }
-        let name = (serverName ?? connectHost).lowercased()
-        if let passthroughHosts, passthroughHosts.matches(name) || passthroughHosts.matches(connectHost) {
-            return .passthrough(reason: "passthrough host")
+        let connect = connectHost.lowercased()
+        let name = serverName?.lowercased() ?? connect
+        if let passthroughHosts {
+            let sniCounts = name == connect || OpenSSLConnection.isIPAddress(connectHost)
+            if passthroughHosts.matches(connect) || (sniCounts && passthroughHosts.matches(name)) {
+                return .passthrough(reason: "passthrough host")
+            }
         }
-        if let inspectHosts, !inspectHosts.matches(name) {
+        if let inspectHosts, !inspectHosts.matches(name), !inspectHosts.matches(connect) {
             return .passthrough(reason: "not in KAIZEN_INSPECT_HOSTS")
         }
         if isPinned(agent: agent, name, now: now) {

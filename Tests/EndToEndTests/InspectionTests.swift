@@ -334,6 +334,26 @@ import Testing
         #expect((action["error"] as? String)?.contains("unable to get local issuer certificate") == true, "\(action)")
     }
 
+    /// A name no certificate can carry is refused, not passed through: otherwise the SNI a client sends could keep
+    /// a tunnel the customer wants inspected out of inspection.
+    @Test func aTunnelWhoseNameNoCertificateCanCarryIsRefused() throws {
+        let setup = try setUp()
+        let script = Paths.endToEndDirectory.appendingPathComponent("raw_mitm_request.py").path
+        // One the ClientHello parser refuses (a `!`), one it reads but no certificate can carry (a leading hyphen).
+        for sni in ["bad!name.test", "-lead.test"] {
+            let result = try runCommand(Paths.which("python3"), [
+                script, "\(setup.proxyPort)", "\(setup.originPort)", setup.inspectionCA, sni,
+                #"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n"#,
+            ])
+            #expect(result.stdout.hasPrefix("CLOSED"), "\(sni): \(result.stdout)")
+        }
+        let actions = try setup.waitForActions(2)
+        for action in actions {
+            #expect(action["inspection"] as? String == "refused" && (action["error"] as? String)?.hasPrefix("refused: ") == true, "\(action)")
+            #expect(action["method"] == nil)
+        }
+    }
+
     @Test func aClientThatRefusesTheLeafIsPassedThroughAfterwards() throws {
         let setup = try setUp()
         let url = "https://localhost:\(setup.originPort)/hello"

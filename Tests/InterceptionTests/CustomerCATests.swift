@@ -143,6 +143,26 @@ struct CAFixtures {
 @Suite struct InspectionPolicyTests {
     /// An agent that refused the leaf for a name passes its own later connections to it through, for a while; another
     /// agent's are still inspected.
+    /// The SNI is the client's to choose: it never takes a tunnel out of inspection on its own.
+    @Test func theSNIAloneNeverTakesATunnelOutOfInspection() throws {
+        let passthrough = InspectionPolicy(
+            inspectHosts: nil, passthroughHosts: try HostPatterns(parsing: "bank.example"), pinnedFor: 3600)
+        func decide(_ policy: InspectionPolicy, _ connect: String, _ sni: String?) -> InspectionPolicy.Decision {
+            policy.decide(agent: "a", connectHost: connect, isTLS: true, serverName: sni, now: 0)
+        }
+        #expect(decide(passthrough, "bank.example", "bank.example") == .passthrough(reason: "passthrough host"))
+        #expect(decide(passthrough, "bank.example", "other.example") == .passthrough(reason: "passthrough host"))
+        #expect(decide(passthrough, "93.184.215.14", "bank.example") == .passthrough(reason: "passthrough host"))
+        // A CONNECT to another host that claims the passthrough name is inspected.
+        #expect(decide(passthrough, "evil.example", "bank.example") == .inspect(leaf: .dns("bank.example"), upstreamName: "bank.example"))
+        let only = InspectionPolicy(inspectHosts: try HostPatterns(parsing: "api.example"), passthroughHosts: nil, pinnedFor: 3600)
+        #expect(decide(only, "api.example", "api.example") == .inspect(leaf: .dns("api.example"), upstreamName: "api.example"))
+        // A CONNECT to an inspected host with another SNI is inspected all the same.
+        #expect(decide(only, "api.example", "elsewhere.example") == .inspect(leaf: .dns("elsewhere.example"), upstreamName: "elsewhere.example"))
+        #expect(decide(only, "10.0.0.1", "api.example") == .inspect(leaf: .dns("api.example"), upstreamName: "api.example"))
+        #expect(decide(only, "other.example", "other.example") == .passthrough(reason: "not in KAIZEN_INSPECT_HOSTS"))
+    }
+
     @Test func pinningIsRememberedPerAgentAndForAWhile() {
         let policy = InspectionPolicy(inspectHosts: nil, passthroughHosts: nil, pinnedFor: 3600)
         func decision(_ agent: String, at now: Int64) -> InspectionPolicy.Decision {

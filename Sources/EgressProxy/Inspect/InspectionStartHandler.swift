@@ -95,6 +95,9 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             decide(hello: hello, context: context)
         case .notTLS:
             passThrough(reason: "not TLS", context: context)
+        case .malformed(let reason) where reason.contains("server_name") || reason.contains("host_name"):
+            // A ClientHello whose only fault is its server name: that would be the client's way out of inspection.
+            refuseUnusableName(UnusableServerName(reason: reason), context: context)
         case .malformed, .tooLarge:
             passThrough(reason: "unreadable ClientHello", context: context)
         }
@@ -155,7 +158,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 do {
                     try OpenSSLCertificateAuthority.validate(leaf)
                 } catch {
-                    passThrough(reason: "\(error)", context: context)
+                    refuseUnusableName(error, context: context)
                     return
                 }
                 intercept(hello: hello, leaf: leaf, upstreamName: upstreamName, context: context)
@@ -171,8 +174,10 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                     handler.intercept(hello: hello, leaf: leaf, upstreamName: upstreamName, context: context)
                 case .failure(let error):
                     switch error as? OpenSSLCertificateAuthority.MintingError {
-                    case .outsideNameConstraints?, .invalidName?:
+                    case .outsideNameConstraints?:
                         handler.passThrough(reason: "\(error)", context: context)
+                    case .invalidName?:
+                        handler.refuseUnusableName(error, context: context)
                     default:
                         handler.reporting.logger.error(
                             "cannot mint a certificate", metadata: ["name": "\(leaf)", "error": "\(error)"])
@@ -181,6 +186,32 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 }
             }
         }
+    }
+
+    /// A ClientHello's server name that breaks RFC 6066 (a byte outside letters, digits, `-`, `.`, `_`; two names).
+    private struct UnusableServerName: Error, CustomStringConvertible {
+        var reason: String
+        var description: String { "the ClientHello's server name is unusable: \(reason)" }
+    }
+
+    /// The name the tunnel would be inspected under (the SNI, or the CONNECT host) is not one a certificate can carry
+    /// (`x..y`, `*.example.com`): refused, not passed through, or a client could keep a tunnel the customer wants
+    /// inspected out of inspection by the SNI it sends. Nothing the client sent was relayed.
+    private func refuseUnusableName(_ error: any Error, context: ChannelHandlerContext) {
+        guard !decided else { return }
+        decided = true
+        timer?.cancel()
+        held = nil
+        var metadata = tunnel.metadata
+        metadata.tls = true
+        metadata.sni = hello?.serverName
+        metadata.alpn = hello?.alpn
+        metadata.inspection = "refused"
+        metadata.error = "refused: \(error)"
+        reporting.action(target: tunnel.destination.description, metadata: metadata)
+        reporting.logConnection(metadata, target: tunnel.destination.description, mode: "none", close: nil)
+        tunnel.discard()
+        context.close(promise: nil)
     }
 
     /// Enforce mode: the SNI names a destination a policy blocks. Nothing the client sent was relayed; both sides
