@@ -61,7 +61,11 @@ public final class InspectionPolicy: Sendable {
             return .passthrough(reason: "client refused the inspection certificate recently (pinning)")
         }
         let leaf: OpenSSLCertificateAuthority.LeafName
-        if let serverName {
+        if let serverName, OpenSSLConnection.isIPAddress(serverName) {
+            // An address in the SNI (RFC 6066 forbids it; some clients send it): an iPAddress leaf, so the CA's
+            // IP name constraints apply to it as to an address with no SNI, and a client checks it as an address.
+            leaf = .ip(serverName)
+        } else if let serverName {
             leaf = .dns(serverName.lowercased())
         } else if OpenSSLConnection.isIPAddress(connectHost) {
             leaf = .ip(connectHost)

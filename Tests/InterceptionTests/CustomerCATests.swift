@@ -163,6 +163,15 @@ struct CAFixtures {
         #expect(decide(only, "other.example", "other.example") == .passthrough(reason: "not in KAIZEN_INSPECT_HOSTS"))
     }
 
+    /// An address in the SNI gets an iPAddress leaf (so IP name constraints apply), as an address with no SNI does.
+    @Test func anAddressInTheSNIGetsAnAddressLeaf() {
+        let policy = InspectionPolicy(inspectHosts: nil, passthroughHosts: nil, pinnedFor: 3600)
+        #expect(policy.decide(agent: "a", connectHost: "10.0.0.1", isTLS: true, serverName: "10.0.0.1", now: 0)
+            == .inspect(leaf: .ip("10.0.0.1"), upstreamName: "10.0.0.1"))
+        #expect(policy.decide(agent: "a", connectHost: "10.0.0.1", isTLS: true, serverName: nil, now: 0)
+            == .inspect(leaf: .ip("10.0.0.1"), upstreamName: "10.0.0.1"))
+    }
+
     @Test func pinningIsRememberedPerAgentAndForAWhile() {
         let policy = InspectionPolicy(inspectHosts: nil, passthroughHosts: nil, pinnedFor: 3600)
         func decision(_ agent: String, at now: Int64) -> InspectionPolicy.Decision {
