@@ -155,9 +155,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // prctl for the executable's process hardening (no core dumps, no same-user ptrace): variadic in C.
+        .target(name: "CProcessHardening"),
         .executableTarget(
             name: "kaizen-egress",
             dependencies: [
+                "CProcessHardening",
                 "Audit",
                 "EgressProxy",
                 "Policy",

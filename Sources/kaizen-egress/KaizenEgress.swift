@@ -1,4 +1,5 @@
 import ArgumentParser
+import CProcessHardening
 import EgressProxy
 import Foundation
 import Logging
@@ -19,6 +20,24 @@ struct KaizenEgress: AsyncParsableCommand {
         subcommands: [Run.self, CA.self, Probe.self, AuditCommand.self, ReportCommand.self],
         defaultSubcommand: Run.self
     )
+
+    /// Before anything reads a secret: no core dump (RLIMIT_CORE 0, and not dumpable, which a core_pattern pipe does
+    /// not ignore), no ptrace attach and no /proc/PID/environ read by other processes of the same user.
+    static func main() async {
+        var none = rlimit(rlim_cur: 0, rlim_max: 0)
+        _ = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &none)
+        _ = kz_process_not_dumpable()
+        do {
+            var command = try parseAsRoot()
+            if var asynchronous = command as? any AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// `kaizen-egress run`: the same as no subcommand.

@@ -9,6 +9,27 @@ import Testing
         ProxyEnvironment.make(extra)
     }
 
+    /// The process holds secrets (the API key in its environment, the CA key, tokens, decrypted traffic): it makes no
+    /// core dump, and the user it runs as cannot attach to it or read its environment (not dumpable: the kernel then
+    /// gives its /proc files to root). Run as an unprivileged user, as in production.
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: Paths.which("setpriv")), "needs root and setpriv"))
+    func theProcessMakesNoCoreDumpAndCannotBeReadByItsOwnUser() throws {
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("kaizen-dumpable-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        chown(state, 1337, 1337)
+        let proxy = try ChildProcess(
+            Paths.which("setpriv"),
+            ["--reuid", "1337", "--regid", "1337", "--clear-groups", Paths.proxyBinary, "--local", "--port", "0"],
+            environment: ProxyEnvironment.make(["KAIZEN_STATE_DIR": state, "KAIZEN_ADMIN_LISTEN": "off"]))
+        _ = try proxy.listeningPort()
+        var info = stat()
+        #expect(stat("/proc/\(proxy.pid)/environ", &info) == 0 && info.st_uid == 0, "owned by \(info.st_uid)")
+        let limits = try String(contentsOfFile: "/proc/\(proxy.pid)/limits", encoding: .utf8)
+        let core = limits.split(separator: "\n").first { $0.hasPrefix("Max core file size") }.map(String.init) ?? ""
+        #expect(core.split(separator: " ", omittingEmptySubsequences: true).dropFirst(4).prefix(2) == ["0", "0"], "\(core)")
+    }
+
     @Test func withoutAKeyOrLocalModeItRefusesWithOneLine() throws {
         let child = try ChildProcess(Paths.proxyBinary, [], environment: environment([:]))
         #expect(try child.waitForExit(timeout: 30) == 2)
