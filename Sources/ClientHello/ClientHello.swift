@@ -20,17 +20,23 @@ public struct ClientHello: Sendable, Hashable {
     /// every connection, so this alone does not mean the server name above is an ECH outer name.
     public var offersEncryptedClientHello: Bool
 
+    /// Whether a pre_shared_key extension (41, RFC 8446 §4.2.11) was present: the client offers to resume an
+    /// earlier session, which a server may accept without showing a certificate again.
+    public var offersPreSharedKey: Bool
+
     public init(
         serverName: String?,
         alpn: [String],
         legacyVersion: UInt16,
         supportedVersions: [UInt16],
-        offersEncryptedClientHello: Bool
+        offersEncryptedClientHello: Bool,
+        offersPreSharedKey: Bool = false
     ) {
         self.serverName = serverName
         self.alpn = alpn
         self.legacyVersion = legacyVersion
         self.supportedVersions = supportedVersions
         self.offersEncryptedClientHello = offersEncryptedClientHello
+        self.offersPreSharedKey = offersPreSharedKey
     }
 }

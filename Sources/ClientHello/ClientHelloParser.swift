@@ -36,6 +36,7 @@ public enum ClientHelloParser {
     private static let extensionALPN: UInt16 = 16
     private static let extensionSupportedVersions: UInt16 = 43
     private static let extensionEncryptedClientHello: UInt16 = 0xfe0d
+    private static let extensionPreSharedKey: UInt16 = 41
     private static let serverNameTypeHostName: UInt8 = 0
     private static let maxHostNameLength = 255
 
@@ -191,6 +192,8 @@ public enum ClientHelloParser {
                 }
             case extensionEncryptedClientHello:
                 hello.offersEncryptedClientHello = true
+            case extensionPreSharedKey:
+                hello.offersPreSharedKey = true
             default:
                 break
             }

@@ -97,6 +97,31 @@ func reframe(_ flight: [UInt8], recordSize size: Int) -> [UInt8] {
         #expect(hello.supportedVersions.contains(0x0304))
     }
 
+    /// A client offering to resume (pre_shared_key, RFC 8446 §4.2.11) is told apart: its server may accept without
+    /// showing a certificate. None of the fixtures (first connections) offers one.
+    @Test func aPreSharedKeyOfferIsSeen() throws {
+        func hello(extensions: [UInt8]) -> [UInt8] {
+            let body: [UInt8] = [0x03, 0x03] + [UInt8](repeating: 7, count: 32) + [0] + [0, 2, 0x13, 0x01] + [1, 0]
+                + [UInt8(extensions.count >> 8), UInt8(extensions.count & 0xff)] + extensions
+            let handshake: [UInt8] = [1, 0, UInt8(body.count >> 8), UInt8(body.count & 0xff)] + body
+            return [22, 3, 1, UInt8(handshake.count >> 8), UInt8(handshake.count & 0xff)] + handshake
+        }
+        // supported_versions (TLS 1.3), then pre_shared_key with one identity and one binder, as it must come last.
+        let versions: [UInt8] = [0, 43, 0, 3, 2, 3, 4]
+        let psk: [UInt8] = [0, 41, 0, 15] + [0, 8, 0, 2, 0xaa, 0xbb, 0, 0, 0, 1] + [0, 3, 2, 0xcc, 0xdd]
+        guard case .parsed(let resuming) = ClientHelloParser.parse(bytes: hello(extensions: versions + psk)),
+            case .parsed(let first) = ClientHelloParser.parse(bytes: hello(extensions: versions))
+        else {
+            Issue.record("not parsed: \(ClientHelloParser.parse(bytes: hello(extensions: versions + psk))) \(ClientHelloParser.parse(bytes: hello(extensions: versions)))")
+            return
+        }
+        #expect(resuming.offersPreSharedKey && !first.offersPreSharedKey)
+        for fixture in Fixture.all {
+            guard case .parsed(let hello) = ClientHelloParser.parse(bytes: try fixture.bytes()) else { continue }
+            #expect(!hello.offersPreSharedKey, "\(fixture.name)")
+        }
+    }
+
     @Test func bytesAfterTheHelloDoNotMatter() throws {
         let bytes = try Fixture.all[1].bytes() + [23, 3, 3, 0, 5, 1, 2, 3, 4, 5]
         guard case .parsed(let hello) = ClientHelloParser.parse(bytes: bytes) else {

@@ -334,6 +334,50 @@ import Testing
         #expect((action["error"] as? String)?.contains("unable to get local issuer certificate") == true, "\(action)")
     }
 
+    /// A client that resumes a session shows the proxy no certificate to refuse, so when the upstream fails
+    /// verification the certificate callback never runs: such a client gets no handshake at all, rather than a
+    /// resumed one it would trust.
+    @Test func aResumingClientGetsNoHandshakeWhenTheUpstreamFails() throws {
+        let pki = try TestPKI.mint()
+        let made = try runCommand(
+            Paths.which("openssl"),
+            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "other.key",
+             "-out", "other.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+            directory: pki.directory, timeout: 30)
+        try #require(made.status == 0, "\(made.stderr)")
+        let origin = try ChildProcess(
+            Paths.which("python3"),
+            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate,
+             "--key", pki.serverKey, "--swap-cert", pki.directory + "/other.pem", "--swap-key", pki.directory + "/other.key",
+             "--no-tickets"])
+        let originPort = try #require(Int(try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
+        let ca = try Self.makeCA(in: pki.directory)
+        // No kept upstream connection: the second client connection makes (and verifies) its own.
+        let (proxy, proxyPort) = try Self.startProxy([
+            "KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": ca + "/ca.key", "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+            "KAIZEN_UPSTREAM_IDLE_TIMEOUT": "0",
+        ])
+        defer { withExtendedLifetime((origin, proxy)) {} }
+        let session = pki.directory + "/session.pem"
+        func sClient(_ sessionOption: String) throws -> CommandResult {
+            // A request, read to the end, so the session ticket that follows the handshake arrives.
+            try runCommand("/bin/sh", ["-c", """
+                printf 'GET /hello HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' | \
+                \(Paths.which("openssl")) s_client -proxy 127.0.0.1:\(proxyPort) -connect localhost:\(originPort) \
+                -servername localhost -CAfile \(ca)/ca.pem -verify_return_error -ign_eof \(sessionOption) \(session) 2>&1
+                """], timeout: 30)
+        }
+        let first = try sClient("-sess_out")
+        #expect(first.stdout.contains("hello from origin"), "\(first.stdout)")
+        let swapped = try runCommand(
+            Paths.which("curl"), ["-sS", "--max-time", "10", "--cacert", pki.caCertificate, "https://localhost:\(originPort)/swap-cert"])
+        #expect(swapped.stdout == "swapped", "\(swapped.stderr)")
+        let second = try sClient("-sess_in")
+        #expect(!second.stdout.contains("Reused,") && !second.stdout.contains("hello from origin"), "\(second.stdout)")
+        let actions = try proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"action\"") }
+        #expect(actions[1].contains("upstream certificate verification failed"), "\(actions[1])")
+    }
+
     /// A name no certificate can carry is refused, not passed through: otherwise the SNI a client sends could keep
     /// a tunnel the customer wants inspected out of inspection.
     @Test func aTunnelWhoseNameNoCertificateCanCarryIsRefused() throws {
