@@ -64,6 +64,50 @@ import Testing
         #expect(client.stdoutLines.last == "PASSED THROUGH", "\(client.stdoutLines)")
     }
 
+    /// A reload that changes only the certificates after the signing CA in KAIZEN_CA_CERT (an intermediate added)
+    /// reaches the chains minted leaves are sent in: the leaves are minted again, not kept with the old chain.
+    @Test func aReloadThatAddsAnIntermediateSendsIt() throws {
+        let pki = try TestPKI.mint()
+        let (origin, originPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        defer { withExtendedLifetime(origin) {} }
+        let directory = pki.directory
+        func openssl(_ arguments: [String]) throws {
+            let made = try runCommand(Paths.which("openssl"), arguments, directory: directory, timeout: 30)
+            try #require(made.status == 0, "\(made.stderr)")
+        }
+        // A root, and the inspection CA it signed (the one that signs leaves).
+        try openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
+                     "-subj", "/CN=inspection root", "-keyout", "root.key", "-out", "root.pem",
+                     "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"])
+        try write("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
+                  to: directory + "/signing.ext", mode: 0o644)
+        try openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=inspection CA",
+                     "-keyout", "signing.key", "-out", "signing.csr"])
+        try openssl(["x509", "-req", "-in", "signing.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial",
+                     "-days", "30", "-extfile", "signing.ext", "-out", "signing.pem"])
+        chmod(directory + "/signing.key", 0o600)
+        let caCert = directory + "/inspection.pem"
+        try replace(caCert, with: directory + "/signing.pem")
+        let proxy = try ChildProcess(
+            Paths.proxyBinary, ["--local", "--port", "0"],
+            environment: ProxyEnvironment.make([
+                "KAIZEN_CA_CERT": caCert, "KAIZEN_CA_KEY": directory + "/signing.key", "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+            ]))
+        let port = try proxy.listeningPort()
+        func chainLength() throws -> Int {
+            let result = try runCommand("/bin/sh", ["-c", """
+                \(Paths.which("openssl")) s_client -proxy 127.0.0.1:\(port) -connect localhost:\(originPort) \
+                -servername localhost -showcerts </dev/null 2>/dev/null
+                """], timeout: 30)
+            return result.stdout.components(separatedBy: "-----BEGIN CERTIFICATE-----").count - 1
+        }
+        #expect(try chainLength() == 2)  // the leaf and the signing CA
+        try write(try String(contentsOfFile: directory + "/signing.pem", encoding: .utf8)
+            + String(contentsOfFile: directory + "/root.pem", encoding: .utf8), to: caCert)
+        try reload(proxy, count: 1, containing: "SIGHUP: settings reloaded")
+        #expect(try chainLength() == 3, "the root added after the signing CA is sent")
+    }
+
     @Test func sighupReloadsFilesWithoutDroppingConnections() throws {
         let pki = try TestPKI.mint()
         let (origin, originPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)

@@ -90,7 +90,8 @@ struct Inspection: Sendable {
             pinnedFor: seconds
         )
         if let previous { policy.adoptPins(from: previous.policy) }
-        let sameCA = previous.map { $0.authority.certificate.derBytes == authority.certificate.derBytes } ?? false
+        // The whole chain: a reload that only adds or changes an intermediate must reach the chains leaves are sent in.
+        let sameCA = previous.map { $0.authority.chain.map(\.derBytes) == authority.chain.map(\.derBytes) } ?? false
         return Inspection(
             authority: authority,
             leaves: sameCA
