@@ -111,6 +111,12 @@ import Testing
         let setup = try setUp()
         let result = try h2Client("answered", setup, ["--count", "250"])
         #expect(result["answered"] as? Int == 250 && result["after"] as? String == "200", "\(result)")
+        // The raised limit is finite: NIO reserves a timestamp per allowed reset up front, and an unbounded limit
+        // reserved 16 GiB per connection (the process's peak address space says so).
+        let status = try String(contentsOfFile: "/proc/\(setup.proxy.pid)/status", encoding: .utf8)
+        let peak = status.split(separator: "\n").first { $0.hasPrefix("VmPeak:") }
+            .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") } ?? 0
+        #expect(peak > 0 && peak < 8 * 1024 * 1024, "VmPeak \(peak) kB")
     }
 
     @Test func curlSpeaksHTTP2EndToEndAndEachStreamIsReportedOnceWithItsPath() throws {

@@ -75,9 +75,10 @@ final class InterceptedHTTP2 {
         connectionConfiguration.initialSettings = settings
         // NIO's limit on resets received (rapid reset) guards a server from its clients. The upstream resets only
         // streams the proxy opened for clients, each once: an origin that answers and then stops an upload with
-        // RST_STREAM(NO_ERROR), as servers do, would otherwise end the whole connection after 200 in 30 s.
+        // RST_STREAM(NO_ERROR), as servers do, would otherwise end the whole connection after 200 in 30 s. Raised,
+        // not lifted: NIO keeps a timestamp per allowed reset, reserved up front (10,000 is 80 KB per connection).
         var upstreamStreamConfiguration = streamConfiguration
-        upstreamStreamConfiguration.streamResetFrameRateLimit.maximumCount = Int(Int32.max)
+        upstreamStreamConfiguration.streamResetFrameRateLimit.maximumCount = Self.upstreamResetLimit
         let upstreamHandler = NIOHTTP2Handler(
             mode: .client, eventLoop: eventLoop, connectionConfiguration: connectionConfiguration,
             streamConfiguration: upstreamStreamConfiguration
@@ -93,6 +94,9 @@ final class InterceptedHTTP2 {
             [Self.floodGuard(prefaceFrom: .outbound, side: "upstream", connection: connection), upstreamHandler, upstreamParent])
         upstreamMultiplexer = try upstreamHandler.syncMultiplexer()
     }
+
+    /// Resets the upstream may send in 30 s before NIO ends its connection (NIO's default, for servers, is 200).
+    static let upstreamResetLimit = 10_000
 
     /// The side's flood guard: a flood is logged, and the connection closes (its streams are reported as cut).
     private static func floodGuard(
