@@ -129,56 +129,31 @@ final class UpstreamPool: Sendable {
 
     /// The newest connection kept under `key` on the calling event loop, no longer kept; nil when there is none.
     /// Its two `IdleUpstreamHandler`s are still in its pipeline: the taker removes them (`IdleUpstreamHandler.remove`).
-    /// It has a fresh response decoder (`startsClean`).
     func take(_ key: Key, on eventLoop: any EventLoop) -> Idle? {
         eventLoop.preconditionInEventLoop()
         let now = clock()
-        // One at a time, out of the lock: a connection that turns out not to start clean closes, and leaves.
-        for _ in 0..<perKey {
-            var stale: [any Channel] = []
-            let found = mutate { state -> Idle? in
-                var list = state[key]
-                var found: Idle?
-                var index = list.count
-                while found == nil && index > 0 {
-                    index -= 1
-                    let candidate = list[index]
-                    guard candidate.channel.eventLoop.inEventLoop else { continue }
-                    list.remove(at: index)
-                    state.total -= 1
-                    if candidate.reuseUntil > now && candidate.channel.isActive {
-                        found = candidate
-                    } else {
-                        stale.append(candidate.channel)
-                    }
+        var stale: [any Channel] = []
+        let found = mutate { state -> Idle? in
+            var list = state[key]
+            var found: Idle?
+            var index = list.count
+            while found == nil && index > 0 {
+                index -= 1
+                let candidate = list[index]
+                guard candidate.channel.eventLoop.inEventLoop else { continue }
+                list.remove(at: index)
+                state.total -= 1
+                if candidate.reuseUntil > now && candidate.channel.isActive {
+                    found = candidate
+                } else {
+                    stale.append(candidate.channel)
                 }
-                state[key] = list
-                return found
             }
-            for channel in stale { channel.close(promise: nil) }
-            guard let found else { return nil }
-            if Self.startsClean(found.channel) { return found }
+            state[key] = list
+            return found
         }
-        return nil
-    }
-
-    /// Whether `channel` can carry a new request as if it were new: its response decoder is replaced by a fresh one,
-    /// and what the old one still held, bytes the upstream sent past the end of its last response (the start of a
-    /// response no one asked for: a wrong Content-Length, a body on a 204), goes on to the idle watcher after it,
-    /// which closes the connection. Those bytes never become the next client connection's response. A pipeline with
-    /// no response decoder holds nothing.
-    static func startsClean(_ channel: any Channel) -> Bool {
-        let pipeline = channel.pipeline.syncOperations
-        if let old = try? pipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self) {
-            guard let encoder = try? pipeline.handler(type: RelayedRequestEncoder.self) else { return false }
-            pipeline.removeHandler(old, promise: nil)
-            guard (try? pipeline.addHandler(InterceptedConnection.responseDecoder(), position: .after(encoder))) != nil
-            else {
-                channel.close(promise: nil)
-                return false
-            }
-        }
-        return channel.isActive
+        for channel in stale { channel.close(promise: nil) }
+        return found
     }
 
     /// A kept connection taken for a CONNECT before its ClientHello is in, so the CONNECT needs no dial: it serves
@@ -197,14 +172,6 @@ final class UpstreamPool: Sendable {
     /// watchers stay, and its idle time runs on, until it is used or restored.
     func reserve(agent: String, host: String, port: Int, on eventLoop: any EventLoop) -> Reservation? {
         eventLoop.preconditionInEventLoop()
-        for _ in 0..<capacity {
-            guard let reservation = reserveNewest(agent: agent, host: host, port: port) else { return nil }
-            if Self.startsClean(reservation.idle.channel) { return reservation }
-        }
-        return nil
-    }
-
-    private func reserveNewest(agent: String, host: String, port: Int) -> Reservation? {
         let now = clock()
         return mutate { state -> Reservation? in
             var best: (key: Key, index: Int, order: UInt64)?
@@ -248,17 +215,17 @@ final class UpstreamPool: Sendable {
     /// after the first handler (its TLS: any byte the upstream sends), one last (anything the HTTP decoder still
     /// makes of what came before, or its error). False when it is not kept (reuse off, its time is up, or the pool is
     /// full for its key or in all): the caller closes it.
+    ///
+    /// It is offered to others only once its response decoder has been replaced by a fresh one (NIO removes a
+    /// decoder a turn of the loop later). Bytes the old one still held go to the last watcher, which closes the
+    /// connection: the start of a response sent past the end of the last one (a wrong Content-Length, a body on a
+    /// 204) never reaches the next client connection as its response.
     func keep(_ idle: Idle, key: Key) -> Bool {
         idle.channel.eventLoop.preconditionInEventLoop()
         guard isEnabled, idle.reuseUntil > clock(), idle.channel.isActive else { return false }
-        let kept = mutate { state -> Bool in
-            guard state.total < capacity, state[key].count < perKey else { return false }
-            state.append(idle, key: key)
-            return true
-        }
-        guard kept else { return false }
+        guard state.withLockedValue({ $0.total < capacity && $0[key].count < perKey }) else { return false }
+        let pipeline = idle.channel.pipeline.syncOperations
         do {
-            let pipeline = idle.channel.pipeline.syncOperations
             // After the TLS, not before it: a session ticket the upstream sends meanwhile is no reason to close.
             let watcher = IdleUpstreamHandler(pool: self, timed: true)
             if let tls = try? pipeline.handler(type: OpenSSLTLSHandler.self) {
@@ -268,10 +235,38 @@ final class UpstreamPool: Sendable {
             }
             try pipeline.addHandler(IdleUpstreamHandler(pool: self, timed: false), position: .last)
         } catch {
-            remove(idle.channel)
             return false
         }
+        guard let old = try? pipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self) else {
+            offer(idle, key: key)  // no HTTP decoder, nothing held
+            return true
+        }
+        let channel = idle.channel
+        let removed = channel.eventLoop.makePromise(of: Void.self)
+        pipeline.removeHandler(old, promise: removed)
+        removed.futureResult.whenComplete { result in
+            let pipeline = channel.pipeline.syncOperations
+            guard case .success = result, channel.isActive,
+                let encoder = try? pipeline.handler(type: RelayedRequestEncoder.self),
+                (try? pipeline.addHandler(InterceptedConnection.responseDecoder(), position: .after(encoder))) != nil,
+                channel.isActive
+            else {
+                channel.close(promise: nil)
+                return
+            }
+            self.offer(idle, key: key)
+        }
         return true
+    }
+
+    /// Makes `idle` one a later connection may take, room permitting (else it is closed).
+    private func offer(_ idle: Idle, key: Key) {
+        let offered = mutate { state -> Bool in
+            guard state.total < capacity, state[key].count < perKey else { return false }
+            state.append(idle, key: key)
+            return true
+        }
+        if !offered { idle.channel.close(promise: nil) }
     }
 
     /// Forgets `channel` (closed, or closing).
