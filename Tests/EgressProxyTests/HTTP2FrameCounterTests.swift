@@ -29,18 +29,34 @@ import Testing
         var inbound = Self.preface + Self.frame(type: 0x4, stream: 0, payload: 12)
         inbound += Self.frame(type: 0x1, stream: 1, payload: 40) + Self.frame(type: 0x1, stream: 1, payload: 10)
         #expect(Self.feed(&counter, inbound, .inbound, piece: piece) == nil)
-        // 200 DATA frames sent on stream 1: up to 200 + the slack WINDOW_UPDATEs for it are fine, also many on
-        // the connection (stream 0).
+        // 200 DATA frames of 100 bytes sent on stream 1: up to 200 + the slack WINDOW_UPDATEs for it are fine (19 KiB
+        // adds 19), also many on the connection (stream 0).
         var outbound: [UInt8] = []
         for _ in 0..<200 { outbound += Self.frame(type: 0x0, stream: 1, payload: 100) }
         #expect(Self.feed(&counter, outbound, .outbound, piece: piece) == nil)
         var updates: [UInt8] = []
-        for _ in 0..<(200 + HTTP2FrameCounter.windowUpdateSlack) { updates += Self.frame(type: 0x8, stream: 1, payload: 4) }
+        for _ in 0..<(200 + 19 + HTTP2FrameCounter.windowUpdateSlack) { updates += Self.frame(type: 0x8, stream: 1, payload: 4) }
         for _ in 0..<1000 { updates += Self.frame(type: 0x8, stream: 0, payload: 4) }
         #expect(Self.feed(&counter, updates, .inbound, piece: piece) == nil)
         // One more on stream 1 is one no DATA called for.
         #expect(Self.feed(&counter, Self.frame(type: 0x8, stream: 1, payload: 4), .inbound, piece: piece)
-            == "329 WINDOW_UPDATE frames on stream 1, which was sent 200 DATA frames")
+            == "348 WINDOW_UPDATE frames on stream 1, which was sent 200 DATA frames (20000 bytes)")
+    }
+
+    /// Go's HTTP/2 sends a stream WINDOW_UPDATE for every 4 KiB its reader takes: four per 16 KiB DATA frame, for
+    /// as long as the body lasts. Never a flood.
+    @Test func aReaderThatUpdatesEvery4KiBIsNoFlood() {
+        var counter = HTTP2FrameCounter(prefaceFrom: .inbound)
+        #expect(Self.feed(&counter, Self.preface + Self.frame(type: 0x1, stream: 3, payload: 20), .inbound, piece: 4096) == nil)
+        for _ in 0..<2_000 {  // 32 MB
+            #expect(Self.feed(&counter, Self.frame(type: 0x0, stream: 3, payload: 16_384), .outbound, piece: 20_000) == nil)
+            var updates: [UInt8] = []
+            for _ in 0..<4 { updates += Self.frame(type: 0x8, stream: 3, payload: 4) }
+            guard Self.feed(&counter, updates, .inbound, piece: 64) == nil else {
+                Issue.record("a 4 KiB reader was taken for a flood")
+                return
+            }
+        }
     }
 
     @Test func headersBeyondAMessagesAreAFlood() {

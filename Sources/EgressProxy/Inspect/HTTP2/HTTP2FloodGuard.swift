@@ -4,13 +4,14 @@ import NIOCore
 /// through because their frames are queued for a stream rather than handled at once: a stream that is not being
 /// read (the proxy stops reading one whose other half cannot take more) keeps every frame that arrives for it, and
 /// only DATA is bounded by flow control. Two such floods are counted per stream:
-/// - WINDOW_UPDATEs from the peer beyond what the DATA frames sent to it could call for (one each, and some slack);
+/// - WINDOW_UPDATEs from the peer beyond what the DATA sent to it could call for: one per frame and one per KiB
+///   (Go's HTTP/2 sends one for every 4 KiB its reader takes), and some slack;
 /// - HEADERS from the peer beyond a request's or response's (its head, 1xx heads, trailers).
 /// Pure: `HTTP2FloodGuardHandler` feeds it the bytes and closes the connection on a flood.
 struct HTTP2FrameCounter {
     enum Direction { case inbound, outbound }
 
-    /// WINDOW_UPDATEs a stream may get beyond one per DATA frame sent on it.
+    /// WINDOW_UPDATEs a stream may get beyond one per DATA frame and one per KiB of DATA sent on it.
     static let windowUpdateSlack = 128
     /// HEADERS frames a stream may carry from the peer: a head, several 1xx heads, trailers.
     static let headersPerStream = 16
@@ -28,6 +29,7 @@ struct HTTP2FrameCounter {
         var windowUpdates = 0
         var headers = 0
         var dataFramesSent = 0
+        var dataBytesSent = 0
     }
 
     private var readers: (inbound: Reader, outbound: Reader)
@@ -70,22 +72,25 @@ struct HTTP2FrameCounter {
             let stream = (UInt32(header[5]) << 24 | UInt32(header[6]) << 16 | UInt32(header[7]) << 8 | UInt32(header[8]))
                 & 0x7fff_ffff
             reader.payloadLeft = length
-            if let flood = count(type: type, stream: stream, direction) { return flood }
+            if let flood = count(type: type, stream: stream, length: length, direction) { return flood }
         }
         return nil
     }
 
-    private mutating func count(type: UInt8, stream: UInt32, _ direction: Direction) -> String? {
+    private mutating func count(type: UInt8, stream: UInt32, length: Int, _ direction: Direction) -> String? {
         guard stream != 0 else { return nil }  // connection-level frames are handled at once
         switch (type, direction) {
         case (0x0, .outbound):  // DATA sent to the peer
-            streams[stream, default: Counts()].dataFramesSent += 1
+            var counts = streams[stream, default: Counts()]
+            counts.dataFramesSent += 1
+            counts.dataBytesSent += length
+            streams[stream] = counts
         case (0x8, .inbound):  // WINDOW_UPDATE from the peer
             var counts = streams[stream, default: Counts()]
             counts.windowUpdates += 1
             streams[stream] = counts
-            if counts.windowUpdates > counts.dataFramesSent + Self.windowUpdateSlack {
-                return "\(counts.windowUpdates) WINDOW_UPDATE frames on stream \(stream), which was sent \(counts.dataFramesSent) DATA frames"
+            if counts.windowUpdates > counts.dataFramesSent + counts.dataBytesSent / 1024 + Self.windowUpdateSlack {
+                return "\(counts.windowUpdates) WINDOW_UPDATE frames on stream \(stream), which was sent \(counts.dataFramesSent) DATA frames (\(counts.dataBytesSent) bytes)"
             }
         case (0x1, .inbound):  // HEADERS from the peer
             var counts = streams[stream, default: Counts()]
