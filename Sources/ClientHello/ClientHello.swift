@@ -24,6 +24,14 @@ public struct ClientHello: Sendable, Hashable {
     /// earlier session, which a server may accept without showing a certificate again.
     public var offersPreSharedKey: Bool
 
+    /// Whether a TLS 1.2 resumption is offered: a non-empty session_ticket extension (35, RFC 5077), or a session ID
+    /// from a client that does not offer TLS 1.3 (a TLS 1.3 client sends a random one for middleboxes).
+    public var offersTLS12Resumption: Bool = false
+
+    /// Whether the client offers to resume an earlier session in any way: its server may then accept it without
+    /// showing a certificate again.
+    public var offersResumption: Bool { offersPreSharedKey || offersTLS12Resumption }
+
     public init(
         serverName: String?,
         alpn: [String],

@@ -37,6 +37,7 @@ public enum ClientHelloParser {
     private static let extensionSupportedVersions: UInt16 = 43
     private static let extensionEncryptedClientHello: UInt16 = 0xfe0d
     private static let extensionPreSharedKey: UInt16 = 41
+    private static let extensionSessionTicket: UInt16 = 35
     private static let serverNameTypeHostName: UInt8 = 0
     private static let maxHostNameLength = 255
 
@@ -158,6 +159,7 @@ public enum ClientHelloParser {
             offersEncryptedClientHello: false
         )
         if reader.isAtEnd {
+            hello.offersTLS12Resumption = sessionIDLength > 0
             return .parsed(hello)  // a pre-TLS 1.2 hello may have no extensions block at all
         }
         guard let extensionsLength = reader.readUInt16(), var extensions = reader.readSlice(Int(extensionsLength))
@@ -194,10 +196,13 @@ public enum ClientHelloParser {
                 hello.offersEncryptedClientHello = true
             case extensionPreSharedKey:
                 hello.offersPreSharedKey = true
+            case extensionSessionTicket:
+                if !data.isAtEnd { hello.offersTLS12Resumption = true }
             default:
                 break
             }
         }
+        if sessionIDLength > 0, !hello.supportedVersions.contains(0x0304) { hello.offersTLS12Resumption = true }
         return .parsed(hello)
     }
 

@@ -25,7 +25,11 @@ struct KaizenEgress: AsyncParsableCommand {
     /// not ignore), no ptrace attach and no /proc/PID/environ read by other processes of the same user.
     static func main() async {
         var none = rlimit(rlim_cur: 0, rlim_max: 0)
+        #if os(Linux)
         _ = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &none)
+        #else
+        _ = setrlimit(RLIMIT_CORE, &none)
+        #endif
         _ = kz_process_not_dumpable()
         do {
             var command = try parseAsRoot()

@@ -116,9 +116,10 @@ func reframe(_ flight: [UInt8], recordSize size: Int) -> [UInt8] {
             return
         }
         #expect(resuming.offersPreSharedKey && !first.offersPreSharedKey)
+        #expect(resuming.offersResumption && !first.offersResumption)
         for fixture in Fixture.all {
             guard case .parsed(let hello) = ClientHelloParser.parse(bytes: try fixture.bytes()) else { continue }
-            #expect(!hello.offersPreSharedKey, "\(fixture.name)")
+            #expect(!hello.offersPreSharedKey && !hello.offersResumption, "\(fixture.name)")
         }
     }
 

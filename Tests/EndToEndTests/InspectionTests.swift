@@ -337,7 +337,8 @@ import Testing
     /// A client that resumes a session shows the proxy no certificate to refuse, so when the upstream fails
     /// verification the certificate callback never runs: such a client gets no handshake at all, rather than a
     /// resumed one it would trust.
-    @Test func aResumingClientGetsNoHandshakeWhenTheUpstreamFails() throws {
+    @Test(arguments: ["-tls1_3", "-tls1_2"])
+    func aResumingClientGetsNoHandshakeWhenTheUpstreamFails(_ version: String) throws {
         let pki = try TestPKI.mint()
         let made = try runCommand(
             Paths.which("openssl"),
@@ -364,7 +365,7 @@ import Testing
             try runCommand("/bin/sh", ["-c", """
                 printf 'GET /hello HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' | \
                 \(Paths.which("openssl")) s_client -proxy 127.0.0.1:\(proxyPort) -connect localhost:\(originPort) \
-                -servername localhost -CAfile \(ca)/ca.pem -verify_return_error -ign_eof \(sessionOption) \(session) 2>&1
+                -servername localhost -CAfile \(ca)/ca.pem -verify_return_error -ign_eof \(version) \(sessionOption) \(session) 2>&1
                 """], timeout: 30)
         }
         let first = try sClient("-sess_out")

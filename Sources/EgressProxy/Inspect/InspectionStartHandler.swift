@@ -540,7 +540,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             let (handler, context) = loopBound.value
             let pair = handlers.value
             if case .success = result { pair.client?.answerALPN(with: pair.upstream.negotiatedProtocol) }
-            if case .failure = result, handler.hello?.offersPreSharedKey == true {
+            if case .failure = result, handler.hello?.offersResumption == true {
                 // A resumed handshake shows no certificate, so the certificate callback would not run to refuse it:
                 // the client would complete a handshake it trusts with an upstream that failed. It gets none.
                 context.close(promise: nil)
