@@ -413,6 +413,18 @@ import Testing
         #expect(actions[1]["method"] == nil)
     }
 
+    /// A TCP reset during the handshake is neither an alert nor an end of stream (a network fault, a killed
+    /// process): it does not take the name out of inspection, so the next connection is inspected.
+    @Test func aResetDuringTheHandshakeDoesNotPin() throws {
+        let setup = try setUp()
+        let reset = try mitmClient("reset-handshake", setup)
+        #expect(reset.stdout.contains("RESET"), "\(reset.stdout) \(reset.stderr)")
+        let next = try curl(setup, ["https://localhost:\(setup.originPort)/hello"])
+        #expect(next.status == 0 && next.stdout == "hello from origin", "\(next.stderr)")
+        let actions = try setup.waitForActions(2)
+        #expect(actions[1]["method"] as? String == "GET" && actions[1]["intercepted"] as? Bool == true, "\(actions)")
+    }
+
     @Test func passthroughHostsAreNotDecrypted() throws {
         let setup = try setUp(extra: ["KAIZEN_PASSTHROUGH_HOSTS": "*.example.test,localhost"])
         let result = try curl(setup, ["https://localhost:\(setup.originPort)/hello"], trust: setup.pki.caCertificate)

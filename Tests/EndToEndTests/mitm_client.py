@@ -6,6 +6,8 @@
                                                          "<status line>|<closed by the proxy>"
   mitm_client.py ws PROXY_PORT ORIGIN_PORT CAFILE         a WebSocket exchange with /ws; prints the status
                                                          line, each echo, and whether the close was answered
+  mitm_client.py reset-handshake PROXY_PORT …             the handshake begun, the proxy's flight received, then a
+                                                         TCP reset; prints "RESET"
   mitm_client.py idle PROXY_PORT ORIGIN_PORT CAFILE       one keep-alive GET /hello, prints "READY", then waits
                                                          (at most 20 s) for the proxy to close; prints "CLOSED"
   mitm_client.py framing PROXY_PORT ORIGIN_PORT CAFILE    HEAD /chunked, GET /chunked, GET /hello, GET /unframed
@@ -37,9 +39,11 @@
 """
 import base64
 import os
+import select
 import signal
 import socket
 import ssl
+import struct
 import sys
 
 
@@ -218,6 +222,32 @@ def reused_hangup(proxy_port, origin_port, cafile):
     print(repr(data), end)
 
 
+def reset_handshake(proxy_port, origin_port, cafile):
+    """Starts the TLS handshake, waits for the proxy's flight (its leaf), then resets the TCP connection (SO_LINGER
+    0): neither an alert nor an end of stream. Prints RESET."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\r\nHost: localhost:{origin_port}\r\n\r\n".encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = sock.recv(1024)
+        if not chunk:
+            raise SystemExit("proxy closed before answering CONNECT")
+        reply += chunk
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    tls = ssl.create_default_context(cafile=cafile).wrap_socket(
+        sock, server_hostname="localhost", do_handshake_on_connect=False)
+    tls.setblocking(False)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    readable, _, _ = select.select([tls], [], [], 10)
+    if not readable:
+        raise SystemExit("no server flight")
+    tls.close()
+    print("RESET", flush=True)
+
+
 def abandon(proxy_port, origin_port, cafile):
     """Sends a request the origin holds unanswered, and leaves when told to (SIGUSR1): the client goes first."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
@@ -252,6 +282,8 @@ def main():
         return reused_hangup(proxy_port, origin_port, cafile)
     if mode == "abandon":
         return abandon(proxy_port, origin_port, cafile)
+    if mode == "reset-handshake":
+        return reset_handshake(proxy_port, origin_port, cafile)
     if mode == "wait-then-get":
         return wait_then_get(proxy_port, origin_port, cafile)
     tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))

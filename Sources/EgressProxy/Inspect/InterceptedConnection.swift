@@ -445,7 +445,11 @@ final class InterceptedConnection {
             // The upstream was fine and the client was shown our leaf, then refused it: most likely pinning or
             // a client that does not trust the CA. Later connections to the name pass through untouched.
             failure = ("tls_intercept_failed", "client refused the inspection certificate: \(GlueHandler.describe(error))")
-            inspection.policy.notePinned(agent: reporting.agent, leaf.description, now: Inspection.now())
+            // An alert or an end of stream refuses the certificate; a TCP reset says nothing about it (a network
+            // fault, a killed process), so it does not take the name out of inspection for an hour.
+            if (error as? IOError)?.errnoCode != ECONNRESET {
+                inspection.policy.notePinned(agent: reporting.agent, leaf.description, now: Inspection.now())
+            }
         }
         noteClose(by: .client, reason: clientHandshakeDone ? "error: \(GlueHandler.describe(error))" : "tls_error")
         closeBoth()
