@@ -204,6 +204,10 @@ import Testing
         let seen = try h2Client("badstream", setup)
         #expect(seen["bad_reset"] as? Int == 1 && seen["goaway"] is NSNull, "\(seen)")
         #expect(seen["good_status"] as? String == "200" && seen["good_body"] as? String == "01234", "\(seen)")
+        // The bad stream was reset by the proxy's HTTP/2 layer, not by the client: the action does not say it was.
+        let actions = try setup.waitForActions(2)
+        let bad = try #require(actions.first { $0["method"] as? String == "POST" }, "\(actions)")
+        #expect(!((bad["error"] as? String)?.contains("reset by the client") ?? true), "\(bad)")
     }
 
     @Test func anUpstreamThatClosesRightAfterItsResponseLosesNoneOfIt() throws {

@@ -264,6 +264,21 @@ final class InterceptedStream {
         (side == .client ? upstream : client)?.reset(code)
     }
 
+    /// NIOHTTP2Handler closed `side`'s stream itself, with no RST_STREAM from that side: a protocol error it found in
+    /// what that side sent (a body longer or shorter than its content-length), or the connection ending. Reported as
+    /// the proxy's doing, not the peer's; the other side is reset with the same code.
+    private func closedByProxy(_ side: InterceptedStreamStateMachine.Side, code: HTTP2ErrorCode) {
+        let sideName = side == .client ? "client" : "upstream"
+        if side == .client, upstream == nil, !answered {
+            abandoned = true  // its upstream stream is still being made: nothing is sent on it
+            pending = []
+            finish(error: "stream closed by the proxy on the client side before it was sent upstream: \(code)")
+            return
+        }
+        finish(error: "stream closed by the proxy on the \(sideName) side: \(code)")
+        (side == .client ? upstream : client)?.reset(code)
+    }
+
     func readComplete(_ side: InterceptedStreamStateMachine.Side) {
         (side == .client ? upstream : client)?.flush()
     }
@@ -281,7 +296,11 @@ final class InterceptedStream {
                 client?.reset(.refusedStream)
                 return
             }
-            reset(from: side, code: closed.errorCode)
+            if (side == .client ? client : upstream)?.resetReceived == true {
+                reset(from: side, code: closed.errorCode)
+            } else {
+                closedByProxy(side, code: closed.errorCode)
+            }
         } else {
             // A stream error (malformed headers, a wrong content-length, say). When it was in what that side sent,
             // NIOHTTP2Handler has reset its stream already; when it was in what the proxy sent on, it is reset here.
@@ -441,7 +460,13 @@ final class InterceptedStreamHalf: ChannelDuplexHandler {
     }
 
     /// The peer reset this stream: nothing more is sent on it (not even a reset back).
-    func noteResetReceived() { resetSent = true }
+    func noteResetReceived() {
+        resetSent = true
+        resetReceived = true
+    }
+
+    /// The peer reset this stream (an RST_STREAM came), as opposed to the proxy's HTTP/2 layer closing it.
+    private(set) var resetReceived = false
 
     func flush() { context?.flush() }
 
