@@ -340,18 +340,7 @@ import Testing
     @Test(arguments: ["-tls1_3", "-tls1_2"])
     func aResumingClientGetsNoHandshakeWhenTheUpstreamFails(_ version: String) throws {
         let pki = try TestPKI.mint()
-        let made = try runCommand(
-            Paths.which("openssl"),
-            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "other.key",
-             "-out", "other.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-            directory: pki.directory, timeout: 30)
-        try #require(made.status == 0, "\(made.stderr)")
-        let origin = try ChildProcess(
-            Paths.which("python3"),
-            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate,
-             "--key", pki.serverKey, "--swap-cert", pki.directory + "/other.pem", "--swap-key", pki.directory + "/other.key",
-             "--no-tickets"])
-        let originPort = try #require(Int(try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
+        let (origin, originPort) = try ChildProcess.swappingOrigin(pki)
         let ca = try Self.makeCA(in: pki.directory)
         // No kept upstream connection: the second client connection makes (and verifies) its own.
         let (proxy, proxyPort) = try Self.startProxy([

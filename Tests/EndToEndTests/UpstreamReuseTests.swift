@@ -255,19 +255,7 @@ import Testing
     /// nothing trusts, the request waiting for it gets a 502 and nothing of that upstream reaches the client.
     @Test func aReplacementConnectionIsVerifiedAsAny() throws {
         let pki = try TestPKI.mint()
-        let made = try runCommand(
-            Paths.which("openssl"),
-            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "other.key",
-             "-out", "other.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-            directory: pki.directory, timeout: 30)
-        try #require(made.status == 0, "\(made.stderr)")
-        let origin = try ChildProcess(
-            Paths.which("python3"),
-            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate,
-             "--key", pki.serverKey, "--swap-cert", pki.directory + "/other.pem", "--swap-key", pki.directory + "/other.key",
-             // No session to resume: the new connection's certificate is checked, not stood for by an earlier one.
-             "--no-tickets"])
-        let originPort = try #require(Int(try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
+        let (origin, originPort) = try ChildProcess.swappingOrigin(pki)
         let caDirectory = try InspectionTests.makeCA(in: pki.directory)
         let (proxy, proxyPort) = try InspectionTests.startProxy([
             "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",

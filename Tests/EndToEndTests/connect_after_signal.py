@@ -10,29 +10,30 @@ import ssl
 import sys
 
 
+def read_until(sock, marker, what):
+    """Reads until `marker` has arrived; exits naming `what` if the proxy closes first."""
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            sys.exit(f"closed before {what}: {data!r}")
+        data += chunk
+    return data
+
+
 def main():
     proxy_port, plain_port, origin_port, cafile, authorization = sys.argv[1:6]
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     auth = f"Proxy-Authorization: {authorization}\r\n"
     sock = socket.create_connection(("127.0.0.1", int(proxy_port)), timeout=10)
     sock.sendall(f"GET http://127.0.0.1:{plain_port}/hello HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
-    answer = b""
-    while b"hello from origin" not in answer:
-        chunk = sock.recv(4096)
-        if not chunk:
-            sys.exit(f"closed before the answer: {answer!r}")
-        answer += chunk
+    read_until(sock, b"hello from origin", "the answer")
     print("READY", flush=True)
     if signal.sigtimedwait({signal.SIGUSR1}, 20) is None:
         sys.exit("no signal")
     target = f"localhost:{origin_port}"
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            sys.exit(f"closed before the CONNECT answer: {head!r}")
-        head += chunk
+    head = read_until(sock, b"\r\n\r\n", "the CONNECT answer")
     if not head.startswith(b"HTTP/1.1 200"):
         sys.exit(f"CONNECT answered {head.splitlines()[0]!r}")
     context = ssl.create_default_context(cafile=cafile)

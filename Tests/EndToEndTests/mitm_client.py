@@ -47,7 +47,8 @@ import struct
 import sys
 
 
-def connect(proxy_port, origin_port, cafile, strict=False, ragged_eof_is_eof=True):
+def tunnel(proxy_port, origin_port):
+    """A CONNECT to localhost:ORIGIN_PORT through the proxy, answered 200: the plain socket."""
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
     sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\r\nHost: localhost:{origin_port}\r\n\r\n".encode())
     reply = b""
@@ -57,6 +58,11 @@ def connect(proxy_port, origin_port, cafile, strict=False, ragged_eof_is_eof=Tru
             raise SystemExit("proxy closed before answering CONNECT")
         reply += chunk
     assert reply.startswith(b"HTTP/1.1 200"), reply
+    return sock
+
+
+def connect(proxy_port, origin_port, cafile, strict=False, ragged_eof_is_eof=True):
+    sock = tunnel(proxy_port, origin_port)
     context = ssl.create_default_context(cafile=cafile)
     if strict:
         context.verify_flags |= ssl.VERIFY_X509_STRICT
@@ -225,14 +231,7 @@ def reused_hangup(proxy_port, origin_port, cafile):
 def reset_handshake(proxy_port, origin_port, cafile):
     """Starts the TLS handshake, waits for the proxy's flight (its leaf), then resets the TCP connection (SO_LINGER
     0): neither an alert nor an end of stream. Prints RESET."""
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-    sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\r\nHost: localhost:{origin_port}\r\n\r\n".encode())
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        chunk = sock.recv(1024)
-        if not chunk:
-            raise SystemExit("proxy closed before answering CONNECT")
-        reply += chunk
+    sock = tunnel(proxy_port, origin_port)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     tls = ssl.create_default_context(cafile=cafile).wrap_socket(
         sock, server_hostname="localhost", do_handshake_on_connect=False)

@@ -198,33 +198,33 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     /// (`x..y`, `*.example.com`): refused, not passed through, or a client could keep a tunnel the customer wants
     /// inspected out of inspection by the SNI it sends. Nothing the client sent was relayed.
     private func refuseUnusableName(_ error: any Error, context: ChannelHandlerContext) {
-        guard !decided else { return }
-        decided = true
-        timer?.cancel()
-        held = nil
-        var metadata = tunnel.metadata
-        metadata.tls = true
-        metadata.sni = hello?.serverName
-        metadata.alpn = hello?.alpn
-        metadata.inspection = "refused"
-        metadata.error = "refused: \(error)"
-        reporting.action(target: tunnel.destination.description, metadata: metadata)
-        reporting.logConnection(metadata, target: tunnel.destination.description, mode: "none", close: nil)
-        tunnel.discard()
-        context.close(promise: nil)
+        endRefused(context: context) { metadata in
+            metadata.sni = self.hello?.serverName
+            metadata.alpn = self.hello?.alpn
+            metadata.inspection = "refused"
+            metadata.error = "refused: \(error)"
+        }
     }
 
     /// Enforce mode: the SNI names a destination a policy blocks. Nothing the client sent was relayed; both sides
     /// are closed and the refusal reported.
     private func refuse(byPolicy policy: String, sni: String, context: ChannelHandlerContext) {
+        endRefused(context: context) { metadata in
+            metadata.sni = sni
+            metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
+        }
+    }
+
+    /// Ends a TLS tunnel refused at its ClientHello: nothing relayed, the refusal (`describe` fills in why) reported
+    /// and logged, both sides closed.
+    private func endRefused(context: ChannelHandlerContext, _ describe: (inout ConnectMetadata) -> Void) {
         guard !decided else { return }
         decided = true
         timer?.cancel()
         held = nil
         var metadata = tunnel.metadata
         metadata.tls = true
-        metadata.sni = sni
-        metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
+        describe(&metadata)
         reporting.action(target: tunnel.destination.description, metadata: metadata)
         reporting.logConnection(metadata, target: tunnel.destination.description, mode: "none", close: nil)
         tunnel.discard()

@@ -14,6 +14,26 @@ extension ChildProcess {
         return (child, port)
     }
 
+    /// An HTTPS origin (`pki`'s certificate for localhost) that, from a `GET /swap-cert` on, presents a self-signed
+    /// one for localhost that nothing trusts, and never issues session tickets (each connection's certificate is
+    /// checked, not stood for by an earlier one).
+    static func swappingOrigin(_ pki: TestPKI) throws -> (ChildProcess, Int) {
+        let made = try runCommand(
+            Paths.which("openssl"),
+            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "other.key",
+             "-out", "other.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+            directory: pki.directory, timeout: 30)
+        guard made.status == 0 else { throw TestFailure("openssl req: \(made.stderr)") }
+        let child = try ChildProcess(
+            Paths.which("python3"),
+            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate,
+             "--key", pki.serverKey, "--swap-cert", pki.directory + "/other.pem", "--swap-key", pki.directory + "/other.key",
+             "--no-tickets"])
+        let line = try child.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        guard let port = Int(line.dropFirst(5)) else { throw TestFailure("origin printed \(line)") }
+        return (child, port)
+    }
+
     /// The proxy's port once it logs `proxy listening on 127.0.0.1:PORT` (waiting up to 30 s for the line).
     func listeningPort() throws -> Int {
         try loggedPort(after: "proxy listening on 127.0.0.1:")
