@@ -113,11 +113,18 @@ public struct DestinationGuard: Sendable {
     /// the destination as the source for one of its own addresses). Catches an address the machine gained after
     /// `localAddresses` was read. The exceptions apply as in `check`.
     public func checkConnected(local: IPAddress, remote: IPAddress, port: Int, host: String) -> Denial? {
-        let plain = { (address: IPAddress) in address.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? address }
-        guard plain(local) == plain(remote) else { return nil }
+        guard Self.sameAddress(local, remote) else { return nil }
         var knowing = self
-        knowing.localAddresses.append(plain(remote))
+        knowing.localAddresses.append(Self.plain(remote))
         return knowing.check(remote, port: port, host: host)
+    }
+
+    /// Whether two addresses are one (an IPv4-mapped IPv6 address is its IPv4 address): a connection's two ends
+    /// being one is a connection to the machine itself. Cheap, so callers ask it before anything else.
+    public static func sameAddress(_ one: IPAddress, _ other: IPAddress) -> Bool { plain(one) == plain(other) }
+
+    private static func plain(_ address: IPAddress) -> IPAddress {
+        address.embeddedIPv4.first { $0.form == "IPv4-mapped" }?.address ?? address
     }
 
     func isAllowedName(_ host: String) -> Bool {

@@ -77,7 +77,8 @@ final class DestinationCheck: Sendable {
     func checkConnected(_ channel: any Channel, host: String) -> DestinationGuard.Denial? {
         guard let localIP = channel.localAddress?.ipAddress, let local = IPAddress(localIP),
             let remoteAddress = channel.remoteAddress, let remoteIP = remoteAddress.ipAddress,
-            let remote = IPAddress(remoteIP), let port = remoteAddress.port
+            let remote = IPAddress(remoteIP), let port = remoteAddress.port,
+            DestinationGuard.sameAddress(local, remote)  // almost never: no lock taken for the others
         else { return nil }
         return current.checkConnected(local: local, remote: remote, port: port, host: host)
     }
