@@ -45,6 +45,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // HTTP/1.1 heads and bodies parsed in place, strictly (RFC 9112): the inspected path's codec. No I/O.
+        .target(
+            name: "HTTP1Codec",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
         // Pure TLS ClientHello parsing: SNI, ALPN, versions. No I/O.
         .target(
             name: "ClientHello",
@@ -123,6 +129,7 @@ let package = Package(
             name: "EgressProxy",
             dependencies: [
                 "AccessControl",
+                "HTTP1Codec",
                 "Audit",
                 "ClientHello",
                 "Policy",
@@ -148,6 +155,7 @@ let package = Package(
             name: "FuzzEntries",
             dependencies: [
                 "ClientHello",
+                "HTTP1Codec",
                 "EgressProxy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -213,8 +221,18 @@ let package = Package(
         ),
         .testTarget(
             name: "FuzzCorpusTests",
-            dependencies: ["FuzzEntries"],
+            dependencies: ["FuzzEntries", "TestSupport"],
             resources: [.copy("Corpus")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HTTP1CodecTests",
+            dependencies: [
+                "HTTP1Codec",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -247,6 +265,7 @@ let package = Package(
             name: "EgressProxyTests",
             dependencies: [
                 "EgressProxy",
+                "HTTP1Codec",
                 "Interception",
                 "AccessControl",
                 "Telemetry",

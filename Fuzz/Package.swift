@@ -20,5 +20,8 @@ let package = Package(
     name: "kaizen-egress-fuzz",
     platforms: [.macOS(.v15)],
     dependencies: [.package(path: root.path)],
-    targets: [fuzzTarget("fuzz-clienthello"), fuzzTarget("fuzz-request-head"), fuzzTarget("fuzz-connect-authority")]
+    targets: [
+        fuzzTarget("fuzz-clienthello"), fuzzTarget("fuzz-request-head"), fuzzTarget("fuzz-connect-authority"),
+        fuzzTarget("fuzz-http1-differential"),
+    ]
 )

@@ -77,3 +77,13 @@ private final class HeadCollector: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {}
 }
+
+extension FuzzEntries {
+    /// The proxy's HTTP/1.1 codec against llhttp on one client byte stream (`HTTP1Differential`): a
+    /// disagreement stops the process, with both readings.
+    public static func http1Differential(_ bytes: UnsafeRawBufferPointer) {
+        if case .failure(let disagreement) = HTTP1Differential.compare(bytes) {
+            fatalError("the codec and llhttp disagree on \(Array(bytes)): \(disagreement)")
+        }
+    }
+}

@@ -7,7 +7,7 @@ hosts. Each is sent through the proxy on its own origin port (plain HTTP in abso
 an inspected TLS connection with --mitm), the write side is closed, and the proxy's answers are read until it
 closes. One JSON line per case: {"name", "port", "port2", "statuses"}.
 
-usage: smuggling_client.py --proxy PORT --ports P1,P2,… [--mitm --ca CA.pem]
+usage: smuggling_client.py --proxy PORT --ports P1,P2,… [--mitm --ca CA.pem] | --count | --dump
 """
 import argparse
 import json
@@ -206,18 +206,46 @@ def run_mitm(proxy, payload, host, context):
         sock.close()
 
 
+def payload(template, port, port2, mitm):
+    """A case's bytes as sent to the proxy: origin form inside inspection, absolute form in plain HTTP."""
+    host_name = "localhost" if mitm else "127.0.0.1"
+    replacements = {
+        "{HOST}": f"{host_name}:{port}", "{HOST2}": f"{host_name}:{port2}",
+        "{TARGET}": "/case" if mitm else f"http://127.0.0.1:{port}/case",
+        "{TARGET2}": "/second" if mitm else f"http://127.0.0.1:{port2}/second",
+    }
+    text = template
+    for key, value in replacements.items():
+        text = text.replace(key, value)
+    if "{CHUNK[" in text:  # {CHUNK[data]CHUNK}: data as one chunk, then the last chunk
+        before, _, rest = text.partition("{CHUNK[")
+        data, _, after = rest.partition("]CHUNK}")
+        text = f"{before}{len(data.encode()):x}\r\n{data}\r\n0\r\n\r\n{after}"
+    if "{LEN}" in text:  # the length of the body after the head
+        text = text.replace("{LEN}", str(len(text.partition("\r\n\r\n")[2].encode())))
+    return text.encode("latin-1") if all(ord(c) < 256 for c in text) else text.encode("utf-8")
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--proxy", type=int, required=True)
-    parser.add_argument("--ports", required=True)
+    parser.add_argument("--proxy", type=int)
+    parser.add_argument("--ports")
     parser.add_argument("--mitm", action="store_true")
     parser.add_argument("--ca")
     parser.add_argument("--count", action="store_true", help="print how many cases there are")
+    parser.add_argument("--dump", action="store_true",
+                        help="print each case's bytes as sent inside inspection, one hex line per case")
     args = parser.parse_args()
     corpus = cases()
     if args.count:
         print(len(corpus))
         return
+    if args.dump:
+        for _, template in corpus:
+            print(payload(template, 1001, 1002, True).hex())
+        return
+    if args.proxy is None or args.ports is None:
+        parser.error("--proxy and --ports are required")
     ports = [int(p) for p in args.ports.split(",")]
     assert len(ports) >= len(corpus) + 1, "one origin port per case, and one more"
     context = ssl.create_default_context(cafile=args.ca) if args.mitm else None
@@ -225,23 +253,8 @@ def main():
     def one(index):
         name, template = corpus[index]
         port, port2 = ports[index], ports[-1]
-        host_name = "localhost" if args.mitm else "127.0.0.1"
-        replacements = {
-            "{HOST}": f"{host_name}:{port}", "{HOST2}": f"{host_name}:{port2}",
-            "{TARGET}": "/case" if args.mitm else f"http://127.0.0.1:{port}/case",
-            "{TARGET2}": "/second" if args.mitm else f"http://127.0.0.1:{port2}/second",
-        }
-        text = template
-        for key, value in replacements.items():
-            text = text.replace(key, value)
-        if "{CHUNK[" in text:  # {CHUNK[data]CHUNK}: data as one chunk, then the last chunk
-            before, _, rest = text.partition("{CHUNK[")
-            data, _, after = rest.partition("]CHUNK}")
-            text = f"{before}{len(data.encode()):x}\r\n{data}\r\n0\r\n\r\n{after}"
-        if "{LEN}" in text:  # the length of the body after the head
-            text = text.replace("{LEN}", str(len(text.partition("\r\n\r\n")[2].encode())))
-        payload = text.encode("latin-1") if all(ord(c) < 256 for c in text) else text.encode("utf-8")
-        data = run_mitm(args.proxy, payload, f"localhost:{port}", context) if args.mitm else run_plain(args.proxy, payload)
+        data = payload(template, port, port2, args.mitm)
+        data = run_mitm(args.proxy, data, f"localhost:{port}", context) if args.mitm else run_plain(args.proxy, data)
         return {"name": name, "port": port, "port2": port2, "statuses": statuses(data)}
 
     with ThreadPoolExecutor(max_workers=16) as pool:
