@@ -1,5 +1,6 @@
 import ClientHello
 import EgressProxy
+import HTTP1Codec
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -22,7 +23,7 @@ public enum FuzzEntries {
 
     /// A client's byte stream through the request-head limits and the HTTP request decoder, then every head
     /// through what the proxy does with it: the CONNECT authority or absolute URI, the forwarded head, and the
-    /// inspection's framing checks.
+    /// framing checks; then through the inspected path's codec and the checks on its heads.
     public static func requestHeads(_ bytes: UnsafeRawBufferPointer) {
         var limits = RequestHeadLimits()
         limits.headerTimeout = .hours(1)
@@ -49,7 +50,14 @@ public enum FuzzEntries {
             } else if case .success(let (destination, originForm)) = RequestTarget.parseAbsoluteURI(head.uri) {
                 _ = ForwardingHeaders.request(head, destination: destination, originForm: originForm)
             }
-            _ = InterceptedExchangeStateMachine.problem(with: head)
+            _ = InterceptedExchangeStateMachine.framingProblem(with: head)
+        }
+        // The inspected path's codec and its checks, on the same stream.
+        var buffer = ByteBuffer(bytes: bytes)
+        var decoder = HTTP1MessageDecoder(kind: .request)
+        for _ in 0..<10_000 {
+            guard case .part(let part) = decoder.next(&buffer) else { break }
+            if case .head(let head) = part { _ = InterceptedExchangeStateMachine.problem(with: head) }
         }
         // The scanner on its own.
         var scanner = RequestHeadScanner(limits: RequestHeadLimits())

@@ -1,4 +1,5 @@
 @testable import EgressProxy
+import HTTP1Codec
 import NIOCore
 import NIOHTTP1
 import Testing
@@ -6,13 +7,21 @@ import Testing
 @Suite struct InterceptedExchangeStateMachineTests {
     typealias Machine = InterceptedExchangeStateMachine
 
-    func request(_ method: HTTPMethod = .GET, _ uri: String = "/a", _ headers: HTTPHeaders = [:]) -> HTTPRequestHead {
-        HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
+    /// A request head as the codec parses it off the wire.
+    func request(_ method: HTTPMethod = .GET, _ uri: String = "/a", _ headers: HTTPHeaders = [:], version: String = "1.1") -> HTTP1Head {
+        Self.parse("\(method.rawValue) \(uri) HTTP/\(version)\r\n" + headers.map { "\($0.name): \($0.value)\r\n" }.joined() + "\r\n", .request)
     }
 
     /// A response with a length by default (one without would run until the connection closes).
-    func response(_ status: HTTPResponseStatus = .ok, _ headers: HTTPHeaders = ["Content-Length": "7"]) -> HTTPResponseHead {
-        HTTPResponseHead(version: .http1_1, status: status, headers: headers)
+    func response(_ status: HTTPResponseStatus = .ok, _ headers: HTTPHeaders = ["Content-Length": "7"]) -> HTTP1Head {
+        Self.parse("HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n" + headers.map { "\($0.name): \($0.value)\r\n" }.joined() + "\r\n", .response)
+    }
+
+    static func parse(_ text: String, _ kind: HTTP1Head.Kind) -> HTTP1Head {
+        var parser = HTTP1HeadParser(kind: kind)
+        var buffer = ByteBuffer(string: text)
+        guard case .head(let head) = parser.parse(&buffer) else { fatalError("not a head: \(text.debugDescription)") }
+        return head
     }
 
     @Test func keepAliveExchangesAreEachCompletedAndReported() {
@@ -74,7 +83,7 @@ import Testing
 
     /// What leaves the upstream connection fit for another client connection, and what does not.
     @Test func theUpstreamIsReusableOnlyWhileNothingEndsOrBindsIt() {
-        func exchange(_ request: HTTPRequestHead, _ response: HTTPResponseHead, askedToClose: Bool = false) -> Machine {
+        func exchange(_ request: HTTP1Head, _ response: HTTP1Head, askedToClose: Bool = false) -> Machine {
             var machine = Machine(reportQuery: false)
             _ = machine.requestHead(request)
             if askedToClose { machine.upstreamAskedToClose() }
@@ -87,7 +96,7 @@ import Testing
         // The client's close alone, kept from the upstream: still fit.
         #expect(exchange(request(.GET, "/", ["Connection": "close"]), response()).upstreamReusable)
         // Passed on (HTTP/1.0 without keep-alive), a response that closes, a body that runs until the close, a 101.
-        #expect(!exchange(HTTPRequestHead(version: .http1_0, method: .GET, uri: "/"), response(), askedToClose: true).upstreamReusable)
+        #expect(!exchange(request(.GET, "/", version: "1.0"), response(), askedToClose: true).upstreamReusable)
         #expect(!exchange(request(), response(.ok, ["Content-Length": "7", "Connection": "close"])).upstreamReusable)
         #expect(!exchange(request(), response(.ok, [:])).upstreamReusable)
         #expect(!exchange(request(.GET, "/", ["Upgrade": "websocket", "Connection": "Upgrade"]), response(.switchingProtocols, [:])).upstreamReusable)
@@ -162,29 +171,38 @@ import Testing
         #expect(exchange.status == 200 && exchange.requestBodyBytes == 3)
     }
 
+    /// Framing the codec cannot keep never reaches the machine (`HTTP1BodyFraming.request` refuses it); the rest
+    /// the machine refuses.
     @Test(arguments: [
-        (["Content-Length": "3", "Transfer-Encoding": "chunked"], "both Content-Length and Transfer-Encoding"),
-        (["Content-Length": "3, 4"], "more than one Content-Length"),
-        (["Content-Length": "+3"], "an invalid Content-Length"),
+        (["Content-Length": "3", "Transfer-Encoding": "chunked"], nil),
+        (["Content-Length": "3, 4"], nil),
+        (["Content-Length": "+3"], nil),
         (["Transfer-Encoding": "gzip, chunked"], "a Transfer-Encoding other than chunked"),
-    ] as [([String: String], String)])
-    func ambiguousRequestsAreRejected(headers: [String: String], reason: String) {
+        (["Transfer-Encoding": "chunked", "Connection": "Transfer-Encoding"], "Connection names transfer-encoding"),
+    ] as [([String: String], String?)])
+    func ambiguousRequestsAreRejected(headers: [String: String], reason: String?) {
         var machine = Machine(reportQuery: false)
         let head = request(.POST, "/x", HTTPHeaders(headers.map { ($0.key, $0.value) }))
+        guard let reason else {
+            guard case .failure = HTTP1BodyFraming.request(head) else {
+                Issue.record("the codec framed \(headers)")
+                return
+            }
+            return
+        }
         #expect(machine.requestHead(head) == .reject(reason: reason))
         #expect(!machine.mayReadClient)
     }
 
-    @Test func duplicateContentLengthHeadersAreRejected() {
-        var machine = Machine(reportQuery: false)
+    @Test func duplicateContentLengthHeadersAreRefusedByTheCodec() {
         let head = request(.POST, "/x", HTTPHeaders([("Content-Length", "3"), ("Content-Length", "3")]))
-        #expect(machine.requestHead(head) == .reject(reason: "more than one Content-Length"))
+        #expect(HTTP1BodyFraming.request(head) == .failure(.ambiguousFraming))
     }
 
     @Test func chunkedHTTP10AndFragmentsAreRejected() {
         // Both found by the smuggling corpus: forwarded, they sent the origin something other than was reported.
         var machine = Machine(reportQuery: false)
-        let old = HTTPRequestHead(version: .http1_0, method: .POST, uri: "/x", headers: ["Transfer-Encoding": "chunked"])
+        let old = request(.POST, "/x", ["Transfer-Encoding": "chunked"], version: "1.0")
         #expect(machine.requestHead(old) == .reject(reason: "Transfer-Encoding in an HTTP/1.0 request"))
         var another = Machine(reportQuery: false)
         #expect(another.requestHead(request(.GET, "/x#frag")) == .reject(reason: "a fragment in the request target"))
@@ -194,8 +212,7 @@ import Testing
         var twoHosts = Machine(reportQuery: false)
         #expect(twoHosts.requestHead(request(.GET, "/", HTTPHeaders([("Host", "a.test"), ("HOST", "b.test")])))
             == .reject(reason: "more than one Host header"))
-        var badLength = Machine(reportQuery: false)
-        #expect(badLength.requestHead(request(.POST, "/", ["CONTENT-LENGTH": "x"])) == .reject(reason: "an invalid Content-Length"))
+        #expect(HTTP1BodyFraming.request(request(.POST, "/", ["CONTENT-LENGTH": "x"])) == .failure(.invalidContentLength))
         var gzip = Machine(reportQuery: false)
         #expect(gzip.requestHead(request(.POST, "/", ["transfer-ENCODING": "gzip"]))
             == .reject(reason: "a Transfer-Encoding other than chunked"))

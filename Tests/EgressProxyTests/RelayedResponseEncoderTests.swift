@@ -1,4 +1,5 @@
 @testable import EgressProxy
+import HTTP1Codec
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -90,9 +91,9 @@ import Testing
     /// exchange did not complete.
     func closesAfterALengthlessResponse(to method: HTTPMethod) -> Bool? {
         var machine = InterceptedExchangeStateMachine(reportQuery: false)
-        _ = machine.requestHead(HTTPRequestHead(version: .http1_1, method: method, uri: "/"))
+        _ = machine.requestHead(InterceptedExchangeStateMachineTests.parse("\(method.rawValue) / HTTP/1.1\r\n\r\n", .request))
         _ = machine.requestEnd()
-        _ = machine.responseHead(HTTPResponseHead(version: .http1_1, status: .ok))
+        _ = machine.responseHead(InterceptedExchangeStateMachineTests.parse("HTTP/1.1 200 OK\r\n\r\n", .response))
         guard case .forwardAndComplete(_, let thenClose) = machine.responseEnd() else { return nil }
         return thenClose
     }

@@ -216,13 +216,14 @@ import Testing
                 || reset == "GET /unframed?size=1000&reset=1 HTTP/1.1 502 Bad Gateway - clean", "\(reset)")
         if lines.count == 8 { lines[3] = "(reset)" }
         let hungUp = "kaizen-egress: upstream closed the connection before responding"
+        // The 413's reason phrase is the origin's own (Python's): heads are relayed as they came.
         #expect(lines.joined(separator: "\n") == """
             GET /unframed HTTP/1.1 200 OK b'until close\\n' unclean
             GET /unframed?notify=1 HTTP/1.1 200 OK b'until close\\n' clean
             GET /truncated HTTP/1.1 200 OK b'0123456789' unclean
             (reset)
             GET /unframed?garbage=1 HTTP/1.1 200 OK b'until close\\n' unclean
-            POST /early?read=10 HTTP/1.1 413 Payload Too Large b'too large\\n' unclean
+            POST /early?read=10 HTTP/1.1 413 Request Entity Too Large b'too large\\n' unclean
             GET /hangup HTTP/1.1 502 Bad Gateway b'\(hungUp) (connection closed)\\n' clean
             GET /hangup?reset=1 HTTP/1.1 502 Bad Gateway - clean
             """)

@@ -1,4 +1,5 @@
 import ControlPlane
+import HTTP1Codec
 import Interception
 import Logging
 import Foundation
@@ -56,7 +57,7 @@ final class InterceptedConnection {
     /// The first request on an upstream connection taken from the pool, as sent, while it may be sent again on a
     /// new connection if that one closes before answering: idempotent, with no body, nothing of a response yet
     /// (RFC 9112 §9.3.1). An idle connection can be closed by the upstream just as it is reused.
-    private var replayable: HTTPRequestHead?
+    private var replayable: RelayedRequestPart?
     /// A new upstream connection is being opened for `replayable`; why the reused one ended.
     private var redialing: String?
 
@@ -221,25 +222,13 @@ final class InterceptedConnection {
         // The same request-head limits as the proxy's own port, on the decrypted stream.
         try Self.addAfterHandshakeHandler(clientChannel, [
             RequestHeadLimitHandler(limits: requestHeadLimits, firstHeadDueAtOnce: false),
-            ByteToMessageHandler(
-                HTTPRequestDecoder(
-                    leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
-                    limitConfiguration: requestHeadLimits.decoderConfiguration)),
-            InterceptedClientHandler(connection: self),
+            InterceptedClientHandler(connection: self, limits: requestHeadLimits),
         ])
     }
 
-    /// The upstream's HTTP/1.1 handlers, above its TLS. The encoder first, then the decoder: the decoder watches
-    /// outgoing requests (HEAD has no body). 1xx responses are passed on; bytes after a 101 go on to the relay that
-    /// replaces HTTP.
+    /// The upstream's HTTP/1.1 handler, above its TLS: it writes requests and decodes responses itself.
     private func upstreamHTTP1Handlers() -> [any ChannelHandler] {
-        [RelayedRequestEncoder(), Self.responseDecoder(), InterceptedUpstreamHandler(connection: self)]
-    }
-
-    /// The upstream's response decoder: bytes it holds when it is removed (after a 101, or when a kept connection
-    /// gets a fresh one) go on to the next handler.
-    static func responseDecoder() -> ByteToMessageHandler<HTTPResponseDecoder> {
-        ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward))
+        [InterceptedUpstreamHandler(connection: self)]
     }
 
     /// The upstream connection was opened and verified by this connection: what it brings to a later one that takes
@@ -279,7 +268,7 @@ final class InterceptedConnection {
             return
         }
         // A response the upstream sent but that could not be read may mean it acted on the request: not sent again.
-        if upstreamHandshakeDone, !(error is HTTPParserError), redialUpstream(because: GlueHandler.describe(error)) {
+        if upstreamHandshakeDone, !(error is HTTP1ParseError), redialUpstream(because: GlueHandler.describe(error)) {
             return
         }
         if !upstreamHandshakeDone {
@@ -311,8 +300,8 @@ final class InterceptedConnection {
         else { return false }
         if let exchange = machine.current {
             guard let head = replayable, exchange.status == nil else { return false }
-            heldForUpstream = [.head(head)]
-            if exchange.requestEnded { heldForUpstream.append(.end(nil)) }
+            heldForUpstream = [head]
+            if exchange.requestEnded { heldForUpstream.append(.end(trailers: nil)) }
         } else {
             heldForUpstream = []
         }
@@ -348,7 +337,7 @@ final class InterceptedConnection {
     }
 
     /// Request parts for the upstream while a new connection is being opened (`redialUpstream`), in order.
-    private var heldForUpstream: [HTTPClientRequestPart] = []
+    private var heldForUpstream: [RelayedRequestPart] = []
 
     /// The new upstream connection (`redialUpstream`) is verified: it takes the old one's place, and what was held
     /// for the upstream goes on it.
@@ -457,19 +446,17 @@ final class InterceptedConnection {
 
     // MARK: HTTP
 
-    func fromClient(_ part: HTTPServerRequestPart) {
+    func fromClient(_ part: HTTP1MessageDecoder.Part) {
         lastActivity = .now()
         switch part {
         case .head(let head):
             exchangeStartedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
-            client?.respondingTo(method: head.method.rawValue)
-            // The policy again for each request: its Host may name another destination than the SNI, and the
-            // policy may have changed since the connection was opened.
             let action = machine.requestHead(head)
+            client?.respondingTo(method: machine.current?.method ?? head.method)
             guard action == .forward else {
                 // Refused or out of turn: whatever is reported is not this head's policy.
                 requestPolicy = (nil, nil)
-                handle(action, forward: .head(head))
+                handle(action, forward: .head(head, withoutCloseOption: false))
                 return
             }
             // The host the request names (an absolute-form URI's, else Host), and the SNI: each must pass.
@@ -483,57 +470,59 @@ final class InterceptedConnection {
                     return
                 }
             }
-            var head = head
+            var withoutCloseOption = false
             if machine.current?.clientCloses == true {
-                if upstreamOrigin != nil, head.version == .http1_1 {
+                if upstreamOrigin != nil, head.version.minor == 1 {
                     // `Connection: close` is about the client's connection (RFC 9110 §7.6.1): the upstream's may
                     // serve another client connection, so the upstream is not told. The response tells the client.
-                    head.headers = Self.withoutCloseOption(head.headers)
+                    withoutCloseOption = true
                     closeKeptFromUpstream = true
                 } else {
                     // HTTP/1.0 without keep-alive: the upstream will close after its response.
                     machine.upstreamAskedToClose()
                 }
             }
+            let forward = RelayedRequestPart.head(head, withoutCloseOption: withoutCloseOption)
             if metadata.upstreamReusedFrom != nil, machine.completed == 0, Self.mayBeSentAgain(head) {
-                replayable = head
+                replayable = forward
             }
-            handle(action, forward: .head(head))
+            handle(action, forward: forward)
         case .body(let bytes):
             if bytes.readableBytes > 0 { replayable = nil }
             requestBytes &+= UInt64(bytes.readableBytes)
-            handle(machine.requestBody(bytes.readableBytes), forward: .body(.byteBuffer(bytes)))
+            handle(machine.requestBody(bytes.readableBytes), forward: .body(bytes))
         case .end(let trailers):
-            handle(machine.requestEnd(), forward: .end(trailers))
+            handle(machine.requestEnd(), forward: .end(trailers: trailers))
         }
     }
 
-    func fromUpstream(_ part: HTTPClientResponsePart) {
+    func fromUpstream(_ part: HTTP1MessageDecoder.Part) {
         lastActivity = .now()
         let action: InterceptedExchangeStateMachine.Action
-        let forward: HTTPServerResponsePart
+        let forward: RelayedResponsePart
         switch part {
-        case .head(var head):
+        case .head(let head):
             replayable = nil
-            guard (100...599).contains(head.status.code) else {
-                // llhttp reads a body after a 099 that the client would not (its serializer, neither): not relayed.
-                upstreamFailed(HTTPParserError.invalidStatus)
+            guard (100...599).contains(head.status) else {
+                // A status outside 100–599: the client's reading of what follows cannot be known. Not relayed.
+                upstreamFailed(HTTP1ParseError.invalidStatus)
                 return
             }
             action = machine.responseHead(head)
-            if closeKeptFromUpstream && head.status.code >= 200 {
+            var announcingClose = false
+            if closeKeptFromUpstream && head.status >= 200 {
                 // The client asked to close; the upstream was not told (its connection may outlive this one).
                 closeKeptFromUpstream = false
-                head.headers = Self.announcingClose(head.headers)
+                announcingClose = true
             }
-            forward = .head(head)
+            forward = .head(head, announcingClose: announcingClose)
         case .body(let bytes):
             responseBytes &+= UInt64(bytes.readableBytes)
             action = machine.responseBody(bytes.readableBytes)
-            forward = .body(.byteBuffer(bytes))
+            forward = .body(bytes)
         case .end(let trailers):
             action = machine.responseEnd()
-            forward = .end(trailers)
+            forward = .end(trailers: trailers)
         }
         switch action {
         case .none:
@@ -586,15 +575,18 @@ final class InterceptedConnection {
     private func upgrade() {
         guard let client, let upstream else { return }
         let (clientRelay, upstreamRelay) = UpgradedRelayHandler.matchedPair(connection: self)
+        let leftovers: (client: ByteBuffer?, upstream: ByteBuffer?)
         do {
-            try client.replace(with: clientRelay)
-            try upstream.replace(with: upstreamRelay)
+            leftovers = (try client.replace(with: clientRelay), try upstream.replace(with: upstreamRelay))
         } catch {
             reporting.logger.error("cannot switch an upgraded connection to a relay", metadata: ["error": "\(error)"])
             closeBoth()
             return
         }
         relays = (clientRelay, upstreamRelay)
+        // What each side sent past the upgrade, now that both relays are in place.
+        clientRelay.relay(leftover: leftovers.client)
+        upstreamRelay.relay(leftover: leftovers.upstream)
         clientRelay.startReading()
         upstreamRelay.startReading()
         reporting.logger.debug("intercepted connection upgraded to a relay", metadata: ["target": "\(target)"])
@@ -606,7 +598,7 @@ final class InterceptedConnection {
         if fromClient { requestBytes &+= UInt64(count) } else { responseBytes &+= UInt64(count) }
     }
 
-    private func handle(_ action: InterceptedExchangeStateMachine.Action, forward: HTTPClientRequestPart) {
+    private func handle(_ action: InterceptedExchangeStateMachine.Action, forward: RelayedRequestPart) {
         switch action {
         case .none:
             break
@@ -729,13 +721,11 @@ final class InterceptedConnection {
         upstream?.close()
     }
 
-    /// The request could not be parsed (llhttp refused it): answer 400, report it, close.
-    func clientSentMalformedRequest(_ error: HTTPParserError) {
+    /// The request could not be parsed (the codec refused it): answer 400, report it, close.
+    func clientSentMalformedRequest(_ error: HTTP1ParseError) {
         // A request the proxy's own close cut off (its decoder finds it incomplete) is reported as cut.
         guard !closing else { return }
-        // llhttp reports framing conflicts (both lengths, duplicate lengths) only as `unknown`.
-        let reason = error == .unknown
-            ? "malformed request: ambiguous message framing" : "malformed request: \(error)"
+        let reason = "malformed request: \(error)"
         reporting.logger.info(
             "rejected an intercepted request", metadata: ["target": "\(target)", "status": "400", "reason": "\(reason)"])
         if deferRejection(status: .badRequest, answer: "bad request: \(reason)", reason: reason) { return }
@@ -779,7 +769,8 @@ final class InterceptedConnection {
     /// upgraded, the proxy not stopping. True when it is no longer this connection's (kept, or closed by the pool
     /// for want of room).
     private func releaseUpstream() -> Bool {
-        guard let reuse, let origin = upstreamOrigin, let upstream, upstreamOpen, !upstreamReleased, http2 == nil,
+        guard let reuse, let origin = upstreamOrigin, let upstream, upstream.isBetweenResponses, upstreamOpen,
+            !upstreamReleased, http2 == nil,
             relays == nil, !quiescing, failure == nil, machine.current == nil, machine.upstreamReusable, redialing == nil,
             !upstreamEndUnconfirmed, deferredRejection == nil
         else { return false }
@@ -845,49 +836,14 @@ final class InterceptedConnection {
 
     /// Whether a request may be sent again on a new connection when the one it went on closed before answering: an
     /// idempotent method (RFC 9110 §9.2.2) and no body (one could not be sent twice without keeping it).
-    static func mayBeSentAgain(_ head: HTTPRequestHead) -> Bool {
-        switch head.method {
-        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE:
-            return !head.headers.contains {
-                ($0.name.equalsIgnoringASCIICase("content-length") && $0.value != "0")
-                    || $0.name.equalsIgnoringASCIICase("transfer-encoding")
-            }
-        default:
-            return false
+    static func mayBeSentAgain(_ head: HTTP1Head) -> Bool {
+        guard head.methodIs("GET") || head.methodIs("HEAD") || head.methodIs("OPTIONS") || head.methodIs("TRACE")
+            || head.methodIs("PUT") || head.methodIs("DELETE")
+        else { return false }
+        return !head.fields.indices.contains { index in
+            (head.fieldNameLength(index) == 14 && head.nameIs(index, "content-length") && !head.valueIs(index, "0"))
+                || (head.fieldNameLength(index) == 17 && head.nameIs(index, "transfer-encoding"))
         }
-    }
-
-    /// `headers` without the `close` option in Connection (a Connection field left with no option goes).
-    static func withoutCloseOption(_ headers: HTTPHeaders) -> HTTPHeaders {
-        var result = HTTPHeaders()
-        result.reserveCapacity(headers.count)
-        for (name, value) in headers {
-            guard name.equalsIgnoringASCIICase("connection") else {
-                result.add(name: name, value: value)
-                continue
-            }
-            let kept = value.split(separator: ",").map { $0.trimmingASCIIWhitespace() }
-                .filter { !$0.isEmpty && !$0.equalsIgnoringASCIICase("close") }
-            if !kept.isEmpty { result.add(name: name, value: kept.joined(separator: ", ")) }
-        }
-        return result
-    }
-
-    /// A response's `headers` saying that the connection closes after it: its Connection options but `keep-alive`,
-    /// plus `close`, and no Keep-Alive field.
-    static func announcingClose(_ headers: HTTPHeaders) -> HTTPHeaders {
-        var options: [Substring] = []
-        for value in headers[canonicalForm: "connection"] {
-            let option = value.trimmingASCIIWhitespace()
-            if !option.isEmpty && !option.equalsIgnoringASCIICase("keep-alive") && !option.equalsIgnoringASCIICase("close") {
-                options.append(option)
-            }
-        }
-        var headers = headers
-        headers.remove(name: "connection")
-        headers.remove(name: "keep-alive")
-        headers.add(name: "Connection", value: (options + ["close"]).joined(separator: ", "))
-        return headers
     }
 
     /// What an exchange the connection's end cut short reports.

@@ -1,3 +1,4 @@
+import HTTP1Codec
 import NIOHTTP1
 
 /// The HTTP/1.1 exchanges inside one intercepted connection: one request at a time (the next is read only
@@ -71,51 +72,118 @@ package struct InterceptedExchangeStateMachine {
         return !current.requestEnded
     }
 
-    mutating func requestHead(_ head: HTTPRequestHead) -> Action {
+    mutating func requestHead(_ head: HTTP1Head) -> Action {
         guard !closed, current == nil else { return .close }
-        let fields = HeadFields(head.headers)
-        var exchange = Exchange(method: head.method.rawValue, path: Self.reportedPath(head.uri, keepQuery: reportQuery))
-        if let problem = Self.problem(with: head, fields: fields) {
+        let fields = RequestFields(head)
+        let target = head.target
+        var exchange = Exchange(method: head.method, path: Self.reportedPath(target, keepQuery: reportQuery))
+        if let problem = Self.problem(with: head, target: target, fields: fields) {
             closed = true
             current = exchange
             return .reject(reason: problem)
         }
-        exchange.clientCloses = !head.isKeepAlive
+        exchange.clientCloses = !HTTP1Head.keepsAlive(version: head.version, fields.connection)
         exchange.closeAfter = exchange.clientCloses
         if fields.connectionBoundAuthorization { upstreamBound = true }
         exchange.upgrade = fields.upgrade?.lowercased()
-        exchange.requestHosts = Self.requestedHosts(uri: head.uri, host: fields.host)
+        exchange.requestHosts = Self.requestedHosts(uri: target, host: fields.host)
         current = exchange
         return .forward
     }
 
-    /// What a request head's fields say for framing, routing and reporting, found in one pass over them (every
-    /// inspected request goes through this).
-    struct HeadFields {
+    /// What an inspected request head's fields say for framing, routing and reporting, found in one pass over
+    /// them; a field is compared by name only when its name has the length of one the proxy reads.
+    struct RequestFields {
         var hostCount = 0
         /// The first Host field's value.
         var host: String?
         /// The first Upgrade field's value.
         var upgrade: String?
-        /// A Content-Length or Transfer-Encoding field is present: the body's framing is checked in full.
+        /// A Content-Length or Transfer-Encoding field is present.
         var framed = false
+        /// The transfer codings of all Transfer-Encoding fields, and whether each is `chunked`.
+        var codings = 0
+        var onlyChunked = true
         /// An Authorization field of a scheme that authenticates the connection rather than the request.
         var connectionBoundAuthorization = false
+        /// The Connection fields' options (keep-alive, close).
+        var connection = HTTP1Head.ConnectionOptions()
+        /// A Connection or Proxy-Connection field names a framing field (lowercase): it would be dropped on the way.
+        var namesFramingField: String?
 
-        init(_ headers: HTTPHeaders) {
-            for (name, value) in headers {
-                if name.equalsIgnoringASCIICase("host") {
+        init(_ head: HTTP1Head) {
+            for index in head.fields.indices {
+                switch head.fieldNameLength(index) {
+                case 4 where head.nameIs(index, "host"):
                     hostCount += 1
-                    if host == nil { host = value }
-                } else if name.equalsIgnoringASCIICase("upgrade") {
-                    if upgrade == nil { upgrade = value }
-                } else if name.equalsIgnoringASCIICase("content-length") || name.equalsIgnoringASCIICase("transfer-encoding") {
+                    if host == nil { host = head.value(index) }
+                case 7 where head.nameIs(index, "upgrade"):
+                    if upgrade == nil { upgrade = head.value(index) }
+                case 14 where head.nameIs(index, "content-length"):
                     framed = true
-                } else if name.equalsIgnoringASCIICase("authorization") || name.equalsIgnoringASCIICase("proxy-authorization") {
-                    if InterceptedExchangeStateMachine.isConnectionBound(scheme: value) { connectionBoundAuthorization = true }
+                case 17 where head.nameIs(index, "transfer-encoding"):
+                    framed = true
+                    head.forEachElement(ofField: index) { coding in
+                        codings += 1
+                        if !HTTP1Head.equalsLowercase(coding, "chunked") { onlyChunked = false }
+                    }
+                case 13 where head.nameIs(index, "authorization"), 19 where head.nameIs(index, "proxy-authorization"):
+                    if InterceptedExchangeStateMachine.isConnectionBound(scheme: head.value(index)) {
+                        connectionBoundAuthorization = true
+                    }
+                case 10 where head.nameIs(index, "connection"), 16 where head.nameIs(index, "proxy-connection"):
+                    let isConnection = head.fieldNameLength(index) == 10
+                    head.forEachElement(ofField: index) { option in
+                        if HTTP1Head.equalsLowercase(option, "content-length") {
+                            namesFramingField = "content-length"
+                        } else if HTTP1Head.equalsLowercase(option, "transfer-encoding") {
+                            namesFramingField = "transfer-encoding"
+                        } else if isConnection, HTTP1Head.equalsLowercase(option, "close") {
+                            connection.close = true
+                        } else if isConnection, HTTP1Head.equalsLowercase(option, "keep-alive") {
+                            connection.keepAlive = true
+                        }
+                    }
+                default:
+                    break
                 }
             }
         }
+    }
+
+    /// Requests the proxy refuses to forward because the two ends could read them differently. The codec has
+    /// refused what it cannot frame (both length fields, several or invalid lengths, codings that do not end in
+    /// one `chunked`); these are the rest.
+    package static func problem(with head: HTTP1Head) -> String? {
+        problem(with: head, target: head.target, fields: RequestFields(head))
+    }
+
+    static func problem(with head: HTTP1Head, target: String, fields: RequestFields) -> String? {
+        if fields.framed, head.methodIs("CONNECT") {
+            // CONNECT has no content (RFC 9110 §9.3.6) and llhttp reads none after it: an origin would wait for
+            // the body its head announces, or read the next bytes as one.
+            return "a CONNECT request with a body"
+        }
+        if fields.codings > 0 && (fields.codings != 1 || !fields.onlyChunked) {
+            return "a Transfer-Encoding other than chunked"
+        }
+        if fields.framed, let named = fields.namesFramingField {
+            // A field named in Connection is dropped on the way (RFC 9110 §7.6.1): the body would go on unframed.
+            return "Connection names \(named)"
+        }
+        if fields.codings > 0 && head.version.minor == 0 {
+            // HTTP/1.0 has no chunked coding: an HTTP/1.0 server would read the chunks as the body's bytes.
+            return "Transfer-Encoding in an HTTP/1.0 request"
+        }
+        if fields.hostCount > 1 {
+            // RFC 9112 §3.2: a request with more than one Host is invalid; two could name two destinations.
+            return "more than one Host header"
+        }
+        if target.utf8.contains(UInt8(ascii: "#")) {
+            // A request target has no fragment (RFC 9112 §3.2); forwarding one would send what is not reported.
+            return "a fragment in the request target"
+        }
+        return nil
     }
 
     mutating func requestBody(_ count: Int) -> Action {
@@ -130,33 +198,39 @@ package struct InterceptedExchangeStateMachine {
         return completeIfDone()
     }
 
-    mutating func responseHead(_ head: HTTPResponseHead) -> Action {
+    mutating func responseHead(_ head: HTTP1Head) -> Action {
         guard !closed, current != nil else { return .close }
         // 1xx responses (100 Continue) are passed on; the final response comes after them.
-        if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return .forward }
-        current!.status = Int(head.status.code)
-        if head.status == .switchingProtocols {
+        if head.status >= 100 && head.status < 200 && head.status != 101 { return .forward }
+        current!.status = head.status
+        if head.status == 101 {
             current!.upgraded = true
             upstreamEnding = true
         } else {
             // A body that runs until the upstream closes reaches the client the same way: its end is the close.
-            current!.closeDelimited =
-                ResponseFraming(status: head.status, headers: head.headers, requestMethod: current!.method) == .untilClose
-            if !head.isKeepAlive || current!.closeDelimited {
+            // No body after HEAD or CONNECT (the upstream's decoder reads none after either).
+            let method = current!.method
+            let framing = HTTP1BodyFraming.response(head, requestMethodIsHEAD: method == "HEAD" || method == "CONNECT")
+            current!.closeDelimited = framing == .success(.untilClose)
+            if !head.keepsAlive || current!.closeDelimited {
                 current!.upstreamCloses = true
                 current!.closeAfter = true
                 upstreamEnding = true
             }
-            if head.status == .unauthorized || head.status == .proxyAuthenticationRequired,
-                head.headers.contains(where: {
-                    ($0.name.equalsIgnoringASCIICase("www-authenticate") || $0.name.equalsIgnoringASCIICase("proxy-authenticate"))
-                        && Self.isConnectionBound(challenges: $0.value)
-                })
-            {
+            if head.status == 401 || head.status == 407, Self.offersConnectionBoundScheme(head) {
                 upstreamBound = true
             }
         }
         return .forward
+    }
+
+    /// Whether a 401's or 407's challenges offer a connection-bound scheme (NTLM, Negotiate).
+    private static func offersConnectionBoundScheme(_ head: HTTP1Head) -> Bool {
+        head.fields.indices.contains { index in
+            ((head.fieldNameLength(index) == 16 && head.nameIs(index, "www-authenticate"))
+                || (head.fieldNameLength(index) == 18 && head.nameIs(index, "proxy-authenticate")))
+                && isConnectionBound(challenges: head.value(index))
+        }
     }
 
     /// Whether credentials (an Authorization value: one scheme, then its token; checked on every request that has
@@ -209,32 +283,6 @@ package struct InterceptedExchangeStateMachine {
         return .forwardAndComplete(exchange, thenClose: exchange.closeAfter)
     }
 
-    /// Requests the proxy refuses to forward because the two ends could read them differently.
-    package static func problem(with head: HTTPRequestHead) -> String? {
-        problem(with: head, fields: HeadFields(head.headers))
-    }
-
-    private static func problem(with head: HTTPRequestHead, fields: HeadFields) -> String? {
-        if fields.framed, head.method == .CONNECT {
-            // CONNECT has no content (RFC 9110 §9.3.6) and llhttp reads none after it: an origin would wait for
-            // the body its head announces, or read the next bytes as one.
-            return "a CONNECT request with a body"
-        }
-        if fields.framed, let problem = framingProblem(with: head) { return problem }
-        if head.version != .http1_1 && head.version != .http1_0 {
-            return "an unsupported HTTP version"
-        }
-        if fields.hostCount > 1 {
-            // RFC 9112 §3.2: a request with more than one Host is invalid; two could name two destinations.
-            return "more than one Host header"
-        }
-        if head.uri.utf8.contains(UInt8(ascii: "#")) {
-            // A request target has no fragment (RFC 9112 §3.2); forwarding one would send what is not reported.
-            return "a fragment in the request target"
-        }
-        return nil
-    }
-
     /// The body's framing, for a request with a Content-Length or Transfer-Encoding field. The proxy's own port
     /// refuses the same requests.
     package static func framingProblem(with head: HTTPRequestHead) -> String? {
@@ -275,8 +323,8 @@ package struct InterceptedExchangeStateMachine {
 
     /// The hosts a request names: an absolute-form URI's authority (an origin routes by it, RFC 9112 §3.2.2), then
     /// its Host header; without ports.
-    static func requestedHosts(_ head: HTTPRequestHead) -> [String] {
-        requestedHosts(uri: head.uri, host: head.headers.first(name: "host"))
+    static func requestedHosts(_ head: HTTP1Head) -> [String] {
+        requestedHosts(uri: head.target, host: RequestFields(head).host)
     }
 
     private static func requestedHosts(uri: String, host: String?) -> [String] {

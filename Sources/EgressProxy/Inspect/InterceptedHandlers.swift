@@ -1,35 +1,43 @@
+import HTTP1Codec
 import NIOCore
 import NIOHTTP1
 import NIOTLS
 import OpenSSLTLS
 
-/// The client side of an intercepted connection, above the TLS server and the HTTP/1.1 codec: requests in,
-/// responses out. Reads only while the upstream can take more and no complete request awaits its response.
-/// Requests that came in the same read as an earlier one (pipelined) are held until it has been answered.
+/// The client side of an intercepted connection, above the TLS server: request bytes in, decoded by the proxy's
+/// own HTTP/1.1 codec (`HTTP1MessageDecoder`, strict), responses out. Reads only while the upstream can take more
+/// and no complete request awaits its response. Bytes of a later request that came in the same read as an earlier
+/// one (pipelined) wait undecoded until it has been answered; they are checked at once all the same, so a malformed
+/// one is refused as it arrives (answered after the response before it).
 final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let connection: InterceptedConnection
     private var context: ChannelHandlerContext?
     /// Told when an exchange ends, so it limits the next request head.
     private var headLimiter: RequestHeadLimitHandler?
+    private var decoder: HTTP1MessageDecoder
+    /// Bytes from the client not decoded yet: the rest of a head or chunk line, or a later request.
+    private var pending: ByteBuffer?
+    /// Set once the input is refused (malformed) or the rest is to be dropped: nothing more is decoded.
+    private var stopped = false
+    private var decoding = false
+    private var inputEnded = false
     /// Responses as the upstream framed them; told which method each answers (a response to HEAD has no body).
-    /// Here rather than in a handler of its own: a part passed between handlers costs a dynamic cast.
-    private var serializer = RelayedResponseSerializer()
+    private var writer = RelayedResponseWriter()
 
     /// The next bytes from the client start a new request head.
     func expectNextHead() { headLimiter?.expectNextHead() }
     private var pendingRead = false
-    /// Request parts that arrived while a complete request awaited its response (pipelined: sent in the same
-    /// read), passed on in order once it has been answered. No read is asked for while any are held, so they
-    /// are at most what one read brought.
-    private var heldParts = CircularBuffer<HTTPServerRequestPart>()
-    private var deliveringHeldParts = false
 
-    init(connection: InterceptedConnection) {
+    init(connection: InterceptedConnection, limits: RequestHeadLimits) {
         self.connection = connection
+        self.decoder = HTTP1MessageDecoder(
+            kind: .request,
+            limits: .init(startLine: limits.requestLine, headerBytes: limits.headerBytes, fields: limits.headerFields))
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -43,15 +51,85 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
-        if heldParts.isEmpty && connection.mayReadClient {
-            connection.fromClient(part)
+        guard !stopped else { return }
+        var bytes = unwrapInboundIn(data)
+        if pending == nil || pending!.readableBytes == 0 {
+            pending = bytes
         } else {
-            // The head limiter passed these bytes after the earlier head, unscanned: from here the decoder's
-            // limits apply, as for any pipelined request.
-            if heldParts.isEmpty { headLimiter?.lostTrackOfHeads() }
-            heldParts.append(part)
+            pending!.writeBuffer(&bytes)
         }
+        decodePending()
+    }
+
+    /// Decodes and hands on what `pending` holds while the connection takes requests. Returns whether a part went.
+    @discardableResult
+    private func decodePending() -> Bool {
+        guard !decoding else { return false }
+        decoding = true
+        defer { decoding = false }
+        var delivered = false
+        // Until the decoder needs more bytes: an end can come with none left (a body that just ended, or none).
+        while !stopped, connection.mayReadClient {
+            var buffer = pending ?? ByteBuffer()
+            pending = nil
+            let event = decoder.next(&buffer)
+            if buffer.readableBytes > 0 { pending = buffer }
+            switch event {
+            case .part(let part):
+                delivered = true
+                connection.fromClient(part)
+            case .needMore:
+                return delivered
+            case .invalid(let error):
+                refuse(error)
+                return delivered
+            }
+        }
+        if !stopped, pending != nil, !connection.mayReadClient { checkHeldBytes() }
+        return delivered
+    }
+
+    /// Bytes that came past a request still awaiting its response: not decoded until it has been answered, but
+    /// checked now (on a copy), so a malformed request is refused when it arrives, as the decoder would.
+    private func checkHeldBytes() {
+        // The head limiter passed these bytes after the earlier head, unscanned: from here the codec's limits apply.
+        headLimiter?.lostTrackOfHeads()
+        var probe = decoder
+        guard var buffer = pending else { return }
+        for _ in 0..<1024 {
+            switch probe.next(&buffer) {
+            case .part: continue
+            case .needMore: return
+            case .invalid(let error):
+                refuse(error)
+                return
+            }
+        }
+    }
+
+    private func refuse(_ error: HTTP1ParseError) {
+        stopped = true
+        pending = nil
+        switch error {
+        case .startLineTooLong(let limit): connection.clientBrokeLimit(.requestLineTooLong(limit: limit))
+        case .headerBlockTooLarge(let limit): connection.clientBrokeLimit(.headerBlockTooLarge(limit: limit))
+        case .tooManyFields(let limit): connection.clientBrokeLimit(.tooManyHeaderFields(limit: limit))
+        default: connection.clientSentMalformedRequest(error)
+        }
+    }
+
+    /// The client's input ended (EOF or close_notify): a request cut short is refused as malformed, as it is
+    /// on the proxy's own port.
+    private func endOfInput() {
+        guard !inputEnded, !stopped else { return }
+        inputEnded = true
+        var probe = decoder
+        var buffer = pending ?? ByteBuffer()
+        // Whatever waits undecoded behind an awaited response is looked at as if it had been decoded.
+        for _ in 0..<1024 {
+            guard case .part = probe.next(&buffer) else { break }
+        }
+        if case .invalid(let error) = probe.inputEnded(buffer) { refuse(error) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -62,6 +140,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         if case TLSUserEvent.handshakeCompleted = event {
             connection.clientHandshakeCompleted()
         } else {
+            if case ChannelEvent.inputClosed = event { endOfInput() }
             connection.lifecycleEvent(event, clientSide: true, context: context)
         }
         context.fireUserInboundEventTriggered(event)
@@ -69,15 +148,16 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let limit = error as? RequestLimitError {
+            stopped = true
+            pending = nil
             connection.clientBrokeLimit(limit)
-        } else if let parserError = error as? HTTPParserError {
-            connection.clientSentMalformedRequest(parserError)
         } else {
             connection.clientFailed(error)
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        endOfInput()
         connection.clientClosed()
         context.fireChannelInactive()
     }
@@ -96,7 +176,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     private var mayRead: Bool {
-        heldParts.isEmpty && connection.mayReadClient && (connection.upstream?.isWritable ?? false)
+        connection.mayReadClient && (connection.upstream?.isWritable ?? false)
     }
 
     // MARK: calls from the connection
@@ -106,66 +186,56 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     /// The last response end written, so a close can wait for the response to go out.
     private var lastWrite: EventLoopFuture<Void>?
 
-    func send(_ part: HTTPServerResponsePart, flush: Bool = false) {
+    func send(_ part: RelayedResponsePart, flush: Bool = false) {
         guard let context else { return }
+        let promise: EventLoopPromise<Void>?
         if case .end = part {
             // One promise per response (not per part): what a close after this response waits for.
-            let promise = context.eventLoop.makePromise(of: Void.self)
-            lastWrite = promise.futureResult
-            serializer.write(part, on: context, promise: promise)
+            promise = context.eventLoop.makePromise(of: Void.self)
+            lastWrite = promise!.futureResult
         } else {
-            serializer.write(part, on: context, promise: nil)
+            promise = nil
+        }
+        switch writer.serialize(part, allocator: context.channel.allocator) {
+        case .bytes(let bytes): context.write(wrapOutboundOut(bytes), promise: promise)
+        case .nothing: promise?.succeed(())
         }
         if flush { context.flush() }
-    }
-
-    /// A response part written through the pipeline (none is, but it would be relayed the same way).
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        serializer.write(unwrapOutboundIn(data), on: context, promise: promise)
     }
 
     func flush() { context?.flush() }
 
     /// The next response written answers a request with this method.
-    func respondingTo(method: String) { serializer.requestMethod = method }
+    func respondingTo(method: String) { writer.requestMethod = method }
 
-    /// The next request may be read (the last exchange ended, or the upstream drained): the parts held for it
-    /// first.
+    /// The next request may be read (the last exchange ended, or the upstream drained): what waits undecoded first.
     func resumeReading() {
-        deliverHeldParts()
+        if decodePending() { connection.clientReadComplete() }
         if pendingRead, let context, mayRead {
             pendingRead = false
             context.read()
         }
     }
 
-    /// The connection will close after the awaited response: held requests are never forwarded.
-    func dropHeldParts() { heldParts.removeAll() }
-
-    private func deliverHeldParts() {
-        guard !heldParts.isEmpty, !deliveringHeldParts else { return }
-        deliveringHeldParts = true
-        defer { deliveringHeldParts = false }
-        var delivered = false
-        while connection.mayReadClient, let part = heldParts.popFirst() {
-            connection.fromClient(part)
-            delivered = true
-        }
-        if delivered { connection.clientReadComplete() }
+    /// The connection will close after the awaited response: requests waiting behind it are never forwarded.
+    func dropHeldParts() {
+        stopped = true
+        pending = nil
     }
 
     func partnerWritable() { resumeReading() }
 
-    /// After a 101: the relay takes this handler's place and the HTTP codec leaves (its decoder hands any
-    /// bytes it holds to the relay).
-    func replace(with relay: UpgradedRelayHandler) throws {
+    /// After a 101: the relay takes this handler's place. Returns the bytes that came after the request (the new
+    /// protocol's), for the relay to pass on once both sides' relays are in place.
+    func replace(with relay: UpgradedRelayHandler) throws -> ByteBuffer? {
         guard let context else { throw ChannelError.ioOnClosedChannel }
         let pipeline = context.pipeline.syncOperations
         try pipeline.addHandler(relay, position: .last)
+        let leftover = pending
+        pending = nil
+        stopped = true
         pipeline.removeHandler(context: context, promise: nil)
-        if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
-            pipeline.removeHandler(decoder, promise: nil)
-        }
+        return leftover
     }
 
     func sendBadRequest(reason: String) {
@@ -176,14 +246,17 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     func sendError(_ status: HTTPResponseStatus, reason: String) {
         guard let context else { return }
         let body = "kaizen-egress: \(reason)\n"
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
-        headers.add(name: "Content-Length", value: "\(body.utf8.count)")
-        headers.add(name: "Connection", value: "close")
-        send(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
-        send(.body(.byteBuffer(context.channel.allocator.buffer(string: body))))
-        // The end's write is `lastWrite`: a close asked for meanwhile waits for this answer too.
-        send(.end(nil), flush: true)
+        var bytes = context.channel.allocator.buffer(capacity: 160 + body.utf8.count)
+        bytes.writeString("HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n")
+        bytes.writeHTTPField(name: "Content-Type", value: "text/plain; charset=utf-8")
+        bytes.writeHTTPField(name: "Content-Length", value: "\(body.utf8.count)")
+        bytes.writeHTTPField(name: "Connection", value: "close")
+        bytes.writeStaticString("\r\n")
+        bytes.writeString(body)
+        // This write is `lastWrite`: a close asked for meanwhile waits for this answer too.
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        lastWrite = promise.futureResult
+        context.writeAndFlush(wrapOutboundOut(bytes), promise: promise)
         lastWrite?.whenComplete { _ in context.close(promise: nil) }
     }
 
@@ -217,15 +290,26 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 }
 
-/// The upstream side: requests out over the verified TLS client, responses in.
+/// The upstream side: requests out over the verified TLS client, responses in, decoded by the proxy's own
+/// HTTP/1.1 codec (each response framed by the request it answers).
 final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// Limits on a response head: SwiftNIO's decoder's defaults, which the proxy used before its own codec.
+    static let responseLimits = HTTP1HeadParser.Limits(startLine: 80 * 1024, headerBytes: 80 * 1024, fields: 65_534)
 
     private let connection: InterceptedConnection
     private var context: ChannelHandlerContext?
     private var pendingRead = false
+    private var decoder = HTTP1MessageDecoder(kind: .response, limits: InterceptedUpstreamHandler.responseLimits)
+    /// Bytes from the upstream not decoded yet.
+    private var pending: ByteBuffer?
+    private var failed = false
+    private var inputEnded = false
+    private var writer = RelayedRequestWriter()
 
     init(connection: InterceptedConnection) {
         self.connection = connection
@@ -241,7 +325,46 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        connection.fromUpstream(unwrapInboundIn(data))
+        guard !failed else { return }
+        var bytes = unwrapInboundIn(data)
+        if pending == nil || pending!.readableBytes == 0 {
+            pending = bytes
+        } else {
+            pending!.writeBuffer(&bytes)
+        }
+        // Until a 101 or CONNECT's answer stops HTTP (the relay takes what follows), or the handler leaves.
+        while !failed, !decoder.hasStopped, self.context != nil {
+            var buffer = pending ?? ByteBuffer()
+            pending = nil
+            let event = decoder.next(&buffer)
+            if buffer.readableBytes > 0 { pending = buffer }
+            switch event {
+            case .part(let part):
+                connection.fromUpstream(part)
+            case .needMore:
+                return
+            case .invalid(let error):
+                failed = true
+                pending = nil
+                connection.upstreamFailed(error)
+                return
+            }
+        }
+    }
+
+    /// The upstream's input ended: the end of a body that runs until the close, or an error for a response cut short.
+    private func endOfInput() {
+        guard !inputEnded, !failed, !decoder.hasStopped else { return }
+        inputEnded = true
+        switch decoder.inputEnded(pending ?? ByteBuffer()) {
+        case .part(let part):
+            connection.fromUpstream(part)
+        case .invalid(let error):
+            failed = true
+            connection.upstreamFailed(error)
+        case .needMore:
+            break
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -250,6 +373,7 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is TLSClosedWithoutNotify { connection.upstreamClosedWithoutNotify() }
+        if case ChannelEvent.inputClosed = event { endOfInput() }
         connection.lifecycleEvent(event, clientSide: false, context: context)
         context.fireUserInboundEventTriggered(event)
     }
@@ -259,6 +383,7 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        endOfInput()
         connection.upstreamClosed()
         context.fireChannelInactive()
     }
@@ -278,12 +403,28 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
-    func send(_ part: HTTPClientRequestPart, flush: Bool = false) {
+    /// No response in progress and nothing received past the last one: the connection may serve another client
+    /// connection. Bytes past the last response (a wrong Content-Length, a body on a 204) would be read as the next
+    /// client connection's response.
+    var isBetweenResponses: Bool {
+        !failed && !decoder.hasStopped && decoder.isBetweenMessages && (pending?.readableBytes ?? 0) == 0
+    }
+
+    func send(_ part: RelayedRequestPart, flush: Bool = false) {
         guard let context else { return }
-        if flush {
-            context.writeAndFlush(wrapOutboundOut(part), promise: nil)
-        } else {
-            context.write(wrapOutboundOut(part), promise: nil)
+        if case .head(let head, _) = part {
+            decoder.answeringHEAD = head.methodIs("HEAD")
+            decoder.answeringCONNECT = head.methodIs("CONNECT")
+        }
+        switch writer.serialize(part, allocator: context.channel.allocator) {
+        case .success(let bytes?):
+            context.write(wrapOutboundOut(bytes), promise: nil)
+            if flush { context.flush() }
+        case .success(nil):
+            if flush { context.flush() }
+        case .failure:
+            // Nothing of this request, or after it, goes out.
+            context.close(promise: nil)
         }
     }
 
@@ -297,17 +438,15 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     /// See `InterceptedClientHandler.replace(with:)`.
-    func replace(with relay: UpgradedRelayHandler) throws {
+    func replace(with relay: UpgradedRelayHandler) throws -> ByteBuffer? {
         guard let context else { throw ChannelError.ioOnClosedChannel }
         let pipeline = context.pipeline.syncOperations
         try pipeline.addHandler(relay, position: .last)
+        let leftover = pending
+        pending = nil
+        failed = true
         pipeline.removeHandler(context: context, promise: nil)
-        if let encoder = try? pipeline.handler(type: RelayedRequestEncoder.self) {
-            pipeline.removeHandler(encoder, promise: nil)
-        }
-        if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self) {
-            pipeline.removeHandler(decoder, promise: nil)
-        }
+        return leftover
     }
 
     func close() {

@@ -43,6 +43,14 @@ final class UpgradedRelayHandler: ChannelDuplexHandler {
         partner = nil
     }
 
+    /// Bytes the HTTP handler had received past the upgrade (the new protocol's first), passed on as if just read;
+    /// called once both sides' relays are in place.
+    func relay(leftover: ByteBuffer?) {
+        guard let leftover, leftover.readableBytes > 0, let partnerContext = partner?.context else { return }
+        connection.relayed(leftover.readableBytes, fromClient: fromClient)
+        partnerContext.writeAndFlush(wrapOutboundOut(leftover), promise: nil)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data)
         connection.relayed(bytes.readableBytes, fromClient: fromClient)

@@ -212,14 +212,13 @@ final class UpstreamPool: Sendable {
     }
 
     /// Keeps `idle` (on its event loop) for up to `idleTimeout`, watched by two `IdleUpstreamHandler`s: one right
-    /// after the first handler (its TLS: any byte the upstream sends), one last (anything the HTTP decoder still
-    /// makes of what came before, or its error). False when it is not kept (reuse off, its time is up, or the pool is
-    /// full for its key or in all): the caller closes it.
+    /// after the first handler (its TLS: any byte the upstream sends), one last (anything else that reaches the end
+    /// of the pipeline, or an error). False when it is not kept (reuse off, its time is up, or the pool is full for
+    /// its key or in all): the caller closes it.
     ///
-    /// It is offered to others only once its response decoder has been replaced by a fresh one (NIO removes a
-    /// decoder a turn of the loop later). Bytes the old one still held go to the last watcher, which closes the
-    /// connection: the start of a response sent past the end of the last one (a wrong Content-Length, a body on a
-    /// 204) never reaches the next client connection as its response.
+    /// Only a connection whose HTTP handler had nothing past its last response comes here
+    /// (`InterceptedUpstreamHandler.isBetweenResponses`): the start of a response sent past the end of the last one
+    /// (a wrong Content-Length, a body on a 204) never reaches the next client connection as its response.
     func keep(_ idle: Idle, key: Key) -> Bool {
         idle.channel.eventLoop.preconditionInEventLoop()
         guard isEnabled, idle.reuseUntil > clock(), idle.channel.isActive else { return false }
@@ -237,25 +236,7 @@ final class UpstreamPool: Sendable {
         } catch {
             return false
         }
-        guard let old = try? pipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self) else {
-            offer(idle, key: key)  // no HTTP decoder, nothing held
-            return true
-        }
-        let channel = idle.channel
-        let removed = channel.eventLoop.makePromise(of: Void.self)
-        pipeline.removeHandler(old, promise: removed)
-        removed.futureResult.whenComplete { result in
-            let pipeline = channel.pipeline.syncOperations
-            guard case .success = result, channel.isActive,
-                let encoder = try? pipeline.handler(type: RelayedRequestEncoder.self),
-                (try? pipeline.addHandler(InterceptedConnection.responseDecoder(), position: .after(encoder))) != nil,
-                channel.isActive
-            else {
-                channel.close(promise: nil)
-                return
-            }
-            self.offer(idle, key: key)
-        }
+        offer(idle, key: key)
         return true
     }
 
