@@ -13,11 +13,12 @@ public enum HTTP1BodyFraming: Sendable, Hashable {
     /// A request's framing. Refused: Content-Length with Transfer-Encoding (even an empty one), more than one
     /// Content-Length (even equal ones, or a list), a Content-Length that is not digits, and Transfer-Encoding
     /// codings that do not end in one `chunked` (RFC 9112 §6.3: a server cannot tell where such a body ends).
-    /// CONNECT has no body (RFC 9110 §9.3.6; llhttp reads none either): whoever forwards one with framing fields
-    /// must refuse it.
+    /// CONNECT has no body (RFC 9110 §9.3.6; llhttp reads none either): its framing fields are checked all the same,
+    /// and whoever forwards one that has them must refuse it.
     public static func request(_ head: HTTP1Head) -> Result<HTTP1BodyFraming, HTTP1ParseError> {
-        if head.methodIs("CONNECT") { return .success(.none) }
-        return framing(head, untilCloseWithoutChunked: false)
+        let framing = framing(head, untilCloseWithoutChunked: false)
+        if head.methodIs("CONNECT"), case .success = framing { return .success(.none) }
+        return framing
     }
 
     /// A response's framing, given what it answers. No body after HEAD, after a 1xx, 204 or 304 (a 101's bytes
