@@ -39,6 +39,9 @@ public struct HTTP1Head: Sendable {
     /// Where the field lines start (after the start line's CRLF).
     public let fieldsStart: UInt32
     public let fields: [Field]
+    /// How its body was framed, set by the `HTTP1MessageDecoder` that decoded it (nil for a head parsed alone):
+    /// whoever relays the message frames it the same way without reading the fields again.
+    public internal(set) var bodyFraming: HTTP1BodyFraming?
 
     init(
         kind: Kind, bytes: ByteBuffer, version: (UInt8, UInt8), methodEnd: UInt32, targetStart: UInt32,

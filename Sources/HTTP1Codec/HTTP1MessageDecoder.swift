@@ -36,6 +36,9 @@ public struct HTTP1MessageDecoder: Sendable {
     /// Between messages: no head or body in progress (bytes of a head not yet looked at may wait in the buffer).
     public var isBetweenMessages: Bool { body == nil && !heads.isInsideHead }
 
+    /// Part of a head has been received and the rest has not (bytes other than empty lines before it).
+    public var isInsideHead: Bool { body == nil && heads.isInsideHead }
+
     /// A `101` (or CONNECT) ended HTTP: nothing more is decoded.
     public var hasStopped: Bool { stopped }
 
@@ -62,7 +65,7 @@ public struct HTTP1MessageDecoder: Sendable {
         case .invalid(let error):
             failed = true
             return .invalid(error)
-        case .head(let head):
+        case .head(var head):
             let framing: Result<HTTP1BodyFraming, HTTP1ParseError>
             switch head.kind {
             case .request:
@@ -80,6 +83,7 @@ public struct HTTP1MessageDecoder: Sendable {
                 return .invalid(error)
             case .success(let framing):
                 body = HTTP1BodyDecoder(framing: framing)
+                head.bodyFraming = framing
                 return .part(.head(head))
             }
         }

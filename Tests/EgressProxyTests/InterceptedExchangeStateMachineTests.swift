@@ -240,6 +240,16 @@ import Testing
         #expect(machine.requestHead(request()) == .close)
     }
 
+    /// A Host that names the connection's host skips parsing; it must name the same hosts as parsing would.
+    @Test(arguments: ["a.test", "A.Test", "a.test:443", "A.TEST:8443", "a.test:", "a.test:x", "a.test.evil", "a.tes",
+                      "b.test", "user@a.test", "a.test.", "[::1]:443", "a.test:443:1"])
+    func aHostNamingTheConnectionsHostIsReadTheSameWithoutParsing(_ host: String) {
+        var fast = Machine(reportQuery: false, connectionHost: "a.test")
+        var parsed = Machine(reportQuery: false)
+        #expect(fast.requestHead(request(.GET, "/x", ["Host": host])) == parsed.requestHead(request(.GET, "/x", ["Host": host])))
+        #expect(fast.current?.requestHosts == parsed.current?.requestHosts, "\(host)")
+    }
+
     @Test func theHostsARequestNamesAreItsAbsoluteFormAuthorityThenItsHost() {
         #expect(Machine.requestedHosts(request(.GET, "https://user:pw@Other.Test:8443/x?y", ["Host": "a.test"])) == ["other.test", "a.test"])
         #expect(Machine.requestedHosts(request(.GET, "/x", ["Host": "a.test:443"])) == ["a.test"])

@@ -117,7 +117,7 @@ final class InterceptedConnection {
         self.upstreamChannel = upstreamChannel
         self.eventLoop = clientChannel.eventLoop
         self.upstreamReady = clientChannel.eventLoop.makePromise(of: Void.self)
-        self.machine = InterceptedExchangeStateMachine(reportQuery: inspection.reportQuery)
+        self.machine = InterceptedExchangeStateMachine(reportQuery: inspection.reportQuery, connectionHost: metadata.host.lowercased())
         self.lastActivity = started
         Self.alive.add(1, ordering: .relaxed)
     }
@@ -219,11 +219,9 @@ final class InterceptedConnection {
         let clientPipeline = clientChannel.pipeline.syncOperations
         try clientPipeline.addHandler(
             ReadAheadHandler(), position: .before(try clientPipeline.handler(type: OpenSSLTLSHandler.self)))
-        // The same request-head limits as the proxy's own port, on the decrypted stream.
-        try Self.addAfterHandshakeHandler(clientChannel, [
-            RequestHeadLimitHandler(limits: requestHeadLimits, firstHeadDueAtOnce: false),
-            InterceptedClientHandler(connection: self, limits: requestHeadLimits),
-        ])
+        // The same request-head limits as the proxy's own port, on the decrypted stream (the client's handler
+        // enforces them: its codec the sizes, its timer the time).
+        try Self.addAfterHandshakeHandler(clientChannel, [InterceptedClientHandler(connection: self, limits: requestHeadLimits)])
     }
 
     /// The upstream's HTTP/1.1 handler, above its TLS: it writes requests and decodes responses itself.
@@ -558,7 +556,6 @@ final class InterceptedConnection {
                 client?.closeAfterWrites()
                 upstream?.close()
             } else {
-                client?.expectNextHead()
                 client?.resumeReading()
             }
         case .forwardAndUpgrade(let exchange):
@@ -620,7 +617,6 @@ final class InterceptedConnection {
                 client?.closeAfterWrites(notify: !unconfirmed)
                 upstream?.close()
             } else {
-                client?.expectNextHead()
                 client?.resumeReading()
             }
         case .forwardAndUpgrade(let exchange):

@@ -60,9 +60,12 @@ package struct InterceptedExchangeStateMachine {
     mutating func upstreamAskedToClose() { upstreamEnding = true }
     private var closed = false
     private let reportQuery: Bool
+    /// The host the connection was opened to (the CONNECT host, lowercase): a Host that names it needs no parsing.
+    private let connectionHost: String?
 
-    init(reportQuery: Bool) {
+    init(reportQuery: Bool, connectionHost: String? = nil) {
         self.reportQuery = reportQuery
+        self.connectionHost = connectionHost
     }
 
     /// Whether the client side may be read: not while a complete request waits for its response.
@@ -74,7 +77,7 @@ package struct InterceptedExchangeStateMachine {
 
     mutating func requestHead(_ head: HTTP1Head) -> Action {
         guard !closed, current == nil else { return .close }
-        let fields = RequestFields(head)
+        let fields = RequestFields(head, connectionHost: connectionHost)
         let target = head.target
         var exchange = Exchange(method: head.method, path: Self.reportedPath(target, keepQuery: reportQuery))
         if let problem = Self.problem(with: head, target: target, fields: fields) {
@@ -86,7 +89,11 @@ package struct InterceptedExchangeStateMachine {
         exchange.closeAfter = exchange.clientCloses
         if fields.connectionBoundAuthorization { upstreamBound = true }
         exchange.upgrade = fields.upgrade?.lowercased()
-        exchange.requestHosts = Self.requestedHosts(uri: target, host: fields.host)
+        if fields.hostIsConnections, let connectionHost, target.utf8.first == UInt8(ascii: "/") {
+            exchange.requestHosts = [connectionHost]  // the usual request: origin-form, Host naming the connection's
+        } else {
+            exchange.requestHosts = Self.requestedHosts(uri: target, host: fields.host)
+        }
         current = exchange
         return .forward
     }
@@ -111,12 +118,21 @@ package struct InterceptedExchangeStateMachine {
         /// A Connection or Proxy-Connection field names a framing field (lowercase): it would be dropped on the way.
         var namesFramingField: String?
 
-        init(_ head: HTTP1Head) {
+        /// The first Host names `connectionHost` (in any case, with or without a port).
+        var hostIsConnections = false
+
+        init(_ head: HTTP1Head, connectionHost: String? = nil) {
             for index in head.fields.indices {
                 switch head.fieldNameLength(index) {
                 case 4 where head.nameIs(index, "host"):
                     hostCount += 1
-                    if host == nil { host = head.value(index) }
+                    guard host == nil else { break }
+                    if let connectionHost, head.withValue(index, { Self.names(connectionHost, hostField: $0) }) {
+                        hostIsConnections = true
+                        host = connectionHost
+                    } else {
+                        host = head.value(index)
+                    }
                 case 7 where head.nameIs(index, "upgrade"):
                     if upgrade == nil { upgrade = head.value(index) }
                 case 14 where head.nameIs(index, "content-length"):
@@ -147,6 +163,22 @@ package struct InterceptedExchangeStateMachine {
                 default:
                     break
                 }
+            }
+        }
+
+        /// Whether a Host value is `host` (lowercase) in any case, then nothing or a port.
+        static func names(_ host: String, hostField value: UnsafeRawBufferPointer) -> Bool {
+            var host = host
+            return host.withUTF8 { host in
+                guard value.count >= host.count else { return false }
+                for i in 0..<host.count {
+                    var byte = value[i]
+                    if byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") { byte |= 0x20 }
+                    if byte != host[i] { return false }
+                }
+                guard value.count > host.count else { return true }
+                guard value[host.count] == UInt8(ascii: ":"), value.count > host.count + 1 else { return false }
+                return value[(host.count + 1)...].allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
             }
         }
     }
@@ -209,8 +241,10 @@ package struct InterceptedExchangeStateMachine {
         } else {
             // A body that runs until the upstream closes reaches the client the same way: its end is the close.
             // No body after HEAD or CONNECT (the upstream's decoder reads none after either).
+            // As the upstream's decoder framed it, when it did.
             let method = current!.method
-            let framing = HTTP1BodyFraming.response(head, requestMethodIsHEAD: method == "HEAD" || method == "CONNECT")
+            let framing = head.bodyFraming.map { .success($0) }
+                ?? HTTP1BodyFraming.response(head, requestMethodIsHEAD: method == "HEAD" || method == "CONNECT")
             current!.closeDelimited = framing == .success(.untilClose)
             if !head.keepsAlive || current!.closeDelimited {
                 current!.upstreamCloses = true

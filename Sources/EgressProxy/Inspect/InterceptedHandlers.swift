@@ -17,9 +17,14 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     private let connection: InterceptedConnection
     private var context: ChannelHandlerContext?
-    /// Told when an exchange ends, so it limits the next request head.
-    private var headLimiter: RequestHeadLimitHandler?
     private var decoder: HTTP1MessageDecoder
+    /// How long a request head may take to arrive, from its first byte (408 past it).
+    private let headerTimeout: TimeAmount
+    /// When the head now arriving began; nil while no head is partly received.
+    private var headStarted: NIODeadline?
+    /// One timer per connection, set only while a head is partly received: most heads arrive in one read, and
+    /// cost no clock reading at all.
+    private var headTimer: Scheduled<Void>?
     /// Bytes from the client not decoded yet: the rest of a head or chunk line, or a later request.
     private var pending: ByteBuffer?
     /// Set once the input is refused (malformed) or the rest is to be dropped: nothing more is decoded.
@@ -29,12 +34,11 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Responses as the upstream framed them; told which method each answers (a response to HEAD has no body).
     private var writer = RelayedResponseWriter()
 
-    /// The next bytes from the client start a new request head.
-    func expectNextHead() { headLimiter?.expectNextHead() }
     private var pendingRead = false
 
     init(connection: InterceptedConnection, limits: RequestHeadLimits) {
         self.connection = connection
+        self.headerTimeout = limits.headerTimeout
         self.decoder = HTTP1MessageDecoder(
             kind: .request,
             limits: .init(startLine: limits.requestLine, headerBytes: limits.headerBytes, fields: limits.headerFields))
@@ -42,11 +46,12 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        headLimiter = try? context.pipeline.syncOperations.handler(type: RequestHeadLimitHandler.self)
         connection.attach(client: self)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        headTimer = nil
         self.context = nil
     }
 
@@ -59,6 +64,37 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
             pending!.writeBuffer(&bytes)
         }
         decodePending()
+        timeHead()
+    }
+
+    /// Starts timing a head that is partly received, and stops when none is.
+    private func timeHead() {
+        guard !stopped, decoder.isInsideHead, connection.mayReadClient else {
+            headStarted = nil
+            return
+        }
+        guard headStarted == nil, let context else { return }
+        let now = NIODeadline.now()
+        headStarted = now
+        if headTimer == nil { armHeadTimer(at: now + headerTimeout, context: context) }
+    }
+
+    private func armHeadTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        headTimer = context.eventLoop.scheduleTask(deadline: deadline) { loopBound.value.headTimerFired() }
+    }
+
+    private func headTimerFired() {
+        headTimer = nil
+        guard let started = headStarted, !stopped, let context else { return }
+        let due = started + headerTimeout
+        if NIODeadline.now() >= due {
+            stopped = true
+            pending = nil
+            connection.clientBrokeLimit(.headerTimeout(headerTimeout))
+        } else {
+            armHeadTimer(at: due, context: context)
+        }
     }
 
     /// Decodes and hands on what `pending` holds while the connection takes requests. Returns whether a part went.
@@ -92,8 +128,6 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Bytes that came past a request still awaiting its response: not decoded until it has been answered, but
     /// checked now (on a copy), so a malformed request is refused when it arrives, as the decoder would.
     private func checkHeldBytes() {
-        // The head limiter passed these bytes after the earlier head, unscanned: from here the codec's limits apply.
-        headLimiter?.lostTrackOfHeads()
         var probe = decoder
         guard var buffer = pending else { return }
         for _ in 0..<1024 {
@@ -147,13 +181,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let limit = error as? RequestLimitError {
-            stopped = true
-            pending = nil
-            connection.clientBrokeLimit(limit)
-        } else {
-            connection.clientFailed(error)
-        }
+        connection.clientFailed(error)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -211,6 +239,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     /// The next request may be read (the last exchange ended, or the upstream drained): what waits undecoded first.
     func resumeReading() {
         if decodePending() { connection.clientReadComplete() }
+        timeHead()
         if pendingRead, let context, mayRead {
             pendingRead = false
             context.read()

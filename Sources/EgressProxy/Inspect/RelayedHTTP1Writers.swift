@@ -39,7 +39,7 @@ struct RelayedRequestWriter {
         switch part {
         case .head(let head, let withoutCloseOption):
             guard case .none = framing else { return refuse("a request head before the last request ended") }
-            switch HTTP1BodyFraming.request(head) {
+            switch head.bodyFraming.map({ .success($0) }) ?? HTTP1BodyFraming.request(head) {
             case .success(.none): framing = .none
             case .success(.length(let length)): framing = .length(remaining: length)
             case .success(.chunked): framing = .chunked
@@ -148,8 +148,12 @@ struct RelayedResponseWriter {
     mutating func serialize(_ part: RelayedResponsePart, allocator: ByteBufferAllocator) -> Output {
         switch part {
         case .head(let head, let announcingClose):
-            let headLike = requestMethod == "HEAD" || requestMethod == "CONNECT"
-            framing = (try? HTTP1BodyFraming.response(head, requestMethodIsHEAD: headLike).get()) ?? .untilClose
+            if let decoded = head.bodyFraming {
+                framing = decoded
+            } else {
+                let headLike = requestMethod == "HEAD" || requestMethod == "CONNECT"
+                framing = (try? HTTP1BodyFraming.response(head, requestMethodIsHEAD: headLike).get()) ?? .untilClose
+            }
             final = head.status >= 200 || head.status == 101
             return .bytes(announcingClose ? Self.announcingClose(head, allocator: allocator) : head.bytes)
         case .body(var bytes):
