@@ -167,19 +167,29 @@ public struct HTTP1HeadParser: Sendable {
 
     /// Checks every byte of a complete head (it ends with CRLF CRLF, `findEnd` made sure) and finds its parts.
     static func index(_ head: UnsafeRawBufferPointer, kind: HTTP1Head.Kind) -> Result<Parts, HTTP1ParseError> {
+        ByteClass.table.withUnsafeBufferPointer { classes in index(head, kind: kind, classes: classes) }
+    }
+
+    /// `index`, with the byte classes at hand. Every loop over a class stops at the CR that ends the head at the
+    /// latest (CR is in no class), so only fixed-offset reads check the head's length.
+    private static func index(
+        _ head: UnsafeRawBufferPointer, kind: HTTP1Head.Kind, classes: UnsafeBufferPointer<UInt8>
+    ) -> Result<Parts, HTTP1ParseError> {
         var parts = Parts()
         let count = head.count
         @inline(__always) func at(_ i: Int) -> UInt8 { i < count ? head[i] : 0 }
+        @inline(__always) func isClass(_ i: Int, _ mask: UInt8) -> Bool { classes[Int(head[i])] & mask != 0 }
         var i = 0
         switch kind {
         case .request:
-            while isTokenByte(at(i)) { i += 1 }
-            guard i > 0, at(i) == space else { return .failure(.invalidMethod) }
+            while isClass(i, ByteClass.token) { i += 1 }
+            guard i > 0, head[i] == space else { return .failure(.invalidMethod) }
             parts.methodEnd = UInt32(i)
             i += 1
             parts.targetStart = UInt32(i)
-            while isTargetByte(at(i)) { i += 1 }
-            guard i > Int(parts.targetStart), at(i) == space else { return .failure(.invalidTarget) }
+            i = skipVisibleASCII(head, from: i)
+            while isClass(i, ByteClass.target) { i += 1 }
+            guard i > Int(parts.targetStart), head[i] == space else { return .failure(.invalidTarget) }
             parts.targetEnd = UInt32(i)
             let isCONNECT = parts.methodEnd == 7 && memcmp(head.baseAddress!, "CONNECT", 7) == 0
             guard isWellFormedTarget(UnsafeRawBufferPointer(rebasing: head[Int(parts.targetStart)..<i]), connect: isCONNECT)
@@ -203,7 +213,7 @@ public struct HTTP1HeadParser: Sendable {
             if at(i) == space {
                 i += 1
                 parts.reasonStart = UInt32(i)
-                while isFieldValueByte(at(i)) { i += 1 }
+                while isClass(i, ByteClass.value) { i += 1 }
             }
             parts.reasonEnd = UInt32(i)
             guard at(i) == cr, at(i + 1) == lf else {
@@ -216,7 +226,7 @@ public struct HTTP1HeadParser: Sendable {
         parts.fieldsStart = UInt32(i)
         parts.fields.reserveCapacity(16)
         while true {
-            let first = at(i)
+            let first = head[i]
             if first == cr {
                 // The empty line: it must be the last line (where `findEnd` found the head's end).
                 guard at(i + 1) == lf, i + 2 == count else { return .failure(.invalidLineEnding) }
@@ -224,30 +234,81 @@ public struct HTTP1HeadParser: Sendable {
             }
             if first == space || first == tab { return .failure(.obsoleteLineFolding) }
             let nameStart = i
-            while isTokenByte(at(i)) { i += 1 }
-            guard i > nameStart, at(i) == colon else {
-                return .failure(at(i) == lf && i == nameStart ? .invalidLineEnding : .invalidFieldName)
+            while isClass(i, ByteClass.token) { i += 1 }
+            guard i > nameStart, head[i] == colon else {
+                return .failure(head[i] == lf && i == nameStart ? .invalidLineEnding : .invalidFieldName)
             }
             let nameEnd = i
             i += 1
-            while at(i) == space || at(i) == tab { i += 1 }
+            while isClass(i, ByteClass.whitespace) { i += 1 }
             let valueStart = i
             var valueEnd = i
+            i = skipPlainValueBytes(head, from: i, valueEnd: &valueEnd)
             while true {
-                let byte = at(i)
-                if byte == cr { break }
-                guard isFieldValueByte(byte) else {
-                    return .failure(byte == lf ? .invalidLineEnding : .invalidFieldValue)
-                }
+                let byteClass = classes[Int(head[i])]
+                guard byteClass & ByteClass.value != 0 else { break }
                 i += 1
-                if byte != space && byte != tab { valueEnd = i }
+                if byteClass & ByteClass.whitespace == 0 { valueEnd = i }
             }
+            guard head[i] == cr else { return .failure(head[i] == lf ? .invalidLineEnding : .invalidFieldValue) }
             guard at(i + 1) == lf else { return .failure(.invalidLineEnding) }
             i += 2
             parts.fields.append(HTTP1Head.Field(
                 nameStart: UInt32(nameStart), nameEnd: UInt32(nameEnd), valueStart: UInt32(valueStart),
                 valueEnd: UInt32(valueEnd), lineEnd: UInt32(i)))
         }
+    }
+
+    // Eight bytes at a time: a head is mostly field values and targets of ordinary bytes, and a byte that needs a
+    // closer look (the CR that ends the line, HTAB, a control character, DEL) stops the fast loop; the byte-by-byte
+    // loop after it decides. Both stop before the head's end, which is CR LF.
+    private static let ones: UInt64 = 0x0101_0101_0101_0101
+    private static let highs: UInt64 = 0x8080_8080_8080_8080
+
+    /// Whether any byte of `word` is below `limit` (at most 0x80).
+    @inline(__always) private static func anyByte(of word: UInt64, below limit: UInt64) -> Bool {
+        (word &- ones &* limit) & ~word & highs != 0
+    }
+
+    /// Whether any byte of `word` is `value`.
+    @inline(__always) private static func anyByte(of word: UInt64, is value: UInt64) -> Bool {
+        let diff = word ^ (ones &* value)
+        return (diff &- ones) & ~diff & highs != 0
+    }
+
+    @inline(__always) private static func word(_ bytes: UnsafeRawBufferPointer, at i: Int) -> UInt64 {
+        UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+    }
+
+    /// Past a run of visible ASCII (0x21–0x7E), eight bytes at a time; the rest byte by byte.
+    @inline(__always) static func skipVisibleASCII(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int {
+        var i = start
+        while i + 8 <= bytes.count {
+            let word = word(bytes, at: i)
+            if anyByte(of: word, below: 0x21) || word & highs != 0 || anyByte(of: word, is: 0x7F) { break }
+            i += 8
+        }
+        return i
+    }
+
+    /// Past a run of a field value's ordinary bytes (SP, visible ASCII, obs-text; not HTAB), eight at a time,
+    /// moving `valueEnd` past the last that is not a space.
+    @inline(__always) static func skipPlainValueBytes(_ bytes: UnsafeRawBufferPointer, from start: Int, valueEnd: inout Int) -> Int {
+        var i = start
+        while i + 8 <= bytes.count {
+            let word = word(bytes, at: i)
+            if anyByte(of: word, below: 0x20) || anyByte(of: word, is: 0x7F) { break }
+            if word >> 56 != UInt64(space) {
+                valueEnd = i + 8
+            } else {
+                for k in stride(from: 6, through: 0, by: -1) where (word >> UInt64(8 * k)) & 0xFF != UInt64(space) {
+                    valueEnd = i + k + 1
+                    break
+                }
+            }
+            i += 8
+        }
+        return i
     }
 
     /// Whether a request target has one of the four forms of RFC 9112 §3.2: origin-form (`/path?query`),
@@ -312,6 +373,28 @@ public struct HTTP1HeadParser: Sendable {
 }
 
 // MARK: byte classes (RFC 9110 §5.6.2, §5.5; RFC 9112 §3.2)
+
+/// The classes of all 256 bytes as bits, for the loops over a whole head: one load and one test a byte.
+enum ByteClass {
+    /// tchar.
+    static let token: UInt8 = 1
+    /// A field value's byte (`isFieldValueByte`).
+    static let value: UInt8 = 2
+    /// A request target's byte (`isTargetByte`).
+    static let target: UInt8 = 4
+    /// SP or HTAB.
+    static let whitespace: UInt8 = 8
+
+    static let table: [UInt8] = (0...255).map { (byte: Int) -> UInt8 in
+        let byte = UInt8(byte)
+        var bits: UInt8 = 0
+        if isTokenByte(byte) { bits |= token }
+        if isFieldValueByte(byte) { bits |= value }
+        if isTargetByte(byte) { bits |= target }
+        if byte == space || byte == tab { bits |= whitespace }
+        return bits
+    }
+}
 
 let cr: UInt8 = 0x0D
 let lf: UInt8 = 0x0A

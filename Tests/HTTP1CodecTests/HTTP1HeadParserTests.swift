@@ -225,3 +225,74 @@ import Testing
         #expect(try response("200 OK", "Content-Length: five\r\n") == .failure(.invalidContentLength))
     }
 }
+
+/// The parser's eight-bytes-at-a-time loops against a byte-by-byte reading of the same rules, on values and targets
+/// made of the bytes that matter, at every position.
+@Suite struct HTTP1WordScanTests {
+    /// A small deterministic generator (SplitMix64), so a failure replays.
+    struct Generator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    func parse(_ bytes: [UInt8]) -> HTTP1HeadParser.Outcome {
+        var parser = HTTP1HeadParser(kind: .request)
+        var buffer = ByteBuffer(bytes: bytes)
+        return parser.parse(&buffer)
+    }
+
+    @Test func fieldValues() {
+        let alphabet: [UInt8] = [0x20, 0x20, 0x09, 0x61, 0x62, 0x7E, 0x21, 0x80, 0xFF, 0x7F, 0x00, 0x1F, 0x0D, 0x01]
+        var generator = Generator(state: 1)
+        for round in 0..<20_000 {
+            let length = Int(generator.next() % 41)
+            // Mostly ordinary bytes, so long runs reach the fast loop; now and then any of the alphabet.
+            let value: [UInt8] = (0..<length).map { _ in
+                generator.next() % 8 == 0 ? alphabet[Int(generator.next() % UInt64(alphabet.count))] : UInt8(0x61 + generator.next() % 26)
+            }
+            let head = Array("GET /x HTTP/1.1\r\nX: ".utf8) + value + Array("\r\n\r\n".utf8)
+            let valid = value.allSatisfy { $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }
+            var trimmed = value[...]
+            while let first = trimmed.first, first == 0x20 || first == 0x09 { trimmed = trimmed.dropFirst() }
+            while let last = trimmed.last, last == 0x20 || last == 0x09 { trimmed = trimmed.dropLast() }
+            switch parse(head) {
+            case .head(let parsed):
+                #expect(valid, "round \(round): \(value) was taken")
+                let got = parsed.withValue(0) { Array($0) }
+                #expect(got == Array(trimmed), "round \(round): \(value) read as \(got)")
+            case .invalid:
+                #expect(!valid, "round \(round): \(value) was refused")
+            case .needMore:
+                Issue.record("round \(round): \(value) needs more")
+            }
+        }
+    }
+
+    @Test func targets() {
+        let alphabet: [UInt8] = [0x21, 0x7E, 0x7F, 0x80, 0xFF, 0x20, 0x09, 0x00, 0x3F, 0x23]
+        var generator = Generator(state: 2)
+        for round in 0..<20_000 {
+            let length = Int(generator.next() % 41)
+            let path: [UInt8] = (0..<length).map { _ in
+                generator.next() % 8 == 0 ? alphabet[Int(generator.next() % UInt64(alphabet.count))] : UInt8(0x61 + generator.next() % 26)
+            }
+            let head = Array("GET /".utf8) + path + Array(" HTTP/1.1\r\n\r\n".utf8)
+            let valid = path.allSatisfy { $0 > 0x20 && $0 < 0x7F }
+            switch parse(head) {
+            case .head(let parsed):
+                #expect(valid, "round \(round): \(path) was taken")
+                #expect(parsed.withTarget { Array($0) } == [UInt8(ascii: "/")] + path)
+            case .invalid:
+                #expect(!valid, "round \(round): \(path) was refused")
+            case .needMore:
+                Issue.record("round \(round): \(path) needs more")
+            }
+        }
+    }
+}
