@@ -6,7 +6,7 @@ import NIOCore
 /// fit in 62 bits, whitespace after a chunk size or anywhere in an extension (RFC 9112 allows it around `;` and
 /// `=`; llhttp does not, and neither does this), an extension that is not `;name[=token|"quoted"]`, chunk data
 /// not followed by CRLF, bare LF or CR
-/// anywhere in the framing, and a Content-Length or Transfer-Encoding among the trailers.
+/// anywhere in the framing, and a framing or connection field among the trailers (`isForbiddenTrailer`).
 public struct HTTP1BodyDecoder: Sendable {
     public enum Event: Sendable {
         /// Body bytes (not empty).
@@ -106,12 +106,11 @@ public struct HTTP1BodyDecoder: Sendable {
                     state = .failed
                     return .invalid(error)
                 case .head(let trailers):
-                    // Trailer fields never frame or route: a Content-Length or Transfer-Encoding there means
-                    // different things to different parsers (RFC 9110 §6.5.1).
-                    for index in trailers.fields.indices
-                    where trailers.nameIs(index, "content-length") || trailers.nameIs(index, "transfer-encoding") {
+                    // Trailer fields never frame, route or manage the connection (RFC 9110 §6.5.1): such a field
+                    // there means different things to different parsers (llhttp acts on a Connection: close).
+                    for index in trailers.fields.indices where Self.isForbiddenTrailer(trailers, index) {
                         state = .failed
-                        return .invalid(.ambiguousFraming)
+                        return .invalid(.forbiddenTrailer)
                     }
                     state = .done
                     return .end(trailers: trailers.fields.isEmpty ? nil : trailers)
@@ -202,6 +201,13 @@ public struct HTTP1BodyDecoder: Sendable {
 }
 
 extension HTTP1BodyDecoder {
+    /// Content-Length, Transfer-Encoding, Connection, Keep-Alive, Upgrade or Host.
+    static func isForbiddenTrailer(_ trailers: HTTP1Head, _ index: Int) -> Bool {
+        trailers.nameIs(index, "content-length") || trailers.nameIs(index, "transfer-encoding")
+            || trailers.nameIs(index, "connection") || trailers.nameIs(index, "keep-alive")
+            || trailers.nameIs(index, "upgrade") || trailers.nameIs(index, "host")
+    }
+
     /// The part of a chunk extension `byte` moves to from `part`: `.some(nil)` when it is the CR that ends the chunk
     /// line, nil when it does not belong there.
     fileprivate static func extensionPart(after part: ExtensionPart, _ byte: UInt8) -> ExtensionPart?? {

@@ -20,6 +20,8 @@ public enum HTTP1ParseError: Error, Sendable, Hashable, CustomStringConvertible 
     case invalidChunkExtension
     /// Chunk data not followed by CRLF.
     case invalidChunkEnd
+    /// A trailer field that frames, routes or manages the connection (Content-Length, Connection, Host…).
+    case forbiddenTrailer
     /// The stream ended inside a message (a head, or a body framed by length or chunks).
     case incompleteMessage
     case startLineTooLong(limit: Int)
@@ -42,6 +44,7 @@ public enum HTTP1ParseError: Error, Sendable, Hashable, CustomStringConvertible 
         case .chunkSizeOverflow: "chunk size too large"
         case .invalidChunkExtension: "invalid chunk extension"
         case .invalidChunkEnd: "chunk data not followed by CRLF"
+        case .forbiddenTrailer: "a framing or connection field among the trailers"
         case .incompleteMessage: "the connection ended inside a message"
         case .startLineTooLong(let limit): "start line longer than \(limit) bytes"
         case .headerBlockTooLarge(let limit): "header block larger than \(limit) bytes"

@@ -58,6 +58,8 @@ import Testing
             "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.0\r\n\r\n",
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\u{1}\u{2}binary",
             "PROPFIND /d HTTP/1.1\r\nDepth: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nA: b\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nA: caf\u{E9}\r\n\r\n",
         ]
         for text in taken { #expect(check(text.debugDescription, Array(text.utf8)) == 0, "\(text.debugDescription)") }
     }

@@ -116,8 +116,10 @@ import Testing
         ("0000000000000000000000000000001\r\nx\r\n0\r\n\r\n", nil),
         ("0\r\nA: b\nC: d\r\n\r\n", .invalidLineEnding),
         ("0\r\n b\r\n\r\n", .obsoleteLineFolding),
-        ("0\r\nContent-Length: 5\r\n\r\n", .ambiguousFraming),
-        ("0\r\ntransfer-encoding: chunked\r\n\r\n", .ambiguousFraming),
+        ("0\r\nContent-Length: 5\r\n\r\n", .forbiddenTrailer),
+        ("0\r\ntransfer-encoding: chunked\r\n\r\n", .forbiddenTrailer),
+        ("0\r\nX: y\r\nConnection: close\r\n\r\n", .forbiddenTrailer),
+        ("0\r\nHOST: a.test\r\n\r\n", .forbiddenTrailer),
         ("0\r\n\n", .invalidLineEnding),
     ] as [(String, HTTP1ParseError?)])
     func malformedChunkedBodiesAreRefused(text: String, expected: HTTP1ParseError?) {
