@@ -199,6 +199,30 @@ import Testing
         #expect(HTTP1BodyFraming.request(head) == .failure(.ambiguousFraming))
     }
 
+    @Test func aConnectInsideAnInspectedConnectionIsRefused() {
+        var machine = Machine(reportQuery: false)
+        #expect(machine.requestHead(Self.parse("CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n", .request))
+            == .reject(reason: "a CONNECT inside an inspected connection"))
+    }
+
+    /// An origin that answers before the request's body has arrived may read the rest of it as a request of its
+    /// own: that connection never serves another client connection.
+    @Test func aFinalResponseBeforeTheRequestEndedKeepsTheUpstreamFromReuse() {
+        var machine = Machine(reportQuery: false)
+        _ = machine.requestHead(request(.POST, "/x", ["Content-Length": "10"]))
+        _ = machine.requestBody(3)
+        _ = machine.responseHead(response(.unauthorized, ["Content-Length": "0"]))
+        _ = machine.responseEnd()
+        #expect(!machine.upstreamReusable)
+        var inOrder = Machine(reportQuery: false)
+        _ = inOrder.requestHead(request(.POST, "/x", ["Content-Length": "10"]))
+        _ = inOrder.requestBody(10)
+        _ = inOrder.requestEnd()
+        _ = inOrder.responseHead(response(.unauthorized, ["Content-Length": "0"]))
+        _ = inOrder.responseEnd()
+        #expect(inOrder.upstreamReusable)
+    }
+
     @Test func chunkedHTTP10AndFragmentsAreRejected() {
         // Both found by the smuggling corpus: forwarded, they sent the origin something other than was reported.
         var machine = Machine(reportQuery: false)

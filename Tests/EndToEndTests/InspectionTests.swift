@@ -482,6 +482,29 @@ import Testing
         #expect(setup.proxy.stderrEventually("rejected an intercepted request"))
     }
 
+    /// A client may send its first frame right after the upgrade request, before the 101: it is the new protocol's,
+    /// never read as HTTP, and reaches the origin first.
+    @Test func aFrameSentWithTheUpgradeRequestIsRelayedFirst() throws {
+        let setup = try setUp()
+        let result = try mitmClient("ws-early", setup)
+        #expect(result.stdout == "HTTP/1.1 101 Switching Protocols\necho: hello ws\necho: second frame\nTrue", "\(result.stdout) \(result.stderr)")
+        let actions = try setup.waitForActions(1)
+        _ = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
+        #expect(setup.actions.count == 1 && actions[0]["status"] as? Int == 101, "\(setup.actions)")
+    }
+
+    /// A request refused while its body is still coming is reported once: the body cut by the close is not a second,
+    /// malformed request.
+    @Test func aRefusedRequestWithABodyStillComingIsReportedOnce() throws {
+        let setup = try setUp()
+        let (statusLine, closed) = try sendRaw(
+            setup, "POST /sha256 HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
+        #expect(statusLine == "HTTP/1.1 400 Bad Request" && closed, "\(statusLine)")
+        _ = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
+        let actions = setup.actions
+        #expect(actions.count == 1 && (actions.first?["error"] as? String) == "rejected: more than one Host header", "\(actions)")
+    }
+
     @Test func aWebSocketEchoWorksThroughTheInspection() throws {
         let setup = try setUp()
         let result = try mitmClient("ws", setup)

@@ -5,6 +5,7 @@
   mitm_client.py raw PROXY_PORT ORIGIN_PORT CAFILE HEX    sends the bytes HEX as they are; prints
                                                          "<status line>|<closed by the proxy>"
   mitm_client.py ws PROXY_PORT ORIGIN_PORT CAFILE         a WebSocket exchange with /ws; prints the status
+  mitm_client.py ws-early …                                the same, the first frame sent with the upgrade request
                                                          line, each echo, and whether the close was answered
   mitm_client.py reset-handshake PROXY_PORT …             the handshake begun, the proxy's flight received, then a
                                                          TCP reset; prints "RESET"
@@ -97,27 +98,37 @@ def raw(tls, hex_request):
     print(data.split(b"\r\n")[0].decode() + "|" + str(closed))
 
 
-def websocket(tls):
+def websocket(tls, early=False):
+    """With `early`, the first frame goes in the same write as the upgrade request, before the 101."""
     key = base64.b64encode(os.urandom(16)).decode()
-    tls.sendall((f"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += tls.recv(1)
-    print(head.split(b"\r\n")[0].decode())
 
-    def send(text):
-        mask = os.urandom(4)
+    def frame(text, mask=None):
+        mask = mask or os.urandom(4)
         payload = bytes(b ^ mask[i % 4] for i, b in enumerate(text.encode()))
-        tls.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + payload)
+        return bytes([0x81, 0x80 | len(payload)]) + mask + payload
+
+    def receive():
         header = tls.recv(2)
         data = b""
         while len(data) < header[1]:
             data += tls.recv(header[1] - len(data))
         return data.decode()
 
-    for text in ("hello ws", "second frame"):
-        print(send(text))
+    texts = ["hello ws", "second frame"]
+    tls.sendall((f"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+                # A mask of two LFs: read as HTTP, these bytes would be a line and a bare-LF empty line.
+                + (frame(texts[0], mask=b"\n\n\x01\x02") if early else b""))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += tls.recv(1)
+    print(head.split(b"\r\n")[0].decode())
+    if early:
+        print(receive())
+        texts = texts[1:]
+    for text in texts:
+        tls.sendall(frame(text))
+        print(receive())
     tls.sendall(bytes([0x88, 0x80]) + os.urandom(4))
     print(tls.recv(2) == b"\x88\x00")
 
@@ -292,6 +303,8 @@ def main():
         raw(tls, sys.argv[5])
     elif mode == "ws":
         websocket(tls)
+    elif mode == "ws-early":
+        websocket(tls, early=True)
     elif mode == "idle":
         idle(tls)
     elif mode == "pipelined":

@@ -148,6 +148,10 @@ final class InterceptedConnection {
 
     var mayReadClient: Bool { machine.mayReadClient }
 
+    /// The request awaiting its response asked to switch protocols: the client's bytes after it may be the new
+    /// protocol's.
+    var awaitsUpgrade: Bool { machine.current?.upgrade != nil }
+
     // MARK: handshakes
 
     /// The upstream is verified and chose `negotiated` (ALPN): both sides get the HTTP handlers for it (the
@@ -561,7 +565,14 @@ final class InterceptedConnection {
         case .forwardAndUpgrade(let exchange):
             client?.send(forward, flush: true)
             report(exchange, error: nil)
-            upgrade()
+            if deferredRejection != nil {
+                // Bytes after the request were refused: the connection closes rather than relay without them.
+                noteClose(by: .proxy, reason: "bad_request")
+                client?.closeAfterWrites()
+                upstream?.close()
+            } else {
+                upgrade()
+            }
         case .reject, .close:
             closeBoth()
         }
@@ -630,6 +641,8 @@ final class InterceptedConnection {
                 "rejected an intercepted request", metadata: ["target": "\(target)", "status": "400", "reason": "\(reason)"])
             if let exchange { report(exchange, error: "rejected: \(reason)") }
             noteClose(by: .proxy, reason: "bad_request")
+            // Nothing after this request is decoded: the rest of its body, cut by the close, is not another rejection.
+            client?.dropHeldParts()
             client?.sendBadRequest(reason: reason)
             upstream?.close()
         case .close:
@@ -679,6 +692,7 @@ final class InterceptedConnection {
         exchange.status = 403
         report(exchange, error: answer.reason)
         noteClose(by: .proxy, reason: "blocked_by_policy")
+        client?.dropHeldParts()
         client?.sendError(answer.status, reason: answer.reason)
         upstream?.close()
     }

@@ -191,10 +191,10 @@ package struct InterceptedExchangeStateMachine {
     }
 
     static func problem(with head: HTTP1Head, target: String, fields: RequestFields) -> String? {
-        if fields.framed, head.methodIs("CONNECT") {
-            // CONNECT has no content (RFC 9110 §9.3.6) and llhttp reads none after it: an origin would wait for
-            // the body its head announces, or read the next bytes as one.
-            return "a CONNECT request with a body"
+        if head.methodIs("CONNECT") {
+            // A tunnel inside a tunnel: after it the connection would carry bytes no one parses or reports, and the
+            // proxy's own port is where tunnels are opened (and judged).
+            return "a CONNECT inside an inspected connection"
         }
         if fields.codings > 0 && (fields.codings != 1 || !fields.onlyChunked) {
             return "a Transfer-Encoding other than chunked"
@@ -293,6 +293,9 @@ package struct InterceptedExchangeStateMachine {
         guard !closed, current != nil else { return .close }
         guard current!.status != nil else { return .forward }  // the end of an informational response
         current!.responseEnded = true
+        // A final response before the request's end: the origin may read the rest of the body as a request of its
+        // own (a "CL.0" desync); the connection never serves another client connection.
+        if !current!.requestEnded { upstreamEnding = true }
         return completeIfDone()
     }
 

@@ -58,11 +58,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !stopped else { return }
         var bytes = unwrapInboundIn(data)
-        if pending == nil || pending!.readableBytes == 0 {
-            pending = bytes
-        } else {
-            pending!.writeBuffer(&bytes)
-        }
+        Self.append(&bytes, to: &pending)
         decodePending()
         timeHead()
     }
@@ -121,7 +117,8 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
                 return delivered
             }
         }
-        if !stopped, pending != nil, !connection.mayReadClient { checkHeldBytes() }
+        // Behind a request that asks to switch protocols, what follows may be the new protocol's: not looked at.
+        if !stopped, pending != nil, !connection.mayReadClient, !connection.awaitsUpgrade { checkHeldBytes() }
         return delivered
     }
 
@@ -155,15 +152,21 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     /// The client's input ended (EOF or close_notify): a request cut short is refused as malformed, as it is
     /// on the proxy's own port.
     private func endOfInput() {
-        guard !inputEnded, !stopped else { return }
+        guard !inputEnded, !stopped, !connection.awaitsUpgrade else { return }
         inputEnded = true
         var probe = decoder
         var buffer = pending ?? ByteBuffer()
-        // Whatever waits undecoded behind an awaited response is looked at as if it had been decoded.
+        // Whatever waits undecoded behind an awaited response is looked at as if it had been decoded (up to a
+        // point: past it, nothing is said about the rest).
         for _ in 0..<1024 {
-            guard case .part = probe.next(&buffer) else { break }
+            switch probe.next(&buffer) {
+            case .part: continue
+            case .invalid(let error): return refuse(error)
+            case .needMore: break
+            }
+            if case .invalid(let error) = probe.inputEnded(buffer) { refuse(error) }
+            return
         }
-        if case .invalid(let error) = probe.inputEnded(buffer) { refuse(error) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -319,6 +322,22 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 }
 
+extension ChannelInboundHandler {
+    /// Adds what was just read to what waits undecoded. The bytes already decoded are dropped first: a peer whose
+    /// reads keep ending inside a head (a stream of 1xx responses, say) would otherwise keep all it ever sent.
+    /// A head's bytes handed on are slices of the old storage, which they keep on their own.
+    static func append(_ bytes: inout ByteBuffer, to pending: inout ByteBuffer?) {
+        guard var waiting = pending, waiting.readableBytes > 0 else {
+            pending = bytes
+            return
+        }
+        pending = nil
+        if waiting.readerIndex > 0 { waiting.discardReadBytes() }
+        waiting.writeBuffer(&bytes)
+        pending = waiting
+    }
+}
+
 /// The upstream side: requests out over the verified TLS client, responses in, decoded by the proxy's own
 /// HTTP/1.1 codec (each response framed by the request it answers).
 final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
@@ -356,11 +375,7 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !failed else { return }
         var bytes = unwrapInboundIn(data)
-        if pending == nil || pending!.readableBytes == 0 {
-            pending = bytes
-        } else {
-            pending!.writeBuffer(&bytes)
-        }
+        Self.append(&bytes, to: &pending)
         // Until a 101 or CONNECT's answer stops HTTP (the relay takes what follows), or the handler leaves.
         while !failed, !decoder.hasStopped, self.context != nil {
             var buffer = pending ?? ByteBuffer()
