@@ -100,13 +100,9 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         decoding = true
         defer { decoding = false }
         var delivered = false
-        // Until the decoder needs more bytes: an end can come with none left (a body that just ended, or none).
+        // Until the decoder needs more bytes.
         while !stopped, connection.mayReadClient {
-            var buffer = pending ?? ByteBuffer()
-            pending = nil
-            let event = decoder.next(&buffer)
-            if buffer.readableBytes > 0 { pending = buffer }
-            switch event {
+            switch Self.next(&decoder, from: &pending) {
             case .part(let part):
                 delivered = true
                 connection.fromClient(part)
@@ -336,6 +332,17 @@ extension ChannelInboundHandler {
         waiting.writeBuffer(&bytes)
         pending = waiting
     }
+
+    /// The next event from what waits undecoded; what is left stays in `pending` (nil when nothing is), which is
+    /// set before the event is acted on, so a call back into the handler sees it. An end can come with no bytes
+    /// left (a body that just ended, or none).
+    static func next(_ decoder: inout HTTP1MessageDecoder, from pending: inout ByteBuffer?) -> HTTP1MessageDecoder.Event {
+        var buffer = pending ?? ByteBuffer()
+        pending = nil
+        let event = decoder.next(&buffer)
+        if buffer.readableBytes > 0 { pending = buffer }
+        return event
+    }
 }
 
 /// The upstream side: requests out over the verified TLS client, responses in, decoded by the proxy's own
@@ -378,11 +385,7 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
         Self.append(&bytes, to: &pending)
         // Until a 101 or CONNECT's answer stops HTTP (the relay takes what follows), or the handler leaves.
         while !failed, !decoder.hasStopped, self.context != nil {
-            var buffer = pending ?? ByteBuffer()
-            pending = nil
-            let event = decoder.next(&buffer)
-            if buffer.readableBytes > 0 { pending = buffer }
-            switch event {
+            switch Self.next(&decoder, from: &pending) {
             case .part(let part):
                 connection.fromUpstream(part)
             case .needMore:
