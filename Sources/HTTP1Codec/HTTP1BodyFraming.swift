@@ -87,7 +87,8 @@ public enum HTTP1BodyFraming: Sendable, Hashable {
         var chunkedCount = 0
         var lastIsChunked = false
 
-        /// One field's value: comma-separated codings; empty elements say nothing.
+        /// One field's value: comma-separated codings. An empty element (a trailing comma, an empty field) ends
+        /// any claim that `chunked` is last.
         mutating func add(_ bytes: UnsafeRawBufferPointer) {
             var start = 0
             while start <= bytes.count {
@@ -101,6 +102,10 @@ public enum HTTP1BodyFraming: Sendable, Hashable {
                     let chunked = Self.isChunked(UnsafeRawBufferPointer(rebasing: bytes[first..<last]))
                     if chunked { chunkedCount += 1 }
                     lastIsChunked = chunked
+                } else {
+                    // An empty element (`chunked,`): RFC 9110 lets a recipient skip it, llhttp does not take
+                    // `chunked` for the last coding then, and neither does this.
+                    lastIsChunked = false
                 }
                 start = end + 1
             }

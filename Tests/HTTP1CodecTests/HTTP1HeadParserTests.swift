@@ -200,6 +200,7 @@ import Testing
             "Transfer-Encoding:\r\nContent-Length: 3\r\n", "Transfer-Encoding: chunked, gzip\r\n",
             "Transfer-Encoding: chunked, chunked\r\n", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
             "Transfer-Encoding: identity\r\n", "Transfer-Encoding: chunkedx\r\n", "Transfer-Encoding: \"chunked\"\r\n",
+            "Transfer-Encoding: chunked,\r\n", "Transfer-Encoding: chunked\r\nTransfer-Encoding:\r\n",
         ] {
             guard case .failure = try request(refused) else {
                 Issue.record("\(refused.debugDescription) was framed")
