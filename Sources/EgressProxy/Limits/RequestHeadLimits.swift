@@ -148,14 +148,6 @@ package final class RequestHeadLimitHandler: ChannelInboundHandler, RemovableCha
         scanner = RequestHeadScanner(limits: limits)
     }
 
-    /// Bytes of a later request went past while no head was expected (pipelined after the last one): the
-    /// scanner no longer knows where heads start, so the decoder's own limits apply from here.
-    package func lostTrackOfHeads() {
-        pipelined = true
-        scanner = nil
-        headStarted = nil
-    }
-
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !failed else { return }
         let buffer = unwrapInboundIn(data)
