@@ -35,11 +35,15 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
+        // The library context of the TLS clients (C: an OpenSSL provider is a table of C functions). Only OpenSSLTLS
+        // uses it.
+        .target(name: "CSSLClientContext", dependencies: ["CSSL"]),
         // The project's one TLS stack, over system OpenSSL; the only module that imports CSSL.
         .target(
             name: "OpenSSLTLS",
             dependencies: [
                 "CSSL",
+                "CSSLClientContext",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
             ],

@@ -1,4 +1,5 @@
 internal import CSSL
+internal import CSSLClientContext
 public import NIOCore
 
 /// An immutable TLS configuration: the owner of one `SSL_CTX`. Build it once, off the event loop (loading
@@ -50,6 +51,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         var clock: @Sendable () -> Int64 = { Int64(time(nil)) }
         /// TLS 1.2 at most (tests of the TLS 1.2 paths).
         var tls12Only = false
+        /// Client: made in the client library context (`kaizen_client_library_context`), where parsing a server's
+        /// certificates costs about half as much, when the system allows it. Tests turn it off to compare.
+        var inClientLibraryContext = true
         /// Server only: the protocol answered to each client's ALPN offer is set per connection
         /// (`OpenSSLConnection.answerALPN`), not chosen from `alpn`.
         public var alpnChosenPerConnection = false
@@ -61,6 +65,9 @@ public final class OpenSSLContext: @unchecked Sendable {
 
     let pointer: OpaquePointer
     public let configuration: Configuration
+    /// Whether the context was made in the client library context (a client, on a system whose OpenSSL
+    /// configuration loads only the default provider).
+    public let inClientLibraryContext: Bool
     /// Client, verifying: chains verified recently (the context's verify callback reads it; every connection holds
     /// the context, so it outlives them).
     let verificationCache: VerificationCache?
@@ -72,10 +79,15 @@ public final class OpenSSLContext: @unchecked Sendable {
     public init(configuration: Configuration) throws(OpenSSLError) {
         OpenSSLError.clearQueue()
         let method = configuration.role == .client ? TLS_client_method() : TLS_server_method()
-        guard let context = SSL_CTX_new(method) else {
+        // A client context in the client library context: the default provider's algorithms, with only the decoders a
+        // server's certificates need. The server contexts parse no certificates per connection; they keep the default.
+        let library = configuration.role == .client && configuration.inClientLibraryContext
+            ? kaizen_client_library_context() : nil
+        guard let context = library.map({ SSL_CTX_new_ex($0, nil, method) }) ?? SSL_CTX_new(method) else {
             throw OpenSSLError.drain(operation: "creating a TLS context")
         }
         self.pointer = context
+        self.inClientLibraryContext = library != nil
         self.configuration = configuration
         let cache = configuration.role == .client && configuration.verifyPeer && configuration.verificationCacheLifetime > 0
             ? VerificationCache(lifetime: configuration.verificationCacheLifetime) : nil

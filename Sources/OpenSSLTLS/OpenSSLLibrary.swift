@@ -1,4 +1,5 @@
 internal import CSSL
+internal import CSSLClientContext
 
 /// Facts about the system OpenSSL this binary runs with (from libssl-dev at build time, libssl3 at run time).
 public enum OpenSSLLibrary {
@@ -10,5 +11,14 @@ public enum OpenSSLLibrary {
     /// The library's version number (0xMNN00PP0L), for checks such as "at least 3.0".
     public static var versionNumber: UInt {
         UInt(OpenSSL_version_num())
+    }
+
+    /// The decoders of the TLS clients' library context, and of OpenSSL's default provider (0 and 0 when the clients
+    /// use the default context).
+    public static var clientLibraryContextDecoders: (kept: Int, all: Int) {
+        var kept: Int32 = 0
+        var all: Int32 = 0
+        kaizen_client_library_context_decoders(&kept, &all)
+        return (Int(kept), Int(all))
     }
 }

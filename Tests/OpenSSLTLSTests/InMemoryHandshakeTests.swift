@@ -1,6 +1,6 @@
 import Foundation
 import NIOCore
-import OpenSSLTLS
+@testable import OpenSSLTLS
 import TestSupport
 import Testing
 
@@ -551,5 +551,85 @@ struct HandshakePKI {
         let clientContext = try client { $0.sessionLifetime = 0 }
         let serverContext = try server()
         for _ in 0..<2 { #expect(try resumes(clientContext, serverContext, key: "a") == false) }
+    }
+}
+
+/// Chains of other key types than the shared PKI's P-256, minted with the openssl command line once per run: a CA
+/// and a `localhost` leaf of each kind, and an RSA CA that signs a P-256 leaf.
+struct KeyTypePKI {
+    static let kinds: [(name: String, newkey: [String])] = [
+        ("rsa", ["-newkey", "rsa:2048"]),
+        ("rsa-pss", ["-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048"]),
+        ("ed25519", ["-newkey", "ed25519"]),
+        ("p384", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+        ("p256-under-rsa", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+    ]
+    let directory: URL
+    func ca(_ kind: String) -> String { directory.appendingPathComponent("\(kind == "p256-under-rsa" ? "rsa" : kind)-ca.pem").path }
+    func chain(_ kind: String) -> String { directory.appendingPathComponent("\(kind).pem").path }
+    func key(_ kind: String) -> String { directory.appendingPathComponent("\(kind).key").path }
+
+    static let shared = Result { try mint() }
+
+    static func mint() throws -> KeyTypePKI {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kaizen-keys-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        func openssl(_ arguments: [String]) throws {
+            let result = try runCommand("/usr/bin/openssl", arguments, directory: directory.path)
+            guard result.status == 0 else { throw TestFailure("openssl \(arguments.first ?? ""): \(result.stderr)") }
+        }
+        try "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n"
+            .write(to: directory.appendingPathComponent("leaf.ext"), atomically: true, encoding: .utf8)
+        for (kind, newkey) in kinds {
+            let issuer = kind == "p256-under-rsa" ? "rsa" : kind
+            if kind != "p256-under-rsa" {
+                try openssl(["req", "-x509"] + newkey + [
+                    "-nodes", "-days", "2", "-subj", "/CN=\(kind) CA", "-keyout", "\(kind)-ca.key", "-out", "\(kind)-ca.pem",
+                    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+                ])
+            }
+            try openssl(["req"] + newkey + ["-nodes", "-subj", "/CN=localhost", "-keyout", "\(kind).key", "-out", "\(kind).csr"])
+            try openssl([
+                "x509", "-req", "-in", "\(kind).csr", "-CA", "\(issuer)-ca.pem", "-CAkey", "\(issuer)-ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", "leaf.ext", "-out", "\(kind).pem",
+            ])
+        }
+        return KeyTypePKI(directory: directory)
+    }
+}
+
+/// The client library context (`kaizen_client_library_context`): only the decoders that read a public key. What a
+/// client verifies, and how it fails, must not depend on it.
+extension InMemoryHandshakeTests {
+    @Test func clientContextsAreMadeInTheClientLibraryContextWithOnlyPublicKeyDecoders() throws {
+        #expect(try client().inClientLibraryContext)
+        #expect(try !client { $0.inClientLibraryContext = false }.inClientLibraryContext)
+        #expect(try !server().inClientLibraryContext)
+        let (kept, all) = OpenSSLLibrary.clientLibraryContextDecoders
+        #expect(kept > 0 && kept < all, "kept \(kept) of \(all)")
+    }
+
+    @Test(arguments: KeyTypePKI.kinds.map { $0.name }, [true, false])
+    func serversOfEveryKeyTypeAreVerifiedAsInTheDefaultContext(kind: String, lean: Bool) throws {
+        let keys = try KeyTypePKI.shared.get()
+        let trusted = try client(trust: keys.ca(kind)) { $0.inClientLibraryContext = lean }
+        #expect(try connect(trusted, to: "localhost", chain: keys.chain(kind), key: keys.key(kind)) == .complete)
+        // The same chain against another root, and for another name: refused with OpenSSL's reasons.
+        let untrusted = try client(trust: pki.ca) { $0.inClientLibraryContext = lean }
+        let refused = try connect(untrusted, to: "localhost", chain: keys.chain(kind), key: keys.key(kind))
+        #expect(verifyResult(refused) == "unable to get local issuer certificate")
+        let wrongName = try connect(trusted, to: "other.example", chain: keys.chain(kind), key: keys.key(kind))
+        #expect(verifyResult(wrongName) == "hostname mismatch")
+    }
+
+    @Test func aTrustFileWithAPrivateKeyInItStillLoads() throws {
+        let keys = try KeyTypePKI.shared.get()
+        let mixed = keys.directory.appendingPathComponent("ca-and-key.pem")
+        let text = try String(contentsOfFile: keys.ca("rsa"), encoding: .utf8)
+            + String(contentsOfFile: keys.key("rsa"), encoding: .utf8)
+        try text.write(to: mixed, atomically: true, encoding: .utf8)
+        let trusted = try client(trust: mixed.path)
+        #expect(trusted.inClientLibraryContext)
+        #expect(try connect(trusted, to: "localhost", chain: keys.chain("rsa"), key: keys.key("rsa")) == .complete)
     }
 }
