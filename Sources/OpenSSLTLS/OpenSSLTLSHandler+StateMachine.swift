@@ -39,9 +39,30 @@ extension OpenSSLTLSHandler {
             case flushAndCloseWithoutNotify
             /// The write cannot be done any more.
             case failWrite
+            /// The handshake's gate failed (or the handshake failed behind it): what OpenSSL made for the peer is
+            /// dropped unsent, the peer gets a fatal alert of our own, then the error and the close.
+            case refuseHandshake(OpenSSLError)
+            /// The handshake's gate opened: send what the handshake has made for the peer so far.
+            case sendHandshakeOutput
+        }
+
+        /// Server with a handshake gate: whether what the handshake makes for the peer is held back (`held`) until
+        /// the gate opens. `none` without a gate.
+        enum Gate: Equatable {
+            case none
+            case held
+            case opened
         }
 
         private(set) var state: State = .idle
+        private(set) var gate: Gate = .none
+
+        init(gated: Bool = false) {
+            gate = gated ? .held : .none
+        }
+
+        /// Nothing the handshake made may reach the peer yet.
+        var holdsHandshakeOutput: Bool { gate == .held }
         /// The pipeline was told the peer's transport ended without close_notify (once per connection).
         private var notedUncleanClose = false
 
@@ -72,12 +93,51 @@ extension OpenSSLTLSHandler {
             case .needsCertificate(let serverName):
                 state = .choosingCertificate
                 return .chooseCertificate(serverName: serverName)
+            case .complete where gate == .held:
+                // A server cannot finish before the peer has its Finished, which the gate holds: never expected.
+                state = .closed
+                return .refuseHandshake(OpenSSLError(operation: "completing the handshake", entries: ["finished behind a closed gate"]))
             case .complete:
                 state = .active
                 return .completeHandshake
             case .failed(let error):
                 state = .closed
-                return .fail(error)
+                // Behind a closed gate OpenSSL's alert may follow a flight the peer must not see: ours goes alone.
+                return gate == .held ? .refuseHandshake(error) : .fail(error)
+            }
+        }
+
+        mutating func gateOpened() -> Action {
+            guard gate == .held else { return .none }
+            gate = .opened
+            switch state {
+            case .idle, .handshaking, .choosingCertificate: return .sendHandshakeOutput
+            case .active, .closing, .closed: return .none
+            }
+        }
+
+        /// The gate opened asking for the handshake to be made again (with a new connection, from the start): it runs
+        /// with the gate open.
+        mutating func restartOpened() -> Action {
+            guard gate == .held else { return .none }
+            switch state {
+            case .idle, .handshaking, .choosingCertificate:
+                gate = .opened
+                state = .handshaking
+                return .stepHandshake
+            case .active, .closing, .closed:
+                return .none
+            }
+        }
+
+        mutating func gateFailed(_ error: OpenSSLError) -> Action {
+            guard gate == .held else { return .none }
+            switch state {
+            case .idle, .handshaking, .choosingCertificate:
+                state = .closed
+                return .refuseHandshake(error)
+            case .active, .closing, .closed:
+                return .none
             }
         }
 
@@ -90,6 +150,9 @@ extension OpenSSLTLSHandler {
 
         mutating func peerClosed() -> Action {
             switch state {
+            case .handshaking where gate == .held:
+                state = .closed
+                return .closeNow
             case .active, .handshaking:
                 state = .closing
                 return .sendCloseNotifyAndClose
@@ -103,8 +166,9 @@ extension OpenSSLTLSHandler {
 
         mutating func readFailed(_ error: OpenSSLError) -> Action {
             guard state != .closed else { return .none }
+            let handshaking = state != .active && state != .closing
             state = .closed
-            return .fail(error)
+            return handshaking && gate == .held ? .refuseHandshake(error) : .fail(error)
         }
 
         mutating func write() -> Action {

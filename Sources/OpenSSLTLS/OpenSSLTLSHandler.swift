@@ -26,9 +26,21 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
-    private let connection: OpenSSLConnection
+    private var connection: OpenSSLConnection
     private let certificateProvider: OpenSSLContext.CertificateProvider?
-    private var machine = StateMachine()
+    private let handshakeGate: EventLoopFuture<String?>?
+    private var machine: StateMachine
+    /// Behind a gate: the ALPN answer the handshake is being made with, a copy of every byte the peer sent so far (to
+    /// make the handshake again with another answer), and how to make the connection again.
+    private var gatedAnswer: String?
+    private var gatedInput: ByteBuffer?
+    private var remake: (() throws(OpenSSLError) -> OpenSSLConnection)?
+    /// The peer's bytes kept behind a gate, at most: a ClientHello is far smaller. More than this and the
+    /// handshake cannot be made again (it is refused should the gate ask for that).
+    static let gatedInputLimit = 65536
+    /// Counts the connections made for this channel: an answer from the certificate provider to an earlier one is
+    /// dropped.
+    private var generation = 0
     private var heldWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     /// Plaintext written since the last flush, and the promises of those writes.
     private var pendingPlaintext: ByteBuffer?
@@ -52,13 +64,21 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     ///     provider (for example once an upstream is verified); its failure refuses the client with an alert.
     ///   - alpn: client only: the protocols this connection offers, in place of the context's (`[]`: none).
     ///   - alpnAnswer: server with `alpnChosenPerConnection` only: the protocol to answer (nil: no ALPN).
+    ///   - handshakeGate: server with `alpnChosenPerConnection` only: the handshake runs as the peer's messages
+    ///     arrive, made with `alpnAnswer`, but nothing it makes for the peer (not a byte of the ServerHello, the
+    ///     certificate or a resumed session's Finished) is sent until this succeeds. It succeeds with the ALPN answer
+    ///     the handshake must carry: when that is not `alpnAnswer`, what was made is dropped and the handshake is made
+    ///     again, from the peer's bytes, with that answer (the peer has seen nothing of the first). If the gate fails,
+    ///     what was made is dropped, the peer gets a fatal internal_error alert, and the handshake fails with the
+    ///     gate's error. Any other failure before the gate opens ends the same way.
     public init(
         context: OpenSSLContext,
         serverName: String? = nil,
         certificateProvider: OpenSSLContext.CertificateProvider? = nil,
         alpn: [String]? = nil,
         alpnAnswer: String? = nil,
-        sessionKey: String? = nil
+        sessionKey: String? = nil,
+        handshakeGate: EventLoopFuture<String?>? = nil
     ) throws(OpenSSLError) {
         let isServer = context.configuration.role == .server
         self.connection = try OpenSSLConnection(
@@ -72,6 +92,17 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             connection.answerALPN(with: alpnAnswer)
         }
         self.certificateProvider = isServer ? certificateProvider ?? context.configuration.certificateProvider : nil
+        let gated = isServer && context.configuration.alpnChosenPerConnection && handshakeGate != nil
+        self.handshakeGate = gated ? handshakeGate : nil
+        self.machine = StateMachine(gated: gated)
+        if gated {
+            gatedAnswer = alpnAnswer
+            gatedInput = ByteBuffer()
+            let choosesCertificate = certificateProvider != nil
+            remake = { () throws(OpenSSLError) in
+                try OpenSSLConnection(context: context, choosesCertificate: choosesCertificate)
+            }
+        }
     }
 
     public var negotiatedProtocol: String? { connection.negotiatedProtocol }
@@ -88,6 +119,22 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
+        if let handshakeGate {
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            handshakeGate.hop(to: context.eventLoop).whenComplete { result in
+                let (handler, context) = loopBound.value
+                switch result {
+                case .success(let answer) where answer == handler.gatedAnswer:
+                    handler.gatedInput = nil
+                    handler.perform(handler.machine.gateOpened(), context: context)
+                case .success(let answer):
+                    handler.makeHandshakeAgain(answering: answer, context: context)
+                case .failure(let error):
+                    let failure = OpenSSLError(operation: "completing the handshake", entries: ["\(error)"])
+                    handler.perform(handler.machine.gateFailed(failure), context: context)
+                }
+            }
+        }
         if context.channel.isActive {
             perform(machine.channelActive(), context: context)
         }
@@ -106,7 +153,15 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        connection.consumeFromNetwork(unwrapInboundIn(data))
+        let bytes = unwrapInboundIn(data)
+        if machine.holdsHandshakeOutput, gatedInput != nil {
+            if gatedInput!.readableBytes + bytes.readableBytes <= Self.gatedInputLimit {
+                gatedInput!.writeImmutableBuffer(bytes)
+            } else {
+                gatedInput = nil
+            }
+        }
+        connection.consumeFromNetwork(bytes)
         perform(machine.bytesArrived(), context: context)
     }
 
@@ -220,7 +275,50 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             failPendingWrites(error)
             context.fireErrorCaught(error)
             closeChannel(context: context)
+        case .sendHandshakeOutput:
+            sendToNetwork(context: context, flush: true)
+        case .refuseHandshake(let error):
+            _ = connection.takeForNetwork(allocator: context.channel.allocator)  // dropped, never sent
+            var alert = context.channel.allocator.buffer(capacity: Self.internalErrorAlert.count)
+            alert.writeBytes(Self.internalErrorAlert)
+            context.writeAndFlush(wrapOutboundOut(alert), promise: nil)
+            failHeldWrites(error)
+            failPendingWrites(error)
+            context.fireErrorCaught(error)
+            closeChannel(context: context)
         }
+    }
+
+    /// A plaintext TLS record with a fatal internal_error alert (RFC 8446 §6): what OpenSSL itself sends when its
+    /// certificate callback fails, so a client refused at the gate sees what one refused there would.
+    static let internalErrorAlert: [UInt8] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50]
+
+    /// The gate asks for another ALPN answer than the handshake was made with: a new connection takes the peer's
+    /// bytes again and answers with `answer`; the first one's output is dropped unsent.
+    private func makeHandshakeAgain(answering answer: String?, context: ChannelHandlerContext) {
+        guard let input = gatedInput, let remake else {
+            let error = OpenSSLError(
+                operation: "completing the handshake",
+                entries: ["the peer sent more than \(Self.gatedInputLimit) bytes before the handshake could be made again"])
+            perform(machine.gateFailed(error), context: context)
+            return
+        }
+        gatedInput = nil
+        let again: OpenSSLConnection
+        do {
+            again = try remake()
+        } catch {
+            perform(machine.gateFailed(error), context: context)
+            return
+        }
+        let action = machine.restartOpened()
+        guard action != .none else { return }
+        again.answerALPN(with: answer)
+        gatedAnswer = answer
+        generation += 1
+        connection = again
+        connection.consumeFromNetwork(input)
+        perform(action, context: context)
     }
 
     private func chooseCertificate(serverName: String?, context: ChannelHandlerContext) {
@@ -230,8 +328,10 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             return
         }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let generation = self.generation
         certificateProvider(serverName, context.eventLoop).hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = loopBound.value
+            guard handler.generation == generation else { return }
             switch result {
             case .success(let certifiedKey):
                 handler.connection.provideCertificate(certifiedKey)
@@ -329,6 +429,12 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Writes what OpenSSL produced; with `flush`, flushes if anything was written since the last flush (a
     /// flush with nothing to send would still walk the pipeline to the socket on every read).
     private func sendToNetwork(context: ChannelHandlerContext, flush: Bool, promise: EventLoopPromise<Void>? = nil) {
+        // Behind a closed gate the handshake's output stays in the connection (it is sent when the gate opens).
+        // Writes wait for the handshake, so no write's promise can come here meanwhile.
+        guard !machine.holdsHandshakeOutput else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
         if let ciphertext = connection.takeForNetwork(allocator: context.channel.allocator) {
             context.write(wrapOutboundOut(ciphertext), promise: promise)
             unflushed = true

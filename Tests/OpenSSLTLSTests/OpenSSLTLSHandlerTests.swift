@@ -255,6 +255,124 @@ final class PlaintextRecorder: ChannelInboundHandler {
         #expect(!client.isActive && !server.isActive)
     }
 
+    /// A server handler behind a handshake gate, and a client, on one embedded loop; the server's certificate comes
+    /// from a provider that notes being asked (which OpenSSL does only once it has processed the ClientHello).
+    struct Gated {
+        let client: EmbeddedChannel
+        let server: EmbeddedChannel
+        let gate: EventLoopPromise<String?>
+        let clientRecorder = PlaintextRecorder()
+        let serverRecorder = PlaintextRecorder()
+        let asked = NIOLockedValueBox<[String?]>([])
+
+        init(_ test: OpenSSLTLSHandlerTests) throws {
+            let loop = EmbeddedEventLoop()
+            client = EmbeddedChannel(loop: loop)
+            server = EmbeddedChannel(loop: loop)
+            gate = loop.makePromise(of: String?.self)
+            let leaf = try OpenSSLCertifiedKey(chainFile: test.pki.serverChain, keyFile: test.pki.serverKey)
+            var configuration = OpenSSLContext.Configuration(role: .server)
+            configuration.alpnChosenPerConnection = true
+            let asked = self.asked
+            configuration.certificateProvider = { name, eventLoop in
+                asked.withLockedValue { $0.append(name) }
+                return eventLoop.makeSucceededFuture(leaf)
+            }
+            let (clientContext, _) = try test.contexts()
+            try client.pipeline.syncOperations.addHandlers([
+                try OpenSSLTLSHandler(context: clientContext, serverName: "localhost"), clientRecorder,
+            ])
+            try server.pipeline.syncOperations.addHandlers([
+                try OpenSSLTLSHandler(
+                    context: try OpenSSLContext(configuration: configuration), alpnAnswer: "http/1.1",
+                    handshakeGate: gate.futureResult),
+                serverRecorder,
+            ])
+            try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+            try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        }
+
+        /// Everything the server has written so far.
+        func serverOutput() throws -> [UInt8] {
+            var bytes: [UInt8] = []
+            while let buffer = try server.readOutbound(as: ByteBuffer.self) { bytes += Array(buffer.readableBytesView) }
+            return bytes
+        }
+    }
+
+    @Test func aGatedServerRunsTheHandshakeButSendsNothingUntilTheGateOpens() throws {
+        let pair = try Gated(self)
+        pair.client.writeAndFlush(ByteBuffer(string: "request"), promise: nil)
+        try interact(pair.client, pair.server)
+        // The ClientHello was processed (the certificate was asked for), and not a byte went back.
+        #expect(pair.asked.withLockedValue { $0 } == ["localhost"])
+        #expect(try pair.serverOutput().isEmpty)
+        #expect(pair.clientRecorder.negotiated.isEmpty && pair.serverRecorder.negotiated.isEmpty)
+
+        pair.gate.succeed("http/1.1")
+        try interact(pair.client, pair.server)
+        #expect(pair.clientRecorder.negotiated == ["http/1.1"] && pair.serverRecorder.negotiated == ["http/1.1"])
+        #expect(pair.asked.withLockedValue { $0 }.count == 1)
+        #expect(pair.serverRecorder.received == Array("request".utf8))
+        pair.server.writeAndFlush(ByteBuffer(string: "response"), promise: nil)
+        try interact(pair.client, pair.server)
+        #expect(pair.clientRecorder.received == Array("response".utf8))
+        #expect(pair.clientRecorder.errors.isEmpty && pair.serverRecorder.errors.isEmpty)
+        _ = try? pair.client.finish()
+        _ = try? pair.server.finish()
+    }
+
+    @Test func aGateAskingForAnotherALPNAnswerMakesTheHandshakeAgain() throws {
+        let pair = try Gated(self)
+        pair.client.writeAndFlush(ByteBuffer(string: "request"), promise: nil)
+        try interact(pair.client, pair.server)
+        #expect(try pair.serverOutput().isEmpty)
+        // The upstream chose no protocol: the client's handshake is made again from its ClientHello, without ALPN.
+        pair.gate.succeed(nil)
+        try interact(pair.client, pair.server)
+        #expect(pair.asked.withLockedValue { $0 } == ["localhost", "localhost"])
+        #expect(pair.clientRecorder.negotiated == [nil] && pair.serverRecorder.negotiated == [nil])
+        #expect(pair.serverRecorder.received == Array("request".utf8))
+        pair.server.writeAndFlush(ByteBuffer(string: "response"), promise: nil)
+        try interact(pair.client, pair.server)
+        #expect(pair.clientRecorder.received == Array("response".utf8))
+        #expect(pair.clientRecorder.errors.isEmpty && pair.serverRecorder.errors.isEmpty)
+        _ = try? pair.client.finish()
+        _ = try? pair.server.finish()
+    }
+
+    @Test func aFailedGateSendsOnlyAnAlertAndReportsWhy() throws {
+        struct UpstreamRefused: Error, CustomStringConvertible { var description: String { "upstream certificate expired" } }
+        let pair = try Gated(self)
+        try interact(pair.client, pair.server)
+        #expect(pair.asked.withLockedValue { $0 }.count == 1)
+        pair.gate.fail(UpstreamRefused())
+        // Not the ServerHello, not the certificate: only the alert.
+        let output = try pair.serverOutput()
+        #expect(output == OpenSSLTLSHandler.internalErrorAlert)
+        #expect(!pair.server.isActive)
+        let serverError = try #require(pair.serverRecorder.errors.first as? OpenSSLError)
+        #expect("\(serverError)".contains("upstream certificate expired"))
+        try pair.client.writeInbound(ByteBuffer(bytes: output))
+        let clientError = try #require(pair.clientRecorder.errors.first as? OpenSSLError)
+        #expect("\(clientError)".contains("internal error"))
+        #expect(pair.clientRecorder.negotiated.isEmpty)
+    }
+
+    @Test func aHandshakeFailingBehindTheGateSendsOurAlertNotOpenSSLs() throws {
+        let pair = try Gated(self)
+        try interact(pair.client, pair.server)
+        #expect(pair.asked.withLockedValue { $0 }.count == 1)
+        // A record the handshake cannot take: OpenSSL's own alert would follow the flight it made, encrypted.
+        try pair.server.writeInbound(ByteBuffer(bytes: [0x17, 0x03, 0x03, 0x00, 0x05] + Array("hello".utf8)))
+        #expect(try pair.serverOutput() == OpenSSLTLSHandler.internalErrorAlert)
+        #expect(pair.serverRecorder.errors.first is OpenSSLError)
+        #expect(!pair.server.isActive)
+        // The gate opening late changes nothing.
+        pair.gate.succeed("http/1.1")
+        #expect(try pair.serverOutput().isEmpty)
+    }
+
     @Test func talksToOpenSSLSServer() async throws {
         // A real peer: `openssl s_server -www` answers GET with a status page.
         let port = try Self.freePort()
@@ -371,6 +489,63 @@ final class PlaintextRecorder: ChannelInboundHandler {
         _ = closed.handshakeStepped(.needsCertificate(serverName: nil))
         #expect(closed.close() == .closeNow)
         #expect(closed.certificateChosen() == .none)
+    }
+
+    @Test func aGateHoldsTheHandshakesOutputUntilItOpens() {
+        var machine = Machine(gated: true)
+        #expect(machine.holdsHandshakeOutput)
+        #expect(machine.channelActive() == .stepHandshake)
+        #expect(machine.handshakeStepped(.needsCertificate(serverName: "a.test")) == .chooseCertificate(serverName: "a.test"))
+        #expect(machine.certificateChosen() == .stepHandshake)
+        #expect(machine.handshakeStepped(.incomplete) == .none)
+        #expect(machine.gateOpened() == .sendHandshakeOutput)
+        #expect(!machine.holdsHandshakeOutput)
+        #expect(machine.gateOpened() == .none)
+        #expect(machine.restartOpened() == .none)
+        #expect(machine.handshakeStepped(.complete) == .completeHandshake)
+        // Once open, failures are OpenSSL's to answer, as without a gate.
+        let error = OpenSSLError(operation: "reading", entries: ["bad record mac"])
+        #expect(machine.readFailed(error) == .fail(error))
+    }
+
+    @Test func aClosedGateTurnsEveryHandshakeEndIntoOurAlertOrASilentClose() {
+        let upstream = OpenSSLError(operation: "completing the handshake", entries: ["upstream failed"])
+        var refused = Machine(gated: true)
+        _ = refused.channelActive()
+        #expect(refused.gateFailed(upstream) == .refuseHandshake(upstream))
+        #expect(refused.state == .closed)
+        #expect(refused.gateOpened() == .none)
+
+        let handshake = OpenSSLError(operation: "handshake", entries: ["unexpected message"])
+        var failed = Machine(gated: true)
+        _ = failed.channelActive()
+        #expect(failed.handshakeStepped(.failed(handshake)) == .refuseHandshake(handshake))
+        #expect(failed.gateFailed(upstream) == .none)
+
+        var again = Machine(gated: true)
+        _ = again.channelActive()
+        _ = again.handshakeStepped(.needsCertificate(serverName: nil))
+        #expect(again.restartOpened() == .stepHandshake)
+        #expect(!again.holdsHandshakeOutput && again.state == .handshaking)
+
+        var peerGone = Machine(gated: true)
+        _ = peerGone.channelActive()
+        #expect(peerGone.peerClosed() == .closeNow)
+
+        var finishedEarly = Machine(gated: true)
+        _ = finishedEarly.channelActive()
+        guard case .refuseHandshake = finishedEarly.handshakeStepped(.complete) else {
+            Issue.record("a handshake finished behind a closed gate must be refused")
+            return
+        }
+
+        // Without a gate nothing changes.
+        var plain = Machine()
+        #expect(!plain.holdsHandshakeOutput)
+        _ = plain.channelActive()
+        #expect(plain.gateOpened() == .none)
+        #expect(plain.gateFailed(upstream) == .none)
+        #expect(plain.handshakeStepped(.failed(handshake)) == .fail(handshake))
     }
 
     @Test func writesWaitForTheHandshake() {

@@ -489,6 +489,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         let leaves = inspection.leaves
         let upstreamReady = connection.upstreamReady
+        let early = Self.alpnAnswerKnownBeforehand(offer: offer)
         let handlers: NIOLoopBound<TLSPair>
         do {
             let upstreamPipeline = upstreamChannel.pipeline.syncOperations
@@ -506,17 +507,32 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 try upstreamPipeline.addHandler(InterceptedHandshakeHandler(side: .upstream, connection: connection))
             }
 
-            // The leaf is minted (or found) now, while the upstream's handshake is under way; the client's
-            // handshake gets it only once the upstream is verified.
+            // The leaf is minted (or found) now, while the upstream's handshake is under way.
             let minted = leaves.leaf(for: leaf, on: context.eventLoop)
-            let clientTLS = try OpenSSLTLSHandler(
-                context: inspection.clientTLS,
-                certificateProvider: { _, eventLoop in
-                    upstreamReady.futureResult.and(minted).hop(to: eventLoop).map { _, leaf in
-                        Optional(leaf)
+            let clientTLS: OpenSSLTLSHandler
+            if let answer = early {
+                // The answer to the client's ALPN offer is all but certain now: the client's handshake runs at
+                // once, while the upstream's is under way, but nothing of it reaches the client (not even the
+                // ServerHello) until the upstream is verified; if it is not, the client gets an alert. Should the
+                // upstream choose otherwise (an upstream without ALPN), the handshake is made again with its choice.
+                clientTLS = try OpenSSLTLSHandler(
+                    context: inspection.clientTLS,
+                    certificateProvider: { _, eventLoop in minted.hop(to: eventLoop).map { Optional($0) } },
+                    alpnAnswer: answer,
+                    handshakeGate: upstreamReady.futureResult.map { handlers.value.upstream.negotiatedProtocol }
+                )
+            } else {
+                // The client's handshake gets its leaf only once the upstream is verified, and is answered with
+                // the protocol the upstream chose.
+                clientTLS = try OpenSSLTLSHandler(
+                    context: inspection.clientTLS,
+                    certificateProvider: { _, eventLoop in
+                        upstreamReady.futureResult.and(minted).hop(to: eventLoop).map { _, leaf in
+                            Optional(leaf)
+                        }
                     }
-                }
-            )
+                )
+            }
             handlers.value.client = clientTLS
             let clientPipeline = context.pipeline.syncOperations
             try clientPipeline.addHandler(clientTLS, position: .after(self))
@@ -531,10 +547,15 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         connection.start()
         if let pooled { connection.adoptPooledUpstream(pooled) }
+        awaitingUpstream = true
+        if early != nil {
+            // The gate holds the client's handshake back: its ClientHello goes in now.
+            releaseToClientTLS(context: context)
+            return
+        }
         // The client's ClientHello (and anything after it) waits until the upstream's handshake is over: then the
         // client is answered with the protocol the upstream chose (ALPN), or with none. A failed upstream lets it
         // through too, to be refused with an alert by the certificate callback.
-        awaitingUpstream = true
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         upstreamReady.futureResult.hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = loopBound.value
@@ -547,6 +568,18 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 return
             }
             handler.releaseToClientTLS(context: context)
+        }
+    }
+
+    /// The protocol the upstream will almost surely choose, so the client's handshake can be made before it has:
+    /// none when the client offers no ALPN (nor is the upstream offered any), `http/1.1` when that is all the
+    /// upstream is offered (an upstream without ALPN answers none: the client's handshake is then made again). Nil
+    /// when h2 is offered: which of two an upstream picks is its own preference, so the client's handshake waits.
+    static func alpnAnswerKnownBeforehand(offer: [String]) -> String?? {
+        switch offer {
+        case []: return .some(nil)
+        case ["http/1.1"]: return .some("http/1.1")
+        default: return nil
         }
     }
 
