@@ -56,6 +56,9 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Writes this large are not gathered (a TLS record holds at most 16 KiB anyway).
     private static let coalescingLimit = 8192
     private var closePromise: EventLoopPromise<Void>?
+    /// The channel's allocator, read once: `context.channel.allocator` goes through the channel existential and an
+    /// event-loop check on every call, and buffers are asked for several times per record.
+    private var allocator = ByteBufferAllocator()
 
     /// - Parameter serverName: client only: the name or IP to verify (names are also sent as SNI).
     /// - Parameters:
@@ -119,6 +122,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
+        allocator = context.channel.allocator
         if let handshakeGate {
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             handshakeGate.hop(to: context.eventLoop).whenComplete { result in
@@ -278,8 +282,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         case .sendHandshakeOutput:
             sendToNetwork(context: context, flush: true)
         case .refuseHandshake(let error):
-            _ = connection.takeForNetwork(allocator: context.channel.allocator)  // dropped, never sent
-            var alert = context.channel.allocator.buffer(capacity: Self.internalErrorAlert.count)
+            _ = connection.takeForNetwork(allocator: allocator)  // dropped, never sent
+            var alert = allocator.buffer(capacity: Self.internalErrorAlert.count)
             alert.writeBytes(Self.internalErrorAlert)
             context.writeAndFlush(wrapOutboundOut(alert), promise: nil)
             failHeldWrites(error)
@@ -352,7 +356,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         var delivered = false
         // A buffer left empty by the last call is used again: a read that yields no application data (a
         // handshake message, a session ticket) then allocates nothing.
-        var plaintext = spareBuffer ?? context.channel.allocator.buffer(capacity: plaintextCapacity)
+        var plaintext = spareBuffer ?? allocator.buffer(capacity: plaintextCapacity)
         spareBuffer = nil
         func deliver(readingOn: Bool = true) {
             guard plaintext.readableBytes > 0 else { return }
@@ -361,7 +365,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             plaintextCapacity = min(max(plaintext.readableBytes, Self.smallestPlaintextBuffer), 65536)
             context.fireChannelRead(wrapInboundOut(plaintext))
             // `ByteBuffer()` allocates nothing: after the last delivery no buffer is needed.
-            plaintext = readingOn ? context.channel.allocator.buffer(capacity: plaintextCapacity) : ByteBuffer()
+            plaintext = readingOn ? allocator.buffer(capacity: plaintextCapacity) : ByteBuffer()
             delivered = true
         }
         // Before the session's end is acted on: what came ahead of it goes up first.
@@ -435,7 +439,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        if let ciphertext = connection.takeForNetwork(allocator: context.channel.allocator) {
+        if let ciphertext = connection.takeForNetwork(allocator: allocator) {
             context.write(wrapOutboundOut(ciphertext), promise: promise)
             unflushed = true
         } else {

@@ -245,7 +245,8 @@ package struct InterceptedExchangeStateMachine {
             let method = current!.method
             let framing = head.bodyFraming.map { .success($0) }
                 ?? HTTP1BodyFraming.response(head, requestMethodIsHEAD: method == "HEAD" || method == "CONNECT")
-            current!.closeDelimited = framing == .success(.untilClose)
+            // A pattern, not `==`: Result's generic equality costs a runtime metadata lookup per response.
+            if case .success(.untilClose) = framing { current!.closeDelimited = true } else { current!.closeDelimited = false }
             if !head.keepsAlive || current!.closeDelimited {
                 current!.upstreamCloses = true
                 current!.closeAfter = true

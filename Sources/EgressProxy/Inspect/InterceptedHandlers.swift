@@ -46,8 +46,12 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        allocator = context.channel.allocator
         connection.attach(client: self)
     }
+
+    /// The channel's allocator, read once (`context.channel.allocator` goes through the channel existential).
+    private var allocator = ByteBufferAllocator()
 
     func handlerRemoved(context: ChannelHandlerContext) {
         headTimer?.cancel()
@@ -223,7 +227,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         } else {
             promise = nil
         }
-        switch writer.serialize(part, allocator: context.channel.allocator) {
+        switch writer.serialize(part, allocator: allocator) {
         case .bytes(let bytes): context.write(wrapOutboundOut(bytes), promise: promise)
         case .nothing: promise?.succeed(())
         }
@@ -372,8 +376,12 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        allocator = context.channel.allocator
         connection.attach(upstream: self)
     }
+
+    /// The channel's allocator, read once (`context.channel.allocator` goes through the channel existential).
+    private var allocator = ByteBufferAllocator()
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
@@ -463,7 +471,7 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
             decoder.answeringHEAD = head.methodIs("HEAD")
             decoder.answeringCONNECT = head.methodIs("CONNECT")
         }
-        switch writer.serialize(part, allocator: context.channel.allocator) {
+        switch writer.serialize(part, allocator: allocator) {
         case .success(let bytes?):
             context.write(wrapOutboundOut(bytes), promise: nil)
             if flush { context.flush() }
