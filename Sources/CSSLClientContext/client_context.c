@@ -7,6 +7,7 @@
 #include <openssl/core.h>
 #include <openssl/core_dispatch.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/provider.h>
 #include <openssl/ssl.h>
@@ -130,6 +131,8 @@ fail_inner:
     memset(kept_decoders, 0, sizeof kept_decoders);
     if (deflt != NULL) OSSL_PROVIDER_unload(deflt);
     OSSL_LIB_CTX_free(inner);
+    // The clients use the default context instead: what failed here must not show up in their errors.
+    ERR_clear_error();
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;

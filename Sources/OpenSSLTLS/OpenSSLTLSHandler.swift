@@ -16,6 +16,14 @@ public struct TLSCloseWithoutNotify: Sendable, Hashable {
     public init() {}
 }
 
+/// A server's handshake that ended behind its gate (`OpenSSLTLSHandler`'s `handshakeGate`): the peer was sent nothing
+/// of it (not the certificate), only a fatal alert. Fired up the pipeline in place of the `OpenSSLError` it carries.
+public struct TLSHandshakeWithheld: Error, Sendable, Hashable, CustomStringConvertible {
+    public var error: OpenSSLError
+    public init(_ error: OpenSSLError) { self.error = error }
+    public var description: String { error.description }
+}
+
 /// TLS on a channel, client or server: ciphertext below, plaintext above. Fires
 /// `TLSUserEvent.handshakeCompleted(negotiatedProtocol:)` when the handshake is done; writes made before then
 /// are held and sent after it. A failed handshake or a broken record reaches the pipeline as an
@@ -35,6 +43,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     private var gatedAnswer: String?
     private var gatedInput: ByteBuffer?
     private var remake: (() throws(OpenSSLError) -> OpenSSLConnection)?
+    /// The context answers ALPN per connection (`alpnAnswer`): only then does the gate's answer count.
+    private let answersALPNPerConnection: Bool
     /// The peer's bytes kept behind a gate, at most: a ClientHello is far smaller. More than this and the
     /// handshake cannot be made again (it is refused should the gate ask for that).
     static let gatedInputLimit = 65536
@@ -67,13 +77,13 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     ///     provider (for example once an upstream is verified); its failure refuses the client with an alert.
     ///   - alpn: client only: the protocols this connection offers, in place of the context's (`[]`: none).
     ///   - alpnAnswer: server with `alpnChosenPerConnection` only: the protocol to answer (nil: no ALPN).
-    ///   - handshakeGate: server with `alpnChosenPerConnection` only: the handshake runs as the peer's messages
-    ///     arrive, made with `alpnAnswer`, but nothing it makes for the peer (not a byte of the ServerHello, the
-    ///     certificate or a resumed session's Finished) is sent until this succeeds. It succeeds with the ALPN answer
-    ///     the handshake must carry: when that is not `alpnAnswer`, what was made is dropped and the handshake is made
-    ///     again, from the peer's bytes, with that answer (the peer has seen nothing of the first). If the gate fails,
-    ///     what was made is dropped, the peer gets a fatal internal_error alert, and the handshake fails with the
-    ///     gate's error. Any other failure before the gate opens ends the same way.
+    ///   - handshakeGate: server only: the handshake runs as the peer's messages arrive, but nothing it makes for the
+    ///     peer (not a byte of the ServerHello, the certificate or a resumed session's Finished) is sent until this
+    ///     succeeds. With `alpnChosenPerConnection` it succeeds with the ALPN answer the handshake must carry: when
+    ///     that is not `alpnAnswer`, what was made is dropped and the handshake is made again, from the peer's bytes,
+    ///     with that answer (the peer has seen nothing of the first). If the gate fails, what was made is dropped,
+    ///     the peer gets a fatal internal_error alert, and the handshake fails with `TLSHandshakeWithheld`. Any other
+    ///     failure before the gate opens ends the same way.
     public init(
         context: OpenSSLContext,
         serverName: String? = nil,
@@ -95,10 +105,11 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             connection.answerALPN(with: alpnAnswer)
         }
         self.certificateProvider = isServer ? certificateProvider ?? context.configuration.certificateProvider : nil
-        let gated = isServer && context.configuration.alpnChosenPerConnection && handshakeGate != nil
+        let gated = isServer && handshakeGate != nil
         self.handshakeGate = gated ? handshakeGate : nil
         self.machine = StateMachine(gated: gated)
-        if gated {
+        self.answersALPNPerConnection = context.configuration.alpnChosenPerConnection
+        if gated && answersALPNPerConnection {
             gatedAnswer = alpnAnswer
             gatedInput = ByteBuffer()
             let choosesCertificate = certificateProvider != nil
@@ -128,7 +139,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             handshakeGate.hop(to: context.eventLoop).whenComplete { result in
                 let (handler, context) = loopBound.value
                 switch result {
-                case .success(let answer) where answer == handler.gatedAnswer:
+                case .success(let answer) where answer == handler.gatedAnswer || !handler.answersALPNPerConnection:
                     handler.gatedInput = nil
                     handler.perform(handler.machine.gateOpened(), context: context)
                 case .success(let answer):
@@ -288,7 +299,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             context.writeAndFlush(wrapOutboundOut(alert), promise: nil)
             failHeldWrites(error)
             failPendingWrites(error)
-            context.fireErrorCaught(error)
+            context.fireErrorCaught(TLSHandshakeWithheld(error))
             closeChannel(context: context)
         }
     }

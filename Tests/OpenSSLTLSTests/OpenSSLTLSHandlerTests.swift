@@ -265,18 +265,24 @@ final class PlaintextRecorder: ChannelInboundHandler {
         let serverRecorder = PlaintextRecorder()
         let asked = NIOLockedValueBox<[String?]>([])
 
-        init(_ test: OpenSSLTLSHandlerTests) throws {
+        /// With `leafLater`, the certificate waits for this promise (the handshake stays paused in its callback).
+        let leafLater: EventLoopPromise<OpenSSLCertifiedKey?>?
+
+        init(_ test: OpenSSLTLSHandlerTests, perConnectionALPN: Bool = true, leafLater: Bool = false) throws {
             let loop = EmbeddedEventLoop()
             client = EmbeddedChannel(loop: loop)
             server = EmbeddedChannel(loop: loop)
             gate = loop.makePromise(of: String?.self)
             let leaf = try OpenSSLCertifiedKey(chainFile: test.pki.serverChain, keyFile: test.pki.serverKey)
             var configuration = OpenSSLContext.Configuration(role: .server)
-            configuration.alpnChosenPerConnection = true
+            configuration.alpnChosenPerConnection = perConnectionALPN
+            configuration.alpn = perConnectionALPN ? [] : ["http/1.1"]
             let asked = self.asked
+            let later = leafLater ? loop.makePromise(of: OpenSSLCertifiedKey?.self) : nil
+            self.leafLater = later
             configuration.certificateProvider = { name, eventLoop in
                 asked.withLockedValue { $0.append(name) }
-                return eventLoop.makeSucceededFuture(leaf)
+                return later?.futureResult ?? eventLoop.makeSucceededFuture(leaf)
             }
             let (clientContext, _) = try test.contexts()
             try client.pipeline.syncOperations.addHandlers([
@@ -341,6 +347,37 @@ final class PlaintextRecorder: ChannelInboundHandler {
         _ = try? pair.server.finish()
     }
 
+    @Test func aGateHoldsTheHandshakeWhateverTheContextsALPN() throws {
+        // A context that answers ALPN itself: the gate's answer does not count, but it still holds everything back.
+        let pair = try Gated(self, perConnectionALPN: false)
+        try interact(pair.client, pair.server)
+        #expect(pair.asked.withLockedValue { $0 }.count == 1)
+        // Nothing went back: the client is still waiting for a ServerHello.
+        #expect(pair.clientRecorder.negotiated.isEmpty && pair.serverRecorder.negotiated.isEmpty)
+        #expect(try pair.serverOutput().isEmpty)
+        pair.gate.succeed(nil)
+        try interact(pair.client, pair.server)
+        #expect(pair.clientRecorder.negotiated == ["http/1.1"] && pair.serverRecorder.negotiated == ["http/1.1"])
+        #expect(pair.asked.withLockedValue { $0 }.count == 1)
+        _ = try? pair.client.finish()
+        _ = try? pair.server.finish()
+    }
+
+    @Test func aHandshakeThatCannotBeMadeAgainIsWithheld() throws {
+        let pair = try Gated(self, leafLater: true)
+        try interact(pair.client, pair.server)
+        #expect(pair.asked.withLockedValue { $0 }.count == 1)
+        // More than the gate keeps a copy of: the handshake cannot be made again from the client's bytes.
+        try pair.server.writeInbound(ByteBuffer(repeating: 0x17, count: OpenSSLTLSHandler.gatedInputLimit + 1))
+        pair.gate.succeed(nil)
+        #expect(try pair.serverOutput() == OpenSSLTLSHandler.internalErrorAlert)
+        let error = try #require(pair.serverRecorder.errors.first as? TLSHandshakeWithheld)
+        #expect("\(error)".contains("more than 65536 bytes"))
+        #expect(!pair.server.isActive)
+        pair.leafLater?.succeed(nil)
+        #expect(try pair.serverOutput().isEmpty)
+    }
+
     @Test func aFailedGateSendsOnlyAnAlertAndReportsWhy() throws {
         struct UpstreamRefused: Error, CustomStringConvertible { var description: String { "upstream certificate expired" } }
         let pair = try Gated(self)
@@ -351,7 +388,7 @@ final class PlaintextRecorder: ChannelInboundHandler {
         let output = try pair.serverOutput()
         #expect(output == OpenSSLTLSHandler.internalErrorAlert)
         #expect(!pair.server.isActive)
-        let serverError = try #require(pair.serverRecorder.errors.first as? OpenSSLError)
+        let serverError = try #require(pair.serverRecorder.errors.first as? TLSHandshakeWithheld)
         #expect("\(serverError)".contains("upstream certificate expired"))
         try pair.client.writeInbound(ByteBuffer(bytes: output))
         let clientError = try #require(pair.clientRecorder.errors.first as? OpenSSLError)
@@ -366,7 +403,7 @@ final class PlaintextRecorder: ChannelInboundHandler {
         // A record the handshake cannot take: OpenSSL's own alert would follow the flight it made, encrypted.
         try pair.server.writeInbound(ByteBuffer(bytes: [0x17, 0x03, 0x03, 0x00, 0x05] + Array("hello".utf8)))
         #expect(try pair.serverOutput() == OpenSSLTLSHandler.internalErrorAlert)
-        #expect(pair.serverRecorder.errors.first is OpenSSLError)
+        #expect(pair.serverRecorder.errors.first is TLSHandshakeWithheld)
         #expect(!pair.server.isActive)
         // The gate opening late changes nothing.
         pair.gate.succeed("http/1.1")

@@ -14,8 +14,9 @@
 ///
 /// Made on the first call and kept for the life of the process (it is never freed, as OpenSSL's own default context is
 /// not). NULL when it cannot be made, or when the default context is set up differently from a plain default provider
-/// (a FIPS or legacy provider, or default properties, from openssl.cnf): the caller then uses the default context, so
-/// such a configuration applies to the proxy's clients as before.
+/// (another provider, such as FIPS or legacy, or FIPS default properties, from openssl.cnf): the caller then uses the
+/// default context, so such a configuration applies to the proxy's clients as before. (OpenSSL 3.0 has no way to read
+/// other default properties; a configuration that sets them without another provider is not detected.)
 OSSL_LIB_CTX *kaizen_client_library_context(void);
 
 /// How many decoders the client context has, and the default provider has (for tests); 0 and 0 without the context.

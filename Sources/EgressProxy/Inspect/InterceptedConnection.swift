@@ -432,7 +432,8 @@ final class InterceptedConnection {
     func touch() { lastActivity = .now() }
 
     func clientFailed(_ error: any Error) {
-        if !clientHandshakeDone && failure == nil && upstreamHandshakeDone {
+        // A handshake refused behind its gate showed the client nothing of ours: not a refusal of our certificate.
+        if !clientHandshakeDone && failure == nil && upstreamHandshakeDone && !(error is TLSHandshakeWithheld) {
             // The upstream was fine and the client was shown our leaf, then refused it: most likely pinning or
             // a client that does not trust the CA. Later connections to the name pass through untouched.
             failure = ("tls_intercept_failed", "client refused the inspection certificate: \(GlueHandler.describe(error))")
@@ -441,6 +442,9 @@ final class InterceptedConnection {
             if (error as? IOError)?.errnoCode != ECONNRESET {
                 inspection.policy.notePinned(agent: reporting.agent, leaf.description, now: Inspection.now())
             }
+        }
+        if failure == nil, let withheld = error as? TLSHandshakeWithheld {
+            failure = ("tls_error", "the client's TLS handshake failed before it was sent anything: \(withheld)")
         }
         noteClose(by: .client, reason: clientHandshakeDone ? "error: \(GlueHandler.describe(error))" : "tls_error")
         closeBoth()
