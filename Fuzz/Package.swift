@@ -22,6 +22,6 @@ let package = Package(
     dependencies: [.package(path: root.path)],
     targets: [
         fuzzTarget("fuzz-clienthello"), fuzzTarget("fuzz-request-head"), fuzzTarget("fuzz-connect-authority"),
-        fuzzTarget("fuzz-http1-differential"),
+        fuzzTarget("fuzz-http1-differential"), fuzzTarget("fuzz-http1-response-differential"),
     ]
 )

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the libFuzzer targets in Fuzz/ (ClientHello parser, request-head parsing, CONNECT authority parser, the
-# HTTP/1.1 codec against llhttp), each
+# HTTP/1.1 codec against llhttp on requests and on responses), each
 # for SECONDS (default 60), side by side, from a copy of the seed corpus in Tests/FuzzCorpusTests/Corpus.
 # Part of `make test`. A crash, a leak of memory past the limit or a timeout fails the run; the input is saved
 # under Fuzz/crashes/ (add it to the seed corpus once fixed, so FuzzCorpusTests replays it for good).
@@ -15,18 +15,19 @@ work=$(mktemp -d /tmp/kz-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p Fuzz/crashes
 pids=()
-targets="clienthello request-head connect-authority http1-differential"
+targets="clienthello request-head connect-authority http1-differential http1-response-differential"
 for target in $targets; do
     # The differential target starts from the request-head seeds: both read client byte streams.
     seeds=$target
     [ "$target" = http1-differential ] && seeds=request-head
+    [ "$target" = http1-response-differential ] && seeds=response
     cp -r "Tests/FuzzCorpusTests/Corpus/$seeds" "$work/$target"
     Fuzz/.build/debug/fuzz-$target -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="Fuzz/crashes/$target-" "$work/$target" >"$work/$target.log" 2>&1 &
     pids+=($!)
 done
 status=0
-for index in 0 1 2 3; do
+for index in 0 1 2 3 4; do
     target=$(echo $targets | cut -d' ' -f$((index + 1)))
     if wait "${pids[$index]}"; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$target.log" | grep -o '[0-9]*$' || echo "?")

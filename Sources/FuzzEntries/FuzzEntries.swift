@@ -94,4 +94,11 @@ extension FuzzEntries {
             fatalError("the codec and llhttp disagree on \(Array(bytes)): \(disagreement)")
         }
     }
+
+    /// Origin bytes (after a first byte saying which responses answer HEAD): the codec and llhttp must agree.
+    public static func http1ResponseDifferential(_ bytes: UnsafeRawBufferPointer) {
+        if case .failure(let disagreement) = HTTP1ResponseDifferential.compare(bytes) {
+            fatalError("the codec and llhttp disagree on the response bytes \(Array(bytes)): \(disagreement)")
+        }
+    }
 }

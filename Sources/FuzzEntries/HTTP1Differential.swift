@@ -187,7 +187,7 @@ public enum HTTP1Differential {
 }
 
 extension Substring {
-    fileprivate func trimmedOWS() -> Substring {
+    func trimmedOWS() -> Substring {
         let characters: Set<Character> = [" ", "\t"]
         var slice = self
         while let first = slice.first, characters.contains(first) { slice = slice.dropFirst() }

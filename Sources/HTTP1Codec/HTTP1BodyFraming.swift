@@ -27,6 +27,9 @@ public enum HTTP1BodyFraming: Sendable, Hashable {
     /// not end in `chunked`, or neither field: until the close.
     public static func response(_ head: HTTP1Head, requestMethodIsHEAD: Bool) -> Result<HTTP1BodyFraming, HTTP1ParseError> {
         if requestMethodIsHEAD || (100..<200).contains(head.status) || head.status == 204 || head.status == 304 {
+            // No body whatever the fields say; but fields that would frame one wrongly (an invalid or a second
+            // Content-Length, one beside Transfer-Encoding) are refused as in any response, as llhttp does.
+            if case .failure(let error) = framing(head, untilCloseWithoutChunked: true) { return .failure(error) }
             return .success(.none)
         }
         return framing(head, untilCloseWithoutChunked: true)

@@ -73,7 +73,9 @@ public struct HTTP1MessageDecoder: Sendable {
                 framing = HTTP1BodyFraming.request(head)
             case .response:
                 stopsAfterThis = head.status == 101 || (answeringCONNECT && (200..<300).contains(head.status))
-                framing = stopsAfterThis ? .success(.none) : HTTP1BodyFraming.response(head, requestMethodIsHEAD: answeringHEAD)
+                // After a 101 or a CONNECT's 2xx nothing is a body, but fields that would frame one wrongly are
+                // refused all the same (as llhttp does).
+                framing = HTTP1BodyFraming.response(head, requestMethodIsHEAD: answeringHEAD).map { stopsAfterThis ? .none : $0 }
             case .trailers:
                 preconditionFailure("a trailer section is never a message's head")
             }

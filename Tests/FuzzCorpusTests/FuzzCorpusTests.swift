@@ -33,6 +33,10 @@ import Testing
         #expect(try Self.replay("request-head", FuzzEntries.requestHeads) > 1000)
     }
 
+    @Test func responseCorpus() throws {
+        #expect(try Self.replay("response", FuzzEntries.http1ResponseDifferential) > 1000)
+    }
+
     @Test func connectAuthorityCorpus() throws {
         #expect(try Self.replay("connect-authority", FuzzEntries.connectAuthority) > 100)
     }
