@@ -65,6 +65,28 @@ import Testing
         #expect(parts(&connect, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nraw").rest == "raw")
     }
 
+    /// A response without a body (to HEAD, 1xx, 101, 204, 304, a CONNECT's 2xx) still has its framing fields checked:
+    /// found by the response differential against llhttp, which refuses these.
+    @Test(arguments: [
+        ("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", true, false),
+        ("HTTP/1.1 204 No Content\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false, false),
+        ("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", false, false),
+        ("HTTP/1.1 101 Switching Protocols\r\nContent-Length: -1\r\n\r\n", false, false),
+        ("HTTP/1.1 100 Continue\r\nContent-Length: 1, 1\r\n\r\n", false, false),
+        ("HTTP/1.1 200 Connection established\r\nContent-Length: 3a\r\n\r\n", false, true),
+    ])
+    func aResponseWithoutABodyStillHasItsFramingChecked(_ text: String, head: Bool, connect: Bool) {
+        var decoder = HTTP1MessageDecoder(kind: .response)
+        decoder.answeringHEAD = head
+        decoder.answeringCONNECT = connect
+        let out = parts(&decoder, text).parts
+        #expect(out.count == 1 && out[0].hasPrefix("invalid"), "\(out)")
+        // The same fields, well formed: no body all the same.
+        var valid = HTTP1MessageDecoder(kind: .response)
+        valid.answeringHEAD = true
+        #expect(parts(&valid, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n").parts == ["head 200", "end"])
+    }
+
     @Test func afterAnErrorNothingMoreIsDecoded() {
         var decoder = HTTP1MessageDecoder(kind: .request)
         #expect(parts(&decoder, "GET / HTTP/1.1\r\nA: b\0\r\n\r\nGET / HTTP/1.1\r\n\r\n").parts == ["invalid invalid header field value"])
