@@ -11,6 +11,9 @@ public final class InspectionPolicy: Sendable {
         case inspect(leaf: OpenSSLCertificateAuthority.LeafName, upstreamName: String)
         /// Relay untouched, as destination-only mode does; `reason` goes in the action.
         case passthrough(reason: String)
+        /// A CONNECT to an address whose SNI is a passthrough name: passed through only if `name` resolves to that
+        /// address (ask `decide` again with `sniResolvesToAddress`); otherwise the SNI counts for nothing.
+        case passthroughIfNameResolves(name: String)
     }
 
     private let inspectHosts: HostPatterns?
@@ -41,17 +44,27 @@ public final class InspectionPolicy: Sendable {
     ///   - serverName: the ClientHello's SNI, if any.
     ///   - agent: the agent the connection is reported for (pinning is remembered per agent).
     ///
+    ///   - sniResolvesToAddress: for a CONNECT to an address, whether the SNI's name resolves to it (nil: not known
+    ///     yet; the decision then asks for it when it matters).
+    ///
     /// The client chooses its SNI, so the SNI alone never takes a tunnel out of inspection: a passthrough name in the
-    /// SNI counts when the CONNECT names no other host (it names the same one, or an address, which says no name),
-    /// and a tunnel is inspected when either the CONNECT host or the SNI is in `KAIZEN_INSPECT_HOSTS`.
-    public func decide(agent: String, connectHost: String, isTLS: Bool, serverName: String?, now: Int64) -> Decision {
+    /// SNI counts when the CONNECT names the same host, or an address the name resolves to (a client cannot reach
+    /// any address uninspected by naming a passthrough host); a tunnel is inspected when either the CONNECT host or
+    /// the SNI is in `KAIZEN_INSPECT_HOSTS`.
+    public func decide(
+        agent: String, connectHost: String, isTLS: Bool, serverName: String?, now: Int64, sniResolvesToAddress: Bool? = nil
+    ) -> Decision {
         guard isTLS else { return .passthrough(reason: "not TLS") }
         let connect = connectHost.lowercased()
         let name = serverName?.lowercased() ?? connect
         if let passthroughHosts {
-            let sniCounts = name == connect || OpenSSLConnection.isIPAddress(connectHost)
-            if passthroughHosts.matches(connect) || (sniCounts && passthroughHosts.matches(name)) {
-                return .passthrough(reason: "passthrough host")
+            if passthroughHosts.matches(connect) { return .passthrough(reason: "passthrough host") }
+            if name != connect, OpenSSLConnection.isIPAddress(connectHost), passthroughHosts.matches(name) {
+                switch sniResolvesToAddress {
+                case nil: return .passthroughIfNameResolves(name: name)
+                case true?: return .passthrough(reason: "passthrough host")
+                case false?: break  // not this address's name: it counts for nothing
+                }
             }
         }
         if let inspectHosts, !inspectHosts.matches(name), !inspectHosts.matches(connect) {

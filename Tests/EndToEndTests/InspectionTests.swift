@@ -424,6 +424,33 @@ import Testing
         #expect(action["sni"] as? String == "localhost")
     }
 
+    /// A CONNECT to an address with a passthrough name in its SNI: passed through when the name resolves to that
+    /// address (localhost, 127.0.0.1), inspected when it does not (127.0.0.2): a client cannot take a tunnel to any
+    /// address out of inspection by the name it sends.
+    @Test func aPassthroughNameInTheSNICountsOnlyForItsOwnAddress() throws {
+        let setup = try setUp(extra: ["KAIZEN_PASSTHROUGH_HOSTS": "localhost"])
+        let (elsewhere, elsewherePort) = try ChildProcess.origin(
+            mode: "https", host: "127.0.0.2", cert: setup.pki.serverCertificate, key: setup.pki.serverKey)
+        defer { withExtendedLifetime(elsewhere) {} }
+        // curl trusts both: the origin's CA (passed through) and the inspection CA (inspected).
+        let bundle = setup.pki.directory + "/both-cas.pem"
+        try (String(contentsOfFile: setup.pki.caCertificate, encoding: .utf8)
+            + String(contentsOfFile: setup.inspectionCA, encoding: .utf8)).write(toFile: bundle, atomically: true, encoding: .utf8)
+        for (address, port) in [("127.0.0.1", setup.originPort), ("127.0.0.2", elsewherePort)] {
+            let result = try curl(
+                setup, ["https://localhost:\(port)/hello"], trust: bundle,
+                extra: ["--connect-to", "localhost:\(port):\(address):\(port)"])
+            #expect(result.status == 0 && result.stdout == "hello from origin", "\(address): \(result.stderr)")
+        }
+        let actions = try setup.waitForActions(2)
+        let own = try #require(actions.first { $0["host"] as? String == "127.0.0.1" })
+        #expect(own["sni"] as? String == "localhost" && own["method"] == nil, "\(own)")
+        #expect(own["inspection"] as? String == "passthrough host", "\(own)")
+        let other = try #require(actions.first { $0["host"] as? String == "127.0.0.2" })
+        #expect(other["sni"] as? String == "localhost" && other["method"] as? String == "GET", "\(other)")
+        #expect(other["intercepted"] as? Bool == true, "\(other)")
+    }
+
     @Test func aNameOutsideTheCAsNameConstraintsIsPassedThroughWithTheReason() throws {
         let pki = try TestPKI.mint()
         let directory = pki.directory + "/constrained"

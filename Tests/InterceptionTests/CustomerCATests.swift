@@ -152,7 +152,13 @@ struct CAFixtures {
         }
         #expect(decide(passthrough, "bank.example", "bank.example") == .passthrough(reason: "passthrough host"))
         #expect(decide(passthrough, "bank.example", "other.example") == .passthrough(reason: "passthrough host"))
-        #expect(decide(passthrough, "93.184.215.14", "bank.example") == .passthrough(reason: "passthrough host"))
+        // A CONNECT to an address: the passthrough name counts only if it resolves to that address.
+        #expect(decide(passthrough, "93.184.215.14", "bank.example") == .passthroughIfNameResolves(name: "bank.example"))
+        #expect(passthrough.decide(agent: "a", connectHost: "93.184.215.14", isTLS: true, serverName: "Bank.Example", now: 0,
+            sniResolvesToAddress: true) == .passthrough(reason: "passthrough host"))
+        #expect(passthrough.decide(agent: "a", connectHost: "93.184.215.14", isTLS: true, serverName: "bank.example", now: 0,
+            sniResolvesToAddress: false) == .inspect(leaf: .dns("bank.example"), upstreamName: "bank.example"))
+        #expect(decide(passthrough, "93.184.215.14", "other.example") == .inspect(leaf: .dns("other.example"), upstreamName: "other.example"))
         // A CONNECT to another host that claims the passthrough name is inspected.
         #expect(decide(passthrough, "evil.example", "bank.example") == .inspect(leaf: .dns("bank.example"), upstreamName: "bank.example"))
         let only = InspectionPolicy(inspectHosts: try HostPatterns(parsing: "api.example"), passthroughHosts: nil, pinnedFor: 3600)

@@ -137,14 +137,37 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 return
             }
         }
-        let decision = inspection.policy.decide(
+        carryOut(decide(hello, sniResolvesToAddress: nil), hello: hello, context: context)
+    }
+
+    private func decide(_ hello: ClientHello, sniResolvesToAddress: Bool?) -> InspectionPolicy.Decision {
+        inspection.policy.decide(
             agent: reporting.agent,
             connectHost: tunnel.destination.host,
             isTLS: true,
             serverName: hello.serverName,
-            now: Inspection.now()
+            now: Inspection.now(),
+            sniResolvesToAddress: sniResolvesToAddress
         )
+    }
+
+    private func carryOut(_ decision: InspectionPolicy.Decision, hello: ClientHello, context: ChannelHandlerContext) {
         switch decision {
+        case .passthroughIfNameResolves(let name):
+            // A CONNECT to an address with a passthrough name in its SNI: passed through only if the name is the
+            // address's. The ClientHello is in: its timer stops; the client's bytes stay held meanwhile.
+            timer?.cancel()
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            UpstreamConnector(settings: settings).name(name, resolvesTo: tunnel.destination.host, on: context.eventLoop)
+                .hop(to: context.eventLoop)
+                .whenComplete { result in
+                    let (handler, context) = loopBound.value
+                    guard !handler.decided else { return }  // the client left meanwhile
+                    // A name that does not resolve, or not to this address, counts for nothing (decided again
+                    // with the answer, which never asks again).
+                    let belongs = (try? result.get()) ?? false
+                    handler.carryOut(handler.decide(hello, sniResolvesToAddress: belongs), hello: hello, context: context)
+                }
         case .passthrough(let reason):
             passThrough(reason: reason, context: context)
         case .inspect where inspection.upstreamOffer(forClientOffer: hello.alpn) == nil:
