@@ -16,7 +16,7 @@ public enum HTTP1ResponseDifferential {
     /// Compared without `endsHTTP`: where either reader ends HTTP after a response, comparison stops there. (llhttp
     /// judges keep-alive before it knows a response has no body: it ends a response to HEAD that has no length,
     /// which RFC 9112 leaves open, as the codec does.)
-    public struct Response: Equatable, CustomStringConvertible {
+    public struct Response: Equatable, Sendable, CustomStringConvertible {
         public var status: Int
         public var version: String
         public var fields: [String]
