@@ -12,7 +12,7 @@ import NIOHTTP1
 /// refuses, the codec has refused by then. Comparison stops after a request that ends HTTP/1.1 on the connection
 /// (an `Upgrade`, CONNECT, or a request that asks to close), as the proxy stops parsing there too.
 public enum HTTP1Differential {
-    public struct Request: Equatable, CustomStringConvertible {
+    public struct Request: Equatable, Sendable, CustomStringConvertible {
         public var method: String
         public var target: String
         public var version: String
