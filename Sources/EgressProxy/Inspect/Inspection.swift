@@ -23,6 +23,9 @@ struct Inspection: Sendable {
     /// destination. New with each `make`: a reload (another upstream trust, say) never reuses a connection verified
     /// before it; the old pool's connections close when their idle time is up.
     let upstreamPool: UpstreamPool
+    /// What each destination's upstream chose from an ALPN offer last time: the client's handshake is made with it
+    /// before the upstream has chosen again.
+    let alpnChoices = UpstreamALPNChoices()
 
     /// The protocols inspection relays: HTTP/2 and HTTP/1.1, or HTTP/1.1 alone with `KAIZEN_INSPECT_HTTP2=off`.
     /// The upstream is offered the client's own ALPN list, less what is not relayed; the client is answered with

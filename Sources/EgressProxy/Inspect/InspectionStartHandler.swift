@@ -512,51 +512,40 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         let leaves = inspection.leaves
         let upstreamReady = connection.upstreamReady
-        let early = Self.alpnAnswerKnownBeforehand(offer: offer)
-        let handlers: NIOLoopBound<TLSPair>
+        let choices = inspection.alpnChoices
+        let predicted = Self.predictedALPNAnswer(
+            offer: offer, pooled: pooled.map { $0.negotiatedProtocol }, remembered: choices.last(for: sessionKey))
+        let upstreamHandler: NIOLoopBound<OpenSSLTLSHandler>
         do {
             let upstreamPipeline = upstreamChannel.pipeline.syncOperations
             if pooled != nil {
-                handlers = NIOLoopBound(
-                    TLSPair(upstream: try upstreamPipeline.handler(type: OpenSSLTLSHandler.self)), eventLoop: context.eventLoop)
+                upstreamHandler = NIOLoopBound(
+                    try upstreamPipeline.handler(type: OpenSSLTLSHandler.self), eventLoop: context.eventLoop)
             } else {
-                // Upstream: verified TLS first. The client's handshake waits in the certificate callback until
-                // it succeeds (then gets a leaf for the name) or fails (then gets an alert).
+                // Upstream: verified TLS first; the client's handshake shows nothing before it succeeds.
                 let upstreamTLS = try OpenSSLTLSHandler(
                     context: inspection.upstreamTLS, serverName: upstreamName, alpn: offer, sessionKey: sessionKey)
                 try upstreamPipeline.addHandler(upstreamTLS)
-                handlers = NIOLoopBound(TLSPair(upstream: upstreamTLS), eventLoop: context.eventLoop)
+                upstreamHandler = NIOLoopBound(upstreamTLS, eventLoop: context.eventLoop)
                 // The HTTP handlers come once the upstream has chosen the protocol (HTTP/1.1 or HTTP/2).
                 try upstreamPipeline.addHandler(InterceptedHandshakeHandler(side: .upstream, connection: connection))
             }
-
-            // The leaf is minted (or found) now, while the upstream's handshake is under way.
+            // The leaf is minted (or found) now, and the client's handshake is made at once, while the upstream's is
+            // under way, answering ALPN with the protocol the upstream will most likely choose. Nothing of it reaches
+            // the client (not even the ServerHello) until the upstream is verified; if it is not, the client gets an
+            // alert. Should the upstream choose otherwise, the handshake is made again with its choice, so the
+            // client is always answered with exactly the upstream's.
             let minted = leaves.leaf(for: leaf, on: context.eventLoop)
-            let clientTLS: OpenSSLTLSHandler
-            if let answer = early {
-                // The answer to the client's ALPN offer is all but certain now: the client's handshake runs at
-                // once, while the upstream's is under way, but nothing of it reaches the client (not even the
-                // ServerHello) until the upstream is verified; if it is not, the client gets an alert. Should the
-                // upstream choose otherwise (an upstream without ALPN), the handshake is made again with its choice.
-                clientTLS = try OpenSSLTLSHandler(
-                    context: inspection.clientTLS,
-                    certificateProvider: { _, eventLoop in minted.hop(to: eventLoop).map { Optional($0) } },
-                    alpnAnswer: answer,
-                    handshakeGate: upstreamReady.futureResult.map { handlers.value.upstream.negotiatedProtocol }
-                )
-            } else {
-                // The client's handshake gets its leaf only once the upstream is verified, and is answered with
-                // the protocol the upstream chose.
-                clientTLS = try OpenSSLTLSHandler(
-                    context: inspection.clientTLS,
-                    certificateProvider: { _, eventLoop in
-                        upstreamReady.futureResult.and(minted).hop(to: eventLoop).map { _, leaf in
-                            Optional(leaf)
-                        }
-                    }
-                )
-            }
-            handlers.value.client = clientTLS
+            let clientTLS = try OpenSSLTLSHandler(
+                context: inspection.clientTLS,
+                certificateProvider: { _, eventLoop in minted.hop(to: eventLoop).map { Optional($0) } },
+                alpnAnswer: predicted,
+                handshakeGate: upstreamReady.futureResult.map {
+                    let chosen = upstreamHandler.value.negotiatedProtocol
+                    choices.note(chosen, for: sessionKey)
+                    return chosen
+                }
+            )
             let clientPipeline = context.pipeline.syncOperations
             try clientPipeline.addHandler(clientTLS, position: .after(self))
             try clientPipeline.addHandler(
@@ -570,40 +559,20 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         connection.start()
         if let pooled { connection.adoptPooledUpstream(pooled) }
+        // The gate holds the client's handshake back: its ClientHello (and anything after it) goes in now.
         awaitingUpstream = true
-        if early != nil {
-            // The gate holds the client's handshake back: its ClientHello goes in now.
-            releaseToClientTLS(context: context)
-            return
-        }
-        // The client's ClientHello (and anything after it) waits until the upstream's handshake is over: then the
-        // client is answered with the protocol the upstream chose (ALPN), or with none. A failed upstream lets it
-        // through too, to be refused with an alert by the certificate callback.
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        upstreamReady.futureResult.hop(to: context.eventLoop).whenComplete { result in
-            let (handler, context) = loopBound.value
-            let pair = handlers.value
-            if case .success = result { pair.client?.answerALPN(with: pair.upstream.negotiatedProtocol) }
-            if case .failure = result, handler.hello?.offersResumption == true {
-                // A resumed handshake shows no certificate, so the certificate callback would not run to refuse it:
-                // the client would complete a handshake it trusts with an upstream that failed. It gets none.
-                context.close(promise: nil)
-                return
-            }
-            handler.releaseToClientTLS(context: context)
-        }
+        releaseToClientTLS(context: context)
     }
 
-    /// The protocol the upstream will almost surely choose, so the client's handshake can be made before it has:
-    /// none when the client offers no ALPN (nor is the upstream offered any), `http/1.1` when that is all the
-    /// upstream is offered (an upstream without ALPN answers none: the client's handshake is then made again). Nil
-    /// when h2 is offered: which of two an upstream picks is its own preference, so the client's handshake waits.
-    static func alpnAnswerKnownBeforehand(offer: [String]) -> String?? {
-        switch offer {
-        case []: return .some(nil)
-        case ["http/1.1"]: return .some("http/1.1")
-        default: return nil
-        }
+    /// The protocol the upstream will most likely choose, so the client's handshake can be made before it has: none
+    /// when the client offers no ALPN (nor is the upstream offered any); what a kept connection chose, when one
+    /// serves; what this destination's upstream chose last time for the same offer; else the first protocol offered
+    /// (`h2` before `http/1.1`, as clients list them; an upstream without ALPN answers none).
+    static func predictedALPNAnswer(offer: [String], pooled: String??, remembered: String??) -> String? {
+        if offer.isEmpty { return nil }
+        if let pooled { return pooled }
+        if let remembered, remembered.map(offer.contains) ?? true { return remembered }
+        return offer.first
     }
 
     private func releaseToClientTLS(context: ChannelHandlerContext) {
@@ -621,13 +590,3 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
 
 @available(*, unavailable)
 extension InspectionStartHandler: Sendable {}
-
-/// The two TLS handlers of an inspected connection, so the client's ALPN answer can follow the upstream's choice.
-private final class TLSPair {
-    let upstream: OpenSSLTLSHandler
-    var client: OpenSSLTLSHandler?
-
-    init(upstream: OpenSSLTLSHandler) {
-        self.upstream = upstream
-    }
-}

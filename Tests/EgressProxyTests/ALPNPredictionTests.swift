@@ -1,0 +1,42 @@
+@testable import EgressProxy
+import Testing
+
+/// The ALPN answer an inspected client's handshake is made with before the upstream has chosen: a good guess saves
+/// the client's side of the handshake from waiting; a wrong one makes it again (`OpenSSLTLSHandlerTests`,
+/// `InspectionALPNTests`), so only the cost is at stake here.
+@Suite struct ALPNPredictionTests {
+    typealias Handler = InspectionStartHandler
+
+    @Test func thePredictionFollowsWhatIsKnownFirst() {
+        // No offer: no ALPN, whatever else is known.
+        #expect(Handler.predictedALPNAnswer(offer: [], pooled: .some("h2"), remembered: .some("h2")) == nil)
+        // A kept connection's choice is certain.
+        #expect(Handler.predictedALPNAnswer(offer: ["h2", "http/1.1"], pooled: .some("http/1.1"), remembered: .some("h2")) == "http/1.1")
+        #expect(Handler.predictedALPNAnswer(offer: ["h2", "http/1.1"], pooled: .some(nil), remembered: nil) == nil)
+        // Then what this destination chose last time, none included.
+        #expect(Handler.predictedALPNAnswer(offer: ["h2", "http/1.1"], pooled: nil, remembered: .some("http/1.1")) == "http/1.1")
+        #expect(Handler.predictedALPNAnswer(offer: ["h2", "http/1.1"], pooled: nil, remembered: .some(nil)) == nil)
+        // A remembered choice the offer does not contain is no guess.
+        #expect(Handler.predictedALPNAnswer(offer: ["http/1.1"], pooled: nil, remembered: .some("h2")) == "http/1.1")
+        // Else the first offered.
+        #expect(Handler.predictedALPNAnswer(offer: ["h2", "http/1.1"], pooled: nil, remembered: nil) == "h2")
+        #expect(Handler.predictedALPNAnswer(offer: ["http/1.1"], pooled: nil, remembered: nil) == "http/1.1")
+    }
+
+    @Test func choicesAreRememberedPerDestinationAndBounded() {
+        let choices = UpstreamALPNChoices()
+        #expect(choices.last(for: "a") == nil)
+        choices.note(nil, for: "a")
+        choices.note("h2", for: "b")
+        #expect(choices.last(for: "a") == .some(nil))
+        #expect(choices.last(for: "b") == .some("h2"))
+        choices.note("http/1.1", for: "b")
+        #expect(choices.last(for: "b") == .some("http/1.1"))
+        // Full: a new destination clears what was kept; one already kept is updated in place.
+        for index in 0..<UpstreamALPNChoices.limit - 2 { choices.note("h2", for: "d\(index)") }
+        choices.note(nil, for: "a")
+        #expect(choices.last(for: "b") == .some("http/1.1"))
+        choices.note("h2", for: "new")
+        #expect(choices.last(for: "b") == nil && choices.last(for: "new") == .some("h2"))
+    }
+}
