@@ -133,8 +133,10 @@ struct UpstreamConnector {
         let resolver = ThreadPoolResolver(pool: resolverPool, cache: dnsCache, eventLoop: eventLoop)
         let v6 = resolver.initiateAAAAQuery(host: name, port: 0)
         let v4 = resolver.initiateAQuery(host: name, port: 0)
+        // Compared in canonical form: an address as the client wrote it (`2001:db8:0:0::1`) is the same address.
+        let canonical = (try? SocketAddress(ipAddress: address, port: 0))?.ipAddress ?? address
         return v6.and(v4)
-            .map { v6, v4 in (v6 + v4).contains { $0.ipAddress == address } }
+            .map { v6, v4 in (v6 + v4).contains { $0.ipAddress == canonical } }
             .recover { _ in false }
     }
 

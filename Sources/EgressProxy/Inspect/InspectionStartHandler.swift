@@ -9,7 +9,7 @@ import OpenSSLTLS
 /// The client side of a CONNECT tunnel that may be inspected, until its ClientHello is in: holds the
 /// client's first bytes (nothing has been sent upstream yet), then either turns the tunnel into a plain relay
 /// (passthrough: the held bytes go on untouched) or sets up interception on both channels and hands the
-/// held ClientHello to the TLS server.
+/// held ClientHello to the TLS server at once (whose output is held until the upstream is verified).
 ///
 /// The upstream is connected (TCP) but not read meanwhile, so a server that speaks first loses nothing.
 final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -40,8 +40,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     private let reporting: Reporting
     private var held: ByteBuffer?
     private var decided = false
-    /// Inspecting: the client's bytes wait here until the upstream's handshake is over, so the client's
-    /// handshake is answered with the upstream's ALPN choice.
+    /// Inspecting: set while the held bytes are handed to the client's TLS (the handler leaves then).
     private var awaitingUpstream = false
     private var halfClosedWhileAwaiting = false
     /// The client's ClientHello, once it is in and being decided on (a leaf may be minting): what a connection the
@@ -103,8 +102,15 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         }
     }
 
+    /// The ClientHello is in and its decision waits (for the resolver, or for a leaf to be minted): what the client
+    /// does meanwhile is carried by the decision, never decided on its own.
+    private var deciding: Bool { hello != nil && !decided }
+    private var clientLeftWhileDeciding = false
+
     func channelInactive(context: ChannelHandlerContext) {
-        if !decided {
+        if deciding {
+            clientLeftWhileDeciding = true
+        } else if !decided {
             passThrough(reason: leftEarly, context: context, clientGone: true)
         } else if dialing {
             clientLeftWhileDialing = true
@@ -114,7 +120,9 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if awaitingUpstream || dialing, case ChannelEvent.inputClosed = event {
+        if awaitingUpstream || dialing || deciding, case ChannelEvent.inputClosed = event {
+            // Carried by what is decided: a relay gets the half-close after the held bytes, an inspected connection
+            // after its handshake's. Never a decision of its own: that would relay a tunnel the policy has not judged.
             halfClosedWhileAwaiting = true
             return
         }
@@ -162,7 +170,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 .hop(to: context.eventLoop)
                 .whenComplete { result in
                     let (handler, context) = loopBound.value
-                    guard !handler.decided else { return }  // the client left meanwhile
+                    guard !handler.decided, !handler.endIfClientLeftWhileDeciding(context: context) else { return }
                     // A name that does not resolve, or not to this address, counts for nothing (decided again
                     // with the answer, which never asks again).
                     let belongs = (try? result.get()) ?? false
@@ -189,9 +197,11 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             }
             // The leaf first: a name the CA may not sign (outside its nameConstraints, or not a name a
             // certificate can carry) is passed through, with the reason, rather than refused.
+            timer?.cancel()
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             inspection.leaves.leaf(for: leaf, on: context.eventLoop).whenComplete { result in
                 let (handler, context) = loopBound.value
+                if handler.endIfClientLeftWhileDeciding(context: context) { return }
                 switch result {
                 case .success:
                     handler.intercept(hello: hello, leaf: leaf, upstreamName: upstreamName, context: context)
@@ -296,6 +306,16 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
                 handler.endWithoutUpstream(metadata, ProxyError.dial(connector.classify(error)), context: context)
             }
         }
+    }
+
+    /// The client closed while its decision waited: nothing it sent is relayed, whatever the decision would have
+    /// been (its held bytes could be anything, for any address), and it is reported as a tunnel that passed nothing.
+    private func endIfClientLeftWhileDeciding(context: ChannelHandlerContext) -> Bool {
+        guard clientLeftWhileDeciding, !decided else { return false }
+        decided = true
+        tunnel.discard()
+        reportClientGone(tunnel.metadata, reason: Self.clientLeftEarly, context: context)
+        return true
     }
 
     /// The client left with nothing relayed (before its ClientHello, or while a connection was dialled for it):

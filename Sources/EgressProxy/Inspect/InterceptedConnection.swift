@@ -16,7 +16,8 @@ import Synchronization
 /// once, with why (for example the upstream's verification error). Loop-bound: both channels share one loop.
 ///
 /// Until the upstream's handshake is over only an `InterceptedHandshakeHandler` sits above each side's TLS; the
-/// HTTP handlers for the negotiated protocol replace them then, before the client's handshake starts.
+/// HTTP handlers for the negotiated protocol replace them then, before the client's handshake sends anything (it is
+/// made meanwhile, behind its gate: `OpenSSLTLSHandler`'s `handshakeGate`).
 final class InterceptedConnection {
     private let reporting: Reporting
     private var metadata: ConnectMetadata
@@ -61,7 +62,8 @@ final class InterceptedConnection {
     /// A new upstream connection is being opened for `replayable`; why the reused one ended.
     private var redialing: String?
 
-    /// Succeeds when the upstream's TLS handshake (with verification) has; the client's waits on it.
+    /// Succeeds when the upstream's TLS handshake (with verification) has; the client's handshake sends nothing
+    /// before.
     let upstreamReady: EventLoopPromise<Void>
     private var machine: InterceptedExchangeStateMachine
     private(set) var client: InterceptedClientHandler?
@@ -155,8 +157,8 @@ final class InterceptedConnection {
     // MARK: handshakes
 
     /// The upstream is verified and chose `negotiated` (ALPN): both sides get the HTTP handlers for it (the
-    /// client's handshake has not started: its ClientHello is held until this is done), then the client's
-    /// handshake may go on.
+    /// client's handshake has sent nothing yet: its gate opens on `upstreamReady`), then the client's handshake
+    /// may go on.
     /// - Parameter resumed: the upstream resumed a session of an earlier connection (verified then).
     /// - Parameter authentication: when the upstream was authenticated and its certificates' earliest notAfter
     ///   (`OpenSSLTLSHandler.serverAuthentication`): how long the connection may serve later client connections.
