@@ -165,14 +165,10 @@ public enum HTTP1ResponseDifferential {
         var responses: [Response] = []
         var current: Response?
         var finals = 0
-        var ended = false
         while true {
             decoder.answeringHEAD = answersHEAD(heads, final: finals)
-            let event = ended ? .needMore : decoder.next(&buffer)
-            switch event {
+            switch decoder.next(&buffer) {
             case .needMore:
-                if ended { return (responses, false) }
-                ended = true
                 // The end of the stream: the end of a body that runs until the close, or an error.
                 switch decoder.inputEnded(buffer) {
                 case .part(.end(let trailers)):
