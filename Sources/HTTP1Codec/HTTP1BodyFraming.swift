@@ -26,13 +26,11 @@ public enum HTTP1BodyFraming: Sendable, Hashable {
     /// Transfer-Encoding, more than one Content-Length, or one that is not digits, `chunked` twice. Codings that do
     /// not end in `chunked`, or neither field: until the close.
     public static func response(_ head: HTTP1Head, requestMethodIsHEAD: Bool) -> Result<HTTP1BodyFraming, HTTP1ParseError> {
-        if requestMethodIsHEAD || (100..<200).contains(head.status) || head.status == 204 || head.status == 304 {
-            // No body whatever the fields say; but fields that would frame one wrongly (an invalid or a second
-            // Content-Length, one beside Transfer-Encoding) are refused as in any response, as llhttp does.
-            if case .failure(let error) = framing(head, untilCloseWithoutChunked: true) { return .failure(error) }
-            return .success(.none)
-        }
-        return framing(head, untilCloseWithoutChunked: true)
+        // A response to HEAD, a 1xx, 204 or 304 has no body whatever its fields say; but fields that would frame one
+        // wrongly (an invalid or a second Content-Length, one beside Transfer-Encoding) are refused in it as in any
+        // response, as llhttp does.
+        let bodyless = requestMethodIsHEAD || (100..<200).contains(head.status) || head.status == 204 || head.status == 304
+        return framing(head, untilCloseWithoutChunked: true).map { bodyless ? .none : $0 }
     }
 
     private static func framing(_ head: HTTP1Head, untilCloseWithoutChunked: Bool) -> Result<HTTP1BodyFraming, HTTP1ParseError> {

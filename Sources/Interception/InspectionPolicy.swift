@@ -43,7 +43,6 @@ public final class InspectionPolicy: Sendable {
     ///   - isTLS: whether the client's first bytes were a ClientHello.
     ///   - serverName: the ClientHello's SNI, if any.
     ///   - agent: the agent the connection is reported for (pinning is remembered per agent).
-    ///
     ///   - sniResolvesToAddress: for a CONNECT to an address, whether the SNI's name resolves to it (nil: not known
     ///     yet; the decision then asks for it when it matters).
     ///

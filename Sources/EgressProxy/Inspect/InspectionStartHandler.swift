@@ -40,8 +40,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     private let reporting: Reporting
     private var held: ByteBuffer?
     private var decided = false
-    /// Inspecting: set while the held bytes are handed to the client's TLS (the handler leaves then).
-    private var awaitingUpstream = false
+    /// The client half-closed while a dial or a decision was awaited: passed on after the held bytes.
     private var halfClosedWhileAwaiting = false
     /// The client's ClientHello, once it is in and being decided on (a leaf may be minting): what a connection the
     /// client leaves early reports of it.
@@ -73,7 +72,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !decided || awaitingUpstream || dialing else {
+        guard !decided || dialing else {
             context.fireChannelRead(data)
             return
         }
@@ -84,7 +83,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             held!.writeBuffer(&bytes)
         }
         // Decided, or being decided (the bytes wait for the decision, the upstream or a dial): only held.
-        guard !decided, hello == nil, !awaitingUpstream else { return }
+        guard !decided, hello == nil else { return }
         switch ClientHelloParser.parse(held!, limit: settings.clientHelloLimit) {
         case .needMoreData:
             if held!.readableBytes >= settings.clientHelloLimit {
@@ -120,7 +119,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if awaitingUpstream || dialing || deciding, case ChannelEvent.inputClosed = event {
+        if dialing || deciding, case ChannelEvent.inputClosed = event {
             // Carried by what is decided: a relay gets the half-close after the held bytes, an inspected connection
             // after its handshake's. Never a decision of its own: that would relay a tunnel the policy has not judged.
             halfClosedWhileAwaiting = true
@@ -580,7 +579,6 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         connection.start()
         if let pooled { connection.adoptPooledUpstream(pooled) }
         // The gate holds the client's handshake back: its ClientHello (and anything after it) goes in now.
-        awaitingUpstream = true
         releaseToClientTLS(context: context)
     }
 
@@ -595,9 +593,8 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         return offer.first
     }
 
+    /// Hands the held bytes (the ClientHello, and anything after it) to the client's TLS, and leaves.
     private func releaseToClientTLS(context: ChannelHandlerContext) {
-        guard awaitingUpstream else { return }
-        awaitingUpstream = false
         if let held {
             self.held = nil
             context.fireChannelRead(wrapInboundOut(held))

@@ -246,7 +246,7 @@ package struct InterceptedExchangeStateMachine {
             let framing = head.bodyFraming.map { .success($0) }
                 ?? HTTP1BodyFraming.response(head, requestMethodIsHEAD: method == "HEAD" || method == "CONNECT")
             // A pattern, not `==`: Result's generic equality costs a runtime metadata lookup per response.
-            if case .success(.untilClose) = framing { current!.closeDelimited = true } else { current!.closeDelimited = false }
+            current!.closeDelimited = if case .success(.untilClose) = framing { true } else { false }
             if !head.keepsAlive || current!.closeDelimited {
                 current!.upstreamCloses = true
                 current!.closeAfter = true
