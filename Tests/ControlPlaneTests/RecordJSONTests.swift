@@ -40,6 +40,27 @@ import Testing
 
     /// The writer's keys are literals, the decoder's come from `CodingKeys`: with every field set, a record reads
     /// back as itself only if the two agree on every name.
+    /// An action keeps its fields in a shared box (copies are cheap); it must still behave as a value.
+    @Test func aChangedCopyOfAnActionLeavesTheOriginalAsItWas() {
+        let original = ConnectAction(agent: "egress-agent", target: "example.org:443", metadata: metadata())
+        var changed = original
+        #expect(changed == original)
+        changed.action.metadata.method = "GET"
+        changed.verdict = ConnectAction.Verdict(decision: "block", reason: "policy")
+        changed.agent = "other-agent"
+        #expect(original.action.metadata.method == nil)
+        #expect(original.verdict == .observed)
+        #expect(original.agent == "egress-agent")
+        #expect(changed.action.metadata.method == "GET")
+        #expect(changed.agent == "other-agent")
+        #expect(changed != original)
+        // Equal fields in two boxes are equal, and hash alike.
+        let twin = ConnectAction(agent: "egress-agent", target: "example.org:443", metadata: metadata())
+        #expect(twin == original)
+        #expect(Set([twin, original]).count == 1)
+        #expect(Set([changed, original]).count == 2)
+    }
+
     @Test func everyFieldReadsBackAsItself() throws {
         var metadata = metadata()
         metadata.error = "connection refused"
