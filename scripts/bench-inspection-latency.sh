@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Two of issue 5's figures, taken apart (docs/performance.md, twelfth pass):
+#   first-sni: the bench's own method for the first request to a never-seen SNI (hsload -n 1 on a new name, then
+#              -n 5 on the same name, new connections both), on a fresh proxy, with upstream reuse on (the default)
+#              and off (KAIZEN_UPSTREAM_IDLE_TIMEOUT=0), alternating; prints each run's medians.
+#   bulk:      1 GiB over HTTPS through inspection and direct, alternating, with the CPU seconds of curl, the
+#              origin (nginx workers) and the proxy, read from /proc.
+# usage: [RUNS=3] [NAMES=15] scripts/bench-inspection-latency.sh BINARY first-sni|bulk
+#        (needs ../shared/bench/setup.sh and upstream.sh start; the proxy listens on 127.0.0.1:3203)
+set -euo pipefail
+binary=$(realpath "$1")
+what=$2
+runs=${RUNS:-3}
+names=${NAMES:-15}
+port=3203
+hsload=/var/tmp/proxybench/hsload
+pki=/var/tmp/proxybench/pki
+[ -x "$hsload" ] || { echo "bench-inspection-latency: needs the bench harness (../shared/bench/setup.sh, upstream.sh start)" >&2; exit 2; }
+if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+  echo "bench-inspection-latency: something already listens on 127.0.0.1:$port" >&2
+  exit 2
+fi
+work=$(mktemp -d /dev/shm/kz-latency.XXXXXX)
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+cp "$pki/mitm-ca.key" "$work/ca.key" && chmod 600 "$work/ca.key"
+
+start() {  # start [SETTING=VALUE…]: a fresh proxy on $port
+  stop
+  (cd "$work" && for setting in "$@"; do export "$setting"; done &&
+    KAIZEN_CA_CERT="$pki/mitm-ca.pem" KAIZEN_CA_KEY="$work/ca.key" KAIZEN_UPSTREAM_CA_FILE="$pki/ca.pem" \
+    KAIZEN_ADMIN_LISTEN=off KAIZEN_ALLOW_PRIVATE=127.0.0.0/8 exec "$binary" --local --port $port >/dev/null 2>&1) &
+  pid=$!
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.1; done
+  echo "bench-inspection-latency: the proxy did not listen within 10 s" >&2
+  exit 1
+}
+stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi; }
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+p50() { grep -o 'p50_ms=[0-9.]*' | cut -d= -f2; }
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+case $what in
+first-sni)
+  # The bench's names mint000…mint299 resolve to the origin; each run takes its own, never seen by that proxy.
+  next=0
+  for run in $(seq 1 "$runs"); do
+    for reuse in on off; do
+      if [ $reuse = on ]; then start; else start KAIZEN_UPSTREAM_IDLE_TIMEOUT=0; fi
+      first=() again=()
+      for _ in $(seq 1 "$names"); do
+        name=$(printf 'mint%03d.example.test' $(( next % 300 ))); next=$((next + 1))
+        first+=("$("$hsload" -x 127.0.0.1:$port -c 1 -n 1 -z 20 --ca "$pki/client-trust.pem" "https://$name/small" | p50)")
+        again+=("$("$hsload" -x 127.0.0.1:$port -c 1 -n 5 -z 20 --ca "$pki/client-trust.pem" "https://$name/small" | p50)")
+      done
+      f=$(printf '%s\n' "${first[@]}" | median); a=$(printf '%s\n' "${again[@]}" | median)
+      echo "run=$run reuse=$reuse first_ms=$f again_ms=$a gap_ms=$(awk "BEGIN { printf \"%.2f\", $f - $a }")"
+    done
+  done
+  ;;
+bulk)
+  start
+  workers=$(pgrep -f "nginx: worker" | tr '\n' ' ')
+  nginx_cpu() { local sum=0 p; for p in $workers; do sum=$((sum + $(cpu "$p"))); done; echo $sum; }
+  ticks=$(getconf CLK_TCK)
+  one() {  # one direct|proxy
+    local route=(--cacert "$pki/ca.pem")
+    [ "$1" = proxy ] && route=(-x "http://127.0.0.1:$port" --cacert "$pki/client-trust.pem")
+    local p0 n0 out p1 n1
+    p0=$(cpu "$pid"); n0=$(nginx_cpu)
+    out=$({ /usr/bin/time -f '%U %S' curl -s --http1.1 "${route[@]}" --max-time 120 https://api.example.test/big -o /dev/null \
+      -w '%{time_total} %{size_download}\n'; } 2>&1 | tr '\n' ' ')
+    p1=$(cpu "$pid"); n1=$(nginx_cpu)
+    read -r seconds bytes curl_user curl_system <<<"$out"
+    [ "$bytes" = 1073741824 ] || { echo "bench-inspection-latency: $1 transfer got $bytes bytes" >&2; exit 1; }
+    local proxy_s=0
+    [ "$1" = proxy ] && proxy_s=$(awk "BEGIN { print ($p1 - $p0) / $ticks }")
+    echo "$1 seconds=$seconds curl_cpu_s=$(awk "BEGIN { print $curl_user + $curl_system }")" \
+      "nginx_cpu_s=$(awk "BEGIN { print ($n1 - $n0) / $ticks }") proxy_cpu_s=$proxy_s"
+  }
+  one proxy >/dev/null  # warm-up
+  for _ in $(seq 1 "$runs"); do one direct; one proxy; done
+  ;;
+*)
+  echo "usage: scripts/bench-inspection-latency.sh BINARY first-sni|bulk" >&2
+  exit 2
+  ;;
+esac
