@@ -8,8 +8,9 @@
 # usage: [RUNS=3] [NAMES=15] scripts/bench-inspection-latency.sh BINARY first-sni|bulk
 #        (needs ../shared/bench/setup.sh and upstream.sh start; the proxy listens on 127.0.0.1:3203)
 set -euo pipefail
-binary=$(realpath "$1")
-what=$2
+usage="usage: [RUNS=3] [NAMES=15] scripts/bench-inspection-latency.sh BINARY first-sni|bulk"
+binary=$(realpath "${1:?$usage}")
+what=${2:?$usage}
 runs=${RUNS:-3}
 names=${NAMES:-15}
 port=3203
@@ -36,9 +37,17 @@ start() {  # start [SETTING=VALUE…]: a fresh proxy on $port
   exit 1
 }
 stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi; }
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-p50() { grep -o 'p50_ms=[0-9.]*' | cut -d= -f2; }
-cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# The bench's median (lib/common.sh): the middle value, or the mean of the two middle ones.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# p50 URL…: one hsload run (new connections), its median latency; every request must have succeeded.
+p50() {
+  local out
+  out=$("$hsload" -x 127.0.0.1:$port -c 1 -z 20 --ca "$pki/client-trust.pem" "$@" || true)
+  [[ $out == *" errors=0 "* ]] || { echo "bench-inspection-latency: hsload failed: $out" >&2; exit 1; }
+  grep -o 'p50_ms=[0-9.]*' <<<"$out" | cut -d= -f2
+}
+# utime + stime (clock ticks), read after the command name, which may hold spaces.
+cpu() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
 case $what in
 first-sni)
@@ -50,8 +59,8 @@ first-sni)
       first=() again=()
       for _ in $(seq 1 "$names"); do
         name=$(printf 'mint%03d.example.test' $(( next % 300 ))); next=$((next + 1))
-        first+=("$("$hsload" -x 127.0.0.1:$port -c 1 -n 1 -z 20 --ca "$pki/client-trust.pem" "https://$name/small" | p50)")
-        again+=("$("$hsload" -x 127.0.0.1:$port -c 1 -n 5 -z 20 --ca "$pki/client-trust.pem" "https://$name/small" | p50)")
+        first+=("$(p50 -n 1 "https://$name/small")")
+        again+=("$(p50 -n 5 "https://$name/small")")
       done
       f=$(printf '%s\n' "${first[@]}" | median); a=$(printf '%s\n' "${again[@]}" | median)
       echo "run=$run reuse=$reuse first_ms=$f again_ms=$a gap_ms=$(awk "BEGIN { printf \"%.2f\", $f - $a }")"
@@ -60,7 +69,9 @@ first-sni)
   ;;
 bulk)
   start
-  workers=$(pgrep -f "nginx: worker" | tr '\n' ' ')
+  # The bench origin's workers (not any other nginx on the machine).
+  workers=$(pgrep -P "$(cat /var/tmp/proxybench/run/nginx-upstream.pid)" | tr '\n' ' ' || true)
+  [ -n "$workers" ] || { echo "bench-inspection-latency: the bench origin is not running (upstream.sh start)" >&2; exit 2; }
   nginx_cpu() { local sum=0 p; for p in $workers; do sum=$((sum + $(cpu "$p"))); done; echo $sum; }
   ticks=$(getconf CLK_TCK)
   one() {  # one direct|proxy
@@ -69,10 +80,11 @@ bulk)
     local p0 n0 out p1 n1
     p0=$(cpu "$pid"); n0=$(nginx_cpu)
     out=$({ /usr/bin/time -f '%U %S' curl -s --http1.1 "${route[@]}" --max-time 120 https://api.example.test/big -o /dev/null \
-      -w '%{time_total} %{size_download}\n'; } 2>&1 | tr '\n' ' ')
+      -w '%{time_total} %{size_download}\n' || true; } 2>&1 | tr '\n' ' ')
     p1=$(cpu "$pid"); n1=$(nginx_cpu)
-    read -r seconds bytes curl_user curl_system <<<"$out"
-    [ "$bytes" = 1073741824 ] || { echo "bench-inspection-latency: $1 transfer got $bytes bytes" >&2; exit 1; }
+    local seconds= bytes= curl_user= curl_system=
+    read -r seconds bytes curl_user curl_system <<<"$out" || true
+    [ "$bytes" = 1073741824 ] || { echo "bench-inspection-latency: the $1 transfer failed: $out" >&2; exit 1; }
     local proxy_s=0
     [ "$1" = proxy ] && proxy_s=$(awk "BEGIN { print ($p1 - $p0) / $ticks }")
     echo "$1 seconds=$seconds curl_cpu_s=$(awk "BEGIN { print $curl_user + $curl_system }")" \
@@ -82,7 +94,7 @@ bulk)
   for _ in $(seq 1 "$runs"); do one direct; one proxy; done
   ;;
 *)
-  echo "usage: scripts/bench-inspection-latency.sh BINARY first-sni|bulk" >&2
+  echo "$usage" >&2
   exit 2
   ;;
 esac

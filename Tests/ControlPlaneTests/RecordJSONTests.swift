@@ -38,8 +38,6 @@ import Testing
         #expect(decoded == action)
     }
 
-    /// The writer's keys are literals, the decoder's come from `CodingKeys`: with every field set, a record reads
-    /// back as itself only if the two agree on every name.
     /// An action keeps its fields in a shared box (copies are cheap); it must still behave as a value.
     @Test func aChangedCopyOfAnActionLeavesTheOriginalAsItWas() {
         let original = ConnectAction(agent: "egress-agent", target: "example.org:443", metadata: metadata())
@@ -61,6 +59,8 @@ import Testing
         #expect(Set([changed, original]).count == 2)
     }
 
+    /// The writer's keys are literals, the decoder's come from `CodingKeys`: with every field set, a record reads
+    /// back as itself only if the two agree on every name.
     @Test func everyFieldReadsBackAsItself() throws {
         var metadata = metadata()
         metadata.error = "connection refused"

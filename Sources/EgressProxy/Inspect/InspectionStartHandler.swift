@@ -12,9 +12,11 @@ import OpenSSLTLS
 /// held ClientHello to the TLS server at once (whose output is held until the upstream is verified).
 ///
 /// The upstream is connected (TCP) but not read meanwhile, so a server that speaks first loses nothing.
-final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandler {
+final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
+    /// Outbound only for `read`: writes pass through untouched.
+    typealias OutboundIn = ByteBuffer
 
     struct Tunnel {
         var upstream: any Channel
@@ -98,6 +100,31 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             refuseUnusableName(UnusableServerName(reason: reason), context: context)
         case .malformed, .tooLarge:
             passThrough(reason: "unreadable ClientHello", context: context)
+        }
+    }
+
+    /// Asked for while the client's bytes could only be held (see `read(context:)`): asked for again when the handler
+    /// leaves.
+    private var readWithheld = false
+
+    /// Once the ClientHello is in, or while a connection is dialled, the client's bytes are only held until the
+    /// decision is carried out, and a decision can wait for the resolver or a dial for seconds. Reading stops
+    /// meanwhile, so a client that keeps sending fills its socket's buffers, not the proxy's memory: a TLS client
+    /// waits for the server's answer, and what came with its ClientHello (at most one read) is held.
+    func read(context: ChannelHandlerContext) {
+        if deciding || dialing {
+            readWithheld = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// Leaves the pipeline; a read withheld meanwhile is asked for again, through the handlers that take over.
+    private func leave(context: ChannelHandlerContext) {
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        if readWithheld {
+            readWithheld = false
+            context.channel.read()
         }
     }
 
@@ -395,7 +422,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         if clientHalfClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         if clientGone { context.fireChannelInactive() }
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        leave(context: context)
     }
 
     /// Terminates the client's TLS (once the upstream is verified) and re-originates it.
@@ -601,7 +628,7 @@ final class InspectionStartHandler: ChannelInboundHandler, RemovableChannelHandl
             context.fireChannelReadComplete()
         }
         if halfClosedWhileAwaiting { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        leave(context: context)
     }
 }
 

@@ -1,0 +1,132 @@
+@testable import EgressProxy
+import ControlPlane
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOEmbedded
+import NIOPosix
+import OpenSSLTLS
+import Testing
+
+/// The handler that decides an inspectable tunnel, on a testing event loop, with a resolver the test holds up.
+@Suite struct InspectionStartHandlerTests {
+    final class NullSink: ActionSink {
+        func record(_ record: ActionRecord) {}
+    }
+
+    /// Counts the read requests that reach the head of the client's pipeline (what asks the socket for more).
+    final class ReadCounter: ChannelOutboundHandler, @unchecked Sendable {
+        typealias OutboundIn = ByteBuffer
+        let reads = NIOLockedValueBox(0)
+        func read(context: ChannelHandlerContext) {
+            reads.withLockedValue { $0 += 1 }
+            context.read()
+        }
+    }
+
+    /// A ClientHello (TLS 1.2 framing, one cipher suite) whose only extension is the server name.
+    static func clientHello(serverName: String) -> [UInt8] {
+        func be16(_ value: Int) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xFF)] }
+        let name = Array(serverName.utf8)
+        let entry: [UInt8] = [0x00] + be16(name.count) + name
+        let list = be16(entry.count) + entry
+        let extensions: [UInt8] = [0x00, 0x00] + be16(list.count) + list
+        let body: [UInt8] =
+            [0x03, 0x03] + [UInt8](repeating: 0x11, count: 32) + [0x00] + [0x00, 0x02, 0x13, 0x01] + [0x01, 0x00]
+            + be16(extensions.count) + extensions
+        let handshake: [UInt8] = [0x01, 0x00] + be16(body.count) + body
+        return [0x16, 0x03, 0x01] + be16(handshake.count) + handshake
+    }
+
+    /// A CA like `kaizen-egress ca init`'s, in a fresh directory.
+    static func writeCA() throws -> (certificate: String, key: String) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kz-start-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let key = try OpenSSLPrivateKey.generateP256()
+        let certificate = try OpenSSLCertificateAuthority.selfSignedCA(
+            commonName: "test CA", organization: "kaizen-egress", key: key,
+            now: Int64(Date().timeIntervalSince1970), lifetime: 86_400)
+        let paths = (certificate: directory + "/ca.pem", key: directory + "/ca.key")
+        try Data(try certificate.pemBytes()).write(to: URL(fileURLWithPath: paths.certificate))
+        FileManager.default.createFile(atPath: paths.key, contents: Data(try key.pemBytes()), attributes: [.posixPermissions: 0o600])
+        return paths
+    }
+
+    /// A CONNECT to an address whose SNI is a passthrough name waits for the resolver; meanwhile the client's
+    /// further bytes are held and no more are read, so a client cannot fill the proxy's memory. Once the name is
+    /// found to be the address's, the tunnel passes through with every held byte, and reading resumes.
+    @Test(.timeLimit(.minutes(1)))
+    func noMoreIsReadWhileTheDecisionWaitsForTheResolver() async throws {
+        let ca = try Self.writeCA()
+        let configuration = try ProxyConfiguration(environment: [
+            "KAIZEN_LOCAL": "1", "KAIZEN_CA_CERT": ca.certificate, "KAIZEN_CA_KEY": ca.key,
+            "KAIZEN_PASSTHROUGH_HOSTS": "localhost",
+        ])
+        let inspection = try #require(try Inspection.make(configuration, logger: Logger(label: "test")))
+        // One resolver thread, held by the test until it lets go.
+        let resolverPool = NIOThreadPool(numberOfThreads: 1)
+        resolverPool.start()
+        let release = DispatchSemaphore(value: 0)
+        resolverPool.submit { _ in release.wait() }
+        defer {
+            release.signal()  // should the test stop before it lets go
+            resolverPool.shutdownGracefully { _ in }
+        }
+        let settings = ConnectionSettings(configuration, resolverPool: resolverPool, dnsCache: DNSCache(ttl: .seconds(5)))
+        let reporting = Reporting(agent: "test", sink: NullSink(), logger: Logger(label: "test"))
+
+        let loop = NIOAsyncTestingEventLoop()
+        let client = NIOAsyncTestingChannel(loop: loop)
+        let upstream = NIOAsyncTestingChannel(loop: loop)
+        try await client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000))
+        try await upstream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443))
+        let counter = ReadCounter()
+        try await loop.submit {
+            let metadata = ConnectMetadata(
+                eventID: EventID.generate(), transport: .connect, host: "127.0.0.1", port: 443,
+                client: "127.0.0.1:40000", startedAt: "", outcome: .connected)
+            let tunnel = InspectionStartHandler.Tunnel(
+                upstream: upstream, destination: Destination(host: "127.0.0.1", port: 443, isIPLiteral: true),
+                metadata: metadata, started: .now())
+            try client.pipeline.syncOperations.addHandler(counter)
+            try client.pipeline.syncOperations.addHandler(
+                InspectionStartHandler(tunnel: tunnel, inspection: inspection, settings: settings, reporting: reporting))
+        }.get()
+
+        // The ClientHello: the decision now waits for the resolver. The client sends more, and asks to read more,
+        // as autoRead does after each read.
+        let hello = Self.clientHello(serverName: "localhost")
+        try await client.writeInbound(ByteBuffer(bytes: hello))
+        client.pipeline.fireChannelReadComplete()
+        client.read()
+        let more = [UInt8](repeating: 0x17, count: 4096)
+        try await client.writeInbound(ByteBuffer(bytes: more))
+        client.pipeline.fireChannelReadComplete()
+        client.read()
+        try await loop.submit {}.get()
+        #expect(counter.reads.withLockedValue { $0 } == 0, "a read went through while the decision waited")
+        #expect(try await upstream.readOutbound(as: ByteBuffer.self) == nil)
+
+        // The resolver answers (localhost is 127.0.0.1): passed through, every held byte relayed in order, and
+        // the withheld read asked for once.
+        release.signal()
+        var relayed: [UInt8] = []
+        while relayed.count < hello.count + more.count {
+            var chunk = try await upstream.waitForOutboundWrite(as: ByteBuffer.self)
+            relayed += chunk.readBytes(length: chunk.readableBytes) ?? []
+        }
+        #expect(relayed == hello + more)
+        try await loop.submit {}.get()
+        #expect(counter.reads.withLockedValue { $0 } == 1)
+        // The handler has left the pipeline; the relay took over.
+        let left: Bool
+        do {
+            _ = try await client.pipeline.handler(type: InspectionStartHandler.self).get()
+            left = false
+        } catch {
+            left = true
+        }
+        #expect(left)
+    }
+}
