@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NIOCore
 import NIOEmbedded
+import Policy
 import Testing
 
 /// The relay without sockets: two EmbeddedChannels joined by a matched pair of glue handlers.
@@ -42,6 +43,59 @@ import Testing
         try client.pipeline.syncOperations.addHandler(clientGlue)
         try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
         return (client, upstream, counter)
+    }
+
+    /// Enforce mode, a transparent connection: the client's bytes wait while the SNI's name is looked up (does it
+    /// belong to the address?), and no more are read meanwhile, so a client that keeps sending cannot fill memory.
+    /// Once the policy lets the tunnel through, the held bytes go out and reading resumes.
+    @Test func noMoreIsReadWhileTheHeldBytesWaitForTheLookup() throws {
+        let loop = EmbeddedEventLoop()
+        let client = EmbeddedChannel(loop: loop)
+        let upstream = EmbeddedChannel(loop: loop)
+        let store = PolicyStore(
+            configuration: .init(
+                endpoint: try ControlPlaneEndpoint(url: "http://127.0.0.1:9"), apiKey: "", tls: nil, agents: ["test"],
+                refreshInterval: .seconds(60), cacheDirectory: nil),
+            logger: Logger(label: "test"))
+        var reporting = Reporting(agent: "test", sink: NullSink(), logger: Logger(label: "test"))
+        // Enforcing, with no policy loaded and failing open: every destination is allowed, after the wait.
+        reporting.policy = PolicyCheck(store: store, enforcing: true, failClosed: false)
+        let session = TunnelSession(
+            reporting: reporting,
+            metadata: ConnectMetadata(
+                eventID: EventID.generate(), transport: .transparent, host: "127.0.0.1", port: 443,
+                client: "127.0.0.1:1", startedAt: "", outcome: .connected),
+            destination: Destination(host: "127.0.0.1", port: 443, isIPLiteral: true),
+            started: .now(),
+            idleTimeout: .hours(1),
+            eventLoop: loop
+        )
+        let lookup = loop.makePromise(of: Bool.self)
+        session.nameBelongs = { _ in lookup.futureResult }
+        let (clientGlue, upstreamGlue) = GlueHandler.matchedPair(session: session)
+        let counter = ReadCounter()
+        try client.pipeline.syncOperations.addHandler(counter)
+        try client.pipeline.syncOperations.addHandler(clientGlue)
+        try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
+        session.start()
+
+        let hello = ByteBuffer(bytes: InspectionStartHandlerTests.clientHello(serverName: "localhost"))
+        try client.writeInbound(hello)
+        let more = ByteBuffer(bytes: [UInt8](repeating: 0x17, count: 4096))
+        try client.writeInbound(more)
+        client.pipeline.read()
+        client.pipeline.read()
+        #expect(counter.reads == 0, "a read went through while the held bytes waited for the lookup")
+        #expect(try upstream.readOutbound(as: ByteBuffer.self) == nil)
+
+        lookup.succeed(true)
+        var relayed = ByteBuffer()
+        while var chunk = try upstream.readOutbound(as: ByteBuffer.self) { relayed.writeBuffer(&chunk) }
+        var expected = hello
+        var rest = more
+        expected.writeBuffer(&rest)
+        #expect(relayed == expected)
+        #expect(counter.reads == 1)
     }
 
     /// Close records and logs name a socket error as the system words it, not by the NIO call that met it.

@@ -110,7 +110,8 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// Once the ClientHello is in, or while a connection is dialled, the client's bytes are only held until the
     /// decision is carried out, and a decision can wait for the resolver or a dial for seconds. Reading stops
     /// meanwhile, so a client that keeps sending fills its socket's buffers, not the proxy's memory: a TLS client
-    /// waits for the server's answer, and what came with its ClientHello (at most one read) is held.
+    /// waits for the server's answer. What was read with the ClientHello is held, and what NIO reads to find an end
+    /// of input (at most the socket's receive buffer).
     func read(context: ChannelHandlerContext) {
         if deciding || dialing {
             readWithheld = true

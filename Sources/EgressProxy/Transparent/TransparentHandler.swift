@@ -8,9 +8,11 @@ import Synchronization
 /// port (never a name from the SNI or Host), and becomes a tunnel exactly like a CONNECT one, peeking the
 /// ClientHello on the way. A connection whose original destination is one of the proxy's own listeners (or
 /// that has none) is refused, so a misconfigured redirect cannot loop.
-final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
+final class TransparentHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
+    /// Outbound only for `read`: writes pass through untouched.
+    typealias OutboundIn = ByteBuffer
 
     private let settings: ConnectionSettings
     private let reporting: Reporting
@@ -20,6 +22,8 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var held: ByteBuffer?
     private var clientClosed = false
     private var clientHalfClosed = false
+    /// A read asked for while the upstream was being dialled: asked for again by whoever takes over.
+    private var readWithheld = false
 
     init(settings: ConnectionSettings, reporting: Reporting) {
         self.settings = settings
@@ -39,6 +43,13 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         if held == nil { held = bytes } else { held!.writeBuffer(&bytes) }
+    }
+
+    /// Nothing is read while the original destination is looked up and dialled (up to the connect timeout): the
+    /// client's bytes wait in its socket, not in the proxy's memory, and are read by the handlers that take over.
+    /// (What NIO reads to find an end of input is held, at most the socket's receive buffer.)
+    func read(context: ChannelHandlerContext) {
+        readWithheld = true
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -162,6 +173,10 @@ final class TransparentHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if clientHalfClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        if readWithheld {
+            readWithheld = false
+            context.channel.read()
+        }
     }
 
     private static let loopLogged = Mutex(false)

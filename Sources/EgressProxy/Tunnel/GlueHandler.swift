@@ -132,6 +132,10 @@ final class GlueHandler: ChannelDuplexHandler {
             partner?.partnerWrite(held)
             partner?.partnerFlush()
         }
+        if pendingRead, partner?.partnerIsWritable ?? false, let context {
+            pendingRead = false
+            context.read()
+        }
         if halfClosePending {
             halfClosePending = false
             if partner?.inputClosed == true {
@@ -210,7 +214,11 @@ final class GlueHandler: ChannelDuplexHandler {
     // MARK: outbound
 
     func read(context: ChannelHandlerContext) {
-        if let partner, partner.partnerIsWritable {
+        if side == .client && session.holdsClientBytes && peek == nil {
+            // Enforce mode, the peek done: the held bytes wait for the policy (for a transparent connection, for
+            // a lookup of the name), and no more are read meanwhile. `releaseHeld` asks again.
+            pendingRead = true
+        } else if let partner, partner.partnerIsWritable {
             context.read()
         } else {
             pendingRead = true
