@@ -63,6 +63,8 @@ extension OpenSSLTLSHandler {
 
         /// Nothing the handshake made may reach the peer yet.
         var holdsHandshakeOutput: Bool { gate == .held }
+        /// The handshake is paused until a certificate is chosen for it.
+        var isChoosingCertificate: Bool { state == .choosingCertificate }
         /// The pipeline was told the peer's transport ended without close_notify (once per connection).
         private var notedUncleanClose = false
 

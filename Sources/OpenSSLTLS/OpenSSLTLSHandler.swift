@@ -51,6 +51,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Counts the connections made for this channel: an answer from the certificate provider to an earlier one is
     /// dropped.
     private var generation = 0
+    /// A read asked for while the handshake waited for its certificate (see `read(context:)`).
+    private var readWithheld = false
     private var heldWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     /// Plaintext written since the last flush, and the promises of those writes.
     private var pendingPlaintext: ByteBuffer?
@@ -165,6 +167,26 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         failHeldWrites(ChannelError.ioOnClosedChannel)
         failPendingWrites(ChannelError.ioOnClosedChannel)
         context.fireChannelInactive()
+    }
+
+    /// While the handshake waits for its certificate (minted meanwhile, perhaps on another event loop), nothing
+    /// more is read: OpenSSL consumes nothing then, and a client that kept sending would fill memory. The read is
+    /// asked for again once the certificate is chosen.
+    public func read(context: ChannelHandlerContext) {
+        if machine.isChoosingCertificate {
+            readWithheld = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// The handshake goes on with the certificate chosen (or refused), and a read withheld meanwhile is asked for.
+    private func certificateSettled(context: ChannelHandlerContext) {
+        perform(machine.certificateChosen(), context: context)
+        if readWithheld, !machine.isChoosingCertificate {
+            readWithheld = false
+            context.read()
+        }
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -339,7 +361,7 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     private func chooseCertificate(serverName: String?, context: ChannelHandlerContext) {
         guard let certificateProvider else {
             connection.provideCertificate(nil)
-            perform(machine.certificateChosen(), context: context)
+            certificateSettled(context: context)
             return
         }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -350,14 +372,14 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
             switch result {
             case .success(let certifiedKey):
                 handler.connection.provideCertificate(certifiedKey)
-                handler.perform(handler.machine.certificateChosen(), context: context)
+                handler.certificateSettled(context: context)
             case .failure(let error):
                 let failure = OpenSSLError(
                     operation: "choosing a certificate for \(serverName ?? "(no server name)")",
                     entries: ["\(error)"]
                 )
                 handler.connection.refuseCertificate(failure)
-                handler.perform(handler.machine.certificateChosen(), context: context)
+                handler.certificateSettled(context: context)
             }
         }
     }

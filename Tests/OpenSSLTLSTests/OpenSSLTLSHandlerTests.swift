@@ -46,6 +46,16 @@ final class PlaintextRecorder: ChannelInboundHandler {
     var receivedBeforeError: [Int] = []
 }
 
+/// Counts the read requests that reach the head of a pipeline (what asks the socket for more).
+final class ReadCounter: ChannelOutboundHandler {
+    typealias OutboundIn = ByteBuffer
+    var reads = 0
+    func read(context: ChannelHandlerContext) {
+        reads += 1
+        context.read()
+    }
+}
+
 @Suite struct OpenSSLTLSHandlerTests {
     let pki: HandshakePKI
 
@@ -220,16 +230,22 @@ final class PlaintextRecorder: ChannelInboundHandler {
         let (clientContext, _) = try contexts()
         let pair = try BackToBack(client: clientContext, server: serverContext, serverName: "alpha.test")
         let (client, server, clientRecorder, serverRecorder) = (pair.client, pair.server, pair.clientRecorder, pair.serverRecorder)
+        let serverReads = ReadCounter()
+        try server.pipeline.syncOperations.addHandler(serverReads, position: .first)
         client.writeAndFlush(ByteBuffer(string: "hello"), promise: nil)
         server.writeAndFlush(ByteBuffer(string: "held by the server"), promise: nil)
         try interact(client, server)
 
-        // Asked once, for the SNI; nothing completes until the answer comes.
+        // Asked once, for the SNI; nothing completes until the answer comes, and nothing more is read meanwhile.
         let asked = pending.withLockedValue { $0 }
         #expect(asked.map { $0.0 } == ["alpha.test"])
         #expect(clientRecorder.negotiated.isEmpty && serverRecorder.negotiated.isEmpty)
+        server.pipeline.read()
+        server.pipeline.read()
+        #expect(serverReads.reads == 0)
 
         asked.first?.1.succeed(alpha)
+        #expect(serverReads.reads == 1)  // the withheld read, asked for once
         try interact(client, server)
         #expect(clientRecorder.negotiated.count == 1 && serverRecorder.negotiated.count == 1)
         #expect(serverRecorder.received == Array("hello".utf8))
