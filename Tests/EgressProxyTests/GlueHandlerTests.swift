@@ -24,15 +24,26 @@ import Testing
     }
 
     func makePair() throws -> (client: EmbeddedChannel, upstream: EmbeddedChannel, clientReads: ReadCounter) {
+        let (client, upstream, counter, _) = try makePair(
+            reporting: Reporting(agent: "test", sink: NullSink(), logger: Logger(label: "test")), transport: .connect,
+            destination: Destination(host: "example.org", port: 443, isIPLiteral: false))
+        return (client, upstream, counter)
+    }
+
+    /// A client and an upstream channel on one embedded loop joined by a matched pair of glue handlers, with a
+    /// read counter at the head of the client's pipeline.
+    func makePair(reporting: Reporting, transport: ConnectMetadata.Transport, destination: Destination) throws -> (
+        client: EmbeddedChannel, upstream: EmbeddedChannel, clientReads: ReadCounter, session: TunnelSession
+    ) {
         let loop = EmbeddedEventLoop()
         let client = EmbeddedChannel(loop: loop)
         let upstream = EmbeddedChannel(loop: loop)
         let session = TunnelSession(
-            reporting: Reporting(agent: "test", sink: NullSink(), logger: Logger(label: "test")),
+            reporting: reporting,
             metadata: ConnectMetadata(
-                eventID: EventID.generate(), transport: .connect, host: "example.org", port: 443,
+                eventID: EventID.generate(), transport: transport, host: destination.host, port: destination.port,
                 client: "127.0.0.1:1", startedAt: "", outcome: .connected),
-            destination: Destination(host: "example.org", port: 443, isIPLiteral: false),
+            destination: destination,
             started: .now(),
             idleTimeout: .hours(1),
             eventLoop: loop
@@ -42,16 +53,13 @@ import Testing
         try client.pipeline.syncOperations.addHandler(counter)
         try client.pipeline.syncOperations.addHandler(clientGlue)
         try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
-        return (client, upstream, counter)
+        return (client, upstream, counter, session)
     }
 
     /// Enforce mode, a transparent connection: the client's bytes wait while the SNI's name is looked up (does it
     /// belong to the address?), and no more are read meanwhile, so a client that keeps sending cannot fill memory.
     /// Once the policy lets the tunnel through, the held bytes go out and reading resumes.
     @Test func noMoreIsReadWhileTheHeldBytesWaitForTheLookup() throws {
-        let loop = EmbeddedEventLoop()
-        let client = EmbeddedChannel(loop: loop)
-        let upstream = EmbeddedChannel(loop: loop)
         let store = PolicyStore(
             configuration: .init(
                 endpoint: try ControlPlaneEndpoint(url: "http://127.0.0.1:9"), apiKey: "", tls: nil, agents: ["test"],
@@ -60,23 +68,11 @@ import Testing
         var reporting = Reporting(agent: "test", sink: NullSink(), logger: Logger(label: "test"))
         // Enforcing, with no policy loaded and failing open: every destination is allowed, after the wait.
         reporting.policy = PolicyCheck(store: store, enforcing: true, failClosed: false)
-        let session = TunnelSession(
-            reporting: reporting,
-            metadata: ConnectMetadata(
-                eventID: EventID.generate(), transport: .transparent, host: "127.0.0.1", port: 443,
-                client: "127.0.0.1:1", startedAt: "", outcome: .connected),
-            destination: Destination(host: "127.0.0.1", port: 443, isIPLiteral: true),
-            started: .now(),
-            idleTimeout: .hours(1),
-            eventLoop: loop
-        )
-        let lookup = loop.makePromise(of: Bool.self)
+        let (client, upstream, counter, session) = try makePair(
+            reporting: reporting, transport: .transparent,
+            destination: Destination(host: "127.0.0.1", port: 443, isIPLiteral: true))
+        let lookup = client.eventLoop.makePromise(of: Bool.self)
         session.nameBelongs = { _ in lookup.futureResult }
-        let (clientGlue, upstreamGlue) = GlueHandler.matchedPair(session: session)
-        let counter = ReadCounter()
-        try client.pipeline.syncOperations.addHandler(counter)
-        try client.pipeline.syncOperations.addHandler(clientGlue)
-        try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
         session.start()
 
         let hello = ByteBuffer(bytes: InspectionStartHandlerTests.clientHello(serverName: "localhost"))
