@@ -356,6 +356,11 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         connection = again
         connection.consumeFromNetwork(input)
         perform(action, context: context)
+        if readWithheld, !machine.isChoosingCertificate {
+            // The handshake made again did not stop for a certificate: nothing waits for the read any more.
+            readWithheld = false
+            context.read()
+        }
     }
 
     private func chooseCertificate(serverName: String?, context: ChannelHandlerContext) {

@@ -213,10 +213,12 @@ final class GlueHandler: ChannelDuplexHandler {
 
     // MARK: outbound
 
+    /// Enforce mode, the peek done: the client's held bytes wait for the policy (for a transparent connection, for a
+    /// lookup of the name), and no more are read meanwhile. `releaseHeld` asks again.
+    private var waitsForThePolicy: Bool { side == .client && session.holdsClientBytes && peek == nil }
+
     func read(context: ChannelHandlerContext) {
-        if side == .client && session.holdsClientBytes && peek == nil {
-            // Enforce mode, the peek done: the held bytes wait for the policy (for a transparent connection, for
-            // a lookup of the name), and no more are read meanwhile. `releaseHeld` asks again.
+        if waitsForThePolicy {
             pendingRead = true
         } else if let partner, partner.partnerIsWritable {
             context.read()
@@ -250,7 +252,7 @@ final class GlueHandler: ChannelDuplexHandler {
     }
 
     private func partnerBecameWritable() {
-        if pendingRead, let context {
+        if pendingRead, !waitsForThePolicy, let context {
             pendingRead = false
             context.read()
         }
