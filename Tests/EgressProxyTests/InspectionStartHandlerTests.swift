@@ -116,6 +116,7 @@ import Testing
             shutdown: {
                 held.signal()
                 resolverPool.shutdownGracefully { _ in }
+                try? FileManager.default.removeItem(atPath: (ca.certificate as NSString).deletingLastPathComponent)
             })
     }
 
