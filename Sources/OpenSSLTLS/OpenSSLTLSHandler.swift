@@ -183,10 +183,14 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// The handshake goes on with the certificate chosen (or refused), and a read withheld meanwhile is asked for.
     private func certificateSettled(context: ChannelHandlerContext) {
         perform(machine.certificateChosen(), context: context)
-        if readWithheld, !machine.isChoosingCertificate {
-            readWithheld = false
-            context.read()
-        }
+        resumeWithheldRead(context: context)
+    }
+
+    /// Asks for the read withheld while the handshake waited for its certificate, once it no longer waits.
+    private func resumeWithheldRead(context: ChannelHandlerContext) {
+        guard readWithheld, !machine.isChoosingCertificate else { return }
+        readWithheld = false
+        context.read()
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -356,11 +360,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         connection = again
         connection.consumeFromNetwork(input)
         perform(action, context: context)
-        if readWithheld, !machine.isChoosingCertificate {
-            // The handshake made again did not stop for a certificate: nothing waits for the read any more.
-            readWithheld = false
-            context.read()
-        }
+        // The handshake made again may not stop for a certificate: then nothing waits for the read any more.
+        resumeWithheldRead(context: context)
     }
 
     private func chooseCertificate(serverName: String?, context: ChannelHandlerContext) {

@@ -2,6 +2,7 @@ import ControlPlane
 import Glibc
 @testable import EgressProxy
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import Policy
@@ -14,11 +15,13 @@ import Testing
     }
 
     /// Counts the read requests that reach the head of a channel's pipeline (what asks the socket for data).
-    final class ReadCounter: ChannelOutboundHandler {
+    /// Locked: `InspectionStartHandlerTests` reads it from the test's task while its loop runs elsewhere.
+    final class ReadCounter: ChannelOutboundHandler, @unchecked Sendable {
         typealias OutboundIn = ByteBuffer
-        var reads = 0
+        private let count = NIOLockedValueBox(0)
+        var reads: Int { count.withLockedValue { $0 } }
         func read(context: ChannelHandlerContext) {
-            reads += 1
+            count.withLockedValue { $0 += 1 }
             context.read()
         }
     }

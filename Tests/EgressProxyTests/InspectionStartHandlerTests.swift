@@ -11,20 +11,6 @@ import Testing
 
 /// The handler that decides an inspectable tunnel, on a testing event loop, with a resolver the test holds up.
 @Suite struct InspectionStartHandlerTests {
-    final class NullSink: ActionSink {
-        func record(_ record: ActionRecord) {}
-    }
-
-    /// Counts the read requests that reach the head of the client's pipeline (what asks the socket for more).
-    final class ReadCounter: ChannelOutboundHandler, @unchecked Sendable {
-        typealias OutboundIn = ByteBuffer
-        let reads = NIOLockedValueBox(0)
-        func read(context: ChannelHandlerContext) {
-            reads.withLockedValue { $0 += 1 }
-            context.read()
-        }
-    }
-
     /// A ClientHello (TLS 1.2 framing, one cipher suite) whose only extension is the server name.
     static func clientHello(serverName: String) -> [UInt8] {
         func be16(_ value: Int) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xFF)] }
@@ -68,7 +54,7 @@ import Testing
         let loop: NIOAsyncTestingEventLoop
         let client: NIOAsyncTestingChannel
         let upstream: NIOAsyncTestingChannel
-        let reads: ReadCounter
+        let reads: GlueHandlerTests.ReadCounter
         let actions: RecordingSink
         let hello: [UInt8]
         let release: @Sendable () -> Void
@@ -94,7 +80,7 @@ import Testing
         let upstream = NIOAsyncTestingChannel(loop: loop)
         try await client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000))
         try await upstream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443))
-        let reads = ReadCounter()
+        let reads = GlueHandlerTests.ReadCounter()
         try await loop.submit {
             let metadata = ConnectMetadata(
                 eventID: EventID.generate(), transport: .connect, host: "127.0.0.1", port: 443,
@@ -135,7 +121,7 @@ import Testing
         client.pipeline.fireChannelReadComplete()
         client.read()
         try await tunnel.loop.submit {}.get()
-        #expect(reads.reads.withLockedValue { $0 } == 0, "a read went through while the decision waited")
+        #expect(reads.reads == 0, "a read went through while the decision waited")
         #expect(try await upstream.readOutbound(as: ByteBuffer.self) == nil)
 
         // The resolver answers (localhost is 127.0.0.1): passed through, every held byte relayed in order, and
@@ -148,7 +134,7 @@ import Testing
         }
         #expect(relayed == tunnel.hello + more)
         try await tunnel.loop.submit {}.get()
-        #expect(reads.reads.withLockedValue { $0 } == 1)
+        #expect(reads.reads == 1)
         // The handler has left the pipeline; the relay took over.
         let left = try await tunnel.loop.submit {
             (try? client.pipeline.syncOperations.handler(type: InspectionStartHandler.self)) == nil
