@@ -17,7 +17,8 @@ mkdir -p Fuzz/crashes
 pids=()
 targets="clienthello request-head connect-authority http1-differential http1-response-differential"
 for target in $targets; do
-    # The differential target starts from the request-head seeds: both read client byte streams.
+    # The request differential starts from the request-head seeds (both read client byte streams); the response
+    # differential from its own seeds in Corpus/response.
     seeds=$target
     [ "$target" = http1-differential ] && seeds=request-head
     [ "$target" = http1-response-differential ] && seeds=response
@@ -27,7 +28,7 @@ for target in $targets; do
     pids+=($!)
 done
 status=0
-for index in 0 1 2 3 4; do
+for index in "${!pids[@]}"; do
     target=$(echo $targets | cut -d' ' -f$((index + 1)))
     if wait "${pids[$index]}"; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$target.log" | grep -o '[0-9]*$' || echo "?")
