@@ -10,20 +10,30 @@ import Musl
 /// Resolves names with one `getaddrinfo` per connection on a shared thread pool, for NIO's Happy Eyeballs.
 ///
 /// NIO's default resolver runs every lookup of an event loop on one serial queue, so one slow DNS answer
-/// holds up every other connection on that loop. Here lookups run side by side on `threads` threads.
+/// holds up every other connection on that loop. Here lookups run side by side on the pool's threads, and a
+/// name already being looked up for another connection is not looked up again: the connection waits for that
+/// answer (`DNSCache.join`).
 struct ThreadPoolResolver: Resolver, Sendable {
+    /// Looks a name up, blocking: `getaddrinfo`, or a stand-in in tests.
+    typealias LookUp = @Sendable (_ host: String, _ port: Int) -> DNSCache.Answer
+
     private let pool: NIOThreadPool
     private let cache: DNSCache
     private let eventLoop: any EventLoop
     private let v4: EventLoopPromise<[SocketAddress]>
     private let v6: EventLoopPromise<[SocketAddress]>
     private let check: DestinationCheck?
+    private let lookUp: LookUp
 
-    init(pool: NIOThreadPool, cache: DNSCache, eventLoop: any EventLoop, check: DestinationCheck? = nil) {
+    init(
+        pool: NIOThreadPool, cache: DNSCache, eventLoop: any EventLoop, check: DestinationCheck? = nil,
+        lookUp: @escaping LookUp = ThreadPoolResolver.system
+    ) {
         self.pool = pool
         self.cache = cache
         self.eventLoop = eventLoop
         self.check = check
+        self.lookUp = lookUp
         self.v4 = eventLoop.makePromise()
         self.v6 = eventLoop.makePromise()
     }
@@ -56,20 +66,23 @@ struct ThreadPoolResolver: Resolver, Sendable {
             answer(cached.ipv4, cached.ipv6)
             return v6.futureResult
         }
-        pool.submit { state in
-            guard case .active = state else {
-                v4.fail(ChannelError.ioOnClosedChannel)
-                v6.fail(ChannelError.ioOnClosedChannel)
-                return
-            }
-            switch Self.lookUp(host: host, port: port) {
-            case .success(let (ipv4, ipv6)):
-                cache.store(host: host, ipv4: ipv4, ipv6: ipv6)
-                answer(ipv4, ipv6)
+        let first = cache.join(host: host) { result in
+            switch result {
+            case .success(let addresses):
+                answer(DNSCache.withPort(addresses.ipv4, port), DNSCache.withPort(addresses.ipv6, port))
             case .failure(let error):
                 v6.fail(error)
                 v4.fail(error)
             }
+        }
+        guard first else { return v6.futureResult }  // another connection's lookup of this name answers this one
+        let lookUp = self.lookUp
+        pool.submit { state in
+            guard case .active = state else {
+                cache.finish(host: host, .failure(ChannelError.ioOnClosedChannel))
+                return
+            }
+            cache.finish(host: host, lookUp(host, port))
         }
         return v6.futureResult
     }
@@ -77,7 +90,10 @@ struct ThreadPoolResolver: Resolver, Sendable {
     /// `getaddrinfo` is blocking and cannot be cancelled; a late answer is simply not used.
     func cancelQueries() {}
 
-    private static func lookUp(host: String, port: Int) -> Result<([SocketAddress], [SocketAddress]), any Error> {
+    /// The system's resolver (`getaddrinfo`: /etc/hosts, DNS, as nsswitch.conf says), for both address families.
+    static let system: LookUp = { host, port in lookUpWithGetaddrinfo(host: host, port: port) }
+
+    private static func lookUpWithGetaddrinfo(host: String, port: Int) -> DNSCache.Answer {
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         hints.ai_protocol = Int32(IPPROTO_TCP)
@@ -103,7 +119,7 @@ struct ThreadPoolResolver: Resolver, Sendable {
             }
             cursor = entry.pointee.ai_next
         }
-        return .success((ipv4, ipv6))
+        return .success((ipv4: ipv4, ipv6: ipv6))
     }
 }
 
