@@ -69,4 +69,34 @@ import Testing
         #expect(Self.feed(&counter, Self.frame(type: 0x1, stream: 3, payload: 8), .inbound, piece: 3) == nil)
         #expect(Self.feed(&counter, Self.frame(type: 0x1, stream: 1, payload: 8), .inbound, piece: 3) == "17 HEADERS frames on stream 1")
     }
+
+    static func reset(stream: UInt32, code: UInt32) -> [UInt8] {
+        var bytes = frame(type: 0x3, stream: stream, payload: 0)
+        bytes[2] = 4
+        return bytes + [UInt8(code >> 24), UInt8(code >> 16 & 0xff), UInt8(code >> 8 & 0xff), UInt8(code & 0xff)]
+    }
+
+    /// The RST_STREAM frames written to the peer, with their codes, however the bytes are split; none read from the
+    /// peer, and none unless asked for.
+    @Test(arguments: [1, 3, 9, 11, 4096])
+    func resetsWrittenAreNotedWithTheirCodes(piece: Int) {
+        var counter = HTTP2FrameCounter(prefaceFrom: .inbound, watchesResets: true)
+        var outbound = Self.frame(type: 0x4, stream: 0, payload: 6) + Self.reset(stream: 3, code: 1)
+        outbound += Self.frame(type: 0x0, stream: 1, payload: 20) + Self.reset(stream: 0x7fff_fffd, code: 0x0102_0304)
+        var taken: [HTTP2FrameCounter.Reset] = []
+        var start = 0
+        while start < outbound.count {
+            let end = min(start + piece, outbound.count)
+            _ = outbound[start..<end].withUnsafeBytes { counter.consume($0, .outbound) }
+            taken += counter.takeResets()
+            start = end
+        }
+        #expect(taken == [.init(stream: 3, code: 1), .init(stream: 0x7fff_fffd, code: 0x0102_0304)])
+        #expect(Self.feed(&counter, Self.preface + Self.reset(stream: 5, code: 8), .inbound, piece: piece) == nil)
+        #expect(counter.takeResets().isEmpty)
+
+        var unwatched = HTTP2FrameCounter(prefaceFrom: .inbound)
+        #expect(Self.feed(&unwatched, Self.reset(stream: 3, code: 1), .outbound, piece: piece) == nil)
+        #expect(unwatched.takeResets().isEmpty)
+    }
 }

@@ -71,6 +71,25 @@ import Testing
         #expect(actions.filter { ($0["error"] as? String)?.hasPrefix("unusable upstream response: :status") == true }.count == 3)
     }
 
+    /// Requests NIO's HTTP/2 codec refuses when their HEADERS arrive (a field name in uppercase, a connection-specific
+    /// field) never get a stream the proxy handles: each is reset with PROTOCOL_ERROR, never sent, and still reported
+    /// and logged, as an HTTP/1.1 request refused with 400 is; the connection goes on.
+    @Test func requestsTheHTTP2CodecRefusesAreReportedAndLogged() throws {
+        let setup = try setUp(extra: ["KAIZEN_LOG_LEVEL": "info"])
+        let result = try h2Client("malformed", setup)
+        func field(_ label: String, _ name: String) -> Any? { (result[label] as? [String: Any])?[name] }
+        #expect(field("uppercase", "reset") as? Int == 1 && field("connection", "reset") as? Int == 1, "\(result)")
+        #expect(field("after", "status") as? String == "200", "\(result)")
+        let requests = try setup.origin.waitForLines(count: 1, timeout: 10) { $0.hasPrefix("REQUEST ") }
+        let actions = try setup.waitForActions(3)
+        #expect(actions.count == 3 && setup.origin.stdoutLines.filter { $0.hasPrefix("REQUEST ") }.count == 1, "\(requests) \(actions)")
+        let refused = actions.compactMap { $0["error"] as? String }.sorted()
+        #expect(refused == ["rejected: malformed request: ForbiddenHeaderField", "rejected: malformed request: InvalidHTTP2HeaderFieldName"], "\(actions)")
+        #expect(actions.filter { $0["error"] != nil }.allSatisfy { $0["method"] == nil && $0["status"] == nil && $0["intercepted"] as? Bool == true })
+        #expect(actions.contains { $0["path"] as? String == "/size/5" && $0["status"] as? Int == 200 && $0["error"] == nil })
+        _ = try setup.proxy.waitForStderr(containing: "rejected an intercepted request", count: 2, timeout: 10)
+    }
+
     /// A request the client resets in the same write as its HEADERS, while its upstream stream is still being made,
     /// never reaches the upstream, and is reported as not sent; the connection goes on.
     @Test func aRequestResetBeforeItsUpstreamStreamExistsIsNeverSent() throws {
@@ -205,7 +224,10 @@ import Testing
         #expect(seen["bad_reset"] as? Int == 1 && seen["goaway"] is NSNull, "\(seen)")
         #expect(seen["good_status"] as? String == "200" && seen["good_body"] as? String == "01234", "\(seen)")
         // The bad stream was reset by the proxy's HTTP/2 layer, not by the client: the action does not say it was.
-        let actions = try setup.waitForActions(2)
+        // It had a stream of its own, which reports it: once, not again as a request refused before it had one.
+        try setup.proxy.waitUntil(timeout: 20) { lines in lines.contains { $0.contains("\"action\"") && $0.contains("/size/5") } }
+        let actions = setup.actions
+        #expect(actions.count == 2, "\(actions)")
         let bad = try #require(actions.first { $0["method"] as? String == "POST" }, "\(actions)")
         #expect(!((bad["error"] as? String)?.contains("reset by the client") ?? true), "\(bad)")
     }

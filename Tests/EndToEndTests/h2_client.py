@@ -20,6 +20,8 @@ against the inspection CA, then one of these scenarios, printing one JSON object
   burst      --count GET /size/10 streams in one write before the proxy's SETTINGS are acknowledged: how many
              were answered and how many refused (REFUSED_STREAM)
   cancelled  DELETE /echo and its RST_STREAM(CANCEL) in one write, then GET /size/5: the second's status
+  malformed  on one connection: GET /size/5 with an uppercase field name, then with a connection-specific field
+             (`connection: keep-alive`), then GET /size/5: each stream's status and reset code
   idle       prints READY once connected, then (not JSON) "GOAWAY <code>" when one arrives and CLOSED when the
              proxy closes the connection
 
@@ -57,9 +59,11 @@ def connect(arguments):
     tls = context.wrap_socket(sock, server_hostname=arguments.host)
     if tls.selected_alpn_protocol() != "h2":
         sys.exit(f"ALPN: {tls.selected_alpn_protocol()}")
-    # `odd` sends what h2 would refuse to send (an absolute :path).
+    # `odd` and `malformed` send what h2 would refuse to send (an absolute :path, an uppercase field name).
+    lax = arguments.scenario in ("odd", "malformed")
     config = h2.config.H2Configuration(
-        client_side=True, header_encoding="utf-8", validate_outbound_headers=arguments.scenario != "odd")
+        client_side=True, header_encoding="utf-8", validate_outbound_headers=not lax,
+        normalize_outbound_headers=not lax)
     conn = h2.connection.H2Connection(config=config)
     conn.initiate_connection()
     tls.sendall(conn.data_to_send())
@@ -367,6 +371,19 @@ def odd(client, arguments):
     return results
 
 
+def malformed(client, arguments):
+    results = {}
+    for label, extra in [("uppercase", [("X-Upper", "1")]), ("connection", [("connection", "keep-alive")]),
+                         ("after", [])]:
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, client.request_headers("GET", "/size/5", extra), end_stream=True)
+        client.flush()
+        result = collect(client, stream_id)
+        results[label] = {"status": (result["headers"] or {}).get(":status"), "reset": result["reset"],
+                          "goaway": result["goaway"]}
+    return results
+
+
 def bigheader(client, arguments):
     stream_id = client.conn.get_next_available_stream_id()
     client.conn.send_headers(
@@ -453,7 +470,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle", "odd",
-                     "cancelled", "burst", "flood", "answered"])
+                     "malformed", "cancelled", "burst", "flood", "answered"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")

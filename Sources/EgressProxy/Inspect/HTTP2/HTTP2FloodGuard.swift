@@ -7,6 +7,8 @@ import NIOCore
 /// - WINDOW_UPDATEs from the peer beyond what the DATA sent to it could call for: one per frame and one per KiB
 ///   (Go's HTTP/2 sends one for every 4 KiB its reader takes), and some slack;
 /// - HEADERS from the peer beyond a request's or response's (its head, 1xx heads, trailers).
+/// It also notes, when asked to, the RST_STREAM frames written to the peer (`takeResets`): a stream the HTTP/2 layer
+/// refused before any handler saw it is known only by its reset.
 /// Pure: `HTTP2FloodGuardHandler` feeds it the bytes and closes the connection on a flood.
 struct HTTP2FrameCounter {
     enum Direction { case inbound, outbound }
@@ -23,6 +25,16 @@ struct HTTP2FrameCounter {
         var skip: Int
         var header: [UInt8] = []
         var payloadLeft = 0
+        /// The stream of the RST_STREAM frame being read (outbound, when resets are watched), and its error code's
+        /// bytes so far.
+        var resetStream: UInt32?
+        var resetCode: [UInt8] = []
+    }
+
+    /// A RST_STREAM frame written to the peer.
+    struct Reset: Equatable {
+        var stream: UInt32
+        var code: UInt32
     }
 
     private struct Counts {
@@ -34,11 +46,24 @@ struct HTTP2FrameCounter {
 
     private var readers: (inbound: Reader, outbound: Reader)
     private var streams: [UInt32: Counts] = [:]
+    private let watchesResets: Bool
+    /// RST_STREAM frames written since the last `takeResets`.
+    private var resets: [Reset] = []
 
-    /// - Parameter prefaceFrom: the direction that starts with the 24-byte client preface (`PRI * HTTP/2.0…`):
-    ///   inbound on the client's side, outbound on the upstream's.
-    init(prefaceFrom: Direction) {
+    /// - Parameters:
+    ///   - prefaceFrom: the direction that starts with the 24-byte client preface (`PRI * HTTP/2.0…`):
+    ///     inbound on the client's side, outbound on the upstream's.
+    ///   - watchesResets: note the RST_STREAM frames written (`takeResets`).
+    init(prefaceFrom: Direction, watchesResets: Bool = false) {
         readers = (Reader(skip: prefaceFrom == .inbound ? 24 : 0), Reader(skip: prefaceFrom == .outbound ? 24 : 0))
+        self.watchesResets = watchesResets
+    }
+
+    /// The RST_STREAM frames written since the last call, in order.
+    mutating func takeResets() -> [Reset] {
+        guard !resets.isEmpty else { return [] }
+        defer { resets.removeAll(keepingCapacity: true) }
+        return resets
     }
 
     /// Counts the frames in `bytes`; a description of the flood once the peer has sent one.
@@ -57,6 +82,15 @@ struct HTTP2FrameCounter {
             }
             if reader.payloadLeft > 0 {
                 let skipped = min(reader.payloadLeft, bytes.count - index)
+                if let stream = reader.resetStream {
+                    reader.resetCode.append(contentsOf: bytes[index..<(index + skipped)])
+                    if reader.resetCode.count == 4 {
+                        let code = reader.resetCode.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                        resets.append(Reset(stream: stream, code: code))
+                        reader.resetStream = nil
+                        reader.resetCode.removeAll(keepingCapacity: true)
+                    }
+                }
                 reader.payloadLeft -= skipped
                 index += skipped
                 continue
@@ -72,6 +106,9 @@ struct HTTP2FrameCounter {
             let stream = (UInt32(header[5]) << 24 | UInt32(header[6]) << 16 | UInt32(header[7]) << 8 | UInt32(header[8]))
                 & 0x7fff_ffff
             reader.payloadLeft = length
+            if watchesResets, direction == .outbound, type == 0x3, length == 4, stream != 0 {
+                reader.resetStream = stream
+            }
             if let flood = count(type: type, stream: stream, length: length, direction) { return flood }
         }
         return nil
@@ -120,10 +157,16 @@ final class HTTP2FloodGuardHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var counter: HTTP2FrameCounter
     private var flooded = false
     private let onFlood: (String) -> Void
+    private let onReset: ((HTTP2FrameCounter.Reset) -> Void)?
 
-    init(prefaceFrom: HTTP2FrameCounter.Direction, onFlood: @escaping (String) -> Void) {
-        counter = HTTP2FrameCounter(prefaceFrom: prefaceFrom)
+    /// - Parameter onReset: told of every RST_STREAM frame written to the peer, as it passes.
+    init(
+        prefaceFrom: HTTP2FrameCounter.Direction, onFlood: @escaping (String) -> Void,
+        onReset: ((HTTP2FrameCounter.Reset) -> Void)? = nil
+    ) {
+        counter = HTTP2FrameCounter(prefaceFrom: prefaceFrom, watchesResets: onReset != nil)
         self.onFlood = onFlood
+        self.onReset = onReset
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -141,6 +184,9 @@ final class HTTP2FloodGuardHandler: ChannelDuplexHandler, RemovableChannelHandle
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let bytes = unwrapOutboundIn(data)
         _ = bytes.withUnsafeReadableBytes { counter.consume($0, .outbound) }
+        if let onReset {
+            for reset in counter.takeResets() { onReset(reset) }
+        }
         context.write(data, promise: promise)
     }
 }

@@ -36,6 +36,11 @@ final class InterceptedHTTP2 {
     var refusesNewStreams: Bool { goAwayToClientCode != nil || upstreamGoneAway }
     private var offeredExtendedConnect = false
     private var closingWhenIdle = false
+    /// The highest stream the client opened that got a stream channel (client streams only grow).
+    private var highestClientStreamWithChannel: UInt32 = 0
+    /// A client stream NIOHTTP2Handler reset before it had a channel, reported once its reason is known
+    /// (`resetWritten`).
+    private var refusedStream: UInt32?
 
     init(connection: InterceptedConnection, limits: HTTP2Limits, eventLoop: any EventLoop) {
         self.connection = connection
@@ -67,8 +72,10 @@ final class InterceptedHTTP2 {
         }
         let clientParent = InterceptedHTTP2ParentHandler(side: .client, http2: self, connection: connection)
         self.clientParent = clientParent
-        try InterceptedConnection.addAfterHandshakeHandler(
-            client, [Self.floodGuard(prefaceFrom: .inbound, side: "client", connection: connection), clientHandler, clientParent])
+        let clientGuard = Self.floodGuard(prefaceFrom: .inbound, side: "client", connection: connection) { reset in
+            loopBound.value.resetWritten(reset)
+        }
+        try InterceptedConnection.addAfterHandshakeHandler(client, [clientGuard, clientHandler, clientParent])
 
         // Toward the upstream: no server push (a pushed stream has no client request to belong to).
         settings.append(HTTP2Setting(parameter: .enablePush, value: 0))
@@ -99,21 +106,61 @@ final class InterceptedHTTP2 {
     static let upstreamResetLimit = 10_000
 
     /// The side's flood guard: a flood is logged, and the connection closes (its streams are reported as cut).
+    /// On the client's side it also passes on the resets written to the client (`resetWritten`).
     private static func floodGuard(
-        prefaceFrom: HTTP2FrameCounter.Direction, side: String, connection: InterceptedConnection
+        prefaceFrom: HTTP2FrameCounter.Direction, side: String, connection: InterceptedConnection,
+        onReset: ((HTTP2FrameCounter.Reset) -> Void)? = nil
     ) -> HTTP2FloodGuardHandler {
         let logger = connection.logger
         let target = connection.reportedTarget
-        return HTTP2FloodGuardHandler(prefaceFrom: prefaceFrom) { flood in
-            logger.warning(
-                "closing an inspected HTTP/2 connection: the \(side) flooded a stream",
-                metadata: ["target": "\(target)", "side": "\(side)", "flood": "\(flood)"])
-        }
+        return HTTP2FloodGuardHandler(
+            prefaceFrom: prefaceFrom,
+            onFlood: { flood in
+                logger.warning(
+                    "closing an inspected HTTP/2 connection: the \(side) flooded a stream",
+                    metadata: ["target": "\(target)", "side": "\(side)", "flood": "\(flood)"])
+            },
+            onReset: onReset)
+    }
+
+    // MARK: requests refused before they had a stream
+
+    /// A reset written to the client. One with PROTOCOL_ERROR on a stream the client opened that never got a
+    /// channel is a request NIOHTTP2Handler refused as malformed when its HEADERS arrived (a field name in
+    /// uppercase, a connection-specific field, a pseudo-header missing or repeated): no handler of the proxy saw
+    /// it, so it is reported here, like an HTTP/1.1 request refused with 400. Its reason is the error the handler
+    /// fires right after writing the reset (`connectionError`); a reset that gets none is reported at the end of
+    /// the read.
+    func resetWritten(_ reset: HTTP2FrameCounter.Reset) {
+        guard reset.code == HTTP2ErrorCode.protocolError.networkCode, reset.stream % 2 == 1,
+            reset.stream > highestClientStreamWithChannel
+        else { return }
+        reportRefusedRequest(reason: nil)  // an earlier one whose reason never came
+        refusedStream = reset.stream
+    }
+
+    /// Reports the refused request awaiting its reason, if any.
+    func reportRefusedRequest(reason: String?) {
+        guard let stream = refusedStream, let connection else { return }
+        refusedStream = nil
+        let why = "malformed request: \(reason ?? "refused by the HTTP/2 layer")"
+        connection.logger.info(
+            "rejected an intercepted request",
+            metadata: [
+                "target": "\(connection.reportedTarget)", "stream": "\(stream)", "reset": "PROTOCOL_ERROR",
+                "reason": "\(why)",
+            ])
+        connection.report(
+            InterceptedExchangeStateMachine.Exchange(method: "", path: ""),
+            startedAt: WallClock.rfc3339(unixMillis: WallClock.nowMillis()), policy: (nil, nil), error: "rejected: \(why)")
     }
 
     // MARK: streams
 
     private func acceptClientStream(_ channel: any Channel) -> EventLoopFuture<Void> {
+        if let id = try? channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID) {
+            highestClientStreamWithChannel = max(highestClientStreamWithChannel, UInt32(Int32(id)))
+        }
         guard let connection else { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
         guard openStreams < Int(limits.maxConcurrentStreams) else {
             // NIOHTTP2Handler holds the client to SETTINGS_MAX_CONCURRENT_STREAMS only once it has acknowledged
@@ -276,9 +323,15 @@ final class InterceptedHTTP2 {
     /// stream's business.
     func connectionError(_ error: any Error, side: InterceptedStreamStateMachine.Side) {
         guard let connection else { return }
+        let streamLevel = error is NIOHTTP2Errors.StreamError || Self.streamLevelErrors.contains("\(type(of: error))")
+        if streamLevel, side == .client, refusedStream != nil {
+            // Fired right after the reset of a request that never had a stream channel: that request's reason.
+            reportRefusedRequest(reason: Self.describe((error as? NIOHTTP2Errors.StreamError)?.baseError ?? error))
+            return
+        }
         // A stream error on a write (CreatedStreamAfterGoaway, say) comes wrapped; its stream channel was told.
-        if error is NIOHTTP2Errors.StreamError { return }
-        if Self.streamLevelErrors.contains("\(type(of: error))") { return }
+        // The others ended a stream that has a channel: it reports itself.
+        if streamLevel { return }
         connection.logger.info(
             "HTTP/2 connection error",
             metadata: ["target": "\(connection.reportedTarget)", "side": "\(side)", "error": "\(Self.describe(error))"])
@@ -304,6 +357,7 @@ final class InterceptedHTTP2 {
 
     /// The connection has finished: nothing more is relayed.
     func detach() {
+        reportRefusedRequest(reason: nil)
         connection = nil
         clientParent = nil
         upstreamParent = nil
@@ -375,6 +429,12 @@ final class InterceptedHTTP2ParentHandler: ChannelInboundHandler {
             connection.lifecycleEvent(event, clientSide: side == .client, context: context)
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // Everything this read brought has been through NIOHTTP2Handler: a refused request has its reason by now.
+        if side == .client { http2.reportRefusedRequest(reason: nil) }
+        context.fireChannelReadComplete()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
