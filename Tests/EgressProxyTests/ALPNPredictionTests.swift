@@ -1,4 +1,5 @@
 @testable import EgressProxy
+import NIOCore
 import Testing
 
 /// The ALPN answer an inspected client's handshake is made with before the upstream has chosen: a good guess saves
@@ -38,5 +39,23 @@ import Testing
         #expect(choices.last(for: "b") == .some("http/1.1"))
         choices.note("h2", for: "new")
         #expect(choices.last(for: "b") == nil && choices.last(for: "new") == .some("h2"))
+    }
+
+    /// A name not seen yet is guessed from the server at its address (many names, one server); a name's own
+    /// choice comes first, and an address or an offer of its own knows nothing yet.
+    @Test func aNewNameIsGuessedFromTheServerAtItsAddress() throws {
+        let choices = UpstreamALPNChoices()
+        let address = try SocketAddress(ipAddress: "192.0.2.10", port: 443)
+        let offer = ["h2", "http/1.1"]
+        let server = UpstreamALPNChoices.serverKey(address, offer: offer)
+        #expect(server == "@192.0.2.10 443 h2,http/1.1")
+        choices.note("http/1.1", for: "a.example 443 a.example h2,http/1.1", server: server)
+        #expect(choices.last(for: "b.example 443 b.example h2,http/1.1", orServer: server) == .some("http/1.1"))
+        choices.note("h2", for: "c.example 443 c.example h2,http/1.1", server: nil)
+        #expect(choices.last(for: "c.example 443 c.example h2,http/1.1", orServer: server) == .some("h2"))
+        let other = UpstreamALPNChoices.serverKey(try SocketAddress(ipAddress: "192.0.2.11", port: 443), offer: offer)
+        #expect(choices.last(for: "d.example 443 d.example h2,http/1.1", orServer: other) == nil)
+        #expect(choices.last(for: "d.example 443 d.example h2", orServer: UpstreamALPNChoices.serverKey(address, offer: ["h2"])) == nil)
+        #expect(UpstreamALPNChoices.serverKey(nil, offer: offer) == nil)
     }
 }

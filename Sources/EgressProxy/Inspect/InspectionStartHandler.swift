@@ -560,8 +560,12 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         let leaves = inspection.leaves
         let upstreamReady = connection.upstreamReady
         let choices = inspection.alpnChoices
+        // A name never seen here is often served by a server that was (a CDN's address, one origin for many names):
+        // what the server at this address chose for the same offer is the next best guess.
+        let serverKey = UpstreamALPNChoices.serverKey(upstreamChannel.remoteAddress, offer: offer)
         let predicted = Self.predictedALPNAnswer(
-            offer: offer, pooled: pooled.map { $0.negotiatedProtocol }, remembered: choices.last(for: sessionKey))
+            offer: offer, pooled: pooled.map { $0.negotiatedProtocol },
+            remembered: choices.last(for: sessionKey, orServer: serverKey))
         let upstreamHandler: NIOLoopBound<OpenSSLTLSHandler>
         do {
             let upstreamPipeline = upstreamChannel.pipeline.syncOperations
@@ -589,7 +593,7 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
                 alpnAnswer: predicted,
                 handshakeGate: upstreamReady.futureResult.map {
                     let chosen = upstreamHandler.value.negotiatedProtocol
-                    choices.note(chosen, for: sessionKey)
+                    choices.note(chosen, for: sessionKey, server: serverKey)
                     return chosen
                 }
             )
@@ -612,8 +616,9 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// The protocol the upstream will most likely choose, so the client's handshake can be made before it has: none
     /// when the client offers no ALPN (nor is the upstream offered any); what a kept connection chose, when one
-    /// serves; what this destination's upstream chose last time for the same offer; else the first protocol offered
-    /// (`h2` before `http/1.1`, as clients list them; an upstream without ALPN answers none).
+    /// serves; what this destination's upstream chose last time for the same offer (or, for a name not seen yet,
+    /// the server at the same address); else the first protocol offered (`h2` before `http/1.1`, as clients list
+    /// them; an upstream without ALPN answers none).
     static func predictedALPNAnswer(offer: [String], pooled: String??, remembered: String??) -> String? {
         if offer.isEmpty { return nil }
         if let pooled { return pooled }
