@@ -68,7 +68,15 @@ struct HTTP2FrameCounter {
 
     /// Counts the frames in `bytes`; a description of the flood once the peer has sent one.
     mutating func consume(_ bytes: UnsafeRawBufferPointer, _ direction: Direction) -> String? {
-        var reader = direction == .inbound ? readers.inbound : readers.outbound
+        // Taken out, not copied, so its buffers stay uniquely referenced and are appended to in place.
+        var reader: Reader
+        if direction == .inbound {
+            reader = readers.inbound
+            readers.inbound = Reader(skip: 0)
+        } else {
+            reader = readers.outbound
+            readers.outbound = Reader(skip: 0)
+        }
         defer {
             if direction == .inbound { readers.inbound = reader } else { readers.outbound = reader }
         }

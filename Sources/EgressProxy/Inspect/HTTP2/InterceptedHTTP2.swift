@@ -130,9 +130,11 @@ final class InterceptedHTTP2 {
     /// uppercase, a connection-specific field, a pseudo-header missing or repeated): no handler of the proxy saw
     /// it, so it is reported here, like an HTTP/1.1 request refused with 400. Its reason is the error the handler
     /// fires right after writing the reset (`connectionError`); a reset that gets none is reported at the end of
-    /// the read.
+    /// the read, without the codec's reason. That happens when the client's connection cannot take more at that
+    /// moment: NIO then holds the reset back and fires the error first, and the request is reported when the reset
+    /// goes out.
     func resetWritten(_ reset: HTTP2FrameCounter.Reset) {
-        guard reset.code == HTTP2ErrorCode.protocolError.networkCode, reset.stream % 2 == 1,
+        guard reset.code == UInt32(HTTP2ErrorCode.protocolError.networkCode), reset.stream % 2 == 1,
             reset.stream > highestClientStreamWithChannel
         else { return }
         reportRefusedRequest(reason: nil)  // an earlier one whose reason never came
