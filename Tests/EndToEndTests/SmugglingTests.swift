@@ -20,8 +20,9 @@ import Testing
         (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:]
     }
 
-    /// Runs the corpus; returns the origin's records per port, the proxy's stdout lines and the client's results.
-    func run(mitm: Bool) throws -> (origin: [[String: Any]], proxy: [[String: Any]], cases: [[String: Any]]) {
+    /// Runs the corpus; returns the origin (still running: its records may still be on their way), the proxy's
+    /// stdout lines and the client's results.
+    func run(mitm: Bool) throws -> (origin: ChildProcess, proxy: [[String: Any]], cases: [[String: Any]]) {
         let count = try #require(Int(try runCommand(Paths.which("python3"), [Self.client, "--proxy", "1", "--ports", "1", "--count"]).stdout))
         #expect(count >= 100)
         let pki = try TestPKI.mint()
@@ -49,22 +50,11 @@ import Testing
         #expect(try proxy.waitForExit(timeout: 30) == 0)
         let cases = result.stdout.split(separator: "\n").map { json(String($0)) }
         #expect(cases.count == count)
-        let originLines = origin.stdoutLines.filter { $0.hasPrefix("{") }.map(json)
-        return (originLines, proxy.stdoutLines.map(json), cases)
+        return (origin, proxy.stdoutLines.map(json), cases)
     }
 
     func check(mitm: Bool) throws {
-        let (origin, proxy, cases) = try run(mitm: mitm)
-        // Nothing ambiguous ever reached the origin.
-        let refusedByOrigin = origin.filter { $0["error"] != nil }
-        #expect(refusedByOrigin.isEmpty, "the origin refused what the proxy forwarded: \(refusedByOrigin.prefix(3))")
-
-        var received: [Int: [Received]] = [:]
-        for record in origin where record["error"] == nil {
-            let port = record["port"] as? Int ?? -1
-            received[port, default: []].append(
-                Received(method: record["method"] as? String ?? "", target: record["target"] as? String ?? "", body: record["body"] as? Int ?? -1))
-        }
+        let (originProcess, proxy, cases) = try run(mitm: mitm)
         // What the proxy reported as forwarded, per origin port.
         var reported: [Int: [Received]] = [:]
         var bodies: [String: Int] = [:]  // plain HTTP: event id → request body bytes, from the close records
@@ -88,6 +78,28 @@ import Testing
                 let id = metadata["event_id"] as? String ?? ""
                 reported[port, default: []].append(Received(method: "", target: "", body: bodies[id] ?? -1))
             }
+        }
+        // The origin prints a record before it answers, but this process reads its output on a thread of its own:
+        // on a loaded machine the last records can still be in the pipe. Wait (bounded) until every port the proxy
+        // reported a request to has as many records; one that gets fewer fails the comparison below.
+        let wanted = reported.mapValues(\.count)
+        try? originProcess.waitUntil(timeout: 30) { lines in
+            var seen: [Int: Int] = [:]
+            for line in lines where line.hasPrefix("{") {
+                if let port = json(line)["port"] as? Int { seen[port, default: 0] += 1 }
+            }
+            return wanted.allSatisfy { seen[$0.key, default: 0] >= $0.value }
+        }
+        let origin = originProcess.stdoutLines.filter { $0.hasPrefix("{") }.map(json)
+        // Nothing ambiguous ever reached the origin.
+        let refusedByOrigin = origin.filter { $0["error"] != nil }
+        #expect(refusedByOrigin.isEmpty, "the origin refused what the proxy forwarded: \(refusedByOrigin.prefix(3))")
+
+        var received: [Int: [Received]] = [:]
+        for record in origin where record["error"] == nil {
+            let port = record["port"] as? Int ?? -1
+            received[port, default: []].append(
+                Received(method: record["method"] as? String ?? "", target: record["target"] as? String ?? "", body: record["body"] as? Int ?? -1))
         }
         var refused = 0
         var forwarded = 0
