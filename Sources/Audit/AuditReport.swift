@@ -1,4 +1,4 @@
-public import ControlPlane
+import ControlPlane
 import Foundation
 
 /// What an agent reached, from audit log files: `kaizen-egress report`.

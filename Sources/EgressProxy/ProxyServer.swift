@@ -98,12 +98,13 @@ public final class ProxyServer: Service {
     @discardableResult
     public func bind() async throws -> SocketAddress? {
         if let channel = boundChannel.withLockedValue({ $0 }) { return channel.localAddress }
-        var settings = ConnectionSettings(configuration, resolverPool: resolverPool, dnsCache: dnsCache)
+        var made = ConnectionSettings(configuration, resolverPool: resolverPool, dnsCache: dnsCache)
         let destinationCheck = self.destinationCheck
-        settings.destinationCheck = destinationCheck
+        made.destinationCheck = destinationCheck
         let reporting = self.reporting
         let live = self.live
-        settings.live = live
+        made.live = live
+        let settings = made  // what every connection starts from (with the live snapshot of its moment)
         let admission = ClientAdmission(tracker: tracker, logger: logger)
         let serverChannel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)

@@ -1,4 +1,4 @@
-public import CoreMetrics
+import CoreMetrics
 public import Prometheus
 
 /// The Prometheus side of the proxy's metrics: a registry of its own (no global state, so tests and several

@@ -5,7 +5,7 @@ import Testing
 @Suite struct ProxyCredentialsTests {
     func file(_ text: String, mode: Int = 0o600) throws -> String {
         let path = NSTemporaryDirectory() + "auth-" + UUID().uuidString
-        FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode]))
         return path
     }
 

@@ -136,8 +136,8 @@ import Testing
         let directory = try TestPKI.mint().directory
         let file = directory + "/agents"
         let token = "tok_pipelined_behind_close_0123"
-        FileManager.default.createFile(
-            atPath: file, contents: Data("planner:\(token)\n".utf8), attributes: [.posixPermissions: 0o600])
+        #expect(FileManager.default.createFile(
+            atPath: file, contents: Data("planner:\(token)\n".utf8), attributes: [.posixPermissions: 0o600]))
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         defer { withExtendedLifetime(origin) {} }
         let proxy = try start(["KAIZEN_PROXY_AUTH": file])
@@ -154,9 +154,9 @@ import Testing
         let directory = try TestPKI.mint().directory
         let file = directory + "/agents"
         let token = "tok_CANARY_proxy_auth_5150"
-        FileManager.default.createFile(
+        #expect(FileManager.default.createFile(
             atPath: file, contents: Data("planner:\(token)\nresearcher:another-token-0123456789\n".utf8),
-            attributes: [.posixPermissions: 0o600])
+            attributes: [.posixPermissions: 0o600]))
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         defer { withExtendedLifetime(origin) {} }
         let proxy = try start(["KAIZEN_PROXY_AUTH": file])

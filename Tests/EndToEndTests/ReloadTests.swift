@@ -11,7 +11,7 @@ import Testing
 
     func write(_ text: String, to path: String, mode: Int = 0o600) throws {
         let temporary = path + ".new"
-        FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+        #expect(FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: mode]))
         _ = rename(temporary, path)
     }
 

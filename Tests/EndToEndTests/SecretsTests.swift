@@ -37,8 +37,8 @@ import Testing
         let keyLines = keyPEM.split(separator: "\n").filter { !$0.hasPrefix("-----") }.map(String.init)
         let keyBody = keyLines.joined()
         let credentials = pki.directory + "/agents"
-        FileManager.default.createFile(
-            atPath: credentials, contents: Data("canary-agent:\(Self.token)\n".utf8), attributes: [.posixPermissions: 0o600])
+        #expect(FileManager.default.createFile(
+            atPath: credentials, contents: Data("canary-agent:\(Self.token)\n".utf8), attributes: [.posixPermissions: 0o600]))
         let basic = Data("canary-agent:\(Self.token)".utf8).base64EncodedString()
 
         // umask 000: a file created without an explicit mode would come out world-writable.

@@ -338,9 +338,9 @@ import Testing
     /// One event loop, so every kept connection is within reach of every client connection.
     @Test func agentsNeverShareAnUpstreamConnection() throws {
         let agents = try TestPKI.mint().directory + "/agents"
-        FileManager.default.createFile(
+        #expect(FileManager.default.createFile(
             atPath: agents, contents: Data("planner:planner-token-0123456789\nresearcher:researcher-token-0123456789\n".utf8),
-            attributes: [.posixPermissions: 0o600])
+            attributes: [.posixPermissions: 0o600]))
         let setup = try inspection.setUp(extra: ["NIO_SINGLETON_GROUP_LOOP_COUNT": "1", "KAIZEN_PROXY_AUTH": agents])
         var served: [String: [(connection: Int, request: Int)]] = [:]
         for agent in ["planner", "researcher", "planner", "researcher", "planner"] {

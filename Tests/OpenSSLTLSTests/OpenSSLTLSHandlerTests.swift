@@ -196,7 +196,7 @@ final class ReadCounter: ChannelOutboundHandler {
         var bytes = try #require(try pair.server.readOutbound(as: ByteBuffer.self))
         while var more = try pair.server.readOutbound(as: ByteBuffer.self) { bytes.writeBuffer(&more) }
         bytes.writeBytes([0x17, 0x03, 0x03, 0x00, 0x20] + [UInt8](repeating: 0, count: 32))  // fails to decrypt
-        try? pair.client.writeInbound(bytes)  // the data and the bad record in one read
+        _ = try? pair.client.writeInbound(bytes)  // the data and the bad record in one read (its error is recorded)
         #expect(pair.clientRecorder.received == Array("body so far".utf8))
         #expect(pair.clientRecorder.receivedBeforeError == [11])
         let error = pair.clientRecorder.errors.first.map { "\($0)" } ?? ""

@@ -264,7 +264,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         machine.clientWantsClose()
         guard case .idle = machine.state else { return }
         if let lastResponseEnd {
-            lastResponseEnd.whenComplete { _ in context.close(promise: nil) }
+            lastResponseEnd.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         } else {
             context.close(promise: nil)
         }
@@ -382,7 +382,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 if !keepClient {
                     if let lastResponseEnd {
                         // Meanwhile nothing more is read or answered on this connection (see `handle`).
-                        lastResponseEnd.whenComplete { _ in context.close(promise: nil) }
+                        lastResponseEnd.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
                     } else {
                         context.close(promise: nil)
                     }
@@ -495,9 +495,10 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 to: destination, on: context.eventLoop, holdingReads: inspection != nil
             ).map { ($0, nil) }
         }
+        let judged = baseMetadata
         upstream.whenComplete { result in
             let (handler, context) = loopBound.value
-            var metadata = baseMetadata
+            var metadata = judged
             switch result {
             case .success(let (channel, reservation)):
                 let tunnel = PendingTunnel(

@@ -289,7 +289,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
         let promise = context.eventLoop.makePromise(of: Void.self)
         lastWrite = promise.futureResult
         context.writeAndFlush(wrapOutboundOut(bytes), promise: promise)
-        lastWrite?.whenComplete { _ in context.close(promise: nil) }
+        lastWrite?.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     /// Closes once what was written has gone out. Without `notify` the client gets no close_notify: it cannot
@@ -303,7 +303,7 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
             context.close(promise: nil)
         }
         if let lastWrite {
-            lastWrite.whenComplete { _ in close(context) }
+            lastWrite.assumeIsolated().whenComplete { _ in close(context) }
         } else {
             close(context)
         }

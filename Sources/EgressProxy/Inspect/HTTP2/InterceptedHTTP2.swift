@@ -410,7 +410,7 @@ final class InterceptedHTTP2ParentHandler: ChannelInboundHandler {
             context.close(promise: nil)
             return
         }
-        context.writeAndFlush(wrapOutboundOut(last)).whenComplete { _ in context.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(last)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

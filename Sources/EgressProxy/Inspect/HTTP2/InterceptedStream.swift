@@ -481,7 +481,7 @@ final class InterceptedStreamHalf: ChannelDuplexHandler {
         if afterWrites, let lastWrite {
             context.flush()
             // Only when it went out: a failed write means the stream was reset or closed meanwhile.
-            lastWrite.whenSuccess { _ in
+            lastWrite.assumeIsolated().whenSuccess { _ in
                 guard context.channel.isActive else { return }
                 context.writeAndFlush(self.wrapOutboundOut(.rstStream(code)), promise: nil)
             }
