@@ -18,6 +18,8 @@ struct Reporting: Sendable {
     /// `KAIZEN_LOG_FORMAT=json`: the per-connection line's fields as log metadata (JSON fields); in text they are
     /// written into the message in a fixed order.
     var structuredLogs = false
+    /// Once-per-process hints naming the setting a new setup is likely missing (shared by every copy).
+    var hints = OperatorHints()
 
     /// Records the action. A connection that reached a destination its agent never reached before is marked
     /// `first_seen` and logged; requests after the first inside one intercepted connection are not connections.
@@ -101,6 +103,12 @@ struct Reporting: Sendable {
             target: target, metadata: metadata,
             verdict: failure.policy.map(Reporting.blocked) ?? (failure.blocked ? Reporting.blocked(failure.reason) : .observed))
         logConnection(metadata, target: target, mode: "none", close: nil, blockedByProxy: failure.blocked)
+        if failure.proxyStatusError == UpstreamConnector.Failure.deniedStatusError {
+            hints.give(
+                .privateDestination,
+                "a destination was refused because it is on a private or local network (\(failure.reason)); to let agents reach such destinations, list them in KAIZEN_ALLOW_PRIVATE (--allow-private), for example 127.0.0.1 or 10.0.0.0/8",
+                to: logger)
+        }
     }
 
     /// The canonical line: one `info` line per connection (per exchange for plain HTTP) when it ends, with

@@ -42,8 +42,11 @@ struct UpstreamConnector {
             Failure(
                 status: 403, reason: "destination not allowed: \(denial.reason)",
                 clientReason: denial.clientReason == denial.reason ? nil : "destination not allowed: \(denial.clientReason)",
-                proxyStatusError: "destination_ip_prohibited", blocked: true)
+                proxyStatusError: deniedStatusError, blocked: true)
         }
+
+        /// The `Proxy-Status` error of a destination the guard refused.
+        static let deniedStatusError = "destination_ip_prohibited"
     }
 
     func connect(

@@ -70,6 +70,9 @@ import Testing
         #expect(reasons.contains("destination not allowed: loopback address ::ffff:127.0.0.1 (IPv4-mapped 127.0.0.1)"))
         #expect(reasons.contains { $0.contains("NAT64 169.254.169.254") })
         #expect(reasons.last.map { $0.hasPrefix("destination not allowed: loopback address") } == true, "\(reasons)")
+        // Whoever runs the proxy is told, once, which setting opens such destinations.
+        _ = try proxy.child.waitForStderr(containing: "list them in KAIZEN_ALLOW_PRIVATE", timeout: 10)
+        #expect(proxy.child.stderr.components(separatedBy: "KAIZEN_ALLOW_PRIVATE").count == 2, "\(proxy.child.stderr)")
     }
 
     @Test func exceptionsOpenRangesAndNamesButNeverTheProxyItself() throws {

@@ -149,5 +149,8 @@ struct UpstreamCertificates {
                 #expect(action.contains("\"intercepted\":true") && action.contains("\"path\":\"/hello\""), "\(testCase.name): \(action)")
             }
         }
+        // The log names the setting that trusts a private CA, once, however many upstreams failed.
+        _ = try proxy.waitForStderr(containing: "trust it with KAIZEN_UPSTREAM_CA_FILE", timeout: 10)
+        #expect(proxy.stderr.components(separatedBy: "KAIZEN_UPSTREAM_CA_FILE").count == 2, "\(proxy.stderr)")
     }
 }

@@ -277,6 +277,12 @@ final class InterceptedConnection {
         }
         if !upstreamHandshakeDone {
             failure = ("upstream not trusted", Self.describeUpstreamFailure(error))
+            if let verify = (error as? OpenSSLError)?.verifyResult {
+                reporting.hints.give(
+                    .upstreamNotVerified,
+                    "an inspected upstream's certificate did not verify (\(verify), \(reportedTarget)): its client got an alert and nothing was relayed; if your upstreams use a private CA, trust it with KAIZEN_UPSTREAM_CA_FILE",
+                    to: reporting.logger)
+            }
             noteClose(by: .upstream, reason: "tls_error")
             upstreamReady.fail(error)
         } else {
