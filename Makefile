@@ -11,6 +11,8 @@ PORT ?= 8080
 # The admin listener (/metrics, /healthz, /readyz) is on 127.0.0.1:9090 unless ADMIN_LISTEN (or
 # KAIZEN_ADMIN_LISTEN) says otherwise; a local Prometheus often holds 9090.
 ADMIN_LISTEN ?=
+# More options for `make run`, as `kaizen-egress run --help` lists them: make run ARGS="--allow-private 127.0.0.1"
+ARGS ?=
 
 .PHONY: run test build release deps python-deps
 
@@ -28,7 +30,7 @@ deps:
 	fi
 
 run: deps
-	@swift run kaizen-egress --local --port $(PORT) $(if $(ADMIN_LISTEN),--admin-listen $(ADMIN_LISTEN))
+	@swift run kaizen-egress --local --port $(PORT) $(if $(ADMIN_LISTEN),--admin-listen $(ADMIN_LISTEN)) $(ARGS)
 
 test: EXTRA_PACKAGES = $(if $(filter 0,$(shell id -u)),$(TEST_PACKAGES))
 # Python's h2 for the HTTP/2 tests, when the python3 on PATH lacks it (not Debian's, or not installed as root).

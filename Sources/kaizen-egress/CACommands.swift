@@ -143,6 +143,9 @@ struct CADoctor: ParsableCommand {
 func write(_ bytes: [UInt8], to path: String, mode: mode_t) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
     guard fd >= 0 else {
+        if errno == EEXIST {
+            throw ValidationError("cannot create \(path): it already exists, and is never replaced: remove it or give another path")
+        }
         throw ValidationError("cannot create \(path): \(String(cString: strerror(errno)))")
     }
     defer { close(fd) }
