@@ -16,19 +16,24 @@ public struct DestinationGuard: Sendable {
         /// `reason` would tell it what the name resolves to inside the network (an agent could map internal names to
         /// addresses that way): it is told only that the name resolves to a refused address.
         public var clientReason: String
+        /// An exception (`KAIZEN_ALLOW_PRIVATE`) would open it: a private, local or reserved range, or an address of
+        /// this machine; not the proxy's own listeners, the unspecified address or `KAIZEN_DENY_DESTINATIONS`.
+        public var exceptionOpens: Bool
         public var description: String { reason }
 
-        public init(reason: String, clientReason: String? = nil) {
+        public init(reason: String, clientReason: String? = nil, exceptionOpens: Bool = false) {
             self.reason = reason
             self.clientReason = clientReason ?? reason
+            self.exceptionOpens = exceptionOpens
         }
 
         /// `reason` kept for the log and the action; the client of `host` is told less when `host` is a name.
-        init(reason: String, host: String) {
+        init(reason: String, host: String, exceptionOpens: Bool = false) {
             let literal = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
             self.init(
                 reason: reason,
-                clientReason: IPAddress(literal) == nil ? "\(host) resolves to a refused address (the proxy's log says which)" : nil)
+                clientReason: IPAddress(literal) == nil ? "\(host) resolves to a refused address (the proxy's log says which)" : nil,
+                exceptionOpens: exceptionOpens)
         }
     }
 
@@ -100,10 +105,10 @@ public struct DestinationGuard: Sendable {
             if allowedRanges.contains(where: { $0.contains(candidate) }) { continue }
             let shown = form.isEmpty ? "\(address)" : "\(address) (\(form)\(candidate))"
             if let (_, why) = Self.refused.first(where: { $0.0.contains(candidate) }) {
-                return Denial(reason: "\(why) address \(shown)", host: host)
+                return Denial(reason: "\(why) address \(shown)", host: host, exceptionOpens: true)
             }
             if localAddresses.contains(candidate) {
-                return Denial(reason: "this machine's own address \(shown)", host: host)
+                return Denial(reason: "this machine's own address \(shown)", host: host, exceptionOpens: true)
             }
         }
         return nil

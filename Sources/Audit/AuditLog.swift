@@ -92,8 +92,8 @@ public final class AuditLog: ActionSink, Service {
         queue.append(record)
     }
 
-    /// A reload (SIGHUP) changed what the proxy captures: `{"audit":{"event":"reload","at":…,"settings":{…}}}`, in
-    /// the chain between the records before and after it.
+    /// A reload (SIGHUP) was applied: `{"audit":{"event":"reload","at":…,"settings":{…}}}` with the capture settings
+    /// in force from then on (changed or not), in the chain between the records before and after it.
     public func recordReload(settings: [(String, String)]) {
         reloads.withLock { $0.append(settings) }
         queue.wake()

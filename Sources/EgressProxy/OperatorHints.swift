@@ -19,6 +19,4 @@ final class OperatorHints: Sendable {
         guard given.withLock({ $0.insert(hint).inserted }) else { return }
         logger.notice(message())
     }
-
-    func wasGiven(_ hint: Hint) -> Bool { given.withLock { $0.contains(hint) } }
 }

@@ -103,7 +103,7 @@ struct Reporting: Sendable {
             target: target, metadata: metadata,
             verdict: failure.policy.map(Reporting.blocked) ?? (failure.blocked ? Reporting.blocked(failure.reason) : .observed))
         logConnection(metadata, target: target, mode: "none", close: nil, blockedByProxy: failure.blocked)
-        if failure.proxyStatusError == UpstreamConnector.Failure.deniedStatusError {
+        if failure.exceptionOpens {
             hints.give(
                 .privateDestination,
                 "a destination was refused because it is on a private or local network (\(failure.reason)); to let agents reach such destinations, list them in KAIZEN_ALLOW_PRIVATE (--allow-private), for example 127.0.0.1 or 10.0.0.0/8",

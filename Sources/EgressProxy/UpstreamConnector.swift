@@ -37,16 +37,15 @@ struct UpstreamConnector {
         var proxyStatusError: String
         /// The proxy refused the destination (the guard or the port list): reported as `decision: block`.
         var blocked = false
+        /// The guard refused it, and `KAIZEN_ALLOW_PRIVATE` could open it (`DestinationGuard.Denial.exceptionOpens`).
+        var exceptionOpens = false
 
         static func denied(_ denial: DestinationGuard.Denial) -> Failure {
             Failure(
                 status: 403, reason: "destination not allowed: \(denial.reason)",
                 clientReason: denial.clientReason == denial.reason ? nil : "destination not allowed: \(denial.clientReason)",
-                proxyStatusError: deniedStatusError, blocked: true)
+                proxyStatusError: "destination_ip_prohibited", blocked: true, exceptionOpens: denial.exceptionOpens)
         }
-
-        /// The `Proxy-Status` error of a destination the guard refused.
-        static let deniedStatusError = "destination_ip_prohibited"
     }
 
     func connect(

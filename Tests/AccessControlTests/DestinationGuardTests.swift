@@ -129,6 +129,21 @@ import Testing
             .clientReason == "example.org resolves to a refused address (the proxy's log says which)")
     }
 
+    /// Which refusals an exception (`KAIZEN_ALLOW_PRIVATE`) could open: the proxy's log names that setting for
+    /// those only, never for its own listeners, the unspecified address or a denied range.
+    @Test func aDenialSaysWhetherAnExceptionWouldOpenIt() throws {
+        let guardian = DestinationGuard(
+            deniedRanges: [CIDR("203.0.113.0/24")!],
+            listeners: [.init(address: IPAddress("127.0.0.1"), port: 8080)], localAddresses: [IPAddress("192.88.99.1")!])
+        func opens(_ text: String, port: Int = 443) -> Bool? {
+            guardian.check(IPAddress(text)!, port: port, host: text)?.exceptionOpens
+        }
+        #expect(opens("10.0.0.1") == true && opens("169.254.169.254") == true && opens("::ffff:127.0.0.1") == true)
+        #expect(opens("192.88.99.1") == true)  // this machine's own address
+        #expect(opens("127.0.0.1", port: 8080) == false && opens("0.0.0.0") == false && opens("203.0.113.7") == false)
+        #expect(opens("93.184.215.14") == nil)
+    }
+
     @Test func cidrParsing() {
         #expect(CIDR("10.0.0.0/8")?.contains(IPAddress("10.255.1.1")!) == true)
         #expect(CIDR("10.9.9.9/8") == CIDR("10.0.0.0/8"))

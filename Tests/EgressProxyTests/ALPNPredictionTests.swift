@@ -58,4 +58,14 @@ import Testing
         #expect(choices.last(for: "d.example 443 d.example h2", orServer: UpstreamALPNChoices.serverKey(address, offer: ["h2"])) == nil)
         #expect(UpstreamALPNChoices.serverKey(nil, offer: offer) == nil)
     }
+
+    /// What the upstream is offered: the relayed protocols of the client's offer, in its order, each once, however
+    /// often the client repeats them.
+    @Test func theUpstreamOfferKeepsEachRelayedProtocolOnce() {
+        let relayed = ["h2", "http/1.1"]
+        #expect(Inspection.relayable(["h2", "http/1.1"], of: relayed) == ["h2", "http/1.1"])
+        #expect(Inspection.relayable(Array(repeating: "h2", count: 20_000) + ["x-custom/1", "http/1.1", "h2"], of: relayed) == ["h2", "http/1.1"])
+        #expect(Inspection.relayable(["http/1.1", "h2"], of: ["http/1.1"]) == ["http/1.1"])
+        #expect(Inspection.relayable(["spdy/3", "x-custom/1"], of: relayed).isEmpty)
+    }
 }

@@ -101,6 +101,10 @@ import Testing
         let actions = try proxy.actions(2)
         #expect((actions[1]["verdict"] as? [String: Any])?["reason"] as? String
             == "destination not allowed: address 127.0.0.2 in KAIZEN_DENY_DESTINATIONS (127.0.0.2/32)")
+        // No exception opens a denied range: the log does not suggest one (its hint is kept for a refusal one would open).
+        #expect(try connectStatus(proxy, "10.0.0.1:443") == "403")
+        _ = try proxy.child.waitForStderr(containing: "list them in KAIZEN_ALLOW_PRIVATE", timeout: 10)
+        #expect(!proxy.child.stderr.contains("KAIZEN_DENY_DESTINATIONS (127.0.0.2/32)); to let"), "\(proxy.child.stderr)")
         let refused = try ChildProcess(Paths.proxyBinary, ["--local", "--port", "0"], environment: ProxyEnvironment.make([
             "KAIZEN_DENY_DESTINATIONS": "corp.example",
         ]))

@@ -18,6 +18,8 @@ struct ProxyError: Error, Hashable, Sendable {
     var asksForCredentials = false
     /// Enforce mode: the policy that blocks the destination (the action's verdict reason).
     var policy: String? = nil
+    /// The destination guard refused it, and `KAIZEN_ALLOW_PRIVATE` could open it.
+    var exceptionOpens = false
 
     /// 403 for a destination a control-plane policy blocks (enforce mode).
     static func blockedByPolicy(_ policy: String) -> ProxyError {
@@ -62,7 +64,8 @@ struct ProxyError: Error, Hashable, Sendable {
             clientReason: failure.clientReason,
             proxyStatusError: failure.proxyStatusError,
             logged: true,
-            blocked: failure.blocked
+            blocked: failure.blocked,
+            exceptionOpens: failure.exceptionOpens
         )
     }
 }

@@ -37,8 +37,17 @@ struct Inspection: Sendable {
     /// (the connection then passes through untouched).
     func upstreamOffer(forClientOffer clientOffer: [String]) -> [String]? {
         guard !clientOffer.isEmpty else { return [] }
-        let relayable = clientOffer.filter { alpn.contains($0) }
+        let relayable = Self.relayable(clientOffer, of: alpn)
         return relayable.isEmpty ? nil : relayable
+    }
+
+    /// The protocols of `offer` that are in `relayed`, in the client's order, each once: an offer that repeats a
+    /// protocol (the ClientHello allows 64 KiB of them) makes no longer upstream offer, nor longer keys for the
+    /// session cache, the kept connections and the ALPN guesses.
+    static func relayable(_ offer: [String], of relayed: [String]) -> [String] {
+        var kept: [String] = []
+        for name in offer where relayed.contains(name) && !kept.contains(name) { kept.append(name) }
+        return kept
     }
 
     /// Loads and checks the CA and builds the TLS contexts; a problem is a `ConfigurationError` naming the
