@@ -1,4 +1,5 @@
 import AccessControl
+import Foundation
 import Audit
 import ControlPlane
 import Interception
@@ -153,13 +154,25 @@ public struct EgressApplication: Sendable {
             ("transparent", configuration.transparentPort == nil ? "off" : "on"),
             ("control_plane", configuration.apiKey == nil ? "off" : configuration.apiURL),
         ]
-        if configuration.inspectionCA != nil {
+        if let files = configuration.inspectionCA {
+            // Which CA signs the minted leaves: a reload that rotates it shows in the chain, not only in the log.
+            settings.append(("ca_sha256", Self.certificateFingerprint(file: files.certificateFile) ?? "unreadable"))
             settings.append(("inspect_hosts", configuration.inspectHosts.map { "\($0)" } ?? "all"))
             settings.append(("passthrough_hosts", configuration.passthroughHosts.map { "\($0)" } ?? "none"))
             // Which protocols are decrypted: HTTP/2 streams are reported like HTTP/1.1 requests.
             settings.append(("inspect_http2", configuration.inspectHTTP2 ? "on" : "off"))
         }
         return settings
+    }
+
+    /// The SHA-256 of the DER of the first certificate in `file` (the CA; intermediates follow it), in lowercase hex,
+    /// as `openssl x509 -fingerprint -sha256` prints it without colons; nil when it cannot be read (the CA's own
+    /// checks refuse to start then).
+    static func certificateFingerprint(file: String) -> String? {
+        guard let bytes = FileManager.default.contents(atPath: file),
+            let first = try? OpenSSLCertificate.chain(pemOrDER: Array(bytes)).first
+        else { return nil }
+        return hexString(first.derBytes.withUnsafeBytes { OpenSSLDigest.sha256($0) })
     }
 
     private static func makeAuditLog(

@@ -284,5 +284,36 @@ import Testing
         environment["KAIZEN_INSPECT_HTTP2"] = "off"
         let http1Only = EgressApplication.auditSettings(try ProxyConfiguration(environment: environment))
         #expect(http1Only.first { $0.0 == "inspect_http2" }?.1 == "off")
+        #expect(http1Only.first { $0.0 == "ca_sha256" }?.1 == "unreadable")
+    }
+
+    /// The start and reload records name the CA by its certificate's SHA-256, as openssl prints it.
+    @Test func theCAIsNamedByItsFingerprint() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kz-ca-\(UInt64.random(in: 0...UInt64.max))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let key = directory + "/ca.key", cert = directory + "/ca.pem"
+        let made = Process()
+        made.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        made.arguments = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+                          "-out", cert, "-days", "30", "-subj", "/CN=fingerprint test"]
+        made.standardError = FileHandle.nullDevice
+        try made.run()
+        made.waitUntilExit()
+        #expect(made.terminationStatus == 0)
+        let printed = Process()
+        let pipe = Pipe()
+        printed.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        printed.arguments = ["x509", "-in", cert, "-noout", "-fingerprint", "-sha256"]
+        printed.standardOutput = pipe
+        try printed.run()
+        printed.waitUntilExit()
+        let line = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let expected = line.split(separator: "=").last.map { $0.replacingOccurrences(of: ":", with: "").lowercased() }?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let settings = EgressApplication.auditSettings(
+            try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_CA_CERT": cert, "KAIZEN_CA_KEY": key]))
+        #expect(expected?.count == 64)
+        #expect(settings.first { $0.0 == "ca_sha256" }?.1 == expected, "\(line)")
     }
 }
