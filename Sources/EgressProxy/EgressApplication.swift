@@ -1,7 +1,7 @@
 import AccessControl
-import Foundation
 import Audit
 import ControlPlane
+import Foundation
 import Interception
 import OpenSSLTLS
 import Logging
@@ -133,7 +133,7 @@ public struct EgressApplication: Sendable {
                 inspection: inspection, allowedClients: configuration.allowedClients,
                 credentials: configuration.proxyCredentials))
         policyStore?.setAgents(Self.policyAgents(configuration))
-        auditLog?.recordReload(settings: Self.auditSettings(configuration))
+        auditLog?.recordReload(settings: Self.auditSettings(configuration, ca: inspection?.authority.certificate))
         var parts: [String] = []
         if let inspection {
             parts.append("CA \(inspection.authority.certificate.subjectDescription)")
@@ -146,7 +146,8 @@ public struct EgressApplication: Sendable {
     }
 
     /// What the start record of the audit log says the proxy captures.
-    static func auditSettings(_ configuration: ProxyConfiguration) -> [(String, String)] {
+    /// - Parameter ca: the CA certificate in force, once loaded (a reload); without it, the one the CA file holds.
+    static func auditSettings(_ configuration: ProxyConfiguration, ca: OpenSSLCertificate? = nil) -> [(String, String)] {
         var settings: [(String, String)] = [
             ("agent", configuration.agent),
             ("mode", configuration.inspectionCA == nil ? "destination-only" : "inspection"),
@@ -156,7 +157,9 @@ public struct EgressApplication: Sendable {
         ]
         if let files = configuration.inspectionCA {
             // Which CA signs the minted leaves: a reload that rotates it shows in the chain, not only in the log.
-            settings.append(("ca_sha256", Self.certificateFingerprint(file: files.certificateFile) ?? "unreadable"))
+            // A reload names the CA it loaded, not what the file holds by the time the record is written.
+            let certificate = ca ?? Self.firstCertificate(file: files.certificateFile)
+            settings.append(("ca_sha256", certificate.map(Self.fingerprint) ?? "unreadable"))
             settings.append(("inspect_hosts", configuration.inspectHosts.map { "\($0)" } ?? "all"))
             settings.append(("passthrough_hosts", configuration.passthroughHosts.map { "\($0)" } ?? "none"))
             // Which protocols are decrypted: HTTP/2 streams are reported like HTTP/1.1 requests.
@@ -165,14 +168,17 @@ public struct EgressApplication: Sendable {
         return settings
     }
 
-    /// The SHA-256 of the DER of the first certificate in `file` (the CA; intermediates follow it), in lowercase hex,
-    /// as `openssl x509 -fingerprint -sha256` prints it without colons; nil when it cannot be read (the CA's own
+    /// The first certificate in `file` (the CA; intermediates follow it); nil when it cannot be read (the CA's own
     /// checks refuse to start then).
-    static func certificateFingerprint(file: String) -> String? {
-        guard let bytes = FileManager.default.contents(atPath: file),
-            let first = try? OpenSSLCertificate.chain(pemOrDER: Array(bytes)).first
-        else { return nil }
-        return hexString(first.derBytes.withUnsafeBytes { OpenSSLDigest.sha256($0) })
+    private static func firstCertificate(file: String) -> OpenSSLCertificate? {
+        guard let bytes = FileManager.default.contents(atPath: file) else { return nil }
+        return try? OpenSSLCertificate.chain(pemOrDER: Array(bytes)).first
+    }
+
+    /// The SHA-256 of a certificate's DER in lowercase hex, as `openssl x509 -fingerprint -sha256` prints it
+    /// without colons.
+    static func fingerprint(_ certificate: OpenSSLCertificate) -> String {
+        hexString(certificate.derBytes.withUnsafeBytes { OpenSSLDigest.sha256($0) })
     }
 
     private static func makeAuditLog(

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import AccessControl
 import Interception
+import OpenSSLTLS
 import Testing
 
 @Suite struct ProxyConfigurationTests {
@@ -315,5 +316,11 @@ import Testing
             try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_CA_CERT": cert, "KAIZEN_CA_KEY": key]))
         #expect(expected?.count == 64)
         #expect(settings.first { $0.0 == "ca_sha256" }?.1 == expected, "\(line)")
+        // A reload names the CA it loaded, whatever the file holds by then.
+        let loaded = try OpenSSLCertificate.chain(pemOrDER: Array(try Data(contentsOf: URL(fileURLWithPath: cert)))).first!
+        let configuration = try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_CA_CERT": cert, "KAIZEN_CA_KEY": key])
+        try FileManager.default.removeItem(atPath: cert)
+        #expect(EgressApplication.auditSettings(configuration).first { $0.0 == "ca_sha256" }?.1 == "unreadable")
+        #expect(EgressApplication.auditSettings(configuration, ca: loaded).first { $0.0 == "ca_sha256" }?.1 == expected)
     }
 }
