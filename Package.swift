@@ -277,6 +277,7 @@ let package = Package(
                 "ControlPlane",
                 "OpenSSLTLS",
                 "Policy",
+                "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -5,6 +5,7 @@ import NIOCore
 import AccessControl
 import Interception
 import OpenSSLTLS
+import TestSupport
 import Testing
 
 @Suite struct ProxyConfigurationTests {
@@ -294,22 +295,12 @@ import Testing
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let key = directory + "/ca.key", cert = directory + "/ca.pem"
-        let made = Process()
-        made.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        made.arguments = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
-                          "-out", cert, "-days", "30", "-subj", "/CN=fingerprint test"]
-        made.standardError = FileHandle.nullDevice
-        try made.run()
-        made.waitUntilExit()
-        #expect(made.terminationStatus == 0)
-        let printed = Process()
-        let pipe = Pipe()
-        printed.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        printed.arguments = ["x509", "-in", cert, "-noout", "-fingerprint", "-sha256"]
-        printed.standardOutput = pipe
-        try printed.run()
-        printed.waitUntilExit()
-        let line = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let made = try runCommand("/usr/bin/openssl", [
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+            "-days", "30", "-subj", "/CN=fingerprint test",
+        ])
+        #expect(made.status == 0, "\(made.stderr)")
+        let line = try runCommand("/usr/bin/openssl", ["x509", "-in", cert, "-noout", "-fingerprint", "-sha256"]).stdout
         let expected = line.split(separator: "=").last.map { $0.replacingOccurrences(of: ":", with: "").lowercased() }?
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let settings = EgressApplication.auditSettings(
