@@ -277,6 +277,7 @@ let package = Package(
                 "ControlPlane",
                 "OpenSSLTLS",
                 "Policy",
+                "Audit",
                 "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

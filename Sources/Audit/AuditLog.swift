@@ -11,6 +11,32 @@ import Musl
 import Darwin
 #endif
 
+/// One value of the settings a start or reload record carries: a string, or a list (a JSON array, so that no item
+/// needs a separator it could itself contain).
+public enum AuditSetting: Sendable, Hashable, ExpressibleByStringLiteral, CustomStringConvertible {
+    case text(String)
+    case list([String])
+
+    public init(stringLiteral value: String) { self = .text(value) }
+
+    public var description: String {
+        switch self {
+        case .text(let text): text
+        case .list(let items): "[\(items.joined(separator: ", "))]"
+        }
+    }
+
+    func write(to json: inout JSONWriter) {
+        switch self {
+        case .text(let text): json.string(text)
+        case .list(let items):
+            json.beginArray()
+            for item in items { json.string(item) }
+            json.endArray()
+        }
+    }
+}
+
 /// The tamper-evident audit log (`KAIZEN_AUDIT_LOG`): every action and close record as a hash-chained JSON line.
 ///
 /// Besides the records, the chain holds the log's own events, so a reviewer sees them in order with the traffic:
@@ -28,9 +54,9 @@ public final class AuditLog: ActionSink, Service {
         public var maxBytes: Int64
         public var fsyncInterval: Duration
         /// What the proxy is set to capture, written into the start record (`inspection`, `report_query`, …).
-        public var settings: [(String, String)]
+        public var settings: [(String, AuditSetting)]
 
-        public init(path: String, maxBytes: Int64, fsyncInterval: Duration, settings: [(String, String)]) {
+        public init(path: String, maxBytes: Int64, fsyncInterval: Duration, settings: [(String, AuditSetting)]) {
             self.path = path
             self.maxBytes = maxBytes
             self.fsyncInterval = fsyncInterval
@@ -47,7 +73,7 @@ public final class AuditLog: ActionSink, Service {
     private let configuration: Configuration
     private let logger: Logger
     /// Reload events waiting for the writer.
-    private let reloads = Mutex<[[(String, String)]]>([])
+    private let reloads = Mutex<[[(String, AuditSetting)]]>([])
 
     /// Opens the log, continues its chain and writes the start record.
     public init(configuration: Configuration, logger: Logger) throws(AuditFileError) {
@@ -76,7 +102,10 @@ public final class AuditLog: ActionSink, Service {
         }
         json.key("settings")
         json.beginObject()
-        for (key, value) in configuration.settings { json.field(named: key, value) }
+        for (key, value) in configuration.settings {
+            json.key(named: key)
+            value.write(to: &json)
+        }
         json.endObject()
         json.endObject()
         json.endObject()
@@ -94,7 +123,7 @@ public final class AuditLog: ActionSink, Service {
 
     /// A reload (SIGHUP) was applied: `{"audit":{"event":"reload","at":…,"settings":{…}}}` with the capture settings
     /// in force from then on (changed or not), in the chain between the records before and after it.
-    public func recordReload(settings: [(String, String)]) {
+    public func recordReload(settings: [(String, AuditSetting)]) {
         reloads.withLock { $0.append(settings) }
         queue.wake()
     }
@@ -218,7 +247,7 @@ public final class AuditLog: ActionSink, Service {
         }
     }
 
-    static func eventRecord(_ event: String, extra: [(String, Int)], settings: [(String, String)]? = nil) -> [UInt8] {
+    static func eventRecord(_ event: String, extra: [(String, Int)], settings: [(String, AuditSetting)]? = nil) -> [UInt8] {
         var json = JSONWriter()
         json.beginObject()
         json.field("schema_version", "1")
@@ -233,7 +262,10 @@ public final class AuditLog: ActionSink, Service {
         if let settings {
             json.key("settings")
             json.beginObject()
-            for (key, value) in settings { json.field(named: key, value) }
+            for (key, value) in settings {
+                json.key(named: key)
+                value.write(to: &json)
+            }
             json.endObject()
         }
         json.endObject()

@@ -147,23 +147,51 @@ public struct EgressApplication: Sendable {
 
     /// What the start record of the audit log says the proxy captures.
     /// - Parameter ca: the CA certificate in force, once loaded (a reload); without it, the one the CA file holds.
-    static func auditSettings(_ configuration: ProxyConfiguration, ca: OpenSSLCertificate? = nil) -> [(String, String)] {
-        var settings: [(String, String)] = [
-            ("agent", configuration.agent),
+    static func auditSettings(_ configuration: ProxyConfiguration, ca: OpenSSLCertificate? = nil) -> [(String, AuditSetting)] {
+        var settings: [(String, AuditSetting)] = [
+            ("agent", .text(configuration.agent)),
             ("mode", configuration.inspectionCA == nil ? "destination-only" : "inspection"),
             ("report_query", configuration.reportQuery ? "on" : "off"),
             ("transparent", configuration.transparentPort == nil ? "off" : "on"),
-            ("control_plane", configuration.apiKey == nil ? "off" : configuration.apiURL),
+            ("control_plane", configuration.apiKey == nil ? "off" : .text(configuration.apiURL)),
         ]
         if let files = configuration.inspectionCA {
             // Which CA signs the minted leaves: a reload that rotates it shows in the chain, not only in the log.
             // A reload names the CA it loaded, not what the file holds by the time the record is written.
             let certificate = ca ?? Self.firstCertificate(file: files.certificateFile)
-            settings.append(("ca_sha256", certificate.map(Self.fingerprint) ?? "unreadable"))
-            settings.append(("inspect_hosts", configuration.inspectHosts.map { "\($0)" } ?? "all"))
-            settings.append(("passthrough_hosts", configuration.passthroughHosts.map { "\($0)" } ?? "none"))
+            settings.append(("ca_sha256", .text(certificate.map(Self.fingerprint) ?? "unreadable")))
+            settings.append(("inspect_hosts", .text(configuration.inspectHosts.map { "\($0)" } ?? "all")))
+            settings.append(("passthrough_hosts", .text(configuration.passthroughHosts.map { "\($0)" } ?? "none")))
             // Which protocols are decrypted: HTTP/2 streams are reported like HTTP/1.1 requests.
             settings.append(("inspect_http2", configuration.inspectHTTP2 ? "on" : "off"))
+        }
+        settings += accessSettings(configuration)
+        return settings
+    }
+
+    /// Who could use the proxy and where it could go, as the records between this one and the next show them used:
+    /// the allowed clients, the agents the credentials file names (never a token), the exceptions to the destination
+    /// guard and the ranges it refuses besides its own, the ports CONNECT may reach, and whether the control plane's
+    /// policies only observe or enforce. Each list is as configured, in order; "any" is written as the whole range.
+    static func accessSettings(_ configuration: ProxyConfiguration) -> [(String, AuditSetting)] {
+        var settings: [(String, AuditSetting)] = [
+            ("allow_clients", .list(configuration.allowedClients?.map(\.description) ?? ["0.0.0.0/0", "::/0"])),
+            ("proxy_auth", configuration.proxyCredentials == nil ? "off" : "on"),
+        ]
+        if let credentials = configuration.proxyCredentials {
+            settings.append(("proxy_auth_agents", .list(credentials.agents)))
+        }
+        settings.append(
+            ("allow_private", .list(configuration.allowPrivateRanges.map(\.description) + configuration.allowPrivateNames)))
+        settings.append(("deny_destinations", .list(configuration.denyDestinationRanges.map(\.description))))
+        let ports = configuration.connectPorts ?? [1...65535]
+        settings.append(
+            ("connect_ports", .list(ports.map { $0.count == 1 ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" })))
+        if configuration.apiKey != nil {
+            settings.append(("policy", configuration.policyMode == .enforce ? "enforce" : "observe"))
+            settings.append(("policy_fail", configuration.policyFailClosed ? "closed" : "open"))
+        } else {
+            settings.append(("policy", "off"))
         }
         return settings
     }

@@ -1,4 +1,5 @@
 @testable import EgressProxy
+import Audit
 import Foundation
 import Logging
 import NIOCore
@@ -289,6 +290,39 @@ import Testing
         #expect(http1Only.first { $0.0 == "ca_sha256" }?.1 == "unreadable")
     }
 
+    /// The records say who could use the proxy and where it could go; by default, anyone, anywhere public.
+    @Test func theRecordsSayWhoMayUseTheProxyAndWhereItMayGo() throws {
+        func value(_ settings: [(String, AuditSetting)], _ key: String) -> AuditSetting? { settings.first { $0.0 == key }?.1 }
+        let defaults = EgressApplication.auditSettings(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1"]))
+        #expect(value(defaults, "allow_clients") == .list(["0.0.0.0/0", "::/0"]))
+        #expect(value(defaults, "proxy_auth") == "off" && value(defaults, "proxy_auth_agents") == nil)
+        #expect(value(defaults, "allow_private") == .list([]) && value(defaults, "deny_destinations") == .list([]))
+        #expect(value(defaults, "connect_ports") == .list(["1-65535"]))
+        #expect(value(defaults, "policy") == "off" && value(defaults, "policy_fail") == nil)
+
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kz-access-\(UInt64.random(in: 0...UInt64.max))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let credentials = directory + "/agents"
+        let token = "tok-\(UInt64.random(in: 0...UInt64.max))-0123456789"
+        #expect(FileManager.default.createFile(
+            atPath: credentials, contents: Data("research,bot:\(token)\nci:\(token)x\n".utf8), attributes: [.posixPermissions: 0o600]))
+        let configured = EgressApplication.auditSettings(try ProxyConfiguration(environment: [
+            "KAIZEN_API_KEY": "kz_test_secret123", "KAIZEN_ALLOW_CLIENTS": "10.1.0.0/16,fd00::/8", "KAIZEN_PROXY_AUTH": credentials,
+            "KAIZEN_ALLOW_PRIVATE": "10.2.0.0/16,db.internal", "KAIZEN_DENY_DESTINATIONS": "198.51.100.0/24",
+            "KAIZEN_CONNECT_PORTS": "443,9000-9100", "KAIZEN_MODE": "enforce", "KAIZEN_POLICY_FAIL": "closed",
+        ]))
+        #expect(value(configured, "allow_clients") == .list(["10.1.0.0/16", "fd00::/8"]))
+        // A name with a comma stays one item: lists are JSON arrays.
+        #expect(value(configured, "proxy_auth") == "on" && value(configured, "proxy_auth_agents") == .list(["ci", "research,bot"]))
+        #expect(value(configured, "allow_private") == .list(["10.2.0.0/16", "db.internal"]))
+        #expect(value(configured, "deny_destinations") == .list(["198.51.100.0/24"]))
+        #expect(value(configured, "connect_ports") == .list(["443", "9000-9100"]))
+        #expect(value(configured, "policy") == "enforce" && value(configured, "policy_fail") == "closed")
+        let written = configured.map { "\($0.0)=\($0.1)" }.joined(separator: " ")
+        #expect(!written.contains(token) && !written.contains("kz_test_secret123"), "\(written)")
+    }
+
     /// The start and reload records name the CA by its certificate's SHA-256, as openssl prints it.
     @Test func theCAIsNamedByItsFingerprint() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kz-ca-\(UInt64.random(in: 0...UInt64.max))").path
@@ -306,12 +340,12 @@ import Testing
         let settings = EgressApplication.auditSettings(
             try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_CA_CERT": cert, "KAIZEN_CA_KEY": key]))
         #expect(expected?.count == 64)
-        #expect(settings.first { $0.0 == "ca_sha256" }?.1 == expected, "\(line)")
+        #expect(settings.first { $0.0 == "ca_sha256" }?.1 == expected.map { .text($0) }, "\(line)")
         // A reload names the CA it loaded, whatever the file holds by then.
         let loaded = try OpenSSLCertificate.chain(pemOrDER: Array(try Data(contentsOf: URL(fileURLWithPath: cert)))).first!
         let configuration = try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_CA_CERT": cert, "KAIZEN_CA_KEY": key])
         try FileManager.default.removeItem(atPath: cert)
         #expect(EgressApplication.auditSettings(configuration).first { $0.0 == "ca_sha256" }?.1 == "unreadable")
-        #expect(EgressApplication.auditSettings(configuration, ca: loaded).first { $0.0 == "ca_sha256" }?.1 == expected)
+        #expect(EgressApplication.auditSettings(configuration, ca: loaded).first { $0.0 == "ca_sha256" }?.1 == expected.map { .text($0) })
     }
 }

@@ -199,6 +199,17 @@ import Testing
         let reloads = audit.split(separator: "\n").filter { $0.contains(#""event":"reload""#) }
         #expect(reloads.count == 2, "\(reloads)")
         #expect(reloads.first?.contains(#""passthrough_hosts":"localhost""#) == true, "\(reloads)")
+        // Who could use the proxy, in every start and reload record: the clients' ranges and the agents (never a token).
+        func settings(_ line: Substring?) throws -> [String: Any] {
+            let object = try JSONSerialization.jsonObject(with: Data((line ?? "").utf8)) as? [String: Any]
+            return (object?["audit"] as? [String: Any])?["settings"] as? [String: Any] ?? [:]
+        }
+        let start = try settings(audit.split(separator: "\n").first { $0.contains(#""event":"start""#) })
+        #expect(start["allow_clients"] as? [String] == ["127.0.0.0/8"] && start["proxy_auth_agents"] as? [String] == ["agent-a"], "\(start)")
+        let first = try settings(reloads.first), second = try settings(reloads.last)
+        #expect(first["allow_clients"] as? [String] == ["127.0.0.0/8"] && first["proxy_auth_agents"] as? [String] == ["agent-b"], "\(first)")
+        #expect(second["allow_clients"] as? [String] == ["10.0.0.0/8"] && second["proxy_auth"] as? String == "on", "\(second)")
+        #expect(!audit.contains(Self.tokenA) && !audit.contains(Self.tokenB))
         let verify = try runCommand(Paths.proxyBinary, ["audit", "verify", pki.directory + "/audit.jsonl"])
         #expect(verify.status == 0 && verify.stdout.hasPrefix("OK"), "\(verify)")
         let report = try runCommand(Paths.proxyBinary, ["report", "--format", "json", pki.directory + "/audit.jsonl"])
