@@ -169,12 +169,16 @@ public struct EgressApplication: Sendable {
         return settings
     }
 
-    /// Who could use the proxy and where it could go, as the records between this one and the next show them used:
-    /// the allowed clients, the agents the credentials file names (never a token), the exceptions to the destination
-    /// guard and the ranges it refuses besides its own, the ports CONNECT may reach, and whether the control plane's
-    /// policies only observe or enforce. Each list is as configured, in order; "any" is written as the whole range.
+    /// Who could use the proxy and where it could go, for the connections accepted from then on (one accepted before
+    /// a reload keeps what it started with): the address it listens on, the allowed clients, the agents the
+    /// credentials file names (never a token), the exceptions to the destination guard and the ranges it refuses
+    /// besides its own, the ports CONNECT may reach, and whether the control plane's policies only observe or enforce.
+    /// Ranges are normalised (`10.1.2.3/16` is `10.1.0.0/16`), agents sorted, private ranges before private names;
+    /// "any" is written as the whole range.
     static func accessSettings(_ configuration: ProxyConfiguration) -> [(String, AuditSetting)] {
+        let host = configuration.listenAddress.contains(":") ? "[\(configuration.listenAddress)]" : configuration.listenAddress
         var settings: [(String, AuditSetting)] = [
+            ("listen", .text("\(host):\(configuration.port)")),
             ("allow_clients", .list(configuration.allowedClients?.map(\.description) ?? ["0.0.0.0/0", "::/0"])),
             ("proxy_auth", configuration.proxyCredentials == nil ? "off" : "on"),
         ]

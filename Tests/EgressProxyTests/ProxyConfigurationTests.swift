@@ -299,6 +299,11 @@ import Testing
         #expect(value(defaults, "allow_private") == .list([]) && value(defaults, "deny_destinations") == .list([]))
         #expect(value(defaults, "connect_ports") == .list(["1-65535"]))
         #expect(value(defaults, "policy") == "off" && value(defaults, "policy_fail") == nil)
+        #expect(value(defaults, "listen") == "127.0.0.1:8080")
+        let observing = EgressApplication.auditSettings(
+            try ProxyConfiguration(environment: ["KAIZEN_API_KEY": "kz_test_secret123", "KAIZEN_LISTEN": "::", "PORT": "3128"]))
+        #expect(value(observing, "policy") == "observe" && value(observing, "policy_fail") == "open")
+        #expect(value(observing, "listen") == "[::]:3128")
 
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kz-access-\(UInt64.random(in: 0...UInt64.max))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -308,10 +313,11 @@ import Testing
         #expect(FileManager.default.createFile(
             atPath: credentials, contents: Data("research,bot:\(token)\nci:\(token)x\n".utf8), attributes: [.posixPermissions: 0o600]))
         let configured = EgressApplication.auditSettings(try ProxyConfiguration(environment: [
-            "KAIZEN_API_KEY": "kz_test_secret123", "KAIZEN_ALLOW_CLIENTS": "10.1.0.0/16,fd00::/8", "KAIZEN_PROXY_AUTH": credentials,
+            "KAIZEN_API_KEY": "kz_test_secret123", "KAIZEN_ALLOW_CLIENTS": "10.1.2.3/16,fd00::/8", "KAIZEN_PROXY_AUTH": credentials,
             "KAIZEN_ALLOW_PRIVATE": "10.2.0.0/16,db.internal", "KAIZEN_DENY_DESTINATIONS": "198.51.100.0/24",
             "KAIZEN_CONNECT_PORTS": "443,9000-9100", "KAIZEN_MODE": "enforce", "KAIZEN_POLICY_FAIL": "closed",
         ]))
+        // As in force: ranges normalised, agents sorted.
         #expect(value(configured, "allow_clients") == .list(["10.1.0.0/16", "fd00::/8"]))
         // A name with a comma stays one item: lists are JSON arrays.
         #expect(value(configured, "proxy_auth") == "on" && value(configured, "proxy_auth_agents") == .list(["ci", "research,bot"]))

@@ -208,7 +208,7 @@ import Testing
         #expect(start["allow_clients"] as? [String] == ["127.0.0.0/8"] && start["proxy_auth_agents"] as? [String] == ["agent-a"], "\(start)")
         let first = try settings(reloads.first), second = try settings(reloads.last)
         #expect(first["allow_clients"] as? [String] == ["127.0.0.0/8"] && first["proxy_auth_agents"] as? [String] == ["agent-b"], "\(first)")
-        #expect(second["allow_clients"] as? [String] == ["10.0.0.0/8"] && second["proxy_auth"] as? String == "on", "\(second)")
+        #expect(second["allow_clients"] as? [String] == ["10.0.0.0/8"] && second["proxy_auth_agents"] as? [String] == ["agent-b"], "\(second)")
         #expect(!audit.contains(Self.tokenA) && !audit.contains(Self.tokenB))
         let verify = try runCommand(Paths.proxyBinary, ["audit", "verify", pki.directory + "/audit.jsonl"])
         #expect(verify.status == 0 && verify.stdout.hasPrefix("OK"), "\(verify)")
