@@ -67,7 +67,8 @@ struct Reporting: Sendable {
             metrics.inspectedRequest(outcome: blocked ? "blocked" : rejected ? "rejected" : "forwarded")
         }
         switch metadata.inspection {
-        case "upstream not trusted": metrics.upstreamVerificationFailed()
+        case InterceptedConnection.upstreamNotTrusted: metrics.upstreamVerificationFailed()
+        case InterceptedConnection.upstreamHandshakeFailed: metrics.upstreamHandshakeFailed()
         case "tls_intercept_failed": metrics.interceptFailed()
         default: break
         }

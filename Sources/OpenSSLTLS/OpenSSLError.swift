@@ -9,11 +9,15 @@ public struct OpenSSLError: Error, Sendable, Hashable, CustomStringConvertible {
     public var entries: [String]
     /// When certificate verification failed: OpenSSL's reason (`certificate has expired`, …).
     public var verifyResult: String?
+    /// When the peer ended the handshake with a fatal alert: its description (RFC 8446 §6: 112 unrecognized_name,
+    /// 120 no_application_protocol, …), as OpenSSL recorded it among the entries.
+    public var peerAlert: UInt8?
 
-    public init(operation: String, entries: [String], verifyResult: String? = nil) {
+    public init(operation: String, entries: [String], verifyResult: String? = nil, peerAlert: UInt8? = nil) {
         self.operation = operation
         self.entries = entries
         self.verifyResult = verifyResult
+        self.peerAlert = peerAlert
     }
 
     public var description: String {
@@ -26,14 +30,18 @@ public struct OpenSSLError: Error, Sendable, Hashable, CustomStringConvertible {
     /// Empties the calling thread's OpenSSL error queue into an error. Call right after the failing call.
     static func drain(operation: String) -> OpenSSLError {
         var entries: [String] = []
+        var peerAlert: UInt8?
         while true {
             let code = ERR_get_error()
             if code == 0 { break }
+            // libssl records an alert it received as its own reason code plus SSL_AD_REASON_OFFSET.
+            let reason = ERR_GET_REASON(code) - SSL_AD_REASON_OFFSET
+            if ERR_GET_LIB(code) == ERR_LIB_SSL, (0...255).contains(reason) { peerAlert = UInt8(reason) }
             var buffer = [CChar](repeating: 0, count: 256)
             ERR_error_string_n(code, &buffer, buffer.count)
             entries.append(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
-        return OpenSSLError(operation: operation, entries: entries)
+        return OpenSSLError(operation: operation, entries: entries, peerAlert: peerAlert)
     }
 
     /// Clears the error queue before a call, so what `drain` reports belongs to that call alone.

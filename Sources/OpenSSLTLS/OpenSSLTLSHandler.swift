@@ -148,6 +148,9 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
                     handler.makeHandshakeAgain(answering: answer, context: context)
                 case .failure(let error):
                     let failure = OpenSSLError(operation: "completing the handshake", entries: ["\(error)"])
+                    if let alert = (error as? OpenSSLError)?.peerAlert, Self.relayedAlerts.contains(alert) {
+                        handler.refusalAlert = alert
+                    }
                     handler.perform(handler.machine.gateFailed(failure), context: context)
                 }
             }
@@ -321,7 +324,8 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         case .refuseHandshake(let error):
             _ = connection.takeForNetwork(allocator: allocator)  // dropped, never sent
             var alert = allocator.buffer(capacity: Self.internalErrorAlert.count)
-            alert.writeBytes(Self.internalErrorAlert)
+            alert.writeBytes(Self.internalErrorAlert.dropLast())
+            alert.writeInteger(refusalAlert)
             context.writeAndFlush(wrapOutboundOut(alert), promise: nil)
             failHeldWrites(error)
             failPendingWrites(error)
@@ -333,6 +337,15 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
     /// A plaintext TLS record with a fatal internal_error alert (RFC 8446 §6): what OpenSSL itself sends when its
     /// certificate callback fails, so a client refused at the gate sees what one refused there would.
     static let internalErrorAlert: [UInt8] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50]
+
+    /// Alerts that, when the gate fails with one the other peer sent (an upstream refusing the handshake), are sent in
+    /// place of internal_error: access_denied, unrecognized_name, no_application_protocol. Each answers something the
+    /// client itself chose and the upstream was offered as it was (its server name, its ALPN protocols), so the client
+    /// learns what it would have learnt from the upstream directly. Alerts about the proxy's own ClientHello (versions,
+    /// cipher suites: handshake_failure, protocol_version) are not the client's to see.
+    static let relayedAlerts: Set<UInt8> = [49, 112, 120]
+    /// The alert description a refused handshake is refused with (`relayedAlerts`; else internal_error).
+    private var refusalAlert: UInt8 = 80
 
     /// The gate asks for another ALPN answer than the handshake was made with: a new connection takes the peer's
     /// bytes again and answers with `answer`; the first one's output is dropped unsent.

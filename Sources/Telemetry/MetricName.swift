@@ -39,6 +39,9 @@ public struct MetricName: Sendable, Hashable {
     public static let upstreamVerificationFailures = MetricName(
         name: "kaizen_egress_upstream_verification_failures_total", type: "counter", labels: [],
         help: "Inspected connections whose upstream failed certificate verification (never shown to the client as trusted).")
+    public static let upstreamHandshakeFailures = MetricName(
+        name: "kaizen_egress_upstream_handshake_failures_total", type: "counter", labels: [],
+        help: "Inspected connections whose upstream TLS handshake failed other than by its certificate (the upstream's alert, such as no_application_protocol, or its close); the client's handshake is refused.")
     public static let upstreamHandshakes = MetricName(
         name: "kaizen_egress_upstream_tls_handshakes_total", type: "counter", labels: ["kind"],
         help: "Inspected connections' TLS handshakes with their upstream: full (its certificate checked, the chain taken from the verification cache when it holds it) or resumed (a session from an earlier full handshake).")
@@ -82,7 +85,7 @@ public struct MetricName: Sendable, Hashable {
     public static let all: [MetricName] = [
         .connections, .connectionsEnded, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
         .leafCache,
-        .upstreamVerificationFailures, .upstreamHandshakes, .upstreamReused, .idleUpstreams, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
+        .upstreamVerificationFailures, .upstreamHandshakeFailures, .upstreamHandshakes, .upstreamReused, .idleUpstreams, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
         .dropped, .deliveryFailures, .controlPlaneReachable, .policyDecisions, .policyFetches,
     ]
 }

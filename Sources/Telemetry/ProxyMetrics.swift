@@ -37,6 +37,7 @@ public final class ProxyMetrics: Sendable {
     private let mintDuration: CoreMetrics.Timer
     private let mintFailures: Counter
     private let upstreamVerificationFailures: Counter
+    private let upstreamHandshakeFailures: Counter
     private let interceptFailures: Counter
     private let reporterQueue: Meter
     private let spoolBytes: Meter
@@ -84,6 +85,7 @@ public final class ProxyMetrics: Sendable {
         mintDuration = CoreMetrics.Timer(label: MetricName.mintDuration.name, factory: factory)
         mintFailures = Counter(label: MetricName.mintFailures.name, factory: factory)
         upstreamVerificationFailures = Counter(label: MetricName.upstreamVerificationFailures.name, factory: factory)
+        upstreamHandshakeFailures = Counter(label: MetricName.upstreamHandshakeFailures.name, factory: factory)
         interceptFailures = Counter(label: MetricName.interceptFailures.name, factory: factory)
         reporterQueue = Meter(label: MetricName.reporterQueue.name, factory: factory)
         spoolBytes = Meter(label: MetricName.spoolBytes.name, factory: factory)
@@ -136,6 +138,7 @@ public final class ProxyMetrics: Sendable {
     public func leafMinted(since start: ContinuousClock.Instant) { mintDuration.record(since: start) }
     public func leafMintFailed() { mintFailures.increment() }
     public func upstreamVerificationFailed() { upstreamVerificationFailures.increment() }
+    public func upstreamHandshakeFailed() { upstreamHandshakeFailures.increment() }
     public func interceptFailed() { interceptFailures.increment() }
 
     // MARK: reporting

@@ -153,4 +153,39 @@ struct UpstreamCertificates {
         _ = try proxy.waitForStderr(containing: "trust it with KAIZEN_UPSTREAM_CA_FILE", timeout: 10)
         #expect(proxy.stderr.components(separatedBy: "KAIZEN_UPSTREAM_CA_FILE").count == 2, "\(proxy.stderr)")
     }
+    /// An upstream that refuses the handshake is not an upstream that is not trusted: a client whose name the upstream
+    /// does not serve gets the upstream's own alert (unrecognized_name), as it would directly; the action says the
+    /// handshake failed and why; the verification failures metric does not move, the handshake failures one does.
+    @Test func anUpstreamRefusingTheNameIsRelayedAndNotCalledUntrusted() throws {
+        let pki = try TestPKI.mint()
+        let origin = try ChildProcess(
+            Paths.which("python3"),
+            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate, "--key", pki.serverKey,
+             "--only-name", "localhost"])
+        let line = try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        let port = try #require(Int(line.dropFirst(5)))
+        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
+        let (proxy, proxyPort) = try InspectionTests.startProxy([
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ])
+        func curl(_ host: String) throws -> CommandResult {
+            try runCommand(
+                Paths.which("curl"),
+                ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "--cacert", caDirectory + "/ca.pem",
+                 "--connect-to", "\(host):\(port):127.0.0.1:\(port)", "https://\(host):\(port)/hello"],
+                timeout: 30)
+        }
+        let refused = try curl("elsewhere.test")
+        #expect(refused.status == 35 && refused.stderr.contains("unrecognized name"), "\(refused)")
+        let served = try curl("localhost")
+        #expect(served.status == 0 && served.stdout == "hello from origin", "\(served)")
+        let actions = try proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"action\"") }
+        #expect(actions[0].contains(#""inspection":"upstream handshake failed""#) && actions[0].contains("unrecognized name"), "\(actions[0])")
+        #expect(actions[1].contains(#""intercepted":true"#), "\(actions[1])")
+        let metrics = try AdminTests().get(try proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, "kaizen_egress_upstream_handshake_failures_total") == 1, "\(metrics)")
+        #expect(AdminTests.value(metrics, "kaizen_egress_upstream_verification_failures_total") == 0, "\(metrics)")
+        withExtendedLifetime(origin) {}
+    }
 }

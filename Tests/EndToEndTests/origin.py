@@ -356,6 +356,7 @@ def main():
     parser.add_argument("--swap-cert")
     parser.add_argument("--swap-key")
     parser.add_argument("--no-tickets", action="store_true", help="no TLS 1.3 session tickets (no resumption)")
+    parser.add_argument("--only-name", help="refuse every other SNI with a fatal unrecognized_name alert")
     args = parser.parse_args()
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
 
@@ -367,6 +368,9 @@ def main():
             context.load_cert_chain(args.cert, args.key)
             if args.no_tickets:
                 context.num_tickets = 0
+            if args.only_name:
+                only = args.only_name
+                context.sni_callback = lambda _sock, name, _ctx: None if name == only else ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
             server.socket = context.wrap_socket(server.socket, server_side=True)
             server.swap = (args.swap_cert, args.swap_key)
         print(f"PORT {server.server_address[1]}", flush=True)

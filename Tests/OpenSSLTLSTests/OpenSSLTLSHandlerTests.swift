@@ -267,7 +267,10 @@ final class ReadCounter: ChannelOutboundHandler {
         let serverError = try #require(serverRecorder.errors.first as? OpenSSLError)
         #expect("\(serverError)".contains("choosing a certificate for alpha.test"))
         #expect("\(serverError)".contains("CA key unreadable"))
-        #expect(clientRecorder.errors.first is OpenSSLError)
+        // The client's error names the alert it got (internal_error, what OpenSSL sends when the callback fails);
+        // the server, which sent it, got none.
+        #expect((clientRecorder.errors.first as? OpenSSLError)?.peerAlert == 80, "\(clientRecorder.errors)")
+        #expect(serverError.peerAlert == nil)
         #expect(!client.isActive && !server.isActive)
     }
 
@@ -410,6 +413,20 @@ final class ReadCounter: ChannelOutboundHandler {
         let clientError = try #require(pair.clientRecorder.errors.first as? OpenSSLError)
         #expect("\(clientError)".contains("internal error"))
         #expect(pair.clientRecorder.negotiated.isEmpty)
+    }
+
+    /// An upstream that refused the handshake over something the client chose (its name, its ALPN offer): the client
+    /// is refused with that same alert; over anything else (the proxy's own versions or suites), with internal_error.
+    @Test(arguments: [(UInt8(112), UInt8(112)), (120, 120), (49, 49), (40, 80), (70, 80), (80, 80)])
+    func aGateFailedByTheUpstreamsAlertRelaysOnlyTheClientsOwn(upstream: UInt8, relayed: UInt8) throws {
+        let pair = try Gated(self)
+        try interact(pair.client, pair.server)
+        pair.gate.fail(OpenSSLError(operation: "TLS handshake", entries: ["alert \(upstream)"], peerAlert: upstream))
+        let output = try pair.serverOutput()
+        #expect(output == OpenSSLTLSHandler.internalErrorAlert.dropLast() + [relayed])
+        try pair.client.writeInbound(ByteBuffer(bytes: output))
+        #expect((pair.clientRecorder.errors.first as? OpenSSLError)?.peerAlert == relayed, "\(pair.clientRecorder.errors)")
+        #expect(!pair.server.isActive)
     }
 
     @Test func aHandshakeFailingBehindTheGateSendsOurAlertNotOpenSSLs() throws {

@@ -185,7 +185,7 @@ final class InterceptedConnection {
             try removeHandshakeHandlers()
         } catch {
             reporting.logger.error("cannot set up inspection", metadata: ["error": "\(error)"])
-            failure = ("upstream not trusted", "cannot set up \(negotiated ?? "http/1.1") relay: \(error)")
+            failure = ("relay not set up", "cannot set up \(negotiated ?? "http/1.1") relay: \(error)")
             upstreamReady.fail(error)
             closeBoth()
             return
@@ -209,7 +209,7 @@ final class InterceptedConnection {
             try removeHandshakeHandlers(from: [clientChannel])
         } catch {
             reporting.logger.error("cannot set up inspection", metadata: ["error": "\(error)"])
-            failure = ("upstream not trusted", "cannot set up http/1.1 relay: \(error)")
+            failure = ("relay not set up", "cannot set up http/1.1 relay: \(error)")
             upstreamReady.fail(error)
             closeBoth()
             return
@@ -276,7 +276,10 @@ final class InterceptedConnection {
             return
         }
         if !upstreamHandshakeDone {
-            failure = ("upstream not trusted", Self.describeUpstreamFailure(error))
+            // Only a certificate that did not verify is "not trusted": an upstream that refused the handshake (an
+            // ALPN offer it cannot answer, a name it does not serve) or closed during it is not a trust problem.
+            let verificationFailed = (error as? OpenSSLError)?.verifyResult != nil
+            failure = (verificationFailed ? Self.upstreamNotTrusted : Self.upstreamHandshakeFailed, Self.describeUpstreamFailure(error))
             if let verify = (error as? OpenSSLError)?.verifyResult {
                 reporting.hints.give(
                     .upstreamNotVerified,
@@ -291,6 +294,10 @@ final class InterceptedConnection {
         }
         closeBoth()
     }
+
+    /// `metadata.inspection` when the upstream's certificate did not verify, and when its handshake failed otherwise.
+    static let upstreamNotTrusted = "upstream not trusted"
+    static let upstreamHandshakeFailed = "upstream handshake failed"
 
     static func describeUpstreamFailure(_ error: any Error) -> String {
         if let tls = error as? OpenSSLError, let verify = tls.verifyResult {
@@ -818,7 +825,7 @@ final class InterceptedConnection {
         noteClose(by: .upstream, reason: "eof")
         if !upstreamHandshakeDone {
             upstreamReady.fail(ChannelError.ioOnClosedChannel)
-            if failure == nil { failure = ("upstream not trusted", "upstream closed during the TLS handshake") }
+            if failure == nil { failure = (Self.upstreamHandshakeFailed, "upstream closed during the TLS handshake") }
         }
         if answerBadGatewayIfAwaitingResponse(because: "connection closed") {
             finishIfBothClosed()
