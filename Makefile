@@ -5,8 +5,9 @@ DEBIAN_PACKAGES := libssl-dev pkg-config curl openssl python3
 # The transparent-mode tests build network namespaces with iptables and iproute2 (they run only as root);
 # the report test renders the HTML report in headless chromium; the slow-client test runs slowhttptest; the
 # HTTP/2 inspection tests run nghttp (nghttp2-client) through a socat CONNECT shim, and Python's h2 library
-# (python3-h2 for Debian's python3; pip installs it when the python3 on PATH is another one).
-TEST_PACKAGES := iptables iproute2 chromium slowhttptest nghttp2-client socat python3-h2
+# (python3-h2 for Debian's python3; pip installs it when the python3 on PATH is another one); a Node.js client
+# checks the minted leaves with Node's own TLS stack.
+TEST_PACKAGES := iptables iproute2 chromium slowhttptest nghttp2-client socat python3-h2 nodejs
 PORT ?= 8080
 # The admin listener (/metrics, /healthz, /readyz) is on 127.0.0.1:9090 unless ADMIN_LISTEN (or
 # KAIZEN_ADMIN_LISTEN) says otherwise; a local Prometheus often holds 9090.
