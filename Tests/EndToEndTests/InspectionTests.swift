@@ -76,6 +76,22 @@ import Testing
         )
     }
 
+    /// An origin that refuses an upload before it has all arrived (a 413 with its length; it reads no more but keeps
+    /// the connection) and a client that stops sending once it has that answer, as curl does: the exchange is
+    /// reported with the origin's status and says the request was cut after the response, closed by the client; it
+    /// is not a malformed request the proxy refused.
+    @Test func anUploadTheOriginRefusedEarlyIsReportedWithItsStatus() throws {
+        let setup = try setUp()
+        let result = try mitmClient("early-answer", setup)
+        #expect(result.status == 0 && result.stdout == "HTTP/1.1 413 Request Entity Too Large b'too large\\n'", "\(result)")
+        let action = try #require(try setup.waitForActions(1).first)
+        #expect(action["status"] as? Int == 413 && action["method"] as? String == "POST", "\(action)")
+        #expect(action["error"] as? String == "request cut short: the client stopped sending it after the response", "\(action)")
+        let close = try setup.proxy.waitForLines(count: 1, timeout: 20) { $0.contains("\"close\"") }
+        #expect(close[0].contains(#""closed_by":"client""#), "\(close[0])")
+        #expect(!setup.proxy.stderr.contains("rejected an intercepted request"), "\(setup.proxy.stderr)")
+    }
+
     /// A status outside 100–599 (llhttp reads a body after a 099 that the client would not) is not relayed: the
     /// client gets a 502 and the action says so.
     @Test func aResponseStatusOutsideTheRangeIsAnswered502() throws {

@@ -132,6 +132,25 @@ import Testing
         await proxy.stop()
     }
 
+    /// A client that stops sending its body once the origin has answered (a 413 before the upload was all there) is a
+    /// client that stopped, not a malformed request: nothing is logged as one, and the close record has the 413.
+    @Test func aClientStoppingAfterAnEarlyAnswerIsNotAMalformedRequest() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let (proxy, proxyPort) = try InspectionTests.startProxy([:])
+        do {
+            let socket = try RawSocket(host: "127.0.0.1", port: proxyPort)
+            try socket.send(
+                "POST http://127.0.0.1:\(originPort)/early?read=10&length=1&linger=3 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    + "Content-Length: 100000\r\n\r\n0123456789")
+            let answer = try socket.receive(until: "too large\n")
+            #expect(answer.hasPrefix("HTTP/1.1 413 "), "\(answer)")
+        }  // the socket closes here, 99,990 bytes short
+        let close = try proxy.waitForLines(count: 1, timeout: 20) { $0.contains("\"close\"") }
+        #expect(close[0].contains(#""status":413"#), "\(close[0])")
+        #expect(!proxy.stderr.contains("malformed request"), "\(proxy.stderr)")
+    }
+
     /// Responses reach the client framed as the upstream framed them: a transfer coding stays named (the body of
     /// `gzip, chunked` is still gzip-coded), a chunked HEAD response gets no terminator (the connection stays in
     /// step), and an HTTP/1.0 client gets a chunked body unchunked, ended by the close.

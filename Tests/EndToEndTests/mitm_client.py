@@ -29,6 +29,10 @@
                                                          whether the proxy's close came with close_notify
                                                          ("clean") or not ("unclean"); then GET /hangup and
                                                          GET /hangup?reset=1 (no answer: a close, a reset)
+  mitm_client.py early-answer PROXY_PORT ORIGIN_PORT CAFILE  POST /early with 10 of its 100000 bytes; reads the
+                                                         origin's 413 (it has a length, and the origin keeps the
+                                                         connection 3 s), prints its status line and body, and
+                                                         closes without sending the rest
   mitm_client.py reused-hangup PROXY_PORT …               GET /hello, then GET /hangup on the same connection;
                                                          prints the first status line, then the second's bytes
                                                          and whether the end was clean
@@ -222,6 +226,21 @@ def close_notify(proxy_port, origin_port, cafile):
         tls.close()
 
 
+def early_answer(proxy_port, origin_port, cafile):
+    tls = connect(proxy_port, origin_port, cafile)
+    tls.settimeout(10)
+    tls.sendall(b"POST /early?read=10&length=1&linger=3 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n0123456789")
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 10:
+        chunk = tls.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    print(head.split(b"\r\n")[0].decode(), repr(body))
+    tls.close()
+
+
 def reused_hangup(proxy_port, origin_port, cafile):
     """A request answered, then one the origin hangs up on, on the same connection."""
     tls = connect(proxy_port, origin_port, cafile, ragged_eof_is_eof=False)
@@ -288,6 +307,8 @@ def main():
     mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     if mode == "close-notify":
         return close_notify(proxy_port, origin_port, cafile)
+    if mode == "early-answer":
+        return early_answer(proxy_port, origin_port, cafile)
     if mode == "reused-hangup":
         return reused_hangup(proxy_port, origin_port, cafile)
     if mode == "abandon":

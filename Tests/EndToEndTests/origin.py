@@ -59,6 +59,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 import urllib.parse
 
 
@@ -304,11 +305,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.flaky():
             return
         if self.path.startswith("/early"):
-            self.rfile.read(int(self.path.partition("read=")[2] or 0))
+            # /early?read=N[&length=1][&linger=S]: read N bytes of the body, answer 413 (with a Content-Length when
+            # asked), then keep the connection S seconds without reading more before closing it.
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            self.rfile.read(int(query.get("read", ["0"])[0]))
             self.send_response(413)
+            if "length" in query:
+                self.send_header("Content-Length", "10")
             self.end_headers()
             self.wfile.write(b"too large\n")
             self.wfile.flush()
+            time.sleep(float(query.get("linger", ["0"])[0]))
             self.close_connection = True
             return
         body = self.read_body()

@@ -81,6 +81,14 @@ extension ProxyFrontHandler {
             return false
         }
 
+        /// A request is on its way upstream (its head sent, or waiting for the upstream connection).
+        var forwardingOrAwaiting: Bool {
+            switch state {
+            case .forwarding, .awaitingUpstream: return true
+            case .idle, .dialingTunnel, .tunnel, .closed: return false
+            }
+        }
+
         mutating func requestHead(_ head: HTTPRequestHead) -> [Action] {
             guard case .idle = state else {
                 state = .closed

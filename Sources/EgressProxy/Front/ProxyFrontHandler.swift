@@ -223,6 +223,15 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             respond(RequestLimitError.headerBlockTooLarge(limit: settings.requestHeadLimits.headerBytes).proxyError, context: context)
             return
         }
+        if let parserError = error as? HTTPParserError, parserError == .invalidEOFState, machine.forwardingOrAwaiting {
+            // The client's stream ended inside a request the upstream already has the head of (often after an early
+            // answer, a 413 with Connection: close, when it stops sending the body): a client that stopped, not a
+            // malformed request. The exchange is reported as cut.
+            logger.debug("client closed inside its request", metadata: ["client.address": "\(clientAddress)"])
+            closeUpstream()
+            closeClientCuttingAnyResponse(context)
+            return
+        }
         if let parserError = error as? HTTPParserError {
             logger.info("malformed request", metadata: ["client.address": "\(clientAddress)", "error": "\(parserError)"])
             switch machine.state {

@@ -750,6 +750,28 @@ final class InterceptedConnection {
         upstream?.close()
     }
 
+    /// The client's input ended inside a request whose final response has already ended (an origin that refused an
+    /// upload early, `413` and `Connection: close`, and a client that then stopped sending its body): not a
+    /// malformed request. The exchange is reported with the response's status when the connection ends, and says
+    /// the request was cut after it. False (nothing done) when no response has ended.
+    func clientStoppedAfterTheResponse() -> Bool {
+        // A response framed by its length or chunks: one that ended with the upstream's connection is cut as well.
+        guard let exchange = machine.current, exchange.responseEnded, !exchange.closeDelimited, !exchange.requestEnded
+        else { return false }
+        requestCutAfterResponse = true
+        noteClose(by: .client, reason: "eof")
+        closeBoth()
+        return true
+    }
+
+    /// What an exchange whose request the client stopped sending after its response had ended reports.
+    static let requestCutAfterResponse = "request cut short: the client stopped sending it after the response"
+    private var requestCutAfterResponse = false
+
+    private func cutReason(_ cut: InterceptedExchangeStateMachine.Exchange) -> String {
+        requestCutAfterResponse && cut.responseEnded ? Self.requestCutAfterResponse : Self.cutShort
+    }
+
     /// The request could not be parsed (the codec refused it): answer 400, report it, close.
     func clientSentMalformedRequest(_ error: HTTP1ParseError) {
         // A request the proxy's own close cut off (its decoder finds it incomplete) is reported as cut.
@@ -852,7 +874,7 @@ final class InterceptedConnection {
         if let cut = machine.connectionClosed() {
             // Reported before anything closes: a close can finish the connection at once, which reports it as
             // one that carried no request if none was reported yet.
-            report(cut, error: Self.cutShort)
+            report(cut, error: cutReason(cut))
             if cut.status != nil && !cut.responseEnded {
                 // A response partly relayed ends without close_notify, so the client cannot take the cut for its
                 // end (one with no length would look complete).
@@ -923,7 +945,7 @@ final class InterceptedConnection {
         idleTimer = nil
         if !upstreamHandshakeDone { upstreamReady.fail(ChannelError.ioOnClosedChannel) }
         if let cut = machine.connectionClosed() {
-            report(cut, error: Self.cutShort)
+            report(cut, error: cutReason(cut))
         }
         let requests = reportedExchanges
         var connection = metadata

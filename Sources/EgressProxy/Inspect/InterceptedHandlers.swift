@@ -150,10 +150,12 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     /// The client's input ended (EOF or close_notify): a request cut short is refused as malformed, as it is
-    /// on the proxy's own port.
+    /// on the proxy's own port; but not one whose response has ended already (an origin that answered before the
+    /// body was all sent, 413 and close, say), which the client may stop sending (RFC 9112 §9.3).
     private func endOfInput() {
         guard !inputEnded, !stopped, !connection.awaitsUpgrade else { return }
         inputEnded = true
+        if connection.clientStoppedAfterTheResponse() { return }
         var probe = decoder
         var buffer = pending ?? ByteBuffer()
         // Whatever waits undecoded behind an awaited response is looked at as if it had been decoded (up to a
