@@ -10,6 +10,8 @@ final class OperatorHints: Sendable {
         case privateDestination
         /// An inspected upstream's certificate did not verify.
         case upstreamNotVerified
+        /// An inspected upstream asked for a client certificate (mutual TLS).
+        case upstreamRequiresClientCertificate
     }
 
     private let given = Mutex<Set<Hint>>([])

@@ -68,7 +68,8 @@ struct Reporting: Sendable {
         }
         switch metadata.inspection {
         case InterceptedConnection.upstreamNotTrusted: metrics.upstreamVerificationFailed()
-        case InterceptedConnection.upstreamHandshakeFailed: metrics.upstreamHandshakeFailed()
+        case InterceptedConnection.upstreamHandshakeFailed, InterceptedConnection.upstreamRequiresClientCertificate:
+            metrics.upstreamHandshakeFailed()
         case "tls_intercept_failed": metrics.interceptFailed()
         default: break
         }

@@ -19,7 +19,26 @@ public final class InspectionPolicy: Sendable {
     private let inspectHosts: HostPatterns?
     private let passthroughHosts: HostPatterns?
     private let pinnedFor: Int64
-    private let pins = Mutex([String: Int64]())
+    /// Why a name passes through for a while: its client refused the minted certificate (pinning), or its upstream
+    /// requires a client certificate, which only the agent has (mutual TLS cannot be inspected).
+    public enum PinReason: Sendable, Hashable {
+        case clientRefusedCertificate
+        case upstreamRequiresClientCertificate
+
+        var passthroughReason: String {
+            switch self {
+            case .clientRefusedCertificate: "client refused the inspection certificate recently (pinning)"
+            case .upstreamRequiresClientCertificate: "the upstream required a client certificate recently (mutual TLS)"
+            }
+        }
+    }
+
+    private struct Pin {
+        var until: Int64
+        var reason: PinReason
+    }
+
+    private let pins = Mutex([String: Pin]())
     private static let pinLimit = 10_000
 
     /// - Parameters:
@@ -69,8 +88,8 @@ public final class InspectionPolicy: Sendable {
         if let inspectHosts, !inspectHosts.matches(name), !inspectHosts.matches(connect) {
             return .passthrough(reason: "not in KAIZEN_INSPECT_HOSTS")
         }
-        if isPinned(agent: agent, name, now: now) {
-            return .passthrough(reason: "client refused the inspection certificate recently (pinning)")
+        if let pinned = pinReason(agent: agent, name, now: now) {
+            return .passthrough(reason: pinned.passthroughReason)
         }
         let leaf: OpenSSLCertificateAuthority.LeafName
         if let serverName, OpenSSLConnection.isIPAddress(serverName) {
@@ -93,27 +112,32 @@ public final class InspectionPolicy: Sendable {
         pins.withLock { $0.merge(copied) { $1 } }
     }
 
-    /// A client of `agent` aborted the handshake with our certificate: pass that agent's connections to `name`
-    /// through for a while.
-    public func notePinned(agent: String, _ name: String, now: Int64) {
+    /// A client of `agent` aborted the handshake with our certificate, or the upstream for `name` required a client
+    /// certificate: pass that agent's connections to `name` through for a while.
+    public func notePinned(agent: String, _ name: String, now: Int64, reason: PinReason = .clientRefusedCertificate) {
         pins.withLock { pins in
             if pins.count >= Self.pinLimit {
-                pins = pins.filter { $0.value > now }
+                pins = pins.filter { $0.value.until > now }
                 if pins.count >= Self.pinLimit { pins.removeAll() }
             }
-            pins[Self.pinKey(agent, name)] = now + pinnedFor
+            pins[Self.pinKey(agent, name)] = Pin(until: now + pinnedFor, reason: reason)
         }
     }
 
     public func isPinned(agent: String, _ name: String, now: Int64) -> Bool {
+        pinReason(agent: agent, name, now: now) != nil
+    }
+
+    /// Why `agent`'s connections to `name` pass through now, if they do.
+    public func pinReason(agent: String, _ name: String, now: Int64) -> PinReason? {
         let key = Self.pinKey(agent, name)
         return pins.withLock { pins in
-            guard let until = pins[key] else { return false }
-            if until <= now {
+            guard let pin = pins[key] else { return nil }
+            if pin.until <= now {
                 pins[key] = nil
-                return false
+                return nil
             }
-            return true
+            return pin.reason
         }
     }
 

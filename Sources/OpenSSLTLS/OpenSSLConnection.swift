@@ -43,6 +43,10 @@ public final class OpenSSLConnection {
     /// Server, with a context whose ALPN is chosen per connection: the protocol to answer, length-prefixed
     /// (`[0]` declines ALPN); read by the selection callback through the SSL's app data. Owned here.
     private var alpnAnswer: UnsafeMutableBufferPointer<UInt8>?
+    /// Client: the server asked for a client certificate (a CertificateRequest came); the connection has none to
+    /// give, so it answers with an empty Certificate, and a server that requires one ends the handshake (TLS 1.2) or
+    /// the connection (TLS 1.3, right after it) with an alert.
+    public fileprivate(set) var certificateRequested = false
     /// Client: the key this connection's session is kept and looked up under (nil: no resumption): the caller's
     /// key with the name verified, so that a session is never offered for a name it was not verified for
     /// (OpenSSL would offer it, and a server may accept it).
@@ -96,6 +100,9 @@ public final class OpenSSLConnection {
             }
         case .client:
             SSL_set_connect_state(ssl)
+            // Called only when the server asks for a certificate. The SSL is ours, so the unretained pointer to self
+            // lives exactly as long as the callback can run.
+            SSL_set_cert_cb(ssl, certificateRequestCallback, Unmanaged.passUnretained(self).toOpaque())
             if let serverName {
                 try configurePeerName(serverName)
             }
@@ -330,6 +337,7 @@ public final class OpenSSLConnection {
     /// The OpenSSL error queue, plus the certificate verification result when that is what failed.
     private func failure(operation: String) -> OpenSSLError {
         var error = OpenSSLError.drain(operation: operation)
+        error.certificateRequested = certificateRequested
         let verify = SSL_get_verify_result(ssl)
         if verify != X509_V_OK {
             error.verifyResult = String(cString: X509_verify_cert_error_string(verify))
@@ -340,6 +348,13 @@ public final class OpenSSLConnection {
 
 @available(*, unavailable)
 extension OpenSSLConnection: Sendable {}
+
+/// Client: the server asked for a certificate. None is sent (1: go on without one); the connection notes the request.
+private func certificateRequestCallback(_ ssl: OpaquePointer?, _ argument: UnsafeMutableRawPointer?) -> Int32 {
+    guard let argument else { return 1 }
+    Unmanaged<OpenSSLConnection>.fromOpaque(argument).takeUnretainedValue().certificateRequested = true
+    return 1
+}
 
 private func certificateCallback(_ ssl: OpaquePointer?, _ argument: UnsafeMutableRawPointer?) -> Int32 {
     guard let argument else { return 0 }

@@ -12,6 +12,9 @@ public struct OpenSSLError: Error, Sendable, Hashable, CustomStringConvertible {
     /// When the peer ended the handshake with a fatal alert: its description (RFC 8446 §6: 112 unrecognized_name,
     /// 120 no_application_protocol, …), as OpenSSL recorded it among the entries.
     public var peerAlert: UInt8?
+    /// A client's failure after the server asked it for a certificate, which it did not have: the likely cause when
+    /// the server then ended the handshake or the connection (`certificate_required`, `handshake_failure`).
+    public var certificateRequested = false
 
     public init(operation: String, entries: [String], verifyResult: String? = nil, peerAlert: UInt8? = nil) {
         self.operation = operation

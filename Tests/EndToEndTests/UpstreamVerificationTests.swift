@@ -188,4 +188,58 @@ struct UpstreamCertificates {
         #expect(AdminTests.value(metrics, "kaizen_egress_upstream_verification_failures_total") == 0, "\(metrics)")
         withExtendedLifetime(origin) {}
     }
+    /// An upstream that requires a client certificate (mutual TLS) cannot be inspected: the proxy has no certificate of
+    /// the agent's to present. The first connection fails and its action says why; the agent's next connections to the
+    /// name pass through untouched (as after a client refused the minted certificate), so a client with its own
+    /// certificate reaches the upstream with it. The same under TLS 1.3, where the server's refusal comes after the
+    /// proxy's side of the handshake is over, and TLS 1.2, where it ends the handshake.
+    @Test(arguments: [false, true])
+    func anUpstreamRequiringAClientCertificatePassesThroughAfterItsFirstRefusal(tls12: Bool) throws {
+        let pki = try TestPKI.mint()
+        let openssl = Paths.which("openssl")
+        let client = pki.directory + "/client"
+        for arguments in [
+            ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", client + ".key",
+             "-out", client + ".csr", "-subj", "/CN=agent"],
+            ["x509", "-req", "-in", client + ".csr", "-CA", pki.caCertificate, "-CAkey", pki.directory + "/ca.key",
+             "-CAcreateserial", "-out", client + ".pem", "-days", "2"],
+        ] {
+            let made = try runCommand(openssl, arguments, timeout: 30)
+            #expect(made.status == 0, "\(made.stderr)")
+        }
+        let origin = try ChildProcess(
+            Paths.which("python3"),
+            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate, "--key", pki.serverKey,
+             "--client-ca", pki.caCertificate] + (tls12 ? ["--tls12"] : []))
+        let line = try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        let port = try #require(Int(line.dropFirst(5)))
+        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
+        let (proxy, proxyPort) = try InspectionTests.startProxy([
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ])
+        // The client trusts both CAs: the minted leaf (the first time) and the origin's own certificate (passed through).
+        let trust = pki.directory + "/both.pem"
+        try (String(contentsOfFile: caDirectory + "/ca.pem", encoding: .utf8) + String(contentsOfFile: pki.caCertificate, encoding: .utf8))
+            .write(toFile: trust, atomically: true, encoding: .utf8)
+        func curl() throws -> CommandResult {
+            try runCommand(
+                Paths.which("curl"),
+                ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "--cacert", trust,
+                 "--cert", client + ".pem", "--key", client + ".key", "https://localhost:\(port)/hello"],
+                timeout: 30)
+        }
+        let first = try curl()
+        #expect(first.status != 0 && first.stdout.isEmpty, "\(first)")
+        let second = try curl()
+        #expect(second.status == 0 && second.stdout == "hello from origin", "\(second)")
+        let actions = try proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"action\"") }
+        #expect(actions[0].contains(#""inspection":"upstream requires a client certificate""#), "\(actions[0])")
+        #expect(actions[1].contains(#""inspection":"the upstream required a client certificate recently (mutual TLS)""#), "\(actions[1])")
+        _ = try proxy.waitForStderr(containing: "requires a client certificate (mutual TLS", timeout: 10)
+        let metrics = try AdminTests().get(try proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, "kaizen_egress_upstream_handshake_failures_total") == 1, "\(metrics)")
+        #expect(AdminTests.value(metrics, "kaizen_egress_upstream_verification_failures_total") == 0, "\(metrics)")
+        withExtendedLifetime(origin) {}
+    }
 }

@@ -275,11 +275,18 @@ final class InterceptedConnection {
         if upstreamHandshakeDone, !(error is HTTP1ParseError), redialUpstream(because: GlueHandler.describe(error)) {
             return
         }
+        // An upstream that asked for a client certificate and then ended the handshake (TLS 1.2) or the connection
+        // right after it (TLS 1.3: the handshake is over for the proxy before the server has read its empty
+        // Certificate) requires one: mutual TLS, which inspection cannot do (the agent's key is not the proxy's).
+        let requiresClientCertificate = (error as? OpenSSLError)?.certificateRequested == true && machine.completed == 0
+        if requiresClientCertificate { upstreamRequiresClientCertificate(error) }
         if !upstreamHandshakeDone {
             // Only a certificate that did not verify is "not trusted": an upstream that refused the handshake (an
             // ALPN offer it cannot answer, a name it does not serve) or closed during it is not a trust problem.
             let verificationFailed = (error as? OpenSSLError)?.verifyResult != nil
-            failure = (verificationFailed ? Self.upstreamNotTrusted : Self.upstreamHandshakeFailed, Self.describeUpstreamFailure(error))
+            if failure == nil {
+                failure = (verificationFailed ? Self.upstreamNotTrusted : Self.upstreamHandshakeFailed, Self.describeUpstreamFailure(error))
+            }
             if let verify = (error as? OpenSSLError)?.verifyResult {
                 reporting.hints.give(
                     .upstreamNotVerified,
@@ -295,9 +302,24 @@ final class InterceptedConnection {
         closeBoth()
     }
 
-    /// `metadata.inspection` when the upstream's certificate did not verify, and when its handshake failed otherwise.
+    /// `metadata.inspection` when the upstream's certificate did not verify, when it required a client certificate,
+    /// and when its handshake failed otherwise.
     static let upstreamNotTrusted = "upstream not trusted"
+    static let upstreamRequiresClientCertificate = "upstream requires a client certificate"
     static let upstreamHandshakeFailed = "upstream handshake failed"
+
+    /// The upstream requires a client certificate: the connection reports why, and this agent's next connections to
+    /// the name pass through untouched for `KAIZEN_PINNED_PASSTHROUGH` (as after a client refused the minted
+    /// certificate), so an agent with its own certificate reaches the upstream with it.
+    private func upstreamRequiresClientCertificate(_ error: any Error) {
+        failure = (Self.upstreamRequiresClientCertificate, Self.describeUpstreamFailure(error))
+        inspection.policy.notePinned(
+            agent: reporting.agent, leaf.description, now: Inspection.now(), reason: .upstreamRequiresClientCertificate)
+        reporting.hints.give(
+            .upstreamRequiresClientCertificate,
+            "an inspected upstream requires a client certificate (mutual TLS, \(reportedTarget)), which inspection cannot present: this agent's connections to it now pass through for KAIZEN_PINNED_PASSTHROUGH; list it in KAIZEN_PASSTHROUGH_HOSTS to pass it through from the first",
+            to: reporting.logger)
+    }
 
     static func describeUpstreamFailure(_ error: any Error) -> String {
         if let tls = error as? OpenSSLError, let verify = tls.verifyResult {
