@@ -40,6 +40,8 @@ import Testing
         ("h2,http/1.1", nil, "No ALPN negotiated"),
         (nil, "http/1.1", "No ALPN negotiated"),
         ("http/1.1", "h2", "No ALPN negotiated"),
+        // HTTP/1.0 goes the HTTP/1.1 way: inspected (the minted leaf verifies), not passed through.
+        ("http/1.0", "http/1.1,http/1.0", "ALPN protocol: http/1.0"),
     ] as [(String?, String?, String)])
     func theClientGetsTheUpstreamsChoice(_ clientOffer: String?, _ upstreamALPN: String?, _ expected: String) throws {
         let pki = try TestPKI.mint()

@@ -27,7 +27,7 @@ struct Inspection: Sendable {
     /// before the upstream has chosen again.
     let alpnChoices = UpstreamALPNChoices()
 
-    /// The protocols inspection relays: HTTP/2 and HTTP/1.1, or HTTP/1.1 alone with `KAIZEN_INSPECT_HTTP2=off`.
+    /// The protocols inspection relays: HTTP/2, HTTP/1.1 and HTTP/1.0, or the last two alone with `KAIZEN_INSPECT_HTTP2=off`.
     /// The upstream is offered the client's own ALPN list, less what is not relayed; the client is answered with
     /// the upstream's choice.
     let alpn: [String]
@@ -67,7 +67,9 @@ struct Inspection: Sendable {
         } catch {
             throw ConfigurationError(variable: error.variable, error.message)
         }
-        let relayed = configuration.inspectHTTP2 ? ["h2", "http/1.1"] : ["http/1.1"]
+        // HTTP/1.0 goes the HTTP/1.1 way (the same codec reads both): a client that offers only `http/1.0` (curl's
+        // --http1.0) is inspected, not passed through as a protocol inspection cannot read.
+        let relayed = configuration.inspectHTTP2 ? ["h2", "http/1.1", "http/1.0"] : ["http/1.1", "http/1.0"]
         let leafKey: OpenSSLPrivateKey
         let upstreamTLS: OpenSSLContext
         let clientTLS: OpenSSLContext
