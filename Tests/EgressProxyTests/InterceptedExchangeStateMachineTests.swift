@@ -310,6 +310,15 @@ import Testing
         #expect(Machine.absoluteFormHost("https://u@/x") == nil)  // userinfo alone is no host
     }
 
+    /// A request naming the connection's host fully qualified (a trailing dot) or in another case names no other host.
+    @Test func aTrailingDotOrAnotherCaseIsTheSameHost() {
+        #expect(InterceptedConnection.namesSameHost("www.example.test.", "www.example.test"))
+        #expect(InterceptedConnection.namesSameHost("WWW.Example.TEST", "www.example.test"))
+        #expect(!InterceptedConnection.namesSameHost("www.example.test..", "www.example.test"))
+        #expect(!InterceptedConnection.namesSameHost("api.example.test.", "www.example.test"))
+        #expect(!InterceptedConnection.namesSameHost(".", ""))
+    }
+
     @Test func namesToJudgeAreTheRequestsThenTheSNIEachOnce() {
         #expect(InterceptedConnection.namesToJudge(requestHosts: ["a.test", "a.test"], sni: "S.test", connectHost: "c.test")
             == ["a.test", "s.test"])

@@ -919,6 +919,15 @@ final class InterceptedConnection {
         }
     }
 
+    /// Whether a name a request gave (its Host, an absolute-form authority) is the connection's `host` (lowercase):
+    /// case aside, and a trailing dot aside (`example.com.` is `example.com`, fully qualified), so neither is reported
+    /// as a host of its own.
+    static func namesSameHost(_ requested: String, _ host: String) -> Bool {
+        var name = requested.lowercased()
+        if name.count > 1, name.hasSuffix(".") { name.removeLast() }
+        return name == host
+    }
+
     /// What an exchange the connection's end cut short reports.
     static let cutShort = "connection closed before the exchange completed"
 
@@ -1024,7 +1033,7 @@ final class InterceptedConnection {
         request.policy = requestPolicy.policy
         request.wouldBlock = requestPolicy.wouldBlock
         request.upgrade = exchange.upgraded ? exchange.upgrade.map(Reporting.printable) : nil
-        if let other = exchange.requestHosts.first(where: { $0 != lowercasedHost }) {
+        if let other = exchange.requestHosts.first(where: { $0 != lowercasedHost && !Self.namesSameHost($0, lowercasedHost) }) {
             request.requestHost = Reporting.printable(other)
         }
         reportedExchanges += 1
