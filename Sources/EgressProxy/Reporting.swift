@@ -68,8 +68,8 @@ struct Reporting: Sendable {
         }
         switch metadata.inspection {
         case InterceptedConnection.upstreamNotTrusted: metrics.upstreamVerificationFailed()
-        case InterceptedConnection.upstreamHandshakeFailed, InterceptedConnection.upstreamRequiresClientCertificate:
-            metrics.upstreamHandshakeFailed()
+        // An upstream requiring a client certificate is counted where it is found (its requests may be reported first).
+        case InterceptedConnection.upstreamHandshakeFailed: metrics.upstreamHandshakeFailed()
         case "tls_intercept_failed": metrics.interceptFailed()
         default: break
         }

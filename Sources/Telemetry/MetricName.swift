@@ -41,7 +41,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Inspected connections whose upstream failed certificate verification (never shown to the client as trusted).")
     public static let upstreamHandshakeFailures = MetricName(
         name: "kaizen_egress_upstream_handshake_failures_total", type: "counter", labels: [],
-        help: "Inspected connections whose upstream TLS handshake failed other than by its certificate (the upstream's alert, such as no_application_protocol, or its close); the client's handshake is refused.")
+        help: "Inspected connections whose upstream TLS handshake failed other than by its certificate (the upstream's alert, such as no_application_protocol, or its close), and upstreams that required a client certificate (mutual TLS).")
     public static let upstreamHandshakes = MetricName(
         name: "kaizen_egress_upstream_tls_handshakes_total", type: "counter", labels: ["kind"],
         help: "Inspected connections' TLS handshakes with their upstream: full (its certificate checked, the chain taken from the verification cache when it holds it) or resumed (a session from an earlier full handshake).")

@@ -2,6 +2,7 @@
 import HTTP1Codec
 import NIOCore
 import NIOHTTP1
+import OpenSSLTLS
 import Testing
 
 @Suite struct InterceptedExchangeStateMachineTests {
@@ -308,6 +309,33 @@ import Testing
         #expect(Machine.absoluteFormHost("/x://y") == nil)
         #expect(Machine.absoluteFormHost("http://u@H.test:80?q") == "h.test")
         #expect(Machine.absoluteFormHost("https://u@/x") == nil)  // userinfo alone is no host
+    }
+
+    /// An upstream's alert reaches the client only when it answers what the client itself sent.
+    @Test func anUpstreamsAlertIsRelayedOnlyWhenItAnswersTheClientsOwnOffer() {
+        func relayed(_ alert: UInt8, offer: Bool = true, sni: Bool = true, certificateRequested: Bool = false) -> UInt8? {
+            var error = OpenSSLError(operation: "TLS handshake", entries: [], peerAlert: alert)
+            error.certificateRequested = certificateRequested
+            return (InspectionStartHandler.gateFailure(error, offerUnchanged: offer, sniUnchanged: sni) as? OpenSSLError)?.peerAlert
+        }
+        #expect(relayed(120) == 120 && relayed(120, offer: false) == nil)
+        #expect(relayed(112) == 112 && relayed(112, sni: false) == nil)
+        #expect(relayed(49) == 49 && relayed(49, certificateRequested: true) == nil)
+        #expect(relayed(40) == nil)
+    }
+
+    /// Only an upstream that asked for a certificate and then refused the missing one is taken for mutual TLS.
+    @Test func onlyARefusedMissingCertificateIsMutualTLS() {
+        func shows(_ alert: UInt8?, requested: Bool = true, handshakeDone: Bool) -> Bool {
+            var error = OpenSSLError(operation: "TLS read", entries: [], peerAlert: alert)
+            error.certificateRequested = requested
+            return InterceptedConnection.showsRequiredClientCertificate(error, handshakeDone: handshakeDone)
+        }
+        #expect(shows(116, handshakeDone: true) && shows(116, handshakeDone: false))
+        #expect(shows(40, handshakeDone: false) && shows(42, handshakeDone: false))
+        // After the handshake only certificate_required says so; without a request, nothing does.
+        #expect(!shows(40, handshakeDone: true) && !shows(20, handshakeDone: true) && !shows(nil, handshakeDone: false))
+        #expect(!shows(116, requested: false, handshakeDone: true))
     }
 
     /// A request naming the connection's host fully qualified (a trailing dot) or in another case names no other host.

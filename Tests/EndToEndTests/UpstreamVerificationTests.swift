@@ -242,4 +242,31 @@ struct UpstreamCertificates {
         #expect(AdminTests.value(metrics, "kaizen_egress_upstream_verification_failures_total") == 0, "\(metrics)")
         withExtendedLifetime(origin) {}
     }
+    /// An upstream that asks for a client certificate but does not require one (optional client authentication) is
+    /// inspected as any: no failure, no pass-through learnt.
+    @Test func anUpstreamAskingForAnOptionalClientCertificateIsInspected() throws {
+        let pki = try TestPKI.mint()
+        let origin = try ChildProcess(
+            Paths.which("python3"),
+            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate, "--key", pki.serverKey,
+             "--client-ca", pki.caCertificate, "--client-cert-optional"])
+        let line = try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        let port = try #require(Int(line.dropFirst(5)))
+        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
+        let (proxy, proxyPort) = try InspectionTests.startProxy([
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ])
+        for _ in 0..<2 {
+            let result = try runCommand(
+                Paths.which("curl"),
+                ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "--cacert", caDirectory + "/ca.pem",
+                 "https://localhost:\(port)/hello"],
+                timeout: 30)
+            #expect(result.status == 0 && result.stdout == "hello from origin", "\(result)")
+        }
+        let actions = try proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"action\"") }
+        #expect(actions.allSatisfy { $0.contains(#""intercepted":true"#) && !$0.contains("\"inspection\"") }, "\(actions)")
+        withExtendedLifetime(origin) {}
+    }
 }

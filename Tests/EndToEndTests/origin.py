@@ -365,6 +365,7 @@ def main():
     parser.add_argument("--no-tickets", action="store_true", help="no TLS 1.3 session tickets (no resumption)")
     parser.add_argument("--only-name", help="refuse every other SNI with a fatal unrecognized_name alert")
     parser.add_argument("--client-ca", help="require a client certificate issued by this CA (mutual TLS)")
+    parser.add_argument("--client-cert-optional", action="store_true", help="with --client-ca: ask, not require")
     parser.add_argument("--tls12", action="store_true", help="TLS 1.2 at most")
     args = parser.parse_args()
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -378,7 +379,7 @@ def main():
             if args.no_tickets:
                 context.num_tickets = 0
             if args.client_ca:
-                context.verify_mode = ssl.CERT_REQUIRED
+                context.verify_mode = ssl.CERT_OPTIONAL if args.client_cert_optional else ssl.CERT_REQUIRED
                 context.load_verify_locations(args.client_ca)
             if args.tls12:
                 context.maximum_version = ssl.TLSVersion.TLSv1_2

@@ -586,6 +586,9 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
             // the client (not even the ServerHello) until the upstream is verified; if it is not, the client gets an
             // alert. Should the upstream choose otherwise, the handshake is made again with its choice, so the
             // client is always answered with exactly the upstream's.
+            // Whether the upstream was sent what the client sent: its ALPN list whole, its own server name.
+            let offerUnchanged = offer == Inspection.relayable(hello.alpn, of: hello.alpn)
+            let sniUnchanged = hello.serverName != nil && hello.serverName == upstreamName
             let minted = leaves.leaf(for: leaf, on: context.eventLoop)
             let clientTLS = try OpenSSLTLSHandler(
                 context: inspection.clientTLS,
@@ -595,6 +598,8 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
                     let chosen = upstreamHandler.value.negotiatedProtocol
                     choices.note(chosen, for: sessionKey, server: serverKey)
                     return chosen
+                }.flatMapErrorThrowing { [offerUnchanged, sniUnchanged] error in
+                    throw Self.gateFailure(error, offerUnchanged: offerUnchanged, sniUnchanged: sniUnchanged)
                 }
             )
             let clientPipeline = context.pipeline.syncOperations
@@ -612,6 +617,25 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         if let pooled { connection.adoptPooledUpstream(pooled) }
         // The gate holds the client's handshake back: its ClientHello (and anything after it) goes in now.
         releaseToClientTLS(context: context)
+    }
+
+    /// What the client's gate fails with when the upstream's handshake failed: the upstream's error, whose alert the
+    /// client is refused with (`OpenSSLTLSHandler.relayedAlerts`) only when it answers exactly what the client sent:
+    /// no_application_protocol when the upstream was offered the client's ALPN list unchanged (not one the proxy cut
+    /// down), unrecognized_name when it was sent the client's own SNI (not the CONNECT host in place of none),
+    /// access_denied when the upstream did not ask the proxy for a client certificate (an answer to the proxy's empty
+    /// one is not the client's). Otherwise the client gets internal_error.
+    static func gateFailure(_ error: any Error, offerUnchanged: Bool, sniUnchanged: Bool) -> any Error {
+        guard var tls = error as? OpenSSLError, let alert = tls.peerAlert else { return error }
+        let answersTheClient =
+            switch alert {
+            case 120: offerUnchanged
+            case 112: sniUnchanged
+            case 49: !tls.certificateRequested
+            default: false
+            }
+        if !answersTheClient { tls.peerAlert = nil }
+        return tls
     }
 
     /// The protocol the upstream will most likely choose, so the client's handshake can be made before it has: none

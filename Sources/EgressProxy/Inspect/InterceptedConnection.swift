@@ -278,8 +278,9 @@ final class InterceptedConnection {
         // An upstream that asked for a client certificate and then ended the handshake (TLS 1.2) or the connection
         // right after it (TLS 1.3: the handshake is over for the proxy before the server has read its empty
         // Certificate) requires one: mutual TLS, which inspection cannot do (the agent's key is not the proxy's).
-        let requiresClientCertificate = (error as? OpenSSLError)?.certificateRequested == true && machine.completed == 0
-        if requiresClientCertificate { upstreamRequiresClientCertificate(error) }
+        if let tls = error as? OpenSSLError, Self.showsRequiredClientCertificate(tls, handshakeDone: upstreamHandshakeDone) {
+            upstreamRequiresClientCertificate(error)
+        }
         if !upstreamHandshakeDone {
             // Only a certificate that did not verify is "not trusted": an upstream that refused the handshake (an
             // ALPN offer it cannot answer, a name it does not serve) or closed during it is not a trust problem.
@@ -308,11 +309,24 @@ final class InterceptedConnection {
     static let upstreamRequiresClientCertificate = "upstream requires a client certificate"
     static let upstreamHandshakeFailed = "upstream handshake failed"
 
-    /// The upstream requires a client certificate: the connection reports why, and this agent's next connections to
-    /// the name pass through untouched for `KAIZEN_PINNED_PASSTHROUGH` (as after a client refused the minted
-    /// certificate), so an agent with its own certificate reaches the upstream with it.
+    /// Whether `error` is an upstream refusing the proxy's empty client certificate: it asked for one (a
+    /// CertificateRequest), and then ended the connection with certificate_required (TLS 1.3, which only a server that
+    /// requires one sends), or ended the handshake with handshake_failure or bad_certificate (TLS 1.2, where that is
+    /// how OpenSSL and most servers refuse a missing certificate). A server that only asks (optional client
+    /// authentication: kube-apiserver, nginx `ssl_verify_client optional`) and fails later for another reason is not
+    /// taken for one.
+    static func showsRequiredClientCertificate(_ error: OpenSSLError, handshakeDone: Bool) -> Bool {
+        guard error.certificateRequested, let alert = error.peerAlert else { return false }
+        return alert == 116 || (!handshakeDone && (alert == 40 || alert == 42))
+    }
+
+    /// The upstream requires a client certificate: the connection reports why (and so does each request it carried),
+    /// and this agent's next connections to the name pass through untouched for `KAIZEN_PINNED_PASSTHROUGH` (as after
+    /// a client refused the minted certificate), so an agent with its own certificate reaches the upstream with it.
     private func upstreamRequiresClientCertificate(_ error: any Error) {
+        guard failure?.inspection != Self.upstreamRequiresClientCertificate else { return }
         failure = (Self.upstreamRequiresClientCertificate, Self.describeUpstreamFailure(error))
+        reporting.metrics?.upstreamHandshakeFailed()
         inspection.policy.notePinned(
             agent: reporting.agent, leaf.description, now: Inspection.now(), reason: .upstreamRequiresClientCertificate)
         reporting.hints.give(
@@ -778,7 +792,7 @@ final class InterceptedConnection {
     /// the request was cut after it. False (nothing done) when no response has ended.
     func clientStoppedAfterTheResponse() -> Bool {
         // A response framed by its length or chunks: one that ended with the upstream's connection is cut as well.
-        guard let exchange = machine.current, exchange.responseEnded, !exchange.closeDelimited, !exchange.requestEnded
+        guard !closing, let exchange = machine.current, exchange.responseEnded, !exchange.closeDelimited, !exchange.requestEnded
         else { return false }
         requestCutAfterResponse = true
         noteClose(by: .client, reason: "eof")
@@ -1033,6 +1047,11 @@ final class InterceptedConnection {
         request.policy = requestPolicy.policy
         request.wouldBlock = requestPolicy.wouldBlock
         request.upgrade = exchange.upgraded ? exchange.upgrade.map(Reporting.printable) : nil
+        if let failure, failure.inspection == Self.upstreamRequiresClientCertificate {
+            // A request already sent when the upstream refused the proxy's empty certificate (TLS 1.3 refuses after the
+            // handshake): it says why it got no answer.
+            request.inspection = failure.inspection
+        }
         if let other = exchange.requestHosts.first(where: { $0 != lowercasedHost && !Self.namesSameHost($0, lowercasedHost) }) {
             request.requestHost = Reporting.printable(other)
         }
