@@ -88,6 +88,25 @@ struct UpstreamCertificates {
 @Suite struct UpstreamVerificationTests {
     static let server = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
 
+    /// An HTTPS origin (origin.py with `arguments` besides its certificate) and an inspecting proxy that trusts the
+    /// test PKI for upstreams: the origin, its port, the proxy, its port and the inspection CA's directory.
+    static func inspectedOrigin(_ pki: TestPKI, _ arguments: [String]) throws
+        -> (origin: ChildProcess, port: Int, proxy: ChildProcess, proxyPort: Int, caDirectory: String)
+    {
+        let origin = try ChildProcess(
+            Paths.which("python3"),
+            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate, "--key", pki.serverKey]
+                + arguments)
+        let line = try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        guard let port = Int(line.dropFirst(5)) else { throw TestFailure("origin printed \(line)") }
+        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
+        let (proxy, proxyPort) = try InspectionTests.startProxy([
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ])
+        return (origin, port, proxy, proxyPort, caDirectory)
+    }
+
     @Test func eachBadUpstreamFailsWithItsReasonAndGoodOnesPass() throws {
         let certificates = try UpstreamCertificates()
         let localhost = "subjectAltName=DNS:localhost\n" + Self.server
@@ -158,17 +177,7 @@ struct UpstreamCertificates {
     /// handshake failed and why; the verification failures metric does not move, the handshake failures one does.
     @Test func anUpstreamRefusingTheNameIsRelayedAndNotCalledUntrusted() throws {
         let pki = try TestPKI.mint()
-        let origin = try ChildProcess(
-            Paths.which("python3"),
-            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate, "--key", pki.serverKey,
-             "--only-name", "localhost"])
-        let line = try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
-        let port = try #require(Int(line.dropFirst(5)))
-        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
-        let (proxy, proxyPort) = try InspectionTests.startProxy([
-            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
-            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
-        ])
+        let (origin, port, proxy, proxyPort, caDirectory) = try Self.inspectedOrigin(pki, ["--only-name", "localhost"])
         func curl(_ host: String) throws -> CommandResult {
             try runCommand(
                 Paths.which("curl"),
@@ -207,17 +216,7 @@ struct UpstreamCertificates {
             let made = try runCommand(openssl, arguments, timeout: 30)
             #expect(made.status == 0, "\(made.stderr)")
         }
-        let origin = try ChildProcess(
-            Paths.which("python3"),
-            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate, "--key", pki.serverKey,
-             "--client-ca", pki.caCertificate] + (tls12 ? ["--tls12"] : []))
-        let line = try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
-        let port = try #require(Int(line.dropFirst(5)))
-        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
-        let (proxy, proxyPort) = try InspectionTests.startProxy([
-            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
-            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
-        ])
+        let (origin, port, proxy, proxyPort, caDirectory) = try Self.inspectedOrigin(pki, ["--client-ca", pki.caCertificate] + (tls12 ? ["--tls12"] : []))
         // The client trusts both CAs: the minted leaf (the first time) and the origin's own certificate (passed through).
         let trust = pki.directory + "/both.pem"
         try (String(contentsOfFile: caDirectory + "/ca.pem", encoding: .utf8) + String(contentsOfFile: pki.caCertificate, encoding: .utf8))
@@ -246,17 +245,7 @@ struct UpstreamCertificates {
     /// inspected as any: no failure, no pass-through learnt.
     @Test func anUpstreamAskingForAnOptionalClientCertificateIsInspected() throws {
         let pki = try TestPKI.mint()
-        let origin = try ChildProcess(
-            Paths.which("python3"),
-            [Paths.originScript, "--mode", "https", "--host", "127.0.0.1", "--cert", pki.serverCertificate, "--key", pki.serverKey,
-             "--client-ca", pki.caCertificate, "--client-cert-optional"])
-        let line = try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
-        let port = try #require(Int(line.dropFirst(5)))
-        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
-        let (proxy, proxyPort) = try InspectionTests.startProxy([
-            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
-            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
-        ])
+        let (origin, port, proxy, proxyPort, caDirectory) = try Self.inspectedOrigin(pki, ["--client-ca", pki.caCertificate, "--client-cert-optional"])
         for _ in 0..<2 {
             let result = try runCommand(
                 Paths.which("curl"),
