@@ -267,7 +267,12 @@ final class InterceptedConnection {
 
     func upstreamFailed(_ error: any Error) {
         if let closedBecause = redialing {
-            if (error as? OpenSSLError)?.verifyResult != nil { reporting.metrics?.upstreamVerificationFailed() }
+            // The new connection's handshake failed: counted as the first connection's would be.
+            if (error as? OpenSSLError)?.verifyResult != nil {
+                reporting.metrics?.upstreamVerificationFailed()
+            } else {
+                reporting.metrics?.upstreamHandshakeFailed()
+            }
             redialFailed(closedBecause, Self.describeUpstreamFailure(error))
             return
         }
