@@ -258,4 +258,32 @@ struct UpstreamCertificates {
         #expect(actions.allSatisfy { $0.contains(#""intercepted":true"#) && !$0.contains("\"inspection\"") }, "\(actions)")
         withExtendedLifetime(origin) {}
     }
+    /// Under TLS 1.3 an upstream refuses a missing client certificate only after the proxy's side of the handshake is
+    /// over, so the client's first request may already be on its way: it is answered 502, and its action says the
+    /// upstream requires a client certificate.
+    @Test func aRequestSentBeforeTheUpstreamRefusedTheMissingCertificateSaysWhy() throws {
+        let pki = try TestPKI.mint()
+        let origin = try ChildProcess(
+            Paths.which("python3"),
+            [Paths.originScript, "--mode", "mutual-tls-slow", "--host", "127.0.0.1", "--cert", pki.serverCertificate,
+             "--key", pki.serverKey, "--client-ca", pki.caCertificate, "--slow-finish", "1"])
+        let line = try origin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
+        let port = try #require(Int(line.dropFirst(5)))
+        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
+        let (proxy, proxyPort) = try InspectionTests.startProxy([
+            "KAIZEN_CA_CERT": caDirectory + "/ca.pem", "KAIZEN_CA_KEY": caDirectory + "/ca.key",
+            "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate,
+        ])
+        let result = try runCommand(
+            Paths.which("curl"),
+            ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "--cacert", caDirectory + "/ca.pem",
+             "-w", "\n%{http_code}", "https://localhost:\(port)/hello"],
+            timeout: 30)
+        #expect(result.stdout.hasSuffix("\n502"), "\(result)")
+        let action = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        #expect(action.contains(#""inspection":"upstream requires a client certificate""#) && action.contains(#""status":502"#), "\(action)")
+        let metrics = try AdminTests().get(try proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, "kaizen_egress_upstream_handshake_failures_total") == 1, "\(metrics)")
+        withExtendedLifetime(origin) {}
+    }
 }

@@ -354,6 +354,47 @@ def serve_stream(sock, mode):
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
+def serve_slow_mutual_tls(sock, args):
+    """TLS 1.3 requiring a client certificate, and slow to read the client's second flight: it sends its own flight at
+    once, then waits `--slow-finish` seconds before it reads the client's Certificate and Finished (and refuses a
+    missing certificate with certificate_required). A client (the proxy) that finishes its handshake on sending its
+    Finished has sent a request by then."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.cert, args.key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(args.client_ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+
+    def handle(conn):
+        with conn:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = context.wrap_bio(incoming, outgoing, server_side=True)
+            flights = 0
+            while True:
+                try:
+                    tls.do_handshake()
+                    return  # a client with a certificate: not what this origin is for
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError:
+                    conn.sendall(outgoing.read())  # the alert
+                    return
+                pending = outgoing.read()
+                if pending:
+                    conn.sendall(pending)
+                    flights += 1
+                    if flights == 1:
+                        time.sleep(args.slow_finish)
+                data = conn.recv(65536)
+                if not data:
+                    return
+                incoming.write(data)
+
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", required=True)
@@ -367,6 +408,7 @@ def main():
     parser.add_argument("--client-ca", help="require a client certificate issued by this CA (mutual TLS)")
     parser.add_argument("--client-cert-optional", action="store_true", help="with --client-ca: ask, not require")
     parser.add_argument("--tls12", action="store_true", help="TLS 1.2 at most")
+    parser.add_argument("--slow-finish", type=float, help="mode mutual-tls-slow: seconds before the client's Finished is read")
     args = parser.parse_args()
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
 
@@ -396,7 +438,10 @@ def main():
         sock.bind((args.host, 0))
         sock.listen(64)
         print(f"PORT {sock.getsockname()[1]}", flush=True)
-        serve_stream(sock, args.mode)
+        if args.mode == "mutual-tls-slow":
+            serve_slow_mutual_tls(sock, args)
+        else:
+            serve_stream(sock, args.mode)
 
 
 if __name__ == "__main__":
