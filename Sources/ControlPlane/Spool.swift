@@ -220,6 +220,15 @@ public final class Spool {
                 readOffset = 0
             }
         }
+        // Everything delivered: the segment being written is emptied too, so a restart sends nothing a second time
+        // and the backlog (records and bytes) reads zero.
+        if segments.count == 1, segments[0].sequence == readSegment, segments[0].bytes > 0, readOffset >= segments[0].bytes,
+            writeFD >= 0, ftruncate(writeFD, 0) == 0
+        {
+            segments[0].bytes = 0
+            segments[0].records = 0
+            readOffset = 0
+        }
     }
 
     // MARK: internals

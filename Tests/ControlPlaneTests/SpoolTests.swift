@@ -86,6 +86,26 @@ import Testing
         #expect(spool.peek(limit: 100).map(\.1) == [record(50)])
     }
 
+    /// Once everything is delivered the spool is empty: its backlog reads zero, and a restart sends nothing again.
+    @Test func aDeliveredSpoolIsEmptyAndARestartSendsNothingAgain() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<7 { try spool.append(record(index)) }
+            let all = spool.peek(limit: 100)
+            #expect(all.count == 7 && spool.pendingRecords == 7)
+            spool.acknowledge(through: all.last!.0)
+            #expect(spool.pendingRecords == 0 && spool.totalBytes == 0)
+            // Appending after the drain goes on as before.
+            try spool.append(record(7))
+            #expect(spool.peek(limit: 100).map(\.1) == [record(7)] && spool.pendingRecords == 1)
+            spool.acknowledge(through: spool.peek(limit: 100).last!.0)
+            spool.sync()
+        }
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.peek(limit: 100).isEmpty && reopened.pendingRecords == 0)
+    }
+
     @Test func theCapDropsTheOldestAndCountsTheLoss() throws {
         let path = directory()
         let spool = try Spool(directory: path, maxBytes: 2000, segmentBytes: 480)
