@@ -255,6 +255,7 @@ let package = Package(
                 "Audit",
                 "ControlPlane",
                 "OpenSSLTLS",
+                "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],

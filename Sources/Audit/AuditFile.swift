@@ -22,6 +22,8 @@ public struct AuditPaths: Sendable, Hashable {
     }
 
     public var head: String { current + ".head" }
+    /// Locked (flock) by the one process writing the log, for as long as it does.
+    public var lock: String { current + ".lock" }
 
     public func rotated(firstSequence: UInt64) -> String {
         var digits = String(firstSequence)
@@ -108,6 +110,8 @@ public enum AuditFileError: Error, CustomStringConvertible, Equatable {
     case notChained(String)
     case lineTooLong
     case file(String)
+    /// Another process holds the log's lock: it is writing the same chain.
+    case inUse(String)
 
     public var description: String {
         switch self {
@@ -116,6 +120,7 @@ public enum AuditFileError: Error, CustomStringConvertible, Equatable {
             "\(path) is not a hash-chained audit log (written by an older version, or by something else)"
         case .lineTooLong: "its last line is longer than 64 MiB"
         case .file(let reason): reason
+        case .inUse(let path): "\(path) is being written by another process"
         }
     }
 }
@@ -126,6 +131,8 @@ public struct AuditFileWriter: ~Copyable {
     public let paths: AuditPaths
     public let maxBytes: Int64
     private var fd: Int32
+    /// The lock file's descriptor, holding its flock: two processes appending to one chain would break it.
+    private let lockFD: Int32
     private var size: Int64
     private var firstSequenceInFile: UInt64?
     public private(set) var chain: AuditChain
@@ -140,8 +147,19 @@ public struct AuditFileWriter: ~Copyable {
     public init(paths: AuditPaths, maxBytes: Int64) throws(AuditFileError) {
         self.paths = paths
         self.maxBytes = maxBytes
+        let lockFD = open(paths.lock, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lockFD >= 0 else { throw .system("open \(paths.lock)", errno) }
+        guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+            let code = errno
+            close(lockFD)
+            throw code == EWOULDBLOCK ? .inUse(paths.current) : .system("flock \(paths.lock)", code)
+        }
         let fd = open(paths.current, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .system("open", errno) }
+        guard fd >= 0 else {
+            let code = errno
+            close(lockFD)
+            throw .system("open", code)
+        }
         do {
             var tail = try FileTail.read(fd: fd)
             var truncated: (Int, [UInt8])? = nil
@@ -172,6 +190,7 @@ public struct AuditFileWriter: ~Copyable {
                 chain = AuditChain(lastSequence: prefix.sequence, lastLineHash: OpenSSLDigest.sha256(line))
             }
             self.fd = fd
+            self.lockFD = lockFD
             self.size = tail.size
             self.firstSequenceInFile = first
             self.chain = chain
@@ -179,15 +198,18 @@ public struct AuditFileWriter: ~Copyable {
             self.syncedSequence = chain.nextSequence - 1
         } catch let error as AuditFileError {
             close(fd)
+            close(lockFD)
             throw error
         } catch {
             close(fd)
+            close(lockFD)
             throw .system("open", EIO)
         }
     }
 
     deinit {
         close(fd)
+        close(lockFD)  // and with it the lock
     }
 
     /// Appends `records` (JSON objects without newlines) as chained lines; rotates first when the current file

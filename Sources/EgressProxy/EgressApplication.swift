@@ -228,6 +228,11 @@ public struct EgressApplication: Sendable {
                 ),
                 logger: logger
             )
+        } catch .inUse(let file) {
+            throw ConfigurationError(
+                variable: ConfigurationKey.auditLog.variable,
+                "KAIZEN_AUDIT_LOG: \(file) is being written by another kaizen-egress process (it holds \(file).lock): give each proxy its own audit log, or stop the other one"
+            )
         } catch .notChained(let file) {
             throw ConfigurationError(
                 variable: ConfigurationKey.auditLog.variable,

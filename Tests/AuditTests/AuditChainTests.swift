@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import OpenSSLTLS
 import PropertyBased
+import TestSupport
 import Testing
 
 /// The audit log's chain as a reviewer relies on it: an untouched log verifies, and every kind of tampering the
@@ -213,6 +214,24 @@ import Testing
         let lines = try String(contentsOfFile: paths.current, encoding: .utf8).split(separator: "\n")
         #expect(lines.count == 6)
         #expect(lines[5].contains("\"truncated_incomplete_line\":{\"bytes\":\(fragment.count),\"sha256\":\"\(hexString(OpenSSLDigest.sha256(Array(fragment))))\""))
+    }
+
+    /// Two processes appending to one log would break its chain (each numbering its own lines): the writer holds a
+    /// lock for as long as it writes, and a second writer is refused until the first has gone.
+    @Test func oneWriterAtATime() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = AuditPaths(current: directory + "/audit.jsonl")
+        do {
+            let first = try AuditFileWriter(paths: paths, maxBytes: 0)
+            #expect(throws: AuditFileError.inUse(paths.current)) { _ = try AuditFileWriter(paths: paths, maxBytes: 0) }
+            _ = consume first
+        }
+        var again = try AuditFileWriter(paths: paths, maxBytes: 0)
+        try again.append([Array(#"{"schema_version":"1"}"#.utf8)])
+        // Another process is refused too (flock is per open file, so this checks what a second proxy would meet).
+        let probe = try runCommand("/usr/bin/flock", ["-n", paths.lock, "true"])
+        #expect(probe.status != 0)
     }
 
     @Test func aFailedWriteLeavesNoHalfLineAndTheChainGoesOn() throws {
