@@ -27,7 +27,7 @@ struct Reporting: Sendable {
     func action(target: String, metadata: consuming ConnectMetadata, verdict: ConnectAction.Verdict = .observed) {
         var verdict = verdict
         if verdict == .observed, let policy, policy.enforcing {
-            verdict = metadata.policy.map(Self.blocked) ?? Self.allowedByPolicy
+            verdict = metadata.policy.map(Self.blocked) ?? (policy.hasPolicy(for: agent) ? Self.allowedByPolicy : Self.allowedWithoutPolicy)
         }
         if let baseline, metadata.outcome == .connected, metadata.connectionID.map({ $0 == metadata.eventID }) ?? true,
             baseline.observe(agent: agent, destination: target, now: WallClock.nowMillis())
@@ -80,6 +80,14 @@ struct Reporting: Sendable {
 
     /// Enforce mode: no policy blocks the destination.
     static let allowedByPolicy = ConnectAction.Verdict(decision: "allow", reason: "allowed by policy")
+    /// Enforce mode with no policy loaded for the agent yet, failing open: nothing judged it.
+    static let allowedWithoutPolicy = ConnectAction.Verdict(decision: "allow", reason: "no policy loaded (KAIZEN_POLICY_FAIL=open)")
+
+    /// What a refused destination's error says: the policy that blocks it, or that none was loaded (failing closed).
+    static func blockedByPolicy(_ policy: String) -> String {
+        policy == PolicyCheck.noPolicyReason
+            ? "destination blocked: \(policy)" : "destination blocked by policy \(printable(policy))"
+    }
 
     /// The verdict for a connection the proxy refused by its own rules (the destination guard, the port list).
     static func blocked(_ reason: String) -> ConnectAction.Verdict {

@@ -242,7 +242,7 @@ import Testing
         let (first, firstPort) = try startProxy(setup, settings)
         _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 503" }
         let refused = try curl(firstPort, ["http://127.0.0.1:\(setup.plainPort)/hello"])
-        #expect(refused.contains("403") && refused.contains("no policy loaded"), "\(refused)")
+        #expect(refused.contains("403") && refused.contains("destination blocked: no policy loaded"), "\(refused)")
         #expect(first.stderrEventually("none was ever loaded: KAIZEN_POLICY_FAIL decides"), "\(first.stderr)")
 
         // It comes back: the policy applies.

@@ -19,6 +19,9 @@ final class PolicyCheck: Sendable {
         self.failClosed = failClosed
     }
 
+    /// Whether a policy (even an empty one) was loaded for `agent`.
+    func hasPolicy(for agent: String) -> Bool { store.policies(for: agent) != nil }
+
     /// The name of the policy that blocks the destination, nil when none does. See `PolicySet.decide` for
     /// `complete`.
     func blockingPolicy(agent: String, host: String?, address: String?, complete: Bool) -> String? {

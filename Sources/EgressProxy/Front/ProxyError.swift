@@ -24,7 +24,7 @@ struct ProxyError: Error, Hashable, Sendable {
     /// 403 for a destination a control-plane policy blocks (enforce mode).
     static func blockedByPolicy(_ policy: String) -> ProxyError {
         ProxyError(
-            status: .forbidden, reason: "destination blocked by policy \(Reporting.printable(policy))",
+            status: .forbidden, reason: Reporting.blockedByPolicy(policy),
             proxyStatusError: "http_request_denied", logged: true, blocked: true, policy: policy)
     }
 

@@ -271,7 +271,7 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func refuse(byPolicy policy: String, sni: String, context: ChannelHandlerContext) {
         endRefused(context: context) { metadata in
             metadata.sni = sni
-            metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
+            metadata.error = Reporting.blockedByPolicy(policy)
         }
     }
 

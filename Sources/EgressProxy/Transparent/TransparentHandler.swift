@@ -87,7 +87,7 @@ final class TransparentHandler: ChannelDuplexHandler, RemovableChannelHandler {
         metadata.originalDst = destination.description
         if let policy = reporting.judge(&metadata, host: nil, address: ip, complete: false) {
             metadata.outcome = .failed
-            metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
+            metadata.error = Reporting.blockedByPolicy(policy)
             reporting.action(target: destination.description, metadata: metadata)
             reporting.logConnection(metadata, target: destination.description, mode: "none", close: nil)
             context.close(promise: nil)

@@ -150,7 +150,7 @@ final class TunnelSession {
     /// the client sent was held, so none of it reached the destination.
     private func refuse(byPolicy policy: String) {
         noteClose(by: .proxy, reason: "blocked_by_policy")
-        metadata.error = "destination blocked by policy \(Reporting.printable(policy))"
+        metadata.error = Reporting.blockedByPolicy(policy)
         sendActionOnce()
         closeBoth?("blocked_by_policy")
     }
