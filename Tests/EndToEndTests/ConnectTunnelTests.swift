@@ -90,6 +90,27 @@ import Testing
         await proxy.stop()
     }
 
+    /// A client that sends its CONNECT and its FIN at once, without waiting for the 200: the tunnel, once set up, ends
+    /// its upstream side too and closes, instead of waiting forever for bytes that will never come.
+    @Test func aCONNECTFollowedAtOnceByAHalfCloseEndsTheTunnel() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "echo")
+        defer { withExtendedLifetime(origin) {} }
+        let (proxy, proxyPort) = try InspectionTests.startProxy([:])
+        let socket = try RawSocket(host: "127.0.0.1", port: proxyPort, timeout: 10)
+        try socket.send("CONNECT 127.0.0.1:\(originPort) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        socket.shutdownWrite()
+        let (bytes, ending) = socket.receiveUntilEnd()
+        #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 200 "), "\(bytes)")
+        #expect(ending == "clean end", "\(ending)")
+        let close = try proxy.waitForLines(count: 1, timeout: 20) { $0.contains("\"close\"") }
+        #expect(close[0].contains(#""closed_by":"client""#), "\(close[0])")
+        // Ended by the client's FIN, not by the ClientHello peek giving up on bytes after 10 s.
+        let record = try JSONSerialization.jsonObject(with: Data(close[0].utf8)) as? [String: Any]
+        let duration = (record?["close"] as? [String: Any])?["duration_ms"] as? Int
+        #expect(duration.map { $0 < 8000 } == true, "\(close[0])")
+        #expect(!proxy.stdoutLines.contains { $0.contains("none within") }, "\(proxy.stdoutLines)")
+    }
+
     @Test func refusedUpstreamIs502WithAReasonAndIsReported() async throws {
         let closedPort = try FreePort.refusing()
         let (proxy, sink) = try await ProxyHarness.start()

@@ -28,6 +28,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var exchange: ExchangeRecord?
     /// A read the pipeline asked for while the upstream could not take more.
     private var pendingRead = false
+    /// The client's input ended while the tunnel was being dialled.
+    private var clientEndedBeforeTunnel = false
     /// For the idle timeout of plain-HTTP connections (a tunnel has its own, in `TunnelSession`).
     private var lastActivity = NIODeadline.now()
     private var idleTimer: Scheduled<Void>?
@@ -270,6 +272,12 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The client sends nothing more: the exchange in flight is its last. With none, the connection closes once
     /// the last response has gone out (closing with it still queued would drop it).
     private func clientHalfClosed(context: ChannelHandlerContext) {
+        if case .dialingTunnel = machine.state {
+            // A client that sent its CONNECT (and perhaps its first bytes) and then its FIN without waiting for the
+            // 200: the tunnel, once set up, is told of the end after those bytes (it would never hear of it).
+            clientEndedBeforeTunnel = true
+            return
+        }
         machine.clientWantsClose()
         guard case .idle = machine.state else { return }
         if let lastResponseEnd {
@@ -566,13 +574,19 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // that did not wait for the 200) flow into the peek and on to the upstream.
             Self.removeHTTPServerHandlers(from: pipeline)
             pipeline.removeHandler(context: context, promise: nil)
+            let endedEarly = clientEndedBeforeTunnel
             if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
                 // The decoder hands its leftovers on as a read with no read-complete after it, and the relay
                 // flushes on read-complete: send one, so early bytes go out at once.
                 let channel = context.channel
                 let removed = channel.eventLoop.makePromise(of: Void.self)
-                removed.futureResult.whenSuccess { channel.pipeline.fireChannelReadComplete() }
+                removed.futureResult.whenSuccess {
+                    channel.pipeline.fireChannelReadComplete()
+                    if endedEarly { channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+                }
                 pipeline.removeHandler(decoder, promise: removed)
+            } else if endedEarly {
+                context.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
             }
             session.start()
             logger.debug("tunnel established", metadata: ["target": "\(destination)"])
@@ -600,8 +614,17 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             )
             Self.removeHTTPServerHandlers(from: pipeline)
             pipeline.removeHandler(context: context, promise: nil)
+            let endedEarly = clientEndedBeforeTunnel
             if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
-                pipeline.removeHandler(decoder, promise: nil)
+                let channel = context.channel
+                let removed = channel.eventLoop.makePromise(of: Void.self)
+                // A client whose input ended while the tunnel was dialled: the start handler hears of it after its bytes.
+                removed.futureResult.whenSuccess {
+                    if endedEarly { channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+                }
+                pipeline.removeHandler(decoder, promise: removed)
+            } else if endedEarly {
+                context.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
             }
             logger.debug("tunnel waiting for its ClientHello (inspection)", metadata: ["target": "\(tunnel.destination)"])
             if pendingRead {
