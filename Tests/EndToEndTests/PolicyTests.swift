@@ -158,6 +158,8 @@ import Testing
         #expect(try raw("-", #"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"#).hasPrefix("HTTP/1.1 200"))
         let sniAction = try waitForAction(proxy) { Self.metadata($0)["sni"] as? String == "blocked.test" }
         #expect(Self.verdict(sniAction) == ("block", "no-localhost"), "\(sniAction)")
+        // Refused before anything reached the destination: not a connection that was made.
+        #expect(Self.metadata(sniAction)["outcome"] as? String == "failed", "\(sniAction)")
 
         // Nothing changed: the refreshes are answered 304.
         _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 304" }

@@ -271,6 +271,7 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func refuse(byPolicy policy: String, sni: String, context: ChannelHandlerContext) {
         endRefused(context: context) { metadata in
             metadata.sni = sni
+            metadata.outcome = .failed  // refused before anything reached the destination
             metadata.error = Reporting.blockedByPolicy(policy)
         }
     }

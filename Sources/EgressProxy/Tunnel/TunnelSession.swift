@@ -150,6 +150,8 @@ final class TunnelSession {
     /// the client sent was held, so none of it reached the destination.
     private func refuse(byPolicy policy: String) {
         noteClose(by: .proxy, reason: "blocked_by_policy")
+        // The destination was dialled but never reached: nothing the client sent went to it.
+        metadata.outcome = .failed
         metadata.error = Reporting.blockedByPolicy(policy)
         sendActionOnce()
         closeBoth?("blocked_by_policy")
