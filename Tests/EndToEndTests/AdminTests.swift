@@ -37,6 +37,15 @@ import Testing
         let ready = try get(admin, "/readyz")
         #expect(ready.status == 200 && ready.body == "ready", "\(ready)")
         #expect(try get(admin, "/nothing").status == 404)
+        // A health check that sends its request and then its FIN (`nc -N`, socat) is answered before the close.
+        do {
+            let socket = try RawSocket(host: "127.0.0.1", port: admin, timeout: 10)
+            try socket.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            socket.shutdownWrite()
+            let (bytes, ending) = socket.receiveUntilEnd()
+            let answer = String(decoding: bytes, as: UTF8.self)
+            #expect(answer.hasPrefix("HTTP/1.1 200") && answer.hasSuffix("\r\n\r\nok\n") && ending == "clean end", "\(answer) \(ending)")
+        }
         #expect(try get(admin, "/metrics", method: "POST").status == 405)
 
         let curl = Paths.which("curl")

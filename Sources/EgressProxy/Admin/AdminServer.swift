@@ -53,7 +53,8 @@ public final class AdminServer: Service, Sendable {
         let bound = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: false)
+            // A request followed by the client's FIN (`nc -N`, `socat` health checks) is still answered, then closed.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { [open] channel in
                 // Bounded like the proxy's own listener, since it may face the pod network: a few connections,
                 // small heads, and none kept open by a slow or idle client.
