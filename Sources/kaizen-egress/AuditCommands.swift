@@ -53,7 +53,8 @@ struct ReportCommand: ParsableCommand {
         abstract: "Summarise audit log files for a review: destinations per agent, new ones, failures, volume per day.",
         discussion: """
             The chain is verified first and its status heads the report. --format html writes one self-contained \
-            page (no scripts, no external assets) that can be opened offline.
+            page (no scripts, no external assets) that can be opened offline. The report is written either way; \
+            the exit status is 1 when the chain is broken, so a script cannot take a damaged log for a sound one.
             """
     )
 
@@ -93,6 +94,9 @@ struct ReportCommand: ParsableCommand {
             report = try AuditReportBuilder(since: sinceText, agent: agentName)
                 .build(files: files, now: WallClock.rfc3339(unixMillis: now), allowContinuation: continues)
         } catch {
+            // Foundation's "The file doesn't exist." names no file: name the ones asked for.
+            let missing = files.filter { !FileManager.default.fileExists(atPath: $0) }
+            if !missing.isEmpty { fail("report: no such file: \(missing.joined(separator: ", "))") }
             fail("report: \(error.localizedDescription)")
         }
         let text = try format.render(report)
@@ -105,6 +109,7 @@ struct ReportCommand: ParsableCommand {
         } else {
             FileHandle.standardOutput.write(Data(text.utf8))
         }
+        if !report.chain.intact { throw ExitCode(1) }
     }
 
     /// Unix milliseconds for `7d`, `24h`, `30m`, `90s`, `2026-11-01` or an RFC 3339 instant.

@@ -152,7 +152,9 @@ import Testing
         #expect(broken.status == 1)
         #expect(broken.stdout.hasPrefix("BROKEN \(audit):4: seq 4 was changed"), "\(broken.stdout)")
         let brokenReport = try runCommand(Paths.proxyBinary, ["report", audit])
-        #expect(brokenReport.stdout.contains("Chain: BROKEN"))
+        #expect(brokenReport.stdout.contains("Chain: BROKEN") && brokenReport.status == 1, "\(brokenReport.status)")
+        let missing = try runCommand(Paths.proxyBinary, ["report", audit + ".nowhere"])
+        #expect(missing.status != 0 && missing.stderr.contains(audit + ".nowhere"), "\(missing)")
     }
 
     @Test func inspectedRequestsAndInterceptionFailuresAreReported() throws {
