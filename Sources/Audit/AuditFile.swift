@@ -149,8 +149,17 @@ public struct AuditFileWriter: ~Copyable {
         self.maxBytes = maxBytes
         let lockFD = open(paths.lock, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard lockFD >= 0 else { throw .system("open \(paths.lock)", errno) }
-        guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
-            let code = errno
+        // A process that forks (to run another program) holds a copy of a descriptor until its child execs, lock
+        // and all: a lock just released may stay held for a moment. Another proxy holds it for good: refused after
+        // a second of asking.
+        var locked = flock(lockFD, LOCK_EX | LOCK_NB) == 0
+        var code = locked ? 0 : errno
+        for _ in 0..<100 where !locked && code == EWOULDBLOCK {
+            usleep(10_000)
+            locked = flock(lockFD, LOCK_EX | LOCK_NB) == 0
+            code = locked ? 0 : errno
+        }
+        guard locked else {
             close(lockFD)
             throw code == EWOULDBLOCK ? .inUse(paths.current) : .system("flock \(paths.lock)", code)
         }
