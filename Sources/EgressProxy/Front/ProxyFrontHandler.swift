@@ -574,20 +574,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // that did not wait for the 200) flow into the peek and on to the upstream.
             Self.removeHTTPServerHandlers(from: pipeline)
             pipeline.removeHandler(context: context, promise: nil)
-            let endedEarly = clientEndedBeforeTunnel
-            if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
-                // The decoder hands its leftovers on as a read with no read-complete after it, and the relay
-                // flushes on read-complete: send one, so early bytes go out at once.
-                let channel = context.channel
-                let removed = channel.eventLoop.makePromise(of: Void.self)
-                removed.futureResult.whenSuccess {
-                    channel.pipeline.fireChannelReadComplete()
-                    if endedEarly { channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
-                }
-                pipeline.removeHandler(decoder, promise: removed)
-            } else if endedEarly {
-                context.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-            }
+            // The relay flushes on read-complete: one after the leftovers, so early bytes go out at once.
+            removeRequestDecoder(from: pipeline, context: context, thenReadComplete: true)
             session.start()
             logger.debug("tunnel established", metadata: ["target": "\(destination)"])
             if pendingRead {
@@ -614,18 +602,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             )
             Self.removeHTTPServerHandlers(from: pipeline)
             pipeline.removeHandler(context: context, promise: nil)
-            let endedEarly = clientEndedBeforeTunnel
-            if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
-                let channel = context.channel
-                let removed = channel.eventLoop.makePromise(of: Void.self)
-                // A client whose input ended while the tunnel was dialled: the start handler hears of it after its bytes.
-                removed.futureResult.whenSuccess {
-                    if endedEarly { channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
-                }
-                pipeline.removeHandler(decoder, promise: removed)
-            } else if endedEarly {
-                context.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-            }
+            removeRequestDecoder(from: pipeline, context: context, thenReadComplete: false)
             logger.debug("tunnel waiting for its ClientHello (inspection)", metadata: ["target": "\(tunnel.destination)"])
             if pendingRead {
                 pendingRead = false
@@ -636,6 +613,26 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             tunnel.discard()
             context.close(promise: nil)
         }
+    }
+
+    /// Removes the request decoder last, once a tunnel's handlers are in place: the bytes it still holds (a client
+    /// that did not wait for the 200) flow on as a read, with a read-complete after them when asked; then, for a
+    /// client whose input ended while the tunnel was dialled, the end of input (the tunnel would never hear of it).
+    private func removeRequestDecoder(
+        from pipeline: ChannelPipeline.SynchronousOperations, context: ChannelHandlerContext, thenReadComplete: Bool
+    ) {
+        let endedEarly = clientEndedBeforeTunnel
+        let channel = context.channel
+        guard let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) else {
+            if endedEarly { channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+            return
+        }
+        let removed = channel.eventLoop.makePromise(of: Void.self)
+        removed.futureResult.whenSuccess {
+            if thenReadComplete { channel.pipeline.fireChannelReadComplete() }
+            if endedEarly { channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+        }
+        pipeline.removeHandler(decoder, promise: removed)
     }
 
     /// Every HTTP handler of the front pipeline (`ProxyServer.configureFront`), but the request decoder.
