@@ -1,4 +1,4 @@
-import NIOCore
+import AccessControl
 
 /// Parses the request targets a forward proxy accepts (RFC 9112 §3.2): the authority form of `CONNECT`
 /// (`host:port`, `[v6]:port`) and the absolute form of plain-HTTP requests (`http://host[:port]/path`).
@@ -102,10 +102,10 @@ public enum RequestTarget {
         }
 
         if bracketed {
-            guard host.contains(":"), let address = try? SocketAddress(ipAddress: String(host), port: port),
-                case .v6 = address
+            guard host.contains(":"), let address = IPAddress(String(host)), !address.isIPv4
             else { return .failure(Invalid("[\(host.prefix(64))] is not an IPv6 address")) }
-            return .success(Destination(host: String(host).lowercased(), port: port, isIPLiteral: true))
+            // Written the one way (RFC 5952: `[0:0:0:0:0:0:0:1]` is `[::1]`), so one destination is one target.
+            return .success(Destination(host: address.description, port: port, isIPLiteral: true))
         }
         if isIPv4Literal(host) {
             return .success(Destination(host: String(host), port: port, isIPLiteral: true))

@@ -345,6 +345,10 @@ import Testing
         #expect(!InterceptedConnection.namesSameHost("www.example.test..", "www.example.test"))
         #expect(!InterceptedConnection.namesSameHost("api.example.test.", "www.example.test"))
         #expect(!InterceptedConnection.namesSameHost(".", ""))
+        #expect(InterceptedConnection.namesSameHost("0:0:0:0:0:0:0:1", "::1"))
+        #expect(InterceptedConnection.namesSameHost("2001:DB8:0::1", "2001:db8::1"))
+        #expect(!InterceptedConnection.namesSameHost("::2", "::1"))
+        #expect(!InterceptedConnection.namesSameHost("::ffff:127.0.0.1", "127.0.0.1"))
     }
 
     @Test func namesToJudgeAreTheRequestsThenTheSNIEachOnce() {

@@ -1,3 +1,4 @@
+import AccessControl
 import ControlPlane
 import HTTP1Codec
 import Interception
@@ -944,7 +945,10 @@ final class InterceptedConnection {
     static func namesSameHost(_ requested: String, _ host: String) -> Bool {
         var name = requested.lowercased()
         if name.count > 1, name.hasSuffix(".") { name.removeLast() }
-        return name == host
+        if name == host { return true }
+        // One IPv6 address written two ways (`0:0:0:0:0:0:0:1`, `::1`).
+        guard name.contains(":"), let address = IPAddress(name) else { return false }
+        return address == IPAddress(host)
     }
 
     /// What an exchange the connection's end cut short reports.
