@@ -58,13 +58,41 @@ public struct ProxyCredentials: Sendable {
         return ProxyCredentials(tokens: tokens)
     }
 
+    /// What a `Proxy-Authorization` value proves.
+    public enum Check: Sendable, Hashable {
+        /// The agent, as the file spells it.
+        case agent(String)
+        /// Not `Basic` with base64 of `agent:token`.
+        case malformed
+        /// An agent the file lists, with another token. Its name may be logged: names are not secret.
+        case wrongToken(agent: String)
+        /// An agent the file does not list. Its name is not kept: it could be a token sent as the user name.
+        case unknownAgent
+
+        /// Why it proves no agent, for the log and the metric's `reason` label; nil when it does.
+        public var failure: String? {
+            switch self {
+            case .agent: nil
+            case .malformed: "malformed"
+            case .wrongToken: "wrong_token"
+            case .unknownAgent: "unknown_agent"
+            }
+        }
+    }
+
     /// The agent a `Proxy-Authorization` value proves, or nil. Only the Basic scheme is accepted.
     public func agent(forAuthorization value: String) -> String? {
+        if case .agent(let agent) = check(authorization: value) { return agent }
+        return nil
+    }
+
+    /// What a `Proxy-Authorization` value proves. Only the Basic scheme is accepted.
+    public func check(authorization value: String) -> Check {
         let parts = value.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
         guard parts.count == 2, parts[0].lowercased() == "basic",
             let decoded = Data(base64Encoded: String(parts[1]).trimmingCharacters(in: .whitespaces)),
             let colon = decoded.firstIndex(of: UInt8(ascii: ":"))
-        else { return nil }
+        else { return .malformed }
         let agent = String(decoding: decoded[..<colon], as: UTF8.self)
         let token = Array(decoded[decoded.index(after: colon)...])
         // Compare against a stored token even for an unknown agent, so timing does not tell which agents exist.
@@ -72,7 +100,8 @@ public struct ProxyCredentials: Sendable {
         let expected = index.map { tokens[$0].value } ?? Self.decoy
         let matches = Self.constantTimeEquals(token, expected)
         // The agent as the file spells it (String equality is Unicode-canonical: another byte spelling matches).
-        return matches ? index.map { tokens[$0].key } : nil
+        guard let index else { return .unknownAgent }
+        return matches ? .agent(tokens[index].key) : .wrongToken(agent: tokens[index].key)
     }
 
     private static let decoy = Array(repeating: UInt8(ascii: "x"), count: 32)

@@ -54,6 +54,9 @@ public struct MetricName: Sendable, Hashable {
     public static let interceptFailures = MetricName(
         name: "kaizen_egress_intercept_failures_total", type: "counter", labels: [],
         help: "Clients that refused the minted certificate (pinning, or the CA not trusted); the name then passes through.")
+    public static let proxyAuthFailures = MetricName(
+        name: "kaizen_egress_proxy_auth_failures_total", type: "counter", labels: ["reason"],
+        help: "Requests refused by proxy authentication (KAIZEN_PROXY_AUTH), by reason: missing (no Proxy-Authorization, as a client's first try), malformed (not Basic agent:token), unknown_agent, wrong_token, duplicate (two Proxy-Authorization headers).")
     public static let reporterQueue = MetricName(
         name: "kaizen_egress_reporter_queue_depth", type: "gauge", labels: [],
         help: "Actions waiting for the control plane: in memory plus in the spool.")
@@ -85,7 +88,7 @@ public struct MetricName: Sendable, Hashable {
     public static let all: [MetricName] = [
         .connections, .connectionsEnded, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
         .leafCache,
-        .upstreamVerificationFailures, .upstreamHandshakeFailures, .upstreamHandshakes, .upstreamReused, .idleUpstreams, .interceptFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
+        .upstreamVerificationFailures, .upstreamHandshakeFailures, .upstreamHandshakes, .upstreamReused, .idleUpstreams, .interceptFailures, .proxyAuthFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
         .dropped, .deliveryFailures, .controlPlaneReachable, .policyDecisions, .policyFetches,
     ]
 }

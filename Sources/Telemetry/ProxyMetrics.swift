@@ -14,6 +14,7 @@ public final class ProxyMetrics: Sendable {
     public static let policyFetchOutcomes = ["updated", "not_modified", "invalid", "refused", "unavailable"]
     public static let dropStages = ["queue", "spool"]
     public static let deliveryFailureReasons = ["unreachable", "unauthorized", "unavailable"]
+    public static let proxyAuthFailureReasons = ["missing", "malformed", "unknown_agent", "wrong_token", "duplicate"]
 
     private let connections: [String: Counter]
     private let ended: [String: Counter]
@@ -23,6 +24,7 @@ public final class ProxyMetrics: Sendable {
     private let fetches: [String: Counter]
     private let drops: [String: Counter]
     private let deliveryFailures: [String: Counter]
+    private let proxyAuthFailures: [String: Counter]
     private let bytesFromClient: Counter
     private let bytesToClient: Counter
     private let openConnections: Meter
@@ -69,6 +71,7 @@ public final class ProxyMetrics: Sendable {
         fetches = counters(.policyFetches, Self.policyFetchOutcomes)
         drops = counters(.dropped, Self.dropStages)
         deliveryFailures = counters(.deliveryFailures, Self.deliveryFailureReasons)
+        proxyAuthFailures = counters(.proxyAuthFailures, Self.proxyAuthFailureReasons)
         bytesFromClient = Counter(label: MetricName.bytes.name, dimensions: [("direction", "from_client")], factory: factory)
         bytesToClient = Counter(label: MetricName.bytes.name, dimensions: [("direction", "to_client")], factory: factory)
         openConnections = Meter(label: MetricName.openConnections.name, factory: factory)
@@ -111,6 +114,9 @@ public final class ProxyMetrics: Sendable {
     public func connectionEnded(mode: String, outcome: String) {
         ended[mode + "/" + outcome]?.increment()
     }
+
+    /// A request proxy authentication refused: `reason` one of `proxyAuthFailureReasons`.
+    public func proxyAuthFailed(reason: String) { proxyAuthFailures[reason]?.increment() }
 
     public func inspectedRequest(outcome: String) { inspectedRequests[outcome]?.increment() }
     public func peek(outcome: String) { peeks[outcome]?.increment() }

@@ -26,6 +26,20 @@ import Testing
         #expect(credentials.agent(forAuthorization: "Basic " + Data("no-colon".utf8).base64EncodedString()) == nil)
     }
 
+    /// Why a value proves no agent: a known agent is named (names are not secret), an unknown one never (it could
+    /// be a token sent as the user name).
+    @Test func saysWhyAValueProvesNoAgent() throws {
+        let credentials = try ProxyCredentials.load(path: try file("planner:planner-token-0123456789\n"))
+        #expect(credentials.check(authorization: basic("planner", "planner-token-0123456789")) == .agent("planner"))
+        #expect(credentials.check(authorization: basic("planner", "wrong-token-0123456789")) == .wrongToken(agent: "planner"))
+        #expect(credentials.check(authorization: basic("planner-token-0123456789", "")) == .unknownAgent)
+        #expect(credentials.check(authorization: "Bearer planner-token-0123456789") == .malformed)
+        #expect(credentials.check(authorization: "Basic") == .malformed)
+        #expect(ProxyCredentials.Check.wrongToken(agent: "planner").failure == "wrong_token")
+        #expect(ProxyCredentials.Check.unknownAgent.failure == "unknown_agent")
+        #expect(ProxyCredentials.Check.agent("planner").failure == nil)
+    }
+
     @Test func theAgentIsReportedAsTheFileSpellsIt() throws {
         // "é" precomposed in the file, decomposed by the client: String equality matches, the report must not
         // carry the client's bytes.

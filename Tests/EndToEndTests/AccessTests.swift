@@ -177,6 +177,29 @@ import Testing
                                           "-x", "127.0.0.1:\(proxy.port)", "-U", "planner:another-token-0123456789", url])
         #expect(wrong.stdout == "407")
         #expect(try connectStatus(proxy, "127.0.0.1:\(originPort)") == "407")
+        // A token sent as the user name (an unknown agent) and a scheme other than Basic: 407, and never logged.
+        let asUser = "tok_CANARY_sent_as_user_0042"
+        for more in [["-U", "\(asUser):"], ["--proxy-header", "Proxy-Authorization: Bearer \(asUser)"]] {
+            let refused = try runCommand(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                                                "-x", "127.0.0.1:\(proxy.port)"] + more + [url])
+            #expect(refused.stdout == "407")
+        }
+        // Two Proxy-Authorization headers, even both valid, are ambiguous: 400, and the connection closes.
+        let twice = try RawSocket(host: "127.0.0.1", port: proxy.port)
+        let valid = "Proxy-Authorization: Basic " + Data("planner:\(token)".utf8).base64EncodedString() + "\r\n"
+        try twice.send("GET \(url) HTTP/1.1\r\nHost: x\r\n\(valid)\(valid)\r\n")
+        let twiceAnswer = try twice.receiveAll()
+        #expect(twiceAnswer.hasPrefix("HTTP/1.1 400") && twiceAnswer.contains("two Proxy-Authorization headers"), "\(twiceAnswer)")
+        _ = try proxy.child.waitForStderr(containing: "proxy authentication failed", count: 3, timeout: 10)
+        let failures = proxy.child.stderr.components(separatedBy: "\n").filter { $0.contains("proxy authentication failed") }
+        #expect(failures.count == 3, "\(failures)")
+        #expect(failures.contains { $0.contains("reason=wrong_token") && $0.contains("agent=planner") })
+        #expect(failures.contains { $0.contains("reason=unknown_agent") })
+        #expect(!proxy.child.stderr.contains(asUser))
+        let metrics = try AdminTests().get(try proxy.child.adminPort(), "/metrics").body
+        for (reason, count) in [("missing", 2.0), ("wrong_token", 1), ("unknown_agent", 1), ("malformed", 1), ("duplicate", 1)] {
+            #expect(AdminTests.value(metrics, "kaizen_egress_proxy_auth_failures_total{reason=\"\(reason)\"}") == count, "\(reason)")
+        }
 
         let plain = try runCommand(curl, ["-sS", "--max-time", "10", "-x", "127.0.0.1:\(proxy.port)", "-U", "planner:\(token)", url])
         #expect(plain.stdout == "hello from origin")

@@ -5,6 +5,7 @@ import Interception
 import Logging
 import NIOCore
 import NIOHTTP1
+import Telemetry
 
 /// The handler at the end of every client connection's HTTP pipeline. It reads request heads, dials
 /// upstreams, and either turns the connection into a CONNECT tunnel or forwards plain-HTTP exchanges; the
@@ -157,12 +158,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if let credentials = settings.currentCredentials {
                 // Every request proves its agent, against the credentials in force now (a token a reload revoked
                 // stops working on open keep-alive connections too); the connection's actions are reported under it.
-                guard let value = head.headers.first(name: "proxy-authorization"),
-                    let agent = credentials.agent(forAuthorization: value)
-                else {
-                    respond(.credentialsRequired, context: context)
-                    return
-                }
+                guard let agent = authenticate(head, credentials, context: context) else { return }
                 reporting.agent = agent
             }
             // The response written next answers this request (pipelined ones wait): a response to HEAD or
@@ -417,6 +413,37 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 context.close(promise: nil)
             }
         }
+    }
+
+    /// The agent the request's `Proxy-Authorization` proves; nil when it proves none, and then the request is
+    /// answered (407, or 400 for two headers), counted by reason, and logged: a wrong token or an unknown agent as a
+    /// warning, since it is someone trying tokens or a revoked one in use. Neither the value nor an unknown agent's
+    /// name is logged (a token can be sent as the user name).
+    private func authenticate(
+        _ head: HTTPRequestHead, _ credentials: ProxyCredentials, context: ChannelHandlerContext
+    ) -> String? {
+        let values = head.headers["proxy-authorization"]
+        let failure: String
+        var error = ProxyError.credentialsRequired
+        if values.count > 1 {
+            failure = "duplicate"
+            error = .badRequest("two Proxy-Authorization headers: send one")
+        } else if let value = values.first {
+            let check = credentials.check(authorization: value)
+            if case .agent(let agent) = check { return agent }
+            failure = check.failure ?? "malformed"
+            var metadata: Logger.Metadata = [
+                "client.address": "\(clientAddress)", "reason": "\(failure)", "status": "\(error.status.code)",
+            ]
+            if case .wrongToken(let agent) = check { metadata["agent"] = "\(Reporting.printable(agent))" }
+            logger.warning("proxy authentication failed", metadata: metadata)
+            error.logged = true
+        } else {
+            failure = "missing"
+        }
+        reporting.metrics?.proxyAuthFailed(reason: failure)
+        respond(error, context: context)
+        return nil
     }
 
     private func respond(_ error: ProxyError, context: ChannelHandlerContext) {
