@@ -53,7 +53,7 @@ import Testing
         ("KAIZEN_API_URL", "ftp://127.0.0.1"), ("KAIZEN_API_URL", "not a url"),
         ("KAIZEN_API_URL", "https://user:pw@api.getkaizen.io"), ("KAIZEN_LOCAL", "maybe"),
         ("KAIZEN_CONNECT_TIMEOUT", "0s"), ("KAIZEN_IDLE_TIMEOUT", "soon"), ("KAIZEN_DRAIN_SECONDS", "-5"),
-        ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"), ("KAIZEN_MODE", "block"),
+        ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"), ("KAIZEN_AGENT", ""), ("KAIZEN_AGENT", " "), ("KAIZEN_MODE", "block"),
         ("KAIZEN_MODE", "enforce"), ("KAIZEN_POLICY_FAIL", "maybe"), ("KAIZEN_POLICY_REFRESH", "often"),
         ("KAIZEN_H2_MAX_STREAMS", "0"), ("KAIZEN_H2_MAX_STREAMS", "many"), ("KAIZEN_H2_BUFFER_BYTES", "1K"),
         ("KAIZEN_H2_BUFFER_BYTES", "2G"), ("KAIZEN_INSPECT_HTTP2", "maybe"),

@@ -225,6 +225,14 @@ public struct ProxyConfiguration: Sendable {
         }
         self.listenAddress = unbracketed
 
+        // Set but empty is refused, not read as unset: every action carries the agent, and `KAIZEN_AGENT=$NAME` with
+        // NAME unset would report an agent's connections under the default name, mixed with other agents'.
+        if let raw = environment[ConfigurationKey.agent.variable], value(.agent) == nil {
+            throw ConfigurationError(
+                variable: ConfigurationKey.agent.variable,
+                "KAIZEN_AGENT=\(Self.quoted(raw)) is empty: set \(ConfigurationKey.agent.spelled) to the agent's name such as my-agent, or leave it unset for \(Self.defaultAgent)"
+            )
+        }
         let agent = value(.agent) ?? Self.defaultAgent
         guard agent.count <= 128, agent.unicodeScalars.allSatisfy({ !$0.properties.isDefaultIgnorableCodePoint && $0.value >= 0x20 && $0.value != 0x7f }) else {
             throw ConfigurationError(
