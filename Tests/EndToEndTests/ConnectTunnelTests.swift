@@ -90,17 +90,20 @@ import Testing
         await proxy.stop()
     }
 
-    /// A client that sends its CONNECT and its FIN at once, without waiting for the 200: the tunnel, once set up, ends
-    /// its upstream side too and closes, instead of waiting forever for bytes that will never come.
-    @Test func aCONNECTFollowedAtOnceByAHalfCloseEndsTheTunnel() throws {
+    /// A client that sends its CONNECT (with or without bytes for the upstream) and its FIN at once, without waiting
+    /// for the 200: the tunnel, once set up, delivers those bytes, ends its upstream side too and closes, instead of
+    /// waiting forever for bytes that will never come.
+    @Test(arguments: ["", "bytes sent before the 200\n"])
+    func aCONNECTFollowedAtOnceByAHalfCloseEndsTheTunnel(_ early: String) throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "echo")
         defer { withExtendedLifetime(origin) {} }
         let (proxy, proxyPort) = try InspectionTests.startProxy([:])
         let socket = try RawSocket(host: "127.0.0.1", port: proxyPort, timeout: 10)
-        try socket.send("CONNECT 127.0.0.1:\(originPort) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try socket.send("CONNECT 127.0.0.1:\(originPort) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + early)
         socket.shutdownWrite()
         let (bytes, ending) = socket.receiveUntilEnd()
-        #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 200 "), "\(bytes)")
+        let answer = String(decoding: bytes, as: UTF8.self)
+        #expect(answer.hasPrefix("HTTP/1.1 200 ") && answer.hasSuffix("\r\n\r\n" + early), "\(answer.debugDescription)")
         #expect(ending == "clean end", "\(ending)")
         let close = try proxy.waitForLines(count: 1, timeout: 20) { $0.contains("\"close\"") }
         #expect(close[0].contains(#""closed_by":"client""#), "\(close[0])")

@@ -504,6 +504,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: CONNECT
 
     private func dialTunnel(_ destination: Destination, context: ChannelHandlerContext) {
+        // Until the decoder is gone, the client's end of input waits in front of it: the decoder drops the bytes it
+        // holds after the CONNECT head once it sees the end (NIO hands leftovers on only without one).
+        try? context.pipeline.syncOperations.addHandler(EndOfInputHold(), position: .first)
         var baseMetadata = newMetadata(destination, transport: .connect)
         if let check = settings.destinationCheck, !check.connectPortAllowed(destination.port) {
             let failure = ProxyError.portNotAllowed(destination.port)
@@ -648,7 +651,9 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func removeRequestDecoder(
         from pipeline: ChannelPipeline.SynchronousOperations, context: ChannelHandlerContext, thenReadComplete: Bool
     ) {
-        let endedEarly = clientEndedBeforeTunnel
+        let hold = try? pipeline.handler(type: EndOfInputHold.self)
+        if let hold { pipeline.removeHandler(hold, promise: nil) }
+        let endedEarly = clientEndedBeforeTunnel || hold?.held == true
         let channel = context.channel
         guard let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) else {
             if endedEarly { channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
@@ -800,3 +805,21 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
 @available(*, unavailable)
 extension ProxyFrontHandler: Sendable {}
+
+/// In front of the request decoder while a CONNECT is set up: keeps the client's end of input from the decoder,
+/// which would drop the bytes it holds after the CONNECT head on seeing it. `removeRequestDecoder` replays the end
+/// after those bytes.
+final class EndOfInputHold: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    /// The client's input ended while the hold was in place.
+    private(set) var held = false
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            held = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
