@@ -37,6 +37,25 @@ import Testing
         await proxy.stop()
     }
 
+    /// An exchange in flight when the proxy is told to stop finishes within the drain, and its close record says it
+    /// completed (the drain's close of the connection is not the client cutting it short).
+    @Test func anExchangeFinishedDuringTheDrainIsRecordedAsComplete() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let (proxy, proxyPort) = try InspectionTests.startProxy([:])
+        let socket = try RawSocket(host: "127.0.0.1", port: proxyPort, timeout: 20)
+        try socket.send("POST http://127.0.0.1:\(originPort)/sha256 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        _ = try proxy.waitForLines(count: 1, timeout: 20) { $0.contains("\"action\"") }
+        proxy.signal(SIGTERM)
+        _ = try proxy.waitForStderr(containing: "draining open connections", timeout: 20)
+        try socket.send("hello")
+        let answer = try socket.receiveAll()
+        #expect(answer.hasPrefix("HTTP/1.1 200 ") && answer.hasSuffix("\r\n\r\n5 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\n"), "\(answer)")
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+        let close = try #require(proxy.stdoutLines.first { $0.contains("\"close\"") })
+        #expect(close.contains("\"reason\":\"complete\"") && close.contains("\"status\":200"), "\(close)")
+    }
+
     @Test func endToEndHeadersArriveAndHopByHopOnesDoNot() async throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         let (proxy, _) = try await ProxyHarness.start()

@@ -382,9 +382,12 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .respondError(let error):
                 respond(error, context: context)
             case .completeExchange(let keepClient, let keepUpstream):
+                // Taken before the flush: a draining connection closes as soon as its last response is out (NIO's
+                // pipeline handler closes it from inside the flush), and the close must not find it unfinished.
+                let record = exchange
+                exchange = nil
                 context.flush()
-                if let record = exchange {
-                    exchange = nil
+                if let record {
                     recordClose(record, closedBy: keepClient ? .proxy : .client, reason: "complete")
                 }
                 if !keepUpstream {
