@@ -80,9 +80,10 @@ import Testing
     /// the connection) and a client that stops sending once it has that answer, as curl does: the exchange is
     /// reported with the origin's status and says the request was cut after the response, closed by the client; it
     /// is not a malformed request the proxy refused.
-    @Test func anUploadTheOriginRefusedEarlyIsReportedWithItsStatus() throws {
+    @Test(arguments: ["early-answer", "early-answer-expect"])
+    func anUploadTheOriginRefusedEarlyIsReportedWithItsStatus(_ mode: String) throws {
         let setup = try setUp()
-        let result = try mitmClient("early-answer", setup)
+        let result = try mitmClient(mode, setup)
         #expect(result.status == 0 && result.stdout == "HTTP/1.1 413 Request Entity Too Large b'too large\\n'", "\(result)")
         let action = try #require(try setup.waitForActions(1).first)
         #expect(action["status"] as? Int == 413 && action["method"] as? String == "POST", "\(action)")

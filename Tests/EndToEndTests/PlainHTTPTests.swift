@@ -167,6 +167,7 @@ import Testing
         }  // the socket closes here, 99,990 bytes short
         let close = try proxy.waitForLines(count: 1, timeout: 20) { $0.contains("\"close\"") }
         #expect(close[0].contains(#""status":413"#), "\(close[0])")
+        #expect(close[0].contains(#""reason":"request cut short: the client stopped sending it after the response""#), "\(close[0])")
         #expect(!proxy.stderr.contains("malformed request"), "\(proxy.stderr)")
     }
 

@@ -33,6 +33,7 @@
                                                          origin's 413 (it has a length, and the origin keeps the
                                                          connection 3 s), prints its status line and body, and
                                                          closes without sending the rest
+  mitm_client.py early-answer-expect PROXY_PORT …         the same with Expect: 100-continue and none of the body
   mitm_client.py reused-hangup PROXY_PORT …               GET /hello, then GET /hangup on the same connection;
                                                          prints the first status line, then the second's bytes
                                                          and whether the end was clean
@@ -226,10 +227,14 @@ def close_notify(proxy_port, origin_port, cafile):
         tls.close()
 
 
-def early_answer(proxy_port, origin_port, cafile):
+def early_answer(proxy_port, origin_port, cafile, expect=False):
     tls = connect(proxy_port, origin_port, cafile)
     tls.settimeout(10)
-    tls.sendall(b"POST /early?read=10&length=1&linger=3 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n0123456789")
+    if expect:  # the body waits for a 100 Continue that never comes: the 413 comes instead
+        tls.sendall(b"POST /early?read=0&length=1&linger=3 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
+                    b"Expect: 100-continue\r\n\r\n")
+    else:
+        tls.sendall(b"POST /early?read=10&length=1&linger=3 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n0123456789")
     data = b""
     while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 10:
         chunk = tls.recv(4096)
@@ -309,6 +314,8 @@ def main():
         return close_notify(proxy_port, origin_port, cafile)
     if mode == "early-answer":
         return early_answer(proxy_port, origin_port, cafile)
+    if mode == "early-answer-expect":
+        return early_answer(proxy_port, origin_port, cafile, expect=True)
     if mode == "reused-hangup":
         return reused_hangup(proxy_port, origin_port, cafile)
     if mode == "abandon":

@@ -81,6 +81,13 @@ extension ProxyFrontHandler {
             return false
         }
 
+        /// The response has ended and the request has not: the client may stop sending it (RFC 9112 §9.3), as after an
+        /// early `413`.
+        var responseEndedBeforeRequest: Bool {
+            if case .forwarding(let exchange) = state { return exchange.responseDone && !exchange.requestDone }
+            return false
+        }
+
         /// A request is on its way upstream (its head sent, or waiting for the upstream connection).
         var forwardingOrAwaiting: Bool {
             switch state {

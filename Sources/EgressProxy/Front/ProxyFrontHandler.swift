@@ -195,7 +195,10 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         if let record = exchange {
             exchange = nil
-            recordClose(record, closedBy: .client, reason: "client closed before the exchange completed")
+            let reason =
+                machine.responseEndedBeforeRequest
+                ? InterceptedConnection.requestCutAfterResponse : "client closed before the exchange completed"
+            recordClose(record, closedBy: .client, reason: reason)
         }
         closeUpstream()
         context.fireChannelInactive()
