@@ -54,12 +54,13 @@ struct Reporting: Sendable {
             metrics.connection(transport: metadata.transport.rawValue, outcome: outcome)
             if metadata.sni != nil {
                 metrics.peek(outcome: "sni")
-            } else if metadata.tls == true {
+            } else if metadata.tls == false && metadata.sniError?.hasPrefix("not TLS") == true {
+                metrics.peek(outcome: "not_tls")
+            } else if metadata.tls == true && (metadata.sniError == nil || metadata.sniError == ClientHelloPeek.noServerName) {
                 metrics.peek(outcome: "no_sni")
             } else if metadata.sniError != nil {
+                // Nothing parseable: no bytes in time, or a ClientHello malformed, too large or too slow.
                 metrics.peek(outcome: "none")
-            } else if metadata.tls == false {
-                metrics.peek(outcome: "not_tls")
             }
         }
         if metadata.connectionID != nil, metadata.method != nil || metadata.status != nil {
@@ -85,7 +86,7 @@ struct Reporting: Sendable {
 
     /// What a refused destination's error says: the policy that blocks it, or that none was loaded (failing closed).
     static func blockedByPolicy(_ policy: String) -> String {
-        policy == PolicyCheck.noPolicyReason
+        policy == PolicyCheck.noPolicyReason || policy == PolicyCheck.unreadableServerNameReason
             ? "destination blocked: \(policy)" : "destination blocked by policy \(printable(policy))"
     }
 

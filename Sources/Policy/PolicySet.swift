@@ -15,6 +15,11 @@ public struct PolicySet: Sendable, Hashable {
 
     public static let empty = PolicySet([])
 
+    /// Whether a destination's name can change the decision: an enabled blocklist or allowlist has a `domains` rule.
+    public var judgesNames: Bool {
+        policies.contains { $0.enabled && $0.mode != .correlation && $0.hasNameRules }
+    }
+
     public enum Decision: Sendable, Hashable {
         case allow
         /// Blocked by the named policy.

@@ -26,7 +26,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Tunnels open now: passthrough (relayed untouched) or inspected.")
     public static let sniParse = MetricName(
         name: "kaizen_egress_sni_parse_total", type: "counter", labels: ["outcome"],
-        help: "ClientHello peeks, by outcome: sni, no_sni (TLS without a server name), not_tls, none (nothing parseable in time).")
+        help: "ClientHello peeks, by outcome: sni, no_sni (a ClientHello without a server name), not_tls (another protocol), none (no ClientHello could be read: no bytes in time, or one malformed, past 64 KiB or not whole within 10 s).")
     public static let mintDuration = MetricName(
         name: "kaizen_egress_leaf_mint_duration_seconds", type: "histogram", labels: [],
         help: "Time to mint one leaf certificate (inspection).")

@@ -203,6 +203,48 @@ import Testing
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 
+    /// `odd_hello.py MODE`: a handshake the proxy cannot read, sent through a CONNECT to the TLS origin.
+    func oddHello(_ port: Int, _ setup: Setup, _ mode: String) throws -> [String] {
+        let script = Paths.endToEndDirectory.appendingPathComponent("odd_hello.py").path
+        let result = try runCommand(Paths.which("python3"), [script, "\(port)", "\(setup.httpsPort)", "blocked.test", mode])
+        return result.stdout.split(separator: "\n").map(String.init)
+    }
+
+    /// A ClientHello the proxy cannot read (an empty handshake record first, which OpenSSL servers skip; one past the
+    /// size limit) may still name a blocked host to a server that reads it: when the agent's policies judge names, the
+    /// tunnel is refused before a byte reaches the server. Policies without a name rule do not care.
+    @Test func aServerNameThatCannotBeReadIsNotWaivedThrough() throws {
+        let setup = try setUp()
+        defer { withExtendedLifetime(setup) {} }
+        try setup.writePolicy(#"{"policies":[{"name":"no-blocked","mode":"blocklist","rules":{"domains":["blocked.test"]}}]}"#)
+        let (proxy, port) = try startProxy(setup, ["KAIZEN_MODE": "enforce"])
+        _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 200" }
+        for mode in ["empty-record", "too-large"] {
+            let lines = try oddHello(port, setup, mode)
+            // Closed unanswered (reset, when the proxy closes while the client is still sending).
+            #expect(lines.first == "HTTP/1.1 200 Connection established" && lines.last?.hasPrefix("CLOSED") == true, "\(mode): \(lines)")
+        }
+        let refused = try proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"action\"") }.map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] ?? [:]
+        }
+        for (action, why) in zip(refused, ["malformed ClientHello: empty handshake record", "ClientHello larger than"]) {
+            #expect(Self.verdict(action) == ("block", "server name not judged: the ClientHello could not be read"), "\(action)")
+            #expect((Self.metadata(action)["sni_error"] as? String)?.hasPrefix(why) == true, "\(action)")
+            #expect(Self.metadata(action)["outcome"] as? String == "failed", "\(action)")
+        }
+        let metrics = try AdminTests().get(try proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="none"}"#) == 2, "\(metrics)")
+        #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="no_sni"}"#) == 0)
+
+        // Only addresses judged: the name does not matter, and the same handshake goes through.
+        try setup.writePolicy(#"{"policies":[{"name":"no-v6","mode":"blocklist","rules":{"ips":["::1"]}}]}"#)
+        _ = try proxy.waitForStderr(containing: "updated: no-v6 (blocklist)", timeout: 20)
+        let through = try oddHello(port, setup, "empty-record")
+        #expect(through.first == "HTTP/1.1 200 Connection established" && through.last?.hasPrefix("ANSWERED") == true, "\(through)")
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
     @Test func observeModeReportsWhatWouldBeBlockedAndLetsItThrough() throws {
         let setup = try setUp()
         defer { withExtendedLifetime(setup) {} }
@@ -218,6 +260,12 @@ import Testing
         #expect(inner.contains("hello from origin"), "\(inner)")
         let fine = try curl(port, ["http://127.0.0.1:\(setup.plainPort)/hello"])
         #expect(fine.contains("hello from origin"), "\(fine)")
+        let unread = try oddHello(port, setup, "empty-record")
+        #expect(unread.last?.hasPrefix("ANSWERED") == true, "\(unread)")
+        let unreadAction = try waitForAction(proxy) { (Self.metadata($0)["sni_error"] as? String)?.contains("empty handshake") == true }
+        #expect(Self.verdict(unreadAction) == ("allow", "observed"))
+        #expect(Self.metadata(unreadAction)["would_block"] as? Bool == true)
+        #expect(Self.metadata(unreadAction)["policy"] as? String == "server name not judged: the ClientHello could not be read")
 
         let plainAction = try waitForAction(proxy) { Self.target($0) == "localhost:\(setup.plainPort)" }
         #expect(Self.verdict(plainAction) == ("allow", "observed"))

@@ -19,6 +19,14 @@ final class PolicyCheck: Sendable {
         self.failClosed = failClosed
     }
 
+    /// What a tunnel whose server name could not be read is blocked by, when the agent's policies judge names: a
+    /// ClientHello the proxy cannot parse (malformed, too large, too slow) may still name a blocked host to a server
+    /// that can.
+    static let unreadableServerNameReason = "server name not judged: the ClientHello could not be read"
+
+    /// Whether the loaded policies of `agent` have a rule about names (so an unread server name matters).
+    func judgesNames(agent: String) -> Bool { store.policies(for: agent)?.policies.judgesNames ?? false }
+
     /// Whether a policy (even an empty one) was loaded for `agent`.
     func hasPolicy(for agent: String) -> Bool { store.policies(for: agent) != nil }
 
@@ -46,6 +54,16 @@ extension Reporting {
             metadata.policy = policy.blockingPolicy(agent: agent, host: host, address: address, complete: complete)
         }
         if !policy.enforcing { metadata.wouldBlock = metadata.policy != nil }
+        return policy.enforcing ? metadata.policy : nil
+    }
+
+    /// A TLS tunnel whose ClientHello could not be read, when the agent's policies judge names: blocked (enforce
+    /// mode) or `would_block` (observe mode) by `PolicyCheck.unreadableServerNameReason`. Returns the reason when the
+    /// proxy must refuse.
+    func judgeUnreadableServerName(_ metadata: inout ConnectMetadata) -> String? {
+        guard let policy, metadata.policy == nil, policy.judgesNames(agent: agent) else { return nil }
+        metadata.policy = PolicyCheck.unreadableServerNameReason
+        if !policy.enforcing { metadata.wouldBlock = true }
         return policy.enforcing ? metadata.policy : nil
     }
 }

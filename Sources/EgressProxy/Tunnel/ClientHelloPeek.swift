@@ -30,6 +30,9 @@ struct ClientHelloPeek {
         case done(PeekResult)
     }
 
+    /// The `sni_error` of a ClientHello without a server_name extension (a client connecting to an address).
+    static let noServerName = "client sent no server name"
+
     private let limit: Int
     private var collected: ByteBuffer?
     private(set) var isDone = false
@@ -64,7 +67,7 @@ struct ClientHelloPeek {
         case .needMoreData:
             return .keepLooking
         case .parsed(let hello):
-            let error = hello.serverName == nil ? "client sent no server name" : nil
+            let error = hello.serverName == nil ? Self.noServerName : nil
             return finish(PeekResult(tls: true, hello: hello, sniError: error))
         case .notTLS(let reason):
             let host = HTTPHostSniff.host(in: collected ?? bytes)

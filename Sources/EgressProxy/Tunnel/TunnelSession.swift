@@ -85,6 +85,11 @@ final class TunnelSession {
         if let hello = result.hello {
             metadata.alpn = hello.alpn
         }
+        if result.tls == true && result.hello == nil, let refusal = reporting.judgeUnreadableServerName(&metadata) {
+            // A handshake the proxy could not read may still name a blocked host to a server that can read it.
+            refuse(byPolicy: refusal)
+            return
+        }
         if metadata.transport == .transparent {
             // No host was asked for: the SNI (or, for plain HTTP, the Host) names the destination; the
             // original address stays in original_dst.
