@@ -104,7 +104,14 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
     }
 
     public func contains(_ address: IPAddress) -> Bool {
-        guard address.bytes.count == network.bytes.count else { return false }
+        guard address.bytes.count == network.bytes.count else {
+            // An IPv4-mapped range (`::ffff:127.0.0.0/104`) holds the IPv4 addresses it maps: the destination
+            // 127.0.0.2 is the address [::ffff:127.0.0.2] names, and a rule written either way must catch both.
+            guard address.isIPv4, prefixLength >= 96, network.bytes.prefix(12).elementsEqual(Self.mappedPrefix) else {
+                return false
+            }
+            return contains(IPAddress(bytes: Self.mappedPrefix + address.bytes)!)
+        }
         var remaining = prefixLength
         for index in network.bytes.indices where remaining > 0 {
             let bits = min(8, remaining)
@@ -116,6 +123,9 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { "\(network)/\(prefixLength)" }
+
+    /// The first 96 bits of an IPv4-mapped IPv6 address (RFC 4291 §2.5.5.2).
+    private static let mappedPrefix: [UInt8] = Array(repeating: 0, count: 10) + [0xff, 0xff]
 
     /// Parses a comma-separated list; the entries that are not ranges are returned apart.
     public static func parseList(_ text: String) -> (ranges: [CIDR], invalid: [String]) {

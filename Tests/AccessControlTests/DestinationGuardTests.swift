@@ -125,6 +125,10 @@ import Testing
             == "address ::ffff:192.88.99.3 (IPv4-mapped 192.88.99.3) in KAIZEN_DENY_DESTINATIONS (192.88.99.0/24)")
         #expect(denied.check(IPAddress("2600:1f18:4a2c::9")!, port: 443, host: "x") == nil)
         #expect(denied.check(IPAddress("10.0.0.1")!, port: 443, host: "x") == nil)  // the exceptions still apply elsewhere
+        // A range written in its IPv4-mapped form denies the IPv4 destination too.
+        let mapped = DestinationGuard(allowedRanges: [CIDR("0.0.0.0/0")!], deniedRanges: [CIDR("::ffff:192.88.99.0/120")!])
+        #expect(mapped.check(IPAddress("192.88.99.3")!, port: 443, host: "x") != nil)
+        #expect(mapped.check(IPAddress("192.88.98.3")!, port: 443, host: "x") == nil)
         #expect(DestinationGuard(deniedRanges: [CIDR("93.184.215.0/24")!]).check(IPAddress("93.184.215.14")!, port: 443, host: "example.org")?
             .clientReason == "example.org resolves to a refused address (the proxy's log says which)")
     }
@@ -151,6 +155,13 @@ import Testing
         #expect(CIDR("fe80::/10")?.contains(IPAddress("fec0::1")!) == false)
         #expect(CIDR("0.0.0.0/0")?.contains(IPAddress("8.8.8.8")!) == true)
         #expect(CIDR("0.0.0.0/0")?.contains(IPAddress("::1")!) == false)
+        // An IPv4-mapped range holds the IPv4 addresses it maps; a wider IPv6 range does not hold IPv4.
+        #expect(CIDR("::ffff:127.0.0.0/120")?.contains(IPAddress("127.0.0.2")!) == true)
+        #expect(CIDR("::ffff:127.0.0.3")?.contains(IPAddress("127.0.0.3")!) == true)
+        #expect(CIDR("::ffff:127.0.0.0/120")?.contains(IPAddress("127.0.1.2")!) == false)
+        #expect(CIDR("::ffff:0:0/96")?.contains(IPAddress("8.8.8.8")!) == true)
+        #expect(CIDR("::/0")?.contains(IPAddress("8.8.8.8")!) == false)
+        #expect(CIDR("64:ff9b::7f00:3")?.contains(IPAddress("127.0.0.3")!) == false)
         for bad in ["10.0.0.0/33", "10.0.0.0/", "10.0.0/8", "::1/129", "example.org", "10.0.0.0/+8", ""] {
             #expect(CIDR(bad) == nil, "\(bad)")
         }

@@ -86,6 +86,11 @@ struct PolicySetTests {
             #expect(policy.matches(host: nil, address: ip(form)), "\(form)")
         }
         #expect(!policy.matches(host: nil, address: ip("64:ff9b::203.0.113.9")))
+        // A rule written in IPv4-mapped form matches the IPv4 address itself.
+        let mapped = DestinationPolicy(name: "m", mode: .blocklist, ips: ["::ffff:203.0.113.3", "::ffff:198.51.100.0/120"])
+        #expect(mapped.matches(host: nil, address: ip("203.0.113.3")))
+        #expect(mapped.matches(host: nil, address: ip("198.51.100.77")))
+        #expect(!mapped.matches(host: nil, address: ip("203.0.113.4")))
     }
 
     @Test("an allowlist with no destination rule takes no part; two allowlists must both admit")
