@@ -33,8 +33,9 @@ public struct ProxyCredentials: Sendable {
             throw Problem(description: "cannot read \(path) as UTF-8 text")
         }
         var tokens: [String: String] = [:]
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
+        // By newline Characters: in Swift "\r\n" is one Character, so splitting on "\n" alone never splits a file
+        // written on Windows, and its first agent would take every later line as its token.
+        for (index, line) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             if line.allSatisfy({ $0 == " " || $0 == "\t" }) || line.hasPrefix("#") { continue }
             guard let colon = line.firstIndex(of: ":") else {
                 throw Problem(description: "\(path) line \(index + 1) is not agent:token")

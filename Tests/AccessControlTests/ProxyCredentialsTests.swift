@@ -40,6 +40,14 @@ import Testing
         #expect(ProxyCredentials.Check.agent("planner").failure == nil)
     }
 
+    /// A file written with Windows line endings holds one agent per line, as any other.
+    @Test func readsCRLFLines() throws {
+        let credentials = try ProxyCredentials.load(path: try file("planner:planner-token-0123456789\r\nresearcher:researcher-token-abcdef\r\n"))
+        #expect(credentials.agents == ["planner", "researcher"])
+        #expect(credentials.agent(forAuthorization: basic("planner", "planner-token-0123456789")) == "planner")
+        #expect(credentials.agent(forAuthorization: basic("researcher", "researcher-token-abcdef")) == "researcher")
+    }
+
     @Test func theAgentIsReportedAsTheFileSpellsIt() throws {
         // "é" precomposed in the file, decomposed by the client: String equality matches, the report must not
         // carry the client's bytes.
