@@ -178,6 +178,16 @@ public struct ProxyConfiguration: Sendable {
     /// Reads and checks every setting. Throws the first problem found, worded for a person to act on.
     public init(environment: [String: String]) throws(ConfigurationError) {
         self.source = Source(values: environment)
+        // Set but empty is refused, never read as unset: `KAIZEN_ALLOW_CLIENTS=$RANGES` with RANGES unset would
+        // otherwise open the proxy to every client, and `KAIZEN_AGENT=$NAME` report under the default name.
+        for key in ConfigurationKey.all {
+            if let raw = environment[key.variable], raw.allSatisfy(\.isWhitespace) {
+                throw ConfigurationError(
+                    variable: key.variable,
+                    "\(key.variable) is set but empty: set \(key.spelled) to a value, or unset it for its default (docs/configuration.md)"
+                )
+            }
+        }
         func value(_ key: ConfigurationKey) -> String? {
             guard let raw = environment[key.variable] else { return nil }
             let trimmed = raw.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -204,7 +214,7 @@ public struct ProxyConfiguration: Sendable {
         }
 
         if let raw = value(.port) {
-            guard let port = Int(raw), (0...65535).contains(port) else {
+            guard let port = Self.wholeNumber(raw), (0...65535).contains(port) else {
                 throw ConfigurationError(
                     variable: ConfigurationKey.port.variable,
                     "PORT=\(Self.quoted(raw)) is not a port: set \(ConfigurationKey.port.spelled) to a number from 1 to 65535 (0 picks a free port)"
@@ -225,14 +235,6 @@ public struct ProxyConfiguration: Sendable {
         }
         self.listenAddress = unbracketed
 
-        // Set but empty is refused, not read as unset: every action carries the agent, and `KAIZEN_AGENT=$NAME` with
-        // NAME unset would report an agent's connections under the default name, mixed with other agents'.
-        if let raw = environment[ConfigurationKey.agent.variable], value(.agent) == nil {
-            throw ConfigurationError(
-                variable: ConfigurationKey.agent.variable,
-                "KAIZEN_AGENT=\(Self.quoted(raw)) is empty: set \(ConfigurationKey.agent.spelled) to the agent's name such as my-agent, or leave it unset for \(Self.defaultAgent)"
-            )
-        }
         let agent = value(.agent) ?? Self.defaultAgent
         guard agent.count <= 128, agent.unicodeScalars.allSatisfy({ !$0.properties.isDefaultIgnorableCodePoint && $0.value >= 0x20 && $0.value != 0x7f }) else {
             throw ConfigurationError(
@@ -261,7 +263,7 @@ public struct ProxyConfiguration: Sendable {
         }
 
         if let raw = value(.drainSeconds) {
-            guard let seconds = Int(raw), seconds >= 0, seconds <= 86400 else {
+            guard let seconds = Self.wholeNumber(raw), seconds >= 0, seconds <= 86400 else {
                 throw ConfigurationError(
                     variable: ConfigurationKey.drainSeconds.variable,
                     "KAIZEN_DRAIN_SECONDS=\(Self.quoted(raw)) is not a number of seconds: set \(ConfigurationKey.drainSeconds.spelled) to a whole number from 0 to 86400"
@@ -353,7 +355,7 @@ public struct ProxyConfiguration: Sendable {
         }
 
         if let raw = value(.transparentPort) {
-            guard let port = Int(raw), (1...65535).contains(port) else {
+            guard let port = Self.wholeNumber(raw), (1...65535).contains(port) else {
                 throw ConfigurationError(
                     variable: ConfigurationKey.transparentPort.variable,
                     "KAIZEN_TRANSPARENT_PORT=\(Self.quoted(raw)) is not a port: set \(ConfigurationKey.transparentPort.spelled) to the port iptables redirects to, such as 15001"
@@ -394,7 +396,7 @@ public struct ProxyConfiguration: Sendable {
             self.baselineLearningPeriod = try Self.duration(value(.baselineLearn), key: .baselineLearn, default: .zero)
         }
         if let raw = value(.baselineMax) {
-            guard let count = Int(raw), count >= 0, count <= 10_000_000 else {
+            guard let count = Self.wholeNumber(raw), count >= 0, count <= 10_000_000 else {
                 throw ConfigurationError(
                     variable: ConfigurationKey.baselineMax.variable,
                     "KAIZEN_BASELINE_MAX=\(Self.quoted(raw)) is not a count: set \(ConfigurationKey.baselineMax.spelled) to a whole number of destinations up to 10000000, or 0 to turn new-destination detection off"
@@ -610,12 +612,18 @@ public struct ProxyConfiguration: Sendable {
         return value
     }
 
+    /// Decimal digits only: `Int` would also take `+3430` or `-0`, which no one means as a port or a count.
+    static func wholeNumber(_ raw: String) -> Int? {
+        guard !raw.isEmpty, raw.count <= 18, raw.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+        return Int(raw)
+    }
+
     /// A whole number in `range` (with `sized`, also `8K`, `1M`).
     private static func count(
         _ raw: String?, key: ConfigurationKey, default defaultValue: Int, range: ClosedRange<Int>, sized: Bool = false
     ) throws(ConfigurationError) -> Int {
         guard let raw else { return defaultValue }
-        let parsed = sized ? parseByteSize(raw).map { Int($0) } : Int(raw)
+        let parsed = sized ? parseByteSize(raw).map { Int($0) } : wholeNumber(raw)
         guard let value = parsed, range.contains(value) else {
             throw ConfigurationError(
                 variable: key.variable,
@@ -628,7 +636,7 @@ public struct ProxyConfiguration: Sendable {
     /// A host name, or `*.` and one: letters, digits, `-`, `.` and `_`.
     static func isHostPattern(_ text: String) -> Bool {
         let name = text.hasPrefix("*.") ? String(text.dropFirst(2)) : text
-        return !name.isEmpty && name.count <= 253 && !name.hasPrefix(".") && !name.hasSuffix(".")
+        return !name.isEmpty && name.count <= 253 && !name.hasPrefix(".") && !name.hasSuffix(".") && !name.contains("..")
             && name.unicodeScalars.allSatisfy { $0.properties.isASCIIHexDigit || ("a"..."z").contains($0) || ("A"..."Z").contains($0) || "-._".unicodeScalars.contains($0) }
             && name.contains(where: { $0.isLetter })
     }
@@ -638,7 +646,7 @@ public struct ProxyConfiguration: Sendable {
         var ranges: [ClosedRange<Int>] = []
         for part in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !part.isEmpty {
             let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
-            guard bounds.count <= 2, let low = Int(bounds[0]), let high = Int(bounds.last!), (1...65535).contains(low),
+            guard bounds.count <= 2, let low = wholeNumber(String(bounds[0])), let high = wholeNumber(String(bounds.last!)), (1...65535).contains(low),
                 (1...65535).contains(high), low <= high
             else { return nil }
             ranges.append(low...high)
@@ -669,7 +677,9 @@ public struct ProxyConfiguration: Sendable {
             scale = unit
             digits.removeLast()
         }
-        guard let value = Int64(digits), value >= 0, value <= Int64.max / scale else { return nil }
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int64(digits),
+            value <= Int64.max / scale
+        else { return nil }
         return value * scale
     }
 

@@ -15,6 +15,7 @@ enum ProxyEnvironment {
         environment["KAIZEN_ALLOW_PRIVATE"] = loopbackOrigins
         // Tests run side by side: each proxy's admin listener on a free port, not all on 9090.
         environment["KAIZEN_ADMIN_LISTEN"] = "127.0.0.1:0"
-        return environment.merging(extra) { $1 }
+        // An empty value in `extra` means "not set" (the proxy refuses a variable set to an empty value).
+        return environment.merging(extra) { $1 }.filter { !$0.value.isEmpty }
     }
 }
