@@ -56,6 +56,26 @@ import Testing
         #expect(close.contains("\"reason\":\"complete\"") && close.contains("\"status\":200"), "\(close)")
     }
 
+    /// An exchange still going when the drain period ends is cut by the proxy, and its record says so (not the client);
+    /// a client caught half-way through a request head by the drain is not logged as having sent a malformed one.
+    @Test func anExchangeCutAtTheEndOfTheDrainIsRecordedAsShutdown() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let (proxy, proxyPort) = try InspectionTests.startProxy(["KAIZEN_DRAIN_SECONDS": "1"])
+        let stalled = try RawSocket(host: "127.0.0.1", port: proxyPort, timeout: 20)
+        try stalled.send("GET http://127.0.0.1:\(originPort)/unframed?stall=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        _ = try stalled.receive(until: "until close\n")
+        let halfHead = try RawSocket(host: "127.0.0.1", port: proxyPort, timeout: 20)
+        try halfHead.send("GET http://127.0.0.1:\(originPort)/hello HTTP/1.1\r\nHost: x\r\n")
+        proxy.signal(SIGTERM)
+        _ = stalled.receiveUntilEnd()
+        _ = halfHead.receiveUntilEnd()
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+        let close = try #require(proxy.stdoutLines.first { $0.contains("\"close\"") })
+        #expect(close.contains(#""closed_by":"proxy""#) && close.contains(#""reason":"shutdown""#), "\(close)")
+        #expect(!proxy.stderr.contains("malformed request") && !proxy.stderr.contains("status=400"), "\(proxy.stderr)")
+    }
+
     @Test func endToEndHeadersArriveAndHopByHopOnesDoNot() async throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         let (proxy, _) = try await ProxyHarness.start()

@@ -186,6 +186,11 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 clientHalfClosed(context: context)
             }
         } else if event is ProxyShutdownEvent {
+            // The drain period is over: an exchange still going is cut by the proxy, not by its client.
+            if let record = exchange {
+                exchange = nil
+                recordClose(record, closedBy: .proxy, reason: "shutdown")
+            }
             closeUpstream()
             closeClientCuttingAnyResponse(context)
         }
@@ -231,6 +236,13 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             logger.debug("client closed inside its request", metadata: ["client.address": "\(clientAddress)"])
             closeUpstream()
             closeClientCuttingAnyResponse(context)
+            return
+        }
+        if let parserError = error as? HTTPParserError, parserError == .invalidEOFState, !context.channel.isActive {
+            // The connection closed (the drain closing it between requests, or the client going) inside a request
+            // head: nothing was malformed, and there is no one left to answer.
+            logger.debug("connection closed inside a request head", metadata: ["client.address": "\(clientAddress)"])
+            closeUpstream()
             return
         }
         if let parserError = error as? HTTPParserError {
