@@ -164,6 +164,31 @@ import Testing
         #expect(during.state == .closed)
     }
 
+    /// A response the decoder refused is the upstream's fault but not its close: 502 saying the response was unusable
+    /// (never sent again, even on a kept connection), or a reset with that reason once the response had started.
+    @Test func anInvalidResponseIsUnusableNotAClose() {
+        var before = Machine()
+        _ = before.requestHead(head(.GET, "http://example.org/"))
+        _ = before.requestEnd(nil)
+        _ = before.upstreamReady(reused: true)
+        guard case .respondError(let error) = before.upstreamClosed(reason: "unexpected content-length header", invalidResponse: true).first
+        else {
+            Issue.record("no error response")
+            return
+        }
+        #expect(error.status == .badGateway && error.reason == "unusable upstream response: unexpected content-length header")
+
+        var during = Machine()
+        _ = during.requestHead(head(.GET, "http://example.org/"))
+        _ = during.upstreamReady()
+        _ = during.responseHead(HTTPResponseHead(version: .http1_1, status: .ok))
+        guard case .abortClient(let reason) = during.upstreamClosed(reason: "invalid chunk size", invalidResponse: true).first else {
+            Issue.record("client not reset")
+            return
+        }
+        #expect(reason == "unusable upstream response mid-way: invalid chunk size")
+    }
+
     /// Whether the upstream closing before any response makes the machine dial again (true) or answer 502.
     func retries(_ request: HTTPRequestHead, reused: Bool = true) -> Bool {
         var machine = Machine()

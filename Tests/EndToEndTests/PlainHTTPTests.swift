@@ -76,6 +76,18 @@ import Testing
         #expect(!proxy.stderr.contains("malformed request") && !proxy.stderr.contains("status=400"), "\(proxy.stderr)")
     }
 
+    /// A response the proxy cannot frame (two Content-Length fields) is answered 502 as unusable, not as the upstream
+    /// having closed (it had not).
+    @Test func anInvalidResponseIs502AsUnusable() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let (proxy, proxyPort) = try InspectionTests.startProxy([:])
+        let result = try runCommand(Self.curl, ["-s", "-i", "--max-time", "10", "-x", "127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(originPort)/two-lengths"])
+        #expect(result.stdout.hasPrefix("HTTP/1.1 502 ") && result.stdout.contains("unusable upstream response: "), "\(result.stdout)")
+        let close = try proxy.waitForLines(count: 1, timeout: 20) { $0.contains("\"close\"") }
+        #expect(close[0].contains("unusable upstream response") && !close[0].contains("closed the connection"), "\(close[0])")
+    }
+
     @Test func endToEndHeadersArriveAndHopByHopOnesDoNot() async throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         let (proxy, _) = try await ProxyHarness.start()

@@ -15,6 +15,8 @@ Modes:
                                        reset; ?garbage=1 after a TLS record that fails to decrypt);
                                        ?size=N: N bytes of x; ?stall=1: no end until the peer closes
                 GET /sized?size=N   -> N bytes of x with a Content-Length
+                GET /two-lengths    -> a 200 with two different Content-Length fields, and the connection
+                                       kept open (until the peer closes, at most 10 s)
                 GET /hangup         -> no response: the connection closes (over TLS: no close_notify;
                                        ?reset=1 by a TCP reset; ?wait=1 prints "GOT /hangup?wait=1" and
                                        closes only once the peer has)
@@ -286,6 +288,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(size))
             self.end_headers()
             self.wfile.write(b"x" * size)
+        elif self.path.startswith("/two-lengths"):  # a response no strict parser takes; the connection stays open
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+            self.wfile.flush()
+            self.wait_for_peer_close(10)
+            self.close_connection = True
         elif self.path.startswith("/status99"):  # a status below 100, with a body llhttp reads and a client would not
             self.wfile.write(b"HTTP/1.1 099 Odd\r\nContent-Length: 5\r\n\r\nhello")
         elif self.path.startswith("/unasked-101"):  # switching protocols though the request did not ask

@@ -246,11 +246,18 @@ extension ProxyFrontHandler {
         }
 
         /// The upstream connection closed or failed.
-        mutating func upstreamClosed(reason: String) -> [Action] {
+        /// The upstream's connection ended: closed, or (`invalidResponse`) refused by the response decoder, which is
+        /// the upstream's fault too but not a close (its 502 and record say the response was unusable, and it is never
+        /// sent again).
+        mutating func upstreamClosed(reason: String, invalidResponse: Bool = false) -> [Action] {
             switch state {
             case .awaitingUpstream:
                 state = .closed
                 return [.respondError(.upstreamClosed(reason))]
+            case .forwarding(let exchange) where invalidResponse && !exchange.responseDone:
+                state = .closed
+                if !exchange.responseStarted { return [.respondError(.unusableResponse(reason))] }
+                return [.abortClient(reason: "unusable upstream response mid-way: \(reason)")]
             case .forwarding(var exchange):
                 if !exchange.responseStarted {
                     // A kept connection the upstream closed as this request arrived: the request goes again, once,

@@ -331,11 +331,11 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context?.channel.isWritable ?? false
     }
 
-    func upstreamClosed(_ handler: UpstreamHTTPHandler, reason: String) {
+    func upstreamClosed(_ handler: UpstreamHTTPHandler, reason: String, invalidResponse: Bool = false) {
         guard let link = upstream, link.handler === handler else { return }
         upstream = nil
         guard let context else { return }
-        perform(machine.upstreamClosed(reason: reason), context: context)
+        perform(machine.upstreamClosed(reason: reason, invalidResponse: invalidResponse), context: context)
     }
 
     // MARK: actions

@@ -72,7 +72,8 @@ final class UpstreamHTTPHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        front?.upstreamClosed(self, reason: "\(GlueHandler.describe(error))")
+        // A response the decoder refused (two lengths, a bare LF, a head past the limit) is not the upstream closing.
+        front?.upstreamClosed(self, reason: "\(GlueHandler.describe(error))", invalidResponse: error is HTTPParserError)
         context.close(promise: nil)
     }
 
