@@ -88,6 +88,21 @@ import Testing
         #expect(close[0].contains("unusable upstream response") && !close[0].contains("closed the connection"), "\(close[0])")
     }
 
+    /// A malformed request pipelined behind a good one: the good one is answered and recorded as it went (200,
+    /// complete), then the bad one gets its 400; the 400 is not taken for the first exchange's outcome.
+    @Test func aMalformedPipelinedRequestDoesNotRewriteTheRecordBeforeIt() throws {
+        let (origin, originPort) = try ChildProcess.origin(mode: "http")
+        defer { withExtendedLifetime(origin) {} }
+        let (proxy, proxyPort) = try InspectionTests.startProxy([:])
+        let socket = try RawSocket(host: "127.0.0.1", port: proxyPort, timeout: 20)
+        try socket.send("GET http://127.0.0.1:\(originPort)/sized?size=100000 HTTP/1.1\r\nHost: x\r\n\r\nPING\r\n\r\n")
+        let (bytes, _) = socket.receiveUntilEnd()
+        let answer = String(decoding: bytes, as: UTF8.self)
+        #expect(answer.hasPrefix("HTTP/1.1 200 ") && answer.contains("HTTP/1.1 400 "), "\(answer.prefix(300))")
+        let close = try proxy.waitForLines(count: 1, timeout: 20) { $0.contains("\"close\"") }
+        #expect(close[0].contains(#""status":200"#) && close[0].contains(#""reason":"complete""#), "\(close[0])")
+    }
+
     @Test func endToEndHeadersArriveAndHopByHopOnesDoNot() async throws {
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         let (proxy, _) = try await ProxyHarness.start()

@@ -64,6 +64,10 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// A half-close that arrived inside `perform`, behind `deferredParts`: NIO's pipelining handler passes it on
     /// right after the request it held, while the response before that request is still being written.
     private var deferredHalfClose = false
+    /// An error that arrived inside `perform`, behind `deferredParts` (the pipelining handler passes on the decoder's
+    /// complaint about a request pipelined after the one being answered once that answer's end is written): handled
+    /// after the exchange it follows has been recorded, so it cannot be taken for that exchange's outcome.
+    private var deferredError: (any Error)?
     private var drainingDeferred = false
 
     private struct ExchangeRecord {
@@ -210,6 +214,14 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if performing > 0 || drainingDeferred {
+            if deferredError == nil { deferredError = error }
+            return
+        }
+        handleError(error, context: context)
+    }
+
+    private func handleError(_ error: any Error, context: ChannelHandlerContext) {
         // After an error answer the connection is closing: the decoder's complaint about the unfinished head
         // it still holds says nothing new (and would double every log line under a slowloris flood).
         guard !answeredWithError, !closingAfterLastResponse else { return }
@@ -348,6 +360,10 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if performing == 0, !drainingDeferred {
                 drainingDeferred = true
                 while !deferredParts.isEmpty { handle(deferredParts.removeFirst(), context: context) }
+                if let error = deferredError {
+                    deferredError = nil
+                    handleError(error, context: context)
+                }
                 if deferredHalfClose {
                     deferredHalfClose = false
                     clientHalfClosed(context: context)
