@@ -6,10 +6,25 @@ import Testing
 @Suite struct ProxyFrontStateMachineTests {
     typealias Machine = ProxyFrontHandler.StateMachine
 
+    /// A request head; a plain-HTTP one gets the `Host` every HTTP/1.1 request must carry unless `headers` has one.
     func head(_ method: HTTPMethod, _ uri: String, _ headers: HTTPHeaders = [:], version: HTTPVersion = .http1_1)
         -> HTTPRequestHead
     {
-        HTTPRequestHead(version: version, method: method, uri: uri, headers: headers)
+        var headers = headers
+        if method != .CONNECT, !headers.contains(name: "host") { headers.add(name: "Host", value: "example.org") }
+        return HTTPRequestHead(version: version, method: method, uri: uri, headers: headers)
+    }
+
+    /// RFC 9112 §3.2: two Host headers are refused, and so is an HTTP/1.1 request without one (HTTP/1.0 may omit it).
+    @Test func oneHostHeader() {
+        func answer(_ headers: HTTPHeaders, version: HTTPVersion = .http1_1) -> Machine.Action? {
+            var machine = Machine()
+            return machine.requestHead(HTTPRequestHead(version: version, method: .GET, uri: "http://example.org/", headers: headers)).first
+        }
+        #expect(answer(["Host": "a", "host": "b"]) == .respondError(ProxyError.badRequest("two Host headers")))
+        #expect(answer([:]) == .respondError(ProxyError.badRequest("an HTTP/1.1 request needs a Host header")))
+        #expect(answer([:], version: .http1_0) == .connectUpstream(plain))
+        #expect(answer(["Host": "other.example"]) == .connectUpstream(plain))
     }
 
     let example = Destination(host: "example.org", port: 443, isIPLiteral: false)

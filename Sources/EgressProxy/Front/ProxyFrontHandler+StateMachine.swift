@@ -116,6 +116,13 @@ extension ProxyFrontHandler {
                 state = .closed
                 return [.respondError(.badRequest("refused: \(problem)"))]
             }
+            // RFC 9112 §3.2: one Host, and an HTTP/1.1 request without one is refused (the URL's authority replaces
+            // it upstream, but two readers of a request with two could still disagree on where it went).
+            let hosts = head.headers["host"].count
+            if hosts > 1 || (hosts == 0 && (head.version.major, head.version.minor) >= (1, 1)) {
+                state = .closed
+                return [.respondError(.badRequest(hosts > 1 ? "two Host headers" : "an HTTP/1.1 request needs a Host header"))]
+            }
             switch RequestTarget.parseAbsoluteURI(head.uri) {
             case .success(let (destination, originForm)):
                 let outbound = ForwardingHeaders.request(head, destination: destination, originForm: originForm)
