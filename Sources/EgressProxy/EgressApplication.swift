@@ -164,6 +164,8 @@ public struct EgressApplication: Sendable {
             settings.append(("passthrough_hosts", .text(configuration.passthroughHosts.map { "\($0)" } ?? "none")))
             // Which protocols are decrypted: HTTP/2 streams are reported like HTTP/1.1 requests.
             settings.append(("inspect_http2", configuration.inspectHTTP2 ? "on" : "off"))
+            // Whether anything that should be inspected could still pass through uninspected.
+            settings.append(("inspect_required", configuration.inspectRequired ? "on" : "off"))
         }
         settings += accessSettings(configuration)
         return settings

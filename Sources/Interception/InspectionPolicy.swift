@@ -9,8 +9,12 @@ public final class InspectionPolicy: Sendable {
     public enum Decision: Sendable, Hashable {
         /// Terminate the client's TLS with a leaf for `leaf`; verify the upstream as `upstreamName`.
         case inspect(leaf: OpenSSLCertificateAuthority.LeafName, upstreamName: String)
-        /// Relay untouched, as destination-only mode does; `reason` goes in the action.
+        /// Relay untouched, as destination-only mode does, as the customer chose (`KAIZEN_PASSTHROUGH_HOSTS`,
+        /// `KAIZEN_INSPECT_HOSTS`); `reason` goes in the action.
         case passthrough(reason: String)
+        /// Relay untouched because the name cannot be inspected for a while (`PinReason`): refused instead with
+        /// `KAIZEN_INSPECT_REQUIRED`. `reason` goes in the action.
+        case pinned(reason: String)
         /// A CONNECT to an address whose SNI is a passthrough name: passed through only if `name` resolves to that
         /// address (ask `decide` again with `sniResolvesToAddress`); otherwise the SNI counts for nothing.
         case passthroughIfNameResolves(name: String)
@@ -89,7 +93,7 @@ public final class InspectionPolicy: Sendable {
             return .passthrough(reason: "not in KAIZEN_INSPECT_HOSTS")
         }
         if let pinned = pinReason(agent: agent, name, now: now) {
-            return .passthrough(reason: pinned.passthroughReason)
+            return .pinned(reason: pinned.passthroughReason)
         }
         let leaf: OpenSSLCertificateAuthority.LeafName
         if let serverName, OpenSSLConnection.isIPAddress(serverName) {

@@ -182,6 +182,9 @@ struct RunOptions: ParsableArguments {
     @Flag(help: "Report query strings with inspected paths. (env KAIZEN_REPORT_QUERY=1)")
     var reportQuery = false
 
+    @Flag(help: "With a CA: refuse what should be inspected but cannot be (pinning, mutual TLS, no readable ClientHello, …) instead of passing it through. (env KAIZEN_INSPECT_REQUIRED=1)")
+    var inspectRequired = false
+
     @Option(help: "How long a name whose client refused the minted certificate passes through. (env KAIZEN_PINNED_PASSTHROUGH, default 1h)")
     var pinnedPassthrough: String?
 
@@ -233,6 +236,7 @@ struct RunOptions: ParsableArguments {
         }
         if local { environment[ConfigurationKey.local.variable] = "1" }
         if reportQuery { environment[ConfigurationKey.reportQuery.variable] = "1" }
+        if inspectRequired { environment[ConfigurationKey.inspectRequired.variable] = "1" }
         if let apiKeyFile {
             guard let key = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else {
                 fail("--api-key-file names no readable file (its value is not shown, as it may be the API key itself): give the path of a readable file that holds the API key")

@@ -55,7 +55,7 @@ import Testing
         ("KAIZEN_CONNECT_TIMEOUT", "0s"), ("KAIZEN_IDLE_TIMEOUT", "soon"), ("KAIZEN_DRAIN_SECONDS", "-5"),
         ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"), ("KAIZEN_AGENT", ""), ("KAIZEN_AGENT", " "), ("KAIZEN_ALLOW_CLIENTS", ""), ("KAIZEN_CONNECT_PORTS", " "),
         ("KAIZEN_POLICY_FAIL", ""), ("KAIZEN_API_KEY", ""), ("PORT", ""), ("PORT", "+3430"), ("KAIZEN_CONNECT_PORTS", "+443"), ("KAIZEN_ALLOW_PRIVATE", "foo..bar"),
-        ("KAIZEN_MAX_CONNECTIONS", "+5"), ("KAIZEN_SPOOL_MAX_BYTES", "+8M"), ("KAIZEN_MODE", "block"),
+        ("KAIZEN_MAX_CONNECTIONS", "+5"), ("KAIZEN_INSPECT_REQUIRED", "1"), ("KAIZEN_INSPECT_REQUIRED", "maybe"), ("KAIZEN_SPOOL_MAX_BYTES", "+8M"), ("KAIZEN_MODE", "block"),
         ("KAIZEN_MODE", "enforce"), ("KAIZEN_POLICY_FAIL", "maybe"), ("KAIZEN_POLICY_REFRESH", "often"),
         ("KAIZEN_H2_MAX_STREAMS", "0"), ("KAIZEN_H2_MAX_STREAMS", "many"), ("KAIZEN_H2_BUFFER_BYTES", "1K"),
         ("KAIZEN_H2_BUFFER_BYTES", "2G"), ("KAIZEN_INSPECT_HTTP2", "maybe"),

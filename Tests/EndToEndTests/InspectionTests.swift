@@ -420,6 +420,39 @@ import Testing
         #expect(actions[1]["method"] == nil)
     }
 
+    /// `KAIZEN_INSPECT_REQUIRED`: what should be inspected but cannot be is refused, not passed through, and the
+    /// action is a block saying why; a host the customer chose to pass through still passes.
+    @Test func withInspectionRequiredWhatCannotBeInspectedIsRefused() throws {
+        let setup = try setUp(extra: ["KAIZEN_INSPECT_REQUIRED": "1", "KAIZEN_PASSTHROUGH_HOSTS": "127.0.0.1"])
+        let url = "https://localhost:\(setup.originPort)/hello"
+        // The pinning client of the test above: refused the leaf once, and then refused, not passed through.
+        #expect(try curl(setup, [url], trust: setup.pki.caCertificate).status == 60)
+        let second = try curl(setup, [url], trust: setup.pki.caCertificate)
+        #expect(second.status != 0 && second.stdout.isEmpty, "\(second)")
+        // Not TLS at all.
+        let socket = try RawSocket(host: "127.0.0.1", port: setup.proxyPort, timeout: 10)
+        try socket.send("CONNECT localhost:\(setup.originPort) HTTP/1.1\r\nHost: x\r\n\r\n")
+        _ = try socket.receive(until: "\r\n\r\n")
+        try socket.send("PING\r\n")
+        #expect(socket.receiveUntilEnd().bytes.isEmpty)
+        // The customer's own choice still passes through (the origin's certificate, not a minted one).
+        let chosen = try curl(setup, ["https://127.0.0.1:\(setup.originPort)/hello"], trust: setup.pki.caCertificate, extra: ["-k"])
+        #expect(chosen.status == 0 && chosen.stdout == "hello from origin", "\(chosen.stderr)")
+
+        let actions = try setup.waitForActions(4)
+        #expect(actions[0]["inspection"] as? String == "tls_intercept_failed")
+        for (action, reason) in [(actions[1], "client refused the inspection certificate recently (pinning)"), (actions[2], "not TLS")] {
+            #expect(action["error"] as? String == "not inspected: \(reason) (KAIZEN_INSPECT_REQUIRED)", "\(action)")
+            #expect(action["outcome"] as? String == "failed" && action["inspection"] as? String == reason, "\(action)")
+        }
+        #expect(actions[2]["tls"] as? Bool == false)
+        // Passed through at the CONNECT, as the customer chose: connected, nothing decrypted.
+        #expect(actions[3]["host"] as? String == "127.0.0.1" && actions[3]["outcome"] as? String == "connected", "\(actions[3])")
+        #expect(actions[3]["intercepted"] == nil && actions[3]["error"] == nil, "\(actions[3])")
+        let verdicts = setup.proxy.stdoutLines.filter { $0.contains("not inspected: ") }
+        #expect(verdicts.count == 2 && verdicts.allSatisfy { $0.contains(#""decision":"block""#) }, "\(verdicts)")
+    }
+
     /// A TCP reset during the handshake is neither an alert nor an end of stream (a network fault, a killed
     /// process): it does not take the name out of inspection, so the next connection is inspected.
     @Test func aResetDuringTheHandshakeDoesNotPin() throws {

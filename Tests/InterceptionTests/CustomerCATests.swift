@@ -185,12 +185,12 @@ struct CAFixtures {
         }
         #expect(decision("agent-a", at: 1000) == .inspect(leaf: .dns("api.example.test"), upstreamName: "API.example.test"))
         policy.notePinned(agent: "agent-a", "api.example.test", now: 1000)
-        #expect(decision("agent-a", at: 1001) == .passthrough(reason: "client refused the inspection certificate recently (pinning)"))
+        #expect(decision("agent-a", at: 1001) == .pinned(reason: "client refused the inspection certificate recently (pinning)"))
         #expect(decision("agent-b", at: 1001) == .inspect(leaf: .dns("api.example.test"), upstreamName: "API.example.test"))
         #expect(decision("agent-a", at: 4600) == .inspect(leaf: .dns("api.example.test"), upstreamName: "API.example.test"))
         // An upstream that requires a client certificate is remembered the same way, with its own reason.
         policy.notePinned(agent: "agent-b", "api.example.test", now: 5000, reason: .upstreamRequiresClientCertificate)
-        #expect(decision("agent-b", at: 5001) == .passthrough(reason: "the upstream required a client certificate recently (mutual TLS)"))
+        #expect(decision("agent-b", at: 5001) == .pinned(reason: "the upstream required a client certificate recently (mutual TLS)"))
         #expect(policy.pinReason(agent: "agent-b", "api.example.test", now: 5001) == .upstreamRequiresClientCertificate)
         #expect(decision("agent-b", at: 8600) == .inspect(leaf: .dns("api.example.test"), upstreamName: "API.example.test"))
     }

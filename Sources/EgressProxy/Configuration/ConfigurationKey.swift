@@ -30,6 +30,7 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let passthroughHosts = ConfigurationKey(variable: "KAIZEN_PASSTHROUGH_HOSTS", flag: "--passthrough-hosts")
     public static let upstreamCAFile = ConfigurationKey(variable: "KAIZEN_UPSTREAM_CA_FILE", flag: "--upstream-ca-file")
     public static let reportQuery = ConfigurationKey(variable: "KAIZEN_REPORT_QUERY", flag: "--report-query")
+    public static let inspectRequired = ConfigurationKey(variable: "KAIZEN_INSPECT_REQUIRED", flag: "--inspect-required")
     public static let pinnedPassthrough = ConfigurationKey(variable: "KAIZEN_PINNED_PASSTHROUGH", flag: "--pinned-passthrough")
     public static let upstreamIdleTimeout = ConfigurationKey(variable: "KAIZEN_UPSTREAM_IDLE_TIMEOUT", flag: "--upstream-idle-timeout")
 
@@ -68,7 +69,7 @@ public struct ConfigurationKey: Sendable, Hashable {
 
     public static let all: [ConfigurationKey] = [
         .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
-        .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery,
+        .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery, .inspectRequired,
         .pinnedPassthrough, .upstreamIdleTimeout, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
         .allowClients, .proxyAuth, .allowPrivate, .denyDestinations, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
         .headerTimeout, .inspectHTTP2, .http2MaxStreams, .http2BufferBytes, .maxConnections, .maxConnectionsPerClient, .eventLoops, .mode, .policyFail, .policyRefresh,

@@ -87,6 +87,9 @@ public struct ProxyConfiguration: Sendable {
     public var upstreamCAFile: String?
     /// Inspection: report a request's query string with its path.
     public var reportQuery: Bool
+    /// With a CA: a connection that should be inspected but cannot be (pinning, mutual TLS, an ALPN or protocol
+    /// inspection does not relay, no readable ClientHello, a name the CA may not sign) is refused, not passed through.
+    public var inspectRequired: Bool
     /// Inspection: how long connections to a name whose client refused our certificate pass through untouched.
     public var pinnedPassthrough: TimeAmount
     /// Inspection: how long an idle, verified HTTP/1.1 upstream connection is kept for the next inspected connection
@@ -346,6 +349,15 @@ public struct ProxyConfiguration: Sendable {
         }
         self.reportQuery = try Self.boolean(
             value(.reportQuery), key: .reportQuery, default: false, meaning: "1 (report query strings) or 0")
+        self.inspectRequired = try Self.boolean(
+            value(.inspectRequired), key: .inspectRequired, default: false,
+            meaning: "1 (refuse what cannot be inspected) or 0 (pass it through, reported)")
+        if inspectRequired && inspectionCA == nil {
+            throw ConfigurationError(
+                variable: ConfigurationKey.inspectRequired.variable,
+                "KAIZEN_INSPECT_REQUIRED is on but no inspection CA is set: set KAIZEN_CA_CERT and KAIZEN_CA_KEY, or unset \(ConfigurationKey.inspectRequired.spelled)"
+            )
+        }
         self.pinnedPassthrough = try Self.duration(value(.pinnedPassthrough), key: .pinnedPassthrough, default: .hours(1))
         if let raw = value(.upstreamIdleTimeout), raw == "0" {
             self.upstreamIdleTimeout = .zero

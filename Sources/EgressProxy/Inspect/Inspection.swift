@@ -17,6 +17,8 @@ struct Inspection: Sendable {
     /// Server role toward the agent: a leaf per connection, answered with the upstream's ALPN choice.
     let clientTLS: OpenSSLContext
     let reportQuery: Bool
+    /// `KAIZEN_INSPECT_REQUIRED`: what should be inspected but cannot be is refused, not passed through.
+    let inspectRequired: Bool
     /// Streams, header block size and buffered bytes of an inspected HTTP/2 connection.
     let http2Limits: HTTP2Limits
     /// Idle verified HTTP/1.1 upstream connections, for the next inspected connection of the same agent to the same
@@ -115,6 +117,7 @@ struct Inspection: Sendable {
             upstreamTLS: upstreamTLS,
             clientTLS: clientTLS,
             reportQuery: configuration.reportQuery,
+            inspectRequired: configuration.inspectRequired,
             http2Limits: configuration.http2Limits,
             upstreamPool: UpstreamPool(idleTimeout: configuration.upstreamIdleTimeout, metrics: metrics),
             alpn: relayed

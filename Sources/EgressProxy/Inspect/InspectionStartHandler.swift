@@ -204,6 +204,8 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
                     handler.carryOut(handler.decide(hello, sniResolvesToAddress: belongs), hello: hello, context: context)
                 }
         case .passthrough(let reason):
+            passThrough(reason: reason, context: context, chosen: true)
+        case .pinned(let reason):
             passThrough(reason: reason, context: context)
         case .inspect where inspection.upstreamOffer(forClientOffer: hello.alpn) == nil:
             // Inspection must not change the protocol the two sides speak: what it cannot relay passes through.
@@ -266,6 +268,22 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
+    /// `KAIZEN_INSPECT_REQUIRED`: a tunnel that would pass through uninspected (for `reason`) is refused. Nothing the
+    /// client sent was relayed; the action is a block saying why.
+    private func refuseUninspected(reason: String, context: ChannelHandlerContext) {
+        let why = "not inspected: \(reason) (KAIZEN_INSPECT_REQUIRED)"
+        // Whether the client began a TLS handshake: what it sent, if anything, starts with a handshake record.
+        let tls = held.flatMap { $0.readableBytes > 0 ? $0.getInteger(at: $0.readerIndex, as: UInt8.self) == 22 : nil }
+        endRefused(context: context, verdict: Reporting.blocked(why)) { metadata in
+            metadata.tls = tls
+            metadata.sni = self.hello?.serverName
+            metadata.alpn = self.hello?.alpn
+            metadata.inspection = reason
+            metadata.outcome = .failed  // refused before anything reached the destination
+            metadata.error = why
+        }
+    }
+
     /// Enforce mode: the SNI names a destination a policy blocks. Nothing the client sent was relayed; both sides
     /// are closed and the refusal reported.
     private func refuse(byPolicy policy: String, sni: String, context: ChannelHandlerContext) {
@@ -278,16 +296,19 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// Ends a TLS tunnel refused at its ClientHello: nothing relayed, the refusal (`describe` fills in why) reported
     /// and logged, both sides closed.
-    private func endRefused(context: ChannelHandlerContext, _ describe: (inout ConnectMetadata) -> Void) {
+    private func endRefused(
+        context: ChannelHandlerContext, verdict: ConnectAction.Verdict = .observed, _ describe: (inout ConnectMetadata) -> Void
+    ) {
         guard !decided else { return }
         decided = true
         timer?.cancel()
-        held = nil
         var metadata = tunnel.metadata
         metadata.tls = true
         describe(&metadata)
-        reporting.action(target: tunnel.destination.description, metadata: metadata)
-        reporting.logConnection(metadata, target: tunnel.destination.description, mode: "none", close: nil)
+        held = nil
+        reporting.action(target: tunnel.destination.description, metadata: metadata, verdict: verdict)
+        reporting.logConnection(
+            metadata, target: tunnel.destination.description, mode: "none", close: nil, blockedByProxy: verdict.decision == "block")
         tunnel.discard()
         context.close(promise: nil)
     }
@@ -376,14 +397,21 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         context.close(promise: nil)
     }
 
-    /// Destination-only handling: the relay and its peek take over, starting with the held bytes.
+    /// Destination-only handling: the relay and its peek take over, starting with the held bytes. With
+    /// `KAIZEN_INSPECT_REQUIRED`, a tunnel that should be inspected but cannot be is refused instead, unless the
+    /// customer chose to pass it through (`chosen`: `KAIZEN_PASSTHROUGH_HOSTS`, `KAIZEN_INSPECT_HOSTS`).
     private func passThrough(
         reason: String,
         context: ChannelHandlerContext,
         clientGone: Bool = false,
-        clientHalfClosed: Bool = false
+        clientHalfClosed: Bool = false,
+        chosen: Bool = false
     ) {
         guard !decided else { return }
+        if inspection.inspectRequired, !chosen, !clientGone {
+            refuseUninspected(reason: reason, context: context)
+            return
+        }
         decided = true
         timer?.cancel()
         if clientGone, let reservation = tunnel.reservation {
