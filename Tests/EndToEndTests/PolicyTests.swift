@@ -236,6 +236,18 @@ import Testing
         #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="none"}"#) == 2, "\(metrics)")
         #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="no_sni"}"#) == 0)
 
+        // Plain HTTP inside a tunnel naming a blocked host in its Host is judged as an SNI would be.
+        for (host, answered) in [("blocked.test", false), ("127.0.0.1", true)] {
+            let socket = try RawSocket(host: "127.0.0.1", port: port, timeout: 10)
+            try socket.send("CONNECT 127.0.0.1:\(setup.plainPort) HTTP/1.1\r\nHost: x\r\n\r\n")
+            _ = try socket.receive(until: "\r\n\r\n")
+            try socket.send("GET /hello HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n")
+            let reply = String(decoding: socket.receiveUntilEnd().bytes, as: UTF8.self)
+            #expect(reply.hasPrefix("HTTP/1.1 200") == answered, "\(host): \(reply)")
+        }
+        let fronted = try waitForAction(proxy) { Self.metadata($0)["request_host"] as? String == "blocked.test" }
+        #expect(Self.verdict(fronted) == ("block", "no-blocked"), "\(fronted)")
+
         // Only addresses judged: the name does not matter, and the same handshake goes through.
         try setup.writePolicy(#"{"policies":[{"name":"no-v6","mode":"blocklist","rules":{"ips":["::1"]}}]}"#)
         _ = try proxy.waitForStderr(containing: "updated: no-v6 (blocklist)", timeout: 20)

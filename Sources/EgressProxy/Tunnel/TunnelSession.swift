@@ -118,6 +118,17 @@ final class TunnelSession {
                 refuse(byPolicy: refusal)
                 return
             }
+        } else if result.tls == false, let host = result.httpHost,
+            !InterceptedConnection.namesSameHost(host, requestedHost.lowercased())
+        {
+            // Plain HTTP inside the tunnel, naming another host than the CONNECT did (a shared front could route it
+            // there): reported, and judged as an SNI would be. Only the first request is looked at, as only the first
+            // ClientHello is.
+            metadata.requestHost = Reporting.printable(host)
+            if let refusal = reporting.judge(&metadata, host: host, address: metadata.resolvedIP) {
+                refuse(byPolicy: refusal)
+                return
+            }
         }
         allow()
     }
