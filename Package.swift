@@ -304,6 +304,7 @@ let package = Package(
             exclude: [
                 "origin.py", "control_plane.py", "mitm_client.py", "smuggling_client.py", "smuggling_origin.py",
                 "raw_mitm_request.py", "h2_client.py", "h2_origin.py", "connect_after_signal.py", "node_client.js",
+                "odd_hello.py", "proxy_tunnel.py",
             ],
             // Raw POSIX socket helpers: sockaddr types resolve through NIO's C shims on clean builds, which
             // MemberImportVisibility would then require importing; this target only keeps ExistentialAny.

@@ -52,18 +52,15 @@ import ssl
 import struct
 import sys
 
+from proxy_tunnel import open_tunnel
+
 
 def tunnel(proxy_port, origin_port):
     """A CONNECT to localhost:ORIGIN_PORT through the proxy, answered 200: the plain socket."""
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-    sock.sendall(f"CONNECT localhost:{origin_port} HTTP/1.1\r\nHost: localhost:{origin_port}\r\n\r\n".encode())
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        chunk = sock.recv(1024)
-        if not chunk:
-            raise SystemExit("proxy closed before answering CONNECT")
-        reply += chunk
-    assert reply.startswith(b"HTTP/1.1 200"), reply
+    sock, status = open_tunnel(proxy_port, "localhost", origin_port)
+    if sock is None:
+        raise SystemExit("proxy closed before answering CONNECT")
+    assert status.startswith("HTTP/1.1 200"), status
     return sock
 
 

@@ -9,9 +9,10 @@ usage: odd_hello.py PROXY_PORT ORIGIN_PORT SNI MODE
 Prints the CONNECT status line, then, after sending, "CLOSED" when the proxy closed the tunnel without a byte of
 answer, or "ANSWERED <n> bytes" when something (the server's handshake) came back.
 """
-import socket
 import ssl
 import sys
+
+from proxy_tunnel import open_tunnel
 
 
 def client_hello(sni):
@@ -39,16 +40,10 @@ def too_large():
 
 def main():
     proxy_port, origin_port, sni, mode = sys.argv[1:5]
-    sock = socket.create_connection(("127.0.0.1", int(proxy_port)), timeout=10)
-    sock.sendall(f"CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = sock.recv(4096)
-        if not chunk:
-            print("CLOSED before the CONNECT answer")
-            return
-        answer += chunk
-    print(answer.split(b"\r\n")[0].decode(), flush=True)
+    sock, status = open_tunnel(proxy_port, "127.0.0.1", origin_port)
+    print(status, flush=True)
+    if sock is None:
+        return
     if mode == "empty-record":
         payload = b"\x16\x03\x01\x00\x00" + client_hello(sni)
     elif mode == "too-large":

@@ -4,24 +4,17 @@ Prints the response's status line, or `CLOSED <reason>` when the proxy closed th
 
 usage: raw_mitm_request.py PROXY_PORT ORIGIN_PORT CA_FILE SNI|- REQUEST
 """
-import socket
 import ssl
 import sys
+
+from proxy_tunnel import open_tunnel
 
 
 def main():
     proxy_port, origin_port, ca_file, sni, request = sys.argv[1:6]
-    sock = socket.create_connection(("127.0.0.1", int(proxy_port)), timeout=10)
-    sock.sendall(f"CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = sock.recv(4096)
-        if not chunk:
-            print("CLOSED before the CONNECT answer")
-            return
-        answer += chunk
-    if not answer.startswith(b"HTTP/1.1 200"):
-        print(answer.split(b"\r\n")[0].decode())
+    sock, status = open_tunnel(proxy_port, "127.0.0.1", origin_port)
+    if sock is None or not status.startswith("HTTP/1.1 200"):
+        print(status)
         return
     context = ssl.create_default_context(cafile=ca_file)
     context.check_hostname = False  # the leaf names the SNI, or the address
