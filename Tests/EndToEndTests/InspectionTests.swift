@@ -435,22 +435,39 @@ import Testing
         _ = try socket.receive(until: "\r\n\r\n")
         try socket.send("PING\r\n")
         #expect(socket.receiveUntilEnd().bytes.isEmpty)
+        // The start of a ClientHello, then a reset: nothing of it is relayed either.
+        do {
+            let cut = try RawSocket(host: "127.0.0.1", port: setup.proxyPort, timeout: 10)
+            try cut.send("CONNECT localhost:\(setup.originPort) HTTP/1.1\r\nHost: x\r\n\r\n")
+            _ = try cut.receive(until: "\r\n\r\n")
+            try cut.send([0x16, 0x03, 0x01, 0x10, 0x00, 0x01, 0x00, 0x0f, 0xfc, 0x03, 0x03] + Array(repeating: 0x41, count: 2000))
+            cut.resetOnClose()
+        }
+        _ = try setup.waitForActions(4)
         // The customer's own choice still passes through (the origin's certificate, not a minted one).
         let chosen = try curl(setup, ["https://127.0.0.1:\(setup.originPort)/hello"], trust: setup.pki.caCertificate, extra: ["-k"])
         #expect(chosen.status == 0 && chosen.stdout == "hello from origin", "\(chosen.stderr)")
 
-        let actions = try setup.waitForActions(4)
+        let actions = try setup.waitForActions(5)
         #expect(actions[0]["inspection"] as? String == "tls_intercept_failed")
-        for (action, reason) in [(actions[1], "client refused the inspection certificate recently (pinning)"), (actions[2], "not TLS")] {
+        for (action, reason) in [
+            (actions[1], "client refused the inspection certificate recently (pinning)"), (actions[2], "not TLS"),
+            (actions[3], "client closed before its ClientHello"),
+        ] {
             #expect(action["error"] as? String == "not inspected: \(reason) (KAIZEN_INSPECT_REQUIRED)", "\(action)")
             #expect(action["outcome"] as? String == "failed" && action["inspection"] as? String == reason, "\(action)")
         }
-        #expect(actions[2]["tls"] as? Bool == false)
+        // What the client sent, told as a passed-through tunnel's peek tells it.
+        #expect(actions[2]["tls"] as? Bool == false && (actions[2]["sni_error"] as? String)?.hasPrefix("not TLS") == true, "\(actions[2])")
+        #expect(actions[3]["tls"] as? Bool == true && (actions[3]["sni_error"] as? String)?.hasPrefix("incomplete ClientHello") == true, "\(actions[3])")
         // Passed through at the CONNECT, as the customer chose: connected, nothing decrypted.
-        #expect(actions[3]["host"] as? String == "127.0.0.1" && actions[3]["outcome"] as? String == "connected", "\(actions[3])")
-        #expect(actions[3]["intercepted"] == nil && actions[3]["error"] == nil, "\(actions[3])")
+        #expect(actions[4]["host"] as? String == "127.0.0.1" && actions[4]["outcome"] as? String == "connected", "\(actions[4])")
+        #expect(actions[4]["intercepted"] == nil && actions[4]["error"] == nil, "\(actions[4])")
         let verdicts = setup.proxy.stdoutLines.filter { $0.contains("not inspected: ") }
-        #expect(verdicts.count == 2 && verdicts.allSatisfy { $0.contains(#""decision":"block""#) }, "\(verdicts)")
+        #expect(verdicts.count == 3 && verdicts.allSatisfy { $0.contains(#""decision":"block""#) }, "\(verdicts)")
+        let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="not_tls"}"#) == 1, "\(metrics)")
+        #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="none"}"#) == 1)
     }
 
     /// A TCP reset during the handshake is neither an alert nor an end of stream (a network fault, a killed

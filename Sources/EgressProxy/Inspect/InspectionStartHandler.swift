@@ -272,12 +272,24 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// client sent was relayed; the action is a block saying why.
     private func refuseUninspected(reason: String, context: ChannelHandlerContext) {
         let why = "not inspected: \(reason) (KAIZEN_INSPECT_REQUIRED)"
-        // Whether the client began a TLS handshake: what it sent, if anything, starts with a handshake record.
-        let tls = held.flatMap { $0.readableBytes > 0 ? $0.getInteger(at: $0.readerIndex, as: UInt8.self) == 22 : nil }
+        // What the client's first bytes were, told as a passed-through tunnel's peek tells it (the action's `tls` and
+        // `sni_error`, the SNI-parse metric).
+        var peek = ClientHelloPeek(limit: settings.clientHelloLimit)
+        var seen: PeekResult
+        if hello == nil, let held, case .done(let result) = peek.feed(held) {
+            seen = result
+        } else if let hello {
+            seen = PeekResult(tls: true, hello: hello, sniError: hello.serverName == nil ? ClientHelloPeek.noServerName : nil)
+        } else {
+            if let held { _ = peek.feed(held) }
+            seen = peek.giveUp(because: reason)
+        }
+        if seen.tls == nil { seen.tls = false }
         endRefused(context: context, verdict: Reporting.blocked(why)) { metadata in
-            metadata.tls = tls
-            metadata.sni = self.hello?.serverName
-            metadata.alpn = self.hello?.alpn
+            metadata.tls = seen.tls
+            metadata.sniError = seen.sniError
+            metadata.sni = seen.hello?.serverName
+            metadata.alpn = seen.hello?.alpn
             metadata.inspection = reason
             metadata.outcome = .failed  // refused before anything reached the destination
             metadata.error = why
@@ -408,7 +420,8 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         chosen: Bool = false
     ) {
         guard !decided else { return }
-        if inspection.inspectRequired, !chosen, !clientGone {
+        // A client gone (even by a reset, mid-ClientHello) is refused too: what it sent would still be relayed.
+        if inspection.inspectRequired, !chosen {
             refuseUninspected(reason: reason, context: context)
             return
         }
