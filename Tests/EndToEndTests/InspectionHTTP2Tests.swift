@@ -258,6 +258,23 @@ import Testing
         #expect(action["upgrade"] as? String == "websocket" && action["status"] as? Int == 200, "\(action)")
     }
 
+    /// A stream that would be a tunnel inside the inspected tunnel (a CONNECT without :protocol, or an extended CONNECT
+    /// for another protocol than WebSocket: MASQUE's connect-udp reaches any host, named only inside the stream) is
+    /// refused with 400 and never reaches the upstream, as HTTP/1.1 refuses a CONNECT; the connection goes on.
+    @Test func tunnelsInsideTheInspectedConnectionAreRefused() throws {
+        let setup = try setUp()
+        let seen = try h2Client("tunnels", setup)
+        for label in ["connect", "connect-udp"] {
+            #expect((seen[label] as? [String: Any])?["status"] as? String == "400", "\(label): \(seen)")
+        }
+        #expect((seen["after"] as? [String: Any])?["status"] as? String == "200", "\(seen)")
+        let actions = try setup.waitForActions(3)
+        #expect(actions[0]["error"] as? String == "rejected: a CONNECT inside an inspected connection", "\(actions[0])")
+        #expect((actions[1]["error"] as? String)?.hasPrefix("rejected: an extended CONNECT for connect-udp") == true, "\(actions[1])")
+        let requests = setup.origin.stdoutLines.filter { $0.hasPrefix("REQUEST ") }
+        #expect(requests.allSatisfy { !$0.contains("CONNECT") }, "\(requests)")
+    }
+
     @Test func aTunnelWhoseUpstreamDropsItsConnectionIsResetTowardTheClient() throws {
         let setup = try setUp()
         let seen = try h2Client("websocket", setup, ["--cut"])

@@ -20,6 +20,8 @@ against the inspection CA, then one of these scenarios, printing one JSON object
   burst      --count GET /size/10 streams in one write before the proxy's SETTINGS are acknowledged: how many
              were answered and how many refused (REFUSED_STREAM)
   cancelled  DELETE /echo and its RST_STREAM(CANCEL) in one write, then GET /size/5: the second's status
+  tunnels    on one connection: a CONNECT without :protocol, an extended CONNECT for connect-udp, then GET /size/5:
+             each stream's status and reset code
   malformed  on one connection: GET /size/5 with an uppercase field name, then with a connection-specific field
              (`connection: keep-alive`), then GET /size/5: each stream's status and reset code
   idle       prints READY once connected, then (not JSON) "GOAWAY <code>" when one arrives and CLOSED when the
@@ -371,6 +373,27 @@ def odd(client, arguments):
     return results
 
 
+def tunnels(client, arguments):
+    """A CONNECT without :protocol, then an extended CONNECT for connect-udp (MASQUE), then GET /size/5: each one's
+    status and reset code (the extended one once the proxy offers extended CONNECT)."""
+    enable = int(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL)
+    while client.remote_settings.get(enable) != 1:
+        client.pump()
+    results = {}
+    for label, headers, end in [
+        ("connect", [(":method", "CONNECT"), (":authority", "other.example:443")], False),
+        ("connect-udp", [(":method", "CONNECT"), (":protocol", "connect-udp"), (":scheme", "https"),
+                         (":path", "/.well-known/masque/udp/evil.example/443/"), (":authority", client.authority())], False),
+        ("after", client.request_headers("GET", "/size/5"), True),
+    ]:
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, headers, end_stream=end)
+        client.flush()
+        result = collect(client, stream_id)
+        results[label] = {"status": (result["headers"] or {}).get(":status"), "reset": result["reset"]}
+    return results
+
+
 def malformed(client, arguments):
     results = {}
     for label, extra in [("uppercase", [("X-Upper", "1")]), ("connection", [("connection", "keep-alive")]),
@@ -470,7 +493,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle", "odd",
-                     "malformed", "cancelled", "burst", "flood", "answered"])
+                     "malformed", "cancelled", "burst", "flood", "answered", "tunnels"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")

@@ -156,6 +156,10 @@ final class InterceptedStream {
             answer(.badRequest("malformed request: \(problem)"), error: "rejected: malformed request: \(problem)")
             return
         }
+        if let problem = Self.tunnelProblem(method: method, extendedProtocol: extendedProtocol) {
+            answer(.badRequest(problem), error: "rejected: \(problem)")
+            return
+        }
         let verdict = connection.judge(connection.namesToJudge(requestHosts: requestHosts))
         policy = (verdict.policy, verdict.wouldBlock)
         if let refusal = verdict.refusal {
@@ -188,6 +192,17 @@ final class InterceptedStream {
         guard let path else { return nil }
         if path.hasPrefix("/") || (path == "*" && method == "OPTIONS") { return nil }
         return ":path is not origin-form (a path starting with /)"
+    }
+
+    /// Why a CONNECT stream is not forwarded: a plain CONNECT would make the stream a tunnel inside the tunnel, carrying
+    /// bytes no one parses or reports (HTTP/1.1 refuses it too); an extended CONNECT (RFC 8441, 9220, 9298, 9484) is
+    /// relayed for WebSocket only, whose messages stay with the host the request named: `connect-udp` or `connect-ip`
+    /// would carry traffic to any host, named only inside the stream. Nil for any other request.
+    static func tunnelProblem(method: String?, extendedProtocol: String?) -> String? {
+        guard method == "CONNECT" else { return nil }
+        guard let extendedProtocol else { return "a CONNECT inside an inspected connection" }
+        if extendedProtocol.lowercased() == "websocket" { return nil }
+        return "an extended CONNECT for \(Reporting.printable(String(extendedProtocol.prefix(64)))), which inspection does not relay"
     }
 
     /// Enforce mode: the request names a destination a policy blocks. It is answered 403 on its stream; the
