@@ -5,6 +5,8 @@ public enum HTTP1ParseError: Error, Sendable, Hashable, CustomStringConvertible 
     case invalidTarget
     case invalidVersion
     case invalidStatus
+    /// A 101 to a request that asked for no upgrade (RFC 9110 §15.2.2): what follows could be anything.
+    case unrequestedSwitch
     case invalidFieldName
     case invalidFieldValue
     /// A field line that starts with whitespace: the obsolete line folding RFC 9112 §5.2 lets a server refuse.
@@ -34,6 +36,7 @@ public enum HTTP1ParseError: Error, Sendable, Hashable, CustomStringConvertible 
         case .invalidTarget: "invalid request target"
         case .invalidVersion: "invalid HTTP version"
         case .invalidStatus: "invalid status line"
+        case .unrequestedSwitch: "101 Switching Protocols, which the request did not ask for"
         case .invalidFieldName: "invalid header field name"
         case .invalidFieldValue: "invalid header field value"
         case .obsoleteLineFolding: "obsolete line folding"

@@ -95,12 +95,16 @@ import Testing
 
     /// A status outside 100–599 (llhttp reads a body after a 099 that the client would not) is not relayed: the
     /// client gets a 502 and the action says so.
-    @Test func aResponseStatusOutsideTheRangeIsAnswered502() throws {
+    /// …and so does a 101 no request asked for: relayed, it would turn the connection into bytes no one reads, and the
+    /// next request on it would go unjudged and unreported.
+    @Test(arguments: [("/status99", "invalid status line"), ("/unasked-101", "101 Switching Protocols, which the request did not ask for")])
+    func aResponseStatusOutsideTheRangeIsAnswered502(_ path: String, _ why: String) throws {
         let setup = try setUp()
-        let result = try curl(setup, ["https://localhost:\(setup.originPort)/status99"], extra: ["-w", " %{http_code}"])
+        let result = try curl(setup, ["https://localhost:\(setup.originPort)\(path)"], extra: ["-w", " %{http_code}"])
         #expect(result.stdout.hasSuffix(" 502"), "\(result.stdout) \(result.stderr)")
         let actions = try setup.waitForActions(1)
         #expect(actions[0]["status"] as? Int == 502, "\(actions)")
+        #expect((actions[0]["error"] as? String)?.contains(why) == true && actions[0]["upgrade"] == nil, "\(actions)")
     }
 
     @Test func curlGetsTheOriginsPagesAndEachRequestIsReported() throws {

@@ -571,6 +571,12 @@ final class InterceptedConnection {
                 upstreamFailed(HTTP1ParseError.invalidStatus)
                 return
             }
+            if head.status == 101, machine.current?.upgrade == nil {
+                // A switch no request asked for would turn the connection into a relay of bytes no one reads or
+                // judges (the next "request" on it would go unreported). Not relayed, as on the plain-HTTP path.
+                upstreamFailed(HTTP1ParseError.unrequestedSwitch)
+                return
+            }
             action = machine.responseHead(head)
             var announcingClose = false
             if closeKeptFromUpstream && head.status >= 200 {
