@@ -1,3 +1,4 @@
+import AccessControl
 import Foundation
 
 /// Where a client wants to go: a host (name or IP literal) and a port.
@@ -23,6 +24,30 @@ public struct Destination: Sendable, Hashable, CustomStringConvertible {
     func hostHeader(defaultPort: Int) -> String {
         let name = host.contains(":") ? "[\(host)]" : host
         return port == defaultPort ? name : "\(name):\(port)"
+    }
+
+    /// Whether a `Host` (or `:authority`) value is `host[:port]` as RFC 9110 §7.2 has it, with a host the proxy can
+    /// judge: a DNS name (letters, digits, `-`, `_`, labels of 1–63, at most one trailing dot), an IPv4 address in
+    /// its four-decimal form, or a bracketed IPv6 address. Anything else (`blocked%2eexample`, `blocked.example/x`,
+    /// `a, b`, `0x7f.1`, a full-width dot) is refused: a lenient upstream or gateway could read a name in it that
+    /// the policy never saw.
+    static func isValidHostField(_ raw: String) -> Bool {
+        var value = Substring(raw)
+        while let first = value.first, first == " " || first == "\t" { value = value.dropFirst() }
+        while let last = value.last, last == " " || last == "\t" { value = value.dropLast() }
+        func isPort(_ text: Substring) -> Bool { text.count <= 5 && text.allSatisfy { $0.isASCII && $0.isNumber } }
+        if value.first == "[" {
+            guard let close = value.firstIndex(of: "]") else { return false }
+            let inner = value[value.index(after: value.startIndex)..<close]
+            guard inner.contains(":"), let address = IPAddress(String(inner)), !address.isIPv4 else { return false }
+            let after = value[value.index(after: close)...]
+            return after.isEmpty || (after.first == ":" && isPort(after.dropFirst()))
+        }
+        let parts = value.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count <= 2, parts.count == 1 || isPort(parts[1]) else { return false }
+        var host = parts[0].lowercased()
+        if host.count > 1, host.hasSuffix(".") { host.removeLast() }
+        return RequestTarget.isIPv4Literal(Substring(host)) || RequestTarget.isValidHostName(host)
     }
 
     /// The host of a `Host` header value: `example.com:8443` → `example.com`, `[2001:db8::1]:443` →

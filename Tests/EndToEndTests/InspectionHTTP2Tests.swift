@@ -275,6 +275,20 @@ import Testing
         #expect(requests.allSatisfy { !$0.contains("CONNECT") }, "\(requests)")
     }
 
+    /// An :authority or host field the proxy could not judge as a name is refused with 400, as HTTP/1.1 refuses such a
+    /// Host: a lenient upstream could read a blocked name in `blocked%2eexample`.
+    @Test func anAuthorityThatIsNotAHostIsRefused() throws {
+        let setup = try setUp()
+        let seen = try h2Client("authority", setup)
+        for label in ["authority", "host"] {
+            #expect((seen[label] as? [String: Any])?["status"] as? String == "400", "\(label): \(seen)")
+        }
+        #expect((seen["after"] as? [String: Any])?["status"] as? String == "200", "\(seen)")
+        let actions = try setup.waitForActions(3)
+        #expect((actions[0]["error"] as? String)?.contains("an invalid :authority or host (blocked%2eexample)") == true, "\(actions[0])")
+        #expect(setup.origin.stdoutLines.filter { $0.hasPrefix("REQUEST ") }.count == 1)
+    }
+
     @Test func aTunnelWhoseUpstreamDropsItsConnectionIsResetTowardTheClient() throws {
         let setup = try setUp()
         let seen = try h2Client("websocket", setup, ["--cut"])

@@ -22,6 +22,8 @@ against the inspection CA, then one of these scenarios, printing one JSON object
   cancelled  DELETE /echo and its RST_STREAM(CANCEL) in one write, then GET /size/5: the second's status
   tunnels    on one connection: a CONNECT without :protocol, an extended CONNECT for connect-udp, then GET /size/5:
              each stream's status and reset code
+  authority  on one connection: GET with :authority blocked%2eexample, GET with a host field blocked.example/x, then
+             GET /size/5: each stream's status and reset code
   malformed  on one connection: GET /size/5 with an uppercase field name, then with a connection-specific field
              (`connection: keep-alive`), then GET /size/5: each stream's status and reset code
   idle       prints READY once connected, then (not JSON) "GOAWAY <code>" when one arrives and CLOSED when the
@@ -61,8 +63,9 @@ def connect(arguments):
     tls = context.wrap_socket(sock, server_hostname=arguments.host)
     if tls.selected_alpn_protocol() != "h2":
         sys.exit(f"ALPN: {tls.selected_alpn_protocol()}")
-    # `odd` and `malformed` send what h2 would refuse to send (an absolute :path, an uppercase field name).
-    lax = arguments.scenario in ("odd", "malformed")
+    # `odd`, `malformed` and `authority` send what h2 would refuse to send (an absolute :path, an uppercase field
+    # name, a host field that disagrees with :authority).
+    lax = arguments.scenario in ("odd", "malformed", "authority")
     config = h2.config.H2Configuration(
         client_side=True, header_encoding="utf-8", validate_outbound_headers=not lax,
         normalize_outbound_headers=not lax)
@@ -394,6 +397,23 @@ def tunnels(client, arguments):
     return results
 
 
+def authority(client, arguments):
+    """GET with :authority blocked%2eexample, then with a host field blocked.example/x, then GET /size/5: each one's
+    status and reset code."""
+    results = {}
+    for label, headers in [
+        ("authority", [(":method", "GET"), (":scheme", "https"), (":authority", "blocked%2eexample"), (":path", "/size/5")]),
+        ("host", client.request_headers("GET", "/size/5", [("host", "blocked.example/x")])),
+        ("after", client.request_headers("GET", "/size/5")),
+    ]:
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, headers, end_stream=True)
+        client.flush()
+        result = collect(client, stream_id)
+        results[label] = {"status": (result["headers"] or {}).get(":status"), "reset": result["reset"]}
+    return results
+
+
 def malformed(client, arguments):
     results = {}
     for label, extra in [("uppercase", [("X-Upper", "1")]), ("connection", [("connection", "keep-alive")]),
@@ -493,7 +513,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "scenario", choices=["streams", "grpc", "websocket", "reset", "bigheader", "badstream", "goaway", "settings", "idle", "odd",
-                     "malformed", "cancelled", "burst", "flood", "answered", "tunnels"])
+                     "malformed", "cancelled", "burst", "flood", "answered", "tunnels", "authority"])
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=int, required=True)
     parser.add_argument("--host", default="localhost")

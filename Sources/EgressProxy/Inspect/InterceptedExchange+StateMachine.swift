@@ -211,6 +211,13 @@ package struct InterceptedExchangeStateMachine {
             // RFC 9112 §3.2: a request with more than one Host is invalid; two could name two destinations.
             return "more than one Host header"
         }
+        if !fields.hostIsConnections, let host = fields.host, !Destination.isValidHostField(host) {
+            // RFC 9112 §3.2: an invalid Host is refused; a lenient upstream could read a name in it no one judged.
+            return "an invalid Host"
+        }
+        if let authority = absoluteFormAuthority(target), !Destination.isValidHostField(String(authority)) {
+            return "an invalid authority in the request target"
+        }
         if target.utf8.contains(UInt8(ascii: "#")) {
             // A request target has no fragment (RFC 9112 §3.2); forwarding one would send what is not reported.
             return "a fragment in the request target"
@@ -380,6 +387,17 @@ package struct InterceptedExchangeStateMachine {
         // Origin-form ("/path") first: most requests, and no search through the target.
         guard uri.utf8.first != UInt8(ascii: "/") else { return nil }
         return uri.utf8.firstRange(of: "://".utf8)?.upperBound
+    }
+
+    /// The authority of an absolute-form request target (`https://host:port/path`) without its userinfo; nil for any
+    /// other form.
+    static func absoluteFormAuthority(_ uri: String) -> Substring? {
+        guard let start = authorityStart(uri) else { return nil }
+        let rest = Substring(uri)[start...]
+        let end = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
+        let authority = rest[..<end]
+        if let at = authority.lastIndex(of: "@") { return authority[authority.index(after: at)...] }
+        return authority
     }
 
     /// The host of an absolute-form request target (`https://host:port/path`), without a port.

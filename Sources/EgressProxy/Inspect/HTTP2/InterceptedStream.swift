@@ -156,6 +156,14 @@ final class InterceptedStream {
             answer(.badRequest("malformed request: \(problem)"), error: "rejected: malformed request: \(problem)")
             return
         }
+        if let invalid = ([fields.first(name: ":authority")] + fields["host"].map { Optional($0) }).compactMap({ $0 })
+            .first(where: { !Destination.isValidHostField($0) })
+        {
+            // As HTTP/1.1 refuses an invalid Host: a lenient upstream could read a name in it that was never judged.
+            let problem = "an invalid :authority or host (\(Reporting.printable(String(invalid.prefix(64)))))"
+            answer(.badRequest("malformed request: \(problem)"), error: "rejected: malformed request: \(problem)")
+            return
+        }
         if let problem = Self.tunnelProblem(method: method, extendedProtocol: extendedProtocol) {
             answer(.badRequest(problem), error: "rejected: \(problem)")
             return
