@@ -21,6 +21,21 @@ public struct AuditPaths: Sendable, Hashable {
         self.current = current
     }
 
+    /// The paths of the file `path` names, symbolic links resolved (in the file's name and in its directories), so
+    /// that two proxies given two names for one log lock one lock file, and rotated files land beside the real file.
+    /// A file not made yet is resolved through its directory.
+    public static func resolving(_ path: String) -> AuditPaths {
+        if let resolved = realpath(path, nil) {
+            defer { free(resolved) }
+            return AuditPaths(current: String(cString: resolved))
+        }
+        let unresolved = AuditPaths(current: path)
+        guard let directory = realpath(unresolved.directory, nil) else { return unresolved }
+        defer { free(directory) }
+        let parent = String(cString: directory)
+        return AuditPaths(current: (parent == "/" ? "" : parent) + "/" + unresolved.baseName)
+    }
+
     public var head: String { current + ".head" }
     /// Locked (flock) by the one process writing the log, for as long as it does.
     public var lock: String { current + ".lock" }

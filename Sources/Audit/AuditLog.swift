@@ -77,7 +77,7 @@ public final class AuditLog: ActionSink, Service {
 
     /// Opens the log, continues its chain and writes the start record.
     public init(configuration: Configuration, logger: Logger) throws(AuditFileError) {
-        var writer = try AuditFileWriter(paths: AuditPaths(current: configuration.path), maxBytes: configuration.maxBytes)
+        var writer = try AuditFileWriter(paths: AuditPaths.resolving(configuration.path), maxBytes: configuration.maxBytes)
         if let cut = writer.truncatedTail {
             logger.warning(
                 "the audit log ended in an unfinished line (the proxy stopped mid-write); it was cut off and the start record says so",

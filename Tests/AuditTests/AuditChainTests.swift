@@ -234,6 +234,25 @@ import Testing
         #expect(probe.status != 0)
     }
 
+    /// Two names for one log (a symbolic link to it, or to its directory) are one log: the second writer is refused.
+    @Test func aLinkToTheLogIsTheSameLog() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let real = directory + "/audit.jsonl"
+        let first = try AuditFileWriter(paths: AuditPaths.resolving(real), maxBytes: 0)
+        try FileManager.default.createSymbolicLink(atPath: directory + "/link.jsonl", withDestinationPath: real)
+        try FileManager.default.createSymbolicLink(atPath: directory + "/dir", withDestinationPath: directory)
+        for other in [directory + "/link.jsonl", directory + "/dir/audit.jsonl"] {
+            let paths = AuditPaths.resolving(other)
+            #expect(paths == AuditPaths.resolving(real), "\(other)")
+            #expect(throws: AuditFileError.self) { _ = try AuditFileWriter(paths: paths, maxBytes: 0) }
+        }
+        // A log not made yet is resolved through its directory.
+        let realDirectory = String(AuditPaths.resolving(real).current.dropLast("/audit.jsonl".count))
+        #expect(AuditPaths.resolving(directory + "/dir/new.jsonl").current == realDirectory + "/new.jsonl")
+        _ = consume first
+    }
+
     @Test func aFailedWriteLeavesNoHalfLineAndTheChainGoesOn() throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
