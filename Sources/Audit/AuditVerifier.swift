@@ -39,8 +39,9 @@ public struct AuditVerifier {
     }
 
     public func verify(files given: [String]) throws -> Report {
-        // A glob such as `audit.jsonl*` also names the head file (and its temporary): those are heads, not logs.
-        let files = given.filter { !$0.hasSuffix(".head") && !$0.hasSuffix(".head.tmp") }
+        // A glob such as `audit.jsonl*` also names the head file (and its temporary), and the writer's lock file:
+        // those are not logs.
+        let files = given.filter { !$0.hasSuffix(".head") && !$0.hasSuffix(".head.tmp") && !$0.hasSuffix(".lock") }
         var headPaths: [String] = []
         for path in given where path.hasSuffix(".head") && !headPaths.contains(path) { headPaths.append(path) }
         for path in files where FileManager.default.fileExists(atPath: path + ".head") && !headPaths.contains(path + ".head") {

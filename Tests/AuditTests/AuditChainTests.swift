@@ -232,6 +232,10 @@ import Testing
         // Another process is refused too (flock is per open file, so this checks what a second proxy would meet).
         let probe = try runCommand("/usr/bin/flock", ["-n", paths.lock, "true"])
         #expect(probe.status != 0)
+        // The lock file is not a log: a glob (audit.jsonl*) that names it verifies the log alone.
+        try again.sync(now: "2026-11-27T00:00:00.000Z")
+        let report = try AuditVerifier().verify(files: [paths.current, paths.lock, paths.head])
+        #expect(report.intact && report.files == [paths.current], "\(report.files)")
     }
 
     /// Two names for one log (a symbolic link to it, or to its directory) are one log: the second writer is refused.

@@ -100,8 +100,9 @@ import Testing
         #expect(!proxy.child.stderr.contains("never connected"))
 
         let audit = directory + "/audit.jsonl"
-        // As a shell glob (audit.jsonl*) gives them: the log and its head file.
-        let verify = try runCommand(Paths.proxyBinary, ["audit", "verify", audit, audit + ".head"])
+        // As a shell glob (audit.jsonl*) gives them: the log, its head file and its lock file.
+        #expect(FileManager.default.fileExists(atPath: audit + ".lock"))
+        let verify = try runCommand(Paths.proxyBinary, ["audit", "verify", audit, audit + ".head", audit + ".lock"])
         #expect(verify.status == 0, "\(verify.stdout)")
         #expect(verify.stdout.hasPrefix("OK 19 lines, seq 1–19"), "\(verify.stdout)")  // 2 starts, 2 stops, 8 actions, 7 closes (a refusal has none)
 
