@@ -63,9 +63,12 @@ struct Reporting: Sendable {
                 metrics.peek(outcome: "none")
             }
         }
-        if metadata.connectionID != nil, metadata.method != nil || metadata.status != nil {
-            let rejected = metadata.error?.hasPrefix("rejected") ?? false
-            metrics.inspectedRequest(outcome: blocked ? "blocked" : rejected ? "rejected" : "forwarded")
+        let rejected = metadata.error?.hasPrefix("rejected") ?? false
+        // A request: it has a method or a status, or it was refused before either was read (an HTTP/2 stream NIO found
+        // malformed, say). A connection's own failure (the client refused the leaf) is not one.
+        if metadata.connectionID != nil, metadata.method != nil || metadata.status != nil || rejected {
+            let unsent = metadata.error?.contains("before it was sent upstream") ?? false
+            metrics.inspectedRequest(outcome: blocked ? "blocked" : rejected ? "rejected" : unsent ? "unsent" : "forwarded")
         }
         switch metadata.inspection {
         case InterceptedConnection.upstreamNotTrusted: metrics.upstreamVerificationFailed()

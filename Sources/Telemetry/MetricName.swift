@@ -14,7 +14,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Connections ended (plain-HTTP exchanges too), by mode (passthrough, inspected, forwarded, none) and outcome (connected, failed, blocked): one per canonical log line.")
     public static let inspectedRequests = MetricName(
         name: "kaizen_egress_inspected_requests_total", type: "counter", labels: ["outcome"],
-        help: "Requests inside inspected connections (an HTTP/1.1 exchange or an HTTP/2 stream each), by outcome (forwarded, rejected, blocked).")
+        help: "Requests inside inspected connections (an HTTP/1.1 exchange or an HTTP/2 stream each), by outcome (forwarded, rejected, blocked, unsent: an HTTP/2 stream the client reset before it was sent upstream).")
     public static let bytes = MetricName(
         name: "kaizen_egress_bytes_total", type: "counter", labels: ["direction"],
         help: "Bytes relayed, from_client or to_client, counted when a connection or exchange closes.")

@@ -8,7 +8,7 @@ public final class ProxyMetrics: Sendable {
     public static let transports = ["connect", "http", "transparent"]
     public static let connectionOutcomes = ["connected", "failed", "blocked"]
     public static let modes = ["passthrough", "inspected", "forwarded", "none"]
-    public static let requestOutcomes = ["forwarded", "rejected", "blocked"]
+    public static let requestOutcomes = ["forwarded", "rejected", "blocked", "unsent"]
     public static let peekOutcomes = ["sni", "no_sni", "not_tls", "none"]
     public static let policyDecisions = ["allow", "block", "would_block"]
     public static let policyFetchOutcomes = ["updated", "not_modified", "invalid", "refused", "unavailable"]

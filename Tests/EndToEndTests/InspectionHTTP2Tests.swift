@@ -88,6 +88,10 @@ import Testing
         #expect(actions.filter { $0["error"] != nil }.allSatisfy { $0["method"] == nil && $0["status"] == nil && $0["intercepted"] as? Bool == true })
         #expect(actions.contains { $0["path"] as? String == "/size/5" && $0["status"] as? Int == 200 && $0["error"] == nil })
         _ = try setup.proxy.waitForStderr(containing: "rejected an intercepted request", count: 2, timeout: 10)
+        // Counted as what they were: two rejected, one forwarded.
+        let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, #"kaizen_egress_inspected_requests_total{outcome="rejected"}"#) == 2, "\(metrics)")
+        #expect(AdminTests.value(metrics, #"kaizen_egress_inspected_requests_total{outcome="forwarded"}"#) == 1)
     }
 
     /// A request the client resets in the same write as its HEADERS, while its upstream stream is still being made,
@@ -101,6 +105,9 @@ import Testing
         let actions = try setup.waitForActions(2)
         let cancelled = try #require(actions.first { $0["method"] as? String == "DELETE" }, "\(actions)")
         #expect((cancelled["error"] as? String)?.hasPrefix("stream reset by the client before it was sent upstream") == true, "\(cancelled)")
+        let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, #"kaizen_egress_inspected_requests_total{outcome="unsent"}"#) == 1, "\(metrics)")
+        #expect(AdminTests.value(metrics, #"kaizen_egress_inspected_requests_total{outcome="forwarded"}"#) == 1)
     }
 
     /// Streams a client opens before it has acknowledged the proxy's SETTINGS are held to KAIZEN_H2_MAX_STREAMS all
