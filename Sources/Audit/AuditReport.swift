@@ -63,6 +63,9 @@ public struct AuditReport: Sendable, Codable, Hashable {
         public var method: String
         public var path: String
         public var count: Int
+        /// The proxy refused these (blocked by a policy in enforce mode, or rejected as malformed): they never reached
+        /// the destination. Listed apart from the same method and path forwarded.
+        public var refused: Bool
     }
 
     public struct NewDestination: Sendable, Codable, Hashable {
@@ -115,7 +118,7 @@ public struct AuditReportBuilder {
         var bytesToClient: UInt64 = 0
         var inspected = false
         var new = false
-        var requests: [String: (method: String, path: String, count: Int)] = [:]
+        var requests: [String: (method: String, path: String, count: Int, refused: Bool)] = [:]
         var requestsNotListed = Set<String>()
     }
 
@@ -216,11 +219,14 @@ public struct AuditReportBuilder {
             let path = metadata.requestHost.map { host in
                 "https://\(host.contains(":") ? "[\(host)]" : host)\(metadata.path ?? "")"
             } ?? metadata.path ?? ""
-            let key = method + " " + path
+            // Refused by the proxy: blocked by a policy it enforced (observe mode only says `would_block`), or rejected.
+            let refused = (metadata.policy != nil && metadata.wouldBlock != true)
+                || (metadata.error.map { $0.hasPrefix("rejected") || $0.hasPrefix("destination blocked") } ?? false)
+            let key = method + " " + path + (refused ? "\u{0}refused" : "")
             if destination.requests[key] != nil {
                 destination.requests[key]!.count += 1
             } else if destination.requests.count < AuditReport.requestsListed {
-                destination.requests[key] = (method, path, 1)
+                destination.requests[key] = (method, path, 1, refused)
             } else if destination.requestsNotListed.count < 100_000 {
                 destination.requestsNotListed.insert(key)
             }
@@ -254,8 +260,8 @@ public struct AuditReportBuilder {
                 inspected: value.inspected,
                 new: value.new,
                 requests: value.requests.values
-                    .sorted { ($0.count, $1.method, $1.path) > ($1.count, $0.method, $0.path) }
-                    .map { .init(method: $0.method, path: $0.path, count: $0.count) },
+                    .sorted { ($0.count, $1.method, $1.path, $1.refused ? 1 : 0) > ($1.count, $0.method, $0.path, $0.refused ? 1 : 0) }
+                    .map { .init(method: $0.method, path: $0.path, count: $0.count, refused: $0.refused) },
                 requestsNotListed: value.requestsNotListed.count
             )
         }

@@ -80,7 +80,9 @@ enum TableRenderer {
                 out += "\n  Requests (inspected destinations):\n"
                 for d in inspected {
                     out += "    \(visible(d.target))\n"
-                    for r in d.requests { out += "      \(r.count)× \(visible(r.method)) \(visible(r.path))\n" }
+                    for r in d.requests {
+                        out += "      \(r.count)× \(visible(r.method)) \(visible(r.path))\(r.refused ? " (refused by the proxy)" : "")\n"
+                    }
                     if d.requestsNotListed > 0 { out += "      … and \(d.requestsNotListed) more distinct requests\n" }
                 }
             }
@@ -132,7 +134,7 @@ enum CSVRenderer {
             targets += failed.keys.filter { key in !agent.destinations.contains { $0.target == key } }.sorted()
             for target in targets {
                 let d = agent.destinations.first { $0.target == target }
-                let requests = d?.requests.map { "\($0.method) \($0.path) (\($0.count))" }.joined(separator: "; ") ?? ""
+                let requests = d?.requests.map { "\($0.method) \($0.path) (\($0.count)\($0.refused ? ", refused" : ""))" }.joined(separator: "; ") ?? ""
                 let cells: [String] = [
                     agent.agent, target, d?.firstSeen ?? "", d?.lastSeen ?? "", "\(d?.connections ?? 0)",
                     "\(d?.bytesFromClient ?? 0)", "\(d?.bytesToClient ?? 0)", d?.inspected == true ? "true" : "false",
@@ -213,7 +215,9 @@ enum HTMLRenderer {
                 html += "<td>\(d.inspected ? "<span class=\"tag\">inspected</span>" : "destination only")</td></tr>\n"
                 if !d.requests.isEmpty {
                     html += "<tr><td colspan=\"7\"><ul>"
-                    html += d.requests.map { "<li>\($0.count)× <code>\(escape($0.method)) \(escape($0.path))</code></li>" }.joined()
+                    html += d.requests.map {
+                        "<li>\($0.count)× <code>\(escape($0.method)) \(escape($0.path))</code>\($0.refused ? " <strong>refused by the proxy</strong>" : "")</li>"
+                    }.joined()
                     if d.requestsNotListed > 0 { html += "<li class=\"muted\">… and \(d.requestsNotListed) more distinct requests</li>" }
                     html += "</ul></td></tr>\n"
                 }

@@ -63,6 +63,11 @@ import Testing
                 if path == "/v1/models" { $0.requestHost = "other.example" }  // named another host
             }.0)
         }
+        // A request the proxy refused (enforce mode): listed apart, never as one that reached the destination.
+        records.append(action("a", "llm.example:443", at: "2026-11-22T09:00:01.500Z") {
+            $0.intercepted = true; $0.method = "POST"; $0.path = "/v1/chat"; $0.connectionID = connection
+            $0.policy = "no-chat"; $0.status = 403; $0.error = "destination blocked by policy no-chat"
+        }.0)
         records.append(close("a", connection, "llm.example:443", at: "2026-11-22T09:00:02.000Z", out: 3000, back: 9000))
         let (failed, failedID) = action("a", "pinned.example:443", at: "2026-11-22T10:00:00.000Z") {
             $0.intercepted = false; $0.inspection = "upstream not trusted"; $0.error = "certificate has expired"
@@ -76,7 +81,7 @@ import Testing
 
     @Test func figuresAddUp() throws {
         let report = try AuditReportBuilder().build(files: [try Self.sampleLog()], now: "2026-11-23T00:00:00.000Z")
-        #expect(report.chain.intact && report.chain.lines == 13)
+        #expect(report.chain.intact && report.chain.lines == 14)
         #expect(report.agents.map(\.agent) == ["a", "b"])
         let a = report.agents[0]
         #expect(a.connections == 4 && a.failedConnections == 1)
@@ -87,7 +92,9 @@ import Testing
         let llm = try #require(a.destinations.first { $0.target == "llm.example:443" })
         #expect(llm.connections == 1 && llm.inspected && !llm.new)
         #expect(llm.requests == [
-            .init(method: "POST", path: "/v1/chat", count: 2), .init(method: "GET", path: "https://other.example/v1/models", count: 1),
+            .init(method: "POST", path: "/v1/chat", count: 2, refused: false),
+            .init(method: "GET", path: "https://other.example/v1/models", count: 1, refused: false),
+            .init(method: "POST", path: "/v1/chat", count: 1, refused: true),
         ])
         #expect(a.newDestinations == [.init(target: "api.example:443", at: "2026-11-20T10:00:00.000Z")])
         #expect(a.failures == [.init(target: "down.example:443", reason: "connection refused", count: 1, lastSeen: "2026-11-20T12:00:00.000Z")])
@@ -125,5 +132,8 @@ import Testing
         let decoded = try decoder.decode(AuditReport.self, from: Data(json.utf8))
         #expect(json.contains("\"bytes_from_client\"") && json.contains("\"requests_not_listed\""))
         #expect(decoded == report)
+        // A refused request says so in every form.
+        #expect(table.contains("1× POST /v1/chat (refused by the proxy)"), "\(table)")
+        #expect(html.contains("refused by the proxy") && csv.contains("POST /v1/chat (1, refused)") && json.contains("\"refused\" : true"))
     }
 }
