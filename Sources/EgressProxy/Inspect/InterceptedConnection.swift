@@ -459,6 +459,7 @@ final class InterceptedConnection {
         let error = ProxyError.upstreamClosed(reason)
         exchange.status = Int(error.status.code)
         report(exchange, error: error.reason)
+        reportDeferredRejection()
         client.dropHeldParts()
         client.sendError(error.status, reason: error.reason)
         closeUpstream()
@@ -604,6 +605,7 @@ final class InterceptedConnection {
             // not confirmed (anyone on the path can cut a TCP connection). The client is told no more than that.
             let unconfirmed = exchange.closeDelimited && upstreamEndUnconfirmed
             report(exchange, error: unconfirmed ? Self.unconfirmedEnd : nil)
+            reportDeferredRejection()
             if unconfirmed {
                 noteClose(by: .upstream, reason: "eof_without_close_notify")
                 client?.closeAfterWrites(notify: false)
@@ -632,6 +634,7 @@ final class InterceptedConnection {
         case .forwardAndUpgrade(let exchange):
             client?.send(forward, flush: true)
             report(exchange, error: nil)
+            reportDeferredRejection()
             if deferredRejection != nil {
                 // Bytes after the request were refused: the connection closes rather than relay without them.
                 noteClose(by: .proxy, reason: "bad_request")
@@ -772,16 +775,24 @@ final class InterceptedConnection {
         guard deferredRejection == nil, let awaiting = machine.current, awaiting.requestEnded else {
             return deferredRejection != nil
         }
-        deferredRejection = (status, answer)
-        var rejected = InterceptedExchangeStateMachine.Exchange(method: "", path: "")
-        rejected.status = Int(status.code)
-        report(rejected, startedAt: nil, policy: (nil, nil), error: "rejected: \(reason)")
+        deferredRejection = (status, answer, reason, false)
         client?.dropHeldParts()
         return true
     }
 
-    /// Set by `deferRejection`: the answer to send once the awaited response has ended.
-    private var deferredRejection: (status: HTTPResponseStatus, answer: String)?
+    /// Set by `deferRejection`: the answer to send once the awaited response has ended, and the refusal's report,
+    /// made after the awaited exchange's (the connection's first request keeps the connection's event id).
+    private var deferredRejection: (status: HTTPResponseStatus, answer: String, reason: String, reported: Bool)?
+
+    /// Reports the refusal `deferRejection` held, once: after the exchange it waited behind was reported, or when the
+    /// connection ends without that exchange completing.
+    private func reportDeferredRejection() {
+        guard let rejection = deferredRejection, !rejection.reported else { return }
+        deferredRejection!.reported = true
+        var rejected = InterceptedExchangeStateMachine.Exchange(method: "", path: "")
+        rejected.status = Int(rejection.status.code)
+        report(rejected, startedAt: nil, policy: (nil, nil), error: "rejected: \(rejection.reason)")
+    }
 
     /// A request head broke a limit (too long, too many fields, too slow): answer its status, report it, close.
     func clientBrokeLimit(_ limit: RequestLimitError) {
@@ -923,6 +934,7 @@ final class InterceptedConnection {
             // Reported before anything closes: a close can finish the connection at once, which reports it as
             // one that carried no request if none was reported yet.
             report(cut, error: cutReason(cut))
+            reportDeferredRejection()
             if cut.status != nil && !cut.responseEnded {
                 // A response partly relayed ends without close_notify, so the client cannot take the cut for its
                 // end (one with no length would look complete).
@@ -1007,6 +1019,7 @@ final class InterceptedConnection {
         if let cut = machine.connectionClosed() {
             report(cut, error: cutReason(cut))
         }
+        reportDeferredRejection()
         let requests = reportedExchanges
         var connection = metadata
         if let failure {
