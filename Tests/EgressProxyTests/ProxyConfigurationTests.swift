@@ -12,6 +12,30 @@ import Testing
 @Suite struct ProxyConfigurationTests {
     let local = ["KAIZEN_LOCAL": "1"]
 
+    /// The proxy's settings in the shipped Kubernetes manifests start the proxy: none is empty (refused since empty
+    /// values are), and each is accepted (the CA files, which only exist in a cluster, aside).
+    @Test func theShippedManifestsSettingsAreAccepted() throws {
+        let deploy = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../deploy").standardized
+        let files = try FileManager.default.contentsOfDirectory(atPath: deploy.path).filter { $0.hasSuffix(".yaml") }
+        #expect(!files.isEmpty)
+        let entry = /^\s*- \{name: ((?:KAIZEN_|PORT)[A-Z_]*), value: "?([^"}]*)"?\}/
+        for file in files {
+            let text = try String(contentsOf: deploy.appendingPathComponent(file), encoding: .utf8)
+            var environment = local
+            for line in text.split(separator: "\n") {
+                guard let match = line.firstMatch(of: entry) else { continue }
+                let (name, value) = (String(match.1), String(match.2).trimmingCharacters(in: .whitespaces))
+                #expect(!value.isEmpty, "\(file): \(name) is empty")
+                if name != "KAIZEN_CA_CERT" && name != "KAIZEN_CA_KEY" && name != "KAIZEN_TRANSPARENT_PORT" || file == "sidecar.yaml" {
+                    environment[name] = value
+                }
+            }
+            environment["KAIZEN_CA_CERT"] = nil
+            environment["KAIZEN_CA_KEY"] = nil
+            #expect(throws: Never.self, "\(file)") { _ = try ProxyConfiguration(environment: environment) }
+        }
+    }
+
     @Test func defaultsMatchTheProductPage() throws {
         let configuration = try ProxyConfiguration(environment: local)
         #expect(configuration.port == 8080)
