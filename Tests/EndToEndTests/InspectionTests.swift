@@ -474,6 +474,15 @@ import Testing
         let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
         #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="not_tls"}"#) == 1, "\(metrics)")
         #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="none"}"#) == 1)
+        // A client that leaves without sending a byte was refused nothing: not recorded as a block.
+        do {
+            let gone = try RawSocket(host: "127.0.0.1", port: setup.proxyPort, timeout: 10)
+            try gone.send("CONNECT localhost:\(setup.originPort) HTTP/1.1\r\nHost: x\r\n\r\n")
+            _ = try gone.receive(until: "\r\n\r\n")
+        }
+        let left = try setup.waitForActions(6)[5]
+        #expect(left["error"] == nil || !(left["error"] as? String ?? "").contains("not inspected"), "\(left)")
+        #expect(setup.proxy.stdoutLines.filter { $0.contains(#""decision":"block""#) }.count == 3)
     }
 
     /// A TCP reset during the handshake is neither an alert nor an end of stream (a network fault, a killed

@@ -86,6 +86,10 @@ import Testing
         #expect(result.stdout.hasPrefix("HTTP/1.1 502 ") && result.stdout.contains("unusable upstream response: "), "\(result.stdout)")
         let close = try proxy.waitForLines(count: 1, timeout: 20) { $0.contains("\"close\"") }
         #expect(close[0].contains("unusable upstream response") && !close[0].contains("closed the connection"), "\(close[0])")
+        // An upstream that closes inside its body (100 bytes promised, 10 sent) closed: it sent nothing unusable.
+        _ = try runCommand(Self.curl, ["-s", "--max-time", "10", "-x", "127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(originPort)/truncated"])
+        let cut = try proxy.waitForLines(count: 2, timeout: 20) { $0.contains("\"close\"") }
+        #expect(cut[1].contains("upstream closed mid-response") && !cut[1].contains("unusable"), "\(cut[1])")
     }
 
     /// A malformed request pipelined behind a good one: the good one is answered and recorded as it went (200,

@@ -420,8 +420,10 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         chosen: Bool = false
     ) {
         guard !decided else { return }
-        // A client gone (even by a reset, mid-ClientHello) is refused too: what it sent would still be relayed.
-        if inspection.inspectRequired, !chosen {
+        // A client gone (even by a reset, mid-ClientHello) is refused too when it sent anything: that would still be
+        // relayed. One that sent nothing is recorded as any client that left: nothing was refused.
+        let sentNothing = (clientGone || clientHalfClosed) && (held?.readableBytes ?? 0) == 0
+        if inspection.inspectRequired, !chosen, !sentNothing {
             refuseUninspected(reason: reason, context: context)
             return
         }

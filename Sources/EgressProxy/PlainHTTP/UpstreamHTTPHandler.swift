@@ -72,8 +72,10 @@ final class UpstreamHTTPHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A response the decoder refused (two lengths, a bare LF, a head past the limit) is not the upstream closing.
-        front?.upstreamClosed(self, reason: "\(GlueHandler.describe(error))", invalidResponse: error is HTTPParserError)
+        // A response the decoder refused (two lengths, a bare LF, a head past the limit) is not the upstream closing;
+        // the end of the connection inside a message (llhttp's invalid EOF state) is.
+        let invalid = (error as? HTTPParserError).map { $0 != .invalidEOFState } ?? false
+        front?.upstreamClosed(self, reason: "\(GlueHandler.describe(error))", invalidResponse: invalid)
         context.close(promise: nil)
     }
 
