@@ -255,6 +255,16 @@ import Testing
         #expect(machine.requestHead(request(.GET, "/", HTTPHeaders([("Host", host)]))) == .forward, "\(host)")
     }
 
+    /// Only a WebSocket upgrade is relayed: after an h2c or connect-udp 101, the connection would carry requests (or
+    /// UDP to any host) no one judges or reports.
+    @Test func onlyWebSocketUpgradesAreForwarded() {
+        for (value, refused) in [("websocket", nil), ("WebSocket", nil), ("h2c", "h2c"), ("connect-udp", "connect-udp"), ("websocket, h2c", "h2c"), ("TLS/1.2", "TLS")] {
+            var machine = Machine(reportQuery: false)
+            let expected: Machine.Action = refused.map { .reject(reason: "an Upgrade to \($0), which inspection does not relay") } ?? .forward
+            #expect(machine.requestHead(request(.GET, "/", ["Host": "a.test", "Upgrade": value, "Connection": "Upgrade"])) == expected, "\(value)")
+        }
+    }
+
     @Test func anInvalidAuthorityInTheTargetIsRefused() {
         var machine = Machine(reportQuery: false)
         #expect(machine.requestHead(request(.GET, "https://blocked%2eexample/x", ["Host": "a.test"]))

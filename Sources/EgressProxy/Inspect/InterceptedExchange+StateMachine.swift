@@ -183,6 +183,17 @@ package struct InterceptedExchangeStateMachine {
         }
     }
 
+    /// The first protocol an `Upgrade` value offers that is not WebSocket (printable, at most 64 characters), or nil.
+    static func upgradeOtherThanWebSocket(_ value: String) -> String? {
+        for offer in value.split(separator: ",") {
+            var name = offer.split(separator: "/", maxSplits: 1).first ?? ""
+            while name.first == " " || name.first == "\t" { name = name.dropFirst() }
+            while name.last == " " || name.last == "\t" { name = name.dropLast() }
+            if name.lowercased() != "websocket" { return Reporting.printable(String(name.prefix(64))) }
+        }
+        return nil
+    }
+
     /// Requests the proxy refuses to forward because the two ends could read them differently. The codec has
     /// refused what it cannot frame (both length fields, several or invalid lengths, codings that do not end in
     /// one `chunked`); these are the rest.
@@ -195,6 +206,11 @@ package struct InterceptedExchangeStateMachine {
             // A tunnel inside a tunnel: after it the connection would carry bytes no one parses or reports, and the
             // proxy's own port is where tunnels are opened (and judged).
             return "a CONNECT inside an inspected connection"
+        }
+        if let upgrade = fields.upgrade, let other = Self.upgradeOtherThanWebSocket(upgrade) {
+            // After a 101 the connection is relayed as bytes: WebSocket messages stay with the host the request named,
+            // but h2c would carry requests no one judges or reports, and connect-udp (RFC 9298) traffic to any host.
+            return "an Upgrade to \(other), which inspection does not relay"
         }
         if fields.codings > 0 && (fields.codings != 1 || !fields.onlyChunked) {
             return "a Transfer-Encoding other than chunked"
