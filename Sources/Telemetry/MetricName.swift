@@ -56,7 +56,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Clients that refused the minted certificate (pinning, or the CA not trusted); the name then passes through.")
     public static let proxyAuthFailures = MetricName(
         name: "kaizen_egress_proxy_auth_failures_total", type: "counter", labels: ["reason"],
-        help: "Requests refused by proxy authentication (KAIZEN_PROXY_AUTH), by reason: missing (no Proxy-Authorization, as a client's first try), malformed (not Basic agent:token), unknown_agent, wrong_token, duplicate (two Proxy-Authorization headers).")
+        help: "Requests refused by proxy authentication (KAIZEN_PROXY_AUTH), by reason: missing (no Proxy-Authorization, as a client's first try), malformed (not Basic agent:token), invalid (a wrong token or an unknown agent, one label for both so the metric does not tell which agents exist), duplicate (two Proxy-Authorization headers).")
     public static let reporterQueue = MetricName(
         name: "kaizen_egress_reporter_queue_depth", type: "gauge", labels: [],
         help: "Actions waiting for the control plane: in memory plus in the spool.")

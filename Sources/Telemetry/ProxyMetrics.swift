@@ -14,7 +14,7 @@ public final class ProxyMetrics: Sendable {
     public static let policyFetchOutcomes = ["updated", "not_modified", "invalid", "refused", "unavailable"]
     public static let dropStages = ["queue", "spool"]
     public static let deliveryFailureReasons = ["unreachable", "unauthorized", "unavailable"]
-    public static let proxyAuthFailureReasons = ["missing", "malformed", "unknown_agent", "wrong_token", "duplicate"]
+    public static let proxyAuthFailureReasons = ["missing", "malformed", "invalid", "duplicate"]
 
     private let connections: [String: Counter]
     private let ended: [String: Counter]

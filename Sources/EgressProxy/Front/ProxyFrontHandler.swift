@@ -458,6 +458,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     ) -> String? {
         let values = head.headers["proxy-authorization"]
         let failure: String
+        var metricReason: String?
         var error = ProxyError.credentialsRequired
         if values.count > 1 {
             failure = "duplicate"
@@ -466,6 +467,8 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let check = credentials.check(authorization: value)
             if case .agent(let agent) = check { return agent }
             failure = check.failure ?? "malformed"
+            // The metric has one label for a wrong token and an unknown agent: it must not tell which agents exist.
+            metricReason = check == .malformed ? "malformed" : "invalid"
             var metadata: Logger.Metadata = [
                 "client.address": "\(clientAddress)", "reason": "\(failure)", "status": "\(error.status.code)",
             ]
@@ -475,7 +478,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } else {
             failure = "missing"
         }
-        reporting.metrics?.proxyAuthFailed(reason: failure)
+        reporting.metrics?.proxyAuthFailed(reason: metricReason ?? failure)
         respond(error, context: context)
         return nil
     }
