@@ -196,11 +196,23 @@ public struct ProxyConfiguration: Sendable {
             let trimmed = raw.trimmingCharacters(in: .whitespacesAndNewlines)
             return trimmed.isEmpty ? nil : trimmed
         }
+        /// A comma-separated list given inline. Only commas (`KAIZEN_DENY_DESTINATIONS="$A,$B"` with both unset) is as
+        /// empty as no value: refused.
+        func inline(_ key: ConfigurationKey) throws(ConfigurationError) -> String? {
+            guard let raw = value(key) else { return nil }
+            guard raw.split(separator: ",").contains(where: { !$0.allSatisfy(\.isWhitespace) }) else {
+                throw ConfigurationError(
+                    variable: key.variable,
+                    "\(key.variable)=\(Self.quoted(raw)) holds no entry: set \(key.spelled) to a list, or unset it for its default (docs/configuration.md)"
+                )
+            }
+            return raw
+        }
         /// A list setting: the value itself, or with `@PATH` the file's entries (one or more per line, comma-
         /// separated, `#` comments), which SIGHUP reads again.
         func list(_ key: ConfigurationKey) throws(ConfigurationError) -> String? {
             guard let raw = value(key) else { return nil }
-            guard raw.hasPrefix("@") else { return raw }
+            guard raw.hasPrefix("@") else { return try inline(key) }
             let path = String(raw.dropFirst())
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
                 throw ConfigurationError(
@@ -445,7 +457,7 @@ public struct ProxyConfiguration: Sendable {
         }
         self.allowPrivateRanges = []
         self.allowPrivateNames = []
-        if let raw = value(.allowPrivate) {
+        if let raw = try inline(.allowPrivate) {
             for entry in raw.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !entry.isEmpty {
                 let unbracketed = entry.replacingOccurrences(of: "[", with: "").replacingOccurrences(of: "]", with: "")
                 if let range = CIDR(unbracketed) {
@@ -461,7 +473,7 @@ public struct ProxyConfiguration: Sendable {
             }
         }
         self.denyDestinationRanges = []
-        if let raw = value(.denyDestinations) {
+        if let raw = try inline(.denyDestinations) {
             for entry in raw.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !entry.isEmpty {
                 let unbracketed = entry.replacingOccurrences(of: "[", with: "").replacingOccurrences(of: "]", with: "")
                 guard let range = CIDR(unbracketed) else {
