@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A list of host names and `*.` suffix patterns, as `KAIZEN_INSPECT_HOSTS` and `KAIZEN_PASSTHROUGH_HOSTS`
 /// take them: `api.example.com, *.internal.example` (comma-separated, case-insensitive, a trailing dot
 /// ignored). `*.example.com` matches every name below example.com (`a.example.com`, `a.b.example.com`),
@@ -25,7 +33,8 @@ public struct HostPatterns: Sendable, Hashable, CustomStringConvertible {
                 suffixes.append(suffix)
             } else {
                 guard Self.isHostName(entry) else { throw ParseError(entry: String(raw)) }
-                exact.insert(entry)
+                // An IPv6 address is kept in the one form destinations are reported in (RFC 5952, no brackets).
+                exact.insert(Self.canonicalIPv6(entry) ?? entry)
             }
         }
     }
@@ -41,11 +50,23 @@ public struct HostPatterns: Sendable, Hashable, CustomStringConvertible {
         var name = host.lowercased()
         if name.hasSuffix(".") { name.removeLast() }
         if exact.contains(name) { return true }
+        if name.contains(":"), let address = Self.canonicalIPv6(name) { return exact.contains(address) }
         return suffixes.contains { name.hasSuffix($0) && name.count > $0.count }
     }
 
     public var description: String {
         (exact.sorted() + suffixes.map { "*" + $0 }).joined(separator: ",")
+    }
+
+    /// An IPv6 address (brackets allowed) as RFC 5952 writes it (`2001:0db8::0001` → `2001:db8::1`); nil for other text.
+    static func canonicalIPv6(_ text: String) -> String? {
+        let bare = text.hasPrefix("[") && text.hasSuffix("]") ? String(text.dropFirst().dropLast()) : text
+        guard bare.contains(":") else { return nil }
+        var address = in6_addr()
+        guard inet_pton(AF_INET6, bare, &address) == 1 else { return nil }
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        guard inet_ntop(AF_INET6, &address, &buffer, socklen_t(buffer.count)) != nil else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Letters, digits, hyphens, underscores and dots (IP addresses pass too), no empty label.

@@ -132,6 +132,10 @@ struct CAFixtures {
         #expect(!patterns.matches("xinternal.test"))
         #expect(try HostPatterns(parsing: "").isEmpty)
         #expect(try HostPatterns(parsing: "10.0.0.1").matches("10.0.0.1"))
+        // An IPv6 entry matches the address however either side writes it (destinations are reported RFC 5952).
+        let v6 = try HostPatterns(parsing: "2001:0DB8:0:0::0001, [::ffff:7f00:1]")
+        #expect(v6.matches("2001:db8::1") && v6.matches("2001:0db8::1") && v6.matches("::ffff:127.0.0.1"))
+        #expect(!v6.matches("2001:db8::2"))
     }
 
     @Test(arguments: ["*", "a b", "*.*.example.com", "exa$mple.com", "*."])
