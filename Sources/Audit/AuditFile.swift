@@ -24,10 +24,21 @@ public struct AuditPaths: Sendable, Hashable {
     /// The paths of the file `path` names, symbolic links resolved (in the file's name and in its directories), so
     /// that two proxies given two names for one log lock one lock file, and rotated files land beside the real file.
     /// A file not made yet is resolved through its directory.
-    public static func resolving(_ path: String) -> AuditPaths {
+    public static func resolving(_ path: String) -> AuditPaths { resolving(path, links: 0) }
+
+    private static func resolving(_ path: String, links: Int) -> AuditPaths {
         if let resolved = realpath(path, nil) {
             defer { free(resolved) }
             return AuditPaths(current: String(cString: resolved))
+        }
+        // A link to a log not made yet: the log is where it points (the writer creates it there).
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink(path, &buffer, buffer.count - 1)
+        if length > 0, links < 8 {  // a loop of links ends here, as the kernel's own limit would
+            let target = String(decoding: buffer.prefix(length).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let base = AuditPaths(current: path).directory
+            let absolute = target.hasPrefix("/") ? target : base + "/" + target
+            if absolute != path { return resolving(absolute, links: links + 1) }
         }
         let unresolved = AuditPaths(current: path)
         guard let directory = realpath(unresolved.directory, nil) else { return unresolved }

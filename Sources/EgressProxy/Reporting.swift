@@ -90,6 +90,7 @@ struct Reporting: Sendable {
     /// What a refused destination's error says: the policy that blocks it, or that none was loaded (failing closed).
     static func blockedByPolicy(_ policy: String) -> String {
         policy == PolicyCheck.noPolicyReason || policy == PolicyCheck.unreadableServerNameReason
+            || policy == PolicyCheck.unjudgedHostReason
             ? "destination blocked: \(policy)" : "destination blocked by policy \(printable(policy))"
     }
 

@@ -53,7 +53,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Idle, verified upstream connections kept for reuse now (KAIZEN_UPSTREAM_IDLE_TIMEOUT).")
     public static let interceptFailures = MetricName(
         name: "kaizen_egress_intercept_failures_total", type: "counter", labels: [],
-        help: "Clients that refused the minted certificate (pinning, or the CA not trusted); the name then passes through.")
+        help: "Clients that refused the minted certificate (pinning, or the CA not trusted); the name then passes through (with KAIZEN_INSPECT_REQUIRED: is refused) for KAIZEN_PINNED_PASSTHROUGH.")
     public static let proxyAuthFailures = MetricName(
         name: "kaizen_egress_proxy_auth_failures_total", type: "counter", labels: ["reason"],
         help: "Requests refused by proxy authentication (KAIZEN_PROXY_AUTH), by reason: missing (no Proxy-Authorization, as a client's first try), malformed (not Basic agent:token), invalid (a wrong token or an unknown agent, one label for both so the metric does not tell which agents exist), duplicate (two Proxy-Authorization headers).")

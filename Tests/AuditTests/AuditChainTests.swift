@@ -251,6 +251,13 @@ import Testing
             #expect(paths == AuditPaths.resolving(real), "\(other)")
             #expect(throws: AuditFileError.self) { _ = try AuditFileWriter(paths: paths, maxBytes: 0) }
         }
+        // A link to a log not made yet is the log it points to.
+        try FileManager.default.createSymbolicLink(atPath: directory + "/ahead.jsonl", withDestinationPath: "later.jsonl")
+        #expect(AuditPaths.resolving(directory + "/ahead.jsonl") == AuditPaths.resolving(directory + "/later.jsonl"))
+        // A loop of links resolves to something (and the writer then fails to open it), never forever.
+        try FileManager.default.createSymbolicLink(atPath: directory + "/loop1", withDestinationPath: "loop2")
+        try FileManager.default.createSymbolicLink(atPath: directory + "/loop2", withDestinationPath: "loop1")
+        #expect(throws: AuditFileError.self) { _ = try AuditFileWriter(paths: AuditPaths.resolving(directory + "/loop1"), maxBytes: 0) }
         // A log not made yet is resolved through its directory.
         let realDirectory = String(AuditPaths.resolving(real).current.dropLast("/audit.jsonl".count))
         #expect(AuditPaths.resolving(directory + "/dir/new.jsonl").current == realDirectory + "/new.jsonl")

@@ -236,15 +236,27 @@ import Testing
         #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="none"}"#) == 2, "\(metrics)")
         #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="no_sni"}"#) == 0)
 
-        // Plain HTTP inside a tunnel naming a blocked host in its Host is judged as an SNI would be.
-        for (host, answered) in [("blocked.test", false), ("127.0.0.1", true)] {
+        // Plain HTTP inside a tunnel naming a blocked host is judged as an SNI would be: in its Host, its absolute-form
+        // target or a second Host, with lines ended by a bare LF too; a Host that is no host name is not judged but
+        // refused.
+        for (request, answered) in [
+            ("GET /hello HTTP/1.1\r\nHost: blocked.test\r\n", false),
+            ("GET http://blocked.test/hello HTTP/1.1\r\nHost: 127.0.0.1\r\n", false),
+            ("GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: blocked.test\r\n", false),
+            ("GET /hello HTTP/1.1\nHost: blocked.test\n", false),
+            ("GET /hello HTTP/1.1\r\nHost: blocked%2etest\r\n", false),
+            ("GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n", true),
+        ] {
             let socket = try RawSocket(host: "127.0.0.1", port: port, timeout: 10)
             try socket.send("CONNECT 127.0.0.1:\(setup.plainPort) HTTP/1.1\r\nHost: x\r\n\r\n")
             _ = try socket.receive(until: "\r\n\r\n")
-            try socket.send("GET /hello HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n")
+            let end = request.hasSuffix("\r\n") ? "\r\n" : "\n"
+            try socket.send(request + "Connection: close" + end + end)
             let reply = String(decoding: socket.receiveUntilEnd().bytes, as: UTF8.self)
-            #expect(reply.hasPrefix("HTTP/1.1 200") == answered, "\(host): \(reply)")
+            #expect(reply.hasPrefix("HTTP/1.1 200") == answered, "\(request.debugDescription): \(reply)")
         }
+        let unjudged = try waitForAction(proxy) { Self.metadata($0)["policy"] as? String == "host not judged: the request names no valid host" }
+        #expect(Self.verdict(unjudged).0 == "block", "\(unjudged)")
         let fronted = try waitForAction(proxy) { Self.metadata($0)["request_host"] as? String == "blocked.test" }
         #expect(Self.verdict(fronted) == ("block", "no-blocked"), "\(fronted)")
 

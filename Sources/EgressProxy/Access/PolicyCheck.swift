@@ -24,6 +24,9 @@ final class PolicyCheck: Sendable {
     /// that can.
     static let unreadableServerNameReason = "server name not judged: the ClientHello could not be read"
 
+    /// The same for plain HTTP inside a tunnel whose `Host` (or target) is not a host name the policy can judge.
+    static let unjudgedHostReason = "host not judged: the request names no valid host"
+
     /// Whether the loaded policies of `agent` have a rule about names (so an unread server name matters).
     func judgesNames(agent: String) -> Bool { store.policies(for: agent)?.policies.judgesNames ?? false }
 
@@ -60,9 +63,11 @@ extension Reporting {
     /// A TLS tunnel whose ClientHello could not be read, when the agent's policies judge names: blocked (enforce
     /// mode) or `would_block` (observe mode) by `PolicyCheck.unreadableServerNameReason`. Returns the reason when the
     /// proxy must refuse.
-    func judgeUnreadableServerName(_ metadata: inout ConnectMetadata) -> String? {
+    func judgeUnreadableServerName(
+        _ metadata: inout ConnectMetadata, reason: String = PolicyCheck.unreadableServerNameReason
+    ) -> String? {
         guard let policy, metadata.policy == nil, policy.judgesNames(agent: agent) else { return nil }
-        metadata.policy = PolicyCheck.unreadableServerNameReason
+        metadata.policy = reason
         if !policy.enforcing { metadata.wouldBlock = true }
         return policy.enforcing ? metadata.policy : nil
     }

@@ -337,7 +337,7 @@ final class InterceptedConnection {
             agent: reporting.agent, leaf.description, now: Inspection.now(), reason: .upstreamRequiresClientCertificate)
         reporting.hints.give(
             .upstreamRequiresClientCertificate,
-            "an inspected upstream requires a client certificate (mutual TLS, \(reportedTarget)), which inspection cannot present: this agent's connections to it now pass through for KAIZEN_PINNED_PASSTHROUGH; list it in KAIZEN_PASSTHROUGH_HOSTS to pass it through from the first",
+            "an inspected upstream requires a client certificate (mutual TLS, \(reportedTarget)), which inspection cannot present: this agent's connections to it now pass through (with KAIZEN_INSPECT_REQUIRED: are refused) for KAIZEN_PINNED_PASSTHROUGH; list it in KAIZEN_PASSTHROUGH_HOSTS to pass it through from the first",
             to: reporting.logger)
     }
 

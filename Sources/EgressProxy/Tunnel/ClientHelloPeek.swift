@@ -9,14 +9,16 @@ public struct PeekResult: Sendable, Hashable {
     public var hello: ClientHello?
     /// Why there is no server name, when there is none.
     public var sniError: String?
-    /// When the bytes were not TLS but a plain-HTTP request: its `Host` (transparent mode reports it).
-    public var httpHost: String?
+    /// When the bytes were not TLS but a plain-HTTP request: the hosts it names (its `Host`: transparent mode reports
+    /// it; each is judged inside a CONNECT tunnel).
+    var httpNames: HTTPHostSniff.Names?
+    public var httpHost: String? { httpNames?.host }
 
-    public init(tls: Bool?, hello: ClientHello?, sniError: String?, httpHost: String? = nil) {
+    init(tls: Bool?, hello: ClientHello?, sniError: String?, httpNames: HTTPHostSniff.Names? = nil) {
         self.tls = tls
         self.hello = hello
         self.sniError = sniError
-        self.httpHost = httpHost
+        self.httpNames = httpNames
     }
 }
 
@@ -70,8 +72,8 @@ struct ClientHelloPeek {
             let error = hello.serverName == nil ? Self.noServerName : nil
             return finish(PeekResult(tls: true, hello: hello, sniError: error))
         case .notTLS(let reason):
-            let host = HTTPHostSniff.host(in: collected ?? bytes)
-            return finish(PeekResult(tls: false, hello: nil, sniError: "not TLS: \(reason)", httpHost: host))
+            let names = HTTPHostSniff.names(in: collected ?? bytes)
+            return finish(PeekResult(tls: false, hello: nil, sniError: "not TLS: \(reason)", httpNames: names))
         case .malformed(let reason):
             return finish(PeekResult(tls: true, hello: nil, sniError: "malformed ClientHello: \(reason)"))
         case .tooLarge(let limit):

@@ -118,16 +118,22 @@ final class TunnelSession {
                 refuse(byPolicy: refusal)
                 return
             }
-        } else if result.tls == false, let host = result.httpHost,
-            !InterceptedConnection.namesSameHost(host, requestedHost.lowercased())
-        {
-            // Plain HTTP inside the tunnel, naming another host than the CONNECT did (a shared front could route it
-            // there): reported, and judged as an SNI would be. Only the first request is looked at, as only the first
-            // ClientHello is.
-            metadata.requestHost = Reporting.printable(host)
-            if let refusal = reporting.judge(&metadata, host: host, address: metadata.resolvedIP) {
+        } else if result.tls == false, let names = result.httpNames {
+            // Plain HTTP inside the tunnel: every host it names other than the CONNECT's (its absolute-form target,
+            // each Host; a shared front could route it there) is reported and judged as an SNI would be, and one that
+            // is no host name at all is refused as an unreadable ClientHello is. Only the first request is looked at,
+            // as only the first ClientHello is.
+            let requested = requestedHost.lowercased()
+            if names.invalid != nil, let refusal = reporting.judgeUnreadableServerName(&metadata, reason: PolicyCheck.unjudgedHostReason) {
                 refuse(byPolicy: refusal)
                 return
+            }
+            for host in names.all where !InterceptedConnection.namesSameHost(host, requested) {
+                if metadata.requestHost == nil { metadata.requestHost = Reporting.printable(host) }
+                if let refusal = reporting.judge(&metadata, host: host, address: metadata.resolvedIP) {
+                    refuse(byPolicy: refusal)
+                    return
+                }
             }
         }
         allow()
