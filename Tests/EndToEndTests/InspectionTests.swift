@@ -431,25 +431,30 @@ import Testing
     @Test func withInspectionRequiredWhatCannotBeInspectedIsRefused() throws {
         let setup = try setUp(extra: ["KAIZEN_INSPECT_REQUIRED": "1", "KAIZEN_PASSTHROUGH_HOSTS": "127.0.0.1"])
         let url = "https://localhost:\(setup.originPort)/hello"
+        // The bytes refused below go to an origin that prints how many reached it.
+        let (counting, countingPort) = try ChildProcess.origin(mode: "count")
         // The pinning client of the test above: refused the leaf once, and then refused, not passed through.
         #expect(try curl(setup, [url], trust: setup.pki.caCertificate).status == 60)
         let second = try curl(setup, [url], trust: setup.pki.caCertificate)
         #expect(second.status != 0 && second.stdout.isEmpty, "\(second)")
         // Not TLS at all.
         let socket = try RawSocket(host: "127.0.0.1", port: setup.proxyPort, timeout: 10)
-        try socket.send("CONNECT localhost:\(setup.originPort) HTTP/1.1\r\nHost: x\r\n\r\n")
+        try socket.send("CONNECT localhost:\(countingPort) HTTP/1.1\r\nHost: x\r\n\r\n")
         _ = try socket.receive(until: "\r\n\r\n")
         try socket.send("PING\r\n")
         #expect(socket.receiveUntilEnd().bytes.isEmpty)
         // The start of a ClientHello, then a reset: nothing of it is relayed either.
         do {
             let cut = try RawSocket(host: "127.0.0.1", port: setup.proxyPort, timeout: 10)
-            try cut.send("CONNECT localhost:\(setup.originPort) HTTP/1.1\r\nHost: x\r\n\r\n")
+            try cut.send("CONNECT localhost:\(countingPort) HTTP/1.1\r\nHost: x\r\n\r\n")
             _ = try cut.receive(until: "\r\n\r\n")
             try cut.send([0x16, 0x03, 0x01, 0x10, 0x00, 0x01, 0x00, 0x0f, 0xfc, 0x03, 0x03] + Array(repeating: 0x41, count: 2000))
             cut.resetOnClose()
         }
         _ = try setup.waitForActions(4)
+        // Both were dialled (a CONNECT is answered once its upstream is), and not a byte reached the origin.
+        let received = try counting.waitForLines(count: 2, timeout: 20) { $0.hasPrefix("RECEIVED ") }
+        #expect(received == ["RECEIVED 0", "RECEIVED 0"], "\(received)")
         // The customer's own choice still passes through (the origin's certificate, not a minted one).
         let chosen = try curl(setup, ["https://127.0.0.1:\(setup.originPort)/hello"], trust: setup.pki.caCertificate, extra: ["-k"])
         #expect(chosen.status == 0 && chosen.stdout == "hello from origin", "\(chosen.stderr)")

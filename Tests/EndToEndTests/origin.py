@@ -48,6 +48,7 @@ Modes:
   banner        writes "SSH-2.0-kaizen-test\r\n" at once, then echoes
   echo          echoes every byte back
   halfclose     reads until EOF, then answers "got <n> bytes\n" and closes
+  count         reads until EOF or reset, answering nothing, then prints "RECEIVED <n>" (the bytes that arrived)
 Prints "PORT <n>" on stdout once it listens.
 """
 import argparse
@@ -352,6 +353,18 @@ def serve_stream(sock, mode):
                     if not data:
                         return
                     conn.sendall(data)
+            if mode == "count":
+                total = 0
+                try:
+                    while True:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        total += len(data)
+                except OSError:
+                    pass
+                print(f"RECEIVED {total}", flush=True)
+                return
             if mode == "halfclose":
                 total = 0
                 while True:
