@@ -364,16 +364,25 @@ def cancelled(client, arguments):
     return {"status": (result["headers"] or {}).get(":status")}
 
 
-def odd(client, arguments):
+def one_by_one(client, streams):
+    """Opens each (label, headers, end_stream) in turn on the connection and waits for it: {label: {status, reset,
+    goaway}}."""
     results = {}
-    for label, path in [("absolute", "https://evil.example/x"), ("abc", "/status/abc"), ("0200", "/status/0200"),
-                        ("099", "/status/099"), ("after", "/size/5")]:
+    for label, headers, end in streams:
         stream_id = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(stream_id, client.request_headers("GET", path), end_stream=True)
+        client.conn.send_headers(stream_id, headers, end_stream=end)
         client.flush()
         result = collect(client, stream_id)
-        results[label] = {"status": (result["headers"] or {}).get(":status"), "reset": result["reset"]}
+        results[label] = {"status": (result["headers"] or {}).get(":status"), "reset": result["reset"],
+                          "goaway": result["goaway"]}
     return results
+
+
+def odd(client, arguments):
+    return one_by_one(client, [
+        (label, client.request_headers("GET", path), True)
+        for label, path in [("absolute", "https://evil.example/x"), ("abc", "/status/abc"), ("0200", "/status/0200"),
+                            ("099", "/status/099"), ("after", "/size/5")]])
 
 
 def tunnels(client, arguments):
@@ -382,49 +391,29 @@ def tunnels(client, arguments):
     enable = int(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL)
     while client.remote_settings.get(enable) != 1:
         client.pump()
-    results = {}
-    for label, headers, end in [
+    return one_by_one(client, [
         ("connect", [(":method", "CONNECT"), (":authority", "other.example:443")], False),
         ("connect-udp", [(":method", "CONNECT"), (":protocol", "connect-udp"), (":scheme", "https"),
                          (":path", "/.well-known/masque/udp/evil.example/443/"), (":authority", client.authority())], False),
         ("after", client.request_headers("GET", "/size/5"), True),
-    ]:
-        stream_id = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(stream_id, headers, end_stream=end)
-        client.flush()
-        result = collect(client, stream_id)
-        results[label] = {"status": (result["headers"] or {}).get(":status"), "reset": result["reset"]}
-    return results
+    ])
 
 
 def authority(client, arguments):
     """GET with :authority blocked%2eexample, then with a host field blocked.example/x, then GET /size/5: each one's
     status and reset code."""
-    results = {}
-    for label, headers in [
-        ("authority", [(":method", "GET"), (":scheme", "https"), (":authority", "blocked%2eexample"), (":path", "/size/5")]),
-        ("host", client.request_headers("GET", "/size/5", [("host", "blocked.example/x")])),
-        ("after", client.request_headers("GET", "/size/5")),
-    ]:
-        stream_id = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(stream_id, headers, end_stream=True)
-        client.flush()
-        result = collect(client, stream_id)
-        results[label] = {"status": (result["headers"] or {}).get(":status"), "reset": result["reset"]}
-    return results
+    return one_by_one(client, [
+        ("authority", [(":method", "GET"), (":scheme", "https"), (":authority", "blocked%2eexample"), (":path", "/size/5")], True),
+        ("host", client.request_headers("GET", "/size/5", [("host", "blocked.example/x")]), True),
+        ("after", client.request_headers("GET", "/size/5"), True),
+    ])
 
 
 def malformed(client, arguments):
-    results = {}
-    for label, extra in [("uppercase", [("X-Upper", "1")]), ("connection", [("connection", "keep-alive")]),
-                         ("after", [])]:
-        stream_id = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(stream_id, client.request_headers("GET", "/size/5", extra), end_stream=True)
-        client.flush()
-        result = collect(client, stream_id)
-        results[label] = {"status": (result["headers"] or {}).get(":status"), "reset": result["reset"],
-                          "goaway": result["goaway"]}
-    return results
+    return one_by_one(client, [
+        (label, client.request_headers("GET", "/size/5", extra), True)
+        for label, extra in [("uppercase", [("X-Upper", "1")]), ("connection", [("connection", "keep-alive")]),
+                             ("after", [])]])
 
 
 def bigheader(client, arguments):
