@@ -81,12 +81,6 @@ public struct ProxyCredentials: Sendable {
         }
     }
 
-    /// The agent a `Proxy-Authorization` value proves, or nil. Only the Basic scheme is accepted.
-    public func agent(forAuthorization value: String) -> String? {
-        if case .agent(let agent) = check(authorization: value) { return agent }
-        return nil
-    }
-
     /// What a `Proxy-Authorization` value proves. Only the Basic scheme is accepted.
     public func check(authorization value: String) -> Check {
         let parts = value.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)

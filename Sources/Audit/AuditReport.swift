@@ -97,6 +97,7 @@ public struct AuditReport: Sendable, Codable, Hashable {
 struct AuditLine: Decodable {
     var agent: String?
     var action: ConnectAction.Body?
+    var verdict: ConnectAction.Verdict?
     var close: CloseRecord.Body?
 }
 
@@ -146,7 +147,7 @@ public struct AuditReportBuilder {
                 }
                 if let agent, agent != name { continue }
                 if let action = record.action {
-                    add(action, to: &agents[name, default: AgentTotals()])
+                    add(action, verdict: record.verdict, to: &agents[name, default: AgentTotals()])
                 } else if let close = record.close {
                     add(close, to: &agents[name, default: AgentTotals()])
                 }
@@ -175,7 +176,7 @@ public struct AuditReportBuilder {
         return timestamp >= since  // both RFC 3339 UTC with milliseconds: text order is time order
     }
 
-    private func add(_ action: ConnectAction.Body, to totals: inout AgentTotals) {
+    private func add(_ action: ConnectAction.Body, verdict: ConnectAction.Verdict?, to totals: inout AgentTotals) {
         let metadata = action.metadata
         let at = metadata.startedAt
         guard inPeriod(at) else { return }
@@ -219,9 +220,8 @@ public struct AuditReportBuilder {
             let path = metadata.requestHost.map { host in
                 "https://\(host.contains(":") ? "[\(host)]" : host)\(metadata.path ?? "")"
             } ?? metadata.path ?? ""
-            // Refused by the proxy: blocked by a policy it enforced (observe mode only says `would_block`), or rejected.
-            let refused = (metadata.policy != nil && metadata.wouldBlock != true)
-                || (metadata.error.map { $0.hasPrefix("rejected") || $0.hasPrefix("destination blocked") } ?? false)
+            // Refused by the proxy: its verdict a block (observe mode only says `would_block`), or rejected as malformed.
+            let refused = verdict?.decision == "block" || (metadata.error?.hasPrefix("rejected") ?? false)
             let key = method + " " + path + (refused ? "\u{0}refused" : "")
             if destination.requests[key] != nil {
                 destination.requests[key]!.count += 1

@@ -2,6 +2,14 @@
 import Foundation
 import Testing
 
+extension ProxyCredentials {
+    /// The agent a value proves, or nil.
+    func agent(forAuthorization value: String) -> String? {
+        if case .agent(let agent) = check(authorization: value) { return agent }
+        return nil
+    }
+}
+
 @Suite struct ProxyCredentialsTests {
     func file(_ text: String, mode: Int = 0o600) throws -> String {
         let path = NSTemporaryDirectory() + "auth-" + UUID().uuidString

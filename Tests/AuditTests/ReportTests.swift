@@ -8,7 +8,7 @@ import Testing
 @Suite struct ReportTests {
     static func action(
         _ agent: String, _ target: String, at: String, outcome: ConnectMetadata.Outcome = .connected,
-        _ configure: (inout ConnectMetadata) -> Void = { _ in }
+        verdict: ConnectAction.Verdict = .observed, _ configure: (inout ConnectMetadata) -> Void = { _ in }
     ) -> (ActionRecord, EventID) {
         let id = EventID.generate()
         var metadata = ConnectMetadata(
@@ -16,7 +16,7 @@ import Testing
             client: "127.0.0.1:1", startedAt: at, outcome: outcome
         )
         configure(&metadata)
-        return (.action(ConnectAction(agent: agent, target: target, metadata: metadata)), id)
+        return (.action(ConnectAction(agent: agent, target: target, metadata: metadata, verdict: verdict)), id)
     }
 
     static func close(_ agent: String, _ id: EventID, _ target: String, at: String, out: UInt64, back: UInt64) -> ActionRecord {
@@ -64,7 +64,7 @@ import Testing
             }.0)
         }
         // A request the proxy refused (enforce mode): listed apart, never as one that reached the destination.
-        records.append(action("a", "llm.example:443", at: "2026-11-22T09:00:01.500Z") {
+        records.append(action("a", "llm.example:443", at: "2026-11-22T09:00:01.500Z", verdict: .init(decision: "block", reason: "no-chat")) {
             $0.intercepted = true; $0.method = "POST"; $0.path = "/v1/chat"; $0.connectionID = connection
             $0.policy = "no-chat"; $0.status = 403; $0.error = "destination blocked by policy no-chat"
         }.0)

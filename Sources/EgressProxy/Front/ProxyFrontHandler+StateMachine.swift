@@ -118,7 +118,8 @@ extension ProxyFrontHandler {
             }
             // RFC 9112 §3.2: one Host, and an HTTP/1.1 request without one is refused (the URL's authority replaces
             // it upstream, but two readers of a request with two could still disagree on where it went).
-            let hosts = head.headers["host"].count
+            var hosts = 0
+            for (name, _) in head.headers where name.equalsIgnoringASCIICase("host") { hosts += 1 }
             if hosts > 1 || (hosts == 0 && (head.version.major, head.version.minor) >= (1, 1)) {
                 state = .closed
                 return [.respondError(.badRequest(hosts > 1 ? "two Host headers" : "an HTTP/1.1 request needs a Host header"))]

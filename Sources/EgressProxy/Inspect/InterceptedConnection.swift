@@ -459,7 +459,6 @@ final class InterceptedConnection {
         let error = ProxyError.upstreamClosed(reason)
         exchange.status = Int(error.status.code)
         report(exchange, error: error.reason)
-        reportDeferredRejection()
         client.dropHeldParts()
         client.sendError(error.status, reason: error.reason)
         closeUpstream()
@@ -605,7 +604,6 @@ final class InterceptedConnection {
             // not confirmed (anyone on the path can cut a TCP connection). The client is told no more than that.
             let unconfirmed = exchange.closeDelimited && upstreamEndUnconfirmed
             report(exchange, error: unconfirmed ? Self.unconfirmedEnd : nil)
-            reportDeferredRejection()
             if unconfirmed {
                 noteClose(by: .upstream, reason: "eof_without_close_notify")
                 client?.closeAfterWrites(notify: false)
@@ -634,7 +632,6 @@ final class InterceptedConnection {
         case .forwardAndUpgrade(let exchange):
             client?.send(forward, flush: true)
             report(exchange, error: nil)
-            reportDeferredRejection()
             if deferredRejection != nil {
                 // Bytes after the request were refused: the connection closes rather than relay without them.
                 noteClose(by: .proxy, reason: "bad_request")
@@ -934,7 +931,6 @@ final class InterceptedConnection {
             // Reported before anything closes: a close can finish the connection at once, which reports it as
             // one that carried no request if none was reported yet.
             report(cut, error: cutReason(cut))
-            reportDeferredRejection()
             if cut.status != nil && !cut.responseEnded {
                 // A response partly relayed ends without close_notify, so the client cannot take the cut for its
                 // end (one with no length would look complete).
@@ -1052,6 +1048,8 @@ final class InterceptedConnection {
     private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {
         report(exchange, startedAt: exchangeStartedAt, policy: requestPolicy, error: error)
         exchangeStartedAt = nil
+        // A request refused behind this one (`deferRejection`) is reported after it, in the order they came.
+        reportDeferredRejection()
     }
 
     /// Reports one exchange (an HTTP/1.1 request and its response, or an HTTP/2 stream): the connection's facts
