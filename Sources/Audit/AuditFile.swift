@@ -138,6 +138,9 @@ public enum AuditFileError: Error, CustomStringConvertible, Equatable {
     case file(String)
     /// Another process holds the log's lock: it is writing the same chain.
     case inUse(String)
+    /// The log has other names (hard links): a second proxy given one would lock another lock file and write the
+    /// same chain. Symbolic links are resolved; hard links cannot be, so the log is refused.
+    case hardLinked(String, links: Int)
 
     public var description: String {
         switch self {
@@ -147,6 +150,8 @@ public enum AuditFileError: Error, CustomStringConvertible, Equatable {
         case .lineTooLong: "its last line is longer than 64 MiB"
         case .file(let reason): reason
         case .inUse(let path): "\(path) is being written by another process"
+        case .hardLinked(let path, let links):
+            "\(path) has \(links) hard links; another name for it would let a second proxy write the same chain: remove the other names (find / -xdev -samefile \(path))"
         }
     }
 }
@@ -196,6 +201,9 @@ public struct AuditFileWriter: ~Copyable {
             throw .system("open", code)
         }
         do {
+            var info = stat()
+            guard fstat(fd, &info) == 0 else { throw AuditFileError.system("fstat", errno) }
+            guard info.st_nlink <= 1 else { throw AuditFileError.hardLinked(paths.current, links: Int(info.st_nlink)) }
             var tail = try FileTail.read(fd: fd)
             var truncated: (Int, [UInt8])? = nil
             if tail.incompleteBytes > 0 {

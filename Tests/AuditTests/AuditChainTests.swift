@@ -264,6 +264,30 @@ import Testing
         _ = consume first
     }
 
+    /// A hard link is a second name for the log that no path resolution can see: a proxy given it would lock its
+    /// own lock file and write the same chain as the first. A log with more than one name is refused, whichever
+    /// name a proxy is given, and the error says how to find the other names.
+    @Test func aHardLinkedLogIsRefused() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let real = directory + "/audit.jsonl"
+        do {
+            var first = try AuditFileWriter(paths: AuditPaths.resolving(real), maxBytes: 0)
+            try first.append([Array(#"{"schema_version":"1"}"#.utf8)])
+        }
+        #expect(link(real, directory + "/other.jsonl") == 0)
+        for name in [real, directory + "/other.jsonl"] {
+            let paths = AuditPaths.resolving(name)
+            #expect(throws: AuditFileError.hardLinked(paths.current, links: 2)) { _ = try AuditFileWriter(paths: paths, maxBytes: 0) }
+        }
+        #expect(AuditFileError.hardLinked(real, links: 2).description.contains("-samefile \(real)"))
+        // With the other name gone, the log opens again and its chain goes on.
+        #expect(unlink(directory + "/other.jsonl") == 0)
+        var again = try AuditFileWriter(paths: AuditPaths.resolving(real), maxBytes: 0)
+        try again.append([Array(#"{"schema_version":"1"}"#.utf8)])
+        #expect(again.chain.nextSequence == 3)
+    }
+
     @Test func aFailedWriteLeavesNoHalfLineAndTheChainGoesOn() throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
