@@ -151,7 +151,7 @@ public enum AuditFileError: Error, CustomStringConvertible, Equatable {
         case .file(let reason): reason
         case .inUse(let path): "\(path) is being written by another process"
         case .hardLinked(let path, let links):
-            "\(path) has \(links) hard links; another name for it would let a second proxy write the same chain: remove the other names (find / -xdev -samefile \(path))"
+            "\(path) has \(links) hard links: remove the other names (find / -xdev -samefile \(path) lists them)"
         }
     }
 }

@@ -235,6 +235,11 @@ public struct EgressApplication: Sendable {
                 variable: ConfigurationKey.auditLog.variable,
                 "KAIZEN_AUDIT_LOG: \(file) is being written by another kaizen-egress process (it holds \(file).lock): give each proxy its own audit log, or stop the other one"
             )
+        } catch .hardLinked(let file, let links) {
+            throw ConfigurationError(
+                variable: ConfigurationKey.auditLog.variable,
+                "KAIZEN_AUDIT_LOG: \(file) has \(links) hard links, and a second name would let another proxy write the same chain: remove the other names (find / -xdev -samefile \(file) lists them) or set \(ConfigurationKey.auditLog.spelled) to a new file"
+            )
         } catch .notChained(let file) {
             throw ConfigurationError(
                 variable: ConfigurationKey.auditLog.variable,

@@ -58,6 +58,21 @@ import Testing
         #expect(lines.first?.hasPrefix("kaizen-egress: \(variable)") == true, "\(child.stderr)")
     }
 
+    /// A log with a second name (a hard link) is refused with one line that says how to find the other names.
+    @Test func aHardLinkedAuditLogRefusesWithOneLine() throws {
+        let directory = FileManager.default.temporaryDirectory.path + "/kz-hardlink-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let log = directory + "/audit.jsonl"
+        #expect(FileManager.default.createFile(atPath: log, contents: nil, attributes: [.posixPermissions: 0o600]))
+        #expect(link(log, directory + "/copy.jsonl") == 0)
+        let child = try ChildProcess(
+            Paths.proxyBinary, ["--local", "--port", "0", "--admin-listen", "off", "--audit-log", log],
+            environment: environment([:]))
+        #expect(try child.waitForExit(timeout: 30) == 2)
+        #expect(child.stderr == "kaizen-egress: KAIZEN_AUDIT_LOG: \(log) has 2 hard links, and a second name would let another proxy write the same chain: remove the other names (find / -xdev -samefile \(log) lists them) or set KAIZEN_AUDIT_LOG (or --audit-log) to a new file\n")
+    }
+
     @Test func aTakenPortRefusesWithOneLine() throws {
         let blocker = try Blackhole()  // a listener on a loopback port
         let child = try ChildProcess(
