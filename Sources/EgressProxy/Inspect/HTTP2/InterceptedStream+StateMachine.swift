@@ -18,7 +18,11 @@ struct InterceptedStreamStateMachine {
     private(set) var exchange: Exchange?
     private var reported = false
     private(set) var requestEnded = false
+    /// The upstream's END_STREAM has been read (the response is whole and on its way to the client).
     private(set) var responseEnded = false
+    /// The response's END_STREAM has been written to the client: the exchange is complete only then, and its
+    /// body bytes are those written, not those read (a client that stops reading leaves some in the proxy).
+    private var responseDelivered = false
     /// An extended CONNECT (RFC 8441): after a 2xx the stream carries another protocol's bytes.
     private var tunnel = false
     private let reportQuery: Bool
@@ -74,14 +78,24 @@ struct InterceptedStreamStateMachine {
             }
         }
         if endStream { responseEnded = true }
-        return completeIfDone()
+        return .forward
     }
 
-    mutating func responseData(_ count: Int, endStream: Bool) -> Action {
+    /// DATA read from the upstream: passed on; its bytes count once written (`responseWritten`).
+    mutating func responseData(endStream: Bool) -> Action {
         guard exchange != nil else { return .drop }
-        if !reported { exchange!.responseBodyBytes &+= UInt64(count) }
         if endStream { responseEnded = true }
-        return completeIfDone()
+        return .forward
+    }
+
+    /// `count` bytes of the response's body, and its end when `endStream`, were written to the client: the
+    /// exchange to report when that completes it.
+    mutating func responseWritten(_ count: Int, endStream: Bool) -> Exchange? {
+        guard exchange != nil, !reported else { return nil }
+        exchange!.responseBodyBytes &+= UInt64(count)
+        if endStream { responseDelivered = true }
+        guard case .forwardAndReport(let exchange) = completeIfDone() else { return nil }
+        return exchange
     }
 
     /// The stream ended otherwise than by both END_STREAMs (a reset from `side`, an error, a connection closing):
@@ -102,7 +116,7 @@ struct InterceptedStreamStateMachine {
     }
 
     private mutating func completeIfDone() -> Action {
-        guard !reported, requestEnded, responseEnded, let exchange else { return .forward }
+        guard !reported, requestEnded, responseDelivered, let exchange else { return .forward }
         reported = true
         return .forwardAndReport(exchange)
     }

@@ -99,15 +99,15 @@ final class InterceptedStream {
             }
             action = machine.responseHeaders(status: statusField.flatMap { Int($0) }, endStream: headers.endStream)
         case .data(let data):
-            connection.relayed(data.data.readableBytes, fromClient: false)
-            action = machine.responseData(data.data.readableBytes, endStream: data.endStream)
+            // Counted when written to the client (`delivered`): what a client stops reading is not counted as its.
+            action = machine.responseData(endStream: data.endStream)
         case .rstStream(let code):
             upstream?.noteResetReceived()
             if code == .noError, machine.responseEnded {
                 // The response is whole; the upstream wants no more of the request. Passed on once the response's
-                // last bytes are out (a reset drops what is still buffered for the stream).
-                finish(error: "stream reset by the upstream: \(code)")
+                // last bytes are out (a reset drops what is still buffered for the stream); reported after them.
                 client?.reset(code, afterWrites: true)
+                finishAfterDeliveries(error: "stream reset by the upstream: \(code)")
                 return
             }
             reset(from: .upstream, code: code)
@@ -132,9 +132,18 @@ final class InterceptedStream {
         }
         if side == .upstream, upstream == nil {
             pending.append(payload)
+        } else if side == .client {
+            client?.send(payload, tracked: true)
         } else {
-            (side == .client ? client : upstream)?.send(payload)
+            upstream?.send(payload)
         }
+    }
+
+    /// `count` bytes of the upstream's response body, and its END_STREAM when `endStream`, were written to the
+    /// client's connection: counted now, and the exchange reported when that completes it.
+    func delivered(_ count: Int, endStream: Bool) {
+        if count > 0 { connection.relayed(count, fromClient: false) }
+        if let exchange = machine.responseWritten(count, endStream: endStream) { report(exchange, error: nil) }
     }
 
     /// The request's first HEADERS: judged (its :authority, Host and the SNI) before anything goes upstream.
@@ -343,19 +352,22 @@ final class InterceptedStream {
             clientOpen = false
             defer { client = nil }  // the half and this stream hold each other until then
             // Closed cleanly: both ways ended, so the upstream's END_STREAM came through (or the proxy answered
-            // itself); a reset or an error was passed on by `failed`. Unreported only when the connection went.
-            if !machine.isReported, upstreamOpen { upstream?.reset(.cancel) }
+            // itself); a reset or an error was passed on by `failed`. Unreported only when the connection went,
+            // or when the response's last frames are still on their way (the stream closes as they are sent on,
+            // before their writes complete): reported once they have.
+            let whole = machine.requestEnded && machine.responseEnded
+            if !machine.isReported, !whole, upstreamOpen { upstream?.reset(.cancel) }
             if upstream == nil, machine.hasRequest, !answered {
                 abandoned = true  // its upstream stream is still being made: nothing is sent on it
                 pending = []
             }
-            finish(error: "stream closed before the exchange completed")
+            finishAfterDeliveries(error: "stream closed before the exchange completed")
             http2.streamClosed(self)
         case .upstream:
             guard upstreamOpen else { return }
             upstreamOpen = false
             defer { upstream = nil }
-            if !machine.isReported {
+            if !machine.isReported, !machine.responseEnded {
                 if http2.upstreamDidNotProcess(upstream?.streamID) {
                     finish(error: "the upstream did not process the stream (GOAWAY)")
                     if clientOpen { client?.reset(.refusedStream) }
@@ -364,8 +376,9 @@ final class InterceptedStream {
                     if clientOpen { client?.reset(.cancel) }
                 }
             } else if clientOpen, !machine.requestEnded || !machine.responseEnded {
-                // Reported already (a tunnel at its 2xx, a response that ended before its request) but not over on
-                // the client's side: it ends now, after the response's last bytes when the response is whole.
+                // The response is whole (reported when written), or reported already (a tunnel at its 2xx), but the
+                // stream is not over on the client's side: it ends now, after the response's last bytes when the
+                // response is whole.
                 if machine.responseEnded {
                     client?.reset(.noError, afterWrites: true)
                 } else {
@@ -373,6 +386,13 @@ final class InterceptedStream {
                 }
             }
         }
+    }
+
+    /// `finish(error:)` once every response frame sent on to the client has been written or has failed: the
+    /// frames written count, and a response whose end was written is reported complete (by `delivered`).
+    private func finishAfterDeliveries(error: String) {
+        guard let client else { return finish(error: error) }
+        client.afterTrackedWrites { self.finish(error: error) }
     }
 
     /// Reports the exchange once, with `error` when it did not complete.
@@ -463,15 +483,34 @@ final class InterceptedStreamHalf: ChannelDuplexHandler {
 
     /// The last frame written that ends this side's direction (END_STREAM), for a reset that must follow it.
     private var lastWrite: EventLoopFuture<Void>?
+    /// The last tracked write (`send(_:tracked:)`): writes complete in order, so when it has, all before it have.
+    private var lastTrackedWrite: EventLoopFuture<Void>?
 
-    func send(_ payload: HTTP2Frame.FramePayload, flush: Bool = false) {
+    /// Writes `payload`; when `tracked` (a response frame relayed to the client), the stream hears of its DATA bytes
+    /// and its END_STREAM once the write has completed (`InterceptedStream.delivered`).
+    func send(_ payload: HTTP2Frame.FramePayload, flush: Bool = false, tracked: Bool = false) {
         guard let context, !resetSent else { return }
-        if Self.endsStream(payload) {
-            lastWrite = context.write(wrapOutboundOut(payload))
+        let ends = Self.endsStream(payload)
+        var count = 0
+        if tracked, case .data(let data) = payload { count = data.data.readableBytes }
+        if ends || count > 0 {
+            let written = context.write(wrapOutboundOut(payload))
+            if ends { lastWrite = written }
+            if tracked {
+                lastTrackedWrite = written
+                let stream = self.stream
+                written.assumeIsolated().whenSuccess { stream.delivered(count, endStream: ends) }
+            }
         } else {
             context.write(wrapOutboundOut(payload), promise: nil)
         }
         if flush { context.flush() }
+    }
+
+    /// Runs `body` once every tracked write so far has completed (written or failed); at once when none is pending.
+    func afterTrackedWrites(_ body: @escaping () -> Void) {
+        guard let lastTrackedWrite else { return body() }
+        lastTrackedWrite.assumeIsolated().whenComplete { _ in body() }  // at once when it already has
     }
 
     private static func endsStream(_ payload: HTTP2Frame.FramePayload) -> Bool {
