@@ -109,6 +109,60 @@ import Testing
         #expect(incomplete.sniError == "incomplete ClientHello: client closed its side first")
     }
 
+    /// A plain-HTTP request's head is read across segments, however it is cut, so a Host in a later one counts; the
+    /// peek concludes when the head ends, not before.
+    @Test func aRequestHeadSplitAnywhereGivesItsNames() {
+        let request = Array("GET /hello HTTP/1.1\r\nUser-Agent: x\r\nHost: blocked.example\r\n\r\nbody".utf8)
+        let headLength = request.count - 4
+        for cut in 1..<headLength {
+            var peek = ClientHelloPeek(limit: 64 * 1024)
+            #expect(peek.feed(ByteBuffer(bytes: request[..<cut])) == .keepLooking, "cut at \(cut)")
+            guard case .done(let result) = peek.feed(ByteBuffer(bytes: request[cut...])) else {
+                Issue.record("not concluded, cut at \(cut)")
+                continue
+            }
+            #expect(result.tls == false && result.httpNames?.host == "blocked.example", "cut at \(cut): \(result)")
+        }
+        // One byte at a time: concluded by the byte that ends the head.
+        var peek = ClientHelloPeek(limit: 64 * 1024)
+        for (index, byte) in request.enumerated() {
+            let step = peek.feed(ByteBuffer(bytes: [byte]))
+            if index < headLength - 1 {
+                #expect(step == .keepLooking, "byte \(index)")
+            } else {
+                #expect(step != .keepLooking, "byte \(index)")
+                break
+            }
+        }
+    }
+
+    /// A head that does not end cannot be judged: given up on, cut into too many pieces, or longer than the limit.
+    @Test func aRequestHeadThatDoesNotEndIsUnjudged() {
+        var slow = ClientHelloPeek(limit: 64 * 1024)
+        _ = slow.feed(ByteBuffer(string: "GET / HTTP/1.1\r\n"))
+        let gaveUp = slow.giveUp(because: "none within 10s")
+        #expect(gaveUp.tls == false && gaveUp.httpNames?.invalid == "a request head not complete: none within 10s")
+
+        var pieces = ClientHelloPeek(limit: 64 * 1024)
+        var step = pieces.feed(ByteBuffer(string: "GET / HTTP/1.1\r\n"))
+        for _ in 0..<ClientHelloPeek.httpRereadLimit where step == .keepLooking {
+            step = pieces.feed(ByteBuffer(string: "X: y\r\n"))
+        }
+        guard case .done(let cut) = step else {
+            Issue.record("not concluded")
+            return
+        }
+        #expect(cut.httpNames?.invalid == "a request head sent in more than \(ClientHelloPeek.httpRereadLimit) pieces")
+
+        var long = ClientHelloPeek(limit: 1024)
+        _ = long.feed(ByteBuffer(string: "GET / HTTP/1.1\r\n"))
+        guard case .done(let full) = long.feed(ByteBuffer(string: "X: " + String(repeating: "a", count: 2000))) else {
+            Issue.record("not concluded")
+            return
+        }
+        #expect(full.httpNames?.invalid == "a request head longer than 1024 bytes")
+    }
+
     @Test func helloWithoutServerNameSaysSo() {
         // A minimal TLS 1.2 ClientHello with no extensions.
         var body: [UInt8] = [3, 3] + [UInt8](repeating: 7, count: 32) + [0] + [0, 2, 0x13, 0x01] + [1, 0]

@@ -237,10 +237,17 @@ import Testing
         #expect(AdminTests.value(metrics, #"kaizen_egress_sni_parse_total{outcome="no_sni"}"#) == 0)
 
         // Plain HTTP inside a tunnel naming a blocked host is judged as an SNI would be: in its Host, its absolute-form
-        // target or a second Host, with lines ended by a bare LF too; a Host that is no host name is not judged but
-        // refused.
+        // target or a second Host, with lines ended by a bare LF too, in a head sent in pieces (`|`: the client pauses
+        // there), in the forms lenient servers read (doubled whitespace, a leading empty line, `Host :`); a Host that
+        // is no host name is not judged but refused.
         for (request, answered) in [
             ("GET /hello HTTP/1.1\r\nHost: blocked.test\r\n", false),
+            ("GET /hello HTTP/1.1\r\n|Host: blocked.test\r\n", false),
+            ("G|ET /hello HTTP/1.1\r\nUser-Agent: x\r\n|Host: blocked.test\r\n", false),
+            ("GET  /hello HTTP/1.1\r\nHost: blocked.test\r\n", false),
+            ("\r\nGET /hello HTTP/1.1\r\nHost: blocked.test\r\n", false),
+            ("GET /hello HTTP/1.1\r\nHost : blocked.test\r\n", false),
+            ("GET /hello HTTP/1.1\r\n|Host: 127.0.0.1\r\n", true),
             ("GET http://blocked.test/hello HTTP/1.1\r\nHost: 127.0.0.1\r\n", false),
             ("GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: blocked.test\r\n", false),
             ("GET /hello HTTP/1.1\nHost: blocked.test\n", false),
@@ -251,7 +258,11 @@ import Testing
             try socket.send("CONNECT 127.0.0.1:\(setup.plainPort) HTTP/1.1\r\nHost: x\r\n\r\n")
             _ = try socket.receive(until: "\r\n\r\n")
             let end = request.hasSuffix("\r\n") ? "\r\n" : "\n"
-            try socket.send(request + "Connection: close" + end + end)
+            let pieces = (request + "Connection: close" + end + end).split(separator: "|")
+            for (index, piece) in pieces.enumerated() {
+                if index > 0 { Thread.sleep(forTimeInterval: 0.2) }  // the client's pause: what is under test
+                try socket.send(String(piece))
+            }
             let reply = String(decoding: socket.receiveUntilEnd().bytes, as: UTF8.self)
             #expect(reply.hasPrefix("HTTP/1.1 200") == answered, "\(request.debugDescription): \(reply)")
         }

@@ -330,6 +330,46 @@ final class NetworkLab {
         #expect(refused.status != 0, "\(refused.stdout) \(refused.stderr)")
         let lines = try setup.proxy.waitForLines(count: 4, timeout: 20) { $0.contains("\"action\"") }
         #expect(lines[3].contains(#""outcome":"failed""#) && lines[3].contains(#""reason":"no-origin""#), "\(lines[3])")
+
+        // Plain HTTP is judged by every name it gives, as inside a CONNECT tunnel: its absolute-form target's host
+        // (which a server must use, not Host), a Host in a later segment (`|`: the client pauses there), a Host that
+        // is no host name (not judged, refused). An unnamed request to an allowed name goes through.
+        try #"{"policies":[{"name":"no-blocked","mode":"blocklist","rules":{"domains":["blocked.test"]}}]}"#
+            .write(toFile: policies + "/egress-agent.json", atomically: true, encoding: .utf8)
+        _ = try setup.proxy.waitForStderr(containing: "updated: no-blocked (blocklist)", timeout: 20)
+        let httpOrigin = try ChildProcess(ip, lab.inNamespace(lab.internet, Paths.which("python3"), [
+            Paths.originScript, "--mode", "http", "--host", lab.internetAddress,
+        ]))
+        let httpPort = try #require(Int(try httpOrigin.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }.dropFirst(5)))
+        let requests = [
+            "GET /hello HTTP/1.1\r\n|Host: blocked.test\r\nConnection: close\r\n\r\n",
+            "GET http://blocked.test/hello HTTP/1.1\r\nHost: fine.test\r\nConnection: close\r\n\r\n",
+            "GET /hello HTTP/1.1\r\nHost: blocked%2etest\r\nConnection: close\r\n\r\n",
+            "GET /hello HTTP/1.1\r\nHost: fine.test\r\nConnection: close\r\n\r\n",
+        ]
+        let sent = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("python3"), ["-c", """
+            import socket, sys, time
+            for request in sys.argv[1:]:
+                s = socket.create_connection(("\(lab.internetAddress)", \(httpPort)), timeout=10)
+                for index, piece in enumerate(request.split("|")):
+                    if index: time.sleep(0.2)  # the client's pause: what is under test
+                    s.sendall(piece.encode())
+                answer = b""
+                try:
+                    while chunk := s.recv(4096): answer += chunk
+                except OSError:
+                    pass
+                print("answered" if answer.startswith(b"HTTP/1.1 200") else "closed")
+            """] + requests), timeout: 60)
+        #expect(sent.stdout == "closed\nclosed\nclosed\nanswered", "\(sent.stdout) \(sent.stderr)")
+        let judged = try setup.proxy.waitForLines(count: 8, timeout: 20) { $0.contains("\"action\"") }.suffix(4).map { $0 }
+        #expect(judged[0].contains(#""target":"blocked.test:\#(httpPort)""#) && judged[0].contains(#""reason":"no-blocked""#), "\(judged[0])")
+        #expect(judged[1].contains(#""target":"blocked.test:\#(httpPort)""#) && judged[1].contains(#""request_host":"fine.test""#)
+            && judged[1].contains(#""reason":"no-blocked""#), "\(judged[1])")
+        #expect(judged[2].contains(#""reason":"host not judged: the request names no valid host""#)
+            && judged[2].contains(#""target":"\#(lab.internetAddress):\#(httpPort)""#), "\(judged[2])")
+        #expect(judged[3].contains(#""target":"fine.test:\#(httpPort)""#) && judged[3].contains(#""decision":"allow""#), "\(judged[3])")
+        withExtendedLifetime(httpOrigin) {}
         withExtendedLifetime(control) {}
     }
 }

@@ -91,10 +91,15 @@ final class TunnelSession {
             return
         }
         if metadata.transport == .transparent {
-            // No host was asked for: the SNI (or, for plain HTTP, the Host) names the destination; the
-            // original address stays in original_dst.
-            let name = metadata.sni ?? result.httpHost
+            // No host was asked for: the SNI (or, for plain HTTP, the request's host: its absolute-form target's,
+            // else its Host) names the destination; the original address stays in original_dst.
+            let httpNames = metadata.sni == nil && result.tls == false ? result.httpNames : nil
+            let name = metadata.sni ?? httpNames?.host
             if let name { rename(to: name) }
+            if let httpNames, let refusal = judgeOtherHTTPNames(httpNames, besides: name) {
+                refuse(byPolicy: refusal)
+                return
+            }
             guard let name, let nameBelongs else {
                 judgeTransparent(name: name, belongs: true)
                 return
@@ -123,20 +128,27 @@ final class TunnelSession {
             // each Host; a shared front could route it there) is reported and judged as an SNI would be, and one that
             // is no host name at all is refused as an unreadable ClientHello is. Only the first request is looked at,
             // as only the first ClientHello is.
-            let requested = requestedHost.lowercased()
-            if names.invalid != nil, let refusal = reporting.judgeUnreadableServerName(&metadata, reason: PolicyCheck.unjudgedHostReason) {
+            if let refusal = judgeOtherHTTPNames(names, besides: requestedHost) {
                 refuse(byPolicy: refusal)
                 return
             }
-            for host in names.all where !InterceptedConnection.namesSameHost(host, requested) {
-                if metadata.requestHost == nil { metadata.requestHost = Reporting.printable(host) }
-                if let refusal = reporting.judge(&metadata, host: host, address: metadata.resolvedIP) {
-                    refuse(byPolicy: refusal)
-                    return
-                }
-            }
         }
         allow()
+    }
+
+    /// A plain-HTTP request's names other than `besides` (the CONNECT's host, or the name a transparent connection is
+    /// reported by): the first is reported as `request_host`, and each is judged as an SNI would be; a value that is no
+    /// host, or a head that could not be read whole, is judged as an unreadable ClientHello is. The refusal, if any.
+    private func judgeOtherHTTPNames(_ names: HTTPHostSniff.Names, besides: String?) -> String? {
+        if names.invalid != nil, let refusal = reporting.judgeUnreadableServerName(&metadata, reason: PolicyCheck.unjudgedHostReason) {
+            return refusal
+        }
+        let known = besides?.lowercased()
+        for host in names.all where known.map({ !InterceptedConnection.namesSameHost(host, $0) }) ?? true {
+            if metadata.requestHost == nil { metadata.requestHost = Reporting.printable(host) }
+            if let refusal = reporting.judge(&metadata, host: host, address: metadata.resolvedIP) { return refusal }
+        }
+        return nil
     }
 
     /// A transparent connection's name against the policy: the name's own rules always (a blocklist entry for it
