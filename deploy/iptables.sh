@@ -7,7 +7,11 @@
 #   KAIZEN_TRANSPARENT_PORT   the proxy's transparent listener                                 (15001)
 #   EXCLUDE_CIDRS             comma-separated destination CIDRs left alone (IPv4 and/or IPv6)  (none)
 #   EXCLUDE_PORTS             comma-separated destination TCP ports left alone                 (none)
-#   BLOCK_QUIC                1: reject outbound UDP 443 so HTTP/3 falls back to TCP           (1)
+#   BLOCK_UDP                 1: reject outbound UDP but to ALLOW_UDP_PORTS: the proxy cannot   (1)
+#                             relay or report UDP, so what it cannot see does not leave
+#   ALLOW_UDP_PORTS           comma-separated UDP ports still allowed with BLOCK_UDP=1 (DNS)    (53)
+#   BLOCK_QUIC                with BLOCK_UDP=0: 1 rejects outbound UDP 443 only, so HTTP/3     (1)
+#                             falls back to TCP
 # Loopback is always left alone. Running it again replaces the rules it made.
 set -eu
 
@@ -16,6 +20,8 @@ PORT=${KAIZEN_TRANSPARENT_PORT:-15001}
 EXCLUDE_CIDRS=${EXCLUDE_CIDRS:-}
 EXCLUDE_PORTS=${EXCLUDE_PORTS:-}
 BLOCK_QUIC=${BLOCK_QUIC:-1}
+BLOCK_UDP=${BLOCK_UDP:-1}
+ALLOW_UDP_PORTS=${ALLOW_UDP_PORTS-53}
 
 rules() {  # rules IPTABLES LOOPBACK-CIDR FAMILY(4|6)
     ipt=$1 loopback=$2 family=$3
@@ -35,9 +41,20 @@ rules() {  # rules IPTABLES LOOPBACK-CIDR FAMILY(4|6)
         $ipt -t nat -A KAIZEN_OUTPUT -p tcp --dport "$port" -j RETURN
     done
     $ipt -t nat -A KAIZEN_OUTPUT -p tcp -j REDIRECT --to-ports "$PORT"
-    if [ "$BLOCK_QUIC" = 1 ]; then
-        $ipt -N KAIZEN_QUIC 2>/dev/null || $ipt -F KAIZEN_QUIC
-        $ipt -C OUTPUT -p udp --dport 443 -j KAIZEN_QUIC 2>/dev/null || $ipt -A OUTPUT -p udp --dport 443 -j KAIZEN_QUIC
+    # UDP, in the filter table: both chains exist and are emptied on every run, so a run with other settings
+    # replaces what an earlier one made (an empty chain lets everything through).
+    $ipt -N KAIZEN_UDP 2>/dev/null || $ipt -F KAIZEN_UDP
+    $ipt -C OUTPUT -p udp -j KAIZEN_UDP 2>/dev/null || $ipt -A OUTPUT -p udp -j KAIZEN_UDP
+    $ipt -N KAIZEN_QUIC 2>/dev/null || $ipt -F KAIZEN_QUIC
+    $ipt -C OUTPUT -p udp --dport 443 -j KAIZEN_QUIC 2>/dev/null || $ipt -A OUTPUT -p udp --dport 443 -j KAIZEN_QUIC
+    if [ "$BLOCK_UDP" = 1 ]; then
+        $ipt -A KAIZEN_UDP -m owner --uid-owner "$PROXY_UID" -j RETURN
+        $ipt -A KAIZEN_UDP -o lo -j RETURN
+        for port in $(echo "$ALLOW_UDP_PORTS" | tr ',' ' '); do
+            $ipt -A KAIZEN_UDP -p udp --dport "$port" -j RETURN
+        done
+        $ipt -A KAIZEN_UDP -j REJECT
+    elif [ "$BLOCK_QUIC" = 1 ]; then
         $ipt -A KAIZEN_QUIC -m owner --uid-owner "$PROXY_UID" -j RETURN
         $ipt -A KAIZEN_QUIC -j REJECT
     fi
@@ -49,4 +66,11 @@ if ip6tables -t nat -L OUTPUT >/dev/null 2>&1; then
 else
     echo "iptables.sh: no IPv6 nat table here; only IPv4 is redirected" >&2
 fi
-echo "iptables.sh: outbound TCP goes to port $PORT (UID $PROXY_UID exempt)"
+if [ "$BLOCK_UDP" = 1 ]; then
+    udp="outbound UDP rejected but to port(s) ${ALLOW_UDP_PORTS:-none}"
+elif [ "$BLOCK_QUIC" = 1 ]; then
+    udp="outbound UDP 443 rejected, other UDP let through unobserved"
+else
+    udp="outbound UDP let through unobserved"
+fi
+echo "iptables.sh: outbound TCP goes to port $PORT; $udp (UID $PROXY_UID exempt)"

@@ -192,22 +192,39 @@ final class NetworkLab {
         #expect(all[2].contains("\"target\":\"\(lab.internetAddress):\(bannerPort)\"") && all[2].contains("\"tls\":false"), "\(all[2])")
         withExtendedLifetime(banner) {}
 
-        // QUIC (UDP 443) from the agent is rejected, so clients fall back to TCP.
+        // UDP the proxy cannot see does not leave: QUIC (443) and any other port are rejected, so clients fall back to
+        // TCP; DNS (53) goes out. An echo server in "internet" answers on all three ports.
+        let echo = try ChildProcess(ip, lab.inNamespace(lab.internet, Paths.which("python3"), ["-c", """
+            import selectors, socket
+            selector = selectors.DefaultSelector()
+            for port in (53, 443, 8443):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("\(lab.internetAddress)", port))
+                selector.register(s, selectors.EVENT_READ)
+            print("PORT 53", flush=True)
+            while True:
+                for key, _ in selector.select():
+                    data, peer = key.fileobj.recvfrom(100)
+                    key.fileobj.sendto(data, peer)
+            """]))
+        _ = try echo.waitForLine(timeout: 20) { $0 == "PORT 53" }
         let udp = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("python3"), ["-c", """
             import socket
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(3)
-            s.connect(("\(lab.internetAddress)", 443))
-            try:
-                s.send(b"quic?")
-                s.recv(10)
-                print("answered")
-            except (PermissionError, ConnectionRefusedError):
-                print("rejected")
-            except socket.timeout:
-                print("timeout")
+            for port in (443, 8443, 53):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.settimeout(3)
+                s.connect(("\(lab.internetAddress)", port))
+                try:
+                    s.send(b"udp?")
+                    s.recv(10)
+                    print(port, "answered")
+                except (PermissionError, ConnectionRefusedError):
+                    print(port, "rejected")
+                except socket.timeout:
+                    print(port, "timeout")
             """]))
-        #expect(udp.stdout == "rejected", "\(udp.stdout) \(udp.stderr)")
+        #expect(udp.stdout == "443 rejected\n8443 rejected\n53 answered", "\(udp.stdout) \(udp.stderr)")
+        withExtendedLifetime(echo) {}
 
         // A connection straight to the transparent port is refused, never dialled.
         let direct = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("python3"), ["-c", """
