@@ -105,7 +105,7 @@ public final class ProxyServer: Service {
         let live = self.live
         made.live = live
         let settings = made  // what every connection starts from (with the live snapshot of its moment)
-        let admission = ClientAdmission(tracker: tracker, logger: logger)
+        let admission = ClientAdmission(tracker: tracker, logger: logger, metrics: reporting.metrics)
         let serverChannel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

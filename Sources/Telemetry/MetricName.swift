@@ -57,6 +57,9 @@ public struct MetricName: Sendable, Hashable {
     public static let proxyAuthFailures = MetricName(
         name: "kaizen_egress_proxy_auth_failures_total", type: "counter", labels: ["reason"],
         help: "Requests refused by proxy authentication (KAIZEN_PROXY_AUTH), by reason: missing (no Proxy-Authorization, as a client's first try), malformed (not Basic agent:token), invalid (a wrong token or an unknown agent, one label for both so the metric does not tell which agents exist), duplicate (two Proxy-Authorization headers).")
+    public static let connectionsRefused = MetricName(
+        name: "kaizen_egress_connections_refused_total", type: "counter", labels: ["reason"],
+        help: "Client connections refused on arrival, before any request was read, by reason: outside_allowed_clients (KAIZEN_ALLOW_CLIENTS), max_connections (KAIZEN_MAX_CONNECTIONS), max_connections_per_client (KAIZEN_MAX_CONNECTIONS_PER_CLIENT). They make no action; the log has one line a minute per kind.")
     public static let reporterQueue = MetricName(
         name: "kaizen_egress_reporter_queue_depth", type: "gauge", labels: [],
         help: "Actions waiting for the control plane: in memory plus in the spool.")
@@ -88,7 +91,7 @@ public struct MetricName: Sendable, Hashable {
     public static let all: [MetricName] = [
         .connections, .connectionsEnded, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
         .leafCache,
-        .upstreamVerificationFailures, .upstreamHandshakeFailures, .upstreamHandshakes, .upstreamReused, .idleUpstreams, .interceptFailures, .proxyAuthFailures, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
+        .upstreamVerificationFailures, .upstreamHandshakeFailures, .upstreamHandshakes, .upstreamReused, .idleUpstreams, .interceptFailures, .proxyAuthFailures, .connectionsRefused, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
         .dropped, .deliveryFailures, .controlPlaneReachable, .policyDecisions, .policyFetches,
     ]
 }

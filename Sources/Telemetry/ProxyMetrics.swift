@@ -15,6 +15,7 @@ public final class ProxyMetrics: Sendable {
     public static let dropStages = ["queue", "spool"]
     public static let deliveryFailureReasons = ["unreachable", "unauthorized", "unavailable"]
     public static let proxyAuthFailureReasons = ["missing", "malformed", "invalid", "duplicate"]
+    public static let connectionRefusalReasons = ["outside_allowed_clients", "max_connections", "max_connections_per_client"]
 
     private let connections: [String: Counter]
     private let ended: [String: Counter]
@@ -25,6 +26,7 @@ public final class ProxyMetrics: Sendable {
     private let drops: [String: Counter]
     private let deliveryFailures: [String: Counter]
     private let proxyAuthFailures: [String: Counter]
+    private let connectionRefusals: [String: Counter]
     private let bytesFromClient: Counter
     private let bytesToClient: Counter
     private let openConnections: Meter
@@ -72,6 +74,7 @@ public final class ProxyMetrics: Sendable {
         drops = counters(.dropped, Self.dropStages)
         deliveryFailures = counters(.deliveryFailures, Self.deliveryFailureReasons)
         proxyAuthFailures = counters(.proxyAuthFailures, Self.proxyAuthFailureReasons)
+        connectionRefusals = counters(.connectionsRefused, Self.connectionRefusalReasons)
         bytesFromClient = Counter(label: MetricName.bytes.name, dimensions: [("direction", "from_client")], factory: factory)
         bytesToClient = Counter(label: MetricName.bytes.name, dimensions: [("direction", "to_client")], factory: factory)
         openConnections = Meter(label: MetricName.openConnections.name, factory: factory)
@@ -117,6 +120,9 @@ public final class ProxyMetrics: Sendable {
 
     /// A request proxy authentication refused: `reason` one of `proxyAuthFailureReasons`.
     public func proxyAuthFailed(reason: String) { proxyAuthFailures[reason]?.increment() }
+
+    /// A client connection refused on arrival: `reason` one of `connectionRefusalReasons`.
+    public func connectionRefused(reason: String) { connectionRefusals[reason]?.increment() }
 
     public func inspectedRequest(outcome: String) { inspectedRequests[outcome]?.increment() }
     public func peek(outcome: String) { peeks[outcome]?.increment() }

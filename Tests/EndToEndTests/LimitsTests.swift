@@ -81,6 +81,13 @@ import Testing
         let first = try heldConnection(perClientPort, originPort: originPort)
         #expect(try exchange(perClientPort, "").hasPrefix("HTTP/1.1 503"))
         _ = try perClient.waitForStderr(containing: "perClient(1)", timeout: 10)
+        // Each refusal is counted by its reason, though the log says it once a minute.
+        #expect(try exchange(perClientPort, "").hasPrefix("HTTP/1.1 503"))
+        let counted = try AdminTests().get(try perClient.adminPort(), "/metrics").body
+        #expect(AdminTests.value(counted, #"kaizen_egress_connections_refused_total{reason="max_connections_per_client"}"#) == 2, "\(counted)")
+        #expect(AdminTests.value(counted, #"kaizen_egress_connections_refused_total{reason="max_connections"}"#) == 0, "\(counted)")
+        let total = try AdminTests().get(try proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(total, #"kaizen_egress_connections_refused_total{reason="max_connections"}"#) == 1, "\(total)")
         withExtendedLifetime((held, first)) {}
     }
 

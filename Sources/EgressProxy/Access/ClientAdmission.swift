@@ -2,6 +2,7 @@ import AccessControl
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Telemetry
 
 /// Whether a new connection may be served, for every listener: `KAIZEN_ALLOW_CLIENTS` first (a client outside the
 /// ranges is closed at once, without a byte of response), then the connection limits (tracked from here on).
@@ -17,9 +18,11 @@ final class ClientAdmission: Sendable {
     private let tracker: ConnectionTracker
     private let outside: RefusalLog
     private let overload: RefusalLog
+    private let metrics: ProxyMetrics?
 
-    init(tracker: ConnectionTracker, logger: Logger) {
+    init(tracker: ConnectionTracker, logger: Logger, metrics: ProxyMetrics?) {
         self.tracker = tracker
+        self.metrics = metrics
         self.outside = RefusalLog("refused a client outside KAIZEN_ALLOW_CLIENTS", logger: logger)
         self.overload = RefusalLog("refused a connection: too many open", logger: logger)
     }
@@ -29,10 +32,15 @@ final class ClientAdmission: Sendable {
     func admit(_ channel: any Channel, allowed: [CIDR]?) -> Refusal? {
         if let allowed, !Self.contains(allowed, channel.remoteAddress) {
             outside.note(client: channel.remoteAddress)
+            metrics?.connectionRefused(reason: "outside_allowed_clients")
             return .outsideAllowedClients
         }
         if let refusal = tracker.add(channel) {
             overload.note(client: channel.remoteAddress, reason: "\(refusal)")
+            switch refusal {
+            case .total: metrics?.connectionRefused(reason: "max_connections")
+            case .perClient: metrics?.connectionRefused(reason: "max_connections_per_client")
+            }
             return .busy
         }
         return nil
