@@ -101,9 +101,13 @@ public struct DestinationPolicy: Sendable, Hashable {
         return false
     }
 
-    /// Whether the policy has a rule about destinations at all. An allowlist without one (only `paths` or
-    /// `tools`, or every entry invalid) says nothing about where an agent may connect and takes no part.
+    /// Whether the policy has a valid rule about destinations.
     public var hasDestinationRules: Bool { hasNameRules || hasAddressRules }
+
+    /// Whether the policy names destinations at all, validly or not. An allowlist that does not (only `paths` or
+    /// `tools`) says nothing about where an agent may connect and takes no part; one whose every entry is invalid
+    /// meant to restrict destinations and admits none.
+    public var appliesToDestinations: Bool { hasDestinationRules || !invalidEntries.isEmpty }
 
     /// Whether this policy's rules could still match once the address is known.
     public var hasAddressRules: Bool { !ranges.isEmpty }

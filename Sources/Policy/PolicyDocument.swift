@@ -7,6 +7,9 @@ public struct PolicyDocument: Sendable, Hashable {
     public var policies: PolicySet
     /// What the proxy does not apply, one line each (rule kinds, unknown modes, invalid entries), for the log.
     public var notes: [String]
+    /// What the proxy applies otherwise than its author most likely meant, one line each, for the log's errors: an
+    /// allowlist whose every `domains` and `ips` entry is invalid admits no destination at all.
+    public var problems: [String]
 
     public struct Invalid: Error, Sendable, Hashable, CustomStringConvertible {
         public var description: String
@@ -28,6 +31,7 @@ public struct PolicyDocument: Sendable, Hashable {
         }
         var policies: [DestinationPolicy] = []
         var notes: [String] = []
+        var problems: [String] = []
         for (index, item) in list.enumerated() {
             guard let entry = item as? [String: Any] else {
                 throw Invalid(description: "policy \(index) is not an object")
@@ -81,9 +85,14 @@ public struct PolicyDocument: Sendable, Hashable {
                     "policy \(shown): rule kinds \(ignored.map(Self.printable).joined(separator: ", ")) do not name destinations; the proxy keeps them and applies domains and ips only"
                 )
             }
-            if mode == .allowlist && !policy.hasDestinationRules {
+            if mode == .allowlist && !policy.appliesToDestinations {
                 notes.append(
-                    "policy \(shown) is an allowlist without a valid domains or ips rule; it says nothing about destinations and is not applied to them"
+                    "policy \(shown) is an allowlist without a domains or ips rule; it says nothing about destinations and is not applied to them"
+                )
+            } else if mode == .allowlist && !policy.hasDestinationRules {
+                // A typo (`example.com:443`, a URL) must not turn an allowlist into no restriction: it admits nothing.
+                problems.append(
+                    "policy \(shown) is an allowlist whose every domains and ips entry is invalid (\(policy.invalidEntries.prefix(3).map { "\"\(Self.printable($0))\"" }.joined(separator: ", "))): it admits no destination, so every destination is blocked\(enabled ? "" : " once it is enabled"); write host names (example.com, *.example.com) and addresses or CIDRs, without ports or schemes"
                 )
             }
             if !policy.invalidEntries.isEmpty {
@@ -95,6 +104,7 @@ public struct PolicyDocument: Sendable, Hashable {
         }
         self.policies = PolicySet(policies)
         self.notes = notes
+        self.problems = problems
     }
 
     /// At most 128 characters, control and non-ASCII characters escaped, for log lines.

@@ -5,7 +5,8 @@ public import AccessControl
 /// A destination is blocked by the first enabled blocklist whose rules match it, else by the first enabled
 /// allowlist whose rules do not match it (blocklists first, so an explicit "never" wins over an allowlist
 /// elsewhere); otherwise it is allowed. Each policy holds on its own: with two allowlists, a destination must be
-/// on both. Correlation policies, disabled ones and allowlists without a `domains` or `ips` rule take no part.
+/// on both. Correlation policies, disabled ones and allowlists without a `domains` or `ips` rule take no part; an
+/// allowlist whose every entry is invalid admits nothing.
 public struct PolicySet: Sendable, Hashable {
     public var policies: [DestinationPolicy]
 
@@ -39,7 +40,7 @@ public struct PolicySet: Sendable, Hashable {
             if policy.matches(host: name, address: address) { return .block(policy: policy.name) }
         }
         // Every allowlist must admit the destination (each policy holds on its own).
-        for policy in policies where policy.enabled && policy.mode == .allowlist && policy.hasDestinationRules {
+        for policy in policies where policy.enabled && policy.mode == .allowlist && policy.appliesToDestinations {
             if policy.matches(host: name, address: address) { continue }
             if !complete {
                 // Undecided while what the policy's rules look at is still to come.

@@ -211,10 +211,13 @@ public final class PolicyStore: Service, Sendable {
             let changed = state.loaded[agent]?.policies != document.policies
             state.loaded[agent] = loaded
             let old = state.notes[agent] ?? []
-            state.notes[agent] = document.notes
-            return (changed, document.notes.filter { !old.contains($0) })
+            state.notes[agent] = document.notes + document.problems
+            return (changed, (document.notes + document.problems).filter { !old.contains($0) })
         }
-        for note in newNotes { logger.notice("\(note)", metadata: ["agent": "\(PolicyDocument.printable(agent))"]) }
+        for note in newNotes {
+            let metadata: Logger.Metadata = ["agent": "\(PolicyDocument.printable(agent))"]
+            if document.problems.contains(note) { logger.error("\(note)", metadata: metadata) } else { logger.notice("\(note)", metadata: metadata) }
+        }
         if changed {
             let names = document.policies.policies.map { "\($0.name) (\($0.mode.rawValue)\($0.enabled ? "" : ", disabled"))" }
             logger.info(

@@ -41,6 +41,16 @@ struct PolicyDocumentTests {
         #expect(document.notes[1].contains("\"bad name\""))
     }
 
+    @Test("an allowlist of only invalid entries is a problem (it blocks everything); one with no destination rule a note")
+    func anAllowlistOfTypos() throws {
+        let document = try parse(
+            #"{"policies":[{"name":"typo","mode":"allowlist","rules":{"domains":["api.test:443"]}},{"name":"t","mode":"allowlist","rules":{"tools":["x"]}}]}"#)
+        #expect(document.problems.count == 1)
+        #expect(document.problems.first?.contains(#"policy typo is an allowlist whose every domains and ips entry is invalid ("api.test:443"): it admits no destination"#) == true, "\(document.problems)")
+        #expect(document.notes.contains { $0.contains("policy t is an allowlist without a domains or ips rule") }, "\(document.notes)")
+        #expect(document.policies.decide(host: "api.test", address: nil) == .block(policy: "typo"))
+    }
+
     @Test(
         "malformed documents are refused with a reason",
         arguments: [

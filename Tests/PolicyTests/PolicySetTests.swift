@@ -93,11 +93,16 @@ struct PolicySetTests {
         #expect(!mapped.matches(host: nil, address: ip("203.0.113.4")))
     }
 
-    @Test("an allowlist with no destination rule takes no part; two allowlists must both admit")
+    @Test("an allowlist with no destination rule takes no part, one whose every entry is invalid admits nothing; two allowlists must both admit")
     func allowlistsWithoutDestinationRules() {
         let toolsOnly = DestinationPolicy(name: "tools", mode: .allowlist, ignoredRuleKinds: ["tools"])
-        let invalidOnly = DestinationPolicy(name: "typo", mode: .allowlist, domains: ["not a name"])
-        #expect(PolicySet([toolsOnly, invalidOnly]).decide(host: "example.com", address: ip("203.0.113.1")) == .allow)
+        #expect(PolicySet([toolsOnly]).decide(host: "example.com", address: ip("203.0.113.1")) == .allow)
+        // A typo must not turn an allowlist into no restriction at all: it blocks, before the name or address is known too.
+        let invalidOnly = DestinationPolicy(name: "typo", mode: .allowlist, domains: ["example.com:443"], ips: ["https://example.com/"])
+        let typo = PolicySet([toolsOnly, invalidOnly])
+        #expect(typo.decide(host: "example.com", address: ip("203.0.113.1")) == .block(policy: "typo"))
+        #expect(typo.decide(host: "example.com", address: nil, complete: false) == .block(policy: "typo"))
+        #expect(typo.decide(host: nil, address: ip("203.0.113.1"), complete: false) == .block(policy: "typo"))
         let both = PolicySet([
             DestinationPolicy(name: "a", mode: .allowlist, domains: ["example.com", "example.org"]),
             DestinationPolicy(name: "b", mode: .allowlist, domains: ["example.com"]),
