@@ -84,6 +84,8 @@ import Testing
         ("KAIZEN_MODE", "enforce"), ("KAIZEN_POLICY_FAIL", "maybe"), ("KAIZEN_POLICY_REFRESH", "often"),
         ("KAIZEN_H2_MAX_STREAMS", "0"), ("KAIZEN_H2_MAX_STREAMS", "many"), ("KAIZEN_H2_BUFFER_BYTES", "1K"),
         ("KAIZEN_H2_BUFFER_BYTES", "2G"), ("KAIZEN_INSPECT_HTTP2", "maybe"),
+        ("KAIZEN_API_URL", "http://127.0.0.1:9999/base#frag"), ("KAIZEN_API_KEY", "kz_live_X\r\nX-Evil: 1"),
+        ("KAIZEN_API_KEY", "kz live"), ("KAIZEN_API_KEY", "kz_live_\u{e9}"),
     ])
     func badValueNamesTheVariable(_ variable: String, _ value: String) {
         var environment = local
@@ -96,7 +98,14 @@ import Testing
             #expect(error.description.hasPrefix(variable))
             #expect(!error.description.contains("\n"))
             #expect(error.description.contains("set ") || error.description.contains("use "))
+            if variable == "KAIZEN_API_KEY" && !value.isEmpty { #expect(!error.description.contains(value.prefix(8))) }
         }
+    }
+
+    /// A control plane on this machine may be reached over http, however its loopback address is written.
+    @Test(arguments: ["http://127.0.0.1:9999", "http://127.1.2.3:9999/", "http://localhost:9999", "http://[::1]:9999", "http://[0:0:0:0:0:0:0:1]:9999"])
+    func loopbackControlPlanesMayUseHTTP(_ url: String) throws {
+        _ = try ProxyConfiguration(environment: local.merging(["KAIZEN_API_URL": url]) { $1 })
     }
 
     @Test func http2Limits() throws {

@@ -259,6 +259,14 @@ public struct ProxyConfiguration: Sendable {
         }
         self.agent = agent
 
+        if let key = value(.apiKey), key.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value >= 0x7f }) {
+            // It goes into an Authorization header: a line break or space there fails every request (or, with a lax
+            // HTTP stack, adds a header). The value is never shown.
+            throw ConfigurationError(
+                variable: ConfigurationKey.apiKey.variable,
+                "KAIZEN_API_KEY holds a space, a line break, a control or a non-ASCII character, which an HTTP header cannot carry (its value is not shown): set \(ConfigurationKey.apiKey.spelled) to the key alone"
+            )
+        }
         self.apiKey = value(.apiKey).map(APIKey.init)
 
         let apiURL = value(.apiURL) ?? Self.defaultAPIURL
@@ -718,10 +726,10 @@ public struct ProxyConfiguration: Sendable {
                 "KAIZEN_API_URL=\(quoted(withoutUserInformation(raw))) is not a URL: set \(key.spelled) to an https URL such as \(defaultAPIURL)"
             )
         }
-        guard components.user == nil, components.password == nil, components.query == nil else {
+        guard components.user == nil, components.password == nil, components.query == nil, components.fragment == nil else {
             throw ConfigurationError(
                 variable: key.variable,
-                "KAIZEN_API_URL must not carry credentials or a query: set \(key.spelled) to the control plane's base URL, and the key in KAIZEN_API_KEY"
+                "KAIZEN_API_URL must not carry credentials, a query or a fragment: set \(key.spelled) to the control plane's base URL, and the key in KAIZEN_API_KEY"
             )
         }
         switch scheme {
@@ -742,10 +750,11 @@ public struct ProxyConfiguration: Sendable {
         }
     }
 
+    /// `localhost`, 127.0.0.0/8 in dotted decimal, or `::1` in any of its spellings (`[0:0:0:0:0:0:0:1]`).
     static func isLoopbackHost(_ host: String) -> Bool {
         let bare = host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host
         if bare.lowercased() == "localhost" { return true }
-        if bare == "::1" { return true }
+        if bare.contains(":") { return IPAddress(bare) == IPAddress("::1") }
         let parts = bare.split(separator: ".", omittingEmptySubsequences: false)
         return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
     }
