@@ -281,8 +281,12 @@ public struct EgressApplication: Sendable {
                 if reporter?.isWedged == true {
                     problems.append("the reporter has not written its queue to the spool for 30 seconds")
                 }
-                if enforcingClosed, let policyStore, !policyStore.allLoaded {
-                    problems.append("no policy loaded yet, and KAIZEN_POLICY_FAIL=closed blocks everything")
+                if enforcingClosed, let policyStore, case let (missing, agents) = policyStore.unloaded, missing > 0 {
+                    // A count, not names: the admin port does not tell who the agents are (as the auth metric does not).
+                    problems.append(
+                        agents == 1
+                            ? "no policy loaded yet, and KAIZEN_POLICY_FAIL=closed blocks everything"
+                            : "no policy loaded yet for \(missing) of \(agents) agents, and KAIZEN_POLICY_FAIL=closed blocks their connections (the others are served)")
                 }
                 return problems
             }

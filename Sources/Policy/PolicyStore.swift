@@ -94,9 +94,9 @@ public final class PolicyStore: Service, Sendable {
         state.withLock { $0.loaded[agent] }
     }
 
-    /// Whether every agent has a policy (from the control plane or the cache).
-    public var allLoaded: Bool {
-        state.withLock { state in state.agents.allSatisfy { state.loaded[$0] != nil } }
+    /// How many agents have no policy yet, of how many.
+    public var unloaded: (count: Int, of: Int) {
+        state.withLock { state in (state.agents.filter { state.loaded[$0] == nil }.count, state.agents.count) }
     }
 
     /// Replaces the list of agents (a reloaded credentials file). New agents get their cached policy at once and

@@ -316,6 +316,25 @@ import Testing
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 
+    /// With several agents (KAIZEN_PROXY_AUTH) and fail-closed, one agent whose policy never loaded makes the proxy
+    /// unready, and the reason says how many of them, not who (the admin port does not tell who the agents are).
+    @Test func readinessCountsTheAgentsWithoutAPolicy() throws {
+        let setup = try setUp()
+        defer { withExtendedLifetime(setup) {} }
+        try setup.writePolicy(#"{"policies":[{"name":"no-localhost","mode":"blocklist","rules":{"domains":["localhost"]}}]}"#)
+        let file = setup.pki.directory + "/agents"
+        #expect(FileManager.default.createFile(
+            atPath: file, contents: Data("\(Self.agent):tok_readiness_0123456789\nnopolicy-agent:tok_readiness_9876543210\n".utf8),
+            attributes: [.posixPermissions: 0o600]))
+        let (proxy, _) = try startProxy(setup, ["KAIZEN_MODE": "enforce", "KAIZEN_POLICY_FAIL": "closed", "KAIZEN_PROXY_AUTH": file])
+        _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY nopolicy-agent 404" }
+        _ = try setup.mock.waitForLine(timeout: 20) { $0 == "POLICY \(Self.agent) 200" }
+        let ready = try AdminTests().get(try proxy.adminPort(), "/readyz")
+        #expect(ready.status == 503, "\(ready)")
+        #expect(ready.body.contains("no policy loaded yet for 1 of 2 agents"), "\(ready.body)")
+        #expect(!ready.body.contains("nopolicy-agent"), "\(ready.body)")
+    }
+
     @Test func withoutAnyPolicyFailClosedBlocksAndARestartUsesTheCachedPolicy() throws {
         let setup = try setUp()
         defer { withExtendedLifetime(setup) {} }
