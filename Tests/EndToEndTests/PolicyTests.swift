@@ -143,6 +143,8 @@ import Testing
         #expect(Self.metadata(innerAction)["method"] as? String == "GET")
         #expect(Self.metadata(innerAction)["intercepted"] as? Bool == true)
         #expect(Self.metadata(innerAction)["request_host"] as? String == "blocked.test", "\(innerAction)")
+        // curl sends no SNI to an address: a null sni comes with why, as for a tunnel passed through.
+        #expect((Self.metadata(innerAction)["sni"] ?? NSNull()) is NSNull && Self.metadata(innerAction)["sni_error"] as? String == "client sent no server name", "\(innerAction)")
 
         // Inside inspection, every name a request gives must pass: an absolute-form URI's authority, the SNI
         // (refused before the ClientHello goes anywhere); two Host headers are refused outright.

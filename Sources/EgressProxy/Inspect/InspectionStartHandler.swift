@@ -388,6 +388,7 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         if let hello, metadata.tls == nil {
             metadata.tls = true
             metadata.sni = hello.serverName
+            if hello.serverName == nil { metadata.sniError = ClientHelloPeek.noServerName }
             metadata.alpn = hello.alpn
         }
         let target = tunnel.destination.description
@@ -529,6 +530,8 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         var metadata = tunnel.metadata
         metadata.tls = true
         metadata.sni = hello.serverName
+        // As a passed-through tunnel says it: a null `sni` always comes with why.
+        if hello.serverName == nil { metadata.sniError = ClientHelloPeek.noServerName }
         metadata.alpn = hello.alpn
         var reported = tunnel.destination
         if metadata.transport == .transparent {
