@@ -226,6 +226,21 @@ final class NetworkLab {
         #expect(udp.stdout == "443 rejected\n8443 rejected\n53 answered", "\(udp.stdout) \(udp.stderr)")
         withExtendedLifetime(echo) {}
 
+        // A destination that never answers (no host has the address): the dial fails, and the record still names
+        // what the client asked for, from the bytes it sent meanwhile: its SNI, a plain request's Host.
+        let nowhere = "10.250.0.99"
+        for (url, name) in [("https://unreachable.test:443/", "unreachable.test"), ("http://unreachable-http.test:80/", "unreachable-http.test")] {
+            let port = url.hasPrefix("https") ? 443 : 80
+            let failed = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("curl"), [
+                "-sS", "--noproxy", "*", "--max-time", "20", "-k", "--resolve", "\(name):\(port):\(nowhere)", url,
+            ]), timeout: 40)
+            #expect(failed.status != 0, "\(failed.stdout)")
+            let record = try setup.proxy.waitForLine(timeout: 30) { $0.contains("\"action\"") && $0.contains("\"original_dst\":\"\(nowhere):\(port)\"") }
+            #expect(record.contains("\"target\":\"\(name):\(port)\"") && record.contains("\"outcome\":\"failed\""), "\(record)")
+            #expect(record.contains("\"original_dst\":\"\(nowhere):\(port)\""), "\(record)")
+            #expect(record.contains(url.hasPrefix("https") ? "\"sni\":\"\(name)\"" : "\"tls\":false"), "\(record)")
+        }
+
         // A connection straight to the transparent port is refused, never dialled.
         let direct = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("python3"), ["-c", """
             import socket

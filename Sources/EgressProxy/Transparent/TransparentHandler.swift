@@ -24,6 +24,8 @@ final class TransparentHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var clientHalfClosed = false
     /// A read asked for while the upstream was being dialled: asked for again by whoever takes over.
     private var readWithheld = false
+    /// The upstream is being dialled.
+    private var dialing = false
 
     init(settings: ConnectionSettings, reporting: Reporting) {
         self.settings = settings
@@ -45,11 +47,15 @@ final class TransparentHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if held == nil { held = bytes } else { held!.writeBuffer(&bytes) }
     }
 
-    /// Nothing is read while the original destination is looked up and dialled (up to the connect timeout): the
-    /// client's bytes wait in its socket, not in the proxy's memory, and are read by the handlers that take over.
-    /// (What NIO reads to find an end of input is held, at most the socket's receive buffer.)
+    /// While the original destination is dialled (up to the connect timeout), the client's first bytes are read and
+    /// held up to the ClientHello limit (64 KiB), no more: the rest waits in its socket, read by the handlers that
+    /// take over. A dial that fails can then still say which name the client asked for (its SNI or Host).
     func read(context: ChannelHandlerContext) {
-        readWithheld = true
+        if dialing, (held?.readableBytes ?? 0) < settings.clientHelloLimit {
+            context.read()
+        } else {
+            readWithheld = true
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -96,9 +102,15 @@ final class TransparentHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let baseMetadata = metadata
         let started = NIODeadline.now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        dialing = true
+        if readWithheld {
+            readWithheld = false
+            context.read()
+        }
         connector.connectTunnel(to: destination, on: context.eventLoop, holdingReads: settings.mayInspect(ip))
             .whenComplete { result in
             let (handler, context) = loopBound.value
+            handler.dialing = false
             var metadata = baseMetadata
             switch result {
             case .success(let upstream):
@@ -112,11 +124,17 @@ final class TransparentHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 let failure = handler.connector.classify(error)
                 metadata.outcome = .failed
                 metadata.error = failure.reason
+                // What the client sent meanwhile names what it asked for, as a relayed connection's record would.
+                var target = destination.description
+                if let held = handler.held, held.readableBytes > 0 {
+                    var peek = ClientHelloPeek(limit: handler.settings.clientHelloLimit)
+                    if case .done(let seen) = peek.feed(held) { target = TunnelSession.note(seen, in: &metadata) ?? target }
+                }
                 handler.reporting.action(
-                    target: destination.description, metadata: metadata,
+                    target: target, metadata: metadata,
                     verdict: failure.blocked ? Reporting.blocked(failure.reason) : .observed)
                 handler.reporting.logConnection(
-                    metadata, target: destination.description, mode: "none", close: nil, blockedByProxy: failure.blocked)
+                    metadata, target: target, mode: "none", close: nil, blockedByProxy: failure.blocked)
                 context.close(promise: nil)
             }
         }

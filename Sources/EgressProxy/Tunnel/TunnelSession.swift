@@ -78,6 +78,18 @@ final class TunnelSession {
     /// Set by the client glue: sends what it held and lets the relay run.
     var releaseClientBytes: (() -> Void)?
 
+    /// A transparent connection's first bytes, seen before its dial failed: the TLS fields, and the name it asked for
+    /// (the SNI, else a plain-HTTP request's host) as its host. The target to report by, when there is a name.
+    static func note(_ result: PeekResult, in metadata: inout ConnectMetadata) -> String? {
+        metadata.tls = result.tls ?? false
+        metadata.sni = result.hello?.serverName
+        metadata.sniError = result.sniError
+        metadata.alpn = result.hello?.alpn
+        guard let name = result.hello?.serverName ?? (result.tls == false ? result.httpNames?.host : nil) else { return nil }
+        metadata.host = name
+        return Destination(host: name, port: metadata.port, isIPLiteral: OpenSSLConnection.isIPAddress(name)).description
+    }
+
     func peekConcluded(_ result: PeekResult) {
         metadata.tls = result.tls ?? false
         metadata.sni = result.hello?.serverName
