@@ -136,6 +136,18 @@ import Testing
         }
     }
 
+    /// Bytes that start like a request line but carry a control byte (git://, which never sends a line end) are
+    /// concluded "not HTTP" when that byte comes, not held until the peek gives up.
+    @Test func anotherProtocolThatStartsLikeARequestLineIsLetGo() {
+        var peek = ClientHelloPeek(limit: 64 * 1024)
+        #expect(peek.feed(ByteBuffer(string: "0032git-upload-pack /project.git")) == .keepLooking)
+        guard case .done(let result) = peek.feed(ByteBuffer(string: "\u{0}host=example.com\u{0}")) else {
+            Issue.record("still looking")
+            return
+        }
+        #expect(result.tls == false && result.httpNames == nil, "\(result)")
+    }
+
     /// A head that does not end cannot be judged: given up on, cut into too many pieces, or longer than the limit.
     @Test func aRequestHeadThatDoesNotEndIsUnjudged() {
         var slow = ClientHelloPeek(limit: 64 * 1024)

@@ -28,7 +28,6 @@ import Testing
         "GET / HTTP/1.1\r\nX: y\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: \r\n\r\n",  // an empty Host names nothing: the address is judged
         "OPTIONS * HTTP/1.1\r\n\r\n",
-        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  // HTTP/2's preface: a request without fields
     ])
     func noHostInARequestThatNamesNone(_ text: String) {
         #expect(HTTPHostSniff.sniff(ByteBuffer(string: text), limit: 65_536) == .names(.init()))
@@ -37,7 +36,10 @@ import Testing
     /// Bytes that are not a request, however they start.
     @Test(arguments: [
         "SSH-2.0-OpenSSH_9.6\r\n", "*1\r\n$4\r\nPING\r\n", "NICK agent\r\nUSER a 0 * :a\r\n", "\u{16}\u{03}\u{01}",
-        "GET\r\n", "GET / FTP/1.0\r\n", "AVERYLONGTOKENTHATNOMETHODHASEVERHAD / HTTP/1.1\r\n\r\n",
+        "GET\r\n", "GET / FTP/1.0\r\n",
+        "0032git-upload-pack /p.git\u{0}host=blocked.example\u{0}",  // git://: a NUL, and no line end ever
+        "0 \u{2}\u{1}\u{0}\u{4}",  // an LDAP PDU whose length byte is a space
+        "GET /x\u{0B}HTTP/1.1\r\nHost: blocked.example\r\n\r\n",  // a control byte in the request line
     ])
     func notHTTP(_ text: String) {
         #expect(HTTPHostSniff.sniff(ByteBuffer(string: text), limit: 65_536) == .notHTTP)
@@ -55,6 +57,8 @@ import Testing
         ("GET /hello HTTP/1.1\r\nhOsT:blocked.example:8080\r\n\r\n", "blocked.example"),
         ("GET http://blocked.example/hello\r\n", "blocked.example"),
         ("GET http://blocked.example/x HTTP/1.1\r\nHost: ok.example\r\n\r\n", "blocked.example"),
+        (String(repeating: "X", count: 40) + " / HTTP/1.1\r\nHost: blocked.example\r\n\r\n", "blocked.example"),
+        ("CONNECT blocked.example:443 HTTP/1.1\r\nHost: ok.example\r\n\r\n", "blocked.example"),
     ])
     func whatALenientServerReadsIsRead(_ text: String, _ expected: String) {
         guard case .names(let names) = HTTPHostSniff.sniff(ByteBuffer(string: text), limit: 65_536) else {
@@ -81,5 +85,13 @@ import Testing
         #expect(invalid("GET / HTTP/1.1\r\nHost: ok.example\r\n blocked.example\r\n\r\n") == "a Host field folded over lines")
         #expect(invalid("GET /a b HTTP/1.1\r\nHost: ok.example\r\n\r\n") == "a request line with spaces in its target")
         #expect(invalid("GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n") == "a\"b")
+        // A CR alone is a line end to some lenient readers, in the request line or a field.
+        #expect(invalid("GET / HTTP/1.1\r\nX: y\rHost: blocked.example\r\n\r\n") == "a CR alone in a header line")
+        #expect(invalid("GET / HTTP/1.1\rHost:blocked.example\r\r\n\n") == "a CR alone in the request line")
+        // HTTP/2 with prior knowledge names its hosts in HPACK: not read, so not judged.
+        #expect(invalid("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == "an HTTP/2 connection (prior knowledge), whose :authority is not read")
+        // Any number of empty lines before the request line, up to the limit: past it, not judged.
+        #expect(invalid(String(repeating: "\r\n", count: 5000), limit: 8_192) == "a request head longer than 8192 bytes")
+        #expect(HTTPHostSniff.sniff(ByteBuffer(string: String(repeating: "\r\n", count: 100)), limit: 8_192) == .needMore)
     }
 }

@@ -108,10 +108,13 @@ struct ClientHelloPeek {
         let take = min(room, bytes.readableBytes)
         if take > 0 { collected!.writeImmutableBuffer(bytes.getSlice(at: bytes.readerIndex, length: take)!) }
         let full = collected!.readableBytes >= limit
-        // Only a line's end can end the head (or the limit): anything else is not read again, but for the first
-        // bytes, where a method not followed by whitespace shows the bytes are not HTTP after all.
+        // Only a control byte (a line's end, or one that shows the bytes are not HTTP after all) or the limit can
+        // change the answer: anything else is not read again, but for the first bytes, where a method not followed
+        // by whitespace shows it.
         let early = collected!.readableBytes <= HTTPHostSniff.methodLimit + 2
-        guard full || early || bytes.readableBytesView.prefix(take).contains(UInt8(ascii: "\n")) else { return .keepLooking }
+        guard full || early || bytes.readableBytesView.prefix(take).contains(where: { $0 < 0x20 || $0 == 0x7f }) else {
+            return .keepLooking
+        }
         http!.reads += 1
         guard http!.reads <= Self.httpRereadLimit else {
             return finishHTTP(.init(host: nil, all: [], invalid: "a request head sent in more than \(Self.httpRereadLimit) pieces"))

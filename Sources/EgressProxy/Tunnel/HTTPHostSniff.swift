@@ -27,7 +27,8 @@ enum HTTPHostSniff {
         case names(Names)
     }
 
-    /// Longest method accepted as one (`M-SEARCH`, WebDAV's `VERSION-CONTROL`, a client's own token).
+    /// How many first bytes are read again at every segment, however they are cut: enough for any method and the
+    /// whitespace after it, which is where bytes show they are not HTTP.
     static let methodLimit = 32
 
     /// The first `Host` field's host (or the absolute-form target's).
@@ -51,20 +52,41 @@ enum HTTPHostSniff {
     private static let tab = UInt8(ascii: "\t")
 
     static func sniff(_ bytes: [UInt8], limit: Int) -> Outcome {
-        // Empty lines before the request line are ignored by servers (RFC 9112 §2.2).
+        let atLimit = bytes.count >= limit
+        // Empty lines before the request line are ignored by servers (RFC 9112 §2.2), as many as come.
         var start = 0
         while start < bytes.count, bytes[start] == cr || bytes[start] == lf { start += 1 }
-        guard start < bytes.count else { return bytes.count >= limit ? .notHTTP : .needMore }
-        // The method: a token, then whitespace.
+        guard start < bytes.count else {
+            return atLimit ? .names(unjudged("a request head longer than \(limit) bytes")) : .needMore
+        }
+        // The method: a token of any length (servers take any), then whitespace.
         var index = start
         while index < bytes.count, isTokenByte(bytes[index]) { index += 1 }
-        let methodLength = index - start
-        if methodLength > methodLimit || methodLength == 0 && index < bytes.count { return .notHTTP }
-        guard index < bytes.count else { return bytes.count >= limit ? .notHTTP : .needMore }
+        if index == start { return .notHTTP }
+        guard index < bytes.count else {
+            return atLimit ? .names(unjudged("a request line longer than \(limit) bytes")) : .needMore
+        }
         guard bytes[index] == space || bytes[index] == tab else { return .notHTTP }
-        // The request line's words, and whether it has ended.
-        guard let lineEnd = bytes[index...].firstIndex(of: lf) else {
-            return bytes.count >= limit ? .names(unjudged("a request line longer than \(limit) bytes")) : .needMore
+        // The rest of the request line. A control character in it is another protocol's (git://, LDAP): HTTP servers
+        // that route by Host refuse it. A CR not before the LF is a line end to some lenient readers: not judged.
+        var lineEnd: Int?
+        var scan = index
+        while scan < bytes.count {
+            let byte = bytes[scan]
+            if byte == lf {
+                lineEnd = scan
+                break
+            }
+            if byte == cr {
+                guard scan + 1 < bytes.count else { break }
+                if bytes[scan + 1] != lf { return .names(unjudged("a CR alone in the request line")) }
+            } else if byte < 0x20 && byte != tab || byte == 0x7f {
+                return .notHTTP
+            }
+            scan += 1
+        }
+        guard let lineEnd else {
+            return atLimit ? .names(unjudged("a request line longer than \(limit) bytes")) : .needMore
         }
         var lineBytes = bytes[start..<lineEnd]
         if lineBytes.last == cr { lineBytes = lineBytes.dropLast() }
@@ -81,11 +103,20 @@ enum HTTPHostSniff {
             return .names(names)
         }
         guard hasVersion else { return .notHTTP }
+        if method == "PRI" && words.count == 3 && words[1].elementsEqual("*".utf8) {
+            // HTTP/2 with prior knowledge: its hosts are in HPACK-coded :authority fields the proxy does not read.
+            return .names(unjudged("an HTTP/2 connection (prior knowledge), whose :authority is not read"))
+        }
         if words.count > 3 {
             // A target with whitespace in it: what a server takes for the target cannot be known.
             names.invalid = "a request line with spaces in its target"
         }
-        addTarget(words[1], to: &names)
+        if method.uppercased() == "CONNECT" {
+            // Authority-form (`CONNECT host:port`): a proxy behind the tunnel would go there.
+            add(String(decoding: words[1], as: UTF8.self), to: &names, isHost: false)
+        } else {
+            addTarget(words[1], to: &names)
+        }
         // The fields, up to the empty line that ends the head.
         var lineStart = lineEnd + 1
         var lastWasHost = false
@@ -96,6 +127,11 @@ enum HTTPHostSniff {
             var line = bytes[lineStart..<end]
             if line.last == cr { line = line.dropLast() }
             lineStart = end + 1
+            if line.contains(cr), names.invalid == nil {
+                // A CR alone ends a line for some lenient readers (Python's header parser): a Host after it in the
+                // same line would be read by them and not here.
+                names.invalid = "a CR alone in a header line"
+            }
             if line.isEmpty { break }
             if line.first == space || line.first == tab {
                 // obs-fold: a continuation of the field before. One of a Host is a value no two readers agree on.
