@@ -145,6 +145,16 @@ import Testing
         #expect(peak > 0 && peak < 8 * 1024 * 1024, "VmPeak \(peak) kB")
     }
 
+    /// An early answer with a body, then RST_STREAM(NO_ERROR): the answer reaches the client whole, and the exchange is
+    /// reported once its last bytes were written, with their size (NIO tells of the reset twice; neither report early).
+    @Test func anEarlyAnswerBeforeANoErrorResetIsReportedWithItsBody() throws {
+        let setup = try setUp()
+        let result = try h2Client("answered", setup, ["--count", "1", "--path", "/answer-reset-body"])
+        #expect(result["answered"] as? Int == 1 && result["body"] as? Int == 1000, "\(result)")
+        let action = try #require(try setup.waitForActions(2).first { $0["path"] as? String == "/answer-reset-body" })
+        #expect(action["status"] as? Int == 200 && action["response_body_bytes"] as? Int == 1000, "\(action)")
+    }
+
     @Test func curlSpeaksHTTP2EndToEndAndEachStreamIsReportedOnceWithItsPath() throws {
         let setup = try setUp()
         let base = "https://localhost:\(setup.originPort)"
@@ -204,6 +214,13 @@ import Testing
         let cut = try #require(actions.first { $0["path"] as? String == "/size/4000000" }, "\(actions.count)")
         let reported = try #require(cut["response_body_bytes"] as? Int, "\(cut)")
         #expect(reported <= 65_535 && reported >= stalled, "reported \(reported), received \(stalled)")
+        // Its last DATA still waited for the client's window when the connection went: it is reported before the
+        // connection's close record, not after it.
+        let closeLine = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
+        let lines = setup.proxy.stdoutLines
+        let cutIndex = try #require(lines.firstIndex { $0.contains("\"action\"") && $0.contains("/size/4000000") })
+        let closeIndex = try #require(lines.firstIndex(of: closeLine))
+        #expect(cutIndex < closeIndex, "\(lines.suffix(3))")
     }
 
     @Test func aGRPCShapedExchangeArrivesIntactWithItsTrailers() throws {

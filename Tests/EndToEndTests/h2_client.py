@@ -332,14 +332,17 @@ def flood(client, arguments):
 
 
 def answered(client, arguments):
-    """--count POST /answer-reset without ending the request (the origin answers, then resets with NO_ERROR), one
-    after another on one connection, then GET /size/5: how many were answered, and the last one's status."""
+    """--count POST /answer-reset (or --path) without ending the request (the origin answers, then resets with
+    NO_ERROR), one after another on one connection, then GET /size/5: how many were answered, the bytes of the last
+    answer's body, and the last one's status."""
     ok = 0
+    body = 0
     for _ in range(arguments.count):
         stream_id = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(stream_id, client.request_headers("POST", "/answer-reset"), end_stream=False)
+        client.conn.send_headers(stream_id, client.request_headers("POST", arguments.path or "/answer-reset"), end_stream=False)
         client.flush()
         result = collect(client, stream_id)
+        body = len(result["body"])
         if (result["headers"] or {}).get(":status") == "200":
             ok += 1
         if "error" in result or result.get("goaway"):
@@ -348,7 +351,7 @@ def answered(client, arguments):
     client.conn.send_headers(stream_id, client.request_headers("GET", "/size/5"), end_stream=True)
     client.flush()
     last = collect(client, stream_id)
-    return {"answered": ok, "after": (last["headers"] or {}).get(":status")}
+    return {"answered": ok, "body": body, "after": (last["headers"] or {}).get(":status")}
 
 
 def cancelled(client, arguments):

@@ -9,6 +9,7 @@ Paths:
   GET  /goaway      -> 200 "bye", then GOAWAY(ENHANCE_YOUR_CALM)
   GET  /many-103    -> 40 × 103 Early Hints, then 200
   POST /answer-reset -> 200 at once (its body not awaited), then RST_STREAM(NO_ERROR), as servers stop an upload
+  POST /answer-reset-body -> the same with a 1000-byte body
   GET  /status/<s>  -> :status <s> as given (abc, 0200, 099: for the proxy to refuse), no body
   GET  /close-after/<n> -> 200, <n> bytes, then GOAWAY(NO_ERROR) and the TCP connection closed at once
   CONNECT :protocol websocket (RFC 8441, offered with --connect-protocol) -> 200, then every DATA byte echoed;
@@ -90,6 +91,11 @@ class Connection:
             elif headers.get(":path") == "/answer-reset":  # answered at once, then the rest of the upload refused
                 del self.requests[event.stream_id]
                 self.conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "0")], end_stream=True)
+                self.conn.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
+            elif headers.get(":path") == "/answer-reset-body":  # the same, with a 1000-byte body before the reset
+                del self.requests[event.stream_id]
+                self.conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "1000")])
+                self.conn.send_data(event.stream_id, b"x" * 1000, end_stream=True)
                 self.conn.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
             elif headers.get(":path") == "/reset":
                 del self.requests[event.stream_id]

@@ -357,8 +357,16 @@ final class InterceptedHTTP2 {
         return "\(error)"
     }
 
-    /// The connection has finished: nothing more is relayed.
+    /// Streams whose report waits for their last writes to the client (`InterceptedStream.finishAfterDeliveries`).
+    private var awaitingDeliveries: [ObjectIdentifier: InterceptedStream] = [:]
+
+    func awaitDeliveries(of stream: InterceptedStream) { awaitingDeliveries[ObjectIdentifier(stream)] = stream }
+    func deliveriesAwaited(by stream: InterceptedStream) { awaitingDeliveries[ObjectIdentifier(stream)] = nil }
+
+    /// The connection has finished: nothing more is relayed. Streams still waiting for their writes are reported now,
+    /// before the connection's close record.
     func detach() {
+        for stream in Array(awaitingDeliveries.values) { stream.finishPending() }
         reportRefusedRequest(reason: nil)
         connection = nil
         clientParent = nil

@@ -103,13 +103,6 @@ final class InterceptedStream {
             action = machine.responseData(endStream: data.endStream)
         case .rstStream(let code):
             upstream?.noteResetReceived()
-            if code == .noError, machine.responseEnded {
-                // The response is whole; the upstream wants no more of the request. Passed on once the response's
-                // last bytes are out (a reset drops what is still buffered for the stream); reported after them.
-                client?.reset(code, afterWrites: true)
-                finishAfterDeliveries(error: "stream reset by the upstream: \(code)")
-                return
-            }
             reset(from: .upstream, code: code)
             return
         default:
@@ -285,6 +278,14 @@ final class InterceptedStream {
     }
 
     private func reset(from side: InterceptedStreamStateMachine.Side, code: HTTP2ErrorCode) {
+        if side == .upstream, code == .noError, machine.responseEnded {
+            // The response is whole; the upstream wants no more of the request. Passed on once the response's last
+            // bytes are out (a reset drops what is still buffered for the stream); reported after them. (NIO tells
+            // this twice: the RST_STREAM frame, then a StreamClosed error.)
+            client?.reset(code, afterWrites: true)
+            finishAfterDeliveries(error: "stream reset by the upstream: \(code)")
+            return
+        }
         if side == .client, upstream == nil, !answered {
             // Its upstream stream is still being made (a tick later): the request is never sent, and reported so.
             abandoned = true
@@ -391,8 +392,23 @@ final class InterceptedStream {
     /// `finish(error:)` once every response frame sent on to the client has been written or has failed: the
     /// frames written count, and a response whose end was written is reported complete (by `delivered`).
     private func finishAfterDeliveries(error: String) {
-        guard let client else { return finish(error: error) }
-        client.afterTrackedWrites { self.finish(error: error) }
+        guard let client, !machine.isReported else { return finish(error: error) }
+        guard pendingFinish == nil else { return }
+        pendingFinish = error
+        http2.awaitDeliveries(of: self)
+        client.afterTrackedWrites { self.finishPending() }
+    }
+
+    /// Why the stream ended, while its report waits for writes to the client (`finishAfterDeliveries`).
+    private var pendingFinish: String?
+
+    /// Reports a stream whose report waited for its writes: when they have completed, or when the connection
+    /// finishes first (its close record comes after every exchange's report).
+    func finishPending() {
+        guard let error = pendingFinish else { return }
+        pendingFinish = nil
+        http2.deliveriesAwaited(by: self)
+        finish(error: error)
     }
 
     /// Reports the exchange once, with `error` when it did not complete.
