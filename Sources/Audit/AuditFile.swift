@@ -204,6 +204,10 @@ public struct AuditFileWriter: ~Copyable {
             var info = stat()
             guard fstat(fd, &info) == 0 else { throw AuditFileError.system("fstat", errno) }
             guard info.st_nlink <= 1 else { throw AuditFileError.hardLinked(paths.current, links: Int(info.st_nlink)) }
+            if info.st_mode & 0o7777 != 0o600 {
+                // The log holds what agents reached: only the proxy's user reads it, whoever created the file.
+                guard fchmod(fd, 0o600) == 0 else { throw AuditFileError.system("chmod 0600 \(paths.current)", errno) }
+            }
             var tail = try FileTail.read(fd: fd)
             var truncated: (Int, [UInt8])? = nil
             if tail.incompleteBytes > 0 {

@@ -313,6 +313,20 @@ import Testing
         #expect(report.lastSequence == UInt64(1 + written + 20) && report.headChecked)
     }
 
+    /// The docs promise files 0600: a log someone created, or loosened, with another mode is made 0600 when opened.
+    @Test func anExistingLogIsMadeOwnerOnly() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = try Self.writeLog(records: 3, in: directory)
+        #expect(chmod(paths.current, 0o644) == 0)
+        do {
+            var writer = try AuditFileWriter(paths: paths, maxBytes: 0)
+            try writer.append([Array(#"{"schema_version":"1"}"#.utf8)])
+        }
+        let attributes = try FileManager.default.attributesOfItem(atPath: paths.current)
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+    }
+
     @Test func refusesAFileThatIsNotAChain() throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
