@@ -6,6 +6,7 @@ import Musl
 import Darwin
 #endif
 import ControlPlane
+import Foundation
 import OpenSSLTLS
 
 /// Where the audit log's files are: the current file, the rotated files beside it, and its head file.
@@ -131,6 +132,53 @@ func firstLinePrefix(path: String) -> AuditLinePrefix? {
     return AuditLinePrefix.parse(bytes.prefix(got))
 }
 
+/// What the head file records: the sequence number and hash of the last line known to be on disk.
+public struct AuditHead: Sendable, Hashable {
+    public var sequence: UInt64
+    public var hash: [UInt8]
+
+    /// `{"file":…,"seq":N,"sha256":"…",…}`: nil when it is not that.
+    public static func parse(_ bytes: [UInt8]) -> AuditHead? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any],
+            let sequence = (object["seq"] as? NSNumber)?.uint64Value,
+            let text = object["sha256"] as? String, let hash = parseHex(Array(text.utf8)), hash.count == 32
+        else { return nil }
+        return AuditHead(sequence: sequence, hash: hash)
+    }
+}
+
+/// The line with seq `sequence` among `fd`'s first `end` bytes (whole lines), read backwards from `end`: lines are
+/// in sequence order, so the search stops at the first line before it, and a head that lags the log by a moment's
+/// lines (the fsync interval) is found after reading that much. Nil when the file does not hold it.
+func findLine(sequence: UInt64, fd: Int32, end: Int64) throws(AuditFileError) -> [UInt8]? {
+    var buffer: [UInt8] = []  // the bytes from `offset` to the start of the lines already passed, ending in a newline
+    var offset = end
+    let chunk: Int64 = 256 * 1024
+    while offset > 0 || !buffer.isEmpty {
+        let body = buffer.dropLast()  // the newline that ends the last line
+        let start: Int
+        if let newline = body.lastIndex(of: UInt8(ascii: "\n")) {
+            start = newline + 1
+        } else if offset == 0 {
+            start = 0
+        } else {
+            guard buffer.count < 64 << 20 else { throw .lineTooLong }
+            let from = max(0, offset - chunk)
+            var piece = [UInt8](repeating: 0, count: Int(offset - from))
+            let got = piece.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(from)) }
+            guard got == piece.count else { throw .system("pread", got < 0 ? errno : EIO) }
+            buffer = piece + buffer
+            offset = from
+            continue
+        }
+        let line = Array(body[start...])
+        guard let prefix = AuditLinePrefix.parse(line), prefix.sequence >= sequence else { return nil }
+        if prefix.sequence == sequence { return line }
+        buffer.removeSubrange(start...)
+    }
+    return nil
+}
+
 public enum AuditFileError: Error, CustomStringConvertible, Equatable {
     case system(String, Int32)
     case notChained(String)
@@ -141,6 +189,13 @@ public enum AuditFileError: Error, CustomStringConvertible, Equatable {
     /// The log has other names (hard links): a second proxy given one would lock another lock file and write the
     /// same chain. Symbolic links are resolved; hard links cannot be, so the log is refused.
     case hardLinked(String, links: Int)
+    /// The log ends before the line its head file records (`logEnds` nil: it holds no line): lines were cut from
+    /// its end. Continuing would chain new lines onto the shortened log and rewrite the head file, hiding the cut.
+    case endsBeforeHead(String, logEnds: UInt64?, head: UInt64, headPath: String)
+    /// The line at the head file's seq is not the line the head file records: it, or the head file, was changed.
+    case differsFromHead(String, sequence: UInt64, headPath: String)
+    /// The head file is not one the writer wrote.
+    case invalidHead(String)
 
     public var description: String {
         switch self {
@@ -152,6 +207,11 @@ public enum AuditFileError: Error, CustomStringConvertible, Equatable {
         case .inUse(let path): "\(path) is being written by another process"
         case .hardLinked(let path, let links):
             "\(path) has \(links) hard links: remove the other names (find / -xdev -samefile \(path) lists them)"
+        case .endsBeforeHead(let path, let ends, let head, let headPath):
+            "\(path) ends at \(ends.map { "seq \($0)" } ?? "no line") but \(headPath) records seq \(head): lines were removed from the end of the log"
+        case .differsFromHead(let path, let sequence, let headPath):
+            "seq \(sequence) of \(path) does not hash to what \(headPath) records for it: the line or the head file was changed"
+        case .invalidHead(let path): "\(path) is not a head file the proxy wrote"
         }
     }
 }
@@ -209,8 +269,30 @@ public struct AuditFileWriter: ~Copyable {
                 guard fchmod(fd, 0o600) == 0 else { throw AuditFileError.system("chmod 0600 \(paths.current)", errno) }
             }
             var tail = try FileTail.read(fd: fd)
+            // The chain's last whole line: the current file's, or the newest rotated file's when the current one
+            // is new or empty (it must be readable: starting again at seq 1 would break the chain for good).
+            var last: (line: [UInt8], prefix: AuditLinePrefix)? = nil
+            var first: UInt64? = nil
+            if let line = tail.lastLine {
+                guard let prefix = AuditLinePrefix.parse(line) else { throw AuditFileError.notChained(paths.current) }
+                last = (line, prefix)
+                first = firstLinePrefix(path: paths.current)?.sequence
+            } else if let newest = paths.rotatedFiles().last {
+                let rotated = open(newest, O_RDONLY | O_CLOEXEC)
+                guard rotated >= 0 else { throw AuditFileError.system("open \(newest)", errno) }
+                defer { close(rotated) }
+                guard let line = try FileTail.read(fd: rotated).lastLine, let prefix = AuditLinePrefix.parse(line) else {
+                    throw AuditFileError.notChained(newest)
+                }
+                last = (line, prefix)
+            }
+            // Before anything is cut or written: the log must still hold the line its head file records. Lines cut
+            // from the end would otherwise be hidden for good, the chain going on from the shortened log and the
+            // head file rewritten. A log that runs past its head is a crash before the next fsync: it goes on.
+            try Self.checkHead(paths: paths, current: fd, currentEnd: tail.size - Int64(tail.incompleteBytes), last: last)
             var truncated: (Int, [UInt8])? = nil
             if tail.incompleteBytes > 0 {
+                // Beyond the head's seq (checked above), so never a line the head confirmed.
                 let keep = tail.size - Int64(tail.incompleteBytes)
                 var fragment = [UInt8](repeating: 0, count: tail.incompleteBytes)
                 let got = fragment.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(keep)) }
@@ -220,21 +302,8 @@ public struct AuditFileWriter: ~Copyable {
                 tail.size = keep
             }
             var chain = AuditChain()
-            var first: UInt64? = nil
-            if let line = tail.lastLine {
-                guard let prefix = AuditLinePrefix.parse(line) else { throw AuditFileError.notChained(paths.current) }
-                chain = AuditChain(lastSequence: prefix.sequence, lastLineHash: OpenSSLDigest.sha256(line))
-                first = firstLinePrefix(path: paths.current)?.sequence
-            } else if let newest = paths.rotatedFiles().last {
-                // The current file is new or empty: the chain goes on from the newest rotated file, which must be
-                // readable (starting again at seq 1 would break the chain for good).
-                let rotated = open(newest, O_RDONLY | O_CLOEXEC)
-                guard rotated >= 0 else { throw AuditFileError.system("open \(newest)", errno) }
-                defer { close(rotated) }
-                guard let line = try FileTail.read(fd: rotated).lastLine, let prefix = AuditLinePrefix.parse(line) else {
-                    throw AuditFileError.notChained(newest)
-                }
-                chain = AuditChain(lastSequence: prefix.sequence, lastLineHash: OpenSSLDigest.sha256(line))
+            if let last {
+                chain = AuditChain(lastSequence: last.prefix.sequence, lastLineHash: OpenSSLDigest.sha256(last.line))
             }
             self.fd = fd
             self.lockFD = lockFD
@@ -257,6 +326,51 @@ public struct AuditFileWriter: ~Copyable {
     deinit {
         close(fd)
         close(lockFD)  // and with it the lock
+    }
+
+    /// Throws when the head file records a line the log no longer holds as it was: the log ends before it, or the
+    /// line at its seq hashes to something else. No head file (a new log, or one from before head files) passes.
+    /// `current` is the current file, its whole lines ending at `currentEnd`; `last` the chain's last whole line.
+    private static func checkHead(
+        paths: AuditPaths, current: Int32, currentEnd: Int64, last: (line: [UInt8], prefix: AuditLinePrefix)?
+    ) throws(AuditFileError) {
+        let headFD = open(paths.head, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard headFD >= 0 else {
+            if errno == ENOENT { return }
+            throw .system("open \(paths.head)", errno)
+        }
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        let got = bytes.withUnsafeMutableBytes { read(headFD, $0.baseAddress, $0.count) }
+        close(headFD)
+        guard got >= 0 else { throw .system("read \(paths.head)", errno) }
+        guard let head = AuditHead.parse(Array(bytes.prefix(got))) else { throw .invalidHead(paths.head) }
+        guard let last, last.prefix.sequence >= head.sequence else {
+            throw .endsBeforeHead(paths.current, logEnds: last?.prefix.sequence, head: head.sequence, headPath: paths.head)
+        }
+        var line: [UInt8]? = nil
+        var holder = paths.current
+        if last.prefix.sequence == head.sequence {
+            line = last.line
+        } else if let first = firstLinePrefix(path: paths.current)?.sequence, first <= head.sequence {
+            line = try findLine(sequence: head.sequence, fd: current, end: currentEnd)
+        } else {
+            // A rotation after the head was last written: the line is in the newest rotated file that starts at or
+            // before it. None does when those files were archived; the log runs past the head, nothing was cut.
+            let starts = paths.rotatedFiles().compactMap { path in
+                path.split(separator: ".").last.flatMap { UInt64($0) }.map { (path: path, first: $0) }
+            }
+            guard let file = starts.last(where: { $0.first <= head.sequence }) else { return }
+            holder = file.path
+            let fd = open(file.path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw .system("open \(file.path)", errno) }
+            defer { close(fd) }
+            var info = stat()
+            guard fstat(fd, &info) == 0 else { throw .system("fstat", errno) }
+            line = try findLine(sequence: head.sequence, fd: fd, end: Int64(info.st_size))
+        }
+        guard let line, OpenSSLDigest.sha256(line) == head.hash else {
+            throw .differsFromHead(holder, sequence: head.sequence, headPath: paths.head)
+        }
     }
 
     /// Appends `records` (JSON objects without newlines) as chained lines; rotates first when the current file

@@ -240,6 +240,22 @@ public struct EgressApplication: Sendable {
                 variable: ConfigurationKey.auditLog.variable,
                 "KAIZEN_AUDIT_LOG: \(file) has \(links) hard links, and a second name would let another proxy write the same chain: remove the other names (find / -xdev -samefile \(file) lists them) or set \(ConfigurationKey.auditLog.spelled) to a new file"
             )
+        } catch .endsBeforeHead(let file, let ends, let head, let headPath) {
+            // The evidence of the cut is the log as it is: nothing is cut or written, and the fix keeps it.
+            throw ConfigurationError(
+                variable: ConfigurationKey.auditLog.variable,
+                "KAIZEN_AUDIT_LOG: \(file) ends at \(ends.map { "seq \($0)" } ?? "no line") but its head file \(headPath) records seq \(head): lines were removed from the end of the log, and continuing it would hide that: keep the evidence: move the log, its rotated files and its head file aside (to start a new log), or restore the missing lines"
+            )
+        } catch .differsFromHead(let file, let sequence, let headPath) {
+            throw ConfigurationError(
+                variable: ConfigurationKey.auditLog.variable,
+                "KAIZEN_AUDIT_LOG: seq \(sequence) in \(file) does not hash to what its head file \(headPath) records: the log or the head file was changed, and continuing it would hide that: keep the evidence: move the log, its rotated files and its head file aside (to start a new log), or restore them"
+            )
+        } catch .invalidHead(let headPath) {
+            throw ConfigurationError(
+                variable: ConfigurationKey.auditLog.variable,
+                "KAIZEN_AUDIT_LOG: \(headPath) is not a head file the proxy wrote, so the end of \(path) cannot be checked: keep the evidence: move the log, its rotated files and its head file aside (to start a new log), or restore the head file"
+            )
         } catch .notChained(let file) {
             throw ConfigurationError(
                 variable: ConfigurationKey.auditLog.variable,

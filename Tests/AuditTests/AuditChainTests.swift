@@ -216,6 +216,88 @@ import Testing
         #expect(lines[5].contains("\"truncated_incomplete_line\":{\"bytes\":\(fragment.count),\"sha256\":\"\(hexString(OpenSSLDigest.sha256(Array(fragment))))\""))
     }
 
+    /// Lines cut from the end of a log are what its head file shows. A restart must not hide them by going on from
+    /// the shortened log and rewriting the head file: the writer refuses, and leaves the files as they were.
+    @Test func aLogCutBeforeItsHeadIsNotContinued() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = try Self.writeLog(records: 14, in: directory)
+        let original = try Data(contentsOf: URL(fileURLWithPath: paths.current))
+        let head = try Data(contentsOf: URL(fileURLWithPath: paths.head))
+        let lines = original.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).dropLast().map { Array($0) }
+        func attempt(_ bytes: [UInt8]) throws -> AuditFileError? {
+            try Data(bytes).write(to: URL(fileURLWithPath: paths.current))
+            let headBefore = try Data(contentsOf: URL(fileURLWithPath: paths.head))
+            defer { #expect((try? Data(contentsOf: URL(fileURLWithPath: paths.current))) == Data(bytes), "the refused log was changed") }
+            do {
+                _ = try AuditFileWriter(paths: paths, maxBytes: 0)
+                return nil
+            } catch {
+                #expect((try? Data(contentsOf: URL(fileURLWithPath: paths.head))) == headBefore)
+                return error
+            }
+        }
+        // sed -i '12,$d': the last three lines gone.
+        #expect(try attempt(Fixture.join(lines.prefix(11).map { $0[...] }))
+            == .endsBeforeHead(paths.current, logEnds: 11, head: 14, headPath: paths.head))
+        // The last line and the newline before it gone: seq 13 now looks like a crash's unfinished line, but the head
+        // confirmed it, so it is not cut.
+        let unfinished = Array(Fixture.join(lines.prefix(13).map { $0[...] }).dropLast())
+        #expect(try attempt(unfinished) == .endsBeforeHead(paths.current, logEnds: 12, head: 14, headPath: paths.head))
+        // Everything gone but the head file.
+        #expect(try attempt([]) == .endsBeforeHead(paths.current, logEnds: nil, head: 14, headPath: paths.head))
+        // The line at the head's seq edited: it no longer hashes to what the head records.
+        var edited = lines
+        edited[13][200] ^= 0x20
+        #expect(try attempt(Fixture.join(edited.map { $0[...] })) == .differsFromHead(paths.current, sequence: 14, headPath: paths.head))
+        // A head file that is not one: refused rather than overwritten.
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: paths.head))
+        #expect(try attempt(Array(original)) == .invalidHead(paths.head))
+        try head.write(to: URL(fileURLWithPath: paths.head))
+        // Restored, the log goes on.
+        #expect(try attempt(Array(original)) == nil)
+    }
+
+    /// The head file lags the log by up to the fsync interval, so after a crash the log runs past it: that is no
+    /// cut, and the chain goes on, an unfinished line after the head's seq cut off as before. The line at the head's
+    /// seq is still checked, in the current file or, after a rotation, in the rotated one.
+    @Test func aLogThatRunsPastItsHeadGoesOn() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = try Self.writeLog(records: 10, in: directory, maxBytes: 4096)  // head: seq 10
+        do {
+            var writer = try AuditFileWriter(paths: paths, maxBytes: 4096)
+            var json = JSONWriter()
+            Self.sampleAction(index: 1).writeJSON(to: &json)
+            try writer.append(Array(repeating: json.take(), count: 12))  // rotates; no sync: the head stays at 10
+        }
+        #expect(paths.rotatedFiles().count >= 2)
+        let head = try Data(contentsOf: URL(fileURLWithPath: paths.head))
+        #expect(AuditHead.parse(Array(head))?.sequence == 10)
+        // A crash mid-write after them.
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: paths.current))
+        try handle.seekToEnd()
+        let fragment = Data(#"{"seq":23,"prev_sha256":"00"#.utf8)
+        try handle.write(contentsOf: fragment)
+        try handle.close()
+        do {
+            let writer = try AuditFileWriter(paths: paths, maxBytes: 4096)
+            #expect(writer.chain.nextSequence == 23 && writer.truncatedTail?.bytes == fragment.count)
+        }
+        // The line at the head's seq, in a rotated file now, edited: refused.
+        let holder = try #require(paths.rotatedFiles().last { file in
+            (try? String(contentsOfFile: file, encoding: .utf8))?.contains(#"{"seq":10,"#) == true
+        })
+        var text = try String(contentsOfFile: holder, encoding: .utf8)
+        let range = try #require(text.range(of: #"{"seq":10,"#))
+        let lineEnd = try #require(text[range.upperBound...].firstIndex(of: "\n"))
+        text.replaceSubrange(text.index(before: lineEnd)..<lineEnd, with: " ")
+        try text.write(toFile: holder, atomically: false, encoding: .utf8)
+        #expect(throws: AuditFileError.differsFromHead(holder, sequence: 10, headPath: paths.head)) {
+            _ = try AuditFileWriter(paths: paths, maxBytes: 4096)
+        }
+    }
+
     /// Two processes appending to one log would break its chain (each numbering its own lines): the writer holds a
     /// lock for as long as it writes, and a second writer is refused until the first has gone.
     @Test func oneWriterAtATime() throws {

@@ -73,6 +73,37 @@ import Testing
         #expect(child.stderr == "kaizen-egress: KAIZEN_AUDIT_LOG: \(log) has 2 hard links, and a second name would let another proxy write the same chain: remove the other names (find / -xdev -samefile \(log) lists them) or set KAIZEN_AUDIT_LOG (or --audit-log) to a new file\n")
     }
 
+    /// Lines cut from the end of the audit log show against its head file only as long as the head file is not
+    /// rewritten: a restart refuses to continue such a log, with one line, and leaves the files as they were.
+    @Test func anAuditLogCutFromTheEndRefusesWithOneLine() throws {
+        let directory = FileManager.default.temporaryDirectory.path + "/kz-cut-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let log = directory + "/audit.jsonl"
+        let arguments = ["--local", "--port", "0", "--admin-listen", "off", "--audit-log", log]
+        let first = try ChildProcess(Paths.proxyBinary, arguments, environment: environment([:]))
+        _ = try first.listeningPort()
+        first.signal(SIGTERM)
+        #expect(try first.waitForExit(timeout: 30) == 0)
+        // Its start and stop records, the head file at seq 2: cut the stop record.
+        let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+        try #require(lines.count == 2)
+        let cut = lines[0] + "\n"
+        try cut.write(toFile: log, atomically: false, encoding: .utf8)
+        let second = try ChildProcess(Paths.proxyBinary, arguments, environment: environment([:]))
+        #expect(try second.waitForExit(timeout: 30) == 2)
+        #expect(second.stderr == "kaizen-egress: KAIZEN_AUDIT_LOG: \(log) ends at seq 1 but its head file \(log).head records seq 2: lines were removed from the end of the log, and continuing it would hide that: keep the evidence: move the log, its rotated files and its head file aside (to start a new log), or restore the missing lines\n")
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == cut)
+        let verify = try runCommand(Paths.proxyBinary, ["audit", "verify", log, log + ".head"])
+        #expect(verify.status == 1 && verify.stdout.contains("lines were removed from the end"), "\(verify.stdout)")
+        // Moved aside, a new log starts.
+        #expect(rename(log, directory + "/cut.jsonl") == 0 && rename(log + ".head", directory + "/cut.jsonl.head") == 0)
+        let third = try ChildProcess(Paths.proxyBinary, arguments, environment: environment([:]))
+        _ = try third.listeningPort()
+        third.signal(SIGTERM)
+        #expect(try third.waitForExit(timeout: 30) == 0)
+    }
+
     @Test func aTakenPortRefusesWithOneLine() throws {
         let blocker = try Blackhole()  // a listener on a loopback port
         let child = try ChildProcess(
