@@ -139,7 +139,7 @@ public struct AuditReportBuilder {
         var agents: [String: AgentTotals] = [:]
         let decoder = JSONDecoder()
         for path in verification.files {
-            let data = try Data(contentsOf: URL(fileURLWithPath: path))
+            let data = try AuditReadError.read(path)
             for line in data.split(separator: UInt8(ascii: "\n")) {
                 // A damaged line is reported by the chain status; the rest still counts.
                 guard let record = try? decoder.decode(AuditLine.self, from: Data(line)), let name = record.agent else {

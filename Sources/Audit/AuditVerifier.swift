@@ -47,10 +47,16 @@ public struct AuditVerifier {
         for path in files where FileManager.default.fileExists(atPath: path + ".head") && !headPaths.contains(path + ".head") {
             headPaths.append(path + ".head")
         }
+        guard !files.isEmpty else {
+            // Only a head or lock file: a log with no lines would be a misleading answer to a missing argument.
+            let path = given.first ?? ""
+            let what = path.hasSuffix(".lock") ? "the writer's lock file" : "a head file"
+            throw AuditReadError(path: path, problem: "is \(what), not the log: give the log files too (audit.jsonl*)")
+        }
         var ordered: [(path: String, data: Data, first: UInt64)] = []
         var unordered: [(path: String, data: Data)] = []
         for path in files {
-            let data = try Data(contentsOf: URL(fileURLWithPath: path))
+            let data = try AuditReadError.read(path)
             if let prefix = AuditLinePrefix.parse(data.prefix(128)) {
                 ordered.append((path, data, prefix.sequence))
             } else {
@@ -65,15 +71,11 @@ public struct AuditVerifier {
 
         var heads: [(path: String, sequence: UInt64, hash: [UInt8])] = []
         for path in headPaths {
-            let head = try Data(contentsOf: URL(fileURLWithPath: path))
-            guard let object = try? JSONSerialization.jsonObject(with: head) as? [String: Any],
-                let sequence = (object["seq"] as? NSNumber)?.uint64Value,
-                let hashText = object["sha256"] as? String, let hash = parseHex(Array(hashText.utf8)), hash.count == 32
-            else {
+            guard let head = AuditHead.parse([UInt8](try AuditReadError.read(path))) else {
                 report.failure = Failure(file: path, line: 1, reason: "the head file is not valid")
                 return report
             }
-            heads.append((path, sequence, hash))
+            heads.append((path, head.sequence, head.hash))
         }
 
         var walker = ChainWalker(allowContinuation: allowContinuation, watched: Set(heads.map(\.sequence)))
@@ -101,14 +103,14 @@ public struct AuditVerifier {
                 )
                 return report
             }
-            if let seen = walker.watchedHashes[head.sequence], seen.hash != head.hash {
+            if let seen = walker.watchedLines[head.sequence], seen.hash != head.hash {
                 report.failure = Failure(
                     file: seen.file, line: seen.line,
                     reason: "seq \(head.sequence) differs from the hash recorded in \(head.path): the line was changed"
                 )
                 return report
             }
-            if walker.watchedHashes[head.sequence] == nil {
+            if walker.watchedLines[head.sequence] == nil {
                 report.notes.append("\(head.path) records seq \(head.sequence), which is not among the files given")
             } else {
                 report.headChecked = true
@@ -132,10 +134,11 @@ private struct ChainWalker {
     var lines = 0
     var firstSequence: UInt64?
     var lastSequence: UInt64?
-    var lastLineNumber = 0
     var previousLocation = ("", 0)
+    var lastLineNumber = 0
     var notes: [String] = []
-    var watchedHashes: [UInt64: (file: String, line: Int, hash: [UInt8])] = [:]
+    /// The lines at the head files' seqs.
+    var watchedLines: [UInt64: (file: String, line: Int, hash: [UInt8])] = [:]
 
     init(allowContinuation: Bool, watched: Set<UInt64>) {
         self.allowContinuation = allowContinuation
@@ -206,7 +209,7 @@ private struct ChainWalker {
         }
         let hash = OpenSSLDigest.sha256(line)
         if watched.contains(prefix.sequence) {
-            watchedHashes[prefix.sequence] = (file, lineNumber, hash)
+            watchedLines[prefix.sequence] = (file, lineNumber, hash)
         }
         previousHash = hash
         previousLocation = (file, lineNumber)
@@ -217,4 +220,52 @@ private struct ChainWalker {
     }
 
     func finish() -> AuditVerifier.Failure? { nil }
+}
+
+/// A file `audit verify` or `report` could not read, named, with what is wrong in plain words.
+public struct AuditReadError: Error, CustomStringConvertible, Hashable {
+    public var path: String
+    public var problem: String
+
+    public init(path: String, problem: String) {
+        self.path = path
+        self.problem = problem
+    }
+
+    public var description: String { "\(path) \(problem)" }
+
+    /// The whole of the regular file `path`. Opened without blocking (a FIFO would wait for a writer) and checked
+    /// to be a regular file before it is read: Foundation's errors name no file and say "error 256" for a directory.
+    static func read(_ path: String) throws(AuditReadError) -> Data {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw AuditReadError(path: path, problem: Self.explain(errno)) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw AuditReadError(path: path, problem: Self.explain(errno)) }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw AuditReadError(path: path, problem: "is a directory, not an audit log file")
+        default: throw AuditReadError(path: path, problem: "is not a regular file (a device, socket or pipe), not an audit log file")
+        }
+        var data = Data()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let got = buffer.withUnsafeMutableBytes { Foundation.read(fd, $0.baseAddress, $0.count) }
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw AuditReadError(path: path, problem: "could not be read: \(String(cString: strerror(errno)))")
+            }
+            if got == 0 { return data }
+            data.append(contentsOf: buffer[..<got])
+        }
+    }
+
+    private static func explain(_ code: Int32) -> String {
+        switch code {
+        case ENOENT: "does not exist"
+        case EACCES, EPERM: "cannot be read: permission denied (run as the user that owns the audit log, or give a copy)"
+        case ENOTDIR: "does not exist (a part of the path is not a directory)"
+        default: "cannot be opened: \(String(cString: strerror(code)))"
+        }
+    }
 }

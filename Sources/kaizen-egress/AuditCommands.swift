@@ -33,7 +33,7 @@ struct AuditCommand: ParsableCommand {
             do {
                 report = try AuditVerifier(allowContinuation: continues).verify(files: files)
             } catch {
-                fail("audit verify: \(error.localizedDescription)")
+                fail("audit verify: \(error)")  // names the file and what is wrong with it
             }
             if let failure = report.failure {
                 print("BROKEN \(failure)")
@@ -94,10 +94,7 @@ struct ReportCommand: ParsableCommand {
             report = try AuditReportBuilder(since: sinceText, agent: agentName)
                 .build(files: files, now: WallClock.rfc3339(unixMillis: now), allowContinuation: continues)
         } catch {
-            // Foundation's "The file doesn't exist." names no file: name the ones asked for.
-            let missing = files.filter { !FileManager.default.fileExists(atPath: $0) }
-            if !missing.isEmpty { fail("report: no such file: \(missing.joined(separator: ", "))") }
-            fail("report: \(error.localizedDescription)")
+            fail("report: \(error)")  // an AuditReadError names the file and what is wrong with it
         }
         let text = try format.render(report)
         if let output {

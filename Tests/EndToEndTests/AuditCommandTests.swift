@@ -1,0 +1,44 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// `audit verify` and `report` as a reviewer runs them, on logs the real proxy wrote: what they claim about the
+/// end of the log, how they name a file they cannot read, and where `report -o` will and will not write.
+@Suite struct AuditCommandTests {
+    /// A directory with a log the proxy wrote in `runs` runs (a start and a stop record each), and the head file
+    /// as it was after each run.
+    static func makeLog(runs: Int) throws -> (directory: String, log: String, heads: [Data]) {
+        let directory = FileManager.default.temporaryDirectory.path + "/kz-audit-cli-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let log = directory + "/audit.jsonl"
+        var heads: [Data] = []
+        for _ in 0..<runs {
+            let proxy = try ChildProcess(
+                Paths.proxyBinary, ["--local", "--port", "0", "--admin-listen", "off", "--audit-log", log],
+                environment: ProxyEnvironment.make([:]))
+            _ = try proxy.listeningPort()
+            proxy.signal(SIGTERM)
+            #expect(try proxy.waitForExit(timeout: 30) == 0)
+            heads.append(try Data(contentsOf: URL(fileURLWithPath: log + ".head")))
+        }
+        return (directory, log, heads)
+    }
+
+    /// A file that cannot be read is named, with what is wrong in plain words, and exit status 2.
+    @Test func aFileThatCannotBeReadIsNamed() throws {
+        let (directory, log, _) = try Self.makeLog(runs: 1)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let cases: [([String], String)] = [
+            ([directory + "/missing.jsonl"], "\(directory)/missing.jsonl does not exist"),
+            ([directory], "\(directory) is a directory, not an audit log file"),
+            (["/dev/null"], "/dev/null is not a regular file (a device, socket or pipe), not an audit log file"),
+            ([log + ".head"], "\(log).head is a head file, not the log: give the log files too (audit.jsonl*)"),
+        ]
+        for (files, problem) in cases {
+            let verify = try runCommand(Paths.proxyBinary, ["audit", "verify"] + files)
+            #expect(verify.status == 2 && verify.stderr == "kaizen-egress: audit verify: \(problem)\n", "\(verify)")
+            let report = try runCommand(Paths.proxyBinary, ["report"] + files)
+            #expect(report.status == 2 && report.stderr == "kaizen-egress: report: \(problem)\n", "\(report)")
+        }
+    }
+}
