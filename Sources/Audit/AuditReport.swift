@@ -24,6 +24,8 @@ public struct AuditReport: Sendable, Codable, Hashable {
         public var firstSeq: UInt64?
         public var lastSeq: UInt64?
         public var headChecked: Bool
+        /// The seq the head file confirmed; lines after it (`last_seq` beyond it) are not confirmed by it.
+        public var confirmedThrough: UInt64?
         public var failure: String?
         public var notes: [String]
     }
@@ -164,6 +166,7 @@ public struct AuditReportBuilder {
                 firstSeq: verification.firstSequence,
                 lastSeq: verification.lastSequence,
                 headChecked: verification.headChecked,
+                confirmedThrough: verification.confirmedThrough,
                 failure: verification.failure?.description,
                 notes: verification.notes
             ),

@@ -17,6 +17,31 @@ public struct AuditVerifier {
         public var failure: Failure?
         /// True when the head file matched: no line is missing from the end.
         public var headChecked: Bool
+        /// The seq the head file confirmed (the line there hashes to what it records); lines after it are not
+        /// confirmed by it (written after its last fsync, before a crash, or appended by someone else).
+        public var confirmedThrough: UInt64?
+
+        /// The lines after the head file's seq, when the log runs past it.
+        public var unconfirmed: ClosedRange<UInt64>? {
+            guard let confirmedThrough, let lastSequence, lastSequence > confirmedThrough else { return nil }
+            return (confirmedThrough + 1)...lastSequence
+        }
+
+        /// `, end confirmed by the head file`, or which lines the head file does not confirm, for the summary line.
+        public var endSummary: String {
+            Self.endSummary(headChecked: headChecked, confirmedThrough: confirmedThrough, lastSequence: lastSequence)
+        }
+
+        static func endSummary(headChecked: Bool, confirmedThrough: UInt64?, lastSequence: UInt64?) -> String {
+            if let confirmedThrough, let lastSequence, lastSequence > confirmedThrough {
+                // Never "confirmed" for lines the head file does not cover (after a crash, or appended by someone).
+                return lastSequence == confirmedThrough + 1
+                    ? "; seq \(lastSequence) comes after the head file's seq \(confirmedThrough) and is not confirmed by it"
+                    : "; seq \(confirmedThrough + 1)–\(lastSequence) come after the head file's seq \(confirmedThrough) and are not confirmed by it"
+            }
+            return headChecked ? ", end confirmed by the head file" : ""
+        }
+
         /// Things that hold but that a reviewer should know (a recovered crash, no head file, …).
         public var notes: [String]
 
@@ -64,7 +89,7 @@ public struct AuditVerifier {
             }
         }
         ordered.sort { $0.first < $1.first }
-        var report = Report(files: [], lines: 0, headChecked: false, notes: [])
+        var report = Report(files: [], lines: 0, headChecked: false, confirmedThrough: nil, notes: [])
         // A file whose first line is not a chain line fails where it stands; it is checked last.
         let all = ordered.map { (path: $0.path, data: $0.data) } + unordered
         report.files = all.map(\.path)
@@ -114,6 +139,7 @@ public struct AuditVerifier {
                 report.notes.append("\(head.path) records seq \(head.sequence), which is not among the files given")
             } else {
                 report.headChecked = true
+                report.confirmedThrough = max(report.confirmedThrough ?? 0, head.sequence)
             }
         }
         if heads.isEmpty {

@@ -50,7 +50,9 @@ func visible(_ text: String) -> String {
 private func chainLine(_ chain: AuditReport.ChainStatus) -> String {
     if chain.intact {
         let range = chain.firstSeq.map { "seq \($0)–\(chain.lastSeq ?? $0)" } ?? "no lines"
-        return "intact (\(chain.lines) lines, \(range)\(chain.headChecked ? ", end confirmed by the head file" : ""))"
+        let end = AuditVerifier.Report.endSummary(
+            headChecked: chain.headChecked, confirmedThrough: chain.confirmedThrough, lastSequence: chain.lastSeq)
+        return "intact (\(chain.lines) lines, \(range)\(end))"
     }
     return "BROKEN: \(visible(chain.failure ?? "unknown"))"
 }

@@ -16,8 +16,9 @@ struct AuditCommand: ParsableCommand {
             abstract: "Check the hash chain and sequence of audit log files; print OK or the first broken line.",
             discussion: """
                 Give the current file and its rotated files (audit.jsonl audit.jsonl.0000…), in any order. The \
-                head file beside the current one (audit.jsonl.head) is used to detect lines cut from the end. \
-                Exit status 0: intact; 1: broken; 2: a file could not be read.
+                head file beside the current one (audit.jsonl.head) is used to detect lines cut from the end; \
+                lines after its seq are intact but said not to be confirmed by it. \
+                Exit status 0: intact (confirmed or not); 1: broken; 2: a file could not be read.
                 """
         )
 
@@ -40,7 +41,7 @@ struct AuditCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             let range = report.firstSequence.map { "seq \($0)–\(report.lastSequence ?? $0)" } ?? "no lines"
-            print("OK \(report.lines) lines, \(range), \(report.files.count) file\(report.files.count == 1 ? "" : "s")\(report.headChecked ? ", end confirmed by the head file" : "")")
+            print("OK \(report.lines) lines, \(range), \(report.files.count) file\(report.files.count == 1 ? "" : "s")\(report.endSummary)")
             for note in report.notes { print("note: \(note)") }
         }
     }

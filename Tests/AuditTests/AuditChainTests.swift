@@ -158,6 +158,29 @@ import Testing
         #expect(changed.failure?.reason.contains("seq 5 was changed") == true)
     }
 
+    /// Lines after the head file's seq (written after its last fsync before a crash, or appended by someone) are
+    /// intact as a chain but not confirmed by it, and the summary says so instead of "end confirmed".
+    @Test func linesPastTheHeadAreNotCalledConfirmed() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = try Self.writeLog(records: 10, in: directory)
+        let confirmed = try AuditVerifier().verify(files: [paths.current])
+        #expect(confirmed.confirmedThrough == 10 && confirmed.unconfirmed == nil)
+        #expect(confirmed.endSummary == ", end confirmed by the head file")
+        do {
+            var writer = try AuditFileWriter(paths: paths, maxBytes: 0)
+            try writer.append(Array(repeating: Array(#"{"schema_version":"1"}"#.utf8), count: 3))  // not synced
+        }
+        let report = try AuditVerifier().verify(files: [paths.current])
+        #expect(report.intact && report.headChecked && report.lastSequence == 13)
+        #expect(report.unconfirmed == 11...13)
+        #expect(report.endSummary == "; seq 11–13 come after the head file's seq 10 and are not confirmed by it")
+        let built = try AuditReportBuilder().build(files: [paths.current], now: "2026-11-27T00:00:00.000Z")
+        #expect(try ReportFormat.table.render(built).contains(
+            "Chain: intact (13 lines, seq 1–13; seq 11–13 come after the head file's seq 10 and are not confirmed by it)"))
+        #expect(built.chain.confirmedThrough == 10)
+    }
+
     @Test func chainContinuesAcrossRotationAndRestart() throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -24,6 +24,29 @@ import Testing
         return (directory, log, heads)
     }
 
+    /// Lines after the head file's seq (a crash before the next fsync, or a line someone appended) keep the chain
+    /// intact, exit 0, but are never called confirmed: verify and report say which lines the head does not cover.
+    @Test func linesPastTheHeadFileAreSaidToBeUnconfirmed() throws {
+        let (directory, log, heads) = try Self.makeLog(runs: 2)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let confirmed = try runCommand(Paths.proxyBinary, ["audit", "verify", log, log + ".head"])
+        #expect(confirmed.status == 0 && confirmed.stdout == "OK 4 lines, seq 1–4, 1 file, end confirmed by the head file", "\(confirmed)")
+
+        try heads[0].write(to: URL(fileURLWithPath: log + ".head"))  // the head as the first run left it: seq 2
+        let verify = try runCommand(Paths.proxyBinary, ["audit", "verify", log, log + ".head"])
+        #expect(verify.status == 0, "\(verify)")
+        #expect(verify.stdout == "OK 4 lines, seq 1–4, 1 file; seq 3–4 come after the head file's seq 2 and are not confirmed by it")
+        let table = try runCommand(Paths.proxyBinary, ["report", log])
+        #expect(table.status == 0 && table.stdout.contains(
+            "Chain: intact (4 lines, seq 1–4; seq 3–4 come after the head file's seq 2 and are not confirmed by it)"), "\(table)")
+        #expect(!table.stdout.contains("end confirmed"))
+        let json = try runCommand(Paths.proxyBinary, ["report", "--format", "json", log])
+        let chain = try #require((try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])?["chain"] as? [String: Any])
+        #expect(chain["confirmed_through"] as? Int == 2 && chain["last_seq"] as? Int == 4)
+        let html = try runCommand(Paths.proxyBinary, ["report", "--format", "html", log])
+        #expect(html.stdout.contains("seq 3–4 come after the head file&#39;s seq 2 and are not confirmed by it"))
+    }
+
     /// A file that cannot be read is named, with what is wrong in plain words, and exit status 2.
     @Test func aFileThatCannotBeReadIsNamed() throws {
         let (directory, log, _) = try Self.makeLog(runs: 1)
