@@ -103,7 +103,8 @@ public struct AuditVerifier {
             heads.append((path, head.sequence, head.hash))
         }
 
-        var walker = ChainWalker(allowContinuation: allowContinuation, watched: Set(heads.map(\.sequence)))
+        var walker = ChainWalker(
+            allowContinuation: allowContinuation, watched: Set(heads.map(\.sequence)), watchedHashes: Set(heads.map(\.hash)))
         for file in all {
             if let failure = walker.walk(file: file.path, data: file.data) {
                 report.failure = failure
@@ -121,18 +122,28 @@ public struct AuditVerifier {
 
         for head in heads {
             guard let last = walker.lastSequence, head.sequence <= last else {
-                let holds = walker.lastSequence.map { "seq \($0)" } ?? "no lines"
+                // Where the log now ends: its last line (the file it is in, not an empty file given after it).
+                let (file, line) = walker.lastSequence == nil ? (head.path, 1) : walker.previousLocation
+                let holds = walker.lastSequence.map { "the log ends at seq \($0)" } ?? "the files hold no lines"
                 report.failure = Failure(
-                    file: all.last?.path ?? head.path, line: walker.lastLineNumber,
-                    reason: "the log ends at \(holds) but \(head.path) records seq \(head.sequence): lines were removed from the end"
+                    file: file, line: line,
+                    reason: "\(holds) but \(head.path) records seq \(head.sequence): lines were removed from the end"
                 )
                 return report
             }
             if let seen = walker.watchedLines[head.sequence], seen.hash != head.hash {
-                report.failure = Failure(
-                    file: seen.file, line: seen.line,
-                    reason: "seq \(head.sequence) differs from the hash recorded in \(head.path): the line was changed"
-                )
+                // Which was changed, the line or the head file, shows when the head's hash is another line's.
+                if let other = walker.linesWithWatchedHash[head.hash] {
+                    report.failure = Failure(
+                        file: head.path, line: 1,
+                        reason: "\(head.path) records seq \(head.sequence) with the hash of seq \(other.sequence) (\(other.file):\(other.line)): the head file was changed"
+                    )
+                } else {
+                    report.failure = Failure(
+                        file: seen.file, line: seen.line,
+                        reason: "seq \(head.sequence) does not hash to what \(head.path) records for it: the line or the head file was changed"
+                    )
+                }
                 return report
             }
             if walker.watchedLines[head.sequence] == nil {
@@ -155,20 +166,22 @@ public struct AuditVerifier {
 private struct ChainWalker {
     let allowContinuation: Bool
     let watched: Set<UInt64>
+    let watchedHashes: Set<[UInt8]>
     var expected: UInt64?
     var previousHash: [UInt8] = AuditChain.genesisHash
     var lines = 0
     var firstSequence: UInt64?
     var lastSequence: UInt64?
     var previousLocation = ("", 0)
-    var lastLineNumber = 0
     var notes: [String] = []
-    /// The lines at the head files' seqs.
+    /// The lines at the head files' seqs, and the lines whose hash a head file records.
     var watchedLines: [UInt64: (file: String, line: Int, hash: [UInt8])] = [:]
+    var linesWithWatchedHash: [[UInt8]: (file: String, line: Int, sequence: UInt64)] = [:]
 
-    init(allowContinuation: Bool, watched: Set<UInt64>) {
+    init(allowContinuation: Bool, watched: Set<UInt64>, watchedHashes: Set<[UInt8]>) {
         self.allowContinuation = allowContinuation
         self.watched = watched
+        self.watchedHashes = watchedHashes
     }
 
     mutating func walk(file: String, data: Data) -> AuditVerifier.Failure? {
@@ -181,7 +194,6 @@ private struct ChainWalker {
         var start = 0
         while start < bytes.count {
             lineNumber += 1
-            lastLineNumber = lineNumber
             guard let end = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) else {
                 return .init(
                     file: file, line: lineNumber,
@@ -236,6 +248,9 @@ private struct ChainWalker {
         let hash = OpenSSLDigest.sha256(line)
         if watched.contains(prefix.sequence) {
             watchedLines[prefix.sequence] = (file, lineNumber, hash)
+        }
+        if watchedHashes.contains(hash) {
+            linesWithWatchedHash[hash] = (file, lineNumber, prefix.sequence)
         }
         previousHash = hash
         previousLocation = (file, lineNumber)

@@ -181,6 +181,39 @@ import Testing
         #expect(built.chain.confirmedThrough == 10)
     }
 
+    /// Each failure is placed where it is and says what it can know: the line the log now ends at (not an empty
+    /// file given after it), a head file whose seq was edited, and a head file given without its log.
+    @Test func verifyMessagesSayWhatChanged() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let paths = try Self.writeLog(records: 30, in: directory, maxBytes: 4096)
+        let rotated = paths.rotatedFiles()
+        // The current file emptied: the log now ends in the newest rotated file, at its last line.
+        let current = try Data(contentsOf: URL(fileURLWithPath: paths.current))
+        try Data().write(to: URL(fileURLWithPath: paths.current))
+        let emptied = try AuditVerifier().verify(files: rotated + [paths.current])
+        let newest = try String(contentsOfFile: rotated.last!, encoding: .utf8).split(separator: "\n")
+        let lastSeq = try #require(AuditLinePrefix.parse(Array(newest.last!.utf8))?.sequence)
+        #expect(emptied.failure?.file == rotated.last && emptied.failure?.line == newest.count, "\(String(describing: emptied.failure))")
+        #expect(emptied.failure?.reason.hasPrefix("the log ends at seq \(lastSeq) but \(paths.head) records seq 30") == true)
+        try current.write(to: URL(fileURLWithPath: paths.current))
+
+        // The head file's seq edited (its hash is still seq 30's): the head file changed, not the line.
+        let head = try String(contentsOfFile: paths.head, encoding: .utf8)
+        try head.replacingOccurrences(of: #""seq":30"#, with: #""seq":20"#).write(toFile: paths.head, atomically: false, encoding: .utf8)
+        let edited = try AuditVerifier().verify(files: [paths.current] + rotated)
+        #expect(edited.failure?.file == paths.head)
+        #expect(edited.failure?.reason.hasPrefix("\(paths.head) records seq 20 with the hash of seq 30 (") == true, "\(String(describing: edited.failure))")
+        #expect(edited.failure?.reason.hasSuffix("the head file was changed") == true)
+        try head.write(toFile: paths.head, atomically: false, encoding: .utf8)
+
+        // The head file alone: not a log with no lines, but a missing argument.
+        #expect(throws: AuditReadError(path: paths.head, problem: "is a head file, not the log: give the log files too (audit.jsonl*)")) {
+            _ = try AuditVerifier().verify(files: [paths.head])
+        }
+        #expect(try AuditVerifier().verify(files: [paths.current] + rotated).intact)
+    }
+
     @Test func chainContinuesAcrossRotationAndRestart() throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
