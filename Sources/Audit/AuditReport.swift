@@ -59,6 +59,16 @@ public struct AuditReport: Sendable, Codable, Hashable {
         public var requests: [RequestSummary]
         /// Distinct requests beyond the listed ones.
         public var requestsNotListed: Int
+        /// Requests the proxy refused before their method and path were read (a malformed request line): listed
+        /// apart, with what is known, by status and reason.
+        public var rejectedUnread: [RejectedRequest]
+    }
+
+    public struct RejectedRequest: Sendable, Codable, Hashable {
+        public var status: Int?
+        /// `rejected: malformed request: …`, as the action's `metadata.error` says.
+        public var reason: String
+        public var count: Int
     }
 
     public struct RequestSummary: Sendable, Codable, Hashable {
@@ -123,6 +133,7 @@ public struct AuditReportBuilder {
         var new = false
         var requests: [String: (method: String, path: String, count: Int, refused: Bool)] = [:]
         var requestsNotListed = Set<String>()
+        var rejectedUnread: [String: AuditReport.RejectedRequest] = [:]
     }
 
     private struct AgentTotals {
@@ -218,7 +229,12 @@ public struct AuditReportBuilder {
             totals.interceptionFailures[key, default: .init(target: target, reason: reason, count: 0, lastSeen: at)].count += 1
             totals.interceptionFailures[key]!.lastSeen = max(totals.interceptionFailures[key]!.lastSeen, at)
         }
-        if let method = metadata.method {
+        if metadata.method?.isEmpty ?? true, let error = metadata.error, error.hasPrefix("rejected") {
+            // Refused before a method or path was read: no request line to list it by, but it was refused all
+            // the same (the docs promise every refused request is listed). Kept by status and reason.
+            let key = "\(metadata.status.map(String.init) ?? "")\u{0}\(error)"
+            destination.rejectedUnread[key, default: .init(status: metadata.status, reason: error, count: 0)].count += 1
+        } else if let method = metadata.method {
             // A request that named another host than its connection's is listed with it, as an absolute URL.
             let path = metadata.requestHost.map { host in
                 "https://\(host.contains(":") ? "[\(host)]" : host)\(metadata.path ?? "")"
@@ -265,7 +281,8 @@ public struct AuditReportBuilder {
                 requests: value.requests.values
                     .sorted { ($0.count, $1.method, $1.path, $1.refused ? 1 : 0) > ($1.count, $0.method, $0.path, $0.refused ? 1 : 0) }
                     .map { .init(method: $0.method, path: $0.path, count: $0.count, refused: $0.refused) },
-                requestsNotListed: value.requestsNotListed.count
+                requestsNotListed: value.requestsNotListed.count,
+                rejectedUnread: value.rejectedUnread.values.sorted { ($1.count, $0.reason) < ($0.count, $1.reason) }
             )
         }
         return .init(

@@ -47,6 +47,11 @@ func visible(_ text: String) -> String {
     return out
 }
 
+/// A request refused before its method and path were read, by what is known of it.
+func unreadRequest(_ request: AuditReport.RejectedRequest) -> String {
+    "request with no method or path read: \(request.status.map { "\($0), " } ?? "")\(request.reason)"
+}
+
 private func chainLine(_ chain: AuditReport.ChainStatus) -> String {
     if chain.intact {
         let range = chain.firstSeq.map { "seq \($0)–\(chain.lastSeq ?? $0)" } ?? "no lines"
@@ -77,7 +82,7 @@ enum TableRenderer {
                 ])
             }
             out += columns(rows)
-            let inspected = agent.destinations.filter { !$0.requests.isEmpty }
+            let inspected = agent.destinations.filter { !$0.requests.isEmpty || !$0.rejectedUnread.isEmpty }
             if !inspected.isEmpty {
                 out += "\n  Requests (inspected destinations):\n"
                 for d in inspected {
@@ -86,6 +91,7 @@ enum TableRenderer {
                         out += "      \(r.count)× \(visible(r.method)) \(visible(r.path))\(r.refused ? " (refused by the proxy)" : "")\n"
                     }
                     if d.requestsNotListed > 0 { out += "      … and \(d.requestsNotListed) more distinct requests\n" }
+                    for r in d.rejectedUnread { out += "      \(r.count)× \(visible(unreadRequest(r))) (refused by the proxy)\n" }
                 }
             }
             out += "\n  New destinations in the period: \(agent.newDestinations.isEmpty ? "none" : "")\n"
@@ -136,7 +142,8 @@ enum CSVRenderer {
             targets += failed.keys.filter { key in !agent.destinations.contains { $0.target == key } }.sorted()
             for target in targets {
                 let d = agent.destinations.first { $0.target == target }
-                let requests = d?.requests.map { "\($0.method) \($0.path) (\($0.count)\($0.refused ? ", refused" : ""))" }.joined(separator: "; ") ?? ""
+                let requests = ((d?.requests.map { "\($0.method) \($0.path) (\($0.count)\($0.refused ? ", refused" : ""))" } ?? [])
+                    + (d?.rejectedUnread.map { "\(unreadRequest($0)) (\($0.count), refused)" } ?? [])).joined(separator: "; ")
                 let cells: [String] = [
                     agent.agent, target, d?.firstSeen ?? "", d?.lastSeen ?? "", "\(d?.connections ?? 0)",
                     "\(d?.bytesFromClient ?? 0)", "\(d?.bytesToClient ?? 0)", d?.inspected == true ? "true" : "false",
@@ -215,12 +222,15 @@ enum HTMLRenderer {
                 html += "<td>\(escape(d.firstSeen))</td><td>\(escape(d.lastSeen))</td><td class=\"n\">\(d.connections)</td>"
                 html += "<td class=\"n\">\(humanBytes(d.bytesFromClient))</td><td class=\"n\">\(humanBytes(d.bytesToClient))</td>"
                 html += "<td>\(d.inspected ? "<span class=\"tag\">inspected</span>" : "destination only")</td></tr>\n"
-                if !d.requests.isEmpty {
+                if !d.requests.isEmpty || !d.rejectedUnread.isEmpty {
                     html += "<tr><td colspan=\"7\"><ul>"
                     html += d.requests.map {
                         "<li>\($0.count)× <code>\(escape($0.method)) \(escape($0.path))</code>\($0.refused ? " <strong>refused by the proxy</strong>" : "")</li>"
                     }.joined()
                     if d.requestsNotListed > 0 { html += "<li class=\"muted\">… and \(d.requestsNotListed) more distinct requests</li>" }
+                    html += d.rejectedUnread.map {
+                        "<li>\($0.count)× \(escape(unreadRequest($0))) <strong>refused by the proxy</strong></li>"
+                    }.joined()
                     html += "</ul></td></tr>\n"
                 }
             }

@@ -115,6 +115,28 @@ import Testing
         #expect(onlyB.agents.map(\.agent) == ["b"])
     }
 
+    /// A request the proxy rejected before a method or path was read (a malformed request line) has neither, but
+    /// it was refused all the same: it is listed, with its status and reason, and marked refused in every form.
+    @Test func requestsRejectedBeforeTheirMethodAreListed() throws {
+        let (connection, id) = Self.action("a", "llm.example:443", at: "2026-11-22T09:00:00.000Z") {
+            $0.intercepted = true; $0.method = "GET"; $0.path = "/"
+        }
+        let rejected = Self.action("a", "llm.example:443", at: "2026-11-22T09:00:01.000Z") {
+            $0.intercepted = true; $0.connectionID = id; $0.status = 400
+            $0.error = "rejected: malformed request: invalid header name"
+        }.0
+        let report = try AuditReportBuilder().build(files: [try Self.write([connection, rejected])], now: "2026-11-23T00:00:00.000Z")
+        let llm = try #require(report.agents.first?.destinations.first)
+        #expect(llm.rejectedUnread == [.init(status: 400, reason: "rejected: malformed request: invalid header name", count: 1)])
+        #expect(llm.requests == [.init(method: "GET", path: "/", count: 1, refused: false)])
+        let listed = "request with no method or path read: 400, rejected: malformed request: invalid header name"
+        #expect(try ReportFormat.table.render(report).contains("      1× \(listed) (refused by the proxy)\n"))
+        #expect(try ReportFormat.csv.render(report).contains("GET / (1); \(listed) (1, refused)"))
+        #expect(try ReportFormat.html.render(report).contains("<li>1× \(listed) <strong>refused by the proxy</strong></li>"))
+        let json = try ReportFormat.json.render(report)
+        #expect(json.contains("\"rejected_unread\"") && json.contains("invalid header name"))
+    }
+
     @Test func hostileNamesCannotBreakAnyForm() throws {
         let report = try AuditReportBuilder().build(files: [try Self.sampleLog()], now: "2026-11-23T00:00:00.000Z")
         let html = try ReportFormat.html.render(report)
