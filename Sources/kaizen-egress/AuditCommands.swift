@@ -68,8 +68,11 @@ struct ReportCommand: ParsableCommand {
     @Option(help: "table, json, csv or html.")
     var format: String = "table"
 
-    @Option(name: .shortAndLong, help: "Write the report to this file instead of standard output.")
+    @Option(name: .shortAndLong, help: "Write the report to this file (created 0600; an existing one is refused) instead of standard output.")
     var output: String?
+
+    @Flag(help: "Replace the -o file if it exists (never one of the audit files given, never through a symbolic link).")
+    var force = false
 
     @Flag(help: "Accept a log that does not start at seq 1 (its earlier files were archived elsewhere).")
     var continues = false
@@ -99,15 +102,52 @@ struct ReportCommand: ParsableCommand {
         }
         let text = try format.render(report)
         if let output {
-            do {
-                try Data(text.utf8).write(to: URL(fileURLWithPath: output))
-            } catch {
-                fail("report: cannot write \(output): \(error.localizedDescription)")
+            if let problem = Self.write(Array(text.utf8), to: output, replacing: force, keeping: files) {
+                fail("report: \(problem)")
             }
         } else {
             FileHandle.standardOutput.write(Data(text.utf8))
         }
         if !report.chain.intact { throw ExitCode(1) }
+    }
+
+    /// Writes the report to `path`, 0600 (it names the log's paths and what agents reached), or says why not. A
+    /// file there is refused unless `replacing`, and even then when it is one of the audit files in `keeping` (or
+    /// their head files): a slip of `-o` must not destroy the evidence the report is about. A symbolic link is never
+    /// followed (it could point at the log), and nothing is truncated before the file is known to be safe to replace.
+    static func write(_ bytes: [UInt8], to path: String, replacing: Bool, keeping: [String]) -> String? {
+        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | (replacing ? 0 : O_EXCL)
+        let fd = open(path, flags, 0o600)
+        guard fd >= 0 else {
+            switch errno {
+            case EEXIST: return "\(path) already exists: give --force to replace it, or another path"
+            case ELOOP: return "\(path) is a symbolic link, which is never followed: give the path of the file itself"
+            default: return "cannot create \(path): \(String(cString: strerror(errno)))"
+            }
+        }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return "cannot write \(path): \(String(cString: strerror(errno)))" }
+        guard info.st_mode & S_IFMT == S_IFREG else { return "\(path) is not a regular file: give a file path" }
+        for input in keeping + keeping.map({ $0 + ".head" }) {
+            var other = stat()
+            if stat(input, &other) == 0, other.st_dev == info.st_dev, other.st_ino == info.st_ino {
+                return "\(path) is \(input), one of the audit files the report reads: give another path"
+            }
+        }
+        guard ftruncate(fd, 0) == 0, fchmod(fd, 0o600) == 0 else {
+            return "cannot write \(path): \(String(cString: strerror(errno)))"
+        }
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+            if written < 0 {
+                if errno == EINTR || errno == EAGAIN { continue }
+                return "cannot write \(path): \(String(cString: strerror(errno)))"
+            }
+            offset += written
+        }
+        return nil
     }
 
     /// Unix milliseconds for `7d`, `24h`, `30m`, `90s`, `2026-11-01` or an RFC 3339 instant.

@@ -64,4 +64,45 @@ import Testing
             #expect(report.status == 2 && report.stderr == "kaizen-egress: report: \(problem)\n", "\(report)")
         }
     }
+
+    /// `report -o` creates its file 0600 and replaces one only with --force; never an audit file it reads (or its
+    /// head file), and never through a symbolic link, which could point at the log.
+    @Test func reportOutputNeverDestroysTheLog() throws {
+        let (directory, log, _) = try Self.makeLog(runs: 1)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let original = try Data(contentsOf: URL(fileURLWithPath: log))
+        let head = try Data(contentsOf: URL(fileURLWithPath: log + ".head"))
+        let out = directory + "/report.txt"
+        func mode(_ path: String) throws -> Int? {
+            (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber)?.intValue
+        }
+
+        let created = try runCommand(Paths.proxyBinary, ["report", "-o", out, log])
+        #expect(created.status == 0, "\(created)")
+        #expect(try String(contentsOfFile: out, encoding: .utf8).hasPrefix("Kaizen egress report"))
+        #expect(try mode(out) == 0o600)
+
+        try "keep me".write(toFile: out, atomically: false, encoding: .utf8)
+        #expect(chmod(out, 0o644) == 0)
+        let refused = try runCommand(Paths.proxyBinary, ["report", "-o", out, log])
+        #expect(refused.status == 2 && refused.stderr == "kaizen-egress: report: \(out) already exists: give --force to replace it, or another path\n", "\(refused)")
+        #expect(try String(contentsOfFile: out, encoding: .utf8) == "keep me")
+        let forced = try runCommand(Paths.proxyBinary, ["report", "--force", "-o", out, log])
+        #expect(forced.status == 0, "\(forced)")
+        #expect(try String(contentsOfFile: out, encoding: .utf8).hasPrefix("Kaizen egress report"))
+        #expect(try mode(out) == 0o600)
+
+        for target in [log, log + ".head"] {
+            let result = try runCommand(Paths.proxyBinary, ["report", "--force", "-o", target, log])
+            #expect(result.status == 2 && result.stderr.contains("one of the audit files the report reads"), "\(result)")
+        }
+        let link = directory + "/link.txt"
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: log)
+        let throughLink = try runCommand(Paths.proxyBinary, ["report", "--force", "-o", link, log])
+        #expect(throughLink.status == 2 && throughLink.stderr.contains("is a symbolic link, which is never followed"), "\(throughLink)")
+        let unforcedLink = try runCommand(Paths.proxyBinary, ["report", "-o", link, log])
+        #expect(unforcedLink.status == 2 && unforcedLink.stderr.contains("already exists"), "\(unforcedLink)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: log)) == original)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: log + ".head")) == head)
+    }
 }
