@@ -45,7 +45,10 @@ public enum CustomerCA {
         do {
             key = try OpenSSLPrivateKey(pemOrDER: keyBytes)
         } catch {
-            let encrypted = String(decoding: keyBytes.prefix(64), as: UTF8.self).contains("ENCRYPTED")
+            // PKCS #8 (`BEGIN ENCRYPTED PRIVATE KEY`) or the traditional form's `Proc-Type: 4,ENCRYPTED`, wherever the
+            // block starts (a file exported from PKCS #12 begins with `Bag Attributes` lines).
+            let text = String(decoding: keyBytes, as: UTF8.self)
+            let encrypted = text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || text.contains("Proc-Type: 4,ENCRYPTED")
             throw Problem(
                 variable: keyVariable,
                 message: encrypted

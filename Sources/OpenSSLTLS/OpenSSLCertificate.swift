@@ -33,7 +33,7 @@ public final class OpenSSLCertificate: @unchecked Sendable, Hashable {
         pem.withUnsafeBytes { raw in
             guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return }
             defer { BIO_free(bio) }
-            while let next = PEM_read_bio_X509(bio, nil, nil, nil) {
+            while let next = PEM_read_bio_X509(bio, nil, noPassphrase, nil) {
                 chain.append(OpenSSLCertificate(taking: next))
             }
         }
@@ -82,7 +82,8 @@ public final class OpenSSLPrivateKey: @unchecked Sendable, CustomStringConvertib
         EVP_PKEY_free(pointer)
     }
 
-    /// A key in PEM (PKCS #8 or the traditional RSA/EC forms, unencrypted) or DER.
+    /// A key in PEM (PKCS #8 or the traditional RSA/EC forms, unencrypted) or DER. An encrypted key fails at once: no
+    /// passphrase is ever asked for.
     public convenience init(pemOrDER bytes: [UInt8]) throws(OpenSSLError) {
         OpenSSLError.clearQueue()
         let parsed: OpaquePointer?
@@ -90,7 +91,7 @@ public final class OpenSSLPrivateKey: @unchecked Sendable, CustomStringConvertib
             parsed = bytes.withUnsafeBytes { raw -> OpaquePointer? in
                 guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
                 defer { BIO_free(bio) }
-                return PEM_read_bio_PrivateKey(bio, nil, nil, nil)
+                return PEM_read_bio_PrivateKey(bio, nil, noPassphrase, nil)
             }
         } else {
             parsed = bytes.withUnsafeBufferPointer { buffer in
@@ -132,6 +133,14 @@ public struct OpenSSLCertifiedKey: Sendable {
     }
 
     public var leaf: OpenSSLCertificate { chain[0] }
+}
+
+/// The passphrase callback for every PEM read: there is none. Without a callback OpenSSL asks for one on the
+/// terminal when a PEM block is encrypted, and its prompt holds every signal but SIGKILL meanwhile: `ca doctor` and the
+/// proxy's start would wait for a passphrase instead of failing, and a reload on SIGHUP would block for good, deaf to
+/// SIGTERM. -1 is "no passphrase": the read fails, naming a bad password read.
+func noPassphrase(_ buffer: UnsafeMutablePointer<CChar>?, _ size: Int32, _ writing: Int32, _ context: UnsafeMutableRawPointer?) -> Int32 {
+    -1
 }
 
 enum PEMDetection {

@@ -1,0 +1,75 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// The inspection CA's files as a user gets them wrong, against the binary: `ca doctor`, the proxy's start and a
+/// reload on SIGHUP each refuse with one line, at once, and never show the key.
+@Suite struct CAFileTests {
+    /// A CA made by `ca init`, and the same key encrypted (`enc.key`, 0600).
+    static func caWithEncryptedKey() throws -> (pki: TestPKI, ca: String, encryptedKey: String) {
+        let pki = try TestPKI.mint()
+        let ca = try InspectionTests.makeCA(in: pki.directory)
+        let encrypted = ca + "/enc.key"
+        let made = try runCommand(
+            Paths.which("openssl"), ["pkey", "-in", ca + "/ca.key", "-aes256", "-passout", "pass:secret", "-out", encrypted])
+        guard made.status == 0 else { throw TestFailure("openssl pkey: \(made.stderr)") }
+        chmod(encrypted, 0o600)
+        return (pki, ca, encrypted)
+    }
+
+    /// `command` under `script`, so that it has a terminal, as a user at a shell has: OpenSSL asks for a passphrase
+    /// there, where a test's pipes would have made it fail. `timeout` bounds a program that waits at the prompt (which
+    /// holds SIGTERM: hence SIGKILL).
+    static func withTerminal(_ command: [String], environment: [String: String], limit: Int = 20) throws -> ChildProcess {
+        let line = (["exec", Paths.which("timeout"), "--foreground", "-s", "KILL", "\(limit)"] + command)
+            .map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+            .joined(separator: " ")
+        return try ChildProcess(
+            Paths.which("script"), ["-qec", "echo pid=$$; " + line, "/dev/null"],
+            environment: ProxyEnvironment.make(environment))
+    }
+
+    /// The terminal's text (carriage returns dropped).
+    static func text(_ child: ChildProcess) -> String {
+        child.stdoutLines.map { $0.replacingOccurrences(of: "\r", with: "") }.joined(separator: "\n") + child.stderr
+    }
+
+    @Test func anEncryptedKeyIsRefusedAtOnceEvenWithATerminal() throws {
+        let (pki, ca, encrypted) = try Self.caWithEncryptedKey()
+        _ = pki
+        let settings = ["KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": encrypted]
+        for arguments in [["ca", "doctor"], ["--local", "--port", "0"]] {
+            let started = Date()
+            let child = try Self.withTerminal([Paths.proxyBinary] + arguments, environment: settings)
+            let status = try child.waitForExit(timeout: 40)
+            let text = Self.text(child)
+            #expect(status == 2, "\(arguments): exit \(status): \(text)")
+            #expect(text.contains("KAIZEN_CA_KEY=\(encrypted) is encrypted"), "\(arguments): \(text)")
+            #expect(!text.lowercased().contains("pass phrase"), "\(arguments): \(text)")
+            #expect(Date().timeIntervalSince(started) < 15, "\(arguments): took \(Date().timeIntervalSince(started))s")
+        }
+    }
+
+    /// A reload that finds the key encrypted keeps the current settings and says why; SIGTERM still stops the proxy.
+    @Test func aReloadToAnEncryptedKeyFailsAtOnceAndTheProxyStillStops() throws {
+        let (pki, ca, encrypted) = try Self.caWithEncryptedKey()
+        let key = ca + "/signing.key"
+        #expect(link(ca + "/ca.key", key) == 0)
+        let terminal = try Self.withTerminal(
+            [Paths.proxyBinary, "--local", "--port", "0"],
+            environment: ["KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": key, "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate],
+            limit: 60)
+        let pidLine = try terminal.waitForLine(timeout: 30) { $0.hasPrefix("pid=") }
+        let timeoutPid = String(pidLine.dropFirst(4).prefix(while: \.isNumber))
+        _ = try terminal.waitForLine(timeout: 30) { $0.contains("proxy listening on") }
+        let children = try runCommand(Paths.which("pgrep"), ["-P", timeoutPid])
+        let proxyPid = try #require(pid_t(children.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), "\(children)")
+        #expect(rename(encrypted, key) == 0)
+        kill(proxyPid, SIGHUP)
+        let refused = try terminal.waitForLine(timeout: 20) { $0.contains("SIGHUP: KAIZEN_CA_KEY") }
+        #expect(refused.contains("is encrypted") && refused.contains("current settings are kept"), "\(refused)")
+        kill(proxyPid, SIGTERM)
+        #expect(try terminal.waitForExit(timeout: 70) == 0, "\(Self.text(terminal))")
+        #expect(!Self.text(terminal).lowercased().contains("pass phrase"), "\(Self.text(terminal))")
+    }
+}
