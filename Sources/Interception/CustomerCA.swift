@@ -30,6 +30,7 @@ public enum CustomerCA {
         now: Int64
     ) throws(Problem) -> (OpenSSLCertificateAuthority, warnings: [String]) {
         let certificateBytes = try readFile(certificateFile, variable: certificateVariable, what: "the CA certificate (PEM)")
+        try checkCertificatesOnly(certificateBytes, file: certificateFile)
         let chain: [OpenSSLCertificate]
         do {
             chain = try OpenSSLCertificate.chain(pemOrDER: certificateBytes)
@@ -104,6 +105,39 @@ public enum CustomerCA {
             return ["KAIZEN_CA_CERT (\(subject)) expires at \(WallTime.rfc3339(ca.notAfter)), in less than 7 days: renew it and trust the new one before then"]
         }
         return []
+    }
+
+    /// The PEM labels OpenSSL reads as a certificate.
+    static let certificateLabels: Set<String> = ["CERTIFICATE", "X509 CERTIFICATE"]
+
+    /// The certificate file holds certificates and nothing else: OpenSSL's reader skips any other block, so a key
+    /// appended to the certificate (`cat ca.pem ca.key`) would pass unseen, and a bundle written from the file would
+    /// hand the key to every client. Messages name a block by its label only, never its contents.
+    static func checkCertificatesOnly(_ bytes: [UInt8], file: String) throws(Problem) {
+        for label in pemLabels(bytes) where !certificateLabels.contains(label) {
+            let named = label.utf8.count <= 40 && label.allSatisfy { $0.isASCII && ($0.isUppercase || $0.isNumber || $0 == " ") }
+                ? "a block labelled \(label)" : "a block that is not a certificate"
+            if label.hasSuffix("PRIVATE KEY") {
+                throw Problem(
+                    variable: certificateVariable,
+                    message: "KAIZEN_CA_CERT=\(file) holds a private key (\(named)) besides certificates: keep the key in KAIZEN_CA_KEY only, and give KAIZEN_CA_CERT the CA certificate (then any intermediates) alone"
+                )
+            }
+            throw Problem(
+                variable: certificateVariable,
+                message: "KAIZEN_CA_CERT=\(file) holds \(named): give KAIZEN_CA_CERT certificates only (the CA certificate, then any intermediates)"
+            )
+        }
+    }
+
+    /// The labels of the PEM blocks in `bytes` (`CERTIFICATE`, `PRIVATE KEY`…), in order; none for DER.
+    static func pemLabels(_ bytes: [UInt8]) -> [String] {
+        String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isNewline).compactMap { line in
+            let trimmed = line.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed()
+            let text = String(trimmed)
+            guard text.hasPrefix("-----BEGIN "), text.hasSuffix("-----"), text.count >= 16 else { return nil }
+            return String(text.dropFirst(11).dropLast(5))
+        }
     }
 
     /// The key must not be readable by the group or others.

@@ -105,7 +105,8 @@ struct CADoctor: ParsableCommand {
                 let system = try Self.systemBundle()
                 var bytes = try Data(contentsOf: URL(fileURLWithPath: system))
                 if bytes.last != UInt8(ascii: "\n") { bytes.append(UInt8(ascii: "\n")) }
-                bytes.append(try Data(contentsOf: URL(fileURLWithPath: certificatePath)))
+                // The certificates as read and checked, not the file's bytes: the bundle holds certificates only.
+                for certificate in authority.chain { bytes.append(contentsOf: try certificate.pemBytes()) }
                 try write(Array(bytes), to: writeBundle, mode: 0o644)
                 bundlePath = writeBundle
                 print("\nWrote \(writeBundle): \(system) plus this CA.")

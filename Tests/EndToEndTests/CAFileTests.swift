@@ -72,4 +72,27 @@ import Testing
         #expect(try terminal.waitForExit(timeout: 70) == 0, "\(Self.text(terminal))")
         #expect(!Self.text(terminal).lowercased().contains("pass phrase"), "\(Self.text(terminal))")
     }
+
+    /// The key appended to the certificate file: `ca doctor --write-bundle` refuses it and writes no bundle (which would
+    /// hand the key to every client), and the proxy does not start; neither shows the key.
+    @Test func aKeyInTheCertificateFileIsRefusedAndNeverBundled() throws {
+        let pki = try TestPKI.mint()
+        let ca = try InspectionTests.makeCA(in: pki.directory)
+        let key = try String(contentsOfFile: ca + "/ca.key", encoding: .utf8)
+        try (try String(contentsOfFile: ca + "/ca.pem", encoding: .utf8) + key).write(
+            toFile: ca + "/combo.pem", atomically: true, encoding: .utf8)
+        let settings = ["KAIZEN_CA_CERT": ca + "/combo.pem", "KAIZEN_CA_KEY": ca + "/ca.key"]
+        let bundle = pki.directory + "/bundle.pem"
+        for arguments in [["ca", "doctor", "--write-bundle", bundle], ["--local", "--port", "0"]] {
+            let child = try ChildProcess(Paths.proxyBinary, arguments, environment: ProxyEnvironment.make(settings))
+            #expect(try child.waitForExit(timeout: 30) == 2)
+            let lines = child.stderr.split(separator: "\n")
+            #expect(lines.count == 1 && lines[0].hasPrefix("kaizen-egress: KAIZEN_CA_CERT=\(ca)/combo.pem holds a private key"), "\(child.stderr)")
+            #expect(child.stderr.contains("keep the key in KAIZEN_CA_KEY only"), "\(child.stderr)")
+            for line in key.split(separator: "\n") where !line.hasPrefix("-----") {
+                #expect(!child.stderr.contains(line) && !child.stdoutLines.joined().contains(line))
+            }
+        }
+        #expect(!FileManager.default.fileExists(atPath: bundle))
+    }
 }

@@ -107,6 +107,33 @@ struct CAFixtures {
         #expect(!open.message.contains("BEGIN"))  // never the key itself
     }
 
+    /// A key in the certificate file (`cat ca.pem ca.key > combo.pem`) is refused, in any order and form, and the
+    /// message never holds the key; so is any other block that is not a certificate.
+    @Test func theCertificateFileHoldsCertificatesOnly() throws {
+        try fixtures.make("combo", extensions: CAFixtures.good)
+        let certificate = try String(contentsOfFile: fixtures.path("combo.pem"), encoding: .utf8)
+        let key = try String(contentsOfFile: fixtures.path("combo.key"), encoding: .utf8)
+        try fixtures.openssl(["pkey", "-in", "combo.key", "-traditional", "-out", "combo-ec.key"])
+        let traditional = try String(contentsOfFile: fixtures.path("combo-ec.key"), encoding: .utf8)
+        let keyLines = (key + traditional).split(separator: "\n").filter { !$0.hasPrefix("-----") }
+        for (name, text) in [("cert-key", certificate + key), ("key-cert", key + certificate), ("cert-ec-key", certificate + traditional)] {
+            try text.write(toFile: fixtures.path("\(name).pem"), atomically: true, encoding: .utf8)
+            let found = try #require(problem(name, key: "combo"), "\(name) was accepted")
+            #expect(found.variable == "KAIZEN_CA_CERT", "\(found.message)")
+            #expect(found.message.contains("holds a private key") && found.message.contains("keep the key in KAIZEN_CA_KEY only"), "\(found.message)")
+            #expect(!found.message.contains("\n"))
+            for line in keyLines { #expect(!found.message.contains(line), "\(name): the key shows") }
+        }
+        try fixtures.openssl(["ecparam", "-name", "prime256v1", "-out", "params.pem"])
+        let parameters = try String(contentsOfFile: fixtures.path("params.pem"), encoding: .utf8)
+        try (certificate + parameters).write(toFile: fixtures.path("cert-params.pem"), atomically: true, encoding: .utf8)
+        let other = try #require(problem("cert-params", key: "combo"))
+        #expect(other.message.contains("holds a block labelled EC PARAMETERS: give KAIZEN_CA_CERT certificates only"), "\(other.message)")
+        // Text around the blocks (as `openssl x509 -text` or a bundle's comments leave) is not a block: still fine.
+        try ("# the inspection CA\n" + certificate).write(toFile: fixtures.path("commented.pem"), atomically: true, encoding: .utf8)
+        #expect(try load("commented", key: "combo") == [])
+    }
+
     @Test func anEncryptedOrMissingKeyIsNamed() throws {
         try fixtures.make("enc", extensions: CAFixtures.good)
         try fixtures.openssl(["pkey", "-in", "enc.key", "-out", "enc-locked.key", "-aes256", "-passout", "pass:secret"])
