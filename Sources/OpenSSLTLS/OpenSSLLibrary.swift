@@ -13,6 +13,12 @@ public enum OpenSSLLibrary {
         UInt(OpenSSL_version_num())
     }
 
+    /// OpenSSL's own default file of trusted CAs, as built (`/usr/lib/ssl/cert.pem` on Debian, a link to
+    /// `/etc/ssl/certs/ca-certificates.crt`): the system store, whatever `SSL_CERT_FILE` says.
+    public static var defaultCertificateFile: String {
+        String(cString: X509_get_default_cert_file())
+    }
+
     /// The decoders of the TLS clients' library context, and of OpenSSL's default provider (0 and 0 when the clients
     /// use the default context).
     public static var clientLibraryContextDecoders: (kept: Int, all: Int) {

@@ -76,6 +76,9 @@ struct CADoctor: ParsableCommand {
     @Option(help: "Also write a bundle of the system's trusted CAs plus this CA to this new file.")
     var writeBundle: String?
 
+    @Option(help: "The system's trusted CAs for --write-bundle (default: OpenSSL's default CA file; never SSL_CERT_FILE).")
+    var systemCas: String?
+
     func run() throws {
         let environment = ProcessInfo.processInfo.environment
         guard let certificatePath = caCert ?? environment["KAIZEN_CA_CERT"], !certificatePath.isEmpty else {
@@ -102,14 +105,25 @@ struct CADoctor: ParsableCommand {
         var bundlePath = "BUNDLE"
         if let writeBundle {
             do {
-                let system = try Self.systemBundle()
-                var bytes = try Data(contentsOf: URL(fileURLWithPath: system))
-                if bytes.last != UInt8(ascii: "\n") { bytes.append(UInt8(ascii: "\n")) }
-                // The certificates as read and checked, not the file's bytes: the bundle holds certificates only.
-                for certificate in authority.chain { bytes.append(contentsOf: try certificate.pemBytes()) }
-                try write(Array(bytes), to: writeBundle, mode: 0o644)
+                let system = try systemCas ?? Self.systemBundle()
+                let systemCertificates = try OpenSSLCertificate.chain(
+                    pem: Array(try Data(contentsOf: URL(fileURLWithPath: system))))
+                // Certificates only, each once (by DER): a CA already in the system store is not added again.
+                var seen = Set<[UInt8]>()
+                var bytes: [UInt8] = []
+                var added = 0
+                for (index, certificate) in (systemCertificates + authority.chain).enumerated()
+                where seen.insert(certificate.derBytes).inserted {
+                    bytes += try certificate.pemBytes()
+                    if index >= systemCertificates.count { added += 1 }
+                }
+                try write(bytes, to: writeBundle, mode: 0o644)
                 bundlePath = writeBundle
-                print("\nWrote \(writeBundle): \(system) plus this CA.")
+                let what = added == authority.chain.count
+                    ? "plus this CA" : added == 0 ? "(this CA is already among them)" : "plus \(added) certificates of this CA's file"
+                print("\nWrote \(writeBundle): the \(seen.count - added) system CAs from \(system) \(what).")
+            } catch let error as OpenSSLError {
+                fail("--write-bundle \(writeBundle): \(error): give --system-cas a PEM file of trusted CAs")
             } catch {
                 fail("--write-bundle \(writeBundle): \(error)")
             }
@@ -127,14 +141,17 @@ struct CADoctor: ParsableCommand {
             """)
     }
 
-    /// The system's CA bundle: SSL_CERT_FILE if set, else the distribution's usual places.
+    /// The system's CA bundle: OpenSSL's default CA file, else the distributions' usual places. Never SSL_CERT_FILE:
+    /// the doctor tells users to point it at the bundle it writes, so the next bundle (after the CA is rotated) would
+    /// still trust the old CA, and hold this one twice.
     static func systemBundle() throws -> String {
-        let candidates = [ProcessInfo.processInfo.environment["SSL_CERT_FILE"]].compactMap { $0 } + [
-            "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem",
-            "/etc/ssl/ca-bundle.pem",
+        let candidates = [
+            OpenSSLLibrary.defaultCertificateFile, "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/cert.pem", "/etc/ssl/ca-bundle.pem",
         ]
         guard let found = candidates.first(where: { FileManager.default.isReadableFile(atPath: $0) }) else {
-            throw ValidationError("no system CA bundle found (install ca-certificates, or set SSL_CERT_FILE)")
+            throw ValidationError(
+                "no system CA bundle found in \(candidates.joined(separator: ", ")): install ca-certificates, or give --system-cas FILE")
         }
         return found
     }

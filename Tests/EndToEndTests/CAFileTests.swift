@@ -95,4 +95,40 @@ import Testing
         }
         #expect(!FileManager.default.fileExists(atPath: bundle))
     }
+
+    /// The bundle starts from the system store proper, not SSL_CERT_FILE (which the doctor tells users to set to the
+    /// bundle): after a rotation the new bundle no longer trusts the old CA, and no certificate is in it twice.
+    @Test func theBundleIsTheSystemStorePlusThisCAOnce() throws {
+        let pki = try TestPKI.mint()
+        for name in ["old", "new"] { try FileManager.default.createDirectory(atPath: pki.directory + "/" + name, withIntermediateDirectories: false) }
+        let old = try InspectionTests.makeCA(in: pki.directory + "/old")
+        let new = try InspectionTests.makeCA(in: pki.directory + "/new")
+        func doctor(_ ca: String, _ bundle: String, _ extra: [String] = [], sslCertFile: String = "") throws -> String {
+            let child = try ChildProcess(
+                Paths.proxyBinary, ["ca", "doctor", "--write-bundle", bundle] + extra,
+                environment: ProxyEnvironment.make(
+                    ["KAIZEN_CA_CERT": ca + "/ca.pem", "KAIZEN_CA_KEY": ca + "/ca.key", "SSL_CERT_FILE": sslCertFile]))
+            #expect(try child.waitForExit(timeout: 30) == 0, "\(child.stderr)")
+            return child.stdoutLines.joined(separator: "\n")
+        }
+        func certificates(_ path: String) throws -> [String] {
+            try String(contentsOfFile: path, encoding: .utf8).components(separatedBy: "-----END CERTIFICATE-----")
+                .dropLast().map { String($0.drop { $0 == "\n" }) + "-----END CERTIFICATE-----\n" }
+        }
+        let oldCA = try String(contentsOfFile: old + "/ca.pem", encoding: .utf8)
+        let newCA = try String(contentsOfFile: new + "/ca.pem", encoding: .utf8)
+        let first = try doctor(old, pki.directory + "/first.pem")
+        let system = try #require(first.split(separator: "\n").first { $0.contains("system CAs from") }, "\(first)")
+        let systemCount = try certificates(pki.directory + "/first.pem").count - 1
+        #expect(systemCount > 10 && system.contains("the \(systemCount) system CAs from /") && system.hasSuffix("plus this CA."), "\(system)")
+        // Rotated: SSL_CERT_FILE names the first bundle, as the doctor said to set it.
+        let second = try doctor(new, pki.directory + "/second.pem", sslCertFile: pki.directory + "/first.pem")
+        #expect(!second.contains("first.pem") && second.contains(String(system.split(separator: "from ")[1].prefix { $0 != " " })), "\(second)")
+        let rotated = try certificates(pki.directory + "/second.pem")
+        #expect(rotated.count == systemCount + 1 && rotated.last == newCA && !rotated.contains(oldCA))
+        // A store that already holds the CA: it is not added again.
+        let third = try doctor(new, pki.directory + "/third.pem", ["--system-cas", pki.directory + "/second.pem"])
+        #expect(third.contains("the \(systemCount + 1) system CAs from \(pki.directory)/second.pem (this CA is already among them)."), "\(third)")
+        #expect(try certificates(pki.directory + "/third.pem") == rotated)
+    }
 }
