@@ -66,8 +66,36 @@ public enum CustomerCA {
                 message: "KAIZEN_CA_KEY=\(keyFile) is not the key of the certificate in KAIZEN_CA_CERT (\(chain[0].subjectDescription)): give the key the CA was made with"
             )
         }
+        try checkStrength(chain)
         let warnings = try check(chain[0], now: now)
         return (authority, warnings)
+    }
+
+    /// Every certificate of the chain is as strong as TLS requires, in its key and (but a root's) its signature:
+    /// OpenSSL refuses a weaker chain on every inspected connection ("ca key too small"), so it is refused here.
+    public static func checkStrength(
+        _ chain: [OpenSSLCertificate], minimumBits: Int = OpenSSLCertificateAuthority.minimumSecurityBits
+    ) throws(Problem) {
+        let needed = "below the \(minimumBits) TLS requires (RSA 2048 bits, ECDSA P-256), so every inspected connection would fail"
+        for (index, certificate) in chain.enumerated() {
+            let which = index == 0
+                ? "KAIZEN_CA_CERT (\(certificate.subjectDescription))"
+                : "KAIZEN_CA_CERT's certificate \(index + 1) (\(certificate.subjectDescription))"
+            let fix = index == 0
+                ? "make a suitable CA with: kaizen-egress ca init DIR (ECDSA P-256), or use RSA of 2048 bits or more"
+                : "replace that certificate with a stronger one"
+            let keyBits = certificate.publicKeySecurityBits
+            if keyBits < minimumBits {
+                throw Problem(
+                    variable: certificateVariable,
+                    message: "\(which) has too weak a key: \(certificate.publicKeyDescription), \(keyBits) security bits, \(needed): \(fix)")
+            }
+            if !certificate.isSelfSigned, let signatureBits = certificate.signatureSecurityBits, signatureBits < minimumBits {
+                throw Problem(
+                    variable: certificateVariable,
+                    message: "\(which) has too weak a signature: \(certificate.signatureAlgorithm), \(signatureBits) security bits, \(needed): \(fix)")
+            }
+        }
     }
 
     /// The checks on the signing certificate; throws the first failure, returns warnings.

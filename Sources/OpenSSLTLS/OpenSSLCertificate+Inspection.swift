@@ -111,6 +111,33 @@ extension OpenSSLCertificate {
         String(cString: OBJ_nid2ln(X509_get_signature_nid(pointer)))
     }
 
+    /// The public key's strength as OpenSSL's security level rates it (RSA 2048: 112 bits, ECDSA P-256: 128); 0 when
+    /// it cannot be read.
+    public var publicKeySecurityBits: Int {
+        guard let key = X509_get0_pubkey(pointer) else { return 0 }
+        return Int(EVP_PKEY_get_security_bits(key))
+    }
+
+    /// The public key for messages: `RSA 1024-bit`, `EC 256-bit`.
+    public var publicKeyDescription: String {
+        guard let key = X509_get0_pubkey(pointer) else { return "unreadable" }
+        let type = EVP_PKEY_get0_type_name(key).map { String(cString: $0) } ?? "unknown"
+        return "\(type) \(EVP_PKEY_get_bits(key))-bit"
+    }
+
+    /// The strength of the signature on the certificate (its digest and the signer's key type), as OpenSSL's
+    /// security level rates it; nil when OpenSSL cannot tell.
+    public var signatureSecurityBits: Int? {
+        var bits: Int32 = 0
+        guard X509_get_signature_info(pointer, nil, nil, &bits, nil) == 1 else { return nil }
+        return Int(bits)
+    }
+
+    /// Issuer and subject are the same, as OpenSSL judges it (the name, and the key identifiers when present): a root.
+    public var isSelfSigned: Bool {
+        X509_get_extension_flags(pointer) & UInt32(EXFLAG_SS) != 0
+    }
+
     // MARK: helpers
 
     static func bytes(of string: UnsafePointer<ASN1_STRING>?) -> [UInt8] {

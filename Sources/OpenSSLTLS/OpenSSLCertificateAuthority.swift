@@ -48,6 +48,18 @@ public final class OpenSSLCertificateAuthority: @unchecked Sendable {
         }
     }
 
+    /// The security bits each certificate of the CA's chain needs, in its key and (unless self-signed) its signature:
+    /// what the TLS contexts' security level requires (the proxy sets none, so OpenSSL's default, 2 on Debian and
+    /// Ubuntu: 112 bits) and never under 112, as clients refuse RSA under 2048 bits too. A weaker chain is refused
+    /// by OpenSSL on every handshake that sends it ("ca key too small", "ca md too weak").
+    public static let minimumSecurityBits: Int = {
+        let levelBits = [0, 80, 112, 128, 192, 256]
+        guard let context = SSL_CTX_new(TLS_server_method()) else { return 112 }
+        defer { SSL_CTX_free(context) }
+        let level = Int(SSL_CTX_get_security_level(context))
+        return max(112, levelBits[min(max(level, 0), levelBits.count - 1)])
+    }()
+
     /// The signing CA first, then the intermediates above it.
     public let chain: [OpenSSLCertificate]
     private let key: OpenSSLPrivateKey

@@ -98,7 +98,7 @@ struct CADoctor: ParsableCommand {
         let ca = authority.certificate
         print("CA: \(ca.subjectDescription)")
         print("  valid until \(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(ca.notAfter))))")
-        print("  checks: key matches; CA:TRUE (critical); keyCertSign; subjectKeyIdentifier; EKU allows serverAuth; in validity; key file private: OK")
+        print("  checks: key matches; CA:TRUE (critical); keyCertSign; subjectKeyIdentifier; EKU allows serverAuth; in validity; key and signature strong enough for TLS; key file private: OK")
         for warning in warnings { print("  warning: \(warning)") }
         if ca.hasNameConstraints { print("  name constraints: names outside them are passed through, not inspected") }
 

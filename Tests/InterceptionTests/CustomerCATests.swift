@@ -21,13 +21,33 @@ struct CAFixtures {
     }
 
     /// A self-signed certificate `name.pem` with key `name.key` (0600) and these extensions.
-    func make(_ name: String, extensions: [String]) throws {
+    func make(_ name: String, extensions: [String], key: [String] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]) throws {
         let status = try openssl(
-            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
+            ["req", "-x509"] + key + ["-nodes", "-days", "30",
              "-subj", "/CN=\(name)", "-keyout", "\(name).key", "-out", "\(name).pem", "-config", "/dev/null",
              "-sha256"] + extensions.flatMap { ["-addext", $0] })
         guard status == 0 else { throw CocoaError(.fileWriteUnknown) }
         chmod(path("\(name).key"), 0o600)
+    }
+
+    /// A certificate `name.pem` (key `name.key`, 0600) signed by `issuer`'s key with `digest`.
+    func sign(_ name: String, by issuer: String, extensions: [String] = good, digest: String = "-sha256") throws {
+        try (extensions + ["authorityKeyIdentifier=keyid"]).joined(separator: "\n")
+            .write(toFile: path("\(name).ext"), atomically: true, encoding: .utf8)
+        let request = try openssl(
+            ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=\(name)",
+             "-keyout", "\(name).key", "-out", "\(name).csr", "-config", "/dev/null"])
+        let signed = try openssl(
+            ["x509", "-req", "-in", "\(name).csr", "-CA", "\(issuer).pem", "-CAkey", "\(issuer).key", "-set_serial", "7",
+             "-days", "30", digest, "-extfile", "\(name).ext", "-out", "\(name).pem"])
+        guard request == 0, signed == 0 else { throw CocoaError(.fileWriteUnknown) }
+        chmod(path("\(name).key"), 0o600)
+    }
+
+    /// `names`' certificates, one after the other, as `file`.
+    func concatenate(_ names: [String], as file: String) throws {
+        let text = try names.map { try String(contentsOfFile: path("\($0).pem"), encoding: .utf8) }.joined()
+        try text.write(toFile: path(file), atomically: true, encoding: .utf8)
     }
 
     static let good = ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign", "subjectKeyIdentifier=hash"]
@@ -79,6 +99,26 @@ struct CAFixtures {
         #expect(found.message.contains(message), "\(found.message)")
         #expect(found.message.contains("KAIZEN_CA_CERT (CN = \(name))"))
         #expect(!found.message.contains("\n"))
+    }
+
+    /// A CA key weaker than TLS's security level allows is refused at once, not on every inspected connection.
+    @Test func aWeakKeyIsRefused() throws {
+        #expect(OpenSSLCertificateAuthority.minimumSecurityBits >= 112)
+        try fixtures.make("rsa1024", extensions: CAFixtures.good, key: ["-newkey", "rsa:1024"])
+        let weak = try #require(problem("rsa1024"))
+        #expect(weak.variable == "KAIZEN_CA_CERT" && !weak.message.contains("\n"))
+        #expect(weak.message.hasPrefix("KAIZEN_CA_CERT (CN = rsa1024) has too weak a key: RSA 1024-bit, 80 security bits, below the"), "\(weak.message)")
+        #expect(weak.message.contains("kaizen-egress ca init DIR"), "\(weak.message)")
+        try fixtures.make("rsa2048", extensions: CAFixtures.good, key: ["-newkey", "rsa:2048"])
+        #expect(try load("rsa2048") == [])
+        // An intermediate CA its root signed with SHA-1 ("ca md too weak"); a self-signed root's own signature is
+        // not checked by TLS, nor here.
+        try fixtures.make("root", extensions: CAFixtures.good)
+        try fixtures.sign("sha1", by: "root", digest: "-sha1")
+        let sha1 = try #require(problem("sha1"))
+        #expect(sha1.message.hasPrefix("KAIZEN_CA_CERT (CN = sha1) has too weak a signature: ecdsa-with-SHA1"), "\(sha1.message)")
+        try fixtures.sign("sha256", by: "root")
+        #expect(try load("sha256") == [])
     }
 
     @Test func anEKUWithServerAuthIsFine() throws {
