@@ -40,6 +40,7 @@ public enum CustomerCA {
                 message: "KAIZEN_CA_CERT=\(certificateFile) holds no readable certificate (\(error.entries.first ?? "unparsable")): give the CA certificate in PEM, followed by any intermediates"
             )
         }
+        try checkChain(chain, certificateBlocks: pemLabels(certificateBytes).count, file: certificateFile)
         try checkKeyFileMode(keyFile)
         let keyBytes = try readFile(keyFile, variable: keyVariable, what: "the CA private key (PEM)")
         let key: OpenSSLPrivateKey
@@ -133,6 +134,35 @@ public enum CustomerCA {
             return ["KAIZEN_CA_CERT (\(subject)) expires at \(WallTime.rfc3339(ca.notAfter)), in less than 7 days: renew it and trust the new one before then"]
         }
         return []
+    }
+
+    /// Every certificate block was read (OpenSSL's reader stops quietly at the first it cannot decode), and each
+    /// certificate after the first issued the one before it: they are sent after every leaf as its chain, where
+    /// anything else makes clients fail or build the chain some other way.
+    static func checkChain(_ chain: [OpenSSLCertificate], certificateBlocks: Int, file: String) throws(Problem) {
+        let fix = "after the CA certificate put only the certificates above it, each followed by its issuer, or give the CA certificate alone"
+        if certificateBlocks > chain.count {
+            throw Problem(
+                variable: certificateVariable,
+                message: "KAIZEN_CA_CERT=\(file) holds \(certificateBlocks) certificate blocks, and certificate \(chain.count + 1) cannot be read (damaged or cut short): give whole PEM certificates only; \(fix)"
+            )
+        }
+        for index in chain.indices.dropFirst() {
+            let (subject, issuer) = (chain[index - 1], chain[index])
+            let named = "certificate \(index + 1) (\(issuer.subjectDescription))"
+            if subject.isSelfSigned {
+                throw Problem(
+                    variable: certificateVariable,
+                    message: "KAIZEN_CA_CERT=\(file): \(named) follows a self-signed root, which ends a chain: remove it; \(fix)"
+                )
+            }
+            guard issuer.issued(subject) else {
+                throw Problem(
+                    variable: certificateVariable,
+                    message: "KAIZEN_CA_CERT=\(file): \(named) is not the issuer of certificate \(index) (\(subject.subjectDescription)): \(fix)"
+                )
+            }
+        }
     }
 
     /// The PEM labels OpenSSL reads as a certificate.

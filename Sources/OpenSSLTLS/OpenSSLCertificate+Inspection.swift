@@ -138,6 +138,17 @@ extension OpenSSLCertificate {
         X509_get_extension_flags(pointer) & UInt32(EXFLAG_SS) != 0
     }
 
+    /// Whether this certificate issued `subject`: it is named as the subject's issuer (key identifiers agreeing when
+    /// present) and its key verifies the subject's signature.
+    public func issued(_ subject: OpenSSLCertificate) -> Bool {
+        OpenSSLError.clearQueue()
+        defer { OpenSSLError.clearQueue() }
+        guard X509_check_issued(pointer, subject.pointer) == X509_V_OK, let key = X509_get0_pubkey(pointer) else {
+            return false
+        }
+        return X509_verify(subject.pointer, key) == 1
+    }
+
     // MARK: helpers
 
     static func bytes(of string: UnsafePointer<ASN1_STRING>?) -> [UInt8] {

@@ -121,6 +121,35 @@ struct CAFixtures {
         #expect(try load("sha256") == [])
     }
 
+    /// The certificates after the CA are its issuers, in order; every block is read.
+    @Test func theCertificatesAfterTheCAAreItsChain() throws {
+        try fixtures.make("root", extensions: CAFixtures.good)
+        try fixtures.make("other", extensions: CAFixtures.good)
+        try fixtures.sign("mid", by: "root")
+        try fixtures.sign("sub", by: "mid")
+        try fixtures.concatenate(["sub", "mid", "root"], as: "full.pem")
+        #expect(try load("full", key: "sub") == [])
+        try fixtures.concatenate(["sub", "mid"], as: "partial.pem")
+        #expect(try load("partial", key: "sub") == [])
+        for (name, chain, message) in [
+            ("skipped", ["sub", "root"], "certificate 2 (CN = root) is not the issuer of certificate 1 (CN = sub)"),
+            ("unrelated", ["sub", "mid", "other"], "certificate 3 (CN = other) is not the issuer of certificate 2 (CN = mid)"),
+            ("reversed", ["sub", "root", "mid"], "certificate 2 (CN = root) is not the issuer of certificate 1 (CN = sub)"),
+            ("twice", ["root", "root"], "certificate 2 (CN = root) follows a self-signed root"),
+        ] {
+            try fixtures.concatenate(chain, as: "\(name).pem")
+            let found = try #require(problem(name, key: chain[0]), "\(name) was accepted")
+            #expect(found.variable == "KAIZEN_CA_CERT" && !found.message.contains("\n"), "\(found.message)")
+            #expect(found.message.hasPrefix("KAIZEN_CA_CERT=\(fixtures.path("\(name).pem")): \(message)"), "\(found.message)")
+        }
+        // A block cut short (or damaged) after the CA: not served as a shorter chain without a word.
+        let full = try String(contentsOfFile: fixtures.path("full.pem"), encoding: .utf8)
+        try String(full.dropLast(200)).appending("\n-----END CERTIFICATE-----\n")
+            .write(toFile: fixtures.path("cut.pem"), atomically: true, encoding: .utf8)
+        let cut = try #require(problem("cut", key: "sub"))
+        #expect(cut.message.contains("holds 3 certificate blocks, and certificate 3 cannot be read"), "\(cut.message)")
+    }
+
     @Test func anEKUWithServerAuthIsFine() throws {
         try fixtures.make("eku-server", extensions: CAFixtures.good + ["extendedKeyUsage=serverAuth,clientAuth"])
         #expect(try load("eku-server") == [])
