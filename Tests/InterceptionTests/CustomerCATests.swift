@@ -208,6 +208,15 @@ struct CAFixtures {
         try fixtures.openssl(["pkey", "-in", "enc.key", "-out", "enc-locked.key", "-aes256", "-passout", "pass:secret"])
         chmod(fixtures.path("enc-locked.key"), 0o600)
         #expect(problem("enc", key: "enc-locked")?.message.contains("is encrypted") == true)
+        // The traditional form (Proc-Type), and a key exported from PKCS #12, whose block follows `Bag Attributes`.
+        try fixtures.openssl(["pkey", "-in", "enc.key", "-out", "enc-old.key", "-traditional", "-aes256", "-passout", "pass:secret"])
+        chmod(fixtures.path("enc-old.key"), 0o600)
+        #expect(problem("enc", key: "enc-old")?.message.contains("is encrypted") == true)
+        let locked = try String(contentsOfFile: fixtures.path("enc-locked.key"), encoding: .utf8)
+        try ("Bag Attributes\n    friendlyName: kaizen inspection CA\n    localKeyID: 01 02 03 04 05 06 07 08\n" + locked)
+            .write(toFile: fixtures.path("enc-bag.key"), atomically: true, encoding: .utf8)
+        chmod(fixtures.path("enc-bag.key"), 0o600)
+        #expect(problem("enc", key: "enc-bag")?.message.contains("is encrypted") == true)
         // A key value that names no file is not shown (it may be the key itself, pasted where its path belongs).
         let absent = try #require(problem("enc", key: "absent"))
         #expect(absent.variable == "KAIZEN_CA_KEY" && absent.message.contains("names no readable file"), "\(absent.message)")
