@@ -98,7 +98,7 @@ struct CADoctor: ParsableCommand {
         let ca = authority.certificate
         print("CA: \(ca.subjectDescription)")
         print("  valid until \(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(ca.notAfter))))")
-        print("  checks: key matches; CA:TRUE (critical); keyCertSign; subjectKeyIdentifier; EKU allows serverAuth; in validity; key and signature strong enough for TLS; key file private: OK")
+        print("  checks: certificates only, in chain order; key matches; CA:TRUE (critical); keyCertSign; subjectKeyIdentifier; EKU allows serverAuth; in validity; keys and signatures strong enough for TLS; key file private: OK")
         for warning in warnings { print("  warning: \(warning)") }
         if ca.hasNameConstraints { print("  name constraints: names outside them are passed through, not inspected") }
 
@@ -121,7 +121,9 @@ struct CADoctor: ParsableCommand {
                 bundlePath = writeBundle
                 let what = added == authority.chain.count
                     ? "plus this CA" : added == 0 ? "(this CA is already among them)" : "plus \(added) certificates of this CA's file"
-                print("\nWrote \(writeBundle): the \(seen.count - added) system CAs from \(system) \(what).")
+                let resolved = URL(fileURLWithPath: system).resolvingSymlinksInPath().path
+                let source = resolved == system ? system : "\(system) (\(resolved))"
+                print("\nWrote \(writeBundle): the \(seen.count - added) system CAs from \(source) \(what).")
             } catch let error as OpenSSLError {
                 fail("--write-bundle \(writeBundle): \(error): give --system-cas a PEM file of trusted CAs")
             } catch {
