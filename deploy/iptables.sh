@@ -23,30 +23,41 @@ BLOCK_QUIC=${BLOCK_QUIC:-1}
 BLOCK_UDP=${BLOCK_UDP:-1}
 ALLOW_UDP_PORTS=${ALLOW_UDP_PORTS-53}
 
-rules() {  # rules IPTABLES LOOPBACK-CIDR FAMILY(4|6)
+exempt() {  # exempt IPTABLES TABLE CHAIN LOOPBACK-CIDR FAMILY(4|6): what is never redirected nor rejected
+    ipt=$1 table=$2 chain=$3 loopback=$4 family=$5
+    $ipt -t "$table" -A "$chain" -m owner --uid-owner "$PROXY_UID" -j RETURN
+    $ipt -t "$table" -A "$chain" -o lo -j RETURN
+    $ipt -t "$table" -A "$chain" -d "$loopback" -j RETURN
+    for cidr in $(echo "$EXCLUDE_CIDRS" | tr ',' ' '); do
+        case $cidr in
+            *:*) [ "$family" = 6 ] && $ipt -t "$table" -A "$chain" -d "$cidr" -j RETURN ;;
+            *) [ "$family" = 4 ] && $ipt -t "$table" -A "$chain" -d "$cidr" -j RETURN ;;
+        esac
+    done
+    for port in $(echo "$EXCLUDE_PORTS" | tr ',' ' '); do
+        $ipt -t "$table" -A "$chain" -p tcp --dport "$port" -j RETURN
+    done
+}
+
+redirect() {  # redirect IPTABLES LOOPBACK-CIDR FAMILY: outbound TCP to the proxy (nat table)
     ipt=$1 loopback=$2 family=$3
     # One chain of our own in the nat table, hooked into OUTPUT once.
     $ipt -t nat -N KAIZEN_OUTPUT 2>/dev/null || $ipt -t nat -F KAIZEN_OUTPUT
     $ipt -t nat -C OUTPUT -p tcp -j KAIZEN_OUTPUT 2>/dev/null || $ipt -t nat -A OUTPUT -p tcp -j KAIZEN_OUTPUT
-    $ipt -t nat -A KAIZEN_OUTPUT -m owner --uid-owner "$PROXY_UID" -j RETURN
-    $ipt -t nat -A KAIZEN_OUTPUT -o lo -j RETURN
-    $ipt -t nat -A KAIZEN_OUTPUT -d "$loopback" -j RETURN
-    for cidr in $(echo "$EXCLUDE_CIDRS" | tr ',' ' '); do
-        case $cidr in
-            *:*) [ "$family" = 6 ] && $ipt -t nat -A KAIZEN_OUTPUT -d "$cidr" -j RETURN ;;
-            *) [ "$family" = 4 ] && $ipt -t nat -A KAIZEN_OUTPUT -d "$cidr" -j RETURN ;;
-        esac
-    done
-    for port in $(echo "$EXCLUDE_PORTS" | tr ',' ' '); do
-        $ipt -t nat -A KAIZEN_OUTPUT -p tcp --dport "$port" -j RETURN
-    done
+    exempt "$ipt" nat KAIZEN_OUTPUT "$loopback" "$family"
     $ipt -t nat -A KAIZEN_OUTPUT -p tcp -j REDIRECT --to-ports "$PORT"
-    # UDP, in the filter table: both chains exist and are emptied on every run, so a run with other settings
-    # replaces what an earlier one made (an empty chain lets everything through).
+}
+
+filter() {  # filter IPTABLES LOOPBACK-CIDR FAMILY REJECT-TCP(0|1): the filter table's rules
+    ipt=$1 loopback=$2 family=$3 reject_tcp=$4
+    # Each chain exists and is emptied on every run, so a run with other settings replaces what an earlier one
+    # made (an empty chain lets everything through).
     $ipt -N KAIZEN_UDP 2>/dev/null || $ipt -F KAIZEN_UDP
     $ipt -C OUTPUT -p udp -j KAIZEN_UDP 2>/dev/null || $ipt -A OUTPUT -p udp -j KAIZEN_UDP
     $ipt -N KAIZEN_QUIC 2>/dev/null || $ipt -F KAIZEN_QUIC
     $ipt -C OUTPUT -p udp --dport 443 -j KAIZEN_QUIC 2>/dev/null || $ipt -A OUTPUT -p udp --dport 443 -j KAIZEN_QUIC
+    $ipt -N KAIZEN_TCP 2>/dev/null || $ipt -F KAIZEN_TCP
+    $ipt -C OUTPUT -p tcp -j KAIZEN_TCP 2>/dev/null || $ipt -A OUTPUT -p tcp -j KAIZEN_TCP
     if [ "$BLOCK_UDP" = 1 ]; then
         $ipt -A KAIZEN_UDP -m owner --uid-owner "$PROXY_UID" -j RETURN
         $ipt -A KAIZEN_UDP -o lo -j RETURN
@@ -58,13 +69,23 @@ rules() {  # rules IPTABLES LOOPBACK-CIDR FAMILY(4|6)
         $ipt -A KAIZEN_QUIC -m owner --uid-owner "$PROXY_UID" -j RETURN
         $ipt -A KAIZEN_QUIC -j REJECT
     fi
+    if [ "$reject_tcp" = 1 ]; then
+        # TCP that cannot be redirected (no nat table for this family) is rejected, not let through unobserved.
+        exempt "$ipt" filter KAIZEN_TCP "$loopback" "$family"
+        $ipt -A KAIZEN_TCP -p tcp -j REJECT --reject-with tcp-reset
+    fi
 }
 
-rules iptables 127.0.0.0/8 4
+redirect iptables 127.0.0.0/8 4
+filter iptables 127.0.0.0/8 4 0
 if ip6tables -t nat -L OUTPUT >/dev/null 2>&1; then
-    rules ip6tables ::1/128 6
+    redirect ip6tables ::1/128 6
+    filter ip6tables ::1/128 6 0
+elif ip6tables -L OUTPUT >/dev/null 2>&1; then
+    filter ip6tables ::1/128 6 1
+    echo "iptables.sh: no IPv6 nat table here: outbound IPv6 TCP is rejected (it cannot be redirected), IPv6 UDP as IPv4's" >&2
 else
-    echo "iptables.sh: no IPv6 nat table here; only IPv4 is redirected" >&2
+    echo "iptables.sh: no ip6tables here; IPv6 is neither redirected nor filtered" >&2
 fi
 if [ "$BLOCK_UDP" = 1 ]; then
     udp="outbound UDP rejected but to port(s) ${ALLOW_UDP_PORTS:-none}"

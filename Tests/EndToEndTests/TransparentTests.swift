@@ -288,6 +288,24 @@ final class NetworkLab {
         #expect(line.contains("\"original_dst\":\"[\(setup.lab.internetAddress6)]:\(setup.originPort)\""), "\(line)")
         // Here "localhost" resolves to the loopback addresses, not to the address the agent reached: flagged.
         #expect(line.contains("\"sni_mismatch\":true"), "\(line)")
+
+        // Where IPv6 has no nat table (no ip6table_nat: an ip6tables that fails for `-t nat` stands in), IPv6 TCP
+        // cannot be redirected, so it is rejected rather than let through unobserved.
+        let shim = setup.pki.directory + "/shim"
+        try FileManager.default.createDirectory(atPath: shim, withIntermediateDirectories: false)
+        try "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = nat ] && exit 1; done\nexec \(Paths.which("ip6tables")) \"$@\"\n"
+            .write(toFile: shim + "/ip6tables", atomically: true, encoding: .utf8)
+        chmod(shim + "/ip6tables", 0o755)
+        let ip = Paths.which("ip")
+        _ = try runCommand(ip, setup.lab.inNamespace(setup.lab.agent, Paths.which("ip6tables"), ["-t", "nat", "-F", "KAIZEN_OUTPUT"]))
+        let script = Paths.endToEndDirectory.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("deploy/iptables.sh").path
+        let rules = try runCommand(ip, setup.lab.inNamespace(setup.lab.agent, "/usr/bin/env", [
+            "PATH=\(shim):/usr/sbin:/usr/bin:/sbin:/bin", "PROXY_UID=\(Self.proxyUID)", "KAIZEN_TRANSPARENT_PORT=15001", "/bin/sh", script,
+        ]))
+        #expect(rules.status == 0 && rules.stderr.contains("outbound IPv6 TCP is rejected"), "\(rules.stderr)")
+        let rejected = try setup.curl(trust: setup.pki.caCertificate)
+        #expect(rejected.status != 0 && !rejected.stdout.contains("hello from origin"), "\(rejected.stdout) \(rejected.stderr)")
     }
 
     @Test(.enabled(if: NetworkLab.available, "needs root, ip, iptables and setpriv (CI runs as root)"))

@@ -48,8 +48,9 @@ final class TransparentHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// While the original destination is dialled (up to the connect timeout), the client's first bytes are read and
-    /// held up to the ClientHello limit (64 KiB), no more: the rest waits in its socket, read by the handlers that
-    /// take over. A dial that fails can then still say which name the client asked for (its SNI or Host).
+    /// held until they pass the ClientHello limit (64 KiB; a read cycle may take a few buffers more): the rest waits
+    /// in its socket, read by the handlers that take over. A dial that fails can then still say which name the
+    /// client asked for (its SNI or Host).
     func read(context: ChannelHandlerContext) {
         if dialing, (held?.readableBytes ?? 0) < settings.clientHelloLimit {
             context.read()
