@@ -268,6 +268,34 @@ import Testing
             let reply = String(decoding: socket.receiveUntilEnd().bytes, as: UTF8.self)
             #expect(reply.hasPrefix("HTTP/1.1 200") == answered, "\(request.debugDescription): \(reply)")
         }
+        // A later request on the same tunnel is judged too, before its head goes on whole: kept alive after an answer,
+        // or pipelined behind an allowed request (which is answered); the tunnel then closes.
+        for pipelined in [false, true] {
+            let socket = try RawSocket(host: "127.0.0.1", port: port, timeout: 10)
+            try socket.send("CONNECT 127.0.0.1:\(setup.plainPort) HTTP/1.1\r\nHost: x\r\n\r\n")
+            _ = try socket.receive(until: "\r\n\r\n")
+            let allowed = "GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            let blocked = "GET /hello?later HTTP/1.1\r\nHost: blocked.test\r\nConnection: close\r\n\r\n"
+            if pipelined {
+                try socket.send(allowed + blocked)
+            } else {
+                try socket.send(allowed)
+                _ = try socket.receive(until: "hello from origin")
+                try socket.send(blocked)
+            }
+            let rest = String(decoding: socket.receiveUntilEnd().bytes, as: UTF8.self)
+            #expect(rest.components(separatedBy: "HTTP/1.1 200").count - 1 == (pipelined ? 1 : 0), "pipelined \(pipelined): \(rest)")
+        }
+        func isLater(_ action: [String: Any]) -> Bool {
+            Self.metadata(action)["connection_id"] != nil && Self.metadata(action)["request_host"] as? String == "blocked.test"
+        }
+        try proxy.waitUntil(timeout: 20) { lines in
+            lines.filter { $0.contains("\"connection_id\"") && $0.contains("\"request_host\":\"blocked.test\"") }.count >= 2
+        }
+        for later in actions(proxy).filter(isLater) {
+            #expect(Self.verdict(later) == ("block", "no-blocked") && Self.metadata(later)["outcome"] as? String == "failed", "\(later)")
+        }
+
         let unjudged = try waitForAction(proxy) { Self.metadata($0)["policy"] as? String == "host not judged: the request names no valid host" }
         #expect(Self.verdict(unjudged).0 == "block", "\(unjudged)")
         let fronted = try waitForAction(proxy) { Self.metadata($0)["request_host"] as? String == "blocked.test" }

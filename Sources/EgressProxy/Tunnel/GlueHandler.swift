@@ -119,16 +119,42 @@ final class GlueHandler: ChannelDuplexHandler {
             }
             return
         }
+        // Enforce mode judges a plain-HTTP tunnel's later requests before their bytes go on.
+        if refusedLater { return }
+        if side == .client, let allowed = session.forwardable(bytes) {
+            forwardThenClose(bytes, allowed)
+            return
+        }
         partner?.partnerWrite(bytes)  // observe mode forwards first: the peek never holds a byte
         if peek != nil, case .done(let result) = peek!.feed(bytes) {
             concludePeek(result)
         }
     }
 
+    /// A later request was refused: the `count` bytes before it go on, then the destination's side is half-closed,
+    /// so requests pipelined before it are still answered and the destination ends the tunnel (the idle timeout
+    /// bounds one that does not). Nothing more of the client's goes on.
+    private func forwardThenClose(_ bytes: ByteBuffer, _ count: Int) {
+        guard !refusedLater else { return }
+        refusedLater = true
+        if count > 0, let slice = bytes.getSlice(at: bytes.readerIndex, length: count) {
+            partner?.partnerWrite(slice)
+        }
+        partner?.partnerHalfClose()
+    }
+
+    /// A later request was refused: what the client sends after it is dropped.
+    private var refusedLater = false
+
     /// The policy let the tunnel through: what was held goes out, then any half-close that waited for it.
     fileprivate func releaseHeld() {
         if let held, held.readableBytes > 0 {
             self.held = nil
+            // The first request was judged by the peek; a second one pipelined behind it in these bytes is judged here.
+            if let allowed = session.forwardable(held) {
+                forwardThenClose(held, allowed)
+                return
+            }
             partner?.partnerWrite(held)
             partner?.partnerFlush()
         }

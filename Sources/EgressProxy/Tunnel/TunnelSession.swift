@@ -145,13 +145,77 @@ final class TunnelSession {
                 return
             }
         }
+        if result.tls == false, result.httpNames != nil { watchLaterRequests() }
         allow()
     }
+
+    /// Enforce mode, plain HTTP: the tunnel's later requests (keep-alive, pipelined) are judged too, head by head,
+    /// before their bytes go on (`mayForward`). Observe mode reports the first request only.
+    private var watcher: PlainRequestWatcher?
+    /// The name the tunnel is reported by, which a later request's names are compared with.
+    private var watchedName: String?
+
+    private func watchLaterRequests() {
+        guard reporting.policy?.enforcing == true else { return }
+        watcher = PlainRequestWatcher(limit: 64 * 1024)
+        watchedName = metadata.transport == .transparent ? metadata.host : requestedHost
+    }
+
+    /// How many of the client's `bytes` may go on to the destination: all (nil), unless a later request's head they
+    /// complete names a host a policy blocks, or cannot be framed while the policies judge names. Then that request
+    /// is reported as refused, and only the bytes before it may go on: its head never goes on whole.
+    func forwardable(_ bytes: ByteBuffer) -> Int? {
+        guard watcher != nil, !recorded else { return nil }
+        for finding in watcher!.feed(bytes) {
+            var request = metadata
+            request.policy = nil
+            request.wouldBlock = nil
+            request.requestHost = nil
+            let refusal: String?
+            let start: Int
+            switch finding {
+            case .head(let names, let at):
+                start = at
+                refusal = judgeOtherHTTPNames(names, besides: watchedName, in: &request)
+            case .unreadable(let why, let at):
+                start = at
+                request.error = why
+                refusal = reporting.judgeUnreadableServerName(&request, reason: PolicyCheck.unjudgedHostReason)
+            }
+            if let refusal {
+                let before = max(0, min(bytes.readableBytes, start - watcher!.fedBefore))
+                refuseLaterRequest(refusal, request)
+                return before
+            }
+        }
+        if watcher!.stopped { watcher = nil }
+        return nil
+    }
+
+    /// A later request of the tunnel named a blocked host: reported as an action of its own (with the tunnel's
+    /// event ID as `connection_id`); the glue sends on what came before it, and no more.
+    private func refuseLaterRequest(_ policy: String, _ request: ConnectMetadata) {
+        watcher = nil
+        var action = request
+        action.connectionID = metadata.eventID
+        action.eventID = EventID.generate()
+        action.startedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
+        action.outcome = .failed
+        action.error = [Reporting.blockedByPolicy(policy), request.error].compactMap { $0 }.joined(separator: ": ")
+        action.firstSeen = nil
+        reporting.action(target: target, metadata: action)
+        noteClose(by: .proxy, reason: "blocked_by_policy")
+    }
+
 
     /// A plain-HTTP request's names other than `besides` (the CONNECT's host, or the name a transparent connection is
     /// reported by): the first is reported as `request_host`, and each is judged as an SNI would be; a value that is no
     /// host, or a head that could not be read whole, is judged as an unreadable ClientHello is. The refusal, if any.
     private func judgeOtherHTTPNames(_ names: HTTPHostSniff.Names, besides: String?) -> String? {
+        judgeOtherHTTPNames(names, besides: besides, in: &metadata)
+    }
+
+    private func judgeOtherHTTPNames(_ names: HTTPHostSniff.Names, besides: String?, in metadata: inout ConnectMetadata) -> String? {
         if names.invalid != nil, let refusal = reporting.judgeUnreadableServerName(&metadata, reason: PolicyCheck.unjudgedHostReason) {
             return refusal
         }
@@ -180,11 +244,12 @@ final class TunnelSession {
     }
 
     private func allow() {
+        // The tunnel's action first: a later request the held bytes carry may be refused, with an action of its own.
+        sendActionOnce()
         if holdsClientBytes {
             holdsClientBytes = false
             releaseClientBytes?()
         }
-        sendActionOnce()
     }
 
     private func rename(to name: String) {
