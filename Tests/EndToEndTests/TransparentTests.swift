@@ -396,6 +396,8 @@ final class NetworkLab {
             "GET http://blocked.test/hello HTTP/1.1\r\nHost: fine.test\r\nConnection: close\r\n\r\n",
             "GET /hello HTTP/1.1\r\nHost: blocked%2etest\r\nConnection: close\r\n\r\n",
             "GET /hello HTTP/1.1\r\nHost: fine.test\r\nConnection: close\r\n\r\n",
+            // Pipelined: the first is answered, the second (blocked) never goes on.
+            "GET /hello HTTP/1.1\r\nHost: fine.test\r\n\r\nGET /hello HTTP/1.1\r\nHost: blocked.test\r\nConnection: close\r\n\r\n",
         ]
         let sent = try runCommand(ip, lab.inNamespace(lab.agent, Paths.which("python3"), ["-c", """
             import socket, sys, time
@@ -409,16 +411,19 @@ final class NetworkLab {
                     while chunk := s.recv(4096): answer += chunk
                 except OSError:
                     pass
-                print("answered" if answer.startswith(b"HTTP/1.1 200") else "closed")
+                print({0: "closed", 1: "answered"}.get(answer.count(b"HTTP/1.1 200"), "answered twice"))
             """] + requests), timeout: 60)
-        #expect(sent.stdout == "closed\nclosed\nclosed\nanswered", "\(sent.stdout) \(sent.stderr)")
-        let judged = try setup.proxy.waitForLines(count: 8, timeout: 20) { $0.contains("\"action\"") }.suffix(4).map { $0 }
+        #expect(sent.stdout == "closed\nclosed\nclosed\nanswered\nanswered", "\(sent.stdout) \(sent.stderr)")
+        // Four actions came before these; the pipelined connection has its own and one for the request refused.
+        let judged = Array(try setup.proxy.waitForLines(count: 10, timeout: 20) { $0.contains("\"action\"") }[4..<8])
         #expect(judged[0].contains(#""target":"blocked.test:\#(httpPort)""#) && judged[0].contains(#""reason":"no-blocked""#), "\(judged[0])")
         #expect(judged[1].contains(#""target":"blocked.test:\#(httpPort)""#) && judged[1].contains(#""request_host":"fine.test""#)
             && judged[1].contains(#""reason":"no-blocked""#), "\(judged[1])")
         #expect(judged[2].contains(#""reason":"host not judged: the request names no valid host""#)
             && judged[2].contains(#""target":"\#(lab.internetAddress):\#(httpPort)""#), "\(judged[2])")
         #expect(judged[3].contains(#""target":"fine.test:\#(httpPort)""#) && judged[3].contains(#""decision":"allow""#), "\(judged[3])")
+        let later = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"connection_id\"") && $0.contains("\"request_host\":\"blocked.test\"") }
+        #expect(later.contains(#""reason":"no-blocked""#) && later.contains(#""target":"fine.test:\#(httpPort)""#), "\(later)")
         withExtendedLifetime(httpOrigin) {}
         withExtendedLifetime(control) {}
     }

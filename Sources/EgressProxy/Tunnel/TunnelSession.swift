@@ -112,6 +112,7 @@ final class TunnelSession {
                 refuse(byPolicy: refusal)
                 return
             }
+            if httpNames != nil { watchLaterRequests() }
             guard let name, let nameBelongs else {
                 judgeTransparent(name: name, belongs: true)
                 return
