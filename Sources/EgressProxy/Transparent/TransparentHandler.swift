@@ -129,7 +129,11 @@ final class TransparentHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 var target = destination.description
                 if let held = handler.held, held.readableBytes > 0 {
                     var peek = ClientHelloPeek(limit: handler.settings.clientHelloLimit)
-                    if case .done(let seen) = peek.feed(held) { target = TunnelSession.note(seen, in: &metadata) ?? target }
+                    if case .done(let seen) = peek.feed(held), let named = TunnelSession.note(seen, in: &metadata) {
+                        target = named
+                        // Judged as a relayed connection's name would be (a block, or observe mode's would_block).
+                        _ = handler.reporting.judge(&metadata, host: metadata.host, address: nil)
+                    }
                 }
                 handler.reporting.action(
                     target: target, metadata: metadata,
