@@ -424,6 +424,10 @@ final class NetworkLab {
         #expect(judged[3].contains(#""target":"fine.test:\#(httpPort)""#) && judged[3].contains(#""decision":"allow""#), "\(judged[3])")
         let later = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"connection_id\"") && $0.contains("\"request_host\":\"blocked.test\"") }
         #expect(later.contains(#""reason":"no-blocked""#) && later.contains(#""target":"fine.test:\#(httpPort)""#), "\(later)")
+        // A dial that fails (no host has the address) is still judged by the name the client sent meanwhile.
+        _ = try curl("https://blocked.test:443/", ["-k", "--resolve", "blocked.test:443:10.250.0.99"])
+        let unreachable = try setup.proxy.waitForLine(timeout: 30) { $0.contains("\"original_dst\":\"10.250.0.99:443\"") }
+        #expect(unreachable.contains(#""target":"blocked.test:443""#) && unreachable.contains(#""verdict":{"decision":"block","reason":"no-blocked"}"#), "\(unreachable)")
         withExtendedLifetime(httpOrigin) {}
         withExtendedLifetime(control) {}
     }
