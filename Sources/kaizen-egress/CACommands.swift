@@ -30,24 +30,36 @@ struct CAInit: ParsableCommand {
 
     func run() throws {
         guard (1...3650).contains(days) else { fail("--days \(days): give a number of days from 1 to 3650") }
-        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+        // X.509's upper bound for a common name is 64 characters; a line break in one shows in every client's dialog.
+        guard (1...64).contains(name.count), !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            fail("--name: give 1 to 64 printable characters (X.509's limit for a common name)")
+        }
+        let madeDirectory = mkdir(directory, 0o700) == 0
+        if !madeDirectory && errno != EEXIST {
             fail("cannot create \(directory): \(String(cString: strerror(errno))): give a directory you can write")
         }
         let certificatePath = directory + "/ca.pem"
         let keyPath = directory + "/ca.key"
-        for path in [certificatePath, keyPath] where FileManager.default.fileExists(atPath: path) {
+        // Any entry counts, a dangling symbolic link too (writing through one is refused, and would leave the key alone).
+        var entry = stat()
+        for path in [certificatePath, keyPath] where lstat(path, &entry) == 0 {
             fail("\(path) already exists; ca init never overwrites: choose an empty directory, or remove the old CA first")
         }
         let key: OpenSSLPrivateKey
         let certificate: OpenSSLCertificate
+        var wroteKey = false
         do {
             key = try .generateP256()
             certificate = try OpenSSLCertificateAuthority.selfSignedCA(
                 commonName: name, organization: "kaizen-egress", key: key,
                 now: Int64(Date().timeIntervalSince1970), lifetime: Int64(days) * 86_400)
             try write(try key.pemBytes(), to: keyPath, mode: 0o600)
+            wroteKey = true
             try write(try certificate.pemBytes(), to: certificatePath, mode: 0o644)
         } catch {
+            // Nothing half-made is left behind to block a second try: the key without its certificate, a new directory.
+            if wroteKey { unlink(keyPath) }
+            if madeDirectory { rmdir(directory) }
             fail("\(error)")
         }
         print("""

@@ -709,6 +709,18 @@ import Testing
         let again = try runCommand(Paths.proxyBinary, ["ca", "init", directory])
         #expect(again.status == 2 && again.stderr.contains("never overwrites"))
         #expect(try String(contentsOfFile: directory + "/ca.key", encoding: .utf8) == before)
+        // A dangling link at ca.pem is refused before anything is written: no key is left without its certificate.
+        let dangling = pki.directory + "/dangling"
+        try FileManager.default.createDirectory(atPath: dangling, withIntermediateDirectories: false)
+        try FileManager.default.createSymbolicLink(atPath: dangling + "/ca.pem", withDestinationPath: "/nonexistent-kaizen")
+        let refused = try runCommand(Paths.proxyBinary, ["ca", "init", dangling])
+        #expect(refused.status == 2 && refused.stderr.contains("never overwrites") && !FileManager.default.fileExists(atPath: dangling + "/ca.key"), "\(refused.stderr)")
+        // A name X.509 cannot hold is refused before the directory is made.
+        for name in ["", String(repeating: "n", count: 65), "a\nb"] {
+            let bad = try runCommand(Paths.proxyBinary, ["ca", "init", "--name", name, pki.directory + "/named"])
+            #expect(bad.status == 2 && bad.stderr.contains("--name: give 1 to 64 printable characters"), "\(bad.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: pki.directory + "/named"))
+        }
 
         let doctor = try ChildProcess(
             Paths.proxyBinary, ["ca", "doctor", "--write-bundle", pki.directory + "/bundle.pem"],
