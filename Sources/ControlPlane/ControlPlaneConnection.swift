@@ -16,6 +16,9 @@ public struct ControlPlaneResponse: Sendable, Hashable {
     public var bytes: [UInt8]
     /// Whether the body was longer than the limit (and `bytes` holds its beginning only).
     public var truncated: Bool
+    /// Whether the control plane closes the connection after this answer (`Connection: close`, HTTP/1.0 without
+    /// keep-alive): requests pipelined behind it on the same connection get no answer.
+    public var closesConnection: Bool = false
 
     public var body: String { String(decoding: bytes, as: UTF8.self) }
 }
@@ -244,17 +247,20 @@ final class ResponseHandler: ChannelInboundHandler {
         case .end:
             guard let head, !waiting.isEmpty else { return }
             let promise = waiting.removeFirst().promise
+            // Closed before the answer is handed over, so whoever it wakes finds the connection closed (and
+            // the requests pipelined behind it already failed), never one that looks open but is not.
+            if !head.isKeepAlive { context.close(promise: nil) }
             promise.succeed(
                 ControlPlaneResponse(
                     status: Int(head.status.code),
                     retryAfter: head.headers.first(name: "retry-after"),
                     etag: head.headers.first(name: "etag"),
                     bytes: body,
-                    truncated: truncated
+                    truncated: truncated,
+                    closesConnection: !head.isKeepAlive
                 )
             )
             self.head = nil
-            if !head.isKeepAlive { context.close(promise: nil) }
         }
     }
 

@@ -196,52 +196,22 @@ public final class Reporter: ActionSink, Service {
         var pool: [ControlPlaneConnection] = []
         var failures = 0
         var health = Health.unknown
+        var pipeline = true
         while !isFinished {
             _ = spooled.takeAll()
-            let batch = spoolBox.withLock { $0?.peek(limit: configuration.inFlight * configuration.connections) ?? [] }
+            // After a connection closed behind an answer, one request per connection until they stay open.
+            let perConnection = pipeline ? configuration.inFlight : 1
+            let batch = spoolBox.withLock { $0?.peek(limit: perConnection * configuration.connections) ?? [] }
             if batch.isEmpty {
                 await spooled.waitForItems()
                 continue
             }
             do {
                 pool = pool.filter(\.isOpen)
-                // One connection per `inFlight` records of backlog, up to the configured number.
-                let wanted = min(configuration.connections, (batch.count + configuration.inFlight - 1) / configuration.inFlight)
+                // One connection per `perConnection` records of backlog, up to the configured number.
+                let wanted = min(configuration.connections, (batch.count + perConnection - 1) / perConnection)
                 while pool.count < wanted {
                     pool.append(try await ControlPlaneConnection.connect(to: configuration.endpoint, tls: configuration.tls))
-                }
-                let started = ContinuousClock.now
-                let outcome = try await send(batch, over: pool)
-                switch outcome {
-                case .delivered:
-                    configuration.metrics?.delivered(batch.count, since: started)
-                    failures = 0
-                    if health != .reachable {
-                        if health == .unreachable || health == .unauthorized {
-                            logger.notice("control plane reachable again", metadata: ["backlog": "\(pendingCount())"])
-                        }
-                        health = .reachable
-                    }
-                case .retryLater(let status, let retryAfter):
-                    configuration.metrics?.deliveryFailed(reason: status == 401 || status == 403 ? "unauthorized" : "unavailable")
-                    failures += 1
-                    if status == 401 || status == 403 {
-                        if health != .unauthorized {
-                            logger.error(
-                                "the control plane refused the API key (HTTP \(status)); actions are kept and retried: check KAIZEN_API_KEY",
-                                metadata: ["backlog": "\(pendingCount())"]
-                            )
-                            health = .unauthorized
-                        }
-                    } else if health != .unreachable {
-                        logger.warning(
-                            "control plane unavailable (HTTP \(status)); actions are spooled",
-                            metadata: ["backlog": "\(pendingCount())"]
-                        )
-                        health = .unreachable
-                    }
-                    await closeAll(&pool)
-                    await pause(retryAfter ?? backoff(failures))
                 }
             } catch {
                 configuration.metrics?.deliveryFailed(reason: "unreachable")
@@ -255,6 +225,74 @@ public final class Reporter: ActionSink, Service {
                 }
                 await closeAll(&pool)
                 await pause(backoff(failures))
+                continue
+            }
+            let started = ContinuousClock.now
+            let answers = await send(batch, over: pool)
+            let round = DeliveryRound(answers: answers.map(Self.answer))
+            pipeline = round.pipeline
+            settle(round, batch: batch, answers: answers)
+            logger.debug(
+                "delivery round",
+                metadata: [
+                    "sent": "\(batch.count)", "connections": "\(pool.count)", "accepted": "\(round.accepted)",
+                    "done": "\(round.donePrefix)", "failure": "\(round.failure.map { "\($0)" } ?? "none")",
+                    "first_error": "\(Self.firstError(answers))",
+                ])
+            if let failure = round.failure {
+                switch failure {
+                case .unauthorized(let status):
+                    configuration.metrics?.deliveryFailed(reason: "unauthorized")
+                    if health != .unauthorized {
+                        logger.error(
+                            "the control plane refused the API key (HTTP \(status)); actions are kept and retried: check KAIZEN_API_KEY",
+                            metadata: ["backlog": "\(pendingCount())"]
+                        )
+                        health = .unauthorized
+                    }
+                case .unavailable(let status):
+                    configuration.metrics?.deliveryFailed(reason: "unavailable")
+                    if health != .unreachable && round.next != .now {
+                        logger.warning(
+                            "control plane unavailable (HTTP \(status)); actions are spooled",
+                            metadata: ["backlog": "\(pendingCount())"]
+                        )
+                        health = .unreachable
+                    }
+                case .unreachable where round.next == .now:
+                    // Answers came, and the connection closed behind them: the rest go again on a new one at once.
+                    break
+                case .unreachable:
+                    configuration.metrics?.deliveryFailed(reason: "unreachable")
+                    if health != .unreachable {
+                        logger.warning(
+                            "control plane unreachable; actions are spooled",
+                            metadata: ["error": "\(Self.firstError(answers))", "backlog": "\(pendingCount())"]
+                        )
+                        health = .unreachable
+                    }
+                }
+            }
+            if round.accepted > 0 {
+                configuration.metrics?.delivered(round.accepted, since: started)
+                if health != .reachable {
+                    if health == .unreachable || health == .unauthorized {
+                        logger.notice("control plane reachable again", metadata: ["backlog": "\(pendingCount())"])
+                    }
+                    health = .reachable
+                }
+            }
+            switch round.next {
+            case .now:
+                failures = 0
+            case .backOff:
+                failures += 1
+                await closeAll(&pool)
+                await pause(backoff(failures))
+            case .after(let duration):
+                failures += 1
+                await closeAll(&pool)
+                await pause(duration)
             }
         }
         await closeAll(&pool)
@@ -265,41 +303,57 @@ public final class Reporter: ActionSink, Service {
         pool = []
     }
 
-    private enum BatchOutcome {
-        case delivered
-        case retryLater(status: Int, retryAfter: Duration?)
+    /// A request's answer, or why it has none.
+    private typealias Outcome = Result<ControlPlaneResponse, any Error>
+
+    private static func answer(_ outcome: Outcome) -> DeliveryRound.Answer {
+        switch outcome {
+        case .success(let response):
+            .status(response.status, retryAfter: retryAfter(response), closesConnection: response.closesConnection)
+        case .failure(let error):
+            .noAnswer(connectionClosed: !(error is ControlPlaneTimeout))
+        }
     }
 
-    /// Sends the batch spread over the connections, pipelined on each, then handles the answers in the
-    /// spool's order, acknowledging what is done. A failure on any connection fails the batch (what was
-    /// delivered is resent; its event_id marks the duplicate).
-    private func send(_ batch: [(Spool.Position, [UInt8])], over pool: [ControlPlaneConnection]) async throws
-        -> BatchOutcome
-    {
+    private static func firstError(_ outcomes: [Outcome]) -> String {
+        for case .failure(let error) in outcomes { return "\(error)" }
+        return "none"
+    }
+
+    /// Sends the batch spread over the connections, pipelined on each, and returns each request's answer (or
+    /// why it has none), in the batch's order. A connection that closes takes only the requests not yet
+    /// answered on it with it.
+    private func send(_ batch: [(Spool.Position, [UInt8])], over pool: [ControlPlaneConnection]) async -> [Outcome] {
         let apiKey = configuration.apiKey
-        let responses = try await withThrowingTaskGroup(of: (Int, ControlPlaneResponse).self) { group in
+        return await withTaskGroup(of: (Int, Outcome).self) { group in
             // Contiguous runs per connection: each connection's pipeline answers in its own order.
             let perConnection = (batch.count + pool.count - 1) / pool.count
             for (index, entry) in batch.enumerated() {
                 let connection = pool[min(index / perConnection, pool.count - 1)]
-                group.addTask { (index, try await connection.post(path: "/v1/verdicts", json: entry.1, apiKey: apiKey)) }
+                group.addTask {
+                    do {
+                        return (index, .success(try await connection.post(path: "/v1/verdicts", json: entry.1, apiKey: apiKey)))
+                    } catch {
+                        return (index, .failure(error))
+                    }
+                }
             }
-            var results = [ControlPlaneResponse?](repeating: nil, count: batch.count)
-            for try await (index, response) in group { results[index] = response }
+            var results = [Outcome?](repeating: nil, count: batch.count)
+            for await (index, outcome) in group { results[index] = outcome }
             return results.map { $0! }
         }
-        for (index, response) in responses.enumerated() {
-            switch response.status {
-            case 200..<300:
-                spoolBox.withLock { $0?.acknowledge(through: batch[index].0) }
-            case 400, 422:
+    }
+
+    /// Acknowledges in the spool the records the round finished, setting rejected ones aside first.
+    private func settle(_ round: DeliveryRound, batch: [(Spool.Position, [UInt8])], answers: [Outcome]) {
+        let done = round.donePrefix
+        guard done > 0 else { return }
+        for index in 0..<done {
+            if case .rejected = round.fates[index], case .success(let response) = answers[index] {
                 deadLetter(batch[index].1, response: response)
-                spoolBox.withLock { $0?.acknowledge(through: batch[index].0) }
-            default:
-                return .retryLater(status: response.status, retryAfter: Self.retryAfter(response))
             }
         }
-        return .delivered
+        spoolBox.withLock { $0?.acknowledge(through: batch[done - 1].0) }
     }
 
     private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse) {

@@ -231,4 +231,38 @@ import Testing
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
+
+    /// `kaizen_egress_…` series from the proxy's admin listener.
+    func metric(_ proxy: ChildProcess, _ series: String) throws -> Double? {
+        let admin = try proxy.adminPort()
+        let result = try runCommand(Paths.which("curl"), ["-sS", "--max-time", "10", "http://127.0.0.1:\(admin)/metrics"])
+        #expect(result.status == 0, "\(result.stderr)")
+        return AdminTests.value(result.stdout, series)
+    }
+
+    /// A control plane that closes the connection after every answer (HTTP/1.0 style, a keep-alive limit of
+    /// one): each answered request is acknowledged, the rest sent again on a new connection, nothing stalls.
+    @Test func aControlPlaneThatClosesAfterEachAnswerStillGetsEveryActionOnce() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        try "close".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let port = try FreePort.closed()
+        // Made while the control plane is down, so they go as one pipelined batch when it is up.
+        let (proxy, ids) = try runProxy(environment(pki, controlPlanePort: port, spool: pki.directory + "/spool"), connections: 10)
+        let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        try waitForDelivery(ids, at: mock)
+        // At most the first answer again (a reset behind it may lose it); every later one is sent once.
+        let received = mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.count
+        #expect(received <= ids.count + 1, "\(received) requests for \(ids.count) actions")
+        var delivered: Double? = nil
+        for _ in 0..<100 {  // the acknowledgement follows the answer by a moment
+            delivered = try metric(proxy, "kaizen_egress_actions_delivered_total")
+            if delivered == Double(ids.count) { break }
+            usleep(50_000)
+        }
+        #expect(delivered == Double(ids.count))
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
 }

@@ -10,6 +10,10 @@ The test steers it through the file given with --mode-file, read on every reques
   unauthorized           401 for everything
   unavailable <seconds>  503 with Retry-After: <seconds>
   reject <event_id>      400 for that one event (printed as REJECTED <event_id>), the rest as usual
+  close                  as ok, but every answer says Connection: close and the connection is closed after it
+                         (HTTP/1.0 style, a keep-alive limit of one): requests pipelined behind it go unanswered
+  fail <status> <event_id>  that status for that one event, every time (printed FAILED <status> <event_id>), the
+                         rest as usual: a record the control plane cannot take (413) or chokes on (500)
   slow [seconds]         a slow control plane: each request prints HOLDING <event_id>, then waits that long
                          (without seconds: until the mode file no longer says slow, at most 60 s) and is
                          answered by the mode then in force
@@ -55,6 +59,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if self.mode()[:1] == ["close"]:
+            self.send_header("Connection", "close")  # also sets close_connection: closed after this answer
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -153,6 +159,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 while self.mode()[:1] == ["slow"] and time.monotonic() < deadline:
                     time.sleep(0.05)
             mode = self.mode()
+        if len(mode) > 2 and mode[0] == "fail" and mode[2] == event_id:
+            say(f"FAILED {mode[1]} {event_id}")
+            return self.reply(int(mode[1]), {"error": "cannot take this one"})
         if len(mode) > 1 and mode[0] == "reject" and mode[1] == event_id:
             say(f"REJECTED {event_id}")
             return self.reply(400, {"error": "this action is invalid"})
