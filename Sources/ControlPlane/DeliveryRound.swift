@@ -4,6 +4,18 @@
 /// Every answered request counts on its own. A control plane that closes the connection after an answer
 /// (`Connection: close`, HTTP/1.0, a keep-alive limit) leaves the requests pipelined behind it unanswered: they
 /// are sent again at once on a new connection, one at a time per connection until answers keep it open again.
+///
+/// Each record is done on its own: one the control plane keeps refusing never holds up those behind it, and
+/// one it accepted is never sent again. What each answer means:
+///
+/// - 2xx: accepted.
+/// - 400, 413, 422: the record itself is refused; sending it again cannot help. Set aside at once.
+/// - 5xx: retried. While the control plane accepts other records in the same round (so it is up, and this
+///   record is what it chokes on), each counts against the record; after `serverErrorAttempts` of them it is set
+///   aside. A round in which nothing is accepted is an outage: it counts against no record, however long.
+/// - 401, 403 (the key), 408, 429 and any other status (404 from a wrong `KAIZEN_API_URL`): retried, never set
+///   aside: the fault is not the record's. 429 and 503 honour Retry-After.
+/// - no answer (timeout, closed connection): retried, never set aside.
 package struct DeliveryRound: Sendable, Equatable {
     /// What came back for one request.
     package enum Answer: Sendable, Equatable {
@@ -17,6 +29,8 @@ package struct DeliveryRound: Sendable, Equatable {
         case accepted
         /// 400, 413 or 422: the control plane will never take it; set aside in the dead-letter file.
         case rejected(status: Int)
+        /// A server error (5xx) `serverErrorAttempts` times while other records were accepted: set aside.
+        case failedRepeatedly(status: Int)
         /// Not done: sent again later.
         case retry
     }
@@ -44,16 +58,29 @@ package struct DeliveryRound: Sendable, Equatable {
     /// Whether the next round may pipeline several requests per connection: false after a connection closed
     /// behind an answer or under unanswered requests.
     package var pipeline: Bool
+    /// Server errors each record has had while others were accepted, this round included (for the next).
+    package var serverErrors: [Int]
+
+    /// How many 5xx answers, each while the control plane accepted other records, set a record aside.
+    package static let serverErrorAttempts = 5
 
     /// How many records from the start of the batch are done (accepted or set aside): the spool is
     /// acknowledged through the last of them.
     package var donePrefix: Int { fates.firstIndex(of: .retry) ?? fates.count }
     package var accepted: Int { fates.filter { $0 == .accepted }.count }
+    /// Whether any record is done (accepted or set aside).
+    package var progressed: Bool { fates.contains { $0 != .retry } }
 
     /// Statuses that mean the record itself is refused for good: sending it again cannot help.
     package static func isRejection(_ status: Int) -> Bool { status == 400 || status == 413 || status == 422 }
 
-    package init(answers: [Answer]) {
+    /// - Parameter serverErrors: for each record, the server errors it had before (0 for a record new to it).
+    package init(answers: [Answer], serverErrors previous: [Int]? = nil) {
+        let previous = previous ?? [Int](repeating: 0, count: answers.count)
+        let othersAccepted = answers.contains {
+            if case .status(let status, _, _) = $0 { (200..<300).contains(status) } else { false }
+        }
+        var serverErrors = previous
         var fates: [Fate] = []
         var failure: Failure?
         var pipeline = true
@@ -66,7 +93,7 @@ package struct DeliveryRound: Sendable, Equatable {
             default: break
             }
         }
-        for answer in answers {
+        for (index, answer) in answers.enumerated() {
             switch answer {
             case .status(let status, let after, let closes):
                 if closes { pipeline = false }
@@ -74,7 +101,14 @@ package struct DeliveryRound: Sendable, Equatable {
                     fates.append(.accepted)
                 } else if Self.isRejection(status) {
                     fates.append(.rejected(status: status))
+                } else if (500..<600).contains(status), othersAccepted,
+                    previous[index] + 1 >= Self.serverErrorAttempts
+                {
+                    serverErrors[index] = previous[index] + 1
+                    fates.append(.failedRepeatedly(status: status))
+                    note(.unavailable(status: status))
                 } else {
+                    if (500..<600).contains(status), othersAccepted { serverErrors[index] = previous[index] + 1 }
                     fates.append(.retry)
                     note(status == 401 || status == 403 ? .unauthorized(status: status) : .unavailable(status: status))
                     if let after { retryAfter = max(retryAfter ?? .zero, after) }
@@ -88,7 +122,8 @@ package struct DeliveryRound: Sendable, Equatable {
         self.fates = fates
         self.failure = failure
         self.pipeline = pipeline
-        let progressed = fates.prefix { $0 != .retry }.count > 0
+        self.serverErrors = serverErrors
+        let progressed = fates.contains { $0 != .retry }
         if failure == nil {
             next = .now
         } else if let retryAfter {

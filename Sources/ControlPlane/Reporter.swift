@@ -17,9 +17,10 @@ import Musl
 ///
 /// `record` appends to an in-memory queue. The service writes the queue to the write-ahead `Spool` (so a
 /// restart or a crash keeps it), then sends from the spool over one keep-alive connection, several requests
-/// in flight, acknowledging in order. Failures back off exponentially with full jitter (honouring
-/// `Retry-After` on 429 and 503); 401/403 keep the data and log one line until the key works; a 400 for one
-/// action sets it aside in a dead-letter file with the server's answer so the rest are delivered.
+/// in flight, each answer judged on its own (`DeliveryRound`): an accepted action is never sent again, and one
+/// the control plane refuses (400, 413, 422) or keeps failing (5xx while accepting others) is set aside in a
+/// dead-letter file with the server's answer, so it never holds up the rest. Failures back off exponentially with
+/// full jitter (honouring `Retry-After` on 429 and 503); 401/403 keep the data and log one line until the key works.
 public final class Reporter: ActionSink, Service {
     public struct Configuration: Sendable {
         public var endpoint: ControlPlaneEndpoint
@@ -197,6 +198,8 @@ public final class Reporter: ActionSink, Service {
         var failures = 0
         var health = Health.unknown
         var pipeline = true
+        // Server errors per record while others were accepted (DeliveryRound), for records not yet done.
+        var serverErrors: [Spool.Position: Int] = [:]
         while !isFinished {
             _ = spooled.takeAll()
             // After a connection closed behind an answer, one request per connection until they stay open.
@@ -229,9 +232,16 @@ public final class Reporter: ActionSink, Service {
             }
             let started = ContinuousClock.now
             let answers = await send(batch, over: pool)
-            let round = DeliveryRound(answers: answers.map(Self.answer))
+            let round = DeliveryRound(answers: answers.map(Self.answer), serverErrors: batch.map { serverErrors[$0.0] ?? 0 })
             pipeline = round.pipeline
             settle(round, batch: batch, answers: answers)
+            for (index, entry) in batch.enumerated() {
+                if round.fates[index] == .retry, round.serverErrors[index] > 0 {
+                    serverErrors[entry.0] = round.serverErrors[index]
+                } else {
+                    serverErrors[entry.0] = nil
+                }
+            }
             logger.debug(
                 "delivery round",
                 metadata: [
@@ -344,22 +354,34 @@ public final class Reporter: ActionSink, Service {
         }
     }
 
-    /// Acknowledges in the spool the records the round finished, setting rejected ones aside first.
+    /// Records in the spool what the round finished, each on its own (setting aside the refused ones first): the
+    /// done prefix of the batch is acknowledged, the records done behind one still to send are settled.
     private func settle(_ round: DeliveryRound, batch: [(Spool.Position, [UInt8])], answers: [Outcome]) {
-        let done = round.donePrefix
-        guard done > 0 else { return }
-        for index in 0..<done {
-            if case .rejected = round.fates[index], case .success(let response) = answers[index] {
-                deadLetter(batch[index].1, response: response)
+        for (index, fate) in round.fates.enumerated() {
+            guard case .success(let response) = answers[index] else { continue }
+            switch fate {
+            case .rejected: deadLetter(batch[index].1, response: response, reason: "rejected")
+            case .failedRepeatedly: deadLetter(batch[index].1, response: response, reason: "failed_repeatedly")
+            case .accepted, .retry: break
             }
         }
-        spoolBox.withLock { $0?.acknowledge(through: batch[done - 1].0) }
+        let done = round.donePrefix
+        spoolBox.withLock { spool in
+            guard let spool else { return }
+            for index in done..<batch.count where round.fates[index] != .retry {
+                spool.settle(batch[index].0)
+            }
+            if done > 0 { spool.acknowledge(through: batch[done - 1].0) }
+        }
     }
 
-    private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse) {
+    /// Sets a record the control plane will not take aside, with its answer: `reason` is rejected (400, 413, 422)
+    /// or failed_repeatedly (a server error every time, while it accepted others).
+    private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse, reason: String) {
         let path = configuration.spoolDirectory + "/dead-letter.jsonl"
         var json = JSONWriter()
         json.beginObject()
+        json.field("reason", reason)
         json.field("status", response.status)
         json.field("answer", response.body)
         json.field("action", String(decoding: record, as: UTF8.self))
@@ -372,7 +394,9 @@ public final class Reporter: ActionSink, Service {
             close(fd)
         }
         logger.error(
-            "the control plane rejected an action; it is set aside in \(path)",
+            reason == "rejected"
+                ? "the control plane rejected an action; it is set aside in \(path)"
+                : "the control plane failed an action \(DeliveryRound.serverErrorAttempts) times while accepting others; it is set aside in \(path)",
             metadata: ["status": "\(response.status)"]
         )
     }

@@ -75,11 +75,17 @@ public final class Spool {
     private var readSegment: UInt64 = 0
     private var readOffset: Int64 = 0
     private var drops: Drops?
+    /// Records past the read position already done (accepted, or set aside) while one before them was not: `peek`
+    /// skips them, a drop does not count them, and the read position moves over them once it reaches them.
+    private var settledAhead: Set<Position> = []
+
+    /// The read position: everything up to it is done.
+    public var front: Position { Position(segment: readSegment, endOffset: readOffset) }
 
     public var totalBytes: Int64 { segments.reduce(0) { $0 + $1.bytes } }
     public var pendingRecords: Int {
         // Approximate for the segment being read: whole-segment counts.
-        segments.filter { $0.sequence >= readSegment }.reduce(0) { $0 + $1.records }
+        max(0, segments.filter { $0.sequence >= readSegment }.reduce(0) { $0 + $1.records } - settledAhead.count)
     }
 
     /// Opens (creating it, mode 0700) the spool directory and checks what is in it.
@@ -186,7 +192,8 @@ public final class Spool {
                 guard let chunk = readRange(sequence: entry.sequence, from: cursor, length: wanted) else { break }
                 var local = 0
                 while result.count < limit, let (payload, next) = Self.frame(in: chunk, at: local) {
-                    result.append((Position(segment: entry.sequence, endOffset: cursor + Int64(next)), payload))
+                    let position = Position(segment: entry.sequence, endOffset: cursor + Int64(next))
+                    if !settledAhead.contains(position) { result.append((position, payload)) }
                     local = next
                 }
                 if local == 0 {
@@ -196,7 +203,8 @@ public final class Spool {
                     guard let whole = readRange(sequence: entry.sequence, from: cursor, length: frameLength),
                         let (payload, next) = Self.frame(in: whole, at: 0)
                     else { break }  // corrupt: recovery cut such tails, so this is a disk fault; stop here
-                    result.append((Position(segment: entry.sequence, endOffset: cursor + Int64(next)), payload))
+                    let position = Position(segment: entry.sequence, endOffset: cursor + Int64(next))
+                    if !settledAhead.contains(position) { result.append((position, payload)) }
                     local = next
                 }
                 cursor += Int64(local)
@@ -205,11 +213,14 @@ public final class Spool {
         return result
     }
 
-    /// Everything up to and including `position` was delivered: move past it and delete finished segments.
+    /// Everything up to and including `position` was delivered: move past it (and past records settled ahead of
+    /// it) and delete finished segments.
     public func acknowledge(through position: Position) {
-        guard Position(segment: readSegment, endOffset: readOffset) < position else { return }
-        readSegment = position.segment
-        readOffset = position.endOffset
+        if front < position {
+            readSegment = position.segment
+            readOffset = position.endOffset
+        }
+        advanceOverSettled()
         while let first = segments.first, segments.count > 1,
             first.sequence < readSegment || (first.sequence == readSegment && readOffset >= first.bytes)
         {
@@ -231,7 +242,37 @@ public final class Spool {
         }
     }
 
+    /// One record at `position` is done (accepted or set aside) although one before it is not: it is never sent
+    /// again; the read position moves over it when the records before it are acknowledged.
+    public func settle(_ position: Position) {
+        guard front < position else { return }
+        settledAhead.insert(position)
+    }
+
     // MARK: internals
+
+    /// Moves the read position over records already settled, forgetting those behind it.
+    private func advanceOverSettled() {
+        guard !settledAhead.isEmpty else { return }
+        settledAhead = settledAhead.filter { front < $0 }
+        while !settledAhead.isEmpty, let next = positionAfterFront(), settledAhead.remove(next) != nil {
+            readSegment = next.segment
+            readOffset = next.endOffset
+        }
+    }
+
+    /// Where the record at the read position ends (its frame header read from disk).
+    private func positionAfterFront() -> Position? {
+        for entry in segments where entry.sequence >= readSegment {
+            let start = entry.sequence == readSegment ? readOffset : 0
+            guard start < entry.bytes else { continue }
+            guard let header = readRange(sequence: entry.sequence, from: start, length: Self.headerLength),
+                header.count == Self.headerLength
+            else { return nil }
+            return Position(segment: entry.sequence, endOffset: start + Int64(Self.headerLength) + Int64(Self.bigEndian32(header, 0)))
+        }
+        return nil
+    }
 
     private func path(_ sequence: UInt64) -> String {
         let digits = String(sequence)
@@ -265,27 +306,32 @@ public final class Spool {
                 readOffset = 0
             }
         }
+        advanceOverSettled()
     }
 
     private func countDrop(of segment: Segment, from offset: Int64) {
         guard let bytes = readRange(sequence: segment.sequence, from: offset, length: Int(segment.bytes - offset)) else { return }
         var cursor = 0
         var records = 0
+        var lostBytes = 0
         var first: String?
         var last: String?
         while let (payload, next) = Self.frame(in: bytes, at: cursor) {
+            defer { cursor = next }
+            // Accepted already (out of order): not lost.
+            if settledAhead.remove(Position(segment: segment.sequence, endOffset: offset + Int64(next))) != nil { continue }
+            lostBytes += next - cursor
             if let started = Self.startedAt(in: payload) {
                 if first == nil { first = started }
                 last = started
             }
             records += 1
-            cursor = next
         }
         guard records > 0 else { return }
         let now = WallClock.nowMillis()
         var counted = drops ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
         counted.records += records
-        counted.bytes += Int64(cursor)
+        counted.bytes += Int64(lostBytes)
         counted.lastAt = now
         if counted.oldestStartedAt == nil { counted.oldestStartedAt = first }
         if let last { counted.newestStartedAt = last }

@@ -183,3 +183,34 @@ import Testing
         #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
     }
 }
+
+extension SpoolTests {
+    /// Records done out of order (accepted behind one still to send) are never read again, are not counted when
+    /// dropped, and the read position moves over them once the one before them is done.
+    @Test func recordsSettledOutOfOrderAreSkippedAndPassedOver() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 1 << 20)
+        for index in 0..<6 { try spool.append(record(index)) }
+        let all = spool.peek(limit: 100)
+        for entry in all[1...3] { spool.settle(entry.0) }
+        #expect(spool.peek(limit: 100).map(\.1) == [record(0), record(4), record(5)])
+        #expect(spool.pendingRecords == 3)
+        spool.acknowledge(through: all[0].0)
+        #expect(spool.front == all[3].0)
+        #expect(spool.peek(limit: 100).map(\.1) == [record(4), record(5)])
+        spool.acknowledge(through: all[5].0)
+        #expect(spool.pendingRecords == 0 && spool.totalBytes == 0)
+    }
+
+    @Test func aDropDoesNotCountRecordsAlreadySettled() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 2000, segmentBytes: 480)
+        for index in 0..<5 { try spool.append(record(index)) }
+        let first = spool.peek(limit: 5)
+        for entry in first[1...4] { spool.settle(entry.0) }  // all but the oldest accepted
+        for index in 5..<100 { try spool.append(record(index)) }
+        let drops = try #require(spool.takeDropped())
+        let kept = spool.peek(limit: 1000)
+        #expect(drops.records + kept.count == 96, "\(drops.records) dropped, \(kept.count) kept")
+    }
+}

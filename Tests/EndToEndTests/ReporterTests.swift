@@ -265,4 +265,46 @@ import Testing
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
+
+    /// One action the control plane answers 500 every time: the others are accepted each once, never resent
+    /// behind it; while the control plane accepts others it is tried a bounded number of times, then set aside.
+    @Test func anActionTheControlPlaneKeepsFailingHoldsUpNothingAndIsSetAside() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        let spool = pki.directory + "/spool"
+        let port = try FreePort.closed()
+        let (proxy, ids) = try runProxy(environment(pki, controlPlanePort: port, spool: spool), connections: 6)
+        let poison = ids[2]
+        try "fail 500 \(poison)".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        try waitForDelivery(ids.filter { $0 != poison }, at: mock)
+        _ = try mock.waitForLine(timeout: 30) { $0 == "FAILED 500 \(poison)" }
+        func receivedCount() -> Int { mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.count }
+        // Each accepted action once: none was sent again behind the failing one.
+        #expect(receivedCount() == ids.count - 1, "\(mock.stdoutLines)")
+
+        // New actions: each round the control plane accepts one of them counts against the failing action.
+        let proxyPort = try proxy.listeningPort()
+        let closed = try FreePort.refusing()
+        let deadLetter = spool + "/dead-letter.jsonl"
+        let setAside = "failed an action 5 times while accepting others"
+        var more = 0
+        while more < 8 {
+            let before = receivedCount()
+            _ = try runCommand(Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(closed)/"])
+            try mock.waitUntil(timeout: 30) { $0.filter { $0.hasPrefix("RECEIVED") }.count > before }
+            more += 1
+            if (try? proxy.waitForStderr(containing: setAside, timeout: 2)) != nil { break }
+        }
+        #expect(proxy.stderr.contains(setAside))
+        // The first round counted once; four more make five (a fifth if the first round sent it alone).
+        #expect(more == 4 || more == 5, "set aside after \(more) more rounds")
+        let letters = try String(contentsOfFile: deadLetter, encoding: .utf8)
+        #expect(letters.contains(poison) && letters.contains("\"status\":500") && letters.contains("failed_repeatedly"))
+        #expect(receivedCount() == ids.count - 1 + more)
+        #expect(!letters.contains(ControlPlaneConnectionTests.key) && !proxy.stderr.contains(ControlPlaneConnectionTests.key))
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
 }
