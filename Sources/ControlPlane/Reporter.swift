@@ -38,6 +38,9 @@ public final class Reporter: ActionSink, Service {
         public var connections: Int = 4
         public var backoffBase: Duration = .milliseconds(200)
         public var backoffCap: Duration = .seconds(30)
+        /// The dead-letter file's cap (it and its one older generation: twice this at most); by default a
+        /// sixteenth of the spool's cap, at least 64 KiB.
+        public var deadLetterMaxBytes: Int64
         public var metrics: ProxyMetrics?
 
         public init(
@@ -54,6 +57,7 @@ public final class Reporter: ActionSink, Service {
             self.tls = tls
             self.spoolDirectory = spoolDirectory
             self.spoolMaxBytes = spoolMaxBytes
+            self.deadLetterMaxBytes = max(64 * 1024, spoolMaxBytes / 16)
         }
     }
 
@@ -65,6 +69,7 @@ public final class Reporter: ActionSink, Service {
     private let spooled = BatchQueue<Void>(limit: 1)
     private let spoolBox: Mutex<Spool?>
     private let dropLog = Mutex(DropLog())
+    private let deadLetterLog = Mutex(LogEvery())
     /// When the spool writer's pass in progress started; nil between passes.
     private let spoolPassStarted = Mutex<ContinuousClock.Instant?>(nil)
 
@@ -360,7 +365,9 @@ public final class Reporter: ActionSink, Service {
         for (index, fate) in round.fates.enumerated() {
             guard case .success(let response) = answers[index] else { continue }
             switch fate {
-            case .rejected: deadLetter(batch[index].1, response: response, reason: "rejected")
+            case .rejected:
+                configuration.metrics?.deliveryRejected()
+                deadLetter(batch[index].1, response: response, reason: "rejected")
             case .failedRepeatedly: deadLetter(batch[index].1, response: response, reason: "failed_repeatedly")
             case .accepted, .retry: break
             }
@@ -376,9 +383,10 @@ public final class Reporter: ActionSink, Service {
     }
 
     /// Sets a record the control plane will not take aside, with its answer: `reason` is rejected (400, 413, 422)
-    /// or failed_repeatedly (a server error every time, while it accepted others).
+    /// or failed_repeatedly (a server error every time, while it accepted others). Counted in
+    /// `actions_dropped_total{stage="dead_letter"}`; logged at most once a minute, with the count since.
     private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse, reason: String) {
-        let path = configuration.spoolDirectory + "/dead-letter.jsonl"
+        let file = DeadLetterFile(directory: configuration.spoolDirectory, maxBytes: configuration.deadLetterMaxBytes)
         var json = JSONWriter()
         json.beginObject()
         json.field("reason", reason)
@@ -388,16 +396,16 @@ public final class Reporter: ActionSink, Service {
         json.endObject()
         var line = json.take()
         line.append(UInt8(ascii: "\n"))
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        if fd >= 0 {
-            _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            close(fd)
-        }
+        let failure = file.append(line)
+        configuration.metrics?.dropped(1, stage: "dead_letter")
+        guard let count = deadLetterLog.withLock({ $0.note() }) else { return }
+        var metadata: Logger.Metadata = ["status": "\(response.status)", "reason": "\(reason)", "actions": "\(count)"]
+        if let failure { metadata["error"] = "\(FileIO.reason(failure))" }
         logger.error(
             reason == "rejected"
-                ? "the control plane rejected an action; it is set aside in \(path)"
-                : "the control plane failed an action \(DeliveryRound.serverErrorAttempts) times while accepting others; it is set aside in \(path)",
-            metadata: ["status": "\(response.status)"]
+                ? "the control plane rejected an action; it is set aside in \(file.path) (logged at most once a minute, with the count)"
+                : "the control plane failed an action \(DeliveryRound.serverErrorAttempts) times while accepting others; it is set aside in \(file.path) (logged at most once a minute, with the count)",
+            metadata: metadata
         )
     }
 

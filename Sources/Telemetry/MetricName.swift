@@ -74,10 +74,10 @@ public struct MetricName: Sendable, Hashable {
         help: "Actions the control plane accepted.")
     public static let dropped = MetricName(
         name: "kaizen_egress_actions_dropped_total", type: "counter", labels: ["stage"],
-        help: "Actions lost before the control plane had them: queue (memory full) or spool (KAIZEN_SPOOL_MAX_BYTES reached).")
+        help: "Actions the control plane does not have: queue (memory full), spool (KAIZEN_SPOOL_MAX_BYTES reached), dead_letter (refused for good, or failed five times while others were accepted: set aside in dead-letter.jsonl).")
     public static let deliveryFailures = MetricName(
         name: "kaizen_egress_delivery_failures_total", type: "counter", labels: ["reason"],
-        help: "Failed delivery attempts: unreachable, unauthorized (401/403), unavailable (other status).")
+        help: "Failed delivery attempts: unreachable, unauthorized (401/403), unavailable (other status), rejected (400/413/422, one per action; the control plane stays reachable).")
     public static let controlPlaneReachable = MetricName(
         name: "kaizen_egress_control_plane_reachable", type: "gauge", labels: [],
         help: "1 when the last delivery attempt succeeded, 0 when it failed.")

@@ -12,8 +12,8 @@ public final class ProxyMetrics: Sendable {
     public static let peekOutcomes = ["sni", "no_sni", "not_tls", "none"]
     public static let policyDecisions = ["allow", "block", "would_block"]
     public static let policyFetchOutcomes = ["updated", "not_modified", "invalid", "refused", "unavailable"]
-    public static let dropStages = ["queue", "spool"]
-    public static let deliveryFailureReasons = ["unreachable", "unauthorized", "unavailable"]
+    public static let dropStages = ["queue", "spool", "dead_letter"]
+    public static let deliveryFailureReasons = ["unreachable", "unauthorized", "unavailable", "rejected"]
     public static let proxyAuthFailureReasons = ["missing", "malformed", "invalid", "duplicate"]
     public static let connectionRefusalReasons = ["outside_allowed_clients", "max_connections", "max_connections_per_client"]
 
@@ -167,6 +167,12 @@ public final class ProxyMetrics: Sendable {
     public func deliveryFailed(reason: String) {
         deliveryFailures[reason]?.increment()
         controlPlaneReachable.set(0)
+    }
+
+    /// The control plane refused an action for good (400, 413, 422): a failed attempt, though the control plane
+    /// is reachable.
+    public func deliveryRejected() {
+        deliveryFailures["rejected"]?.increment()
     }
 
     public func dropped(_ count: Int, stage: String) {

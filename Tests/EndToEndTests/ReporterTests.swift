@@ -111,18 +111,32 @@ import Testing
         let modeFile = pki.directory + "/mode"
         let spool = pki.directory + "/spool"
         let port = try FreePort.closed()
-        // Actions are made while the control plane is down, so the one to reject is known before it is sent.
+        // Actions are made while the control plane is down, so the ones to reject are known before they are sent.
         let (proxy, ids) = try runProxy(environment(pki, controlPlanePort: port, spool: spool), connections: 6)
-        try "reject \(ids[2])".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        try "reject \(ids[2]) \(ids[4])".write(toFile: modeFile, atomically: true, encoding: .utf8)
         let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
         defer { withExtendedLifetime(mock) {} }
-        try waitForDelivery(ids.enumerated().filter { $0.offset != 2 }.map(\.element), at: mock)
+        try waitForDelivery(ids.enumerated().filter { $0.offset != 2 && $0.offset != 4 }.map(\.element), at: mock)
         _ = try mock.waitForLine(timeout: 30) { $0 == "REJECTED \(ids[2])" }
+        _ = try mock.waitForLine(timeout: 30) { $0 == "REJECTED \(ids[4])" }
         _ = try proxy.waitForStderr(containing: "rejected an action", timeout: 20)
+        // Counted as set aside and as rejected attempts, not as delivered; the control plane answered, so it is reachable.
+        var dropped: Double? = nil
+        for _ in 0..<40 {  // the bookkeeping follows the answer by a moment (few scrapes: the admin listener allows 64 connections)
+            dropped = try metric(proxy, #"kaizen_egress_actions_dropped_total{stage="dead_letter"}"#)
+            if dropped == 2 { break }
+            usleep(100_000)
+        }
+        #expect(dropped == 2)
+        #expect(try metric(proxy, #"kaizen_egress_delivery_failures_total{reason="rejected"}"#) == 2)
+        #expect(try metric(proxy, "kaizen_egress_actions_delivered_total") == 4)
+        #expect(try metric(proxy, "kaizen_egress_control_plane_reachable") == 1)
         let deadLetters = try String(contentsOfFile: spool + "/dead-letter.jsonl", encoding: .utf8)
-        #expect(deadLetters.contains(ids[2]))
-        #expect(deadLetters.contains("this action is invalid"))
+        #expect(deadLetters.contains(ids[2]) && deadLetters.contains(ids[4]))
+        #expect(deadLetters.contains("this action is invalid") && deadLetters.contains(#""reason":"rejected""#))
         #expect(!deadLetters.contains(ids[0]))
+        // One line for both: at most one a minute.
+        #expect(proxy.stderr.components(separatedBy: "rejected an action").count - 1 == 1)
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
@@ -256,10 +270,10 @@ import Testing
         let received = mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.count
         #expect(received <= ids.count + 1, "\(received) requests for \(ids.count) actions")
         var delivered: Double? = nil
-        for _ in 0..<100 {  // the acknowledgement follows the answer by a moment
+        for _ in 0..<40 {  // the acknowledgement follows the answer by a moment (few scrapes: the admin listener allows 64 connections)
             delivered = try metric(proxy, "kaizen_egress_actions_delivered_total")
             if delivered == Double(ids.count) { break }
-            usleep(50_000)
+            usleep(100_000)
         }
         #expect(delivered == Double(ids.count))
         proxy.signal(SIGTERM)

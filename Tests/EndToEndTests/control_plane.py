@@ -9,7 +9,7 @@ The test steers it through the file given with --mode-file, read on every reques
   ok (or missing)        as above
   unauthorized           401 for everything
   unavailable <seconds>  503 with Retry-After: <seconds>
-  reject <event_id>      400 for that one event (printed as REJECTED <event_id>), the rest as usual
+  reject <event_id>...   400 for those events (printed as REJECTED <event_id>), the rest as usual
   close                  as ok, but every answer says Connection: close and the connection is closed after it
                          (HTTP/1.0 style, a keep-alive limit of one): requests pipelined behind it go unanswered
   fail <status> <event_id>  that status for that one event, every time (printed FAILED <status> <event_id>), the
@@ -162,7 +162,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if len(mode) > 2 and mode[0] == "fail" and mode[2] == event_id:
             say(f"FAILED {mode[1]} {event_id}")
             return self.reply(int(mode[1]), {"error": "cannot take this one"})
-        if len(mode) > 1 and mode[0] == "reject" and mode[1] == event_id:
+        if len(mode) > 1 and mode[0] == "reject" and event_id in mode[1:]:
             say(f"REJECTED {event_id}")
             return self.reply(400, {"error": "this action is invalid"})
         if kind == "egress_gap":
