@@ -28,6 +28,8 @@ public final class Spool {
 
     public struct Failure: Error, Sendable, CustomStringConvertible {
         public var description: String
+        /// Another process holds the spool directory's lock.
+        public var inUse = false
     }
 
     /// Records lost to the cap since the last `takeDropped()`.
@@ -71,6 +73,9 @@ public final class Spool {
     private let segmentBytes: Int64
     private var segments: [Segment] = []  // oldest first; the last one is written to
     private var writeFD: Int32 = -1
+    /// The `lock` file's descriptor, holding its flock for as long as the spool is open: a second process on
+    /// the same directory would delete segments this one is writing and send the same records.
+    private var lockFD: Int32 = -1
     /// The next record to deliver.
     private var readSegment: UInt64 = 0
     private var readOffset: Int64 = 0
@@ -105,6 +110,7 @@ public final class Spool {
             }
             prefix += "/"
         }
+        lockFD = try Self.lock(directory)
         try recover()
         readSegment = segments.first?.sequence ?? 0
         readOffset = 0
@@ -113,6 +119,31 @@ public final class Spool {
 
     deinit {
         if writeFD >= 0 { close(writeFD) }
+        if lockFD >= 0 { close(lockFD) }
+    }
+
+    /// Takes the directory's lock (`lock`, mode 0600). A process that forks holds a copy of the descriptor until
+    /// its child execs, so a lock just released may stay held for a moment: another process holding it for good
+    /// is refused after a second of asking.
+    private static func lock(_ directory: String) throws(Failure) -> Int32 {
+        let path = directory + "/lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Failure(description: "cannot open \(path): \(String(cString: strerror(errno)))") }
+        var locked = flock(fd, LOCK_EX | LOCK_NB) == 0
+        var code = locked ? 0 : errno
+        for _ in 0..<100 where !locked && code == EWOULDBLOCK {
+            usleep(10_000)
+            locked = flock(fd, LOCK_EX | LOCK_NB) == 0
+            code = locked ? 0 : errno
+        }
+        guard locked else {
+            close(fd)
+            if code == EWOULDBLOCK {
+                throw Failure(description: "\(directory) is used by another kaizen-egress process (it holds \(path))", inUse: true)
+            }
+            throw Failure(description: "cannot lock \(path): \(String(cString: strerror(code)))")
+        }
+        return fd
     }
 
     // MARK: writing

@@ -380,6 +380,11 @@ public struct EgressApplication: Sendable {
             )
             settings.metrics = metrics
             return try Reporter(configuration: settings, logger: logger)
+        } catch where error.inUse {
+            throw ConfigurationError(
+                variable: ConfigurationKey.spoolDirectory.variable,
+                "KAIZEN_SPOOL_DIR: \(error): give each proxy its own \(ConfigurationKey.spoolDirectory.spelled), or stop the other one"
+            )
         } catch {
             throw ConfigurationError(
                 variable: ConfigurationKey.spoolDirectory.variable,

@@ -40,7 +40,7 @@ import Testing
             for index in 0..<10 { try spool.append(record(index)) }
         }
         // A crash in the middle of writing record 10: its header and half its payload reached the file.
-        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: path).sorted().first)
+        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasPrefix("segment-") }.sorted().first)
         let handle = try #require(FileHandle(forWritingAtPath: path + "/" + segment))
         handle.seekToEndOfFile()
         handle.write(Data([0, 0, 0, 40, 1, 2, 3, 4] + record(10).prefix(20)))
@@ -58,7 +58,7 @@ import Testing
             let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 500)
             for index in 0..<30 { try spool.append(record(index)) }
         }
-        let first = try #require(try FileManager.default.contentsOfDirectory(atPath: path).sorted().first)
+        let first = try #require(try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasPrefix("segment-") }.sorted().first)
         var bytes = try Data(contentsOf: URL(fileURLWithPath: path + "/" + first))
         bytes[8 + 48 + 10] ^= 0xff  // a byte inside the second record's payload
         try bytes.write(to: URL(fileURLWithPath: path + "/" + first))
@@ -212,5 +212,24 @@ extension SpoolTests {
         let drops = try #require(spool.takeDropped())
         let kept = spool.peek(limit: 1000)
         #expect(drops.records + kept.count == 96, "\(drops.records) dropped, \(kept.count) kept")
+    }
+}
+
+extension SpoolTests {
+    @Test func aSecondSpoolOnTheSameDirectoryIsRefusedUntilTheFirstCloses() throws {
+        let path = directory()
+        var first: Spool? = try Spool(directory: path, maxBytes: 1 << 20)
+        try first?.append(record(0))
+        do {
+            _ = try Spool(directory: path, maxBytes: 1 << 20)
+            Issue.record("a second spool opened the directory")
+        } catch {
+            #expect(error.inUse && error.description.contains("used by another kaizen-egress process"))
+        }
+        // The refused one deleted nothing: the first's record is still there.
+        #expect(first?.peek(limit: 10).map(\.1) == [record(0)])
+        first = nil
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.peek(limit: 10).map(\.1) == [record(0)])
     }
 }

@@ -321,4 +321,26 @@ import Testing
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
+
+    /// Two proxies on one KAIZEN_SPOOL_DIR would delete each other's segments: the second refuses to start,
+    /// naming the variable and the fix, and the first goes on delivering.
+    @Test func aSecondProxyOnTheSameSpoolDirectoryRefusesToStart() throws {
+        let pki = try TestPKI.mint()
+        let (mock, port) = try mocks.startMock(pki)
+        defer { withExtendedLifetime(mock) {} }
+        let settings = environment(pki, controlPlanePort: port, spool: pki.directory + "/spool")
+        let first = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        _ = try first.listeningPort()
+        let second = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        #expect(try second.waitForExit(timeout: 30) == 2)
+        #expect(second.stderr.contains("KAIZEN_SPOOL_DIR: \(pki.directory)/spool is used by another kaizen-egress process"), "\(second.stderr)")
+        #expect(second.stderr.contains("give each proxy its own KAIZEN_SPOOL_DIR"))
+        first.signal(SIGTERM)
+        #expect(try first.waitForExit(timeout: 30) == 0)
+        // Once the first has stopped, the directory is free again.
+        let third = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        _ = try third.listeningPort()
+        third.signal(SIGTERM)
+        #expect(try third.waitForExit(timeout: 30) == 0)
+    }
 }
