@@ -38,6 +38,9 @@ public final class Reporter: ActionSink, Service {
         public var connections: Int = 4
         public var backoffBase: Duration = .milliseconds(200)
         public var backoffCap: Duration = .seconds(30)
+        /// On shutdown (after the proxy's drain), how long requests in flight may still take to be answered;
+        /// then they are cancelled, their actions kept in the spool.
+        public var shutdownGrace: Duration = .seconds(2)
         /// The dead-letter file's cap (it and its one older generation: twice this at most); by default a
         /// sixteenth of the spool's cap, at least 64 KiB.
         public var deadLetterMaxBytes: Int64
@@ -70,6 +73,9 @@ public final class Reporter: ActionSink, Service {
     private let spoolBox: Mutex<Spool?>
     private let dropLog = Mutex(DropLog())
     private let deadLetterLog = Mutex(LogEvery())
+    /// The delivery task's connections, for shutdown to close when their answers take too long.
+    private let connectionsInUse = Mutex<[ControlPlaneConnection]>([])
+    private let deliveryEnded = Mutex(false)
     /// When the spool writer's pass in progress started; nil between passes.
     private let spoolPassStarted = Mutex<ContinuousClock.Instant?>(nil)
 
@@ -91,14 +97,13 @@ public final class Reporter: ActionSink, Service {
     }
 
     public func run() async throws {
+        // Two tasks: one moves every queued action to disk at once, the other sends from the disk, so an action
+        // is durable within moments of its connection, whatever the network does. The sender is unstructured:
+        // shutdown waits for its requests in flight only `shutdownGrace`, never a slow control plane's timeout.
+        let delivery = Task { await self.deliveryLoop() }
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
-                // Two tasks: one moves every queued action to disk at once, the other sends from the disk,
-                // so an action is durable within moments of its connection, whatever the network does.
-                await withTaskGroup(of: Void.self) { group in
-                    group.addTask { await self.spoolWriterLoop() }
-                    group.addTask { await self.deliveryLoop() }
-                }
+                await self.spoolWriterLoop()
             } onGracefulShutdown: {
                 self.finish()
             }
@@ -108,6 +113,28 @@ public final class Reporter: ActionSink, Service {
         // Whatever is still queued goes to disk, for the next run to send.
         spoolQueued()
         spoolBox.withLock { $0?.sync() }
+        if !(await waitForDelivery(within: configuration.shutdownGrace)) {
+            // Requests still unanswered are given up: their actions stay in the spool for the next run.
+            let open = connectionsInUse.withLock { $0 }
+            logger.notice(
+                "requests to the control plane still unanswered at shutdown are cancelled; their actions stay in the spool",
+                metadata: ["connections": "\(open.count)", "backlog": "\(pendingCount())"]
+            )
+            for connection in open { await connection.close() }
+            _ = await waitForDelivery(within: .seconds(1))
+        }
+        _ = delivery
+        spoolBox.withLock { $0?.sync() }
+    }
+
+    /// Whether the delivery task ended within `limit`.
+    private func waitForDelivery(within limit: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while !deliveryEnded.withLock({ $0 }) {
+            guard ContinuousClock.now < deadline else { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
     }
 
     private func finish() {
@@ -199,7 +226,10 @@ public final class Reporter: ActionSink, Service {
     }
 
     private func deliveryLoop() async {
-        var pool: [ControlPlaneConnection] = []
+        defer { deliveryEnded.withLock { $0 = true } }
+        var pool: [ControlPlaneConnection] = [] {
+            didSet { connectionsInUse.withLock { [pool] in $0 = pool } }
+        }
         var failures = 0
         var health = Health.unknown
         var pipeline = true

@@ -343,4 +343,32 @@ import Testing
         third.signal(SIGTERM)
         #expect(try third.waitForExit(timeout: 30) == 0)
     }
+
+    /// A control plane that holds every request does not hold up shutdown past the drain: the request in flight is
+    /// cancelled after a short grace, its action stays in the spool and is sent by the next run.
+    @Test func shutdownDoesNotWaitForASlowControlPlane() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        try "slow".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, port) = try mocks.startMock(pki, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        var settings = environment(pki, controlPlanePort: port, spool: pki.directory + "/spool")
+        settings["KAIZEN_DRAIN_SECONDS"] = "1"
+        let (proxy, ids) = try runProxy(settings, connections: 1)
+        _ = try mock.waitForLine(timeout: 20) { $0 == "HOLDING \(ids[0])" }
+        let stopping = Date()
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+        let took = Date().timeIntervalSince(stopping)
+        // The drain (1 s) and the grace (2 s), not the request's 30-second timeout.
+        #expect(took < 8, "shutdown took \(took) s")
+        #expect(proxy.stderr.contains("still unanswered at shutdown are cancelled"))
+
+        try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)  // the held request is answered into the void
+        let restarted = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        // Sent again by the next run: it was never acknowledged.
+        try mock.waitUntil(timeout: 60) { lines in lines.filter { $0.hasPrefix("RECEIVED") && $0.hasSuffix(ids[0]) }.count >= 2 }
+        restarted.signal(SIGTERM)
+        #expect(try restarted.waitForExit(timeout: 30) == 0)
+    }
 }
