@@ -192,7 +192,8 @@ public final class Reporter: ActionSink, Service {
         // The gap record itself may push out one more segment: account for that too (bounded).
         for _ in 0..<4 {
             guard let drops = spool.takeDropped() else { return }
-            configuration.metrics?.dropped(drops.records, stage: "spool")
+            // Actions counted by dropped gap records were counted when those were made.
+            configuration.metrics?.dropped(drops.newlyDropped, stage: "spool")
             let gap = DroppedActionsRecord(agent: configuration.agent, drops: drops)
             var json = JSONWriter()
             gap.writeJSON(to: &json)
@@ -203,7 +204,7 @@ public final class Reporter: ActionSink, Service {
             }
             let now = ContinuousClock.now
             let unlogged = dropLog.withLock { log -> Int? in
-                log.unlogged += drops.records
+                log.unlogged += drops.newlyDropped
                 if let last = log.lastLine, now - last < .seconds(60) { return nil }
                 log.lastLine = now
                 defer { log.unlogged = 0 }

@@ -34,7 +34,12 @@ public final class Spool {
 
     /// Records lost to the cap since the last `takeDropped()`.
     public struct Drops: Sendable, Hashable {
+        /// Actions lost: those dropped now, and those earlier gap records that were dropped now had counted.
         public var records: Int
+        /// Of `records`, those counted by dropped gap records (already counted as dropped when they were made).
+        public var carried: Int = 0
+        /// Actions dropped now (not counting those carried over from dropped gap records).
+        public var newlyDropped: Int { records - carried }
         public var bytes: Int64
         /// Wall-clock milliseconds of the first and last drop.
         public var firstAt: UInt64
@@ -345,12 +350,22 @@ public final class Spool {
         var cursor = 0
         var records = 0
         var lostBytes = 0
+        var carried = 0
         var first: String?
         var last: String?
         while let (payload, next) = Self.frame(in: bytes, at: cursor) {
             defer { cursor = next }
             // Accepted already (out of order): not lost.
             if settledAhead.remove(Position(segment: segment.sequence, endOffset: offset + Int64(next))) != nil { continue }
+            if let gap = Self.gapCounts(in: payload) {
+                // An earlier gap record: its count is carried into the next one, not lost, and it is no action.
+                records += gap.actions
+                carried += gap.actions
+                lostBytes += gap.bytes
+                if first == nil { first = gap.oldest }
+                if let newest = gap.newest { last = newest }
+                continue
+            }
             lostBytes += next - cursor
             if let started = Self.startedAt(in: payload) {
                 if first == nil { first = started }
@@ -362,6 +377,7 @@ public final class Spool {
         let now = WallClock.nowMillis()
         var counted = drops ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
         counted.records += records
+        counted.carried += carried
         counted.bytes += Int64(lostBytes)
         counted.lastAt = now
         if counted.oldestStartedAt == nil { counted.oldestStartedAt = first }
@@ -369,16 +385,34 @@ public final class Spool {
         drops = counted
     }
 
+    /// The counts and time range a spooled gap record (`egress_gap`) carries; nil for any other record.
+    static func gapCounts(in payload: [UInt8]) -> (actions: Int, bytes: Int, oldest: String?, newest: String?)? {
+        guard value(of: #""kind":""#, in: payload, until: UInt8(ascii: "\"")) == DroppedActionsRecord.kind,
+            let actions = value(of: #""dropped_actions":"#, in: payload, until: UInt8(ascii: ",")).flatMap({ Int($0) })
+        else { return nil }
+        let bytes = value(of: #""dropped_bytes":"#, in: payload, until: UInt8(ascii: ",")).flatMap { Int($0) } ?? 0
+        return (
+            actions, bytes, value(of: #""oldest_started_at":""#, in: payload, until: UInt8(ascii: "\"")),
+            value(of: #""newest_started_at":""#, in: payload, until: UInt8(ascii: "\""))
+        )
+    }
+
     /// The `"started_at":"…"` value of a spooled action, found without decoding the whole record.
     static func startedAt(in payload: [UInt8]) -> String? {
-        let key = Array(#""started_at":""#.utf8)
+        value(of: #""started_at":""#, in: payload, until: UInt8(ascii: "\""))
+    }
+
+    /// What follows the first `key` in `payload` up to `end` (at most 64 bytes), found without decoding it.
+    static func value(of key: String, in payload: [UInt8], until end: UInt8) -> String? {
+        let key = Array(key.utf8)
         guard payload.count > key.count else { return nil }
         var index = 0
         while index + key.count < payload.count {
             if payload[index] == key[0], Array(payload[index..<index + key.count]) == key {
                 let start = index + key.count
-                guard let end = payload[start...].firstIndex(of: UInt8(ascii: "\"")), end - start <= 64 else { return nil }
-                return String(decoding: payload[start..<end], as: UTF8.self)
+                guard let stop = payload[start...].firstIndex(where: { $0 == end || $0 == UInt8(ascii: "}") }), stop - start <= 64
+                else { return nil }
+                return String(decoding: payload[start..<stop], as: UTF8.self)
             }
             index += 1
         }

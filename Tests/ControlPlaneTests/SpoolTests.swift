@@ -233,3 +233,30 @@ extension SpoolTests {
         #expect(reopened.peek(limit: 10).map(\.1) == [record(0)])
     }
 }
+
+extension SpoolTests {
+    /// A gap record dropped in its turn (a long outage): the count it carried goes into the next gap record, and
+    /// it is no dropped action itself.
+    @Test func aDroppedGapRecordsCountIsCarriedIntoTheNextDrop() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 2000, segmentBytes: 480)
+        func action(_ index: Int) -> [UInt8] {
+            Array(#"{"metadata":{"started_at":"2026-11-26T10:00:\#(String(format: "%02d", index % 60)).000Z"}}"#.utf8)
+        }
+        var json = JSONWriter()
+        DroppedActionsRecord(
+            agent: "a",
+            drops: .init(records: 100, bytes: 5000, firstAt: 0, lastAt: 0, oldestStartedAt: "2026-11-26T09:00:00.000Z",
+                         newestStartedAt: "2026-11-26T09:59:00.000Z")
+        ).writeJSON(to: &json)
+        try spool.append(json.take())
+        for index in 0..<60 { try spool.append(action(index)) }
+        let drops = try #require(spool.takeDropped())
+        let kept = spool.peek(limit: 1000)
+        #expect(drops.carried == 100)
+        #expect(drops.newlyDropped + kept.count == 60, "\(drops.newlyDropped) dropped, \(kept.count) kept")
+        #expect(drops.records == 100 + drops.newlyDropped)
+        #expect(drops.oldestStartedAt == "2026-11-26T09:00:00.000Z")
+        #expect(drops.bytes > 5000)
+    }
+}
