@@ -11,11 +11,14 @@ public struct DroppedActionsRecord: Sendable, Hashable {
     public var agent: String
     public var eventID: EventID
     public var drops: Spool.Drops
+    /// "spool cap reached" (KAIZEN_SPOOL_MAX_BYTES), or "spool write failed" (a full disk, an I/O error).
+    public var reason: String
 
-    public init(agent: String, eventID: EventID = .generate(), drops: Spool.Drops) {
+    public init(agent: String, eventID: EventID = .generate(), drops: Spool.Drops, reason: String = "spool cap reached") {
         self.agent = agent
         self.eventID = eventID
         self.drops = drops
+        self.reason = reason
     }
 
     public func writeJSON(to json: inout JSONWriter) {
@@ -30,7 +33,7 @@ public struct DroppedActionsRecord: Sendable, Hashable {
         json.beginObject()
         json.field("source", "egress")
         json.field("event_id", eventID.description)
-        json.field("reason", "spool cap reached")
+        json.field("reason", reason)
         json.field("dropped_actions", drops.records)
         json.field("dropped_bytes", Int(drops.bytes))
         json.field("oldest_started_at", drops.oldestStartedAt)

@@ -73,6 +73,11 @@ public final class Reporter: ActionSink, Service {
     private let spoolBox: Mutex<Spool?>
     private let dropLog = Mutex(DropLog())
     private let deadLetterLog = Mutex(LogEvery())
+    private let writeLog = Mutex(LogEvery())
+    /// Actions the spool could not take (a full disk), to report in a gap record once it can.
+    private let writeLoss = Mutex<Spool.Drops?>(nil)
+    /// Since when every spool write has failed; nil while writes succeed.
+    private let writeFailingSince = Mutex<ContinuousClock.Instant?>(nil)
     /// The delivery task's connections, for shutdown to close when their answers take too long.
     private let connectionsInUse = Mutex<[ControlPlaneConnection]>([])
     private let deliveryEnded = Mutex(false)
@@ -173,16 +178,68 @@ public final class Reporter: ActionSink, Service {
         }
         spoolBox.withLock { box in
             guard let spool = box else { return }
-            do {
-                try spool.append(contentsOf: records)
-            } catch {
-                logger.error("cannot spool actions", metadata: ["error": "\(error)", "actions": "\(records.count)"])
-            }
+            let lost = write(records, to: spool)
             recordDrops(in: spool)
             spool.sync()
-            logger.debug("actions spooled", metadata: ["spooled": "\(records.count)", "spool.pending": "\(spool.pendingRecords)"])
+            if lost == 0 {
+                logger.debug("actions spooled", metadata: ["spooled": "\(records.count)", "spool.pending": "\(spool.pendingRecords)"])
+            }
         }
         return records.count
+    }
+
+    /// Appends `records` to the spool; returns how many could not be written (a full disk, an I/O error). Those are
+    /// lost: counted (`actions_dropped_total{stage="disk"}`), logged at most once a minute, and once the spool
+    /// takes writes again a gap record (reason "spool write failed") is spooled in their place.
+    private func write(_ records: [[UInt8]], to spool: Spool) -> Int {
+        var failure: Spool.Failure?
+        var lost: [[UInt8]] = []
+        do {
+            try spool.append(contentsOf: records)
+        } catch {
+            // Part of the batch may fit (or have been written before a segment rotation failed): one by one, so
+            // exactly the ones that are not written are counted.
+            failure = error
+            for record in records {
+                do throws(Spool.Failure) {
+                    try spool.append(record)
+                } catch {
+                    lost.append(record)
+                }
+            }
+        }
+        let now = ContinuousClock.now
+        if lost.isEmpty {
+            writeFailingSince.withLock { $0 = nil }
+            if let loss = writeLoss.withLock({ $0 }) {
+                var json = JSONWriter()
+                DroppedActionsRecord(agent: configuration.agent, drops: loss, reason: "spool write failed").writeJSON(to: &json)
+                if (try? spool.append(json.take())) != nil {
+                    writeLoss.withLock { $0 = nil }
+                    logger.notice("the spool takes writes again; a gap record counts the actions lost", metadata: ["lost": "\(loss.records)"])
+                }
+            }
+            return 0
+        }
+        writeFailingSince.withLock { $0 = $0 ?? now }
+        let millis = WallClock.nowMillis()
+        writeLoss.withLock { loss in
+            var counted = loss ?? Spool.Drops(records: 0, bytes: 0, firstAt: millis, lastAt: millis)
+            counted.records += lost.count
+            counted.bytes += Int64(lost.reduce(0) { $0 + $1.count })
+            counted.lastAt = millis
+            if counted.oldestStartedAt == nil { counted.oldestStartedAt = lost.lazy.compactMap(Spool.startedAt).first }
+            if let newest = lost.last.flatMap(Spool.startedAt) { counted.newestStartedAt = newest }
+            loss = counted
+        }
+        configuration.metrics?.dropped(lost.count, stage: "disk")
+        if let count = writeLog.withLock({ $0.note(lost.count, now: now) }) {
+            logger.error(
+                "cannot write the spool in KAIZEN_SPOOL_DIR: actions are lost (logged at most once a minute, with the count); a gap record will count them once it can be written",
+                metadata: ["error": "\(failure.map { "\($0)" } ?? "unknown")", "lost": "\(count)", "directory": "\(configuration.spoolDirectory)"]
+            )
+        }
+        return lost.count
     }
 
     /// When the cap made the spool drop its oldest actions, a gap record takes their place in the spool (so it
@@ -446,10 +503,13 @@ public final class Reporter: ActionSink, Service {
         return (records + queue.count, bytes)
     }
 
-    /// Whether one pass of the spool writer has run for more than 30 seconds: writing to the spool is stuck (a
-    /// disk that does not answer), which a control-plane outage never causes.
+    /// Whether one pass of the spool writer has run for more than 30 seconds (a disk that does not answer), or every
+    /// write to the spool has failed for 30 seconds (a full disk): actions are not being kept, which a
+    /// control-plane outage never causes.
     public var isWedged: Bool {
-        spoolPassStarted.withLock { started in started.map { ContinuousClock.now - $0 > .seconds(30) } ?? false }
+        let stuck = spoolPassStarted.withLock { started in started.map { ContinuousClock.now - $0 > .seconds(30) } ?? false }
+        let failing = writeFailingSince.withLock { since in since.map { ContinuousClock.now - $0 > .seconds(30) } ?? false }
+        return stuck || failing
     }
 
     private func pendingCount() -> Int { backlog.actions }

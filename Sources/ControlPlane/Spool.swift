@@ -164,6 +164,10 @@ public final class Spool {
     /// durable against a crash of the machine. Returns the position of the last.
     @discardableResult
     public func append(contentsOf payloads: [[UInt8]]) throws(Failure) -> Position {
+        if writeFD < 0 {
+            // The last rotation could not create its segment (a full disk): try again.
+            try openWriteSegment(sequence: segments[segments.count - 1].sequence + 1)
+        }
         var buffer: [UInt8] = []
         var written = segments[segments.count - 1]  // the write segment as it is on disk
         for payload in payloads {
@@ -319,6 +323,7 @@ public final class Spool {
         if writeFD >= 0 {
             _ = fsync(writeFD)
             close(writeFD)
+            writeFD = -1  // until the next one opens: a failure here is retried by the next append
         }
         let fd = open(path(sequence), O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else {

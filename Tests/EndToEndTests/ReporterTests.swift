@@ -371,4 +371,53 @@ import Testing
         restarted.signal(SIGTERM)
         #expect(try restarted.waitForExit(timeout: 30) == 0)
     }
+
+    /// A full disk under the spool: the actions that cannot be written are counted, logged once, and reported in a
+    /// gap record once the spool can be written again. (A small tmpfs: needs root, skipped otherwise.)
+    @Test(.enabled(if: getuid() == 0, "mounts a small tmpfs"))
+    func aFullDiskLosesActionsCountedAndReported() throws {
+        let pki = try TestPKI.mint()
+        let spool = pki.directory + "/spool"
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        guard try runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", spool]).status == 0 else {
+            Issue.record("cannot mount a tmpfs")
+            return
+        }
+        defer { _ = try? runCommand("/bin/umount", ["-l", spool]) }
+        let port = try FreePort.closed()
+        var settings = environment(pki, controlPlanePort: port, spool: spool)
+        settings["KAIZEN_SPOOL_MAX_BYTES"] = "1M"
+        let proxy = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        let proxyPort = try proxy.listeningPort()
+        let closed = try FreePort.refusing()
+        let total = 300  // about 180 KB of actions for 64 KB of disk
+        _ = try runCommand(
+            Paths.which("curl"),
+            ["-s", "-o", "/dev/null", "--max-time", "60", "-x", "http://127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(closed)/[1-\(total)]"],
+            timeout: 90)
+        _ = try proxy.waitForLines(count: total, timeout: 60) { $0.contains("\"action\"") }
+        _ = try proxy.waitForStderr(containing: "cannot write the spool in KAIZEN_SPOOL_DIR", timeout: 30)
+        let lost = try #require(try metric(proxy, #"kaizen_egress_actions_dropped_total{stage="disk"}"#))
+        #expect(lost > 0)
+        #expect(proxy.stderr.components(separatedBy: "cannot write the spool").count - 1 == 1, "one line a minute")
+
+        // Room again: the next action is written, and a gap record with it.
+        #expect(try runCommand("/bin/mount", ["-o", "remount,size=8m", spool]).status == 0)
+        _ = try runCommand(Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(closed)/"])
+        _ = try proxy.waitForStderr(containing: "the spool takes writes again", timeout: 30)
+        let (mock, _) = try mocks.startMock(pki, port: port)
+        defer { withExtendedLifetime(mock) {} }
+        func tally(_ lines: [String]) -> (received: Int, gaps: Int) {
+            (lines.filter { $0.hasPrefix("RECEIVED") }.count,
+             lines.filter { $0.hasPrefix("GAP") }.compactMap { Int($0.split(separator: " ")[2]) }.reduce(0, +))
+        }
+        try mock.waitUntil(timeout: 60) { lines in
+            let (received, gaps) = tally(lines)
+            return received + gaps >= total + 1 && gaps > 0
+        }
+        let (received, gaps) = tally(mock.stdoutLines)
+        #expect(received + gaps == total + 1 && Double(gaps) == lost, "received \(received), gaps \(gaps), lost \(lost)")
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
 }
