@@ -93,7 +93,20 @@ public final class Reporter: ActionSink, Service {
     public init(configuration: Configuration, logger: Logger) throws(Spool.Failure) {
         self.configuration = configuration
         self.logger = logger
-        self.spoolBox = Mutex(try Spool(directory: configuration.spoolDirectory, maxBytes: configuration.spoolMaxBytes))
+        let spool = try Spool(directory: configuration.spoolDirectory, maxBytes: configuration.spoolMaxBytes)
+        if let lost = spool.takeCorrupted() {
+            // Reported in place of the records a corrupt frame took with it, and counted.
+            var json = JSONWriter()
+            DroppedActionsRecord(agent: configuration.agent, drops: lost, reason: "spool record corrupted").writeJSON(to: &json)
+            try? spool.append(json.take())
+            spool.sync()
+            configuration.metrics?.dropped(lost.records, stage: "corrupt")
+            logger.error(
+                "the spool in KAIZEN_SPOOL_DIR had corrupt records (a disk fault); they were skipped, the intact ones after them kept, and a gap record counts them",
+                metadata: ["lost": "\(lost.records)", "bytes": "\(lost.bytes)"]
+            )
+        }
+        self.spoolBox = Mutex(spool)
     }
 
     public func record(_ record: ActionRecord) {

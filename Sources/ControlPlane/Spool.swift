@@ -10,7 +10,9 @@ import Darwin
 ///
 /// Records are appended to segment files (`segment-<sequence>.log`, mode 0600, in a 0700 directory) as
 /// frames of `length (u32 BE) | CRC-32 (u32 BE) | payload`. Opening the spool checks every frame: a torn
-/// last record (a crash mid-write) is cut off, so everything written before it is kept. Delivery reads from
+/// last record (a crash mid-write) is cut off, so everything written before it is kept; a corrupt frame with
+/// intact ones after it (a disk fault) is skipped, the segment rewritten without it, and the loss counted
+/// (`takeCorrupted`). One process uses a spool directory at a time (an flock on its `lock` file). Delivery reads from
 /// the oldest record on; acknowledged segments are deleted. When the spool would exceed its cap, the oldest
 /// segments are dropped and the loss is counted, so it can be reported.
 ///
@@ -85,6 +87,8 @@ public final class Spool {
     private var readSegment: UInt64 = 0
     private var readOffset: Int64 = 0
     private var drops: Drops?
+    /// Records lost to corrupt frames, found when the spool was opened.
+    private var corrupted: Drops?
     /// Records past the read position already done (accepted, or set aside) while one before them was not: `peek`
     /// skips them, a drop does not count them, and the read position moves over them once it reaches them.
     private var settledAhead: Set<Position> = []
@@ -442,21 +446,89 @@ public final class Spool {
         closedir(handle)
         for sequence in sequences.sorted() {
             guard let bytes = readFile(sequence: sequence) else { continue }
-            var cursor = 0
-            var records = 0
-            while let (_, next) = Self.frame(in: bytes, at: cursor) {
-                cursor = next
-                records += 1
+            let scan = Self.scan(bytes)
+            if scan.lostRecords > 0 {
+                // Corrupt frames inside the segment (a flipped bit): it is rewritten with the intact ones.
+                let replaced = scan.kept.withUnsafeBytes { raw -> Bool in
+                    (try? FileIO.replace(path(sequence), with: raw)) != nil
+                }
+                if replaced {
+                    let now = WallClock.nowMillis()
+                    var lost = corrupted ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
+                    lost.records += scan.lostRecords
+                    lost.bytes += Int64(scan.lostBytes)
+                    corrupted = lost
+                } else {
+                    _ = truncate(path(sequence), off_t(scan.firstBad))  // cannot rewrite: keep what came before
+                    let intact = Self.scan(Array(bytes.prefix(scan.firstBad)))
+                    if intact.records > 0 {
+                        segments.append(Segment(sequence: sequence, bytes: Int64(scan.firstBad), records: intact.records))
+                    } else {
+                        unlink(path(sequence))
+                    }
+                    continue
+                }
+            } else if scan.kept.count < bytes.count {
+                _ = truncate(path(sequence), off_t(scan.kept.count))  // a torn tail (a crash mid-write): cut off
             }
-            if cursor < bytes.count {
-                _ = truncate(path(sequence), off_t(cursor))  // a torn or corrupt tail: keep what came before
-            }
-            if records == 0 {
+            if scan.records == 0 {
                 unlink(path(sequence))
                 continue
             }
-            segments.append(Segment(sequence: sequence, bytes: Int64(cursor), records: records))
+            segments.append(Segment(sequence: sequence, bytes: Int64(scan.kept.count), records: scan.records))
         }
+    }
+
+    /// Records lost to corrupt frames found by `init` (a flipped bit inside a segment), if any.
+    public func takeCorrupted() -> Drops? {
+        defer { corrupted = nil }
+        return corrupted
+    }
+
+    /// The intact frames of a segment, in order. A bad frame followed by intact ones is skipped (resynchronising
+    /// at the next intact frame: where its header says it ends, else the next offset where a whole frame's CRC
+    /// matches) and counted as lost; a bad frame with nothing intact after it is a torn tail and is cut.
+    static func scan(_ bytes: [UInt8]) -> (kept: [UInt8], records: Int, lostRecords: Int, lostBytes: Int, firstBad: Int) {
+        var kept: [UInt8] = []
+        kept.reserveCapacity(bytes.count)
+        var cursor = 0
+        var records = 0
+        var lostRecords = 0
+        var lostBytes = 0
+        var firstBad = bytes.count
+        while cursor < bytes.count {
+            if let (_, next) = frame(in: bytes, at: cursor) {
+                kept += bytes[cursor..<next]
+                records += 1
+                cursor = next
+                continue
+            }
+            firstBad = min(firstBad, cursor)
+            // Where the header says this frame ends, when an intact frame starts there: exactly one lost.
+            var resume: Int?
+            var lost = 1
+            if bytes.count - cursor >= headerLength {
+                let skip = cursor + headerLength + Int(bigEndian32(bytes, cursor))
+                if skip < bytes.count, frame(in: bytes, at: skip) != nil { resume = skip }
+            }
+            if resume == nil {
+                var probe = cursor + 1
+                while probe + headerLength <= bytes.count {
+                    if frame(in: bytes, at: probe) != nil {
+                        resume = probe
+                        break
+                    }
+                    probe += 1
+                }
+                // How many records the stretch held is unknown: estimated from the segment's average frame.
+                if let resume, records > 0 { lost = max(1, (resume - cursor) / max(1, kept.count / records)) }
+            }
+            guard let resume else { break }  // nothing intact after it: a torn tail
+            lostRecords += lost
+            lostBytes += resume - cursor
+            cursor = resume
+        }
+        return (kept, records, lostRecords, lostBytes, firstBad)
     }
 
     private func readFile(sequence: UInt64) -> [UInt8]? {

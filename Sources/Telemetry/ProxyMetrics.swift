@@ -12,7 +12,7 @@ public final class ProxyMetrics: Sendable {
     public static let peekOutcomes = ["sni", "no_sni", "not_tls", "none"]
     public static let policyDecisions = ["allow", "block", "would_block"]
     public static let policyFetchOutcomes = ["updated", "not_modified", "invalid", "refused", "unavailable"]
-    public static let dropStages = ["queue", "spool", "disk", "dead_letter"]
+    public static let dropStages = ["queue", "spool", "disk", "corrupt", "dead_letter"]
     public static let deliveryFailureReasons = ["unreachable", "unauthorized", "unavailable", "rejected"]
     public static let proxyAuthFailureReasons = ["missing", "malformed", "invalid", "duplicate"]
     public static let connectionRefusalReasons = ["outside_allowed_clients", "max_connections", "max_connections_per_client"]

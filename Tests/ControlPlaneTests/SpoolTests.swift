@@ -52,7 +52,7 @@ import Testing
         #expect(reopened.peek(limit: 100).map(\.1) == (0..<10).map { record($0) } + [record(11)])
     }
 
-    @Test func aCorruptedRecordEndsItsSegmentButNotTheSpool() throws {
+    @Test func aCorruptedRecordIsSkippedAndTheRestOfItsSegmentKept() throws {
         let path = directory()
         do {
             let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 500)
@@ -62,11 +62,36 @@ import Testing
         var bytes = try Data(contentsOf: URL(fileURLWithPath: path + "/" + first))
         bytes[8 + 48 + 10] ^= 0xff  // a byte inside the second record's payload
         try bytes.write(to: URL(fileURLWithPath: path + "/" + first))
-        let reopened = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 500)
-        let records = reopened.peek(limit: 100).map(\.1)
-        #expect(records.first == record(0))
-        #expect(!records.contains(record(1)))
-        #expect(records.last == record(29))  // later segments are intact
+        do {
+            let reopened = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 500)
+            let records = reopened.peek(limit: 100).map(\.1)
+            // Only the corrupt record is lost: recovery resynchronises after it, in its segment and the later ones.
+            #expect(records == (0..<30).filter { $0 != 1 }.map { record($0) })
+            let lost = try #require(reopened.takeCorrupted())
+            #expect(lost.records == 1 && lost.bytes == 48)
+            #expect(reopened.takeCorrupted() == nil)
+        }
+        // The segment was rewritten without it: a second opening finds nothing corrupt.
+        let again = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 500)
+        #expect(again.takeCorrupted() == nil && again.peek(limit: 100).count == 29)
+    }
+
+    /// A corrupt length field: the next intact frame is found by its CRC, and the stretch before it counted.
+    @Test func aCorruptLengthIsResynchronisedByTheNextIntactFrame() {
+        var bytes: [UInt8] = []
+        for index in 0..<10 {
+            let payload = record(index)
+            bytes += [0, 0, 0, UInt8(payload.count)]
+            let crc = CRC32.checksum(payload)
+            bytes += [UInt8(crc >> 24), UInt8((crc >> 16) & 0xff), UInt8((crc >> 8) & 0xff), UInt8(crc & 0xff)]
+            bytes += payload
+        }
+        bytes[48 * 3 + 1] = 0x7f  // record 3's length: far past the end
+        let scan = Spool.scan(bytes)
+        #expect(scan.records == 9 && scan.lostRecords == 1 && scan.lostBytes == 48 && scan.firstBad == 48 * 3)
+        // A torn tail is cut, not counted as lost.
+        let torn = Spool.scan(Array(bytes.prefix(48 * 3)) + [0, 0, 0, 40, 1, 2])
+        #expect(torn.records == 3 && torn.lostRecords == 0 && torn.kept.count == 48 * 3)
     }
 
     @Test func acknowledgedSegmentsAreDeletedAndDeliveryResumes() throws {

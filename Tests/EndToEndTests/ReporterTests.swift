@@ -420,4 +420,37 @@ import Testing
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
+
+    /// A flipped byte in a spooled record (a disk fault): on the next start that record is skipped, the intact ones
+    /// after it in the same segment are still delivered, and a gap record counts the loss.
+    @Test func aCorruptSpooledRecordIsSkippedReportedAndTheRestDelivered() throws {
+        let pki = try TestPKI.mint()
+        let port = try FreePort.closed()
+        let spool = pki.directory + "/spool"
+        let settings = environment(pki, controlPlanePort: port, spool: spool)
+        let (proxy, ids) = try runProxy(settings, connections: 6)
+        proxy.signal(SIGTERM)  // everything queued is spooled on the way out
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+        let segment = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: spool).filter { $0.hasPrefix("segment-") }.sorted().first)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: spool + "/" + segment))
+        let first = Int(bytes[0]) << 24 | Int(bytes[1]) << 16 | Int(bytes[2]) << 8 | Int(bytes[3])
+        bytes[8 + first + 8 + 10] ^= 0xff  // inside the second record's payload
+        try bytes.write(to: URL(fileURLWithPath: spool + "/" + segment))
+
+        let (mock, _) = try mocks.startMock(pki, port: port)
+        defer { withExtendedLifetime(mock) {} }
+        let restarted = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        try mock.waitUntil(timeout: 60) { lines in
+            lines.filter { $0.hasPrefix("RECEIVED") }.count >= ids.count - 1 && lines.contains { $0.hasPrefix("GAP") }
+        }
+        let received = Set(mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.map { String($0.split(separator: " ")[2]) })
+        #expect(received.count == ids.count - 1 && received.isSubset(of: Set(ids)))
+        let gaps = mock.stdoutLines.filter { $0.hasPrefix("GAP") }
+        #expect(gaps.count == 1 && gaps.first?.split(separator: " ")[2] == "1", "\(gaps)")
+        _ = try restarted.waitForStderr(containing: "had corrupt records", timeout: 10)
+        #expect(try metric(restarted, #"kaizen_egress_actions_dropped_total{stage="corrupt"}"#) == 1)
+        restarted.signal(SIGTERM)
+        #expect(try restarted.waitForExit(timeout: 30) == 0)
+    }
 }
