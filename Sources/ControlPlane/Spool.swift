@@ -123,12 +123,84 @@ public final class Spool {
         try recover()
         readSegment = segments.first?.sequence ?? 0
         readOffset = 0
-        try openWriteSegment(sequence: (segments.last?.sequence ?? 0) + 1)
+        let saved = readDelivered()
+        if let saved { adoptDelivered(saved) }
+        // Numbers never go back, so a position saved by an earlier run can never name a later run's segment.
+        try openWriteSegment(sequence: max(segments.last?.sequence ?? 0, saved?.segment ?? 0) + 1)
+        deliveredFD = open(directory + "/delivered", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        saveDelivered()
+    }
+
+    // MARK: the delivered position
+
+    /// `delivered`: the read position (segment and offset, u64 BE each, then their CRC-32), rewritten in place
+    /// at every acknowledgement and made durable with the spool's `sync()`, so a restart does not send again
+    /// what the control plane already accepted. A crash of the machine before a sync may lose the last few
+    /// acknowledgements: those actions are sent again (their `event_id` marks the duplicate).
+    private var deliveredFD: Int32 = -1
+    private var savedPosition: Position?
+    private var deliveredDirty = false
+
+    private func saveDelivered() {
+        guard deliveredFD >= 0, savedPosition != front else { return }
+        var bytes: [UInt8] = []
+        Self.appendBigEndian(UInt32(truncatingIfNeeded: readSegment >> 32), to: &bytes)
+        Self.appendBigEndian(UInt32(truncatingIfNeeded: readSegment), to: &bytes)
+        Self.appendBigEndian(UInt32(truncatingIfNeeded: UInt64(readOffset) >> 32), to: &bytes)
+        Self.appendBigEndian(UInt32(truncatingIfNeeded: UInt64(readOffset)), to: &bytes)
+        Self.appendBigEndian(CRC32.checksum(bytes), to: &bytes)
+        let written = bytes.withUnsafeBytes { pwrite(deliveredFD, $0.baseAddress, $0.count, 0) }
+        if written == bytes.count {
+            savedPosition = front
+            deliveredDirty = true
+        }
+    }
+
+    private func readDelivered() -> Position? {
+        let fd = open(directory + "/delivered", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 20)
+        guard bytes.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, 20, 0) }) == 20,
+            CRC32.checksum(Array(bytes[0..<16])) == Self.bigEndian32(bytes, 16)
+        else { return nil }
+        let segment = UInt64(Self.bigEndian32(bytes, 0)) << 32 | UInt64(Self.bigEndian32(bytes, 4))
+        let offset = UInt64(Self.bigEndian32(bytes, 8)) << 32 | UInt64(Self.bigEndian32(bytes, 12))
+        return Position(segment: segment, endOffset: Int64(clamping: offset))
+    }
+
+    /// Starts reading at a saved position when it is the end of a frame in a segment still here; segments before
+    /// it were delivered (a crash came between the acknowledgement and their deletion) and are deleted.
+    private func adoptDelivered(_ saved: Position) {
+        guard let index = segments.firstIndex(where: { $0.sequence == saved.segment }),
+            saved.endOffset <= segments[index].bytes,
+            let bytes = readRange(sequence: saved.segment, from: 0, length: Int(saved.endOffset))
+        else { return }
+        var cursor = 0
+        var records = 0
+        while cursor < Int(saved.endOffset), let (_, next) = Self.frame(in: bytes, at: cursor) {
+            cursor = next
+            records += 1
+        }
+        guard cursor == Int(saved.endOffset) else { return }  // not a frame boundary: ignore it, send everything
+        for segment in segments[..<index] { unlink(path(segment.sequence)) }
+        segments.removeFirst(index)
+        readSegment = saved.segment
+        readOffset = saved.endOffset
+        // The count is per segment: the delivered records of the one being read are taken off it.
+        segments[0].records -= records
+        if readOffset == segments[0].bytes && segments.count > 1 {
+            unlink(path(segments[0].sequence))
+            segments.removeFirst()
+            readSegment = segments[0].sequence
+            readOffset = 0
+        }
     }
 
     deinit {
         if writeFD >= 0 { close(writeFD) }
         if lockFD >= 0 { close(lockFD) }
+        if deliveredFD >= 0 { close(deliveredFD) }
     }
 
     /// Takes the directory's lock (`lock`, mode 0600). A process that forks holds a copy of the descriptor until
@@ -215,6 +287,10 @@ public final class Spool {
     /// Flushes appended records to the disk.
     public func sync() {
         if writeFD >= 0 { _ = fsync(writeFD) }
+        if deliveredDirty, deliveredFD >= 0 {
+            _ = fsync(deliveredFD)
+            deliveredDirty = false
+        }
     }
 
     /// The drops since the last call, if any.
@@ -284,6 +360,7 @@ public final class Spool {
             segments[0].records = 0
             readOffset = 0
         }
+        saveDelivered()
     }
 
     /// One record at `position` is done (accepted or set aside) although one before it is not: it is never sent

@@ -285,3 +285,46 @@ extension SpoolTests {
         #expect(drops.bytes > 5000)
     }
 }
+
+extension SpoolTests {
+    /// How far delivery got survives a restart: what the control plane accepted is not sent again.
+    @Test func theDeliveredPositionSurvivesARestart() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 480)
+            for index in 0..<30 { try spool.append(record(index)) }
+            let batch = spool.peek(limit: 14)
+            spool.acknowledge(through: batch.last!.0)
+            spool.sync()
+        }
+        do {
+            let reopened = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 480)
+            #expect(reopened.peek(limit: 100).map(\.1) == (14..<30).map { record($0) })
+            #expect(reopened.pendingRecords == 16)
+            reopened.acknowledge(through: reopened.peek(limit: 2).last!.0)
+            reopened.sync()
+        }
+        let again = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 480)
+        #expect(again.peek(limit: 100).map(\.1) == (16..<30).map { record($0) })
+    }
+
+    /// A position that is not a frame's end (a stale or damaged file) is ignored: everything is sent.
+    @Test func aDeliveredPositionThatIsNoFrameEndIsIgnored() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<5 { try spool.append(record(index)) }
+            spool.acknowledge(through: spool.peek(limit: 2).last!.0)
+            spool.sync()
+        }
+        // Move the saved offset by one byte and fix its CRC: a well-formed file naming no frame's end.
+        let file = path + "/delivered"
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+        bytes[15] &+= 1
+        let crc = CRC32.checksum(Array(bytes[0..<16]))
+        bytes[16..<20] = [UInt8(crc >> 24), UInt8((crc >> 16) & 0xff), UInt8((crc >> 8) & 0xff), UInt8(crc & 0xff)]
+        try Data(bytes).write(to: URL(fileURLWithPath: file))
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.peek(limit: 100).map(\.1) == (0..<5).map { record($0) })
+    }
+}
