@@ -191,6 +191,7 @@ public final class Reporter: ActionSink, Service {
         }
         spoolBox.withLock { box in
             guard let spool = box else { return }
+            recreateIfRemoved(spool)
             let lost = write(records, to: spool)
             recordDrops(in: spool)
             spool.sync()
@@ -199,6 +200,31 @@ public final class Reporter: ActionSink, Service {
             }
         }
         return records.count
+    }
+
+    /// A spool directory removed under the running proxy (everything in it lost, later writes going to deleted
+    /// files) is created again; the undelivered actions it held are counted (`stage="disk"`), logged, and reported
+    /// in a gap record.
+    private func recreateIfRemoved(_ spool: Spool) {
+        do {
+            guard let lost = try spool.recreateIfRemoved() else { return }
+            configuration.metrics?.dropped(lost.records, stage: "disk")
+            var json = JSONWriter()
+            DroppedActionsRecord(agent: configuration.agent, drops: lost, reason: "spool directory removed").writeJSON(to: &json)
+            try? spool.append(json.take())
+            logger.error(
+                "the spool directory (KAIZEN_SPOOL_DIR) was removed while the proxy ran: it is created again; the undelivered actions it held are lost, and a gap record counts them",
+                metadata: ["lost": "\(lost.records)", "directory": "\(configuration.spoolDirectory)"]
+            )
+        } catch {
+            // Writes fail until it can be created: counted and logged as such, and /readyz turns unready.
+            if let count = writeLog.withLock({ $0.note(0) }) {
+                logger.error(
+                    "the spool directory (KAIZEN_SPOOL_DIR) was removed and cannot be created again",
+                    metadata: ["error": "\(error)", "lost": "\(count)"]
+                )
+            }
+        }
     }
 
     /// Appends `records` to the spool; returns how many could not be written (a full disk, an I/O error). Those are

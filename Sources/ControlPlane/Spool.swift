@@ -110,16 +110,9 @@ public final class Spool {
         self.directory = directory
         self.maxBytes = max(maxBytes, segmentBytes)
         self.segmentBytes = segmentBytes
-        // Create the directory and any missing parents with their final mode (0700), not chmod-ed later.
-        var prefix = directory.hasPrefix("/") ? "/" : ""
-        for component in directory.split(separator: "/") {
-            prefix += component
-            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
-                throw Failure(description: "cannot create \(prefix): \(String(cString: strerror(errno)))")
-            }
-            prefix += "/"
-        }
+        try Self.createDirectory(directory)
         lockFD = try Self.lock(directory)
+        directoryIdentity = Self.identity(of: directory)
         try recover()
         readSegment = segments.first?.sequence ?? 0
         readOffset = 0
@@ -197,6 +190,53 @@ public final class Spool {
         }
     }
 
+    /// Creates the directory and any missing parents with their final mode (0700), not chmod-ed later.
+    private static func createDirectory(_ directory: String) throws(Failure) {
+        var prefix = directory.hasPrefix("/") ? "/" : ""
+        for component in directory.split(separator: "/") {
+            prefix += component
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+                throw Failure(description: "cannot create \(prefix): \(String(cString: strerror(errno)))")
+            }
+            prefix += "/"
+        }
+    }
+
+    private var directoryIdentity: (device: UInt64, inode: UInt64)?
+
+    private static func identity(of path: String) -> (device: UInt64, inode: UInt64)? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return (UInt64(info.st_dev), UInt64(info.st_ino))
+    }
+
+    /// Whether the directory was removed (or replaced) since the spool opened it: everything in it is gone, and
+    /// what is appended goes to deleted files. If so, it is created again (locked, a new segment) and the records
+    /// lost are returned, to be reported; nil when it is still there.
+    public func recreateIfRemoved() throws(Failure) -> Drops? {
+        if let now = Self.identity(of: directory), let before = directoryIdentity, now == before { return nil }
+        let lost = pendingRecords
+        let bytes = segments.filter { $0.sequence >= readSegment }.reduce(0) { $0 + $1.bytes }
+        let next = (segments.last?.sequence ?? 0) + 1
+        for fd in [writeFD, lockFD, deliveredFD] where fd >= 0 { close(fd) }
+        writeFD = -1
+        lockFD = -1
+        deliveredFD = -1
+        try Self.createDirectory(directory)
+        lockFD = try Self.lock(directory)
+        directoryIdentity = Self.identity(of: directory)
+        segments = []
+        settledAhead = []
+        savedPosition = nil
+        try openWriteSegment(sequence: next)
+        readSegment = next
+        readOffset = 0
+        deliveredFD = open(directory + "/delivered", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        saveDelivered()
+        let millis = WallClock.nowMillis()
+        return Drops(records: lost, bytes: bytes, firstAt: millis, lastAt: millis)
+    }
+
     deinit {
         if writeFD >= 0 { close(writeFD) }
         if lockFD >= 0 { close(lockFD) }
@@ -242,7 +282,7 @@ public final class Spool {
     public func append(contentsOf payloads: [[UInt8]]) throws(Failure) -> Position {
         if writeFD < 0 {
             // The last rotation could not create its segment (a full disk): try again.
-            try openWriteSegment(sequence: segments[segments.count - 1].sequence + 1)
+            try openWriteSegment(sequence: (segments.last?.sequence ?? readSegment) + 1)
         }
         var buffer: [UInt8] = []
         var written = segments[segments.count - 1]  // the write segment as it is on disk

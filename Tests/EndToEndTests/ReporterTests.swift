@@ -453,4 +453,36 @@ import Testing
         restarted.signal(SIGTERM)
         #expect(try restarted.waitForExit(timeout: 30) == 0)
     }
+
+    /// The spool directory removed under the running proxy: it is created again, the undelivered actions it held
+    /// are counted in a gap record, and later actions are kept and delivered.
+    @Test func aRemovedSpoolDirectoryIsCreatedAgainAndTheLossReported() throws {
+        let pki = try TestPKI.mint()
+        let port = try FreePort.closed()
+        let spool = pki.directory + "/spool"
+        var settings = environment(pki, controlPlanePort: port, spool: spool)
+        settings["KAIZEN_LOG_LEVEL"] = "debug"  // the reporter logs each spool write
+        let (proxy, ids) = try runProxy(settings, connections: 3)
+        _ = try proxy.waitForStderr(containing: "spool.pending=3", timeout: 30)
+        try FileManager.default.removeItem(atPath: spool)
+        let proxyPort = try proxy.listeningPort()
+        let closed = try FreePort.refusing()
+        for _ in 0..<2 {
+            _ = try runCommand(Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(closed)/"])
+        }
+        let later = try proxy.waitForLines(count: 5, timeout: 30) { $0.contains("\"action\"") }.dropFirst(3).compactMap { line in
+            line.components(separatedBy: "\"event_id\":\"").dropFirst().first.map { String($0.prefix(36)) }
+        }
+        _ = try proxy.waitForStderr(containing: "was removed while the proxy ran", timeout: 30)
+        #expect(FileManager.default.fileExists(atPath: spool + "/lock"))
+        let (mock, _) = try mocks.startMock(pki, port: port)
+        defer { withExtendedLifetime(mock) {} }
+        try waitForDelivery(Array(later), at: mock)
+        _ = try mock.waitForLine(timeout: 30) { $0.hasPrefix("GAP") }
+        let gaps = mock.stdoutLines.filter { $0.hasPrefix("GAP") }.compactMap { Int($0.split(separator: " ")[2]) }
+        #expect(gaps.reduce(0, +) == ids.count, "\(gaps)")
+        #expect(try metric(proxy, #"kaizen_egress_actions_dropped_total{stage="disk"}"#) == Double(ids.count))
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
 }
