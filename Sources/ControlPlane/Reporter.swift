@@ -98,7 +98,7 @@ public final class Reporter: ActionSink, Service {
             // Reported in place of the records a corrupt frame took with it, and counted.
             var json = JSONWriter()
             DroppedActionsRecord(agent: configuration.agent, drops: lost, reason: "spool record corrupted").writeJSON(to: &json)
-            try? spool.append(json.take())
+            _ = try? spool.append(json.take())
             spool.sync()
             configuration.metrics?.dropped(lost.records, stage: "corrupt")
             logger.error(
@@ -211,7 +211,7 @@ public final class Reporter: ActionSink, Service {
             configuration.metrics?.dropped(lost.records, stage: "disk")
             var json = JSONWriter()
             DroppedActionsRecord(agent: configuration.agent, drops: lost, reason: "spool directory removed").writeJSON(to: &json)
-            try? spool.append(json.take())
+            _ = try? spool.append(json.take())
             logger.error(
                 "the spool directory (KAIZEN_SPOOL_DIR) was removed while the proxy ran: it is created again; the undelivered actions it held are lost, and a gap record counts them",
                 metadata: ["lost": "\(lost.records)", "directory": "\(configuration.spoolDirectory)"]

@@ -110,6 +110,11 @@ final class AdminHandler: ChannelInboundHandler {
 
     private let endpoints: AdminServer.Endpoints
     private var head: HTTPRequestHead?
+    /// Requests read and not answered yet.
+    private var unanswered = 0
+    /// The client sent its FIN: once what it asked is answered, the connection closes (else it would wait, half
+    /// closed, for the idle timeout, holding one of the listener's few connections).
+    private var inputEnded = false
 
     init(endpoints: AdminServer.Endpoints) {
         self.endpoints = endpoints
@@ -118,6 +123,11 @@ final class AdminHandler: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
             context.close(promise: nil)
+            return
+        }
+        if case ChannelEvent.inputClosed = event {
+            inputEnded = true
+            if unanswered == 0 { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -132,6 +142,7 @@ final class AdminHandler: ChannelInboundHandler {
         case .end:
             guard let head else { return }
             self.head = nil
+            unanswered += 1
             // Answered off the event loop: a scrape reads the reporter's backlog under the spool's lock, which a
             // stuck disk can hold; the proxy's connections share these loops.
             let endpoints = self.endpoints
@@ -160,8 +171,10 @@ final class AdminHandler: ChannelInboundHandler {
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
         }
         let keepAlive = head.isKeepAlive
+        unanswered -= 1
+        let lastBeforeEnd = inputEnded && unanswered == 0
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-            if !keepAlive { context.close(promise: nil) }
+            if !keepAlive || lastBeforeEnd { context.close(promise: nil) }
         }
     }
 
