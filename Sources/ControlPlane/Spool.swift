@@ -287,8 +287,8 @@ public final class Spool {
         var buffer: [UInt8] = []
         var written = segments[segments.count - 1]  // the write segment as it is on disk
         for payload in payloads {
-            guard payload.count <= Self.maximumRecord else {
-                throw Failure(description: "a record of \(payload.count) bytes is larger than the spool takes")
+            guard payload.count <= Self.maximumRecord, !payload.isEmpty else {
+                throw Failure(description: "a record of \(payload.count) bytes is not one the spool takes")
             }
             let frameLength = Int64(Self.headerLength + payload.count)
             if segments[segments.count - 1].bytes + frameLength > segmentBytes && segments[segments.count - 1].records > 0 {
@@ -682,12 +682,14 @@ public final class Spool {
         return bytes
     }
 
-    /// The frame at `offset`, if complete and intact: its payload and the offset after it.
+    /// The frame at `offset`, if complete and intact: its payload and the offset after it. No record is empty, so
+    /// a zero length is no frame: zeros (the tail a power loss can leave, a zeroed block) would otherwise pass as
+    /// empty frames (the CRC-32 of nothing is 0) and be sent; they are a torn tail or corruption instead.
     static func frame(in bytes: [UInt8], at offset: Int) -> ([UInt8], Int)? {
         guard bytes.count - offset >= headerLength else { return nil }
         let length = Int(bigEndian32(bytes, offset))
         let checksum = bigEndian32(bytes, offset + 4)
-        guard length <= maximumRecord, bytes.count - offset - headerLength >= length else { return nil }
+        guard length > 0, length <= maximumRecord, bytes.count - offset - headerLength >= length else { return nil }
         let payload = Array(bytes[(offset + headerLength)..<(offset + headerLength + length)])
         guard CRC32.checksum(payload) == checksum else { return nil }
         return (payload, offset + headerLength + length)

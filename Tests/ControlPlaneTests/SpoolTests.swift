@@ -328,3 +328,40 @@ extension SpoolTests {
         #expect(reopened.peek(limit: 100).map(\.1) == (0..<5).map { record($0) })
     }
 }
+
+extension SpoolTests {
+    /// Zeros are no frames (length 0 with CRC 0 would pass as an empty record): a zero-filled tail (a power loss)
+    /// is cut as a torn tail, and a zeroed block with intact frames after it is counted as corruption.
+    @Test func zerosAreATornTailOrCorruptionNeverEmptyRecords() throws {
+        var bytes: [UInt8] = []
+        for index in 0..<10 {
+            let payload = record(index)
+            bytes += [0, 0, 0, UInt8(payload.count)]
+            let crc = CRC32.checksum(payload)
+            bytes += [UInt8(crc >> 24), UInt8((crc >> 16) & 0xff), UInt8((crc >> 8) & 0xff), UInt8(crc & 0xff)]
+            bytes += payload
+        }
+        #expect(Spool.frame(in: [UInt8](repeating: 0, count: 16), at: 0) == nil)
+        let tail = Spool.scan(bytes + [UInt8](repeating: 0, count: 4096))
+        #expect(tail.records == 10 && tail.lostRecords == 0 && tail.kept == bytes)
+        var zeroed = bytes
+        for index in (48 * 2)..<(48 * 4) { zeroed[index] = 0 }  // records 2 and 3 zeroed
+        let block = Spool.scan(zeroed)
+        #expect(block.records == 8 && block.lostRecords == 2 && block.lostBytes == 96)
+
+        // On disk: a zero-filled tail after the last record is cut; nothing empty is read.
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<5 { try spool.append(record(index)) }
+        }
+        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasPrefix("segment-") }.sorted().first)
+        let handle = try #require(FileHandle(forWritingAtPath: path + "/" + segment))
+        handle.seekToEndOfFile()
+        handle.write(Data(count: 8192))
+        handle.closeFile()
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.peek(limit: 1000).map(\.1) == (0..<5).map { record($0) })
+        #expect(throws: Spool.Failure.self) { try reopened.append([]) }
+    }
+}
