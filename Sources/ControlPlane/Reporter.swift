@@ -231,22 +231,10 @@ public final class Reporter: ActionSink, Service {
     /// lost: counted (`actions_dropped_total{stage="disk"}`), logged at most once a minute, and once the spool
     /// takes writes again a gap record (reason "spool write failed") is spooled in their place.
     private func write(_ records: [[UInt8]], to spool: Spool) -> Int {
-        var failure: Spool.Failure?
-        var lost: [[UInt8]] = []
-        do {
-            try spool.append(contentsOf: records)
-        } catch {
-            // Part of the batch may fit (or have been written before a segment rotation failed): one by one, so
-            // exactly the ones that are not written are counted.
-            failure = error
-            for record in records {
-                do throws(Spool.Failure) {
-                    try spool.append(record)
-                } catch {
-                    lost.append(record)
-                }
-            }
-        }
+        // Part of the batch may have been written before a segment rotation failed: only the rest is tried again
+        // (one by one), so exactly the ones that are not written are counted, and none is written twice.
+        let (lostIndices, failure) = spool.appendKeepingWhatFits(records)
+        let lost = lostIndices.map { records[$0] }
         let now = ContinuousClock.now
         if lost.isEmpty {
             writeFailingSince.withLock { $0 = nil }

@@ -32,6 +32,9 @@ public final class Spool {
         public var description: String
         /// Another process holds the spool directory's lock.
         public var inUse = false
+        /// For `append(contentsOf:)`: how many of the payloads, from the first, were written before it failed
+        /// (a batch may be flushed up to a segment rotation that then fails). Those are in the spool.
+        public var written = 0
     }
 
     /// Records lost to the cap since the last `takeDropped()`.
@@ -278,6 +281,7 @@ public final class Spool {
     /// Appends records in order with as few writes as segment boundaries allow (one for a batch that fits).
     /// They are in the kernel when this returns, so a crash of the process keeps them; `sync()` makes them
     /// durable against a crash of the machine. Returns the position of the last.
+    /// On failure, `Failure.written` says how many payloads (from the first) were written all the same.
     @discardableResult
     public func append(contentsOf payloads: [[UInt8]]) throws(Failure) -> Position {
         if writeFD < 0 {
@@ -286,15 +290,26 @@ public final class Spool {
         }
         var buffer: [UInt8] = []
         var written = segments[segments.count - 1]  // the write segment as it is on disk
-        for payload in payloads {
+        var flushed = 0  // payloads written to a segment file so far
+        func failed(_ failure: Failure) -> Failure {
+            var failure = failure
+            failure.written = flushed
+            return failure
+        }
+        for (index, payload) in payloads.enumerated() {
             guard payload.count <= Self.maximumRecord, !payload.isEmpty else {
-                throw Failure(description: "a record of \(payload.count) bytes is not one the spool takes")
+                throw failed(Failure(description: "a record of \(payload.count) bytes is not one the spool takes"))
             }
             let frameLength = Int64(Self.headerLength + payload.count)
             if segments[segments.count - 1].bytes + frameLength > segmentBytes && segments[segments.count - 1].records > 0 {
-                try flush(buffer, onto: written)
-                buffer.removeAll(keepingCapacity: true)
-                try openWriteSegment(sequence: segments[segments.count - 1].sequence + 1)
+                do throws(Failure) {
+                    try flush(buffer, onto: written)
+                    flushed = index
+                    buffer.removeAll(keepingCapacity: true)
+                    try openWriteSegment(sequence: segments[segments.count - 1].sequence + 1)
+                } catch {
+                    throw failed(error)
+                }
                 written = segments[segments.count - 1]
             }
             enforceCap(adding: frameLength)
@@ -305,9 +320,33 @@ public final class Spool {
             segments[segments.count - 1].bytes += frameLength
             segments[segments.count - 1].records += 1
         }
-        try flush(buffer, onto: written)
+        do throws(Failure) {
+            try flush(buffer, onto: written)
+        } catch {
+            throw failed(error)
+        }
         let last = segments[segments.count - 1]
         return Position(segment: last.sequence, endOffset: last.bytes)
+    }
+
+    /// Appends as many of `payloads` as the spool takes: the batch at once, and when that fails partway, each
+    /// payload it did not write on its own (never one it wrote: no duplicates). Returns the indices of those not
+    /// written (lost) and the first failure.
+    public func appendKeepingWhatFits(_ payloads: [[UInt8]]) -> (lost: [Int], failure: Failure?) {
+        do {
+            try append(contentsOf: payloads)
+            return ([], nil)
+        } catch {
+            var lost: [Int] = []
+            for index in min(error.written, payloads.count)..<payloads.count {
+                do throws(Failure) {
+                    try append(payloads[index])
+                } catch {
+                    lost.append(index)
+                }
+            }
+            return (lost, error)
+        }
     }
 
     /// Writes the frames counted into the write segment since `before`; on failure, cuts the file back and

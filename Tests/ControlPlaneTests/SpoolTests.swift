@@ -365,3 +365,28 @@ extension SpoolTests {
         #expect(throws: Spool.Failure.self) { try reopened.append([]) }
     }
 }
+
+extension SpoolTests {
+    /// A batch written up to a segment rotation that then fails: the failure says how many were written, and only
+    /// the rest is tried again, so none is written twice and none written is counted as lost.
+    @Test func aBatchThatFailsPartwayReportsWhatWasWrittenAndOnlyTheRestIsRetried() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 480)
+        // The next segment's name is taken: the rotation after 10 records (480 bytes) cannot create it.
+        let blocker = path + "/segment-0000000000000002.log"
+        #expect(FileManager.default.createFile(atPath: blocker, contents: nil))
+        do {
+            try spool.append(contentsOf: (0..<25).map { record($0) })
+            Issue.record("the rotation did not fail")
+        } catch {
+            #expect(error.written == 10)
+        }
+        #expect(spool.peek(limit: 100).map(\.1) == (0..<10).map { record($0) })
+
+        let second = try Spool(directory: directory(), maxBytes: 1 << 20, segmentBytes: 480)
+        #expect(FileManager.default.createFile(atPath: second.directory + "/segment-0000000000000002.log", contents: nil))
+        let (lost, failure) = second.appendKeepingWhatFits((0..<25).map { record($0) })
+        #expect(failure != nil && lost == Array(10..<25))
+        #expect(second.peek(limit: 100).map(\.1) == (0..<10).map { record($0) })
+    }
+}
