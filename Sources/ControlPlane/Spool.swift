@@ -284,6 +284,11 @@ public final class Spool {
     /// On failure, `Failure.written` says how many payloads (from the first) were written all the same.
     @discardableResult
     public func append(contentsOf payloads: [[UInt8]]) throws(Failure) -> Position {
+        // Every size is checked before anything is counted or written: a bad one never leaves counters for frames
+        // that were not written.
+        if let bad = payloads.first(where: { $0.isEmpty || $0.count > Self.maximumRecord }) {
+            throw Failure(description: "a record of \(bad.count) bytes is not one the spool takes")
+        }
         if writeFD < 0 {
             // The last rotation could not create its segment (a full disk): try again.
             try openWriteSegment(sequence: (segments.last?.sequence ?? readSegment) + 1)
@@ -297,9 +302,6 @@ public final class Spool {
             return failure
         }
         for (index, payload) in payloads.enumerated() {
-            guard payload.count <= Self.maximumRecord, !payload.isEmpty else {
-                throw failed(Failure(description: "a record of \(payload.count) bytes is not one the spool takes"))
-            }
             let frameLength = Int64(Self.headerLength + payload.count)
             if segments[segments.count - 1].bytes + frameLength > segmentBytes && segments[segments.count - 1].records > 0 {
                 do throws(Failure) {

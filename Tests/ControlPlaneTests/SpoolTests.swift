@@ -390,3 +390,18 @@ extension SpoolTests {
         #expect(second.peek(limit: 100).map(\.1) == (0..<10).map { record($0) })
     }
 }
+
+extension SpoolTests {
+    /// A record too large for the spool in the middle of a batch: nothing of the batch is counted or written, and
+    /// appending goes on as before (the others are then kept one by one).
+    @Test func anOversizedRecordInABatchChangesNothing() throws {
+        let spool = try Spool(directory: directory(), maxBytes: 64 << 20)
+        let huge = [UInt8](repeating: 0x20, count: Spool.maximumRecord + 1)
+        #expect(throws: Spool.Failure.self) { try spool.append(contentsOf: [record(0), huge, record(2)]) }
+        #expect(spool.totalBytes == 0 && spool.pendingRecords == 0)
+        try spool.append(record(3))
+        #expect(spool.peek(limit: 10).map(\.1) == [record(3)] && spool.pendingRecords == 1)
+        let (lost, _) = spool.appendKeepingWhatFits([record(4), huge, record(5)])
+        #expect(lost == [1] && spool.peek(limit: 10).map(\.1) == [record(3), record(4), record(5)])
+    }
+}
