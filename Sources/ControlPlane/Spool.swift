@@ -432,14 +432,18 @@ public final class Spool {
                 readOffset = 0
             }
         }
-        // Everything delivered: the segment being written is emptied too, so a restart sends nothing a second time
-        // and the backlog (records and bytes) reads zero.
-        if segments.count == 1, segments[0].sequence == readSegment, segments[0].bytes > 0, readOffset >= segments[0].bytes,
-            writeFD >= 0, ftruncate(writeFD, 0) == 0
-        {
-            segments[0].bytes = 0
-            segments[0].records = 0
-            readOffset = 0
+        // Everything delivered: writing goes on in a new segment and the delivered one is deleted, so the backlog
+        // (records and bytes) reads zero. Offsets are never reused: a `delivered` position that did not reach the
+        // disk before a crash of the machine still names the old segment (gone, or delivered) and can never skip
+        // a later record at the same offset.
+        if segments.count == 1, segments[0].sequence == readSegment, segments[0].bytes > 0, readOffset >= segments[0].bytes {
+            let delivered = segments[0].sequence
+            if (try? openWriteSegment(sequence: delivered + 1)) != nil {
+                segments.removeFirst()
+                unlink(path(delivered))
+                readSegment = delivered + 1
+                readOffset = 0
+            }
         }
         saveDelivered()
     }

@@ -405,3 +405,27 @@ extension SpoolTests {
         #expect(lost == [1] && spool.peek(limit: 10).map(\.1) == [record(3), record(4), record(5)])
     }
 }
+
+extension SpoolTests {
+    /// A drained spool never writes new records at offsets it used before: a `delivered` file a crash of the machine
+    /// left stale (an older position in the drained segment) cannot make a restart skip new records.
+    @Test func aStaleDeliveredPositionNeverSkipsRecordsWrittenAfterADrain() throws {
+        let path = directory()
+        let stale: Data
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<3 { try spool.append(record(index)) }
+            let all = spool.peek(limit: 10)
+            spool.acknowledge(through: all[1].0)
+            spool.sync()
+            stale = try Data(contentsOf: URL(fileURLWithPath: path + "/delivered"))
+            spool.acknowledge(through: all[2].0)
+            for index in 10..<15 { try spool.append(record(index)) }
+            spool.sync()
+        }
+        // The machine crashed before the last acknowledgements reached the disk.
+        try stale.write(to: URL(fileURLWithPath: path + "/delivered"))
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.peek(limit: 100).map(\.1) == (10..<15).map { record($0) })
+    }
+}
