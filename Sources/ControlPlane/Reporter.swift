@@ -208,7 +208,8 @@ public final class Reporter: ActionSink, Service {
     private func recreateIfRemoved(_ spool: Spool) {
         do {
             guard let lost = try spool.recreateIfRemoved() else { return }
-            configuration.metrics?.dropped(lost.records, stage: "disk")
+            // Actions counted by lost gap records were counted when those were made; their count is carried on.
+            configuration.metrics?.dropped(lost.newlyDropped, stage: "disk")
             var json = JSONWriter()
             DroppedActionsRecord(agent: configuration.agent, drops: lost, reason: "spool directory removed").writeJSON(to: &json)
             _ = try? spool.append(json.take())
@@ -494,6 +495,9 @@ public final class Reporter: ActionSink, Service {
                 spool.settle(batch[index].0)
             }
             if done > 0 { spool.acknowledge(through: batch[done - 1].0) }
+            // Records the cap dropped while they were in flight count as lost only if they were not accepted.
+            spool.release()
+            recordDrops(in: spool)
         }
     }
 

@@ -70,6 +70,10 @@ public final class Spool {
         var sequence: UInt64
         var bytes: Int64
         var records: Int
+        /// Of `records`, the gap records, and the actions they count (for a loss counted without reading the
+        /// segment: a removed directory).
+        var gaps = 0
+        var gapActions = 0
     }
 
     private static let headerLength = 8
@@ -95,6 +99,20 @@ public final class Spool {
     /// Records past the read position already done (accepted, or set aside) while one before them was not: `peek`
     /// skips them, a drop does not count them, and the read position moves over them once it reaches them.
     private var settledAhead: Set<Position> = []
+    /// The records the last `peek` returned (being sent): one the cap drops is not counted lost until its answer
+    /// says it was not accepted, since the control plane may accept it all the same.
+    private var inFlight: Set<Position> = []
+    /// In-flight records the cap dropped, with what each would count as lost.
+    private var droppedInFlight: [Position: Loss] = [:]
+
+    /// What one dropped record counts as lost: an action, or the count an earlier gap record carried.
+    private struct Loss {
+        var records: Int
+        var carried: Int
+        var bytes: Int
+        var first: String?
+        var last: String?
+    }
 
     /// The read position: everything up to it is done.
     public var front: Position { Position(segment: readSegment, endOffset: readOffset) }
@@ -174,9 +192,15 @@ public final class Spool {
         else { return }
         var cursor = 0
         var records = 0
-        while cursor < Int(saved.endOffset), let (_, next) = Self.frame(in: bytes, at: cursor) {
+        var gaps = 0
+        var gapActions = 0
+        while cursor < Int(saved.endOffset), let (payload, next) = Self.frame(in: bytes, at: cursor) {
             cursor = next
             records += 1
+            if let gap = Self.gapCounts(in: payload) {
+                gaps += 1
+                gapActions += gap.actions
+            }
         }
         guard cursor == Int(saved.endOffset) else { return }  // not a frame boundary: ignore it, send everything
         for segment in segments[..<index] { unlink(path(segment.sequence)) }
@@ -185,6 +209,8 @@ public final class Spool {
         readOffset = saved.endOffset
         // The count is per segment: the delivered records of the one being read are taken off it.
         segments[0].records -= records
+        segments[0].gaps -= gaps
+        segments[0].gapActions -= gapActions
         if readOffset == segments[0].bytes && segments.count > 1 {
             unlink(path(segments[0].sequence))
             segments.removeFirst()
@@ -218,8 +244,12 @@ public final class Spool {
     /// lost are returned, to be reported; nil when it is still there.
     public func recreateIfRemoved() throws(Failure) -> Drops? {
         if let now = Self.identity(of: directory), let before = directoryIdentity, now == before { return nil }
-        let lost = pendingRecords
-        let bytes = segments.filter { $0.sequence >= readSegment }.reduce(0) { $0 + $1.bytes }
+        // Counted as a drop by the cap is: each action once, and a gap record as the actions it counted (carried).
+        let pending = segments.filter { $0.sequence >= readSegment }
+        let gaps = pending.reduce(0) { $0 + $1.gaps }
+        let carried = pending.reduce(0) { $0 + $1.gapActions }
+        let lost = max(0, pendingRecords - gaps) + carried
+        let bytes = pending.reduce(0) { $0 + $1.bytes }
         let next = (segments.last?.sequence ?? 0) + 1
         for fd in [writeFD, lockFD, deliveredFD] where fd >= 0 { close(fd) }
         writeFD = -1
@@ -237,7 +267,9 @@ public final class Spool {
         deliveredFD = open(directory + "/delivered", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         saveDelivered()
         let millis = WallClock.nowMillis()
-        return Drops(records: lost, bytes: bytes, firstAt: millis, lastAt: millis)
+        var drops = Drops(records: lost, bytes: bytes, firstAt: millis, lastAt: millis)
+        drops.carried = carried
+        return drops
     }
 
     deinit {
@@ -321,6 +353,10 @@ public final class Spool {
             // Counted now so the cap and rotation see it; written below (or at the next rotation).
             segments[segments.count - 1].bytes += frameLength
             segments[segments.count - 1].records += 1
+            if let gap = Self.gapCounts(in: payload) {
+                segments[segments.count - 1].gaps += 1
+                segments[segments.count - 1].gapActions += gap.actions
+            }
         }
         do throws(Failure) {
             try flush(buffer, onto: written)
@@ -385,7 +421,9 @@ public final class Spool {
     /// Up to `limit` records from the oldest undelivered one, with the position to acknowledge each. Reads
     /// only the bytes it needs from the read position on, so draining a large backlog stays linear.
     public func peek(limit: Int) -> [(Position, [UInt8])] {
+        release()
         var result: [(Position, [UInt8])] = []
+        defer { inFlight = Set(result.map(\.0)) }
         for entry in segments where entry.sequence >= readSegment && result.count < limit {
             var cursor = entry.sequence == readSegment ? readOffset : 0
             while result.count < limit && cursor < entry.bytes {
@@ -417,6 +455,7 @@ public final class Spool {
     /// Everything up to and including `position` was delivered: move past it (and past records settled ahead of
     /// it) and delete finished segments.
     public func acknowledge(through position: Position) {
+        if !droppedInFlight.isEmpty { droppedInFlight = droppedInFlight.filter { position < $0.key } }
         if front < position {
             readSegment = position.segment
             readOffset = position.endOffset
@@ -448,10 +487,15 @@ public final class Spool {
         saveDelivered()
     }
 
-    /// One record at `position` is done (accepted or set aside) although one before it is not: it is never sent
-    /// again; the read position moves over it when the records before it are acknowledged.
+    /// One record at `position` is done (accepted or set aside) although one before it is not: this run never sends
+    /// it again; the read position moves over it when the records before it are acknowledged. Kept in memory only:
+    /// a restart before that sends it again (its `event_id` marks the duplicate). Only a position in the spool is
+    /// kept, so there are never more of them than records in the spool.
     public func settle(_ position: Position) {
-        guard front < position else { return }
+        droppedInFlight[position] = nil  // done: the cap took nothing that was not delivered
+        guard front < position,
+            segments.contains(where: { $0.sequence == position.segment && position.endOffset <= $0.bytes })
+        else { return }
         settledAhead.insert(position)
     }
 
@@ -519,41 +563,57 @@ public final class Spool {
     private func countDrop(of segment: Segment, from offset: Int64) {
         guard let bytes = readRange(sequence: segment.sequence, from: offset, length: Int(segment.bytes - offset)) else { return }
         var cursor = 0
-        var records = 0
-        var lostBytes = 0
-        var carried = 0
-        var first: String?
-        var last: String?
+        var losses: [Loss] = []
         while let (payload, next) = Self.frame(in: bytes, at: cursor) {
             defer { cursor = next }
+            let position = Position(segment: segment.sequence, endOffset: offset + Int64(next))
             // Accepted already (out of order): not lost.
-            if settledAhead.remove(Position(segment: segment.sequence, endOffset: offset + Int64(next))) != nil { continue }
+            if settledAhead.remove(position) != nil { continue }
+            let loss: Loss
             if let gap = Self.gapCounts(in: payload) {
                 // An earlier gap record: its count is carried into the next one, not lost, and it is no action.
-                records += gap.actions
-                carried += gap.actions
-                lostBytes += gap.bytes
-                if first == nil { first = gap.oldest }
-                if let newest = gap.newest { last = newest }
-                continue
+                loss = Loss(records: gap.actions, carried: gap.actions, bytes: gap.bytes, first: gap.oldest, last: gap.newest)
+            } else {
+                let started = Self.startedAt(in: payload)
+                loss = Loss(records: 1, carried: 0, bytes: next - cursor, first: started, last: started)
             }
-            lostBytes += next - cursor
-            if let started = Self.startedAt(in: payload) {
-                if first == nil { first = started }
-                last = started
+            if inFlight.contains(position) {
+                droppedInFlight[position] = loss  // counted only if its answer says it was not accepted
+            } else {
+                losses.append(loss)
             }
-            records += 1
         }
-        guard records > 0 else { return }
+        count(losses)
+    }
+
+    private func count(_ losses: [Loss]) {
+        guard !losses.isEmpty else { return }
         let now = WallClock.nowMillis()
         var counted = drops ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
-        counted.records += records
-        counted.carried += carried
-        counted.bytes += Int64(lostBytes)
+        for loss in losses {
+            counted.records += loss.records
+            counted.carried += loss.carried
+            counted.bytes += Int64(loss.bytes)
+            if counted.oldestStartedAt == nil { counted.oldestStartedAt = loss.first }
+            if let last = loss.last { counted.newestStartedAt = last }
+        }
         counted.lastAt = now
-        if counted.oldestStartedAt == nil { counted.oldestStartedAt = first }
-        if let last { counted.newestStartedAt = last }
         drops = counted
+    }
+
+    /// The records sent and not done (`peek` is called again, or `release`) whose segment the cap dropped meanwhile
+    /// are lost now: counted.
+    private func countDroppedInFlight() {
+        guard !droppedInFlight.isEmpty else { return }
+        count(droppedInFlight.sorted { $0.key < $1.key }.map(\.value))
+        droppedInFlight = [:]
+    }
+
+    /// The records last peeked are answered: those not settled or acknowledged meanwhile (to be sent again) and
+    /// dropped by the cap while in flight are counted lost now (`takeDropped`).
+    public func release() {
+        countDroppedInFlight()
+        inFlight = []
     }
 
     /// The counts and time range a spooled gap record (`egress_gap`) carries; nil for any other record.
@@ -624,7 +684,10 @@ public final class Spool {
                     _ = truncate(path(sequence), off_t(scan.firstBad))  // cannot rewrite: keep what came before
                     let intact = Self.scan(Array(bytes.prefix(scan.firstBad)))
                     if intact.records > 0 {
-                        segments.append(Segment(sequence: sequence, bytes: Int64(scan.firstBad), records: intact.records))
+                        let gaps = Self.gapTotals(intact.kept)
+                        segments.append(Segment(
+                            sequence: sequence, bytes: Int64(scan.firstBad), records: intact.records, gaps: gaps.records,
+                            gapActions: gaps.actions))
                     } else {
                         unlink(path(sequence))
                     }
@@ -637,8 +700,25 @@ public final class Spool {
                 unlink(path(sequence))
                 continue
             }
-            segments.append(Segment(sequence: sequence, bytes: Int64(scan.kept.count), records: scan.records))
+            let gaps = Self.gapTotals(scan.kept)
+            segments.append(Segment(
+                sequence: sequence, bytes: Int64(scan.kept.count), records: scan.records, gaps: gaps.records,
+                gapActions: gaps.actions))
         }
+    }
+
+    /// How many of the intact frames in `bytes` are gap records, and the actions they count.
+    static func gapTotals(_ bytes: [UInt8]) -> (records: Int, actions: Int) {
+        var cursor = 0
+        var totals = (records: 0, actions: 0)
+        while let (payload, next) = frame(in: bytes, at: cursor) {
+            if let gap = gapCounts(in: payload) {
+                totals.records += 1
+                totals.actions += gap.actions
+            }
+            cursor = next
+        }
+        return totals
     }
 
     /// Records lost to corrupt frames found by `init` (a flipped bit inside a segment), if any.

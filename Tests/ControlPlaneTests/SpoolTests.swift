@@ -233,6 +233,7 @@ extension SpoolTests {
         for index in 0..<5 { try spool.append(record(index)) }
         let first = spool.peek(limit: 5)
         for entry in first[1...4] { spool.settle(entry.0) }  // all but the oldest accepted
+        spool.release()  // the round is over: the oldest is to be sent again
         for index in 5..<100 { try spool.append(record(index)) }
         let drops = try #require(spool.takeDropped())
         let kept = spool.peek(limit: 1000)
@@ -392,21 +393,6 @@ extension SpoolTests {
 }
 
 extension SpoolTests {
-    /// A record too large for the spool in the middle of a batch: nothing of the batch is counted or written, and
-    /// appending goes on as before (the others are then kept one by one).
-    @Test func anOversizedRecordInABatchChangesNothing() throws {
-        let spool = try Spool(directory: directory(), maxBytes: 64 << 20)
-        let huge = [UInt8](repeating: 0x20, count: Spool.maximumRecord + 1)
-        #expect(throws: Spool.Failure.self) { try spool.append(contentsOf: [record(0), huge, record(2)]) }
-        #expect(spool.totalBytes == 0 && spool.pendingRecords == 0)
-        try spool.append(record(3))
-        #expect(spool.peek(limit: 10).map(\.1) == [record(3)] && spool.pendingRecords == 1)
-        let (lost, _) = spool.appendKeepingWhatFits([record(4), huge, record(5)])
-        #expect(lost == [1] && spool.peek(limit: 10).map(\.1) == [record(3), record(4), record(5)])
-    }
-}
-
-extension SpoolTests {
     /// A drained spool never writes new records at offsets it used before: a `delivered` file a crash of the machine
     /// left stale (an older position in the drained segment) cannot make a restart skip new records.
     @Test func aStaleDeliveredPositionNeverSkipsRecordsWrittenAfterADrain() throws {
@@ -427,5 +413,66 @@ extension SpoolTests {
         try stale.write(to: URL(fileURLWithPath: path + "/delivered"))
         let reopened = try Spool(directory: path, maxBytes: 1 << 20)
         #expect(reopened.peek(limit: 100).map(\.1) == (10..<15).map { record($0) })
+    }
+}
+
+extension SpoolTests {
+    /// Only a position in the spool is kept as settled ahead: a stale one (its segment gone) is not counted.
+    @Test func settlingAPositionNotInTheSpoolKeepsNothing() throws {
+        let spool = try Spool(directory: directory(), maxBytes: 1 << 20)
+        for index in 0..<3 { try spool.append(record(index)) }
+        let all = spool.peek(limit: 10)
+        spool.settle(Spool.Position(segment: all[0].0.segment + 5, endOffset: 48))
+        spool.settle(Spool.Position(segment: all[0].0.segment, endOffset: 10_000))
+        #expect(spool.pendingRecords == 3)
+    }
+}
+
+extension SpoolTests {
+    /// The cap dropping the segment being sent counts only the records in flight that turn out not accepted: the
+    /// gap records then add up to exactly what was lost.
+    @Test func recordsInFlightThatTheCapDropsCountOnlyIfNotAccepted() throws {
+        let spool = try Spool(directory: directory(), maxBytes: 2000, segmentBytes: 480)
+        for index in 0..<10 { try spool.append(record(index)) }
+        let batch = spool.peek(limit: 5)
+        for index in 10..<100 { try spool.append(record(index)) }
+        let whileSending = try #require(spool.takeDropped())
+        spool.acknowledge(through: batch[2].0)  // 0, 1, 2 accepted; 3 and 4 to be sent again
+        spool.release()
+        let afterAnswers = try #require(spool.takeDropped())
+        #expect(afterAnswers.records == 2)
+        let kept = spool.peek(limit: 1000).count
+        #expect(whileSending.records + afterAnswers.records + kept == 97, "\(whileSending.records) + \(afterAnswers.records) + \(kept)")
+    }
+}
+
+extension SpoolTests {
+    /// A removed directory loses what it held counted as the cap counts it: a gap record is no action, and the
+    /// count it carried goes on into the next gap record.
+    @Test func aRemovedDirectoryCountsGapRecordsAsTheActionsTheyCarried() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 1 << 20)
+        var json = JSONWriter()
+        DroppedActionsRecord(agent: "a", drops: .init(records: 100, bytes: 5000, firstAt: 0, lastAt: 0)).writeJSON(to: &json)
+        try spool.append(json.take())
+        for index in 0..<5 { try spool.append(record(index)) }
+        try FileManager.default.removeItem(atPath: path)
+        let lost = try #require(try spool.recreateIfRemoved())
+        #expect(lost.records == 105 && lost.carried == 100 && lost.newlyDropped == 5)
+    }
+}
+
+extension SpoolTests {
+    /// A record too large for the spool in the middle of a batch: nothing of the batch is counted or written, and
+    /// appending goes on as before (the others are then kept one by one).
+    @Test func anOversizedRecordInABatchChangesNothing() throws {
+        let spool = try Spool(directory: directory(), maxBytes: 64 << 20)
+        let huge = [UInt8](repeating: 0x20, count: Spool.maximumRecord + 1)
+        #expect(throws: Spool.Failure.self) { try spool.append(contentsOf: [record(0), huge, record(2)]) }
+        #expect(spool.totalBytes == 0 && spool.pendingRecords == 0)
+        try spool.append(record(3))
+        #expect(spool.peek(limit: 10).map(\.1) == [record(3)] && spool.pendingRecords == 1)
+        let (lost, _) = spool.appendKeepingWhatFits([record(4), huge, record(5)])
+        #expect(lost == [1] && spool.peek(limit: 10).map(\.1) == [record(3), record(4), record(5)])
     }
 }
