@@ -5,17 +5,17 @@
 /// (`Connection: close`, HTTP/1.0, a keep-alive limit) leaves the requests pipelined behind it unanswered: they
 /// are sent again at once on a new connection, one at a time per connection until answers keep it open again.
 ///
-/// Each record is done on its own: one the control plane keeps refusing never holds up those behind it, and
-/// one it accepted is never sent again. What each answer means:
+/// Each record is done on its own: one the control plane keeps refusing never holds up those behind it. What each
+/// answer means:
 ///
 /// - 2xx: accepted.
 /// - 400, 413, 422: the record itself is refused; sending it again cannot help. Set aside at once.
-/// - 5xx: retried. While the control plane accepts other records in the same round (so it is up, and this
-///   record is what it chokes on), each counts against the record; after `serverErrorAttempts` of them it is set
-///   aside. A round in which nothing is accepted is an outage: it counts against no record, however long.
-/// - 401, 403 (the key), 408, 429 and any other status (404 from a wrong `KAIZEN_API_URL`): retried, never set
-///   aside: the fault is not the record's. 429 and 503 honour Retry-After.
-/// - no answer (timeout, closed connection): retried, never set aside.
+/// - Any other status but 429, or a closed connection with no answer (none of the answers announced the close):
+///   retried. While the control plane accepts other records in the same round (so it is up, and this record is what
+///   it chokes on), each counts against the record; after `failedAttempts` of them it is set aside. A round in which
+///   nothing is accepted is an outage (or a refused key, a wrong URL): it counts against no record, however long.
+/// - 429, a timeout, no answer behind one that announced the close: retried, never counted. 429 and 503 honour
+///   Retry-After.
 package struct DeliveryRound: Sendable, Equatable {
     /// What came back for one request.
     package enum Answer: Sendable, Equatable {
@@ -29,8 +29,9 @@ package struct DeliveryRound: Sendable, Equatable {
         case accepted
         /// 400, 413 or 422: the control plane will never take it; set aside in the dead-letter file.
         case rejected(status: Int)
-        /// A server error (5xx) `serverErrorAttempts` times while other records were accepted: set aside.
-        case failedRepeatedly(status: Int)
+        /// A failed answer (or, nil, a dropped connection) `failedAttempts` times while other records were
+        /// accepted: set aside.
+        case failedRepeatedly(status: Int?)
         /// Not done: sent again later.
         case retry
     }
@@ -58,11 +59,28 @@ package struct DeliveryRound: Sendable, Equatable {
     /// Whether the next round may pipeline several requests per connection: false after a connection closed
     /// behind an answer or under unanswered requests.
     package var pipeline: Bool
-    /// Server errors each record has had while others were accepted, this round included (for the next).
+    /// Failed attempts each record has had while others were accepted, this round included (for the next).
     package var serverErrors: [Int]
 
-    /// How many 5xx answers, each while the control plane accepted other records, set a record aside.
-    package static let serverErrorAttempts = 5
+    /// How many failed attempts, each while the control plane accepted other records, set a record aside.
+    package static let failedAttempts = 5
+    package static let serverErrorAttempts = failedAttempts
+
+    /// What the round says of the control plane, for the log and the reachability gauge: a round in which anything
+    /// was done says it works, whatever one record got; only a round with no progress says why it does not.
+    package enum Health: Sendable, Equatable {
+        case reachable, unauthorized, unavailable, unreachable
+    }
+
+    package var health: Health {
+        if progressed { return .reachable }
+        switch failure {
+        case nil: return .reachable
+        case .unauthorized: return .unauthorized
+        case .unavailable: return .unavailable
+        case .unreachable: return .unreachable
+        }
+    }
 
     /// How many records from the start of the batch are done (accepted or set aside): the spool is
     /// acknowledged through the last of them.
@@ -80,6 +98,10 @@ package struct DeliveryRound: Sendable, Equatable {
         let othersAccepted = answers.contains {
             if case .status(let status, _, _) = $0 { (200..<300).contains(status) } else { false }
         }
+        // A closed connection the server announced explains the requests left unanswered behind it.
+        let closeAnnounced = answers.contains {
+            if case .status(_, _, true) = $0 { true } else { false }
+        }
         var serverErrors = previous
         var fates: [Fate] = []
         var failure: Failure?
@@ -93,30 +115,40 @@ package struct DeliveryRound: Sendable, Equatable {
             default: break
             }
         }
+        /// Counts a failed attempt against the record at `index` (only while others were accepted); whether that
+        /// was its last.
+        func counts(_ index: Int) -> Bool {
+            guard othersAccepted else { return false }
+            serverErrors[index] = previous[index] + 1
+            return serverErrors[index] >= Self.failedAttempts
+        }
         for (index, answer) in answers.enumerated() {
             switch answer {
             case .status(let status, let after, let closes):
                 if closes { pipeline = false }
                 if (200..<300).contains(status) {
                     fates.append(.accepted)
-                } else if Self.isRejection(status) {
+                    continue
+                }
+                if Self.isRejection(status) {
                     fates.append(.rejected(status: status))
-                } else if (500..<600).contains(status), othersAccepted,
-                    previous[index] + 1 >= Self.serverErrorAttempts
-                {
-                    serverErrors[index] = previous[index] + 1
+                    continue
+                }
+                note(status == 401 || status == 403 ? .unauthorized(status: status) : .unavailable(status: status))
+                if status != 429, counts(index) {
                     fates.append(.failedRepeatedly(status: status))
-                    note(.unavailable(status: status))
                 } else {
-                    if (500..<600).contains(status), othersAccepted { serverErrors[index] = previous[index] + 1 }
                     fates.append(.retry)
-                    note(status == 401 || status == 403 ? .unauthorized(status: status) : .unavailable(status: status))
                     if let after { retryAfter = max(retryAfter ?? .zero, after) }
                 }
             case .noAnswer(let closed):
                 if closed { pipeline = false }
-                fates.append(.retry)
                 note(.unreachable)
+                if closed, !closeAnnounced, counts(index) {
+                    fates.append(.failedRepeatedly(status: nil))
+                } else {
+                    fates.append(.retry)
+                }
             }
         }
         self.fates = fates

@@ -17,8 +17,9 @@ import Musl
 ///
 /// `record` appends to an in-memory queue. The service writes the queue to the write-ahead `Spool` (so a
 /// restart or a crash keeps it), then sends from the spool over one keep-alive connection, several requests
-/// in flight, each answer judged on its own (`DeliveryRound`): an accepted action is never sent again, and one
-/// the control plane refuses (400, 413, 422) or keeps failing (5xx while accepting others) is set aside in a
+/// in flight, each answer judged on its own (`DeliveryRound`): an accepted action is not sent again by this run
+/// (a restart resends those accepted out of order, see `Spool.settle`), and one the control plane refuses (400,
+/// 413, 422) or keeps failing (five error answers or dropped connections while accepting others) is set aside in a
 /// dead-letter file with the server's answer, so it never holds up the rest. Failures back off exponentially with
 /// full jitter (honouring `Retry-After` on 429 and 503); 401/403 keep the data and log one line until the key works.
 public final class Reporter: ActionSink, Service {
@@ -370,48 +371,51 @@ public final class Reporter: ActionSink, Service {
                     "done": "\(round.donePrefix)", "failure": "\(round.failure.map { "\($0)" } ?? "none")",
                     "first_error": "\(Self.firstError(answers))",
                 ])
-            if let failure = round.failure {
-                switch failure {
-                case .unauthorized(let status):
-                    configuration.metrics?.deliveryFailed(reason: "unauthorized")
-                    if health != .unauthorized {
-                        logger.error(
-                            "the control plane refused the API key (HTTP \(status)); actions are kept and retried: check KAIZEN_API_KEY",
-                            metadata: ["backlog": "\(pendingCount())"]
-                        )
-                        health = .unauthorized
-                    }
-                case .unavailable(let status):
-                    configuration.metrics?.deliveryFailed(reason: "unavailable")
-                    if health != .unreachable && round.next != .now {
-                        logger.warning(
-                            "control plane unavailable (HTTP \(status)); actions are spooled",
-                            metadata: ["backlog": "\(pendingCount())"]
-                        )
-                        health = .unreachable
-                    }
-                case .unreachable where round.next == .now:
-                    // Answers came, and the connection closed behind them: the rest go again on a new one at once.
-                    break
-                case .unreachable:
-                    configuration.metrics?.deliveryFailed(reason: "unreachable")
-                    if health != .unreachable {
-                        logger.warning(
-                            "control plane unreachable; actions are spooled",
-                            metadata: ["error": "\(Self.firstError(answers))", "backlog": "\(pendingCount())"]
-                        )
-                        health = .unreachable
-                    }
+            // Only a round with no progress says the control plane does not work: one record's 401 or 5xx while
+            // others are accepted is that record's (counted, and set aside in the end), so the log and the
+            // reachability gauge do not flip every round.
+            let reason: String? =
+                switch round.failure {
+                case .unauthorized: "unauthorized"
+                case .unavailable: "unavailable"
+                case .unreachable: round.progressed ? nil : "unreachable"
+                case nil: nil
                 }
+            if let reason { configuration.metrics?.deliveryFailed(reason: reason, reachable: round.progressed) }
+            switch (round.health, round.failure) {
+            case (.unauthorized, .unauthorized(let status)):
+                if health != .unauthorized {
+                    logger.error(
+                        "the control plane refused the API key (HTTP \(status)); actions are kept and retried: check KAIZEN_API_KEY",
+                        metadata: ["backlog": "\(pendingCount())"]
+                    )
+                    health = .unauthorized
+                }
+            case (.unavailable, .unavailable(let status)):
+                if health != .unreachable {
+                    logger.warning(
+                        "control plane unavailable (HTTP \(status)); actions are spooled",
+                        metadata: ["backlog": "\(pendingCount())"]
+                    )
+                    health = .unreachable
+                }
+            case (.unreachable, _):
+                if health != .unreachable {
+                    logger.warning(
+                        "control plane unreachable; actions are spooled",
+                        metadata: ["error": "\(Self.firstError(answers))", "backlog": "\(pendingCount())"]
+                    )
+                    health = .unreachable
+                }
+            default:
+                break
             }
-            if round.accepted > 0 {
-                configuration.metrics?.delivered(round.accepted, since: started)
-                if health != .reachable {
-                    if health == .unreachable || health == .unauthorized {
-                        logger.notice("control plane reachable again", metadata: ["backlog": "\(pendingCount())"])
-                    }
-                    health = .reachable
+            if round.accepted > 0 { configuration.metrics?.delivered(round.accepted, since: started) }
+            if round.progressed, health != .reachable {
+                if health == .unreachable || health == .unauthorized {
+                    logger.notice("control plane reachable again", metadata: ["backlog": "\(pendingCount())"])
                 }
+                health = .reachable
             }
             switch round.next {
             case .now:
@@ -479,7 +483,7 @@ public final class Reporter: ActionSink, Service {
     /// done prefix of the batch is acknowledged, the records done behind one still to send are settled.
     private func settle(_ round: DeliveryRound, batch: [(Spool.Position, [UInt8])], answers: [Outcome]) {
         for (index, fate) in round.fates.enumerated() {
-            guard case .success(let response) = answers[index] else { continue }
+            let response: ControlPlaneResponse? = if case .success(let response) = answers[index] { response } else { nil }
             switch fate {
             case .rejected:
                 configuration.metrics?.deliveryRejected()
@@ -502,15 +506,21 @@ public final class Reporter: ActionSink, Service {
     }
 
     /// Sets a record the control plane will not take aside, with its answer: `reason` is rejected (400, 413, 422)
-    /// or failed_repeatedly (a server error every time, while it accepted others). Counted in
+    /// or failed_repeatedly (an error answer or a dropped connection every time, while it accepted others; status 0
+    /// when there was no answer). Counted in
     /// `actions_dropped_total{stage="dead_letter"}`; logged at most once a minute, with the count since.
-    private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse, reason: String) {
+    private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse?, reason: String) {
         let file = DeadLetterFile(directory: configuration.spoolDirectory, maxBytes: configuration.deadLetterMaxBytes)
         var json = JSONWriter()
         json.beginObject()
         json.field("reason", reason)
-        json.field("status", response.status)
-        json.field("answer", response.body)
+        if let response {
+            json.field("status", response.status)
+            json.field("answer", response.body)
+        } else {
+            json.field("status", 0)
+            json.field("answer", "no answer: the control plane closed the connection")
+        }
         json.field("action", String(decoding: record, as: UTF8.self))
         json.endObject()
         var line = json.take()
@@ -518,12 +528,12 @@ public final class Reporter: ActionSink, Service {
         let failure = file.append(line)
         configuration.metrics?.dropped(1, stage: "dead_letter")
         guard let count = deadLetterLog.withLock({ $0.note() }) else { return }
-        var metadata: Logger.Metadata = ["status": "\(response.status)", "reason": "\(reason)", "actions": "\(count)"]
+        var metadata: Logger.Metadata = ["status": "\(response?.status ?? 0)", "reason": "\(reason)", "actions": "\(count)"]
         if let failure { metadata["error"] = "\(FileIO.reason(failure))" }
         logger.error(
             reason == "rejected"
                 ? "the control plane rejected an action; it is set aside in \(file.path) (logged at most once a minute, with the count)"
-                : "the control plane failed an action \(DeliveryRound.serverErrorAttempts) times while accepting others; it is set aside in \(file.path) (logged at most once a minute, with the count)",
+                : "the control plane failed an action \(DeliveryRound.failedAttempts) times while accepting others (error answers or dropped connections); it is set aside in \(file.path) (logged at most once a minute, with the count)",
             metadata: metadata
         )
     }

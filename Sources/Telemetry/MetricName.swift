@@ -80,7 +80,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Failed delivery attempts: unreachable, unauthorized (401/403), unavailable (other status), rejected (400/413/422, one per action; the control plane stays reachable).")
     public static let controlPlaneReachable = MetricName(
         name: "kaizen_egress_control_plane_reachable", type: "gauge", labels: [],
-        help: "1 when the last delivery attempt succeeded, 0 when it failed.")
+        help: "1 when the last delivery round delivered actions (even if one action in it failed), 0 when a round did nothing (unreachable, unavailable, key refused).")
     public static let policyDecisions = MetricName(
         name: "kaizen_egress_policy_decisions_total", type: "counter", labels: ["decision"],
         help: "Policy decisions on reported actions: allow, block (enforce mode) or would_block (observe mode).")

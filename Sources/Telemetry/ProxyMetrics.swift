@@ -164,9 +164,11 @@ public final class ProxyMetrics: Sendable {
         controlPlaneReachable.set(1)
     }
 
-    public func deliveryFailed(reason: String) {
+    /// - Parameter reachable: true when the round failed one action but did others: the control plane works, and
+    ///   the gauge stays up (it must not flip every round).
+    public func deliveryFailed(reason: String, reachable: Bool = false) {
         deliveryFailures[reason]?.increment()
-        controlPlaneReachable.set(0)
+        controlPlaneReachable.set(reachable ? 1 : 0)
     }
 
     /// The control plane refused an action for good (400, 413, 422): a failed attempt, though the control plane

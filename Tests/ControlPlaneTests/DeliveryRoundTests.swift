@@ -71,11 +71,45 @@ extension DeliveryRoundTests {
         #expect(round.serverErrors == [99, 4])
     }
 
-    /// Faults that are not the record's are retried, never set aside, whatever else is accepted.
-    @Test func keyThrottlingAndMisdirectionAreNeverTheRecordsFault() {
-        for code in [401, 403, 404, 408, 429] {
-            let round = DeliveryRound(answers: [Self.status(code), Self.ok], serverErrors: [100, 0])
-            #expect(round.fates == [.retry, .accepted], "\(code)")
+    /// Throttling is never the record's fault, and neither is anything while nothing at all is accepted (a refused
+    /// key, a wrong URL, an outage): retried, never counted.
+    @Test func throttlingAndRoundsWithNothingAcceptedAreNeverTheRecordsFault() {
+        let throttled = DeliveryRound(answers: [Self.status(429), Self.ok], serverErrors: [100, 0])
+        #expect(throttled.fates == [.retry, .accepted] && throttled.serverErrors == [100, 0])
+        for code in [401, 403, 404, 409, 500] {
+            let round = DeliveryRound(answers: [Self.status(code), Self.status(code), Self.closed], serverErrors: [100, 4, 4])
+            #expect(round.fates == [.retry, .retry, .retry] && round.serverErrors == [100, 4, 4], "\(code)")
         }
+    }
+
+    /// Any other failed answer one record gets while others are accepted (403, 404, 409 for that one record; a
+    /// connection dropped under it) counts against it like a 5xx: the fifth sets it aside, so it never blocks the
+    /// front of the spool for good.
+    @Test func anyFailureOneRecordKeepsGettingWhileOthersAreAcceptedSetsItAsideAtTheFifth() {
+        for answer in [Self.status(401), Self.status(403), Self.status(404), Self.status(409), Self.status(408), Self.closed] {
+            var errors = 0
+            for attempt in 1..<DeliveryRound.failedAttempts {
+                let round = DeliveryRound(answers: [answer, Self.ok], serverErrors: [errors, 0])
+                #expect(round.fates == [.retry, .accepted] && round.serverErrors[0] == attempt, "\(answer)")
+                errors = round.serverErrors[0]
+            }
+            let last = DeliveryRound(answers: [answer, Self.ok], serverErrors: [errors, 0])
+            let status: Int? = if case .status(let code, _, _) = answer { code } else { nil }
+            #expect(last.fates == [.failedRepeatedly(status: status), .accepted] && last.donePrefix == 2, "\(answer)")
+        }
+        // Requests left unanswered behind an answer that announced the close are not the record's fault.
+        let announced = DeliveryRound(answers: [Self.okThenClosed, Self.closed], serverErrors: [0, 4])
+        #expect(announced.fates == [.accepted, .retry] && announced.serverErrors == [0, 4])
+    }
+
+    /// Only a round with no progress says the control plane does not work: a 401 for one record while others are
+    /// accepted leaves it reachable (the log and gauge do not flip every round).
+    @Test func healthChangesOnlyInARoundWithNoProgress() {
+        #expect(DeliveryRound(answers: [Self.status(401), Self.ok]).health == .reachable)
+        #expect(DeliveryRound(answers: [Self.status(503), Self.ok]).health == .reachable)
+        #expect(DeliveryRound(answers: [Self.status(401), Self.status(401)]).health == .unauthorized)
+        #expect(DeliveryRound(answers: [Self.status(503), Self.timedOut]).health == .unavailable)
+        #expect(DeliveryRound(answers: [Self.timedOut]).health == .unreachable)
+        #expect(DeliveryRound(answers: [Self.status(400)]).health == .reachable)
     }
 }
