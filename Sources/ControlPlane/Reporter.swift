@@ -95,19 +95,23 @@ public final class Reporter: ActionSink, Service {
         self.configuration = configuration
         self.logger = logger
         let spool = try Spool(directory: configuration.spoolDirectory, maxBytes: configuration.spoolMaxBytes)
-        if let lost = spool.takeCorrupted() {
-            // Reported in place of the records a corrupt frame took with it, and counted.
-            var json = JSONWriter()
-            DroppedActionsRecord(agent: configuration.agent, drops: lost, reason: "spool record corrupted").writeJSON(to: &json)
-            _ = try? spool.append(json.take())
-            spool.sync()
-            configuration.metrics?.dropped(lost.records, stage: "corrupt")
-            logger.error(
-                "the spool in KAIZEN_SPOOL_DIR had corrupt records (a disk fault); they were skipped, the intact ones after them kept, and a gap record counts them",
-                metadata: ["lost": "\(lost.records)", "bytes": "\(lost.bytes)"]
-            )
-        }
+        Self.reportCorrupted(in: spool, configuration: configuration, logger: logger)
         self.spoolBox = Mutex(spool)
+    }
+
+    /// Records lost to corrupt frames (found when the spool opened, or by a read later): reported in their place
+    /// in a gap record, counted and logged.
+    private static func reportCorrupted(in spool: Spool, configuration: Configuration, logger: Logger) {
+        guard let lost = spool.takeCorrupted() else { return }
+        var json = JSONWriter()
+        DroppedActionsRecord(agent: configuration.agent, drops: lost, reason: "spool record corrupted").writeJSON(to: &json)
+        _ = try? spool.append(json.take())
+        spool.sync()
+        configuration.metrics?.dropped(lost.records, stage: "corrupt")
+        logger.error(
+            "the spool in KAIZEN_SPOOL_DIR had corrupt records (a disk fault); they were skipped, the intact ones after them kept, and a gap record counts them",
+            metadata: ["lost": "\(lost.records)", "bytes": "\(lost.bytes)"]
+        )
     }
 
     public func record(_ record: ActionRecord) {
@@ -195,6 +199,7 @@ public final class Reporter: ActionSink, Service {
             recreateIfRemoved(spool)
             let lost = write(records, to: spool)
             recordDrops(in: spool)
+            Self.reportCorrupted(in: spool, configuration: configuration, logger: logger)
             spool.sync()
             if lost == 0 {
                 logger.debug("actions spooled", metadata: ["spooled": "\(records.count)", "spool.pending": "\(spool.pendingRecords)"])
@@ -502,6 +507,7 @@ public final class Reporter: ActionSink, Service {
             // Records the cap dropped while they were in flight count as lost only if they were not accepted.
             spool.release()
             recordDrops(in: spool)
+            Self.reportCorrupted(in: spool, configuration: configuration, logger: logger)
         }
     }
 

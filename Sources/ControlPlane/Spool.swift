@@ -439,9 +439,15 @@ public final class Spool {
                     // One frame larger than the chunk: read exactly that frame.
                     guard chunk.count >= Self.headerLength else { break }
                     let frameLength = Self.headerLength + Int(Self.bigEndian32(chunk, 0))
-                    guard let whole = readRange(sequence: entry.sequence, from: cursor, length: frameLength),
+                    guard frameLength <= Self.headerLength + Self.maximumRecord,  // else a corrupt length: no read
+                        let whole = readRange(sequence: entry.sequence, from: cursor, length: frameLength),
                         let (payload, next) = Self.frame(in: whole, at: 0)
-                    else { break }  // corrupt: recovery cut such tails, so this is a disk fault; stop here
+                    else {
+                        // Corrupt: recovery cut such tails, so this is a disk fault. The rest of this segment is
+                        // skipped, and counted as corrupted when the segment goes; new records go to a new segment.
+                        markCorrupt(entry, at: cursor)
+                        break
+                    }
                     let position = Position(segment: entry.sequence, endOffset: cursor + Int64(next))
                     if !settledAhead.contains(position) { result.append((position, payload)) }
                     local = next
@@ -450,6 +456,32 @@ public final class Spool {
             }
         }
         return result
+    }
+
+    /// Where `peek` found a corrupt frame (a disk fault after the spool was opened), by segment: the rest of that
+    /// segment is never sent, and counted lost (`takeCorrupted`) when the segment is deleted or dropped.
+    private var corruptAt: [UInt64: Int64] = [:]
+
+    private func markCorrupt(_ entry: Segment, at offset: Int64) {
+        guard corruptAt[entry.sequence] == nil else { return }
+        corruptAt[entry.sequence] = offset
+        if entry.sequence == segments.last?.sequence {
+            try? openWriteSegment(sequence: entry.sequence + 1)  // else new records would sit behind it
+        }
+    }
+
+    /// Counts what a segment held past the corrupt frame `peek` found in it, as it goes.
+    private func countCorruptRemainder(of segment: Segment) {
+        guard let offset = corruptAt.removeValue(forKey: segment.sequence), offset < segment.bytes,
+            let bytes = readRange(sequence: segment.sequence, from: offset, length: Int(segment.bytes - offset))
+        else { return }
+        let scan = Self.scan(bytes)
+        let now = WallClock.nowMillis()
+        var lost = corrupted ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
+        lost.records += max(1, scan.records + scan.lostRecords)
+        lost.bytes += Int64(bytes.count)
+        lost.lastAt = now
+        corrupted = lost
     }
 
     /// Everything up to and including `position` was delivered: move past it (and past records settled ahead of
@@ -464,6 +496,7 @@ public final class Spool {
         while let first = segments.first, segments.count > 1,
             first.sequence < readSegment || (first.sequence == readSegment && readOffset >= first.bytes)
         {
+            countCorruptRemainder(of: first)
             unlink(path(first.sequence))
             segments.removeFirst()
             if first.sequence == readSegment, let next = segments.first {
@@ -548,6 +581,7 @@ public final class Spool {
     private func enforceCap(adding: Int64) {
         while totalBytes + adding > maxBytes, segments.count > 1 {
             let oldest = segments.removeFirst()
+            countCorruptRemainder(of: oldest)
             if oldest.sequence >= readSegment {
                 countDrop(of: oldest, from: oldest.sequence == readSegment ? readOffset : 0)
             }
@@ -721,7 +755,8 @@ public final class Spool {
         return totals
     }
 
-    /// Records lost to corrupt frames found by `init` (a flipped bit inside a segment), if any.
+    /// Records lost to corrupt frames found by `init` (a flipped bit inside a segment), or by `peek` later (counted
+    /// as their segment goes), if any.
     public func takeCorrupted() -> Drops? {
         defer { corrupted = nil }
         return corrupted

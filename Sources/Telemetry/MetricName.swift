@@ -74,7 +74,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Actions the control plane accepted.")
     public static let dropped = MetricName(
         name: "kaizen_egress_actions_dropped_total", type: "counter", labels: ["stage"],
-        help: "Actions the control plane does not have: queue (memory full), spool (KAIZEN_SPOOL_MAX_BYTES reached), disk (the spool could not be written, a full disk; or its directory was removed while the proxy ran), corrupt (a corrupt record found in the spool at start), dead_letter (refused for good, or failed five times while others were accepted: set aside in dead-letter.jsonl).")
+        help: "Actions the control plane does not have: queue (memory full), spool (KAIZEN_SPOOL_MAX_BYTES reached), disk (the spool could not be written, a full disk; or its directory was removed while the proxy ran), corrupt (a corrupt record found in the spool, at start or by a later read), dead_letter (refused for good, or failed five times while others were accepted: set aside in dead-letter.jsonl).")
     public static let deliveryFailures = MetricName(
         name: "kaizen_egress_delivery_failures_total", type: "counter", labels: ["reason"],
         help: "Failed delivery attempts: unreachable, unauthorized (401/403), unavailable (other status), rejected (400/413/422, one per action; the control plane stays reachable).")

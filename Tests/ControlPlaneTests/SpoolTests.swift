@@ -476,3 +476,24 @@ extension SpoolTests {
         #expect(lost == [1] && spool.peek(limit: 10).map(\.1) == [record(3), record(4), record(5)])
     }
 }
+
+extension SpoolTests {
+    /// A frame found corrupt by a read (a disk fault after the spool was opened): the rest of its segment is skipped,
+    /// delivery goes on after it, and what was skipped is counted once its segment goes.
+    @Test func aFrameFoundCorruptByAReadIsSkippedAndCounted() throws {
+        let path = directory()
+        let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 480)
+        for index in 0..<30 { try spool.append(record(index)) }
+        let second = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasPrefix("segment-") }.sorted()[1]
+        let handle = try #require(FileHandle(forUpdatingAtPath: path + "/" + second))
+        handle.seek(toFileOffset: 2 * 48)
+        handle.write(Data([0x7f, 0xff, 0xff, 0xff]))  // record 12's length: past the end
+        handle.closeFile()
+        let batch = spool.peek(limit: 100)
+        #expect(batch.map(\.1) == ((0..<12).map { record($0) } + (20..<30).map { record($0) }))
+        spool.acknowledge(through: batch.last!.0)
+        let lost = try #require(spool.takeCorrupted())
+        #expect(lost.records == 8 && lost.bytes == 8 * 48)
+        #expect(spool.pendingRecords == 0)
+    }
+}
