@@ -75,6 +75,8 @@ public final class Reporter: ActionSink, Service {
     private let dropLog = Mutex(DropLog())
     private let deadLetterLog = Mutex(LogEvery())
     private let writeLog = Mutex(LogEvery())
+    /// The queue overflowing (a burst the spool writer cannot keep up with) is logged once a minute, with a count.
+    private let queueFullLog = Mutex(LogEvery())
     /// Actions the spool could not take (a full disk), to report in a gap record once it can.
     private let writeLoss = Mutex<Spool.Drops?>(nil)
     /// Since when every spool write has failed; nil while writes succeed.
@@ -185,8 +187,10 @@ public final class Reporter: ActionSink, Service {
         defer { spoolPassStarted.withLock { $0 = nil } }
         let (actions, dropped) = queue.takeAll()
         configuration.metrics?.dropped(dropped, stage: "queue")
-        if dropped > 0 {
-            logger.error("the reporter's queue was full; actions were dropped before reaching the spool", metadata: ["dropped": "\(dropped)"])
+        if dropped > 0, let count = queueFullLog.withLock({ $0.note(dropped) }) {
+            logger.error(
+                "the reporter's queue was full; actions were dropped before reaching the spool (logged once a minute)",
+                metadata: ["dropped": "\(count)"])
         }
         guard !actions.isEmpty else { return 0 }
         let records = actions.map { action -> [UInt8] in
