@@ -254,7 +254,14 @@ public struct AuditFileWriter: ~Copyable {
             close(lockFD)
             throw code == EWOULDBLOCK ? .inUse(paths.current) : .system("flock \(paths.lock)", code)
         }
-        let fd = open(paths.current, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        // Made only when missing, and removed again when the log is refused: a refused start leaves the files as
+        // they were (a head file whose log was deleted keeps saying so).
+        var created = false
+        var fd = open(paths.current, O_RDWR | O_APPEND | O_CLOEXEC)
+        if fd < 0 && errno == ENOENT {
+            fd = open(paths.current, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            created = fd >= 0
+        }
         guard fd >= 0 else {
             let code = errno
             close(lockFD)
@@ -314,10 +321,12 @@ public struct AuditFileWriter: ~Copyable {
             self.syncedSequence = chain.nextSequence - 1
         } catch let error as AuditFileError {
             close(fd)
+            if created { unlink(paths.current) }
             close(lockFD)
             throw error
         } catch {
             close(fd)
+            if created { unlink(paths.current) }
             close(lockFD)
             throw .system("open", EIO)
         }

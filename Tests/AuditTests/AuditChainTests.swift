@@ -310,6 +310,12 @@ import Testing
         try Data("{}".utf8).write(to: URL(fileURLWithPath: paths.head))
         #expect(try attempt(Array(original)) == .invalidHead(paths.head))
         try head.write(to: URL(fileURLWithPath: paths.head))
+        // The log file itself deleted, its head left: refused, and no empty log is made in its place.
+        try FileManager.default.removeItem(atPath: paths.current)
+        #expect(throws: AuditFileError.endsBeforeHead(paths.current, logEnds: nil, head: 14, headPath: paths.head)) {
+            _ = try AuditFileWriter(paths: paths, maxBytes: 0)
+        }
+        #expect(!FileManager.default.fileExists(atPath: paths.current))
         // Restored, the log goes on.
         #expect(try attempt(Array(original)) == nil)
     }
