@@ -118,8 +118,13 @@ struct CADoctor: ParsableCommand {
         if let writeBundle {
             do {
                 let system = try systemCas ?? Self.systemBundle()
-                let systemCertificates = try OpenSSLCertificate.chain(
-                    pem: Array(try Data(contentsOf: URL(fileURLWithPath: system))))
+                let systemText = Array(try Data(contentsOf: URL(fileURLWithPath: system)))
+                let systemCertificates = try OpenSSLCertificate.chain(pem: systemText)
+                // OpenSSL stops at the first block it cannot read: every system CA after it would be missing.
+                let blocks = String(decoding: systemText, as: UTF8.self).components(separatedBy: "-----BEGIN CERTIFICATE-----").count - 1
+                guard systemCertificates.count == blocks else {
+                    fail("--write-bundle: \(system) holds \(blocks) certificates but only the first \(systemCertificates.count) could be read, so the bundle would miss the rest: repair that file (or give another with --system-cas)")
+                }
                 // Certificates only, each once (by DER): a CA already in the system store is not added again.
                 var seen = Set<[UInt8]>()
                 var bytes: [UInt8] = []

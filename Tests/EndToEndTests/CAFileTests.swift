@@ -130,5 +130,15 @@ import Testing
         let third = try doctor(new, pki.directory + "/third.pem", ["--system-cas", pki.directory + "/second.pem"])
         #expect(third.contains("the \(systemCount + 1) system CAs from \(pki.directory)/second.pem (this CA is already among them)."), "\(third)")
         #expect(try certificates(pki.directory + "/third.pem") == rotated)
+        // A store with a block OpenSSL cannot read: the certificates after it would be missing, so no bundle is written.
+        let broken = pki.directory + "/broken.pem"
+        try (oldCA + "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n" + newCA)
+            .write(toFile: broken, atomically: true, encoding: .utf8)
+        let refused = try ChildProcess(
+            Paths.proxyBinary, ["ca", "doctor", "--write-bundle", pki.directory + "/fourth.pem", "--system-cas", broken],
+            environment: ProxyEnvironment.make(["KAIZEN_CA_CERT": new + "/ca.pem", "KAIZEN_CA_KEY": new + "/ca.key"]))
+        #expect(try refused.waitForExit(timeout: 30) != 0)
+        #expect(refused.stderr.contains("holds 3 certificates but only the first 1 could be read"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: pki.directory + "/fourth.pem"))
     }
 }
