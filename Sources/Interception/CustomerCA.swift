@@ -150,7 +150,9 @@ public enum CustomerCA {
         for index in chain.indices.dropFirst() {
             let (subject, issuer) = (chain[index - 1], chain[index])
             let named = "certificate \(index + 1) (\(issuer.subjectDescription))"
-            if subject.isSelfSigned {
+            // A self-signed root ends a chain, unless the certificate after it is the same CA (its subject and key)
+            // cross-signed by another root, which clients that trust only that other root need.
+            if subject.isSelfSigned, !issuer.issued(subject) || issuer.derBytes == subject.derBytes {
                 throw Problem(
                     variable: certificateVariable,
                     message: "KAIZEN_CA_CERT=\(file): \(named) follows a self-signed root, which ends a chain: remove it; \(fix)"

@@ -131,6 +131,17 @@ struct CAFixtures {
         #expect(try load("full", key: "sub") == [])
         try fixtures.concatenate(["sub", "mid"], as: "partial.pem")
         #expect(try load("partial", key: "sub") == [])
+        // A root followed by itself cross-signed by another root (same subject and key), then that root: a chain.
+        try fixtures.make("root2", extensions: CAFixtures.good)
+        try (CAFixtures.good + ["authorityKeyIdentifier=keyid"]).joined(separator: "\n")
+            .write(toFile: fixtures.path("cross.ext"), atomically: true, encoding: .utf8)
+        #expect(try fixtures.openssl(["req", "-new", "-key", "root.key", "-subj", "/CN=root", "-out", "cross.csr", "-config", "/dev/null"]) == 0)
+        #expect(try fixtures.openssl([
+            "x509", "-req", "-in", "cross.csr", "-CA", "root2.pem", "-CAkey", "root2.key", "-set_serial", "9", "-days", "30",
+            "-sha256", "-extfile", "cross.ext", "-out", "cross.pem",
+        ]) == 0)
+        try fixtures.concatenate(["root", "cross", "root2"], as: "crossed.pem")
+        #expect(try load("crossed", key: "root") == [])
         for (name, chain, message) in [
             ("skipped", ["sub", "root"], "certificate 2 (CN = root) is not the issuer of certificate 1 (CN = sub)"),
             ("unrelated", ["sub", "mid", "other"], "certificate 3 (CN = other) is not the issuer of certificate 2 (CN = mid)"),
