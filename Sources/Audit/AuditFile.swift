@@ -94,6 +94,17 @@ struct FileTail {
     var incompleteBytes: Int
     var size: Int64
 
+    /// Reads the `chunk` bytes of `fd` before `offset` (fewer at the start of the file) in front of `buffer`, and
+    /// moves `offset` back over them: reading a file backwards, a piece at a time.
+    static func prependPiece(of fd: Int32, to buffer: inout [UInt8], offset: inout Int64, chunk: Int64) throws(AuditFileError) {
+        let start = max(0, offset - chunk)
+        var piece = [UInt8](repeating: 0, count: Int(offset - start))
+        let got = piece.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(start)) }
+        guard got == piece.count else { throw .system("pread", got < 0 ? errno : EIO) }
+        buffer = piece + buffer
+        offset = start
+    }
+
     /// Reads backwards from the end of `fd` until the last complete line is whole (at most `limit` bytes).
     static func read(fd: Int32, limit: Int = 64 << 20) throws(AuditFileError) -> FileTail {
         var info = stat()
@@ -104,12 +115,7 @@ struct FileTail {
         let chunk: Int64 = 64 * 1024
         while offset > 0, buffer.lazy.filter({ $0 == UInt8(ascii: "\n") }).count < 2 {
             guard buffer.count < limit else { throw .lineTooLong }
-            let start = max(0, offset - chunk)
-            var piece = [UInt8](repeating: 0, count: Int(offset - start))
-            let got = piece.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(start)) }
-            guard got == piece.count else { throw .system("pread", got < 0 ? errno : EIO) }
-            buffer = piece + buffer
-            offset = start
+            try prependPiece(of: fd, to: &buffer, offset: &offset, chunk: chunk)
         }
         guard let lastNewline = buffer.lastIndex(of: UInt8(ascii: "\n")) else {
             return FileTail(lastLine: nil, incompleteBytes: buffer.count, size: size)
@@ -163,12 +169,7 @@ func findLine(sequence: UInt64, fd: Int32, end: Int64) throws(AuditFileError) ->
             start = 0
         } else {
             guard buffer.count < 64 << 20 else { throw .lineTooLong }
-            let from = max(0, offset - chunk)
-            var piece = [UInt8](repeating: 0, count: Int(offset - from))
-            let got = piece.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(from)) }
-            guard got == piece.count else { throw .system("pread", got < 0 ? errno : EIO) }
-            buffer = piece + buffer
-            offset = from
+            try FileTail.prependPiece(of: fd, to: &buffer, offset: &offset, chunk: chunk)
             continue
         }
         let line = Array(body[start...])
@@ -238,21 +239,12 @@ public struct AuditFileWriter: ~Copyable {
     public init(paths: AuditPaths, maxBytes: Int64) throws(AuditFileError) {
         self.paths = paths
         self.maxBytes = maxBytes
-        let lockFD = open(paths.lock, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard lockFD >= 0 else { throw .system("open \(paths.lock)", errno) }
-        // A process that forks (to run another program) holds a copy of a descriptor until its child execs, lock
-        // and all: a lock just released may stay held for a moment. Another proxy holds it for good: refused after
-        // a second of asking.
-        var locked = flock(lockFD, LOCK_EX | LOCK_NB) == 0
-        var code = locked ? 0 : errno
-        for _ in 0..<100 where !locked && code == EWOULDBLOCK {
-            usleep(10_000)
-            locked = flock(lockFD, LOCK_EX | LOCK_NB) == 0
-            code = locked ? 0 : errno
-        }
-        guard locked else {
-            close(lockFD)
-            throw code == EWOULDBLOCK ? .inUse(paths.current) : .system("flock \(paths.lock)", code)
+        // Another proxy holding it is refused after a second of asking (FileIO.lockExclusively).
+        let lockFD: Int32
+        switch FileIO.lockExclusively(paths.lock) {
+        case .success(let fd): lockFD = fd
+        case .failure(let failure) where failure.code == EWOULDBLOCK: throw .inUse(paths.current)
+        case .failure(let failure): throw .system("\(failure.call) \(paths.lock)", failure.code)
         }
         // Made only when missing, and removed again when the log is refused: a refused start leaves the files as
         // they were (a head file whose log was deleted keeps saying so).

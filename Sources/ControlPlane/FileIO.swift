@@ -8,6 +8,33 @@ import Darwin
 
 /// The file writes the spool, the action logs and the state files share.
 package enum FileIO {
+    /// Opens (creating, mode 0600) `path` and takes an exclusive flock on it, for one writer per file or directory.
+    /// A process that forks holds a copy of a descriptor until its child execs, lock and all: a lock just released
+    /// may stay held for a moment, so it is asked for again for a second before another holder is taken as for good.
+    /// The descriptor on success; the errno otherwise (`EWOULDBLOCK`: another process holds it).
+    package static func lockExclusively(_ path: String) -> Result<Int32, FileIO.Errno> {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return .failure(Errno(code: errno, call: "open")) }
+        var locked = flock(fd, LOCK_EX | LOCK_NB) == 0
+        var code = locked ? 0 : errno
+        for _ in 0..<100 where !locked && code == EWOULDBLOCK {
+            usleep(10_000)
+            locked = flock(fd, LOCK_EX | LOCK_NB) == 0
+            code = locked ? 0 : errno
+        }
+        guard locked else {
+            close(fd)
+            return .failure(Errno(code: code, call: "flock"))
+        }
+        return .success(fd)
+    }
+
+    /// A failed call's errno, and which call failed.
+    package struct Errno: Error {
+        package var code: Int32
+        package var call: String
+    }
+
     /// Writes all of `bytes` to `fd`, retrying short writes and EINTR. Returns the `errno` of a failure, nil when
     /// everything was written (after a failure, part of it may have been).
     package static func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {

@@ -278,28 +278,17 @@ public final class Spool {
         if deliveredFD >= 0 { close(deliveredFD) }
     }
 
-    /// Takes the directory's lock (`lock`, mode 0600). A process that forks holds a copy of the descriptor until
-    /// its child execs, so a lock just released may stay held for a moment: another process holding it for good
-    /// is refused after a second of asking.
+    /// Takes the directory's lock (`lock`, mode 0600; `FileIO.lockExclusively`).
     private static func lock(_ directory: String) throws(Failure) -> Int32 {
         let path = directory + "/lock"
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw Failure(description: "cannot open \(path): \(String(cString: strerror(errno)))") }
-        var locked = flock(fd, LOCK_EX | LOCK_NB) == 0
-        var code = locked ? 0 : errno
-        for _ in 0..<100 where !locked && code == EWOULDBLOCK {
-            usleep(10_000)
-            locked = flock(fd, LOCK_EX | LOCK_NB) == 0
-            code = locked ? 0 : errno
+        switch FileIO.lockExclusively(path) {
+        case .success(let fd):
+            return fd
+        case .failure(let failure) where failure.code == EWOULDBLOCK:
+            throw Failure(description: "\(directory) is used by another kaizen-egress process (it holds \(path))", inUse: true)
+        case .failure(let failure):
+            throw Failure(description: "cannot \(failure.call == "open" ? "open" : "lock") \(path): \(String(cString: strerror(failure.code)))")
         }
-        guard locked else {
-            close(fd)
-            if code == EWOULDBLOCK {
-                throw Failure(description: "\(directory) is used by another kaizen-egress process (it holds \(path))", inUse: true)
-            }
-            throw Failure(description: "cannot lock \(path): \(String(cString: strerror(code)))")
-        }
-        return fd
     }
 
     // MARK: writing
