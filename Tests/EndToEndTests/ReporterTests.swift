@@ -121,13 +121,7 @@ import Testing
         _ = try mock.waitForLine(timeout: 30) { $0 == "REJECTED \(ids[4])" }
         _ = try proxy.waitForStderr(containing: "rejected an action", timeout: 20)
         // Counted as set aside and as rejected attempts, not as delivered; the control plane answered, so it is reachable.
-        var dropped: Double? = nil
-        for _ in 0..<40 {  // the bookkeeping follows the answer by a moment (few scrapes: the admin listener allows 64 connections)
-            dropped = try metric(proxy, #"kaizen_egress_actions_dropped_total{stage="dead_letter"}"#)
-            if dropped == 2 { break }
-            usleep(100_000)
-        }
-        #expect(dropped == 2)
+        #expect(try metric(proxy, #"kaizen_egress_actions_dropped_total{stage="dead_letter"}"#, reaching: 2) == 2)
         #expect(try metric(proxy, #"kaizen_egress_delivery_failures_total{reason="rejected"}"#) == 2)
         #expect(try metric(proxy, "kaizen_egress_actions_delivered_total") == 4)
         #expect(try metric(proxy, "kaizen_egress_control_plane_reachable") == 1)
@@ -254,6 +248,18 @@ import Testing
         return AdminTests.value(result.stdout, series)
     }
 
+    /// The series once it reads `value`, or its last reading after 4 s. The reporter's bookkeeping follows the control
+    /// plane's answer by a moment, and a metric has no event to wait on: it is read again every 100 ms, 40 times at most.
+    func metric(_ proxy: ChildProcess, _ series: String, reaching value: Double) throws -> Double? {
+        var reading: Double? = nil
+        for _ in 0..<40 {
+            reading = try metric(proxy, series)
+            if reading == value { break }
+            usleep(100_000)
+        }
+        return reading
+    }
+
     /// A control plane that closes the connection after every answer (HTTP/1.0 style, a keep-alive limit of
     /// one): each answered request is acknowledged, the rest sent again on a new connection, nothing stalls.
     @Test func aControlPlaneThatClosesAfterEachAnswerStillGetsEveryActionOnce() throws {
@@ -269,13 +275,7 @@ import Testing
         // At most the first answer again (a reset behind it may lose it); every later one is sent once.
         let received = mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.count
         #expect(received <= ids.count + 1, "\(received) requests for \(ids.count) actions")
-        var delivered: Double? = nil
-        for _ in 0..<40 {  // the acknowledgement follows the answer by a moment (few scrapes: the admin listener allows 64 connections)
-            delivered = try metric(proxy, "kaizen_egress_actions_delivered_total")
-            if delivered == Double(ids.count) { break }
-            usleep(100_000)
-        }
-        #expect(delivered == Double(ids.count))
+        #expect(try metric(proxy, "kaizen_egress_actions_delivered_total", reaching: Double(ids.count)) == Double(ids.count))
         proxy.signal(SIGTERM)
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
