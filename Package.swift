@@ -141,6 +141,7 @@ let package = Package(
                 "Interception",
                 "OpenSSLTLS",
                 "Telemetry",
+                "CHeapTrim",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -167,6 +168,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // glibc's heap figures and malloc_trim, which Swift's Glibc module does not import (malloc.h).
+        .target(name: "CHeapTrim"),
         // prctl for the executable's process hardening (no core dumps, no same-user ptrace): variadic in C.
         .target(name: "CProcessHardening"),
         .executableTarget(

@@ -405,6 +405,10 @@ public struct EgressApplication: Sendable {
         services.append(.init(service: server))
         // Last, so it shuts down first: /readyz stops answering before the proxy listener drains.
         if let adminServer { services.append(.init(service: adminServer)) }
+        let trimInterval = server.configuration.memoryTrimInterval
+        if trimInterval > .zero, HeapTrimService.isSupported {
+            services.append(.init(service: HeapTrimService(interval: .nanoseconds(trimInterval.nanoseconds), logger: logger)))
+        }
         let application = self
         services.append(.init(service: ReloadService { application.reload(logger: logger) }))
         return ServiceGroup(

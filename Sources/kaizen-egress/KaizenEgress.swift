@@ -206,6 +206,9 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Event loops (one thread each) for all connections. (env KAIZEN_EVENT_LOOPS, default one per CPU the process may use)")
     var eventLoops: String?
 
+    @Option(help: "Check the heap this often and give the memory a load freed back to the system; 0 never does. (env KAIZEN_MEMORY_TRIM_INTERVAL, default 10s)")
+    var memoryTrimInterval: String?
+
     @Option(help: "Admin listener for /metrics, /healthz and /readyz: address:port, or off. (env KAIZEN_ADMIN_LISTEN, default 127.0.0.1:9090)")
     var adminListen: String?
 
@@ -227,7 +230,7 @@ struct RunOptions: ParsableArguments {
             (.proxyAuth, proxyAuth), (.allowPrivate, allowPrivate), (.denyDestinations, denyDestinations), (.connectPorts, connectPorts),
             (.maxRequestLine, maxRequestLine), (.maxHeaderBytes, maxHeaderBytes), (.maxHeaderFields, maxHeaderFields),
             (.headerTimeout, headerTimeout), (.inspectHTTP2, inspectHttp2), (.http2MaxStreams, h2MaxStreams), (.http2BufferBytes, h2BufferBytes),
-            (.maxConnections, maxConnections),
+            (.maxConnections, maxConnections), (.memoryTrimInterval, memoryTrimInterval),
             (.maxConnectionsPerClient, maxConnectionsPerClient), (.eventLoops, eventLoops), (.mode, mode), (.policyFail, policyFail),
             (.policyRefresh, policyRefresh), (.adminListen, adminListen), (.logFormat, logFormat),
         ]

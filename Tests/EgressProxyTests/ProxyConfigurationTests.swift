@@ -227,6 +227,15 @@ import Testing
         }
     }
 
+    @Test func memoryTrimCanBeTurnedOff() throws {
+        #expect(try ProxyConfiguration(environment: local).memoryTrimInterval == .seconds(10))
+        #expect(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_MEMORY_TRIM_INTERVAL": "0"]).memoryTrimInterval == .zero)
+        #expect(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_MEMORY_TRIM_INTERVAL": "500ms"]).memoryTrimInterval == .milliseconds(500))
+        #expect(throws: ConfigurationError.self) {
+            try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_MEMORY_TRIM_INTERVAL": "often"])
+        }
+    }
+
     @Test func upstreamReuseCanBeTurnedOffAndABadValueNamesTheVariable() throws {
         #expect(try ProxyConfiguration(environment: local).upstreamIdleTimeout == .seconds(4))
         #expect(try ProxyConfiguration(environment: ["KAIZEN_LOCAL": "1", "KAIZEN_UPSTREAM_IDLE_TIMEOUT": "0"]).upstreamIdleTimeout == .zero)

@@ -42,6 +42,9 @@
   mitm_client.py wait-then-get PROXY_PORT …               completes the TLS handshake, prints "READY", and on
                                                          SIGUSR1 sends GET /connection; prints the status line and
                                                          the body
+  mitm_client.py many PROXY_PORT ORIGIN_PORT CAFILE N     N connections open at once, each with one GET /hello
+                                                         answered; prints "OPEN N", closes them all on SIGUSR1
+                                                         and prints "CLOSED"
 """
 import base64
 import os
@@ -305,6 +308,33 @@ def wait_then_get(proxy_port, origin_port, cafile):
     print(head.split(b"\r\n")[0].decode(), body.decode().strip())
 
 
+def many(proxy_port, origin_port, cafile, count):
+    """COUNT inspected connections held open together (a load's memory in the proxy), closed when told to."""
+    import concurrent.futures
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # before the threads start: they inherit it
+
+    def one(_):
+        tls = connect(proxy_port, origin_port, cafile)
+        tls.settimeout(20)
+        tls.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        data = b""
+        while not data.endswith(b"hello from origin\n"):
+            chunk = tls.recv(4096)
+            if not chunk:
+                raise SystemExit("the connection closed before its answer")
+            data += chunk
+        return tls
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        connections = list(pool.map(one, range(count)))
+    print("OPEN", len(connections), flush=True)
+    if signal.sigtimedwait({signal.SIGUSR1}, 30) is None:
+        raise SystemExit("not told to close")
+    for tls in connections:
+        tls.close()
+    print("CLOSED", flush=True)
+
+
 def main():
     mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     if mode == "close-notify":
@@ -321,6 +351,8 @@ def main():
         return reset_handshake(proxy_port, origin_port, cafile)
     if mode == "wait-then-get":
         return wait_then_get(proxy_port, origin_port, cafile)
+    if mode == "many":
+        return many(proxy_port, origin_port, cafile, int(sys.argv[5]))
     tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))
     if mode == "strict":
         strict(tls)

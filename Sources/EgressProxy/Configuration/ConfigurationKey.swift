@@ -51,6 +51,8 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let http2BufferBytes = ConfigurationKey(variable: "KAIZEN_H2_BUFFER_BYTES", flag: "--h2-buffer-bytes")
     public static let maxConnections = ConfigurationKey(variable: "KAIZEN_MAX_CONNECTIONS", flag: "--max-connections")
     public static let eventLoops = ConfigurationKey(variable: "KAIZEN_EVENT_LOOPS", flag: "--event-loops")
+    public static let memoryTrimInterval = ConfigurationKey(
+        variable: "KAIZEN_MEMORY_TRIM_INTERVAL", flag: "--memory-trim-interval")
     public static let maxConnectionsPerClient = ConfigurationKey(
         variable: "KAIZEN_MAX_CONNECTIONS_PER_CLIENT", flag: "--max-connections-per-client")
 
@@ -72,7 +74,7 @@ public struct ConfigurationKey: Sendable, Hashable {
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery, .inspectRequired,
         .pinnedPassthrough, .upstreamIdleTimeout, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
         .allowClients, .proxyAuth, .allowPrivate, .denyDestinations, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,
-        .headerTimeout, .inspectHTTP2, .http2MaxStreams, .http2BufferBytes, .maxConnections, .maxConnectionsPerClient, .eventLoops, .mode, .policyFail, .policyRefresh,
+        .headerTimeout, .inspectHTTP2, .http2MaxStreams, .http2BufferBytes, .maxConnections, .maxConnectionsPerClient, .eventLoops, .memoryTrimInterval, .mode, .policyFail, .policyRefresh,
         .adminListen, .logFormat,
     ]
 }

@@ -31,6 +31,7 @@ import NIOCore
 /// | `KAIZEN_REPORT_QUERY` | boolean | off |
 /// | `KAIZEN_PINNED_PASSTHROUGH` | duration | `1h` |
 /// | `KAIZEN_UPSTREAM_IDLE_TIMEOUT` | duration, or `0` never to reuse an upstream connection | `4s` |
+/// | `KAIZEN_MEMORY_TRIM_INTERVAL` | duration, or `0` never to give freed heap memory back | `10s` |
 /// | `KAIZEN_TRANSPARENT_PORT` | integer 1–65535 | none (no transparent listener) |
 /// | `KAIZEN_AUDIT_MAX_BYTES` | size, or `0` never to rotate | 100 MiB |
 /// | `KAIZEN_AUDIT_FSYNC` | duration, or `0` after every write | `1s` |
@@ -97,6 +98,9 @@ public struct ProxyConfiguration: Sendable {
     public var upstreamIdleTimeout: TimeAmount
     /// Transparent mode: the port of the listener for connections redirected by iptables (nil: none).
     public var transparentPort: Int?
+    /// How often the heap is read to give freed memory back to the system after a load (`HeapTrimPolicy`);
+    /// zero never does.
+    public var memoryTrimInterval: TimeAmount
     /// The audit log rotates when its file would grow past this; zero never rotates.
     public var auditMaxBytes: Int64
     /// How often the audit log is fsynced (and its head file rewritten); zero after every write.
@@ -379,6 +383,12 @@ public struct ProxyConfiguration: Sendable {
             )
         }
         self.pinnedPassthrough = try Self.duration(value(.pinnedPassthrough), key: .pinnedPassthrough, default: .hours(1))
+        if let raw = value(.memoryTrimInterval), raw == "0" {
+            self.memoryTrimInterval = .zero
+        } else {
+            self.memoryTrimInterval = try Self.duration(
+                value(.memoryTrimInterval), key: .memoryTrimInterval, default: .seconds(10))
+        }
         if let raw = value(.upstreamIdleTimeout), raw == "0" {
             self.upstreamIdleTimeout = .zero
         } else {
