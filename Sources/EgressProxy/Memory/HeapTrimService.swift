@@ -23,7 +23,7 @@ struct HeapTrimService: Service {
             }
             guard let sample = Self.sample() else { continue }
             guard policy.next(sample) == .trim else { continue }
-            Self.trim()
+            let took = ContinuousClock().measure { Self.trim() }
             let after = Self.sample() ?? sample
             policy.trimmed(after)
             logger.debug(
@@ -31,6 +31,7 @@ struct HeapTrimService: Service {
                 metadata: [
                     "resident_mb_before": "\(sample.residentBytes >> 20)", "resident_mb_after": "\(after.residentBytes >> 20)",
                     "heap_in_use_mb": "\(after.inUseBytes >> 20)", "heap_free_mb": "\(after.freeBytes >> 20)",
+                    "took_ms": "\(took.components.attoseconds / 1_000_000_000_000_000 + took.components.seconds * 1000)",
                 ])
         }
     }
