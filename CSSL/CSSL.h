@@ -66,4 +66,8 @@ static inline void CSSL_SSL_CTX_cache_client_sessions_externally(SSL_CTX *ctx) {
 }
 /// A new index for an SSL's ex_data (SSL_get_ex_new_index is a macro).
 static inline int CSSL_SSL_get_ex_new_index(void) { return SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+/// A new index for an X509_STORE's ex_data (X509_STORE_get_ex_new_index is a macro).
+static inline int CSSL_X509_STORE_get_ex_new_index(void) { return X509_STORE_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+/// Frees a STACK_OF(X509) and the reference it holds to each certificate (sk_X509_pop_free is a macro).
+static inline void CSSL_sk_X509_pop_free(STACK_OF(X509) *stack) { sk_X509_pop_free(stack, X509_free); }
 #endif

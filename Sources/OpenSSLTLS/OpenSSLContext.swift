@@ -26,6 +26,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         public var trustSystemStore = true
         /// Client: also trust the certificates in this PEM bundle.
         public var additionalTrustFile: String?
+        /// Client: never take these as issuers when verifying a server, whatever trust store holds them; matched by
+        /// subject and public key (`DistrustedIssuers`). The inspection CA: its key mints the leaves shown to clients.
+        public var distrustedIssuers: [OpenSSLCertificate] = []
         /// Server: the certificate chain (leaf first) and its key, PEM or DER files.
         public var certificateChainFile: String?
         public var privateKeyFile: String?
@@ -75,6 +78,8 @@ public final class OpenSSLContext: @unchecked Sendable {
     let sessionCache: SessionCache?
     /// Server: the ALPN list in wire format, behind a 2-byte length; read by the selection callback.
     private let alpnServerList: UnsafeMutableBufferPointer<UInt8>?
+    /// Client: the certificates its trust store's lookups leave out (the store points to it, unretained).
+    private let distrusted: DistrustedIssuers?
 
     public init(configuration: Configuration) throws(OpenSSLError) {
         OpenSSLError.clearQueue()
@@ -95,6 +100,9 @@ public final class OpenSSLContext: @unchecked Sendable {
         let sessions = configuration.role == .client && configuration.sessionLifetime > 0
             ? SessionCache(lifetime: configuration.sessionLifetime, clock: configuration.clock) : nil
         self.sessionCache = sessions
+        let distrusted = configuration.role == .client && !configuration.distrustedIssuers.isEmpty
+            ? DistrustedIssuers(configuration.distrustedIssuers) : nil
+        self.distrusted = distrusted
         var serverList: UnsafeMutableBufferPointer<UInt8>? = nil
         do throws(OpenSSLError) {
             guard CSSL_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1 else {
@@ -120,6 +128,12 @@ public final class OpenSSLContext: @unchecked Sendable {
             switch configuration.role {
             case .client:
                 try Self.configureClient(context, configuration, alpnWire: wire)
+                if let distrusted {
+                    guard let store = SSL_CTX_get_cert_store(context) else {
+                        throw OpenSSLError(operation: "leaving the inspection CA out of the trust store", entries: ["no certificate store"])
+                    }
+                    distrusted.install(on: store)
+                }
                 if let cache {
                     SSL_CTX_set_cert_verify_callback(context, verifyThroughCache, Unmanaged.passUnretained(cache).toOpaque())
                 }

@@ -172,6 +172,69 @@ struct UpstreamCertificates {
         _ = try proxy.waitForStderr(containing: "trust it with KAIZEN_UPSTREAM_CA_FILE", timeout: 10)
         #expect(proxy.stderr.components(separatedBy: "KAIZEN_UPSTREAM_CA_FILE").count == 2, "\(proxy.stderr)")
     }
+    /// The proxy's own CA is never trusted for upstreams, whichever trust store holds it: an origin whose leaf the
+    /// inspection CA signed (what anyone holding its key can make) is refused as any unknown root is, and the action
+    /// records the verification error. The CA put in KAIZEN_UPSTREAM_CA_FILE, a re-issued copy of it (same subject and
+    /// key, other dates and serial) there, and the bundle `ca doctor --write-bundle` writes exported as SSL_CERT_FILE
+    /// in the proxy's own environment: each is named in a warning at start, with the fix. An upstream of a CA the
+    /// proxy does trust still passes through the same trust store.
+    @Test func theInspectionCAIsNeverTrustedForUpstreams() throws {
+        let pki = try TestPKI.mint()
+        let caDirectory = try InspectionTests.makeCA(in: pki.directory)
+        let ca = caDirectory + "/ca.pem"
+        let caKey = caDirectory + "/ca.key"
+        let directory = pki.directory
+        let openssl = Paths.which("openssl")
+        try ("subjectAltName=DNS:localhost\n" + Self.server).write(toFile: directory + "/mitm.ext", atomically: true, encoding: .utf8)
+        for arguments in [
+            ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", directory + "/mitm.key",
+             "-out", directory + "/mitm.csr", "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", directory + "/mitm.csr", "-CA", ca, "-CAkey", caKey, "-set_serial", "77", "-days", "1",
+             "-extfile", directory + "/mitm.ext", "-out", directory + "/mitm.pem"],
+            ["x509", "-in", ca, "-signkey", caKey, "-days", "5", "-set_serial", "99", "-out", directory + "/reissued.pem"],
+        ] {
+            let made = try runCommand(openssl, arguments, timeout: 30)
+            #expect(made.status == 0, "\(made.stderr)")
+        }
+        let bundle = directory + "/bundle.pem"
+        let doctor = try ChildProcess(
+            Paths.proxyBinary, ["ca", "doctor", "--write-bundle", bundle],
+            environment: ProxyEnvironment.make(["KAIZEN_CA_CERT": ca, "KAIZEN_CA_KEY": caKey]))
+        #expect(try doctor.waitForExit(timeout: 30) == 0, "\(doctor.stderr)")
+        let (mitmOrigin, mitmPort) = try ChildProcess.origin(mode: "https", cert: directory + "/mitm.pem", key: directory + "/mitm.key")
+        let (goodOrigin, goodPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        defer { withExtendedLifetime((mitmOrigin, goodOrigin)) {} }
+        let reissued = directory + "/reissued.pem"
+        let cases: [(environment: [String: String], warning: String)] = [
+            (["KAIZEN_UPSTREAM_CA_FILE": ca], "KAIZEN_UPSTREAM_CA_FILE=\(ca) holds the inspection CA (KAIZEN_CA_CERT, "),
+            (["KAIZEN_UPSTREAM_CA_FILE": reissued], "KAIZEN_UPSTREAM_CA_FILE=\(reissued) holds the inspection CA (KAIZEN_CA_CERT, "),
+            (["SSL_CERT_FILE": bundle, "KAIZEN_UPSTREAM_CA_FILE": pki.caCertificate],
+             "SSL_CERT_FILE=\(bundle) in the proxy's own environment holds the inspection CA (KAIZEN_CA_CERT, "),
+        ]
+        for testCase in cases {
+            let (proxy, proxyPort) = try InspectionTests.startProxy(
+                ["KAIZEN_CA_CERT": ca, "KAIZEN_CA_KEY": caKey].merging(testCase.environment) { $1 })
+            _ = try proxy.waitForStderr(containing: testCase.warning, timeout: 10)
+            #expect(proxy.stderr.contains("it is never trusted for upstreams"), "\(proxy.stderr)")
+            func curl(_ port: Int) throws -> CommandResult {
+                try runCommand(
+                    Paths.which("curl"),
+                    ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "--cacert", ca,
+                     "https://localhost:\(port)/hello"],
+                    timeout: 30)
+            }
+            let refused = try curl(mitmPort)
+            #expect(refused.status == 35 && refused.stdout.isEmpty, "\(testCase.environment): \(refused)")
+            let action = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+            #expect(action.contains("upstream certificate verification failed: unable to get local issuer certificate"), "\(action)")
+            #expect(action.contains(#""inspection":"upstream not trusted""#) && action.contains(#""intercepted":false"#), "\(action)")
+            if testCase.environment["SSL_CERT_FILE"] != nil {
+                let served = try curl(goodPort)
+                #expect(served.status == 0 && served.stdout == "hello from origin", "\(served)")
+            }
+        }
+    }
+
     /// An upstream that refuses the handshake is not an upstream that is not trusted: a client whose name the upstream
     /// does not serve gets the upstream's own alert (unrecognized_name), as it would directly; the action says the
     /// handshake failed and why; the verification failures metric does not move, the handshake failures one does.

@@ -80,6 +80,10 @@ struct Inspection: Sendable {
             var upstream = OpenSSLContext.Configuration(role: .client)
             upstream.alpn = relayed
             upstream.additionalTrustFile = configuration.upstreamCAFile
+            // Never the inspection CA, whichever trust store holds it: an upstream with a leaf from it would pass as
+            // verified, and be shown to the client as the real site.
+            upstream.distrustedIssuers = [authority.certificate]
+            for warning in Self.distrustWarnings(upstream, ca: authority.certificate) { logger.warning("\(warning)") }
             upstreamTLS = try OpenSSLContext(configuration: upstream)
             var client = OpenSSLContext.Configuration(role: .server)
             client.alpnChosenPerConnection = true
@@ -125,4 +129,23 @@ struct Inspection: Sendable {
     }
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    /// One line per place the upstream trust reads that holds the inspection CA (by subject and key: a re-issued copy
+    /// counts): it is left out of upstream verification all the same, and the line says where it is and how to take
+    /// it out.
+    static func distrustWarnings(_ upstream: OpenSSLContext.Configuration, ca: OpenSSLCertificate) -> [String] {
+        let holds = "holds the inspection CA (KAIZEN_CA_CERT, \(ca.subjectDescription)): it is never trusted for upstreams, so an upstream whose chain ends in it is refused as untrusted"
+        return TrustSource.sources(of: upstream).filter { $0.holds(sameSubjectAndKeyAs: ca) }.map { source in
+            switch source {
+            case .defaultFile(let path, let variable?):
+                "\(variable)=\(path) in the proxy's own environment \(holds); unset \(variable) for the proxy (a bundle with the CA, as ca doctor --write-bundle writes, is for the agent's clients)"
+            case .defaultDirectory(let path, let variable?):
+                "\(variable)=\(path) in the proxy's own environment \(holds); take the CA out of that directory, or unset \(variable) for the proxy"
+            case .defaultFile(let path, nil), .defaultDirectory(let path, nil):
+                "the system trust store (\(path)) \(holds); take the CA out of the trust store of the machine or image the proxy runs in (it is for the agent's clients)"
+            case .additionalFile(let path):
+                "\(ConfigurationKey.upstreamCAFile.variable)=\(path) \(holds); take it out of that file, which is for the CAs of private upstreams"
+            }
+        }
+    }
 }
