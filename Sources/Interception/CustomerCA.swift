@@ -31,6 +31,7 @@ public enum CustomerCA {
     ) throws(Problem) -> (OpenSSLCertificateAuthority, warnings: [String]) {
         let certificateBytes = try readFile(certificateFile, variable: certificateVariable, what: "the CA certificate (PEM)")
         try checkCertificatesOnly(certificateBytes, file: certificateFile)
+        try checkNothingAfterDER(certificateBytes, file: certificateFile)
         let chain: [OpenSSLCertificate]
         do {
             chain = try OpenSSLCertificate.chain(pemOrDER: certificateBytes)
@@ -188,6 +189,17 @@ public enum CustomerCA {
                 message: "KAIZEN_CA_CERT=\(file) holds \(named): give KAIZEN_CA_CERT certificates only (the CA certificate, then any intermediates)"
             )
         }
+    }
+
+    /// A DER file is one certificate and nothing more: OpenSSL's reader takes the first certificate and stops, so
+    /// whatever follows it (a second certificate run into the first, a key, a file joined wrongly) would pass unseen.
+    static func checkNothingAfterDER(_ bytes: [UInt8], file: String) throws(Problem) {
+        guard !OpenSSLCertificate.isPEM(bytes), let (_, trailing) = try? OpenSSLCertificate.derPrefix(bytes), trailing > 0
+        else { return }
+        throw Problem(
+            variable: certificateVariable,
+            message: "KAIZEN_CA_CERT=\(file) holds \(trailing) bytes after its DER certificate: give the CA certificate alone, or in PEM followed by any intermediates (openssl x509 -inform DER -in \(file) -out ca.pem)"
+        )
     }
 
     /// The labels of the PEM blocks in `bytes` (`CERTIFICATE`, `PRIVATE KEY`…), in order; none for DER.

@@ -15,16 +15,34 @@ public final class OpenSSLCertificate: @unchecked Sendable, Hashable {
         X509_free(pointer)
     }
 
-    /// One DER-encoded certificate.
+    /// One DER-encoded certificate, and nothing after it: `d2i_X509` reads the first certificate and stops, so a
+    /// file with more behind it (two certificates run together, a key appended) would pass as that certificate alone.
     public convenience init(der: [UInt8]) throws(OpenSSLError) {
+        let (parsed, trailing) = try Self.derPrefix(der)
+        guard trailing == 0 else {
+            throw OpenSSLError(operation: "reading a DER certificate", entries: ["\(trailing) bytes follow the certificate"])
+        }
+        // The parsed owner frees its reference when it goes; this one holds its own.
+        X509_up_ref(parsed.pointer)
+        self.init(taking: parsed.pointer)
+    }
+
+    /// The certificate at the start of `der`, and how many bytes follow it.
+    public static func derPrefix(_ der: [UInt8]) throws(OpenSSLError) -> (OpenSSLCertificate, trailing: Int) {
         OpenSSLError.clearQueue()
+        var consumed = 0
         let parsed: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
             var cursor: UnsafePointer<UInt8>? = buffer.baseAddress
-            return d2i_X509(nil, &cursor, buffer.count)
+            let certificate = d2i_X509(nil, &cursor, buffer.count)
+            if let cursor, let start = buffer.baseAddress { consumed = cursor - start }
+            return certificate
         }
         guard let parsed else { throw OpenSSLError.drain(operation: "reading a DER certificate") }
-        self.init(taking: parsed)
+        return (OpenSSLCertificate(taking: parsed), der.count - consumed)
     }
+
+    /// Whether `bytes` are PEM text (a `-----BEGIN` line) rather than DER.
+    public static func isPEM(_ bytes: [UInt8]) -> Bool { PEMDetection.looksLikePEM(bytes) }
 
     /// Every certificate in PEM text, in order; at least one.
     public static func chain(pem: [UInt8]) throws(OpenSSLError) -> [OpenSSLCertificate] {

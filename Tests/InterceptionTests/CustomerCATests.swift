@@ -161,6 +161,28 @@ struct CAFixtures {
         #expect(cut.message.contains("holds 3 certificate blocks, and certificate 3 cannot be read"), "\(cut.message)")
     }
 
+    /// A DER certificate file is that certificate alone: bytes after it (a second certificate run into it, a key)
+    /// are refused with one line naming the variable and the fix, not dropped unseen.
+    @Test func aDERCertificateWithBytesAfterItIsRefused() throws {
+        try fixtures.make("der", extensions: CAFixtures.good)
+        #expect(try fixtures.openssl(["x509", "-in", "der.pem", "-outform", "DER", "-out", "der.cer"]) == 0)
+        #expect(try fixtures.openssl(["pkey", "-in", "der.key", "-outform", "DER", "-out", "der.key.der"]) == 0)
+        let certificate = try #require(FileManager.default.contents(atPath: fixtures.path("der.cer")))
+        let key = try #require(FileManager.default.contents(atPath: fixtures.path("der.key.der")))
+        try certificate.write(to: URL(fileURLWithPath: fixtures.path("alone.pem")))
+        #expect(try load("alone", key: "der") == [])
+        for (name, trailing) in [("twice", certificate), ("with-key", key), ("one-byte", Data([0]))] {
+            try (certificate + trailing).write(to: URL(fileURLWithPath: fixtures.path("\(name).pem")))
+            let found = try #require(problem(name, key: "der"), "\(name) was accepted")
+            #expect(found.variable == "KAIZEN_CA_CERT" && !found.message.contains("\n"), "\(found.message)")
+            #expect(
+                found.message.hasPrefix("KAIZEN_CA_CERT=\(fixtures.path("\(name).pem")) holds \(trailing.count) bytes after its DER certificate: give the CA certificate alone"),
+                "\(found.message)")
+        }
+        // Read anywhere else, a DER certificate with bytes after it is no certificate either.
+        #expect(throws: OpenSSLError.self) { try OpenSSLCertificate(der: Array(certificate + Data([0]))) }
+    }
+
     @Test func anEKUWithServerAuthIsFine() throws {
         try fixtures.make("eku-server", extensions: CAFixtures.good + ["extendedKeyUsage=serverAuth,clientAuth"])
         #expect(try load("eku-server") == [])
