@@ -25,6 +25,34 @@ import Testing
         return head
     }
 
+    /// A response may have 16 heads, its 1xx included (an HTTP/2 stream's HEADERS from the upstream are capped alike);
+    /// the 17th is refused, and the count starts again with each exchange.
+    @Test func aResponseWithMoreThanSixteenHeadsIsRefused() {
+        var machine = Machine(reportQuery: false)
+        #expect(machine.requestHead(request()) == .forward)
+        #expect(machine.requestEnd() == .forward)
+        for _ in 0..<15 {
+            #expect(machine.responseHead(response(.custom(code: 103, reasonPhrase: "Early Hints"), [:])) == .forward)
+            #expect(machine.responseEnd() == .forward)
+        }
+        #expect(machine.responseHead(response()) == .forward)
+        #expect(machine.responseBody(7) == .forward)
+        guard case .forwardAndComplete = machine.responseEnd() else { Issue.record("not complete"); return }
+        #expect(machine.requestHead(request()) == .forward)
+        #expect(machine.requestEnd() == .forward)
+        for _ in 0..<16 {
+            #expect(machine.responseHead(response(.custom(code: 103, reasonPhrase: "Early Hints"), [:])) == .forward)
+            #expect(machine.responseEnd() == .forward)
+        }
+        guard case .refuseResponse(let reason) = machine.responseHead(response(.custom(code: 103, reasonPhrase: "Early Hints"), [:])) else {
+            Issue.record("a 17th head was taken")
+            return
+        }
+        #expect(reason.hasPrefix("more than 16 heads in one response"))
+        #expect(!machine.upstreamReusable)
+        #expect(machine.connectionClosed()?.status == nil)
+    }
+
     @Test func keepAliveExchangesAreEachCompletedAndReported() {
         var machine = Machine(reportQuery: false)
         for index in 0..<3 {

@@ -107,6 +107,43 @@ import Testing
         #expect((actions[0]["error"] as? String)?.contains(why) == true && actions[0]["upgrade"] == nil, "\(actions)")
     }
 
+    /// An upstream that sends 1xx interim responses without end holds no connection: past 16 heads in one response
+    /// (as many as the HEADERS frames an HTTP/2 stream may carry from the upstream) the client gets a 502, the action
+    /// says why and the log names the flood; 15 interim responses and the final one are relayed as they are.
+    @Test func anUpstreamSendingInterimResponsesWithoutEndIsAnswered502() throws {
+        let setup = try setUp()
+        let base = "https://localhost:\(setup.originPort)"
+        let flooded = try curl(setup, [base + "/interim?count=40"], extra: ["-w", " %{http_code}"])
+        #expect(flooded.stdout.hasSuffix(" 502") && flooded.stdout.contains("more than 16 heads in one response"), "\(flooded)")
+        let within = try curl(setup, [base + "/interim?count=15"], extra: ["-w", " %{http_code}"])
+        #expect(within.status == 0 && within.stdout == "ok\n 200", "\(within)")
+        let actions = try setup.waitForActions(2)
+        #expect(actions[0]["status"] as? Int == 502 && actions[0]["path"] as? String == "/interim", "\(actions[0])")
+        #expect((actions[0]["error"] as? String)?.hasPrefix("unusable upstream response: more than 16 heads in one response") == true, "\(actions[0])")
+        #expect(actions[1]["status"] as? Int == 200 && actions[1]["error"] == nil, "\(actions[1])")
+        _ = try setup.proxy.waitForStderr(containing: "the upstream flooded a response", timeout: 10)
+    }
+
+    /// A response's body counts what was written to the client, as over HTTP/2: a client that stops reading a large
+    /// body and then leaves is reported with at most what it read, what its TLS layer and its socket held, and what the
+    /// proxy's socket still held for it, not with what the proxy had read from the origin meanwhile (reading stops
+    /// only once the proxy holds 64 KiB it cannot write). The close record counts the same bytes.
+    @Test func aClientLeavingMidBodyIsReportedWithWhatWasWrittenToIt() throws {
+        let setup = try setUp()
+        let result = try mitmClient("stall-and-leave", setup)
+        let figures = result.stdout.split(separator: " ").compactMap { Int($0) }
+        try #require(result.status == 0 && figures.count == 3, "\(result)")
+        let (read, decrypted, queued) = (figures[0], figures[1], figures[2])
+        let action = try #require(try setup.waitForActions(1).first)
+        let reported = try #require(action["response_body_bytes"] as? Int, "\(action)")
+        // One TLS record of slack for a record read only in part; a write completes whole, so up to one read less.
+        #expect(reported <= read + decrypted + queued + 16_384, "reported \(reported), client: \(figures)")
+        #expect(reported + 262_144 >= read, "reported \(reported), client: \(figures)")
+        #expect(action["error"] as? String == "connection closed before the exchange completed", "\(action)")
+        let close = try setup.proxy.waitForLine(timeout: 20) { $0.contains("\"close\"") }
+        #expect(close.contains("\"bytes_to_client\":\(reported),"), "\(close)")
+    }
+
     @Test func curlGetsTheOriginsPagesAndEachRequestIsReported() throws {
         let setup = try setUp()
         let base = "https://localhost:\(setup.originPort)"

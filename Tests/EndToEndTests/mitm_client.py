@@ -45,6 +45,12 @@
   mitm_client.py many PROXY_PORT ORIGIN_PORT CAFILE N     N connections open at once, each with one GET /hello
                                                          answered; prints "OPEN N", closes them all on SIGUSR1
                                                          and prints "CLOSED"
+  mitm_client.py stall-and-leave PROXY_PORT …             GET /sized?size=64 MiB, reads 100000 bytes of its body,
+                                                         stops reading; once the queues between it and the proxy
+                                                         stop moving, leaves with a TCP reset; prints "<body bytes
+                                                         read> <decrypted, not read> <kernel queues>", the queues
+                                                         being its unread bytes and the proxy socket's unsent or
+                                                         unacknowledged ones (/proc/net/tcp)
 """
 import base64
 import os
@@ -335,6 +341,45 @@ def many(proxy_port, origin_port, cafile, count):
     print("CLOSED", flush=True)
 
 
+def tcp_queue(local_port, remote_port, which):
+    """From /proc/net/tcp: the send (tx) or receive (rx) queue of the loopback socket local_port -> remote_port."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if int(local.split(":")[1], 16) == local_port and int(remote.split(":")[1], 16) == remote_port:
+                tx, rx = queues.split(":")
+                return int(tx if which == "tx" else rx, 16)
+    return None
+
+
+def stall_and_leave(proxy_port, origin_port, cafile):
+    tls = connect(proxy_port, origin_port, cafile)
+    tls.sendall(b"GET /sized?size=67108864 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += tls.recv(65536)
+    got = len(data.partition(b"\r\n\r\n")[2])
+    while got < 100000:
+        got += len(tls.recv(100000 - got))
+    own, peer = tls.getsockname()[1], tls.getpeername()[1]
+    # Bounded: at most 500 looks, 10 s; the queues stand still once the proxy cannot write more (20 unchanged looks).
+    last, unchanged = None, 0
+    for _ in range(500):
+        queues = (tcp_queue(own, peer, "rx"), tcp_queue(peer, own, "tx"))
+        unchanged = unchanged + 1 if queues == last and queues[0] else 0
+        last = queues
+        if unchanged >= 20:
+            break
+        select.select([], [], [], 0.02)
+    else:
+        raise SystemExit(f"the queues never stood still: {last}")
+    print(got, tls.pending(), last[0] + last[1], flush=True)
+    raw = socket.socket(fileno=tls.detach())
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+
+
 def main():
     mode, proxy_port, origin_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     if mode == "close-notify":
@@ -353,6 +398,8 @@ def main():
         return wait_then_get(proxy_port, origin_port, cafile)
     if mode == "many":
         return many(proxy_port, origin_port, cafile, int(sys.argv[5]))
+    if mode == "stall-and-leave":
+        return stall_and_leave(proxy_port, origin_port, cafile)
     tls = connect(proxy_port, origin_port, cafile, strict=(mode == "strict"))
     if mode == "strict":
         strict(tls)

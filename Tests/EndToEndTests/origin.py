@@ -296,6 +296,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         elif self.path.startswith("/status99"):  # a status below 100, with a body llhttp reads and a client would not
             self.wfile.write(b"HTTP/1.1 099 Odd\r\nContent-Length: 5\r\n\r\nhello")
+        elif self.path.startswith("/interim"):  # /interim?count=N: N 103 Early Hints, then a 200
+            count = int(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("count", ["0"])[0])
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" * count)
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
         elif self.path.startswith("/unasked-101"):  # switching protocols though the request did not ask
             self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
             self.close_connection = True

@@ -91,6 +91,20 @@ final class InterceptedConnection {
     private var upstreamOpen = true
     private var lastActivity: NIODeadline
     private var idleTimer: Scheduled<Void>?
+    /// Counts the HTTP/1.1 exchanges (one per request head): whose a response write is.
+    private var exchangeSerial = 0
+    /// Response body bytes written to the client's connection, per exchange, until it is reported; and the exchanges
+    /// whose response end was written. Bytes read from the upstream count only once written (as over HTTP/2): what a
+    /// client that leaves mid-body never got is not counted as its.
+    private var deliveredBytes: [Int: UInt64] = [:]
+    private var deliveredEnds: Set<Int> = []
+    /// Tracked writes to the client not yet completed, and the last one (writes complete in order).
+    private var outstandingWrites = 0
+    private var lastTrackedWrite: EventLoopFuture<Void>?
+    /// Exchange reports waiting for the writes to the client before them (`afterDeliveries`), in order; `ready` once
+    /// those have completed.
+    private var awaitingReports: [(id: Int, ready: Bool, report: () -> Void)] = []
+    private var nextReportID = 0
 
     init(
         reporting: Reporting,
@@ -513,6 +527,7 @@ final class InterceptedConnection {
         lastActivity = .now()
         switch part {
         case .head(let head):
+            exchangeSerial += 1
             exchangeStartedAt = WallClock.rfc3339(unixMillis: WallClock.nowMillis())
             let action = machine.requestHead(head)
             client?.respondingTo(method: machine.current?.method ?? head.method)
@@ -563,6 +578,8 @@ final class InterceptedConnection {
         lastActivity = .now()
         let action: InterceptedExchangeStateMachine.Action
         let forward: RelayedResponsePart
+        /// The final response's end (not a 1xx's): the exchange is whole once it is written.
+        var endsResponse = false
         switch part {
         case .head(let head):
             replayable = nil
@@ -586,10 +603,11 @@ final class InterceptedConnection {
             }
             forward = .head(head, announcingClose: announcingClose)
         case .body(let bytes):
-            responseBytes &+= UInt64(bytes.readableBytes)
+            // Counted when written to the client (`delivered`), not here.
             action = machine.responseBody(bytes.readableBytes)
             forward = .body(bytes)
         case .end(let trailers):
+            endsResponse = machine.current?.status != nil
             action = machine.responseEnd()
             forward = .end(trailers: trailers)
         }
@@ -597,9 +615,11 @@ final class InterceptedConnection {
         case .none:
             break
         case .forward:
-            client?.send(forward)
+            sendToClient(forward, endsResponse: endsResponse)
+        case .refuseResponse(let reason):
+            refuseUpstreamResponse(reason)
         case .forwardAndComplete(let exchange, let thenClose):
-            client?.send(forward, flush: true)
+            sendToClient(forward, flush: true, endsResponse: endsResponse)
             // A body that ended with the upstream's connection, which closed without close_notify: its end is
             // not confirmed (anyone on the path can cut a TCP connection). The client is told no more than that.
             let unconfirmed = exchange.closeDelimited && upstreamEndUnconfirmed
@@ -630,7 +650,7 @@ final class InterceptedConnection {
                 client?.resumeReading()
             }
         case .forwardAndUpgrade(let exchange):
-            client?.send(forward, flush: true)
+            sendToClient(forward, flush: true, endsResponse: endsResponse)
             report(exchange, error: nil)
             if deferredRejection != nil {
                 // Bytes after the request were refused: the connection closes rather than relay without them.
@@ -643,6 +663,91 @@ final class InterceptedConnection {
         case .reject, .close:
             closeBoth()
         }
+    }
+
+    /// Writes a response part to the client. Its body bytes, and the response's end when `endsResponse`, count as
+    /// delivered once the write has completed (`delivered`): not when read from the upstream, nor while they wait in
+    /// the proxy's buffers for a client that does not read.
+    private func sendToClient(_ part: RelayedResponsePart, flush: Bool = false, endsResponse: Bool = false) {
+        guard let client else { return }
+        var count = 0
+        if case .body(let bytes) = part { count = bytes.readableBytes }
+        guard count > 0 || endsResponse else {
+            client.send(part, flush: flush)
+            return
+        }
+        guard let written = client.send(part, flush: flush, tracked: true) else { return }
+        let serial = exchangeSerial
+        outstandingWrites += 1
+        lastTrackedWrite = written
+        written.assumeIsolated().whenComplete { result in
+            self.outstandingWrites -= 1
+            if case .success = result { self.delivered(count, endsResponse: endsResponse, serial: serial) }
+        }
+    }
+
+    /// `count` bytes of exchange `serial`'s response body, and its end when `endsResponse`, were written to the client.
+    private func delivered(_ count: Int, endsResponse: Bool, serial: Int) {
+        if count > 0 {
+            deliveredBytes[serial, default: 0] &+= UInt64(count)
+            responseBytes &+= UInt64(count)
+        }
+        if endsResponse { deliveredEnds.insert(serial) }
+    }
+
+    /// Runs `report` once every write to the client so far has completed (written or failed), after the reports
+    /// waiting before it: at once when none is pending, or when the connection has finished (its close record comes
+    /// after every exchange's report).
+    private func afterDeliveries(_ report: @escaping () -> Void) {
+        if finished || (awaitingReports.isEmpty && outstandingWrites == 0) {
+            runAwaitingReports()
+            return report()
+        }
+        let id = nextReportID
+        nextReportID += 1
+        awaitingReports.append((id, false, report))
+        if outstandingWrites > 0, let write = lastTrackedWrite {
+            write.assumeIsolated().whenComplete { _ in self.reportReady(id) }
+        } else {
+            reportReady(id)
+        }
+    }
+
+    private func reportReady(_ id: Int) {
+        if let index = awaitingReports.firstIndex(where: { $0.id == id }) { awaitingReports[index].ready = true }
+        while let first = awaitingReports.first, first.ready {
+            awaitingReports.removeFirst()
+            first.report()
+        }
+    }
+
+    private func runAwaitingReports() {
+        while !awaitingReports.isEmpty { awaitingReports.removeFirst().report() }
+    }
+
+    /// The upstream's response broke a limit (`InterceptedExchangeStateMachine.responseHeadLimit`: 1xx responses
+    /// without end): nothing more of it is relayed or read. The client gets a 502 when no final head went to it (the
+    /// 1xx before were interim), else its connection is cut; the exchange is reported with the reason and both sides
+    /// close. Logged as an HTTP/2 upstream flooding a stream is.
+    private func refuseUpstreamResponse(_ reason: String) {
+        let answer = ProxyError.unusableResponse(reason)
+        reporting.logger.warning(
+            "closing an inspected HTTP/1.1 connection: the upstream flooded a response",
+            metadata: ["target": "\(target)", "side": "upstream", "flood": "\(reason)"])
+        upstream?.discardInput()
+        noteClose(by: .upstream, reason: "error: \(answer.reason)")
+        closing = true
+        guard var exchange = machine.connectionClosed() else { return closeBoth() }
+        if exchange.status == nil, let client, clientOpen {
+            exchange.status = Int(answer.status.code)
+            report(exchange, error: answer.reason)
+            client.dropHeldParts()
+            client.sendError(answer.status, reason: answer.reason)
+        } else {
+            report(exchange, error: answer.reason)
+            client?.close(notify: false)
+        }
+        closeUpstream()
     }
 
     /// After a 101: both sides' HTTP handlers give way to a byte relay (bytes already read past the 101, on
@@ -714,6 +819,8 @@ final class InterceptedConnection {
             upstream?.close()
         case .close:
             closeBoth()
+        case .refuseResponse:
+            break  // a response's answer, never a request's
         }
     }
 
@@ -1012,6 +1119,8 @@ final class InterceptedConnection {
         idleTimer?.cancel()
         idleTimer = nil
         if !upstreamHandshakeDone { upstreamReady.fail(ChannelError.ioOnClosedChannel) }
+        // Exchanges whose writes to the client had not all completed: reported with what was written.
+        runAwaitingReports()
         if let cut = machine.connectionClosed() {
             report(cut, error: cutReason(cut))
         }
@@ -1045,11 +1154,22 @@ final class InterceptedConnection {
         relays = nil
     }
 
+    /// Reports an HTTP/1.1 exchange once the writes of its response to the client have completed (`afterDeliveries`):
+    /// its response body counts the bytes written to the client, and a response whose end was read but not written
+    /// (the client left first) is reported as cut, as over HTTP/2.
     private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {
-        report(exchange, startedAt: exchangeStartedAt, policy: requestPolicy, error: error)
+        let (startedAt, policy, serial) = (exchangeStartedAt, requestPolicy, exchangeSerial)
         exchangeStartedAt = nil
-        // A request refused behind this one (`deferRejection`) is reported after it, in the order they came.
-        reportDeferredRejection()
+        afterDeliveries {
+            var exchange = exchange
+            exchange.responseBodyBytes = self.deliveredBytes.removeValue(forKey: serial) ?? 0
+            let endWritten = self.deliveredEnds.remove(serial) != nil
+            var error = error
+            if exchange.responseEnded, !endWritten, error == nil || error == Self.unconfirmedEnd { error = Self.cutShort }
+            self.report(exchange, startedAt: startedAt, policy: policy, error: error)
+            // A request refused behind this one (`deferRejection`) is reported after it, in the order they came.
+            self.reportDeferredRejection()
+        }
     }
 
     /// Reports one exchange (an HTTP/1.1 request and its response, or an HTTP/2 stream): the connection's facts

@@ -30,6 +30,9 @@ package struct InterceptedExchangeStateMachine {
         var requestHosts: [String] = []
     }
 
+    /// Heads of the current exchange's response read so far, interim (1xx) ones included.
+    private var responseHeads = 0
+
     enum Action: Equatable {
         case none
         /// Pass this part on to the other side.
@@ -42,7 +45,15 @@ package struct InterceptedExchangeStateMachine {
         case reject(reason: String)
         /// Nothing more can happen on this connection: close both sides (the part is dropped).
         case close
+        /// The upstream's response will not be relayed (it broke a limit): not passed on; the client is told (a 502
+        /// when no final head went to it), the exchange reported with the reason, the connection closed.
+        case refuseResponse(reason: String)
     }
+
+    /// Heads one response may have, its 1xx interim responses included: as many as the HEADERS frames an HTTP/2 stream
+    /// may carry from the upstream (`HTTP2FrameCounter.headersPerStream`), so an upstream that sends 1xx responses
+    /// without end holds a connection no longer on either protocol.
+    static let responseHeadLimit = HTTP2FrameCounter.headersPerStream
 
     private(set) var current: Exchange?
     private(set) var completed = 0
@@ -95,6 +106,7 @@ package struct InterceptedExchangeStateMachine {
             exchange.requestHosts = Self.requestedHosts(uri: target, host: fields.host)
         }
         current = exchange
+        responseHeads = 0
         return .forward
     }
 
@@ -255,6 +267,13 @@ package struct InterceptedExchangeStateMachine {
 
     mutating func responseHead(_ head: HTTP1Head) -> Action {
         guard !closed, current != nil else { return .close }
+        responseHeads += 1
+        if responseHeads > Self.responseHeadLimit {
+            closed = true
+            upstreamEnding = true
+            return .refuseResponse(
+                reason: "more than \(Self.responseHeadLimit) heads in one response (1xx interim responses included)")
+        }
         // 1xx responses (100 Continue) are passed on; the final response comes after them.
         if head.status >= 100 && head.status < 200 && head.status != 101 { return .forward }
         current!.status = head.status

@@ -219,21 +219,26 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
     /// The last response end written, so a close can wait for the response to go out.
     private var lastWrite: EventLoopFuture<Void>?
 
-    func send(_ part: RelayedResponsePart, flush: Bool = false) {
-        guard let context else { return }
+    /// Writes a response part. When `tracked`, returns the write's future: it succeeds once the part's bytes are
+    /// written to the client's connection (not when they are only handed to the TLS layer or NIO's buffers), and
+    /// fails when the connection closes first.
+    @discardableResult
+    func send(_ part: RelayedResponsePart, flush: Bool = false, tracked: Bool = false) -> EventLoopFuture<Void>? {
+        guard let context else { return nil }
         let promise: EventLoopPromise<Void>?
         if case .end = part {
-            // One promise per response (not per part): what a close after this response waits for.
+            // One promise per response end (not per part): what a close after this response waits for.
             promise = context.eventLoop.makePromise(of: Void.self)
             lastWrite = promise!.futureResult
         } else {
-            promise = nil
+            promise = tracked ? context.eventLoop.makePromise(of: Void.self) : nil
         }
         switch writer.serialize(part, allocator: allocator) {
         case .bytes(let bytes): context.write(wrapOutboundOut(bytes), promise: promise)
         case .nothing: promise?.succeed(())
         }
         if flush { context.flush() }
+        return tracked ? promise?.futureResult : nil
     }
 
     func flush() { context?.flush() }
@@ -508,6 +513,12 @@ final class InterceptedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHa
 
     func close() {
         context?.close(promise: nil)
+    }
+
+    /// Nothing more the upstream sent is decoded or handed on (its response was refused).
+    func discardInput() {
+        failed = true
+        pending = nil
     }
 
     /// Leaves the pipeline (the connection gave the channel to the pool), handing on a read it held back.
