@@ -494,8 +494,11 @@ public final class OpenSSLTLSHandler: ChannelDuplexHandler, RemovableChannelHand
         if let ciphertext = connection.takeForNetwork(allocator: allocator) {
             context.write(wrapOutboundOut(ciphertext), promise: promise)
             unflushed = true
-        } else {
-            promise?.succeed(())
+        } else if let promise {
+            // Nothing to send for these writes (empty ones): their promise completes after the writes before them,
+            // as a caller that counts what was written expects, not at once.
+            context.write(wrapOutboundOut(allocator.buffer(capacity: 0)), promise: promise)
+            unflushed = true
         }
         if flush && unflushed {
             unflushed = false

@@ -93,18 +93,28 @@ final class InterceptedConnection {
     private var idleTimer: Scheduled<Void>?
     /// Counts the HTTP/1.1 exchanges (one per request head): whose a response write is.
     private var exchangeSerial = 0
-    /// Response body bytes written to the client's connection, per exchange, until it is reported; and the exchanges
-    /// whose response end was written. Bytes read from the upstream count only once written (as over HTTP/2): what a
-    /// client that leaves mid-body never got is not counted as its.
-    private var deliveredBytes: [Int: UInt64] = [:]
-    private var deliveredEnds: Set<Int> = []
-    /// Tracked writes to the client not yet completed, and the last one (writes complete in order).
-    private var outstandingWrites = 0
-    private var lastTrackedWrite: EventLoopFuture<Void>?
-    /// Exchange reports waiting for the writes to the client before them (`afterDeliveries`), in order; `ready` once
-    /// those have completed.
-    private var awaitingReports: [(id: Int, ready: Bool, report: () -> Void)] = []
-    private var nextReportID = 0
+    /// Response body bytes count once written to the client's connection (as over HTTP/2): what a client that leaves
+    /// mid-body never got is not counted as its. Writes are tracked by the promise of one write per response end and
+    /// per flush (`sendToClient`, `flushClient`), not one per part: writes complete in the order they were made, so
+    /// one promise stands for the untracked writes before it.
+    /// Body bytes handed to the client since the last tracked write.
+    private var untrackedBytes: UInt64 = 0
+    /// Tracked writes made, and completed (written or failed).
+    private var writesTracked = 0
+    private var writesCompleted = 0
+    /// Per exchange (`exchangeSerial`) not yet reported: its response body bytes written, and whether its end was.
+    private var deliveries: [(serial: Int, bytes: UInt64, ended: Bool)] = []
+    /// Exchange reports waiting for the tracked writes made before them (`after`), in order.
+    private var awaitingReports: [AwaitingReport] = []
+
+    private struct AwaitingReport {
+        var after: Int
+        var exchange: InterceptedExchangeStateMachine.Exchange
+        var startedAt: String?
+        var policy: (policy: String?, wouldBlock: Bool?)
+        var error: String?
+        var serial: Int
+    }
 
     init(
         reporting: Reporting,
@@ -665,64 +675,60 @@ final class InterceptedConnection {
         }
     }
 
-    /// Writes a response part to the client. Its body bytes, and the response's end when `endsResponse`, count as
-    /// delivered once the write has completed (`delivered`): not when read from the upstream, nor while they wait in
-    /// the proxy's buffers for a client that does not read.
+    /// Writes a response part to the client. Its body bytes count as delivered once a tracked write made with or
+    /// after them has completed (`delivered`), and the response's end when `endsResponse` once its own write has: not
+    /// when read from the upstream, nor while they wait in the proxy's buffers for a client that does not read.
     private func sendToClient(_ part: RelayedResponsePart, flush: Bool = false, endsResponse: Bool = false) {
         guard let client else { return }
-        var count = 0
-        if case .body(let bytes) = part { count = bytes.readableBytes }
-        guard count > 0 || endsResponse else {
+        if case .body(let bytes) = part { untrackedBytes &+= UInt64(bytes.readableBytes) }
+        guard endsResponse || (flush && untrackedBytes > 0) else {
             client.send(part, flush: flush)
             return
         }
         guard let written = client.send(part, flush: flush, tracked: true) else { return }
-        let serial = exchangeSerial
-        outstandingWrites += 1
-        lastTrackedWrite = written
+        track(written, endsResponse: endsResponse)
+    }
+
+    /// Flushes the client's connection; body bytes written since the last tracked write get one (an empty write
+    /// whose promise completes with theirs).
+    private func flushClient() {
+        guard let client else { return }
+        if untrackedBytes > 0, let written = client.flush(tracked: true) {
+            track(written, endsResponse: false)
+        } else {
+            client.flush()
+        }
+    }
+
+    private func track(_ written: EventLoopFuture<Void>, endsResponse: Bool) {
+        writesTracked += 1
+        let (sequence, serial, count) = (writesTracked, exchangeSerial, untrackedBytes)
+        untrackedBytes = 0
         written.assumeIsolated().whenComplete { result in
-            self.outstandingWrites -= 1
             if case .success = result { self.delivered(count, endsResponse: endsResponse, serial: serial) }
+            self.writesCompleted = sequence
+            self.runAwaitingReports(all: false)
         }
     }
 
     /// `count` bytes of exchange `serial`'s response body, and its end when `endsResponse`, were written to the client.
-    private func delivered(_ count: Int, endsResponse: Bool, serial: Int) {
-        if count > 0 {
-            deliveredBytes[serial, default: 0] &+= UInt64(count)
-            responseBytes &+= UInt64(count)
-        }
-        if endsResponse { deliveredEnds.insert(serial) }
-    }
-
-    /// Runs `report` once every write to the client so far has completed (written or failed), after the reports
-    /// waiting before it: at once when none is pending, or when the connection has finished (its close record comes
-    /// after every exchange's report).
-    private func afterDeliveries(_ report: @escaping () -> Void) {
-        if finished || (awaitingReports.isEmpty && outstandingWrites == 0) {
-            runAwaitingReports()
-            return report()
-        }
-        let id = nextReportID
-        nextReportID += 1
-        awaitingReports.append((id, false, report))
-        if outstandingWrites > 0, let write = lastTrackedWrite {
-            write.assumeIsolated().whenComplete { _ in self.reportReady(id) }
+    private func delivered(_ count: UInt64, endsResponse: Bool, serial: Int) {
+        responseBytes &+= count
+        if let index = deliveries.firstIndex(where: { $0.serial == serial }) {
+            deliveries[index].bytes &+= count
+            if endsResponse { deliveries[index].ended = true }
         } else {
-            reportReady(id)
+            deliveries.append((serial, count, endsResponse))
         }
     }
 
-    private func reportReady(_ id: Int) {
-        if let index = awaitingReports.firstIndex(where: { $0.id == id }) { awaitingReports[index].ready = true }
-        while let first = awaitingReports.first, first.ready {
+    /// Runs the awaiting reports, in order, whose writes have completed; with `all`, every one (the connection has
+    /// finished: they are reported with what was written).
+    private func runAwaitingReports(all: Bool) {
+        while let first = awaitingReports.first, all || first.after <= writesCompleted {
             awaitingReports.removeFirst()
-            first.report()
+            reportDelivered(first)
         }
-    }
-
-    private func runAwaitingReports() {
-        while !awaitingReports.isEmpty { awaitingReports.removeFirst().report() }
     }
 
     /// The upstream's response broke a limit (`InterceptedExchangeStateMachine.responseHeadLimit`: 1xx responses
@@ -954,7 +960,7 @@ final class InterceptedConnection {
     }
 
     func clientReadComplete() { upstream?.flush() }
-    func upstreamReadComplete() { client?.flush() }
+    func upstreamReadComplete() { flushClient() }
 
     // MARK: closing
 
@@ -1120,7 +1126,7 @@ final class InterceptedConnection {
         idleTimer = nil
         if !upstreamHandshakeDone { upstreamReady.fail(ChannelError.ioOnClosedChannel) }
         // Exchanges whose writes to the client had not all completed: reported with what was written.
-        runAwaitingReports()
+        runAwaitingReports(all: true)
         if let cut = machine.connectionClosed() {
             report(cut, error: cutReason(cut))
         }
@@ -1154,22 +1160,37 @@ final class InterceptedConnection {
         relays = nil
     }
 
-    /// Reports an HTTP/1.1 exchange once the writes of its response to the client have completed (`afterDeliveries`):
+    /// Reports an HTTP/1.1 exchange once the writes of its response to the client have completed (`runAwaitingReports`):
     /// its response body counts the bytes written to the client, and a response whose end was read but not written
     /// (the client left first) is reported as cut, as over HTTP/2.
     private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {
-        let (startedAt, policy, serial) = (exchangeStartedAt, requestPolicy, exchangeSerial)
+        let waiting = AwaitingReport(
+            after: writesTracked, exchange: exchange, startedAt: exchangeStartedAt, policy: requestPolicy, error: error,
+            serial: exchangeSerial)
         exchangeStartedAt = nil
-        afterDeliveries {
-            var exchange = exchange
-            exchange.responseBodyBytes = self.deliveredBytes.removeValue(forKey: serial) ?? 0
-            let endWritten = self.deliveredEnds.remove(serial) != nil
-            var error = error
-            if exchange.responseEnded, !endWritten, error == nil || error == Self.unconfirmedEnd { error = Self.cutShort }
-            self.report(exchange, startedAt: startedAt, policy: policy, error: error)
-            // A request refused behind this one (`deferRejection`) is reported after it, in the order they came.
-            self.reportDeferredRejection()
+        if finished || (awaitingReports.isEmpty && writesCompleted == writesTracked) {
+            runAwaitingReports(all: true)
+            reportDelivered(waiting)
+        } else {
+            awaitingReports.append(waiting)
         }
+    }
+
+    private func reportDelivered(_ waiting: AwaitingReport) {
+        var exchange = waiting.exchange
+        var endWritten = false
+        if let index = deliveries.firstIndex(where: { $0.serial == waiting.serial }) {
+            exchange.responseBodyBytes = deliveries[index].bytes
+            endWritten = deliveries[index].ended
+            deliveries.remove(at: index)
+        } else {
+            exchange.responseBodyBytes = 0
+        }
+        var error = waiting.error
+        if exchange.responseEnded, !endWritten, error == nil || error == Self.unconfirmedEnd { error = Self.cutShort }
+        report(exchange, startedAt: waiting.startedAt, policy: waiting.policy, error: error)
+        // A request refused behind this one (`deferRejection`) is reported after it, in the order they came.
+        reportDeferredRejection()
     }
 
     /// Reports one exchange (an HTTP/1.1 request and its response, or an HTTP/2 stream): the connection's facts

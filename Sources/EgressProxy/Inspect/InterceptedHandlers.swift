@@ -243,6 +243,16 @@ final class InterceptedClientHandler: ChannelDuplexHandler, RemovableChannelHand
 
     func flush() { context?.flush() }
 
+    /// Flushes, after an empty write whose future it returns: it succeeds once every write before it is written to
+    /// the client's connection (writes complete in order), and fails when the connection closes first.
+    func flush(tracked: Bool) -> EventLoopFuture<Void>? {
+        guard let context else { return nil }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.write(wrapOutboundOut(allocator.buffer(capacity: 0)), promise: promise)
+        context.flush()
+        return promise.futureResult
+    }
+
     /// The next response written answers a request with this method.
     func respondingTo(method: String) { writer.requestMethod = method }
 
