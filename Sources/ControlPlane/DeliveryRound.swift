@@ -10,18 +10,25 @@
 ///
 /// - 2xx: accepted.
 /// - 400, 413, 422: the record itself is refused; sending it again cannot help. Set aside at once.
-/// - Any other status but 429, or a closed connection with no answer (none of the answers announced the close):
-///   retried. While the control plane accepts other records in the same round (so it is up, and this record is what
-///   it chokes on), each counts against the record; after `failedAttempts` of them it is set aside. A round in which
-///   nothing is accepted is an outage (or a refused key, a wrong URL): it counts against no record, however long.
-/// - 429, a timeout, no answer behind one that announced the close: retried, never counted. 429 and 503 honour
-///   Retry-After.
+/// - Any other status but 429: retried. While the control plane accepts other records in the same round (so it is
+///   up, and this record is what it chokes on), each counts against the record; after `failedAttempts` of them it is
+///   set aside. A round in which nothing is accepted is an outage (or a refused key, a wrong URL): it counts against
+///   no record, however long.
+/// - No answer (the connection closed under the request, or the answer did not come in time): retried, and the round
+///   after sends one request per connection. It counts against the record as an error answer does only when its
+///   request was alone on its connection: pipelined, the request the control plane choked on may be any one before
+///   it on that connection (answers come in order, so one that hangs or kills the connection leaves all those behind
+///   it unanswered), and those innocent records must not be set aside for it. Sent alone in the next round, the one
+///   that hangs is found, and the others go through on their own connections.
+/// - 429: retried, never counted. 429 and 503 honour Retry-After.
 package struct DeliveryRound: Sendable, Equatable {
     /// What came back for one request.
     package enum Answer: Sendable, Equatable {
         case status(Int, retryAfter: Duration?, closesConnection: Bool)
-        /// No answer: the connection closed (`connectionClosed`) or timed out first, or could not send.
-        case noAnswer(connectionClosed: Bool)
+        /// No answer: the connection closed (`connectionClosed`) or the answer did not come in time, or the request
+        /// could not be sent. `alone`: it was the only request on its connection this round, so nothing but this
+        /// record can have made the control plane hang or drop the connection.
+        case noAnswer(connectionClosed: Bool, alone: Bool)
     }
 
     package enum Fate: Sendable, Equatable {
@@ -29,8 +36,8 @@ package struct DeliveryRound: Sendable, Equatable {
         case accepted
         /// 400, 413 or 422: the control plane will never take it; set aside in the dead-letter file.
         case rejected(status: Int)
-        /// A failed answer (or, nil, a dropped connection) `failedAttempts` times while other records were
-        /// accepted: set aside.
+        /// A failed answer (or, nil, no answer: a dropped connection or a timeout, the request alone on its
+        /// connection) `failedAttempts` times while other records were accepted: set aside.
         case failedRepeatedly(status: Int?)
         /// Not done: sent again later.
         case retry
@@ -57,7 +64,8 @@ package struct DeliveryRound: Sendable, Equatable {
     package var failure: Failure?
     package var next: Next
     /// Whether the next round may pipeline several requests per connection: false after a connection closed
-    /// behind an answer or under unanswered requests.
+    /// behind an answer or under unanswered requests, or a request timed out (so the next round finds which
+    /// record gets no answer, each request alone on its connection).
     package var pipeline: Bool
     /// Failed attempts each record has had while others were accepted, this round included (for the next).
     package var serverErrors: [Int]
@@ -89,6 +97,14 @@ package struct DeliveryRound: Sendable, Equatable {
     /// Whether any record is done (accepted or set aside).
     package var progressed: Bool { fates.contains { $0 != .retry } }
 
+    /// Which connection (0 up to `connections` - 1) each of `count` requests goes on: contiguous runs, so each
+    /// connection's pipeline answers its run in order.
+    package static func connectionIndices(count: Int, connections: Int) -> [Int] {
+        guard count > 0, connections > 0 else { return [] }
+        let perConnection = (count + connections - 1) / connections
+        return (0..<count).map { min($0 / perConnection, connections - 1) }
+    }
+
     /// Statuses that mean the record itself is refused for good: sending it again cannot help.
     package static func isRejection(_ status: Int) -> Bool { status == 400 || status == 413 || status == 422 }
 
@@ -97,10 +113,6 @@ package struct DeliveryRound: Sendable, Equatable {
         let previous = previous ?? [Int](repeating: 0, count: answers.count)
         let othersAccepted = answers.contains {
             if case .status(let status, _, _) = $0 { (200..<300).contains(status) } else { false }
-        }
-        // A closed connection the server announced explains the requests left unanswered behind it.
-        let closeAnnounced = answers.contains {
-            if case .status(_, _, true) = $0 { true } else { false }
         }
         var serverErrors = previous
         var fates: [Fate] = []
@@ -141,10 +153,14 @@ package struct DeliveryRound: Sendable, Equatable {
                     fates.append(.retry)
                     if let after { retryAfter = max(retryAfter ?? .zero, after) }
                 }
-            case .noAnswer(let closed):
-                if closed { pipeline = false }
+            case .noAnswer(_, let alone):
+                // Closed, or timed out (which closes it too): the connection is gone. One request per connection
+                // next, so a record that gets no answer is found without blaming those pipelined behind it.
+                pipeline = false
                 note(.unreachable)
-                if closed, !closeAnnounced, counts(index) {
+                // Requests left unanswered behind another on their connection (an answer that announced the close,
+                // or a request the control plane hangs or fails on) are not the record's fault.
+                if alone, counts(index) {
                     fates.append(.failedRepeatedly(status: nil))
                 } else {
                     fates.append(.retry)

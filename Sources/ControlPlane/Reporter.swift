@@ -19,7 +19,7 @@ import Musl
 /// restart or a crash keeps it), then sends from the spool over one keep-alive connection, several requests
 /// in flight, each answer judged on its own (`DeliveryRound`): an accepted action is not sent again by this run
 /// (a restart resends those accepted out of order, see `Spool.settle`), and one the control plane refuses (400,
-/// 413, 422) or keeps failing (five error answers or dropped connections while accepting others) is set aside in a
+/// 413, 422) or keeps failing (five error answers, dropped connections or timeouts while accepting others) is set aside in a
 /// dead-letter file with the server's answer, so it never holds up the rest. Failures back off exponentially with
 /// full jitter (honouring `Retry-After` on 429 and 503); 401/403 keep the data and log one line until the key works.
 public final class Reporter: ActionSink, Service {
@@ -362,8 +362,11 @@ public final class Reporter: ActionSink, Service {
                 continue
             }
             let started = ContinuousClock.now
-            let answers = await send(batch, over: pool)
-            let round = DeliveryRound(answers: answers.map(Self.answer), serverErrors: batch.map { serverErrors[$0.0] ?? 0 })
+            let onConnection = DeliveryRound.connectionIndices(count: batch.count, connections: pool.count)
+            let answers = await send(batch, over: pool, onConnection: onConnection)
+            let alone = onConnection.map { connection in onConnection.lazy.filter { $0 == connection }.count == 1 }
+            let round = DeliveryRound(
+                answers: zip(answers, alone).map(Self.answer), serverErrors: batch.map { serverErrors[$0.0] ?? 0 })
             pipeline = round.pipeline
             settle(round, batch: batch, answers: answers)
             for (index, entry) in batch.enumerated() {
@@ -450,12 +453,13 @@ public final class Reporter: ActionSink, Service {
     /// A request's answer, or why it has none.
     private typealias Outcome = Result<ControlPlaneResponse, any Error>
 
-    private static func answer(_ outcome: Outcome) -> DeliveryRound.Answer {
+    /// - Parameter alone: whether the request was the only one on its connection in the round.
+    private static func answer(_ outcome: Outcome, alone: Bool) -> DeliveryRound.Answer {
         switch outcome {
         case .success(let response):
             .status(response.status, retryAfter: retryAfter(response), closesConnection: response.closesConnection)
         case .failure(let error):
-            .noAnswer(connectionClosed: !(error is ControlPlaneTimeout))
+            .noAnswer(connectionClosed: !(error is ControlPlaneTimeout), alone: alone)
         }
     }
 
@@ -464,16 +468,16 @@ public final class Reporter: ActionSink, Service {
         return "none"
     }
 
-    /// Sends the batch spread over the connections, pipelined on each, and returns each request's answer (or
-    /// why it has none), in the batch's order. A connection that closes takes only the requests not yet
-    /// answered on it with it.
-    private func send(_ batch: [(Spool.Position, [UInt8])], over pool: [ControlPlaneConnection]) async -> [Outcome] {
+    /// Sends the batch spread over the connections (`onConnection`: which one each record goes on), pipelined on
+    /// each, and returns each request's answer (or why it has none), in the batch's order. A connection that closes
+    /// takes only the requests not yet answered on it with it.
+    private func send(
+        _ batch: [(Spool.Position, [UInt8])], over pool: [ControlPlaneConnection], onConnection: [Int]
+    ) async -> [Outcome] {
         let apiKey = configuration.apiKey
         return await withTaskGroup(of: (Int, Outcome).self) { group in
-            // Contiguous runs per connection: each connection's pipeline answers in its own order.
-            let perConnection = (batch.count + pool.count - 1) / pool.count
             for (index, entry) in batch.enumerated() {
-                let connection = pool[min(index / perConnection, pool.count - 1)]
+                let connection = pool[onConnection[index]]
                 group.addTask {
                     do {
                         return (index, .success(try await connection.post(path: "/v1/verdicts", json: entry.1, apiKey: apiKey)))
@@ -497,7 +501,9 @@ public final class Reporter: ActionSink, Service {
             case .rejected:
                 configuration.metrics?.deliveryRejected()
                 deadLetter(batch[index].1, response: response, reason: "rejected")
-            case .failedRepeatedly: deadLetter(batch[index].1, response: response, reason: "failed_repeatedly")
+            case .failedRepeatedly:
+                let timedOut = if case .failure(let error) = answers[index] { error is ControlPlaneTimeout } else { false }
+                deadLetter(batch[index].1, response: response, reason: "failed_repeatedly", timedOut: timedOut)
             case .accepted, .retry: break
             }
         }
@@ -516,10 +522,10 @@ public final class Reporter: ActionSink, Service {
     }
 
     /// Sets a record the control plane will not take aside, with its answer: `reason` is rejected (400, 413, 422)
-    /// or failed_repeatedly (an error answer or a dropped connection every time, while it accepted others; status 0
-    /// when there was no answer). Counted in
+    /// or failed_repeatedly (an error answer, a dropped connection or no answer in time every time, while it accepted
+    /// others; status 0 when there was no answer, `timedOut` when the last attempt had none in time). Counted in
     /// `actions_dropped_total{stage="dead_letter"}`; logged at most once a minute, with the count since.
-    private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse?, reason: String) {
+    private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse?, reason: String, timedOut: Bool = false) {
         let file = DeadLetterFile(directory: configuration.spoolDirectory, maxBytes: configuration.deadLetterMaxBytes)
         var json = JSONWriter()
         json.beginObject()
@@ -529,7 +535,11 @@ public final class Reporter: ActionSink, Service {
             json.field("answer", response.body)
         } else {
             json.field("status", 0)
-            json.field("answer", "no answer: the control plane closed the connection")
+            json.field(
+                "answer",
+                timedOut
+                    ? "no answer: the control plane did not answer in time"
+                    : "no answer: the control plane closed the connection")
         }
         json.field("action", String(decoding: record, as: UTF8.self))
         json.endObject()
@@ -543,7 +553,7 @@ public final class Reporter: ActionSink, Service {
         logger.error(
             reason == "rejected"
                 ? "the control plane rejected an action; it is set aside in \(file.path) (logged at most once a minute, with the count)"
-                : "the control plane failed an action \(DeliveryRound.failedAttempts) times while accepting others (error answers or dropped connections); it is set aside in \(file.path) (logged at most once a minute, with the count)",
+                : "the control plane failed an action \(DeliveryRound.failedAttempts) times while accepting others (error answers, dropped connections or no answer in time); it is set aside in \(file.path) (logged at most once a minute, with the count)",
             metadata: metadata
         )
     }

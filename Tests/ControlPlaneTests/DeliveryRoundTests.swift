@@ -4,12 +4,16 @@ import Testing
 @Suite struct DeliveryRoundTests {
     static let ok = DeliveryRound.Answer.status(200, retryAfter: nil, closesConnection: false)
     static let okThenClosed = DeliveryRound.Answer.status(200, retryAfter: nil, closesConnection: true)
-    static let closed = DeliveryRound.Answer.noAnswer(connectionClosed: true)
-    static let timedOut = DeliveryRound.Answer.noAnswer(connectionClosed: false)
+    /// No answer, the request alone on its connection: nothing else can have caused it.
+    static let closed = DeliveryRound.Answer.noAnswer(connectionClosed: true, alone: true)
+    static let timedOut = DeliveryRound.Answer.noAnswer(connectionClosed: false, alone: true)
+    /// No answer, the request pipelined with others on its connection.
+    static let closedBehind = DeliveryRound.Answer.noAnswer(connectionClosed: true, alone: false)
+    static let timedOutBehind = DeliveryRound.Answer.noAnswer(connectionClosed: false, alone: false)
 
     /// Connection: close behind the first answer: it is done, the rest go again at once, one per connection.
     @Test func anAnswerThenAClosedConnectionAcknowledgesTheAnsweredAndResendsTheRestNow() {
-        let round = DeliveryRound(answers: [Self.okThenClosed, Self.closed, Self.closed])
+        let round = DeliveryRound(answers: [Self.okThenClosed, Self.closedBehind, Self.closedBehind])
         #expect(round.fates == [.accepted, .retry, .retry])
         #expect(round.donePrefix == 1 && round.accepted == 1)
         #expect(round.next == .now)
@@ -18,8 +22,8 @@ import Testing
     }
 
     @Test func noAnswerAtAllBacksOff() {
-        let round = DeliveryRound(answers: [Self.timedOut, Self.timedOut])
-        #expect(round.donePrefix == 0 && round.next == .backOff && round.pipeline)
+        let round = DeliveryRound(answers: [Self.timedOutBehind, Self.timedOutBehind])
+        #expect(round.donePrefix == 0 && round.next == .backOff && !round.pipeline)
     }
 
     @Test func keepAliveAnswersKeepPipelining() {
@@ -98,7 +102,7 @@ extension DeliveryRoundTests {
             #expect(last.fates == [.failedRepeatedly(status: status), .accepted] && last.donePrefix == 2, "\(answer)")
         }
         // Requests left unanswered behind an answer that announced the close are not the record's fault.
-        let announced = DeliveryRound(answers: [Self.okThenClosed, Self.closed], serverErrors: [0, 4])
+        let announced = DeliveryRound(answers: [Self.okThenClosed, Self.closedBehind], serverErrors: [0, 4])
         #expect(announced.fates == [.accepted, .retry] && announced.serverErrors == [0, 4])
     }
 
@@ -111,5 +115,84 @@ extension DeliveryRoundTests {
         #expect(DeliveryRound(answers: [Self.status(503), Self.timedOut]).health == .unavailable)
         #expect(DeliveryRound(answers: [Self.timedOut]).health == .unreachable)
         #expect(DeliveryRound(answers: [Self.status(400)]).health == .reachable)
+    }
+}
+
+extension DeliveryRoundTests {
+    /// A record whose request the control plane holds until the timeout, alone on its connection, while it accepts
+    /// the others: each timeout counts against it like an error answer, and the fifth sets it aside (no status), so
+    /// it cannot hold the front of the spool for good.
+    @Test func aRecordThatTimesOutAloneWhileOthersAreAcceptedIsSetAsideAtTheFifth() {
+        var errors = 0
+        for attempt in 1..<DeliveryRound.failedAttempts {
+            let round = DeliveryRound(answers: [Self.timedOut, Self.ok, Self.ok], serverErrors: [errors, 0, 0])
+            #expect(round.fates == [.retry, .accepted, .accepted] && round.serverErrors[0] == attempt)
+            #expect(round.next == .now && !round.pipeline && round.health == .reachable)
+            errors = round.serverErrors[0]
+        }
+        let last = DeliveryRound(answers: [Self.timedOut, Self.ok], serverErrors: [errors, 0])
+        #expect(last.fates == [.failedRepeatedly(status: nil), .accepted] && last.donePrefix == 2)
+        // Nothing accepted: an outage (or a control plane that hangs on everything), never the record's fault.
+        let outage = DeliveryRound(answers: [Self.timedOut, Self.timedOut], serverErrors: [4, 4])
+        #expect(outage.fates == [.retry, .retry] && outage.serverErrors == [4, 4] && outage.next == .backOff)
+    }
+
+    /// A timeout (or a dropped connection) in a pipelined round blames no record: the one the control plane hangs on
+    /// may be any before it on its connection. The next round sends one request per connection to find it.
+    @Test func noAnswerOnAPipelinedConnectionBlamesNoRecordAndTheNextRoundSendsEachAlone() {
+        for behind in [Self.timedOutBehind, Self.closedBehind] {
+            let round = DeliveryRound(answers: [Self.ok, behind, behind, Self.ok], serverErrors: [0, 4, 4, 0])
+            #expect(round.fates == [.accepted, .retry, .retry, .accepted] && round.serverErrors == [0, 4, 4, 0], "\(behind)")
+            #expect(!round.pipeline && round.next == .now, "\(behind)")
+        }
+    }
+
+    @Test func requestsGoOnConnectionsInContiguousRuns() {
+        #expect(DeliveryRound.connectionIndices(count: 4, connections: 4) == [0, 1, 2, 3])
+        #expect(DeliveryRound.connectionIndices(count: 3, connections: 4) == [0, 1, 2])
+        #expect(DeliveryRound.connectionIndices(count: 5, connections: 2) == [0, 0, 0, 1, 1])
+        #expect(DeliveryRound.connectionIndices(count: 0, connections: 4) == [])
+    }
+
+    /// The reporter's rounds, played without sockets: a backlog whose oldest record makes the control plane hang
+    /// until the timeout (so every request pipelined behind it on its connection gets no answer either). The record
+    /// is set aside after five timeouts of its own, and every other record is delivered, none set aside with it.
+    @Test func aRecordTheControlPlaneHangsOnIsSetAsideAndNoOtherWithIt() {
+        let poison = 0
+        var pending = Array(0..<200)  // the spool, oldest first
+        var errors: [Int: Int] = [:]
+        var accepted: Set<Int> = []
+        var setAside: [Int] = []
+        var pipeline = true
+        var rounds = 0
+        while !pending.isEmpty, rounds < 40 {
+            rounds += 1
+            let perConnection = pipeline ? 32 : 1
+            let batch = Array(pending.prefix(perConnection * 4))
+            let connections = min(4, (batch.count + perConnection - 1) / perConnection)
+            let onConnection = DeliveryRound.connectionIndices(count: batch.count, connections: connections)
+            // Answers come in order on a connection: from the poison on, its connection times out.
+            let hung = batch.firstIndex(of: poison).map { onConnection[$0] }
+            let answers = batch.indices.map { index -> DeliveryRound.Answer in
+                let alone = onConnection.filter { $0 == onConnection[index] }.count == 1
+                if onConnection[index] == hung, index >= batch.firstIndex(of: poison)! {
+                    return .noAnswer(connectionClosed: false, alone: alone)
+                }
+                return Self.ok
+            }
+            let round = DeliveryRound(answers: answers, serverErrors: batch.map { errors[$0] ?? 0 })
+            pipeline = round.pipeline
+            for (index, record) in batch.enumerated() {
+                switch round.fates[index] {
+                case .accepted: accepted.insert(record)
+                case .failedRepeatedly, .rejected: setAside.append(record)
+                case .retry: errors[record] = round.serverErrors[index]
+                }
+            }
+            pending.removeAll { accepted.contains($0) || setAside.contains($0) }
+        }
+        #expect(pending.isEmpty, "still pending after \(rounds) rounds: \(pending.prefix(10))")
+        #expect(setAside == [poison])
+        #expect(accepted.count == 199 && !accepted.contains(poison))
     }
 }
