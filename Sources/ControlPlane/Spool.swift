@@ -12,7 +12,8 @@ import Darwin
 /// frames of `length (u32 BE) | CRC-32 (u32 BE) | payload`. Opening the spool checks every frame: a torn
 /// last record (a crash mid-write) is cut off, so everything written before it is kept; a corrupt frame with
 /// intact ones after it (a disk fault) is skipped, the segment rewritten without it, and the loss counted
-/// (`takeCorrupted`). One process uses a spool directory at a time (an flock on its `lock` file). Delivery reads from
+/// (`takeCorrupted`); one found by a read later is skipped the same way (resynchronising at the next intact frame)
+/// and counted as it is found. One process uses a spool directory at a time (an flock on its `lock` file). Delivery reads from
 /// the oldest record on; acknowledged segments are deleted. When the spool would exceed its cap, the oldest
 /// segments are dropped and the loss is counted, so it can be reported.
 ///
@@ -259,6 +260,7 @@ public final class Spool {
         lockFD = try Self.lock(directory)
         directoryIdentity = Self.identity(of: directory)
         segments = []
+        corruptStretches = [:]
         settledAhead = []
         savedPosition = nil
         try openWriteSegment(sequence: next)
@@ -416,6 +418,10 @@ public final class Spool {
         for entry in segments where entry.sequence >= readSegment && result.count < limit {
             var cursor = entry.sequence == readSegment ? readOffset : 0
             while result.count < limit && cursor < entry.bytes {
+                if let end = corruptStretches[entry.sequence]?[cursor] {
+                    cursor = end  // found corrupt by an earlier read: skipped, and counted then
+                    continue
+                }
                 let wanted = Int(min(entry.bytes - cursor, Self.readChunk))
                 guard let chunk = readRange(sequence: entry.sequence, from: cursor, length: wanted) else { break }
                 var local = 0
@@ -432,10 +438,12 @@ public final class Spool {
                         let whole = readRange(sequence: entry.sequence, from: cursor, length: frameLength),
                         let (payload, next) = Self.frame(in: whole, at: 0)
                     else {
-                        // Corrupt: recovery cut such tails, so this is a disk fault. The rest of this segment is
-                        // skipped, and counted as corrupted when the segment goes; new records go to a new segment.
-                        markCorrupt(entry, at: cursor)
-                        break
+                        // Corrupt: recovery cut such tails, so this is a disk fault. Resynchronised as recovery
+                        // does: only the corrupt stretch is skipped (and counted), the intact frames after it are
+                        // read as usual.
+                        guard let end = skipCorrupt(in: entry, at: cursor) else { break }
+                        cursor = end
+                        continue
                     }
                     let position = Position(segment: entry.sequence, endOffset: cursor + Int64(next))
                     if !settledAhead.contains(position) { result.append((position, payload)) }
@@ -447,30 +455,50 @@ public final class Spool {
         return result
     }
 
-    /// Where `peek` found a corrupt frame (a disk fault after the spool was opened), by segment: the rest of that
-    /// segment is never sent, and counted lost (`takeCorrupted`) when the segment is deleted or dropped.
-    private var corruptAt: [UInt64: Int64] = [:]
+    /// Corrupt stretches found by a read after the spool was opened (a disk fault), by segment: where each starts
+    /// and where the next intact frame (or the segment's end) is. Reads skip them; they were counted when found.
+    private var corruptStretches: [UInt64: [Int64: Int64]] = [:]
 
-    private func markCorrupt(_ entry: Segment, at offset: Int64) {
-        guard corruptAt[entry.sequence] == nil else { return }
-        corruptAt[entry.sequence] = offset
-        if entry.sequence == segments.last?.sequence {
-            try? openWriteSegment(sequence: entry.sequence + 1)  // else new records would sit behind it
+    /// A corrupt frame at `offset` of `entry`, found by a read: resynchronises at the next intact frame as recovery
+    /// does (`resync`), records the stretch to skip, and counts what it held as lost (`takeCorrupted`). Returns
+    /// where reading goes on (the segment's end when nothing intact follows); nil when the segment cannot be read.
+    private func skipCorrupt(in entry: Segment, at offset: Int64) -> Int64? {
+        if let end = corruptStretches[entry.sequence]?[offset] { return end }
+        guard offset < entry.bytes,
+            let bytes = readRange(sequence: entry.sequence, from: offset, length: Int(entry.bytes - offset)),
+            !bytes.isEmpty
+        else { return nil }
+        let found = Self.resync(bytes, from: 0)
+        let stretch = found?.resume ?? bytes.count
+        // How many records the stretch held: one when its header was intact, else estimated from the segment's
+        // average frame.
+        let average = max(1, Int(entry.bytes) / max(1, entry.records))
+        let records = found?.exact == true ? 1 : max(1, stretch / average)
+        corruptStretches[entry.sequence, default: [:]][offset] = offset + Int64(stretch)
+        if let index = segments.firstIndex(where: { $0.sequence == entry.sequence }) {
+            segments[index].records = max(0, segments[index].records - records)
         }
-    }
-
-    /// Counts what a segment held past the corrupt frame `peek` found in it, as it goes.
-    private func countCorruptRemainder(of segment: Segment) {
-        guard let offset = corruptAt.removeValue(forKey: segment.sequence), offset < segment.bytes,
-            let bytes = readRange(sequence: segment.sequence, from: offset, length: Int(segment.bytes - offset))
-        else { return }
-        let scan = Self.scan(bytes)
         let now = WallClock.nowMillis()
         var lost = corrupted ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
-        lost.records += max(1, scan.records + scan.lostRecords)
-        lost.bytes += Int64(bytes.count)
+        lost.records += records
+        lost.bytes += Int64(stretch)
         lost.lastAt = now
         corrupted = lost
+        if found == nil, entry.sequence == segments.last?.sequence {
+            try? openWriteSegment(sequence: entry.sequence + 1)  // new records start a segment of their own
+        }
+        return offset + Int64(stretch)
+    }
+
+    /// Moves the read position over a corrupt stretch that starts at it.
+    private func passCorruptStretches() {
+        while let end = corruptStretches[readSegment]?[readOffset] { readOffset = end }
+    }
+
+    /// Deletes a segment's file and forgets what was found corrupt in it.
+    private func remove(_ sequence: UInt64) {
+        unlink(path(sequence))
+        corruptStretches[sequence] = nil
     }
 
     /// Everything up to and including `position` was delivered: move past it (and past records settled ahead of
@@ -485,8 +513,7 @@ public final class Spool {
         while let first = segments.first, segments.count > 1,
             first.sequence < readSegment || (first.sequence == readSegment && readOffset >= first.bytes)
         {
-            countCorruptRemainder(of: first)
-            unlink(path(first.sequence))
+            remove(first.sequence)
             segments.removeFirst()
             if first.sequence == readSegment, let next = segments.first {
                 readSegment = next.sequence
@@ -501,7 +528,7 @@ public final class Spool {
             let delivered = segments[0].sequence
             if (try? openWriteSegment(sequence: delivered + 1)) != nil {
                 segments.removeFirst()
-                unlink(path(delivered))
+                remove(delivered)
                 readSegment = delivered + 1
                 readOffset = 0
             }
@@ -525,18 +552,21 @@ public final class Spool {
 
     /// Moves the read position over records already settled, forgetting those behind it.
     private func advanceOverSettled() {
+        passCorruptStretches()
         guard !settledAhead.isEmpty else { return }
         settledAhead = settledAhead.filter { front < $0 }
         while !settledAhead.isEmpty, let next = positionAfterFront(), settledAhead.remove(next) != nil {
             readSegment = next.segment
             readOffset = next.endOffset
+            passCorruptStretches()
         }
     }
 
     /// Where the record at the read position ends (its frame header read from disk).
     private func positionAfterFront() -> Position? {
         for entry in segments where entry.sequence >= readSegment {
-            let start = entry.sequence == readSegment ? readOffset : 0
+            var start = entry.sequence == readSegment ? readOffset : 0
+            while let end = corruptStretches[entry.sequence]?[start] { start = end }
             guard start < entry.bytes else { continue }
             guard let header = readRange(sequence: entry.sequence, from: start, length: Self.headerLength),
                 header.count == Self.headerLength
@@ -570,11 +600,10 @@ public final class Spool {
     private func enforceCap(adding: Int64) {
         while totalBytes + adding > maxBytes, segments.count > 1 {
             let oldest = segments.removeFirst()
-            countCorruptRemainder(of: oldest)
             if oldest.sequence >= readSegment {
                 countDrop(of: oldest, from: oldest.sequence == readSegment ? readOffset : 0)
             }
-            unlink(path(oldest.sequence))
+            remove(oldest.sequence)
             if oldest.sequence >= readSegment, let next = segments.first {
                 readSegment = next.sequence
                 readOffset = 0
@@ -587,7 +616,14 @@ public final class Spool {
         guard let bytes = readRange(sequence: segment.sequence, from: offset, length: Int(segment.bytes - offset)) else { return }
         var cursor = 0
         var losses: [Loss] = []
-        while let (payload, next) = Self.frame(in: bytes, at: cursor) {
+        while cursor < bytes.count {
+            guard let (payload, next) = Self.frame(in: bytes, at: cursor) else {
+                // A corrupt stretch (found now or by an earlier read) is counted as corrupted, not dropped; the
+                // intact frames after it are dropped records like any.
+                guard let end = skipCorrupt(in: segment, at: offset + Int64(cursor)) else { break }
+                cursor = Int(end - offset)
+                continue
+            }
             defer { cursor = next }
             let position = Position(segment: segment.sequence, endOffset: offset + Int64(next))
             // Accepted already (out of order): not lost.
@@ -770,31 +806,31 @@ public final class Spool {
                 continue
             }
             firstBad = min(firstBad, cursor)
-            // Where the header says this frame ends, when an intact frame starts there: exactly one lost.
-            var resume: Int?
-            var lost = 1
-            if bytes.count - cursor >= headerLength {
-                let skip = cursor + headerLength + Int(bigEndian32(bytes, cursor))
-                if skip < bytes.count, frame(in: bytes, at: skip) != nil { resume = skip }
-            }
-            if resume == nil {
-                var probe = cursor + 1
-                while probe + headerLength <= bytes.count {
-                    if frame(in: bytes, at: probe) != nil {
-                        resume = probe
-                        break
-                    }
-                    probe += 1
-                }
-                // How many records the stretch held is unknown: estimated from the segment's average frame.
-                if let resume, records > 0 { lost = max(1, (resume - cursor) / max(1, kept.count / records)) }
-            }
-            guard let resume else { break }  // nothing intact after it: a torn tail
+            guard let (resume, exact) = resync(bytes, from: cursor) else { break }  // nothing intact after it: a torn tail
+            // Exactly one lost when the header was right; else how many is unknown: estimated from the segment's
+            // average frame.
+            let lost = exact || records == 0 ? 1 : max(1, (resume - cursor) / max(1, kept.count / records))
             lostRecords += lost
             lostBytes += resume - cursor
             cursor = resume
         }
         return (kept, records, lostRecords, lostBytes, firstBad)
+    }
+
+    /// Where the next intact frame after the bad one at `cursor` starts: where its header says it ends when an intact
+    /// frame starts there (`exact`: one frame lost), else the next offset where a whole frame's CRC matches; nil when
+    /// nothing intact follows. Used by recovery and by reads that find a corrupt frame later, so both lose the same.
+    static func resync(_ bytes: [UInt8], from cursor: Int) -> (resume: Int, exact: Bool)? {
+        if bytes.count - cursor >= headerLength {
+            let skip = cursor + headerLength + Int(bigEndian32(bytes, cursor))
+            if skip < bytes.count, frame(in: bytes, at: skip) != nil { return (skip, true) }
+        }
+        var probe = cursor + 1
+        while probe + headerLength <= bytes.count {
+            if frame(in: bytes, at: probe) != nil { return (probe, false) }
+            probe += 1
+        }
+        return nil
     }
 
     private func readFile(sequence: UInt64) -> [UInt8]? {
