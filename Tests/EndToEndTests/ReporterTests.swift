@@ -322,6 +322,74 @@ import Testing
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 
+    /// The control plane refusing one action with 403 while it accepts the others (a per-record refusal, not a
+    /// revoked key): as docs/operations.md promises, the others are each delivered once and never held up; the
+    /// refused one counts one failed attempt per round in which others are accepted, and the fifth sets it aside in
+    /// `dead-letter.jsonl` with the answer, logged, counted as dropped (`stage="dead_letter"`) and never as
+    /// delivered, the 403s counted as `unauthorized` delivery failures, and the control plane left reachable. Once
+    /// set aside it is not sent again.
+    @Test func anActionRefusedWith403IsSetAsideLoggedAndCountedAndTheRestDelivered() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        let spool = pki.directory + "/spool"
+        let port = try FreePort.closed()
+        // Made while the control plane is down, so the action to refuse is known before anything is sent.
+        let (proxy, ids) = try runProxy(environment(pki, controlPlanePort: port, spool: spool), connections: 6)
+        let refused = ids[2]
+        try "fail 403 \(refused)".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        try waitForDelivery(ids.filter { $0 != refused }, at: mock)
+        _ = try mock.waitForLine(timeout: 30) { $0 == "FAILED 403 \(refused)" }
+        func received() -> [String] { mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.map { String($0.split(separator: " ")[2]) } }
+        func refusals() -> Int { mock.stdoutLines.filter { $0 == "FAILED 403 \(refused)" }.count }
+
+        // Each new action is a round in which the control plane accepts another: it counts against the refused one.
+        let proxyPort = try proxy.listeningPort()
+        let closed = try FreePort.refusing()
+        let setAside = "failed an action 5 times while accepting others"
+        let fifth = 5.0  // docs/operations.md: the fifth failed attempt while others are accepted sets it aside
+        var more = 0
+        while more < 8 {
+            let before = received().count
+            _ = try runCommand(Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(closed)/"])
+            try mock.waitUntil(timeout: 30) { $0.filter { $0.hasPrefix("RECEIVED") }.count > before }
+            more += 1
+            if (try? proxy.waitForStderr(containing: setAside, timeout: 2)) != nil { break }
+        }
+        #expect(proxy.stderr.contains(setAside), "\(proxy.stderr)")
+        #expect(more == 4 || more == 5, "set aside after \(more) more rounds")
+        #expect(Double(refusals()) >= fifth, "\(refusals()) refusals")
+
+        // Set aside in the dead-letter file with the control plane's answer; no other action with it.
+        let letters = try String(contentsOfFile: spool + "/dead-letter.jsonl", encoding: .utf8)
+        let lines = letters.split(separator: "\n")
+        #expect(lines.count == 1 && letters.contains(refused), "\(letters)")
+        #expect(letters.contains(#""reason":"failed_repeatedly""#) && letters.contains(#""status":403"#))
+        #expect(letters.contains("cannot take this one"))
+        // The others delivered, each once, and the refused one never accepted.
+        let delivered = received()
+        #expect(Set(delivered).count == delivered.count && delivered.count == ids.count - 1 + more, "\(delivered.count)")
+        #expect(!delivered.contains(refused))
+        // Counted: set aside (not delivered), every refusal a failed attempt; one action's 403 is no refused key.
+        #expect(try metric(proxy, #"kaizen_egress_actions_dropped_total{stage="dead_letter"}"#, reaching: 1) == 1)
+        #expect(try metric(proxy, "kaizen_egress_actions_delivered_total", reaching: Double(delivered.count)) == Double(delivered.count))
+        let unauthorized = try #require(try metric(proxy, #"kaizen_egress_delivery_failures_total{reason="unauthorized"}"#))
+        #expect(unauthorized >= fifth, "\(unauthorized)")
+        #expect(try metric(proxy, "kaizen_egress_control_plane_reachable", reaching: 1) == 1)
+
+        // Never sent again: the next action is delivered, and the refused one is not tried with it.
+        let attempts = refusals()
+        let before = received().count
+        _ = try runCommand(Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(closed)/"])
+        try mock.waitUntil(timeout: 30) { $0.filter { $0.hasPrefix("RECEIVED") }.count > before }
+        #expect(refusals() == attempts)
+        #expect(proxy.stderr.components(separatedBy: setAside).count - 1 == 1, "one line a minute")
+        #expect(!letters.contains(ControlPlaneConnectionTests.key) && !proxy.stderr.contains(ControlPlaneConnectionTests.key))
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
     /// Two proxies on one KAIZEN_SPOOL_DIR would delete each other's segments: the second refuses to start,
     /// naming the variable and the fix, and the first goes on delivering.
     @Test func aSecondProxyOnTheSameSpoolDirectoryRefusesToStart() throws {
