@@ -187,6 +187,16 @@ public final class Spool {
     /// Starts reading at a saved position when it is the end of a frame in a segment still here; segments before
     /// it were delivered (a crash came between the acknowledgement and their deletion) and are deleted.
     private func adoptDelivered(_ saved: Position) {
+        if !holds(saved), let index = segments.firstIndex(where: { $0.sequence == saved.segment }) {
+            // Recovery rewrote it without a corrupt frame before this offset: the frames after that moved, so the
+            // offset may now name a later record, and those between would be skipped unsent. The segments before it
+            // were delivered; it is sent again from its start.
+            for segment in segments[..<index] { unlink(path(segment.sequence)) }
+            segments.removeFirst(index)
+            readSegment = saved.segment
+            readOffset = 0
+            return
+        }
         guard let index = segments.firstIndex(where: { $0.sequence == saved.segment }),
             saved.endOffset <= segments[index].bytes,
             let bytes = readRange(sequence: saved.segment, from: 0, length: Int(saved.endOffset))
@@ -218,6 +228,14 @@ public final class Spool {
             readSegment = segments[0].sequence
             readOffset = 0
         }
+    }
+
+    /// Segments recovery rewrote without a corrupt frame, and where that frame was: offsets past it moved.
+    private var rewrittenFrom: [UInt64: Int64] = [:]
+
+    /// Whether a position saved by an earlier run still names the same record: recovery did not move it.
+    private func holds(_ position: Position) -> Bool {
+        rewrittenFrom[position.segment].map { position.endOffset <= $0 } ?? true
     }
 
     /// Creates the directory and any missing parents with their final mode (0700), not chmod-ed later.
@@ -734,6 +752,7 @@ public final class Spool {
                     (try? FileIO.replace(path(sequence), with: raw)) != nil
                 }
                 if replaced {
+                    rewrittenFrom[sequence] = Int64(scan.firstBad)  // offsets past it moved: saved positions there no longer hold
                     let now = WallClock.nowMillis()
                     var lost = corrupted ?? Drops(records: 0, bytes: 0, firstAt: now, lastAt: now)
                     lost.records += scan.lostRecords

@@ -547,3 +547,47 @@ extension SpoolTests {
         #expect(dropped.records + corrupt.records + kept == 60, "\(dropped.records) dropped, \(kept) kept")
     }
 }
+
+extension SpoolTests {
+    /// Flips a byte of record `index`'s payload (all records `record(_:)`-sized, 48 bytes framed) in the segment file.
+    func corrupt(recordAt index: Int, in path: String, segment: Int = 0) throws {
+        let file = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasPrefix("segment-") }.sorted()[segment]
+        let handle = try #require(FileHandle(forUpdatingAtPath: path + "/" + file))
+        handle.seek(toFileOffset: UInt64(index * 48 + 8 + 3))
+        handle.write(Data([0x00]))
+        handle.closeFile()
+    }
+
+    /// A corrupt frame before the delivered position: recovery rewrites the segment without it, so the frames after it
+    /// move and the saved offset would name a later record, skipping those between unsent. The segment is sent again
+    /// from its start instead (duplicates, which the event id marks; never a loss).
+    @Test func aDeliveredPositionInASegmentRecoveryRewroteSkipsNothing() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<10 { try spool.append(record(index)) }
+            spool.acknowledge(through: spool.peek(limit: 5).last!.0)  // 0 to 4 delivered
+            spool.sync()
+        }
+        try corrupt(recordAt: 1, in: path)
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.takeCorrupted()?.records == 1)
+        let records = reopened.peek(limit: 100).map(\.1)
+        #expect(records == (0..<10).filter { $0 != 1 }.map { record($0) })
+        #expect(records.contains(record(5)))
+    }
+
+    /// A corrupt frame after the delivered position moves nothing before it: delivery resumes where it was.
+    @Test func aDeliveredPositionBeforeTheCorruptFrameStillHolds() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<10 { try spool.append(record(index)) }
+            spool.acknowledge(through: spool.peek(limit: 5).last!.0)
+            spool.sync()
+        }
+        try corrupt(recordAt: 7, in: path)
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.peek(limit: 100).map(\.1) == [5, 6, 8, 9].map { record($0) })
+    }
+}
