@@ -18,7 +18,7 @@ import Musl
 /// `record` appends to an in-memory queue. The service writes the queue to the write-ahead `Spool` (so a
 /// restart or a crash keeps it), then sends from the spool over one keep-alive connection, several requests
 /// in flight, each answer judged on its own (`DeliveryRound`): an accepted action is not sent again by this run
-/// (a restart resends those accepted out of order, see `Spool.settle`), and one the control plane refuses (400,
+/// (nor by the next: the spool saves those done out of order, see `Spool.settle`), and one the control plane refuses (400,
 /// 413, 422) or keeps failing (five error answers, dropped connections or timeouts while accepting others) is set aside in a
 /// dead-letter file with the server's answer, so it never holds up the rest. Failures back off exponentially with
 /// full jitter (honouring `Retry-After` on 429 and 503); 401/403 keep the data and log one line until the key works.

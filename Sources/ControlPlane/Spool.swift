@@ -14,7 +14,8 @@ import Darwin
 /// intact ones after it (a disk fault) is skipped, the segment rewritten without it, and the loss counted
 /// (`takeCorrupted`); one found by a read later is skipped the same way (resynchronising at the next intact frame)
 /// and counted as it is found. One process uses a spool directory at a time (an flock on its `lock` file). Delivery reads from
-/// the oldest record on; acknowledged segments are deleted. When the spool would exceed its cap, the oldest
+/// the oldest record on; acknowledged segments are deleted. How far delivery got (`delivered`) and the records done
+/// out of order ahead of that (`settled`) survive a restart. When the spool would exceed its cap, the oldest
 /// segments are dropped and the loss is counted, so it can be reported.
 ///
 /// One owner (the reporter's task) uses it; it is not thread-safe.
@@ -140,10 +141,15 @@ public final class Spool {
         readOffset = 0
         let saved = readDelivered()
         if let saved { adoptDelivered(saved) }
+        let savedSettled = readSettled()
+        adoptSettled(savedSettled)
         // Numbers never go back, so a position saved by an earlier run can never name a later run's segment.
-        try openWriteSegment(sequence: max(segments.last?.sequence ?? 0, saved?.segment ?? 0) + 1)
+        try openWriteSegment(
+            sequence: max(segments.last?.sequence ?? 0, saved?.segment ?? 0, savedSettled.map(\.segment).max() ?? 0) + 1)
         deliveredFD = open(directory + "/delivered", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         saveDelivered()
+        openSettledFile()
+        rewriteSettledFile()  // only what still holds: a stale entry never outlives the start that found it stale
     }
 
     // MARK: the delivered position
@@ -230,6 +236,100 @@ public final class Spool {
         }
     }
 
+    // MARK: records settled out of order
+
+    /// `settled`: the records done out of order (accepted, or set aside, while one before them was still to send),
+    /// so a restart does not send them again either. One entry per record, appended when it is settled: its position
+    /// (segment and offset, u64 BE each) and their CRC-32. Made durable with the spool's `sync()`, as `delivered` is.
+    /// Emptied once the read position has passed them all, and rewritten with only those still ahead of it when most
+    /// of its entries are behind it. Every entry names a record that was done, so losing some (a crash of the machine
+    /// before a sync, a torn write) only sends those again; an entry is trusted only when it is the end of a frame in
+    /// a segment still here that recovery did not rewrite, past the read position.
+    private var settledFD: Int32 = -1
+    private var settledFileEntries = 0
+    private var settledDirty = false
+    private static let settledEntryLength = 20
+
+    private func openSettledFile() {
+        settledFD = open(directory + "/settled", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+    }
+
+    private static func settledEntry(_ position: Position) -> [UInt8] {
+        var bytes: [UInt8] = []
+        appendBigEndian(UInt32(truncatingIfNeeded: position.segment >> 32), to: &bytes)
+        appendBigEndian(UInt32(truncatingIfNeeded: position.segment), to: &bytes)
+        appendBigEndian(UInt32(truncatingIfNeeded: UInt64(position.endOffset) >> 32), to: &bytes)
+        appendBigEndian(UInt32(truncatingIfNeeded: UInt64(position.endOffset)), to: &bytes)
+        appendBigEndian(CRC32.checksum(bytes), to: &bytes)
+        return bytes
+    }
+
+    private func appendSettled(_ position: Position) {
+        guard settledFD >= 0 else { return }
+        let entry = Self.settledEntry(position)
+        if entry.withUnsafeBytes({ FileIO.writeFully(settledFD, $0) }) == nil {
+            settledFileEntries += 1
+            settledDirty = true
+        }
+    }
+
+    /// Empties the file once nothing is settled ahead; rewrites it with what is when most entries are behind the
+    /// read position. A crash in the middle loses entries (sent again), never adds one.
+    private func compactSettledFile() {
+        guard settledFD >= 0, settledFileEntries > 0 else { return }
+        if settledAhead.isEmpty {
+            if ftruncate(settledFD, 0) == 0 {
+                settledFileEntries = 0
+                settledDirty = true
+            }
+        } else if settledFileEntries > 2 * settledAhead.count + 1024 {
+            rewriteSettledFile()
+        }
+    }
+
+    private func rewriteSettledFile() {
+        guard settledFD >= 0, ftruncate(settledFD, 0) == 0 else { return }
+        settledFileEntries = 0
+        settledDirty = true
+        var bytes: [UInt8] = []
+        for position in settledAhead.sorted() { bytes += Self.settledEntry(position) }
+        if !bytes.isEmpty, bytes.withUnsafeBytes({ FileIO.writeFully(settledFD, $0) }) == nil {
+            settledFileEntries = settledAhead.count
+        }
+    }
+
+    /// Every intact entry of `settled` (a torn or damaged one is skipped), in the order written.
+    private func readSettled() -> [Position] {
+        guard let bytes = readWhole(directory + "/settled") else { return [] }
+        var positions: [Position] = []
+        var cursor = 0
+        while cursor + Self.settledEntryLength <= bytes.count {
+            defer { cursor += Self.settledEntryLength }
+            guard CRC32.checksum(Array(bytes[cursor..<cursor + 16])) == Self.bigEndian32(bytes, cursor + 16) else { continue }
+            let segment = UInt64(Self.bigEndian32(bytes, cursor)) << 32 | UInt64(Self.bigEndian32(bytes, cursor + 4))
+            let offset = UInt64(Self.bigEndian32(bytes, cursor + 8)) << 32 | UInt64(Self.bigEndian32(bytes, cursor + 12))
+            positions.append(Position(segment: segment, endOffset: Int64(clamping: offset)))
+        }
+        return positions
+    }
+
+    /// Keeps the saved positions that still name a record to skip: past the read position, the end of a frame in a
+    /// segment still here that recovery did not rewrite. Then moves the read position over any right after it.
+    private func adoptSettled(_ saved: [Position]) {
+        let candidates = Set(saved.filter { front < $0 && holds($0) })
+        guard !candidates.isEmpty else { return }
+        for segment in segments where candidates.contains(where: { $0.segment == segment.sequence }) {
+            guard let bytes = readRange(sequence: segment.sequence, from: 0, length: Int(segment.bytes)) else { continue }
+            var cursor = 0
+            while let (_, next) = Self.frame(in: bytes, at: cursor) {
+                let position = Position(segment: segment.sequence, endOffset: Int64(next))
+                if candidates.contains(position) { settledAhead.insert(position) }
+                cursor = next
+            }
+        }
+        advanceOverSettled()
+    }
+
     /// Segments recovery rewrote without a corrupt frame, and where that frame was: offsets past it moved.
     private var rewrittenFrom: [UInt64: Int64] = [:]
 
@@ -286,6 +386,9 @@ public final class Spool {
         readOffset = 0
         deliveredFD = open(directory + "/delivered", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         saveDelivered()
+        if settledFD >= 0 { close(settledFD) }
+        openSettledFile()
+        settledFileEntries = 0
         let millis = WallClock.nowMillis()
         var drops = Drops(records: lost, bytes: bytes, firstAt: millis, lastAt: millis)
         drops.carried = carried
@@ -296,6 +399,7 @@ public final class Spool {
         if writeFD >= 0 { close(writeFD) }
         if lockFD >= 0 { close(lockFD) }
         if deliveredFD >= 0 { close(deliveredFD) }
+        if settledFD >= 0 { close(settledFD) }
     }
 
     /// Takes the directory's lock (`lock`, mode 0600; `FileIO.lockExclusively`).
@@ -416,6 +520,10 @@ public final class Spool {
         if deliveredDirty, deliveredFD >= 0 {
             _ = fsync(deliveredFD)
             deliveredDirty = false
+        }
+        if settledDirty, settledFD >= 0 {
+            _ = fsync(settledFD)
+            settledDirty = false
         }
     }
 
@@ -554,16 +662,16 @@ public final class Spool {
         saveDelivered()
     }
 
-    /// One record at `position` is done (accepted or set aside) although one before it is not: this run never sends
-    /// it again; the read position moves over it when the records before it are acknowledged. Kept in memory only:
-    /// a restart before that sends it again (its `event_id` marks the duplicate). Only a position in the spool is
+    /// One record at `position` is done (accepted or set aside) although one before it is not: it is never sent
+    /// again; the read position moves over it when the records before it are acknowledged. Saved in `settled` (made
+    /// durable with the next `sync()`), so a restart does not send it again either. Only a position in the spool is
     /// kept, so there are never more of them than records in the spool.
     public func settle(_ position: Position) {
         droppedInFlight[position] = nil  // done: the cap took nothing that was not delivered
         guard front < position,
             segments.contains(where: { $0.sequence == position.segment && position.endOffset <= $0.bytes })
         else { return }
-        settledAhead.insert(position)
+        if settledAhead.insert(position).inserted { appendSettled(position) }
     }
 
     // MARK: internals
@@ -571,13 +679,15 @@ public final class Spool {
     /// Moves the read position over records already settled, forgetting those behind it.
     private func advanceOverSettled() {
         passCorruptStretches()
-        guard !settledAhead.isEmpty else { return }
-        settledAhead = settledAhead.filter { front < $0 }
-        while !settledAhead.isEmpty, let next = positionAfterFront(), settledAhead.remove(next) != nil {
-            readSegment = next.segment
-            readOffset = next.endOffset
-            passCorruptStretches()
+        if !settledAhead.isEmpty {
+            settledAhead = settledAhead.filter { front < $0 }
+            while !settledAhead.isEmpty, let next = positionAfterFront(), settledAhead.remove(next) != nil {
+                readSegment = next.segment
+                readOffset = next.endOffset
+                passCorruptStretches()
+            }
         }
+        compactSettledFile()
     }
 
     /// Where the record at the read position ends (its frame header read from disk).
@@ -853,7 +963,11 @@ public final class Spool {
     }
 
     private func readFile(sequence: UInt64) -> [UInt8]? {
-        let fd = open(path(sequence), O_RDONLY | O_CLOEXEC)
+        readWhole(path(sequence))
+    }
+
+    private func readWhole(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var bytes: [UInt8] = []

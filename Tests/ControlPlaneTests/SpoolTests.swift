@@ -591,3 +591,80 @@ extension SpoolTests {
         #expect(reopened.peek(limit: 100).map(\.1) == [5, 6, 8, 9].map { record($0) })
     }
 }
+
+extension SpoolTests {
+    func settledFileSize(_ path: String) throws -> Int {
+        (try FileManager.default.attributesOfItem(atPath: path + "/settled")[.size] as? NSNumber)?.intValue ?? -1
+    }
+
+    /// Records done out of order (accepted behind one still to send) are saved beside the delivered position: a
+    /// restart does not send them again, and passes over them once the one before them is done.
+    @Test func recordsSettledOutOfOrderAreNotSentAgainAfterARestart() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 480)
+            for index in 0..<16 { try spool.append(record(index)) }
+            let all = spool.peek(limit: 100)
+            spool.acknowledge(through: all[1].0)  // 0 and 1 delivered in order
+            for index in [3, 4, 5, 11, 12] { spool.settle(all[index].0) }  // 2 and 6 still to send
+            spool.release()
+            spool.sync()
+        }
+        do {
+            let reopened = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 480)
+            let pending = reopened.peek(limit: 100)
+            #expect(pending.map(\.1) == [2, 6, 7, 8, 9, 10, 13, 14, 15].map { record($0) })
+            #expect(reopened.pendingRecords == 9)
+            reopened.acknowledge(through: pending[0].0)  // 2 done: the read position passes 3, 4 and 5
+            #expect(reopened.peek(limit: 2).map(\.1) == [record(6), record(7)])
+            reopened.sync()
+        }
+        let again = try Spool(directory: path, maxBytes: 1 << 20, segmentBytes: 480)
+        let rest = again.peek(limit: 100)
+        #expect(rest.map(\.1) == [6, 7, 8, 9, 10, 13, 14, 15].map { record($0) })
+        // Once the read position has passed every settled record, the file is emptied.
+        again.acknowledge(through: rest.last!.0)
+        #expect(try settledFileSize(path) == 0 && again.pendingRecords == 0)
+        let mode = try FileManager.default.attributesOfItem(atPath: path + "/settled")[.posixPermissions] as? NSNumber
+        #expect(mode?.intValue == 0o600)
+    }
+
+    /// A saved settled position is trusted only where it still names the record that was done: not in a segment that
+    /// recovery rewrote past the corrupt frame (its records moved), not in a segment gone, not a torn entry. Those
+    /// records are sent again (duplicates), never skipped unsent; stale entries are dropped from the file at start.
+    @Test func aSettledPositionThatNoLongerHoldsIsNotTrusted() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<6 { try spool.append(record(index)) }
+            let all = spool.peek(limit: 100)
+            for index in [3, 4] { spool.settle(all[index].0) }
+            spool.sync()
+        }
+        // A torn entry after them (a crash mid-append), and the segment damaged before them.
+        let handle = try #require(FileHandle(forUpdatingAtPath: path + "/settled"))
+        handle.seekToEndOfFile()
+        handle.write(Data([0, 0, 0, 0, 0, 0, 0, 1, 0, 0]))
+        handle.closeFile()
+        try corrupt(recordAt: 1, in: path)
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.peek(limit: 100).map(\.1) == [0, 2, 3, 4, 5].map { record($0) })
+        #expect(try settledFileSize(path) == 0)
+    }
+
+    /// Settled after a corrupt frame behind them: positions before the frame still hold and are kept.
+    @Test func aSettledPositionBeforeARewrittenFrameStillHolds() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<8 { try spool.append(record(index)) }
+            let all = spool.peek(limit: 100)
+            for index in [2, 3] { spool.settle(all[index].0) }
+            spool.sync()
+        }
+        try corrupt(recordAt: 6, in: path)
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        #expect(reopened.peek(limit: 100).map(\.1) == [0, 1, 4, 5, 7].map { record($0) })
+        #expect(try settledFileSize(path) == 40)
+    }
+}
