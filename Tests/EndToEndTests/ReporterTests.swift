@@ -390,6 +390,33 @@ import Testing
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 
+    /// Actions the control plane accepted behind one it has not (done out of order) are not sent again by the next
+    /// run: only the one still to send is.
+    @Test func actionsAcceptedOutOfOrderAreNotSentAgainAfterARestart() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        let port = try FreePort.closed()
+        let settings = environment(pki, controlPlanePort: port, spool: pki.directory + "/spool")
+        let (proxy, ids) = try runProxy(settings, connections: 6)
+        let held = ids[0]  // the oldest: every other one is accepted behind it
+        try "fail 503 \(held)".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        try waitForDelivery(Array(ids.dropFirst()), at: mock)
+        #expect(try metric(proxy, "kaizen_egress_actions_delivered_total", reaching: 5) == 5)
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+
+        try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let restarted = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        try waitForDelivery([held], at: mock)
+        #expect(try metric(restarted, "kaizen_egress_reporter_queue_depth", reaching: 0) == 0)
+        let received = mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.map { String($0.split(separator: " ")[2]) }
+        #expect(received.sorted() == ids.sorted(), "each once: \(received)")
+        restarted.signal(SIGTERM)
+        #expect(try restarted.waitForExit(timeout: 30) == 0)
+    }
+
     /// Two proxies on one KAIZEN_SPOOL_DIR would delete each other's segments: the second refuses to start,
     /// naming the variable and the fix, and the first goes on delivering.
     @Test func aSecondProxyOnTheSameSpoolDirectoryRefusesToStart() throws {
