@@ -37,6 +37,8 @@ public final class Reporter: ActionSink, Service {
         /// Keep-alive connections used side by side while there is a backlog (one when it is small), so a
         /// distant control plane (a long round trip) still drains quickly.
         public var connections: Int = 4
+        /// How long one request may wait for its answer; then it counts as unanswered (`DeliveryRound`).
+        public var responseTimeout: TimeAmount = .seconds(30)
         public var backoffBase: Duration = .milliseconds(200)
         public var backoffCap: Duration = .seconds(30)
         /// On shutdown (after the proxy's drain), how long requests in flight may still take to be answered;
@@ -345,7 +347,9 @@ public final class Reporter: ActionSink, Service {
                 // One connection per `perConnection` records of backlog, up to the configured number.
                 let wanted = min(configuration.connections, (batch.count + perConnection - 1) / perConnection)
                 while pool.count < wanted {
-                    pool.append(try await ControlPlaneConnection.connect(to: configuration.endpoint, tls: configuration.tls))
+                    pool.append(
+                        try await ControlPlaneConnection.connect(
+                            to: configuration.endpoint, tls: configuration.tls, responseTimeout: configuration.responseTimeout))
                 }
             } catch {
                 configuration.metrics?.deliveryFailed(reason: "unreachable")

@@ -379,6 +379,7 @@ public struct EgressApplication: Sendable {
                 spoolMaxBytes: configuration.spoolMaxBytes
             )
             settings.metrics = metrics
+            settings.responseTimeout = configuration.deliveryTimeout
             return try Reporter(configuration: settings, logger: logger)
         } catch where error.inUse {
             throw ConfigurationError(

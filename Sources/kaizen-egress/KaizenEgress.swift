@@ -86,6 +86,9 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Spool size cap, e.g. 256M, 2G. (env KAIZEN_SPOOL_MAX_BYTES, default 256M)")
     var spoolMaxBytes: String?
 
+    @Option(help: "How long the control plane may take to answer one delivery request, e.g. 30s. (env KAIZEN_DELIVERY_TIMEOUT, default 30s)")
+    var deliveryTimeout: String?
+
     @Flag(help: "Local mode: write actions as JSON lines to standard output; no account needed. (env KAIZEN_LOCAL=1)")
     var local = false
 
@@ -220,7 +223,7 @@ struct RunOptions: ParsableArguments {
         // A flag given on the command line wins over its environment variable.
         let flags: [(ConfigurationKey, String?)] = [
             (.port, port), (.listen, listen), (.agent, agent), (.apiURL, apiURL), (.auditLog, auditLog),
-            (.apiCAFile, apiCAFile), (.spoolDirectory, spoolDir), (.spoolMaxBytes, spoolMaxBytes),
+            (.apiCAFile, apiCAFile), (.spoolDirectory, spoolDir), (.spoolMaxBytes, spoolMaxBytes), (.deliveryTimeout, deliveryTimeout),
             (.connectTimeout, connectTimeout), (.idleTimeout, idleTimeout), (.dnsCacheTTL, dnsCacheTTL),
             (.drainSeconds, drainSeconds), (.logLevel, logLevel), (.caCertificate, caCert), (.caKey, caKey),
             (.inspectHosts, inspectHosts), (.passthroughHosts, passthroughHosts), (.upstreamCAFile, upstreamCAFile),

@@ -48,6 +48,7 @@ import Testing
         #expect(configuration.connectTimeout == .seconds(10))
         #expect(configuration.idleTimeout == .hours(1))
         #expect(configuration.drainTimeout == .seconds(10))
+        #expect(configuration.deliveryTimeout == .seconds(30))
         #expect(configuration.clientHelloTimeout == .seconds(10))
         #expect(configuration.clientHelloLimit == 64 * 1024)
     }
@@ -57,7 +58,7 @@ import Testing
             "PORT": "3200", "KAIZEN_LISTEN": "[::1]", "KAIZEN_AGENT": "my agent", "KAIZEN_LOCAL": "true",
             "KAIZEN_API_URL": "http://127.0.0.1:9999/", "KAIZEN_AUDIT_LOG": "/tmp/audit.jsonl",
             "KAIZEN_CONNECT_TIMEOUT": "500ms", "KAIZEN_IDLE_TIMEOUT": "90", "KAIZEN_DRAIN_SECONDS": "0",
-            "KAIZEN_LOG_LEVEL": "DEBUG",
+            "KAIZEN_LOG_LEVEL": "DEBUG", "KAIZEN_DELIVERY_TIMEOUT": "2s",
         ])
         #expect(configuration.port == 3200)
         #expect(configuration.listenAddress == "::1")
@@ -68,6 +69,7 @@ import Testing
         #expect(configuration.idleTimeout == .seconds(90))
         #expect(configuration.drainTimeout == .seconds(0))
         #expect(configuration.logLevel == .debug)
+        #expect(configuration.deliveryTimeout == .seconds(2))
     }
 
     /// Each bad value refuses to start with one line that names the variable and says how to fix it.
@@ -76,7 +78,7 @@ import Testing
         ("KAIZEN_LISTEN", "300.1.1.1"), ("KAIZEN_API_URL", "http://api.getkaizen.io"),
         ("KAIZEN_API_URL", "ftp://127.0.0.1"), ("KAIZEN_API_URL", "not a url"),
         ("KAIZEN_API_URL", "https://user:pw@api.getkaizen.io"), ("KAIZEN_LOCAL", "maybe"),
-        ("KAIZEN_CONNECT_TIMEOUT", "0s"), ("KAIZEN_IDLE_TIMEOUT", "soon"), ("KAIZEN_DRAIN_SECONDS", "-5"),
+        ("KAIZEN_CONNECT_TIMEOUT", "0s"), ("KAIZEN_IDLE_TIMEOUT", "soon"), ("KAIZEN_DELIVERY_TIMEOUT", "0s"), ("KAIZEN_DRAIN_SECONDS", "-5"),
         ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"), ("KAIZEN_AGENT", ""), ("KAIZEN_AGENT", " "), ("KAIZEN_ALLOW_CLIENTS", ""), ("KAIZEN_CONNECT_PORTS", " "),
         ("KAIZEN_POLICY_FAIL", ""), ("KAIZEN_API_KEY", ""), ("PORT", ""), ("PORT", "+3430"), ("KAIZEN_CONNECT_PORTS", "+443"), ("KAIZEN_ALLOW_PRIVATE", "foo..bar"),
         ("KAIZEN_MAX_CONNECTIONS", "+5"), ("KAIZEN_INSPECT_REQUIRED", "1"), ("KAIZEN_INSPECT_REQUIRED", "maybe"),

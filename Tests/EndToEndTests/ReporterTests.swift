@@ -390,6 +390,57 @@ import Testing
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 
+    /// One action the control plane never answers (it holds the request until the timeout), while it accepts the
+    /// others: the actions pipelined behind it on its connection get no answer either, but none of them is blamed or
+    /// set aside; they are delivered, each once, when the next round sends each request alone. The one that hangs
+    /// counts a failed attempt each time it times out alone while others are accepted, and the fifth sets it aside
+    /// (`did not answer in time`), so it does not hold up the queue for good.
+    @Test func anActionTheControlPlaneHangsOnIsSetAsideAndNothingElseWithIt() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        let spool = pki.directory + "/spool"
+        let port = try FreePort.closed()
+        var settings = environment(pki, controlPlanePort: port, spool: spool)
+        settings["KAIZEN_DELIVERY_TIMEOUT"] = "1s"
+        // Made while the control plane is down: they go as one pipelined batch, the hung one third.
+        let (proxy, ids) = try runProxy(settings, connections: 6)
+        let hung = ids[2]
+        try "hang \(hung)".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
+        defer {
+            try? "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)  // lets the held requests go
+            withExtendedLifetime(mock) {}
+        }
+        // The ones pipelined behind it are not held up for good: the next round sends them alone.
+        try waitForDelivery(ids.filter { $0 != hung }, at: mock)
+        func received() -> [String] { mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }.map { String($0.split(separator: " ")[2]) } }
+
+        let proxyPort = try proxy.listeningPort()
+        let closed = try FreePort.refusing()
+        let setAside = "failed an action 5 times while accepting others"
+        var more = 0
+        while more < 8 {
+            let before = received().count
+            _ = try runCommand(Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "http://127.0.0.1:\(closed)/"])
+            try mock.waitUntil(timeout: 30) { $0.filter { $0.hasPrefix("RECEIVED") }.count > before }
+            more += 1
+            if (try? proxy.waitForStderr(containing: setAside, timeout: 3)) != nil { break }
+        }
+        #expect(proxy.stderr.contains(setAside), "\(proxy.stderr)")
+        // The first pipelined round blamed nothing; the round that sent it alone counted once; four or five more.
+        #expect(more >= 4 && more <= 5, "set aside after \(more) more rounds")
+        let letters = try String(contentsOfFile: spool + "/dead-letter.jsonl", encoding: .utf8)
+        #expect(letters.split(separator: "\n").count == 1 && letters.contains(hung), "\(letters)")
+        #expect(letters.contains("did not answer in time") && letters.contains(#""status":0"#))
+        let delivered = received()
+        #expect(Set(delivered).count == delivered.count && delivered.count == ids.count - 1 + more, "\(delivered)")
+        #expect(!delivered.contains(hung))
+        #expect(try metric(proxy, #"kaizen_egress_actions_dropped_total{stage="dead_letter"}"#, reaching: 1) == 1)
+        #expect(try metric(proxy, "kaizen_egress_control_plane_reachable", reaching: 1) == 1)
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
     /// Actions the control plane accepted behind one it has not (done out of order) are not sent again by the next
     /// run: only the one still to send is.
     @Test func actionsAcceptedOutOfOrderAreNotSentAgainAfterARestart() throws {

@@ -14,6 +14,10 @@ The test steers it through the file given with --mode-file, read on every reques
                          (HTTP/1.0 style, a keep-alive limit of one): requests pipelined behind it go unanswered
   fail <status> <event_id>  that status for that one event, every time (printed FAILED <status> <event_id>), the
                          rest as usual: a record the control plane cannot take (413) or chokes on (500)
+  hang <event_id>        never answers that one event (printed HUNG <event_id> each time it arrives): holds the
+                         request until the mode file no longer says hang (at most 60 s), then closes the connection
+                         without an answer; requests pipelined behind it on its connection are never read. The rest
+                         as usual: a record the control plane hangs on
   slow [seconds]         a slow control plane: each request prints HOLDING <event_id>, then waits that long
                          (without seconds: until the mode file no longer says slow, at most 60 s) and is
                          answered by the mode then in force
@@ -150,6 +154,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             event_id = action["action"]["metadata"]["event_id"]
         except Exception as error:  # noqa: BLE001 - any shape problem is a 400
             return self.reply(400, {"error": f"bad action: {error!r}"})
+        if len(mode) > 1 and mode[0] == "hang" and mode[1] == event_id:
+            say(f"HUNG {event_id}")
+            deadline = time.monotonic() + 60
+            while self.mode()[:2] == ["hang", event_id] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.close_connection = True
+            return
         if mode and mode[0] == "slow":
             say(f"HOLDING {event_id}")
             if len(mode) > 1:

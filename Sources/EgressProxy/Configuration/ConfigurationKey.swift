@@ -16,6 +16,7 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let apiCAFile = ConfigurationKey(variable: "KAIZEN_API_CA_FILE", flag: "--api-ca-file")
     public static let spoolDirectory = ConfigurationKey(variable: "KAIZEN_SPOOL_DIR", flag: "--spool-dir")
     public static let spoolMaxBytes = ConfigurationKey(variable: "KAIZEN_SPOOL_MAX_BYTES", flag: "--spool-max-bytes")
+    public static let deliveryTimeout = ConfigurationKey(variable: "KAIZEN_DELIVERY_TIMEOUT", flag: "--delivery-timeout")
     public static let local = ConfigurationKey(variable: "KAIZEN_LOCAL", flag: "--local")
     public static let auditLog = ConfigurationKey(variable: "KAIZEN_AUDIT_LOG", flag: "--audit-log")
     public static let connectTimeout = ConfigurationKey(variable: "KAIZEN_CONNECT_TIMEOUT", flag: "--connect-timeout")
@@ -70,7 +71,7 @@ public struct ConfigurationKey: Sendable, Hashable {
     public static let logFormat = ConfigurationKey(variable: "KAIZEN_LOG_FORMAT", flag: "--log-format")
 
     public static let all: [ConfigurationKey] = [
-        .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
+        .port, .listen, .agent, .apiKey, .apiURL, .apiCAFile, .spoolDirectory, .spoolMaxBytes, .deliveryTimeout, .local, .auditLog, .connectTimeout, .idleTimeout, .dnsCacheTTL, .drainSeconds,
         .logLevel, .caCertificate, .caKey, .inspectHosts, .passthroughHosts, .upstreamCAFile, .reportQuery, .inspectRequired,
         .pinnedPassthrough, .upstreamIdleTimeout, .transparentPort, .auditMaxBytes, .auditFsync, .stateDirectory, .baselineLearn, .baselineMax,
         .allowClients, .proxyAuth, .allowPrivate, .denyDestinations, .connectPorts, .maxRequestLine, .maxHeaderBytes, .maxHeaderFields,

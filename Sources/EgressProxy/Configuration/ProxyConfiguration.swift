@@ -69,6 +69,8 @@ public struct ProxyConfiguration: Sendable {
     /// Where undelivered actions wait on disk.
     public var spoolDirectory: String
     public var spoolMaxBytes: Int64
+    /// How long the control plane may take to answer one delivery request before it counts as unanswered.
+    public var deliveryTimeout: TimeAmount
     /// How long a name lookup's answer is reused; zero turns the cache off.
     public var dnsCacheTTL: TimeAmount
     public var logLevel: Logger.Level
@@ -336,6 +338,7 @@ public struct ProxyConfiguration: Sendable {
         } else {
             self.spoolMaxBytes = 256 << 20
         }
+        self.deliveryTimeout = try Self.duration(value(.deliveryTimeout), key: .deliveryTimeout, default: .seconds(30))
 
         let caCertificate = value(.caCertificate)
         let caKey = value(.caKey)
