@@ -34,6 +34,30 @@ final class DistrustedIssuers {
         X509_STORE_set_lookup_certs(store, distrustingLookupCerts)
     }
 
+    /// Whether the chain X509_verify_cert built holds none of these certificates, at any depth. The store's lookups
+    /// never return them, but a server can send one itself as an intermediate: the inspection CA when it is a
+    /// sub-CA of a root the store trusts (an organisation's), or a cross-signed copy. When it does, the verification
+    /// fails with `X509_V_ERR_APPLICATION_VERIFICATION` at that certificate (`rejectionReason` says why).
+    func allows(_ storeContext: OpaquePointer) -> Bool {
+        guard let chain = X509_STORE_CTX_get0_chain(storeContext) else { return true }
+        for depth in 0..<OPENSSL_sk_num(chain) {
+            guard let raw = OPENSSL_sk_value(chain, depth) else { continue }
+            let certificate = OpaquePointer(raw)
+            if contains(certificate) {
+                X509_STORE_CTX_set_error(storeContext, X509_V_ERR_APPLICATION_VERIFICATION)
+                X509_STORE_CTX_set_error_depth(storeContext, depth)
+                X509_STORE_CTX_set_current_cert(storeContext, certificate)
+                return false
+            }
+        }
+        return true
+    }
+
+    /// The reason a connection's verification result `X509_V_ERR_APPLICATION_VERIFICATION` gives (only `allows`
+    /// sets it).
+    static let rejectionReason =
+        "the chain includes the inspection CA (KAIZEN_CA_CERT), which is never trusted for upstreams"
+
     static func of(_ storeContext: OpaquePointer) -> DistrustedIssuers? {
         guard let store = X509_STORE_CTX_get0_store(storeContext),
             let pointer = X509_STORE_get_ex_data(store, exDataIndex)

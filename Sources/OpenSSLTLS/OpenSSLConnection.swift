@@ -339,7 +339,9 @@ public final class OpenSSLConnection {
         var error = OpenSSLError.drain(operation: operation)
         error.certificateRequested = certificateRequested
         let verify = SSL_get_verify_result(ssl)
-        if verify != X509_V_OK {
+        if verify == Int(X509_V_ERR_APPLICATION_VERIFICATION) {
+            error.verifyResult = DistrustedIssuers.rejectionReason
+        } else if verify != X509_V_OK {
             error.verifyResult = String(cString: X509_verify_cert_error_string(verify))
         }
         return error

@@ -94,8 +94,12 @@ public final class OpenSSLContext: @unchecked Sendable {
         self.pointer = context
         self.inClientLibraryContext = library != nil
         self.configuration = configuration
-        let cache = configuration.role == .client && configuration.verifyPeer && configuration.verificationCacheLifetime > 0
-            ? VerificationCache(lifetime: configuration.verificationCacheLifetime) : nil
+        // The verification callback also checks the built chain for distrusted issuers: with those, a context
+        // that keeps no chains still has one (capacity 0).
+        let keepsChains = configuration.verificationCacheLifetime > 0
+        let cache = configuration.role == .client && configuration.verifyPeer
+            && (keepsChains || !configuration.distrustedIssuers.isEmpty)
+            ? VerificationCache(capacity: keepsChains ? 1024 : 0, lifetime: configuration.verificationCacheLifetime) : nil
         self.verificationCache = cache
         let sessions = configuration.role == .client && configuration.sessionLifetime > 0
             ? SessionCache(lifetime: configuration.sessionLifetime, clock: configuration.clock) : nil

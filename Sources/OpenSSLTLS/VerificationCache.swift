@@ -89,7 +89,9 @@ final class VerificationCache: Sendable {
     }
 
     /// The verification OpenSSL runs for each server certificate chain (`SSL_CTX_set_cert_verify_callback`):
-    /// X509_verify_cert, unless the same chain passed it for the same name recently.
+    /// X509_verify_cert, unless the same chain passed it for the same name recently; then, when the context distrusts
+    /// issuers, the chain it built must hold none of them (`DistrustedIssuers.allows`). A cache of capacity 0 keeps
+    /// nothing and only does that.
     func verify(_ storeContext: OpaquePointer) -> Int32 {
         guard let key = Self.key(storeContext) else { return X509_verify_cert(storeContext) }
         let now = clock()
@@ -98,7 +100,10 @@ final class VerificationCache: Sendable {
             X509_STORE_CTX_set_error(storeContext, X509_V_OK)
             return 1
         }
-        let result = X509_verify_cert(storeContext)
+        var result = X509_verify_cert(storeContext)
+        if result == 1, let distrusted = DistrustedIssuers.of(storeContext), !distrusted.allows(storeContext) {
+            result = 0
+        }
         // A chain with a date that cannot be read is not kept.
         guard result == 1, let chain = X509_STORE_CTX_get0_chain(storeContext),
             let notAfter = OpenSSLCertificate.earliestNotAfter(of: chain)

@@ -235,6 +235,66 @@ struct UpstreamCertificates {
         }
     }
 
+    /// The inspection CA as a sub-CA of an organisation's root that the proxy trusts for upstreams (the root in the
+    /// system store of a corporate image): no store lookup returns the inspection CA, but an upstream can send it as an
+    /// intermediate with a leaf it signed. That chain is refused all the same, and the action says why; a leaf the root
+    /// signed directly still passes.
+    @Test func anUpstreamSendingTheInspectionCAAsAnIntermediateIsRefused() throws {
+        let pki = try TestPKI.mint()
+        let directory = pki.directory
+        let openssl = Paths.which("openssl")
+        let root = directory + "/org-root"
+        let sub = directory + "/inspection-sub"
+        try "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+            .write(toFile: directory + "/sub.ext", atomically: true, encoding: .utf8)
+        try ("subjectAltName=DNS:localhost\n" + Self.server).write(toFile: directory + "/leaf.ext", atomically: true, encoding: .utf8)
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        for arguments in [
+            ["req", "-x509"] + ec + ["-keyout", root + ".key", "-out", root + ".pem", "-days", "2", "-subj", "/CN=Org Root",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ["req"] + ec + ["-keyout", sub + ".key", "-out", sub + ".csr", "-subj", "/CN=Org Inspection CA"],
+            ["x509", "-req", "-in", sub + ".csr", "-CA", root + ".pem", "-CAkey", root + ".key", "-set_serial", "2",
+             "-days", "2", "-extfile", directory + "/sub.ext", "-out", sub + ".pem"],
+            // What anyone holding the inspection CA's key can make: a leaf for any name, sent with the CA.
+            ["req"] + ec + ["-keyout", directory + "/forged.key", "-out", directory + "/forged.csr", "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", directory + "/forged.csr", "-CA", sub + ".pem", "-CAkey", sub + ".key", "-set_serial", "3",
+             "-days", "1", "-extfile", directory + "/leaf.ext", "-out", directory + "/forged-leaf.pem"],
+            ["req"] + ec + ["-keyout", directory + "/real.key", "-out", directory + "/real.csr", "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", directory + "/real.csr", "-CA", root + ".pem", "-CAkey", root + ".key", "-set_serial", "4",
+             "-days", "1", "-extfile", directory + "/leaf.ext", "-out", directory + "/real.pem"],
+        ] {
+            let made = try runCommand(openssl, arguments, timeout: 30)
+            try #require(made.status == 0, "\(made.stderr)")
+        }
+        _ = chmod(sub + ".key", 0o600)
+        let forgedChain = try String(contentsOfFile: directory + "/forged-leaf.pem", encoding: .utf8)
+            + String(contentsOfFile: sub + ".pem", encoding: .utf8)
+        try forgedChain.write(toFile: directory + "/forged.pem", atomically: true, encoding: .utf8)
+        let (forgedOrigin, forgedPort) = try ChildProcess.origin(
+            mode: "https", cert: directory + "/forged.pem", key: directory + "/forged.key")
+        let (realOrigin, realPort) = try ChildProcess.origin(mode: "https", cert: directory + "/real.pem", key: directory + "/real.key")
+        defer { withExtendedLifetime((forgedOrigin, realOrigin)) {} }
+        let (proxy, proxyPort) = try InspectionTests.startProxy([
+            "KAIZEN_CA_CERT": sub + ".pem", "KAIZEN_CA_KEY": sub + ".key", "KAIZEN_UPSTREAM_CA_FILE": root + ".pem",
+        ])
+        func curl(_ port: Int) throws -> CommandResult {
+            try runCommand(
+                Paths.which("curl"),
+                ["-sS", "--max-time", "10", "-x", "http://127.0.0.1:\(proxyPort)", "--cacert", root + ".pem",
+                 "https://localhost:\(port)/hello"],
+                timeout: 30)
+        }
+        let refused = try curl(forgedPort)
+        #expect(refused.status == 35 && refused.stdout.isEmpty, "\(refused)")
+        let action = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        #expect(action.contains(
+            "upstream certificate verification failed: the chain includes the inspection CA (KAIZEN_CA_CERT), which is never trusted for upstreams"),
+            "\(action)")
+        #expect(action.contains(#""inspection":"upstream not trusted""#), "\(action)")
+        let served = try curl(realPort)
+        #expect(served.status == 0 && served.stdout == "hello from origin", "\(served)")
+    }
+
     /// An upstream that refuses the handshake is not an upstream that is not trusted: a client whose name the upstream
     /// does not serve gets the upstream's own alert (unrecognized_name), as it would directly; the action says the
     /// handshake failed and why; the verification failures metric does not move, the handshake failures one does.
