@@ -363,13 +363,14 @@ def stall_and_leave(proxy_port, origin_port, cafile):
     while got < 100000:
         got += len(tls.recv(100000 - got))
     own, peer = tls.getsockname()[1], tls.getpeername()[1]
-    # Bounded: at most 500 looks, 10 s; the queues stand still once the proxy cannot write more (20 unchanged looks).
+    # Bounded: at most 1000 looks, 20 s; the queues stand still once the proxy cannot write more (75 unchanged looks,
+    # 1.5 s: longer than a loaded machine keeps the proxy from running).
     last, unchanged = None, 0
-    for _ in range(500):
+    for _ in range(1000):
         queues = (tcp_queue(own, peer, "rx"), tcp_queue(peer, own, "tx"))
         unchanged = unchanged + 1 if queues == last and queues[0] else 0
         last = queues
-        if unchanged >= 20:
+        if unchanged >= 75:
             break
         select.select([], [], [], 0.02)
     else:

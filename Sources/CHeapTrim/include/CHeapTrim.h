@@ -20,7 +20,7 @@ static inline int kz_heap_trim_supported(void) {
 static inline void kz_heap_usage(size_t *free_bytes, size_t *in_use_bytes) {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
     struct mallinfo2 info = mallinfo2();
-    *free_bytes = info.fordblks + info.fsmblks;
+    *free_bytes = info.fordblks;  // fastbin chunks (fsmblks) included
     *in_use_bytes = info.uordblks;
 #else
     *free_bytes = 0;
