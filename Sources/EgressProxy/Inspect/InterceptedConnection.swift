@@ -93,27 +93,17 @@ final class InterceptedConnection {
     private var idleTimer: Scheduled<Void>?
     /// Counts the HTTP/1.1 exchanges (one per request head): whose a response write is.
     private var exchangeSerial = 0
-    /// Response body bytes count once written to the client's connection (as over HTTP/2): what a client that leaves
-    /// mid-body never got is not counted as its. Writes are tracked by the promise of one write per response end and
-    /// per flush (`sendToClient`, `flushClient`), not one per part: writes complete in the order they were made, so
-    /// one promise stands for the untracked writes before it.
-    /// Body bytes handed to the client since the last tracked write.
-    private var untrackedBytes: UInt64 = 0
-    /// Tracked writes made, and completed (written or failed).
-    private var writesTracked = 0
-    private var writesCompleted = 0
-    /// Per exchange (`exchangeSerial`) not yet reported: its response body bytes written, and whether its end was.
-    private var deliveries: [(serial: Int, bytes: UInt64, ended: Bool)] = []
-    /// Exchange reports waiting for the tracked writes made before them (`after`), in order.
-    private var awaitingReports: [AwaitingReport] = []
+    /// Response body bytes count once written to the client's connection (as over HTTP/2); exchange reports wait for
+    /// those writes, at most `reportWaitLimit` (`ResponseDeliveryLedger`).
+    private var ledger = ResponseDeliveryLedger<AwaitingReport>()
+    private var reportWaitTimer: Scheduled<Void>?
+    static let reportWaitLimit: TimeAmount = .seconds(10)
 
     private struct AwaitingReport {
-        var after: Int
         var exchange: InterceptedExchangeStateMachine.Exchange
         var startedAt: String?
         var policy: (policy: String?, wouldBlock: Bool?)
         var error: String?
-        var serial: Int
     }
 
     init(
@@ -680,8 +670,8 @@ final class InterceptedConnection {
     /// when read from the upstream, nor while they wait in the proxy's buffers for a client that does not read.
     private func sendToClient(_ part: RelayedResponsePart, flush: Bool = false, endsResponse: Bool = false) {
         guard let client else { return }
-        if case .body(let bytes) = part { untrackedBytes &+= UInt64(bytes.readableBytes) }
-        guard endsResponse || (flush && untrackedBytes > 0) else {
+        if case .body(let bytes) = part { ledger.handed(bytes.readableBytes) }
+        guard endsResponse || (flush && ledger.untrackedBytes > 0) else {
             client.send(part, flush: flush)
             return
         }
@@ -693,7 +683,7 @@ final class InterceptedConnection {
     /// whose promise completes with theirs).
     private func flushClient() {
         guard let client else { return }
-        if untrackedBytes > 0, let written = client.flush(tracked: true) {
+        if ledger.untrackedBytes > 0, let written = client.flush(tracked: true) {
             track(written, endsResponse: false)
         } else {
             client.flush()
@@ -701,34 +691,20 @@ final class InterceptedConnection {
     }
 
     private func track(_ written: EventLoopFuture<Void>, endsResponse: Bool) {
-        writesTracked += 1
-        let (sequence, serial, count) = (writesTracked, exchangeSerial, untrackedBytes)
-        untrackedBytes = 0
+        let write = ledger.track(serial: exchangeSerial, endsResponse: endsResponse)
         written.assumeIsolated().whenComplete { result in
-            if case .success = result { self.delivered(count, endsResponse: endsResponse, serial: serial) }
-            self.writesCompleted = sequence
-            self.runAwaitingReports(all: false)
+            if case .success = result { self.responseBytes &+= write.bytes }
+            var written = false
+            if case .success = result { written = true }
+            self.reportDelivered(self.ledger.completed(write, written: written))
         }
     }
 
-    /// `count` bytes of exchange `serial`'s response body, and its end when `endsResponse`, were written to the client.
-    private func delivered(_ count: UInt64, endsResponse: Bool, serial: Int) {
-        responseBytes &+= count
-        if let index = deliveries.firstIndex(where: { $0.serial == serial }) {
-            deliveries[index].bytes &+= count
-            if endsResponse { deliveries[index].ended = true }
-        } else {
-            deliveries.append((serial, count, endsResponse))
-        }
-    }
-
-    /// Runs the awaiting reports, in order, whose writes have completed; with `all`, every one (the connection has
-    /// finished: they are reported with what was written).
-    private func runAwaitingReports(all: Bool) {
-        while let first = awaitingReports.first, all || first.after <= writesCompleted {
-            awaitingReports.removeFirst()
-            reportDelivered(first)
-        }
+    /// Reports waited `reportWaitLimit` for the client to take their responses: each is reported now, with what was
+    /// written by then and why it is not whole.
+    private func reportOverdue() {
+        reportWaitTimer = nil
+        reportDelivered(ledger.overdue())
     }
 
     /// The upstream's response broke a limit (`InterceptedExchangeStateMachine.responseHeadLimit`: 1xx responses
@@ -1126,7 +1102,7 @@ final class InterceptedConnection {
         idleTimer = nil
         if !upstreamHandshakeDone { upstreamReady.fail(ChannelError.ioOnClosedChannel) }
         // Exchanges whose writes to the client had not all completed: reported with what was written.
-        runAwaitingReports(all: true)
+        reportDelivered(ledger.finish())
         if let cut = machine.connectionClosed() {
             report(cut, error: cutReason(cut))
         }
@@ -1164,33 +1140,37 @@ final class InterceptedConnection {
     /// its response body counts the bytes written to the client, and a response whose end was read but not written
     /// (the client left first) is reported as cut, as over HTTP/2.
     private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {
-        let waiting = AwaitingReport(
-            after: writesTracked, exchange: exchange, startedAt: exchangeStartedAt, policy: requestPolicy, error: error,
-            serial: exchangeSerial)
+        let waiting = AwaitingReport(exchange: exchange, startedAt: exchangeStartedAt, policy: requestPolicy, error: error)
         exchangeStartedAt = nil
-        if finished || (awaitingReports.isEmpty && writesCompleted == writesTracked) {
-            runAwaitingReports(all: true)
-            reportDelivered(waiting)
-        } else {
-            awaitingReports.append(waiting)
+        guard !finished else { return reportDelivered(ledger.finished(with: waiting, serial: exchangeSerial)) }
+        switch ledger.queue(waiting, serial: exchangeSerial) {
+        case .reportNow(let ready):
+            reportDelivered(ready)
+        case .wait(let startTimer):
+            guard startTimer else { return }
+            let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+            reportWaitTimer = eventLoop.scheduleTask(in: Self.reportWaitLimit) { loopBound.value.reportOverdue() }
         }
     }
 
-    private func reportDelivered(_ waiting: AwaitingReport) {
-        var exchange = waiting.exchange
-        var endWritten = false
-        if let index = deliveries.firstIndex(where: { $0.serial == waiting.serial }) {
-            exchange.responseBodyBytes = deliveries[index].bytes
-            endWritten = deliveries[index].ended
-            deliveries.remove(at: index)
-        } else {
-            exchange.responseBodyBytes = 0
+    private func reportDelivered(_ ready: [ResponseDeliveryLedger<AwaitingReport>.Ready]) {
+        if ledger.waitingCount == 0 {
+            reportWaitTimer?.cancel()
+            reportWaitTimer = nil
         }
-        var error = waiting.error
-        if exchange.responseEnded, !endWritten, error == nil || error == Self.unconfirmedEnd { error = Self.cutShort }
-        report(exchange, startedAt: waiting.startedAt, policy: waiting.policy, error: error)
-        // A request refused behind this one (`deferRejection`) is reported after it, in the order they came.
-        reportDeferredRejection()
+        for one in ready {
+            var exchange = one.report.exchange
+            exchange.responseBodyBytes = one.bodyBytes
+            var error = one.report.error
+            if one.overdue, error == nil || error == Self.unconfirmedEnd {
+                error = "the client had not taken the whole response \(Self.reportWaitLimit.nanoseconds / 1_000_000_000) s after the proxy passed it on: reported with what was written by then"
+            } else if exchange.responseEnded, !one.endWritten, error == nil || error == Self.unconfirmedEnd {
+                error = Self.cutShort
+            }
+            report(exchange, startedAt: one.report.startedAt, policy: one.report.policy, error: error)
+            // A request refused behind this one (`deferRejection`) is reported after it, in the order they came.
+            reportDeferredRejection()
+        }
     }
 
     /// Reports one exchange (an HTTP/1.1 request and its response, or an HTTP/2 stream): the connection's facts
