@@ -696,7 +696,9 @@ final class InterceptedConnection {
             if case .success = result { self.responseBytes &+= write.bytes }
             var written = false
             if case .success = result { written = true }
-            self.reportDelivered(self.ledger.completed(write, written: written))
+            self.ledger.completed(write, written: written)
+            while let ready = self.ledger.nextReady() { self.reportDelivered(ready) }
+            self.stopReportWaitIfNone()
         }
     }
 
@@ -704,7 +706,13 @@ final class InterceptedConnection {
     /// written by then and why it is not whole.
     private func reportOverdue() {
         reportWaitTimer = nil
-        reportDelivered(ledger.overdue())
+        while let ready = ledger.nextWaiting(overdue: true) { reportDelivered(ready) }
+    }
+
+    private func stopReportWaitIfNone() {
+        guard ledger.waitingCount == 0, let timer = reportWaitTimer else { return }
+        timer.cancel()
+        reportWaitTimer = nil
     }
 
     /// The upstream's response broke a limit (`InterceptedExchangeStateMachine.responseHeadLimit`: 1xx responses
@@ -1102,7 +1110,8 @@ final class InterceptedConnection {
         idleTimer = nil
         if !upstreamHandshakeDone { upstreamReady.fail(ChannelError.ioOnClosedChannel) }
         // Exchanges whose writes to the client had not all completed: reported with what was written.
-        reportDelivered(ledger.finish())
+        while let ready = ledger.nextWaiting(overdue: false) { reportDelivered(ready) }
+        stopReportWaitIfNone()
         if let cut = machine.connectionClosed() {
             report(cut, error: cutReason(cut))
         }
@@ -1142,7 +1151,10 @@ final class InterceptedConnection {
     private func report(_ exchange: InterceptedExchangeStateMachine.Exchange, error: String?) {
         let waiting = AwaitingReport(exchange: exchange, startedAt: exchangeStartedAt, policy: requestPolicy, error: error)
         exchangeStartedAt = nil
-        guard !finished else { return reportDelivered(ledger.finished(with: waiting, serial: exchangeSerial)) }
+        if finished {
+            while let earlier = ledger.nextWaiting(overdue: false) { reportDelivered(earlier) }
+            return reportDelivered(ledger.reportNow(waiting, serial: exchangeSerial))
+        }
         switch ledger.queue(waiting, serial: exchangeSerial) {
         case .reportNow(let ready):
             reportDelivered(ready)
@@ -1153,24 +1165,18 @@ final class InterceptedConnection {
         }
     }
 
-    private func reportDelivered(_ ready: [ResponseDeliveryLedger<AwaitingReport>.Ready]) {
-        if ledger.waitingCount == 0 {
-            reportWaitTimer?.cancel()
-            reportWaitTimer = nil
+    private func reportDelivered(_ one: ResponseDeliveryLedger<AwaitingReport>.Ready) {
+        var exchange = one.report.exchange
+        exchange.responseBodyBytes = one.bodyBytes
+        var error = one.report.error
+        if one.overdue, error == nil || error == Self.unconfirmedEnd {
+            error = "the client had not taken the whole response \(Self.reportWaitLimit.nanoseconds / 1_000_000_000) s after the proxy passed it on: reported with what was written by then"
+        } else if exchange.responseEnded, !one.endWritten, error == nil || error == Self.unconfirmedEnd {
+            error = Self.cutShort
         }
-        for one in ready {
-            var exchange = one.report.exchange
-            exchange.responseBodyBytes = one.bodyBytes
-            var error = one.report.error
-            if one.overdue, error == nil || error == Self.unconfirmedEnd {
-                error = "the client had not taken the whole response \(Self.reportWaitLimit.nanoseconds / 1_000_000_000) s after the proxy passed it on: reported with what was written by then"
-            } else if exchange.responseEnded, !one.endWritten, error == nil || error == Self.unconfirmedEnd {
-                error = Self.cutShort
-            }
-            report(exchange, startedAt: one.report.startedAt, policy: one.report.policy, error: error)
-            // A request refused behind this one (`deferRejection`) is reported after it, in the order they came.
-            reportDeferredRejection()
-        }
+        report(exchange, startedAt: one.report.startedAt, policy: one.report.policy, error: error)
+        // A request refused behind this one (`deferRejection`) is reported after it, in the order they came.
+        reportDeferredRejection()
     }
 
     /// Reports one exchange (an HTTP/1.1 request and its response, or an HTTP/2 stream): the connection's facts

@@ -28,8 +28,8 @@ struct ResponseDeliveryLedger<Report> {
     }
 
     enum Queued {
-        /// Nothing it waits for: reported now, after those before it.
-        case reportNow([Ready])
+        /// Nothing it waits for: reported now (none waits before it).
+        case reportNow(Ready)
         /// It waits; `startTimer` when it is the first to wait (the wait's limit starts now).
         case wait(startTimer: Bool)
     }
@@ -47,6 +47,8 @@ struct ResponseDeliveryLedger<Report> {
 
     /// Reports waiting.
     var waitingCount: Int { waiting.count }
+    /// Exchanges whose written bytes are kept for a report to come (bounded: each leaves with its report).
+    var keptDeliveries: Int { deliveries.count }
 
     mutating func handed(_ bytes: Int) {
         untrackedBytes &+= UInt64(bytes)
@@ -59,8 +61,9 @@ struct ResponseDeliveryLedger<Report> {
         return Write(sequence: tracked, serial: serial, bytes: untrackedBytes, endsResponse: endsResponse)
     }
 
-    /// `write` completed: `written`, or failed (the connection closed first). The reports it let go, in order.
-    mutating func completed(_ write: Write, written: Bool) -> [Ready] {
+    /// `write` completed: `written`, or failed (the connection closed first). The reports it let go follow from
+    /// `nextReady` (no array per write: this runs once per response).
+    mutating func completed(_ write: Write, written: Bool) {
         if written && write.serial > reportedBefore {
             if let index = deliveries.firstIndex(where: { $0.serial == write.serial }) {
                 deliveries[index].bytes &+= write.bytes
@@ -70,12 +73,13 @@ struct ResponseDeliveryLedger<Report> {
             }
         }
         completedUpTo = max(completedUpTo, write.sequence)
-        var ready: [Ready] = []
-        while let first = waiting.first, first.after <= completedUpTo {
-            waiting.removeFirst()
-            ready.append(take(first.serial, first.report, overdue: false))
-        }
-        return ready
+    }
+
+    /// The first waiting report whose writes have all completed, in order.
+    mutating func nextReady() -> Ready? {
+        guard let first = waiting.first, first.after <= completedUpTo else { return nil }
+        waiting.removeFirst()
+        return take(first.serial, first.report, overdue: false)
     }
 
     /// Exchange `serial`'s report, made once every write made so far has completed.
@@ -84,30 +88,23 @@ struct ResponseDeliveryLedger<Report> {
             waiting.append((tracked, serial, report))
             return .wait(startTimer: waiting.count == 1)
         }
-        return .reportNow([take(serial, report, overdue: false)])
+        return .reportNow(take(serial, report, overdue: false))
     }
 
-    /// The connection finished: every waiting report, with what was written.
-    mutating func finish() -> [Ready] {
-        defer { waiting = [] }
-        return waiting.map { take($0.serial, $0.report, overdue: false) }
+    /// The first waiting report, whatever its writes: the connection finished (`overdue` false: reported with what
+    /// was written), or the wait ran out (`overdue` true: it is overdue if its writes had not all completed, and
+    /// what is written of it later counts in no exchange).
+    mutating func nextWaiting(overdue: Bool) -> Ready? {
+        guard let first = waiting.first else { return nil }
+        waiting.removeFirst()
+        let late = overdue && first.after > completedUpTo
+        if late { reportedBefore = max(reportedBefore, first.serial) }
+        return take(first.serial, first.report, overdue: late)
     }
 
-    /// The connection has finished: every waiting report, then this one.
-    mutating func finished(with report: Report, serial: Int) -> [Ready] {
-        finish() + [take(serial, report, overdue: false)]
-    }
-
-    /// The wait ran out: every waiting report now, with what was written by then; those whose writes had not all
-    /// completed are `overdue`.
-    mutating func overdue() -> [Ready] {
-        let all = waiting
-        waiting = []
-        return all.map { entry in
-            let late = entry.after > completedUpTo
-            if late { reportedBefore = max(reportedBefore, entry.serial) }
-            return take(entry.serial, entry.report, overdue: late)
-        }
+    /// A report made after the connection finished (every waiting one reported first: `nextWaiting`).
+    mutating func reportNow(_ report: Report, serial: Int) -> Ready {
+        take(serial, report, overdue: false)
     }
 
     private mutating func take(_ serial: Int, _ report: Report, overdue: Bool) -> Ready {
