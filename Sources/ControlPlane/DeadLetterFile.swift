@@ -10,26 +10,34 @@ import Darwin
 /// mode 0600), capped: a line that would take the file past `maxBytes` first renames it `dead-letter.1.jsonl`
 /// (replacing the older one), so the two hold at most twice `maxBytes` and the oldest go first.
 package struct DeadLetterFile: Sendable {
+    package let directory: String
     package let path: String
     package let previousPath: String
     package let maxBytes: Int64
 
     package init(directory: String, maxBytes: Int64) {
+        self.directory = directory
         path = directory + "/dead-letter.jsonl"
         previousPath = directory + "/dead-letter.1.jsonl"
         self.maxBytes = maxBytes
     }
 
-    /// Appends `line` (newline included); the `errno` of a failure, nil when written.
+    /// Appends `line` (newline included) and makes it durable (fsynced; the directory too when the file was created
+    /// or rotated), so the caller may then record the action as done in the spool: a crash of the machine never
+    /// leaves it marked done there and absent here. The `errno` of a failure, nil when written and synced.
     package func append(_ line: [UInt8]) -> Int32? {
         var info = stat()
-        if stat(path, &info) == 0, info.st_size > 0, Int64(info.st_size) + Int64(line.count) > maxBytes {
+        var created = stat(path, &info) != 0
+        if !created, info.st_size > 0, Int64(info.st_size) + Int64(line.count) > maxBytes {
             if rename(path, previousPath) != 0 { return errno }
+            created = true
         }
         let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return errno }
         defer { close(fd) }
-        return line.withUnsafeBytes { FileIO.writeFully(fd, $0) }
+        if let failure = line.withUnsafeBytes({ FileIO.writeFully(fd, $0) }) { return failure }
+        if let failure = FileIO.sync(fd, path: path) { return failure }
+        return created ? FileIO.syncDirectory(directory) : nil
     }
 }
 

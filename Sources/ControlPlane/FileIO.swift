@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// The file writes the spool, the action logs and the state files share.
 package enum FileIO {
@@ -58,6 +59,51 @@ package enum FileIO {
         }
     }
 
+    /// Something made durable, for tests to check the order of what the code does (`addObserver`).
+    package enum Event: Sendable, Hashable {
+        /// `fsync` of the file (or directory) at this path succeeded.
+        case synced(String)
+        /// `replace` renamed its fsynced temporary file over this path.
+        case replaced(String)
+    }
+
+    private static let observers = Mutex<(next: Int, all: [Int: @Sendable (Event) -> Void])>((0, [:]))
+
+    /// Calls `observer` with every `Event`, on the thread that caused it, until `removeObserver`; tests run side by
+    /// side, so an observer looks only at its own paths.
+    package static func addObserver(_ observer: @escaping @Sendable (Event) -> Void) -> Int {
+        observers.withLock { state in
+            state.next += 1
+            state.all[state.next] = observer
+            return state.next
+        }
+    }
+
+    package static func removeObserver(_ token: Int) {
+        _ = observers.withLock { $0.all.removeValue(forKey: token) }
+    }
+
+    private static func notify(_ event: Event) {
+        let all = observers.withLock { Array($0.all.values) }
+        for observer in all { observer(event) }
+    }
+
+    /// fsyncs `fd` (the file at `path`): the `errno` of a failure, nil when its data is on the disk.
+    package static func sync(_ fd: Int32, path: String) -> Int32? {
+        guard fsync(fd) == 0 else { return errno }
+        notify(.synced(path))
+        return nil
+    }
+
+    /// fsyncs the directory at `path`, so the names created, renamed or removed in it survive a crash of the
+    /// machine: the `errno` of a failure, nil when done.
+    package static func syncDirectory(_ path: String) -> Int32? {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return errno }
+        defer { close(fd) }
+        return sync(fd, path: path)
+    }
+
     /// Replaces `path` with `bytes` atomically: written beside it (mode 0600 from creation), fsynced, renamed.
     package static func replace(_ path: String, with bytes: UnsafeRawBufferPointer) throws(Failure) {
         let temporary = path + ".tmp"
@@ -72,6 +118,7 @@ package enum FileIO {
             throw Failure(description: failure)
         }
         guard rename(temporary, path) == 0 else { throw Failure(description: "rename \(temporary): \(reason(errno))") }
+        notify(.replaced(path))
     }
 
     package static func reason(_ code: Int32) -> String {

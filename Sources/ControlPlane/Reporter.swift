@@ -496,8 +496,9 @@ public final class Reporter: ActionSink, Service {
         }
     }
 
-    /// Records in the spool what the round finished, each on its own (setting aside the refused ones first): the
-    /// done prefix of the batch is acknowledged, the records done behind one still to send are settled.
+    /// Records in the spool what the round finished, each on its own (setting aside the refused ones first, each
+    /// fsynced in the dead-letter file before the spool records it done, so a crash of the machine cannot lose it
+    /// from both): the done prefix of the batch is acknowledged, the records done behind one still to send are settled.
     private func settle(_ round: DeliveryRound, batch: [(Spool.Position, [UInt8])], answers: [Outcome]) {
         for (index, fate) in round.fates.enumerated() {
             let response: ControlPlaneResponse? = if case .success(let response) = answers[index] { response } else { nil }
