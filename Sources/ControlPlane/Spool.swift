@@ -164,17 +164,17 @@ public final class Spool {
 
     private func saveDelivered() {
         guard deliveredFD >= 0, savedPosition != front else { return }
-        var bytes: [UInt8] = []
-        Self.appendBigEndian(UInt32(truncatingIfNeeded: readSegment >> 32), to: &bytes)
-        Self.appendBigEndian(UInt32(truncatingIfNeeded: readSegment), to: &bytes)
-        Self.appendBigEndian(UInt32(truncatingIfNeeded: UInt64(readOffset) >> 32), to: &bytes)
-        Self.appendBigEndian(UInt32(truncatingIfNeeded: UInt64(readOffset)), to: &bytes)
-        Self.appendBigEndian(CRC32.checksum(bytes), to: &bytes)
+        let bytes = Self.deliveredBytes(front)
         let written = bytes.withUnsafeBytes { pwrite(deliveredFD, $0.baseAddress, $0.count, 0) }
         if written == bytes.count {
             savedPosition = front
             deliveredDirty = true
         }
+    }
+
+    /// What `delivered` holds for `position` (the same layout as a `settled` entry).
+    private static func deliveredBytes(_ position: Position) -> [UInt8] {
+        settledEntry(position)
     }
 
     private func readDelivered() -> Position? {
@@ -857,7 +857,9 @@ public final class Spool {
             guard let bytes = readFile(sequence: sequence) else { continue }
             let scan = Self.scan(bytes)
             if scan.lostRecords > 0 {
-                // Corrupt frames inside the segment (a flipped bit): it is rewritten with the intact ones.
+                // Corrupt frames inside the segment (a flipped bit): it is rewritten with the intact ones. The saved
+                // positions the rewrite moves are forgotten on the disk first.
+                forgetSavedPositions(in: sequence, past: Int64(scan.firstBad))
                 let replaced = scan.kept.withUnsafeBytes { raw -> Bool in
                     (try? FileIO.replace(path(sequence), with: raw)) != nil
                 }
@@ -893,6 +895,31 @@ public final class Spool {
                 sequence: sequence, bytes: Int64(scan.kept.count), records: scan.records, gaps: gaps.records,
                 gapActions: gaps.actions))
         }
+    }
+
+    /// Before recovery rewrites (or cuts) segment `sequence` without its corrupt frame at `offset`, the saved positions
+    /// past that frame, which would then name other records, are taken out of `delivered` (delivery restarts at the
+    /// segment's start) and `settled`, durably: the files are replaced (fsynced) and the directory fsynced before the
+    /// segment changes. Otherwise a crash of the machine after the rewrite reached the disk and before the corrected
+    /// files did would let the next start, which finds nothing to repair and so nothing moved, trust them and skip
+    /// records never sent. A file that cannot be replaced is removed (its records are sent again, never skipped).
+    private func forgetSavedPositions(in sequence: UInt64, past offset: Int64) {
+        func moved(_ position: Position) -> Bool { position.segment == sequence && position.endOffset > offset }
+        var changed = false
+        if let saved = readDelivered(), moved(saved) {
+            let bytes = Self.deliveredBytes(Position(segment: sequence, endOffset: 0))
+            let replaced = bytes.withUnsafeBytes { (try? FileIO.replace(directory + "/delivered", with: $0)) != nil }
+            if !replaced { unlink(directory + "/delivered") }
+            changed = true
+        }
+        let settled = readSettled()
+        if settled.contains(where: moved) {
+            let bytes = settled.filter { !moved($0) }.flatMap(Self.settledEntry)
+            let replaced = bytes.withUnsafeBytes { (try? FileIO.replace(directory + "/settled", with: $0)) != nil }
+            if !replaced { unlink(directory + "/settled") }
+            changed = true
+        }
+        if changed { _ = FileIO.syncDirectory(directory) }
     }
 
     /// How many of the intact frames in `bytes` are gap records, and the actions they count.

@@ -668,3 +668,51 @@ extension SpoolTests {
         #expect(try settledFileSize(path) == 40)
     }
 }
+
+extension SpoolTests {
+    /// Recovery rewrites a segment without a corrupt frame, so the frames after it move. The saved positions past it
+    /// (`delivered`, `settled`) are taken out on the disk before the rewrite: the files as they are the moment the
+    /// rewritten segment is in place (a crash of the machine then) must not make the next start, which finds nothing
+    /// to repair, skip records never sent.
+    @Test func aCrashRightAfterRecoveryRewroteASegmentSkipsNothing() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<8 { try spool.append(record(index)) }
+            let all = spool.peek(limit: 100)
+            spool.acknowledge(through: all[2].0)  // 0 to 2 delivered
+            for index in [5, 6] { spool.settle(all[index].0) }  // accepted out of order; 3, 4 and 7 still to send
+            spool.release()
+            spool.sync()
+        }
+        try corrupt(recordAt: 1, in: path)
+        // Every file of the directory at the moment the rewritten segment replaced the damaged one.
+        let snapshot = Locked<[String: Data]?>(nil)
+        let token = FileIO.addObserver { event in
+            guard case .replaced(let file) = event, file.hasPrefix(path + "/segment-") else { return }
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            var files: [String: Data] = [:]
+            for name in names { files[name] = FileManager.default.contents(atPath: path + "/" + name) }
+            snapshot.withLock { if $0 == nil { $0 = files } }
+        }
+        do {
+            defer { FileIO.removeObserver(token) }
+            let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+            #expect(reopened.takeCorrupted()?.records == 1)
+            #expect(reopened.peek(limit: 100).map(\.1) == [0, 2, 3, 4, 5, 6, 7].map { record($0) })
+        }
+        let files = try #require(snapshot.withLock { $0 })
+        #expect(files.keys.contains { $0.hasPrefix("segment-") })
+        // The machine restarts with the directory as it was then.
+        let crashed = directory()
+        try FileManager.default.createDirectory(atPath: crashed, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        for (name, data) in files where !name.hasSuffix(".tmp") {
+            #expect(FileManager.default.createFile(atPath: crashed + "/" + name, contents: data, attributes: [.posixPermissions: 0o600]))
+        }
+        let restarted = try Spool(directory: crashed, maxBytes: 1 << 20)
+        #expect(restarted.takeCorrupted() == nil)  // nothing left to repair: only the files say what moved
+        let pending = restarted.peek(limit: 100).map(\.1)
+        #expect(pending.contains(record(3)) && pending.contains(record(4)) && pending.contains(record(7)), "never sent, must not be skipped")
+        #expect(pending == [0, 2, 3, 4, 5, 6, 7].map { record($0) })
+    }
+}
