@@ -246,6 +246,7 @@ public final class Spool {
     /// before a sync, a torn write) only sends those again; an entry is trusted only when it is the end of a frame in
     /// a segment still here that recovery did not rewrite, past the read position.
     private var settledFD: Int32 = -1
+    /// The whole entries in the file: its size is always this many entries (a write that fails partway is cut back).
     private var settledFileEntries = 0
     private var settledDirty = false
     private static let settledEntryLength = 20
@@ -264,12 +265,28 @@ public final class Spool {
         return bytes
     }
 
+    /// Writes to `settled` (a test makes them fail partway).
+    var writeSettled: (Int32, UnsafeRawBufferPointer) -> Int32? = FileIO.writeFully
+
     private func appendSettled(_ position: Position) {
         guard settledFD >= 0 else { return }
         let entry = Self.settledEntry(position)
-        if entry.withUnsafeBytes({ FileIO.writeFully(settledFD, $0) }) == nil {
+        settledDirty = true
+        if entry.withUnsafeBytes({ writeSettled(settledFD, $0) }) == nil {
             settledFileEntries += 1
-            settledDirty = true
+        } else {
+            // A part of the entry may have been written (a full disk): cut back to the last whole entry, or every
+            // later one would be read out of step (damaged, and sent again).
+            cutSettledFile()
+        }
+    }
+
+    /// Cuts `settled` back to its whole entries after a failed write; when even that fails, closes it (nothing more
+    /// is saved there this run: those records are sent again after a restart, never skipped).
+    private func cutSettledFile() {
+        if ftruncate(settledFD, off_t(settledFileEntries * Self.settledEntryLength)) != 0 {
+            close(settledFD)
+            settledFD = -1
         }
     }
 
@@ -293,8 +310,11 @@ public final class Spool {
         settledDirty = true
         var bytes: [UInt8] = []
         for position in settledAhead.sorted() { bytes += Self.settledEntry(position) }
-        if !bytes.isEmpty, bytes.withUnsafeBytes({ FileIO.writeFully(settledFD, $0) }) == nil {
+        guard !bytes.isEmpty else { return }
+        if bytes.withUnsafeBytes({ writeSettled(settledFD, $0) }) == nil {
             settledFileEntries = settledAhead.count
+        } else {
+            cutSettledFile()  // back to empty
         }
     }
 

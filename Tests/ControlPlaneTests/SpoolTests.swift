@@ -715,4 +715,29 @@ extension SpoolTests {
         #expect(pending.contains(record(3)) && pending.contains(record(4)) && pending.contains(record(7)), "never sent, must not be skipped")
         #expect(pending == [0, 2, 3, 4, 5, 6, 7].map { record($0) })
     }
+
+    /// A write of a settled entry that fails partway (a full disk) is cut back to the last whole entry: the entries
+    /// written after it stay readable, so their records are still not sent again after a restart.
+    @Test func aSettledEntryWrittenOnlyInPartIsCutBack() throws {
+        let path = directory()
+        do {
+            let spool = try Spool(directory: path, maxBytes: 1 << 20)
+            for index in 0..<10 { try spool.append(record(index)) }
+            let all = spool.peek(limit: 100)
+            spool.settle(all[3].0)
+            spool.writeSettled = { fd, bytes in
+                _ = FileIO.writeFully(fd, UnsafeRawBufferPointer(rebasing: bytes.prefix(7)))
+                return ENOSPC
+            }
+            spool.settle(all[5].0)  // 7 bytes of its entry written, then the disk is full
+            spool.writeSettled = FileIO.writeFully
+            spool.settle(all[7].0)
+            spool.release()
+            spool.sync()
+            #expect(try settledFileSize(path) == 40)
+        }
+        let reopened = try Spool(directory: path, maxBytes: 1 << 20)
+        // 5's entry was lost (sent again: a duplicate); 3 and 7 are still known done.
+        #expect(reopened.peek(limit: 100).map(\.1) == [0, 1, 2, 4, 5, 6, 8, 9].map { record($0) })
+    }
 }
