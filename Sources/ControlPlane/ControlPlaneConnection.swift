@@ -35,21 +35,18 @@ public final class ControlPlaneConnection: Sendable {
     private let channel: any Channel
     private let handler: NIOLoopBound<ResponseHandler>
     private let endpoint: ControlPlaneEndpoint
-    private let responseTimeout: TimeAmount
 
-    private init(
-        channel: any Channel,
-        handler: NIOLoopBound<ResponseHandler>,
-        endpoint: ControlPlaneEndpoint,
-        responseTimeout: TimeAmount
-    ) {
+    private init(channel: any Channel, handler: NIOLoopBound<ResponseHandler>, endpoint: ControlPlaneEndpoint) {
         self.channel = channel
         self.handler = handler
         self.endpoint = endpoint
-        self.responseTimeout = responseTimeout
     }
 
     /// Connects and, with TLS, completes the verified handshake; a verification failure is thrown here.
+    /// - Parameter responseTimeout: how long the control plane may take to answer one request, counted from when
+    ///   the answers before it on this connection came (it answers pipelined requests one after the other), so a
+    ///   request queued behind others is not given up for their time. When it runs out, the connection is closed
+    ///   and every request waiting on it fails with `ControlPlaneTimeout`.
     public static func connect(
         to endpoint: ControlPlaneEndpoint,
         tls: OpenSSLContext?,
@@ -74,7 +71,8 @@ public final class ControlPlaneConnection: Sendable {
                     // fails. The handler arms it when the connection is up, on the event loop, so it runs however
                     // late the task awaiting the connection resumes.
                     let handler = ResponseHandler(
-                        ready: channel.eventLoop.makePromise(), expectsTLS: tls != nil, handshakeTimeout: connectTimeout)
+                        ready: channel.eventLoop.makePromise(), expectsTLS: tls != nil, handshakeTimeout: connectTimeout,
+                        answerTimeout: responseTimeout)
                     try channel.pipeline.syncOperations.addHandler(handler)
                     box.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -92,7 +90,7 @@ public final class ControlPlaneConnection: Sendable {
             try? await channel.close()
             throw error
         }
-        return ControlPlaneConnection(channel: channel, handler: handler, endpoint: endpoint, responseTimeout: responseTimeout)
+        return ControlPlaneConnection(channel: channel, handler: handler, endpoint: endpoint)
     }
 
     /// POSTs `json` to `path` (e.g. `/v1/verdicts`) with the bearer key and waits for the answer.
@@ -130,17 +128,12 @@ public final class ControlPlaneConnection: Sendable {
         let handler = self.handler
         let body = json.map { channel.allocator.buffer(bytes: $0) }
         let answer = channel.eventLoop.makePromise(of: ControlPlaneResponse.self)
-        let responseTimeout = self.responseTimeout
         channel.eventLoop.execute {
             guard channel.isActive else {
                 answer.fail(handler.value.closeReason ?? ChannelError.ioOnClosedChannel)
                 return
             }
-            handler.value.expect(answer, bodyLimit: bodyLimit)
-            let timer = channel.eventLoop.scheduleTask(in: responseTimeout) {
-                handler.value.timeOut(ControlPlaneTimeout(what: "answer"), channel: channel)
-            }
-            answer.futureResult.whenComplete { _ in timer.cancel() }
+            handler.value.expect(answer, bodyLimit: bodyLimit, channel: channel)
             channel.write(HTTPClientRequestPart.head(head), promise: nil)
             if let body { channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
             channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
@@ -175,10 +168,18 @@ final class ResponseHandler: ChannelInboundHandler {
     private let handshakeTimeout: TimeAmount
     private var handshakeTimer: Scheduled<Void>?
 
-    init(ready: EventLoopPromise<Void>, expectsTLS: Bool, handshakeTimeout: TimeAmount) {
+    /// How long the request at the head of `waiting` may wait for its answer. Its timer starts when it gets there
+    /// (sent on an idle connection, or the answer before it came): the control plane answers a connection's requests
+    /// one after the other, so timing each from when it was sent would give up on the last of a pipeline for the
+    /// time the others took.
+    private let answerTimeout: TimeAmount
+    private var answerTimer: Scheduled<Void>?
+
+    init(ready: EventLoopPromise<Void>, expectsTLS: Bool, handshakeTimeout: TimeAmount, answerTimeout: TimeAmount) {
         self.ready = ready
         self.expectsTLS = expectsTLS
         self.handshakeTimeout = handshakeTimeout
+        self.answerTimeout = answerTimeout
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -230,8 +231,20 @@ final class ResponseHandler: ChannelInboundHandler {
         failAll(error)
     }
 
-    func expect(_ promise: EventLoopPromise<ControlPlaneResponse>, bodyLimit: Int) {
+    func expect(_ promise: EventLoopPromise<ControlPlaneResponse>, bodyLimit: Int, channel: any Channel) {
         waiting.append((promise, bodyLimit))
+        if waiting.count == 1 { timeHead(channel: channel) }
+    }
+
+    /// Starts the answer timer of the request now at the head of `waiting` (none when nothing waits).
+    private func timeHead(channel: any Channel) {
+        answerTimer?.cancel()
+        answerTimer = nil
+        guard !waiting.isEmpty else { return }
+        let handler = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        answerTimer = channel.eventLoop.scheduleTask(in: answerTimeout) {
+            handler.value.timeOut(ControlPlaneTimeout(what: "answer"), channel: channel)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -249,7 +262,13 @@ final class ResponseHandler: ChannelInboundHandler {
             let promise = waiting.removeFirst().promise
             // Closed before the answer is handed over, so whoever it wakes finds the connection closed (and
             // the requests pipelined behind it already failed), never one that looks open but is not.
-            if !head.isKeepAlive { context.close(promise: nil) }
+            if head.isKeepAlive {
+                timeHead(channel: context.channel)  // the next request's turn starts now
+            } else {
+                answerTimer?.cancel()
+                answerTimer = nil
+                context.close(promise: nil)
+            }
             promise.succeed(
                 ControlPlaneResponse(
                     status: Int(head.status.code),
@@ -279,6 +298,8 @@ final class ResponseHandler: ChannelInboundHandler {
     }
 
     private func failAll(_ error: any Error) {
+        answerTimer?.cancel()
+        answerTimer = nil
         let promises = waiting
         waiting = []
         for entry in promises { entry.promise.fail(error) }

@@ -101,6 +101,53 @@ import Testing
         try "ok".write(toFile: modeFile, atomically: true, encoding: .utf8)
     }
 
+    /// The answer timeout counts from a request's turn, not from when it was sent: a control plane that answers a
+    /// connection's pipelined requests one after the other, each well within the timeout, answers all of them
+    /// although the last comes long after the timeout from its sending.
+    @Test func pipelinedRequestsAreTimedFromTheirTurnNotFromTheirSending() async throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        // 12 answers 0.3 s apart: the last about 3.6 s after it was sent, each 0.3 s after the one before.
+        try "slow 0.3".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, port) = try startMock(pki, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        let connection = try await ControlPlaneConnection.connect(
+            to: try ControlPlaneEndpoint(url: "https://localhost:\(port)"),
+            tls: try tls(trusting: pki.caCertificate),
+            responseTimeout: .seconds(2)
+        )
+        let actions = (0..<12).map { _ in action() }
+        let statuses = await withTaskGroup(of: (Int, Result<Int, any Error>).self) { group in
+            for (index, (_, json)) in actions.enumerated() {
+                group.addTask {
+                    do {
+                        return (index, .success(try await connection.post(path: "/v1/verdicts", json: json, apiKey: Self.key).status))
+                    } catch {
+                        return (index, .failure(error))
+                    }
+                }
+            }
+            var statuses = [String](repeating: "none", count: actions.count)
+            for await (index, result) in group {
+                statuses[index] = switch result {
+                case .success(let status): "\(status)"
+                case .failure(let error): "\(error)"
+                }
+            }
+            return statuses
+        }
+        #expect(statuses == [String](repeating: "200", count: actions.count))
+        // All on the one connection, in order, each answered.
+        var ports = Set<String>()
+        for (id, _) in actions {
+            let line = try mock.waitForLine(timeout: 10) { $0.hasPrefix("RECEIVED ") && $0.hasSuffix(id.description) }
+            ports.insert(String(line.split(separator: " ")[1]))
+        }
+        #expect(ports.count == 1)
+        #expect(connection.isOpen)
+        await connection.close()
+    }
+
     @Test func aServerThatNeverFinishesTheHandshakeTimesOut() async throws {
         // A TCP listener that accepts and says nothing (Python's backlog accepts for it).
         let listener = try ChildProcess(
