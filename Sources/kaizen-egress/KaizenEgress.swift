@@ -86,7 +86,7 @@ struct RunOptions: ParsableArguments {
     @Option(help: "Spool size cap, e.g. 256M, 2G. (env KAIZEN_SPOOL_MAX_BYTES, default 256M)")
     var spoolMaxBytes: String?
 
-    @Option(help: "How long the control plane may take to answer one delivery request, e.g. 30s. (env KAIZEN_DELIVERY_TIMEOUT, default 30s)")
+    @Option(help: "How long the control plane may take to answer one delivery request, at least 1s, e.g. 30s. (env KAIZEN_DELIVERY_TIMEOUT, default 30s)")
     var deliveryTimeout: String?
 
     @Flag(help: "Local mode: write actions as JSON lines to standard output; no account needed. (env KAIZEN_LOCAL=1)")

@@ -72,13 +72,26 @@ import Testing
         #expect(configuration.deliveryTimeout == .seconds(2))
     }
 
+    /// KAIZEN_DELIVERY_TIMEOUT is at least a second: 1s starts, anything shorter refuses to with the fix.
+    @Test func theDeliveryTimeoutIsAtLeastOneSecond() throws {
+        #expect(try ProxyConfiguration(environment: local.merging(["KAIZEN_DELIVERY_TIMEOUT": "1s"]) { $1 }).deliveryTimeout == .seconds(1))
+        for short in ["999ms", "500ms", "1ms"] {
+            #expect {
+                _ = try ProxyConfiguration(environment: local.merging(["KAIZEN_DELIVERY_TIMEOUT": short]) { $1 })
+            } throws: { error in
+                let error = error as? ConfigurationError
+                return error?.variable == "KAIZEN_DELIVERY_TIMEOUT" && error?.description.contains("at least 1s") == true
+            }
+        }
+    }
+
     /// Each bad value refuses to start with one line that names the variable and says how to fix it.
     @Test(arguments: [
         ("PORT", "70000"), ("PORT", "-1"), ("PORT", "http"), ("KAIZEN_LISTEN", "localhost"),
         ("KAIZEN_LISTEN", "300.1.1.1"), ("KAIZEN_API_URL", "http://api.getkaizen.io"),
         ("KAIZEN_API_URL", "ftp://127.0.0.1"), ("KAIZEN_API_URL", "not a url"),
         ("KAIZEN_API_URL", "https://user:pw@api.getkaizen.io"), ("KAIZEN_LOCAL", "maybe"),
-        ("KAIZEN_CONNECT_TIMEOUT", "0s"), ("KAIZEN_IDLE_TIMEOUT", "soon"), ("KAIZEN_DELIVERY_TIMEOUT", "0s"), ("KAIZEN_DRAIN_SECONDS", "-5"),
+        ("KAIZEN_CONNECT_TIMEOUT", "0s"), ("KAIZEN_IDLE_TIMEOUT", "soon"), ("KAIZEN_DELIVERY_TIMEOUT", "0s"), ("KAIZEN_DELIVERY_TIMEOUT", "999ms"), ("KAIZEN_DRAIN_SECONDS", "-5"),
         ("KAIZEN_LOG_LEVEL", "loud"), ("KAIZEN_AGENT", "bad\u{7}name"), ("KAIZEN_AGENT", ""), ("KAIZEN_AGENT", " "), ("KAIZEN_ALLOW_CLIENTS", ""), ("KAIZEN_CONNECT_PORTS", " "),
         ("KAIZEN_POLICY_FAIL", ""), ("KAIZEN_API_KEY", ""), ("PORT", ""), ("PORT", "+3430"), ("KAIZEN_CONNECT_PORTS", "+443"), ("KAIZEN_ALLOW_PRIVATE", "foo..bar"),
         ("KAIZEN_MAX_CONNECTIONS", "+5"), ("KAIZEN_INSPECT_REQUIRED", "1"), ("KAIZEN_INSPECT_REQUIRED", "maybe"),

@@ -339,6 +339,14 @@ public struct ProxyConfiguration: Sendable {
             self.spoolMaxBytes = 256 << 20
         }
         self.deliveryTimeout = try Self.duration(value(.deliveryTimeout), key: .deliveryTimeout, default: .seconds(30))
+        // Below a second, a control plane that answers normally but not at once (a busy host, a long round trip)
+        // would have its answers given up and healthy actions set aside as failing.
+        if let raw = value(.deliveryTimeout), deliveryTimeout < .seconds(1) {
+            throw ConfigurationError(
+                variable: ConfigurationKey.deliveryTimeout.variable,
+                "KAIZEN_DELIVERY_TIMEOUT=\(Self.quoted(raw)) is shorter than 1s: set \(ConfigurationKey.deliveryTimeout.spelled) to at least 1s, such as 30s"
+            )
+        }
 
         let caCertificate = value(.caCertificate)
         let caKey = value(.caKey)
