@@ -199,6 +199,30 @@ import Testing
         #expect(Set(actions.compactMap { $0["connection_id"] as? String }).count == 1)
     }
 
+    /// A stream whose whole response the proxy has read, and whose client stops reading it one byte short of its end
+    /// (its window never opened again, the connection kept): the action is not held back, in memory only, for as
+    /// long as the connection lives, but reported 10 s after the end went to the client's side, with the bytes
+    /// written and why it is not whole.
+    @Test func aStreamTheClientStopsReadingIsReportedWithinTenSeconds() throws {
+        let setup = try setUp()
+        let script = Paths.endToEndDirectory.appendingPathComponent("h2_client.py").path
+        // 65,536 bytes: one more than the stream's initial window (65,535), so its last byte and END_STREAM wait.
+        let client = try ChildProcess(
+            Paths.which("python3"),
+            [script, "streams", "--proxy-port", "\(setup.proxyPort)", "--port", "\(setup.originPort)", "--ca",
+             setup.inspectionCA, "--timeout", "20", "--count", "1", "--stall", "1", "--stall-size", "65536", "--hold", "16"])
+        _ = try client.waitForLine(timeout: 30) { $0 == "HOLDING" }
+        let started = Date()
+        let line = try setup.proxy.waitForLine(timeout: 15) { $0.contains("\"action\"") && $0.contains("/size/65536") }
+        let waited = Date().timeIntervalSince(started)
+        #expect(line.contains("the client had not taken the whole response 10 s after the proxy passed it on"), "\(line)")
+        #expect(line.contains(#""response_body_bytes":65535"#), "\(line)")
+        #expect(waited < 12, "reported \(waited) s after the client began holding")
+        // The client's connection is still open: the report did not wait for it.
+        #expect(!setup.proxy.stdoutLines.contains { $0.contains("\"close\"") }, "\(setup.proxy.stdoutLines.suffix(2))")
+        _ = try client.waitForExit(timeout: 30)
+    }
+
     @Test func hundredConcurrentStreamsCompleteAndAStalledOneBlocksNoOther() throws {
         let setup = try setUp()
         // The first stream asks for 4 MB and is never read: its windows fill and it stops; the 99 others finish.

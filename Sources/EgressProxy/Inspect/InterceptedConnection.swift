@@ -98,6 +98,10 @@ final class InterceptedConnection {
     private var ledger = ResponseDeliveryLedger<AwaitingReport>()
     private var reportWaitTimer: Scheduled<Void>?
     static let reportWaitLimit: TimeAmount = .seconds(10)
+    /// The error of an exchange reported at `reportWaitLimit` before its response was all written (HTTP/1.1 and
+    /// HTTP/2 alike).
+    static let notTakenInTime =
+        "the client had not taken the whole response \(reportWaitLimit.nanoseconds / 1_000_000_000) s after the proxy passed it on: reported with what was written by then"
 
     private struct AwaitingReport {
         var exchange: InterceptedExchangeStateMachine.Exchange
@@ -1170,7 +1174,7 @@ final class InterceptedConnection {
         exchange.responseBodyBytes = one.bodyBytes
         var error = one.report.error
         if one.overdue, error == nil || error == Self.unconfirmedEnd {
-            error = "the client had not taken the whole response \(Self.reportWaitLimit.nanoseconds / 1_000_000_000) s after the proxy passed it on: reported with what was written by then"
+            error = Self.notTakenInTime
         } else if exchange.responseEnded, !one.endWritten, error == nil || error == Self.unconfirmedEnd {
             error = Self.cutShort
         }

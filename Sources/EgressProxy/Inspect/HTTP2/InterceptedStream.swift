@@ -411,8 +411,28 @@ final class InterceptedStream {
         finish(error: error)
     }
 
+    /// Set once the response's END_STREAM went to the client's side: the report waits for that write (`delivered`),
+    /// at most `InterceptedConnection.reportWaitLimit`, so a client that stops reading the stream (its window never
+    /// opened again) does not hold the action back, in memory only, for as long as the connection lives.
+    private var endWait: Scheduled<Void>?
+
+    func responseEndHanded() {
+        guard endWait == nil, !machine.isReported else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        endWait = connection.eventLoop.scheduleTask(in: InterceptedConnection.reportWaitLimit) {
+            loopBound.value.endOverdue()
+        }
+    }
+
+    private func endOverdue() {
+        endWait = nil
+        finish(error: InterceptedConnection.notTakenInTime)
+    }
+
     /// Reports the exchange once, with `error` when it did not complete.
     private func finish(error: String) {
+        endWait?.cancel()
+        endWait = nil
         // The machine reports once: nil when it was reported already.
         if let (exchange, why) = machine.ended(error) {
             connection.report(exchange, startedAt: startedAt, policy: policy, error: why)
@@ -420,6 +440,8 @@ final class InterceptedStream {
     }
 
     private func report(_ exchange: InterceptedStreamStateMachine.Exchange, error: String?) {
+        endWait?.cancel()
+        endWait = nil
         connection.report(exchange, startedAt: startedAt, policy: policy, error: error)
     }
 }
@@ -516,6 +538,7 @@ final class InterceptedStreamHalf: ChannelDuplexHandler {
                 lastTrackedWrite = written
                 let stream = self.stream
                 written.assumeIsolated().whenSuccess { stream.delivered(count, endStream: ends) }
+                if ends { stream.responseEndHanded() }
             }
         } else {
             context.write(wrapOutboundOut(payload), promise: nil)
