@@ -91,11 +91,11 @@ final class VerificationCache: Sendable {
     /// The verification OpenSSL runs for each server certificate chain (`SSL_CTX_set_cert_verify_callback`):
     /// X509_verify_cert, unless the same chain passed it for the same name recently; then, when the context distrusts
     /// issuers, the chain it built must hold none of them (`DistrustedIssuers.allows`). A cache of capacity 0 keeps
-    /// nothing and only does that.
+    /// nothing (and digests nothing) and only does that.
     func verify(_ storeContext: OpaquePointer) -> Int32 {
-        guard let key = Self.key(storeContext) else { return X509_verify_cert(storeContext) }
+        let key = capacity > 0 ? Self.key(storeContext) : nil
         let now = clock()
-        if contains(key, now: now), Self.leafMatchesName(storeContext) {
+        if let key, contains(key, now: now), Self.leafMatchesName(storeContext) {
             state.withLockedValue { $0.hits += 1 }
             X509_STORE_CTX_set_error(storeContext, X509_V_OK)
             return 1
@@ -105,7 +105,7 @@ final class VerificationCache: Sendable {
             result = 0
         }
         // A chain with a date that cannot be read is not kept.
-        guard result == 1, let chain = X509_STORE_CTX_get0_chain(storeContext),
+        guard result == 1, let key, let chain = X509_STORE_CTX_get0_chain(storeContext),
             let notAfter = OpenSSLCertificate.earliestNotAfter(of: chain)
         else { return result }
         remember(key, notAfter: notAfter, now: now)
