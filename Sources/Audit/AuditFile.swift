@@ -446,14 +446,7 @@ public struct AuditFileWriter: ~Copyable {
         close(fd)
         fd = newFD
         size = 0
-        syncDirectory()
-    }
-
-    private func syncDirectory() {
-        let dir = open(paths.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard dir >= 0 else { return }
-        _ = fsync(dir)
-        close(dir)
+        _ = FileIO.syncDirectory(paths.directory)
     }
 
     /// `{"file":"audit.jsonl","seq":N,"sha256":"…","written_at":"…"}`, replaced atomically.

@@ -74,7 +74,7 @@ public final class Reporter: ActionSink, Service {
     /// Signals the delivery task that the spool writer added something.
     private let spooled = BatchQueue<Void>(limit: 1)
     private let spoolBox: Mutex<Spool?>
-    private let dropLog = Mutex(DropLog())
+    private let dropLog = Mutex(LogEvery())
     private let deadLetterLog = Mutex(LogEvery())
     private let writeLog = Mutex(LogEvery())
     /// The queue overflowing (a burst the spool writer cannot keep up with) is logged once a minute, with a count.
@@ -88,11 +88,6 @@ public final class Reporter: ActionSink, Service {
     private let deliveryEnded = Mutex(false)
     /// When the spool writer's pass in progress started; nil between passes.
     private let spoolPassStarted = Mutex<ContinuousClock.Instant?>(nil)
-
-    private struct DropLog {
-        var lastLine: ContinuousClock.Instant?
-        var unlogged = 0
-    }
 
     /// Opens the spool (and recovers what a previous run left in it) before anything is accepted.
     public init(configuration: Configuration, logger: Logger) throws(Spool.Failure) {
@@ -299,15 +294,7 @@ public final class Reporter: ActionSink, Service {
             } catch {
                 logger.error("cannot spool a dropped-actions record", metadata: ["error": "\(error)"])
             }
-            let now = ContinuousClock.now
-            let unlogged = dropLog.withLock { log -> Int? in
-                log.unlogged += drops.newlyDropped
-                if let last = log.lastLine, now - last < .seconds(60) { return nil }
-                log.lastLine = now
-                defer { log.unlogged = 0 }
-                return log.unlogged
-            }
-            if let unlogged {
+            if let unlogged = dropLog.withLock({ $0.note(drops.newlyDropped) }) {
                 logger.error(
                     "the spool reached KAIZEN_SPOOL_MAX_BYTES: the oldest undelivered actions were dropped; gap records (kind egress_gap) with their count and time range are sent in their place",
                     metadata: [

@@ -697,9 +697,8 @@ final class InterceptedConnection {
     private func track(_ written: EventLoopFuture<Void>, endsResponse: Bool) {
         let write = ledger.track(serial: exchangeSerial, endsResponse: endsResponse)
         written.assumeIsolated().whenComplete { result in
-            if case .success = result { self.responseBytes &+= write.bytes }
-            var written = false
-            if case .success = result { written = true }
+            let written = (try? result.get()) != nil
+            if written { self.responseBytes &+= write.bytes }
             self.ledger.completed(write, written: written)
             while let ready = self.ledger.nextReady() { self.reportDelivered(ready) }
             self.stopReportWaitIfNone()
