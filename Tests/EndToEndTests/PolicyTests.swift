@@ -292,6 +292,7 @@ import Testing
         try proxy.waitUntil(timeout: 20) { lines in
             lines.filter { $0.contains("\"connection_id\"") && $0.contains("\"request_host\":\"blocked.test\"") }.count >= 2
         }
+        #expect(actions(proxy).filter(isLater).count >= 2, "the refused later requests, as actions")
         for later in actions(proxy).filter(isLater) {
             #expect(Self.verdict(later) == ("block", "no-blocked") && Self.metadata(later)["outcome"] as? String == "failed", "\(later)")
         }

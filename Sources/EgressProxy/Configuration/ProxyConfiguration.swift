@@ -20,6 +20,7 @@ import NIOCore
 /// | `KAIZEN_API_CA_FILE` | PEM file | none |
 /// | `KAIZEN_SPOOL_DIR` | directory | `.kaizen/spool` |
 /// | `KAIZEN_SPOOL_MAX_BYTES` | size (`256M`) | 256 MiB |
+/// | `KAIZEN_DELIVERY_TIMEOUT` | duration, at least `1s` | `30s` |
 /// | `KAIZEN_DNS_CACHE_TTL` | duration, or `0` to turn the cache off | `5s` |
 /// | `KAIZEN_DRAIN_SECONDS` | integer seconds ≥ 0 | 10 |
 /// | `KAIZEN_LOG_LEVEL` | trace, debug, info, notice, warning, error, critical | `info` |
