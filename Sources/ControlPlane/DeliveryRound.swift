@@ -72,7 +72,6 @@ package struct DeliveryRound: Sendable, Equatable {
 
     /// How many failed attempts, each while the control plane accepted other records, set a record aside.
     package static let failedAttempts = 5
-    package static let serverErrorAttempts = failedAttempts
 
     /// What the round says of the control plane, for the log and the reachability gauge: a round in which anything
     /// was done says it works, whatever one record got; only a round with no progress says why it does not.

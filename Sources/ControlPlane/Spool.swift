@@ -846,7 +846,7 @@ public final class Spool {
         guard payload.count > key.count else { return nil }
         var index = 0
         while index + key.count < payload.count {
-            if payload[index] == key[0], Array(payload[index..<index + key.count]) == key {
+            if payload[index] == key[0], payload[index..<index + key.count].elementsEqual(key) {
                 let start = index + key.count
                 guard let stop = payload[start...].firstIndex(where: { $0 == end || $0 == UInt8(ascii: "}") }), stop - start <= 64
                 else { return nil }

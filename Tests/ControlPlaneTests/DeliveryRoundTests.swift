@@ -57,7 +57,7 @@ extension DeliveryRoundTests {
     /// against that record; the fifth such answer sets it aside.
     @Test func aRecordThatKeepsFailingWhileOthersAreAcceptedIsSetAsideAtTheFifth() {
         var errors = [0, 0, 0]
-        for attempt in 1..<DeliveryRound.serverErrorAttempts {
+        for attempt in 1..<DeliveryRound.failedAttempts {
             let round = DeliveryRound(answers: [Self.status(500), Self.ok, Self.ok], serverErrors: errors)
             #expect(round.fates == [.retry, .accepted, .accepted])
             #expect(round.donePrefix == 0 && round.progressed && round.next == .now)
