@@ -440,9 +440,11 @@ import Testing
             if setAsideNow { break }
         }
         #expect(proxy.stderr.contains(setAside), "\(proxy.stderr)")
-        // The first pipelined round blamed nothing; the round that sent it alone counted once; four more make five
-        // (a fifth if that round did not count; a sixth allowed for a round a loaded machine answered too late).
-        #expect(more >= 4 && more <= 6, "set aside after \(more) more rounds")
+        // Five failed attempts, each a send the control plane hung on (the pipelined ones blamed nothing, so there may
+        // be more sends than attempts). How many new actions that took depends on how many rounds the proxy ran on
+        // its own meanwhile (others accepted in them make an attempt count), so only an upper bound is asserted.
+        #expect(hangs(mock.stdoutLines) >= 5, "\(mock.stdoutLines.filter { $0.hasPrefix("HUNG") })")
+        #expect(more <= 6, "set aside after \(more) more rounds")
         let letters = try String(contentsOfFile: spool + "/dead-letter.jsonl", encoding: .utf8)
         #expect(letters.split(separator: "\n").count == 1 && letters.contains(hung), "\(letters)")
         #expect(letters.contains("did not answer in time") && letters.contains(#""status":0"#))
