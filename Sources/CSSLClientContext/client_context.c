@@ -23,11 +23,30 @@ static OSSL_ALGORITHM kept_decoders[max_decoders + 1];  // zero-terminated
 static int kept_count, all_count;
 static OSSL_LIB_CTX *client_context;
 
-/// A decoder that reads a DER SubjectPublicKeyInfo (one per key type, and the one that finds a key's type from it).
+/// Whether `names` (an algorithm's colon-separated names) includes `name`.
+static int has_name(const char *names, const char *name) {
+    size_t length = strlen(name);
+    for (const char *at = names; at != NULL && *at != '\0'; at = strchr(at, ':'), at = at ? at + 1 : NULL) {
+        if (strncmp(at, name, length) == 0 && (at[length] == ':' || at[length] == '\0')) return 1;
+    }
+    return 0;
+}
+
+/// The key types a TLS server's certificate chain can carry (a key that signs): RSA, RSA-PSS, ECDSA, EdDSA.
+/// Certificates with other keys (DH, DSA, X25519, X448, SM2) still parse, without a usable key: OpenSSL 3.0
+/// leaves an undecodable key unset rather than failing the certificate, and such a chain fails verification.
+static const char *const signing_key_types[] = { "RSA", "RSA-PSS", "EC", "ED25519", "ED448" };
+
+/// A decoder that reads a DER SubjectPublicKeyInfo of a signing key type, or the one that finds a key's type from it.
 static int reads_public_key(const OSSL_ALGORITHM *algorithm) {
     const char *properties = algorithm->property_definition;
-    return properties != NULL && strstr(properties, "input=der") != NULL
-        && strstr(properties, "structure=SubjectPublicKeyInfo") != NULL;
+    if (properties == NULL || strstr(properties, "input=der") == NULL
+        || strstr(properties, "structure=SubjectPublicKeyInfo") == NULL) return 0;
+    if (has_name(algorithm->algorithm_names, "DER")) return 1;
+    for (size_t i = 0; i < sizeof signing_key_types / sizeof *signing_key_types; i++) {
+        if (has_name(algorithm->algorithm_names, signing_key_types[i])) return 1;
+    }
+    return 0;
 }
 
 static const OSSL_ALGORITHM *filter_query(void *provctx, int operation, int *no_cache) {
