@@ -59,6 +59,15 @@ public final class LeafCache: Sendable {
         self.now = now
     }
 
+    /// Whether a leaf for `name` is cached and not due for renewal.
+    public func isCached(_ name: OpenSSLCertificateAuthority.LeafName) -> Bool {
+        let now = self.now()
+        return state.withLock { state in
+            if case .ready(let entry) = state.slots[name] { return entry.renewAt > now }
+            return false
+        }
+    }
+
     /// How many leaves have been minted (for tests and metrics).
     public var mintCount: Int { state.withLock { $0.mints } }
     public var count: Int { state.withLock { $0.readyCount } }
@@ -69,19 +78,42 @@ public final class LeafCache: Sendable {
         for name: OpenSSLCertificateAuthority.LeafName,
         on eventLoop: any EventLoop
     ) -> EventLoopFuture<OpenSSLCertifiedKey> {
+        guard let future = leaf(for: name, on: eventLoop, ahead: false) else {
+            preconditionFailure("a lookup that is not ahead always answers")
+        }
+        return future
+    }
+
+    /// Mints the leaf for `name` now (on the calling thread) unless it is cached or being minted, before any
+    /// connection asks for it: the proxy's event loop has nothing else to do while a CONNECT's host is resolved.
+    /// Counted as a mint, not as a lookup; a name that cannot be minted is left for the connection to find out.
+    public func mintAhead(for name: OpenSSLCertificateAuthority.LeafName, on eventLoop: any EventLoop) {
+        _ = leaf(for: name, on: eventLoop, ahead: true)
+    }
+
+    /// - Parameter ahead: `mintAhead`: no lookup counted, no failure counted, nothing returned but for a mint.
+    private func leaf(
+        for name: OpenSSLCertificateAuthority.LeafName,
+        on eventLoop: any EventLoop,
+        ahead: Bool
+    ) -> EventLoopFuture<OpenSSLCertifiedKey>? {
         let now = self.now()
         enum Decision {
             case hit(OpenSSLCertifiedKey)
-            case wait(EventLoopFuture<OpenSSLCertifiedKey>)
+            case wait(EventLoopFuture<OpenSSLCertifiedKey>?)
             case mint
         }
         let decision = state.withLock { state -> Decision in
             state.tick += 1
             switch state.slots[name] {
+            case .ready(let entry) where ahead && entry.renewAt > now:
+                return .wait(nil)
             case .ready(var entry) where entry.renewAt > now:
                 entry.lastUse = state.tick
                 state.slots[name] = .ready(entry)
                 return .hit(entry.leaf)
+            case .minting where ahead:
+                return .wait(nil)
             case .minting(var waiters):
                 let promise = eventLoop.makePromise(of: OpenSSLCertifiedKey.self)
                 waiters.append(promise)
@@ -102,10 +134,11 @@ public final class LeafCache: Sendable {
             metrics?.leafLookup(hit: true)
             return eventLoop.makeSucceededFuture(leaf)
         case .wait(let future):
+            if ahead { return nil }
             metrics?.leafLookup(hit: true)
             return future
         case .mint:
-            metrics?.leafLookup(hit: false)
+            if !ahead { metrics?.leafLookup(hit: false) }
         }
         let result: Result<OpenSSLCertifiedKey, any Error>
         let started = ContinuousClock.now
@@ -113,7 +146,7 @@ public final class LeafCache: Sendable {
             result = .success(try authority.mintLeaf(for: name, key: leafKey, now: now))
         } catch {
             result = .failure(error)
-            metrics?.leafMintFailed()
+            if !ahead { metrics?.leafMintFailed() }
         }
         metrics?.leafMinted(since: started)
         let waiters = state.withLock { state -> [EventLoopPromise<OpenSSLCertifiedKey>] in

@@ -96,4 +96,25 @@ import Testing
         }
         #expect(cache.count == 0)
     }
+
+    /// `mintAhead`, while a CONNECT's host is resolved: the connection that asks next finds the leaf; a leaf cached
+    /// and fresh is not minted again, a stale one is; a name that cannot be minted leaves nothing behind.
+    @Test func aLeafMintedAheadServesTheNextLookupAndIsMintedOnce() throws {
+        let now = Mutex(start)
+        let cache = LeafCache(authority: authority, leafKey: try .generateP256()) { now.withLock { $0 } }
+        let loop = EmbeddedEventLoop()
+        #expect(!cache.isCached(.dns("ahead.test")))
+        cache.mintAhead(for: .dns("ahead.test"), on: loop)
+        #expect(cache.mintCount == 1 && cache.isCached(.dns("ahead.test")))
+        let served = try cache.leaf(for: .dns("ahead.test"), on: loop).wait()
+        cache.mintAhead(for: .dns("ahead.test"), on: loop)
+        #expect(cache.mintCount == 1)
+        now.withLock { $0 += 21 * 86_400 }  // past two thirds of 30 days: due for renewal
+        #expect(!cache.isCached(.dns("ahead.test")))
+        cache.mintAhead(for: .dns("ahead.test"), on: loop)
+        #expect(cache.mintCount == 2)
+        #expect(try cache.leaf(for: .dns("ahead.test"), on: loop).wait().leaf != served.leaf)
+        cache.mintAhead(for: .dns("bad name"), on: loop)
+        #expect(cache.count == 1 && !cache.isCached(.dns("bad name")))
+    }
 }

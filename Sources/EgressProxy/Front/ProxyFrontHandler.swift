@@ -578,6 +578,7 @@ final class ProxyFrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             upstream = connector.connectTunnel(
                 to: destination, on: context.eventLoop, holdingReads: inspection != nil
             ).map { ($0, nil) }
+            inspection?.mintAhead(forConnectTo: destination, agent: reporting.agent, on: context.eventLoop)
         }
         let judged = baseMetadata
         upstream.whenComplete { result in

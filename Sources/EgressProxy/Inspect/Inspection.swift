@@ -28,6 +28,19 @@ struct Inspection: Sendable {
     /// What each destination's upstream chose from an ALPN offer last time: the client's handshake is made with it
     /// before the upstream has chosen again.
     let alpnChoices = UpstreamALPNChoices()
+    /// While the name of a CONNECT that may be inspected is resolved and dialled, this event loop would wait: the
+    /// leaf its ClientHello will most likely ask for (a server name equal to the CONNECT host) is minted meanwhile,
+    /// so the first connection to a name does not mint while its handshakes wait. A ClientHello that names
+    /// another host, or is no ClientHello, finds the leaf cached and unused; one that asks for it finds it ready.
+    func mintAhead(forConnectTo destination: Destination, agent: String, on eventLoop: any EventLoop) {
+        guard !destination.isIPLiteral,
+            case .inspect(let leaf, _) = policy.decide(
+                agent: agent, connectHost: destination.host, isTLS: true, serverName: destination.host,
+                now: Inspection.now()),
+            (try? OpenSSLCertificateAuthority.validate(leaf)) != nil
+        else { return }
+        leaves.mintAhead(for: leaf, on: eventLoop)
+    }
 
     /// The protocols inspection relays: HTTP/2, HTTP/1.1 and HTTP/1.0, or the last two alone with `KAIZEN_INSPECT_HTTP2=off`.
     /// The upstream is offered the client's own ALPN list, less what is not relayed; the client is answered with
