@@ -45,6 +45,9 @@ public struct MetricName: Sendable, Hashable {
     public static let upstreamHandshakes = MetricName(
         name: "kaizen_egress_upstream_tls_handshakes_total", type: "counter", labels: ["kind"],
         help: "Inspected connections' TLS handshakes with their upstream: full (its certificate checked, the chain taken from the verification cache when it holds it) or resumed (a session from an earlier full handshake).")
+    public static let earlyUpstreamHandshakes = MetricName(
+        name: "kaizen_egress_upstream_early_handshakes_total", type: "counter", labels: ["outcome"],
+        help: "Upstream TLS handshakes begun before the client's ClientHello was in: used (the ClientHello asked for what it was made for) or discarded (closed unused: the ClientHello asked for another name or ALPN offer, was not inspected, or did not come).")
     public static let upstreamReused = MetricName(
         name: "kaizen_egress_upstream_connections_reused_total", type: "counter", labels: [],
         help: "Inspected connections that took an idle, verified upstream connection an earlier inspected connection of the same agent had opened (no TLS handshake with the upstream of their own).")
@@ -91,7 +94,7 @@ public struct MetricName: Sendable, Hashable {
     public static let all: [MetricName] = [
         .connections, .connectionsEnded, .inspectedRequests, .bytes, .openConnections, .activeTunnels, .sniParse, .mintDuration, .mintFailures,
         .leafCache,
-        .upstreamVerificationFailures, .upstreamHandshakeFailures, .upstreamHandshakes, .upstreamReused, .idleUpstreams, .interceptFailures, .proxyAuthFailures, .connectionsRefused, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
+        .upstreamVerificationFailures, .upstreamHandshakeFailures, .upstreamHandshakes, .earlyUpstreamHandshakes, .upstreamReused, .idleUpstreams, .interceptFailures, .proxyAuthFailures, .connectionsRefused, .reporterQueue, .spoolBytes, .deliveryDuration, .delivered,
         .dropped, .deliveryFailures, .controlPlaneReachable, .policyDecisions, .policyFetches,
     ]
 }

@@ -37,6 +37,8 @@ public final class ProxyMetrics: Sendable {
     private let leafMisses: Counter
     private let fullUpstreamHandshakes: Counter
     private let resumedUpstreamHandshakes: Counter
+    private let usedEarlyHandshakes: Counter
+    private let discardedEarlyHandshakes: Counter
     private let reusedUpstreams: Counter
     private let mintDuration: CoreMetrics.Timer
     private let mintFailures: Counter
@@ -88,6 +90,10 @@ public final class ProxyMetrics: Sendable {
         resumedUpstreamHandshakes = Counter(
             label: MetricName.upstreamHandshakes.name, dimensions: [("kind", "resumed")], factory: factory)
         reusedUpstreams = Counter(label: MetricName.upstreamReused.name, factory: factory)
+        usedEarlyHandshakes = Counter(
+            label: MetricName.earlyUpstreamHandshakes.name, dimensions: [("outcome", "used")], factory: factory)
+        discardedEarlyHandshakes = Counter(
+            label: MetricName.earlyUpstreamHandshakes.name, dimensions: [("outcome", "discarded")], factory: factory)
         mintDuration = CoreMetrics.Timer(label: MetricName.mintDuration.name, factory: factory)
         mintFailures = Counter(label: MetricName.mintFailures.name, factory: factory)
         upstreamVerificationFailures = Counter(label: MetricName.upstreamVerificationFailures.name, factory: factory)
@@ -143,6 +149,9 @@ public final class ProxyMetrics: Sendable {
         (resumed ? resumedUpstreamHandshakes : fullUpstreamHandshakes).increment()
     }
     public func upstreamReused() { reusedUpstreams.increment() }
+    /// An upstream handshake begun before the client's ClientHello was in served its connection (`used`), or was
+    /// closed because the ClientHello asked for something else, or none came (`discarded`).
+    public func earlyUpstreamHandshake(used: Bool) { (used ? usedEarlyHandshakes : discardedEarlyHandshakes).increment() }
     /// Every pool (a reload starts a new one while the old one empties) adds its own changes.
     public func idleUpstreamsChanged(by delta: Int) {
         if delta > 0 { idleUpstreams.increment(by: Double(delta)) } else if delta < 0 { idleUpstreams.decrement(by: Double(-delta)) }

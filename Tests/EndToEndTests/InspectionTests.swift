@@ -46,10 +46,11 @@ import Testing
         return (proxy, try proxy.listeningPort())
     }
 
-    func setUp(extra: [String: String] = [:], trustUpstream: Bool = true) throws -> Setup {
+    func setUp(extra: [String: String] = [:], trustUpstream: Bool = true, originArguments: [String] = []) throws -> Setup {
         let pki = try TestPKI.mint()
         let caDirectory = try Self.makeCA(in: pki.directory)
-        let (origin, originPort) = try ChildProcess.origin(mode: "https", cert: pki.serverCertificate, key: pki.serverKey)
+        let (origin, originPort) = try ChildProcess.origin(
+            mode: "https", cert: pki.serverCertificate, key: pki.serverKey, extra: originArguments)
         var environment = [
             "KAIZEN_CA_CERT": caDirectory + "/ca.pem",
             "KAIZEN_CA_KEY": caDirectory + "/ca.key",

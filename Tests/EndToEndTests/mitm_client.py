@@ -42,6 +42,11 @@
   mitm_client.py wait-then-get PROXY_PORT …               completes the TLS handshake, prints "READY", and on
                                                          SIGUSR1 sends GET /connection; prints the status line and
                                                          the body
+  mitm_client.py hello-when-told PROXY_PORT ORIGIN_PORT CAFILE ALPN
+                                                         the CONNECT answered, prints "CONNECTED" and sends its
+                                                         ClientHello only when told (SIGUSR1), offering ALPN (a
+                                                         comma-separated list, or "-" for none); then GET /hello;
+                                                         prints the status line, the body and the protocol chosen
   mitm_client.py many PROXY_PORT ORIGIN_PORT CAFILE N     N connections open at once, each with one GET /hello
                                                          answered; prints "OPEN N", closes them all on SIGUSR1
                                                          and prints "CLOSED"
@@ -314,6 +319,24 @@ def wait_then_get(proxy_port, origin_port, cafile):
     print(head.split(b"\r\n")[0].decode(), body.decode().strip())
 
 
+def hello_when_told(proxy_port, origin_port, cafile, alpn):
+    """A CONNECT whose ClientHello waits until the test says (SIGUSR1): what the proxy does before it is in shows."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    sock = tunnel(proxy_port, origin_port)
+    print("CONNECTED", flush=True)
+    if signal.sigtimedwait({signal.SIGUSR1}, 20) is None:
+        raise SystemExit("not told to go on")
+    context = ssl.create_default_context(cafile=cafile)
+    if alpn != "-":
+        context.set_alpn_protocols(alpn.split(","))
+    tls = context.wrap_socket(sock, server_hostname="localhost")
+    tls.settimeout(10)
+    tls.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data, _ = read_to_end(tls)
+    head, _, body = data.partition(b"\r\n\r\n")
+    print(head.split(b"\r\n")[0].decode(), body.decode().strip(), tls.selected_alpn_protocol() or "none")
+
+
 def many(proxy_port, origin_port, cafile, count):
     """COUNT inspected connections held open together (a load's memory in the proxy), closed when told to."""
     import concurrent.futures
@@ -397,6 +420,8 @@ def main():
         return reset_handshake(proxy_port, origin_port, cafile)
     if mode == "wait-then-get":
         return wait_then_get(proxy_port, origin_port, cafile)
+    if mode == "hello-when-told":
+        return hello_when_told(proxy_port, origin_port, cafile, sys.argv[5])
     if mode == "many":
         return many(proxy_port, origin_port, cafile, int(sys.argv[5]))
     if mode == "stall-and-leave":

@@ -434,6 +434,7 @@ def main():
     parser.add_argument("--swap-key")
     parser.add_argument("--no-tickets", action="store_true", help="no TLS 1.3 session tickets (no resumption)")
     parser.add_argument("--only-name", help="refuse every other SNI with a fatal unrecognized_name alert")
+    parser.add_argument("--print-sni", action="store_true", help='print "SNI <name>" as each ClientHello arrives')
     parser.add_argument("--client-ca", help="require a client certificate issued by this CA (mutual TLS)")
     parser.add_argument("--client-cert-optional", action="store_true", help="with --client-ca: ask, not require")
     parser.add_argument("--tls12", action="store_true", help="TLS 1.2 at most")
@@ -457,6 +458,8 @@ def main():
             if args.only_name:
                 only = args.only_name
                 context.sni_callback = lambda _sock, name, _ctx: None if name == only else ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            elif args.print_sni:
+                context.sni_callback = lambda _sock, name, _ctx: print(f"SNI {name}", flush=True)
             server.socket = context.wrap_socket(server.socket, server_side=True)
             server.swap = (args.swap_cert, args.swap_key)
         print(f"PORT {server.server_address[1]}", flush=True)

@@ -28,6 +28,33 @@ struct Inspection: Sendable {
     /// What each destination's upstream chose from an ALPN offer last time: the client's handshake is made with it
     /// before the upstream has chosen again.
     let alpnChoices = UpstreamALPNChoices()
+    /// What this proxy's inspected ClientHellos were like: what an early upstream handshake is made for.
+    let habits = ClientHelloHabits()
+
+    /// What an upstream handshake begun before the ClientHello is in (`EarlyUpstreamHandshake`) is made for: the
+    /// CONNECT host as server name, and the offer `agent`'s clients settled on. Nil, and no early handshake, unless
+    /// the ClientHello will most likely ask for exactly that and be inspected: a CONNECT to a name (a client that
+    /// connects to an address may send any name), on a port TLS was inspected on, by an agent whose clients made
+    /// the same offer the last times, to a name inspected and whose leaf can be minted (with nameConstraints: is
+    /// minted already, as `mintAhead` does while the name is resolved).
+    func earlyHandshakePlan(for destination: Destination, agent: String) -> (upstreamName: String, offer: [String])? {
+        guard !destination.isIPLiteral, habits.seenTLS(onPort: destination.port),
+            let offer = habits.settledOffer(agent: agent),
+            case .inspect(let leaf, let upstreamName) = policy.decide(
+                agent: agent, connectHost: destination.host, isTLS: true, serverName: destination.host,
+                now: Inspection.now()),
+            (try? OpenSSLCertificateAuthority.validate(leaf)) != nil,
+            !authority.hasNameConstraints || leaves.isCached(leaf)
+        else { return nil }
+        return (upstreamName, offer)
+    }
+
+    /// The key an upstream TLS session is kept under: resumed only by a connection to the same destination, for
+    /// the same name, with the same ALPN offer.
+    static func sessionKey(_ destination: Destination, upstreamName: String, offer: [String]) -> String {
+        "\(destination.host) \(destination.port) \(upstreamName) \(offer.joined(separator: ","))"
+    }
+
     /// While the name of a CONNECT that may be inspected is resolved and dialled, this event loop would wait: the
     /// leaf its ClientHello will most likely ask for (a server name equal to the CONNECT host) is minted meanwhile,
     /// so the first connection to a name does not mint while its handshakes wait. A ClientHello that names

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import OpenSSLTLS
+import Telemetry
 
 /// The client side of a CONNECT tunnel that may be inspected, until its ClientHello is in: holds the
 /// client's first bytes (nothing has been sent upstream yet), then either turns the tunnel into a plain relay
@@ -29,6 +30,10 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         var reservation: UpstreamPool.Reservation? = nil
         /// The inspection that decides this tunnel (the one in force when its CONNECT came), if it may be inspected.
         var inspection: Inspection? = nil
+        /// `upstream` is a dialled connection whose TLS handshake began before the ClientHello was in: it serves the
+        /// connection if the ClientHello makes the same plan; any other outcome closes it and dials
+        /// (`withDialledUpstream`).
+        var early: EarlyUpstreamHandshake? = nil
 
         /// Not used after all: a dialled connection is closed, a kept one goes back.
         func discard() {
@@ -71,6 +76,32 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
             let (handler, context) = loopBound.value
             handler.passThrough(reason: "no ClientHello within \(UpstreamConnector.describe(limit))", context: context)
         }
+        beginEarlyHandshake()
+    }
+
+    /// The client was answered 200 and the upstream's TCP connection is up: its TLS handshake begins now, for what
+    /// the ClientHello will most likely ask (`Inspection.earlyHandshakePlan`), while the client makes its
+    /// ClientHello. A kept connection needs none.
+    private func beginEarlyHandshake() {
+        guard tunnel.reservation == nil, tunnel.metadata.transport == .connect,
+            let plan = inspection.earlyHandshakePlan(for: tunnel.destination, agent: reporting.agent)
+        else { return }
+        let recorder = EarlyHandshakeRecorder()
+        do {
+            let pipeline = tunnel.upstream.pipeline.syncOperations
+            try pipeline.addHandler(
+                try OpenSSLTLSHandler(
+                    context: inspection.upstreamTLS, serverName: plan.upstreamName, alpn: plan.offer,
+                    sessionKey: Inspection.sessionKey(tunnel.destination, upstreamName: plan.upstreamName, offer: plan.offer)))
+            try pipeline.addHandler(recorder)
+        } catch {
+            // The connection may carry a TLS handler whose handshake began: not usable for anything else.
+            tunnel.early = EarlyUpstreamHandshake(upstreamName: plan.upstreamName, offer: plan.offer, recorder: recorder)
+            reporting.logger.debug("cannot begin the upstream handshake early", metadata: ["error": "\(error)"])
+            return
+        }
+        tunnel.early = EarlyUpstreamHandshake(upstreamName: plan.upstreamName, offer: plan.offer, recorder: recorder)
+        tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -321,12 +352,12 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         reporting.action(target: tunnel.destination.description, metadata: metadata, verdict: verdict)
         reporting.logConnection(
             metadata, target: tunnel.destination.description, mode: "none", close: nil, blockedByProxy: verdict.decision == "block")
-        tunnel.discard()
+        discardUpstream()
         context.close(promise: nil)
     }
 
-    /// For any use but the kept connection this CONNECT was answered with (`Tunnel.reservation`): that one goes
-    /// back, and a connection is dialled now, judged as the CONNECT's would have been; `proceed` then runs with it
+    /// For any use but the kept connection this CONNECT was answered with (`Tunnel.reservation`), or the connection
+    /// whose handshake began early (`Tunnel.early`): that one goes back or is closed, and a connection is dialled now, judged as the CONNECT's would have been; `proceed` then runs with it
     /// in `tunnel.upstream` (at once when there was no reservation). A failure ends the client's connection,
     /// reported: the client was answered 200 already.
     /// - Parameter metadata: what is reported should the client leave meanwhile or the dial fail (the ClientHello's
@@ -335,9 +366,15 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         context: ChannelHandlerContext, reporting metadata: ConnectMetadata? = nil, clientGoneReason: String,
         _ proceed: @escaping (InspectionStartHandler, ChannelHandlerContext) -> Void
     ) {
-        guard let reservation = tunnel.reservation else { return proceed(self, context) }
-        tunnel.reservation = nil
-        reservation.restore()
+        if let reservation = tunnel.reservation {
+            tunnel.reservation = nil
+            reservation.restore()
+        } else if tunnel.early != nil {
+            // Made for another ClientHello than this one: closed, never to carry a byte of this one's.
+            discardUpstream()
+        } else {
+            return proceed(self, context)
+        }
         dialing = true
         let destination = tunnel.destination
         let connector = UpstreamConnector(settings: settings)
@@ -374,7 +411,7 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func endIfClientLeftWhileDeciding(context: ChannelHandlerContext) -> Bool {
         guard clientLeftWhileDeciding, !decided else { return false }
         decided = true
-        tunnel.discard()
+        discardUpstream()
         reportClientGone(tunnel.metadata, reason: Self.clientLeftEarly, context: context)
         return true
     }
@@ -430,10 +467,10 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         decided = true
         timer?.cancel()
-        if clientGone, let reservation = tunnel.reservation {
-            // Nothing to relay and no one to relay it to: the kept connection goes back, undialled for.
-            tunnel.reservation = nil
-            reservation.restore()
+        if clientGone, tunnel.reservation != nil || tunnel.early != nil {
+            // Nothing to relay and no one to relay it to: the kept connection goes back (or the early one closes),
+            // and none is dialled.
+            discardUpstream()
             reportClientGone(tunnel.metadata, reason: reason, context: context)
             return
         }
@@ -500,6 +537,14 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
                 reservation.restore()
             }
         }
+        // The handshake begun early serves if this ClientHello asks what it was made for; else a connection is dialled.
+        inspection.habits.note(agent: reporting.agent, offer: offer, port: tunnel.destination.port)
+        var early: EarlyUpstreamHandshake?
+        if let begun = tunnel.early, begun.matches(upstreamName: upstreamName, offer: offer, channel: tunnel.upstream) {
+            early = begun
+            tunnel.early = nil
+            reporting.metrics?.earlyUpstreamHandshake(used: true)
+        }
         var facts = tunnel.metadata
         facts.tls = true
         facts.sni = hello.serverName
@@ -507,8 +552,19 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         withDialledUpstream(
             context: context, reporting: facts, clientGoneReason: Self.clientLeftEarly
         ) { handler, context in
-            handler.interceptNow(hello: hello, leaf: leaf, upstreamName: upstreamName, offer: offer, reserved: reserved, context: context)
+            handler.interceptNow(
+                hello: hello, leaf: leaf, upstreamName: upstreamName, offer: offer, reserved: reserved, early: early,
+                context: context)
         }
+    }
+
+    /// The upstream connection this tunnel was answered with is not used: a kept one goes back, a dialled one (whose
+    /// handshake may have begun early) closes.
+    private func discardUpstream() {
+        if tunnel.early != nil { reporting.metrics?.earlyUpstreamHandshake(used: false) }
+        tunnel.discard()
+        tunnel.reservation = nil
+        tunnel.early = nil
     }
 
     /// What a kept upstream connection for this tunnel is kept and looked up under.
@@ -525,6 +581,7 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         upstreamName: String,
         offer: [String],
         reserved: UpstreamPool.Idle?,
+        early: EarlyUpstreamHandshake?,
         context: ChannelHandlerContext
     ) {
         var metadata = tunnel.metadata
@@ -553,7 +610,8 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         var pooled = reserved
         if pool.isEnabled, let key = upstreamKey(address: tunnel.upstream.remoteAddress?.ipAddress, upstreamName, offer) {
             reuse = (pool, key)
-            if pooled == nil { pooled = pool.take(key, on: context.eventLoop) }
+            // A connection whose handshake began early serves this one: none is taken.
+            if pooled == nil && early == nil { pooled = pool.take(key, on: context.eventLoop) }
         }
         if let pooled, pooled.channel !== tunnel.upstream {
             // The connection dialed for this CONNECT is not needed.
@@ -562,7 +620,7 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         let upstreamChannel = pooled?.channel ?? tunnel.upstream
         // A session from an earlier connection is resumed only by a connection to the same destination, for the same
         // name, with the same ALPN offer.
-        let sessionKey = "\(tunnel.destination.host) \(tunnel.destination.port) \(upstreamName) \(offer.joined(separator: ","))"
+        let sessionKey = Inspection.sessionKey(tunnel.destination, upstreamName: upstreamName, offer: offer)
         var redial: InterceptedConnection.Redial?
         if pooled != nil, let address = upstreamChannel.remoteAddress {
             // Should the reused connection close before answering the first request, a new one to the same address.
@@ -611,7 +669,7 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         // what the server at this address chose for the same offer is the next best guess.
         let serverKey = UpstreamALPNChoices.serverKey(upstreamChannel.remoteAddress, offer: offer)
         let predicted = Self.predictedALPNAnswer(
-            offer: offer, pooled: pooled.map { $0.negotiatedProtocol },
+            offer: offer, pooled: pooled.map { $0.negotiatedProtocol } ?? early?.recorder.negotiated,
             remembered: choices.last(for: sessionKey, orServer: serverKey))
         let upstreamHandler: NIOLoopBound<OpenSSLTLSHandler>
         do {
@@ -619,6 +677,11 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
             if pooled != nil {
                 upstreamHandler = NIOLoopBound(
                     try upstreamPipeline.handler(type: OpenSSLTLSHandler.self), eventLoop: context.eventLoop)
+            } else if early != nil {
+                // Its TLS handler is in place, and what its handshake brought is kept until `release` below.
+                upstreamHandler = NIOLoopBound(
+                    try upstreamPipeline.handler(type: OpenSSLTLSHandler.self), eventLoop: context.eventLoop)
+                try upstreamPipeline.addHandler(InterceptedHandshakeHandler(side: .upstream, connection: connection))
             } else {
                 // Upstream: verified TLS first; the client's handshake shows nothing before it succeeds.
                 let upstreamTLS = try OpenSSLTLSHandler(
@@ -653,7 +716,9 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
             try clientPipeline.addHandler(clientTLS, position: .after(self))
             try clientPipeline.addHandler(
                 InterceptedHandshakeHandler(side: .client, connection: connection), position: .after(clientTLS))
-            if pooled == nil { tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in } }
+            if pooled == nil && early == nil {
+                tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            }
         } catch {
             reporting.logger.error("cannot set up inspection", metadata: ["error": "\(error)"])
             upstreamChannel.close(promise: nil)
@@ -664,6 +729,11 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         if let pooled { connection.adoptPooledUpstream(pooled) }
         // The gate holds the client's handshake back: its ClientHello (and anything after it) goes in now.
         releaseToClientTLS(context: context)
+        if let early {
+            // What the early handshake brought (done, failed, or not yet), as if it had begun now; then reading on.
+            early.recorder.release()
+            upstreamChannel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        }
     }
 
     /// What the client's gate fails with when the upstream's handshake failed: the upstream's error, whose alert the

@@ -3,11 +3,12 @@ import TestSupport
 
 extension ChildProcess {
     /// `python3 origin.py --mode …`, waiting for its "PORT n" line.
-    static func origin(mode: String, host: String = "127.0.0.1", cert: String? = nil, key: String? = nil) throws
-        -> (ChildProcess, Int)
-    {
+    static func origin(
+        mode: String, host: String = "127.0.0.1", cert: String? = nil, key: String? = nil, extra: [String] = []
+    ) throws -> (ChildProcess, Int) {
         var arguments = [Paths.originScript, "--mode", mode, "--host", host]
         if let cert, let key { arguments += ["--cert", cert, "--key", key] }
+        arguments += extra
         let child = try ChildProcess(Paths.which("python3"), arguments)
         let line = try child.waitForLine(timeout: 20) { $0.hasPrefix("PORT ") }
         guard let port = Int(line.dropFirst(5)) else { throw TestFailure("origin printed \(line)") }
