@@ -32,21 +32,21 @@ static int has_name(const char *names, const char *name) {
     return 0;
 }
 
-/// The key types a TLS server's certificate chain can carry (a key that signs): RSA, RSA-PSS, ECDSA, EdDSA.
-/// Certificates with other keys (DH, DSA, X25519, X448, SM2) still parse, without a usable key: OpenSSL 3.0
-/// leaves an undecodable key unset rather than failing the certificate, and such a chain fails verification.
-static const char *const signing_key_types[] = { "RSA", "RSA-PSS", "EC", "ED25519", "ED448" };
+/// Key types that only agree on keys and cannot sign, so no certificate chain a server sends can need them
+/// decoded: Diffie-Hellman (both encodings) and the X25519 and X448 key exchange keys. A certificate with such a
+/// key still parses, without a usable key (OpenSSL 3.0 leaves a key it cannot decode unset rather than failing the
+/// certificate). Every other type is kept, including ones a later OpenSSL adds (a post-quantum signature scheme).
+static const char *const key_agreement_only[] = { "DH", "DHX", "X25519", "X448" };
 
-/// A decoder that reads a DER SubjectPublicKeyInfo of a signing key type, or the one that finds a key's type from it.
+/// A decoder that reads a DER SubjectPublicKeyInfo of a key that can sign, or the one that finds a key's type.
 static int reads_public_key(const OSSL_ALGORITHM *algorithm) {
     const char *properties = algorithm->property_definition;
     if (properties == NULL || strstr(properties, "input=der") == NULL
         || strstr(properties, "structure=SubjectPublicKeyInfo") == NULL) return 0;
-    if (has_name(algorithm->algorithm_names, "DER")) return 1;
-    for (size_t i = 0; i < sizeof signing_key_types / sizeof *signing_key_types; i++) {
-        if (has_name(algorithm->algorithm_names, signing_key_types[i])) return 1;
+    for (size_t i = 0; i < sizeof key_agreement_only / sizeof *key_agreement_only; i++) {
+        if (has_name(algorithm->algorithm_names, key_agreement_only[i])) return 0;
     }
-    return 0;
+    return 1;
 }
 
 static const OSSL_ALGORITHM *filter_query(void *provctx, int operation, int *no_cache) {

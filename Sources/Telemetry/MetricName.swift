@@ -47,7 +47,7 @@ public struct MetricName: Sendable, Hashable {
         help: "Inspected connections' TLS handshakes with their upstream: full (its certificate checked, the chain taken from the verification cache when it holds it) or resumed (a session from an earlier full handshake).")
     public static let earlyUpstreamHandshakes = MetricName(
         name: "kaizen_egress_upstream_early_handshakes_total", type: "counter", labels: ["outcome"],
-        help: "Upstream TLS handshakes begun before the client's ClientHello was in: used (the ClientHello asked for what it was made for) or discarded (closed unused: the ClientHello asked for another name or ALPN offer, was not inspected, or did not come).")
+        help: "Upstream TLS handshakes begun before the client's ClientHello was in: used (the ClientHello asked for what it was made for) or discarded (closed unused: the ClientHello asked for another name or ALPN offer, was not inspected, or did not come, or the upstream failed or closed meanwhile).")
     public static let upstreamReused = MetricName(
         name: "kaizen_egress_upstream_connections_reused_total", type: "counter", labels: [],
         help: "Inspected connections that took an idle, verified upstream connection an earlier inspected connection of the same agent had opened (no TLS handshake with the upstream of their own).")

@@ -66,8 +66,25 @@ import Testing
         closing.pipeline.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: nil))
         closing.pipeline.fireChannelInactive()
         #expect(closed.closed && !closed.failed && closed.negotiated == .some(nil))
+
+        // Half-closed by the upstream: the channel stays open (for writing), the connection is never to serve.
+        let halfClosing = EmbeddedChannel()
+        let halfClosed = EarlyHandshakeRecorder()
+        try halfClosing.pipeline.syncOperations.addHandler(halfClosed)
+        try halfClosing.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        halfClosing.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(halfClosed.closed && halfClosing.isActive)
+        let early = EarlyUpstreamHandshake(upstreamName: "a.test", offer: [], recorder: halfClosed)
+        #expect(!early.matches(upstreamName: "a.test", offer: [], channel: halfClosing))
+
+        // A setup that failed: never to serve either.
+        let failing = EarlyHandshakeRecorder()
+        failing.setUpFailed()
+        #expect(!EarlyUpstreamHandshake(upstreamName: "a.test", offer: [], recorder: failing)
+            .matches(upstreamName: "a.test", offer: [], channel: halfClosing))
         _ = try? channel.finish()
         _ = try? closing.finish()
+        _ = try? halfClosing.finish()
     }
 
     @Test func aHandshakeServesOnlyTheNameAndOfferItWasMadeForOnAnOpenConnection() throws {
@@ -80,6 +97,7 @@ import Testing
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
         #expect(early.matches(upstreamName: "api.example.com", offer: ["h2", "http/1.1"], channel: channel))
         #expect(!early.matches(upstreamName: "www.example.com", offer: ["h2", "http/1.1"], channel: channel))
+        #expect(early.matches(upstreamName: "API.Example.com", offer: ["h2", "http/1.1"], channel: channel))
         #expect(!early.matches(upstreamName: "api.example.com", offer: ["http/1.1"], channel: channel))
         #expect(!early.matches(upstreamName: "api.example.com", offer: [], channel: channel))
         channel.pipeline.fireErrorCaught(Failure())
@@ -100,6 +118,18 @@ import Testing
         #expect(habits.settledOffer(agent: "a") == nil)
         habits.note(agent: "a", offer: [], port: 443)
         #expect(habits.settledOffer(agent: "a") == [])
+    }
+
+    @Test func aDestinationWhoseClientHelloNamedAnotherHostIsNotGuessedUntilOneNamesIt() {
+        let habits = ClientHelloHabits()
+        let api = Destination(host: "API.example.com", port: 443, isIPLiteral: false)
+        #expect(!habits.namesAnotherHost(agent: "a", destination: api))
+        habits.note(agent: "a", destination: api, namedIt: false)
+        #expect(habits.namesAnotherHost(agent: "a", destination: Destination(host: "api.example.com", port: 443, isIPLiteral: false)))
+        #expect(!habits.namesAnotherHost(agent: "b", destination: api))
+        #expect(!habits.namesAnotherHost(agent: "a", destination: Destination(host: "api.example.com", port: 8443, isIPLiteral: false)))
+        habits.note(agent: "a", destination: api, namedIt: true)
+        #expect(!habits.namesAnotherHost(agent: "a", destination: api))
     }
 
     @Test func tlsIsExpectedOn443AndOnPortsItWasInspectedOn() {

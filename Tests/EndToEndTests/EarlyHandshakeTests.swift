@@ -14,11 +14,12 @@ import Testing
         try inspection.setUp(extra: ["KAIZEN_UPSTREAM_IDLE_TIMEOUT": "0"], originArguments: ["--print-sni"])
     }
 
-    /// Two connections with curl, which offers h2 and http/1.1: the agent's clients have settled on that offer, and
-    /// TLS was inspected on the origin's port.
+    /// Two connections with curl offering http/1.1 alone: the agent's clients have settled on that offer, and TLS was
+    /// inspected on the origin's port.
     func settle(_ setup: InspectionTests.Setup) throws {
         let base = "https://localhost:\(setup.originPort)"
-        let result = try inspection.curl(setup, [base + "/hello", base + "/hello"], extra: ["-H", "Connection: close"])
+        let result = try inspection.curl(
+            setup, [base + "/hello", base + "/hello"], extra: ["--http1.1", "-H", "Connection: close"])
         #expect(result.stdout.components(separatedBy: "hello from origin").count - 1 == 2, "\(result.stderr)")
         _ = try setup.origin.waitForLines(count: 2, timeout: 20) { $0 == "SNI localhost" }
     }
@@ -47,7 +48,7 @@ import Testing
     @Test func theUpstreamHandshakeBeginsBeforeTheClientHelloAndServesIt() throws {
         let setup = try setUp()
         try settle(setup)
-        let answer = try helloWhenOriginWasReached(setup, alpn: "h2,http/1.1", clientHellosBefore: 2)
+        let answer = try helloWhenOriginWasReached(setup, alpn: "http/1.1", clientHellosBefore: 2)
         #expect(answer == "HTTP/1.1 200 OK hello from origin none", "\(answer)")
         let actions = try setup.waitForActions(3)
         let last = try #require(actions.last)
@@ -62,11 +63,11 @@ import Testing
     @Test func aClientHelloWithAnotherOfferGetsAConnectionOfItsOwn() throws {
         let setup = try setUp()
         try settle(setup)
-        let answer = try helloWhenOriginWasReached(setup, alpn: "http/1.1", clientHellosBefore: 2)
+        let answer = try helloWhenOriginWasReached(setup, alpn: "h2,http/1.1", clientHellosBefore: 2)
         #expect(answer == "HTTP/1.1 200 OK hello from origin none", "\(answer)")
         let actions = try setup.waitForActions(3)
         #expect(actions.last?["status"] as? Int == 200, "\(actions)")
-        // The one begun early (offered h2 and http/1.1) was closed unused; another was dialled for this offer.
+        // The one begun early (offered http/1.1) was closed unused; another was dialled for this offer.
         _ = try setup.origin.waitForLines(count: 4, timeout: 20) { $0 == "SNI localhost" }
         let counted = try earlyHandshakes(setup)
         #expect(counted.discarded == 1 && (counted.used ?? 0) == 0, "\(counted)")

@@ -20,8 +20,8 @@ struct EarlyUpstreamHandshake {
     /// offer, on a connection that neither failed nor closed meanwhile. A failed one (a verification error, say)
     /// is closed, its pipeline gone: the connection dialled instead fails as it would have, and is reported so.
     func matches(upstreamName: String, offer: [String], channel: any Channel) -> Bool {
-        upstreamName == self.upstreamName && offer == self.offer && channel.isActive && !recorder.failed
-            && !recorder.closed
+        upstreamName.lowercased() == self.upstreamName.lowercased() && offer == self.offer && channel.isActive
+            && !recorder.failed && !recorder.closed
     }
 }
 
@@ -48,7 +48,7 @@ final class EarlyHandshakeRecorder: ChannelInboundHandler, RemovableChannelHandl
     private(set) var negotiated: String?? = nil
     /// The handshake or the connection failed, before `release`.
     private(set) var failed = false
-    /// The connection closed, before `release`.
+    /// The connection closed, or its upstream ended its side (a FIN, with or without close_notify), before `release`.
     private(set) var closed = false
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -68,13 +68,23 @@ final class EarlyHandshakeRecorder: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if !releasing, case TLSUserEvent.handshakeCompleted(let chosen) = event {
-            negotiated = .some(chosen)
-            // Nothing more is read until the connection serves: what the upstream sends waits in its socket.
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        if !releasing {
+            if case TLSUserEvent.handshakeCompleted(let chosen) = event {
+                negotiated = .some(chosen)
+                // Nothing more is read until the connection serves: what the upstream sends waits in its socket.
+                context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+            } else if case ChannelEvent.inputClosed = event {
+                // Half-closed by the upstream (the channel stays open for writing): never to serve.
+                closed = true
+            } else if event is TLSClosedWithoutNotify || event is TLSCloseWithoutNotify {
+                closed = true
+            }
         }
         record(.user(event), context: context)
     }
+
+    /// Its setup failed: never to serve.
+    func setUpFailed() { failed = true }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if !releasing { failed = true }
@@ -130,16 +140,19 @@ extension EarlyHandshakeRecorder: Sendable {}
 
 /// What inspected ClientHellos were like, for guessing the next one before it is in (`Inspection.
 /// earlyHandshakePlan`): the ALPN offer each agent's clients made last, and how often in a row; the ports TLS was
-/// inspected on (443 from the start).
+/// inspected on (443 from the start); the destinations (agent, host, port) whose last CONNECT was not followed by a
+/// ClientHello naming its host (another name, none, or no TLS). Kept per inspection: a reload starts afresh.
 final class ClientHelloHabits: Sendable {
     private struct State {
         var offers: [String: (offer: [String], streak: Int)] = [:]
         var tlsPorts: Set<Int> = [443]
+        var otherName: Set<String> = []
     }
 
     private let state = NIOLockedValueBox(State())
     static let agentLimit = 1024
     static let portLimit = 64
+    static let destinationLimit = 4096
     /// How many ClientHellos in a row must have made the same offer before it is guessed.
     static let streakNeeded = 2
 
@@ -163,5 +176,30 @@ final class ClientHelloHabits: Sendable {
 
     func seenTLS(onPort port: Int) -> Bool {
         state.withLockedValue { $0.tlsPorts.contains(port) }
+    }
+
+    /// A CONNECT of `agent`'s to `destination` was followed by a ClientHello naming its host (`namedIt`), or not
+    /// (another name, none, or bytes that are no ClientHello).
+    func note(agent: String, destination: Destination, namedIt: Bool) {
+        let key = Self.key(agent, destination)
+        state.withLockedValue { state in
+            if namedIt {
+                state.otherName.remove(key)
+            } else {
+                if state.otherName.count >= Self.destinationLimit { state.otherName.removeAll() }
+                state.otherName.insert(key)
+            }
+        }
+    }
+
+    /// Whether the last CONNECT of `agent`'s to `destination` was followed by something else than a ClientHello
+    /// naming its host.
+    func namesAnotherHost(agent: String, destination: Destination) -> Bool {
+        let key = Self.key(agent, destination)
+        return state.withLockedValue { $0.otherName.contains(key) }
+    }
+
+    private static func key(_ agent: String, _ destination: Destination) -> String {
+        "\(agent) \(destination.host.lowercased()) \(destination.port)"
     }
 }

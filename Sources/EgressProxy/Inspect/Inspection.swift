@@ -35,10 +35,12 @@ struct Inspection: Sendable {
     /// CONNECT host as server name, and the offer `agent`'s clients settled on. Nil, and no early handshake, unless
     /// the ClientHello will most likely ask for exactly that and be inspected: a CONNECT to a name (a client that
     /// connects to an address may send any name), on a port TLS was inspected on, by an agent whose clients made
-    /// the same offer the last times, to a name inspected and whose leaf can be minted (with nameConstraints: is
-    /// minted already, as `mintAhead` does while the name is resolved).
+    /// the same offer the last times and whose last CONNECT to this destination was followed by a ClientHello
+    /// naming it, to a name inspected and whose leaf can be minted (with nameConstraints: is minted already, as
+    /// `mintAhead` does while the name is resolved).
     func earlyHandshakePlan(for destination: Destination, agent: String) -> (upstreamName: String, offer: [String])? {
         guard !destination.isIPLiteral, habits.seenTLS(onPort: destination.port),
+            !habits.namesAnotherHost(agent: agent, destination: destination),
             let offer = habits.settledOffer(agent: agent),
             case .inspect(let leaf, let upstreamName) = policy.decide(
                 agent: agent, connectHost: destination.host, isTLS: true, serverName: destination.host,
@@ -56,11 +58,12 @@ struct Inspection: Sendable {
     }
 
     /// While the name of a CONNECT that may be inspected is resolved and dialled, this event loop would wait: the
-    /// leaf its ClientHello will most likely ask for (a server name equal to the CONNECT host) is minted meanwhile,
+    /// leaf its ClientHello will most likely ask for (a server name equal to the CONNECT host) is minted meanwhile
+    /// (on port 443 and ports TLS was inspected on),
     /// so the first connection to a name does not mint while its handshakes wait. A ClientHello that names
     /// another host, or is no ClientHello, finds the leaf cached and unused; one that asks for it finds it ready.
     func mintAhead(forConnectTo destination: Destination, agent: String, on eventLoop: any EventLoop) {
-        guard !destination.isIPLiteral,
+        guard !destination.isIPLiteral, habits.seenTLS(onPort: destination.port),
             case .inspect(let leaf, _) = policy.decide(
                 agent: agent, connectHost: destination.host, isTLS: true, serverName: destination.host,
                 now: Inspection.now()),

@@ -95,7 +95,9 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
                     sessionKey: Inspection.sessionKey(tunnel.destination, upstreamName: plan.upstreamName, offer: plan.offer)))
             try pipeline.addHandler(recorder)
         } catch {
-            // The connection may carry a TLS handler whose handshake began: not usable for anything else.
+            // The connection may carry a TLS handler whose handshake began: not usable for anything else, nor to
+            // serve (it is closed, and another dialled, as for any that does not).
+            recorder.setUpFailed()
             tunnel.early = EarlyUpstreamHandshake(upstreamName: plan.upstreamName, offer: plan.offer, recorder: recorder)
             reporting.logger.debug("cannot begin the upstream handshake early", metadata: ["error": "\(error)"])
             return
@@ -125,6 +127,9 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .parsed(let hello):
             decide(hello: hello, context: context)
         case .notTLS:
+            if tunnel.metadata.transport == .connect {
+                inspection.habits.note(agent: reporting.agent, destination: tunnel.destination, namedIt: false)
+            }
             passThrough(reason: "not TLS", context: context)
         case .malformed(let reason) where reason.contains("server_name") || reason.contains("host_name"):
             // A ClientHello whose only fault is its server name: that would be the client's way out of inspection.
@@ -195,6 +200,11 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func decide(hello: ClientHello, context: ChannelHandlerContext) {
         // Further bytes (the client may not wait) stay held until the decision is carried out.
         self.hello = hello
+        if tunnel.metadata.transport == .connect {
+            inspection.habits.note(
+                agent: reporting.agent, destination: tunnel.destination,
+                namedIt: hello.serverName?.lowercased() == tunnel.destination.host.lowercased())
+        }
         // The SNI against the policy before a byte of the ClientHello goes anywhere (the CONNECT host, or for a
         // transparent connection the address, was judged already).
         if let sni = hello.serverName, sni.lowercased() != tunnel.destination.host.lowercased() {
@@ -467,9 +477,10 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         decided = true
         timer?.cancel()
-        if clientGone, tunnel.reservation != nil || tunnel.early != nil {
-            // Nothing to relay and no one to relay it to: the kept connection goes back (or the early one closes),
-            // and none is dialled.
+        if clientGone, tunnel.reservation != nil {
+            // Nothing to relay and no one to relay it to: the kept connection goes back, undialled for. (A connection
+            // whose handshake began early is closed and another dialled, as the held bytes are relayed on it just as
+            // without it.)
             discardUpstream()
             reportClientGone(tunnel.metadata, reason: reason, context: context)
             return
@@ -727,13 +738,14 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         connection.start()
         if let pooled { connection.adoptPooledUpstream(pooled) }
-        // The gate holds the client's handshake back: its ClientHello (and anything after it) goes in now.
-        releaseToClientTLS(context: context)
         if let early {
-            // What the early handshake brought (done, failed, or not yet), as if it had begun now; then reading on.
+            // What the early handshake brought (done, or not yet), as if it had begun now, before the client's
+            // ClientHello goes in (as a kept connection is adopted first); then reading on.
             early.recorder.release()
             upstreamChannel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
+        // The gate holds the client's handshake back: its ClientHello (and anything after it) goes in now.
+        releaseToClientTLS(context: context)
     }
 
     /// What the client's gate fails with when the upstream's handshake failed: the upstream's error, whose alert the
