@@ -5,10 +5,12 @@
 #              and off (KAIZEN_UPSTREAM_IDLE_TIMEOUT=0), alternating; prints each run's medians.
 #   bulk:      1 GiB over HTTPS through inspection and direct, alternating, with the CPU seconds of curl, the
 #              origin (nginx workers) and the proxy, read from /proc.
-# usage: [RUNS=3] [NAMES=15] scripts/bench-inspection-latency.sh BINARY first-sni|bulk
-#        (needs ../shared/bench/setup.sh and upstream.sh start; the proxy listens on 127.0.0.1:3203)
+#   CLIENT_DELAY_MS=N (first-sni): the client reaches the proxy through scripts/delay-relay.py, which delays every
+#              byte by N ms each way, as for an agent across a network rather than beside the proxy.
+# usage: [RUNS=3] [NAMES=15] [CLIENT_DELAY_MS=N] scripts/bench-inspection-latency.sh BINARY first-sni|bulk
+#        (needs ../shared/bench/setup.sh and upstream.sh start; the proxy listens on 127.0.0.1:3203, the relay on 3213)
 set -euo pipefail
-usage="usage: [RUNS=3] [NAMES=15] scripts/bench-inspection-latency.sh BINARY first-sni|bulk"
+usage="usage: [RUNS=3] [NAMES=15] [CLIENT_DELAY_MS=N] scripts/bench-inspection-latency.sh BINARY first-sni|bulk"
 binary=$(realpath "${1:?$usage}")
 what=${2:?$usage}
 runs=${RUNS:-3}
@@ -23,7 +25,16 @@ if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
 fi
 work=$(mktemp -d /dev/shm/kz-latency.XXXXXX)
 pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+relay=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "$relay" ] && kill "$relay" 2>/dev/null; rm -rf "$work"' EXIT
+client_port=$port
+if [ -n "${CLIENT_DELAY_MS:-}" ]; then
+  client_port=3213
+  python3 "$(dirname "$0")/delay-relay.py" $client_port $port "$CLIENT_DELAY_MS" >"$work/relay.out" 2>&1 &
+  relay=$!
+  for _ in $(seq 1 100); do grep -q READY "$work/relay.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q READY "$work/relay.out" || { echo "bench-inspection-latency: the delay relay did not start" >&2; exit 1; }
+fi
 cp "$pki/mitm-ca.key" "$work/ca.key" && chmod 600 "$work/ca.key"
 
 start() {  # start [SETTING=VALUE…]: a fresh proxy on $port
@@ -42,7 +53,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 # p50 URL…: one hsload run (new connections), its median latency; every request must have succeeded.
 p50() {
   local out
-  out=$("$hsload" -x 127.0.0.1:$port -c 1 -z 20 --ca "$pki/client-trust.pem" "$@" || true)
+  out=$("$hsload" -x 127.0.0.1:$client_port -c 1 -z 20 --ca "$pki/client-trust.pem" "$@" || true)
   [[ $out == *" errors=0 "* ]] || { echo "bench-inspection-latency: hsload failed: $out" >&2; exit 1; }
   grep -o 'p50_ms=[0-9.]*' <<<"$out" | cut -d= -f2
 }
