@@ -367,8 +367,9 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     /// For any use but the kept connection this CONNECT was answered with (`Tunnel.reservation`), or the connection
-    /// whose handshake began early (`Tunnel.early`): that one goes back or is closed, and a connection is dialled now, judged as the CONNECT's would have been; `proceed` then runs with it
-    /// in `tunnel.upstream` (at once when there was no reservation). A failure ends the client's connection,
+    /// whose handshake began early (`Tunnel.early`): that one goes back or is closed, and a connection is dialled
+    /// now, judged as the CONNECT's would have been; `proceed` then runs with it in `tunnel.upstream` (at once when
+    /// there was neither). A failure ends the client's connection,
     /// reported: the client was answered 200 already.
     /// - Parameter metadata: what is reported should the client leave meanwhile or the dial fail (the ClientHello's
     ///   facts, once it is in).
