@@ -182,6 +182,26 @@ import Testing
         #expect(!setup.proxy.stdoutLines.joined().contains("secret"))
     }
 
+    /// Once the agent's clients have settled on an offer (two connections with h2 and http/1.1), a CONNECT begins its
+    /// upstream handshake before its ClientHello is in (`EarlyUpstreamHandshake`): what the origin sends as soon as
+    /// h2 is chosen (its SETTINGS) waits for the client's connection, which then speaks h2 as any other.
+    @Test func anUpstreamHandshakeBegunEarlyServesHTTP2() throws {
+        let setup = try setUp()
+        for round in 1...4 {
+            let result = try runCommand(
+                Paths.which("curl"),
+                ["-sS", "--max-time", "10", "--http2", "-x", "http://127.0.0.1:\(setup.proxyPort)", "--cacert",
+                 setup.inspectionCA, "-w", " %{http_version}\n", "https://localhost:\(setup.originPort)/size/5"],
+                timeout: 30)
+            #expect(result.status == 0 && result.stdout == "01234 2", "round \(round): \(result.stdout) \(result.stderr)")
+        }
+        let actions = try setup.waitForActions(4)
+        #expect(actions.allSatisfy { $0["protocol"] as? String == "h2" && $0["status"] as? Int == 200 }, "\(actions)")
+        let metrics = try AdminTests().get(try setup.proxy.adminPort(), "/metrics").body
+        #expect(AdminTests.value(metrics, #"kaizen_egress_upstream_early_handshakes_total{outcome="used"}"#) == 2, "\(metrics)")
+        #expect(AdminTests.value(metrics, #"kaizen_egress_upstream_early_handshakes_total{outcome="discarded"}"#) == 0)
+    }
+
     @Test func nghttpSpeaksHTTP2ThroughTheInspection() throws {
         let setup = try setUp()
         let (shim, shimPort) = try connectShim(setup)
