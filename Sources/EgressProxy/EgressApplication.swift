@@ -43,8 +43,11 @@ public struct EgressApplication: Sendable {
         self.metrics = metrics
         actionLog = configuration.local ? LocalActionLog(logger: logger) : nil
         auditLog = try configuration.auditLogPath.map { try Self.makeAuditLog(configuration, path: $0, logger: logger) }
+        // Before the control plane's TLS context: that leaves the inspection CA out of its trust too.
+        let inspection = try Inspection.make(configuration, logger: logger, metrics: metrics)
         if let apiKey = configuration.apiKey {
-            let (endpoint, tls) = try Self.controlPlane(configuration)
+            let (endpoint, tls) = try Self.controlPlane(
+                configuration, distrusting: inspection?.authority.certificate, logger: logger)
             reporter = try Self.makeReporter(
                 configuration, endpoint: endpoint, tls: tls, apiKey: apiKey, metrics: metrics, logger: logger)
             policyStore = PolicyStore(
@@ -98,7 +101,6 @@ public struct EgressApplication: Sendable {
         if let reporter { sinks.append(reporter) }
         if let extraSink { sinks.append(extraSink) }
         let sink: any ActionSink = sinks.count == 1 ? sinks[0] : FanOutSink(sinks)
-        let inspection = try Inspection.make(configuration, logger: logger, metrics: metrics)
         let policy = policyStore.map {
             PolicyCheck(store: $0, enforcing: configuration.policyMode == .enforce, failClosed: configuration.policyFailClosed)
         }
@@ -334,8 +336,12 @@ public struct EgressApplication: Sendable {
     }
 
     /// Where the control plane is and the TLS context that verifies it (nil for http on loopback).
+    /// - Parameter inspectionCA: the CA that mints the leaves shown to clients, in inspection mode. It is never
+    ///   trusted for the control plane either, whichever trust store holds it: anyone with its key could otherwise
+    ///   pose as the control plane (take the API key, serve policies). A warning names `KAIZEN_API_CA_FILE` when it
+    ///   holds it (the default store is named by inspection's own warnings).
     private static func controlPlane(
-        _ configuration: ProxyConfiguration
+        _ configuration: ProxyConfiguration, distrusting inspectionCA: OpenSSLCertificate?, logger: Logger
     ) throws(ConfigurationError) -> (ControlPlaneEndpoint, OpenSSLContext?) {
         let endpoint: ControlPlaneEndpoint
         do {
@@ -349,6 +355,12 @@ public struct EgressApplication: Sendable {
             settings.additionalTrustFile = configuration.apiCAFile
             // Its connections pass no session key: no session cache (only inspection's upstream context resumes).
             settings.sessionLifetime = 0
+            if let inspectionCA {
+                settings.distrustedIssuers = [inspectionCA]
+                for warning in Inspection.distrustWarnings(settings, ca: inspectionCA, forControlPlane: true) {
+                    logger.warning("\(warning)")
+                }
+            }
             do {
                 tls = try OpenSSLContext(configuration: settings)
             } catch {

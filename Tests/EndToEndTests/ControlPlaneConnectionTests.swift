@@ -182,6 +182,41 @@ import Testing
         #expect(!mock.stdoutLines.contains { $0.hasPrefix("RECEIVED") })
     }
 
+    /// The proxy never trusts its inspection CA for the control plane either: a control plane whose certificate that
+    /// CA issued (what anyone holding its key can make) is refused, even when KAIZEN_API_CA_FILE or SSL_CERT_FILE in
+    /// the proxy's environment holds the CA, so the API key is never sent to it. The log says why.
+    @Test(arguments: ["KAIZEN_API_CA_FILE", "SSL_CERT_FILE"])
+    func aControlPlaneWithALeafFromTheInspectionCAIsRefused(_ trustVariable: String) throws {
+        // The test PKI's CA as the inspection CA: the mock's certificate is one of its leaves.
+        let pki = try TestPKI.mint()
+        let (mock, mockPort) = try startMock(pki)
+        defer { withExtendedLifetime(mock) {} }
+        let proxy = try ChildProcess(
+            Paths.proxyBinary, ["--port", "0"],
+            environment: ProxyEnvironment.make([
+                "KAIZEN_API_KEY": Self.key, "KAIZEN_API_URL": "https://localhost:\(mockPort)",
+                trustVariable: pki.caCertificate, "KAIZEN_SPOOL_DIR": pki.directory + "/spool", "KAIZEN_LOCAL": "1",
+                "KAIZEN_CA_CERT": pki.caCertificate, "KAIZEN_CA_KEY": pki.directory + "/ca.key",
+            ]))
+        let port = try proxy.listeningPort()
+        let closed = try FreePort.refusing()
+        _ = try runCommand(
+            Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(port)", "http://127.0.0.1:\(closed)/"])
+        _ = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
+        let refused = try proxy.waitForStderr(containing: "control plane unreachable", timeout: 30)
+        #expect(refused.contains("certificate verification: unable to get local issuer certificate"), "\(refused)")
+        let warning = trustVariable == "SSL_CERT_FILE"
+            ? "SSL_CERT_FILE=\(pki.caCertificate) in the proxy's own environment holds the inspection CA"
+            : "KAIZEN_API_CA_FILE=\(pki.caCertificate) holds the inspection CA (KAIZEN_CA_CERT, "
+        #expect(proxy.stderr.contains(warning), "\(proxy.stderr)")
+        #expect(proxy.stderr.contains("never trusted for the control plane") || trustVariable == "SSL_CERT_FILE")
+        // Never past the handshake: no action, no policy request, no API key.
+        #expect(!mock.stdoutLines.contains { $0.contains("RECEIVED") || $0.hasPrefix("POLICY") }, "\(mock.stdoutLines)")
+        #expect(!proxy.stderr.contains(Self.key))
+        proxy.signal(SIGTERM)
+        _ = try? proxy.waitForExit(timeout: 30)
+    }
+
     @Test(arguments: [
         ("https://api.getkaizen.io", true, "api.getkaizen.io", 443, ""),
         ("http://127.0.0.1:9999/", false, "127.0.0.1", 9999, ""),

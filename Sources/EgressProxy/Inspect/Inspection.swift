@@ -176,9 +176,21 @@ struct Inspection: Sendable {
     /// One line per place the upstream trust reads that holds the inspection CA (by subject and key: a re-issued copy
     /// counts): it is left out of upstream verification all the same, and the line says where it is and how to take
     /// it out.
-    static func distrustWarnings(_ upstream: OpenSSLContext.Configuration, ca: OpenSSLCertificate) -> [String] {
-        let holds = "holds the inspection CA (KAIZEN_CA_CERT, \(ca.subjectDescription)): it is never trusted for upstreams, so an upstream whose chain ends in it is refused as untrusted"
-        return TrustSource.sources(of: upstream).filter { $0.holds(sameSubjectAndKeyAs: ca) }.map { source in
+    /// - Parameter forControlPlane: `trust` is the control plane's: only its own file (`KAIZEN_API_CA_FILE`) is
+    ///   named, the default store it shares with upstreams being named by their warnings.
+    static func distrustWarnings(
+        _ trust: OpenSSLContext.Configuration, ca: OpenSSLCertificate, forControlPlane: Bool = false
+    ) -> [String] {
+        if forControlPlane {
+            guard let file = trust.additionalTrustFile,
+                TrustSource.additionalFile(path: file).holds(sameSubjectAndKeyAs: ca)
+            else { return [] }
+            return [
+                "\(ConfigurationKey.apiCAFile.variable)=\(file) holds the inspection CA (KAIZEN_CA_CERT, \(ca.subjectDescription)): it is never trusted for the control plane, so a control plane whose chain ends in it is refused as untrusted; take it out of that file, which is for the CA of the control plane's certificate"
+            ]
+        }
+        let holds = "holds the inspection CA (KAIZEN_CA_CERT, \(ca.subjectDescription)): it is never trusted for upstreams or the control plane, so a server whose chain ends in it is refused as untrusted"
+        return TrustSource.sources(of: trust).filter { $0.holds(sameSubjectAndKeyAs: ca) }.map { source in
             switch source {
             case .defaultFile(let path, let variable?):
                 "\(variable)=\(path) in the proxy's own environment \(holds); unset \(variable) for the proxy (a bundle with the CA, as ca doctor --write-bundle writes, is for the agent's clients)"
