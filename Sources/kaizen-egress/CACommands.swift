@@ -1,4 +1,5 @@
 import ArgumentParser
+import EgressProxy
 import Foundation
 import Interception
 import OpenSSLTLS
@@ -112,6 +113,11 @@ struct CADoctor: ParsableCommand {
         print("  valid until \(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(ca.notAfter))))")
         print("  checks: certificates only, in chain order; key matches; CA:TRUE (critical); keyCertSign; subjectKeyIdentifier; EKU allows serverAuth; in validity; keys and signatures strong enough for TLS; key file private: OK")
         for warning in warnings { print("  warning: \(warning)") }
+        // The start's own warnings, for the trust stores a proxy started from this environment would read.
+        let trust = InspectionCATrust.warnings(
+            ca: ca, upstreamCAFile: environment["KAIZEN_UPSTREAM_CA_FILE"].flatMap { $0.isEmpty ? nil : $0 },
+            apiCAFile: environment["KAIZEN_API_CA_FILE"].flatMap { $0.isEmpty ? nil : $0 })
+        for warning in trust { print("  warning: \(warning)") }
         if ca.hasNameConstraints { print("  name constraints: names outside them are passed through, not inspected") }
 
         var bundlePath = "BUNDLE"

@@ -779,5 +779,20 @@ import Testing
         #expect(try twice.waitForExit(timeout: 30) == 2)
         #expect(twice.stderr.contains("already exists, and is never replaced: remove it or give another path"), "\(twice.stderr)")
         #expect(try String(contentsOfFile: pki.directory + "/bundle.pem", encoding: .utf8) == bundle)
+        // The bundle exported as SSL_CERT_FILE where the doctor runs (and the proxy would start): the doctor warns as
+        // the proxy's start does, with the same line; without it, no such warning.
+        #expect(!text.contains("holds the inspection CA"), "\(text)")
+        let exported = try ChildProcess(
+            Paths.proxyBinary, ["ca", "doctor"],
+            environment: Self.environment([
+                "KAIZEN_CA_CERT": directory + "/ca.pem", "KAIZEN_CA_KEY": directory + "/ca.key",
+                "SSL_CERT_FILE": pki.directory + "/bundle.pem",
+            ]))
+        #expect(try exported.waitForExit(timeout: 30) == 0, "\(exported.stderr)")
+        let warned = exported.stdoutLines.joined(separator: "\n")
+        #expect(
+            warned.contains(
+                "  warning: SSL_CERT_FILE=\(pki.directory)/bundle.pem in the proxy's own environment holds the inspection CA (KAIZEN_CA_CERT, "
+            ) && warned.contains("unset SSL_CERT_FILE for the proxy"), "\(warned)")
     }
 }
