@@ -120,7 +120,8 @@ import Testing
 
     /// Frames NIO queues for a stream the proxy is not reading are bounded only by flow control for DATA: a client
     /// that floods WINDOW_UPDATEs on a stalled stream, or an origin that sends heads without end, has its connection
-    /// closed before they pile up (a stream of its own, legitimate traffic, is untouched: the other tests).
+    /// closed before they pile up (a stream of its own, legitimate traffic, is untouched: the other tests). The
+    /// flooded stream's action says why it was cut, as the log does.
     @Test func aStreamFloodedWithFramesClosesTheConnection() throws {
         let setup = try setUp()
         let updates = try h2Client("flood", setup, ["--count", "2000"])
@@ -129,6 +130,16 @@ import Testing
         let heads = try h2Client("flood", setup, ["--path", "/many-103"])
         #expect(heads["closed"] as? Bool == true, "\(heads)")
         _ = try setup.proxy.waitForStderr(containing: "the upstream flooded a stream", timeout: 10)
+        let actions = try setup.waitForActions(2)
+        func error(_ path: String) -> String? {
+            actions.first { $0["path"] as? String == path }?["error"] as? String
+        }
+        #expect(
+            error("/size/1000000")?.hasPrefix("connection closed: the client flooded a stream (") == true
+                && error("/size/1000000")?.contains("WINDOW_UPDATE frames on stream ") == true, "\(actions)")
+        #expect(
+            error("/many-103")?.hasPrefix("connection closed: the upstream flooded a stream (") == true
+                && error("/many-103")?.contains("HEADERS frames on stream ") == true, "\(actions)")
     }
 
     /// An origin that answers and then resets the stream with NO_ERROR (stopping an upload it does not need, as

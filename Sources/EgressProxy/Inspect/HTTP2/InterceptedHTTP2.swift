@@ -72,7 +72,10 @@ final class InterceptedHTTP2 {
         }
         let clientParent = InterceptedHTTP2ParentHandler(side: .client, http2: self, connection: connection)
         self.clientParent = clientParent
-        let clientGuard = Self.floodGuard(prefaceFrom: .inbound, side: "client", connection: connection) { reset in
+        let clientGuard = Self.floodGuard(
+            prefaceFrom: .inbound, side: "client", connection: connection,
+            onFlood: { loopBound.value.flooded(side: "client", $0) }
+        ) { reset in
             loopBound.value.resetWritten(reset)
         }
         try InterceptedConnection.addAfterHandshakeHandler(client, [clientGuard, clientHandler, clientParent])
@@ -98,17 +101,24 @@ final class InterceptedHTTP2 {
         self.upstreamParent = upstreamParent
         try InterceptedConnection.addAfterHandshakeHandler(
             upstream,
-            [Self.floodGuard(prefaceFrom: .outbound, side: "upstream", connection: connection), upstreamHandler, upstreamParent])
+            [
+                Self.floodGuard(
+                    prefaceFrom: .outbound, side: "upstream", connection: connection,
+                    onFlood: { loopBound.value.flooded(side: "upstream", $0) }),
+                upstreamHandler, upstreamParent,
+            ])
         upstreamMultiplexer = try upstreamHandler.syncMultiplexer()
     }
 
     /// Resets the upstream may send in 30 s before NIO ends its connection (NIO's default, for servers, is 200).
     static let upstreamResetLimit = 10_000
 
-    /// The side's flood guard: a flood is logged, and the connection closes (its streams are reported as cut).
-    /// On the client's side it also passes on the resets written to the client (`resetWritten`).
+    /// The side's flood guard: a flood is logged, and the connection closes (its streams are reported as cut, with
+    /// the flood as their error: `onFlood`, `closedByFlood`). On the client's side it also passes on the resets
+    /// written to the client (`resetWritten`).
     private static func floodGuard(
         prefaceFrom: HTTP2FrameCounter.Direction, side: String, connection: InterceptedConnection,
+        onFlood: @escaping (String) -> Void,
         onReset: ((HTTP2FrameCounter.Reset) -> Void)? = nil
     ) -> HTTP2FloodGuardHandler {
         let logger = connection.logger
@@ -119,6 +129,7 @@ final class InterceptedHTTP2 {
                 logger.warning(
                     "closing an inspected HTTP/2 connection: the \(side) flooded a stream",
                     metadata: ["target": "\(target)", "side": "\(side)", "flood": "\(flood)"])
+                onFlood(flood)
             },
             onReset: onReset)
     }
@@ -249,6 +260,15 @@ final class InterceptedHTTP2 {
         default:
             break
         }
+    }
+
+    /// Why the connection was closed, once a side flooded a stream: the error of every stream it cut, so the action
+    /// says what the log says (the first flood only: both sides close after it).
+    private(set) var closedByFlood: String?
+
+    func flooded(side: String, _ flood: String) {
+        guard closedByFlood == nil else { return }
+        closedByFlood = "connection closed: the \(side) flooded a stream (\(flood))"
     }
 
     /// Whether an upstream stream was closed unprocessed by the upstream's GOAWAY (its ID above the last one the

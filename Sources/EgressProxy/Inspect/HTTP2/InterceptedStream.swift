@@ -433,8 +433,9 @@ final class InterceptedStream {
     private func finish(error: String) {
         endWait?.cancel()
         endWait = nil
-        // The machine reports once: nil when it was reported already.
-        if let (exchange, why) = machine.ended(error) {
+        // The machine reports once: nil when it was reported already. A stream cut by a flood's close says so, not
+        // only how it ended.
+        if let (exchange, why) = machine.ended(http2.closedByFlood ?? error) {
             connection.report(exchange, startedAt: startedAt, policy: policy, error: why)
         }
     }
