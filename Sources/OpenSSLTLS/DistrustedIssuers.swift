@@ -10,7 +10,7 @@ internal import CSSL
 /// `X509_STORE_set_lookup_certs`) go through filters that leave such certificates out, wherever the store found
 /// them (a file, a hashed directory loaded on demand): verification then fails as for any root the store lacks
 /// (`unable to get local issuer certificate`, or `self-signed certificate in certificate chain` when the server sent
-/// the root itself).
+/// the root itself), and the connection's error adds that the issuer is the inspection CA (`issuerReason`).
 final class DistrustedIssuers {
     private let certificates: [OpenSSLCertificate]
 
@@ -58,10 +58,35 @@ final class DistrustedIssuers {
     static let rejectionReason =
         "the chain includes the inspection CA (KAIZEN_CA_CERT), which is never trusted for upstreams"
 
+    /// What a verification result that found no trusted issuer adds when a distrusted certificate issued one of the
+    /// server's certificates (`issuedAny`): the store had left it out, and plain `unable to get local issuer
+    /// certificate` would not say why a chain to a CA the store holds failed.
+    static let issuerReason =
+        "its issuer is the inspection CA (KAIZEN_CA_CERT), which the proxy never trusts for its own connections"
+
+    /// The verification results of a chain that reached no trusted issuer.
+    static let missingIssuerResults: Set<Int> = [
+        Int(X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT), Int(X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY),
+        Int(X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE), Int(X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN),
+    ]
+
+    /// Whether one of these certificates issued a certificate of `chain` (the server's, as sent), by name and key
+    /// identifier (`X509_check_issued`).
+    func issuedAny(of chain: OpaquePointer) -> Bool {
+        (0..<OPENSSL_sk_num(chain)).contains { index in
+            guard let raw = OPENSSL_sk_value(chain, index) else { return false }
+            return certificates.contains { X509_check_issued($0.pointer, OpaquePointer(raw)) == X509_V_OK }
+        }
+    }
+
     static func of(_ storeContext: OpaquePointer) -> DistrustedIssuers? {
-        guard let store = X509_STORE_CTX_get0_store(storeContext),
-            let pointer = X509_STORE_get_ex_data(store, exDataIndex)
-        else { return nil }
+        guard let store = X509_STORE_CTX_get0_store(storeContext) else { return nil }
+        return of(store: store)
+    }
+
+    /// The filter installed on `store`, if any.
+    static func of(store: OpaquePointer) -> DistrustedIssuers? {
+        guard let pointer = X509_STORE_get_ex_data(store, exDataIndex) else { return nil }
         return Unmanaged<DistrustedIssuers>.fromOpaque(pointer).takeUnretainedValue()
     }
 }

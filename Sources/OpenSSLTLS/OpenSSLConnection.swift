@@ -342,9 +342,21 @@ public final class OpenSSLConnection {
         if verify == Int(X509_V_ERR_APPLICATION_VERIFICATION) {
             error.verifyResult = DistrustedIssuers.rejectionReason
         } else if verify != X509_V_OK {
-            error.verifyResult = String(cString: X509_verify_cert_error_string(verify))
+            var reason = String(cString: X509_verify_cert_error_string(verify))
+            if DistrustedIssuers.missingIssuerResults.contains(verify), distrustedIssuerSigned {
+                reason += ": " + DistrustedIssuers.issuerReason
+            }
+            error.verifyResult = reason
         }
         return error
+    }
+
+    /// Client: whether an issuer the context distrusts (the inspection CA) issued a certificate the server sent.
+    private var distrustedIssuerSigned: Bool {
+        guard let context = SSL_get_SSL_CTX(ssl), let store = SSL_CTX_get_cert_store(context),
+            let distrusted = DistrustedIssuers.of(store: store), let chain = SSL_get_peer_cert_chain(ssl)
+        else { return false }
+        return distrusted.issuedAny(of: chain)
     }
 }
 

@@ -204,7 +204,10 @@ import Testing
             Paths.which("curl"), ["-s", "--max-time", "10", "-x", "http://127.0.0.1:\(port)", "http://127.0.0.1:\(closed)/"])
         _ = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
         let refused = try proxy.waitForStderr(containing: "control plane unreachable", timeout: 30)
-        #expect(refused.contains("certificate verification: unable to get local issuer certificate"), "\(refused)")
+        #expect(
+            refused.contains(
+                "certificate verification: unable to get local issuer certificate: its issuer is the inspection CA (KAIZEN_CA_CERT), which the proxy never trusts for its own connections"
+            ), "\(refused)")
         let warning = trustVariable == "SSL_CERT_FILE"
             ? "SSL_CERT_FILE=\(pki.caCertificate) in the proxy's own environment holds the inspection CA"
             : "KAIZEN_API_CA_FILE=\(pki.caCertificate) holds the inspection CA (KAIZEN_CA_CERT, "

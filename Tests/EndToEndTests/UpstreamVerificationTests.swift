@@ -226,7 +226,10 @@ struct UpstreamCertificates {
             let refused = try curl(mitmPort)
             #expect(refused.status == 35 && refused.stdout.isEmpty, "\(testCase.environment): \(refused)")
             let action = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
-            #expect(action.contains("upstream certificate verification failed: unable to get local issuer certificate"), "\(action)")
+            #expect(
+                action.contains(
+                    "upstream certificate verification failed: unable to get local issuer certificate: its issuer is the inspection CA (KAIZEN_CA_CERT)"),
+                "\(action)")
             #expect(action.contains(#""inspection":"upstream not trusted""#) && action.contains(#""intercepted":false"#), "\(action)")
             if testCase.environment["SSL_CERT_FILE"] != nil {
                 let served = try curl(goodPort)
