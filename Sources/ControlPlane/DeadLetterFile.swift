@@ -24,7 +24,9 @@ package struct DeadLetterFile: Sendable {
 
     /// Appends `line` (newline included) and makes it durable (fsynced; the directory too when the file was created
     /// or rotated), so the caller may then record the action as done in the spool: a crash of the machine never
-    /// leaves it marked done there and absent here. The `errno` of a failure, nil when written and synced.
+    /// leaves it marked done there and absent here. The `errno` of a failure, nil when written and synced. A failed
+    /// write or fsync is cut back off the file (as far as the disk lets it), so the line, tried again later, is
+    /// written whole, once.
     package func append(_ line: [UInt8]) -> Int32? {
         var info = stat()
         var created = stat(path, &info) != 0
@@ -35,8 +37,12 @@ package struct DeadLetterFile: Sendable {
         let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return errno }
         defer { close(fd) }
-        if let failure = line.withUnsafeBytes({ FileIO.writeFully(fd, $0) }) { return failure }
-        if let failure = FileIO.sync(fd, path: path) { return failure }
+        var before = stat()
+        guard fstat(fd, &before) == 0 else { return errno }
+        if let failure = line.withUnsafeBytes({ FileIO.writeFully(fd, $0) }) ?? FileIO.sync(fd, path: path) {
+            _ = ftruncate(fd, before.st_size)
+            return failure
+        }
         return created ? FileIO.syncDirectory(directory) : nil
     }
 }

@@ -76,6 +76,7 @@ public final class Reporter: ActionSink, Service {
     private let spoolBox: Mutex<Spool?>
     private let dropLog = Mutex(LogEvery())
     private let deadLetterLog = Mutex(LogEvery())
+    private let deadLetterWriteLog = Mutex(LogEvery())
     private let writeLog = Mutex(LogEvery())
     /// The queue overflowing (a burst the spool writer cannot keep up with) is logged once a minute, with a count.
     private let queueFullLog = Mutex(LogEvery())
@@ -320,13 +321,28 @@ public final class Reporter: ActionSink, Service {
         var pipeline = true
         // Server errors per record while others were accepted (DeliveryRound), for records not yet done.
         var serverErrors: [Spool.Position: Int] = [:]
+        // Records to set aside whose dead-letter line could not be written: kept in the spool (not sent again),
+        // the line tried again each round; `unwrittenRetries` spaces the tries while nothing else is to send.
+        var unwritten: [Spool.Position: SetAside] = [:]
+        var unwrittenRetries = 0
         while !isFinished {
             _ = spooled.takeAll()
+            if !unwritten.isEmpty {
+                retrySetAside(&unwritten)
+                unwrittenRetries = unwritten.isEmpty ? 0 : unwrittenRetries + 1
+            }
             // After a connection closed behind an answer, one request per connection until they stay open.
             let perConnection = pipeline ? configuration.inFlight : 1
-            let batch = spoolBox.withLock { $0?.peek(limit: perConnection * configuration.connections) ?? [] }
+            let limit = perConnection * configuration.connections
+            let batch = Array(
+                spoolBox.withLock { $0?.peek(limit: limit + unwritten.count) ?? [] }
+                    .lazy.filter { unwritten[$0.0] == nil }.prefix(limit))
             if batch.isEmpty {
-                await spooled.waitForItems()
+                if unwritten.isEmpty {
+                    await spooled.waitForItems()
+                } else {
+                    await waitForSpooled(atMost: retryDelay(unwrittenRetries))
+                }
                 continue
             }
             do {
@@ -359,7 +375,7 @@ public final class Reporter: ActionSink, Service {
             let round = DeliveryRound(
                 answers: zip(answers, alone).map(Self.answer), serverErrors: batch.map { serverErrors[$0.0] ?? 0 })
             pipeline = round.pipeline
-            settle(round, batch: batch, answers: answers)
+            settle(round, batch: batch, answers: answers, unwritten: &unwritten)
             for (index, entry) in batch.enumerated() {
                 if round.fates[index] == .retry, round.serverErrors[index] > 0 {
                     serverErrors[entry.0] = round.serverErrors[index]
@@ -486,23 +502,33 @@ public final class Reporter: ActionSink, Service {
     /// Records in the spool what the round finished, each on its own (setting aside the refused ones first, each
     /// fsynced in the dead-letter file before the spool records it done, so a crash of the machine cannot lose it
     /// from both): the done prefix of the batch is acknowledged, the records done behind one still to send are settled.
-    private func settle(_ round: DeliveryRound, batch: [(Spool.Position, [UInt8])], answers: [Outcome]) {
+    /// A record whose dead-letter line could not be written is not done: it stays in the spool, in `unwritten`.
+    private func settle(
+        _ round: DeliveryRound, batch: [(Spool.Position, [UInt8])], answers: [Outcome],
+        unwritten: inout [Spool.Position: SetAside]
+    ) {
+        var fates = round.fates
         for (index, fate) in round.fates.enumerated() {
             let response: ControlPlaneResponse? = if case .success(let response) = answers[index] { response } else { nil }
+            let entry: SetAside
             switch fate {
             case .rejected:
                 configuration.metrics?.deliveryRejected()
-                deadLetter(batch[index].1, response: response, reason: "rejected")
+                entry = SetAside(batch[index].1, response: response, reason: "rejected")
             case .failedRepeatedly:
                 let timedOut = if case .failure(let error) = answers[index] { error is ControlPlaneTimeout } else { false }
-                deadLetter(batch[index].1, response: response, reason: "failed_repeatedly", timedOut: timedOut)
-            case .accepted, .retry: break
+                entry = SetAside(batch[index].1, response: response, reason: "failed_repeatedly", timedOut: timedOut)
+            case .accepted, .retry: continue
+            }
+            if !deadLetter(entry) {
+                unwritten[batch[index].0] = entry
+                fates[index] = .retry
             }
         }
-        let done = round.donePrefix
+        let done = fates.firstIndex(of: .retry) ?? fates.count
         spoolBox.withLock { spool in
             guard let spool else { return }
-            for index in done..<batch.count where round.fates[index] != .retry {
+            for index in done..<batch.count where fates[index] != .retry {
                 spool.settle(batch[index].0)
             }
             if done > 0 { spool.acknowledge(through: batch[done - 1].0) }
@@ -513,41 +539,102 @@ public final class Reporter: ActionSink, Service {
         }
     }
 
-    /// Sets a record the control plane will not take aside, with its answer: `reason` is rejected (400, 413, 422)
-    /// or failed_repeatedly (an error answer, a dropped connection or no answer in time every time, while it accepted
-    /// others; status 0 when there was no answer, `timedOut` when the last attempt had none in time). Counted in
-    /// `actions_dropped_total{stage="dead_letter"}`; logged at most once a minute, with the count since.
-    private func deadLetter(_ record: [UInt8], response: ControlPlaneResponse?, reason: String, timedOut: Bool = false) {
-        let file = DeadLetterFile(directory: configuration.spoolDirectory, maxBytes: configuration.deadLetterMaxBytes)
-        var json = JSONWriter()
-        json.beginObject()
-        json.field("reason", reason)
-        if let response {
-            json.field("status", response.status)
-            json.field("answer", response.body)
-        } else {
-            json.field("status", 0)
-            json.field(
-                "answer",
-                timedOut
-                    ? "no answer: the control plane did not answer in time"
-                    : "no answer: the control plane closed the connection")
+    /// A record the control plane will not take, with its answer, as a line of the dead-letter file: `reason` is
+    /// rejected (400, 413, 422) or failed_repeatedly (an error answer, a dropped connection or no answer in time every
+    /// time, while it accepted others; status 0 when there was no answer, `timedOut` when the last attempt had none in
+    /// time).
+    private struct SetAside {
+        var line: [UInt8]
+        var reason: String
+        var status: Int
+
+        init(_ record: [UInt8], response: ControlPlaneResponse?, reason: String, timedOut: Bool = false) {
+            var json = JSONWriter()
+            json.beginObject()
+            json.field("reason", reason)
+            if let response {
+                json.field("status", response.status)
+                json.field("answer", response.body)
+            } else {
+                json.field("status", 0)
+                json.field(
+                    "answer",
+                    timedOut
+                        ? "no answer: the control plane did not answer in time"
+                        : "no answer: the control plane closed the connection")
+            }
+            json.field("action", String(decoding: record, as: UTF8.self))
+            json.endObject()
+            line = json.take()
+            line.append(UInt8(ascii: "\n"))
+            self.reason = reason
+            status = response?.status ?? 0
         }
-        json.field("action", String(decoding: record, as: UTF8.self))
-        json.endObject()
-        var line = json.take()
-        line.append(UInt8(ascii: "\n"))
-        let failure = file.append(line)
+    }
+
+    /// Sets a record aside: writes its line to the dead-letter file (fsynced); whether it was written. Set aside, it is
+    /// counted in `actions_dropped_total{stage="dead_letter"}`. Not written (a full disk, an I/O error, no
+    /// permission), it is neither counted nor done: the caller keeps it in the spool and tries again. Each is logged
+    /// at most once a minute, with the count since.
+    private func deadLetter(_ entry: SetAside) -> Bool {
+        let file = DeadLetterFile(directory: configuration.spoolDirectory, maxBytes: configuration.deadLetterMaxBytes)
+        if let failure = file.append(entry.line) {
+            if let count = deadLetterWriteLog.withLock({ $0.note() }) {
+                logger.error(
+                    "cannot write the dead-letter file \(file.path): an action the control plane will not take is kept in the spool, not dropped, and setting it aside is tried again at the next delivery round (logged at most once a minute, with the count)",
+                    metadata: [
+                        "error": "\(FileIO.reason(failure))", "status": "\(entry.status)", "reason": "\(entry.reason)",
+                        "actions": "\(count)",
+                    ]
+                )
+            }
+            return false
+        }
         configuration.metrics?.dropped(1, stage: "dead_letter")
-        guard let count = deadLetterLog.withLock({ $0.note() }) else { return }
-        var metadata: Logger.Metadata = ["status": "\(response?.status ?? 0)", "reason": "\(reason)", "actions": "\(count)"]
-        if let failure { metadata["error"] = "\(FileIO.reason(failure))" }
+        guard let count = deadLetterLog.withLock({ $0.note() }) else { return true }
         logger.error(
-            reason == "rejected"
+            entry.reason == "rejected"
                 ? "the control plane rejected an action; it is set aside in \(file.path) (logged at most once a minute, with the count)"
                 : "the control plane failed an action \(DeliveryRound.failedAttempts) times while accepting others (error answers, dropped connections or no answer in time); it is set aside in \(file.path) (logged at most once a minute, with the count)",
-            metadata: metadata
+            metadata: ["status": "\(entry.status)", "reason": "\(entry.reason)", "actions": "\(count)"]
         )
+        return true
+    }
+
+    /// Tries again to set aside the records whose dead-letter line could not be written, oldest first; each one
+    /// written is done in the spool. One that the spool's cap dropped meanwhile (counted there) is forgotten.
+    private func retrySetAside(_ unwritten: inout [Spool.Position: SetAside]) {
+        for position in unwritten.keys.sorted() {
+            let front = spoolBox.withLock { $0?.front }
+            if let front, position <= front {
+                unwritten[position] = nil
+                continue
+            }
+            guard let entry = unwritten[position], deadLetter(entry) else { return }  // still failing: later
+            unwritten[position] = nil
+            spoolBox.withLock { spool in
+                guard let spool else { return }
+                spool.release()
+                spool.settle(position)
+                spool.acknowledge(through: spool.front)  // moves the read position over it when it was the oldest
+            }
+        }
+    }
+
+    /// How long to wait, with nothing else to send, before trying again to write dead-letter lines that failed
+    /// `retries` times in a row: 1 s, doubling, up to `backoffCap`.
+    private func retryDelay(_ retries: Int) -> Duration {
+        min(configuration.backoffCap, .seconds(1) * (1 << min(retries, 10)))
+    }
+
+    /// Returns once the spool writer adds something, or after `duration` (or at shutdown).
+    private func waitForSpooled(atMost duration: Duration) async {
+        let timer = Task { [spooled] in
+            guard (try? await Task.sleep(for: duration)) != nil else { return }
+            spooled.wake()
+        }
+        await spooled.waitForItems()
+        timer.cancel()
     }
 
     /// Actions not yet accepted by the control plane (in memory and in the spool) and the spool's size on disk.

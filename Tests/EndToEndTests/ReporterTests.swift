@@ -390,6 +390,55 @@ import Testing
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 
+    /// An action the control plane rejects while the dead-letter file cannot be written (here a directory stands
+    /// where it goes, which no write gets past, root's included) is not lost: it stays in the spool, is not counted as
+    /// dropped, and one line says so; once the file can be written it is set aside without being sent again.
+    @Test func anActionThatCannotBeSetAsideStaysInTheSpoolUntilItCanBe() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        let spool = pki.directory + "/spool"
+        let port = try FreePort.closed()
+        let (proxy, ids) = try runProxy(environment(pki, controlPlanePort: port, spool: spool), connections: 3)
+        let refused = ids[1]
+        let deadLetter = spool + "/dead-letter.jsonl"
+        try FileManager.default.createDirectory(atPath: deadLetter, withIntermediateDirectories: false)
+        try "reject \(refused)".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        try waitForDelivery(ids.filter { $0 != refused }, at: mock)
+        _ = try mock.waitForLine(timeout: 30) { $0 == "REJECTED \(refused)" }
+        let cannotWrite = "cannot write the dead-letter file \(deadLetter): an action the control plane will not take is kept in the spool"
+        _ = try? proxy.waitForStderr(containing: cannotWrite, timeout: 30)
+        #expect(proxy.stderr.contains(cannotWrite), "\(proxy.stderr)")
+        #expect(proxy.stderr.contains("error=Is a directory"))
+        // Kept: still waiting in the spool, not counted as set aside (dropped), not reported as set aside.
+        // (The depth counts the segment being read whole, so the action delivered before it counts too.)
+        #expect((try metric(proxy, "kaizen_egress_reporter_queue_depth") ?? 0) >= 1)
+        #expect(try metric(proxy, #"kaizen_egress_actions_dropped_total{stage="dead_letter"}"#) == 0)
+        #expect(!proxy.stderr.contains("rejected an action; it is set aside"))
+        func spooled(_ id: String) throws -> Bool {
+            try FileManager.default.contentsOfDirectory(atPath: spool).filter { $0.hasPrefix("segment-") }.contains { name in
+                String(decoding: try Data(contentsOf: URL(fileURLWithPath: spool + "/" + name)), as: UTF8.self).contains(id)
+            }
+        }
+        #expect(try spooled(refused))
+
+        // The file can be written again: the action is set aside (with the control plane's answer), counted, and
+        // gone from the spool, without another request.
+        try FileManager.default.removeItem(atPath: deadLetter)
+        _ = try? proxy.waitForStderr(containing: "rejected an action; it is set aside", timeout: 60)
+        let letters = (try? String(contentsOfFile: deadLetter, encoding: .utf8)) ?? ""
+        #expect(letters.split(separator: "\n").count == 1 && letters.contains(refused), "\(letters)")
+        #expect(letters.contains(#""reason":"rejected""#) && letters.contains("this action is invalid"))
+        #expect(try metric(proxy, #"kaizen_egress_actions_dropped_total{stage="dead_letter"}"#, reaching: 1) == 1)
+        #expect(try metric(proxy, "kaizen_egress_reporter_queue_depth", reaching: 0) == 0)
+        #expect(mock.stdoutLines.filter { $0 == "REJECTED \(refused)" }.count == 1)
+        #expect(proxy.stderr.components(separatedBy: cannotWrite).count - 1 == 1, "one line a minute")
+        #expect(!letters.contains(ControlPlaneConnectionTests.key) && !proxy.stderr.contains(ControlPlaneConnectionTests.key))
+        proxy.signal(SIGTERM)
+        #expect(try proxy.waitForExit(timeout: 30) == 0)
+    }
+
     /// One action the control plane never answers (it holds the request until the timeout), while it accepts the
     /// others: the actions pipelined behind it on its connection get no answer either, but none of them is blamed or
     /// set aside; they are delivered, each once, when the next round sends each request alone. The one that hangs
