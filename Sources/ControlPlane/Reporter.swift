@@ -318,6 +318,9 @@ public final class Reporter: ActionSink, Service {
         }
         var failures = 0
         var health = Health.unknown
+        // Whether a request got no answer in time while the control plane answered others: the rounds send each
+        // request alone until the record it hangs on is found (`DeliveryRound`).
+        var isolating = false
         var pipeline = true
         // Server errors per record while others were accepted (DeliveryRound), for records not yet done.
         var serverErrors: [Spool.Position: Int] = [:]
@@ -401,6 +404,26 @@ public final class Reporter: ActionSink, Service {
                 case nil: nil
                 }
             if let reason { configuration.metrics?.deliveryFailed(reason: reason, reachable: round.progressed) }
+            // No answer in time to a request the control plane took, while it answers others (this round, or it was
+            // reachable before and only one request alone went unanswered): not an outage, nor a refused key, but a
+            // record it hangs on, which the next rounds look for by sending each request alone. Said once, in those
+            // words, until a round has no timeout; more than one request alone unanswered in a round that did
+            // nothing is a control plane that answers nothing (unreachable, below).
+            let timeouts = zip(answers, alone).filter { Self.isAnswerTimeout($0.0) }
+            let onlyTimeouts = answers.allSatisfy { if case .failure = $0 { Self.isAnswerTimeout($0) } else { true } }
+            let hangsOnSome =
+                !timeouts.isEmpty
+                && (round.progressed
+                    || ((isolating || health == .reachable) && onlyTimeouts && timeouts.filter(\.1).count <= 1))
+            if hangsOnSome, !isolating {
+                logger.warning(
+                    "a delivery to the control plane timed out (no answer within KAIZEN_DELIVERY_TIMEOUT) while it answers others: actions are sent one at a time, one request per connection, to find the one it does not answer (set aside after \(DeliveryRound.failedAttempts) timeouts while others are accepted); the rest are delivered meanwhile",
+                    metadata: ["timed_out": "\(timeouts.count)", "backlog": "\(pendingCount())"]
+                )
+            } else if !hangsOnSome, isolating, round.failure == nil {
+                logger.notice("the control plane answers every request in time again", metadata: ["backlog": "\(pendingCount())"])
+            }
+            isolating = hangsOnSome
             switch (round.health, round.failure) {
             case (.unauthorized, .unauthorized(let status)):
                 if health != .unauthorized {
@@ -419,7 +442,7 @@ public final class Reporter: ActionSink, Service {
                     health = .unreachable
                 }
             case (.unreachable, _):
-                if health != .unreachable {
+                if health != .unreachable, !hangsOnSome {
                     logger.warning(
                         "control plane unreachable; actions are spooled",
                         metadata: ["error": "\(Self.firstError(answers))", "backlog": "\(pendingCount())"]
@@ -468,6 +491,11 @@ public final class Reporter: ActionSink, Service {
         case .failure(let error):
             .noAnswer(connectionClosed: !(error is ControlPlaneTimeout), alone: alone)
         }
+    }
+
+    /// Whether the request was sent and its answer did not come in time.
+    private static func isAnswerTimeout(_ outcome: Outcome) -> Bool {
+        if case .failure(let error) = outcome, let timeout = error as? ControlPlaneTimeout { timeout.what == "answer" } else { false }
     }
 
     private static func firstError(_ outcomes: [Outcome]) -> String {

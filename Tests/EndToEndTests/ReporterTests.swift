@@ -489,6 +489,15 @@ import Testing
             if setAsideNow { break }
         }
         #expect(proxy.stderr.contains(setAside), "\(proxy.stderr)")
+        // The log says what happens while it is looked for, once: a delivery timed out, actions go one at a time.
+        // Never that the control plane is unreachable (but for the outage before the mock started) or the key refused.
+        let isolating =
+            "a delivery to the control plane timed out (no answer within KAIZEN_DELIVERY_TIMEOUT) while it answers others: actions are sent one at a time, one request per connection, to find the one it does not answer"
+        let log = proxy.stderr
+        #expect(log.components(separatedBy: isolating).count - 1 == 1, "\(log)")
+        let sinceBack = log.components(separatedBy: "control plane reachable again").dropFirst().joined()
+        #expect(!sinceBack.isEmpty && !sinceBack.contains("control plane unreachable"), "\(log)")
+        #expect(!log.contains("refused the API key") && !log.contains(ControlPlaneConnectionTests.key))
         // Five failed attempts, each a send the control plane hung on (the pipelined ones blamed nothing, so there may
         // be more sends than attempts). How many new actions that took depends on how many rounds the proxy ran on
         // its own meanwhile (others accepted in them make an attempt count), so only an upper bound is asserted.
