@@ -439,6 +439,42 @@ import Testing
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 
+    /// The action kept in the spool because its dead-letter line could not be written survives a kill -9: the
+    /// next run sends it again, and once the control plane refuses it again it is set aside.
+    @Test func anActionThatCannotBeSetAsideSurvivesAKill9() throws {
+        let pki = try TestPKI.mint()
+        let modeFile = pki.directory + "/mode"
+        let spool = pki.directory + "/spool"
+        let port = try FreePort.closed()
+        let settings = environment(pki, controlPlanePort: port, spool: spool)
+        let (proxy, ids) = try runProxy(settings, connections: 3)
+        let refused = ids[1]
+        let deadLetter = spool + "/dead-letter.jsonl"
+        try FileManager.default.createDirectory(atPath: deadLetter, withIntermediateDirectories: false)
+        try "reject \(refused)".write(toFile: modeFile, atomically: true, encoding: .utf8)
+        let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
+        defer { withExtendedLifetime(mock) {} }
+        try waitForDelivery(ids.filter { $0 != refused }, at: mock)
+        _ = try? proxy.waitForStderr(containing: "cannot write the dead-letter file", timeout: 30)
+        #expect(proxy.stderr.contains("cannot write the dead-letter file"))
+        // Counted once the round is recorded in the spool (the others done), so the kill comes after that.
+        #expect(try metric(proxy, "kaizen_egress_actions_delivered_total", reaching: 2) == 2)
+        proxy.signal(SIGKILL)
+        _ = try? proxy.waitForExit(timeout: 10)
+
+        try FileManager.default.removeItem(atPath: deadLetter)
+        let restarted = try ChildProcess(Paths.proxyBinary, ["--port", "0"], environment: settings)
+        _ = try? restarted.waitForStderr(containing: "rejected an action; it is set aside", timeout: 30)
+        #expect(mock.stdoutLines.filter { $0 == "REJECTED \(refused)" }.count == 2)
+        let letters = (try? String(contentsOfFile: deadLetter, encoding: .utf8)) ?? ""
+        #expect(letters.split(separator: "\n").count == 1 && letters.contains(refused), "\(letters)")
+        // Only the kept one was sent again: those accepted before the kill are done.
+        let received = mock.stdoutLines.filter { $0.hasPrefix("RECEIVED") }
+        #expect(received.count == ids.count - 1, "\(received)")
+        restarted.signal(SIGTERM)
+        #expect(try restarted.waitForExit(timeout: 30) == 0)
+    }
+
     /// One action the control plane never answers (it holds the request until the timeout), while it accepts the
     /// others: the actions pipelined behind it on its connection get no answer either, but none of them is blamed or
     /// set aside; they are delivered, each once, when the next round sends each request alone. The one that hangs
