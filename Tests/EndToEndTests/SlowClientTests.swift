@@ -28,13 +28,15 @@ import Testing
         return Proxy(child: child, port: port, pid: child.pid)
     }
 
-    /// One normal request from another loopback address (its own per-client budget), through the proxy.
-    func normalRequest(_ proxy: Proxy, originPort: Int) throws -> Bool {
+    /// One normal request from another loopback address (its own per-client budget), through the proxy: nil when
+    /// answered, else what curl said. (20 s: the whole suite runs beside this test on a machine of two cores; what is
+    /// checked is that the request is served, not how fast.)
+    func normalRequest(_ proxy: Proxy, originPort: Int) throws -> String? {
         let result = try runCommand(Paths.which("curl"), [
-            "-sS", "--max-time", "10", "--interface", "127.0.0.2", "-x", "127.0.0.1:\(proxy.port)",
-            "http://127.0.0.1:\(originPort)/hello",
-        ], timeout: 30)
-        return result.stdout == "hello from origin"
+            "-sS", "--max-time", "20", "--interface", "127.0.0.2", "-x", "127.0.0.1:\(proxy.port)",
+            "-w", "%{stderr}%{http_code} after %{time_total} s", "http://127.0.0.1:\(originPort)/hello",
+        ], timeout: 40)
+        return result.stdout == "hello from origin" ? nil : "curl \(result.status): \(result.stdout) \(result.stderr)"
     }
 
     @Test(.enabled(if: available, "needs slowhttptest (make test installs it when run as root)"), arguments: [
@@ -45,7 +47,7 @@ import Testing
         let (origin, originPort) = try ChildProcess.origin(mode: "http")
         defer { withExtendedLifetime(origin) {} }
         let proxy = try start()
-        #expect(try normalRequest(proxy, originPort: originPort))
+        #expect(try normalRequest(proxy, originPort: originPort) == nil)
         let baselineFiles = proxy.openFiles
         let baselineMemory = proxy.residentKiB
 
@@ -55,9 +57,9 @@ import Testing
         ])
         // Once slowhttptest reports connections held open, normal requests must still go through.
         _ = try attack.waitForLine(timeout: 30) { $0.contains("connected:") && !$0.hasSuffix(" 0") }
-        var served = 0
-        for _ in 0..<20 where try normalRequest(proxy, originPort: originPort) { served += 1 }
-        #expect(served == 20, "\(served) of 20 normal requests succeeded during the attack")
+        var failures: [String] = []
+        for _ in 0..<20 { if let failure = try normalRequest(proxy, originPort: originPort) { failures.append(failure) } }
+        #expect(failures.isEmpty, "\(20 - failures.count) of 20 normal requests succeeded during the attack: \(failures)")
         #expect(try attack.waitForExit(timeout: 90) == 0)
 
         // Afterwards the descriptors come back (polled: the proxy closes them as their connections end, which
@@ -69,6 +71,6 @@ import Testing
         }
         #expect(files <= baselineFiles, "\(files) open descriptors, \(baselineFiles) before")
         #expect(proxy.residentKiB - baselineMemory < 64 * 1024, "RSS \(baselineMemory) KiB before, \(proxy.residentKiB) KiB after")
-        #expect(try normalRequest(proxy, originPort: originPort))
+        #expect(try normalRequest(proxy, originPort: originPort) == nil)
     }
 }
