@@ -390,22 +390,43 @@ import Testing
         #expect(try proxy.waitForExit(timeout: 30) == 0)
     }
 
-    /// An action the control plane rejects while the dead-letter file cannot be written (here a directory stands
-    /// where it goes, which no write gets past, root's included) is not lost: it stays in the spool, is not counted as
-    /// dropped, and one line says so; once the file can be written it is set aside without being sent again.
-    @Test func anActionThatCannotBeSetAsideStaysInTheSpoolUntilItCanBe() throws {
+    /// Three actions made while the control plane is down, a directory where the dead-letter file goes (no write gets
+    /// past it, root's included), then a control plane that rejects the second action and accepts the others, which
+    /// are delivered before this returns.
+    struct UnwritableDeadLetter {
+        let settings: [String: String]
+        let spool: String
+        let deadLetter: String
+        let proxy: ChildProcess
+        let ids: [String]
+        let refused: String
+        let mock: ChildProcess
+    }
+
+    func rejectedWithUnwritableDeadLetter() throws -> UnwritableDeadLetter {
         let pki = try TestPKI.mint()
         let modeFile = pki.directory + "/mode"
         let spool = pki.directory + "/spool"
         let port = try FreePort.closed()
-        let (proxy, ids) = try runProxy(environment(pki, controlPlanePort: port, spool: spool), connections: 3)
+        let settings = environment(pki, controlPlanePort: port, spool: spool)
+        let (proxy, ids) = try runProxy(settings, connections: 3)
         let refused = ids[1]
         let deadLetter = spool + "/dead-letter.jsonl"
         try FileManager.default.createDirectory(atPath: deadLetter, withIntermediateDirectories: false)
         try "reject \(refused)".write(toFile: modeFile, atomically: true, encoding: .utf8)
         let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
-        defer { withExtendedLifetime(mock) {} }
         try waitForDelivery(ids.filter { $0 != refused }, at: mock)
+        return UnwritableDeadLetter(
+            settings: settings, spool: spool, deadLetter: deadLetter, proxy: proxy, ids: ids, refused: refused, mock: mock)
+    }
+
+    /// An action the control plane rejects while the dead-letter file cannot be written (here a directory stands
+    /// where it goes, which no write gets past, root's included) is not lost: it stays in the spool, is not counted as
+    /// dropped, and one line says so; once the file can be written it is set aside without being sent again.
+    @Test func anActionThatCannotBeSetAsideStaysInTheSpoolUntilItCanBe() throws {
+        let setup = try rejectedWithUnwritableDeadLetter()
+        defer { withExtendedLifetime(setup) {} }  // the mock control plane lives as long as the test
+        let (spool, deadLetter, proxy, refused, mock) = (setup.spool, setup.deadLetter, setup.proxy, setup.refused, setup.mock)
         _ = try mock.waitForLine(timeout: 30) { $0 == "REJECTED \(refused)" }
         let cannotWrite = "cannot write the dead-letter file \(deadLetter): an action the control plane will not take is kept in the spool"
         _ = try? proxy.waitForStderr(containing: cannotWrite, timeout: 30)
@@ -442,19 +463,10 @@ import Testing
     /// The action kept in the spool because its dead-letter line could not be written survives a kill -9: the
     /// next run sends it again, and once the control plane refuses it again it is set aside.
     @Test func anActionThatCannotBeSetAsideSurvivesAKill9() throws {
-        let pki = try TestPKI.mint()
-        let modeFile = pki.directory + "/mode"
-        let spool = pki.directory + "/spool"
-        let port = try FreePort.closed()
-        let settings = environment(pki, controlPlanePort: port, spool: spool)
-        let (proxy, ids) = try runProxy(settings, connections: 3)
-        let refused = ids[1]
-        let deadLetter = spool + "/dead-letter.jsonl"
-        try FileManager.default.createDirectory(atPath: deadLetter, withIntermediateDirectories: false)
-        try "reject \(refused)".write(toFile: modeFile, atomically: true, encoding: .utf8)
-        let (mock, _) = try mocks.startMock(pki, port: port, modeFile: modeFile)
-        defer { withExtendedLifetime(mock) {} }
-        try waitForDelivery(ids.filter { $0 != refused }, at: mock)
+        let setup = try rejectedWithUnwritableDeadLetter()
+        defer { withExtendedLifetime(setup) {} }  // the mock control plane lives as long as the test
+        let (settings, deadLetter, proxy, ids, refused, mock) =
+            (setup.settings, setup.deadLetter, setup.proxy, setup.ids, setup.refused, setup.mock)
         _ = try? proxy.waitForStderr(containing: "cannot write the dead-letter file", timeout: 30)
         #expect(proxy.stderr.contains("cannot write the dead-letter file"))
         // Counted once the round is recorded in the spool (the others done), so the kill comes after that.
