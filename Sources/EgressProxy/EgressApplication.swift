@@ -357,7 +357,7 @@ public struct EgressApplication: Sendable {
             settings.sessionLifetime = 0
             if let inspectionCA {
                 settings.distrustedIssuers = [inspectionCA]
-                for warning in Inspection.distrustWarnings(settings, ca: inspectionCA, forControlPlane: true) {
+                if let warning = Inspection.controlPlaneDistrustWarning(apiCAFile: settings.additionalTrustFile, ca: inspectionCA) {
                     logger.warning("\(warning)")
                 }
             }

@@ -85,7 +85,7 @@ public final class LeafCache: Sendable {
     }
 
     /// Mints the leaf for `name` now (on the calling thread) unless it is cached or being minted, before any
-    /// connection asks for it: the proxy's event loop has nothing else to do while a CONNECT's host is resolved.
+    /// connection asks for it (while a CONNECT's host is resolved, its connection has nothing else to wait for).
     /// Counted as a mint, not as a lookup; a name that cannot be minted is left for the connection to find out.
     public func mintAhead(for name: OpenSSLCertificateAuthority.LeafName, on eventLoop: any EventLoop) {
         _ = leaf(for: name, on: eventLoop, ahead: true)

@@ -3,7 +3,8 @@ internal import CSSL
 /// Certificates a client context never takes as an issuer when it verifies a server, even when a trust store it
 /// reads holds them: the inspection CA, whose key mints the leaves the proxy shows its clients. A trust store can
 /// hold it by mistake (`SSL_CERT_FILE` set to the bundle `ca doctor --write-bundle` writes for the agent's clients, or
-/// the CA put in `KAIZEN_UPSTREAM_CA_FILE`); an upstream chain to it would then pass as verified.
+/// the CA put in `KAIZEN_UPSTREAM_CA_FILE` or `KAIZEN_API_CA_FILE`); a chain to it (an upstream's, the control
+/// plane's) would then pass as verified.
 ///
 /// A certificate is matched by its subject and public key, so a re-issued copy of the same CA (other dates, another
 /// serial) is caught too. The store's two lookups of trusted certificates (`X509_STORE_set_get_issuer`,
@@ -56,7 +57,7 @@ final class DistrustedIssuers {
     /// The reason a connection's verification result `X509_V_ERR_APPLICATION_VERIFICATION` gives (only `allows`
     /// sets it).
     static let rejectionReason =
-        "the chain includes the inspection CA (KAIZEN_CA_CERT), which is never trusted for upstreams"
+        "the chain includes the inspection CA (KAIZEN_CA_CERT), which the proxy never trusts for its own connections"
 
     /// What a verification result that found no trusted issuer adds when a distrusted certificate issued one of the
     /// server's certificates (`issuedAny`): the store had left it out, and plain `unable to get local issuer

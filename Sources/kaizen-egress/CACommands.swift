@@ -114,9 +114,11 @@ struct CADoctor: ParsableCommand {
         print("  checks: certificates only, in chain order; key matches; CA:TRUE (critical); keyCertSign; subjectKeyIdentifier; EKU allows serverAuth; in validity; keys and signatures strong enough for TLS; key file private: OK")
         for warning in warnings { print("  warning: \(warning)") }
         // The start's own warnings, for the trust stores a proxy started from this environment would read.
+        func file(_ key: ConfigurationKey) -> String? {
+            environment[key.variable].map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 }
+        }
         let trust = InspectionCATrust.warnings(
-            ca: ca, upstreamCAFile: environment["KAIZEN_UPSTREAM_CA_FILE"].flatMap { $0.isEmpty ? nil : $0 },
-            apiCAFile: environment["KAIZEN_API_CA_FILE"].flatMap { $0.isEmpty ? nil : $0 })
+            ca: ca, upstreamCAFile: file(.upstreamCAFile), apiCAFile: file(.apiCAFile))
         for warning in trust { print("  warning: \(warning)") }
         if ca.hasNameConstraints { print("  name constraints: names outside them are passed through, not inspected") }
 

@@ -291,7 +291,7 @@ struct UpstreamCertificates {
         #expect(refused.status == 35 && refused.stdout.isEmpty, "\(refused)")
         let action = try proxy.waitForLine(timeout: 20) { $0.contains("\"action\"") }
         #expect(action.contains(
-            "upstream certificate verification failed: the chain includes the inspection CA (KAIZEN_CA_CERT), which is never trusted for upstreams"),
+            "upstream certificate verification failed: the chain includes the inspection CA (KAIZEN_CA_CERT), which the proxy never trusts for its own connections"),
             "\(action)")
         #expect(action.contains(#""inspection":"upstream not trusted""#), "\(action)")
         let served = try curl(realPort)

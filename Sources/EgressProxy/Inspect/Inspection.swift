@@ -39,16 +39,28 @@ struct Inspection: Sendable {
     /// naming it, to a name inspected and whose leaf can be minted (with nameConstraints: is minted already, as
     /// `mintAhead` does while the name is resolved).
     func earlyHandshakePlan(for destination: Destination, agent: String) -> (upstreamName: String, offer: [String])? {
-        guard !destination.isIPLiteral, habits.seenTLS(onPort: destination.port),
-            !habits.namesAnotherHost(agent: agent, destination: destination),
-            let offer = habits.settledOffer(agent: agent),
-            case .inspect(let leaf, let upstreamName) = policy.decide(
-                agent: agent, connectHost: destination.host, isTLS: true, serverName: destination.host,
-                now: Inspection.now()),
-            (try? OpenSSLCertificateAuthority.validate(leaf)) != nil,
+        guard let offer = habits.settledOffer(agent: agent),
+            let (leaf, upstreamName) = likelyInspection(of: destination, agent: agent),
             !authority.hasNameConstraints || leaves.isCached(leaf)
         else { return nil }
         return (upstreamName, offer)
+    }
+
+    /// The leaf and upstream name of the inspection a ClientHello will most likely ask for after a CONNECT to
+    /// `destination`: one that names the CONNECT host. Nil unless that is likely (a CONNECT to a name, on a port TLS
+    /// was inspected on, to a destination whose last CONNECT of `agent`'s was followed by a ClientHello naming it),
+    /// the name is inspected, and a certificate can carry it.
+    private func likelyInspection(
+        of destination: Destination, agent: String
+    ) -> (leaf: OpenSSLCertificateAuthority.LeafName, upstreamName: String)? {
+        guard !destination.isIPLiteral, habits.seenTLS(onPort: destination.port),
+            !habits.namesAnotherHost(agent: agent, destination: destination),
+            case .inspect(let leaf, let upstreamName) = policy.decide(
+                agent: agent, connectHost: destination.host, isTLS: true, serverName: destination.host,
+                now: Inspection.now()),
+            (try? OpenSSLCertificateAuthority.validate(leaf)) != nil
+        else { return nil }
+        return (leaf, upstreamName)
     }
 
     /// The key an upstream TLS session is kept under: resumed only by a connection to the same destination, for
@@ -57,18 +69,12 @@ struct Inspection: Sendable {
         "\(destination.host) \(destination.port) \(upstreamName) \(offer.joined(separator: ","))"
     }
 
-    /// While the name of a CONNECT that may be inspected is resolved and dialled, this event loop would wait: the
-    /// leaf its ClientHello will most likely ask for (a server name equal to the CONNECT host) is minted meanwhile
-    /// (on port 443 and ports TLS was inspected on),
-    /// so the first connection to a name does not mint while its handshakes wait. A ClientHello that names
-    /// another host, or is no ClientHello, finds the leaf cached and unused; one that asks for it finds it ready.
+    /// While the name of a CONNECT that may be inspected is resolved and dialled, its connection waits: the leaf its
+    /// ClientHello will most likely ask for (`likelyInspection`) is minted meanwhile, so the first connection to a
+    /// name does not mint while its handshakes wait. A ClientHello that names another host, or is no ClientHello,
+    /// finds the leaf cached and unused; one that asks for it finds it ready.
     func mintAhead(forConnectTo destination: Destination, agent: String, on eventLoop: any EventLoop) {
-        guard !destination.isIPLiteral, habits.seenTLS(onPort: destination.port),
-            case .inspect(let leaf, _) = policy.decide(
-                agent: agent, connectHost: destination.host, isTLS: true, serverName: destination.host,
-                now: Inspection.now()),
-            (try? OpenSSLCertificateAuthority.validate(leaf)) != nil
-        else { return }
+        guard let (leaf, _) = likelyInspection(of: destination, agent: agent) else { return }
         leaves.mintAhead(for: leaf, on: eventLoop)
     }
 
@@ -173,22 +179,17 @@ struct Inspection: Sendable {
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
+    /// The line to warn with when the control plane's own trust file (`KAIZEN_API_CA_FILE`) holds the inspection CA;
+    /// the default store it shares with upstreams is named by `distrustWarnings`.
+    static func controlPlaneDistrustWarning(apiCAFile file: String?, ca: OpenSSLCertificate) -> String? {
+        guard let file, TrustSource.additionalFile(path: file).holds(sameSubjectAndKeyAs: ca) else { return nil }
+        return "\(ConfigurationKey.apiCAFile.variable)=\(file) holds the inspection CA (KAIZEN_CA_CERT, \(ca.subjectDescription)): it is never trusted for the control plane, so a control plane whose chain ends in it is refused as untrusted; take it out of that file, which is for the CA of the control plane's certificate"
+    }
+
     /// One line per place the upstream trust reads that holds the inspection CA (by subject and key: a re-issued copy
-    /// counts): it is left out of upstream verification all the same, and the line says where it is and how to take
-    /// it out.
-    /// - Parameter forControlPlane: `trust` is the control plane's: only its own file (`KAIZEN_API_CA_FILE`) is
-    ///   named, the default store it shares with upstreams being named by their warnings.
-    static func distrustWarnings(
-        _ trust: OpenSSLContext.Configuration, ca: OpenSSLCertificate, forControlPlane: Bool = false
-    ) -> [String] {
-        if forControlPlane {
-            guard let file = trust.additionalTrustFile,
-                TrustSource.additionalFile(path: file).holds(sameSubjectAndKeyAs: ca)
-            else { return [] }
-            return [
-                "\(ConfigurationKey.apiCAFile.variable)=\(file) holds the inspection CA (KAIZEN_CA_CERT, \(ca.subjectDescription)): it is never trusted for the control plane, so a control plane whose chain ends in it is refused as untrusted; take it out of that file, which is for the CA of the control plane's certificate"
-            ]
-        }
+    /// counts): it is left out of the proxy's own verifications all the same, and the line says where it is and how
+    /// to take it out.
+    static func distrustWarnings(_ trust: OpenSSLContext.Configuration, ca: OpenSSLCertificate) -> [String] {
         let holds = "holds the inspection CA (KAIZEN_CA_CERT, \(ca.subjectDescription)): it is never trusted for upstreams or the control plane, so a server whose chain ends in it is refused as untrusted"
         return TrustSource.sources(of: trust).filter { $0.holds(sameSubjectAndKeyAs: ca) }.map { source in
             switch source {

@@ -8,9 +8,7 @@ public enum InspectionCATrust {
     public static func warnings(ca: OpenSSLCertificate, upstreamCAFile: String?, apiCAFile: String?) -> [String] {
         var upstream = OpenSSLContext.Configuration(role: .client)
         upstream.additionalTrustFile = upstreamCAFile
-        var controlPlane = OpenSSLContext.Configuration(role: .client)
-        controlPlane.additionalTrustFile = apiCAFile
         return Inspection.distrustWarnings(upstream, ca: ca)
-            + Inspection.distrustWarnings(controlPlane, ca: ca, forControlPlane: true)
+            + [Inspection.controlPlaneDistrustWarning(apiCAFile: apiCAFile, ca: ca)].compactMap { $0 }
     }
 }

@@ -87,6 +87,7 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
             let plan = inspection.earlyHandshakePlan(for: tunnel.destination, agent: reporting.agent)
         else { return }
         let recorder = EarlyHandshakeRecorder()
+        tunnel.early = EarlyUpstreamHandshake(upstreamName: plan.upstreamName, offer: plan.offer, recorder: recorder)
         do {
             let pipeline = tunnel.upstream.pipeline.syncOperations
             try pipeline.addHandler(
@@ -98,11 +99,9 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
             // The connection may carry a TLS handler whose handshake began: not usable for anything else, nor to
             // serve (it is closed, and another dialled, as for any that does not).
             recorder.setUpFailed()
-            tunnel.early = EarlyUpstreamHandshake(upstreamName: plan.upstreamName, offer: plan.offer, recorder: recorder)
             reporting.logger.debug("cannot begin the upstream handshake early", metadata: ["error": "\(error)"])
             return
         }
-        tunnel.early = EarlyUpstreamHandshake(upstreamName: plan.upstreamName, offer: plan.offer, recorder: recorder)
         tunnel.upstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
     }
 
@@ -200,14 +199,13 @@ final class InspectionStartHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func decide(hello: ClientHello, context: ChannelHandlerContext) {
         // Further bytes (the client may not wait) stay held until the decision is carried out.
         self.hello = hello
+        let namesHost = hello.serverName?.lowercased() == tunnel.destination.host.lowercased()
         if tunnel.metadata.transport == .connect {
-            inspection.habits.note(
-                agent: reporting.agent, destination: tunnel.destination,
-                namedIt: hello.serverName?.lowercased() == tunnel.destination.host.lowercased())
+            inspection.habits.note(agent: reporting.agent, destination: tunnel.destination, namedIt: namesHost)
         }
         // The SNI against the policy before a byte of the ClientHello goes anywhere (the CONNECT host, or for a
         // transparent connection the address, was judged already).
-        if let sni = hello.serverName, sni.lowercased() != tunnel.destination.host.lowercased() {
+        if let sni = hello.serverName, !namesHost {
             if let refusal = reporting.judge(&tunnel.metadata, host: sni, address: tunnel.metadata.resolvedIP) {
                 refuse(byPolicy: refusal, sni: sni, context: context)
                 return
