@@ -73,10 +73,14 @@ import Testing
         #expect(counted.discarded == 1 && (counted.used ?? 0) == 0, "\(counted)")
     }
 
-    /// No early handshake before the agent's clients have settled on an offer: the first connection's ClientHello
-    /// comes first.
+    /// No early handshake before the agent's clients have settled on an offer: after one inspected connection (TLS is
+    /// known on the origin's port, the offer made once), the next connection's ClientHello still comes first.
     @Test func noHandshakeBeginsBeforeTheAgentsOfferIsKnown() throws {
         let setup = try setUp()
+        let once = try inspection.curl(
+            setup, ["https://localhost:\(setup.originPort)/hello"], extra: ["--http1.1", "-H", "Connection: close"])
+        #expect(once.stdout == "hello from origin", "\(once.stderr)")
+        _ = try setup.origin.waitForLines(count: 1, timeout: 20) { $0 == "SNI localhost" }
         let script = Paths.endToEndDirectory.appendingPathComponent("mitm_client.py").path
         let client = try ChildProcess(
             Paths.which("python3"),
@@ -85,9 +89,9 @@ import Testing
         client.signal(SIGUSR1)
         let answer = try client.waitForLine(timeout: 20) { $0.hasPrefix("HTTP/") }
         #expect(answer == "HTTP/1.1 200 OK hello from origin none", "\(answer)")
-        _ = try setup.waitForActions(1)
-        // One connection to the origin, made for the ClientHello; none begun before it, used or not.
-        #expect(setup.origin.stdoutLines.filter { $0 == "SNI localhost" }.count == 1, "\(setup.origin.stdoutLines)")
+        _ = try setup.waitForActions(2)
+        // One connection to the origin for each ClientHello; none begun before one, used or not.
+        #expect(setup.origin.stdoutLines.filter { $0 == "SNI localhost" }.count == 2, "\(setup.origin.stdoutLines)")
         let counted = try earlyHandshakes(setup)
         #expect((counted.used ?? 0) == 0 && (counted.discarded ?? 0) == 0, "\(counted)")
     }
